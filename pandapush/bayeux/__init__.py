@@ -1,0 +1,1 @@
+"""The Bayeux core: channel grammar, errors, the router. Knows nothing of HTTP."""

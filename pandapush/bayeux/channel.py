@@ -1,0 +1,83 @@
+"""Bayeux channel grammar and wildcard expansion.
+
+Pure functions over strings, used by the router (validation) and by every engine
+(fan-out). Matching is by segments, never by string prefix: ``/a/b/**`` does not match
+``/a/bc``.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+__all__ = [
+    "META_PREFIX",
+    "SERVICE_PREFIX",
+    "expand",
+    "isMeta",
+    "isPattern",
+    "isService",
+    "isSubscribable",
+    "isValidName",
+    "isValidPattern",
+    "matches",
+]
+
+_SEGMENT = r"[A-Za-z0-9\-_!~()$@]+"
+_NAME = re.compile(rf"^(?:/{_SEGMENT})+$")
+_PATTERN = re.compile(rf"^(?:/{_SEGMENT})*/\*{{1,2}}$")
+
+META_PREFIX = "/meta/"
+SERVICE_PREFIX = "/service/"
+
+
+def isValidName(channel: str) -> bool:
+    """A concrete channel name one can publish to (no wildcard)."""
+    return _NAME.match(channel) is not None
+
+
+def isValidPattern(channel: str) -> bool:
+    """A name whose last segment is ``*`` or ``**``."""
+    return _PATTERN.match(channel) is not None
+
+
+def isPattern(channel: str) -> bool:
+    return channel.endswith("/*") or channel.endswith("/**")
+
+
+def isValid(channel: str) -> bool:
+    return isValidName(channel) or isValidPattern(channel)
+
+
+def isMeta(channel: str) -> bool:
+    return channel == "/meta" or channel.startswith(META_PREFIX)
+
+
+def isService(channel: str) -> bool:
+    return channel == "/service" or channel.startswith(SERVICE_PREFIX)
+
+
+def isSubscribable(channel: str) -> bool:
+    """Clients may not subscribe to ``/meta/**`` or ``/service/**``."""
+    return not (isMeta(channel) or isService(channel))
+
+
+@lru_cache(maxsize=65536)
+def expand(channel: str) -> tuple[str, ...]:
+    """Every subscription key that matches a message published to ``channel``.
+
+    ``/a/b/c`` -> ``/a/b/c``, ``/a/b/*``, ``/a/b/**``, ``/a/**``, ``/**``: the
+    subscription index is then a handful of dictionary lookups per message, never a
+    scan of subscriptions. Cached because the same channels are published to over
+    and over.
+    """
+    segments = channel.split("/")[1:]
+    keys = [channel, "/".join(["", *segments[:-1], "*"])]
+    for depth in range(len(segments) - 1, -1, -1):
+        keys.append("/".join(["", *segments[:depth], "**"]))
+    return tuple(keys)
+
+
+def matches(pattern: str, channel: str) -> bool:
+    """Whether a subscription to ``pattern`` receives messages of ``channel``."""
+    return pattern in expand(channel)

@@ -1,0 +1,41 @@
+"""What the router and its extensions know about where a message came from."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["MessageContext"]
+
+
+class MessageContext:
+    """
+    Per-message facts from the transport, and a scratch space for extensions.
+
+    ``transport`` names the connection type the message arrived on
+    (``long-polling``, ``websocket``, ``rest``, ...). ``headers`` are the HTTP
+    request's headers (lower-cased names), ``remoteAddress`` the peer's address.
+    ``attributes`` is where extensions keep state between their ``incoming`` and
+    ``outgoing`` hooks for the same message; it is never sent anywhere.
+    ``trusted`` marks messages the server itself generated (presence
+    announcements, meta events); extensions let them through.
+    """
+
+    __slots__ = ("attributes", "headers", "remoteAddress", "transport", "trusted")
+
+    def __init__(
+        self,
+        transport: str,
+        headers: Mapping[str, str] | None = None,
+        remoteAddress: str | None = None,
+        trusted: bool = False,
+    ) -> None:
+        self.transport = transport
+        self.headers: Mapping[str, str] = headers if headers is not None else {}
+        self.remoteAddress = remoteAddress
+        self.trusted = trusted
+        self.attributes: dict[str, Any] = {}
+
+    def forMessage(self) -> MessageContext:
+        """A fresh context for the next message of the same connection/batch."""
+        return MessageContext(self.transport, self.headers, self.remoteAddress, self.trusted)

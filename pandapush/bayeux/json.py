@@ -1,0 +1,29 @@
+"""JSON codec for the wire, with orjson (C; the delivery path serializes every message)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+__all__ = ["JSONDecodeError", "dumps", "encodeReplies", "loads"]
+
+JSONDecodeError = orjson.JSONDecodeError
+loads = orjson.loads
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def encodeReplies(replies: list[Any]) -> bytes:
+    """
+    A JSON array of replies and deliveries. Deliveries arrive pre-serialized
+    (:class:`~pandapush.bayeux.delivery.Delivery`), so they are spliced in as
+    bytes instead of being encoded again for every recipient.
+    """
+    parts = []
+    for reply in replies:
+        payload = getattr(reply, "payload", None)
+        parts.append(payload if payload is not None else orjson.dumps(reply))
+    return b"[" + b",".join(parts) + b"]"

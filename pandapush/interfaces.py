@@ -1,0 +1,161 @@
+"""What is swappable in pandapush's Bayeux core.
+
+The router (``pandapush.bayeux.router``) knows only these interfaces:
+
+- an **engine** (:class:`IEngine`) holds clients, subscriptions and per-client queues
+  and fans messages out. The in-memory engine serves one process; the Redis engine
+  serves many nodes, so every engine call may answer asynchronously.
+- **delivery sinks** (:class:`IDeliverySink`) are where an engine hands a client's
+  queued messages: a held long-poll ``/meta/connect``, a websocket, an event stream.
+- **extensions** (:class:`IExtension`) see every incoming message and every outgoing
+  reply, like Faye's ``addExtension``. Tenancy/auth and presence are extensions.
+- **engine listeners** (:class:`IEngineListener`) hear about clients and
+  subscriptions coming and going, whatever the reason (presence, meta events, stats).
+
+Storage and auth interfaces live in ``pandapush.storage`` and ``pandapush.auth``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from pandapush.bayeux.delivery import Delivery
+    from pandapush.bayeux.context import MessageContext
+
+__all__ = ["IDeliverySink", "IEngine", "IEngineListener", "IExtension"]
+
+Message = dict[str, Any]
+
+
+class IDeliverySink(Interface):
+    """Something that can carry messages to one client right now."""
+
+    persistent = Attribute(
+        "True for a socket that stays bound to its client (websocket, event stream);"
+        " False for a one-shot held long-poll connect, which the engine detaches"
+        " after one delivery."
+    )
+
+    def deliver(deliveries: Sequence[Delivery]) -> None:
+        """
+        Take these messages, in order. Called at most once per reactor turn per
+        client, with everything queued for the client since the last call. Once
+        called, the messages are out of the engine's queue.
+        """
+
+
+class IEngineListener(Interface):
+    """Hears about changes to clients and subscriptions on an engine."""
+
+    def clientCreated(clientId: str) -> None:
+        """A client completed a handshake."""
+
+    def clientDestroyed(clientId: str, reason: str) -> None:
+        """
+        A client is gone: it disconnected, its websocket closed, or it expired.
+        Its subscriptions were removed first, each reported to ``unsubscribed``.
+        """
+
+    def subscribed(clientId: str, channel: str) -> None:
+        """A client gained a subscription (not reported again if it already had it)."""
+
+    def unsubscribed(clientId: str, channel: str) -> None:
+        """A client lost a subscription it had."""
+
+
+class IEngine(Interface):
+    """
+    Clients, subscriptions, per-client message queues and fan-out.
+
+    Methods that may need a round trip to shared state return Deferreds; the
+    in-memory engine answers them synchronously with already-fired Deferreds.
+    Delivery never involves a Deferred per recipient: an engine appends the
+    message's :class:`~pandapush.bayeux.delivery.Delivery` to each recipient's
+    queue and, once per reactor turn, hands each queue to the client's attached
+    :class:`IDeliverySink`.
+
+    Message history (so a reconnecting client can recover what it missed) is the
+    engine's concern too; it will be added as further methods here, keyed by the
+    channel and a per-channel offset that ``publish`` can assign.
+    """
+
+    timeout = Attribute("Seconds a long-poll connect is held (the advice timeout).")
+
+    def addListener(listener: IEngineListener) -> None:
+        """Report client and subscription changes to ``listener``."""
+
+    def removeListener(listener: IEngineListener) -> None:
+        """Stop reporting to ``listener``."""
+
+    def createClient() -> Deferred[str]:
+        """Register a new client and return its unguessable id."""
+
+    def clientExists(clientId: str) -> Deferred[bool]:
+        """Whether the client is known and not expired."""
+
+    def destroyClient(clientId: str, reason: str) -> Deferred[None]:
+        """Forget the client, its subscriptions and its queue (no error if unknown)."""
+
+    def ping(clientId: str) -> None:
+        """The client is alive (it sent a connect): push back its expiry."""
+
+    def subscribe(clientId: str, channel: str) -> Deferred[bool]:
+        """Subscribe; True if the subscription is new."""
+
+    def unsubscribe(clientId: str, channel: str) -> Deferred[bool]:
+        """Unsubscribe; True if the client had the subscription."""
+
+    def subscriptions(clientId: str) -> Deferred[set[str]]:
+        """The client's current subscriptions."""
+
+    def publish(delivery: Delivery) -> Deferred[int]:
+        """
+        Queue ``delivery`` for every client with a subscription matching its
+        channel, once per client however many of its subscriptions match.
+        Fires with the number of recipients once the message is safely queued.
+        """
+
+    def attach(clientId: str, sink: IDeliverySink) -> None:
+        """
+        Route the client's messages to ``sink`` from now on, replacing any sink
+        attached before. Messages already queued are handed over on the next turn.
+        While a sink is attached the client does not expire.
+        """
+
+    def detach(clientId: str, sink: IDeliverySink) -> None:
+        """
+        Stop routing to ``sink`` (nothing happens if another sink has replaced it).
+        Messages queue again, and the client's expiry clock starts.
+        """
+
+    def close() -> Deferred[None]:
+        """Release connections and timers."""
+
+
+class IExtension(Interface):
+    """
+    A hook on the Bayeux router, as Faye's ``addExtension``.
+
+    Extensions see each message once, never once per recipient: delivered copies of
+    a published message are built from the incoming message after ``incoming`` ran,
+    serialized once, and shared by all recipients.
+    """
+
+    def incoming(message: Message, context: MessageContext) -> Message | None | Deferred[Message | None]:
+        """
+        Inspect or change a message from a client before the router handles it.
+        Set ``message["error"]`` to refuse it (the reply carries the error);
+        return None to drop it without a reply. May answer with a Deferred.
+        Values an extension needs to keep between ``incoming`` and ``outgoing``
+        go in ``context.attributes``, never into the message, so they can never
+        leak into a delivery.
+        """
+
+    def outgoing(reply: Message, context: MessageContext) -> Message | None:
+        """Inspect or change a reply to the client that sent ``context``'s message."""
