@@ -25,10 +25,10 @@ from zope.interface import Attribute, Interface
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-    from pandapush.bayeux.delivery import Delivery
     from pandapush.bayeux.context import MessageContext
+    from pandapush.bayeux.delivery import Delivery
 
-__all__ = ["IDeliverySink", "IEngine", "IEngineListener", "IExtension"]
+__all__ = ["IClientSocket", "IDeliverySink", "IEngine", "IEngineListener", "IExtension"]
 
 Message = dict[str, Any]
 
@@ -47,6 +47,29 @@ class IDeliverySink(Interface):
         Take these messages, in order. Called at most once per reactor turn per
         client, with everything queued for the client since the last call. Once
         called, the messages are out of the engine's queue.
+        """
+
+
+class IClientSocket(IDeliverySink):
+    """
+    A connection that stays open and carries replies as well as deliveries
+    (a websocket; an event stream carries deliveries only). The router binds it
+    to a client at the client's first ``/meta/connect`` over it.
+    """
+
+    clientId = Attribute("The client this socket is bound to, or None.")
+    endsClientOnClose = Attribute(
+        "True if the client is gone once this socket closes (a websocket);"
+        " False if the client may carry on over other requests (an event stream)."
+    )
+
+    def sendReplies(replies: Sequence[Any]) -> None:
+        """Send replies (dicts) and deliveries later than the batch they answer."""
+
+    def close(afterReplies: bool) -> None:
+        """
+        Close the socket because its client is gone; with ``afterReplies``, once
+        the replies to the batch being processed have been sent.
         """
 
 
@@ -147,7 +170,7 @@ class IExtension(Interface):
     serialized once, and shared by all recipients.
     """
 
-    def incoming(message: Message, context: MessageContext) -> Message | None | Deferred[Message | None]:
+    def incoming(message: Message, context: MessageContext) -> Message | Deferred[Message | None] | None:
         """
         Inspect or change a message from a client before the router handles it.
         Set ``message["error"]`` to refuse it (the reply carries the error);

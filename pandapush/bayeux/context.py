@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from twisted.internet.defer import Deferred
+
 __all__ = ["MessageContext"]
 
 
@@ -19,9 +21,12 @@ class MessageContext:
     ``outgoing`` hooks for the same message; it is never sent anywhere.
     ``trusted`` marks messages the server itself generated (presence
     announcements, meta events); extensions let them through.
+    ``lost``, when the transport can tell, fires once the connection that should
+    carry the replies is gone (a long-poll request whose client hung up), so a
+    held ``/meta/connect`` stops holding messages for nobody.
     """
 
-    __slots__ = ("attributes", "headers", "remoteAddress", "transport", "trusted")
+    __slots__ = ("attributes", "headers", "lost", "remoteAddress", "transport", "trusted")
 
     def __init__(
         self,
@@ -29,13 +34,15 @@ class MessageContext:
         headers: Mapping[str, str] | None = None,
         remoteAddress: str | None = None,
         trusted: bool = False,
+        lost: Deferred[None] | None = None,
     ) -> None:
         self.transport = transport
         self.headers: Mapping[str, str] = headers if headers is not None else {}
         self.remoteAddress = remoteAddress
         self.trusted = trusted
+        self.lost = lost
         self.attributes: dict[str, Any] = {}
 
     def forMessage(self) -> MessageContext:
         """A fresh context for the next message of the same connection/batch."""
-        return MessageContext(self.transport, self.headers, self.remoteAddress, self.trusted)
+        return MessageContext(self.transport, self.headers, self.remoteAddress, self.trusted, self.lost)

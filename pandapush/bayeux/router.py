@@ -1,0 +1,500 @@
+"""The Bayeux router: messages in, replies and deliveries out.
+
+It knows the protocol (meta channels, errors, advice, held connects) and the
+interfaces around it (engine, extensions, sockets), never HTTP, websockets,
+storage or tenancy. Transports call :meth:`BayeuxRouter.process` with decoded
+messages and write back what it answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from pandapush.bayeux import channel as channels
+from pandapush.bayeux.context import MessageContext
+from pandapush.bayeux.delivery import Delivery
+from pandapush.bayeux.errors import BayeuxError
+from pandapush.interfaces import IClientSocket, IDeliverySink, IEngine, IEngineListener, IExtension
+
+__all__ = ["BAYEUX_VERSION", "CONNECTION_TYPES", "BayeuxRouter"]
+
+BAYEUX_VERSION = "1.0"
+CONNECTION_TYPES = [
+    "long-polling",
+    "cross-origin-long-polling",
+    "callback-polling",
+    "websocket",
+    "eventsource",
+]
+_SUPPORTED = frozenset(CONNECTION_TYPES)
+
+HANDSHAKE = "/meta/handshake"
+CONNECT = "/meta/connect"
+SUBSCRIBE = "/meta/subscribe"
+UNSUBSCRIBE = "/meta/unsubscribe"
+DISCONNECT = "/meta/disconnect"
+
+Message = dict[str, Any]
+Reply = Message | Delivery
+
+
+def _makeReply(message: Message) -> Message:
+    """A reply echoing the request's ``id`` (verbatim, whatever it is), clientId, channel."""
+    reply: Message = {}
+    if "id" in message:
+        reply["id"] = message["id"]
+    clientId = message.get("clientId")
+    if clientId is not None:
+        reply["clientId"] = clientId
+    channel = message.get("channel")
+    if channel is not None:
+        reply["channel"] = channel
+    return reply
+
+
+def _extensionError(message: Message) -> str | None:
+    error = message.get("error")
+    if error is None:
+        return None
+    return error if isinstance(error, str) else str(BayeuxError.badRequest())
+
+
+def _fail(reply: Message, error: str | BayeuxError) -> Message:
+    reply["error"] = str(error)
+    reply["successful"] = False
+    return reply
+
+
+@implementer(IDeliverySink)
+class _HeldConnect:
+    """
+    A ``/meta/connect`` waiting to be answered.
+
+    Over long-polling it is itself the client's delivery sink (one-shot,
+    ``attached``): the first messages queued for the client answer it. When the
+    client has a socket bound on this node, deliveries go to the socket as they
+    come and the connect is answered at its timeout: through ``socket`` if it
+    came over that socket, else in its own HTTP response.
+    """
+
+    persistent = False
+
+    def __init__(
+        self,
+        router: BayeuxRouter,
+        clientId: str,
+        reply: Message,
+        context: MessageContext,
+        socket: IClientSocket | None,
+        attached: bool,
+    ) -> None:
+        self.router = router
+        self.clientId = clientId
+        self.reply = reply
+        self.context = context
+        self.socket = socket
+        self.attached = attached
+        self.deferred: Deferred[list[Reply]] = Deferred()
+        self.timer: IDelayedCall | None = None
+        self.done = False
+
+    def deliver(self, deliveries: Sequence[Delivery]) -> None:
+        self.finish(deliveries)
+
+    def finish(self, deliveries: Sequence[Delivery] = ()) -> None:
+        if self.done:
+            return
+        self._end()
+        replies: list[Reply] = [*self.router._outgoing([self.reply], self.context), *deliveries]
+        if self.socket is not None:
+            self.socket.sendReplies(replies)
+        else:
+            self.deferred.callback(replies)
+
+    def abandon(self) -> None:
+        """Nobody is waiting for the answer any more; leave messages queued."""
+        if self.done:
+            return
+        self._end()
+        if self.socket is None:
+            self.deferred.callback([])
+
+    def _end(self) -> None:
+        self.done = True
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        router = self.router
+        if router._held.get(self.clientId) is self:
+            del router._held[self.clientId]
+        if self.attached:
+            router.engine.detach(self.clientId, self)
+
+
+@implementer(IEngineListener)
+class BayeuxRouter:
+    """
+    Handles Bayeux messages for one node.
+
+    ``timeout`` is how long a ``/meta/connect`` is held (seconds; the
+    ``advice.timeout`` sent to clients); ``interval`` is the advised pause
+    between connects.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self, engine: IEngine, reactor: IReactorTime, timeout: float = 30.0, interval: float = 0.0
+    ) -> None:
+        self.engine = engine
+        self.reactor = reactor
+        self.timeout = timeout
+        self.interval = interval
+        self._extensions: list[IExtension] = []
+        self._held: dict[str, _HeldConnect] = {}
+        self._sockets: dict[str, IClientSocket] = {}
+        # Clients that handshook here and have not connected yet: their first
+        # connect is answered at once, whatever advice they sent.
+        self._fresh: set[str] = set()
+        engine.addListener(self)
+        self._handlers: dict[str, Callable[..., Coroutine[Any, Any, list[Reply]]]] = {
+            HANDSHAKE: self._handshake,
+            CONNECT: self._connect,
+            SUBSCRIBE: self._subscribe,
+            UNSUBSCRIBE: self._unsubscribe,
+            DISCONNECT: self._disconnect,
+        }
+
+    # extensions
+
+    def addExtension(self, extension: IExtension) -> None:
+        self._extensions.append(extension)
+
+    def removeExtension(self, extension: IExtension) -> None:
+        self._extensions.remove(extension)
+
+    # entry points
+
+    def process(
+        self, messages: Message | list[Any], context: MessageContext, socket: IClientSocket | None = None
+    ) -> Deferred[list[Reply]]:
+        """
+        Handle a batch. Fires with the replies (and, for a long-poll connect, the
+        deliveries after its reply) in the order of the messages. Over a socket, a
+        held connect's reply is sent through the socket later instead.
+        """
+        if isinstance(messages, dict):
+            messages = [messages]
+        if not messages:
+            return defer.succeed([])
+        if len(messages) == 1:
+            return Deferred.fromCoroutine(self._handle(messages[0], context, socket))
+        pending = [Deferred.fromCoroutine(self._handle(m, context.forMessage(), socket)) for m in messages]
+        gathered = defer.gatherResults(pending, consumeErrors=True)
+        return gathered.addCallback(lambda results: [reply for replies in results for reply in replies])
+
+    def publish(self, channel: str, data: Any) -> Deferred[int]:
+        """
+        Publish from the server itself (REST API, presence, meta events): no
+        extensions run. Fires with the number of recipients.
+        """
+        if not channels.isValidName(channel) or channels.isMeta(channel):
+            return defer.fail(BayeuxError.channelInvalid(channel))
+        return self.engine.publish(Delivery.fromMessage({"channel": channel, "data": data}))
+
+    def socketClosed(self, socket: IClientSocket) -> None:
+        """A transport's socket closed: unbind it, and end its client if it should."""
+        clientId = socket.clientId
+        if clientId is None or self._sockets.get(clientId) is not socket:
+            return
+        del self._sockets[clientId]
+        held = self._held.get(clientId)
+        if held is not None and held.socket is socket:
+            held.abandon()
+        self.engine.detach(clientId, socket)
+        if socket.endsClientOnClose:
+            self.engine.destroyClient(clientId, "socket closed")
+
+    def close(self) -> None:
+        """Answer every held connect now (server shutting down)."""
+        for held in list(self._held.values()):
+            held.finish()
+
+    # IEngineListener
+
+    def clientCreated(self, clientId: str) -> None:
+        pass
+
+    def clientDestroyed(self, clientId: str, reason: str) -> None:
+        self._fresh.discard(clientId)
+        held = self._held.get(clientId)
+        if held is not None:
+            held.finish()
+        socket = self._sockets.pop(clientId, None)
+        if socket is not None and reason != "socket closed":
+            socket.close(afterReplies=reason == "disconnect")
+
+    def subscribed(self, clientId: str, channel: str) -> None:
+        pass
+
+    def unsubscribed(self, clientId: str, channel: str) -> None:
+        pass
+
+    # message handling
+
+    async def _handle(
+        self, message: Any, context: MessageContext, socket: IClientSocket | None
+    ) -> list[Reply]:
+        if not isinstance(message, dict):
+            return [_fail({}, BayeuxError.badRequest())]
+        try:
+            for extension in self._extensions:
+                result = extension.incoming(message, context)
+                if isinstance(result, Deferred):
+                    result = await result
+                if result is None:
+                    return []
+                message = result
+            replies = await self._dispatch(message, context, socket)
+            return self._outgoing(replies, context)
+        except Exception:
+            self._log.failure("failed to handle a message on {channel!r}", channel=message.get("channel"))
+            return [_fail(_makeReply(message), BayeuxError.serverError())]
+
+    def _outgoing(self, replies: list[Reply], context: MessageContext) -> list[Reply]:
+        if not self._extensions:
+            return replies
+        out: list[Reply] = []
+        for reply in replies:
+            if isinstance(reply, dict):
+                for extension in self._extensions:
+                    reply = extension.outgoing(reply, context)
+                    if reply is None:
+                        break
+                if reply is None:
+                    continue
+            out.append(reply)
+        return out
+
+    async def _dispatch(
+        self, message: Message, context: MessageContext, socket: IClientSocket | None
+    ) -> list[Reply]:
+        channel = message.get("channel")
+        if channel is None:
+            return [_fail(_makeReply(message), BayeuxError.parameterMissing("channel"))]
+        if not isinstance(channel, str):
+            return [_fail(_makeReply(message), BayeuxError.badRequest("channel"))]
+        if channels.isMeta(channel):
+            handler = self._handlers.get(channel)
+            if handler is None:
+                return [_fail(_makeReply(message), BayeuxError.channelForbidden(channel))]
+            return await handler(message, context, socket)
+        return await self._publish(message, channel)
+
+    def _advise(self, reply: Message, connectionType: Any = None) -> Message:
+        if "error" in reply:
+            reply["advice"] = {"reconnect": "handshake"}
+        elif connectionType == "eventsource":
+            reply["advice"] = {"reconnect": "retry", "interval": int(self.timeout * 1000), "timeout": 0}
+        else:
+            reply["advice"] = {
+                "reconnect": "retry",
+                "interval": int(self.interval * 1000),
+                "timeout": int(self.timeout * 1000),
+            }
+        return reply
+
+    async def _clientError(self, clientId: Any) -> BayeuxError | None:
+        """The error for a message whose clientId is missing or unknown, else None."""
+        if clientId is None or clientId == "":
+            return BayeuxError.parameterMissing("clientId")
+        if not isinstance(clientId, str) or not await self.engine.clientExists(clientId):
+            return BayeuxError.clientUnknown(clientId)
+        return None
+
+    async def _handshake(
+        self, message: Message, context: MessageContext, socket: IClientSocket | None
+    ) -> list[Reply]:
+        reply = _makeReply(message)
+        reply["version"] = BAYEUX_VERSION
+        reply["supportedConnectionTypes"] = CONNECTION_TYPES
+        error: str | BayeuxError | None = None
+        if not message.get("version"):
+            error = BayeuxError.parameterMissing("version")
+        clientTypes = message.get("supportedConnectionTypes")
+        if clientTypes is None:
+            error = BayeuxError.parameterMissing("supportedConnectionTypes")
+        elif not isinstance(clientTypes, list):
+            error = BayeuxError.badRequest("supportedConnectionTypes")
+        elif not any(isinstance(t, str) and t in _SUPPORTED for t in clientTypes):
+            error = BayeuxError.conntypeMismatch(*[t for t in clientTypes if isinstance(t, str)])
+        error = error or _extensionError(message)
+        if error is not None:
+            return [self._advise(_fail(reply, error))]
+        clientId = await self.engine.createClient()
+        self._fresh.add(clientId)
+        reply["clientId"] = clientId
+        reply["successful"] = True
+        return [self._advise(reply)]
+
+    async def _connect(
+        self, message: Message, context: MessageContext, socket: IClientSocket | None
+    ) -> list[Reply]:
+        reply = _makeReply(message)
+        clientId = message.get("clientId")
+        connectionType = message.get("connectionType")
+        error: str | BayeuxError | None = await self._clientError(clientId)
+        if connectionType is None:
+            error = BayeuxError.parameterMissing("connectionType")
+        elif not isinstance(connectionType, str) or connectionType not in _SUPPORTED:
+            error = BayeuxError.conntypeMismatch(connectionType)
+        error = error or _extensionError(message)
+        if error is not None:
+            reply.pop("clientId", None)
+            return [self._advise(_fail(reply, error), connectionType)]
+        assert isinstance(clientId, str)
+        reply["successful"] = True
+        self._advise(reply, connectionType)
+        self.engine.ping(clientId)
+
+        if socket is not None and socket.clientId != clientId:
+            self._bind(clientId, socket)
+        attach = clientId not in self._sockets
+
+        older = self._held.get(clientId)
+        if older is not None:
+            older.finish()
+
+        held = _HeldConnect(self, clientId, reply, context, socket, attach)
+        self._held[clientId] = held
+        wait = self._holdFor(clientId, message, connectionType)
+        if attach:
+            if context.lost is not None:
+                context.lost.addCallback(lambda _: held.abandon())
+            # May answer at once, synchronously, if messages are already queued.
+            self.engine.attach(clientId, held)
+        if not held.done:
+            if wait <= 0:
+                held.finish()
+            else:
+                held.timer = self.reactor.callLater(wait, held.finish)
+        if socket is not None:
+            return []
+        return await held.deferred
+
+    def _holdFor(self, clientId: str, message: Message, connectionType: str) -> float:
+        if clientId in self._fresh:
+            self._fresh.discard(clientId)
+            return 0.0
+        if connectionType == "eventsource":
+            return 0.0
+        advice = message.get("advice")
+        requested = advice.get("timeout") if isinstance(advice, dict) else None
+        if isinstance(requested, int | float) and not isinstance(requested, bool) and requested >= 0:
+            return min(requested / 1000.0, self.timeout)
+        return self.timeout
+
+    def _bind(self, clientId: str, socket: IClientSocket) -> None:
+        previous = socket.clientId
+        if previous is not None and self._sockets.get(previous) is socket:
+            del self._sockets[previous]
+            self.engine.detach(previous, socket)
+        socket.clientId = clientId
+        self._sockets[clientId] = socket
+        self.engine.attach(clientId, socket)
+
+    async def bindSocket(self, clientId: str, socket: IClientSocket) -> bool:
+        """
+        Bind a socket opened for a known client (an event stream names its client
+        in its URL). False if the client is unknown.
+        """
+        if not await self.engine.clientExists(clientId):
+            return False
+        self._bind(clientId, socket)
+        return True
+
+    async def _subscription(
+        self, message: Message, verb: Callable[[str, str], Deferred[bool]]
+    ) -> list[Reply]:
+        reply = _makeReply(message)
+        clientId = message.get("clientId")
+        subscription = message.get("subscription")
+        error: str | BayeuxError | None = await self._clientError(clientId)
+        reply["subscription"] = subscription if subscription is not None else []
+        if subscription is None or subscription == "" or subscription == []:
+            error = BayeuxError.parameterMissing("subscription")
+        elif not (
+            isinstance(subscription, str)
+            or (isinstance(subscription, list) and all(isinstance(c, str) for c in subscription))
+        ):
+            error = BayeuxError.badRequest("subscription")
+        error = error or _extensionError(message)
+        if error is not None:
+            return [_fail(reply, error)]
+        assert isinstance(clientId, str)
+        for channel in [subscription] if isinstance(subscription, str) else subscription:
+            if not channels.isValid(channel):
+                return [_fail(reply, BayeuxError.channelInvalid(channel))]
+            if not channels.isSubscribable(channel):
+                return [_fail(reply, BayeuxError.channelForbidden(channel))]
+            await verb(clientId, channel)
+        reply["successful"] = True
+        return [reply]
+
+    async def _subscribe(
+        self, message: Message, context: MessageContext, socket: IClientSocket | None
+    ) -> list[Reply]:
+        return await self._subscription(message, self.engine.subscribe)
+
+    async def _unsubscribe(
+        self, message: Message, context: MessageContext, socket: IClientSocket | None
+    ) -> list[Reply]:
+        return await self._subscription(message, self.engine.unsubscribe)
+
+    async def _disconnect(
+        self, message: Message, context: MessageContext, socket: IClientSocket | None
+    ) -> list[Reply]:
+        reply = _makeReply(message)
+        clientId = message.get("clientId")
+        error = await self._clientError(clientId) or _extensionError(message)
+        if error is not None:
+            reply.pop("clientId", None)
+            return [_fail(reply, error)]
+        assert isinstance(clientId, str)
+        if socket is not None and self._sockets.get(clientId) is not socket:
+            # Disconnecting over a socket that was never bound: close it anyway.
+            socket.close(afterReplies=True)
+        await self.engine.destroyClient(clientId, "disconnect")
+        reply["successful"] = True
+        return [reply]
+
+    async def _publish(self, message: Message, channel: str) -> list[Reply]:
+        reply = _makeReply(message)
+        error: str | BayeuxError | None = None
+        if not channels.isValidName(channel):
+            error = BayeuxError.channelInvalid(channel)
+        elif "data" not in message:
+            error = BayeuxError.parameterMissing("data")
+        error = error or _extensionError(message)
+        if error is not None:
+            return [_fail(reply, error)]
+        delivered: Message = {"channel": channel, "data": message["data"]}
+        if "id" in message:
+            delivered["id"] = message["id"]
+        ext = message.get("ext")
+        if ext is not None:
+            delivered["ext"] = ext
+        try:
+            await self.engine.publish(Delivery.fromMessage(delivered))
+        except Exception:
+            self._log.failure("engine failed to publish to {channel}", channel=channel)
+            return [_fail(reply, BayeuxError.publishFailed(channel))]
+        reply["successful"] = True
+        return [reply]

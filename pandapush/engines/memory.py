@@ -1,0 +1,280 @@
+"""The in-memory engine: one process, no shared state, as fast as Python allows.
+
+Hot path for a publish to ``/a/b/c``: five dictionary lookups (``expand``), a union
+of the matching client sets, and for each recipient one list append; the batch
+for each client is handed to its sink once per reactor turn by a single
+``callLater(0)`` shared by all clients.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from pandapush.bayeux.channel import expand
+from pandapush.interfaces import IDeliverySink, IEngine, IEngineListener
+
+if TYPE_CHECKING:
+    from pandapush.bayeux.delivery import Delivery
+
+__all__ = ["MemoryEngine", "newClientId"]
+
+
+def newClientId() -> str:
+    """160 random bits, URL-safe: unguessable, and usable as a path segment."""
+    return secrets.token_urlsafe(20)
+
+
+class _Client:
+    """Everything the engine knows about one client."""
+
+    __slots__ = ("dirty", "id", "queue", "sink", "subscriptions")
+
+    def __init__(self, clientId: str) -> None:
+        self.id = clientId
+        self.subscriptions: set[str] = set()
+        self.queue: list[Delivery] = []
+        self.sink: IDeliverySink | None = None
+        self.dirty = False
+
+
+@implementer(IEngine)
+class MemoryEngine:
+    """
+    Clients, subscriptions and queues in this process's memory.
+
+    ``expiry`` is how long a client with no attached sink (between two long-poll
+    connects, or after its event stream closed) survives before it is destroyed.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        timeout: float = 30.0,
+        expiry: float = 10.0,
+        sweepInterval: float = 1.0,
+    ) -> None:
+        self._reactor = reactor
+        self.timeout = timeout
+        self.expiry = expiry
+        self._sweepInterval = sweepInterval
+        self._clients: dict[str, _Client] = {}
+        # subscription key (a channel or a pattern) -> the clients subscribed to it
+        self._index: dict[str, set[_Client]] = {}
+        self._listeners: list[IEngineListener] = []
+        self._dirty: list[_Client] = []
+        self._flushCall: IDelayedCall | None = None
+        # Detached clients in the order their deadlines fall (every client gets the
+        # same expiry), so the sweep pops expired ones off the front and never
+        # looks at the living.
+        self._deadlines: OrderedDict[str, float] = OrderedDict()
+        self._sweepCall: IDelayedCall | None = None
+
+    # listeners
+
+    def addListener(self, listener: IEngineListener) -> None:
+        self._listeners.append(listener)
+
+    def removeListener(self, listener: IEngineListener) -> None:
+        self._listeners.remove(listener)
+
+    def _notify(self, method: str, *args: str) -> None:
+        for listener in self._listeners:
+            try:
+                getattr(listener, method)(*args)
+            except Exception:
+                self._log.failure(
+                    "engine listener {listener!r} failed in {method}", listener=listener, method=method
+                )
+
+    # clients
+
+    def createClient(self) -> defer.Deferred[str]:
+        clientId = newClientId()
+        self._clients[clientId] = _Client(clientId)
+        self._startExpiry(clientId)
+        self._notify("clientCreated", clientId)
+        return defer.succeed(clientId)
+
+    def clientExists(self, clientId: str) -> defer.Deferred[bool]:
+        return defer.succeed(clientId in self._clients)
+
+    def hasClient(self, clientId: str) -> bool:
+        """Synchronous ``clientExists``, for tests and statistics."""
+        return clientId in self._clients
+
+    def destroyClient(self, clientId: str, reason: str = "disconnect") -> defer.Deferred[None]:
+        client = self._clients.pop(clientId, None)
+        if client is None:
+            return defer.succeed(None)
+        self._deadlines.pop(clientId, None)
+        for channel in sorted(client.subscriptions):
+            self._removeFromIndex(client, channel)
+            self._notify("unsubscribed", clientId, channel)
+        client.subscriptions.clear()
+        client.queue.clear()
+        client.sink = None
+        self._notify("clientDestroyed", clientId, reason)
+        return defer.succeed(None)
+
+    def ping(self, clientId: str) -> None:
+        # Liveness is tracked through attach/detach: a client with a sink never
+        # expires, and a detached one's clock starts at detach. A connect always
+        # attaches, so there is nothing more to do here.
+        pass
+
+    def clientCount(self) -> int:
+        return len(self._clients)
+
+    # subscriptions
+
+    def subscribe(self, clientId: str, channel: str) -> defer.Deferred[bool]:
+        client = self._clients.get(clientId)
+        if client is None or channel in client.subscriptions:
+            return defer.succeed(False)
+        client.subscriptions.add(channel)
+        subscribers = self._index.get(channel)
+        if subscribers is None:
+            subscribers = self._index[channel] = set()
+        subscribers.add(client)
+        self._notify("subscribed", clientId, channel)
+        return defer.succeed(True)
+
+    def unsubscribe(self, clientId: str, channel: str) -> defer.Deferred[bool]:
+        client = self._clients.get(clientId)
+        if client is None or channel not in client.subscriptions:
+            return defer.succeed(False)
+        client.subscriptions.discard(channel)
+        self._removeFromIndex(client, channel)
+        self._notify("unsubscribed", clientId, channel)
+        return defer.succeed(True)
+
+    def subscriptions(self, clientId: str) -> defer.Deferred[set[str]]:
+        client = self._clients.get(clientId)
+        return defer.succeed(set(client.subscriptions) if client else set())
+
+    def subscriberCount(self, channel: str) -> int:
+        return len(self._index.get(channel, ()))
+
+    def channels(self) -> Iterable[str]:
+        """Subscription keys (channels and patterns) with at least one subscriber."""
+        return self._index.keys()
+
+    def _removeFromIndex(self, client: _Client, channel: str) -> None:
+        subscribers = self._index.get(channel)
+        if subscribers is None:
+            return
+        subscribers.discard(client)
+        if not subscribers:
+            del self._index[channel]
+
+    # fan-out
+
+    def publish(self, delivery: Delivery) -> defer.Deferred[int]:
+        index = self._index
+        recipients: set[_Client] | None = None
+        single: set[_Client] | None = None
+        for key in expand(delivery.channel):
+            subscribers = index.get(key)
+            if not subscribers:
+                continue
+            if single is None:
+                single = subscribers
+            else:
+                if recipients is None:
+                    recipients = set(single)
+                recipients |= subscribers
+        if recipients is None:
+            recipients = single
+        if not recipients:
+            return defer.succeed(0)
+        dirty = self._dirty
+        for client in recipients:
+            client.queue.append(delivery)
+            if not client.dirty and client.sink is not None:
+                client.dirty = True
+                dirty.append(client)
+        if dirty and self._flushCall is None:
+            self._flushCall = self._reactor.callLater(0, self._flush)
+        return defer.succeed(len(recipients))
+
+    def _flush(self) -> None:
+        self._flushCall = None
+        dirty, self._dirty = self._dirty, []
+        for client in dirty:
+            client.dirty = False
+            sink = client.sink
+            if sink is None or not client.queue:
+                continue
+            queue, client.queue = client.queue, []
+            if not sink.persistent:
+                self._detach(client)
+            try:
+                sink.deliver(queue)
+            except Exception:
+                self._log.failure("delivery to {clientId} failed", clientId=client.id)
+
+    def queued(self, clientId: str) -> int:
+        client = self._clients.get(clientId)
+        return len(client.queue) if client else 0
+
+    # sinks
+
+    def attach(self, clientId: str, sink: IDeliverySink) -> None:
+        client = self._clients.get(clientId)
+        if client is None:
+            return
+        client.sink = sink
+        self._deadlines.pop(clientId, None)
+        if client.queue and not client.dirty:
+            client.dirty = True
+            self._dirty.append(client)
+            if self._flushCall is None:
+                self._flushCall = self._reactor.callLater(0, self._flush)
+
+    def detach(self, clientId: str, sink: IDeliverySink) -> None:
+        client = self._clients.get(clientId)
+        if client is not None and client.sink is sink:
+            self._detach(client)
+
+    def _detach(self, client: _Client) -> None:
+        client.sink = None
+        self._startExpiry(client.id)
+
+    # expiry
+
+    def _startExpiry(self, clientId: str) -> None:
+        self._deadlines[clientId] = self._reactor.seconds() + self.expiry
+        self._deadlines.move_to_end(clientId)
+        if self._sweepCall is None:
+            self._sweepCall = self._reactor.callLater(self._sweepInterval, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweepCall = None
+        now = self._reactor.seconds()
+        deadlines = self._deadlines
+        while deadlines:
+            clientId, deadline = next(iter(deadlines.items()))
+            if deadline > now:
+                break
+            del deadlines[clientId]
+            self._log.debug("client {clientId} expired", clientId=clientId)
+            self.destroyClient(clientId, "expired")
+        if deadlines:
+            self._sweepCall = self._reactor.callLater(self._sweepInterval, self._sweep)
+
+    def close(self) -> defer.Deferred[None]:
+        for call in (self._flushCall, self._sweepCall):
+            if call is not None and call.active():
+                call.cancel()
+        self._flushCall = self._sweepCall = None
+        return defer.succeed(None)

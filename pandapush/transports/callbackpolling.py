@@ -1,0 +1,62 @@
+"""``callback-polling``: JSONP, ``GET ?message=<json>&jsonp=<name>``."""
+
+from __future__ import annotations
+
+import re
+
+from twisted.logger import Logger
+from twisted.web.server import NOT_DONE_YET, Request
+
+from pandapush.bayeux import json
+from pandapush.bayeux.router import BayeuxRouter
+from pandapush.transports._http import OriginPolicy, contextFor, requestLost, writeError
+from pandapush.transports.longpolling import decodeMessages
+
+__all__ = ["CallbackPollingTransport"]
+
+DEFAULT_CALLBACK = b"jsonpcallback"
+_VALID_CALLBACK = re.compile(rb"^[a-z_$][a-z0-9_$]*(\.[a-z_$][a-z0-9_$]*)*$", re.IGNORECASE)
+
+
+class CallbackPollingTransport:
+    _log = Logger()
+
+    def __init__(self, router: BayeuxRouter, origins: OriginPolicy) -> None:
+        self.router = router
+        self.origins = origins
+
+    def render(self, request: Request) -> bytes | int:
+        args = request.args or {}
+        messages = decodeMessages(args[b"message"][0] if args.get(b"message") else None)
+        if messages is None:
+            return writeError(request, 400, "Bad request")
+        callback = args[b"jsonp"][0] if args.get(b"jsonp") else DEFAULT_CALLBACK
+        if len(callback) > 256 or not _VALID_CALLBACK.match(callback):
+            return writeError(request, 400, "Bad request: invalid JSONP callback name")
+
+        request.setHeader(b"Content-Type", b"text/javascript; charset=utf-8")
+        request.setHeader(b"Content-Disposition", b"attachment; filename=f.txt")
+        request.setHeader(b"Cache-Control", b"no-cache, no-store")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        self.origins.apply(request)
+
+        lost = requestLost(request)
+        d = self.router.process(messages, contextFor(request, "callback-polling", lost))
+
+        def respond(replies: list) -> None:
+            if lost.called or request.finished:
+                return
+            # U+2028/U+2029 are legal in JSON but end a JavaScript string literal.
+            body = (
+                json.encodeReplies(replies)
+                .replace(b"\xe2\x80\xa8", b"\\u2028")
+                .replace(b"\xe2\x80\xa9", b"\\u2029")
+            )
+            body = b"/**/" + callback + b"(" + body + b");"
+            request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
+            request.write(body)
+            request.finish()
+
+        d.addCallback(respond)
+        d.addErrback(lambda f: self._log.failure("callback-polling request failed", f))
+        return NOT_DONE_YET

@@ -1,0 +1,81 @@
+"""``long-polling`` and ``cross-origin-long-polling``: one HTTP POST per batch.
+
+The body is JSON (``application/json``) or a form whose ``message`` field holds
+the JSON (Faye's CORS transport posts ``text/plain`` ``message=...``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import NOT_DONE_YET, Request
+
+from pandapush.bayeux import json
+from pandapush.bayeux.router import BayeuxRouter
+from pandapush.transports._http import OriginPolicy, contextFor, header, requestLost, writeError
+
+__all__ = ["LongPollingTransport", "decodeMessages"]
+
+
+def decodeMessages(raw: bytes | str | None) -> list[Any] | dict[str, Any] | None:
+    """The batch in ``raw``, or None if it is not a JSON object or array."""
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except (json.JSONDecodeError, TypeError):
+        return None
+    if isinstance(value, dict | list):
+        return value
+    return None
+
+
+class LongPollingTransport:
+    _log = Logger()
+
+    def __init__(self, router: BayeuxRouter, origins: OriginPolicy) -> None:
+        self.router = router
+        self.origins = origins
+
+    def render(self, request: Request) -> bytes | int:
+        body = request.content.read() if request.content is not None else b""
+        contentType = (header(request, b"content-type") or "").split(";")[0].strip().lower()
+        raw: bytes | None
+        if contentType == "application/json":
+            raw = body
+        else:
+            fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+            raw = fields["message"][0].encode("utf-8") if fields.get("message") else None
+        messages = decodeMessages(raw)
+        if messages is None:
+            return writeError(request, 400, "Bad request")
+
+        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-cache, no-store")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        self.origins.apply(request)
+
+        transport = "cross-origin-long-polling" if header(request, b"origin") else "long-polling"
+        lost = requestLost(request)
+        d = self.router.process(messages, contextFor(request, transport, lost))
+        d.addCallback(lambda replies: _respond(request, json.encodeReplies(replies), lost.called))
+        d.addErrback(self._failed, request, lost.called)
+        return NOT_DONE_YET
+
+    def _failed(self, failure: Failure, request: Request, gone: bool) -> None:
+        self._log.failure("long-polling request failed", failure)
+        if not gone and not request.finished:
+            request.setResponseCode(500)
+            request.write(b'[{"successful":false,"error":"500::Internal server error"}]')
+            request.finish()
+
+
+def _respond(request: Request, body: bytes, gone: bool) -> None:
+    if gone or request.finished or getattr(request, "_disconnected", False):
+        return
+    request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
+    request.write(body)
+    request.finish()

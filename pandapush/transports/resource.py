@@ -1,0 +1,82 @@
+"""The ``/push`` endpoint: one resource, every transport, every sub-path.
+
+CometD posts to ``/push/handshake`` and ``/push/connect``; event streams open
+``/push/<clientId>``; websockets upgrade anywhere under ``/push``.
+"""
+
+from __future__ import annotations
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from pandapush.bayeux.router import BayeuxRouter
+from pandapush.transports._http import OriginPolicy, header, writeError
+from pandapush.transports.callbackpolling import CallbackPollingTransport
+from pandapush.transports.eventsource import EventSourceTransport
+from pandapush.transports.longpolling import LongPollingTransport
+from pandapush.transports.websocket import BayeuxWebSocketFactory
+
+__all__ = ["BayeuxResource"]
+
+_PREFLIGHT_HEADERS = {
+    b"Access-Control-Allow-Credentials": b"true",
+    b"Access-Control-Allow-Headers": b"Accept, Authorization, Content-Type, Pragma, X-Requested-With",
+    b"Access-Control-Allow-Methods": b"POST, GET",
+    b"Access-Control-Max-Age": b"86400",
+}
+
+
+class BayeuxResource(Resource):
+    isLeaf = True
+
+    def __init__(
+        self,
+        router: BayeuxRouter,
+        reactor: IReactorTime,
+        maxMessageSize: int = 1024 * 1024,
+        origins: OriginPolicy | None = None,
+        jsonp: bool = True,
+    ) -> None:
+        super().__init__()
+        self.router = router
+        self.origins = origins or OriginPolicy()
+        self.maxMessageSize = maxMessageSize
+        self.jsonpEnabled = jsonp
+        self.longPolling = LongPollingTransport(router, self.origins)
+        self.callbackPolling = CallbackPollingTransport(router, self.origins)
+        self.eventSource = EventSourceTransport(router, self.origins, reactor)
+        self.websocketFactory = BayeuxWebSocketFactory(router, self.origins, maxMessageSize)
+        self._websocket = WebSocketResource(self.websocketFactory)
+
+    def render(self, request: Request) -> bytes | int:
+        if getattr(request, "tooLarge", False):
+            return writeError(request, 413, f"Request body larger than {self.maxMessageSize} bytes")
+        method = request.method
+        if (header(request, b"upgrade") or "").lower() == "websocket":
+            return self._websocket.render(request)  # type: ignore[no-any-return]
+        if method == b"OPTIONS" or request.requestHeaders.hasHeader(b"access-control-request-method"):
+            return self._preflight(request)
+        if method == b"GET":
+            if "text/event-stream" in (header(request, b"accept") or ""):
+                return self.eventSource.render(request)
+            if not self.jsonpEnabled:
+                return writeError(request, 400, "Bad request: callback-polling is disabled")
+            return self.callbackPolling.render(request)
+        if method == b"POST":
+            return self.longPolling.render(request)
+        request.setHeader(b"Allow", b"GET, POST, OPTIONS")
+        return writeError(request, 405, "Method not allowed")
+
+    def _preflight(self, request: Request) -> bytes:
+        origin = header(request, b"origin") or header(request, b"referer")
+        if origin is None or self.origins.allows(origin):
+            for name, value in _PREFLIGHT_HEADERS.items():
+                request.setHeader(name, value)
+            request.setHeader(b"Access-Control-Allow-Origin", (origin or "*").encode("latin-1"))
+        request.setHeader(b"Content-Length", b"0")
+        return b""
+
+    def stop(self) -> None:
+        self.eventSource.stop()

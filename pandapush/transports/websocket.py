@@ -1,0 +1,147 @@
+"""``websocket``: Autobahn on the same port and path as the HTTP transports.
+
+A frame holds one JSON object or an array; replies go back as arrays. The socket
+binds to a client at that client's first ``/meta/connect`` over it, after which
+deliveries are pushed at once, batched per reactor turn by the engine. A
+message going to many sockets in the same turn is framed once: its prepared
+frame is cached on the :class:`~pandapush.bayeux.delivery.Delivery`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionRequest
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from pandapush.bayeux import json
+from pandapush.bayeux.context import MessageContext
+from pandapush.bayeux.delivery import Delivery
+from pandapush.bayeux.router import BayeuxRouter
+from pandapush.interfaces import IClientSocket
+from pandapush.transports._http import OriginPolicy
+from pandapush.transports.longpolling import decodeMessages
+
+__all__ = ["BayeuxWebSocketFactory", "BayeuxWebSocketProtocol"]
+
+_FRAME = "websocket"
+_BAD_REQUEST = b'[{"successful":false,"error":"400::Bad request"}]'
+
+
+@implementer(IClientSocket)
+class BayeuxWebSocketProtocol(WebSocketServerProtocol):
+    factory: BayeuxWebSocketFactory
+    _log = Logger()
+
+    persistent = True
+    endsClientOnClose = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clientId: str | None = None
+        self._context: MessageContext | None = None
+        self._processing = 0
+        self._closeWhenIdle = False
+        self._open = False
+
+    # Autobahn callbacks
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        origin = request.headers.get("origin")
+        if origin and not self.factory.origins.allows(origin):
+            from autobahn.websocket.types import ConnectionDeny
+
+            raise ConnectionDeny(403, "Origin not allowed")
+        peer = self.transport.getPeer() if self.transport is not None else None
+        self._context = MessageContext("websocket", dict(request.headers), getattr(peer, "host", None))
+        # No subprotocol: Bayeux over websocket never negotiated one.
+        return None
+
+    def onOpen(self) -> None:
+        self._open = True
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        messages = decodeMessages(payload)
+        if messages is None:
+            self.sendMessage(_BAD_REQUEST)
+            return
+        assert self._context is not None
+        self._processing += 1
+        d = self.factory.router.process(messages, self._context.forMessage(), self)
+        d.addCallback(self._replied)
+        d.addErrback(self._failed)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._open = False
+        self.factory.router.socketClosed(self)
+
+    # replies
+
+    def _replied(self, replies: list[Any]) -> None:
+        self._processing -= 1
+        if replies:
+            self.sendReplies(replies)
+        if self._closeWhenIdle and self._processing == 0:
+            self._close()
+
+    def _failed(self, failure: Failure) -> None:
+        self._processing -= 1
+        self._log.failure("websocket batch failed", failure)
+
+    # IClientSocket
+
+    def sendReplies(self, replies: Sequence[Any]) -> None:
+        if self._open:
+            self.sendMessage(json.encodeReplies(list(replies)))
+
+    def deliver(self, deliveries: Sequence[Delivery]) -> None:
+        if not self._open:
+            return
+        if len(deliveries) == 1:
+            delivery = deliveries[0]
+            frame = delivery.frames.get(_FRAME)
+            if frame is None:
+                frame = delivery.frames[_FRAME] = self.factory.prepareMessage(b"[" + delivery.payload + b"]")
+            self.sendPreparedMessage(frame)
+        else:
+            self.sendMessage(b"[" + b",".join(d.payload for d in deliveries) + b"]")
+
+    def close(self, afterReplies: bool) -> None:
+        if afterReplies and self._processing:
+            self._closeWhenIdle = True
+        else:
+            self._close()
+
+    def _close(self) -> None:
+        if self._open:
+            self.sendClose(1000)
+
+
+class BayeuxWebSocketFactory(WebSocketServerFactory):
+    protocol = BayeuxWebSocketProtocol
+
+    def __init__(
+        self,
+        router: BayeuxRouter,
+        origins: OriginPolicy,
+        maxMessageSize: int,
+        pingInterval: float = 25.0,
+        pingTimeout: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self.router = router
+        self.origins = origins
+        self.setProtocolOptions(
+            maxFramePayloadSize=maxMessageSize,
+            maxMessagePayloadSize=maxMessageSize,
+            # Pings find sockets whose peer vanished without a FIN (a laptop
+            # closed, a NAT entry dropped), so their clients end too.
+            autoPingInterval=pingInterval,
+            autoPingTimeout=pingTimeout,
+            openHandshakeTimeout=10,
+            closeHandshakeTimeout=2,
+        )

@@ -1,0 +1,110 @@
+"""One ``twisted.web`` Site for everything: ``/push`` and the Klein routes."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from typing import Any
+
+from klein import Klein
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request, Site
+
+import pandapush
+from pandapush.bayeux import json
+
+__all__ = ["HealthApp", "LimitedRequest", "PandapushRoot", "makeSite"]
+
+
+class LimitedRequest(Request):
+    """
+    A request that stops buffering its body past ``site.maxBodySize``.
+
+    Twisted reads a whole body before rendering; without a cap a client could
+    make us buffer gigabytes. Past the cap the body is dropped and
+    ``tooLarge`` is set, so resources answer 413 instead of parsing anything.
+    """
+
+    tooLarge = False
+    _received = 0
+
+    def gotLength(self, length: int | None) -> None:
+        limit = self._limit()
+        if length is not None and length > limit:
+            self.tooLarge = True
+        # Always in memory: bodies are capped, so no temporary files.
+        self.content = io.BytesIO()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.tooLarge:
+            return
+        self._received += len(data)
+        if self._received > self._limit():
+            self.tooLarge = True
+            self.content = io.BytesIO()
+            return
+        self.content.write(data)
+
+    def _limit(self) -> int:
+        return getattr(self.channel.site, "maxBodySize", 1024 * 1024) if self.channel else 1024 * 1024
+
+
+class HealthApp:
+    """``GET /health_check.json``: what is running, answered without touching anything slow."""
+
+    app = Klein()
+
+    def __init__(self) -> None:
+        self._body = json.dumps(
+            {
+                "version": pandapush.__version__,
+                "rev": os.environ.get("PANDAPUSH_REV", "dev"),
+                "built": os.environ.get(
+                    "PANDAPUSH_BUILT", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                ),
+            }
+        )
+
+    @app.route("/health_check.json", methods=["GET", "HEAD"])
+    def health(self, request: IRequest) -> bytes:
+        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-cache")
+        return self._body
+
+
+class PandapushRoot(Resource):
+    """
+    Dispatches on the first path segment: ``/push`` goes straight to the Bayeux
+    resource (no routing cost on the hot path); other ``mounts`` (``channel``,
+    ``admin``, ``metrics``...) and the ``default`` resource for everything else
+    are leaf resources, usually Klein apps, that see the whole path.
+    """
+
+    def __init__(self, bayeux: IResource, default: IResource, mounts: dict[bytes, IResource] | None = None):
+        super().__init__()
+        self._bayeux = bayeux
+        self._default = default
+        self._mounts = dict(mounts or {})
+
+    def mount(self, segment: bytes, resource: IResource) -> None:
+        self._mounts[segment] = resource
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
+        if path == b"push":
+            return self._bayeux
+        # Give the segment back: the apps route on the whole path.
+        request.postpath.insert(0, request.prepath.pop())
+        return self._mounts.get(path, self._default)
+
+    def render(self, request: Any) -> Any:
+        return self._default.render(request)
+
+
+def makeSite(root: IResource, maxBodySize: int) -> Site:
+    site = Site(root)
+    site.requestFactory = LimitedRequest
+    site.maxBodySize = maxBodySize  # type: ignore[attr-defined]
+    site.displayTracebacks = False
+    return site
