@@ -147,7 +147,8 @@ class IEngine(Interface):
     def attach(clientId: str, sink: IDeliverySink) -> None:
         """
         Route the client's messages to ``sink`` from now on, replacing any sink
-        attached before. Messages already queued are handed over on the next turn.
+        attached before. Messages already queued are handed over at once (a
+        one-shot sink may so be answered, and detached, before ``attach`` returns).
         While a sink is attached the client does not expire.
         """
 

@@ -33,12 +33,12 @@ SERVICE_PREFIX = "/service/"
 
 def isValidName(channel: str) -> bool:
     """A concrete channel name one can publish to (no wildcard)."""
-    return _NAME.match(channel) is not None
+    return _NAME.fullmatch(channel) is not None
 
 
 def isValidPattern(channel: str) -> bool:
     """A name whose last segment is ``*`` or ``**``."""
-    return _PATTERN.match(channel) is not None
+    return _PATTERN.fullmatch(channel) is not None
 
 
 def isPattern(channel: str) -> bool:

@@ -235,11 +235,13 @@ class MemoryEngine:
             return
         client.sink = sink
         self._deadlines.pop(clientId, None)
-        if client.queue and not client.dirty:
-            client.dirty = True
-            self._dirty.append(client)
-            if self._flushCall is None:
-                self._flushCall = self._reactor.callLater(0, self._flush)
+        if client.queue:
+            # Waiting messages go at once: a long-poll connect arriving to a full
+            # queue is answered without holding it for a turn.
+            queue, client.queue = client.queue, []
+            if not sink.persistent:
+                self._detach(client)
+            sink.deliver(queue)
 
     def detach(self, clientId: str, sink: IDeliverySink) -> None:
         client = self._clients.get(clientId)

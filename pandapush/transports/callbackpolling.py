@@ -31,7 +31,7 @@ class CallbackPollingTransport:
         if messages is None:
             return writeError(request, 400, "Bad request")
         callback = args[b"jsonp"][0] if args.get(b"jsonp") else DEFAULT_CALLBACK
-        if len(callback) > 256 or not _VALID_CALLBACK.match(callback):
+        if len(callback) > 256 or not _VALID_CALLBACK.fullmatch(callback):
             return writeError(request, 400, "Bad request: invalid JSONP callback name")
 
         request.setHeader(b"Content-Type", b"text/javascript; charset=utf-8")

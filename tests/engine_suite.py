@@ -1,0 +1,263 @@
+"""The IEngine contract, as tests any engine must pass (memory now, Redis later).
+
+A concrete test case mixes ``EngineTestsMixin`` into a ``TestCase`` and provides
+``makeEngine`` plus two ways of letting time pass: ``turn`` (let one reactor
+turn's deliveries flush) and ``wait`` (let seconds pass).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from pandapush.bayeux.delivery import Delivery
+from pandapush.interfaces import IDeliverySink, IEngine, IEngineListener
+
+if TYPE_CHECKING:
+    from twisted.trial.unittest import TestCase
+
+    _Base = TestCase
+else:
+    _Base = object
+
+
+@implementer(IDeliverySink)
+class RecordingSink:
+    def __init__(self, persistent: bool = True) -> None:
+        self.persistent = persistent
+        self.batches: list[list[bytes]] = []
+
+    def deliver(self, deliveries: Sequence[Delivery]) -> None:
+        self.batches.append([d.payload for d in deliveries])
+
+    @property
+    def payloads(self) -> list[bytes]:
+        return [p for batch in self.batches for p in batch]
+
+
+@implementer(IEngineListener)
+class RecordingListener:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, ...]] = []
+
+    def clientCreated(self, clientId: str) -> None:
+        self.events.append(("created", clientId))
+
+    def clientDestroyed(self, clientId: str, reason: str) -> None:
+        self.events.append(("destroyed", clientId, reason))
+
+    def subscribed(self, clientId: str, channel: str) -> None:
+        self.events.append(("subscribed", clientId, channel))
+
+    def unsubscribed(self, clientId: str, channel: str) -> None:
+        self.events.append(("unsubscribed", clientId, channel))
+
+
+def message(channel: str, data: Any = "x") -> Delivery:
+    return Delivery.fromMessage({"channel": channel, "data": data})
+
+
+class EngineTestsMixin(_Base):
+    """Behaviour every IEngine must have. ``self.engine`` is made in ``setUp``."""
+
+    engine: Any
+    expiry: float = 10.0
+
+    def makeEngine(self) -> Any:
+        raise NotImplementedError
+
+    def turn(self) -> Deferred[None]:
+        raise NotImplementedError
+
+    def wait(self, seconds: float) -> Deferred[None]:
+        raise NotImplementedError
+
+    def setUp(self) -> Any:
+        self.engine = self.makeEngine()
+        self.listener = RecordingListener()
+        self.engine.addListener(self.listener)
+        self.addCleanup(self.engine.close)
+
+    def test_verifyObject(self) -> None:
+        """The engine provides IEngine."""
+        self.assertTrue(verifyObject(IEngine, self.engine))
+
+    async def test_clientIds(self) -> None:
+        """Client ids are distinct, long and known to the engine until destroyed."""
+        first = await self.engine.createClient()
+        second = await self.engine.createClient()
+        self.assertNotEqual(first, second)
+        self.assertGreaterEqual(len(first), 22)
+        self.assertTrue(await self.engine.clientExists(first))
+        await self.engine.destroyClient(first, "disconnect")
+        self.assertFalse(await self.engine.clientExists(first))
+        self.assertFalse(await self.engine.clientExists("never-was"))
+
+    async def test_deliverToAttachedSink(self) -> None:
+        """A message published to a subscribed channel reaches the client's sink."""
+        clientId = await self.engine.createClient()
+        sink = RecordingSink()
+        self.engine.attach(clientId, sink)
+        await self.engine.subscribe(clientId, "/a/b")
+        count = await self.engine.publish(message("/a/b", 1))
+        await self.turn()
+        self.assertEqual(count, 1)
+        self.assertEqual(sink.payloads, [b'{"channel":"/a/b","data":1}'])
+
+    async def test_oncePerClient(self) -> None:
+        """A client whose several subscriptions match receives the message once."""
+        clientId = await self.engine.createClient()
+        sink = RecordingSink()
+        self.engine.attach(clientId, sink)
+        for channel in ["/a/b/c", "/a/b/*", "/a/**", "/**"]:
+            await self.engine.subscribe(clientId, channel)
+        self.assertEqual(await self.engine.publish(message("/a/b/c")), 1)
+        await self.turn()
+        self.assertEqual(len(sink.payloads), 1)
+
+    async def test_wildcards(self) -> None:
+        """* matches one more segment, ** any number; matching is by segment."""
+        one, many = await self.engine.createClient(), await self.engine.createClient()
+        oneSink, manySink = RecordingSink(), RecordingSink()
+        self.engine.attach(one, oneSink)
+        self.engine.attach(many, manySink)
+        await self.engine.subscribe(one, "/users/1/*")
+        await self.engine.subscribe(many, "/users/1/**")
+        for channel in ["/users/1", "/users/1/foo", "/users/1/foo/bar", "/users/10/foo"]:
+            await self.engine.publish(message(channel, channel))
+        await self.turn()
+        self.assertEqual(oneSink.payloads, [b'{"channel":"/users/1/foo","data":"/users/1/foo"}'])
+        self.assertEqual(len(manySink.payloads), 2)
+
+    async def test_batchedPerTurn(self) -> None:
+        """Messages published in one turn reach a client in one batch, in order."""
+        clientId = await self.engine.createClient()
+        sink = RecordingSink()
+        self.engine.attach(clientId, sink)
+        await self.engine.subscribe(clientId, "/a")
+        for i in range(3):
+            await self.engine.publish(message("/a", i))
+        await self.turn()
+        self.assertEqual(len(sink.batches), 1)
+        self.assertEqual(
+            sink.payloads,
+            [b'{"channel":"/a","data":0}', b'{"channel":"/a","data":1}', b'{"channel":"/a","data":2}'],
+        )
+
+    async def test_queuedUntilAttached(self) -> None:
+        """Without a sink messages queue, and a sink attached later gets them all."""
+        clientId = await self.engine.createClient()
+        await self.engine.subscribe(clientId, "/a")
+        await self.engine.publish(message("/a", 1))
+        await self.engine.publish(message("/a", 2))
+        await self.turn()
+        sink = RecordingSink()
+        self.engine.attach(clientId, sink)
+        await self.turn()
+        self.assertEqual(len(sink.payloads), 2)
+
+    async def test_oneShotSink(self) -> None:
+        """A non-persistent sink gets one batch; later messages queue for the next sink."""
+        clientId = await self.engine.createClient()
+        await self.engine.subscribe(clientId, "/a")
+        first = RecordingSink(persistent=False)
+        self.engine.attach(clientId, first)
+        await self.engine.publish(message("/a", 1))
+        await self.turn()
+        await self.engine.publish(message("/a", 2))
+        await self.turn()
+        self.assertEqual(first.payloads, [b'{"channel":"/a","data":1}'])
+        second = RecordingSink(persistent=False)
+        self.engine.attach(clientId, second)
+        await self.turn()
+        self.assertEqual(second.payloads, [b'{"channel":"/a","data":2}'])
+
+    async def test_detachKeepsMessages(self) -> None:
+        """Messages published after a sink detaches wait for the next one."""
+        clientId = await self.engine.createClient()
+        await self.engine.subscribe(clientId, "/a")
+        sink = RecordingSink()
+        self.engine.attach(clientId, sink)
+        self.engine.detach(clientId, sink)
+        await self.engine.publish(message("/a", 1))
+        await self.turn()
+        self.assertEqual(sink.payloads, [])
+        later = RecordingSink()
+        self.engine.attach(clientId, later)
+        await self.turn()
+        self.assertEqual(len(later.payloads), 1)
+
+    async def test_detachOtherSinkIgnored(self) -> None:
+        """Detaching a sink that was already replaced leaves the new one attached."""
+        clientId = await self.engine.createClient()
+        await self.engine.subscribe(clientId, "/a")
+        old, new = RecordingSink(), RecordingSink()
+        self.engine.attach(clientId, old)
+        self.engine.attach(clientId, new)
+        self.engine.detach(clientId, old)
+        await self.engine.publish(message("/a"))
+        await self.turn()
+        self.assertEqual((len(old.payloads), len(new.payloads)), (0, 1))
+
+    async def test_unsubscribe(self) -> None:
+        """After unsubscribing, nothing more arrives; unknown unsubscriptions are harmless."""
+        clientId = await self.engine.createClient()
+        sink = RecordingSink()
+        self.engine.attach(clientId, sink)
+        self.assertTrue(await self.engine.subscribe(clientId, "/a"))
+        self.assertFalse(await self.engine.subscribe(clientId, "/a"))
+        self.assertTrue(await self.engine.unsubscribe(clientId, "/a"))
+        self.assertFalse(await self.engine.unsubscribe(clientId, "/a"))
+        self.assertEqual(await self.engine.publish(message("/a")), 0)
+        await self.turn()
+        self.assertEqual(sink.payloads, [])
+        self.assertEqual(await self.engine.subscriptions(clientId), set())
+
+    async def test_listenerEvents(self) -> None:
+        """Listeners hear of clients and subscriptions, and destruction ends subscriptions first."""
+        clientId = await self.engine.createClient()
+        await self.engine.subscribe(clientId, "/a")
+        await self.engine.subscribe(clientId, "/a")
+        await self.engine.destroyClient(clientId, "disconnect")
+        self.assertEqual(
+            self.listener.events,
+            [
+                ("created", clientId),
+                ("subscribed", clientId, "/a"),
+                ("unsubscribed", clientId, "/a"),
+                ("destroyed", clientId, "disconnect"),
+            ],
+        )
+
+    async def test_detachedClientExpires(self) -> None:
+        """A client with no sink for longer than the expiry is destroyed."""
+        clientId = await self.engine.createClient()
+        await self.engine.subscribe(clientId, "/a")
+        await self.wait(self.expiry + 2)
+        self.assertFalse(await self.engine.clientExists(clientId))
+        self.assertIn(("destroyed", clientId, "expired"), self.listener.events)
+
+    async def test_attachedClientLives(self) -> None:
+        """A client with a sink attached does not expire; its clock starts at detach."""
+        clientId = await self.engine.createClient()
+        sink = RecordingSink()
+        self.engine.attach(clientId, sink)
+        await self.wait(self.expiry * 2)
+        self.assertTrue(await self.engine.clientExists(clientId))
+        self.engine.detach(clientId, sink)
+        await self.wait(self.expiry / 2)
+        self.assertTrue(await self.engine.clientExists(clientId))
+        await self.wait(self.expiry)
+        self.assertFalse(await self.engine.clientExists(clientId))
+
+    async def test_destroyedClientGetsNothing(self) -> None:
+        """Publishing after a client is destroyed reaches nobody and does not fail."""
+        clientId = await self.engine.createClient()
+        await self.engine.subscribe(clientId, "/a")
+        await self.engine.destroyClient(clientId, "disconnect")
+        self.assertEqual(await self.engine.publish(message("/a")), 0)
+        await self.engine.destroyClient(clientId, "disconnect")

@@ -1,0 +1,66 @@
+"""The channel grammar and wildcard expansion."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from pandapush.bayeux import channel
+
+segments = st.text(alphabet="abcAB01-_!~()$@", min_size=1, max_size=4)
+names = st.lists(segments, min_size=1, max_size=5).map(lambda s: "/" + "/".join(s))
+
+
+def referenceMatch(pattern: str, name: str) -> bool:
+    """Segment-by-segment matching, written plainly, to check ``expand`` against."""
+    p, n = pattern.split("/")[1:], name.split("/")[1:]
+    if p[-1] == "**":
+        return len(n) > len(p) - 1 and n[: len(p) - 1] == p[:-1]
+    if p[-1] == "*":
+        return len(n) == len(p) and n[:-1] == p[:-1]
+    return p == n
+
+
+class GrammarTests(SynchronousTestCase):
+    def test_names(self) -> None:
+        """Names are slash-separated segments of the Bayeux character set, nothing else."""
+        for good in ["/a", "/a/b", "/foo-bar/b_z/!~()$@", "/0"]:
+            self.assertTrue(channel.isValidName(good), good)
+        for bad in ["", "/", "a", "/a/", "//a", "/a b", "/a/*", "/a/**", "/ä", "/a\n"]:
+            self.assertFalse(channel.isValidName(bad), bad)
+
+    def test_patterns(self) -> None:
+        """A pattern is a name whose last segment only is * or **."""
+        for good in ["/*", "/**", "/a/*", "/a/b/**"]:
+            self.assertTrue(channel.isValidPattern(good), good)
+        for bad in ["/a", "/*/a", "/a/***", "/a*", "/a/*/*", "/**/b"]:
+            self.assertFalse(channel.isValidPattern(bad), bad)
+
+    def test_metaAndService(self) -> None:
+        """/meta/** and /service/** cannot be subscribed to; lookalikes can."""
+        self.assertFalse(channel.isSubscribable("/meta/foo"))
+        self.assertFalse(channel.isSubscribable("/service/foo"))
+        self.assertTrue(channel.isSubscribable("/metadata"))
+        self.assertTrue(channel.isSubscribable("/services/x"))
+
+    def test_expand(self) -> None:
+        """/a/b/c is reached through exactly these five subscription keys."""
+        self.assertEqual(channel.expand("/a/b/c"), ("/a/b/c", "/a/b/*", "/a/b/**", "/a/**", "/**"))
+        self.assertEqual(channel.expand("/a"), ("/a", "/*", "/**"))
+
+    def test_segmentsNotPrefixes(self) -> None:
+        """/a/b/** does not match /a/bc, and /* matches one-segment channels only."""
+        self.assertFalse(channel.matches("/a/b/**", "/a/bc"))
+        self.assertFalse(channel.matches("/a/b/**", "/a/b"))
+        self.assertTrue(channel.matches("/*", "/a"))
+        self.assertFalse(channel.matches("/*", "/a/b"))
+
+    @given(names, names, st.sampled_from(["", "/*", "/**"]))
+    def test_expandAgreesWithReference(self, base: str, name: str, suffix: str) -> None:
+        """For any pattern and name, expansion-based matching equals segment matching."""
+        pattern = base + suffix
+        self.assertEqual(channel.matches(pattern, name), referenceMatch(pattern, name))
+
+    @given(names, st.sampled_from(["/*", "/**"]))
+    def test_childrenMatch(self, base: str, suffix: str) -> None:
+        """A direct child of a pattern's base is always matched by it."""
+        self.assertTrue(channel.matches(base + suffix, base + "/x"))

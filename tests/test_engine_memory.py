@@ -1,0 +1,66 @@
+"""The engine contract on the in-memory engine, with a fake clock."""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from pandapush.engines.memory import MemoryEngine
+from tests.engine_suite import EngineTestsMixin, RecordingSink, message
+
+
+class MemoryEngineTests(EngineTestsMixin, TestCase):
+    def makeEngine(self) -> MemoryEngine:
+        self.clock = Clock()
+        return MemoryEngine(self.clock, timeout=30, expiry=self.expiry)
+
+    def turn(self) -> defer.Deferred[None]:
+        self.clock.advance(0)
+        return defer.succeed(None)
+
+    def wait(self, seconds: float) -> defer.Deferred[None]:
+        for _ in range(int(seconds)):
+            self.clock.advance(1)
+        self.clock.advance(seconds - int(seconds))
+        return defer.succeed(None)
+
+    async def test_oneTimerPerTurn(self) -> None:
+        """However many clients receive messages in a turn, one flush call is scheduled."""
+        sinks = []
+        for _ in range(50):
+            clientId = await self.engine.createClient()
+            sink = RecordingSink()
+            sinks.append(sink)
+            self.engine.attach(clientId, sink)
+            await self.engine.subscribe(clientId, "/a")
+        pendingBefore = len(self.clock.getDelayedCalls())
+        await self.engine.publish(message("/a"))
+        await self.engine.publish(message("/a"))
+        self.assertEqual(len(self.clock.getDelayedCalls()), pendingBefore + 1)
+        self.clock.advance(0)
+        self.assertTrue(all(len(s.batches) == 1 and len(s.payloads) == 2 for s in sinks))
+
+    async def test_sharedDelivery(self) -> None:
+        """Every recipient gets the same Delivery object: serialized once, not per client."""
+        seen = []
+
+        class Sink(RecordingSink):
+            def deliver(self, deliveries):  # type: ignore[no-untyped-def]
+                seen.extend(deliveries)
+
+        for _ in range(3):
+            clientId = await self.engine.createClient()
+            self.engine.attach(clientId, Sink())
+            await self.engine.subscribe(clientId, "/a")
+        await self.engine.publish(message("/a"))
+        self.clock.advance(0)
+        self.assertEqual(len(seen), 3)
+        self.assertTrue(all(d is seen[0] for d in seen))
+
+    async def test_expiryScansOnlyExpired(self) -> None:
+        """Attaching removes a client from the expiry list, so living clients cost the sweep nothing."""
+        ids = [await self.engine.createClient() for _ in range(5)]
+        for clientId in ids[:4]:
+            self.engine.attach(clientId, RecordingSink())
+        self.assertEqual(list(self.engine._deadlines), ids[4:])

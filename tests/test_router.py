@@ -1,0 +1,453 @@
+"""The Bayeux router, message by message, with the memory engine and a fake clock."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+
+from pandapush.bayeux.context import MessageContext
+from pandapush.bayeux.delivery import Delivery
+from pandapush.bayeux.router import CONNECTION_TYPES, BayeuxRouter
+from pandapush.engines.memory import MemoryEngine
+from pandapush.interfaces import IClientSocket, IExtension
+
+HANDSHAKE = {"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["long-polling"]}
+
+
+@implementer(IClientSocket)
+class FakeSocket:
+    persistent = True
+    endsClientOnClose = True
+
+    def __init__(self) -> None:
+        self.clientId: str | None = None
+        self.sent: list[list[Any]] = []
+        self.closed: bool | None = None
+
+    def deliver(self, deliveries: Sequence[Delivery]) -> None:
+        self.sent.append(list(deliveries))
+
+    def sendReplies(self, replies: Sequence[Any]) -> None:
+        self.sent.append(list(replies))
+
+    def close(self, afterReplies: bool) -> None:
+        self.closed = afterReplies
+
+
+class RouterTestCase(TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.engine = MemoryEngine(self.clock, timeout=30, expiry=10)
+        self.router = BayeuxRouter(self.engine, self.clock, timeout=30)
+
+    def process(self, messages: Any, socket: Any = None, context: MessageContext | None = None) -> list[Any]:
+        return self.successResultOf(
+            self.router.process(messages, context or MessageContext("long-polling"), socket)
+        )
+
+    def send(self, message: dict[str, Any]) -> dict[str, Any]:
+        (reply,) = self.process([message])
+        return reply  # type: ignore[no-any-return]
+
+    def handshake(self) -> str:
+        clientId = self.send(dict(HANDSHAKE))["clientId"]
+        # The first connect is answered at once; later ones are held.
+        self.send({"channel": "/meta/connect", "clientId": clientId, "connectionType": "long-polling"})
+        return clientId  # type: ignore[no-any-return]
+
+    def connect(self, clientId: str, **extra: Any) -> defer.Deferred[list[Any]]:
+        message = {
+            "channel": "/meta/connect",
+            "clientId": clientId,
+            "connectionType": "long-polling",
+            **extra,
+        }
+        return self.router.process([message], MessageContext("long-polling"))
+
+
+class HandshakeTests(RouterTestCase):
+    def test_success(self) -> None:
+        """A handshake gets version, the five connection types, a client id and retry advice."""
+        reply = self.send({**HANDSHAKE, "id": "h1"})
+        self.assertEqual(reply["id"], "h1")
+        self.assertTrue(reply["successful"])
+        self.assertEqual(reply["version"], "1.0")
+        self.assertEqual(reply["supportedConnectionTypes"], CONNECTION_TYPES)
+        self.assertEqual(reply["advice"], {"reconnect": "retry", "interval": 0, "timeout": 30000})
+        self.assertTrue(self.engine.hasClient(reply["clientId"]))
+
+    def test_missingVersion(self) -> None:
+        """No version: 402 naming it, and handshake advice."""
+        reply = self.send({"channel": "/meta/handshake", "supportedConnectionTypes": ["long-polling"]})
+        self.assertEqual(reply["error"], "402:version:Missing required parameter")
+        self.assertIs(reply["successful"], False)
+        self.assertEqual(reply["advice"], {"reconnect": "handshake"})
+        self.assertNotIn("clientId", reply)
+
+    def test_missingTypes(self) -> None:
+        reply = self.send({"channel": "/meta/handshake", "version": "1.0"})
+        self.assertEqual(reply["error"], "402:supportedConnectionTypes:Missing required parameter")
+
+    def test_noCommonType(self) -> None:
+        """Only unsupported types: 301 listing what the client offered."""
+        reply = self.send(
+            {"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["iframe", "flash"]}
+        )
+        self.assertEqual(reply["error"], "301:iframe,flash:Connection types not supported")
+
+    def test_wrongTypeOfTypes(self) -> None:
+        reply = self.send(
+            {"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": "websocket"}
+        )
+        self.assertEqual(reply["error"], "400:supportedConnectionTypes:Bad request")
+
+    def test_idEchoedVerbatim(self) -> None:
+        """ids are echoed whatever they are, including falsy 0 and "0"."""
+        for value in [0, "0", "", None, 1.5, [1], {"a": 1}]:
+            self.assertEqual(self.send({**HANDSHAKE, "id": value})["id"], value)
+
+
+class ConnectTests(RouterTestCase):
+    def test_firstConnectAnsweredAtOnce(self) -> None:
+        """The first connect after a handshake is answered at once, whatever its advice."""
+        clientId = self.send(dict(HANDSHAKE))["clientId"]
+        (reply,) = self.successResultOf(self.connect(clientId, id=7))
+        self.assertEqual(reply["id"], 7)
+        self.assertTrue(reply["successful"])
+        self.assertEqual(reply["clientId"], clientId)
+        self.assertEqual(reply["advice"], {"reconnect": "retry", "interval": 0, "timeout": 30000})
+
+    def test_heldUntilTimeout(self) -> None:
+        """Later connects are held for the server timeout when nothing arrives."""
+        clientId = self.handshake()
+        d = self.connect(clientId)
+        self.clock.advance(29)
+        self.assertNoResult(d)
+        self.clock.advance(1)
+        (reply,) = self.successResultOf(d)
+        self.assertTrue(reply["successful"])
+
+    def test_clientAdviceTimeout(self) -> None:
+        """A client may ask for a shorter hold; 0 means answer now."""
+        clientId = self.handshake()
+        d = self.connect(clientId, advice={"timeout": 5000})
+        self.clock.advance(5)
+        self.successResultOf(d)
+        self.successResultOf(self.connect(clientId, advice={"timeout": 0}))
+
+    def test_answeredByMessage(self) -> None:
+        """A held connect is answered on the next turn after a message is queued: reply first."""
+        clientId = self.handshake()
+        self.send({"channel": "/meta/subscribe", "clientId": clientId, "subscription": "/a"})
+        d = self.connect(clientId)
+        self.assertNoResult(d)
+        self.send({"channel": "/a", "data": {"n": 1}, "clientId": clientId, "id": "m", "ext": {"x": 1}})
+        self.assertNoResult(d)
+        self.clock.advance(0)
+        reply, delivery = self.successResultOf(d)
+        self.assertEqual(reply["channel"], "/meta/connect")
+        self.assertEqual(delivery.payload, b'{"channel":"/a","data":{"n":1},"id":"m","ext":{"x":1}}')
+
+    def test_queuedMessagesAtConnect(self) -> None:
+        """Messages queued between polls are answered at once by the next connect."""
+        clientId = self.handshake()
+        self.send({"channel": "/meta/subscribe", "clientId": clientId, "subscription": "/a"})
+        self.send({"channel": "/a", "data": 1})
+        self.send({"channel": "/a", "data": 2})
+        replies = self.successResultOf(self.connect(clientId))
+        self.assertEqual(
+            [r.payload for r in replies[1:]], [b'{"channel":"/a","data":1}', b'{"channel":"/a","data":2}']
+        )
+
+    def test_secondConnectAnswersFirst(self) -> None:
+        """A second connect while one is held answers the older at once (Faye orphans it)."""
+        clientId = self.handshake()
+        first = self.connect(clientId, id=1)
+        second = self.connect(clientId, id=2)
+        (reply,) = self.successResultOf(first)
+        self.assertEqual(reply["id"], 1)
+        self.assertNoResult(second)
+        self.clock.advance(30)
+        self.successResultOf(second)
+
+    def test_unknownClient(self) -> None:
+        """An unknown client gets 401 with its id, no clientId in the reply, handshake advice."""
+        reply = self.send({"channel": "/meta/connect", "clientId": "nope", "connectionType": "long-polling"})
+        self.assertEqual(reply["error"], "401:nope:Unknown client")
+        self.assertNotIn("clientId", reply)
+        self.assertEqual(reply["advice"], {"reconnect": "handshake"})
+
+    def test_missingClientId(self) -> None:
+        reply = self.send({"channel": "/meta/connect", "connectionType": "long-polling"})
+        self.assertEqual(reply["error"], "402:clientId:Missing required parameter")
+
+    def test_badConnectionType(self) -> None:
+        clientId = self.handshake()
+        reply = self.send({"channel": "/meta/connect", "clientId": clientId, "connectionType": "iframe"})
+        self.assertEqual(reply["error"], "301:iframe:Connection types not supported")
+        self.assertNotIn("clientId", reply)
+        reply = self.send({"channel": "/meta/connect", "clientId": clientId})
+        self.assertEqual(reply["error"], "402:connectionType:Missing required parameter")
+
+    def test_hostileClientId(self) -> None:
+        """A clientId that is not a string is an unknown client, not a crash."""
+        for value in [{}, [], 5, True]:
+            reply = self.send(
+                {"channel": "/meta/connect", "clientId": value, "connectionType": "long-polling"}
+            )
+            self.assertTrue(reply["error"].startswith("401:"), reply)
+
+    def test_eventsourceAdvice(self) -> None:
+        """eventsource connects are answered at once with interval = the timeout and timeout 0."""
+        clientId = self.handshake()
+        d = self.router.process(
+            [{"channel": "/meta/connect", "clientId": clientId, "connectionType": "eventsource"}],
+            MessageContext("long-polling"),
+        )
+        (reply,) = self.successResultOf(d)
+        self.assertEqual(reply["advice"], {"reconnect": "retry", "interval": 30000, "timeout": 0})
+
+    def test_lostRequestLeavesMessagesQueued(self) -> None:
+        """If the long-poll request goes away, the connect stops holding and messages wait."""
+        clientId = self.handshake()
+        self.send({"channel": "/meta/subscribe", "clientId": clientId, "subscription": "/a"})
+        lost: defer.Deferred[None] = defer.Deferred()
+        context = MessageContext("long-polling", lost=lost)
+        d = self.router.process(
+            [{"channel": "/meta/connect", "clientId": clientId, "connectionType": "long-polling"}], context
+        )
+        lost.callback(None)
+        self.successResultOf(d)
+        self.send({"channel": "/a", "data": 1})
+        self.clock.advance(0)
+        self.assertEqual(self.engine.queued(clientId), 1)
+
+    def test_vanishedClientExpires(self) -> None:
+        """A long-poll client that stops polling is destroyed after the expiry."""
+        clientId = self.handshake()
+        self.clock.pump([1] * 11)
+        self.assertFalse(self.engine.hasClient(clientId))
+
+    def test_heldClientDoesNotExpire(self) -> None:
+        clientId = self.handshake()
+        d = self.connect(clientId)
+        self.clock.pump([1] * 25)
+        self.assertTrue(self.engine.hasClient(clientId))
+        self.clock.advance(5)
+        self.successResultOf(d)
+
+
+class SubscribeTests(RouterTestCase):
+    def test_subscribeEchoes(self) -> None:
+        """The reply echoes the subscription as sent and keeps clientId."""
+        clientId = self.handshake()
+        for subscription in ["/a", ["/a", "/b/*"]]:
+            reply = self.send(
+                {"channel": "/meta/subscribe", "clientId": clientId, "subscription": subscription}
+            )
+            self.assertEqual(reply["subscription"], subscription)
+            self.assertEqual(reply["clientId"], clientId)
+            self.assertTrue(reply["successful"])
+        self.assertEqual(self.successResultOf(self.engine.subscriptions(clientId)), {"/a", "/b/*"})
+
+    def test_errors(self) -> None:
+        """Each refusal has Faye's error string; clientId stays in subscribe errors."""
+        clientId = self.handshake()
+        cases = [
+            ({}, "402:subscription:Missing required parameter"),
+            ({"subscription": 5}, "400:subscription:Bad request"),
+            ({"subscription": [5]}, "400:subscription:Bad request"),
+            ({"subscription": "/meta/foo"}, "403:/meta/foo:Forbidden channel"),
+            ({"subscription": "/service/x"}, "403:/service/x:Forbidden channel"),
+            ({"subscription": "/foo/*/bar"}, "405:/foo/*/bar:Invalid channel"),
+        ]
+        for extra, error in cases:
+            reply = self.send({"channel": "/meta/subscribe", "clientId": clientId, **extra})
+            self.assertEqual(reply["error"], error)
+            self.assertEqual(reply["clientId"], clientId)
+            self.assertIs(reply["successful"], False)
+        reply = self.send({"channel": "/meta/subscribe", "clientId": "nope", "subscription": "/a"})
+        self.assertEqual(reply["error"], "401:nope:Unknown client")
+
+    def test_inOrder(self) -> None:
+        """Channels are processed in order: those before a bad one are subscribed."""
+        clientId = self.handshake()
+        reply = self.send(
+            {"channel": "/meta/subscribe", "clientId": clientId, "subscription": ["/a", "/meta/x", "/b"]}
+        )
+        self.assertEqual(reply["error"], "403:/meta/x:Forbidden channel")
+        self.assertEqual(self.successResultOf(self.engine.subscriptions(clientId)), {"/a"})
+
+    def test_unsubscribeNotSubscribed(self) -> None:
+        """Unsubscribing from a channel not subscribed succeeds."""
+        clientId = self.handshake()
+        reply = self.send({"channel": "/meta/unsubscribe", "clientId": clientId, "subscription": "/never"})
+        self.assertTrue(reply["successful"])
+
+
+class PublishTests(RouterTestCase):
+    def test_publishReply(self) -> None:
+        reply = self.send({"channel": "/a", "data": None, "id": "p", "clientId": "whoever"})
+        self.assertEqual(reply, {"id": "p", "clientId": "whoever", "channel": "/a", "successful": True})
+
+    def test_errors(self) -> None:
+        cases = [
+            ({"channel": "/a"}, "402:data:Missing required parameter"),
+            ({"channel": "/a/*", "data": 1}, "405:/a/*:Invalid channel"),
+            ({"channel": "/a b", "data": 1}, "405:/a b:Invalid channel"),
+            ({"channel": "/meta/x", "data": 1}, "403:/meta/x:Forbidden channel"),
+            ({"data": 1}, "402:channel:Missing required parameter"),
+            ({"channel": {}, "data": 1}, "400:channel:Bad request"),
+        ]
+        for message, error in cases:
+            self.assertEqual(self.send(message)["error"], error)
+
+    def test_nonObjectInBatch(self) -> None:
+        """A non-object in a batch gets an error reply of its own; the rest are handled."""
+        replies = self.process([3, {"channel": "/a", "data": 1}])
+        self.assertEqual(replies[0], {"error": "400::Bad request", "successful": False})
+        self.assertTrue(replies[1]["successful"])
+
+    def test_deliveredCopy(self) -> None:
+        """The delivered copy carries channel, data, id and ext, never the publisher's clientId."""
+        clientId = self.handshake()
+        self.send({"channel": "/meta/subscribe", "clientId": clientId, "subscription": "/a"})
+        d = self.connect(clientId)
+        self.send({"channel": "/a", "data": 1, "clientId": clientId, "id": 9, "advice": {"x": 1}})
+        self.clock.advance(0)
+        _, delivery = self.successResultOf(d)
+        self.assertEqual(delivery.payload, b'{"channel":"/a","data":1,"id":9}')
+
+    def test_serverPublish(self) -> None:
+        """The server's own publish reaches subscribers and reports how many."""
+        clientId = self.handshake()
+        self.send({"channel": "/meta/subscribe", "clientId": clientId, "subscription": "/a/**"})
+        self.assertEqual(self.successResultOf(self.router.publish("/a/b", {"k": 1})), 1)
+        self.failureResultOf(self.router.publish("/a/*", 1))
+        self.failureResultOf(self.router.publish("/meta/x", 1))
+
+
+class DisconnectTests(RouterTestCase):
+    def test_disconnect(self) -> None:
+        """Disconnect destroys the client and answers its held connect successfully."""
+        clientId = self.handshake()
+        held = self.connect(clientId)
+        reply = self.send({"channel": "/meta/disconnect", "clientId": clientId})
+        self.assertTrue(reply["successful"])
+        self.assertTrue(self.successResultOf(held)[0]["successful"])
+        self.assertFalse(self.engine.hasClient(clientId))
+
+    def test_unknown(self) -> None:
+        reply = self.send({"channel": "/meta/disconnect", "clientId": "nope"})
+        self.assertEqual(reply["error"], "401:nope:Unknown client")
+        self.assertNotIn("clientId", reply)
+
+    def test_unknownMeta(self) -> None:
+        reply = self.send({"channel": "/meta/foo", "clientId": "x"})
+        self.assertEqual(reply["error"], "403:/meta/foo:Forbidden channel")
+
+
+class SocketTests(RouterTestCase):
+    def test_bindAndPush(self) -> None:
+        """A socket binds at its first connect; deliveries are pushed to it, connects held."""
+        socket = FakeSocket()
+        clientId = self.send(dict(HANDSHAKE))["clientId"]
+        message = {"channel": "/meta/connect", "clientId": clientId, "connectionType": "websocket"}
+        self.assertEqual(self.process([message], socket), [])
+        self.assertEqual(socket.clientId, clientId)
+        self.assertEqual(socket.sent[0][0]["channel"], "/meta/connect")  # first connect: at once
+        self.assertEqual(self.process([message], socket), [])
+        self.process([{"channel": "/meta/subscribe", "clientId": clientId, "subscription": "/a"}], socket)
+        self.send({"channel": "/a", "data": 1})
+        self.clock.advance(0)
+        self.assertEqual(socket.sent[-1][0].payload, b'{"channel":"/a","data":1}')
+        self.clock.advance(30)
+        self.assertEqual(socket.sent[-1][0]["channel"], "/meta/connect")
+
+    def test_closedSocketEndsClient(self) -> None:
+        """When a websocket closes, its client is destroyed at once."""
+        socket = FakeSocket()
+        clientId = self.send(dict(HANDSHAKE))["clientId"]
+        self.process(
+            [{"channel": "/meta/connect", "clientId": clientId, "connectionType": "websocket"}], socket
+        )
+        self.router.socketClosed(socket)
+        self.assertFalse(self.engine.hasClient(clientId))
+
+    def test_disconnectClosesSocketAfterReply(self) -> None:
+        socket = FakeSocket()
+        clientId = self.send(dict(HANDSHAKE))["clientId"]
+        self.process(
+            [{"channel": "/meta/connect", "clientId": clientId, "connectionType": "websocket"}], socket
+        )
+        self.process([{"channel": "/meta/disconnect", "clientId": clientId}], socket)
+        self.assertIs(socket.closed, True)
+
+
+@implementer(IExtension)
+class RecordingExtension:
+    def __init__(self) -> None:
+        self.incomingSeen: list[str] = []
+        self.outgoingSeen: list[str] = []
+
+    def incoming(self, message: dict[str, Any], context: MessageContext) -> Any:
+        self.incomingSeen.append(message.get("channel", ""))
+        if message.get("channel") == "/secret":
+            message["error"] = "403::Nope"
+        if message.get("channel") == "/drop":
+            return None
+        if message.get("channel") == "/later":
+            return defer.succeed(message)
+        context.attributes["seen"] = True
+        return message
+
+    def outgoing(self, reply: dict[str, Any], context: MessageContext) -> dict[str, Any]:
+        self.outgoingSeen.append(reply.get("channel", ""))
+        if context.attributes.get("seen"):
+            reply.setdefault("ext", {})["seen"] = True
+        return reply
+
+
+class ExtensionTests(RouterTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.extension = RecordingExtension()
+        self.router.addExtension(self.extension)
+
+    def test_errorRefuses(self) -> None:
+        """An incoming error refuses the publish: nothing is delivered."""
+        clientId = self.handshake()
+        self.send({"channel": "/meta/subscribe", "clientId": clientId, "subscription": "/secret"})
+        self.assertEqual(self.send({"channel": "/secret", "data": 1})["error"], "403::Nope")
+        self.clock.advance(0)
+        self.assertEqual(self.engine.queued(clientId), 0)
+
+    def test_dropAndAsync(self) -> None:
+        self.assertEqual(self.process([{"channel": "/drop", "data": 1}]), [])
+        self.assertTrue(self.send({"channel": "/later", "data": 1})["successful"])
+
+    def test_outgoingSeesContext(self) -> None:
+        """Outgoing hooks run on replies with the context incoming filled, never on deliveries."""
+        reply = self.send({"channel": "/a", "data": 1})
+        self.assertEqual(reply["ext"], {"seen": True})
+
+    def test_extensionCrash(self) -> None:
+        """An extension that raises yields a 500 reply, not a dead batch."""
+
+        @implementer(IExtension)
+        class Broken:
+            def incoming(self, message: Any, context: Any) -> Any:
+                raise RuntimeError("boom")
+
+            def outgoing(self, reply: Any, context: Any) -> Any:
+                return reply
+
+        self.router.addExtension(Broken())
+        reply = self.send({"channel": "/a", "data": 1, "id": 1})
+        self.assertEqual(reply["error"], "500::Internal server error")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
