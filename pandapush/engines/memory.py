@@ -78,6 +78,7 @@ class MemoryEngine:
         # looks at the living.
         self._deadlines: OrderedDict[str, float] = OrderedDict()
         self._sweepCall: IDelayedCall | None = None
+        self._closed = False
 
     # listeners
 
@@ -203,7 +204,7 @@ class MemoryEngine:
             if not client.dirty and client.sink is not None:
                 client.dirty = True
                 dirty.append(client)
-        if dirty and self._flushCall is None:
+        if dirty and self._flushCall is None and not self._closed:
             self._flushCall = self._reactor.callLater(0, self._flush)
         return defer.succeed(len(recipients))
 
@@ -257,7 +258,7 @@ class MemoryEngine:
     def _startExpiry(self, clientId: str) -> None:
         self._deadlines[clientId] = self._reactor.seconds() + self.expiry
         self._deadlines.move_to_end(clientId)
-        if self._sweepCall is None:
+        if self._sweepCall is None and not self._closed:
             self._sweepCall = self._reactor.callLater(self._sweepInterval, self._sweep)
 
     def _sweep(self) -> None:
@@ -275,6 +276,7 @@ class MemoryEngine:
             self._sweepCall = self._reactor.callLater(self._sweepInterval, self._sweep)
 
     def close(self) -> defer.Deferred[None]:
+        self._closed = True
         for call in (self._flushCall, self._sweepCall):
             if call is not None and call.active():
                 call.cancel()

@@ -1,0 +1,386 @@
+"""Each transport's framing, over a real socket to a real in-process server."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import treq
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Protocol
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent
+from twisted.web.http_headers import Headers
+
+from tests.inprocess import InProcessServer
+
+HANDSHAKE = {
+    "channel": "/meta/handshake",
+    "version": "1.0",
+    "supportedConnectionTypes": ["long-polling", "websocket"],
+}
+
+
+class ServerTestCase(TestCase):
+    serverArgs: tuple[str, ...] = ("--timeout", "2")
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.server = InProcessServer(*self.serverArgs)
+        await self.server.start()
+        self.addCleanup(self.server.stop)
+        self.push = self.server.url + "/push"
+
+    async def post(
+        self, body: Any, headers: dict[str, str] | None = None, raw: bytes | None = None
+    ) -> tuple[Any, Any]:
+        data = raw if raw is not None else json.dumps(body).encode()
+        response = await treq.post(
+            self.push, data=data, headers=headers or {"Content-Type": "application/json"}, persistent=False
+        )
+        content = await response.content()
+        return response, content
+
+    async def handshake(self) -> str:
+        _, content = await self.post([HANDSHAKE])
+        return json.loads(content)[0]["clientId"]  # type: ignore[no-any-return]
+
+
+class LongPollingTests(ServerTestCase):
+    async def test_jsonBody(self) -> None:
+        """A JSON POST gets a JSON array with the protocol's headers."""
+        response, content = await self.post([{**HANDSHAKE, "id": 0}])
+        self.assertEqual(response.code, 200)
+        headers = response.headers
+        self.assertEqual(headers.getRawHeaders("content-type"), ["application/json; charset=utf-8"])
+        self.assertEqual(headers.getRawHeaders("cache-control"), ["no-cache, no-store"])
+        self.assertEqual(headers.getRawHeaders("x-content-type-options"), ["nosniff"])
+        self.assertIsNone(headers.getRawHeaders("access-control-allow-origin"))
+        (reply,) = json.loads(content)
+        self.assertEqual(reply["id"], 0)
+        self.assertTrue(reply["successful"])
+
+    async def test_formBody(self) -> None:
+        """Faye's CORS transport posts text/plain message=...: it works, with CORS headers."""
+        body = "message=" + json.dumps([HANDSHAKE])
+        response, content = await self.post(
+            None,
+            headers={"Content-Type": "text/plain;charset=UTF-8", "Origin": "http://other.test"},
+            raw=body.encode(),
+        )
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders("access-control-allow-origin"), ["http://other.test"])
+        self.assertEqual(response.headers.getRawHeaders("access-control-allow-credentials"), ["true"])
+        self.assertTrue(json.loads(content)[0]["successful"])
+
+    async def test_badBodies(self) -> None:
+        """Malformed JSON, a bare value, or no message field: 400 Bad request."""
+        for raw, contentType in [
+            (b"{not json", "application/json"),
+            (b"42", "application/json"),
+            (b'"x"', "application/json"),
+            (b"", "application/json"),
+            (b"foo=bar", "application/x-www-form-urlencoded"),
+            (b"message=%7Bbad", "application/x-www-form-urlencoded"),
+            (b"\xff\xfe", "application/json"),
+        ]:
+            response, content = await self.post(None, headers={"Content-Type": contentType}, raw=raw)
+            self.assertEqual(response.code, 400, raw)
+            self.assertIn(b"Bad request", content)
+
+    async def test_emptyArray(self) -> None:
+        response, content = await self.post([])
+        self.assertEqual((response.code, content), (200, b"[]"))
+
+    async def test_tooLarge(self) -> None:
+        """A body over the limit gets 413 and is not parsed; the server carries on."""
+        raw = b"[" + b" " * (1024 * 1024 + 10) + b"]"
+        response, _ = await self.post(None, raw=raw)
+        self.assertEqual(response.code, 413)
+        response, _ = await self.post([HANDSHAKE])
+        self.assertEqual(response.code, 200)
+
+    async def test_subPaths(self) -> None:
+        """CometD posts to /push/handshake and /push/connect: same endpoint."""
+        response = await treq.post(
+            self.push + "/handshake",
+            data=json.dumps([HANDSHAKE]).encode(),
+            headers={"Content-Type": "application/json"},
+            persistent=False,
+        )
+        self.assertTrue(json.loads(await response.content())[0]["successful"])
+
+    async def test_preflight(self) -> None:
+        """OPTIONS answers CORS preflight with Faye's headers, echoing the Origin."""
+        response = await treq.request(
+            "OPTIONS", self.push, headers={"Origin": "http://a.test"}, persistent=False
+        )
+        await response.content()
+        self.assertEqual(response.code, 200)
+        h = response.headers
+        self.assertEqual(h.getRawHeaders("access-control-allow-origin"), ["http://a.test"])
+        self.assertEqual(h.getRawHeaders("access-control-allow-credentials"), ["true"])
+        self.assertEqual(h.getRawHeaders("access-control-allow-methods"), ["POST, GET"])
+        self.assertEqual(
+            h.getRawHeaders("access-control-allow-headers"),
+            ["Accept, Authorization, Content-Type, Pragma, X-Requested-With"],
+        )
+        self.assertEqual(h.getRawHeaders("access-control-max-age"), ["86400"])
+
+    async def test_heldConnectAnsweredByPublish(self) -> None:
+        """A held long-poll connect comes back with the published message after its reply."""
+        clientId = await self.handshake()
+        await self.post(
+            [{"channel": "/meta/connect", "clientId": clientId, "connectionType": "long-polling"}]
+        )
+        await self.post([{"channel": "/meta/subscribe", "clientId": clientId, "subscription": "/x"}])
+        held = defer.ensureDeferred(
+            self.post([{"channel": "/meta/connect", "clientId": clientId, "connectionType": "long-polling"}])
+        )
+        await self.post([{"channel": "/x", "data": {"hello": "world"}}])
+        _, content = await held
+        replies = json.loads(content)
+        self.assertEqual(replies[0]["channel"], "/meta/connect")
+        self.assertEqual(replies[1], {"channel": "/x", "data": {"hello": "world"}})
+
+
+class RestrictedOriginTests(ServerTestCase):
+    serverArgs = ("--allowed-origins", "http://good.test")
+
+    async def test_otherOriginGetsNoCors(self) -> None:
+        """With allowed origins configured, others get no CORS headers."""
+        response, _ = await self.post(
+            [HANDSHAKE], headers={"Content-Type": "application/json", "Origin": "http://evil.test"}
+        )
+        self.assertIsNone(response.headers.getRawHeaders("access-control-allow-origin"))
+        response, _ = await self.post(
+            [HANDSHAKE], headers={"Content-Type": "application/json", "Origin": "http://good.test"}
+        )
+        self.assertEqual(response.headers.getRawHeaders("access-control-allow-origin"), ["http://good.test"])
+
+
+class CallbackPollingTests(ServerTestCase):
+    async def get(self, params: dict[str, str]) -> tuple[Any, bytes]:
+        response = await treq.get(self.push, params=params, persistent=False)
+        return response, await response.content()
+
+    async def test_jsonp(self) -> None:
+        """A JSONP GET gets /**/name([...]); as an attachment of type text/javascript."""
+        response, content = await self.get({"message": json.dumps([HANDSHAKE]), "jsonp": "cb.fn_1$"})
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders("content-type"), ["text/javascript; charset=utf-8"])
+        self.assertEqual(
+            response.headers.getRawHeaders("content-disposition"), ["attachment; filename=f.txt"]
+        )
+        self.assertTrue(content.startswith(b"/**/cb.fn_1$(["), content)
+        self.assertTrue(content.endswith(b");"))
+
+    async def test_defaultName(self) -> None:
+        _, content = await self.get({"message": json.dumps([HANDSHAKE])})
+        self.assertTrue(content.startswith(b"/**/jsonpcallback("))
+
+    async def test_badNames(self) -> None:
+        """Callback names that are not dotted identifiers are refused with 400."""
+        for name in ["alert(1)", "1abc", "a..b", "a b", "a;b", "a.", "</script>"]:
+            response, _ = await self.get({"message": json.dumps([HANDSHAKE]), "jsonp": name})
+            self.assertEqual(response.code, 400, name)
+
+    async def test_lineSeparatorsEscaped(self) -> None:
+        """U+2028 and U+2029 in data are escaped so the script stays valid JavaScript."""
+        clientId = await self.handshake()
+        await self.post(
+            [{"channel": "/meta/connect", "clientId": clientId, "connectionType": "long-polling"}]
+        )
+        await self.post([{"channel": "/meta/subscribe", "clientId": clientId, "subscription": "/x"}])
+        await self.post([{"channel": "/x", "data": "a\u2028b\u2029c"}])
+        _, content = await self.get(
+            {
+                "message": json.dumps(
+                    [{"channel": "/meta/connect", "clientId": clientId, "connectionType": "callback-polling"}]
+                )
+            }
+        )
+        self.assertNotIn("\u2028".encode(), content)
+        self.assertIn(b"a\\u2028b\\u2029c", content)
+
+    async def test_badMessage(self) -> None:
+        response, _ = await self.get({"message": "{nope"})
+        self.assertEqual(response.code, 400)
+        response, _ = await self.get({})
+        self.assertEqual(response.code, 400)
+
+
+class NoJsonpTests(ServerTestCase):
+    serverArgs = ("--no-jsonp",)
+
+    async def test_refused(self) -> None:
+        response = await treq.get(self.push, params={"message": json.dumps([HANDSHAKE])}, persistent=False)
+        await response.content()
+        self.assertEqual(response.code, 400)
+
+
+class _StreamCollector(Protocol):
+    def __init__(self, wanted: bytes) -> None:
+        self.data = b""
+        self.wanted = wanted
+        self.found: defer.Deferred[bytes] = defer.Deferred()
+        self.done: defer.Deferred[None] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if self.wanted in self.data and not self.found.called:
+            self.found.callback(self.data)
+
+    def connectionLost(self, reason: Any) -> None:
+        if not self.done.called:
+            self.done.callback(None)
+
+
+class EventSourceTests(ServerTestCase):
+    async def test_stream(self) -> None:
+        """GET /push/<clientId> streams deliveries as data: [json] events after retry: 5000."""
+        clientId = await self.handshake()
+        await self.post([{"channel": "/meta/subscribe", "clientId": clientId, "subscription": "/x"}])
+        agent = Agent(reactor)
+        response = await agent.request(
+            b"GET", f"{self.push}/{clientId}".encode(), Headers({b"Accept": [b"text/event-stream"]})
+        )
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"text/event-stream"])
+        collector = _StreamCollector(b"data: [")
+        response.deliverBody(collector)
+        await self.post([{"channel": "/x", "data": 1}])
+        data = await collector.found
+        self.assertTrue(data.startswith(b"retry: 5000\r\n\r\n"), data)
+        self.assertIn(b'data: [{"channel":"/x","data":1}]\r\n\r\n', data)
+        # The client's own connects say eventsource and are answered at once.
+        _, content = await self.post(
+            [{"channel": "/meta/connect", "clientId": clientId, "connectionType": "eventsource"}]
+        )
+        self.assertEqual(json.loads(content)[0]["advice"]["timeout"], 0)
+        await self.post([{"channel": "/meta/disconnect", "clientId": clientId}])
+        await collector.done
+
+    async def test_unknownClient(self) -> None:
+        response = await treq.get(
+            self.push + "/nope", headers={"Accept": "text/event-stream"}, persistent=False
+        )
+        await response.content()
+        self.assertEqual(response.code, 400)
+
+
+class BayeuxWS(WebSocketClientProtocol):
+    def onOpen(self) -> None:
+        self.frames: list[Any] = []
+        self.waiters: list[tuple[int, defer.Deferred[list[Any]]]] = []
+        self.closed: defer.Deferred[tuple[bool, int | None]] = defer.Deferred()
+        self.factory.opened.callback(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.frames.append(json.loads(payload))
+        for n, d in list(self.waiters):
+            if len(self.frames) >= n:
+                self.waiters.remove((n, d))
+                d.callback(self.frames)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if hasattr(self, "closed") and not self.closed.called:
+            self.closed.callback((wasClean, code))
+
+    def send(self, message: Any) -> None:
+        self.sendMessage(json.dumps(message).encode())
+
+    def frameCount(self, n: int) -> defer.Deferred[list[Any]]:
+        d: defer.Deferred[list[Any]] = defer.Deferred()
+        if len(self.frames) >= n:
+            d.callback(self.frames)
+        else:
+            self.waiters.append((n, d))
+        return d
+
+
+class WebSocketTests(ServerTestCase):
+    async def open(self, path: str = "/push") -> BayeuxWS:
+        port = self.server.port.getHost().port  # type: ignore[union-attr]
+        factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}{path}")
+        factory.protocol = BayeuxWS
+        factory.opened = defer.Deferred()
+        await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
+        ws: BayeuxWS = await factory.opened
+        async def close() -> None:
+            if not ws.closed.called:
+                ws.transport.loseConnection()
+                await ws.closed
+
+        self.addCleanup(close)
+        return ws
+
+    async def test_roundTrip(self) -> None:
+        """Handshake, connect, subscribe, publish, receive: replies are arrays, deliveries pushed."""
+        ws = await self.open()
+        ws.send(HANDSHAKE)
+        frames = await ws.frameCount(1)
+        clientId = frames[0][0]["clientId"]
+        ws.send(
+            [
+                {"channel": "/meta/connect", "clientId": clientId, "connectionType": "websocket"},
+                {"channel": "/meta/subscribe", "clientId": clientId, "subscription": "/x/*"},
+            ]
+        )
+        frames = await ws.frameCount(3)
+        self.assertEqual(
+            sorted(m["channel"] for f in frames[1:3] for m in f), ["/meta/connect", "/meta/subscribe"]
+        )
+        ws.send({"channel": "/x/y", "data": {"n": 1}, "clientId": clientId, "id": "p"})
+        frames = await ws.frameCount(5)
+        received = [m for f in frames for m in f]
+        self.assertIn({"channel": "/x/y", "data": {"n": 1}, "id": "p"}, received)
+        self.assertIn({"id": "p", "clientId": clientId, "channel": "/x/y", "successful": True}, received)
+
+    async def test_closeEndsClient(self) -> None:
+        """A websocket closed without /meta/disconnect ends its client at once."""
+        ws = await self.open()
+        ws.send(HANDSHAKE)
+        clientId = (await ws.frameCount(1))[0][0]["clientId"]
+        ws.send({"channel": "/meta/connect", "clientId": clientId, "connectionType": "websocket"})
+        await ws.frameCount(2)
+        self.assertTrue(self.server.engine.hasClient(clientId))
+        ws.transport.abortConnection()
+        await ws.closed
+        await defer.succeed(None)
+        for _ in range(10):
+            if not self.server.engine.hasClient(clientId):
+                break
+            d: defer.Deferred[None] = defer.Deferred()
+            reactor.callLater(0.05, d.callback, None)
+            await d
+        self.assertFalse(self.server.engine.hasClient(clientId))
+
+    async def test_disconnectCloses(self) -> None:
+        """/meta/disconnect is answered, then the socket is closed with 1000."""
+        ws = await self.open()
+        ws.send(HANDSHAKE)
+        clientId = (await ws.frameCount(1))[0][0]["clientId"]
+        ws.send({"channel": "/meta/connect", "clientId": clientId, "connectionType": "websocket"})
+        await ws.frameCount(2)
+        ws.send({"channel": "/meta/disconnect", "clientId": clientId})
+        frames = await ws.frameCount(3)
+        self.assertTrue(frames[2][0]["successful"])
+        _, code = await ws.closed
+        self.assertEqual(code, 1000)
+
+    async def test_badFrames(self) -> None:
+        """Malformed JSON or a bare value gets a 400 error reply; the socket stays usable."""
+        ws = await self.open()
+        ws.sendMessage(b"{nope")
+        ws.sendMessage(b"17")
+        frames = await ws.frameCount(2)
+        self.assertEqual(frames[0], [{"successful": False, "error": "400::Bad request"}])
+        ws.send(HANDSHAKE)
+        frames = await ws.frameCount(3)
+        self.assertTrue(frames[2][0]["successful"])
+
+    async def test_subPathUpgrade(self) -> None:
+        ws = await self.open("/push/anything")
+        ws.send(HANDSHAKE)
+        self.assertTrue((await ws.frameCount(1))[0][0]["successful"])
