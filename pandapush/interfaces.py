@@ -91,6 +91,18 @@ class IEngineListener(Interface):
     def unsubscribed(clientId: str, channel: str) -> None:
         """A client lost a subscription it had."""
 
+    def channelOccupied(channel: str) -> None:
+        """A subscription key (channel or pattern) gained its first subscriber."""
+
+    def channelVacated(channel: str) -> None:
+        """A subscription key lost its last subscriber."""
+
+    def memberJoined(channel: str, memberId: str, data: Any) -> None:
+        """A presence member appeared on ``channel`` (its first connection joined)."""
+
+    def memberLeft(channel: str, memberId: str) -> None:
+        """A presence member's last connection left ``channel``."""
+
 
 class IEngine(Interface):
     """
@@ -158,6 +170,20 @@ class IEngine(Interface):
         Messages queue again, and the client's expiry clock starts.
         """
 
+    def presenceJoin(clientId: str, channel: str, memberId: str, data: Any) -> Deferred[dict[str, Any]]:
+        """
+        Record that ``clientId`` is present on ``channel`` as ``memberId`` with
+        ``data``, and fire with every current member (``{memberId: data}``,
+        this one included). Several clients may share a member id (tabs of one
+        user): listeners hear ``memberJoined`` only for the first. The engine
+        ends the presence itself when the client unsubscribes from ``channel``
+        or is destroyed, and reports ``memberLeft`` when the last client of a
+        member goes.
+        """
+
+    def presenceMembers(channel: str) -> Deferred[dict[str, Any]]:
+        """The members present on ``channel``: ``{memberId: data}``."""
+
     def close() -> Deferred[None]:
         """Release connections and timers."""
 
@@ -181,5 +207,8 @@ class IExtension(Interface):
         leak into a delivery.
         """
 
-    def outgoing(reply: Message, context: MessageContext) -> Message | None:
-        """Inspect or change a reply to the client that sent ``context``'s message."""
+    def outgoing(reply: Message, context: MessageContext) -> Message | Deferred[Message | None] | None:
+        """
+        Inspect or change a reply to the client that sent ``context``'s message
+        (never a delivery). Return None to drop it; may answer with a Deferred.
+        """

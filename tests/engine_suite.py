@@ -15,7 +15,8 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from pandapush.bayeux.delivery import Delivery
-from pandapush.interfaces import IDeliverySink, IEngine, IEngineListener
+from pandapush.engines import EngineListener
+from pandapush.interfaces import IDeliverySink, IEngine
 
 if TYPE_CHECKING:
     from twisted.trial.unittest import TestCase
@@ -39,10 +40,9 @@ class RecordingSink:
         return [p for batch in self.batches for p in batch]
 
 
-@implementer(IEngineListener)
-class RecordingListener:
+class RecordingListener(EngineListener):
     def __init__(self) -> None:
-        self.events: list[tuple[str, ...]] = []
+        self.events: list[tuple[Any, ...]] = []
 
     def clientCreated(self, clientId: str) -> None:
         self.events.append(("created", clientId))
@@ -55,6 +55,21 @@ class RecordingListener:
 
     def unsubscribed(self, clientId: str, channel: str) -> None:
         self.events.append(("unsubscribed", clientId, channel))
+
+    def channelOccupied(self, channel: str) -> None:
+        self.events.append(("occupied", channel))
+
+    def channelVacated(self, channel: str) -> None:
+        self.events.append(("vacated", channel))
+
+    def memberJoined(self, channel: str, memberId: str, data: Any) -> None:
+        self.events.append(("joined", channel, memberId, data))
+
+    def memberLeft(self, channel: str, memberId: str) -> None:
+        self.events.append(("left", channel, memberId))
+
+    def only(self, *kinds: str) -> list[tuple[Any, ...]]:
+        return [e for e in self.events if e[0] in kinds]
 
 
 def message(channel: str, data: Any = "x") -> Delivery:
@@ -228,7 +243,9 @@ class EngineTestsMixin(_Base):
             [
                 ("created", clientId),
                 ("subscribed", clientId, "/a"),
+                ("occupied", "/a"),
                 ("unsubscribed", clientId, "/a"),
+                ("vacated", "/a"),
                 ("destroyed", clientId, "disconnect"),
             ],
         )
@@ -261,3 +278,63 @@ class EngineTestsMixin(_Base):
         await self.engine.destroyClient(clientId, "disconnect")
         self.assertEqual(await self.engine.publish(message("/a")), 0)
         await self.engine.destroyClient(clientId, "disconnect")
+
+    async def test_occupancy(self) -> None:
+        """A channel is occupied by its first subscriber and vacated by its last, once each."""
+        one, two = await self.engine.createClient(), await self.engine.createClient()
+        await self.engine.subscribe(one, "/room")
+        await self.engine.subscribe(two, "/room")
+        await self.engine.unsubscribe(one, "/room")
+        self.assertEqual(self.listener.only("occupied", "vacated"), [("occupied", "/room")])
+        await self.engine.destroyClient(two, "expired")
+        self.assertEqual(
+            self.listener.only("occupied", "vacated"), [("occupied", "/room"), ("vacated", "/room")]
+        )
+
+    async def test_presenceJoin(self) -> None:
+        """Joining returns every member, itself included, and is announced once per member."""
+        one, two = await self.engine.createClient(), await self.engine.createClient()
+        await self.engine.subscribe(one, "/p")
+        await self.engine.subscribe(two, "/p")
+        members = await self.engine.presenceJoin(one, "/p", "u1", {"id": "u1", "name": "Joe"})
+        self.assertEqual(members, {"u1": {"id": "u1", "name": "Joe"}})
+        members = await self.engine.presenceJoin(two, "/p", "u2", {"id": "u2"})
+        self.assertEqual(members, {"u1": {"id": "u1", "name": "Joe"}, "u2": {"id": "u2"}})
+        self.assertEqual(await self.engine.presenceMembers("/p"), members)
+        self.assertEqual(
+            self.listener.only("joined"),
+            [("joined", "/p", "u1", {"id": "u1", "name": "Joe"}), ("joined", "/p", "u2", {"id": "u2"})],
+        )
+
+    async def test_presenceTabs(self) -> None:
+        """Two clients of one member: one join, and the member leaves only with its last client."""
+        tab1, tab2 = await self.engine.createClient(), await self.engine.createClient()
+        for tab in (tab1, tab2):
+            await self.engine.subscribe(tab, "/p")
+            await self.engine.presenceJoin(tab, "/p", "u1", {"id": "u1"})
+        self.assertEqual(len(self.listener.only("joined")), 1)
+        await self.engine.unsubscribe(tab1, "/p")
+        self.assertEqual(self.listener.only("left"), [])
+        self.assertEqual(await self.engine.presenceMembers("/p"), {"u1": {"id": "u1"}})
+        await self.engine.destroyClient(tab2, "socket closed")
+        self.assertEqual(self.listener.only("left"), [("left", "/p", "u1")])
+        self.assertEqual(await self.engine.presenceMembers("/p"), {})
+
+    async def test_presenceEndsWithExpiry(self) -> None:
+        """A client that vanishes takes its presence with it when it expires."""
+        clientId = await self.engine.createClient()
+        await self.engine.subscribe(clientId, "/p")
+        await self.engine.presenceJoin(clientId, "/p", "u1", {"id": "u1"})
+        await self.wait(self.expiry + 2)
+        self.assertEqual(self.listener.only("left"), [("left", "/p", "u1")])
+        self.assertEqual(await self.engine.presenceMembers("/p"), {})
+
+    async def test_presencePerChannel(self) -> None:
+        """Presence on one channel is independent of another."""
+        clientId = await self.engine.createClient()
+        for channel in ("/p1", "/p2"):
+            await self.engine.subscribe(clientId, channel)
+            await self.engine.presenceJoin(clientId, channel, "u1", {"id": "u1"})
+        await self.engine.unsubscribe(clientId, "/p1")
+        self.assertEqual(await self.engine.presenceMembers("/p1"), {})
+        self.assertEqual(await self.engine.presenceMembers("/p2"), {"u1": {"id": "u1"}})

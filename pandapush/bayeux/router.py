@@ -21,7 +21,8 @@ from pandapush.bayeux import channel as channels
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.delivery import Delivery
 from pandapush.bayeux.errors import BayeuxError
-from pandapush.interfaces import IClientSocket, IDeliverySink, IEngine, IEngineListener, IExtension
+from pandapush.engines import EngineListener
+from pandapush.interfaces import IClientSocket, IDeliverySink, IEngine, IExtension
 
 __all__ = ["BAYEUX_VERSION", "CONNECTION_TYPES", "BayeuxRouter"]
 
@@ -112,7 +113,11 @@ class _HeldConnect:
         if self.done:
             return
         self._end()
-        replies: list[Reply] = [*self.router._outgoing([self.reply], self.context), *deliveries]
+        replied = Deferred.fromCoroutine(self.router._outgoing([self.reply], self.context))
+        replied.addCallback(self._send, deliveries)
+
+    def _send(self, replies: list[Reply], deliveries: Sequence[Delivery]) -> None:
+        replies = [*replies, *deliveries]
         if self.socket is not None:
             self.socket.sendReplies(replies)
         else:
@@ -138,8 +143,7 @@ class _HeldConnect:
             router.engine.detach(self.clientId, self)
 
 
-@implementer(IEngineListener)
-class BayeuxRouter:
+class BayeuxRouter(EngineListener):
     """
     Handles Bayeux messages for one node.
 
@@ -229,9 +233,6 @@ class BayeuxRouter:
 
     # IEngineListener
 
-    def clientCreated(self, clientId: str) -> None:
-        pass
-
     def clientDestroyed(self, clientId: str, reason: str) -> None:
         self._fresh.discard(clientId)
         held = self._held.get(clientId)
@@ -240,12 +241,6 @@ class BayeuxRouter:
         socket = self._sockets.pop(clientId, None)
         if socket is not None and reason != "socket closed":
             socket.close(afterReplies=reason == "disconnect")
-
-    def subscribed(self, clientId: str, channel: str) -> None:
-        pass
-
-    def unsubscribed(self, clientId: str, channel: str) -> None:
-        pass
 
     # message handling
 
@@ -263,19 +258,22 @@ class BayeuxRouter:
                     return []
                 message = result
             replies = await self._dispatch(message, context, socket)
-            return self._outgoing(replies, context)
+            return await self._outgoing(replies, context)
         except Exception:
             self._log.failure("failed to handle a message on {channel!r}", channel=message.get("channel"))
             return [_fail(_makeReply(message), BayeuxError.serverError())]
 
-    def _outgoing(self, replies: list[Reply], context: MessageContext) -> list[Reply]:
+    async def _outgoing(self, replies: list[Reply], context: MessageContext) -> list[Reply]:
         if not self._extensions:
             return replies
         out: list[Reply] = []
         for reply in replies:
             if isinstance(reply, dict):
                 for extension in self._extensions:
-                    reply = extension.outgoing(reply, context)
+                    result = extension.outgoing(reply, context)
+                    if isinstance(result, Deferred):
+                        result = await result
+                    reply = result
                     if reply is None:
                         break
                 if reply is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -32,13 +32,25 @@ def newClientId() -> str:
     return secrets.token_urlsafe(20)
 
 
+class _Member:
+    """A presence member on one channel, and the clients it is present through."""
+
+    __slots__ = ("clients", "data")
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+        self.clients: set[str] = set()
+
+
 class _Client:
     """Everything the engine knows about one client."""
 
-    __slots__ = ("dirty", "id", "queue", "sink", "subscriptions")
+    __slots__ = ("dirty", "id", "presence", "queue", "sink", "subscriptions")
 
     def __init__(self, clientId: str) -> None:
         self.id = clientId
+        # channel -> the member id this client is present as there
+        self.presence: dict[str, str] = {}
         self.subscriptions: set[str] = set()
         self.queue: list[Delivery] = []
         self.sink: IDeliverySink | None = None
@@ -71,6 +83,7 @@ class MemoryEngine:
         # subscription key (a channel or a pattern) -> the clients subscribed to it
         self._index: dict[str, set[_Client]] = {}
         self._listeners: list[IEngineListener] = []
+        self._presence: dict[str, dict[str, _Member]] = {}
         self._dirty: list[_Client] = []
         self._flushCall: IDelayedCall | None = None
         # Detached clients in the order their deadlines fall (every client gets the
@@ -88,7 +101,7 @@ class MemoryEngine:
     def removeListener(self, listener: IEngineListener) -> None:
         self._listeners.remove(listener)
 
-    def _notify(self, method: str, *args: str) -> None:
+    def _notify(self, method: str, *args: Any) -> None:
         for listener in self._listeners:
             try:
                 getattr(listener, method)(*args)
@@ -119,8 +132,7 @@ class MemoryEngine:
             return defer.succeed(None)
         self._deadlines.pop(clientId, None)
         for channel in sorted(client.subscriptions):
-            self._removeFromIndex(client, channel)
-            self._notify("unsubscribed", clientId, channel)
+            self._unsubscribed(client, channel)
         client.subscriptions.clear()
         client.queue.clear()
         client.sink = None
@@ -144,10 +156,13 @@ class MemoryEngine:
             return defer.succeed(False)
         client.subscriptions.add(channel)
         subscribers = self._index.get(channel)
+        occupied = subscribers is None
         if subscribers is None:
             subscribers = self._index[channel] = set()
         subscribers.add(client)
         self._notify("subscribed", clientId, channel)
+        if occupied:
+            self._notify("channelOccupied", channel)
         return defer.succeed(True)
 
     def unsubscribe(self, clientId: str, channel: str) -> defer.Deferred[bool]:
@@ -155,8 +170,7 @@ class MemoryEngine:
         if client is None or channel not in client.subscriptions:
             return defer.succeed(False)
         client.subscriptions.discard(channel)
-        self._removeFromIndex(client, channel)
-        self._notify("unsubscribed", clientId, channel)
+        self._unsubscribed(client, channel)
         return defer.succeed(True)
 
     def subscriptions(self, clientId: str) -> defer.Deferred[set[str]]:
@@ -170,13 +184,64 @@ class MemoryEngine:
         """Subscription keys (channels and patterns) with at least one subscriber."""
         return self._index.keys()
 
-    def _removeFromIndex(self, client: _Client, channel: str) -> None:
+    def _unsubscribed(self, client: _Client, channel: str) -> None:
         subscribers = self._index.get(channel)
-        if subscribers is None:
+        vacated = False
+        if subscribers is not None:
+            subscribers.discard(client)
+            if not subscribers:
+                del self._index[channel]
+                vacated = True
+        self._notify("unsubscribed", client.id, channel)
+        self._leave(client, channel)
+        if vacated:
+            self._notify("channelVacated", channel)
+
+    # presence
+
+    def presenceJoin(
+        self, clientId: str, channel: str, memberId: str, data: Any
+    ) -> defer.Deferred[dict[str, Any]]:
+        client = self._clients.get(clientId)
+        if client is None:
+            return defer.succeed(self._members(channel))
+        if client.presence.get(channel, memberId) != memberId:
+            self._leave(client, channel)
+        members = self._presence.setdefault(channel, {})
+        member = members.get(memberId)
+        if member is None:
+            member = members[memberId] = _Member(data)
+            member.clients.add(clientId)
+            client.presence[channel] = memberId
+            self._notify("memberJoined", channel, memberId, data)
+        else:
+            # Another tab of a present member: not announced again, latest data kept.
+            member.data = data
+            member.clients.add(clientId)
+            client.presence[channel] = memberId
+        return defer.succeed(self._members(channel))
+
+    def presenceMembers(self, channel: str) -> defer.Deferred[dict[str, Any]]:
+        return defer.succeed(self._members(channel))
+
+    def _members(self, channel: str) -> dict[str, Any]:
+        return {memberId: member.data for memberId, member in self._presence.get(channel, {}).items()}
+
+    def _leave(self, client: _Client, channel: str) -> None:
+        memberId = client.presence.pop(channel, None)
+        if memberId is None:
             return
-        subscribers.discard(client)
-        if not subscribers:
-            del self._index[channel]
+        members = self._presence.get(channel)
+        member = members.get(memberId) if members else None
+        if member is None:
+            return
+        member.clients.discard(client.id)
+        if member.clients:
+            return
+        del members[memberId]  # type: ignore[index]
+        if not members:
+            del self._presence[channel]
+        self._notify("memberLeft", channel, memberId)
 
     # fan-out
 
