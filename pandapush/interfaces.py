@@ -152,7 +152,8 @@ class IEngine(Interface):
     def publish(delivery: Delivery) -> Deferred[int]:
         """
         Queue ``delivery`` for every client with a subscription matching its
-        channel, once per client however many of its subscriptions match.
+        channel, once per client however many of its subscriptions match,
+        except ``delivery.exclude`` when it names a client.
         Fires with the number of recipients once the message is safely queued.
         """
 

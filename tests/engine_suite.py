@@ -338,3 +338,14 @@ class EngineTestsMixin(_Base):
         await self.engine.unsubscribe(clientId, "/p1")
         self.assertEqual(await self.engine.presenceMembers("/p1"), {})
         self.assertEqual(await self.engine.presenceMembers("/p2"), {"u1": {"id": "u1"}})
+
+    async def test_exclude(self) -> None:
+        """A delivery naming a client to exclude reaches every other subscriber only."""
+        one, two = await self.engine.createClient(), await self.engine.createClient()
+        sinks = {one: RecordingSink(), two: RecordingSink()}
+        for clientId, sink in sinks.items():
+            self.engine.attach(clientId, sink)
+            await self.engine.subscribe(clientId, "/p")
+        self.assertEqual(await self.engine.publish(Delivery.fromMessage({"channel": "/p", "data": 1}, one)), 1)
+        await self.turn()
+        self.assertEqual((len(sinks[one].payloads), len(sinks[two].payloads)), (0, 1))

@@ -20,16 +20,18 @@ class Delivery:
     framed once.
     """
 
-    __slots__ = ("channel", "frames", "payload")
+    __slots__ = ("channel", "exclude", "frames", "payload")
 
-    def __init__(self, channel: str, payload: bytes) -> None:
+    def __init__(self, channel: str, payload: bytes, exclude: str | None = None) -> None:
         self.channel = channel
         self.payload = payload
+        # A client not to deliver to (a presence member's own join announcement).
+        self.exclude = exclude
         self.frames: dict[str, Any] = {}
 
     @classmethod
-    def fromMessage(cls, message: dict[str, Any]) -> Delivery:
-        return cls(message["channel"], json.dumps(message))
+    def fromMessage(cls, message: dict[str, Any], exclude: str | None = None) -> Delivery:
+        return cls(message["channel"], json.dumps(message), exclude)
 
     def __repr__(self) -> str:
         return f"<Delivery {self.channel} {self.payload[:60]!r}>"

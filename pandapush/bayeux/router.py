@@ -162,6 +162,7 @@ class BayeuxRouter(EngineListener):
         self.timeout = timeout
         self.interval = interval
         self._extensions: list[IExtension] = []
+        self._publishObservers: list[Callable[[str, int], None]] = []
         self._held: dict[str, _HeldConnect] = {}
         self._sockets: dict[str, IClientSocket] = {}
         # Clients that handshook here and have not connected yet: their first
@@ -204,14 +205,27 @@ class BayeuxRouter(EngineListener):
         gathered = defer.gatherResults(pending, consumeErrors=True)
         return gathered.addCallback(lambda results: [reply for replies in results for reply in replies])
 
-    def publish(self, channel: str, data: Any) -> Deferred[int]:
+    def addPublishObserver(self, observer: Callable[[str, int], None]) -> None:
+        """Call ``observer(channel, recipients)`` once per message published (statistics)."""
+        self._publishObservers.append(observer)
+
+    def publish(self, channel: str, data: Any, exclude: str | None = None) -> Deferred[int]:
         """
         Publish from the server itself (REST API, presence, meta events): no
-        extensions run. Fires with the number of recipients.
+        extensions run. Fires with the number of recipients. ``exclude`` names
+        a client that should not receive it.
         """
         if not channels.isValidName(channel) or channels.isMeta(channel):
             return defer.fail(BayeuxError.channelInvalid(channel))
-        return self.engine.publish(Delivery.fromMessage({"channel": channel, "data": data}))
+        d = self.engine.publish(Delivery.fromMessage({"channel": channel, "data": data}, exclude))
+        if self._publishObservers:
+            d.addCallback(self._published, channel)
+        return d
+
+    def _published(self, recipients: int, channel: str) -> int:
+        for observer in self._publishObservers:
+            observer(channel, recipients)
+        return recipients
 
     def socketClosed(self, socket: IClientSocket) -> None:
         """A transport's socket closed: unbind it, and end its client if it should."""
@@ -490,7 +504,9 @@ class BayeuxRouter(EngineListener):
         if ext is not None:
             delivered["ext"] = ext
         try:
-            await self.engine.publish(Delivery.fromMessage(delivered))
+            recipients = await self.engine.publish(Delivery.fromMessage(delivered))
+            if self._publishObservers:
+                self._published(recipients, channel)
         except Exception:
             self._log.failure("engine failed to publish to {channel}", channel=channel)
             return [_fail(reply, BayeuxError.publishFailed(channel))]

@@ -261,6 +261,10 @@ class MemoryEngine:
                 recipients |= subscribers
         if recipients is None:
             recipients = single
+        if delivery.exclude is not None and recipients:
+            excluded = self._clients.get(delivery.exclude)
+            if excluded is not None and excluded in recipients:
+                recipients = recipients - {excluded}
         if not recipients:
             return defer.succeed(0)
         dirty = self._dirty
