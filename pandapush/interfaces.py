@@ -97,8 +97,12 @@ class IEngineListener(Interface):
     def channelVacated(channel: str) -> None:
         """A subscription key lost its last subscriber."""
 
-    def memberJoined(channel: str, memberId: str, data: Any) -> None:
-        """A presence member appeared on ``channel`` (its first connection joined)."""
+    def memberJoined(channel: str, memberId: str, data: Any, clientId: str) -> None:
+        """
+        A presence member appeared on ``channel``: ``clientId``, its first
+        connection, joined (it learns the member list from its own reply, so
+        announcements leave it out).
+        """
 
     def memberLeft(channel: str, memberId: str) -> None:
         """A presence member's last connection left ``channel``."""

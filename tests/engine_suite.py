@@ -62,8 +62,8 @@ class RecordingListener(EngineListener):
     def channelVacated(self, channel: str) -> None:
         self.events.append(("vacated", channel))
 
-    def memberJoined(self, channel: str, memberId: str, data: Any) -> None:
-        self.events.append(("joined", channel, memberId, data))
+    def memberJoined(self, channel: str, memberId: str, data: Any, clientId: str) -> None:
+        self.events.append(("joined", channel, memberId, data, clientId))
 
     def memberLeft(self, channel: str, memberId: str) -> None:
         self.events.append(("left", channel, memberId))
@@ -303,7 +303,10 @@ class EngineTestsMixin(_Base):
         self.assertEqual(await self.engine.presenceMembers("/p"), members)
         self.assertEqual(
             self.listener.only("joined"),
-            [("joined", "/p", "u1", {"id": "u1", "name": "Joe"}), ("joined", "/p", "u2", {"id": "u2"})],
+            [
+                ("joined", "/p", "u1", {"id": "u1", "name": "Joe"}, one),
+                ("joined", "/p", "u2", {"id": "u2"}, two),
+            ],
         )
 
     async def test_presenceTabs(self) -> None:
@@ -346,6 +349,8 @@ class EngineTestsMixin(_Base):
         for clientId, sink in sinks.items():
             self.engine.attach(clientId, sink)
             await self.engine.subscribe(clientId, "/p")
-        self.assertEqual(await self.engine.publish(Delivery.fromMessage({"channel": "/p", "data": 1}, one)), 1)
+        self.assertEqual(
+            await self.engine.publish(Delivery.fromMessage({"channel": "/p", "data": 1}, one)), 1
+        )
         await self.turn()
         self.assertEqual((len(sinks[one].payloads), len(sinks[two].payloads)), (0, 1))

@@ -307,6 +307,7 @@ class WebSocketTests(ServerTestCase):
         factory.opened = defer.Deferred()
         await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
         ws: BayeuxWS = await factory.opened
+
         async def close() -> None:
             if not ws.closed.called:
                 ws.transport.loseConnection()

@@ -36,7 +36,7 @@ class EngineListener:
     def channelVacated(self, channel: str) -> None:
         pass
 
-    def memberJoined(self, channel: str, memberId: str, data: Any) -> None:
+    def memberJoined(self, channel: str, memberId: str, data: Any, clientId: str) -> None:
         pass
 
     def memberLeft(self, channel: str, memberId: str) -> None:

@@ -213,7 +213,7 @@ class MemoryEngine:
             member = members[memberId] = _Member(data)
             member.clients.add(clientId)
             client.presence[channel] = memberId
-            self._notify("memberJoined", channel, memberId, data)
+            self._notify("memberJoined", channel, memberId, data, clientId)
         else:
             # Another tab of a present member: not announced again, latest data kept.
             member.data = data
