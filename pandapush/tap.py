@@ -15,6 +15,9 @@ from twisted.python import usage
 from pandapush.bayeux.router import BayeuxRouter
 from pandapush.engines.memory import MemoryEngine
 from pandapush.interfaces import IEngine
+from pandapush.metrics import Metrics
+from pandapush.presence import PresenceExtension
+from pandapush.stats import Statistics
 from pandapush.transports._http import OriginPolicy
 from pandapush.transports.resource import BayeuxResource
 from pandapush.web.site import HealthApp, PandapushRoot, makeSite
@@ -74,6 +77,15 @@ class Options(usage.Options):
             _positive(int),
         ],
         [
+            "stats-interval",
+            None,
+            5.0,
+            "Seconds between statistics on /<app>/meta/statistics.",
+            _positive(float),
+        ],
+        ["presence-max-members", None, 100, "Most members on one presence channel.", _positive(int)],
+        ["presence-max-data", None, 1024, "Largest presence object from a token, in bytes.", _positive(int)],
+        [
             "allowed-origins",
             None,
             None,
@@ -131,18 +143,34 @@ def makeService(options: Options, reactor: IReactorTime | None = None) -> IServi
         origins=OriginPolicy(options["allowed-origins"]),
         jsonp=not options["no-jsonp"],
     )
-    root = PandapushRoot(bayeux, HealthApp().app.resource())
+    presence = PresenceExtension(
+        router, maxMembers=options["presence-max-members"], maxDataSize=options["presence-max-data"]
+    )
+    router.addExtension(presence)
+    statistics = Statistics(router, reactor, interval=options["stats-interval"])
+    metrics = Metrics(router, bayeux)
+
+    root = PandapushRoot(bayeux, HealthApp().app.resource(), {b"metrics": metrics.resource})
     site = makeSite(root, maxBodySize=options["max-body-size"])
-    if not options["access-log"]:
-        site.log = lambda request: None  # type: ignore[method-assign]
+    accessLog = site.log
+
+    def log(request: Any) -> None:
+        metrics.requestDone(request)
+        if options["access-log"]:
+            accessLog(request)
+
+    site.log = log  # type: ignore[method-assign]
 
     top = MultiService()
     top.setName("pandapush")
     BayeuxService(engine, router, bayeux).setServiceParent(top)
+    statistics.service.setServiceParent(top)
     for endpoint in options["listen"]:
         strports.service(endpoint, site).setServiceParent(top)
     # For tests and embedders: the pieces, without reaching into the tree.
     top.engine = engine  # type: ignore[attr-defined]
     top.router = router  # type: ignore[attr-defined]
     top.site = site  # type: ignore[attr-defined]
+    top.statistics = statistics  # type: ignore[attr-defined]
+    top.metrics = metrics  # type: ignore[attr-defined]
     return top

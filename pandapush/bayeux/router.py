@@ -240,6 +240,10 @@ class BayeuxRouter(EngineListener):
         if socket.endsClientOnClose:
             self.engine.destroyClient(clientId, "socket closed")
 
+    def heldConnects(self) -> int:
+        """How many /meta/connect requests are being held on this node."""
+        return len(self._held)
+
     def close(self) -> None:
         """Answer every held connect now (server shutting down)."""
         for held in list(self._held.values()):

@@ -293,6 +293,15 @@ class MemoryEngine:
             except Exception:
                 self._log.failure("delivery to {clientId} failed", clientId=client.id)
 
+    def statistics(self) -> dict[str, int]:
+        """Current totals for metrics (walks the clients: call at scrape time, not per message)."""
+        return {
+            "clients": len(self._clients),
+            "subscriptions": sum(len(s) for s in self._index.values()),
+            "channels": len(self._index),
+            "queued_messages": sum(len(c.queue) for c in self._clients.values()),
+        }
+
     def queued(self, clientId: str) -> int:
         client = self._clients.get(clientId)
         return len(client.queue) if client else 0

@@ -105,6 +105,9 @@ class EventSourceTransport:
         d.addErrback(lambda f: self._log.failure("event stream failed", f))
         return NOT_DONE_YET
 
+    def openStreams(self) -> int:
+        return len(self._streams)
+
     def forget(self, stream: EventStream) -> None:
         self._streams.discard(stream)
         if not self._streams and self._pinger.running:

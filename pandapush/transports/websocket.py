@@ -63,6 +63,7 @@ class BayeuxWebSocketProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self._open = True
+        self.factory.openSockets += 1
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         messages = decodeMessages(payload)
@@ -76,6 +77,8 @@ class BayeuxWebSocketProtocol(WebSocketServerProtocol):
         d.addErrback(self._failed)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._open:
+            self.factory.openSockets -= 1
         self._open = False
         self.factory.router.socketClosed(self)
 
@@ -135,6 +138,7 @@ class BayeuxWebSocketFactory(WebSocketServerFactory):
         super().__init__()
         self.router = router
         self.origins = origins
+        self.openSockets = 0
         self.setProtocolOptions(
             maxFramePayloadSize=maxMessageSize,
             maxMessagePayloadSize=maxMessageSize,

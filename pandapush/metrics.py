@@ -1,0 +1,125 @@
+"""Prometheus metrics at ``/metrics``, with ``prometheus-client``.
+
+Counters move once per message or request, never per recipient. Gauges of
+current state (clients, connections, queues) are read from the engine and the
+transports when Prometheus scrapes, so keeping them costs nothing in between.
+The exposition runs in the reactor thread: the state it reads is the reactor's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from twisted.web.resource import Resource
+from zope.interface import implementer
+
+from pandapush.bayeux.context import MessageContext
+from pandapush.interfaces import IExtension
+
+if TYPE_CHECKING:
+    from pandapush.bayeux.router import BayeuxRouter
+    from pandapush.transports.resource import BayeuxResource
+
+__all__ = ["Metrics"]
+
+
+class _StateCollector:
+    """Gauges read at scrape time."""
+
+    def __init__(self, router: BayeuxRouter, bayeux: BayeuxResource) -> None:
+        self.router = router
+        self.bayeux = bayeux
+
+    def collect(self) -> Iterator[Metric]:
+        engine: Any = self.router.engine
+        stats = engine.statistics() if hasattr(engine, "statistics") else {}
+        for name, help in [
+            ("clients", "Bayeux clients known to this node's engine."),
+            ("subscriptions", "Subscriptions held by this node's engine."),
+            ("channels", "Channels and patterns with at least one subscriber."),
+            ("queued_messages", "Messages queued for clients with no open connection."),
+        ]:
+            if name in stats:
+                yield GaugeMetricFamily(f"pandapush_{name}", help, value=stats[name])
+        held = self.router.heldConnects()
+        yield GaugeMetricFamily("pandapush_held_connects", "/meta/connect requests being held.", value=held)
+        connections = GaugeMetricFamily(
+            "pandapush_connections", "Open connections by transport.", labels=["transport"]
+        )
+        connections.add_metric(["websocket"], self.bayeux.websocketFactory.openSockets)
+        connections.add_metric(["eventsource"], self.bayeux.eventSource.openStreams())
+        connections.add_metric(["long-polling"], held)
+        yield connections
+
+
+@implementer(IExtension)
+class _ErrorCounter:
+    """Counts Bayeux error replies by code (an outgoing hook: once per reply)."""
+
+    def __init__(self, counter: Counter) -> None:
+        self.counter = counter
+
+    def incoming(self, message: dict[str, Any], context: MessageContext) -> dict[str, Any]:
+        return message
+
+    def outgoing(self, reply: dict[str, Any], context: MessageContext) -> dict[str, Any]:
+        error = reply.get("error")
+        if error is not None:
+            code = error.split(":", 1)[0] if isinstance(error, str) else "?"
+            self.counter.labels(code=code).inc()
+        return reply
+
+
+class MetricsResource(Resource):
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return generate_latest(self.registry)
+
+
+class Metrics:
+    """The registry, its counters, and the hooks that feed them."""
+
+    def __init__(self, router: BayeuxRouter, bayeux: BayeuxResource) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.published = Counter(
+            "pandapush_messages_published",
+            "Messages published (Bayeux, REST and server).",
+            registry=self.registry,
+        )
+        self.delivered = Counter(
+            "pandapush_messages_delivered", "Message copies queued for recipients.", registry=self.registry
+        )
+        self.errors = Counter(
+            "pandapush_bayeux_errors", "Bayeux error replies by code.", ["code"], registry=self.registry
+        )
+        self.refusals = Counter(
+            "pandapush_limit_refusals",
+            "Requests refused for exceeding a limit.",
+            ["limit"],
+            registry=self.registry,
+        )
+        self.httpRequests = Counter(
+            "pandapush_http_requests", "HTTP responses by status code.", ["status"], registry=self.registry
+        )
+        self.registry.register(_StateCollector(router, bayeux))  # type: ignore[arg-type]
+        router.addPublishObserver(self._published)
+        router.addExtension(_ErrorCounter(self.errors))
+        self.resource = MetricsResource(self.registry)
+
+    def _published(self, channel: str, recipients: int) -> None:
+        self.published.inc()
+        self.delivered.inc(recipients)
+
+    def requestDone(self, request: Any) -> None:
+        """Hook for ``Site.log``: count each finished request by its status."""
+        self.httpRequests.labels(status=str(request.code)).inc()
