@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
@@ -451,3 +451,71 @@ class ExtensionTests(RouterTestCase):
         reply = self.send({"channel": "/a", "data": 1, "id": 1})
         self.assertEqual(reply["error"], "500::Internal server error")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+@implementer(IExtension)
+class SlowFirstExtension:
+    """Answers the first publish late, as a key lookup on a cold cache would."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.outgoingCalls = 0
+
+    def incoming(self, message: dict[str, Any], context: MessageContext) -> Any:
+        if message.get("data") == "slow":
+            return deferLater(self.clock, 1, lambda: message)
+        return message
+
+    def outgoing(self, reply: dict[str, Any], context: MessageContext) -> dict[str, Any]:
+        if reply.get("channel") == "/meta/connect":
+            self.outgoingCalls += 1
+        return reply
+
+
+class BatchTests(RouterTestCase):
+    def test_orderKept(self) -> None:
+        """A batch's publishes are delivered in order even if an extension delays the first."""
+        extension = SlowFirstExtension(self.clock)
+        self.router.addExtension(extension)
+        clientId = self.handshake()
+        self.send({"channel": "/meta/subscribe", "clientId": clientId, "subscription": "/a"})
+        d = self.router.process(
+            [{"channel": "/a", "data": "slow"}, {"channel": "/a", "data": "fast"}],
+            MessageContext("long-polling"),
+        )
+        self.clock.advance(1)
+        self.assertEqual(len(self.successResultOf(d)), 2)
+        (_, *deliveries) = self.successResultOf(self.connect(clientId))
+        self.assertEqual(
+            [d.payload for d in deliveries],
+            [b'{"channel":"/a","data":"slow"}', b'{"channel":"/a","data":"fast"}'],
+        )
+
+    def test_heldConnectDoesNotBlockBatch(self) -> None:
+        """A held connect batched with a publish: the publish happens now, the reply waits."""
+        watcher = self.handshake()
+        self.send({"channel": "/meta/subscribe", "clientId": watcher, "subscription": "/a"})
+        clientId = self.handshake()
+        d = self.router.process(
+            [
+                {"channel": "/meta/connect", "clientId": clientId, "connectionType": "long-polling"},
+                {"channel": "/a", "data": 1},
+            ],
+            MessageContext("long-polling"),
+        )
+        self.assertEqual(self.engine.queued(watcher), 1)
+        self.assertNoResult(d)
+        self.clock.advance(30)
+        replies = self.successResultOf(d)
+        self.assertEqual([r["channel"] for r in replies], ["/meta/connect", "/a"])
+
+    def test_outgoingOncePerHeldReply(self) -> None:
+        """Outgoing hooks see a held connect's reply once, when it is answered."""
+        extension = SlowFirstExtension(self.clock)
+        self.router.addExtension(extension)
+        clientId = self.handshake()
+        before = extension.outgoingCalls
+        d = self.connect(clientId)
+        self.clock.advance(30)
+        self.successResultOf(d)
+        self.assertEqual(extension.outgoingCalls - before, 1)

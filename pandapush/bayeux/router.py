@@ -169,7 +169,7 @@ class BayeuxRouter(EngineListener):
         # connect is answered at once, whatever advice they sent.
         self._fresh: set[str] = set()
         engine.addListener(self)
-        self._handlers: dict[str, Callable[..., Coroutine[Any, Any, list[Reply]]]] = {
+        self._handlers: dict[str, Callable[..., Coroutine[Any, Any, list[Reply] | Deferred[list[Reply]]]]] = {
             HANDSHAKE: self._handshake,
             CONNECT: self._connect,
             SUBSCRIBE: self._subscribe,
@@ -199,11 +199,23 @@ class BayeuxRouter(EngineListener):
             messages = [messages]
         if not messages:
             return defer.succeed([])
-        if len(messages) == 1:
-            return Deferred.fromCoroutine(self._handle(messages[0], context, socket))
-        pending = [Deferred.fromCoroutine(self._handle(m, context.forMessage(), socket)) for m in messages]
-        gathered = defer.gatherResults(pending, consumeErrors=True)
-        return gathered.addCallback(lambda results: [reply for replies in results for reply in replies])
+        return Deferred.fromCoroutine(self._processBatch(messages, context, socket))
+
+    async def _processBatch(
+        self, messages: list[Any], context: MessageContext, socket: IClientSocket | None
+    ) -> list[Reply]:
+        # One message after another, so a batch's publishes keep their order even
+        # when an extension must look something up; a held connect does not
+        # block the messages after it, its reply is collected at the end.
+        results: list[list[Reply] | Deferred[list[Reply]]] = []
+        for index, message in enumerate(messages):
+            results.append(
+                await self._handle(message, context if index == 0 else context.forMessage(), socket)
+            )
+        replies: list[Reply] = []
+        for result in results:
+            replies.extend(await result if isinstance(result, Deferred) else result)
+        return replies
 
     def addPublishObserver(self, observer: Callable[[str, int], None]) -> None:
         """Call ``observer(channel, recipients)`` once per message published (statistics)."""
@@ -264,7 +276,7 @@ class BayeuxRouter(EngineListener):
 
     async def _handle(
         self, message: Any, context: MessageContext, socket: IClientSocket | None
-    ) -> list[Reply]:
+    ) -> list[Reply] | Deferred[list[Reply]]:
         if not isinstance(message, dict):
             return [_fail({}, BayeuxError.badRequest())]
         try:
@@ -276,6 +288,9 @@ class BayeuxRouter(EngineListener):
                     return []
                 message = result
             replies = await self._dispatch(message, context, socket)
+            if isinstance(replies, Deferred):
+                # A held connect: its reply goes through outgoing hooks when answered.
+                return replies
             return await self._outgoing(replies, context)
         except Exception:
             self._log.failure("failed to handle a message on {channel!r}", channel=message.get("channel"))
@@ -301,7 +316,7 @@ class BayeuxRouter(EngineListener):
 
     async def _dispatch(
         self, message: Message, context: MessageContext, socket: IClientSocket | None
-    ) -> list[Reply]:
+    ) -> list[Reply] | Deferred[list[Reply]]:
         channel = message.get("channel")
         if channel is None:
             return [_fail(_makeReply(message), BayeuxError.parameterMissing("channel"))]
@@ -362,7 +377,7 @@ class BayeuxRouter(EngineListener):
 
     async def _connect(
         self, message: Message, context: MessageContext, socket: IClientSocket | None
-    ) -> list[Reply]:
+    ) -> list[Reply] | Deferred[list[Reply]]:
         reply = _makeReply(message)
         clientId = message.get("clientId")
         connectionType = message.get("connectionType")
@@ -403,7 +418,7 @@ class BayeuxRouter(EngineListener):
                 held.timer = self.reactor.callLater(wait, held.finish)
         if socket is not None:
             return []
-        return await held.deferred
+        return held.deferred
 
     def _holdFor(self, clientId: str, message: Message, connectionType: str) -> float:
         if clientId in self._fresh:
