@@ -202,7 +202,7 @@ class IExtension(Interface):
     serialized once, and shared by all recipients.
     """
 
-    def incoming(message: Message, context: MessageContext) -> Message | Deferred[Message | None] | None:
+    def incoming(message: Message, context: MessageContext) -> Message | Deferred[Any] | None:
         """
         Inspect or change a message from a client before the router handles it.
         Set ``message["error"]`` to refuse it (the reply carries the error);
@@ -212,7 +212,7 @@ class IExtension(Interface):
         leak into a delivery.
         """
 
-    def outgoing(reply: Message, context: MessageContext) -> Message | Deferred[Message | None] | None:
+    def outgoing(reply: Message, context: MessageContext) -> Message | Deferred[Any] | None:
         """
         Inspect or change a reply to the client that sent ``context``'s message
         (never a delivery). Return None to drop it; may answer with a Deferred.

@@ -70,7 +70,7 @@ class PresenceExtension(EngineListener):
 
     # IExtension
 
-    def incoming(self, message: Message, context: MessageContext) -> Message | Deferred[Message]:
+    def incoming(self, message: Message, context: MessageContext) -> Message | Deferred[Any]:
         if message.get("channel") != "/meta/subscribe" or "error" in message:
             return message
         channels = [c for c in _subscribedChannels(message) if isPresenceChannel(c)]
@@ -94,7 +94,7 @@ class PresenceExtension(EngineListener):
                 break
         return message
 
-    def outgoing(self, reply: Message, context: MessageContext) -> Message | Deferred[Message]:
+    def outgoing(self, reply: Message, context: MessageContext) -> Message | Deferred[Any]:
         if reply.get("channel") != "/meta/subscribe" or not reply.get("successful"):
             return reply
         presence = context.attributes.get("presence")

@@ -301,17 +301,18 @@ class BayeuxRouter(EngineListener):
             return replies
         out: list[Reply] = []
         for reply in replies:
-            if isinstance(reply, dict):
-                for extension in self._extensions:
-                    result = extension.outgoing(reply, context)
-                    if isinstance(result, Deferred):
-                        result = await result
-                    reply = result
-                    if reply is None:
-                        break
-                if reply is None:
-                    continue
-            out.append(reply)
+            if not isinstance(reply, dict):
+                out.append(reply)
+                continue
+            current: Message = reply
+            for extension in self._extensions:
+                result = extension.outgoing(current, context)
+                result = await result if isinstance(result, Deferred) else result
+                if result is None:
+                    break
+                current = result
+            else:
+                out.append(current)
         return out
 
     async def _dispatch(
@@ -390,7 +391,7 @@ class BayeuxRouter(EngineListener):
         if error is not None:
             reply.pop("clientId", None)
             return [self._advise(_fail(reply, error), connectionType)]
-        assert isinstance(clientId, str)
+        assert isinstance(clientId, str) and isinstance(connectionType, str)
         reply["successful"] = True
         self._advise(reply, connectionType)
         self.engine.ping(clientId)
@@ -470,7 +471,8 @@ class BayeuxRouter(EngineListener):
         if error is not None:
             return [_fail(reply, error)]
         assert isinstance(clientId, str)
-        for channel in [subscription] if isinstance(subscription, str) else subscription:
+        requested: list[str] = [subscription] if isinstance(subscription, str) else list(subscription or [])
+        for channel in requested:
             if not channels.isValid(channel):
                 return [_fail(reply, BayeuxError.channelInvalid(channel))]
             if not channels.isSubscribable(channel):

@@ -232,13 +232,13 @@ class MemoryEngine:
         if memberId is None:
             return
         members = self._presence.get(channel)
-        member = members.get(memberId) if members else None
-        if member is None:
+        if members is None or memberId not in members:
             return
+        member = members[memberId]
         member.clients.discard(client.id)
         if member.clients:
             return
-        del members[memberId]  # type: ignore[index]
+        del members[memberId]
         if not members:
             del self._presence[channel]
         self._notify("memberLeft", channel, memberId)

@@ -125,7 +125,7 @@ class BayeuxWebSocketProtocol(WebSocketServerProtocol):
 
 
 class BayeuxWebSocketFactory(WebSocketServerFactory):
-    protocol = BayeuxWebSocketProtocol
+    protocol = BayeuxWebSocketProtocol  # type: ignore[assignment]
 
     def __init__(
         self,

@@ -45,10 +45,12 @@ class LimitedRequest(Request):
             self.tooLarge = True
             self.content = io.BytesIO()
             return
-        self.content.write(data)
+        if self.content is not None:
+            self.content.write(data)
 
     def _limit(self) -> int:
-        return getattr(self.channel.site, "maxBodySize", 1024 * 1024) if self.channel else 1024 * 1024
+        site = getattr(self.channel, "site", None)
+        return getattr(site, "maxBodySize", 1024 * 1024)
 
 
 class HealthApp:
