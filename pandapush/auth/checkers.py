@@ -1,0 +1,214 @@
+"""Checkers and the realm behind channel auth: who is this, and what may they do.
+
+The contract's refusals come out of the checkers as :class:`AuthRefused` (an
+:class:`~twisted.cred.error.UnauthorizedLogin` carrying its
+:class:`~pandapush.auth.rules.Refusal`), so callers show the exact text. A
+successful login yields an :class:`IChannelAccess` avatar that answers the last
+question (does this token cover this channel and operation) with the pure rules.
+
+:class:`ChannelAuthority` puts it together for the two callers: the tenancy
+extension (Bayeux ``ext.auth``) and the REST publish endpoint (HTTP headers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import Attribute, Interface, implementer
+
+from pandapush.auth import bearer
+from pandapush.auth.credentials import BearerToken, IBearerToken, IKeySecret, KeySecret
+from pandapush.auth.keycache import KeyCache
+from pandapush.auth.rules import (
+    Allowed,
+    KeyAuth,
+    KeyFacts,
+    Refusal,
+    TenantChannel,
+    TokenAuth,
+    checkGrant,
+    checkKey,
+    needsAuth,
+    parseChannel,
+    readAuth,
+)
+
+__all__ = [
+    "AuthRefused",
+    "BearerTokenChecker",
+    "ChannelAccess",
+    "ChannelAuthority",
+    "ChannelRealm",
+    "IChannelAccess",
+    "KeySecretChecker",
+    "Principal",
+]
+
+
+class AuthRefused(UnauthorizedLogin):
+    """A refusal of the contract; ``refusal.text`` is what the client reads."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.text)
+        self.refusal = refusal
+
+
+@dataclass(frozen=True)
+class Principal:
+    """
+    Who logged in: the key (and application) vouching for the request, and the
+    verified token claims when it came with a token (None for key+secret).
+    """
+
+    appId: str
+    keyId: str
+    claims: dict[str, Any] | None = field(default=None, repr=False)
+
+
+class _CheckerBase:
+    def __init__(self, keys: KeyCache, clock: IReactorTime) -> None:
+        self.keys = keys
+        self.clock = clock
+
+    def _checkKey(self, facts: KeyFacts | None, appId: str, secret: str | None) -> KeyFacts:
+        refusal = checkKey(facts, appId, self.clock.seconds(), secret)
+        if refusal is not None:
+            raise AuthRefused(refusal)
+        assert facts is not None
+        return facts
+
+
+@implementer(ICredentialsChecker)
+class KeySecretChecker(_CheckerBase):
+    """Key+secret: the key must exist in the channel's application, match, and be live."""
+
+    credentialInterfaces = (IKeySecret,)
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[Any]:  # fires with a Principal
+        def check(facts: KeyFacts | None) -> Principal:
+            if facts is None or facts.appId != credentials.appId:
+                raise AuthRefused(Refusal.KEY_NOT_FOUND)
+            if not credentials.checkSecret(facts.secret):
+                raise AuthRefused(Refusal.INVALID_SECRET)
+            self._checkKey(facts, credentials.appId, None)
+            self.keys.recordUse(facts.keyId)
+            return Principal(facts.appId, facts.keyId)
+
+        return self.keys.get(credentials.keyId).addCallback(check)
+
+
+@implementer(ICredentialsChecker)
+class BearerTokenChecker(_CheckerBase):
+    """A JWT: readable with a ``keyId``, that key live, signature and times valid."""
+
+    credentialInterfaces = (IBearerToken,)
+
+    def __init__(self, keys: KeyCache, clock: IReactorTime, leeway: float = bearer.DEFAULT_LEEWAY) -> None:
+        super().__init__(keys, clock)
+        self.leeway = leeway
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[Any]:  # fires with a Principal
+        unverified = bearer.readToken(credentials.token)
+        if unverified is None:
+            return defer.fail(AuthRefused(Refusal.INVALID_TOKEN))
+
+        def check(facts: KeyFacts | None) -> Principal:
+            facts = self._checkKey(facts, credentials.appId, None)
+            claims = bearer.verifyToken(credentials.token, facts.secret, self.clock.seconds(), self.leeway)
+            # The signed keyId must be the one we looked up (it is, unless the token
+            # was tampered with, which the signature already rules out; belt and braces).
+            if claims is None or claims.get("keyId") != facts.keyId:
+                raise AuthRefused(Refusal.INVALID_TOKEN_PROVIDED)
+            self.keys.recordUse(facts.keyId)
+            return Principal(facts.appId, facts.keyId, claims)
+
+        return self.keys.get(unverified["keyId"]).addCallback(check)
+
+
+class IChannelAccess(Interface):
+    """What a logged-in principal may do on an application's channels."""
+
+    principal = Attribute("The :class:`Principal` this access belongs to.")
+
+    def check(operation: str, channel: TenantChannel) -> Allowed | Refusal:
+        """Allowed (with presence, for a presence subscribe) or the refusal."""
+
+
+@implementer(IChannelAccess)
+class ChannelAccess:
+    def __init__(self, principal: Principal) -> None:
+        self.principal = principal
+
+    def check(self, operation: str, channel: TenantChannel) -> Allowed | Refusal:
+        return checkGrant(operation, channel, self.principal.keyId, self.principal.claims)
+
+
+@implementer(IRealm)
+class ChannelRealm:
+    """Turns a :class:`Principal` into its :class:`IChannelAccess`."""
+
+    def requestAvatar(
+        self, avatarId: Any, mind: Any, *interfaces: Any
+    ) -> tuple[Any, Any, Callable[[], None]]:
+        if IChannelAccess not in interfaces:
+            raise NotImplementedError("ChannelRealm only provides IChannelAccess")
+        return IChannelAccess, ChannelAccess(avatarId), lambda: None
+
+
+class ChannelAuthority:
+    """
+    The one place that says yes or no to a subscribe or publish on a tenancy channel.
+
+    ``authorize`` takes a Bayeux ``ext.auth`` value; ``authorizeCredentials`` takes
+    credentials already built (REST headers). Both fire with
+    :class:`~pandapush.auth.rules.Allowed` or fail with :class:`AuthRefused`;
+    anything else (storage down) fails with that error.
+    """
+
+    def __init__(self, keys: KeyCache, clock: IReactorTime, leeway: float = bearer.DEFAULT_LEEWAY) -> None:
+        self.keys = keys
+        self.clock = clock
+        self.portal = Portal(
+            ChannelRealm(), [KeySecretChecker(keys, clock), BearerTokenChecker(keys, clock, leeway)]
+        )
+
+    def authorize(self, operation: str, channelName: Any, auth: Any) -> Deferred[Allowed]:
+        channel = parseChannel(channelName, operation)
+        if channel is None:
+            return defer.fail(AuthRefused(Refusal.INVALID_CHANNEL))
+        if not needsAuth(operation, channel):
+            return defer.succeed(Allowed())
+        credentials = readAuth(auth)
+        if isinstance(credentials, Refusal):
+            return defer.fail(AuthRefused(credentials))
+        if isinstance(credentials, KeyAuth):
+            return self.authorizeCredentials(
+                operation, channel, KeySecret(channel.appId, credentials.keyId, credentials.secret)
+            )
+        assert isinstance(credentials, TokenAuth)
+        return self.authorizeCredentials(operation, channel, BearerToken(channel.appId, credentials.token))
+
+    def authorizeCredentials(
+        self, operation: str, channel: TenantChannel, credentials: KeySecret | BearerToken | None
+    ) -> Deferred[Allowed]:
+        if not needsAuth(operation, channel):
+            return defer.succeed(Allowed())
+        if credentials is None:
+            return defer.fail(AuthRefused(Refusal.NO_AUTH))
+
+        def granted(login: tuple[Any, Any, Any]) -> Allowed:
+            _, access, _ = login
+            decision = access.check(operation, channel)
+            if isinstance(decision, Refusal):
+                raise AuthRefused(decision)
+            return decision
+
+        return self.portal.login(credentials, None, IChannelAccess).addCallback(granted)

@@ -1,0 +1,294 @@
+"""Keys in memory for the hot path, and their usage counted off it.
+
+Every subscribe and publish names a key; asking the database each time would put a
+round trip on every message. :class:`KeyCache` keeps what the rules need
+(:class:`~pandapush.auth.rules.KeyFacts`, never usage counters) for ``ttl`` seconds,
+remembers unknown key ids for ``negativeTTL`` seconds (so garbage ids cannot hammer
+the database), and forgets entries the moment they are invalidated: the admin API
+calls :meth:`KeyCache.invalidate` / :meth:`KeyCache.invalidateApp` on create, revoke
+and delete, and a many-node engine can subscribe to those calls
+(:meth:`KeyCache.addInvalidationListener`) to broadcast them, then apply remote ones
+with ``propagate=False``. ``ttl`` bounds staleness for changes made elsewhere (the
+command line in another process) until such a broadcast exists.
+
+Usage (``use_count``, ``last_used``) is added up in memory by :meth:`KeyCache.recordUse`
+and written in one batch by :meth:`KeyCache.flushUsage`, which
+:class:`KeyUsageFlusher` calls every few seconds and once more at shutdown.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.application.internet import TimerService
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from pandapush.auth.rules import KeyFacts
+
+__all__ = ["KeyCache", "KeyUsage", "KeyUsageFlusher", "keyFacts"]
+
+DEFAULT_TTL = 60.0
+DEFAULT_NEGATIVE_TTL = 5.0
+DEFAULT_MAX_ENTRIES = 100_000
+DEFAULT_FLUSH_INTERVAL = 5.0
+
+
+class KeyUsage:
+    """Uses of one key since the last flush."""
+
+    __slots__ = ("count", "lastUsed")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.lastUsed = 0.0
+
+    def __repr__(self) -> str:
+        return f"KeyUsage(count={self.count}, lastUsed={self.lastUsed})"
+
+
+class _KeyStore(Protocol):
+    def getKey(self, keyId: str) -> Deferred[Any]: ...
+
+    def recordKeyUsage(self, usage: dict[str, tuple[int, datetime.datetime]]) -> Deferred[Any]: ...
+
+
+def _seconds(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.UTC)
+        return value.timestamp()
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        return _seconds(datetime.datetime.fromisoformat(value.replace("Z", "+00:00")))
+    raise TypeError(f"not a time: {value!r}")
+
+
+def keyFacts(key: Any) -> KeyFacts:
+    """The rule-relevant facts of a storage key model (``pandapush.storage.models.Key``)."""
+    revoked = getattr(key, "revoked", None)
+    if revoked is None:
+        revoked = getattr(key, "revoked_at", None) is not None
+    return KeyFacts(
+        keyId=key.id,
+        appId=key.application_id,
+        secret=key.secret,
+        expires=_seconds(key.expires),
+        revoked=bool(revoked),
+    )
+
+
+class KeyCache:
+    """Key facts by key id, with invalidation hooks and batched usage."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        storage: _KeyStore,
+        clock: IReactorTime,
+        ttl: float = DEFAULT_TTL,
+        negativeTTL: float = DEFAULT_NEGATIVE_TTL,
+        maxEntries: int = DEFAULT_MAX_ENTRIES,
+    ) -> None:
+        self.storage = storage
+        self.clock = clock
+        self.ttl = ttl
+        self.negativeTTL = negativeTTL
+        self.maxEntries = maxEntries
+        # keyId -> (facts or None for "no such key", time the entry goes stale)
+        self._entries: OrderedDict[str, tuple[KeyFacts | None, float]] = OrderedDict()
+        self._byApp: dict[str, set[str]] = {}
+        self._pending: dict[str, Deferred[KeyFacts | None]] = {}
+        # Bumped by every invalidation: a lookup that started before one must not
+        # put what it read (possibly the key's state before a revoke) into the cache.
+        self._generation = 0
+        self._listeners: list[Callable[[str | None, str | None], None]] = []
+        self._usage: dict[str, KeyUsage] = {}
+        self._flushing: Deferred[None] | None = None
+
+    # lookups
+
+    def get(self, keyId: str) -> Deferred[KeyFacts | None]:
+        """The key's facts (None if there is no such key); synchronous on a cache hit."""
+        entry = self._entries.get(keyId)
+        now = self.clock.seconds()
+        if entry is not None:
+            facts, staleAt = entry
+            if now < staleAt:
+                self._entries.move_to_end(keyId)
+                return defer.succeed(facts)
+            self._forget(keyId)
+        pending = self._pending.get(keyId)
+        if pending is None:
+            pending = self._load(keyId)
+            if not pending.called:
+                self._pending[keyId] = pending
+        result: Deferred[KeyFacts | None] = Deferred()
+        pending.addBoth(self._share, result)
+        return result
+
+    @staticmethod
+    def _share(value: Any, result: Deferred[Any]) -> Any:
+        # Each caller gets its own Deferred, so one caller's callbacks cannot change
+        # what the others see.
+        if isinstance(value, defer.Failure):
+            result.errback(value)
+            return None  # handed on: the caller's Deferred carries it now
+        result.callback(value)
+        return value
+
+    def _load(self, keyId: str) -> Deferred[KeyFacts | None]:
+        generation = self._generation
+
+        def loaded(key: Any) -> KeyFacts | None:
+            facts = keyFacts(key) if key is not None else None
+            if self._pending.get(keyId) is pending:
+                del self._pending[keyId]
+            if generation == self._generation:
+                self._store(keyId, facts)
+            return facts
+
+        def failed(reason: defer.Failure) -> defer.Failure:
+            if self._pending.get(keyId) is pending:
+                del self._pending[keyId]
+            return reason
+
+        pending: Deferred[KeyFacts | None] = defer.maybeDeferred(self.storage.getKey, keyId)
+        pending.addCallbacks(loaded, failed)
+        return pending
+
+    def _store(self, keyId: str, facts: KeyFacts | None) -> None:
+        ttl = self.ttl if facts is not None else self.negativeTTL
+        if ttl <= 0:
+            return
+        self._entries[keyId] = (facts, self.clock.seconds() + ttl)
+        if facts is not None:
+            self._byApp.setdefault(facts.appId, set()).add(keyId)
+        while len(self._entries) > self.maxEntries:
+            oldest = next(iter(self._entries))
+            self._forget(oldest)
+
+    def _forget(self, keyId: str) -> None:
+        entry = self._entries.pop(keyId, None)
+        if entry is not None and entry[0] is not None:
+            keys = self._byApp.get(entry[0].appId)
+            if keys is not None:
+                keys.discard(keyId)
+                if not keys:
+                    del self._byApp[entry[0].appId]
+
+    # invalidation
+
+    def addInvalidationListener(self, listener: Callable[[str | None, str | None], None]) -> None:
+        """
+        Call ``listener(keyId, appId)`` (one of them None) on every local
+        invalidation, e.g. to broadcast it to the other nodes.
+        """
+        self._listeners.append(listener)
+
+    def removeInvalidationListener(self, listener: Callable[[str | None, str | None], None]) -> None:
+        self._listeners.remove(listener)
+
+    def invalidate(self, keyId: str, propagate: bool = True) -> None:
+        """Forget ``keyId`` (known or known-missing) now: it was created, revoked or deleted."""
+        self._generation += 1
+        self._forget(keyId)
+        self._pending.pop(keyId, None)
+        if propagate:
+            self._tell(keyId, None)
+
+    def invalidateApp(self, appId: str, propagate: bool = True) -> None:
+        """Forget every key of ``appId``: the application was deleted."""
+        self._generation += 1
+        for keyId in list(self._byApp.get(appId, ())):
+            self._forget(keyId)
+        # A lookup in flight may be for one of its keys; let it finish uncached.
+        self._pending.clear()
+        if propagate:
+            self._tell(None, appId)
+
+    def clear(self) -> None:
+        self._generation += 1
+        self._entries.clear()
+        self._byApp.clear()
+        self._pending.clear()
+
+    def _tell(self, keyId: str | None, appId: str | None) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(keyId, appId)
+            except Exception:
+                self._log.failure("key invalidation listener failed")
+
+    # usage
+
+    def recordUse(self, keyId: str) -> None:
+        """Count one use of ``keyId`` now; written later by :meth:`flushUsage`."""
+        usage = self._usage.get(keyId)
+        if usage is None:
+            usage = self._usage[keyId] = KeyUsage()
+        usage.count += 1
+        usage.lastUsed = self.clock.seconds()
+
+    def pendingUsage(self) -> dict[str, KeyUsage]:
+        return dict(self._usage)
+
+    def flushUsage(self) -> Deferred[None]:
+        """
+        Write the usage counted since the last flush, as
+        ``{keyId: (count, lastUsed datetime)}``. If the write fails the counts are
+        put back, so they go out with the next flush. One flush at a time.
+        """
+        if self._flushing is not None or not self._usage:
+            return self._flushing if self._flushing is not None else defer.succeed(None)
+        batch, self._usage = self._usage, {}
+        payload = {
+            keyId: (usage.count, datetime.datetime.fromtimestamp(usage.lastUsed, datetime.UTC))
+            for keyId, usage in batch.items()
+        }
+
+        def failed(reason: defer.Failure) -> None:
+            self._log.failure("could not record usage of {count} keys", reason, count=len(batch))
+            for keyId, usage in batch.items():
+                current = self._usage.setdefault(keyId, KeyUsage())
+                current.count += usage.count
+                current.lastUsed = max(current.lastUsed, usage.lastUsed)
+
+        def done(result: Any) -> None:
+            self._flushing = None
+
+        flushing: Deferred[None] = defer.maybeDeferred(self.storage.recordKeyUsage, payload)
+        flushing.addCallbacks(lambda _: None, failed)
+        flushing.addBoth(done)
+        if not flushing.called:
+            self._flushing = flushing
+        return flushing
+
+
+class KeyUsageFlusher(TimerService):
+    """Flushes key usage every ``interval`` seconds, and once more when stopping."""
+
+    def __init__(self, cache: KeyCache, interval: float = DEFAULT_FLUSH_INTERVAL) -> None:
+        super().__init__(interval, self._flush)
+        self.cache = cache
+        self.clock = cache.clock
+
+    def _flush(self) -> Deferred[None]:
+        return self.cache.flushUsage()
+
+    def stopService(self) -> Deferred[None]:
+        stopped = super().stopService()
+
+        def final(_: Any) -> Deferred[None]:
+            return self.cache.flushUsage()
+
+        return defer.maybeDeferred(lambda: stopped).addCallback(final)

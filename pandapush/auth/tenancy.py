@@ -1,0 +1,148 @@
+"""The tenancy extension: the contract's channel rules on every Bayeux subscribe and publish.
+
+It sits on the router like any Faye extension, so every transport gets the same
+rules. On ``/meta/subscribe`` it checks each channel of ``subscription`` in order
+(the first refusal refuses the message); on a publish it checks the channel. The
+credentials are ``ext.auth`` (``{"token": ...}`` or ``{"key": ..., "secret": ...}``),
+and for publishes also ``data.__auth`` as upstream accepted. Both are removed from the
+message once read, refused or not, so no delivery can ever carry them.
+
+A refusal becomes the message's ``error`` as ``<code>::<text>`` (Faye clients then
+show the contract's text as the error's ``message``). A presence subscribe's presence
+object, taken from the verified token only, goes to ``context.attributes["presence"]``
+for the presence extension, never into the message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from pandapush.auth.checkers import AuthRefused, ChannelAuthority
+from pandapush.auth.rules import PUBLISH, SUBSCRIBE, Allowed
+from pandapush.bayeux.context import MessageContext
+from pandapush.bayeux.errors import BayeuxError
+from pandapush.interfaces import IExtension
+
+__all__ = ["TenancyExtension"]
+
+Message = dict[str, Any]
+
+SUBSCRIBE_CHANNEL = "/meta/subscribe"
+
+
+def _takeAuth(message: Message, fromData: bool) -> Any:
+    """Remove and return the message's credentials (``ext.auth`` first, then ``data.__auth``)."""
+    auth = None
+    ext = message.get("ext")
+    if isinstance(ext, dict) and "auth" in ext:
+        auth = ext.pop("auth")
+        if not ext:
+            del message["ext"]
+    data = message.get("data")
+    if isinstance(data, dict) and "__auth" in data:
+        dataAuth = data.pop("__auth")
+        if fromData and auth is None:
+            auth = dataAuth
+    return auth
+
+
+@implementer(IExtension)
+class TenancyExtension:
+    """Applies :class:`~pandapush.auth.checkers.ChannelAuthority` to client messages."""
+
+    _log = Logger()
+
+    def __init__(self, authority: ChannelAuthority) -> None:
+        self.authority = authority
+
+    def incoming(
+        self, message: Message, context: MessageContext
+    ) -> Message | Deferred[Message | None] | None:
+        if context.trusted:
+            return message
+        channel = message.get("channel")
+        if not isinstance(channel, str):
+            return message  # the router answers a missing or odd channel itself
+        if channel == SUBSCRIBE_CHANNEL:
+            return self._subscribe(message, context)
+        if channel == "/meta" or channel.startswith("/meta/"):
+            return message
+        return self._publish(message, channel, context)
+
+    def outgoing(self, reply: Message, context: MessageContext) -> Message | None:
+        return reply
+
+    # checks
+
+    def _publish(
+        self, message: Message, channel: str, context: MessageContext
+    ) -> Message | Deferred[Message | None]:
+        auth = _takeAuth(message, fromData=True)
+        if "error" in message:
+            return message
+        return self._settle(self.authority.authorize(PUBLISH, channel, auth), message, context)
+
+    def _subscribe(self, message: Message, context: MessageContext) -> Message | Deferred[Message | None]:
+        auth = _takeAuth(message, fromData=False)
+        subscription = message.get("subscription")
+        if "error" in message:
+            return message
+        if isinstance(subscription, str):
+            return self._settle(self.authority.authorize(SUBSCRIBE, subscription, auth), message, context)
+        if not isinstance(subscription, list) or not subscription:
+            return message  # the router refuses a missing or malformed subscription
+        return Deferred.fromCoroutine(self._subscribeAll(message, subscription, auth, context))
+
+    async def _subscribeAll(
+        self, message: Message, subscription: list[Any], auth: Any, context: MessageContext
+    ) -> Message:
+        for channel in subscription:
+            try:
+                allowed = await self.authority.authorize(SUBSCRIBE, channel, auth)
+            except Exception:
+                self._refuse(message, Failure())
+                return message
+            self._grant(allowed, context)
+        return message
+
+    # outcomes
+
+    def _settle(
+        self, decision: Deferred[Allowed], message: Message, context: MessageContext
+    ) -> Message | Deferred[Message | None]:
+        """
+        Apply the decision; synchronously when it is already known (a cached key),
+        which spares the router a Deferred per message on the hot path.
+        """
+        outcome: list[Allowed | Failure] = []
+        decision.addBoth(outcome.append)
+        if outcome:
+            return self._apply(outcome[0], message, context)
+        done: Deferred[Message | None] = Deferred()
+        decision.addCallback(lambda _: done.callback(self._apply(outcome[0], message, context)))
+        return done
+
+    def _apply(self, result: Allowed | Failure, message: Message, context: MessageContext) -> Message:
+        if isinstance(result, Failure):
+            self._refuse(message, result)
+        else:
+            self._grant(result, context)
+        return message
+
+    def _grant(self, allowed: Allowed, context: MessageContext) -> None:
+        if allowed.presence is not None:
+            context.attributes["presence"] = allowed.presence
+        if allowed.keyId is not None:
+            context.attributes["keyId"] = allowed.keyId
+
+    def _refuse(self, message: Message, failure: Failure) -> None:
+        if isinstance(failure.value, AuthRefused):
+            message["error"] = failure.value.refusal.bayeuxError
+            return
+        self._log.failure("could not check auth for {channel!r}", failure, channel=message.get("channel"))
+        message["error"] = str(BayeuxError.serverError())
