@@ -1,0 +1,201 @@
+"""``POST /channel/<app>/<public|private|presence>/<path>``: publishing over plain HTTP.
+
+For servers that would rather not speak Bayeux. Auth is ``Authorization: Basic
+<keyId:secret>``, ``Authorization: Token <jwt>`` (or ``Bearer``), or ``?token=<jwt>``,
+checked by the same :class:`~pandapush.auth.checkers.ChannelAuthority` as Bayeux
+publishes, so the contract's texts and order are the same. The body is JSON, or a
+urlencoded form (``foo=bar`` arrives as ``{"foo": "bar"}``; upstream delivered ``{}``).
+
+The upstream README's curl examples send ``-d '{text:"hello"}'`` as
+``application/json``: a JavaScript object literal, not JSON. Its examples must work
+as written, so a body that is not JSON but becomes JSON once bare object keys are
+quoted is accepted as such; anything else that is not JSON is a 400 that says why.
+
+Answers: 200 ``OK``; 400 bad body; 401 (with ``WWW-Authenticate``) no credentials;
+403 refused, with ``{"code", "params", "message"}``; 404 unknown channel type or
+invalid channel name; 413 body too large; 503 if the publish itself failed or timed
+out. Nothing here can leave a request hanging: the publish has a deadline.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+from klein import Klein
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from pandapush.auth.checkers import AuthRefused, ChannelAuthority
+from pandapush.auth.http import channelCredentials, errorBody, header, jsonResponse
+from pandapush.auth.rules import PUBLISH, Refusal, parseChannel
+from pandapush.bayeux import json
+
+__all__ = ["PublishApp", "parseBody"]
+
+PUBLISHABLE_TYPES = frozenset({"public", "private", "presence"})
+DEFAULT_MAX_BODY = 1024 * 1024
+DEFAULT_PUBLISH_TIMEOUT = 10.0
+CHALLENGE = b'Basic realm="pandapush", Bearer realm="pandapush"'
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BARE_KEY = re.compile(r"([{,]\s*)([A-Za-z_$][A-Za-z0-9_$]*)(\s*:)")
+
+
+class BodyError(Exception):
+    """The body cannot be published; the message says why (it goes back to the client)."""
+
+
+def _quoteBareKeys(text: str) -> str:
+    """``{text:"hello"}`` -> ``{"text":"hello"}``, leaving string contents alone."""
+    out: list[str] = []
+    position = 0
+    for string in _STRING.finditer(text):
+        out.append(_BARE_KEY.sub(r'\1"\2"\3', text[position : string.start()]))
+        out.append(string.group())
+        position = string.end()
+    out.append(_BARE_KEY.sub(r'\1"\2"\3', text[position:]))
+    return "".join(out)
+
+
+def _parseJSON(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as error:
+        reason = str(error)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BodyError("Body is not valid JSON: it is not UTF-8 text") from None
+    relaxed = _quoteBareKeys(text)
+    if relaxed != text:
+        try:
+            return json.loads(relaxed)
+        except json.JSONDecodeError:
+            pass
+    raise BodyError(f"Body is not valid JSON ({reason}); send JSON or a urlencoded form")
+
+
+def _parseForm(body: bytes) -> dict[str, Any]:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BodyError("Form body is not valid UTF-8") from None
+    try:
+        fields = parse_qs(text, keep_blank_values=True, strict_parsing=False, max_num_fields=1000)
+    except ValueError as error:
+        raise BodyError(f"Form body cannot be read: {error}") from None
+    return {name: values[0] if len(values) == 1 else values for name, values in fields.items()}
+
+
+def parseBody(body: bytes, contentType: str | None) -> Any:
+    """
+    The data to publish from a request body, or :class:`BodyError`.
+
+    urlencoded forms become objects of strings (a repeated field, a list of
+    strings); everything else is read as JSON. A body without a content type that is
+    not JSON but looks like a form is read as one.
+    """
+    mediaType = (contentType or "").split(";", 1)[0].strip().lower()
+    if not body.strip():
+        raise BodyError("Body is empty; send a JSON value or a urlencoded form")
+    if mediaType == "application/x-www-form-urlencoded":
+        return _parseForm(body)
+    if mediaType.startswith("multipart/"):
+        raise BodyError(f"Unsupported Content-Type {mediaType}; send JSON or a urlencoded form")
+    try:
+        return _parseJSON(body)
+    except BodyError:
+        if not mediaType and b"=" in body and not body.lstrip().startswith((b"{", b"[")):
+            return _parseForm(body)
+        raise
+
+
+class PublishApp:
+    """The REST publish endpoint; ``publish`` is the router's trusted server-side publish."""
+
+    app = Klein()
+    _log = Logger()
+
+    def __init__(
+        self,
+        authority: ChannelAuthority,
+        publish: Callable[[str, Any], Deferred[int]],
+        clock: IReactorTime,
+        maxBodySize: int = DEFAULT_MAX_BODY,
+        publishTimeout: float = DEFAULT_PUBLISH_TIMEOUT,
+    ) -> None:
+        self.authority = authority
+        self.publish = publish
+        self.clock = clock
+        self.maxBodySize = maxBodySize
+        self.publishTimeout = publishTimeout
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    @app.route("/channel/<appId>/<channelType>/<path:path>", methods=["POST"])
+    async def post(self, request: IRequest, appId: str, channelType: str, path: str) -> bytes:
+        if getattr(request, "tooLarge", False):
+            return self._tooLarge(request)
+        if channelType not in PUBLISHABLE_TYPES:
+            return jsonResponse(
+                request, 404, errorBody(404, "Unknown channel type: use public, private or presence")
+            )
+        channel = parseChannel(f"/{appId}/{channelType}/{path}", PUBLISH)
+        if channel is None:
+            return jsonResponse(request, 404, errorBody(404, Refusal.INVALID_CHANNEL.text))
+        credentials = channelCredentials(request, channel.appId)
+        if credentials is None:
+            request.setHeader(b"WWW-Authenticate", CHALLENGE)
+            return jsonResponse(request, 401, errorBody(401, Refusal.NO_AUTH.text))
+        try:
+            await self.authority.authorizeCredentials(PUBLISH, channel, credentials)
+        except AuthRefused as refused:
+            self._log.info(
+                "refused REST publish to {channel}: {reason}",
+                channel=channel.name,
+                reason=refused.refusal.text,
+            )
+            return jsonResponse(request, 403, errorBody(403, refused.refusal.text))
+        except Exception:
+            self._log.failure("could not check REST publish auth for {channel}", channel=channel.name)
+            return jsonResponse(request, 503, errorBody(503, "Could not check credentials; try again"))
+
+        content = request.content.read() if request.content is not None else b""
+        if len(content) > self.maxBodySize:
+            return self._tooLarge(request)
+        try:
+            data = parseBody(content, header(request, b"content-type"))
+        except BodyError as error:
+            return jsonResponse(request, 400, errorBody(400, str(error)))
+        if isinstance(data, dict):
+            data.pop("__auth", None)  # never delivered, whoever put it there
+
+        try:
+            await self.publish(channel.name, data).addTimeout(self.publishTimeout, self.clock)
+        except TimeoutError:
+            self._log.warn("REST publish to {channel} timed out", channel=channel.name)
+            return jsonResponse(request, 503, errorBody(503, "Publishing timed out; try again"))
+        except Exception:
+            self._log.failure("REST publish to {channel} failed", channel=channel.name)
+            return jsonResponse(request, 503, errorBody(503, "Failed to publish"))
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        return b"OK"
+
+    def _tooLarge(self, request: IRequest) -> bytes:
+        return jsonResponse(request, 413, errorBody(413, f"Body larger than {self.maxBodySize} bytes"))
+
+    @app.handle_errors(NotFound)
+    def notFound(self, request: IRequest, failure: Any) -> bytes:
+        return jsonResponse(request, 404, errorBody(404, "Not found: POST /channel/<app>/<type>/<path>"))
+
+    @app.handle_errors(MethodNotAllowed)
+    def notAllowed(self, request: IRequest, failure: Any) -> bytes:
+        request.setHeader(b"Allow", b"POST")
+        return jsonResponse(request, 405, errorBody(405, "Use POST to publish"))
