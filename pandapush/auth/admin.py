@@ -1,0 +1,357 @@
+"""Who may use the admin API and UI: pluggable admin auth methods.
+
+An admin auth method is an :class:`IAdminAuth`: it names the admin behind a request
+(or nobody) and answers a request that named nobody (a Basic challenge, a redirect to
+a login page, a refusal). Built in, chosen by ``AUTH_METHOD``:
+
+- ``basic``: HTTP Basic against ``ADMIN_USERNAME``/``ADMIN_PASSWORD``, through
+  ``twisted.cred`` (an :class:`AdminPasswordChecker` compares in constant time). With
+  no credentials configured (and ``AUTH_METHOD`` unset or ``basic``), a password is
+  generated once and kept in ``<data dir>/admin-password`` (mode 0600) for user
+  ``admin``, so a newcomer can log in; :func:`adminLoginBanner` is what the server
+  logs at start.
+- ``none``: the admin area is closed (every request refused), as upstream did when
+  admin auth was not configured.
+- anything else: an :class:`IAdminAuthPlugin` of that ``name``, found with
+  ``twisted.plugin.getPlugins`` (drop-in modules in ``twisted/plugins/``) or the
+  ``pandapush.admin_auth`` entry point group, checked with ``verifyObject``.
+  ``AUTH_METHOD=plugins`` takes the one plugin installed.
+
+Root admins (``ROOT_ADMINS``, and the Basic admin user) see every application; other
+admins see the applications they administer.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword, UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from zope.interface import Attribute, Interface, implementer
+from zope.interface.exceptions import Invalid
+from zope.interface.verify import verifyObject
+
+from pandapush.auth.config import TenancyConfig
+from pandapush.auth.http import basicCredentials, errorBody, jsonResponse
+from pandapush.auth.rules import secretsEqual
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "PASSWORD_FILE",
+    "AdminAuthError",
+    "AdminAuthority",
+    "AdminLogin",
+    "AdminPasswordChecker",
+    "AdminUser",
+    "BasicAdminAuth",
+    "ClosedAdminAuth",
+    "IAdminAuth",
+    "IAdminAuthPlugin",
+    "adminLoginBanner",
+    "adminLoginInfo",
+    "findAdminAuthPlugins",
+    "firstRunPassword",
+    "makeAdminAuthority",
+]
+
+ENTRY_POINT_GROUP = "pandapush.admin_auth"
+PASSWORD_FILE = "admin-password"
+DEFAULT_ADMIN = "admin"
+
+_log = Logger(namespace="pandapush.auth.admin")
+
+
+class AdminAuthError(Exception):
+    """Admin auth is configured in a way that cannot work (unknown method, bad plugin)."""
+
+
+class IAdminAuth(Interface):
+    """One way of telling who is using the admin area."""
+
+    name = Attribute("Short name, as given to AUTH_METHOD.")
+
+    def authenticate(request: IRequest) -> Deferred[str | None]:
+        """The admin's user name, or None if the request does not identify one."""
+
+    def challenge(request: IRequest) -> bytes:
+        """Answer a request that identified nobody (set the code and headers; return the body)."""
+
+
+class IAdminAuthPlugin(Interface):
+    """A third-party admin auth method, found as a plugin or an entry point."""
+
+    name = Attribute("The AUTH_METHOD value that selects it.")
+    description = Attribute("One line for humans.")
+
+    def makeAdminAuth(config: TenancyConfig) -> IAdminAuth:
+        """Build the method from the configuration (raise AdminAuthError if unusable)."""
+
+
+@dataclass(frozen=True)
+class AdminLogin:
+    """The built-in Basic admin's login, for the start banner (``repr`` hides the password)."""
+
+    username: str
+    password: str = field(repr=False)
+    generated: bool
+    passwordFile: str | None = None
+
+
+@dataclass(frozen=True)
+class AdminUser:
+    """An authenticated admin; ``root`` sees and changes every application."""
+
+    username: str
+    root: bool
+
+
+@implementer(ICredentialsChecker)
+class AdminPasswordChecker:
+    """
+    Admin user names and passwords, compared in constant time: an unknown user costs
+    the same comparison as a wrong password, so timing tells nothing.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self, users: Mapping[str, str]) -> None:
+        self._users = dict(users)
+        self._decoy = secrets.token_urlsafe(18)
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
+        username = _text(credentials.username)
+        password = _text(credentials.password)
+        expected = self._users.get(username)
+        passwordOK = secretsEqual(password, expected if expected is not None else self._decoy)
+        if expected is not None and passwordOK:
+            return defer.succeed(username)
+        return defer.fail(UnauthorizedLogin("wrong admin user name or password"))
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+class IAdminName(Interface):
+    """The avatar of an admin login: just the name."""
+
+
+@implementer(IRealm)
+class _AdminRealm:
+    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> tuple[Any, Any, Any]:
+        return IAdminName, _text(avatarId), lambda: None
+
+
+@implementer(IAdminAuth)
+class BasicAdminAuth:
+    """HTTP Basic through a cred portal."""
+
+    name = "basic"
+
+    def __init__(self, checkers: Iterable[ICredentialsChecker], realmName: str = "pandapush admin") -> None:
+        self.portal = Portal(_AdminRealm(), list(checkers))
+        self.realmName = realmName
+
+    def authenticate(self, request: IRequest) -> Deferred[str | None]:
+        basic = basicCredentials(request)
+        if basic is None:
+            return defer.succeed(None)
+        credentials = UsernamePassword(basic[0].encode("utf-8"), basic[1].encode("utf-8"))
+        login = self.portal.login(credentials, None, IAdminName)
+
+        def refused(failure: Any) -> None:
+            failure.trap(UnauthorizedLogin)
+            return None
+
+        return login.addCallbacks(lambda result: result[1], refused)
+
+    def challenge(self, request: IRequest) -> bytes:
+        request.setHeader(b"WWW-Authenticate", f'Basic realm="{self.realmName}"'.encode())
+        return jsonResponse(request, 401, errorBody(401, "Admin login required"))
+
+
+@implementer(IAdminAuth)
+class ClosedAdminAuth:
+    """``AUTH_METHOD=none``: nobody gets in (the admin area is off)."""
+
+    name = "none"
+
+    def authenticate(self, request: IRequest) -> Deferred[str | None]:
+        return defer.succeed(None)
+
+    def challenge(self, request: IRequest) -> bytes:
+        return jsonResponse(request, 403, errorBody(403, "The admin area is disabled (AUTH_METHOD=none)"))
+
+
+def firstRunPassword(dataDir: str) -> tuple[str, bool]:
+    """
+    The generated admin password kept in ``<dataDir>/admin-password``, creating it
+    (mode 0600, directory 0700) the first time. Returns ``(password, created)``.
+    Runs once at start, so plain blocking file I/O is fine.
+    """
+    path = os.path.join(dataDir, PASSWORD_FILE)
+    try:
+        with open(path, encoding="utf-8") as existing:
+            password = existing.read().strip()
+        if password:
+            return password, False
+    except FileNotFoundError:
+        pass
+    os.makedirs(dataDir, mode=0o700, exist_ok=True)
+    password = secrets.token_urlsafe(18)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        # Another process won the race (two nodes starting at once): use theirs.
+        return firstRunPassword(dataDir)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as created:
+        created.write(password + "\n")
+    return password, True
+
+
+def findAdminAuthPlugins(package: Any = None) -> dict[str, Any]:
+    """
+    Admin auth plugins by name: ``getPlugins(IAdminAuthPlugin, package)`` (default
+    ``twisted.plugins``) and the ``pandapush.admin_auth`` entry points. Anything that
+    does not provide :class:`IAdminAuthPlugin` is refused with a logged reason.
+    """
+    from twisted.plugin import getPlugins
+
+    candidates: list[tuple[str, Any]] = []
+    if package is None:
+        import twisted.plugins as package
+    for plugin in getPlugins(IAdminAuthPlugin, package):
+        candidates.append((repr(plugin), plugin))
+    try:
+        from importlib.metadata import entry_points
+
+        for entryPoint in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                loaded = entryPoint.load()
+            except Exception:
+                _log.failure("could not load admin auth entry point {name}", name=entryPoint.name)
+                continue
+            candidates.append(
+                (f"entry point {entryPoint.name}", loaded() if isinstance(loaded, type) else loaded)
+            )
+    except Exception:
+        _log.failure("could not list admin auth entry points")
+    found: dict[str, Any] = {}
+    for origin, plugin in candidates:
+        try:
+            verifyObject(IAdminAuthPlugin, plugin)
+        except Invalid as reason:
+            _log.error("ignoring admin auth plugin {origin}: {reason}", origin=origin, reason=str(reason))
+            continue
+        found[str(plugin.name).lower()] = plugin
+    return found
+
+
+class AdminAuthority:
+    """An admin auth method plus the root admin list: who is this, and are they root."""
+
+    def __init__(
+        self,
+        method: IAdminAuth,
+        rootAdmins: Iterable[str] = (),
+        login: AdminLogin | None = None,
+    ) -> None:
+        self.method = method
+        self.rootAdmins = frozenset(rootAdmins)
+        self.login = login
+
+    def authenticate(self, request: IRequest) -> Deferred[AdminUser | None]:
+        def named(username: str | None) -> AdminUser | None:
+            if not username:
+                return None
+            return AdminUser(username, username in self.rootAdmins)
+
+        return defer.maybeDeferred(self.method.authenticate, request).addCallback(named)
+
+    def challenge(self, request: IRequest) -> bytes:
+        return self.method.challenge(request)
+
+
+def makeAdminAuthority(config: TenancyConfig, pluginPackage: Any = None) -> AdminAuthority:
+    """The admin authority ``config`` asks for (see the module docstring)."""
+    method = config.authMethod
+    roots = set(config.rootAdmins)
+    if method in (None, "basic"):
+        username = config.adminUsername or DEFAULT_ADMIN
+        password = config.adminPassword
+        if password is None:
+            password, _ = firstRunPassword(config.dataDir)
+            login = AdminLogin(username, password, True, os.path.join(config.dataDir, PASSWORD_FILE))
+        else:
+            login = AdminLogin(username, password, False)
+        roots.add(username)
+        checker = AdminPasswordChecker({username: password})
+        return AdminAuthority(BasicAdminAuth([checker]), roots, login)
+    if method == "none":
+        return AdminAuthority(ClosedAdminAuth(), roots)
+    plugins = findAdminAuthPlugins(pluginPackage)
+    if method == "plugins":
+        if len(plugins) != 1:
+            raise AdminAuthError(
+                "AUTH_METHOD=plugins needs exactly one admin auth plugin installed;"
+                f" found {sorted(plugins) or 'none'} (set AUTH_METHOD to one of their names)"
+            )
+        (plugin,) = plugins.values()
+    else:
+        plugin = plugins.get(method)
+        if plugin is None:
+            raise AdminAuthError(
+                f"unknown AUTH_METHOD {method!r}: use basic, none, or an installed plugin"
+                f" ({', '.join(sorted(plugins)) or 'none installed'})"
+            )
+    adminAuth = plugin.makeAdminAuth(config)
+    try:
+        verifyObject(IAdminAuth, adminAuth)
+    except Invalid as reason:
+        raise AdminAuthError(f"admin auth plugin {plugin.name!r} built an invalid method: {reason}") from None
+    return AdminAuthority(adminAuth, roots)
+
+
+def adminLoginInfo(authority: AdminAuthority, baseURL: str) -> dict[str, Any] | None:
+    """
+    ``{"url", "username", "password", "generated", "passwordFile"}`` for the built-in
+    Basic admin (``password`` only when generated: a configured one is the
+    operator's and is not repeated), or None for other methods.
+    """
+    login = authority.login
+    if login is None:
+        return None
+    return {
+        "url": baseURL.rstrip("/") + "/admin",
+        "username": login.username,
+        "password": login.password if login.generated else None,
+        "generated": login.generated,
+        "passwordFile": login.passwordFile,
+    }
+
+
+def adminLoginBanner(authority: AdminAuthority, baseURL: str) -> str | None:
+    """
+    One line for the server to log at start (as Jupyter prints its token): the admin
+    URL and, when the password was generated, the user name, password and file.
+    """
+    info = adminLoginInfo(authority, baseURL)
+    if info is None:
+        return None
+    if not info["generated"]:
+        return f"Admin UI at {info['url']} (user {info['username']!r}, password from ADMIN_PASSWORD)"
+    return (
+        f"Admin UI at {info['url']} -- user: {info['username']}  password: {info['password']}"
+        f"  (generated once, kept in {info['passwordFile']}; set ADMIN_USERNAME/ADMIN_PASSWORD"
+        " or AUTH_METHOD to change)"
+    )

@@ -1,0 +1,404 @@
+"""The admin API (``/admin/api/...``) and the ``/admin`` page, all under admin auth.
+
+Routes follow the contract (upstream's paths and shapes, snake_case fields as its
+database columns), plus what upstream never had: listing an application's keys and
+revoking one (``POST .../keys/<keyId>/revoke`` or ``DELETE .../keys/<keyId>``).
+Every change to keys or applications is pushed into the key cache at once
+(:meth:`~pandapush.auth.keycache.KeyCache.invalidate`), so a revoked key or a deleted
+application stops working on the next message.
+
+A root admin sees every application; any other admin sees only the ones they
+administer, and the others answer ``404 Not found`` exactly like ones that do not
+exist. Request bodies must be ``application/json``: with Basic auth a browser would
+otherwise let any web page post a form here in the admin's name (CSRF), while a JSON
+content type cannot be sent across origins without a CORS preflight we never grant.
+
+Secrets are shown once, in the answer that creates a key, and never listed or logged.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import jwt
+from klein import Klein
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+import pandapush
+from pandapush.auth.admin import AdminAuthority, AdminUser
+from pandapush.auth.config import TenancyConfig
+from pandapush.auth.http import errorBody, header, jsonResponse
+from pandapush.auth.keycache import KeyCache
+from pandapush.auth.rules import SUBSCRIBE, parseChannel
+from pandapush.bayeux import json
+from pandapush.storage.errors import NotFound as NoSuchThing
+from pandapush.storage.interfaces import IStorage
+from pandapush.storage.models import Application, Key
+
+__all__ = ["WEB_CONSOLE_PURPOSE", "AdminApp"]
+
+WEB_CONSOLE_PURPOSE = "web console"
+DEFAULT_TOKEN_LIFETIME = 3600.0
+MAX_ADMIN_BODY = 64 * 1024
+
+PLACEHOLDER_PAGE = b"""<!doctype html>
+<html><head><meta charset="utf-8"><title>pandapush admin</title></head>
+<body><h1>pandapush admin</h1>
+<p>The admin UI is not here yet. The JSON API is at <code>/admin/api/</code>:
+<a href="/admin/api/info">info</a>, <a href="/admin/api/applications">applications</a>.</p>
+</body></html>
+"""
+
+
+class _BadRequestError(Exception):
+    """The request body or a field in it is unusable; the message says which."""
+
+
+def _parseTime(value: Any, field: str) -> datetime.datetime | None:
+    """``null``/absent, epoch seconds, or an ISO 8601 date/time (``Z`` allowed)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise _BadRequestError(f"{field} must be a date/time or null")
+    if isinstance(value, int | float):
+        return datetime.datetime.fromtimestamp(value, datetime.UTC)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise _BadRequestError(f"{field} must be an ISO 8601 date/time, not {value!r}") from None
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=datetime.UTC)
+    raise _BadRequestError(f"{field} must be a date/time or null")
+
+
+class AdminApp:
+    """The admin API; mount its ``resource()`` at ``/admin``."""
+
+    app = Klein()
+    _log = Logger()
+
+    def __init__(
+        self,
+        storage: IStorage,
+        authority: AdminAuthority,
+        keys: KeyCache,
+        clock: IReactorTime,
+        config: TenancyConfig | None = None,
+    ) -> None:
+        self.storage = storage
+        self.authority = authority
+        self.keys = keys
+        self.clock = clock
+        self.config = config or TenancyConfig()
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    # plumbing
+
+    async def _admin(self, request: IRequest) -> AdminUser | None:
+        return await self.authority.authenticate(request)
+
+    async def _visibleApplication(self, user: AdminUser, appId: str) -> Application | None:
+        """The application if it exists and ``user`` administers it (or is root), else None."""
+        application = await self.storage.getApplication(appId)
+        if application is None:
+            return None
+        if user.root or user.username in application.admins:
+            return application
+        return None
+
+    def _body(self, request: IRequest) -> dict[str, Any]:
+        contentType = (header(request, b"content-type") or "").split(";", 1)[0].strip().lower()
+        content = request.content.read() if request.content is not None else b""
+        if getattr(request, "tooLarge", False) or len(content) > MAX_ADMIN_BODY:
+            raise _BadRequestError("Body too large")
+        if contentType != "application/json":
+            raise _BadRequestError("Send the request body as application/json")
+        if not content.strip():
+            return {}
+        try:
+            body = json.loads(content)
+        except json.JSONDecodeError as error:
+            raise _BadRequestError(f"Body is not valid JSON ({error})") from None
+        if not isinstance(body, dict):
+            raise _BadRequestError("Body must be a JSON object")
+        return body
+
+    def _notFound(self, request: IRequest, message: str = "Not found") -> bytes:
+        return jsonResponse(request, 404, errorBody(404, message))
+
+    def _ok(self, request: IRequest, body: Any, status: int = 200) -> bytes:
+        return jsonResponse(request, status, body)
+
+    async def _guard(self, request: IRequest, handler: Any, *args: Any) -> bytes:
+        """Admin auth, then the handler; bad input is a 400, anything unexpected a logged 500."""
+        try:
+            user = await self._admin(request)
+        except Exception:
+            self._log.failure("admin authentication failed")
+            return jsonResponse(request, 500, errorBody(500, "Internal server error"))
+        if user is None:
+            return self.authority.challenge(request)
+        try:
+            result: bytes = await handler(request, user, *args)
+            return result
+        except _BadRequestError as error:
+            return jsonResponse(request, 400, errorBody(400, str(error)))
+        except NoSuchThing:
+            # Deleted by someone else between our check and our change.
+            return self._notFound(request)
+        except Exception:
+            self._log.failure("admin request {method} {path} failed", method=request.method, path=request.uri)
+            return jsonResponse(request, 500, errorBody(500, "Internal server error"))
+
+    # the page
+
+    @app.route("/admin", methods=["GET", "HEAD"])
+    @app.route("/admin/", methods=["GET", "HEAD"], branch=True)
+    async def page(self, request: IRequest) -> bytes:
+        if request.path.startswith(b"/admin/api"):
+            return await self.apiNotFound(request)
+
+        async def show(request: IRequest, user: AdminUser) -> bytes:
+            request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+            request.setHeader(b"Cache-Control", b"no-store")
+            return PLACEHOLDER_PAGE
+
+        return await self._guard(request, show)
+
+    # info
+
+    @app.route("/admin/api/info", methods=["GET"])
+    async def info(self, request: IRequest) -> bytes:
+        return await self._guard(request, self._info)
+
+    async def _info(self, request: IRequest, user: AdminUser) -> bytes:
+        return self._ok(
+            request,
+            {
+                "username": user.username,
+                "root": user.root,
+                "environments": [{"name": e.name, "url": e.url} for e in self.config.environments],
+                "environment": self._environmentName(request),
+                "version": pandapush.__version__,
+            },
+        )
+
+    def _environmentName(self, request: IRequest) -> str | None:
+        if self.config.environment:
+            return self.config.environment
+        host = (header(request, b"host") or "").lower()
+        for environment in self.config.environments:
+            if urlsplit(environment.url).netloc.lower() == host:
+                return environment.name
+        return None
+
+    # applications
+
+    @app.route("/admin/api/applications", methods=["GET"])
+    async def applications(self, request: IRequest) -> bytes:
+        return await self._guard(request, self._applications)
+
+    async def _applications(self, request: IRequest, user: AdminUser) -> bytes:
+        if user.root:
+            found = await self.storage.listApplications()
+        else:
+            found = await self.storage.listApplicationsAdministeredBy(user.username)
+        return self._ok(request, [a.publicDict() for a in found])
+
+    @app.route("/admin/api/applications", methods=["POST"])
+    async def createApplication(self, request: IRequest) -> bytes:
+        return await self._guard(request, self._createApplication)
+
+    async def _createApplication(self, request: IRequest, user: AdminUser) -> bytes:
+        body = self._body(request)
+        name = body.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise _BadRequestError("name is required")
+        # The creator administers what they create (as upstream), root or not.
+        application = await self.storage.createApplication(
+            name.strip(), user.username, admins=[user.username]
+        )
+        self._log.info("admin {user} created application {appId}", user=user.username, appId=application.id)
+        record = application.publicDict()
+        shown = {k: record.get(k) for k in ("id", "name", "created_by", "created_at")}
+        return self._ok(request, shown, 201)
+
+    @app.route("/admin/api/application/<appId>", methods=["GET"])
+    async def application(self, request: IRequest, appId: str) -> bytes:
+        return await self._guard(request, self._application, appId)
+
+    async def _application(self, request: IRequest, user: AdminUser, appId: str) -> bytes:
+        application = await self._visibleApplication(user, appId)
+        if application is None:
+            return self._notFound(request)
+        keys = await self.storage.listKeys(appId)
+        response = application.publicDict()
+        response["keys"] = [k.publicDict() for k in keys]
+        return self._ok(request, response)
+
+    @app.route("/admin/api/application/<appId>", methods=["POST"])
+    async def updateApplication(self, request: IRequest, appId: str) -> bytes:
+        return await self._guard(request, self._updateApplication, appId)
+
+    async def _updateApplication(self, request: IRequest, user: AdminUser, appId: str) -> bytes:
+        body = self._body(request)
+        if await self._visibleApplication(user, appId) is None:
+            return self._notFound(request)
+        name = body.get("name")
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise _BadRequestError("name must be a non-empty string")
+        admins = body.get("admins")
+        if admins is not None and (
+            not isinstance(admins, list) or not all(isinstance(a, str) and a.strip() for a in admins)
+        ):
+            raise _BadRequestError("admins must be a list of user names")
+        cleaned = sorted({a.strip() for a in admins}) if admins is not None else None
+        await self.storage.updateApplication(appId, name.strip() if name else None, cleaned)
+        self._log.info("admin {user} updated application {appId}", user=user.username, appId=appId)
+        return self._ok(request, {"id": appId})
+
+    @app.route("/admin/api/application/<appId>", methods=["DELETE"])
+    async def deleteApplication(self, request: IRequest, appId: str) -> bytes:
+        return await self._guard(request, self._deleteApplication, appId)
+
+    async def _deleteApplication(self, request: IRequest, user: AdminUser, appId: str) -> bytes:
+        if await self._visibleApplication(user, appId) is None:
+            return self._notFound(request)
+        await self.storage.deleteApplication(appId)
+        self.keys.invalidateApp(appId)
+        self._log.info("admin {user} deleted application {appId}", user=user.username, appId=appId)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        return b"OK"
+
+    # keys
+
+    @app.route("/admin/api/application/<appId>/keys", methods=["GET"])
+    async def listKeys(self, request: IRequest, appId: str) -> bytes:
+        return await self._guard(request, self._listKeys, appId)
+
+    async def _listKeys(self, request: IRequest, user: AdminUser, appId: str) -> bytes:
+        if await self._visibleApplication(user, appId) is None:
+            return self._notFound(request)
+        keys = await self.storage.listKeys(appId)
+        return self._ok(request, [k.publicDict() for k in keys])
+
+    @app.route("/admin/api/application/<appId>/keys", methods=["POST"])
+    async def createKey(self, request: IRequest, appId: str) -> bytes:
+        return await self._guard(request, self._createKey, appId)
+
+    async def _createKey(self, request: IRequest, user: AdminUser, appId: str) -> bytes:
+        body = self._body(request)
+        if await self._visibleApplication(user, appId) is None:
+            return self._notFound(request)
+        expires = _parseTime(body.get("expires"), "expires")
+        purpose = body.get("purpose") or ""
+        if not isinstance(purpose, str):
+            raise _BadRequestError("purpose must be a string")
+        key = await self.storage.createKey(appId, user.username, purpose=purpose, expires=expires)
+        self.keys.invalidate(key.id)  # a lookup may have cached "no such key" a moment ago
+        self._log.info(
+            "admin {user} created key {keyId} for {appId}", user=user.username, keyId=key.id, appId=appId
+        )
+        return self._ok(request, key.secretDict())
+
+    @app.route("/admin/api/application/<appId>/keys/<keyId>/revoke", methods=["POST"])
+    async def revokeKey(self, request: IRequest, appId: str, keyId: str) -> bytes:
+        return await self._guard(request, self._revokeKey, appId, keyId)
+
+    async def _revokeKey(self, request: IRequest, user: AdminUser, appId: str, keyId: str) -> bytes:
+        self._body(request)  # the content type check: no cross-site form posts
+        key = await self._visibleKey(user, appId, keyId)
+        if key is None:
+            return self._notFound(request, "could not find key")
+        revoked = await self.storage.revokeKey(keyId)
+        self.keys.invalidate(keyId)
+        self._log.info(
+            "admin {user} revoked key {keyId} of {appId}", user=user.username, keyId=keyId, appId=appId
+        )
+        return self._ok(request, revoked.publicDict())
+
+    @app.route("/admin/api/application/<appId>/keys/<keyId>", methods=["DELETE"])
+    async def deleteKey(self, request: IRequest, appId: str, keyId: str) -> bytes:
+        return await self._guard(request, self._deleteKey, appId, keyId)
+
+    async def _deleteKey(self, request: IRequest, user: AdminUser, appId: str, keyId: str) -> bytes:
+        key = await self._visibleKey(user, appId, keyId)
+        if key is None:
+            return self._notFound(request, "could not find key")
+        await self.storage.deleteKey(keyId)
+        self.keys.invalidate(keyId)
+        self._log.info(
+            "admin {user} deleted key {keyId} of {appId}", user=user.username, keyId=keyId, appId=appId
+        )
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        return b"OK"
+
+    async def _visibleKey(self, user: AdminUser, appId: str, keyId: str) -> Key | None:
+        if await self._visibleApplication(user, appId) is None:
+            return None
+        key = await self.storage.getKey(keyId)
+        return key if key is not None and key.application_id == appId else None
+
+    # tokens
+
+    @app.route("/admin/api/application/<appId>/token", methods=["POST"])
+    async def consoleToken(self, request: IRequest, appId: str) -> bytes:
+        return await self._guard(request, self._token, appId, None)
+
+    @app.route("/admin/api/application/<appId>/keys/<keyId>/token", methods=["POST"])
+    async def keyToken(self, request: IRequest, appId: str, keyId: str) -> bytes:
+        return await self._guard(request, self._token, appId, keyId)
+
+    async def _token(self, request: IRequest, user: AdminUser, appId: str, keyId: str | None) -> bytes:
+        body = self._body(request)
+        if await self._visibleApplication(user, appId) is None:
+            return self._notFound(request)
+        channel = body.get("channel")
+        parsed = parseChannel(channel, SUBSCRIBE)
+        if parsed is None or parsed.appId != appId:
+            raise _BadRequestError(f"channel must be a channel of this application: /{appId}/<type>/<path>")
+        now = self.clock.seconds()
+        expires = _parseTime(body.get("expires"), "expires")
+        exp = expires.timestamp() if expires is not None else now + DEFAULT_TOKEN_LIFETIME
+        if keyId is not None:
+            found = await self._visibleKey(user, appId, keyId)
+            if found is None:
+                return self._notFound(request, "could not find key")
+            key = found
+        else:
+            key = await self.storage.getOrCreateKey(appId, WEB_CONSOLE_PURPOSE, user.username)
+            self.keys.invalidate(key.id)
+        claims: dict[str, Any] = {"keyId": key.id, "channel": channel, "exp": int(exp)}
+        for flag in ("pub", "sub"):
+            if body.get(flag) is not None:
+                claims[flag] = body.get(flag) is True
+        presence = body.get("presence")
+        if presence is not None:
+            if not isinstance(presence, dict):
+                raise _BadRequestError("presence must be an object with an id")
+            claims["presence"] = presence
+        return self._ok(request, {"token": jwt.encode(claims, key.secret, algorithm="HS256")})
+
+    # everything else
+
+    @app.route("/admin/api/", branch=True)
+    async def apiNotFound(self, request: IRequest) -> bytes:
+        async def missing(request: IRequest, user: AdminUser) -> bytes:
+            return self._notFound(request)
+
+        return await self._guard(request, missing)
+
+    @app.handle_errors(NotFound)
+    def notFound(self, request: IRequest, failure: Any) -> bytes:
+        return self._notFound(request)
+
+    @app.handle_errors(MethodNotAllowed)
+    def notAllowed(self, request: IRequest, failure: Any) -> bytes:
+        return jsonResponse(request, 405, errorBody(405, "Method not allowed"))
