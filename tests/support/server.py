@@ -1,0 +1,228 @@
+"""
+A real pandapush daemon in a child process, for end-to-end tests.
+
+``PandapushProcess`` runs ``python -m twisted pandapush`` (the same interpreter as the
+tests, from the repository root so the source tree's plugin is the one found) on a free
+127.0.0.1 port, waits until ``GET /health_check.json`` answers, and stops it with SIGTERM
+(then SIGKILL). ``restart()`` brings up a fresh process on the same port: a server that
+went away and came back, with no memory of its clients.
+
+Everything is asynchronous: a trial test awaits ``start()``/``stop()``/``restart()`` and
+the reactor keeps running, so clients in other processes are served meanwhile.
+
+    server = await PandapushProcess.started(self, "--timeout", "2")
+    url = server.push  # http://127.0.0.1:<port>/push
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import treq
+from twisted.internet import defer, error, task
+from twisted.internet import reactor as _reactor
+from twisted.internet.interfaces import IReactorProcess, IReactorTime
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+
+__all__ = ["REPO_ROOT", "PandapushProcess", "ServerFailedError", "freePort", "sleep"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ServerFailedError(Exception):
+    """The server did not come up, or did not go down; the message holds its output."""
+
+
+def freePort(interface: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (the kernel's pick for a bound, closed socket)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((interface, 0))
+        return s.getsockname()[1]  # type: ignore[no-any-return]
+
+
+def sleep(seconds: float, reactor: Any = _reactor) -> defer.Deferred[None]:
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+class _ServerProtocol(ProcessProtocol):
+    """Collects the child's output and tells when it has ended."""
+
+    def __init__(self, output: list[str], tag: str) -> None:
+        self.output = output
+        self.tag = tag
+        self.exitCode: int | None = None
+        self.hasEnded = False
+        self._waiting: list[defer.Deferred[int | None]] = []
+        self._partial = {1: b"", 2: b""}
+
+    def whenEnded(self) -> defer.Deferred[int | None]:
+        """Fires with the exit code (negative: killed by that signal) once the child is gone."""
+        if self.hasEnded:
+            return defer.succeed(self.exitCode)
+        d: defer.Deferred[int | None] = defer.Deferred()
+        self._waiting.append(d)
+        return d
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        buffered = self._partial.get(fd, b"") + data
+        *lines, self._partial[fd] = buffered.split(b"\n")
+        for line in lines:
+            self.output.append(f"[{self.tag}] " + line.decode("utf-8", "replace"))
+
+    def processEnded(self, reason: Failure) -> None:
+        for rest in self._partial.values():
+            if rest:
+                self.output.append(f"[{self.tag}] " + rest.decode("utf-8", "replace"))
+        self._partial = {1: b"", 2: b""}
+        code: int | None = 0
+        if isinstance(reason.value, error.ProcessTerminated):
+            code = reason.value.exitCode
+            if code is None and reason.value.signal is not None:
+                code = -reason.value.signal
+        self.exitCode, self.hasEnded = code, True
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(code)
+
+
+class PandapushProcess:
+    """
+    One pandapush daemon on ``127.0.0.1:<port>``; ``args`` are ``twistd pandapush`` options
+    (``--listen`` is added), ``env`` is added to the child's environment (later issues pass
+    e.g. database URLs this way). ``output`` keeps every line the server printed, across
+    restarts, each tagged with its run number.
+    """
+
+    startTimeout = 30.0
+    stopTimeout = 10.0
+
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        reactor: Any = None,
+    ) -> None:
+        self.args = list(args)
+        self.env = dict(env or {})
+        self.port = port or freePort()
+        self.reactor: Any = reactor or _reactor
+        self.output: list[str] = []
+        self.runs = 0
+        self._transport: Any = None
+        self._protocol: _ServerProtocol | None = None
+
+    @classmethod
+    async def started(cls, testCase: TestCase, *args: str, **kwargs: Any) -> PandapushProcess:
+        """Start a server for ``testCase`` and stop it in its cleanup, whatever happens."""
+        server = cls(*args, **kwargs)
+        testCase.addCleanup(server.stop)
+        await server.start()
+        return server
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def push(self) -> str:
+        """The Bayeux endpoint."""
+        return self.url + "/push"
+
+    @property
+    def running(self) -> bool:
+        return self._protocol is not None and not self._protocol.hasEnded
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "twisted",
+            # Text, not JSON: the log is read by people when a test fails.
+            "--log-format",
+            "text",
+            "pandapush",
+            "--listen",
+            f"tcp:{self.port}:interface=127.0.0.1",
+            *self.args,
+        ]
+
+    def childEnvironment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # The source tree first: its package and its twisted/plugins dropin.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.env)
+        return env
+
+    async def start(self) -> None:
+        if self.running:
+            raise ServerFailedError("already running")
+        self.runs += 1
+        protocol = _ServerProtocol(self.output, f"server#{self.runs}")
+        command = self.command()
+        self.output.append(f"[server#{self.runs}] $ {' '.join(command)}")
+        self._protocol = protocol
+        self._transport = IReactorProcess(self.reactor).spawnProcess(
+            protocol, command[0], command, env=self.childEnvironment(), path=str(REPO_ROOT)
+        )
+        await self._waitUntilHealthy(protocol)
+
+    async def _waitUntilHealthy(self, protocol: _ServerProtocol) -> None:
+        clock: IReactorTime = self.reactor
+        deadline = clock.seconds() + self.startTimeout
+        while True:
+            if protocol.hasEnded:
+                raise ServerFailedError(f"server exited before answering /health_check.json:\n{self.log()}")
+            try:
+                response = await treq.get(
+                    self.url + "/health_check.json", persistent=False, timeout=2, reactor=self.reactor
+                )
+                await response.content()
+                if response.code == 200:
+                    return
+            except Exception:
+                pass
+            if clock.seconds() > deadline:
+                await self.stop()
+                raise ServerFailedError(
+                    f"no answer on {self.url}/health_check.json in {self.startTimeout}s:\n{self.log()}"
+                )
+            await sleep(0.05, self.reactor)
+
+    async def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """Stop the server (``sig``, then SIGKILL after ``stopTimeout``); its exit code."""
+        protocol, transport = self._protocol, self._transport
+        if protocol is None or protocol.hasEnded:
+            return protocol.exitCode if protocol is not None else None
+        try:
+            transport.signalProcess(sig)
+        except error.ProcessExitedAlready:
+            pass
+        timer = self.reactor.callLater(self.stopTimeout, self._kill, transport)
+        code = await protocol.whenEnded()
+        if timer.active():
+            timer.cancel()
+        return code
+
+    def _kill(self, transport: Any) -> None:
+        self.output.append(f"[server#{self.runs}] did not stop in {self.stopTimeout}s: SIGKILL")
+        try:
+            transport.signalProcess("KILL")
+        except error.ProcessExitedAlready:
+            pass
+
+    async def restart(self, sig: int = signal.SIGTERM) -> None:
+        """A new process on the same port: every client and subscription is forgotten."""
+        await self.stop(sig)
+        await self.start()
+
+    def log(self) -> str:
+        return "\n".join(self.output[-200:])
