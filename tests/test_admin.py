@@ -360,3 +360,21 @@ class AdminAuthTests(SynchronousTestCase):
             parseEnvironments("prod,https://a;beta,http://b;;junk"),
             (Environment("prod", "https://a"), Environment("beta", "http://b")),
         )
+
+
+class AdminStatsTests(SynchronousTestCase):
+    def test_stats(self) -> None:
+        """Per-app statistics come from the provider, for apps the admin may see."""
+        h = AdminHarness()
+        h.app.statistics = lambda appId: {"app": appId, "connections": 3}
+        app = self.successResultOf(h.storage.createApplication("x", "alice", admins=["alice"]))
+        d = h.treq.get(f"http://localhost/admin/api/application/{app.id}/stats", headers=basic(*ALICE))
+        h.treq.flush()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(
+            json.loads(self.successResultOf(response.content())), {"app": app.id, "connections": 3}
+        )
+        d = h.treq.get(f"http://localhost/admin/api/application/{app.id}/stats", headers=basic(*BOB))
+        h.treq.flush()
+        self.assertEqual(self.successResultOf(d).code, 404)

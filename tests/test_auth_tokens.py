@@ -14,6 +14,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from pandapush.auth import bearer
 from pandapush.auth.bearer import readToken, verifyToken
 from pandapush.auth.checkers import (
     AuthRefused,
@@ -205,3 +206,55 @@ class CheckerTests(SynchronousTestCase):
         )
         h.outcome(PUBLISH, f"/{APP}/private/a", {"key": KEY, "secret": "wrong"})
         self.assertEqual(h.keys.pendingUsage()[KEY].count, 2)
+
+
+class VerifiedTokenMemoTests(SynchronousTestCase):
+    """Remembered tokens skip the HMAC, never the key or time checks."""
+
+    def setUp(self) -> None:
+        self.h = Harness()
+        self.channel = f"/{APP}/private/a"
+        self.calls = 0
+        original = bearer.verifySignature
+
+        def counting(token: str, secret: str) -> Any:
+            self.calls += 1
+            return original(token, secret)
+
+        self.patch(bearer, "verifySignature", counting)
+
+    def test_remembered(self) -> None:
+        t = token({"channel": self.channel, "sub": True})
+        for _ in range(3):
+            self.assertEqual(self.h.outcome(SUBSCRIBE, self.channel, {"token": t}), Allowed(KEY))
+        self.assertEqual(self.calls, 1)
+
+    def test_expiresAnyway(self) -> None:
+        """A remembered token still expires."""
+        t = token({"channel": self.channel, "sub": True, "exp": NOW + 60})
+        self.assertEqual(self.h.outcome(SUBSCRIBE, self.channel, {"token": t}), Allowed(KEY))
+        self.h.clock.advance(120)
+        self.assertIs(self.h.outcome(SUBSCRIBE, self.channel, {"token": t}), Refusal.INVALID_TOKEN_PROVIDED)
+
+    def test_revokedAnyway(self) -> None:
+        """A remembered token of a key revoked since is refused at once."""
+        t = token({"channel": self.channel, "sub": True})
+        self.h.outcome(SUBSCRIBE, self.channel, {"token": t})
+        self.h.store.keys[KEY].revoked_at = at(NOW)
+        self.h.keys.invalidate(KEY)
+        self.assertIs(self.h.outcome(SUBSCRIBE, self.channel, {"token": t}), Refusal.REVOKED_KEY)
+
+    def test_newSecret(self) -> None:
+        """A key re-created with another secret does not inherit remembered tokens."""
+        t = token({"channel": self.channel, "sub": True})
+        self.h.outcome(SUBSCRIBE, self.channel, {"token": t})
+        self.h.store.add(FakeKey(KEY, APP, "n" * 40))
+        self.h.keys.invalidate(KEY)
+        self.assertIs(self.h.outcome(SUBSCRIBE, self.channel, {"token": t}), Refusal.INVALID_TOKEN_PROVIDED)
+
+    def test_bounded(self) -> None:
+        checker = BearerTokenChecker(self.h.keys, self.h.clock, memoSize=2)
+        for i in range(5):
+            t = token({"channel": self.channel, "sub": True, "n": i})
+            self.successResultOf(checker.requestAvatarId(BearerToken(APP, t)))
+        self.assertEqual(len(checker._verified), 2)

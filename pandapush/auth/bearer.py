@@ -20,7 +20,7 @@ import jwt
 
 from pandapush.auth.rules import MAX_TOKEN_LENGTH
 
-__all__ = ["ALGORITHMS", "DEFAULT_LEEWAY", "readToken", "verifyToken"]
+__all__ = ["ALGORITHMS", "DEFAULT_LEEWAY", "readToken", "timesValid", "verifySignature", "verifyToken"]
 
 # Never "none", never a public-key algorithm: a key's secret is a shared HMAC secret,
 # and accepting RS/ES would let anyone holding the "public key" (here: the secret's
@@ -62,6 +62,34 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
+def verifySignature(token: str, secret: str) -> dict[str, Any] | None:
+    """The claims of ``token`` if it is HS256/384/512-signed with ``secret``, else None."""
+    key = secret.encode("utf-8")
+    try:
+        if len(key) >= _LONG_ENOUGH:
+            return jwt.decode(token, key, algorithms=list(ALGORITHMS), options=_NO_CLAIM_CHECKS)
+        # Short secrets (a hand-picked DEV_KEY_SECRET) are the operator's choice;
+        # pyjwt would warn about them on every message.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", jwt.warnings.InsecureKeyLengthWarning)
+            return jwt.decode(token, key, algorithms=list(ALGORITHMS), options=_NO_CLAIM_CHECKS)
+    except (jwt.PyJWTError, ValueError, TypeError, RecursionError):
+        return None
+
+
+def timesValid(claims: dict[str, Any], now: float, leeway: float = DEFAULT_LEEWAY) -> bool:
+    """``exp`` not past and ``nbf`` not ahead (with ``leeway``); both numbers if present."""
+    if "exp" in claims:
+        exp = _number(claims["exp"])
+        if exp is None or now > exp + leeway:
+            return False
+    if "nbf" in claims:
+        nbf = _number(claims["nbf"])
+        if nbf is None or now < nbf - leeway:
+            return False
+    return True
+
+
 def verifyToken(token: str, secret: str, now: float, leeway: float = DEFAULT_LEEWAY) -> dict[str, Any] | None:
     """
     The verified claims of ``token`` signed with ``secret``, or None.
@@ -70,24 +98,7 @@ def verifyToken(token: str, secret: str, now: float, leeway: float = DEFAULT_LEE
     is past or ``nbf`` still ahead (each with ``leeway`` seconds of clock skew), or a
     time claim is not a number.
     """
-    key = secret.encode("utf-8")
-    try:
-        if len(key) >= _LONG_ENOUGH:
-            claims = jwt.decode(token, key, algorithms=list(ALGORITHMS), options=_NO_CLAIM_CHECKS)
-        else:
-            # Short secrets (a hand-picked DEV_KEY_SECRET) are the operator's choice;
-            # pyjwt would warn about them on every message.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", jwt.warnings.InsecureKeyLengthWarning)
-                claims = jwt.decode(token, key, algorithms=list(ALGORITHMS), options=_NO_CLAIM_CHECKS)
-    except (jwt.PyJWTError, ValueError, TypeError, RecursionError):
+    claims = verifySignature(token, secret)
+    if claims is None or not timesValid(claims, now, leeway):
         return None
-    if "exp" in claims:
-        exp = _number(claims["exp"])
-        if exp is None or now > exp + leeway:
-            return None
-    if "nbf" in claims:
-        nbf = _number(claims["nbf"])
-        if nbf is None or now < nbf - leeway:
-            return None
     return claims

@@ -12,6 +12,7 @@ extension (Bayeux ``ext.auth``) and the REST publish endpoint (HTTP headers).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,30 +108,60 @@ class KeySecretChecker(_CheckerBase):
 
 @implementer(ICredentialsChecker)
 class BearerTokenChecker(_CheckerBase):
-    """A JWT: readable with a ``keyId``, that key live, signature and times valid."""
+    """
+    A JWT: readable with a ``keyId``, that key live, signature and times valid.
+
+    Browsers send the same token with every subscribe and publish, so tokens whose
+    signature checked out are remembered (a bounded memo keyed by the token, tied to
+    the secret that verified it). The key's state and the token's times are checked
+    again on every use; only the HMAC and the decoding are spared.
+    """
 
     credentialInterfaces = (IBearerToken,)
 
-    def __init__(self, keys: KeyCache, clock: IReactorTime, leeway: float = bearer.DEFAULT_LEEWAY) -> None:
+    def __init__(
+        self, keys: KeyCache, clock: IReactorTime, leeway: float = bearer.DEFAULT_LEEWAY, memoSize: int = 4096
+    ) -> None:
         super().__init__(keys, clock)
         self.leeway = leeway
+        self.memoSize = memoSize
+        # token -> (secret that verified it, verified claims)
+        self._verified: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()
 
     def requestAvatarId(self, credentials: Any) -> Deferred[Any]:  # fires with a Principal
-        unverified = bearer.readToken(credentials.token)
-        if unverified is None:
-            return defer.fail(AuthRefused(Refusal.INVALID_TOKEN))
+        token = credentials.token
+        memo = self._verified.get(token)
+        if memo is not None:
+            keyId = memo[1]["keyId"]
+        else:
+            unverified = bearer.readToken(token)
+            if unverified is None:
+                return defer.fail(AuthRefused(Refusal.INVALID_TOKEN))
+            keyId = unverified["keyId"]
 
         def check(facts: KeyFacts | None) -> Principal:
             facts = self._checkKey(facts, credentials.appId, None)
-            claims = bearer.verifyToken(credentials.token, facts.secret, self.clock.seconds(), self.leeway)
-            # The signed keyId must be the one we looked up (it is, unless the token
-            # was tampered with, which the signature already rules out; belt and braces).
+            claims = self._claims(token, facts.secret)
             if claims is None or claims.get("keyId") != facts.keyId:
+                raise AuthRefused(Refusal.INVALID_TOKEN_PROVIDED)
+            if not bearer.timesValid(claims, self.clock.seconds(), self.leeway):
                 raise AuthRefused(Refusal.INVALID_TOKEN_PROVIDED)
             self.keys.recordUse(facts.keyId)
             return Principal(facts.appId, facts.keyId, claims)
 
-        return self.keys.get(unverified["keyId"]).addCallback(check)
+        return self.keys.get(keyId).addCallback(check)
+
+    def _claims(self, token: str, secret: str) -> dict[str, Any] | None:
+        memo = self._verified.get(token)
+        if memo is not None and memo[0] == secret:
+            self._verified.move_to_end(token)
+            return memo[1]
+        claims = bearer.verifySignature(token, secret)
+        if claims is not None and self.memoSize > 0:
+            self._verified[token] = (secret, claims)
+            if len(self._verified) > self.memoSize:
+                self._verified.popitem(last=False)
+        return claims
 
 
 class IChannelAccess(Interface):

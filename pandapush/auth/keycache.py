@@ -289,6 +289,8 @@ class KeyUsageFlusher(TimerService):
         stopped = super().stopService()
 
         def final(_: Any) -> Deferred[None]:
-            return self.cache.flushUsage()
+            # The first call may only wait for a flush already under way; the
+            # second writes what was counted meanwhile.
+            return self.cache.flushUsage().addCallback(lambda _: self.cache.flushUsage())
 
         return defer.maybeDeferred(lambda: stopped).addCallback(final)

@@ -304,4 +304,7 @@ def checkGrant(
         presence = claims.get("presence") if claims is not None else None
         if not _hasPresenceId(presence):
             return Refusal.NO_PRESENCE_ID
+        # A copy: the claims may be shared (remembered verified tokens), the presence
+        # object travels on into the engine's membership.
+        presence = dict(presence)  # type: ignore[arg-type]
     return Allowed(keyId, presence)

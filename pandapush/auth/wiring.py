@@ -55,12 +55,14 @@ def makeTenancy(
     publish: Callable[[str, Any], Deferred[int]],
     clock: IReactorTime | None = None,
     pluginPackage: Any = None,
+    statistics: Callable[[str], dict[str, Any]] | None = None,
 ) -> Tenancy:
     """
     Build the tenancy layer over ``storage`` (an ``IStorage``). ``publish`` is the
     router's trusted server-side publish (``router.publish``), used by the REST
     endpoint after it checked the credentials itself. Raises
     :class:`~pandapush.auth.admin.AdminAuthError` for an unusable ``AUTH_METHOD``.
+    ``statistics`` (``Statistics.snapshot``) serves ``/admin/api/application/<id>/stats``.
     """
     from pandapush.web.admin import AdminApp
     from pandapush.web.publish import PublishApp
@@ -85,6 +87,6 @@ def makeTenancy(
         publishApp=PublishApp(
             authority, publish, clock, maxBodySize=config.maxBodySize, publishTimeout=config.publishTimeout
         ),
-        adminApp=AdminApp(storage, adminAuthority, keys, clock, config),
+        adminApp=AdminApp(storage, adminAuthority, keys, clock, config, statistics),
         service=service,
     )

@@ -19,6 +19,7 @@ Secrets are shown once, in the answer that creates a key, and never listed or lo
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -89,8 +90,11 @@ class AdminApp:
         keys: KeyCache,
         clock: IReactorTime,
         config: TenancyConfig | None = None,
+        statistics: Callable[[str], dict[str, Any]] | None = None,
     ) -> None:
         self.storage = storage
+        # This node's live figures for an application (``pandapush.stats.Statistics.snapshot``).
+        self.statistics = statistics
         self.authority = authority
         self.keys = keys
         self.clock = clock
@@ -276,6 +280,15 @@ class AdminApp:
         self._log.info("admin {user} deleted application {appId}", user=user.username, appId=appId)
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         return b"OK"
+
+    @app.route("/admin/api/application/<appId>/stats", methods=["GET"])
+    async def stats(self, request: IRequest, appId: str) -> bytes:
+        return await self._guard(request, self._stats, appId)
+
+    async def _stats(self, request: IRequest, user: AdminUser, appId: str) -> bytes:
+        if self.statistics is None or await self._visibleApplication(user, appId) is None:
+            return self._notFound(request)
+        return self._ok(request, self.statistics(appId))
 
     # keys
 
