@@ -102,6 +102,10 @@ class PandapushProcess:
 
     startTimeout = 30.0
     stopTimeout = 10.0
+    #: Where the child runs; with ``sourceOnPath`` the source tree is first on its PYTHONPATH.
+    #: A subclass that runs an installed copy sets both away from the repository.
+    workingDirectory: Path = REPO_ROOT
+    sourceOnPath = True
 
     def __init__(
         self,
@@ -156,8 +160,11 @@ class PandapushProcess:
 
     def childEnvironment(self) -> dict[str, str]:
         env = dict(os.environ)
-        # The source tree first: its package and its twisted/plugins dropin.
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        if self.sourceOnPath:
+            # The source tree first: its package and its twisted/plugins dropin.
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        else:
+            env.pop("PYTHONPATH", None)
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self.env)
         return env
@@ -171,7 +178,7 @@ class PandapushProcess:
         self.output.append(f"[server#{self.runs}] $ {' '.join(command)}")
         self._protocol = protocol
         self._transport = IReactorProcess(self.reactor).spawnProcess(
-            protocol, command[0], command, env=self.childEnvironment(), path=str(REPO_ROOT)
+            protocol, command[0], command, env=self.childEnvironment(), path=str(self.workingDirectory)
         )
         await self._waitUntilHealthy(protocol)
 
