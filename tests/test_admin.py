@@ -378,3 +378,25 @@ class AdminStatsTests(SynchronousTestCase):
         d = h.treq.get(f"http://localhost/admin/api/application/{app.id}/stats", headers=basic(*BOB))
         h.treq.flush()
         self.assertEqual(self.successResultOf(d).code, 404)
+
+
+class TenancyConfigTests(SynchronousTestCase):
+    def test_fromEnvironment(self) -> None:
+        """Upstream's variable names, and the data directory following DATABASE_PATH."""
+        config = TenancyConfig.fromEnvironment(
+            {
+                "AUTH_METHOD": "Basic",
+                "ROOT_ADMINS": "a,b",
+                "ENVIRONMENTS": "prod,https://p",
+                "DATABASE_PATH": "/data/db.sqlite",
+            }
+        )
+        self.assertEqual(config.authMethod, "basic")
+        self.assertEqual(config.rootAdmins, {"a", "b"})
+        self.assertEqual(config.environments, (Environment("prod", "https://p"),))
+        self.assertEqual(config.dataDir, "/data")
+        self.assertEqual(TenancyConfig.fromEnvironment({}).dataDir, "localdata")
+        self.assertEqual(TenancyConfig.fromEnvironment({"PANDAPUSH_DATA_DIR": "/x"}).dataDir, "/x")
+        self.assertNotIn(
+            "password", repr(TenancyConfig(adminPassword="password")).replace("adminPassword", "")
+        )

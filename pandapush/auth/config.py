@@ -3,8 +3,8 @@
 ``AUTH_METHOD`` (``basic`` | ``none`` | a plugin's name | ``plugins``),
 ``ADMIN_USERNAME``, ``ADMIN_PASSWORD``, ``ROOT_ADMINS`` (comma-separated),
 ``ENVIRONMENTS`` (``name,url;name2,url2``) and ``ENVIRONMENT`` (this one's name) as
-upstream; ``PANDAPUSH_DATA_DIR`` (default ``localdata``, where a generated admin
-password is kept) and the ``PANDAPUSH_KEY_CACHE_TTL`` /
+upstream; ``PANDAPUSH_DATA_DIR`` (where a generated admin password is kept; default
+the directory of ``DATABASE_PATH``, else ``localdata``) and the ``PANDAPUSH_KEY_CACHE_TTL`` /
 ``PANDAPUSH_USAGE_FLUSH_INTERVAL`` / ``PANDAPUSH_TOKEN_LEEWAY`` tuning knobs are ours.
 """
 
@@ -48,6 +48,17 @@ def _float(environ: Mapping[str, str], name: str, default: float) -> float:
         raise ValueError(f"{name} must be a number of seconds, not {value!r}") from None
 
 
+def _dataDir(environ: Mapping[str, str]) -> str:
+    """``PANDAPUSH_DATA_DIR``, else the SQLite file's directory, else ``localdata``."""
+    explicit = environ.get("PANDAPUSH_DATA_DIR")
+    if explicit:
+        return explicit
+    databasePath = environ.get("DATABASE_PATH")
+    if databasePath and os.path.dirname(databasePath):
+        return os.path.dirname(databasePath)
+    return "localdata"
+
+
 @dataclass(frozen=True)
 class TenancyConfig:
     """Everything :func:`pandapush.auth.makeTenancy` needs besides storage and the router."""
@@ -77,7 +88,7 @@ class TenancyConfig:
             "rootAdmins": roots,
             "environments": parseEnvironments(env.get("ENVIRONMENTS")),
             "environment": env.get("ENVIRONMENT") or None,
-            "dataDir": env.get("PANDAPUSH_DATA_DIR") or "localdata",
+            "dataDir": _dataDir(env),
             "keyCacheTTL": _float(env, "PANDAPUSH_KEY_CACHE_TTL", DEFAULT_TTL),
             "usageFlushInterval": _float(env, "PANDAPUSH_USAGE_FLUSH_INTERVAL", DEFAULT_FLUSH_INTERVAL),
             "tokenLeeway": _float(env, "PANDAPUSH_TOKEN_LEEWAY", DEFAULT_LEEWAY),

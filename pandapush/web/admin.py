@@ -394,7 +394,8 @@ class AdminApp:
                 claims[flag] = body.get(flag) is True
         presence = body.get("presence")
         if presence is not None:
-            if not isinstance(presence, dict):
+            presenceId = presence.get("id") if isinstance(presence, dict) else None
+            if not isinstance(presenceId, str | int) or isinstance(presenceId, bool) or presenceId == "":
                 raise _BadRequestError("presence must be an object with an id")
             claims["presence"] = presence
         return self._ok(request, {"token": jwt.encode(claims, key.secret, algorithm="HS256")})
