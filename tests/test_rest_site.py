@@ -1,0 +1,86 @@
+"""The REST publish and admin apps mounted in the real Site, over a real listening port."""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import Any
+
+import treq
+from twisted.internet import defer, reactor
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+
+from pandapush.auth import TenancyConfig, makeTenancy
+from pandapush.bayeux import json
+from pandapush.storage.memory import MemoryStorage
+from pandapush.web.site import HealthApp, PandapushRoot, makeSite
+
+
+class MountedAppsTests(TestCase):
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.published: list[tuple[str, Any]] = []
+        self.storage = MemoryStorage()
+        config = TenancyConfig(
+            adminUsername="admin", adminPassword="password", dataDir=os.path.abspath(self.mktemp())
+        )
+        self.tenancy = makeTenancy(self.storage, config, self.publish, reactor)
+        root = PandapushRoot(
+            Resource(),
+            HealthApp().app.resource(),
+            {b"channel": self.tenancy.publishApp.resource(), b"admin": self.tenancy.adminApp.resource()},
+        )
+        self.port = reactor.listenTCP(0, makeSite(root, maxBodySize=4096), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(self.port.stopListening)
+        self.url = f"http://127.0.0.1:{self.port.getHost().port}"
+        self.app = await self.storage.createApplication("testapp", "admin", admins=["admin"])
+        self.key = await self.storage.createKey(self.app.id, "admin")
+        self.basic = {
+            b"Authorization": [b"Basic " + base64.b64encode(f"{self.key.id}:{self.key.secret}".encode())]
+        }
+
+    def publish(self, channel: str, data: Any) -> Deferred[int]:
+        self.published.append((channel, data))
+        return defer.succeed(0)
+
+    async def test_readmeCurl(self) -> None:
+        """The README's ``curl -u key:secret -H "Content-Type: application/json" -d '{text:"hello"}'``."""
+        response = await treq.post(
+            persistent=False,
+            url=f"{self.url}/channel/{self.app.id}/private/users/123/messages",
+            data=b'{text:"hello"}',
+            headers={**self.basic, b"Content-Type": [b"application/json"]},
+        )
+        self.assertEqual((response.code, await response.content()), (200, b"OK"))
+        self.assertEqual(self.published, [(f"/{self.app.id}/private/users/123/messages", {"text": "hello"})])
+
+    async def test_tooLarge(self) -> None:
+        """Past the site's body limit: 413, nothing published, the server fine afterwards."""
+        response = await treq.post(
+            persistent=False,
+            url=f"{self.url}/channel/{self.app.id}/public/x",
+            data=b"[" + b"1," * 5000 + b"1]",
+            headers=self.basic,
+        )
+        self.assertEqual(response.code, 413)
+        await response.content()
+        self.assertEqual(self.published, [])
+        response = await treq.post(
+            persistent=False, url=f"{self.url}/channel/{self.app.id}/public/x", data=b"{}", headers=self.basic
+        )
+        self.assertEqual(response.code, 200)
+        await response.content()
+
+    async def test_admin(self) -> None:
+        """The README's docker credentials log in to the admin API; the page is behind them too."""
+        auth = ("admin", "password")
+        response = await treq.get(persistent=False, url=f"{self.url}/admin/api/applications", auth=auth)
+        self.assertEqual(response.code, 200)
+        self.assertEqual([a["id"] for a in json.loads(await response.content())], [self.app.id])
+        response = await treq.get(persistent=False, url=f"{self.url}/admin")
+        self.assertEqual(response.code, 401)
+        await response.content()
+        response = await treq.get(persistent=False, url=f"{self.url}/admin", auth=auth)
+        self.assertEqual(response.code, 200)
+        await response.content()
