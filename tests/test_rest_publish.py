@@ -211,3 +211,12 @@ class PublishAppTests(SynchronousTestCase):
         self.clock.advance(11)
         self.treq.flush()
         self.assertEqual(self.successResultOf(d).code, 503)
+
+    def test_formTokenIsData(self) -> None:
+        """A form field named ``token`` is data, never credentials (only the query string's is)."""
+        t = token({"channel": CHANNEL, "pub": True})
+        code, _, _ = self.post(data={"token": t})
+        self.assertEqual(code, 401)
+        code, _, _ = self.post(data={"token": "x", "a": "b"}, headers=basic(KEY, SECRET))
+        self.assertEqual(code, 200)
+        self.assertEqual(self.published, [(CHANNEL, {"token": "x", "a": "b"})])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from twisted.web.iweb import IRequest
 
@@ -58,10 +59,13 @@ def channelCredentials(request: IRequest, appId: str) -> KeySecret | BearerToken
     first (as upstream), then ``Authorization: Basic <keyId:secret>``, then
     ``Authorization: Token <jwt>`` or ``Bearer <jwt>``. None if there are none.
     """
-    args = getattr(request, "args", {}) or {}
-    tokens = args.get(b"token")
-    if tokens and tokens[0]:
-        return BearerToken(appId, tokens[0].decode("utf-8", "replace")[: MAX_TOKEN_LENGTH + 1])
+    # From the query string only: twisted's request.args also holds form body fields,
+    # and a body field named "token" is data to publish, not credentials.
+    query = urlsplit(request.uri).query
+    if query:
+        tokens = parse_qs(query, max_num_fields=100).get(b"token")
+        if tokens and tokens[0]:
+            return BearerToken(appId, tokens[0].decode("utf-8", "replace")[: MAX_TOKEN_LENGTH + 1])
     basic = basicCredentials(request)
     if basic is not None:
         return KeySecret(appId, basic[0], basic[1])
