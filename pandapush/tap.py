@@ -9,6 +9,7 @@ from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -77,6 +78,13 @@ class Options(usage.Options):
             _positive(int),
         ],
         [
+            "shutdown-grace",
+            None,
+            5.0,
+            "On SIGTERM, seconds to wait for clients to be told to reconnect before exiting.",
+            _positive(float),
+        ],
+        [
             "stats-interval",
             None,
             5.0,
@@ -111,20 +119,43 @@ class Options(usage.Options):
 
 
 class BayeuxService(Service):
-    """Owns the engine and router: answers held connects and closes the engine on stop."""
+    """
+    Owns the engine and router. On stop (SIGTERM) it drains: the listening ports
+    have already closed (they are later siblings, stopped first), held connects
+    are answered with reconnect advice, sockets are closed with 1001, and the
+    engine closes once they are gone or ``grace`` seconds have passed.
+    """
 
     _log = Logger()
 
-    def __init__(self, engine: IEngine, router: BayeuxRouter, resource: BayeuxResource) -> None:
+    def __init__(
+        self,
+        engine: IEngine,
+        router: BayeuxRouter,
+        resource: BayeuxResource,
+        reactor: IReactorTime,
+        grace: float = 5.0,
+        sharedEngine: bool = False,
+    ) -> None:
         self.engine = engine
         self.router = router
         self.resource = resource
+        self.reactor = reactor
+        self.grace = grace
+        self.sharedEngine = sharedEngine
+
+    async def _drain(self) -> None:
+        self.router.drain("retry" if self.sharedEngine else "handshake")
+        self.resource.stop()
+        deadline = self.reactor.seconds() + self.grace
+        while self.router.openSockets() and self.reactor.seconds() < deadline:
+            await deferLater(self.reactor, 0.05, lambda: None)
+        self._log.info("drained; {left} sockets still open", left=self.router.openSockets())
+        await self.engine.close()
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
-        self.router.close()
-        self.resource.stop()
-        return self.engine.close()
+        return defer.Deferred.fromCoroutine(self._drain())
 
 
 def makeService(options: Options, reactor: IReactorTime | None = None) -> IService:
@@ -163,7 +194,7 @@ def makeService(options: Options, reactor: IReactorTime | None = None) -> IServi
 
     top = MultiService()
     top.setName("pandapush")
-    BayeuxService(engine, router, bayeux).setServiceParent(top)
+    BayeuxService(engine, router, bayeux, reactor, grace=options["shutdown-grace"]).setServiceParent(top)
     statistics.service.setServiceParent(top)
     for endpoint in options["listen"]:
         strports.service(endpoint, site).setServiceParent(top)

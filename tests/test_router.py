@@ -519,3 +519,24 @@ class BatchTests(RouterTestCase):
         self.clock.advance(30)
         self.successResultOf(d)
         self.assertEqual(extension.outgoingCalls - before, 1)
+
+
+class DrainTests(RouterTestCase):
+    def test_drain(self) -> None:
+        """Draining answers held connects with reconnect advice, closes sockets, answers new connects."""
+        clientId = self.handshake()
+        held = self.connect(clientId)
+        socket = FakeSocket()
+        wsClient = self.send(dict(HANDSHAKE))["clientId"]
+        self.process(
+            [{"channel": "/meta/connect", "clientId": wsClient, "connectionType": "websocket"}], socket
+        )
+        self.router.drain("retry")
+        (reply,) = self.successResultOf(held)
+        self.assertEqual(reply["advice"], {"reconnect": "retry", "interval": 0})
+        self.assertIs(socket.closed, False)
+        (reply,) = self.successResultOf(self.connect(clientId))
+        self.assertEqual(reply["advice"], {"reconnect": "retry", "interval": 0})
+        self.router.socketClosed(socket)
+        # The socket closed because the node is going away: its client is kept for another node.
+        self.assertTrue(self.engine.hasClient(wsClient))

@@ -10,6 +10,7 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
@@ -312,6 +313,12 @@ class WebSocketTests(ServerTestCase):
             if not ws.closed.called:
                 ws.transport.loseConnection()
                 await ws.closed
+            # Let the server see the close too before it is stopped, or its drain
+            # would start a close handshake on a dying socket.
+            for _ in range(100):
+                if not self.server.router.openSockets():
+                    break
+                await deferLater(reactor, 0.01, lambda: None)
 
         self.addCleanup(close)
         return ws
@@ -385,3 +392,35 @@ class WebSocketTests(ServerTestCase):
         ws = await self.open("/push/anything")
         ws.send(HANDSHAKE)
         self.assertTrue((await ws.frameCount(1))[0][0]["successful"])
+
+
+class DrainTests(ServerTestCase):
+    timeout = 10
+
+    async def test_stopDrains(self) -> None:
+        """Stopping answers held long-polls with handshake advice and closes websockets with 1001."""
+        port = self.server.port.getHost().port  # type: ignore[union-attr]
+        factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}/push")
+        factory.protocol = BayeuxWS
+        factory.opened = defer.Deferred()
+        await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
+        ws: BayeuxWS = await factory.opened
+        ws.send(HANDSHAKE)
+        wsClient = (await ws.frameCount(1))[0][0]["clientId"]
+        ws.send({"channel": "/meta/connect", "clientId": wsClient, "connectionType": "websocket"})
+        await ws.frameCount(2)
+
+        clientId = await self.handshake()
+        await self.post(
+            [{"channel": "/meta/connect", "clientId": clientId, "connectionType": "long-polling"}]
+        )
+        held = defer.ensureDeferred(
+            self.post([{"channel": "/meta/connect", "clientId": clientId, "connectionType": "long-polling"}])
+        )
+        await deferLater(reactor, 0.05, lambda: None)
+        stopped = defer.ensureDeferred(self.server.stop())
+        _, content = await held
+        self.assertEqual(json.loads(content)[0]["advice"], {"reconnect": "handshake", "interval": 0})
+        _, code = await ws.closed
+        self.assertEqual(code, 1001)
+        await stopped

@@ -168,6 +168,7 @@ class BayeuxRouter(EngineListener):
         # Clients that handshook here and have not connected yet: their first
         # connect is answered at once, whatever advice they sent.
         self._fresh: set[str] = set()
+        self._draining: str | None = None
         engine.addListener(self)
         self._handlers: dict[str, Callable[..., Coroutine[Any, Any, list[Reply] | Deferred[list[Reply]]]]] = {
             HANDSHAKE: self._handshake,
@@ -249,17 +250,43 @@ class BayeuxRouter(EngineListener):
         if held is not None and held.socket is socket:
             held.abandon()
         self.engine.detach(clientId, socket)
-        if socket.endsClientOnClose:
+        # While draining, sockets close because this node is going away, not
+        # because their clients left: a shared engine keeps them for another node.
+        if socket.endsClientOnClose and self._draining is None:
             self.engine.destroyClient(clientId, "socket closed")
 
     def heldConnects(self) -> int:
         """How many /meta/connect requests are being held on this node."""
         return len(self._held)
 
+    def drain(self, reconnect: str = "handshake") -> None:
+        """
+        Stop serving this node's clients: answer every held connect at once with
+        advice to ``reconnect`` (``retry`` when the engine is shared, so the client
+        carries on through another node; ``handshake`` when its state dies with
+        this process) and close every socket with 1001 (going away). Connects
+        arriving from now on get the same answer at once.
+        """
+        self._draining = reconnect
+        for held in list(self._held.values()):
+            held.reply["advice"] = {"reconnect": reconnect, "interval": 0}
+            held.finish()
+        for socket in list(self._sockets.values()):
+            try:
+                socket.close(afterReplies=False)
+            except Exception:
+                self._log.failure("closing a socket while draining failed")
+
+    @property
+    def draining(self) -> bool:
+        return self._draining is not None
+
+    def openSockets(self) -> int:
+        return len(self._sockets)
+
     def close(self) -> None:
         """Answer every held connect now (server shutting down)."""
-        for held in list(self._held.values()):
-            held.finish()
+        self.drain()
 
     # IEngineListener
 
@@ -394,6 +421,9 @@ class BayeuxRouter(EngineListener):
         assert isinstance(clientId, str) and isinstance(connectionType, str)
         reply["successful"] = True
         self._advise(reply, connectionType)
+        if self._draining is not None:
+            reply["advice"] = {"reconnect": self._draining, "interval": 0}
+            return [reply]
         self.engine.ping(clientId)
 
         if socket is not None and socket.clientId != clientId:

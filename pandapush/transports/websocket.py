@@ -120,7 +120,13 @@ class BayeuxWebSocketProtocol(WebSocketServerProtocol):
             self._close()
 
     def _close(self) -> None:
-        if self._open:
+        if not self._open:
+            return
+        if self.factory.router.draining:
+            # sendClose only takes application codes; 1001 (going away) is the
+            # protocol's own, and tells clients to reconnect elsewhere.
+            self.sendCloseFrame(code=self.CLOSE_STATUS_CODE_GOING_AWAY, reasonUtf8=b"server going away")
+        else:
             self.sendClose(1000)
 
 
