@@ -113,6 +113,7 @@ class Metrics:
         )
         self.registry.register(_StateCollector(router, bayeux))  # type: ignore[arg-type]
         router.addPublishObserver(self._published)
+        router.addLimitObserver(lambda limit: self.refusals.labels(limit=limit).inc())
         router.addExtension(_ErrorCounter(self.errors))
         self.resource = MetricsResource(self.registry)
 

@@ -13,7 +13,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
 
-from pandapush.bayeux.router import BayeuxRouter
+from pandapush.bayeux.router import BayeuxRouter, Limits
 from pandapush.engines.memory import MemoryEngine
 from pandapush.interfaces import IEngine
 from pandapush.metrics import Metrics
@@ -77,6 +77,15 @@ class Options(usage.Options):
             "Largest HTTP request body or websocket message accepted, in bytes.",
             _positive(int),
         ],
+        [
+            "max-message-size",
+            None,
+            64 * 1024,
+            "Largest published message (as delivered, in bytes) over Bayeux or REST.",
+            _positive(int),
+        ],
+        ["max-channel-length", None, 200, "Longest channel name, in characters.", _positive(int)],
+        ["max-subscriptions", None, 128, "Most subscriptions one client may hold.", _positive(int)],
         [
             "shutdown-grace",
             None,
@@ -166,7 +175,14 @@ def makeService(options: Options, reactor: IReactorTime | None = None) -> IServi
     assert reactor is not None
 
     engine = MemoryEngine(reactor, timeout=options["timeout"], expiry=options["client-expiry"])
-    router = BayeuxRouter(engine, reactor, timeout=options["timeout"], interval=options["interval"])
+    limits = Limits(
+        maxMessageSize=options["max-message-size"],
+        maxChannelLength=options["max-channel-length"],
+        maxSubscriptions=options["max-subscriptions"],
+    )
+    router = BayeuxRouter(
+        engine, reactor, timeout=options["timeout"], interval=options["interval"], limits=limits
+    )
     bayeux = BayeuxResource(
         router,
         reactor,

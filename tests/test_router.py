@@ -12,7 +12,7 @@ from zope.interface import implementer
 
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.delivery import Delivery
-from pandapush.bayeux.router import CONNECTION_TYPES, BayeuxRouter
+from pandapush.bayeux.router import CONNECTION_TYPES, BayeuxRouter, Limits
 from pandapush.engines.memory import MemoryEngine
 from pandapush.interfaces import IClientSocket, IExtension
 
@@ -540,3 +540,45 @@ class DrainTests(RouterTestCase):
         self.router.socketClosed(socket)
         # The socket closed because the node is going away: its client is kept for another node.
         self.assertTrue(self.engine.hasClient(wsClient))
+
+
+class LimitTests(RouterTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.router.limits = Limits(maxMessageSize=100, maxChannelLength=20, maxSubscriptions=2)
+        self.refused: list[str] = []
+        self.router.addLimitObserver(self.refused.append)
+
+    def test_messageSize(self) -> None:
+        """A message over the size limit is refused with 413 naming the limit, and not delivered."""
+        reply = self.send({"channel": "/a", "data": "x" * 200})
+        self.assertEqual(reply["error"], "413:/a:Message larger than 100 bytes")
+        self.assertTrue(self.send({"channel": "/a", "data": "x" * 10})["successful"])
+        self.assertEqual(self.refused, ["message_size"])
+
+    def test_channelLength(self) -> None:
+        long = "/" + "a" * 30
+        self.assertEqual(
+            self.send({"channel": long, "data": 1})["error"],
+            f"405:{long[:20]}...:Channel name longer than 20 characters",
+        )
+        clientId = self.handshake()
+        reply = self.send({"channel": "/meta/subscribe", "clientId": clientId, "subscription": long})
+        self.assertTrue(reply["error"].endswith("Channel name longer than 20 characters"))
+        self.assertEqual(self.refused, ["channel_length", "channel_length"])
+
+    def test_subscriptions(self) -> None:
+        """A client may hold so many subscriptions; resubscribing to one it has is free."""
+        clientId = self.handshake()
+        reply = self.send(
+            {"channel": "/meta/subscribe", "clientId": clientId, "subscription": ["/a", "/b", "/a"]}
+        )
+        self.assertTrue(reply["successful"])
+        reply = self.send({"channel": "/meta/subscribe", "clientId": clientId, "subscription": "/c"})
+        self.assertEqual(reply["error"], "403:/c:Too many subscriptions (limit 2 per client)")
+        self.send({"channel": "/meta/unsubscribe", "clientId": clientId, "subscription": "/a"})
+        self.assertTrue(
+            self.send({"channel": "/meta/subscribe", "clientId": clientId, "subscription": "/c"})[
+                "successful"
+            ]
+        )

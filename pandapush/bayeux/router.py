@@ -24,7 +24,7 @@ from pandapush.bayeux.errors import BayeuxError
 from pandapush.engines import EngineListener
 from pandapush.interfaces import IClientSocket, IDeliverySink, IEngine, IExtension
 
-__all__ = ["BAYEUX_VERSION", "CONNECTION_TYPES", "BayeuxRouter"]
+__all__ = ["BAYEUX_VERSION", "CONNECTION_TYPES", "BayeuxRouter", "Limits"]
 
 BAYEUX_VERSION = "1.0"
 CONNECTION_TYPES = [
@@ -67,10 +67,29 @@ def _extensionError(message: Message) -> str | None:
     return error if isinstance(error, str) else str(BayeuxError.badRequest())
 
 
+def _tooLong(channel: str, limit: int) -> BayeuxError:
+    return BayeuxError(405, [channel[:limit] + "..."], f"Channel name longer than {limit} characters")
+
+
 def _fail(reply: Message, error: str | BayeuxError) -> Message:
     reply["error"] = str(error)
     reply["successful"] = False
     return reply
+
+
+class Limits:
+    """
+    What one client may ask of the router. Defaults are in the range Pusher and
+    Centrifugo users know: 64 KiB messages, 200-character channel names, 128
+    subscriptions per client.
+    """
+
+    def __init__(
+        self, maxMessageSize: int = 64 * 1024, maxChannelLength: int = 200, maxSubscriptions: int = 128
+    ):
+        self.maxMessageSize = maxMessageSize
+        self.maxChannelLength = maxChannelLength
+        self.maxSubscriptions = maxSubscriptions
 
 
 @implementer(IDeliverySink)
@@ -155,12 +174,19 @@ class BayeuxRouter(EngineListener):
     _log = Logger()
 
     def __init__(
-        self, engine: IEngine, reactor: IReactorTime, timeout: float = 30.0, interval: float = 0.0
+        self,
+        engine: IEngine,
+        reactor: IReactorTime,
+        timeout: float = 30.0,
+        interval: float = 0.0,
+        limits: Limits | None = None,
     ) -> None:
         self.engine = engine
         self.reactor = reactor
         self.timeout = timeout
         self.interval = interval
+        self.limits = limits or Limits()
+        self._limitObservers: list[Callable[[str], None]] = []
         self._extensions: list[IExtension] = []
         self._publishObservers: list[Callable[[str, int], None]] = []
         self._held: dict[str, _HeldConnect] = {}
@@ -217,6 +243,15 @@ class BayeuxRouter(EngineListener):
         for result in results:
             replies.extend(await result if isinstance(result, Deferred) else result)
         return replies
+
+    def addLimitObserver(self, observer: Callable[[str], None]) -> None:
+        """Call ``observer(limitName)`` each time a limit refuses a message (metrics)."""
+        self._limitObservers.append(observer)
+
+    def _refuse(self, reply: Message, limit: str, error: BayeuxError) -> list[Reply]:
+        for observer in self._limitObservers:
+            observer(limit)
+        return [_fail(reply, error)]
 
     def addPublishObserver(self, observer: Callable[[str, int], None]) -> None:
         """Call ``observer(channel, recipients)`` once per message published (statistics)."""
@@ -502,12 +537,27 @@ class BayeuxRouter(EngineListener):
             return [_fail(reply, error)]
         assert isinstance(clientId, str)
         requested: list[str] = [subscription] if isinstance(subscription, str) else list(subscription or [])
+        limits = self.limits
+        subscribing = verb == self.engine.subscribe
+        current = await self.engine.subscriptions(clientId) if subscribing else set()
         for channel in requested:
+            if len(channel) > limits.maxChannelLength:
+                return self._refuse(reply, "channel_length", _tooLong(channel, limits.maxChannelLength))
             if not channels.isValid(channel):
                 return [_fail(reply, BayeuxError.channelInvalid(channel))]
             if not channels.isSubscribable(channel):
                 return [_fail(reply, BayeuxError.channelForbidden(channel))]
+            if subscribing and channel not in current and len(current) >= limits.maxSubscriptions:
+                return self._refuse(
+                    reply,
+                    "subscriptions",
+                    BayeuxError(
+                        403, [channel], f"Too many subscriptions (limit {limits.maxSubscriptions} per client)"
+                    ),
+                )
             await verb(clientId, channel)
+            if subscribing:
+                current.add(channel)
         reply["successful"] = True
         return [reply]
 
@@ -541,6 +591,8 @@ class BayeuxRouter(EngineListener):
     async def _publish(self, message: Message, channel: str) -> list[Reply]:
         reply = _makeReply(message)
         error: str | BayeuxError | None = None
+        if len(channel) > self.limits.maxChannelLength:
+            return self._refuse(reply, "channel_length", _tooLong(channel, self.limits.maxChannelLength))
         if not channels.isValidName(channel):
             error = BayeuxError.channelInvalid(channel)
         elif "data" not in message:
@@ -554,8 +606,15 @@ class BayeuxRouter(EngineListener):
         ext = message.get("ext")
         if ext is not None:
             delivered["ext"] = ext
+        delivery = Delivery.fromMessage(delivered)
+        if len(delivery.payload) > self.limits.maxMessageSize:
+            return self._refuse(
+                reply,
+                "message_size",
+                BayeuxError(413, [channel], f"Message larger than {self.limits.maxMessageSize} bytes"),
+            )
         try:
-            recipients = await self.engine.publish(Delivery.fromMessage(delivered))
+            recipients = await self.engine.publish(delivery)
             if self._publishObservers:
                 self._published(recipients, channel)
         except Exception:
