@@ -93,17 +93,21 @@ class KeySecretChecker(_CheckerBase):
 
     credentialInterfaces = (IKeySecret,)
 
-    def requestAvatarId(self, credentials: Any) -> Deferred[Any]:  # fires with a Principal
-        def check(facts: KeyFacts | None) -> Principal:
-            if facts is None or facts.appId != credentials.appId:
-                raise AuthRefused(Refusal.KEY_NOT_FOUND)
-            if not credentials.checkSecret(facts.secret):
-                raise AuthRefused(Refusal.INVALID_SECRET)
-            self._checkKey(facts, credentials.appId, None)
-            self.keys.recordUse(facts.keyId)
-            return Principal(facts.appId, facts.keyId)
+    def keyIdOf(self, credentials: Any) -> str:
+        return str(credentials.keyId)
 
-        return self.keys.get(credentials.keyId).addCallback(check)
+    def verify(self, credentials: Any, facts: KeyFacts | None) -> Principal:
+        """The principal, once the key's facts are known; raises :class:`AuthRefused`."""
+        if facts is None or facts.appId != credentials.appId:
+            raise AuthRefused(Refusal.KEY_NOT_FOUND)
+        if not credentials.checkSecret(facts.secret):
+            raise AuthRefused(Refusal.INVALID_SECRET)
+        self._checkKey(facts, credentials.appId, None)
+        self.keys.recordUse(facts.keyId)
+        return Principal(facts.appId, facts.keyId)
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[Any]:  # fires with a Principal
+        return self.keys.get(credentials.keyId).addCallback(lambda facts: self.verify(credentials, facts))
 
 
 @implementer(ICredentialsChecker)
@@ -128,28 +132,33 @@ class BearerTokenChecker(_CheckerBase):
         # token -> (secret that verified it, verified claims)
         self._verified: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()
 
-    def requestAvatarId(self, credentials: Any) -> Deferred[Any]:  # fires with a Principal
-        token = credentials.token
-        memo = self._verified.get(token)
+    def keyIdOf(self, credentials: Any) -> str:
+        """The key that signed the token (unverified yet); raises ``Invalid token``."""
+        memo = self._verified.get(credentials.token)
         if memo is not None:
-            keyId = memo[1]["keyId"]
-        else:
-            unverified = bearer.readToken(token)
-            if unverified is None:
-                return defer.fail(AuthRefused(Refusal.INVALID_TOKEN))
-            keyId = unverified["keyId"]
+            return str(memo[1]["keyId"])
+        unverified = bearer.readToken(credentials.token)
+        if unverified is None:
+            raise AuthRefused(Refusal.INVALID_TOKEN)
+        return str(unverified["keyId"])
 
-        def check(facts: KeyFacts | None) -> Principal:
-            facts = self._checkKey(facts, credentials.appId, None)
-            claims = self._claims(token, facts.secret)
-            if claims is None or claims.get("keyId") != facts.keyId:
-                raise AuthRefused(Refusal.INVALID_TOKEN_PROVIDED)
-            if not bearer.timesValid(claims, self.clock.seconds(), self.leeway):
-                raise AuthRefused(Refusal.INVALID_TOKEN_PROVIDED)
-            self.keys.recordUse(facts.keyId)
-            return Principal(facts.appId, facts.keyId, claims)
+    def verify(self, credentials: Any, facts: KeyFacts | None) -> Principal:
+        """The principal, once the key's facts are known; raises :class:`AuthRefused`."""
+        facts = self._checkKey(facts, credentials.appId, None)
+        claims = self._claims(credentials.token, facts.secret)
+        if claims is None or claims.get("keyId") != facts.keyId:
+            raise AuthRefused(Refusal.INVALID_TOKEN_PROVIDED)
+        if not bearer.timesValid(claims, self.clock.seconds(), self.leeway):
+            raise AuthRefused(Refusal.INVALID_TOKEN_PROVIDED)
+        self.keys.recordUse(facts.keyId)
+        return Principal(facts.appId, facts.keyId, claims)
 
-        return self.keys.get(keyId).addCallback(check)
+    def requestAvatarId(self, credentials: Any) -> Deferred[Any]:  # fires with a Principal
+        try:
+            keyId = self.keyIdOf(credentials)
+        except AuthRefused:
+            return defer.fail()
+        return self.keys.get(keyId).addCallback(lambda facts: self.verify(credentials, facts))
 
     def _claims(self, token: str, secret: str) -> dict[str, Any] | None:
         memo = self._verified.get(token)
@@ -202,39 +211,64 @@ class ChannelAuthority:
     credentials already built (REST headers). Both fire with
     :class:`~pandapush.auth.rules.Allowed` or fail with :class:`AuthRefused`;
     anything else (storage down) fails with that error.
+
+    :meth:`decide` is the same decision for the hot path: when the key is in the
+    cache it answers synchronously, running the very checkers the portal holds but
+    without a Deferred chain per message; only a cache miss goes through
+    ``portal.login``.
     """
 
     def __init__(self, keys: KeyCache, clock: IReactorTime, leeway: float = bearer.DEFAULT_LEEWAY) -> None:
         self.keys = keys
         self.clock = clock
-        self.portal = Portal(
-            ChannelRealm(), [KeySecretChecker(keys, clock), BearerTokenChecker(keys, clock, leeway)]
-        )
+        self.keyChecker = KeySecretChecker(keys, clock)
+        self.tokenChecker = BearerTokenChecker(keys, clock, leeway)
+        self.portal = Portal(ChannelRealm(), [self.keyChecker, self.tokenChecker])
 
-    def authorize(self, operation: str, channelName: Any, auth: Any) -> Deferred[Allowed]:
+    def credentialsFor(self, channel: TenantChannel, auth: Any) -> KeySecret | BearerToken:
+        """Credentials from a Bayeux ``ext.auth`` value; raises :class:`AuthRefused`."""
+        read = readAuth(auth)
+        if isinstance(read, Refusal):
+            raise AuthRefused(read)
+        if isinstance(read, KeyAuth):
+            return KeySecret(channel.appId, read.keyId, read.secret)
+        assert isinstance(read, TokenAuth)
+        return BearerToken(channel.appId, read.token)
+
+    def decide(self, operation: str, channelName: Any, auth: Any) -> Allowed | Deferred[Allowed]:
+        """
+        :class:`Allowed` now, or a Deferred when the key must be fetched; raises
+        :class:`AuthRefused` when the answer is no and known now.
+        """
         channel = parseChannel(channelName, operation)
         if channel is None:
-            return defer.fail(AuthRefused(Refusal.INVALID_CHANNEL))
+            raise AuthRefused(Refusal.INVALID_CHANNEL)
         if not needsAuth(operation, channel):
-            return defer.succeed(Allowed())
-        credentials = readAuth(auth)
-        if isinstance(credentials, Refusal):
-            return defer.fail(AuthRefused(credentials))
-        if isinstance(credentials, KeyAuth):
-            return self.authorizeCredentials(
-                operation, channel, KeySecret(channel.appId, credentials.keyId, credentials.secret)
-            )
-        assert isinstance(credentials, TokenAuth)
-        return self.authorizeCredentials(operation, channel, BearerToken(channel.appId, credentials.token))
+            return Allowed()
+        return self._decide(operation, channel, self.credentialsFor(channel, auth))
 
-    def authorizeCredentials(
+    def _decide(
         self, operation: str, channel: TenantChannel, credentials: KeySecret | BearerToken | None
-    ) -> Deferred[Allowed]:
-        if not needsAuth(operation, channel):
-            return defer.succeed(Allowed())
+    ) -> Allowed | Deferred[Allowed]:
         if credentials is None:
-            return defer.fail(AuthRefused(Refusal.NO_AUTH))
+            raise AuthRefused(Refusal.NO_AUTH)
+        checker: KeySecretChecker | BearerTokenChecker = (
+            self.keyChecker if isinstance(credentials, KeySecret) else self.tokenChecker
+        )
+        cached, facts = self.keys.peek(checker.keyIdOf(credentials))
+        if not cached:
+            return self._login(operation, channel, credentials)
+        return self._grant(operation, channel, checker.verify(credentials, facts))
 
+    def _grant(self, operation: str, channel: TenantChannel, principal: Principal) -> Allowed:
+        decision = ChannelAccess(principal).check(operation, channel)
+        if isinstance(decision, Refusal):
+            raise AuthRefused(decision)
+        return decision
+
+    def _login(
+        self, operation: str, channel: TenantChannel, credentials: KeySecret | BearerToken
+    ) -> Deferred[Allowed]:
         def granted(login: tuple[Any, Any, Any]) -> Allowed:
             _, access, _ = login
             decision = access.check(operation, channel)
@@ -243,3 +277,21 @@ class ChannelAuthority:
             return decision
 
         return self.portal.login(credentials, None, IChannelAccess).addCallback(granted)
+
+    def authorize(self, operation: str, channelName: Any, auth: Any) -> Deferred[Allowed]:
+        try:
+            decision = self.decide(operation, channelName, auth)
+        except Exception:
+            return defer.fail()
+        return decision if isinstance(decision, Deferred) else defer.succeed(decision)
+
+    def authorizeCredentials(
+        self, operation: str, channel: TenantChannel, credentials: KeySecret | BearerToken | None
+    ) -> Deferred[Allowed]:
+        if not needsAuth(operation, channel):
+            return defer.succeed(Allowed())
+        try:
+            decision = self._decide(operation, channel, credentials)
+        except Exception:
+            return defer.fail()
+        return decision if isinstance(decision, Deferred) else defer.succeed(decision)

@@ -117,6 +117,13 @@ class KeyCache:
 
     # lookups
 
+    def peek(self, keyId: str) -> tuple[bool, KeyFacts | None]:
+        """``(True, facts or None)`` if the cache knows the answer now, else ``(False, None)``."""
+        entry = self._entries.get(keyId)
+        if entry is not None and self.clock.seconds() < entry[1]:
+            return True, entry[0]
+        return False, None
+
     def get(self, keyId: str) -> Deferred[KeyFacts | None]:
         """The key's facts (None if there is no such key); synchronous on a cache hit."""
         entry = self._entries.get(keyId)

@@ -18,6 +18,7 @@ import enum
 import hmac
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 __all__ = [
@@ -115,6 +116,20 @@ def isWildcard(segment: str) -> bool:
 
 def parseChannel(name: Any, operation: str = SUBSCRIBE) -> TenantChannel | None:
     """
+    The tenancy channel ``name`` designates, or None if it is not one (see
+    :func:`_parseChannel`). Cached: the same channels and token channels come back
+    with every message, and the answers are immutable.
+    """
+    if not isinstance(name, str) or len(name) > _MAX_CACHED_NAME:
+        return _parseChannel(name, operation) if isinstance(name, str) else None
+    return _PARSE_CACHED(name, operation)
+
+
+_MAX_CACHED_NAME = 512
+
+
+def _parseChannel(name: str, operation: str) -> TenantChannel | None:
+    """
     The tenancy channel ``name`` designates, or None if it is not one.
 
     At least one path segment follows the type, so a wildcard can never cover the
@@ -122,7 +137,7 @@ def parseChannel(name: Any, operation: str = SUBSCRIBE) -> TenantChannel | None:
     only as the last segment and only to subscribe; nobody publishes to meta
     channels, so for publishing they are not valid names either.
     """
-    if not isinstance(name, str) or not name.startswith("/"):
+    if not name.startswith("/"):
         return None
     parts = name[1:].split("/")
     if len(parts) < 3:
@@ -142,6 +157,9 @@ def parseChannel(name: Any, operation: str = SUBSCRIBE) -> TenantChannel | None:
     if operation == PUBLISH and channelType == "meta":
         return None
     return TenantChannel(name, appId, channelType, tuple(path))
+
+
+_PARSE_CACHED = lru_cache(maxsize=16384)(_parseChannel)
 
 
 def needsAuth(operation: str, channel: TenantChannel) -> bool:

@@ -85,7 +85,7 @@ class TenancyExtension:
         auth = _takeAuth(message, fromData=True)
         if "error" in message:
             return message
-        return self._settle(self.authority.authorize(PUBLISH, channel, auth), message, context)
+        return self._check(PUBLISH, channel, auth, message, context)
 
     def _subscribe(self, message: Message, context: MessageContext) -> Message | Deferred[Message | None]:
         auth = _takeAuth(message, fromData=False)
@@ -93,7 +93,7 @@ class TenancyExtension:
         if "error" in message:
             return message
         if isinstance(subscription, str):
-            return self._settle(self.authority.authorize(SUBSCRIBE, subscription, auth), message, context)
+            return self._check(SUBSCRIBE, subscription, auth, message, context)
         if not isinstance(subscription, list) or not subscription:
             return message  # the router refuses a missing or malformed subscription
         return Deferred.fromCoroutine(self._subscribeAll(message, subscription, auth, context))
@@ -112,27 +112,30 @@ class TenancyExtension:
 
     # outcomes
 
-    def _settle(
-        self, decision: Deferred[Allowed], message: Message, context: MessageContext
+    def _check(
+        self, operation: str, channel: Any, auth: Any, message: Message, context: MessageContext
     ) -> Message | Deferred[Message | None]:
         """
-        Apply the decision; synchronously when it is already known (a cached key),
-        which spares the router a Deferred per message on the hot path.
+        Decide, synchronously when the key is cached (the hot path: no Deferred per
+        message), else once the key is fetched.
         """
-        outcome: list[Allowed | Failure] = []
-        decision.addBoth(outcome.append)
-        if outcome:
-            return self._apply(outcome[0], message, context)
-        done: Deferred[Message | None] = Deferred()
-        decision.addCallback(lambda _: done.callback(self._apply(outcome[0], message, context)))
-        return done
+        try:
+            decision = self.authority.decide(operation, channel, auth)
+        except Exception:
+            self._refuse(message, Failure())
+            return message
+        if isinstance(decision, Allowed):
+            self._grant(decision, context)
+            return message
 
-    def _apply(self, result: Allowed | Failure, message: Message, context: MessageContext) -> Message:
-        if isinstance(result, Failure):
-            self._refuse(message, result)
-        else:
-            self._grant(result, context)
-        return message
+        def decided(result: Allowed | Failure) -> Message:
+            if isinstance(result, Failure):
+                self._refuse(message, result)
+            else:
+                self._grant(result, context)
+            return message
+
+        return decision.addBoth(decided)
 
     def _grant(self, allowed: Allowed, context: MessageContext) -> None:
         if allowed.presence is not None:
