@@ -258,3 +258,19 @@ class VerifiedTokenMemoTests(SynchronousTestCase):
             t = token({"channel": self.channel, "sub": True, "n": i})
             self.successResultOf(checker.requestAvatarId(BearerToken(APP, t)))
         self.assertEqual(len(checker._verified), 2)
+
+
+class TokenKeyStateTests(SynchronousTestCase):
+    def test_expiredAndRevokedKeysBeforeSignature(self) -> None:
+        """
+        For tokens too, the key's state is reported before the signature (the
+        contract's order): a token of an expired or revoked key says so, even forged.
+        """
+        h = Harness()
+        h.store.add(FakeKey("PSIDexpired000000000", APP, SECRET, expires=at(NOW - 1)))
+        h.store.add(FakeKey("PSIDrevoked000000000", APP, SECRET, revoked_at=at(NOW - 1)))
+        channel = f"/{APP}/private/a"
+        for keyId, text in [("PSIDexpired000000000", "Expired key"), ("PSIDrevoked000000000", "Revoked key")]:
+            for secret in (SECRET, "f" * 40):
+                t = jwt.encode({"keyId": keyId, "channel": channel, "sub": True}, secret)
+                self.assertEqual(h.outcome(SUBSCRIBE, channel, {"token": t}).text, text)  # type: ignore[union-attr]
