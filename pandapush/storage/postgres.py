@@ -1,0 +1,110 @@
+"""PostgreSQL storage (psycopg2 in a thread pool), for several nodes sharing one database.
+
+It migrates only when told (``pandapush migrate``, or ``DATABASE_MIGRATE=yes``) and
+otherwise refuses to start on a schema of another version, as upstream did with knex:
+schema changes on a shared database are an operator's decision.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Callable
+from typing import Any
+
+from twisted.enterprise import adbapi
+
+from pandapush.storage._sql import Dialect, SQLStorage
+from pandapush.storage.config import StorageConfig
+from pandapush.storage.memory import utcnow
+
+__all__ = ["PostgresDialect", "PostgresStorage", "connectionArguments", "makeStorage"]
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+#: pg_advisory_xact_lock key serialising migrations ("pandapush" in ASCII, truncated).
+_MIGRATION_LOCK = 0x70616E6461707573
+
+
+class PostgresDialect(Dialect):
+    """Native ``timestamptz`` values; ``%s`` placeholders."""
+
+    name = "postgres"
+    placeholder = "%s"
+    schemaVersionDDL = (
+        "CREATE TABLE IF NOT EXISTS schema_version"
+        " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
+    )
+    lockRowSuffix = " FOR UPDATE"
+
+    def toDb(self, value: datetime.datetime | None) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass timezone-aware times")
+        return value.astimezone(datetime.UTC)
+
+    def fromDb(self, value: Any) -> datetime.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.UTC)
+        return value.astimezone(datetime.UTC)  # type: ignore[no-any-return]
+
+    def tableExists_txn(self, txn: Any, table: str) -> bool:
+        # to_regclass follows search_path, so a per-schema database sees only its own table.
+        txn.execute("SELECT to_regclass(%s)", (table,))
+        row = txn.fetchone()
+        return row is not None and row[0] is not None
+
+    def lockForMigration_txn(self, txn: Any) -> None:
+        txn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+
+
+def connectionArguments(config: StorageConfig) -> dict[str, Any]:
+    """psycopg2 ``connect`` arguments from the config (times in UTC, optional schema)."""
+    options = "-c timezone=UTC"
+    if config.schema:
+        if not _IDENTIFIER.fullmatch(config.schema):
+            raise ValueError(f"not a plain schema name: {config.schema!r}")
+        options += f" -c search_path={config.schema}"
+    arguments: dict[str, Any] = {
+        "host": config.address,
+        "port": config.port,
+        "dbname": config.name,
+        "options": options,
+        "connect_timeout": 10,
+        "application_name": "pandapush",
+    }
+    if config.username:
+        arguments["user"] = config.username
+    if config.password:
+        arguments["password"] = config.password
+    return arguments
+
+
+class PostgresStorage(SQLStorage):
+    """:class:`SQLStorage` over a psycopg2 pool that reconnects after the server restarts."""
+
+    name = "postgres"
+    migrateAtStart = False
+
+    def __init__(
+        self,
+        config: StorageConfig,
+        now: Callable[[], datetime.datetime] = utcnow,
+    ) -> None:
+        self.config = config
+        pool = adbapi.ConnectionPool(
+            "psycopg2",
+            cp_min=1,
+            cp_max=max(1, config.poolSize),
+            cp_reconnect=True,
+            **connectionArguments(config),
+        )
+        super().__init__(pool, PostgresDialect(), now=now, migrateAtStart=config.migrateAtStart)
+
+
+def makeStorage(config: StorageConfig) -> PostgresStorage:
+    """The PostgreSQL backend for ``DATABASE=postgres``."""
+    return PostgresStorage(config)
