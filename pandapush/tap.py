@@ -218,6 +218,7 @@ def makeService(options: Options, reactor: IReactorTime | None = None) -> IServi
     top.engine = engine  # type: ignore[attr-defined]
     top.router = router  # type: ignore[attr-defined]
     top.site = site  # type: ignore[attr-defined]
+    top.bayeux = bayeux  # type: ignore[attr-defined]
     top.statistics = statistics  # type: ignore[attr-defined]
     top.metrics = metrics  # type: ignore[attr-defined]
     return top

@@ -64,3 +64,18 @@ class MemoryEngineTests(EngineTestsMixin, TestCase):
         for clientId in ids[:4]:
             self.engine.attach(clientId, RecordingSink())
         self.assertEqual(list(self.engine._deadlines), ids[4:])
+
+    async def test_boundedQueue(self) -> None:
+        """A client that lets more than maxQueue messages pile up is dropped, not kept growing."""
+        self.engine.maxQueue = 5
+        slow, fine = await self.engine.createClient(), await self.engine.createClient()
+        sink = RecordingSink()
+        self.engine.attach(fine, sink)
+        for clientId in (slow, fine):
+            await self.engine.subscribe(clientId, "/a")
+        for i in range(6):
+            await self.engine.publish(message("/a", i))
+            self.clock.advance(0)
+        self.assertFalse(self.engine.hasClient(slow))
+        self.assertIn(("destroyed", slow, "slow consumer"), self.listener.events)
+        self.assertEqual(len(sink.payloads), 6)

@@ -300,7 +300,7 @@ class BayeuxWS(WebSocketClientProtocol):
         return d
 
 
-class WebSocketTests(ServerTestCase):
+class WebSocketCase(ServerTestCase):
     async def open(self, path: str = "/push") -> BayeuxWS:
         port = self.server.port.getHost().port  # type: ignore[union-attr]
         factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}{path}")
@@ -323,6 +323,8 @@ class WebSocketTests(ServerTestCase):
         self.addCleanup(close)
         return ws
 
+
+class WebSocketTests(WebSocketCase):
     async def test_roundTrip(self) -> None:
         """Handshake, connect, subscribe, publish, receive: replies are arrays, deliveries pushed."""
         ws = await self.open()
@@ -424,3 +426,36 @@ class DrainTests(ServerTestCase):
         _, code = await ws.closed
         self.assertEqual(code, 1001)
         await stopped
+
+
+class SlowConsumerTests(WebSocketCase):
+    async def test_slowWebsocketDropped(self) -> None:
+        """A websocket client that stops reading is closed past its backlog bound; readers carry on."""
+        self.server.service.bayeux.websocketFactory.maxBacklog = 1024 * 1024
+        clients = []
+        for _ in range(2):
+            ws = await self.open()
+            ws.send(HANDSHAKE)
+            clientId = (await ws.frameCount(1))[0][0]["clientId"]
+            ws.send({"channel": "/meta/connect", "clientId": clientId, "connectionType": "websocket"})
+            ws.send({"channel": "/meta/subscribe", "clientId": clientId, "subscription": "/firehose"})
+            await ws.frameCount(3)
+            clients.append((ws, clientId))
+        (slow, slowId), (_, healthyId) = clients
+        slow.transport.pauseProducing()  # stop reading from the socket
+        payload = "x" * 4096
+        for i in range(3000):
+            await self.server.router.publish("/firehose", {"i": i, "pad": payload})
+            if i % 5 == 0:
+                # Let the reading client (in this same reactor) keep up.
+                await deferLater(reactor, 0, lambda: None)
+            if not self.server.engine.hasClient(slowId):
+                break
+        for _ in range(400):
+            if not self.server.engine.hasClient(slowId):
+                break
+            await deferLater(reactor, 0.02, lambda: None)
+        self.assertFalse(self.server.engine.hasClient(slowId))
+        self.assertTrue(self.server.engine.hasClient(healthyId))
+        self.assertGreaterEqual(self.server.service.bayeux.websocketFactory.slowConsumers, 1)
+        slow.transport.resumeProducing()

@@ -74,8 +74,10 @@ class MemoryEngine:
         timeout: float = 30.0,
         expiry: float = 10.0,
         sweepInterval: float = 1.0,
+        maxQueue: int = 10000,
     ) -> None:
         self._reactor = reactor
+        self.maxQueue = maxQueue
         self.timeout = timeout
         self.expiry = expiry
         self._sweepInterval = sweepInterval
@@ -268,11 +270,22 @@ class MemoryEngine:
         if not recipients:
             return defer.succeed(0)
         dirty = self._dirty
+        maxQueue = self.maxQueue
+        overflowing = None
         for client in recipients:
-            client.queue.append(delivery)
+            queue = client.queue
+            queue.append(delivery)
             if not client.dirty and client.sink is not None:
                 client.dirty = True
                 dirty.append(client)
+            elif len(queue) > maxQueue:
+                overflowing = [*(overflowing or []), client.id]
+        if overflowing:
+            # A client that lets this much pile up is not coming back for it soon:
+            # drop it (it will handshake again) rather than grow without bound.
+            for clientId in overflowing:
+                self._log.info("dropping slow client {clientId}", clientId=clientId)
+                self.destroyClient(clientId, "slow consumer")
         if dirty and self._flushCall is None and not self._closed:
             self._flushCall = self._reactor.callLater(0, self._flush)
         return defer.succeed(len(recipients))

@@ -14,6 +14,7 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -47,6 +48,9 @@ class BayeuxWebSocketProtocol(WebSocketServerProtocol):
         self._processing = 0
         self._closeWhenIdle = False
         self._open = False
+        # Deliveries waiting while the peer is not reading; None when it is.
+        self._backlog: list[Delivery] | None = None
+        self._backlogBytes = 0
 
     # Autobahn callbacks
 
@@ -64,6 +68,14 @@ class BayeuxWebSocketProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         self._open = True
         self.factory.openSockets += 1
+        # Hear when the kernel stops taking our writes (a client that does not
+        # read), so its deliveries wait in a bounded backlog instead of an
+        # unbounded transport buffer. twisted.web's channel registered itself
+        # before Autobahn took the connection over: replace it.
+        transport: Any = self.transport
+        if getattr(transport, "producer", None) is not None:
+            transport.unregisterProducer()
+        transport.registerProducer(_Congestion(self), True)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         messages = decodeMessages(payload)
@@ -97,12 +109,27 @@ class BayeuxWebSocketProtocol(WebSocketServerProtocol):
 
     # IClientSocket
 
+    def _sendable(self) -> bool:
+        # After a close frame went out (slow consumer, disconnect) nothing more may be sent.
+        return self._open and self.state == self.STATE_OPEN
+
     def sendReplies(self, replies: Sequence[Any]) -> None:
-        if self._open:
+        if self._sendable():
             self.sendMessage(json.encodeReplies(list(replies)))
 
     def deliver(self, deliveries: Sequence[Delivery]) -> None:
-        if not self._open:
+        if not self._sendable():
+            return
+        if self._backlog is not None:
+            self._backlog.extend(deliveries)
+            self._backlogBytes += sum(len(d.payload) for d in deliveries)
+            if self._backlogBytes > self.factory.maxBacklog:
+                self._log.info("closing slow consumer {clientId}", clientId=self.clientId)
+                self._backlog = None
+                self.factory.slowConsumers += 1
+                # An application close code: the client reconnects (and handshakes
+                # again), and nothing more piles up here meanwhile.
+                self.sendClose(4008, "slow consumer: messages not read in time")
             return
         if len(deliveries) == 1:
             delivery = deliveries[0]
@@ -113,6 +140,16 @@ class BayeuxWebSocketProtocol(WebSocketServerProtocol):
         else:
             self.sendMessage(b"[" + b",".join(d.payload for d in deliveries) + b"]")
 
+    def congested(self) -> None:
+        if self._backlog is None:
+            self._backlog = []
+            self._backlogBytes = 0
+
+    def drained(self) -> None:
+        backlog, self._backlog = self._backlog, None
+        if backlog:
+            self.deliver(backlog)
+
     def close(self, afterReplies: bool) -> None:
         if afterReplies and self._processing:
             self._closeWhenIdle = True
@@ -120,7 +157,7 @@ class BayeuxWebSocketProtocol(WebSocketServerProtocol):
             self._close()
 
     def _close(self) -> None:
-        if not self._open:
+        if not self._sendable():
             return
         if self.factory.router.draining:
             # sendClose only takes application codes; 1001 (going away) is the
@@ -128,6 +165,23 @@ class BayeuxWebSocketProtocol(WebSocketServerProtocol):
             self.sendCloseFrame(code=self.CLOSE_STATUS_CODE_GOING_AWAY, reasonUtf8=b"server going away")
         else:
             self.sendClose(1000)
+
+
+@implementer(IPushProducer)
+class _Congestion:
+    """Tells a socket when its transport's write buffer fills up and drains."""
+
+    def __init__(self, socket: BayeuxWebSocketProtocol) -> None:
+        self.socket = socket
+
+    def pauseProducing(self) -> None:
+        self.socket.congested()
+
+    def resumeProducing(self) -> None:
+        self.socket.drained()
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class BayeuxWebSocketFactory(WebSocketServerFactory):
@@ -140,11 +194,14 @@ class BayeuxWebSocketFactory(WebSocketServerFactory):
         maxMessageSize: int,
         pingInterval: float = 25.0,
         pingTimeout: float = 10.0,
+        maxBacklog: int = 4 * 1024 * 1024,
     ) -> None:
         super().__init__()
         self.router = router
         self.origins = origins
         self.openSockets = 0
+        self.slowConsumers = 0
+        self.maxBacklog = maxBacklog
         self.setProtocolOptions(
             maxFramePayloadSize=maxMessageSize,
             maxMessagePayloadSize=maxMessageSize,
