@@ -176,7 +176,7 @@ class SQLStorage:
         return self._run(
             True,
             self._createApplication_txn,
-            _checkName(name),
+            name,
             createdBy or "",
             _admins(admins),
             applicationId or ids.newApplicationId(),
@@ -185,6 +185,7 @@ class SQLStorage:
     def _createApplication_txn(
         self, txn: Any, name: str, createdBy: str, admins: tuple[str, ...], appId: str
     ) -> Application:
+        _checkName(name)
         self._x(txn, "SELECT 1 FROM applications WHERE id = ?", (appId,))
         if txn.fetchone() is not None:
             raise AlreadyExistsError(f"application {appId} exists already")
@@ -250,13 +251,15 @@ class SQLStorage:
             True,
             self._updateApplication_txn,
             applicationId,
-            None if name is None else _checkName(name),
+            name,
             None if admins is None else _admins(admins),
         )
 
     def _updateApplication_txn(
         self, txn: Any, appId: str, name: str | None, admins: tuple[str, ...] | None
     ) -> Application:
+        if name is not None:
+            _checkName(name)
         now = self.dialect.toDb(self._now())
         if name is None:
             self._x(txn, "UPDATE applications SET updated_at = ? WHERE id = ?", (now, appId))
