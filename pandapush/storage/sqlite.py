@@ -93,10 +93,17 @@ class SQLiteStorage(SQLStorage):
         )
         super().__init__(pool, SQLiteDialect(), now=now, migrateAtStart=migrateAtStart)
 
+    def _makeFolder(self) -> None:
+        # A fresh install has no localdata/ yet; one mkdir at start is not worth a thread.
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+
     def start(self) -> Deferred[None]:
-        folder = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(folder, exist_ok=True)
+        self._makeFolder()
         return super().start()  # type: ignore[no-any-return]
+
+    def migrate(self, target: int | None = None) -> Deferred[list[int]]:
+        self._makeFolder()
+        return super().migrate(target)
 
 
 def makeStorage(config: StorageConfig) -> SQLiteStorage:
