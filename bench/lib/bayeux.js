@@ -1,0 +1,319 @@
+'use strict';
+// Minimal raw Bayeux clients for load generation: websocket (the `ws` package) and
+// long-polling (node:http with a keep-alive agent). No Faye client code on the hot path:
+// one JSON.parse per frame/response and a callback per delivery, nothing else.
+//
+// Both clients share one surface:
+//   await c.open()                    handshake + first connect (advice.timeout 0, like Faye's client)
+//   await c.subscribe([channels])     resolves when every subscription is acknowledged
+//   c.publish(channel, data, ext)     fire-and-forget; c.onAck(ok, reply) is called with the reply
+//   c.onDelivery = (message) => ...   every delivered (non-meta) message
+//   await c.close()                   /meta/disconnect, then close the socket
+
+const http = require('http');
+const WebSocket = require('ws');
+
+const CONNECTION_TYPES = ['websocket', 'long-polling'];
+
+class BaseClient {
+  constructor(baseUrl) {
+    this.baseUrl = baseUrl.replace(/\/$/, '');
+    this.clientId = null;
+    this.nextId = 1;
+    this.pending = new Map(); // id -> {resolve, reject}
+    this.onDelivery = null;
+    this.onAck = null;
+    this.onError = null;
+    this.closed = false;
+    this.connects = 0;
+    this.errors = 0;
+  }
+
+  _id() {
+    return String(this.nextId++);
+  }
+
+  _request(message) {
+    const id = this._id();
+    message.id = id;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this._send([message]);
+    });
+  }
+
+  _handle(messages) {
+    if (!Array.isArray(messages)) messages = [messages];
+    for (let i = 0; i < messages.length; i++) {
+      const m = messages[i];
+      if (m === null || typeof m !== 'object') continue;
+      if (m.successful === undefined) {
+        // A delivery (replies always carry `successful`, deliveries never do).
+        if (this.onDelivery !== null) this.onDelivery(m);
+        continue;
+      }
+      const channel = m.channel;
+      if (channel === '/meta/connect') {
+        this.connects++;
+        if (!m.successful) this.errors++;
+        this._connectReplied(m);
+        continue;
+      }
+      const waiter = m.id !== undefined ? this.pending.get(m.id) : undefined;
+      if (waiter !== undefined) {
+        this.pending.delete(m.id);
+        if (m.successful) waiter.resolve(m);
+        else waiter.reject(new Error(`${channel}: ${m.error}`));
+        continue;
+      }
+      if (!m.successful) this.errors++;
+      if (this.onAck !== null) this.onAck(m.successful, m);
+    }
+  }
+
+  _connectMessage(timeout) {
+    const message = { channel: '/meta/connect', clientId: this.clientId, connectionType: this.connectionType, id: this._id() };
+    if (timeout !== undefined) message.advice = { timeout };
+    return message;
+  }
+
+  async _handshake() {
+    const reply = await this._request({
+      channel: '/meta/handshake',
+      version: '1.0',
+      supportedConnectionTypes: CONNECTION_TYPES,
+    });
+    this.clientId = reply.clientId;
+  }
+
+  subscribe(channels) {
+    return this._request({ channel: '/meta/subscribe', clientId: this.clientId, subscription: channels });
+  }
+
+  publish(channel, data, ext) {
+    const message = { channel, data, clientId: this.clientId, id: this._id() };
+    if (ext !== undefined) message.ext = ext;
+    this._send([message]);
+  }
+
+  publishBatch(messages, ext) {
+    const batch = messages.map(([channel, data]) => {
+      const message = { channel, data, clientId: this.clientId, id: this._id() };
+      if (ext !== undefined) message.ext = ext;
+      return message;
+    });
+    this._send(batch);
+  }
+}
+
+class WebSocketClient extends BaseClient {
+  constructor(baseUrl) {
+    super(baseUrl);
+    this.connectionType = 'websocket';
+    this.ws = null;
+  }
+
+  open() {
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(this.baseUrl.replace(/^http/, 'ws'), { perMessageDeflate: false });
+      this.ws = ws;
+      let settled = false;
+      ws.on('open', async () => {
+        try {
+          await this._handshake();
+          // First connect answered at once (Faye's client asks with advice.timeout 0);
+          // each reply triggers the next held connect.
+          this._firstConnect = new Promise((res) => {
+            this._firstConnectDone = res;
+          });
+          this._send([this._connectMessage(0)]);
+          await this._firstConnect;
+          settled = true;
+          resolve(this);
+        } catch (error) {
+          settled = true;
+          reject(error);
+        }
+      });
+      ws.on('message', (data) => {
+        let parsed;
+        try {
+          parsed = JSON.parse(data);
+        } catch (error) {
+          this.errors++;
+          return;
+        }
+        this._handle(parsed);
+      });
+      ws.on('error', (error) => {
+        this.errors++;
+        if (!settled) {
+          settled = true;
+          reject(error);
+        } else if (this.onError) this.onError(error);
+      });
+      ws.on('close', () => {
+        if (!this.closed) {
+          this.dropped = true;
+          if (this.onError) this.onError(new Error('socket closed by server'));
+        }
+        for (const waiter of this.pending.values()) waiter.reject(new Error('socket closed'));
+        this.pending.clear();
+        if (!settled) {
+          settled = true;
+          reject(new Error('socket closed before open'));
+        }
+      });
+    });
+  }
+
+  _connectReplied(reply) {
+    if (this._firstConnectDone) {
+      const done = this._firstConnectDone;
+      this._firstConnectDone = null;
+      done();
+    }
+    if (!this.closed && this.ws.readyState === WebSocket.OPEN) this._send([this._connectMessage()]);
+  }
+
+  _send(messages) {
+    if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(messages));
+  }
+
+  close(disconnect = true) {
+    if (this.closed) return Promise.resolve();
+    this.closed = true;
+    return new Promise((resolve) => {
+      const ws = this.ws;
+      if (ws.readyState !== WebSocket.OPEN) {
+        resolve();
+        return;
+      }
+      const timer = setTimeout(() => {
+        ws.terminate();
+        resolve();
+      }, 2000);
+      ws.once('close', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      if (disconnect) ws.send(JSON.stringify([{ channel: '/meta/disconnect', clientId: this.clientId, id: this._id() }]));
+      // Faye keeps the socket open after a disconnect; pandapush closes it. Close ourselves shortly after.
+      setTimeout(() => ws.close(1000), disconnect ? 100 : 0);
+    });
+  }
+}
+
+// One keep-alive agent for all long-polling clients: a held connect occupies one socket,
+// publishes and subscribes take another from the pool (as a browser's two connections).
+const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity, maxFreeSockets: 4096 });
+
+class LongPollingClient extends BaseClient {
+  constructor(baseUrl) {
+    super(baseUrl);
+    this.connectionType = 'long-polling';
+    const url = new URL(this.baseUrl);
+    this.options = {
+      host: url.hostname,
+      port: url.port,
+      path: url.pathname,
+      method: 'POST',
+      agent,
+      headers: { 'Content-Type': 'application/json' },
+    };
+  }
+
+  async open() {
+    await this._handshake();
+    await new Promise((resolve) => {
+      this._firstConnectDone = resolve;
+      this._send([this._connectMessage(0)]);
+    });
+    return this;
+  }
+
+  _connectReplied(reply) {
+    if (this._firstConnectDone) {
+      const done = this._firstConnectDone;
+      this._firstConnectDone = null;
+      done();
+    }
+  }
+
+  _send(messages) {
+    const body = JSON.stringify(messages);
+    const isConnect = messages.length === 1 && messages[0].channel === '/meta/connect';
+    const request = http.request(this.options, (response) => {
+      const chunks = [];
+      response.on('data', (chunk) => chunks.push(chunk));
+      response.on('end', () => {
+        if (response.statusCode === 200) {
+          try {
+            this._handle(JSON.parse(Buffer.concat(chunks)));
+          } catch (error) {
+            this.errors++;
+          }
+        } else this.errors++;
+        // The next long-poll goes out as soon as the previous one is answered.
+        if (isConnect && !this.closed) this._send([this._connectMessage()]);
+      });
+    });
+    request.on('error', (error) => {
+      this.errors++;
+      if (isConnect && !this.closed) setTimeout(() => this._send([this._connectMessage()]), 100);
+      else if (this.onError) this.onError(error);
+    });
+    request.setHeader('Content-Length', Buffer.byteLength(body));
+    request.end(body);
+  }
+
+  async close(disconnect = true) {
+    if (this.closed) return;
+    this.closed = true;
+    if (disconnect) {
+      await Promise.race([
+        this._request({ channel: '/meta/disconnect', clientId: this.clientId }).catch(() => {}),
+        new Promise((resolve) => setTimeout(resolve, 2000)),
+      ]);
+    }
+  }
+}
+
+function makeClient(transport, baseUrl) {
+  if (transport === 'websocket') return new WebSocketClient(baseUrl);
+  if (transport === 'long-polling') return new LongPollingClient(baseUrl);
+  throw new Error(`unknown transport ${transport}`);
+}
+
+// REST publisher: POST /channel/<app>/public/<path> with Basic key:secret over keep-alive.
+const restAgent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
+
+function restPost(origin, path, body, authorization) {
+  const url = new URL(origin);
+  return new Promise((resolve) => {
+    const payload = Buffer.from(body);
+    const request = http.request(
+      {
+        host: url.hostname,
+        port: url.port,
+        path,
+        method: 'POST',
+        agent: restAgent,
+        headers: {
+          'Content-Type': 'application/json',
+          'Content-Length': payload.length,
+          Authorization: authorization,
+        },
+      },
+      (response) => {
+        const chunks = [];
+        response.on('data', (chunk) => chunks.push(chunk));
+        response.on('end', () => resolve({ status: response.statusCode, body: Buffer.concat(chunks).toString() }));
+      },
+    );
+    request.on('error', (error) => resolve({ status: 0, body: String(error) }));
+    request.end(payload);
+  });
+}
+
+module.exports = { WebSocketClient, LongPollingClient, makeClient, restPost, agent, restAgent };

@@ -1,0 +1,438 @@
+#!/usr/bin/env node
+'use strict';
+// The load generator: Bayeux subscribers and publishers against one server (or a
+// publishing node and a subscribing node), with every figure the runner prints.
+//
+// As a module: runFanout(options), runIdle(options), probeRest(...).
+// As a command (one scenario against a server that is already running):
+//
+//   node bench/loadgen.js --url http://127.0.0.1:3000/push --subscribers 200 --messages 1000
+//        [--channels 1] [--transport websocket|long-polling] [--publishers 1]
+//        [--mode burst|paced --rate 100 --duration 10] [--size 64] [--wildcard]
+//        [--rest-key K --rest-secret S] [--app APPID] [--pid SERVER_PID]
+//
+// prints one JSON object with the results.
+
+const { performance } = require('perf_hooks');
+const { makeClient, restPost } = require('./lib/bayeux');
+const { ProcessSampler, selfCpuMark, selfCpuSince, othersMark, othersSince } = require('./lib/proc');
+
+const DEFAULT_APP = 'BENCHbenchBENCHbench';
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// Latencies in a growable Float64Array: no boxing, one sort at the end.
+class Samples {
+  constructor() {
+    this.data = new Float64Array(1 << 16);
+    this.length = 0;
+  }
+
+  push(value) {
+    if (this.length === this.data.length) {
+      const bigger = new Float64Array(this.data.length * 2);
+      bigger.set(this.data);
+      this.data = bigger;
+    }
+    this.data[this.length++] = value;
+  }
+
+  summary() {
+    if (this.length === 0) return { p50: null, p99: null, max: null };
+    const sorted = this.data.slice(0, this.length).sort();
+    const at = (q) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+    return { p50: at(0.5), p99: at(0.99), max: sorted[sorted.length - 1] };
+  }
+}
+
+// Runs `count` async tasks with at most `limit` in flight.
+async function pool(count, limit, task) {
+  let next = 0;
+  const results = new Array(count);
+  async function worker() {
+    while (next < count) {
+      const index = next++;
+      results[index] = await task(index);
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(limit, count) }, worker));
+  return results;
+}
+
+function padding(size) {
+  // The delivered `data` object is about `size` bytes of JSON: {"s":123,"t":12345.678901,"p":"xxx"}
+  const base = JSON.stringify({ s: 100000, t: 123456.123456, p: '' }).length;
+  return 'x'.repeat(Math.max(0, size - base));
+}
+
+function basic(key, secret) {
+  return 'Basic ' + Buffer.from(`${key}:${secret}`).toString('base64');
+}
+
+// Is there a REST publish endpoint, and do our credentials work? -> {ok, status, reason}
+async function probeRest(origin, app, key, secret) {
+  const path = `/channel/${app}/public/bench/probe`;
+  const { status, body } = await restPost(origin, path, JSON.stringify({ probe: true }), basic(key, secret));
+  if (status === 200) return { ok: true, status };
+  if (status === 404) return { ok: false, status, reason: 'REST endpoint not found (404)' };
+  if (status === 401 || status === 403) return { ok: false, status, reason: `REST credentials refused (${status}: ${body.slice(0, 80)})` };
+  return { ok: false, status, reason: `REST probe answered ${status}: ${body.slice(0, 80)}` };
+}
+
+/*
+ * Fan-out: `subscribers` clients over `transport`, each subscribed to what
+ * `subscriptionsOf(i, channelNames)` returns and expecting what lands on channels where
+ * `matches(i, channelIndex)`; `publishers` websocket publishers (or REST) publish to
+ * channel `seq % channels`, either `messages` as fast as the `window` of unacknowledged
+ * publishes allows (burst) or `rate` messages/s for `duration` s (paced).
+ */
+async function runFanout(o) {
+  const options = {
+    transport: 'websocket',
+    subscribers: 200,
+    channels: 1,
+    publishers: 1,
+    publishVia: 'websocket',
+    mode: 'burst',
+    messages: 1000,
+    rate: 100,
+    duration: 10,
+    size: 64,
+    window: 500,
+    concurrency: 64,
+    idleTimeout: 5000,
+    maxTime: 120000,
+    app: DEFAULT_APP,
+    tag: 'fanout',
+    subscriptionsOf: null,
+    matches: null,
+    ...o,
+  };
+  const url = options.url;
+  const publishUrl = options.publishUrl || url;
+  const sampler = options.pid ? new ProcessSampler(options.pid) : null;
+  const publishSampler = options.publishPid && options.publishPid !== options.pid ? new ProcessSampler(options.publishPid) : null;
+  const prefix = `/${options.app}/public/bench/${options.tag}`;
+  const channelNames = Array.from({ length: options.channels }, (_, j) => `${prefix}/c${j}`);
+  const subscriptionsOf = options.subscriptionsOf || ((i) => [channelNames[i % options.channels]]);
+  const matches = options.matches || ((i, j) => i % options.channels === j);
+  const ext = options.key ? { auth: { key: options.key, secret: options.secret } } : undefined;
+
+  const total =
+    options.mode === 'burst' ? options.messages : Math.round(options.rate * options.duration);
+  const trackDuplicates = total * options.subscribers <= 200e6;
+  const latencies = new Samples();
+  const received = new Uint32Array(options.subscribers);
+  const seen = trackDuplicates ? Array.from({ length: options.subscribers }, () => new Uint8Array(total)) : null;
+  let delivered = 0;
+  let duplicates = 0;
+  let lastDeliveryAt = 0;
+  let wake = null;
+  let publishingDone = false;
+  let expectedTotal = Infinity;
+
+  const rssBefore = sampler ? sampler.rss() : 0;
+
+  // Subscribers
+  const setupStart = performance.now();
+  const subscribers = await pool(options.subscribers, options.concurrency, async (i) => {
+    const client = makeClient(options.transport, url);
+    await client.open();
+    client.onDelivery = (message) => {
+      const data = message.data;
+      if (data === null || typeof data !== 'object' || data.s === undefined) return;
+      const now = performance.now();
+      latencies.push(now - data.t);
+      received[i]++;
+      if (seen !== null) {
+        if (seen[i][data.s]) duplicates++;
+        else seen[i][data.s] = 1;
+      }
+      delivered++;
+      lastDeliveryAt = now;
+      if (publishingDone && delivered >= expectedTotal && wake) wake();
+    };
+    await client.subscribe(subscriptionsOf(i, channelNames));
+    return client;
+  });
+  const setupSeconds = (performance.now() - setupStart) / 1000;
+
+  // Publishers
+  const publishers =
+    options.publishVia === 'rest'
+      ? []
+      : await pool(options.publishers, options.concurrency, async () => {
+          const client = makeClient('websocket', publishUrl);
+          await client.open();
+          return client;
+        });
+  const rssLoaded = sampler ? sampler.rss() : 0;
+  await sleep(500);
+
+  const pad = padding(options.size);
+  const perChannel = new Uint32Array(options.channels);
+  let sent = 0;
+  let acked = 0;
+  let failed = 0;
+  const origin = new URL(publishUrl).origin;
+  const authorization = options.key ? basic(options.key, options.secret) : '';
+  let pump = null;
+
+  const onAck = (ok) => {
+    acked++;
+    if (!ok) failed++;
+    if (pump !== null) pump();
+  };
+  for (const publisher of publishers) publisher.onAck = onAck;
+
+  function sendOne() {
+    const seq = sent++;
+    const j = seq % options.channels;
+    perChannel[j]++;
+    const data = { s: seq, t: performance.now(), p: pad };
+    if (options.publishVia === 'rest') {
+      const path = `/channel/${options.app}/public/bench/${options.tag}/c${j}`;
+      restPost(origin, path, JSON.stringify(data), authorization).then(({ status }) => onAck(status === 200));
+    } else {
+      publishers[seq % publishers.length].publish(channelNames[j], data, ext);
+    }
+  }
+
+  const cpuMark = sampler ? sampler.markCpu() : null;
+  const publishCpuMark = publishSampler ? publishSampler.markCpu() : null;
+  const selfMark = selfCpuMark();
+  const ownPids = [process.pid, options.pid, options.publishPid].filter((pid, i, all) => pid && all.indexOf(pid) === i);
+  const othersAt = othersMark(ownPids);
+  const t0 = performance.now();
+  const finished = new Promise((resolve) => {
+    wake = resolve;
+  });
+
+  if (options.mode === 'burst') {
+    await new Promise((resolve) => {
+      pump = () => {
+        while (sent < total && sent - acked < options.window) sendOne();
+        if (sent >= total) {
+          pump = null;
+          resolve();
+        }
+      };
+      pump();
+    });
+  } else {
+    await new Promise((resolve) => {
+      const timer = setInterval(() => {
+        const due = Math.min(total, Math.floor(((performance.now() - t0) / 1000) * options.rate));
+        while (sent < due) sendOne();
+        if (sent >= total) {
+          clearInterval(timer);
+          resolve();
+        }
+      }, 1);
+    });
+  }
+  const publishedAt = performance.now();
+
+  // Expected deliveries per subscriber, now that we know what went where.
+  const expected = new Float64Array(options.subscribers);
+  expectedTotal = 0;
+  for (let i = 0; i < options.subscribers; i++) {
+    let sum = 0;
+    for (let j = 0; j < options.channels; j++) if (matches(i, j)) sum += perChannel[j];
+    expected[i] = sum;
+    expectedTotal += sum;
+  }
+  publishingDone = true;
+  if (delivered < expectedTotal) {
+    // Wait for the rest, or until deliveries stop coming for idleTimeout.
+    await Promise.race([
+      finished,
+      new Promise((resolve) => {
+        const timer = setInterval(() => {
+          const quietFor = performance.now() - Math.max(lastDeliveryAt, publishedAt);
+          if (quietFor > options.idleTimeout || performance.now() - t0 > options.maxTime || delivered >= expectedTotal) {
+            clearInterval(timer);
+            resolve();
+          }
+        }, 50);
+      }),
+    ]);
+  }
+  // Let publish acks land (a burst's last acks may trail its last deliveries).
+  for (let waited = 0; acked < sent && waited < 2000; waited += 20) await sleep(20);
+  const end = lastDeliveryAt || performance.now();
+  const serverCpu = cpuMark ? sampler.cpuSince(cpuMark) : null;
+  const publishServerCpu = publishCpuMark ? publishSampler.cpuSince(publishCpuMark) : null;
+  const generatorCpu = selfCpuSince(selfMark);
+  const otherCpu = othersSince(othersAt);
+
+  let lost = 0;
+  let starved = 0;
+  for (let i = 0; i < options.subscribers; i++) {
+    const missing = expected[i] - (received[i] - 0);
+    if (missing > 0) lost += missing;
+    if (expected[i] > 0 && received[i] === 0) starved++;
+  }
+  // Duplicates show up as more received than expected; count them apart from loss.
+  const dropped = subscribers.filter((c) => c.dropped).length + publishers.filter((c) => c.dropped).length;
+  const clientErrors = subscribers.reduce((n, c) => n + c.errors, 0) + publishers.reduce((n, c) => n + c.errors, 0);
+  const peakRss = sampler ? sampler.peak : null;
+
+  await pool(subscribers.length, 256, (i) => subscribers[i].close());
+  await Promise.all(publishers.map((p) => p.close()));
+  await sleep(options.settleAfter ?? 2000);
+  const rssAfter = sampler ? sampler.rss() : null;
+  if (sampler) sampler.stop();
+  if (publishSampler) publishSampler.stop();
+
+  const seconds = (end - t0) / 1000;
+  return {
+    subscribers: options.subscribers,
+    published: sent,
+    publishFailures: failed,
+    expected: expectedTotal,
+    delivered,
+    lost,
+    duplicates,
+    starved,
+    dropped,
+    clientErrors,
+    deliveriesPerSec: seconds > 0 ? delivered / seconds : 0,
+    publishesPerSec: sent / ((publishedAt - t0) / 1000),
+    ...prefixKeys('latency', latencies.summary()),
+    setupPerSec: options.subscribers / setupSeconds,
+    serverCpu,
+    publishServerCpu,
+    generatorCpu,
+    otherCpu,
+    rssBefore,
+    rssLoaded,
+    peakRss,
+    rssAfter,
+  };
+}
+
+function prefixKeys(prefix, object) {
+  const out = {};
+  for (const [key, value] of Object.entries(object)) out[prefix + key[0].toUpperCase() + key.slice(1)] = value;
+  return out;
+}
+
+/*
+ * Idle connections: `connections` websocket clients, each subscribed to one of
+ * `channels` channels, held open; memory per connection is the RSS it added. One
+ * message per channel afterwards proves every connection still delivers.
+ */
+async function runIdle(o) {
+  const options = { connections: 10000, channels: 100, concurrency: 64, settle: 3000, app: DEFAULT_APP, tag: 'idle', ...o };
+  const sampler = options.pid ? new ProcessSampler(options.pid) : null;
+  const prefix = `/${options.app}/public/bench/${options.tag}`;
+  const rssBefore = sampler ? sampler.rss() : 0;
+  let delivered = 0;
+  const received = new Uint32Array(options.connections);
+  const setupStart = performance.now();
+  let failures = 0;
+  const clients = (
+    await pool(options.connections, options.concurrency, async (i) => {
+      const client = makeClient('websocket', options.url);
+      try {
+        await client.open();
+        await client.subscribe([`${prefix}/c${i % options.channels}`]);
+      } catch (error) {
+        failures++;
+        return null;
+      }
+      client.onDelivery = () => {
+        received[i]++;
+        delivered++;
+      };
+      return client;
+    })
+  ).filter(Boolean);
+  const setupSeconds = (performance.now() - setupStart) / 1000;
+  await sleep(options.settle);
+  // RSS settles once the setup garbage is collected; take the lowest of a few samples.
+  let rssLoaded = Infinity;
+  for (let k = 0; k < 5; k++) {
+    rssLoaded = Math.min(rssLoaded, sampler ? sampler.rss() : 0);
+    await sleep(200);
+  }
+  const peakRss = sampler ? sampler.peak : null;
+
+  // Liveness: one message per channel reaches every connection.
+  const publisher = makeClient('websocket', options.url);
+  await publisher.open();
+  const ext = options.key ? { auth: { key: options.key, secret: options.secret } } : undefined;
+  for (let j = 0; j < options.channels; j++) publisher.publish(`${prefix}/c${j}`, { s: j, t: performance.now(), p: '' }, ext);
+  for (let waited = 0; delivered < clients.length && waited < 10000; waited += 50) await sleep(50);
+  const dropped = clients.filter((c) => c.dropped).length;
+  let lost = 0;
+  received.forEach((count, i) => {
+    if (count === 0) lost++;
+  });
+  lost -= options.connections - clients.length; // failed to connect is counted apart
+
+  await pool(clients.length, 256, (i) => clients[i].close());
+  await publisher.close();
+  await sleep(options.settleAfter ?? 3000);
+  const rssAfter = sampler ? sampler.rss() : null;
+  if (sampler) sampler.stop();
+  return {
+    connections: clients.length,
+    connectFailures: failures,
+    setupPerSec: clients.length / setupSeconds,
+    rssBefore,
+    rssLoaded,
+    peakRss,
+    rssAfter,
+    bytesPerConnection: (rssLoaded - rssBefore) / Math.max(1, clients.length),
+    delivered,
+    lost,
+    dropped,
+  };
+}
+
+module.exports = { runFanout, runIdle, probeRest, basic, DEFAULT_APP, Samples, pool };
+
+if (require.main === module) {
+  const args = process.argv.slice(2);
+  const get = (name, fallback) => {
+    const index = args.indexOf(`--${name}`);
+    return index >= 0 ? args[index + 1] : fallback;
+  };
+  const has = (name) => args.includes(`--${name}`);
+  const channels = Number(get('channels', 1));
+  const options = {
+    url: get('url', 'http://127.0.0.1:3000/push'),
+    pid: get('pid') ? Number(get('pid')) : undefined,
+    transport: get('transport', 'websocket'),
+    subscribers: Number(get('subscribers', 200)),
+    channels,
+    publishers: Number(get('publishers', 1)),
+    publishVia: has('rest') ? 'rest' : 'websocket',
+    mode: get('mode', 'burst'),
+    messages: Number(get('messages', 1000)),
+    rate: Number(get('rate', 100)),
+    duration: Number(get('duration', 10)),
+    size: Number(get('size', 64)),
+    app: get('app', DEFAULT_APP),
+    key: get('rest-key'),
+    secret: get('rest-secret'),
+    tag: get('tag', 'cli'),
+    idleTimeout: Number(get('idle-timeout', 5000)),
+  };
+  if (has('wildcard')) {
+    const prefix = `/${options.app}/public/bench/${options.tag}`;
+    options.subscriptionsOf = (i) => [i % 2 ? `${prefix}/*` : `${prefix}/**`];
+    options.matches = () => true;
+  }
+  (has('idle') ? runIdle({ ...options, connections: Number(get('connections', 1000)) }) : runFanout(options))
+    .then((result) => {
+      process.stdout.write(JSON.stringify(result) + '\n');
+      process.exit(0);
+    })
+    .catch((error) => {
+      process.stderr.write(`${error.stack || error}\n`);
+      process.exit(1);
+    });
+}

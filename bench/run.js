@@ -1,0 +1,401 @@
+#!/usr/bin/env node
+'use strict';
+// Runs every scenario against pandapush and against Faye (same generator, same run,
+// a fresh server per scenario) and prints one table: each pandapush figure with Faye's
+// and their ratio. Use ./bench/run (it raises ulimit -n and installs npm deps first).
+//
+//   bench/run [--quick] [--only burst-200,idle] [--no-faye] [--out DIR] [--rest-key K --rest-secret S]
+//             [--redis-hosts host:port,...] [--source HEAD|<rev>|worktree]
+//
+// --source: which pandapush code runs. Default: a snapshot of HEAD (git archive), so
+// uncommitted edits in the checkout neither break nor skew the figures; `worktree` runs
+// the checkout as it is (to measure a change before committing it).
+
+const fs = require('fs');
+const os = require('os');
+const path = require('path');
+const { execFileSync } = require('child_process');
+const { runFanout, runIdle, probeRest, DEFAULT_APP } = require('./loadgen');
+const servers = require('./lib/servers');
+
+const args = process.argv.slice(2);
+const flag = (name) => args.includes(`--${name}`);
+const option = (name, fallback) => {
+  const index = args.indexOf(`--${name}`);
+  return index >= 0 ? args[index + 1] : fallback;
+};
+const quick = flag('quick');
+const repeat = Number(option('repeat', quick ? 1 : 3));
+const only = option('only') ? option('only').split(',') : null;
+const outDir = option('out', fs.mkdtempSync(path.join(os.tmpdir(), 'pandapush-bench-run-')));
+fs.mkdirSync(outDir, { recursive: true });
+const rest = {
+  app: option('app', DEFAULT_APP),
+  key: option('rest-key', 'PSIDbenchBENCHbench0'),
+  secret: option('rest-secret', 'bench-secret-0123456789abcdefghijklmnopqrstuvwxyz'),
+};
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const log = (...parts) => process.stderr.write(parts.join(' ') + '\n');
+
+// --- scenarios --------------------------------------------------------------------------
+
+const Q = (full, fast) => (quick ? fast : full);
+const wildPrefix = (tag) => `/${rest.app}/public/bench/${tag}`;
+
+const FANOUT_METRICS = [
+  ['deliveriesPerSec', 'deliveries/s', 'higher'],
+  ['lost', 'messages lost', 'lower'],
+  ['latencyP50', 'latency p50 ms', 'lower'],
+  ['latencyP99', 'latency p99 ms', 'lower'],
+  ['latencyMax', 'latency max ms', 'lower'],
+  ['setupPerSec', 'client setups/s', 'higher'],
+  ['serverCpu', 'server CPU %', 'lower'],
+  ['peakRss', 'server peak RSS MB', 'lower'],
+  ['rssGrowth', 'RSS after - before MB', 'lower'],
+  ['generatorCpu', 'generator CPU %', 'info'],
+  ['otherCpu', 'other processes CPU %', 'info'],
+];
+const PACED_METRICS = FANOUT_METRICS.map((m) => (m[0] === 'deliveriesPerSec' ? ['deliveriesPerSec', 'deliveries/s achieved', 'info'] : m));
+
+const scenarios = [
+  {
+    name: 'burst-200',
+    title: `burst fan-out: 200 ws subscribers, 1 channel, ${Q(5000, 500)} msgs as fast as possible`,
+    kind: 'fanout',
+    options: { subscribers: 200, messages: Q(5000, 500), tag: 'b200' },
+    metrics: FANOUT_METRICS,
+    target: { metric: 'deliveriesPerSec', ratio: 1.5, text: '>= 1.5x Faye' },
+  },
+  {
+    name: 'burst-2000',
+    title: `burst fan-out: 2000 ws subscribers, 1 channel, ${Q(500, 50)} msgs`,
+    kind: 'fanout',
+    options: { subscribers: 2000, messages: Q(500, 50), tag: 'b2000' },
+    metrics: FANOUT_METRICS,
+    target: { metric: 'deliveriesPerSec', ratio: 1.5, text: '>= 1.5x Faye' },
+  },
+  {
+    name: 'paced-20k',
+    title: `paced: 200 ws subscribers x 100 msg/s = 20k deliveries/s for ${Q(20, 6)} s`,
+    kind: 'fanout',
+    options: { subscribers: 200, mode: 'paced', rate: 100, duration: Q(20, 6), tag: 'p20k' },
+    metrics: PACED_METRICS,
+    target: { metric: 'latencyP99', ratio: 1.0, lowerIsBetter: true, text: 'p99 <= Faye' },
+  },
+  {
+    name: 'burst-longpoll',
+    title: `burst fan-out over long-polling: 200 subscribers, ${Q(1000, 300)} msgs`,
+    kind: 'fanout',
+    options: { transport: 'long-polling', subscribers: 200, messages: Q(1000, 300), tag: 'lp', window: 200 },
+    metrics: FANOUT_METRICS,
+  },
+  {
+    name: 'chat',
+    title: `chat shape: 500 channels x 4 ws subscribers, 4 publishers, ${Q(10000, 3000)} msgs round-robin`,
+    kind: 'fanout',
+    options: { subscribers: 2000, channels: 500, publishers: 4, messages: Q(10000, 3000), tag: 'chat' },
+    metrics: FANOUT_METRICS,
+  },
+  {
+    name: 'wildcard',
+    title: `wildcards: 200 ws subscribers (half /bench/w/*, half /bench/**), 10 channels, ${Q(1000, 300)} msgs`,
+    kind: 'fanout',
+    options: {
+      subscribers: 200,
+      channels: 10,
+      messages: Q(1000, 300),
+      tag: 'w',
+      subscriptionsOf: (i) => [i % 2 ? `${wildPrefix('w')}/*` : `/${rest.app}/public/bench/**`],
+      matches: () => true,
+    },
+    metrics: FANOUT_METRICS,
+  },
+  {
+    name: 'idle',
+    title: `idle: ${Q(10000, 2000)} websocket clients subscribed over 100 channels, doing nothing`,
+    kind: 'idle',
+    options: { connections: Q(10000, 2000) },
+    metrics: [
+      ['kbPerConnection', 'server KB per connection', 'lower'],
+      ['setupPerSec', 'client setups/s', 'higher'],
+      ['peakRss', 'server peak RSS MB', 'lower'],
+      ['rssGrowth', 'RSS after - before MB', 'lower'],
+      ['lost', 'clients not delivering', 'lower'],
+      ['dropped', 'clients dropped', 'lower'],
+    ],
+    target: { metric: 'kbPerConnection', absolute: 30, text: '< 30 KB each' },
+  },
+  {
+    name: 'rest',
+    title: `REST publish: ${Q(5000, 1500)} POST /channel/<app>/public/... (Basic key:secret, 32 in flight), 10 ws subscribers`,
+    kind: 'rest',
+    options: { subscribers: 10, messages: Q(5000, 1500), window: 32, publishVia: 'rest', tag: 'rest' },
+    metrics: [
+      ['publishesPerSec', 'REST publishes/s', 'higher'],
+      ['deliveriesPerSec', 'deliveries/s', 'higher'],
+      ['lost', 'messages lost', 'lower'],
+      ['publishFailures', 'failed POSTs', 'lower'],
+      ['latencyP99', 'latency p99 ms', 'lower'],
+      ['serverCpu', 'server CPU %', 'lower'],
+    ],
+    target: { metric: 'publishesPerSec', absolute: 3300, higher: true, text: '>= 3,300/s (1.5x original 2,200)' },
+  },
+  {
+    name: 'redis-2node',
+    title: 'two pandapush nodes over Redis: publisher on A, 500 subscribers on B',
+    kind: 'redis',
+    metrics: [
+      ['deliveriesPerSec', 'burst deliveries/s', 'higher'],
+      ['lost', 'messages lost', 'lower'],
+      ['pacedP99', 'p99 ms at 20k deliveries/s', 'lower'],
+      ['pacedLost', 'paced messages lost', 'lower'],
+      ['serverCpu', 'node B CPU %', 'lower'],
+      ['publishServerCpu', 'node A CPU %', 'lower'],
+    ],
+    target: { metric: 'deliveriesPerSec', absolute: 72000, higher: true, text: '>= 3x Faye+Redis (24k -> 72k)' },
+  },
+];
+
+// --- running ------------------------------------------------------------------------------
+
+function derived(result) {
+  if (!result || result.skipped || result.error) return result;
+  if (result.rssAfter != null && result.rssBefore != null) result.rssGrowth = (result.rssAfter - result.rssBefore) / 1048576;
+  if (result.peakRss != null) result.peakRss = result.peakRss / 1048576;
+  if (result.bytesPerConnection != null) result.kbPerConnection = result.bytesPerConnection / 1024;
+  return result;
+}
+
+// A failure on one side is reported in its column, not fatal to the run.
+async function withServer(start, body) {
+  let server;
+  try {
+    server = await start();
+    return await body(server);
+  } catch (error) {
+    log(`   failed: ${error.stack || error}`);
+    return { error: String(error.message || error) };
+  } finally {
+    if (server) await server.stop();
+  }
+}
+
+async function runOn(scenario, server) {
+  const base = { url: server.url, pid: server.pid, key: rest.key, secret: rest.secret, app: rest.app };
+  if (scenario.kind === 'idle') return runIdle({ ...base, ...scenario.options });
+  if (scenario.kind === 'rest') {
+    const probe = await probeRest(server.origin, rest.app, rest.key, rest.secret);
+    if (!probe.ok) return { skipped: probe.reason };
+  }
+  return runFanout({ ...base, ...scenario.options });
+}
+
+async function runRedis(scenario) {
+  const hostsOption = option('redis-hosts');
+  if (!servers.pandapushAccepts('redis-hosts')) {
+    return { skipped: '`twistd pandapush --help` has no --redis-hosts yet (Redis engine not merged)' };
+  }
+  let redis = null;
+  let hosts = hostsOption;
+  if (!hosts) {
+    redis = await servers.startRedis({ logDir: outDir });
+    hosts = `127.0.0.1:${redis.port}`;
+  }
+  try {
+    const start = (name) => servers.startPandapush({ logDir: outDir, rest, name, extraArgs: ['--redis-hosts', hosts] });
+    const a = await start('pandapush-A');
+    try {
+      const b = await start('pandapush-B');
+      try {
+        const common = { url: b.url, pid: b.pid, publishUrl: a.url, publishPid: a.pid, key: rest.key, secret: rest.secret, app: rest.app };
+        const burst = await runFanout({ ...common, subscribers: 500, messages: Q(400, 100), tag: 'r2b' });
+        const paced = await runFanout({ ...common, subscribers: 200, mode: 'paced', rate: 100, duration: Q(20, 6), tag: 'r2p' });
+        return { ...burst, pacedP99: paced.latencyP99, pacedLost: paced.lost };
+      } finally {
+        await b.stop();
+      }
+    } finally {
+      await a.stop();
+    }
+  } finally {
+    if (redis) await redis.stop();
+  }
+}
+
+function median(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+}
+
+// Each figure's median over the repetitions (a skipped or failed run wins: it is reported).
+function combine(runs) {
+  const bad = runs.find((r) => r.skipped || r.error);
+  if (bad) return bad;
+  const out = { runs: runs.length };
+  for (const key of Object.keys(runs[0])) {
+    const values = runs.map((r) => r[key]);
+    out[key] = values.every((v) => typeof v === 'number') ? median(values) : values[0];
+  }
+  // Loss and drops are never averaged away: the worst run counts.
+  for (const key of ['lost', 'dropped', 'starved', 'duplicates', 'publishFailures', 'connectFailures']) {
+    if (key in out) out[key] = Math.max(...runs.map((r) => r[key] || 0));
+  }
+  return out;
+}
+
+// pandapush and Faye alternate, `repeat` times each, so both see the same machine load.
+async function runScenario(scenario) {
+  const runs = { pandapush: [], faye: [] };
+  for (let k = 0; k < repeat; k++) {
+    const one = await runScenarioOnce(scenario);
+    for (const who of ['pandapush', 'faye']) runs[who].push(derived(one[who]));
+    if (one.pandapush.skipped && one.faye.skipped) break;
+    if (scenario.kind === 'redis' && one.pandapush.skipped) break;
+    if (scenario.kind === 'rest' && one.pandapush.skipped) break;
+  }
+  return { pandapush: combine(runs.pandapush), faye: combine(runs.faye), runs };
+}
+
+async function runScenarioOnce(scenario) {
+  const results = { pandapush: null, faye: null };
+  if (scenario.kind === 'redis') {
+    results.pandapush = await runRedis(scenario);
+    results.faye = { skipped: 'Faye+Redis not run here (issue: 24k deliveries/s burst, p99 55 ms at 5k/s)' };
+    return results;
+  }
+  results.pandapush = await withServer(() => servers.startPandapush({ logDir: outDir, rest }), (server) => runOn(scenario, server));
+  if (flag('no-faye')) results.faye = { skipped: '--no-faye' };
+  else if (scenario.kind === 'rest') results.faye = { skipped: 'Faye has no REST publish endpoint' };
+  else results.faye = await withServer(() => servers.startFaye({ logDir: outDir }), (server) => runOn(scenario, server));
+  return results;
+}
+
+// --- the table -------------------------------------------------------------------------------
+
+function fmt(value) {
+  if (value === null || value === undefined || Number.isNaN(value)) return '-';
+  if (typeof value !== 'number') return String(value);
+  if (Number.isInteger(value)) return value.toLocaleString('en-US');
+  if (Math.abs(value) >= 1000) return Math.round(value).toLocaleString('en-US');
+  if (Math.abs(value) >= 100) return value.toFixed(0);
+  if (Math.abs(value) >= 10) return value.toFixed(1);
+  return value.toFixed(2);
+}
+
+function ratio(a, b) {
+  if (typeof a !== 'number' || typeof b !== 'number' || b === 0) return '-';
+  return (a / b).toFixed(2) + 'x';
+}
+
+function verdict(scenario, results) {
+  const target = scenario.target;
+  if (!target) return '';
+  const p = results.pandapush;
+  const f = results.faye;
+  if (!p || p.skipped) return `target ${target.text}: not measured`;
+  const value = p[target.metric];
+  let met;
+  if (target.absolute !== undefined) met = target.higher ? value >= target.absolute : value < target.absolute;
+  else if (!f || f.skipped) return `target ${target.text}: no Faye figure`;
+  else if (target.lowerIsBetter) met = value <= f[target.metric] * target.ratio;
+  else met = value >= f[target.metric] * target.ratio;
+  return `target ${target.text}: ${met ? 'MET' : 'NOT MET'}`;
+}
+
+function table(all) {
+  const rows = [['scenario', 'figure', 'pandapush', 'faye', 'pandapush/faye']];
+  const notes = [];
+  for (const { scenario, results } of all) {
+    const p = results.pandapush || {};
+    const f = results.faye || {};
+    if (p.error) notes.push(`${scenario.name}: pandapush failed: ${p.error}`);
+    if (f.error) notes.push(`${scenario.name}: faye failed: ${f.error}`);
+    if (p.skipped && f.skipped) {
+      rows.push([scenario.name, 'skipped', p.skipped, '', '']);
+      continue;
+    }
+    let first = true;
+    for (const [key, label] of scenario.metrics) {
+      rows.push([
+        first ? scenario.name : '',
+        label,
+        p.skipped ? 'skipped' : fmt(p[key]),
+        f.skipped ? 'n/a' : fmt(f[key]),
+        p.skipped || f.skipped ? '' : ratio(p[key], f[key]),
+      ]);
+      first = false;
+    }
+    if (p.skipped) notes.push(`${scenario.name}: pandapush skipped: ${p.skipped}`);
+    if (f.skipped) notes.push(`${scenario.name}: faye n/a: ${f.skipped}`);
+    const v = verdict(scenario, results);
+    if (v) notes.push(`${scenario.name}: ${v}`);
+    for (const [who, r] of [['pandapush', p], ['faye', f]]) {
+      if (r.generatorCpu > 90) notes.push(`${scenario.name}: generator at ${r.generatorCpu.toFixed(0)}% CPU against ${who}: its figure is a lower bound`);
+      if (r.dropped > 0 || r.starved > 0) notes.push(`${scenario.name}: ${who} dropped ${r.dropped} clients, ${r.starved || 0} got nothing`);
+      if (r.otherCpu > 25) notes.push(`${scenario.name}: other processes used ${r.otherCpu.toFixed(0)}% CPU during the ${who} run: figures disturbed`);
+      if (r.duplicates > 0) notes.push(`${scenario.name}: ${who} delivered ${r.duplicates} duplicates`);
+    }
+  }
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => String(r[c]).length)));
+  const line = (r) => '| ' + r.map((cell, c) => (c >= 2 ? String(cell).padStart(widths[c]) : String(cell).padEnd(widths[c]))).join(' | ') + ' |';
+  const out = [line(rows[0]), '|' + widths.map((w, c) => (c >= 2 ? '-'.repeat(w + 1) + ':' : '-'.repeat(w + 2))).join('|') + '|'];
+  for (const r of rows.slice(1)) out.push(line(r));
+  return out.join('\n') + '\n\n' + notes.map((n) => `- ${n}`).join('\n') + '\n';
+}
+
+function machine() {
+  const cpu = (fs.readFileSync('/proc/cpuinfo', 'utf8').match(/^model name\s*:\s*(.*)$/m) || [])[1] || 'unknown';
+  let python = 'unknown';
+  try {
+    python = execFileSync(path.join(servers.ROOT, '.venv', 'bin', 'python'), ['--version']).toString().trim();
+  } catch (error) {
+    // reported as unknown
+  }
+  const rev = servers.sourceLabel();
+  return `nproc ${os.cpus().length}, ${cpu}, ${python}, Node ${process.version}, pandapush ${rev}, ${quick ? 'quick' : 'full'} run`;
+}
+
+async function main() {
+  const started = Date.now();
+  log(`pandapush source: ${servers.useSource(option('source', 'HEAD'))}`);
+  const loadBefore = fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
+  const all = [];
+  for (const scenario of scenarios) {
+    if (only && !only.includes(scenario.name)) continue;
+    log(`== ${scenario.name}: ${scenario.title}`);
+    let results;
+    try {
+      results = await runScenario(scenario);
+    } catch (error) {
+      log(`   failed: ${error.stack || error}`);
+      results = { pandapush: { error: String(error.message || error) }, faye: { skipped: 'scenario failed' } };
+    }
+    log(`   pandapush: ${JSON.stringify(results.pandapush)}`);
+    log(`   faye:      ${JSON.stringify(results.faye)}`);
+    all.push({ scenario, results: { pandapush: results.pandapush, faye: results.faye }, runs: results.runs });
+    await sleep(500);
+  }
+  const load = fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
+  const text =
+    `pandapush vs Faye 1.4.3 — ${machine()}, median of ${repeat}, ${new Date().toISOString()}, ${((Date.now() - started) / 1000).toFixed(0)} s, load average before ${loadBefore} after ${load}\n\n` +
+    all.map(({ scenario }) => `- ${scenario.name}: ${scenario.title}`).join('\n') +
+    '\n\n' +
+    table(all);
+  process.stdout.write('\n' + text);
+  fs.writeFileSync(path.join(outDir, 'table.md'), text);
+  fs.writeFileSync(
+    path.join(outDir, 'results.json'),
+    JSON.stringify(all.map(({ scenario, results, runs }) => ({ name: scenario.name, title: scenario.title, results, runs })), null, 2),
+  );
+  log(`results and server logs in ${outDir}`);
+}
+
+main().then(
+  () => process.exit(0),
+  (error) => {
+    log(error.stack || String(error));
+    process.exit(1);
+  },
+);
