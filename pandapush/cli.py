@@ -472,9 +472,10 @@ async def _publish(ctx: _Context) -> int:
     except ValueError as e:
         raise CommandError(f"the message is not JSON: {e}") from None
     url = args.url or env.get("PANDAPUSH_URL") or "http://localhost:3000"
+    client = _oneShotClient(ctx.reactor)
     token = args.token or env.get("PANDAPUSH_TOKEN")
     if token:
-        publisher = Publisher(url, token=token)
+        publisher = Publisher(url, token=token, client=client)
     else:
         keyId = args.key or env.get("PANDAPUSH_KEY_ID")
         secret = args.secret or env.get("PANDAPUSH_KEY_SECRET")
@@ -482,10 +483,20 @@ async def _publish(ctx: _Context) -> int:
             raise CommandError("publish needs --key (and --secret) or --token")
         if not secret:
             secret = (await _usableKey(ctx, keyId)).secret
-        publisher = Publisher(url, keyId, secret)
+        publisher = Publisher(url, keyId, secret, client=client)
     await publisher.publish(args.channel, message)
     ctx.emit({"published": args.channel}, f"published to {args.channel}")
     return 0
+
+
+def _oneShotClient(reactor: Any) -> Any:
+    """An HTTP client that keeps no connection open after its request: the command exits next."""
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    if reactor is None:
+        from twisted.internet import reactor
+    return HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
 
 
 async def _add(ctx: _Context) -> int:

@@ -52,7 +52,10 @@ class Publisher:
     """
     Publishes messages with a key and secret (HTTP Basic), or with a token that
     allows publishing (``token=``). ``client`` is anything with treq's ``post`` and
-    ``content`` (the ``treq`` module by default; ``treq.testing.StubTreq`` in tests).
+    optionally ``content``: the ``treq`` module by default (its shared pool keeps
+    connections alive between publishes), a ``treq.client.HTTPClient`` of your own
+    (a one-shot command wants one whose pool is not persistent), or
+    ``treq.testing.StubTreq`` in tests.
     """
 
     def __init__(
@@ -100,7 +103,7 @@ class Publisher:
             headers={b"Content-Type": [b"application/json"], b"Authorization": [self._authorization()]},
             timeout=self.timeout,
         )
-        content = yield self._client.content(response)
+        content = yield getattr(self._client, "content", treq.content)(response)
         if not 200 <= response.code < 300:
             raise PublishError(response.code, _errorMessage(content), content)
         return None

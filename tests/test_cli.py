@@ -1,0 +1,456 @@
+"""The ``pandapush`` command, run in-process against a temporary SQLite database (and once as a process)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Generator
+from typing import Any
+
+import jwt
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.trial.unittest import TestCase
+from twisted.web.server import Site
+
+from pandapush import cli
+from pandapush.storage import ids
+from tests.test_publisher import RecordingChannelResource
+from tests.test_storage import postgresSchema
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UTC = datetime.UTC
+NOW = datetime.datetime(2030, 1, 1, tzinfo=UTC)
+
+
+class CLITestCase(TestCase):
+    """Runs the command with ``cli.run`` against a fresh SQLite file."""
+
+    def setUp(self) -> None:
+        self.path = os.path.join(os.path.abspath(self.mktemp()), "db.sqlite")
+        self.environ = {"DATABASE": "sqlite", "DATABASE_PATH": self.path, "USER": "operator"}
+
+    @inlineCallbacks
+    def cli(self, *argv: str, status: int = 0) -> Generator[Deferred[Any], Any, str]:
+        """Run ``pandapush argv...``; check the exit status; the output (stderr on failure)."""
+        out, err = io.StringIO(), io.StringIO()
+        code = yield cli.run(list(argv), environ=self.environ, out=out, err=err)
+        self.assertEqual(code, status, f"pandapush {' '.join(argv)}: {err.getvalue()}")
+        return out.getvalue() if status == 0 else err.getvalue()
+
+    @inlineCallbacks
+    def cliJSON(self, *argv: str) -> Generator[Deferred[Any], Any, Any]:
+        output = yield self.cli(*argv, "--json")
+        return json.loads(output)
+
+    @inlineCallbacks
+    def makeApp(self, name: str = "testapp", *admins: str) -> Generator[Deferred[Any], Any, dict[str, Any]]:
+        extra = [a for admin in admins for a in ("--admin", admin)]
+        app = yield self.cliJSON("app", "create", name, *extra)
+        return app  # type: ignore[no-any-return]
+
+    @inlineCallbacks
+    def makeKey(self, appId: str, *extra: str) -> Generator[Deferred[Any], Any, dict[str, Any]]:
+        key = yield self.cliJSON("key", "create", appId, *extra)
+        return key  # type: ignore[no-any-return]
+
+
+class MigrateCommandTests(CLITestCase):
+    """``pandapush migrate``."""
+
+    @inlineCallbacks
+    def test_migrate(self) -> Generator[Deferred[Any], Any, None]:
+        """The first run applies every version, the next applies none."""
+        self.assertEqual((yield self.cliJSON("migrate")), {"applied": [1, 2], "version": 2})
+        self.assertEqual((yield self.cliJSON("migrate")), {"applied": [], "version": 2})
+        self.assertIn("already current", (yield self.cli("migrate")))
+
+    @inlineCallbacks
+    def test_postgres(self) -> Generator[Deferred[Any], Any, None]:
+        """On PostgreSQL other commands refuse an unmigrated schema until `pandapush migrate` ran."""
+        schema, drop = postgresSchema()
+        self.addCleanup(drop)
+        self.environ = {
+            "DATABASE": "postgres",
+            "DATABASE_ADDRESS": "127.0.0.1",
+            "DATABASE_USERNAME": "postgres",
+            "DATABASE_NAME": "test",
+        }
+        error = yield self.cli("app", "list", "--database-schema", schema, status=1)
+        self.assertIn("run `pandapush migrate`", error)
+        self.assertEqual((yield self.cliJSON("--database-schema", schema, "migrate"))["applied"], [1, 2])
+        app = yield self.cliJSON("app", "create", "pgapp", "--database-schema", schema)
+        self.assertEqual(
+            [a["id"] for a in (yield self.cliJSON("app", "list", "--database-schema", schema))], [app["id"]]
+        )
+
+
+class AppCommandTests(CLITestCase):
+    """``pandapush app ...``."""
+
+    @inlineCallbacks
+    def test_createListShow(self) -> Generator[Deferred[Any], Any, None]:
+        """Created applications are listed and shown, with admins and creator."""
+        app = yield self.makeApp("testapp", "alice", "bob")
+        self.assertTrue(ids.isApplicationId(app["id"]))
+        self.assertEqual(
+            (app["name"], app["admins"], app["created_by"]), ("testapp", ["alice", "bob"], "operator")
+        )
+        other = yield self.makeApp("other", "carol")
+        self.assertEqual([a["id"] for a in (yield self.cliJSON("app", "list"))], [app["id"], other["id"]])
+        self.assertEqual(
+            [a["id"] for a in (yield self.cliJSON("app", "list", "--admin", "carol"))], [other["id"]]
+        )
+        shown = yield self.cliJSON("app", "show", app["id"])
+        self.assertEqual((shown["name"], shown["keys"]), ("testapp", []))
+        text = yield self.cli("app", "list")
+        self.assertIn(app["id"], text)
+        self.assertIn("admins: alice, bob", text)
+
+    @inlineCallbacks
+    def test_createdBy(self) -> Generator[Deferred[Any], Any, None]:
+        """--created-by overrides $USER; --id asks for a given id."""
+        app = yield self.cliJSON("app", "create", "x", "--created-by", "ci", "--id", "fRP0y2aVpYCKiW6PIFOK")
+        self.assertEqual((app["id"], app["created_by"]), ("fRP0y2aVpYCKiW6PIFOK", "ci"))
+
+    @inlineCallbacks
+    def test_renameAndAdmins(self) -> Generator[Deferred[Any], Any, None]:
+        """Rename, then add, remove and replace admins."""
+        app = yield self.makeApp("old", "alice")
+        self.assertEqual((yield self.cliJSON("app", "rename", app["id"], "new"))["name"], "new")
+        changed = yield self.cliJSON("app", "admins", app["id"], "--add", "bob", "--remove", "alice")
+        self.assertEqual(changed["admins"], ["bob"])
+        replaced = yield self.cliJSON("app", "admins", app["id"], "--set", "x", "--set", "y")
+        self.assertEqual(replaced["admins"], ["x", "y"])
+
+    @inlineCallbacks
+    def test_delete(self) -> Generator[Deferred[Any], Any, None]:
+        """Deleting an application deletes its keys."""
+        app = yield self.makeApp()
+        key = yield self.makeKey(app["id"])
+        yield self.cli("app", "delete", app["id"])
+        self.assertEqual((yield self.cliJSON("app", "list")), [])
+        self.assertIn("no key", (yield self.cli("key", "revoke", key["id"], status=1)))
+
+    @inlineCallbacks
+    def test_missing(self) -> Generator[Deferred[Any], Any, None]:
+        """An unknown application is a clear error with status 1."""
+        for argv in (("app", "show", "nope"), ("app", "delete", "nope"), ("app", "rename", "nope", "x")):
+            self.assertEqual((yield self.cli(*argv, status=1)), "pandapush: error: no application nope\n")
+
+    @inlineCallbacks
+    def test_emptyName(self) -> Generator[Deferred[Any], Any, None]:
+        """An empty name is refused."""
+        self.assertIn("non-empty name", (yield self.cli("app", "create", "", status=1)))
+
+
+class KeyCommandTests(CLITestCase):
+    """``pandapush key ...``."""
+
+    @inlineCallbacks
+    def test_createPrintsSecretOnce(self) -> Generator[Deferred[Any], Any, None]:
+        """The secret is printed at creation and appears in no listing."""
+        app = yield self.makeApp()
+        text = yield self.cli("key", "create", app["id"], "--purpose", "server")
+        secret = text.split("secret:")[1].split()[0]
+        self.assertEqual(len(secret), 40)
+        keys = yield self.cliJSON("key", "list", app["id"])
+        self.assertEqual([k["purpose"] for k in keys], ["server"])
+        self.assertNotIn("secret", keys[0])
+        for argv in (("key", "list", app["id"]), ("app", "show", app["id"]), ("show",)):
+            self.assertNotIn(secret, (yield self.cli(*argv)))
+            self.assertNotIn(secret, (yield self.cli(*argv, "--json")))
+
+    @inlineCallbacks
+    def test_expires(self) -> Generator[Deferred[Any], Any, None]:
+        """--expires takes a date or a duration."""
+        app = yield self.makeApp()
+        key = yield self.makeKey(app["id"], "--expires", "2027-01-01")
+        self.assertEqual(key["expires"], "2027-01-01T00:00:00.000Z")
+        key = yield self.makeKey(app["id"], "--expires", "30d")
+        expires = datetime.datetime.fromisoformat(key["expires"].replace("Z", "+00:00"))
+        delta = expires - datetime.datetime.now(UTC)
+        self.assertTrue(datetime.timedelta(days=29, hours=23) < delta <= datetime.timedelta(days=30))
+        self.assertIn(
+            "not a duration or a date",
+            (yield self.cli("key", "create", app["id"], "--expires", "soon", status=1)),
+        )
+
+    @inlineCallbacks
+    def test_revokeAndDelete(self) -> Generator[Deferred[Any], Any, None]:
+        """A revoked key is listed as revoked; a deleted one is gone."""
+        app = yield self.makeApp()
+        key = yield self.makeKey(app["id"])
+        revoked = yield self.cliJSON("key", "revoke", key["id"])
+        self.assertTrue(revoked["revoked"])
+        self.assertIsNotNone(revoked["revoked_at"])
+        self.assertIn("REVOKED", (yield self.cli("key", "list", app["id"])))
+        yield self.cli("key", "delete", key["id"])
+        self.assertEqual((yield self.cliJSON("key", "list", app["id"])), [])
+        self.assertIn("no key", (yield self.cli("key", "delete", key["id"], status=1)))
+
+    @inlineCallbacks
+    def test_missingApp(self) -> Generator[Deferred[Any], Any, None]:
+        """Keys for an unknown application are refused."""
+        self.assertIn("no application", (yield self.cli("key", "create", "nope", status=1)))
+        self.assertIn("no application", (yield self.cli("key", "list", "nope", status=1)))
+
+
+class TokenCommandTests(CLITestCase):
+    """``pandapush token`` and ``genToken`` sign with the key's secret from the database."""
+
+    @inlineCallbacks
+    def test_token(self) -> Generator[Deferred[Any], Any, None]:
+        """Claims as asked, signed HS256 with the key's secret."""
+        app = yield self.makeApp()
+        key = yield self.makeKey(app["id"])
+        channel = f"/{app['id']}/presence/room"
+        token = (
+            yield self.cli(
+                "token",
+                key["id"],
+                "--channel",
+                channel,
+                "--sub",
+                "--presence",
+                '{"id": "user1"}',
+                "--expires",
+                "1h",
+            )
+        ).strip()
+        claims = jwt.decode(token, key["secret"], algorithms=["HS256"], options={"verify_sub": False})
+        self.assertEqual(
+            {k: claims[k] for k in ("keyId", "channel", "pub", "sub", "presence")},
+            {"keyId": key["id"], "channel": channel, "pub": False, "sub": True, "presence": {"id": "user1"}},
+        )
+        self.assertTrue(0 < claims["exp"] - datetime.datetime.now(UTC).timestamp() <= 3600)
+
+    @inlineCallbacks
+    def test_refusals(self) -> Generator[Deferred[Any], Any, None]:
+        """Unknown, revoked and expired keys, and bad presence JSON, are refused."""
+        app = yield self.makeApp()
+        key = yield self.makeKey(app["id"])
+        channel = f"/{app['id']}/private/x"
+        self.assertIn(
+            "no key", (yield self.cli("token", "PSIDxxxxxxxxxxxxxxxx", "--channel", channel, status=1))
+        )
+        self.assertIn(
+            "not JSON",
+            (yield self.cli("token", key["id"], "--channel", channel, "--presence", "{", status=1)),
+        )
+        self.assertIn(
+            "'id'", (yield self.cli("token", key["id"], "--channel", channel, "--presence", "{}", status=1))
+        )
+        yield self.cli("key", "revoke", key["id"])
+        self.assertIn("revoked", (yield self.cli("token", key["id"], "--channel", channel, status=1)))
+        expired = yield self.makeKey(app["id"], "--expires", "2020-01-01")
+        self.assertIn("expired", (yield self.cli("token", expired["id"], "--channel", channel, status=1)))
+
+    @inlineCallbacks
+    def test_genToken(self) -> Generator[Deferred[Any], Any, None]:
+        """Upstream's genToken: app, key, channel (relative or full), -p -s -e."""
+        app = yield self.makeApp()
+        key = yield self.makeKey(app["id"])
+        token = (
+            yield self.cli("genToken", app["id"], key["id"], "private/foo", "-p", "-s", "-e", "P1H")
+        ).strip()
+        claims = jwt.decode(token, key["secret"], algorithms=["HS256"], options={"verify_sub": False})
+        self.assertEqual(
+            (claims["channel"], claims["pub"], claims["sub"]), (f"/{app['id']}/private/foo", True, True)
+        )
+        full = (yield self.cli("genToken", app["id"], key["id"], f"/{app['id']}/public/x")).strip()
+        self.assertEqual(
+            jwt.decode(full, key["secret"], algorithms=["HS256"], options={"verify_sub": False})["channel"],
+            f"/{app['id']}/public/x",
+        )
+        other = yield self.makeApp("other")
+        self.assertIn(
+            "belongs to", (yield self.cli("genToken", other["id"], key["id"], "public/x", status=1))
+        )
+
+
+class UpstreamAliasTests(CLITestCase):
+    """``add``, ``addKey`` and ``show`` as upstream's server/cli.js had them."""
+
+    @inlineCallbacks
+    def test_addAddKeyShow(self) -> Generator[Deferred[Any], Any, None]:
+        """add <name> <user>; addKey <app> <user> <purpose> -e P1Y; show lists both."""
+        app = yield self.cliJSON("add", "testapp", "alice")
+        self.assertEqual((app["admins"], app["created_by"]), (["alice"], "alice"))
+        key = yield self.cliJSON("addKey", app["id"], "alice", "server", "-e", "P1Y")
+        self.assertEqual((key["purpose"], key["created_by"]), ("server", "alice"))
+        self.assertIn("secret", key)
+        shown = yield self.cliJSON("show")
+        self.assertEqual([(a["id"], [k["id"] for k in a["keys"]]) for a in shown], [(app["id"], [key["id"]])])
+        self.assertIn("no application", (yield self.cli("addKey", "nope", "alice", "x", status=1)))
+
+
+class PublishCommandTests(CLITestCase):
+    """``pandapush publish`` over real HTTP, to a stand-in for the server."""
+
+    def serve(self, resource: RecordingChannelResource) -> str:
+        port = reactor.listenTCP(0, Site(resource), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        return f"http://127.0.0.1:{port.getHost().port}"
+
+    @inlineCallbacks
+    def test_publishWithKey(self) -> Generator[Deferred[Any], Any, None]:
+        """The message goes as JSON with Basic auth to /channel/<channel>."""
+        resource = RecordingChannelResource()
+        url = self.serve(resource)
+        output = yield self.cli(
+            "publish",
+            "/app/public/messages",
+            '{"foo": "bar"}',
+            "--url",
+            url,
+            "--key",
+            "PSIDk",
+            "--secret",
+            "s",
+        )
+        self.assertIn("published", output)
+        [request] = resource.requests
+        self.assertEqual(
+            (request["path"], json.loads(request["body"])), (b"/channel/app/public/messages", {"foo": "bar"})
+        )
+
+    @inlineCallbacks
+    def test_publishSecretFromDatabase(self) -> Generator[Deferred[Any], Any, None]:
+        """With --key alone, the secret is read from the database."""
+        app = yield self.makeApp()
+        key = yield self.makeKey(app["id"])
+        resource = RecordingChannelResource()
+        self.environ["PANDAPUSH_URL"] = self.serve(resource)
+        yield self.cli("publish", f"/{app['id']}/public/x", "[1]", "--key", key["id"])
+        import base64
+
+        auth = base64.b64decode(resource.requests[0]["authorization"].split()[1]).decode()
+        self.assertEqual(auth, f"{key['id']}:{key['secret']}")
+
+    @inlineCallbacks
+    def test_publishRefused(self) -> Generator[Deferred[Any], Any, None]:
+        """A refusal prints the server's message and exits 1."""
+        body = json.dumps({"code": 403, "params": [], "message": "Invalid secret"}).encode()
+        url = self.serve(RecordingChannelResource(403, body))
+        error = yield self.cli(
+            "publish", "/a/public/x", "{}", "--url", url, "--key", "k", "--secret", "s", status=1
+        )
+        self.assertIn("HTTP 403: Invalid secret", error)
+
+    @inlineCallbacks
+    def test_badInput(self) -> Generator[Deferred[Any], Any, None]:
+        """A message that is not JSON, or no credentials, is refused before any request."""
+        self.assertIn(
+            "not JSON",
+            (yield self.cli("publish", "/a/public/x", "{", "--key", "k", "--secret", "s", status=1)),
+        )
+        self.assertIn("--key", (yield self.cli("publish", "/a/public/x", "{}", status=1)))
+
+
+class ParserTests(TestCase):
+    """Arguments, help and durations."""
+
+    def subcommands(self) -> list[list[str]]:
+        parser = cli.buildParser()
+        found: list[list[str]] = []
+
+        def walk(p: Any, prefix: list[str]) -> None:
+            for action in p._actions:
+                if action.__class__.__name__ == "_SubParsersAction":
+                    for name, child in action.choices.items():
+                        found.append([*prefix, name])
+                        walk(child, [*prefix, name])
+
+        walk(parser, [])
+        return found
+
+    def test_helpEverywhere(self) -> None:
+        """--help works on the command and every subcommand."""
+        commands = self.subcommands()
+        for wanted in (
+            ["migrate"],
+            ["app", "create"],
+            ["key", "revoke"],
+            ["token"],
+            ["publish"],
+            ["genToken"],
+        ):
+            self.assertIn(wanted, commands)
+        for argv in [[], *commands]:
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out), self.assertRaises(SystemExit) as exited:
+                cli.buildParser().parse_args([*argv, "--help"])
+            self.assertEqual(exited.exception.code, 0)
+            self.assertIn("usage: pandapush", out.getvalue())
+
+    def test_globalOptionsEitherSide(self) -> None:
+        """Database options and --json work before or after the subcommand."""
+        before = cli.buildParser().parse_args(["--database-path", "a.db", "--json", "app", "list"])
+        after = cli.buildParser().parse_args(["app", "list", "--database-path", "a.db", "--json"])
+        for args in (before, after):
+            self.assertEqual((args.database_path, args.json), ("a.db", True))
+
+    def test_durations(self) -> None:
+        """Short forms and upstream's ISO 8601 forms."""
+        hour = datetime.timedelta(hours=1)
+        for text, expected in (
+            ("1h", hour),
+            ("PT1H", hour),
+            ("P1H", hour),
+            ("90s", datetime.timedelta(seconds=90)),
+            ("15m", datetime.timedelta(minutes=15)),
+            ("30d", datetime.timedelta(days=30)),
+            ("2w", datetime.timedelta(days=14)),
+            ("1y", datetime.timedelta(days=365)),
+            ("P1Y", datetime.timedelta(days=365)),
+            ("P1M", datetime.timedelta(days=30)),
+            ("P1DT2H", datetime.timedelta(days=1, hours=2)),
+        ):
+            self.assertEqual(cli.parseDuration(text), expected, text)
+        for bad in ("", "P", "PT", "1", "h", "0s", "-1h", "P1X"):
+            self.assertRaises(ValueError, cli.parseDuration, bad)
+
+    def test_expiry(self) -> None:
+        """Expiry: never, a duration from now, a date (UTC unless it says otherwise)."""
+        self.assertIsNone(cli.parseExpiry(None, NOW))
+        self.assertIsNone(cli.parseExpiry("never", NOW))
+        self.assertEqual(cli.parseExpiry("1d", NOW), NOW + datetime.timedelta(days=1))
+        self.assertEqual(cli.parseExpiry("2031-02-03", NOW), datetime.datetime(2031, 2, 3, tzinfo=UTC))
+        self.assertEqual(
+            cli.parseExpiry("2031-02-03T04:00:00-02:00", NOW), datetime.datetime(2031, 2, 3, 6, tzinfo=UTC)
+        )
+        self.assertRaises(ValueError, cli.parseExpiry, "tomorrow", NOW)
+
+
+class ProcessTests(TestCase):
+    """The command as a real process, through ``python -m pandapush.cli`` and ``main()``."""
+
+    def run_cli(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        environ = {**os.environ, "PYTHONPATH": ROOT, "DATABASE": "sqlite", "DATABASE_PATH": self.path}
+        return subprocess.run(
+            [sys.executable, "-m", "pandapush.cli", *argv],
+            env=environ,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=check,
+        )
+
+    def test_smoke(self) -> None:
+        """Create an application and a key, list them, and fail cleanly on an unknown id."""
+        self.path = os.path.join(os.path.abspath(self.mktemp()), "db.sqlite")
+        app = json.loads(self.run_cli("app", "create", "smoke", "--json").stdout)
+        key = json.loads(self.run_cli("key", "create", app["id"], "--json").stdout)
+        listed = json.loads(self.run_cli("--json", "key", "list", app["id"]).stdout)
+        self.assertEqual([k["id"] for k in listed], [key["id"]])
+        failed = self.run_cli("app", "show", "nope", check=False)
+        self.assertEqual((failed.returncode, failed.stderr), (1, "pandapush: error: no application nope\n"))
+        usage = self.run_cli("app", check=False)
+        self.assertEqual(usage.returncode, 2)
