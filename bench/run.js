@@ -294,11 +294,11 @@ function verdict(scenario, results) {
   if (!target) return '';
   const p = results.pandapush;
   const f = results.faye;
-  if (!p || p.skipped) return `target ${target.text}: not measured`;
+  if (!p || p.skipped || p.error) return `target ${target.text}: not measured`;
   const value = p[target.metric];
   let met;
   if (target.absolute !== undefined) met = target.higher ? value >= target.absolute : value < target.absolute;
-  else if (!f || f.skipped) return `target ${target.text}: no Faye figure`;
+  else if (!f || f.skipped || f.error) return `target ${target.text}: no Faye figure`;
   else if (target.lowerIsBetter) met = value <= f[target.metric] * target.ratio;
   else met = value >= f[target.metric] * target.ratio;
   return `target ${target.text}: ${met ? 'MET' : 'NOT MET'}`;
@@ -321,9 +321,9 @@ function table(all) {
       rows.push([
         first ? scenario.name : '',
         label,
-        p.skipped ? 'skipped' : fmt(p[key]),
-        f.skipped ? 'n/a' : fmt(f[key]),
-        p.skipped || f.skipped ? '' : ratio(p[key], f[key]),
+        p.skipped ? 'skipped' : p.error ? 'failed' : fmt(p[key]),
+        f.skipped ? 'n/a' : f.error ? 'failed' : fmt(f[key]),
+        p.skipped || f.skipped || p.error || f.error ? '' : ratio(p[key], f[key]),
       ]);
       first = false;
     }

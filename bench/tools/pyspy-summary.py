@@ -30,11 +30,13 @@ def main() -> None:
             for frame in set(frames):
                 inclusive[frame] += n
     busy = total - idle
-    print(f"{total} samples, {idle} idle in the reactor's poll ({100 * idle / max(total, 1):.0f}%), {busy} busy")
-    print(f"\nself time (% of busy samples):")
+    print(
+        f"{total} samples, {idle} idle in the reactor's poll ({100 * idle / max(total, 1):.0f}%), {busy} busy"
+    )
+    print("\nself time (% of busy samples):")
     for frame, n in selfTime.most_common(top):
         print(f"  {100 * n / max(busy, 1):5.1f}%  {frame}")
-    print(f"\ninclusive time (% of busy samples):")
+    print("\ninclusive time (% of busy samples):")
     for frame, n in inclusive.most_common(top + 10):
         print(f"  {100 * n / max(busy, 1):5.1f}%  {frame}")
 

@@ -1,0 +1,105 @@
+"""
+Smoke test of the benchmark's load generator (``bench/loadgen.js``) against a real pandapush.
+
+A handful of clients only, and nothing about time: benchmarks are not tests. This keeps the
+generator honest (it speaks Bayeux the way pandapush answers it, and counts what arrives),
+so ``bench/run`` does not silently break. Skipped when Node or ``bench/node_modules`` is
+missing (``npm ci`` in ``bench/``), unless ``PANDAPUSH_E2E_REQUIRED=1``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+from twisted.internet import utils
+from twisted.trial.unittest import SkipTest, TestCase
+
+from tests.support.server import REPO_ROOT, PandapushProcess
+
+BENCH = REPO_ROOT / "bench"
+APP = "BENCHbenchBENCHbench"
+KEY = "PSIDbenchBENCHbench0"
+SECRET = "bench-secret-0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _requireGenerator() -> str:
+    node = shutil.which("node")
+    reason = None
+    if node is None:
+        reason = "node is not installed"
+    elif not (BENCH / "node_modules" / "ws" / "package.json").exists():
+        reason = f"bench's Node packages are not installed: run `npm ci` in {BENCH}"
+    if reason is not None:
+        if os.environ.get("PANDAPUSH_E2E_REQUIRED") == "1":
+            raise AssertionError(reason + " (PANDAPUSH_E2E_REQUIRED=1)")
+        raise SkipTest(reason)
+    assert node is not None
+    return node
+
+
+class LoadGeneratorSmokeTests(TestCase):
+    timeout = 120
+
+    async def _generate(self, *args: str) -> dict[str, Any]:
+        node = _requireGenerator()
+        server = await PandapushProcess.started(
+            self, env={"DEV_APPLICATION_ID": APP, "DEV_KEY_ID": KEY, "DEV_KEY_SECRET": SECRET}
+        )
+        out, err, code = await utils.getProcessOutputAndValue(
+            node,
+            [
+                str(BENCH / "loadgen.js"),
+                "--url",
+                server.push,
+                "--app",
+                APP,
+                "--rest-key",
+                KEY,
+                "--rest-secret",
+                SECRET,
+                "--idle-timeout",
+                "3000",
+                *args,
+            ],
+            env=dict(os.environ),
+            path=str(REPO_ROOT),
+        )
+        self.assertEqual(code, 0, f"loadgen failed:\n{err.decode()}\n--- server ---\n{server.log()}")
+        return json.loads(out.decode().strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+    def assertAllDelivered(self, result: dict[str, Any], expected: int) -> None:
+        self.assertEqual(
+            (
+                result["expected"],
+                result["delivered"],
+                result["lost"],
+                result["duplicates"],
+                result["dropped"],
+            ),
+            (expected, expected, 0, 0, 0),
+            result,
+        )
+
+    async def test_websocketBurst(self) -> None:
+        """Every websocket subscriber receives every message published over a websocket, once."""
+        result = await self._generate("--subscribers", "5", "--messages", "20")
+        self.assertAllDelivered(result, 5 * 20)
+        self.assertEqual(result["publishFailures"], 0)
+
+    async def test_longPollingManyChannels(self) -> None:
+        """Long-polling subscribers on separate channels each get only their channel's messages."""
+        result = await self._generate(
+            "--transport", "long-polling", "--subscribers", "4", "--channels", "2", "--messages", "10"
+        )
+        # 10 messages round-robin over 2 channels, 2 subscribers on each: 5 x 2 x 2.
+        self.assertAllDelivered(result, 20)
+
+    async def test_wildcards(self) -> None:
+        """Subscribers on /* and /** patterns receive messages of every channel under them."""
+        result = await self._generate(
+            "--wildcard", "--subscribers", "4", "--channels", "3", "--messages", "9"
+        )
+        self.assertAllDelivered(result, 4 * 9)
