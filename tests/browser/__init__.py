@@ -1,0 +1,1 @@
+"""Browser tests' pages and their Playwright support (see ``support.py``)."""
