@@ -5,6 +5,7 @@
 //
 //   .venv/bin/pip install py-spy      (once)
 //   node bench/profile.js [--subscribers 200] [--messages 1000] [--seconds 15] [--rate 1000]
+//                         [--channels 1] [--publishers 1]   (chat shape: --subscribers 2000 --channels 500 --publishers 4)
 //                         [--transport websocket|long-polling] [--out /tmp/profile.txt]
 //                         [--source HEAD|<rev>|worktree]
 //
@@ -30,6 +31,8 @@ const messages = Number(option('messages', 1000));
 const seconds = Number(option('seconds', 15));
 const rate = Number(option('rate', 1000));
 const transport = option('transport', 'websocket');
+const channels = Number(option('channels', 1));
+const publishersCount = Number(option('publishers', 1));
 const out = option('out', path.join(os.tmpdir(), `pandapush-profile-${Date.now()}.txt`));
 const pyspy = option('py-spy', path.join(servers.ROOT, '.venv', 'bin', 'py-spy'));
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -40,19 +43,22 @@ async function main() {
   const rest = { app: DEFAULT_APP, key: 'PSIDbenchBENCHbench0', secret: 'bench-secret-0123456789abcdefghijklmnopqrstuvwxyz' };
   process.stderr.write(`pandapush source: ${servers.useSource(option('source', 'HEAD'))}\n`);
   const server = await servers.startPandapush({ logDir, rest });
-  const channel = `/${DEFAULT_APP}/public/bench/profile`;
+  const names = Array.from({ length: channels }, (_, j) => `/${DEFAULT_APP}/public/bench/profile/c${j}`);
   let delivered = 0;
-  const subscribers = await pool(subscribersCount, 64, async () => {
+  let acked = 0;
+  const subscribers = await pool(subscribersCount, 64, async (i) => {
     const client = makeClient(transport, server.url);
     await client.open();
     client.onDelivery = () => delivered++;
-    await client.subscribe([channel]);
+    await client.subscribe([names[i % channels]]);
     return client;
   });
-  const publisher = makeClient('websocket', server.url);
-  await publisher.open();
-  let acked = 0;
-  publisher.onAck = () => acked++;
+  const publishers = await pool(publishersCount, 8, async () => {
+    const client = makeClient('websocket', server.url);
+    await client.open();
+    client.onAck = () => acked++;
+    return client;
+  });
 
   const ext = { auth: { key: rest.key, secret: rest.secret } };
   const spy = spawn(pyspy, ['record', '-p', String(server.pid), '-r', String(rate), '-d', String(seconds), '-f', 'raw', '-o', out, '--nonblocking'], {
@@ -64,9 +70,11 @@ async function main() {
   let bursts = 0;
   let sent = 0;
   while (performance.now() - start < (seconds - 1.5) * 1000) {
-    const target = delivered + messages * subscribersCount;
+    // Each message reaches the subscribers of its channel (round-robin over channels).
+    const target = delivered + (messages * subscribersCount) / channels;
     for (let k = 0; k < messages; k++) {
-      publisher.publish(channel, { s: sent++, t: performance.now(), p: 'x'.repeat(30) }, ext);
+      const seq = sent++;
+      publishers[seq % publishersCount].publish(names[seq % channels], { s: seq, t: performance.now(), p: 'x'.repeat(30) }, ext);
       // Stay within a window of 500 unacknowledged publishes, like the burst scenario.
       while (sent - acked > 500) await sleep(1);
     }
@@ -75,11 +83,11 @@ async function main() {
   }
   const elapsed = (performance.now() - start) / 1000;
   process.stderr.write(
-    `${bursts} bursts of ${messages} to ${subscribersCount} subscribers: ${((bursts * messages * subscribersCount) / elapsed).toFixed(0)} deliveries/s under the profiler\n`,
+    `${bursts} bursts of ${messages} to ${subscribersCount} subscribers on ${channels} channels: ${((bursts * messages * subscribersCount) / channels / elapsed).toFixed(0)} deliveries/s, ${((bursts * messages) / elapsed).toFixed(0)} publishes/s under the profiler\n`,
   );
   await spyDone;
   await pool(subscribers.length, 256, (i) => subscribers[i].close());
-  await publisher.close();
+  await Promise.all(publishers.map((p) => p.close()));
   await server.stop();
   process.stdout.write(execFileSync('python3', [path.join(__dirname, 'tools', 'pyspy-summary.py'), out, '--top', '30']).toString());
   process.stderr.write(`raw profile: ${out}\n`);
