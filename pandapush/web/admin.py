@@ -37,7 +37,7 @@ from pandapush.auth.http import errorBody, header, jsonResponse
 from pandapush.auth.keycache import KeyCache
 from pandapush.auth.rules import SUBSCRIBE, parseChannel
 from pandapush.bayeux import json
-from pandapush.storage.errors import NotFound as NoSuchThing
+from pandapush.storage.errors import NotFoundError as NoSuchThing
 from pandapush.storage.interfaces import IStorage
 from pandapush.storage.models import Application, Key
 
