@@ -13,14 +13,18 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
 
+from pandapush import __version__
+from pandapush.auth import Tenancy, TenancyConfig, makeTenancy
 from pandapush.bayeux.router import BayeuxRouter, Limits
 from pandapush.engines.memory import MemoryEngine
 from pandapush.interfaces import IEngine
 from pandapush.metrics import Metrics
 from pandapush.presence import PresenceExtension
 from pandapush.stats import Statistics
+from pandapush.storage import StorageConfig, makeStorage
 from pandapush.transports._http import OriginPolicy
 from pandapush.transports.resource import BayeuxResource
+from pandapush.web.clientjs import ClientScriptResource
 from pandapush.web.site import HealthApp, PandapushRoot, makeSite
 
 __all__ = ["BayeuxService", "Options", "makeService"]
@@ -86,6 +90,13 @@ class Options(usage.Options):
         ],
         ["max-channel-length", None, 200, "Longest channel name, in characters.", _positive(int)],
         ["max-subscriptions", None, 128, "Most subscriptions one client may hold.", _positive(int)],
+        [
+            "database",
+            None,
+            None,
+            "Storage backend: sqlite, postgres, memory, or a plugin's name. [default: $DATABASE or sqlite]",
+        ],
+        ["database-path", None, None, "SQLite file. [default: $DATABASE_PATH or localdata/db.sqlite]"],
         [
             "shutdown-grace",
             None,
@@ -167,12 +178,87 @@ class BayeuxService(Service):
         return defer.Deferred.fromCoroutine(self._drain())
 
 
-def makeService(options: Options, reactor: IReactorTime | None = None) -> IService:
+class StorageService(MultiService):
+    """
+    Starts the storage (SQLite migrates itself; PostgreSQL checks its schema),
+    seeds the ``DEV_*`` application and key, then starts its children (the
+    listening ports), so no request arrives before the storage can answer it.
+    If the storage cannot start, the process stops with the reason logged.
+    """
+
+    _log = Logger()
+
+    def __init__(self, storage: Any, tenancy: Tenancy, reactor: Any, environ: dict[str, str]) -> None:
+        super().__init__()
+        self.storage = storage
+        self.tenancy = tenancy
+        self.reactor = reactor
+        self.environ = environ
+        self.ready: defer.Deferred[None] = defer.Deferred()
+
+    def privilegedStartService(self) -> None:
+        # Not passed on to the ports: they would bind before the storage is ready.
+        # (So a port below 1024 needs the process to keep the right to bind it.)
+        Service.privilegedStartService(self)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        d = defer.Deferred.fromCoroutine(self._start())
+        d.addErrback(self._failed)
+
+    async def _start(self) -> None:
+        await self.storage.start()
+        await seedDevelopmentKey(self.storage, self.environ)
+        for child in self:
+            child.startService()
+        ports = [getattr(c, "_waitingForPort", None) for c in self]
+        listening = [await p for p in ports if p is not None]
+        for port in listening:
+            host = port.getHost()
+            url = f"http://{'localhost' if host.host in ('0.0.0.0', '::') else host.host}:{host.port}"
+            self._log.info("pandapush {version} listening at {url}/push", version=__version__, url=url)
+            banner = self.tenancy.loginBanner(url)
+            if banner:
+                self._log.info("{banner}", banner=banner)
+        self.ready.callback(None)
+
+    def _failed(self, failure: Any) -> None:
+        self._log.failure("pandapush could not start", failure)
+        if not self.ready.called:
+            self.ready.errback(failure)
+        if getattr(self.reactor, "running", False):
+            self.reactor.stop()
+
+    def stopService(self) -> defer.Deferred[None]:
+        d = defer.maybeDeferred(super().stopService)
+        d.addBoth(lambda _: self.storage.close())
+        return d
+
+
+async def seedDevelopmentKey(storage: Any, environ: dict[str, str]) -> None:
+    """
+    Upstream's ``DEV_APPLICATION_ID`` + ``DEV_KEY_ID`` + ``DEV_KEY_SECRET``: make
+    sure that application and key exist, so a development setup starts ready.
+    """
+    appId, keyId, secret = (environ.get(n) for n in ("DEV_APPLICATION_ID", "DEV_KEY_ID", "DEV_KEY_SECRET"))
+    if not (appId and keyId and secret):
+        return
+    if await storage.getApplication(appId) is None:
+        await storage.createApplication("development", "DEV_APPLICATION_ID", applicationId=appId)
+    if await storage.getKey(keyId) is None:
+        await storage.createKey(appId, "DEV_KEY_ID", purpose="development", keyId=keyId, secret=secret)
+
+
+def makeService(
+    options: Options, reactor: IReactorTime | None = None, environ: dict[str, str] | None = None
+) -> IService:
+    """The whole server as one service tree. ``environ`` replaces ``os.environ`` (tests)."""
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor  # type: ignore[assignment]
     assert reactor is not None
+    environ = dict(os.environ if environ is None else environ)
 
     engine = MemoryEngine(reactor, timeout=options["timeout"], expiry=options["client-expiry"])
     limits = Limits(
@@ -190,14 +276,41 @@ def makeService(options: Options, reactor: IReactorTime | None = None) -> IServi
         origins=OriginPolicy(options["allowed-origins"]),
         jsonp=not options["no-jsonp"],
     )
-    presence = PresenceExtension(
-        router, maxMembers=options["presence-max-members"], maxDataSize=options["presence-max-data"]
-    )
-    router.addExtension(presence)
     statistics = Statistics(router, reactor, interval=options["stats-interval"])
+
+    storageConfig = StorageConfig.fromEnvironment(environ)
+    if options["database"]:
+        storageConfig = storageConfig.replace(database=options["database"])
+    if options["database-path"]:
+        storageConfig = storageConfig.replace(path=options["database-path"])
+    storage = makeStorage(storageConfig)
+    tenancy = makeTenancy(
+        storage,
+        TenancyConfig.fromEnvironment(environ, maxBodySize=options["max-body-size"]),
+        router.publish,
+        reactor,
+        statistics=statistics.snapshot,
+    )
+    # Tenancy first: presence reads the presence object it verified from the token.
+    router.addExtension(tenancy.extension)
+    router.addExtension(
+        PresenceExtension(
+            router, maxMembers=options["presence-max-members"], maxDataSize=options["presence-max-data"]
+        )
+    )
     metrics = Metrics(router, bayeux)
 
-    root = PandapushRoot(bayeux, HealthApp().app.resource(), {b"metrics": metrics.resource})
+    root = PandapushRoot(
+        bayeux,
+        HealthApp().app.resource(),
+        {
+            b"metrics": metrics.resource,
+            b"channel": tenancy.publishApp.app.resource(),
+            b"admin": tenancy.adminApp.app.resource(),
+            b"client.js": ClientScriptResource(),
+            b"client.mjs": ClientScriptResource(),
+        },
+    )
     site = makeSite(root, maxBodySize=options["max-body-size"])
     accessLog = site.log
 
@@ -212,8 +325,11 @@ def makeService(options: Options, reactor: IReactorTime | None = None) -> IServi
     top.setName("pandapush")
     BayeuxService(engine, router, bayeux, reactor, grace=options["shutdown-grace"]).setServiceParent(top)
     statistics.service.setServiceParent(top)
+    tenancy.service.setServiceParent(top)
+    storageService = StorageService(storage, tenancy, reactor, environ)
+    storageService.setServiceParent(top)
     for endpoint in options["listen"]:
-        strports.service(endpoint, site).setServiceParent(top)
+        strports.service(endpoint, site).setServiceParent(storageService)
     # For tests and embedders: the pieces, without reaching into the tree.
     top.engine = engine  # type: ignore[attr-defined]
     top.router = router  # type: ignore[attr-defined]
@@ -221,4 +337,7 @@ def makeService(options: Options, reactor: IReactorTime | None = None) -> IServi
     top.bayeux = bayeux  # type: ignore[attr-defined]
     top.statistics = statistics  # type: ignore[attr-defined]
     top.metrics = metrics  # type: ignore[attr-defined]
+    top.storage = storage  # type: ignore[attr-defined]
+    top.tenancy = tenancy  # type: ignore[attr-defined]
+    top.ready = storageService.ready  # type: ignore[attr-defined]
     return top

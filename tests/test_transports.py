@@ -15,7 +15,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
 
-from tests.inprocess import InProcessServer
+from tests.inprocess import AUTH, InProcessServer, channel
 
 HANDSHAKE = {
     "channel": "/meta/handshake",
@@ -135,15 +135,15 @@ class LongPollingTests(ServerTestCase):
         await self.post(
             [{"channel": "/meta/connect", "clientId": clientId, "connectionType": "long-polling"}]
         )
-        await self.post([{"channel": "/meta/subscribe", "clientId": clientId, "subscription": "/x"}])
+        await self.post([{"channel": "/meta/subscribe", "clientId": clientId, "subscription": channel("x")}])
         held = defer.ensureDeferred(
             self.post([{"channel": "/meta/connect", "clientId": clientId, "connectionType": "long-polling"}])
         )
-        await self.post([{"channel": "/x", "data": {"hello": "world"}}])
+        await self.post([{"channel": channel("x"), "data": {"hello": "world"}, "ext": {"auth": AUTH}}])
         _, content = await held
         replies = json.loads(content)
         self.assertEqual(replies[0]["channel"], "/meta/connect")
-        self.assertEqual(replies[1], {"channel": "/x", "data": {"hello": "world"}})
+        self.assertEqual(replies[1], {"channel": channel("x"), "data": {"hello": "world"}})
 
 
 class RestrictedOriginTests(ServerTestCase):
@@ -193,8 +193,8 @@ class CallbackPollingTests(ServerTestCase):
         await self.post(
             [{"channel": "/meta/connect", "clientId": clientId, "connectionType": "long-polling"}]
         )
-        await self.post([{"channel": "/meta/subscribe", "clientId": clientId, "subscription": "/x"}])
-        await self.post([{"channel": "/x", "data": "a\u2028b\u2029c"}])
+        await self.post([{"channel": "/meta/subscribe", "clientId": clientId, "subscription": channel("x")}])
+        await self.post([{"channel": channel("x"), "data": "a\u2028b\u2029c", "ext": {"auth": AUTH}}])
         _, content = await self.get(
             {
                 "message": json.dumps(
@@ -242,7 +242,7 @@ class EventSourceTests(ServerTestCase):
     async def test_stream(self) -> None:
         """GET /push/<clientId> streams deliveries as data: [json] events after retry: 5000."""
         clientId = await self.handshake()
-        await self.post([{"channel": "/meta/subscribe", "clientId": clientId, "subscription": "/x"}])
+        await self.post([{"channel": "/meta/subscribe", "clientId": clientId, "subscription": channel("x")}])
         agent = Agent(reactor)
         response = await agent.request(
             b"GET", f"{self.push}/{clientId}".encode(), Headers({b"Accept": [b"text/event-stream"]})
@@ -250,10 +250,10 @@ class EventSourceTests(ServerTestCase):
         self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"text/event-stream"])
         collector = _StreamCollector(b"data: [")
         response.deliverBody(collector)
-        await self.post([{"channel": "/x", "data": 1}])
+        await self.post([{"channel": channel("x"), "data": 1, "ext": {"auth": AUTH}}])
         data = await collector.found
         self.assertTrue(data.startswith(b"retry: 5000\r\n\r\n"), data)
-        self.assertIn(b'data: [{"channel":"/x","data":1}]\r\n\r\n', data)
+        self.assertIn(b'data: [{"channel":"' + channel("x").encode() + b'","data":1}]\r\n\r\n', data)
         # The client's own connects say eventsource and are answered at once.
         _, content = await self.post(
             [{"channel": "/meta/connect", "clientId": clientId, "connectionType": "eventsource"}]
@@ -334,18 +334,28 @@ class WebSocketTests(WebSocketCase):
         ws.send(
             [
                 {"channel": "/meta/connect", "clientId": clientId, "connectionType": "websocket"},
-                {"channel": "/meta/subscribe", "clientId": clientId, "subscription": "/x/*"},
+                {"channel": "/meta/subscribe", "clientId": clientId, "subscription": channel("x/*")},
             ]
         )
         frames = await ws.frameCount(3)
         self.assertEqual(
             sorted(m["channel"] for f in frames[1:3] for m in f), ["/meta/connect", "/meta/subscribe"]
         )
-        ws.send({"channel": "/x/y", "data": {"n": 1}, "clientId": clientId, "id": "p"})
+        ws.send(
+            {
+                "channel": channel("x/y"),
+                "data": {"n": 1},
+                "clientId": clientId,
+                "id": "p",
+                "ext": {"auth": AUTH},
+            }
+        )
         frames = await ws.frameCount(5)
         received = [m for f in frames for m in f]
-        self.assertIn({"channel": "/x/y", "data": {"n": 1}, "id": "p"}, received)
-        self.assertIn({"id": "p", "clientId": clientId, "channel": "/x/y", "successful": True}, received)
+        self.assertIn({"channel": channel("x/y"), "data": {"n": 1}, "id": "p"}, received)
+        self.assertIn(
+            {"id": "p", "clientId": clientId, "channel": channel("x/y"), "successful": True}, received
+        )
 
     async def test_closeEndsClient(self) -> None:
         """A websocket closed without /meta/disconnect ends its client at once."""
@@ -438,14 +448,14 @@ class SlowConsumerTests(WebSocketCase):
             ws.send(HANDSHAKE)
             clientId = (await ws.frameCount(1))[0][0]["clientId"]
             ws.send({"channel": "/meta/connect", "clientId": clientId, "connectionType": "websocket"})
-            ws.send({"channel": "/meta/subscribe", "clientId": clientId, "subscription": "/firehose"})
+            ws.send({"channel": "/meta/subscribe", "clientId": clientId, "subscription": channel("firehose")})
             await ws.frameCount(3)
             clients.append((ws, clientId))
         (slow, slowId), (_, healthyId) = clients
         slow.transport.pauseProducing()  # stop reading from the socket
         payload = "x" * 4096
         for i in range(3000):
-            await self.server.router.publish("/firehose", {"i": i, "pad": payload})
+            await self.server.router.publish(channel("firehose"), {"i": i, "pad": payload})
             if i % 5 == 0:
                 # Let the reading client (in this same reactor) keep up.
                 await deferLater(reactor, 0, lambda: None)
