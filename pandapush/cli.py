@@ -148,6 +148,10 @@ def buildParser() -> argparse.ArgumentParser:
         prog="pandapush",
         parents=[common],
         description="Manage pandapush: database migrations, applications, keys, tokens; publish messages.",
+        epilog=(
+            "Run the server with `pandapush serve --listen tcp:3000 [more server options]`"
+            " (the same as `twistd --nodaemon pandapush ...`; `pandapush serve --help` lists them)."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"pandapush {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -158,6 +162,12 @@ def buildParser() -> argparse.ArgumentParser:
         return command
 
     sub(commands, "migrate", "Bring the database schema to the latest version (idempotent).", _migrate)
+    serve = commands.add_parser(
+        "serve",
+        add_help=False,
+        help="Run the server; every option after `serve` goes to it (--listen tcp:3000, --help...).",
+    )
+    serve.set_defaults(handler=_serve)
 
     # applications
     app = commands.add_parser("app", help="Create, list, show, rename and delete applications.")
@@ -536,6 +546,35 @@ async def _genToken(ctx: _Context) -> int:
     return await _token(ctx, channel=channel)
 
 
+async def _serve(ctx: _Context) -> int:
+    raise CommandError("`serve` runs the server in this process: use the pandapush command, not run()")
+
+
+def _serveForever(args: argparse.Namespace, serverOptions: Sequence[str]) -> None:
+    """
+    ``twistd --nodaemon --pidfile= pandapush <serverOptions>``: the server in the
+    foreground, as containers want it. Database options given before ``serve`` reach
+    it through the environment variables it reads.
+    """
+    from twisted.scripts.twistd import run as twistd
+
+    for option, variable in (
+        ("database", "DATABASE"),
+        ("database_path", "DATABASE_PATH"),
+        ("database_address", "DATABASE_ADDRESS"),
+        ("database_port", "DATABASE_PORT"),
+        ("database_username", "DATABASE_USERNAME"),
+        ("database_password", "DATABASE_PASSWORD"),
+        ("database_name", "DATABASE_NAME"),
+        ("database_schema", "DATABASE_SCHEMA"),
+    ):
+        value = getattr(args, option, None)
+        if value is not None:
+            os.environ[variable] = str(value)
+    sys.argv = ["pandapush serve", "--nodaemon", "--pidfile=", "pandapush", *serverOptions]
+    twistd()
+
+
 async def _dispatch(ctx: _Context) -> int:
     try:
         handler: Callable[[_Context], Awaitable[int]] = ctx.args.handler
@@ -587,6 +626,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     from twisted.internet import task
 
     arguments = sys.argv[1:] if argv is None else list(argv)
+    args, serverOptions = buildParser().parse_known_args(arguments)
+    if getattr(args, "handler", None) is _serve:
+        _serveForever(args, serverOptions)
+        return
 
     async def command(reactor: Any) -> None:
         status = await run(arguments, reactor=reactor)

@@ -21,7 +21,7 @@ from twisted.web.server import Site
 from pandapush import cli
 from pandapush.storage import ids
 from tests.test_publisher import RecordingChannelResource
-from tests.test_storage import postgresSchema
+from tests.test_storage import POSTGRES, postgresSchema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UTC = datetime.UTC
@@ -77,7 +77,8 @@ class MigrateCommandTests(CLITestCase):
         self.addCleanup(drop)
         self.environ = {
             "DATABASE": "postgres",
-            "DATABASE_ADDRESS": "127.0.0.1",
+            "DATABASE_ADDRESS": str(POSTGRES["host"]),
+            "DATABASE_PORT": str(POSTGRES["port"]),
             "DATABASE_USERNAME": "postgres",
             "DATABASE_NAME": "test",
         }
@@ -454,3 +455,42 @@ class ProcessTests(TestCase):
         self.assertEqual((failed.returncode, failed.stderr), (1, "pandapush: error: no application nope\n"))
         usage = self.run_cli("app", check=False)
         self.assertEqual(usage.returncode, 2)
+
+    def test_serve(self) -> None:
+        """`pandapush serve --listen ...` runs the server in the foreground until stopped."""
+        import signal
+        import socket
+        import time
+        import urllib.request
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        environ = {**os.environ, "PYTHONPATH": ROOT, "AUTH_METHOD": "none"}
+        command = [sys.executable, "-m", "pandapush.cli", "--database", "memory", "serve"]
+        server = subprocess.Popen(
+            [*command, "--listen", f"tcp:{port}:interface=127.0.0.1"],
+            env=environ,
+            cwd=workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health_check.json", timeout=2) as r:
+                        self.assertIn("version", json.loads(r.read()))
+                        break
+                except OSError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            output, _ = server.communicate(timeout=30)
+        self.assertIn(server.returncode, (0, -signal.SIGTERM), output)
+        self.assertFalse(os.path.exists(os.path.join(workdir, "twistd.pid")))

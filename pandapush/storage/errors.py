@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 __all__ = [
+    "AlreadyExists",
     "AlreadyExistsError",
+    "NoSuchApplication",
     "NoSuchApplicationError",
+    "NoSuchKey",
     "NoSuchKeyError",
+    "NotFound",
     "NotFoundError",
+    "SchemaOutOfDate",
     "SchemaOutOfDateError",
     "StorageConfigError",
     "StorageError",
@@ -60,3 +65,11 @@ class SchemaOutOfDateError(StorageError):
 
 class StorageConfigError(StorageError, ValueError):
     """The storage configuration names no usable backend, or a plugin is broken."""
+
+
+# Shorter names, kept as aliases: code elsewhere (the admin API) reads better with them.
+NotFound = NotFoundError
+NoSuchApplication = NoSuchApplicationError
+NoSuchKey = NoSuchKeyError
+AlreadyExists = AlreadyExistsError
+SchemaOutOfDate = SchemaOutOfDateError
