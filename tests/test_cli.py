@@ -384,11 +384,23 @@ class ParserTests(TestCase):
         ):
             self.assertIn(wanted, commands)
         for argv in [[], *commands]:
+            if argv == ["serve"]:
+                continue  # its --help is the server's: test_serveHelp
             out = io.StringIO()
             with contextlib.redirect_stdout(out), self.assertRaises(SystemExit) as exited:
                 cli.buildParser().parse_args([*argv, "--help"])
             self.assertEqual(exited.exception.code, 0)
             self.assertIn("usage: pandapush", out.getvalue())
+
+    def test_serveHelp(self) -> None:
+        """`pandapush serve --help` lists the server's options; `pandapush --help` points there."""
+        out = io.StringIO()
+        self.patch(sys, "argv", list(sys.argv))
+        with contextlib.redirect_stdout(out), self.assertRaises(SystemExit) as exited:
+            cli.main(["serve", "--help"])
+        self.assertEqual(exited.exception.code, 0)
+        self.assertIn("--listen=", out.getvalue())
+        self.assertIn("--listen", cli.buildParser().format_help())
 
     def test_globalOptionsEitherSide(self) -> None:
         """Database options and --json work before or after the subcommand."""
