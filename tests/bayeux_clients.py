@@ -1,0 +1,138 @@
+"""Small Bayeux clients for tests, over real sockets: websocket (Autobahn) and long-polling (treq).
+
+The third-party clients (Faye's, in Node and Chromium) are driven from
+``tests/test_e2e_faye.py``; these exist to script exact timings (a socket
+killed without a goodbye, a poller that just stops) that a real client hides.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import treq
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.task import deferLater
+
+HANDSHAKE = {
+    "channel": "/meta/handshake",
+    "version": "1.0",
+    "supportedConnectionTypes": ["websocket", "long-polling"],
+}
+
+
+async def eventually(predicate: Any, timeout: float = 5.0, step: float = 0.02) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` seconds pass; its last value."""
+    waited = 0.0
+    while not predicate():
+        if waited >= timeout:
+            return False
+        await deferLater(reactor, step, lambda: None)
+        waited += step
+    return True
+
+
+class _WSProtocol(WebSocketClientProtocol):
+    def onOpen(self) -> None:
+        self.factory.client._opened(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.factory.client._received(json.loads(payload))
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.client.closed = True
+
+
+class WSClient:
+    """A Bayeux client over one websocket; ``messages`` collects deliveries."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.replies: list[dict[str, Any]] = []
+        self.messages: list[dict[str, Any]] = []
+        self.clientId: str | None = None
+        self.closed = False
+        self._open: defer.Deferred[Any] = defer.Deferred()
+        self._nextId = 0
+
+    def _opened(self, protocol: Any) -> None:
+        self.protocol = protocol
+        self._open.callback(protocol)
+
+    def _received(self, batch: list[dict[str, Any]]) -> None:
+        for message in batch:
+            (self.replies if "successful" in message else self.messages).append(message)
+
+    async def start(self) -> WSClient:
+        host, port = self.url.split("//")[1].split("/")[0].split(":")
+        factory = WebSocketClientFactory(self.url.replace("http", "ws", 1) + "/push")
+        factory.protocol = _WSProtocol
+        factory.client = self
+        await TCP4ClientEndpoint(reactor, host, int(port)).connect(factory)
+        await self._open
+        reply = await self.call(HANDSHAKE)
+        self.clientId = reply["clientId"]
+        await self.call({"channel": "/meta/connect", "connectionType": "websocket"})
+        return self
+
+    async def call(self, message: dict[str, Any]) -> dict[str, Any]:
+        self._nextId += 1
+        message = {**message, "id": str(self._nextId)}
+        if self.clientId is not None:
+            message["clientId"] = self.clientId
+        self.protocol.sendMessage(json.dumps([message]).encode())
+        assert await eventually(lambda: any(r.get("id") == message["id"] for r in self.replies))
+        return next(r for r in self.replies if r.get("id") == message["id"])
+
+    def kill(self) -> None:
+        """Drop the TCP connection without a Bayeux goodbye or a close frame."""
+        self.protocol.transport.abortConnection()
+
+
+class LPClient:
+    """A long-polling Bayeux client that keeps polling until stopped."""
+
+    def __init__(self, url: str) -> None:
+        self.push = url + "/push"
+        self.messages: list[dict[str, Any]] = []
+        self.clientId: str | None = None
+        self.polling = False
+        self._loop: defer.Deferred[None] | None = None
+
+    async def post(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        response = await treq.post(
+            self.push,
+            data=json.dumps(messages).encode(),
+            headers={"Content-Type": "application/json"},
+            persistent=False,
+        )
+        return json.loads(await response.content())  # type: ignore[no-any-return]
+
+    async def start(self) -> LPClient:
+        (reply,) = await self.post([HANDSHAKE])
+        self.clientId = reply["clientId"]
+        self.polling = True
+        self._loop = defer.ensureDeferred(self._poll())
+        return self
+
+    async def _poll(self) -> None:
+        while self.polling:
+            replies = await self.post(
+                [{"channel": "/meta/connect", "clientId": self.clientId, "connectionType": "long-polling"}]
+            )
+            self.messages.extend(r for r in replies if "successful" not in r)
+
+    async def call(self, message: dict[str, Any]) -> dict[str, Any]:
+        (reply,) = await self.post([{**message, "clientId": self.clientId}])
+        return reply
+
+    def vanish(self) -> None:
+        """Stop polling, as a closed laptop would (the held request is left to finish)."""
+        self.polling = False
+
+    async def stop(self) -> None:
+        self.polling = False
+        if self._loop is not None:
+            await self._loop
