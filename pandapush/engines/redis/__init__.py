@@ -1,0 +1,24 @@
+"""The Redis engine: pandapush nodes sharing clients, subscriptions and presence.
+
+Chosen with ``REDIS_HOSTS=host:port[/db][,host:port[/db]...]``; see ``_engine``
+for the design and ``pandapush/engines/REDIS-TODO.md`` for what is not done yet.
+"""
+
+from __future__ import annotations
+
+from pandapush.engines.redis._connection import (
+    HashRing,
+    RedisAddress,
+    RedisUnavailable,
+    parseRedisHosts,
+)
+from pandapush.engines.redis._engine import DEFAULT_NAMESPACE, RedisEngine
+
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "HashRing",
+    "RedisAddress",
+    "RedisEngine",
+    "RedisUnavailable",
+    "parseRedisHosts",
+]

@@ -1,0 +1,369 @@
+"""Our own small interface over txredisapi: shards, a hash ring, and a subscriber.
+
+The engine never touches txredisapi directly, so the client library can be
+swapped (or faked) here alone. Per shard there is one connection for commands
+and, on the shard that carries pub/sub, one connection for SUBSCRIBE, as
+synapse does: a SUBSCRIBEd connection can run no other command, and commands
+must not queue behind a flood of published messages.
+
+Every command is bounded by ``commandTimeout``: while Redis is unreachable
+txredisapi would otherwise keep a command waiting for a connection forever,
+and a caller (the router answering a Bayeux request) must get an error instead.
+Both connections reconnect forever with a capped backoff, and a periodic PING
+aborts a connection that stopped answering (a half-open TCP connection is
+otherwise noticed only by the kernel, minutes later).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import txredisapi
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+__all__ = [
+    "HashRing",
+    "RedisAddress",
+    "RedisShard",
+    "RedisSubscriber",
+    "RedisUnavailable",
+    "parseRedisHosts",
+]
+
+
+class RedisUnavailable(Exception):  # noqa: N818 - reads as a state, like ConnectionRefused
+    """A Redis command did not complete in time (Redis down or unreachable)."""
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """One Redis shard: a server and a logical database on it."""
+
+    host: str
+    port: int = 6379
+    db: int = 0
+
+    @property
+    def name(self) -> str:
+        """Stable name of the shard on the hash ring (so the ring survives restarts)."""
+        return f"{self.host}:{self.port}/{self.db}"
+
+
+def parseRedisHosts(value: str) -> list[RedisAddress]:
+    """
+    Parse ``REDIS_HOSTS``: ``host:port[/db][,host:port[/db]...]``.
+
+    The port defaults to 6379 and the database to 0. A database suffix lets one
+    Redis server act as several shards (tests; small deployments trying out
+    sharding). Brackets allow IPv6 literals: ``[::1]:6379``.
+    """
+    addresses: list[RedisAddress] = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        db = 0
+        if "/" in item:
+            item, _, dbText = item.rpartition("/")
+            db = int(dbText)
+        port = 6379
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            if rest.startswith(":"):
+                port = int(rest[1:])
+        elif item.count(":") == 1:
+            host, _, portText = item.partition(":")
+            port = int(portText)
+        else:
+            host = item
+        if not host or not 0 < port < 65536 or db < 0:
+            raise ValueError(f"bad Redis address {item!r} in {value!r}")
+        address = RedisAddress(host, port, db)
+        if address in addresses:
+            raise ValueError(f"Redis address {address.name} given twice in {value!r}")
+        addresses.append(address)
+    if not addresses:
+        raise ValueError(f"no Redis address in {value!r}")
+    return addresses
+
+
+class HashRing:
+    """
+    Consistent hashing with virtual nodes.
+
+    Each shard owns ``replicas`` points on a 64-bit circle; a key belongs to the
+    first point at or after its hash. Adding a shard takes over only the arcs
+    before its own points (about 1/n of the keys), where ``hash % n`` would move
+    almost every key.
+    """
+
+    def __init__(self, names: Sequence[str], replicas: int = 160) -> None:
+        if not names:
+            raise ValueError("a hash ring needs at least one shard")
+        points: list[tuple[int, int]] = []
+        for index, name in enumerate(names):
+            for replica in range(replicas):
+                points.append((self._hash(f"{name}#{replica}"), index))
+        points.sort()
+        self._hashes = [h for h, _ in points]
+        self._owners = [i for _, i in points]
+        self._single = len(names) == 1
+
+    @staticmethod
+    def _hash(key: str) -> int:
+        return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
+
+    def index(self, key: str) -> int:
+        """The index (in the names given) of the shard holding ``key``."""
+        if self._single:
+            return 0
+        position = bisect.bisect_left(self._hashes, self._hash(key))
+        if position == len(self._hashes):
+            position = 0
+        return self._owners[position]
+
+
+def _bounded(d: defer.Deferred[Any], seconds: float, reactor: IReactorTime, what: str) -> defer.Deferred[Any]:
+    """Fail ``d`` with RedisUnavailable if it has not fired after ``seconds``."""
+
+    def timedOut(failure: Any) -> Any:
+        if failure.check(defer.CancelledError, defer.TimeoutError):
+            raise RedisUnavailable(f"Redis did not answer {what} within {seconds}s")
+        if failure.check(txredisapi.ConnectionError):
+            raise RedisUnavailable(f"Redis connection lost during {what}")
+        return failure
+
+    d.addTimeout(seconds, reactor)  # type: ignore[arg-type]
+    d.addErrback(timedOut)
+    return d
+
+
+class RedisShard:
+    """One Redis database: a reconnecting command connection, with every command bounded in time."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        address: RedisAddress,
+        commandTimeout: float = 2.0,
+        reconnectMaxDelay: float = 5.0,
+    ) -> None:
+        self.address = address
+        self._reactor = reactor
+        self.commandTimeout = commandTimeout
+        # poolsize 1: commands from this node reach Redis in the order they were
+        # issued (an attach's lease then a detach's deadline, never the reverse).
+        self._handler: Any = txredisapi.lazyConnection(
+            address.host,
+            address.port,
+            dbid=address.db or None,
+            reconnect=True,
+            charset="utf-8",
+            convertNumbers=False,
+            connectTimeout=max(commandTimeout, 1.0),
+        )
+        factory = self._handler._factory
+        factory.initialDelay = 0.1
+        factory.maxDelay = reconnectMaxDelay
+        self._scripts: dict[str, bytes] = {}
+
+    def execute(self, *args: Any) -> defer.Deferred[Any]:
+        """Run one command; fails with RedisUnavailable after ``commandTimeout``."""
+        try:
+            d = self._handler.execute_command(*args)
+        except Exception as e:
+            return defer.fail(RedisUnavailable(str(e)))
+        return _bounded(d, self.commandTimeout, self._reactor, str(args[0]))
+
+    def eval(self, script: str, keys: Sequence[str], args: Sequence[Any] = ()) -> defer.Deferred[Any]:
+        """Run a Lua script (EVALSHA, falling back to EVAL), bounded in time."""
+        try:
+            d = self._handler.eval(script, list(keys), list(args))
+        except Exception as e:
+            return defer.fail(RedisUnavailable(str(e)))
+        return _bounded(d, self.commandTimeout, self._reactor, "EVAL")
+
+    def ping(self) -> defer.Deferred[None]:
+        """PING; a connection that does not answer in time is aborted so that it reconnects."""
+        d = self.execute("PING")
+
+        def failed(failure: Any) -> None:
+            for connection in list(self._handler._factory.pool):
+                if connection.transport is not None:
+                    self._log.warn("Redis {shard} did not answer PING: reconnecting", shard=self.address.name)
+                    connection.transport.abortConnection()
+
+        return d.addCallbacks(lambda _: None, failed)
+
+    def close(self) -> defer.Deferred[None]:
+        d = self._handler.disconnect()
+        return d.addErrback(lambda _: None)
+
+
+class _SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
+    owner: RedisSubscriber
+
+    def connectionMade(self) -> Any:
+        d = super().connectionMade()
+        self.whenConnected().addCallback(lambda _: self.owner._connected(self))
+        return d
+
+    def connectionLost(self, why: Any) -> None:
+        super().connectionLost(why)
+        self.owner._lost(self)
+
+    def messageReceived(self, pattern: Any, channel: str, message: str) -> None:
+        self.owner.onMessage(channel, message)
+
+
+class _SubscriberFactory(Factory):
+    def __init__(self, owner: RedisSubscriber) -> None:
+        self.owner = owner
+
+    def buildProtocol(self, addr: Any) -> _SubscriberProtocol:
+        p = _SubscriberProtocol(charset="utf-8", convertNumbers=False)
+        p.factory = self
+        p.owner = self.owner
+        return p
+
+
+class RedisSubscriber:
+    """
+    The SUBSCRIBE connection: keeps the set of channels this node wants, and
+    subscribes them again after every reconnection.
+
+    Messages published while the connection is down are lost for this node
+    (Redis pub/sub is at-most-once); see the engine's TODO.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        address: RedisAddress,
+        onMessage: Callable[[str, str], None],
+        commandTimeout: float = 2.0,
+        reconnectMaxDelay: float = 5.0,
+    ) -> None:
+        self.address = address
+        self.onMessage = onMessage
+        self._reactor = reactor
+        self.commandTimeout = commandTimeout
+        # channel -> True once Redis confirmed the subscription on the current connection
+        self._wanted: dict[str, bool] = {}
+        self._waiting: dict[str, list[defer.Deferred[None]]] = {}
+        self._protocol: _SubscriberProtocol | None = None
+        endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=max(commandTimeout, 1.0))
+        self._service = ClientService(
+            endpoint,
+            _SubscriberFactory(self),
+            # Twisted's default jitter adds up to a whole second: too much for a node
+            # whose clients wait for their messages.
+            retryPolicy=backoffPolicy(
+                initialDelay=0.1,
+                maxDelay=reconnectMaxDelay,
+                jitter=lambda: random.uniform(0, reconnectMaxDelay / 10),
+            ),
+            clock=reactor,
+        )
+        self._service.startService()
+
+    @property
+    def connected(self) -> bool:
+        return self._protocol is not None
+
+    def subscribe(self, channel: str) -> defer.Deferred[None]:
+        """Fires once Redis confirmed the subscription (messages published after that arrive)."""
+        if self._wanted.get(channel):
+            return defer.succeed(None)
+        self._wanted[channel] = False
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiting.setdefault(channel, []).append(d)
+        if self._protocol is not None:
+            self._send(self._protocol, channel)
+        return _bounded(d, self.commandTimeout, self._reactor, "SUBSCRIBE")
+
+    def subscribeMany(self, channels: Iterable[str]) -> defer.Deferred[Any]:
+        return defer.gatherResults([self.subscribe(c) for c in channels], consumeErrors=True)
+
+    def unsubscribe(self, channel: str) -> None:
+        if self._wanted.pop(channel, None) is None:
+            return
+        for d in self._waiting.pop(channel, []):
+            if not d.called:
+                d.callback(None)
+        if self._protocol is not None:
+            self._protocol.unsubscribe(channel).addErrback(lambda _: None)
+
+    def isSubscribed(self, channel: str) -> bool:
+        return channel in self._wanted
+
+    def _send(self, protocol: _SubscriberProtocol, channel: str) -> None:
+        # One channel per SUBSCRIBE: txredisapi matches one confirmation to one command.
+        waiting = self._waiting.pop(channel, [])
+
+        def confirmed(_: Any) -> None:
+            if protocol is self._protocol and channel in self._wanted:
+                self._wanted[channel] = True
+            for d in waiting:
+                if not d.called:
+                    d.callback(None)
+
+        def failed(_: Any) -> None:
+            # The connection went away: wait for the next one.
+            self._waiting.setdefault(channel, []).extend(waiting)
+
+        protocol.subscribe(channel).addCallbacks(confirmed, failed)
+
+    def _connected(self, protocol: _SubscriberProtocol) -> None:
+        self._protocol = protocol
+        self._log.info(
+            "subscriber connected to {shard}; subscribing {n} channels",
+            shard=self.address.name,
+            n=len(self._wanted),
+        )
+        for channel in list(self._wanted):
+            self._send(protocol, channel)
+
+    def _lost(self, protocol: _SubscriberProtocol) -> None:
+        if self._protocol is protocol:
+            self._protocol = None
+            for channel in self._wanted:
+                self._wanted[channel] = False
+
+    def ping(self) -> defer.Deferred[None]:
+        protocol = self._protocol
+        if protocol is None:
+            return defer.succeed(None)
+        d = _bounded(protocol.ping(), self.commandTimeout, self._reactor, "PING")
+
+        def failed(_: Any) -> None:
+            if protocol.transport is not None:
+                self._log.warn(
+                    "subscriber on {shard} did not answer PING: reconnecting", shard=self.address.name
+                )
+                protocol.transport.abortConnection()
+
+        return d.addCallbacks(lambda _: None, failed)
+
+    def close(self) -> defer.Deferred[None]:
+        self._wanted.clear()
+        for waiting in self._waiting.values():
+            for d in waiting:
+                if not d.called:
+                    d.errback(RedisUnavailable("subscriber closed"))
+        self._waiting.clear()
+        return defer.maybeDeferred(self._service.stopService)

@@ -1,0 +1,765 @@
+"""The Redis engine: many pandapush nodes sharing clients, subscriptions and presence.
+
+Design (correctness first, then cost)
+-------------------------------------
+*Shared state* lives in Redis, sharded by a consistent-hash ring: a client's
+registry entry, subscriptions and presence on the shard of its clientId; a
+subscription key's subscriber set and a channel's presence members on the shard
+of the key. Every change is one Lua script per shard, so exactly one node sees
+each transition (first subscriber, last client of a member, removal from the
+registry) and reports it to its listeners: events fire once, cluster-wide, on
+the node where the change happened.
+
+*Fan-out*: each client is **owned** by one node at a time (the node where it was
+created or last attached a sink). The owner keeps the client's subscriptions in
+a local index and its queue in memory, and SUBSCRIBEs (on the pub/sub shard,
+the first of ``REDIS_HOSTS``) to ``<ns>:ch:<key>`` for the keys its clients use.
+``publish`` runs one script that PUBLISHes the payload once per expanded key
+(at most five for ``/a/b/c``); Redis sends it once to each node subscribed to
+that key, and the node fans out to its local clients from its index, sharing one
+``Delivery`` per node (the payload bytes travel as published, never re-encoded).
+A client matched by several keys is served only by the copy of its first
+matching key (copies carry their key's index), so it gets the message once.
+
+*Moving clients*: a long-poll client whose next connect lands on another node
+is claimed by that node (atomically in Redis), which subscribes the client's
+keys first and then asks the previous owner to hand over: the old owner drops
+the client and answers with its queued messages; the new owner puts them in
+front of what it buffered meanwhile, removing duplicates by message id, so
+nothing is lost or repeated and order is kept. A subscribe/unsubscribe handled
+by a node that does not own the client is forwarded to the owner, and answered
+once the owner's index (and its SUBSCRIBE) is in place. Node-to-node calls go
+over ``<ns>:node:<nodeId>``; PUBLISH reporting no receiver means the node is gone.
+
+*Expiry*: the registry is a sorted set of deadlines per shard. A detached client
+gets ``now + expiry``; an attached one a lease of ``2 * expiry`` that its owner
+renews every ``expiry / 2``, so clients of a crashed node expire (and their
+presence members leave) within about ``2 * expiry``. A garbage collector runs
+on whichever node holds ``<ns>:gc`` (SET NX PX) and destroys expired clients
+with a script that re-checks the deadline, so a destruction happens once.
+
+Trade-offs: pub/sub is at-most-once. A node whose SUBSCRIBE connection is down,
+or that crashes, loses what was queued in its memory for its clients (the
+clients carry on with their session on another node). The hand-over costs a
+round trip to the previous owner whenever a long-poll client changes node
+(sticky load balancing avoids it). All pub/sub goes through one shard.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from pandapush.bayeux import json
+from pandapush.bayeux.channel import expand
+from pandapush.bayeux.delivery import Delivery
+from pandapush.engines.memory import newClientId
+from pandapush.engines.redis import _scripts as scripts
+from pandapush.engines.redis._connection import (
+    HashRing,
+    RedisAddress,
+    RedisShard,
+    RedisSubscriber,
+    RedisUnavailable,
+    parseRedisHosts,
+)
+from pandapush.interfaces import IDeliverySink, IEngine, IEngineListener
+
+__all__ = ["RedisEngine"]
+
+DEFAULT_NAMESPACE = "pandapush"
+
+
+class _LocalClient:
+    """A client owned by this node: its subscriptions mirrored, its queue, its sink."""
+
+    __slots__ = ("claiming", "dirty", "id", "ids", "queue", "sink", "subs")
+
+    def __init__(self, clientId: str) -> None:
+        self.id = clientId
+        self.subs: set[str] = set()
+        self.queue: list[Delivery] = []
+        # Message ids parallel to ``queue``: a hand-over removes duplicates with them.
+        self.ids: list[str] = []
+        self.sink: IDeliverySink | None = None
+        self.dirty = False
+        # Being taken over from another node: queue, but deliver nothing until the
+        # previous owner's queue has arrived (it holds older messages).
+        self.claiming = False
+
+
+@implementer(IEngine)
+class RedisEngine:
+    """
+    An IEngine whose state is shared by every node using the same Redis
+    shards and ``namespace``.
+
+    Connections start at construction (they are lazy and reconnect forever);
+    ``ready()`` fires once this node can receive messages, ``close()`` releases
+    everything. ``expiry``/``sweepInterval`` as in the memory engine;
+    ``commandTimeout`` bounds every Redis call (callers get an error, never a
+    hang, while Redis is down); ``handoverTimeout`` bounds a call to another
+    node (one that does not answer is taken as dead).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        hosts: str | Sequence[RedisAddress] = "127.0.0.1:6379",
+        namespace: str = DEFAULT_NAMESPACE,
+        timeout: float = 30.0,
+        expiry: float = 10.0,
+        sweepInterval: float = 1.0,
+        commandTimeout: float = 2.0,
+        handoverTimeout: float = 1.0,
+        pingInterval: float = 5.0,
+        reconnectMaxDelay: float = 5.0,
+        replicas: int = 160,
+        batchWindow: float = 0.002,
+    ) -> None:
+        self._reactor: IReactorTime = reactor
+        self.timeout = timeout
+        self.expiry = expiry
+        self.namespace = namespace
+        self.nodeId = secrets.token_hex(8)
+        self._sweepInterval = sweepInterval
+        self._batchWindow = batchWindow
+        self._handoverTimeout = handoverTimeout
+        self.addresses = parseRedisHosts(hosts) if isinstance(hosts, str) else list(hosts)
+        self._shards = [RedisShard(reactor, a, commandTimeout, reconnectMaxDelay) for a in self.addresses]
+        self._ring = HashRing([a.name for a in self.addresses], replicas)
+        ns = namespace
+        self._clientsKey = f"{ns}:clients"
+        self._channelPrefix = f"{ns}:ch:"
+        self._nodePrefix = f"{ns}:node:"
+        self._nodeChannel = self._nodePrefix + self.nodeId
+        self._pubsub = self._shards[0]
+        self._subscriber = RedisSubscriber(
+            reactor, self.addresses[0], self._onMessage, commandTimeout, reconnectMaxDelay
+        )
+        self._ready = self._subscriber.subscribe(self._nodeChannel)
+        self._ready.addErrback(lambda f: self._log.warn("not subscribed yet: {f}", f=f.getErrorMessage()))
+
+        self._listeners: list[IEngineListener] = []
+        self._local: dict[str, _LocalClient] = {}
+        # subscription key -> this node's clients subscribed to it
+        self._index: dict[str, set[_LocalClient]] = {}
+        self._dirty: list[_LocalClient] = []
+        self._flushCall: IDelayedCall | None = None
+        self._messageIds = itertools.count()
+        self._calls: dict[int, defer.Deferred[Any]] = {}
+        self._callIds = itertools.count()
+        # Work started by fire-and-forget methods (attach, detach, GC): ``settle`` waits for it.
+        self._pending: set[defer.Deferred[Any]] = set()
+        self._closed = False
+        self._collecting: defer.Deferred[None] | None = None
+        self._sweeper = task.LoopingCall(self._sweep)
+        self._sweeper.clock = reactor
+        self._sweeper.start(sweepInterval, now=False).addErrback(self._loopFailed, "sweep")
+        self._renewer = task.LoopingCall(self._renewLeases)
+        self._renewer.clock = reactor
+        self._renewer.start(max(expiry / 2, 0.05), now=False).addErrback(self._loopFailed, "lease renewal")
+        self._pinger = task.LoopingCall(self._ping)
+        self._pinger.clock = reactor
+        self._pinger.start(pingInterval, now=False).addErrback(self._loopFailed, "ping")
+
+    # keys and shards
+
+    def _clientShard(self, clientId: str) -> RedisShard:
+        return self._shards[self._ring.index(clientId)]
+
+    def _channelShard(self, key: str) -> RedisShard:
+        return self._shards[self._ring.index(key)]
+
+    def _clientKeys(self, clientId: str) -> tuple[str, str, str, str]:
+        base = f"{self.namespace}:c:{clientId}"
+        return self._clientsKey, base, base + ":subs", base + ":pres"
+
+    def _subscribersKey(self, key: str) -> str:
+        return f"{self.namespace}:s:{key}"
+
+    def _presenceKey(self, channel: str) -> str:
+        return f"{self.namespace}:p:{channel}"
+
+    def _memberKey(self, channel: str, memberId: str) -> str:
+        return f"{self.namespace}:pm:{channel}:{memberId}"
+
+    def shardFor(self, clientIdOrKey: str) -> RedisAddress:
+        """The shard holding a client's state or a subscription key's subscribers."""
+        return self.addresses[self._ring.index(clientIdOrKey)]
+
+    # lifecycle
+
+    def ready(self) -> defer.Deferred[None]:
+        """Fires once this node receives pub/sub messages (its node channel is subscribed)."""
+        return self._subscriber.subscribe(self._nodeChannel)
+
+    def _loopFailed(self, failure: Any, what: str) -> None:
+        self._log.failure("Redis engine {what} loop stopped", failure, what=what)
+
+    def _track(self, d: defer.Deferred[Any], what: str) -> None:
+        """Keep fire-and-forget work visible to ``settle`` and log its failures."""
+        self._pending.add(d)
+
+        def done(result: Any) -> None:
+            self._pending.discard(d)
+            if isinstance(result, defer.Failure):
+                if result.check(RedisUnavailable):
+                    self._log.warn("{what} failed: {error}", what=what, error=result.getErrorMessage())
+                else:
+                    self._log.failure("{what} failed", result, what=what)
+
+        d.addBoth(done)
+
+    async def _settle(self) -> None:
+        while self._pending:
+            await defer.DeferredList(list(self._pending), consumeErrors=True)
+        # Everything PUBLISHed before this marker reaches our SUBSCRIBE connection before it.
+        await self._call(self.nodeId, "marker")
+        while self._pending or self._flushCall is not None:
+            while self._pending:
+                await defer.DeferredList(list(self._pending), consumeErrors=True)
+            await task.deferLater(self._reactor, 0.001, lambda: None)  # type: ignore[arg-type]
+
+    def settle(self) -> defer.Deferred[None]:
+        """
+        Fires once messages published (by any node) before the call have reached
+        this node's sinks, and this node's background work has finished: a test
+        hook, and a way to wait for quiet before shutting down.
+        """
+        return defer.Deferred.fromCoroutine(self._settle())
+
+    def close(self) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._close())
+
+    async def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for loop in (self._sweeper, self._renewer, self._pinger):
+            if loop.running:
+                loop.stop()
+        if self._flushCall is not None and self._flushCall.active():
+            self._flushCall.cancel()
+        self._flushCall = None
+        if self._pending:
+            await defer.DeferredList(list(self._pending), consumeErrors=True)
+        for d in list(self._calls.values()):
+            if not d.called:
+                d.callback(None)
+        self._calls.clear()
+        await self._subscriber.close()
+        await defer.DeferredList([s.close() for s in self._shards], consumeErrors=True)
+
+    # listeners
+
+    def addListener(self, listener: IEngineListener) -> None:
+        self._listeners.append(listener)
+
+    def removeListener(self, listener: IEngineListener) -> None:
+        self._listeners.remove(listener)
+
+    def _notify(self, method: str, *args: Any) -> None:
+        for listener in self._listeners:
+            try:
+                getattr(listener, method)(*args)
+            except Exception:
+                self._log.failure(
+                    "engine listener {listener!r} failed in {method}", listener=listener, method=method
+                )
+
+    # clients
+
+    def createClient(self) -> defer.Deferred[str]:
+        return defer.Deferred.fromCoroutine(self._createClient())
+
+    async def _createClient(self) -> str:
+        clientId = newClientId()
+        clients, base, _, _ = self._clientKeys(clientId)
+        await self._clientShard(clientId).eval(
+            scripts.CREATE, [clients, base], [clientId, self.nodeId, self.expiry]
+        )
+        # The creating node owns it: the client's first requests usually come back here.
+        self._local[clientId] = _LocalClient(clientId)
+        self._notify("clientCreated", clientId)
+        return clientId
+
+    def clientExists(self, clientId: str) -> defer.Deferred[bool]:
+        d = self._clientShard(clientId).eval(scripts.EXISTS, [self._clientsKey], [clientId])
+        return d.addCallback(lambda r: int(r) == 1)
+
+    def destroyClient(self, clientId: str, reason: str = "disconnect") -> defer.Deferred[None]:
+        d = defer.Deferred.fromCoroutine(self._destroy(clientId, reason, False))
+        return d.addCallback(lambda _: None)
+
+    async def _destroy(self, clientId: str, reason: str, onlyIfExpired: bool) -> bool:
+        keys = self._clientKeys(clientId)
+        result = await self._clientShard(clientId).eval(
+            scripts.DESTROY_CLIENT, keys, [clientId, "1" if onlyIfExpired else "0"]
+        )
+        if result is None:
+            return False
+        owner, subs, flatPresence = result
+        presence = dict(zip(flatPresence[::2], flatPresence[1::2], strict=True))
+        if owner == self.nodeId:
+            self._drop(clientId)
+        elif owner:
+            self._track(self._call(owner, "drop", c=clientId), "dropping a client on its owner")
+        channels = sorted(set(subs) | set(presence))
+        outcomes = await defer.gatherResults(
+            [self._leaveChannel(clientId, key, presence.get(key, "")) for key in channels], consumeErrors=True
+        )
+        subscribed = set(subs)
+        for key, (_, vacated, left) in zip(channels, outcomes, strict=True):
+            if key in subscribed:
+                self._notify("unsubscribed", clientId, key)
+            if left:
+                self._notify("memberLeft", key, presence[key])
+            if vacated:
+                self._notify("channelVacated", key)
+        self._notify("clientDestroyed", clientId, reason)
+        return True
+
+    def _leaveChannel(self, clientId: str, key: str, memberId: str) -> defer.Deferred[tuple[int, int, int]]:
+        d = self._channelShard(key).eval(
+            scripts.UNSUBSCRIBE_CHANNEL,
+            [self._subscribersKey(key), self._presenceKey(key), self._memberKey(key, memberId)],
+            [clientId, memberId],
+        )
+        return d.addCallback(lambda r: (int(r[0]), int(r[1]), int(r[2])))
+
+    def ping(self, clientId: str) -> None:
+        # As in the memory engine, liveness follows attach/detach (and lease renewal).
+        pass
+
+    # subscriptions
+
+    def subscribe(self, clientId: str, channel: str) -> defer.Deferred[bool]:
+        return defer.Deferred.fromCoroutine(self._subscribe(clientId, channel))
+
+    async def _subscribe(self, clientId: str, key: str) -> bool:
+        clients, base, subs, _ = self._clientKeys(clientId)
+        added, owner = await self._clientShard(clientId).eval(
+            scripts.SUBSCRIBE_CLIENT, [clients, base, subs], [clientId, key]
+        )
+        if int(added) != 1:
+            return False
+        _, cardinality = await self._channelShard(key).eval(
+            scripts.SUBSCRIBE_CHANNEL, [self._subscribersKey(key)], [clientId]
+        )
+        # Before answering, the owner's index must hold the key, or a message
+        # published right after the subscribe reply could miss the client.
+        await self._tellOwner(owner, "sub", clientId, key)
+        self._notify("subscribed", clientId, key)
+        if int(cardinality) == 1:
+            self._notify("channelOccupied", key)
+        return True
+
+    def unsubscribe(self, clientId: str, channel: str) -> defer.Deferred[bool]:
+        return defer.Deferred.fromCoroutine(self._unsubscribe(clientId, channel))
+
+    async def _unsubscribe(self, clientId: str, key: str) -> bool:
+        _, base, subs, presence = self._clientKeys(clientId)
+        removed, owner, memberId = await self._clientShard(clientId).eval(
+            scripts.UNSUBSCRIBE_CLIENT, [base, subs, presence], [key]
+        )
+        if int(removed) != 1:
+            return False
+        await self._tellOwner(owner, "unsub", clientId, key)
+        _, vacated, left = await self._leaveChannel(clientId, key, memberId)
+        self._notify("unsubscribed", clientId, key)
+        if left:
+            self._notify("memberLeft", key, memberId)
+        if vacated:
+            self._notify("channelVacated", key)
+        return True
+
+    def subscriptions(self, clientId: str) -> defer.Deferred[set[str]]:
+        d = self._clientShard(clientId).execute("SMEMBERS", self._clientKeys(clientId)[2])
+        return d.addCallback(lambda members: set(members or ()))
+
+    async def _tellOwner(self, owner: str, op: str, clientId: str, key: str) -> None:
+        if owner == self.nodeId:
+            await self._ownerUpdate(op, clientId, key)
+        elif owner:
+            await self._call(owner, op, c=clientId, k=key)
+
+    async def _ownerUpdate(self, op: str, clientId: str, key: str) -> None:
+        client = self._local.get(clientId)
+        if client is None:
+            return
+        if op == "sub":
+            client.subs.add(key)
+            await self._indexAdd(client, key)
+        else:
+            client.subs.discard(key)
+            self._indexRemove(client, key)
+
+    def _indexAdd(self, client: _LocalClient, key: str) -> defer.Deferred[None]:
+        self._index.setdefault(key, set()).add(client)
+        return self._subscriber.subscribe(self._channelPrefix + key)
+
+    def _indexRemove(self, client: _LocalClient, key: str) -> None:
+        subscribers = self._index.get(key)
+        if subscribers is None:
+            return
+        subscribers.discard(client)
+        if not subscribers:
+            del self._index[key]
+            self._subscriber.unsubscribe(self._channelPrefix + key)
+
+    def _drop(self, clientId: str) -> _LocalClient | None:
+        """Forget a client locally (destroyed, or handed over to another node)."""
+        client = self._local.pop(clientId, None)
+        if client is not None:
+            for key in client.subs:
+                self._indexRemove(client, key)
+            client.sink = None
+        return client
+
+    # presence
+
+    def presenceJoin(
+        self, clientId: str, channel: str, memberId: str, data: Any
+    ) -> defer.Deferred[dict[str, Any]]:
+        return defer.Deferred.fromCoroutine(self._presenceJoin(clientId, channel, memberId, data))
+
+    async def _presenceJoin(self, clientId: str, channel: str, memberId: str, data: Any) -> dict[str, Any]:
+        clients, _, _, presence = self._clientKeys(clientId)
+        previous = await self._clientShard(clientId).eval(
+            scripts.PRESENCE_CLIENT, [clients, presence], [clientId, channel, memberId]
+        )
+        if previous is None:
+            return await self._members(channel)
+        if previous and previous != memberId:
+            shard = self._channelShard(channel)
+            left = await shard.eval(
+                scripts.UNSUBSCRIBE_CHANNEL,
+                [f"{self.namespace}:none", self._presenceKey(channel), self._memberKey(channel, previous)],
+                [clientId, previous],
+            )
+            if int(left[2]):
+                self._notify("memberLeft", channel, previous)
+        joined, flat = await self._channelShard(channel).eval(
+            scripts.PRESENCE_JOIN,
+            [self._presenceKey(channel), self._memberKey(channel, memberId)],
+            [clientId, memberId, json.dumps(data)],
+        )
+        if int(joined):
+            self._notify("memberJoined", channel, memberId, data, clientId)
+        return self._decodeMembers(flat)
+
+    def presenceMembers(self, channel: str) -> defer.Deferred[dict[str, Any]]:
+        return defer.Deferred.fromCoroutine(self._members(channel))
+
+    async def _members(self, channel: str) -> dict[str, Any]:
+        flat = await self._channelShard(channel).execute("HGETALL", self._presenceKey(channel))
+        return self._decodeMembers(flat)
+
+    @staticmethod
+    def _decodeMembers(flat: Any) -> dict[str, Any]:
+        if isinstance(flat, dict):
+            return {k: json.loads(v) for k, v in flat.items()}
+        flat = list(flat or ())
+        return {flat[i]: json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    # publishing
+
+    def publish(self, delivery: Delivery) -> defer.Deferred[int]:
+        keys = expand(delivery.channel)
+        exclude = delivery.exclude or ""
+        header = f"{self.nodeId}.{next(self._messageIds)}\n{exclude}\n{delivery.channel}\n"
+        published = self._pubsub.eval(
+            scripts.PUBLISH, [self._channelPrefix + k for k in keys], [header, delivery.payload]
+        )
+        counted = defer.Deferred.fromCoroutine(self._count(keys, exclude))
+        d = defer.gatherResults([published, counted], consumeErrors=True)
+
+        def unwrap(failure: Any) -> Any:
+            return failure.value.subFailure if isinstance(failure.value, defer.FirstError) else failure
+
+        return d.addCallbacks(lambda results: results[1], unwrap)
+
+    async def _count(self, keys: Sequence[str], exclude: str) -> int:
+        """How many distinct clients a publish reaches (for the reply and statistics)."""
+        byShard: dict[int, list[str]] = {}
+        for key in keys:
+            byShard.setdefault(self._ring.index(key), []).append(self._subscribersKey(key))
+        shards = list(byShard)
+        results = await defer.gatherResults(
+            [self._shards[i].eval(scripts.COUNT, byShard[i], [exclude, "0"]) for i in shards],
+            consumeErrors=True,
+        )
+        busy = [i for i, r in zip(shards, results, strict=True) if int(r[0])]
+        if len(busy) <= 1:
+            return sum(int(r[1]) for r in results)
+        # Sets on several shards may share clients: union them here (sharded deployments only).
+        members = await defer.gatherResults(
+            [self._shards[i].eval(scripts.COUNT, byShard[i], [exclude, "1"]) for i in busy],
+            consumeErrors=True,
+        )
+        union: set[str] = set()
+        for r in members:
+            union.update(r[2])
+        union.discard(exclude)
+        return len(union)
+
+    def _onMessage(self, channel: str, message: str) -> None:
+        try:
+            if channel.startswith(self._channelPrefix):
+                self._received(message)
+            elif channel == self._nodeChannel:
+                self._control(message)
+        except Exception:
+            self._log.failure("bad pub/sub message on {channel}", channel=channel)
+
+    def _received(self, envelope: str) -> None:
+        messageId, exclude, channel, position, payload = envelope.split("\n", 4)
+        keys = expand(channel)
+        index = int(position)
+        subscribers = self._index.get(keys[index])
+        if not subscribers:
+            return
+        earlier = keys[:index]
+        delivery: Delivery | None = None
+        dirty = self._dirty
+        for client in subscribers:
+            if client.id == exclude or (earlier and not client.subs.isdisjoint(earlier)):
+                continue
+            if delivery is None:
+                delivery = Delivery(channel, payload.encode(), exclude or None)
+            client.queue.append(delivery)
+            client.ids.append(messageId)
+            if not client.dirty and client.sink is not None and not client.claiming:
+                client.dirty = True
+                dirty.append(client)
+        self._scheduleFlush()
+
+    def _scheduleFlush(self) -> None:
+        if self._dirty and self._flushCall is None and not self._closed:
+            # A short window rather than one reactor turn: messages of one burst
+            # reach the node in several reads, and a long-poll answered with the
+            # first of them would cost the client a request per message.
+            self._flushCall = self._reactor.callLater(self._batchWindow, self._flush)
+
+    def _flush(self) -> None:
+        self._flushCall = None
+        dirty, self._dirty = self._dirty, []
+        for client in dirty:
+            client.dirty = False
+            sink = client.sink
+            if sink is None or not client.queue or client.claiming:
+                continue
+            self._handOut(client, sink)
+
+    def _handOut(self, client: _LocalClient, sink: IDeliverySink) -> None:
+        queue, client.queue, client.ids = client.queue, [], []
+        if not sink.persistent:
+            self._detach(client)
+        try:
+            sink.deliver(queue)
+        except Exception:
+            self._log.failure("delivery to {clientId} failed", clientId=client.id)
+
+    # sinks
+
+    def attach(self, clientId: str, sink: IDeliverySink) -> None:
+        client = self._local.get(clientId)
+        if client is None:
+            client = self._local[clientId] = _LocalClient(clientId)
+            client.claiming = True
+            client.sink = sink
+            self._track(defer.Deferred.fromCoroutine(self._claim(client)), "taking over a client")
+            return
+        client.sink = sink
+        self._setDeadline([clientId], 2 * self.expiry)
+        if client.queue and not client.claiming:
+            self._handOut(client, sink)
+
+    def detach(self, clientId: str, sink: IDeliverySink) -> None:
+        client = self._local.get(clientId)
+        if client is not None and client.sink is sink:
+            self._detach(client)
+
+    def _detach(self, client: _LocalClient) -> None:
+        client.sink = None
+        self._setDeadline([client.id], self.expiry)
+
+    def _setDeadline(self, clientIds: Sequence[str], seconds: float) -> None:
+        byShard: dict[int, list[str]] = {}
+        for clientId in clientIds:
+            byShard.setdefault(self._ring.index(clientId), []).append(clientId)
+        for i, ids in byShard.items():
+            self._track(
+                self._shards[i].eval(scripts.TOUCH, [self._clientsKey], [seconds, *ids]), "moving a deadline"
+            )
+
+    async def _claim(self, client: _LocalClient) -> None:
+        clientId = client.id
+        keys = self._clientKeys(clientId)
+        try:
+            await self._ready
+            result = await self._clientShard(clientId).eval(
+                scripts.CLAIM, keys[:3], [clientId, self.nodeId, 2 * self.expiry]
+            )
+        except Exception:
+            if self._local.get(clientId) is client:
+                self._drop(clientId)
+            raise
+        if self._local.get(clientId) is not client:
+            return
+        if result is None:
+            self._drop(clientId)
+            return
+        previous, subscriptions = result[0], result[1:]
+        client.subs.update(subscriptions)
+        # Subscribe before asking for the old queue: from here on nothing can fall between the two.
+        await defer.gatherResults([self._indexAdd(client, key) for key in client.subs], consumeErrors=True)
+        handed: list[list[str]] = []
+        if previous and previous != self.nodeId:
+            reply = await self._call(previous, "handover", c=clientId)
+            if reply is not None:
+                handed = reply.get("queue", [])
+        if self._local.get(clientId) is not client:
+            return
+        if handed:
+            seen = {messageId for messageId, _, _ in handed}
+            queue = [Delivery(channel, payload.encode()) for _, channel, payload in handed]
+            ids = [messageId for messageId, _, _ in handed]
+            for delivery, messageId in zip(client.queue, client.ids, strict=True):
+                if messageId not in seen:
+                    queue.append(delivery)
+                    ids.append(messageId)
+            client.queue, client.ids = queue, ids
+        client.claiming = False
+        if client.sink is not None and client.queue:
+            self._handOut(client, client.sink)
+
+    # node-to-node calls
+
+    def _call(self, nodeId: str, op: str, **arguments: Any) -> defer.Deferred[dict[str, Any] | None]:
+        """
+        Ask another node (over its node channel) and fire with its answer, or with
+        None if it is not subscribed (gone) or does not answer in time.
+        """
+        callId = next(self._callIds)
+        answer: defer.Deferred[dict[str, Any] | None] = defer.Deferred()
+        self._calls[callId] = answer
+        message = json.dumps({"op": op, "id": callId, "from": self.nodeId, **arguments})
+
+        def published(receivers: Any) -> None:
+            if int(receivers) == 0 and self._calls.pop(callId, None) is not None:
+                answer.callback(None)
+
+        def failed(failure: Any) -> None:
+            if self._calls.pop(callId, None) is not None:
+                answer.errback(failure)
+
+        def timedOut() -> None:
+            if self._calls.pop(callId, None) is not None:
+                self._log.warn("node {node} did not answer {op} in time", node=nodeId, op=op)
+                answer.callback(None)
+
+        self._pubsub.execute("PUBLISH", self._nodePrefix + nodeId, message).addCallbacks(published, failed)
+        timer = self._reactor.callLater(self._handoverTimeout, timedOut)
+
+        def stopTimer(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        answer.addBoth(stopTimer)
+        return answer
+
+    def _control(self, text: str) -> None:
+        message = json.loads(text)
+        op = message["op"]
+        if op == "reply":
+            answer = self._calls.pop(message["id"], None)
+            if answer is not None:
+                answer.callback(message)
+            return
+        self._track(defer.Deferred.fromCoroutine(self._serve(op, message)), f"serving {op}")
+
+    async def _serve(self, op: str, message: dict[str, Any]) -> None:
+        reply: dict[str, Any] = {"op": "reply", "id": message["id"]}
+        clientId = message.get("c", "")
+        if op in ("sub", "unsub"):
+            await self._ownerUpdate(op, clientId, message["k"])
+        elif op == "handover":
+            client = self._drop(clientId)
+            if client is not None:
+                reply["queue"] = [
+                    [messageId, d.channel, d.payload.decode()]
+                    for d, messageId in zip(client.queue, client.ids, strict=True)
+                ]
+        elif op == "drop":
+            self._drop(clientId)
+        if message["from"] == self.nodeId:
+            # A marker to ourselves: answer without a round trip.
+            answer = self._calls.pop(message["id"], None)
+            if answer is not None:
+                answer.callback(reply)
+            return
+        await self._pubsub.execute("PUBLISH", self._nodePrefix + message["from"], json.dumps(reply))
+
+    # expiry
+
+    def _renewLeases(self) -> None:
+        attached = [c.id for c in self._local.values() if c.sink is not None]
+        for start in range(0, len(attached), 1000):
+            self._setDeadline(attached[start : start + 1000], 2 * self.expiry)
+
+    def _sweep(self) -> None:
+        if self._collecting is None:
+            self._collecting = defer.Deferred.fromCoroutine(self._collect())
+            self._collecting.addBoth(self._collected)
+            self._track(self._collecting, "garbage collection")
+
+    def _collected(self, result: Any) -> Any:
+        self._collecting = None
+        return result
+
+    async def _collect(self) -> None:
+        # One node at a time: the lock expires by itself if its holder dies.
+        lockMs = max(int(self._sweepInterval * 1000), 100)
+        got = await self._pubsub.execute("SET", f"{self.namespace}:gc", self.nodeId, "NX", "PX", lockMs)
+        if got is None:
+            return
+        for shard in self._shards:
+            expired = await shard.eval(scripts.EXPIRED, [self._clientsKey], [500])
+            for clientId in expired or ():
+                self._log.debug("client {clientId} expired", clientId=clientId)
+                await self._destroy(clientId, "expired", True)
+
+    def _ping(self) -> defer.Deferred[Any]:
+        return defer.DeferredList(
+            [s.ping() for s in self._shards] + [self._subscriber.ping()], consumeErrors=True
+        )
+
+    # statistics (this node's share)
+
+    def statistics(self) -> dict[str, int]:
+        """Figures for this node (clients it owns), for metrics at scrape time."""
+        return {
+            "clients": len(self._local),
+            "subscriptions": sum(len(s) for s in self._index.values()),
+            "channels": len(self._index),
+            "queued_messages": sum(len(c.queue) for c in self._local.values()),
+        }
+
+    def hasLocal(self, clientId: str) -> bool:
+        """Whether this node owns the client right now (tests, diagnostics)."""
+        return clientId in self._local
+
+    def localClients(self) -> Iterable[str]:
+        return self._local.keys()

@@ -1,0 +1,176 @@
+"""Lua scripts: each change to one shard's shared state is one atomic step.
+
+Atomicity is what makes listener events fire exactly once cluster-wide: the
+node whose script saw the set go from empty to one member is the node that
+reports ``channelOccupied``; the node whose script removed the client from the
+registry is the node that reports ``clientDestroyed``.
+
+Time comes from Redis (``TIME``), not from the nodes, so that deadlines written
+by one node and compared by another do not depend on the nodes' clocks.
+
+Keys are always passed in ``KEYS`` (never built in Lua) so the scripts would
+also run on Redis Cluster with hash tags, should that ever replace our ring.
+"""
+
+from __future__ import annotations
+
+_NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1000000\n"
+
+#: KEYS: clients zset, client hash. ARGV: clientId, owner node, seconds to live.
+CREATE = (
+    _NOW
+    + """
+redis.call('HSET', KEYS[2], 'owner', ARGV[2])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+return 1
+"""
+)
+
+#: KEYS: clients zset. ARGV: clientId. 1 if registered and its deadline has not passed.
+EXISTS = (
+    _NOW
+    + """
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not s or tonumber(s) < now then return 0 end
+return 1
+"""
+)
+
+#: KEYS: clients zset. ARGV: seconds to live, clientId... Moves deadlines of registered clients.
+TOUCH = (
+    _NOW
+    + """
+local deadline = now + tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', deadline, ARGV[i]) end
+return 1
+"""
+)
+
+#: KEYS: clients zset, client hash, client subs. ARGV: clientId, new owner, seconds to live.
+#: Returns nil for an unknown client, else {previous owner, subscription...}.
+CLAIM = (
+    _NOW
+    + """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return false end
+local old = redis.call('HGET', KEYS[2], 'owner') or ''
+redis.call('HSET', KEYS[2], 'owner', ARGV[2])
+redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[3]), ARGV[1])
+local result = redis.call('SMEMBERS', KEYS[3])
+table.insert(result, 1, old)
+return result
+"""
+)
+
+#: KEYS: clients zset, client hash, client subs. ARGV: clientId, subscription key.
+#: Returns {1 if added / 0 if already there / -1 if unknown client, owner}.
+SUBSCRIBE_CLIENT = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {-1, ''} end
+local added = redis.call('SADD', KEYS[3], ARGV[2])
+return {added, redis.call('HGET', KEYS[2], 'owner') or ''}
+"""
+
+#: KEYS: subscribers set of the key. ARGV: clientId. Returns {added, cardinality after}.
+SUBSCRIBE_CHANNEL = """
+local added = redis.call('SADD', KEYS[1], ARGV[1])
+return {added, redis.call('SCARD', KEYS[1])}
+"""
+
+#: KEYS: client hash, client subs, client presence. ARGV: subscription key.
+#: Returns {removed, owner, member id present as on that channel or ''}.
+UNSUBSCRIBE_CLIENT = """
+if redis.call('SREM', KEYS[2], ARGV[1]) == 0 then return {0, '', ''} end
+local member = redis.call('HGET', KEYS[3], ARGV[1]) or ''
+if member ~= '' then redis.call('HDEL', KEYS[3], ARGV[1]) end
+return {1, redis.call('HGET', KEYS[1], 'owner') or '', member}
+"""
+
+#: KEYS: subscribers set, presence hash, member's client set. ARGV: clientId, member id or ''.
+#: Returns {removed from subscribers, vacated, member left}.
+UNSUBSCRIBE_CHANNEL = """
+local removed = redis.call('SREM', KEYS[1], ARGV[1])
+local vacated = 0
+if removed == 1 and redis.call('EXISTS', KEYS[1]) == 0 then vacated = 1 end
+local left = 0
+if ARGV[2] ~= '' and redis.call('SREM', KEYS[3], ARGV[1]) == 1 then
+  if redis.call('EXISTS', KEYS[3]) == 0 then
+    redis.call('HDEL', KEYS[2], ARGV[2])
+    left = 1
+  end
+end
+return {removed, vacated, left}
+"""
+
+#: KEYS: clients zset, client hash, client subs, client presence. ARGV: clientId, '1' to
+#: destroy only if expired. Returns nil if someone else destroyed it (or it lives),
+#: else {owner, {subscription...}, {channel, member, ...}}.
+DESTROY_CLIENT = (
+    _NOW
+    + """
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not s then return false end
+if ARGV[2] == '1' and tonumber(s) > now then return false end
+redis.call('ZREM', KEYS[1], ARGV[1])
+local owner = redis.call('HGET', KEYS[2], 'owner') or ''
+local subs = redis.call('SMEMBERS', KEYS[3])
+local presence = redis.call('HGETALL', KEYS[4])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+return {owner, subs, presence}
+"""
+)
+
+#: KEYS: clients zset. ARGV: limit. Clients whose deadline has passed.
+EXPIRED = (
+    _NOW
+    + """
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+"""
+)
+
+#: KEYS: clients zset, client presence. ARGV: clientId, channel, member id.
+#: Returns nil for an unknown client, else the member id it was present as before ('' if none).
+PRESENCE_CLIENT = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return false end
+local old = redis.call('HGET', KEYS[2], ARGV[2]) or ''
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+return old
+"""
+
+#: KEYS: presence hash, member's client set. ARGV: clientId, member id, data (JSON).
+#: Returns {joined, {member, data, ...}}.
+PRESENCE_JOIN = """
+local joined = 0
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 then joined = 1 end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[1])
+return {joined, redis.call('HGETALL', KEYS[1])}
+"""
+
+#: KEYS: subscribers sets of the expanded keys held by one shard. ARGV: excluded clientId or '',
+#: '1' to return the members. Returns {non-empty sets, recipients[, members]}.
+COUNT = """
+local nonempty = {}
+for _, k in ipairs(KEYS) do
+  if redis.call('EXISTS', k) == 1 then table.insert(nonempty, k) end
+end
+if #nonempty == 0 then return {0, 0} end
+local excluded = 0
+if ARGV[1] ~= '' then
+  for _, k in ipairs(nonempty) do
+    if redis.call('SISMEMBER', k, ARGV[1]) == 1 then excluded = 1 end
+  end
+end
+if ARGV[2] == '1' then
+  return {#nonempty, 0, redis.call('SUNION', unpack(nonempty))}
+end
+if #nonempty == 1 then return {1, redis.call('SCARD', nonempty[1]) - excluded} end
+return {#nonempty, #redis.call('SUNION', unpack(nonempty)) - excluded}
+"""
+
+#: KEYS: pub/sub channels of the expanded keys. ARGV: envelope header, payload.
+#: One PUBLISH per key, in expansion order, with the key's index in the envelope.
+PUBLISH = """
+for i, k in ipairs(KEYS) do
+  redis.call('PUBLISH', k, ARGV[1] .. (i - 1) .. '\\n' .. ARGV[2])
+end
+return #KEYS
+"""
