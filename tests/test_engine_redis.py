@@ -1,0 +1,497 @@
+"""The engine contract, and what only a shared engine must do, on the Redis engine against a real Redis.
+
+Redis is expected on 127.0.0.1:6379 (``PANDAPUSH_TEST_REDIS`` overrides, as
+``host:port``). Without it the tests are skipped, except under ``CI`` where a
+missing Redis is a failure. Every test uses its own key namespace and deletes
+its keys afterwards, so parallel runs and a real deployment never collide.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from typing import Any
+
+from twisted.internet import defer, reactor, task
+from twisted.trial.unittest import SkipTest, TestCase
+from zope.interface.verify import verifyObject
+
+from pandapush.bayeux.delivery import Delivery
+from pandapush.engines.redis import HashRing, RedisAddress, RedisEngine, RedisUnavailable, parseRedisHosts
+from pandapush.engines.redis._connection import RedisShard
+from pandapush.interfaces import IEngine
+from tests.engine_suite import EngineTestsMixin, RecordingListener, RecordingSink, message
+
+REDIS = os.environ.get("PANDAPUSH_TEST_REDIS", "127.0.0.1:6379")
+
+
+def _redisReachable(address: RedisAddress) -> bool:
+    try:
+        with socket.create_connection((address.host, address.port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def requireRedis() -> RedisAddress:
+    address = parseRedisHosts(REDIS)[0]
+    if not _redisReachable(address):
+        if os.environ.get("CI"):
+            raise AssertionError(f"CI is set but Redis is not reachable at {address.name}")
+        raise SkipTest(f"Redis not reachable at {address.name} (set CI=true to make this a failure)")
+    return address
+
+
+async def deleteNamespace(addresses: list[RedisAddress], namespace: str) -> int:
+    """Delete every key under ``namespace`` on every shard; returns how many were deleted."""
+    deleted = 0
+    for address in addresses:
+        shard = RedisShard(reactor, address)
+        try:
+            cursor = "0"
+            while True:
+                cursor, keys = await shard.execute("SCAN", cursor, "MATCH", f"{namespace}:*", "COUNT", 1000)
+                if keys:
+                    deleted += int(await shard.execute("DEL", *keys))
+                if cursor == "0":
+                    break
+        finally:
+            await shard.close()
+    return deleted
+
+
+async def namespaceKeys(address: RedisAddress, namespace: str) -> list[str]:
+    shard = RedisShard(reactor, address)
+    try:
+        return list(await shard.execute("KEYS", f"{namespace}:*"))
+    finally:
+        await shard.close()
+
+
+def sleep(seconds: float) -> defer.Deferred[None]:
+    return task.deferLater(reactor, seconds, lambda: None)  # type: ignore[arg-type]
+
+
+class _RedisCase:
+    """Namespaces, engines and their cleanup."""
+
+    hosts: str = REDIS
+    expiry = 1.0
+
+    def newNamespace(self: Any) -> str:
+        requireRedis()
+        namespace = f"pandapush-test-{uuid.uuid4().hex}"
+        addresses = parseRedisHosts(self.hosts)
+        self.addCleanup(lambda: defer.Deferred.fromCoroutine(deleteNamespace(addresses, namespace)))
+        return namespace
+
+    def newEngine(self: Any, namespace: str, **kwargs: Any) -> RedisEngine:
+        options: dict[str, Any] = {
+            "hosts": self.hosts,
+            "namespace": namespace,
+            "timeout": 30,
+            "expiry": self.expiry,
+            "sweepInterval": 0.1,
+            "commandTimeout": 2.0,
+            "handoverTimeout": 1.0,
+        }
+        options.update(kwargs)
+        engine = RedisEngine(reactor, **options)
+        self.addCleanup(engine.close)
+        return engine
+
+
+class RedisEngineTests(_RedisCase, EngineTestsMixin, TestCase):
+    """The IEngine contract suite on one Redis engine (one node)."""
+
+    def makeEngine(self) -> RedisEngine:
+        namespace = self.newNamespace()
+        engine = RedisEngine(
+            reactor,
+            hosts=self.hosts,
+            namespace=namespace,
+            timeout=30,
+            expiry=self.expiry,
+            sweepInterval=0.1,
+        )
+        return engine
+
+    def turn(self) -> defer.Deferred[None]:
+        return self.engine.settle()
+
+    def wait(self, seconds: float) -> defer.Deferred[None]:
+        return sleep(seconds)
+
+    async def test_batchedPerTurn(self) -> None:
+        """
+        Messages published in one turn reach a client in one batch, in order.
+
+        Overrides the suite's version, which awaits each publish: with Redis each
+        await is a round trip, so those publishes are not in one turn.
+        """
+        clientId = await self.engine.createClient()
+        sink = RecordingSink()
+        self.engine.attach(clientId, sink)
+        await self.engine.subscribe(clientId, "/a")
+        await defer.gatherResults([self.engine.publish(message("/a", i)) for i in range(3)])
+        await self.turn()
+        self.assertEqual(len(sink.batches), 1)
+        self.assertEqual(
+            sink.payloads,
+            [b'{"channel":"/a","data":0}', b'{"channel":"/a","data":1}', b'{"channel":"/a","data":2}'],
+        )
+
+    async def test_sharedDeliveryPerNode(self) -> None:
+        """The clients of one node share one Delivery: the payload is not copied per recipient."""
+        seen: list[Delivery] = []
+
+        class Sink(RecordingSink):
+            def deliver(self, deliveries):  # type: ignore[no-untyped-def]
+                seen.extend(deliveries)
+
+        for _ in range(3):
+            clientId = await self.engine.createClient()
+            self.engine.attach(clientId, Sink())
+            await self.engine.subscribe(clientId, "/a")
+        await self.engine.publish(message("/a"))
+        await self.turn()
+        self.assertEqual(len(seen), 3)
+        self.assertTrue(all(d is seen[0] for d in seen))
+        self.assertEqual(seen[0].payload, b'{"channel":"/a","data":"x"}')
+
+    async def test_keysUnderNamespace(self) -> None:
+        """Every key the engine writes starts with its namespace."""
+        clientId = await self.engine.createClient()
+        await self.engine.subscribe(clientId, "/a")
+        await self.engine.presenceJoin(clientId, "/a", "u1", {"id": "u1"})
+        for address in parseRedisHosts(self.hosts):
+            shard = RedisShard(reactor, address)
+            self.addCleanup(shard.close)
+            _cursor, everything = await shard.execute("SCAN", "0", "MATCH", f"*{clientId}*", "COUNT", 100000)
+            self.assertTrue(all(k.startswith(self.engine.namespace + ":") for k in everything))
+        keys = [k for a in parseRedisHosts(self.hosts) for k in await namespaceKeys(a, self.engine.namespace)]
+        self.assertIn(f"{self.engine.namespace}:c:{clientId}:subs", keys)
+
+    async def test_numericMemberIds(self) -> None:
+        """Member ids and data that look like numbers come back as they went in."""
+        clientId = await self.engine.createClient()
+        await self.engine.subscribe(clientId, "/p")
+        members = await self.engine.presenceJoin(clientId, "/p", "42", 7)
+        self.assertEqual(members, {"42": 7})
+
+
+class ShardedRedisEngineTests(RedisEngineTests):
+    """The same contract with two shards (databases 0 and 1 of the test Redis)."""
+
+    hosts = f"{REDIS.split('/')[0]}/0,{REDIS.split('/')[0]}/1"
+
+    async def test_keysSpreadOverShards(self) -> None:
+        """Clients and channels hash to both shards, and each shard holds its own part only."""
+        ids = []
+        for i in range(20):
+            clientId = await self.engine.createClient()
+            ids.append(clientId)
+            await self.engine.subscribe(clientId, f"/room/{i}")
+        addresses = parseRedisHosts(self.hosts)
+        keys = [set(await namespaceKeys(a, self.engine.namespace)) for a in addresses]
+        self.assertTrue(keys[0] and keys[1])
+        for clientId in ids:
+            home = addresses.index(self.engine.shardFor(clientId))
+            self.assertIn(f"{self.engine.namespace}:c:{clientId}:subs", keys[home])
+            self.assertNotIn(f"{self.engine.namespace}:c:{clientId}:subs", keys[1 - home])
+        for i in range(20):
+            home = addresses.index(self.engine.shardFor(f"/room/{i}"))
+            self.assertIn(f"{self.engine.namespace}:s:/room/{i}", keys[home])
+        # A publish counts a client matched on both shards once.
+        clientId = ids[0]
+        channel = "/deep/x"
+        for key in ("/deep/x", "/deep/*", "/deep/**", "/**"):
+            await self.engine.subscribe(clientId, key)
+        shards = {self.engine.shardFor(k) for k in ("/deep/x", "/deep/*", "/deep/**", "/**")}
+        self.assertEqual(len(shards), 2, "the test needs keys on both shards")
+        self.assertEqual(await self.engine.publish(message(channel)), 1)
+
+
+class MultiNodeTests(_RedisCase, TestCase):
+    """Three engines on one namespace behave as one service."""
+
+    def setUp(self) -> Any:
+        namespace = self.newNamespace()
+        self.nodes = [self.newEngine(namespace) for _ in range(3)]
+        self.listeners = []
+        for node in self.nodes:
+            listener = RecordingListener()
+            node.addListener(listener)
+            self.listeners.append(listener)
+        return defer.gatherResults([n.ready() for n in self.nodes])
+
+    async def settle(self) -> None:
+        for node in self.nodes:
+            await node.settle()
+
+    def events(self, *kinds: str) -> list[tuple[Any, ...]]:
+        return [e for listener in self.listeners for e in listener.only(*kinds)]
+
+    async def test_publishReachesEveryNodeOnce(self) -> None:
+        """A publish on A reaches clients attached on B and C, once each."""
+        a, b, c = self.nodes
+        sinks = {}
+        for node in (b, c):
+            for _ in range(2):
+                clientId = await node.createClient()
+                sinks[clientId] = RecordingSink()
+                node.attach(clientId, sinks[clientId])
+                await node.subscribe(clientId, "/a/b")
+                await node.subscribe(clientId, "/a/**")
+        self.assertEqual(await a.publish(message("/a/b", 1)), 4)
+        await self.settle()
+        for sink in sinks.values():
+            self.assertEqual(sink.payloads, [b'{"channel":"/a/b","data":1}'])
+
+    async def test_longPollAlternatingNodes(self) -> None:
+        """A long-poll client attaching one-shot sinks on A and B in turn gets every message, in order."""
+        a, b, _c = self.nodes
+        clientId = await a.createClient()
+        await b.subscribe(clientId, "/chat")
+        received: list[bytes] = []
+        sent = 0
+        for round in range(8):
+            node = (a, b)[round % 2]
+            # Messages published while the client is between polls, from any node.
+            for _ in range(3):
+                await self.nodes[sent % 3].publish(message("/chat", sent))
+                sent += 1
+            sink = RecordingSink(persistent=False)
+            node.attach(clientId, sink)
+            await self.settle()
+            received.extend(sink.payloads)
+            node.detach(clientId, sink)
+        await self.settle()
+        self.assertEqual(received, [f'{{"channel":"/chat","data":{i}}}'.encode() for i in range(sent)])
+        self.assertTrue(b.hasLocal(clientId))
+        self.assertFalse(a.hasLocal(clientId))
+
+    async def test_subscribeOnNonOwner(self) -> None:
+        """A subscribe handled by another node takes effect on the owner before it is answered."""
+        a, b, c = self.nodes
+        clientId = await a.createClient()
+        sink = RecordingSink()
+        a.attach(clientId, sink)
+        await c.subscribe(clientId, "/x")
+        await b.publish(message("/x"))
+        await self.settle()
+        self.assertEqual(len(sink.payloads), 1)
+        await c.unsubscribe(clientId, "/x")
+        self.assertEqual(await b.publish(message("/x")), 0)
+        await self.settle()
+        self.assertEqual(len(sink.payloads), 1)
+        self.assertEqual(await b.subscriptions(clientId), set())
+
+    async def test_presenceSharedAcrossNodes(self) -> None:
+        """Joins on A are visible on B; each join and leave is reported once, cluster-wide."""
+        a, b, c = self.nodes
+        one, two = await a.createClient(), await b.createClient()
+        await a.subscribe(one, "/app/presence/room")
+        await b.subscribe(two, "/app/presence/room")
+        await a.presenceJoin(one, "/app/presence/room", "u1", {"n": 1})
+        members = await b.presenceJoin(two, "/app/presence/room", "u1", {"n": 2})
+        self.assertEqual(members, {"u1": {"n": 2}})
+        self.assertEqual(await c.presenceMembers("/app/presence/room"), {"u1": {"n": 2}})
+        self.assertEqual(self.events("joined"), [("joined", "/app/presence/room", "u1", {"n": 1}, one)])
+        await c.destroyClient(one, "disconnect")
+        self.assertEqual(self.events("left"), [])
+        await c.unsubscribe(two, "/app/presence/room")
+        self.assertEqual(self.events("left"), [("left", "/app/presence/room", "u1")])
+        self.assertEqual(await a.presenceMembers("/app/presence/room"), {})
+
+    async def test_occupancyOnce(self) -> None:
+        """A channel is occupied and vacated once across nodes, by whichever node made the change."""
+        a, b, c = self.nodes
+        one, two = await a.createClient(), await b.createClient()
+        await a.subscribe(one, "/room")
+        await b.subscribe(two, "/room")
+        await a.unsubscribe(one, "/room")
+        await c.destroyClient(two, "disconnect")
+        self.assertEqual(self.listeners[0].only("occupied", "vacated"), [("occupied", "/room")])
+        self.assertEqual(self.listeners[1].only("occupied", "vacated"), [])
+        self.assertEqual(self.listeners[2].only("occupied", "vacated"), [("vacated", "/room")])
+
+    async def test_expiryReportedOnce(self) -> None:
+        """An expired client is destroyed once, with its presence, whichever node collects it."""
+        a, b, _c = self.nodes
+        clientId = await a.createClient()
+        await b.subscribe(clientId, "/p")
+        await b.presenceJoin(clientId, "/p", "u1", {})
+        await sleep(self.expiry + 1.5)
+        self.assertEqual(
+            [e for e in self.events("destroyed") if e[1] == clientId], [("destroyed", clientId, "expired")]
+        )
+        self.assertEqual(self.events("left"), [("left", "/p", "u1")])
+        self.assertEqual(self.events("vacated"), [("vacated", "/p")])
+        self.assertFalse(a.hasLocal(clientId))
+        for node in self.nodes:
+            self.assertFalse(await node.clientExists(clientId))
+
+    async def test_crashedNodeClientsExpire(self) -> None:
+        """Clients attached on a node that stops renewing their lease expire on the others."""
+        a, b, c = self.nodes
+        clientId = await a.createClient()
+        a.attach(clientId, RecordingSink())
+        await a.subscribe(clientId, "/p")
+        await a.presenceJoin(clientId, "/p", "u1", {})
+        await sleep(self.expiry * 2.5)
+        self.assertTrue(await b.clientExists(clientId))
+        a._renewer.stop()  # as if the process had been killed
+        a._sweeper.stop()
+        await sleep(self.expiry * 2 + 1)
+        self.assertFalse(await b.clientExists(clientId))
+        self.assertEqual(await c.presenceMembers("/p"), {})
+        self.assertEqual(self.events("left"), [("left", "/p", "u1")])
+
+    async def test_destroyElsewhereStopsDelivery(self) -> None:
+        """A client destroyed through another node is forgotten by its owner."""
+        a, b, _c = self.nodes
+        clientId = await a.createClient()
+        await a.subscribe(clientId, "/a")
+        await b.destroyClient(clientId, "disconnect")
+        await self.settle()
+        self.assertFalse(a.hasLocal(clientId))
+        self.assertEqual(self.events("destroyed"), [("destroyed", clientId, "disconnect")])
+
+    async def test_handoverFromDeadNode(self) -> None:
+        """A client whose owner is gone is taken over by the node it attaches to."""
+        a, b, c = self.nodes
+        clientId = await a.createClient()
+        await a.subscribe(clientId, "/a")
+        await a.close()
+        sink = RecordingSink()
+        b.attach(clientId, sink)
+        await b.settle()
+        self.assertTrue(b.hasLocal(clientId))
+        await c.publish(message("/a", 1))
+        await self.nodes[1].settle()
+        self.assertEqual(sink.payloads, [b'{"channel":"/a","data":1}'])
+
+
+class HashRingTests(TestCase):
+    def test_spreadAndStability(self) -> None:
+        """Keys spread over every shard, and adding a shard moves only about its share of them."""
+        keys = [f"key-{i}" for i in range(20000)]
+        three = HashRing(["a", "b", "c"])
+        four = HashRing(["a", "b", "c", "d"])
+        counts = [0, 0, 0]
+        for key in keys:
+            counts[three.index(key)] += 1
+        self.assertTrue(all(5000 < n < 8500 for n in counts), counts)
+        moved = [k for k in keys if three.index(k) != four.index(k)]
+        self.assertTrue(all(four.index(k) == 3 for k in moved))
+        self.assertLess(len(moved), len(keys) * 0.35)
+        self.assertGreater(len(moved), len(keys) * 0.15)
+
+
+class ParseHostsTests(TestCase):
+    def test_forms(self) -> None:
+        """host, host:port, host:port/db and [v6]:port are understood; nonsense is refused."""
+        self.assertEqual(
+            parseRedisHosts("r1, r2:6380,r3:6381/2,[::1]:7000"),
+            [
+                RedisAddress("r1", 6379, 0),
+                RedisAddress("r2", 6380, 0),
+                RedisAddress("r3", 6381, 2),
+                RedisAddress("::1", 7000, 0),
+            ],
+        )
+        for bad in ("", ",", "r1:0", "r1:x", "r1,r1"):
+            self.assertRaises(ValueError, parseRedisHosts, bad)
+
+
+class VerifyTests(_RedisCase, TestCase):
+    def test_verifyObject(self) -> None:
+        """RedisEngine provides IEngine."""
+        self.assertTrue(verifyObject(IEngine, self.newEngine(self.newNamespace())))
+
+
+def _freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisDownTests(_RedisCase, TestCase):
+    """While Redis is down calls fail in bounded time; the engine recovers by itself."""
+
+    def startRedis(self, port: int) -> None:
+        subprocess.run(
+            [
+                self.server,
+                "--port",
+                str(port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "yes",
+                "--bind",
+                "127.0.0.1",
+                "--pidfile",
+                f"/tmp/pandapush-test-redis-{port}.pid",
+            ],
+            check=True,
+            capture_output=True,
+        )
+
+    def stopRedis(self, port: int) -> None:
+        subprocess.run([self.cli, "-p", str(port), "shutdown", "nosave"], capture_output=True)
+
+    async def test_downAndBack(self) -> None:
+        server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if server is None or cli is None:
+            raise SkipTest("redis-server/redis-cli not installed: cannot stop and restart a Redis")
+        self.server, self.cli = server, cli
+        port = _freePort()
+        self.startRedis(port)
+        self.addCleanup(self.stopRedis, port)
+        for _ in range(50):
+            if _redisReachable(RedisAddress("127.0.0.1", port)):
+                break
+            await sleep(0.05)
+        self.hosts = f"127.0.0.1:{port}"
+        engine = self.newEngine(
+            "pandapush-test-down", commandTimeout=0.5, reconnectMaxDelay=0.5, pingInterval=0.2
+        )
+        await engine.ready()
+        clientId = await engine.createClient()
+        self.stopRedis(port)
+        await sleep(0.3)
+        started = reactor.seconds()
+        with self.assertRaises(RedisUnavailable):
+            await engine.createClient()
+        with self.assertRaises(RedisUnavailable):
+            await engine.publish(message("/a"))
+        self.assertLess(reactor.seconds() - started, 2.0)
+        self.startRedis(port)
+        for _ in range(100):
+            try:
+                clientId = await engine.createClient()
+                break
+            except RedisUnavailable:
+                await sleep(0.1)
+        else:
+            self.fail("the engine did not reconnect")
+        sink = RecordingSink()
+        engine.attach(clientId, sink)
+        # The SUBSCRIBE connection comes back on its own schedule.
+        for _ in range(100):
+            try:
+                await engine.subscribe(clientId, "/a")
+                break
+            except RedisUnavailable:
+                await sleep(0.1)
+        self.assertEqual(await engine.publish(message("/a")), 1)
+        await engine.settle()
+        self.assertEqual(len(sink.payloads), 1)
