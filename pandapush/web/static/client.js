@@ -428,7 +428,8 @@
       }).then((replies) => {
         done();
         if (!Array.isArray(replies)) throw networkError('Malformed response');
-        this.client._receive(replies);
+        // Settles once incoming extensions have let every reply through to its request.
+        return this.client._receive(replies);
       }, (error) => {
         done();
         if (error instanceof PandapushError) throw error;
@@ -487,6 +488,7 @@
       this._transportUp = null; // null: never known; true/false afterwards
       this._websocketWorked = false;
       this._websocketBroken = false;
+      this._websocketSuspect = false; // a websocket just failed; broken if long-polling now works
       this._nextId = 0;
       this._inflight = new Map(); // id -> {message, resolve, reject, timer, transport}
       this._outbox = [];
@@ -857,9 +859,10 @@
 
     /**
      * Picks and opens a transport: a websocket when allowed and it opens, else
-     * long-polling. A websocket that never once opened is not tried again (a proxy that
-     * blocks it would otherwise cost `websocketTimeout` on every reconnect); one that has
-     * worked is, since its failure probably just meant the server was away.
+     * long-polling. A websocket that never opened while long-polling to the same server
+     * worked is not tried again (a proxy that blocks it would otherwise cost
+     * `websocketTimeout` on every reconnect); one that failed while the server was away
+     * (both failed) is tried again next time.
      */
     async _openTransport() {
       const types = this._connectionTypes();
@@ -875,10 +878,11 @@
         try {
           await socket.open(this._options.websocketTimeout);
           this._websocketWorked = true;
+          this._websocketSuspect = false;
           return socket;
         } catch (error) {
           if (this._transport === socket) this._transport = null;
-          if (!this._websocketWorked) this._websocketBroken = true;
+          this._websocketSuspect = !this._websocketWorked;
           if (types.length === 1) throw error;
         }
       }
@@ -931,6 +935,8 @@
           transport.close();
           await this._openTransport();
         }
+        if (this._websocketSuspect && transport.type !== WEBSOCKET) this._websocketBroken = true;
+        this._websocketSuspect = false;
         this._clientId = reply.clientId;
         this._session += 1;
         this._state = CONNECTED;
@@ -1222,7 +1228,10 @@
       });
     }
 
-    /** Every message from the server, from any transport: incoming extensions, then replies or deliveries. */
+    /**
+     * Every message from the server, from any transport: incoming extensions, then replies
+     * or deliveries, in arrival order. Resolves once all of them were dispatched.
+     */
     _receive(messages) {
       for (const message of messages) {
         if (!message || typeof message !== 'object') continue;
@@ -1235,6 +1244,7 @@
           .then((processed) => processed && this._dispatch(processed))
           .catch(() => {});
       }
+      return this._incomingChain;
     }
 
     _dispatch(message) {
