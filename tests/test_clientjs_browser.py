@@ -31,7 +31,7 @@ from tests.browser.support import (
     chromiumAvailable,
     clientFile,
 )
-from tests.support.server import PandapushProcess
+from tests.support.server import PandapushProcess, sleep
 
 APP = "clientjsTestApp00001"
 KEY = "PSIDclientjsTestK01"[:4] + "clientjsTestKey1"
@@ -70,6 +70,12 @@ async def bayeuxPublish(push: str, channel: str, data: Any) -> None:
     await postBayeux(push, [{"channel": "/meta/disconnect", "clientId": clientId}])
 
 
+_BOUNDED = """([source, arg, ms]) => Promise.race([
+  Promise.resolve().then(() => (0, eval)('(' + source + ')')(arg)),
+  new Promise((_, reject) => setTimeout(() => reject(new Error(`evaluate timed out after ${ms} ms`)), ms)),
+])"""
+
+
 class Page:
     """A browser page, every call run on the browser thread, awaited from the reactor."""
 
@@ -82,8 +88,13 @@ class Page:
     async def goto(self, url: str) -> None:
         await self.browser.call(self.page.goto, url)
 
-    async def evaluate(self, script: str, arg: Any = None) -> Any:
-        return await self.browser.call(self.page.evaluate, script, arg)
+    async def evaluate(self, script: str, arg: Any = None, timeout: float = 20) -> Any:
+        """
+        Runs the JS function ``script`` with ``arg``; a promise it returns is awaited, for at
+        most ``timeout`` seconds (Playwright's own evaluate would wait for ever, and the
+        browser thread with it).
+        """
+        return await self.browser.call(self.page.evaluate, _BOUNDED, [script, arg, timeout * 1000])
 
     async def waitFor(self, predicate: str, arg: Any = None, timeout: float = 15) -> None:
         """Waits until the JS ``predicate(arg)`` is truthy; fails with the page's log if not."""
@@ -495,3 +506,104 @@ class PresenceTests(BrowserTestCase):
         await alice.waitFor("() => harness.count('message') >= 3")
         self.assertEqual((await alice.events("message"))[2]["data"], {"unsubscribe": {"bob": None}})
         await alice.screenshot("presence-one-left")
+
+
+class ApiTests(BrowserTestCase):
+    async def test_unsubscribeAndDisconnect(self) -> None:
+        page = await self.subscribedPage()
+        await self.assertRoundTrip(page, 1)
+        await page.evaluate("(ch) => harness.clients.a.unsubscribe(ch)", ROOM)
+        [unsubscribe] = page.net.sentOn("/meta/unsubscribe")
+        self.assertEqual(unsubscribe["subscription"], ROOM)
+        await bayeuxPublish(self.server.push, ROOM, 2)
+        await page.idle(1)
+        self.assertEqual(await page.evaluate("() => harness.count('message')"), 1)
+        # cancel() of one of two subscriptions keeps the channel for the other.
+        await page.evaluate(
+            """(ch) => { const c = harness.clients.a; window.one = []; window.two = [];
+              const s1 = c.subscribe(ch, (m) => one.push(m)); c.subscribe(ch, (m) => two.push(m));
+              return s1.then(() => s1.cancel()); }""",
+            ROOM,
+        )
+        await bayeuxPublish(self.server.push, ROOM, 3)
+        await page.waitFor("() => two.length === 1")
+        self.assertEqual(await page.evaluate("() => one.length"), 0)
+        state = await page.evaluate(
+            "() => harness.clients.a.disconnect().then(() => harness.clients.a.getState())"
+        )
+        self.assertEqual(state, "DISCONNECTED")
+        self.assertEqual(len(page.net.sentOn("/meta/disconnect")), 1)
+        await page.idle(1)
+        connects = len(page.net.sentOn("/meta/connect"))
+        await page.idle(2)
+        self.assertEqual(len(page.net.sentOn("/meta/connect")), connects, "no connects after disconnect")
+
+    async def test_extensionsAndHeaders(self) -> None:
+        page = await self.openPage()
+        await page.evaluate(
+            """([url, ch]) => {
+              const c = harness.client('a', url, {}, ['websocket']);
+              window.incoming = [];
+              c.addExtension({
+                outgoing(message, callback) {
+                  message.ext = Object.assign({}, message.ext, {tag: 'x'});
+                  callback(message);
+                },
+                incoming(message, callback) { incoming.push(message.channel); callback(message); },
+              });
+              c.setHeader('X-Requested-With', 'pandapush-test');
+              return harness.subscribe('a', ch);
+            }""",
+            [self.server.push, ROOM],
+        )
+        await page.waitFor("() => harness.count('subscribed') === 1")
+        await self.assertRoundTrip(page, "extended")
+        self.assertTrue(all(m.get("ext", {}).get("tag") == "x" for m in page.net.sent()))
+        incoming = await page.evaluate("() => incoming")
+        self.assertIn("/meta/handshake", incoming)
+        self.assertIn(ROOM, incoming)
+        self.assertTrue(
+            all(p["headers"].get("x-requested-with") == "pandapush-test" for p in page.net.posts())
+        )
+
+    async def test_tokenFunctionFailure(self) -> None:
+        """A token function that throws rejects the subscription; nothing is sent for it."""
+        page = await self.subscribedPage()
+        await page.evaluate(
+            "(ch) => harness.subscribe('a', ch, () => Promise.reject(new Error('no session')))", ROOM + "2"
+        )
+        await page.waitFor("() => harness.count('subscribe-failed') === 1")
+        [failed] = await page.events("subscribe-failed")
+        self.assertEqual(failed["code"], 0)
+        self.assertIn("no session", failed["message"])
+        self.assertEqual(page.net.subscribesTo(ROOM + "2"), [])
+
+    async def test_requestTimeouts(self) -> None:
+        """A server that never answers: requests time out and are retried with backoff, not hung."""
+        page = await self.openPage()
+        # The browser swallows every Bayeux request and never answers it.
+        await self.browser.call(page.page.route, f"{self.server.push}**", lambda route: None)
+        await page.evaluate(
+            """(url) => { harness.client('a', url, {timeout: 1, retry: 0.5, maxRetry: 1}, ['websocket']);
+              harness.clients.a.connect(); }""",
+            self.server.push,
+        )
+        await page.idle(5)
+        handshakes = len(page.net.sentOn("/meta/handshake"))
+        # 1 s timeout then 0.25-1 s backoff: 2 to 5 attempts in 5 s.
+        self.assertGreaterEqual(handshakes, 2)
+        self.assertLessEqual(handshakes, 5)
+        self.assertEqual(await page.evaluate("() => harness.clients.a.getState()"), "CONNECTING")
+
+    async def test_leavingPageEndsLongPollingSession(self) -> None:
+        """A long-polling page that goes away says so (a beacon), so presence sees it leave at once."""
+        page = await self.subscribedPage(disable=("websocket",))
+        clientId = await page.evaluate("() => harness.clients.a.getClientId()")
+        await page.goto("about:blank")
+        # The server forgot the client well before its 10 s expiry.
+        await sleep(1)
+        [reply] = await postBayeux(
+            self.server.push,
+            [{"channel": "/meta/connect", "clientId": clientId, "connectionType": "long-polling"}],
+        )
+        self.assertEqual(reply.get("error", "").split(":")[0], "401", reply)
