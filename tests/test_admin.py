@@ -400,3 +400,30 @@ class TenancyConfigTests(SynchronousTestCase):
         self.assertNotIn(
             "password", repr(TenancyConfig(adminPassword="password")).replace("adminPassword", "")
         )
+
+
+class AdminUIDelegationTests(SynchronousTestCase):
+    def test_ui(self) -> None:
+        """Given a console resource, /admin and its files go to it; the API stays here."""
+        from twisted.web.resource import Resource
+
+        seen: list[bytes] = []
+
+        class Console(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Any) -> bytes:
+                seen.append(request.path)
+                return b"console"
+
+        h = AdminHarness()
+        h.app.ui = Console()
+        for path in ("/admin", "/admin/", "/admin/ui/app.js"):
+            d = h.treq.get("http://localhost" + path)
+            h.treq.flush()
+            response = self.successResultOf(d)
+            self.assertEqual(self.successResultOf(response.content()), b"console", path)
+        self.assertEqual(seen, [b"/admin", b"/admin/", b"/admin/ui/app.js"])
+        d = h.treq.get("http://localhost/admin/api/info")
+        h.treq.flush()
+        self.assertEqual(self.successResultOf(d).code, 401)

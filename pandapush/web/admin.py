@@ -28,6 +28,7 @@ from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 import pandapush
@@ -91,8 +92,13 @@ class AdminApp:
         clock: IReactorTime,
         config: TenancyConfig | None = None,
         statistics: Callable[[str], dict[str, Any]] | None = None,
+        ui: IResource | None = None,
     ) -> None:
         self.storage = storage
+        # The console (``pandapush.web.adminui``) answering /admin and everything under
+        # it but the API; it applies the same admin auth itself. Without one, a
+        # placeholder page (behind admin auth) says where the API is.
+        self.ui = ui
         # This node's live figures for an application (``pandapush.stats.Statistics.snapshot``).
         self.statistics = statistics
         self.authority = authority
@@ -165,9 +171,11 @@ class AdminApp:
 
     @app.route("/admin", methods=["GET", "HEAD"])
     @app.route("/admin/", methods=["GET", "HEAD"], branch=True)
-    async def page(self, request: IRequest) -> bytes:
+    async def page(self, request: IRequest) -> Any:
         if request.path.startswith(b"/admin/api"):
             return await self.apiNotFound(request)
+        if self.ui is not None:
+            return self.ui
 
         async def show(request: IRequest, user: AdminUser) -> bytes:
             request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
