@@ -328,10 +328,10 @@
           }
           this.client._receive(Array.isArray(messages) ? messages : [messages]);
         };
-        socket.onclose = () => {
+        socket.onclose = (event) => {
           clearTimeout(timer);
           if (!opened) reject(networkError('WebSocket closed before opening'));
-          this._closed();
+          this._closed(event.code);
         };
         // `error` is always followed by `close`, which does the work.
         socket.onerror = () => {};
@@ -364,10 +364,10 @@
       this._closed();
     }
 
-    _closed() {
+    _closed(code) {
       if (this.closed) return;
       this.closed = true;
-      this.client._transportClosed(this);
+      this.client._transportClosed(this, code);
     }
   }
 
@@ -423,7 +423,15 @@
           // An HTTP-level 401 means the same as Bayeux's: this session is no good.
           throw Object.assign(new PandapushError(401, [], 'Unknown client'), { http: true });
         }
-        if (!response.ok) throw networkError(`HTTP ${response.status}`);
+        if (response.status >= 500 || response.status === 408 || response.status === 429) {
+          throw networkError(`HTTP ${response.status}`);
+        }
+        if (!response.ok) {
+          // A request the server will never take (413 too large, 400...): retrying cannot help.
+          return response.text().then((text) => {
+            throw Object.assign(new PandapushError(response.status, [], `HTTP ${response.status}: ${text.slice(0, 200)}`), { http: true });
+          });
+        }
         return response.json();
       }).then((replies) => {
         done();
@@ -563,7 +571,7 @@
     connect(callback, context) {
       this._start();
       const promise = this._ready.promise;
-      if (typeof callback === 'function') promise.then(() => callback.call(context));
+      if (typeof callback === 'function') promise.then(() => callback.call(context), () => {});
       return promise;
     }
 
@@ -717,6 +725,14 @@
           reply = await this._request(message);
         } catch (error) {
           if (!current()) return;
+          if (error.http && error.code === 401) {
+            this._sessionLost(session);
+            continue;
+          }
+          if (!error.network) {
+            this._refuse(entry, error); // dropped by an extension, or refused at the HTTP level
+            return;
+          }
           failures += 1;
           await sleep(backoff(failures, this._options.retry, this._options.maxRetry));
           continue;
@@ -799,6 +815,7 @@
       const attempt = async () => {
         const id = this._newId();
         let failures = 0;
+        let socketsLost = 0;
         for (;;) {
           await this._ready.promise;
           const session = this._session;
@@ -810,8 +827,18 @@
           try {
             reply = await this._request(message, Math.max(1000, deadline - Date.now()));
           } catch (error) {
+            if (error.http && error.code === 401 && Date.now() < deadline) {
+              this._sessionLost(session);
+              continue;
+            }
             failures += 1;
-            if (Date.now() + 100 >= deadline || this._state === DISCONNECTED) throw error;
+            if (error.closed) {
+              socketsLost += 1;
+              if (socketsLost >= 2) {
+                throw new PandapushError(0, [], 'The connection closed twice while sending this message (too large for the server?)');
+              }
+            }
+            if (!error.network || Date.now() + 100 >= deadline || this._state === DISCONNECTED) throw error;
             await sleep(Math.min(backoff(failures, this._options.retry, this._options.maxRetry), Math.max(0, deadline - Date.now())));
             continue;
           }
@@ -1069,13 +1096,23 @@
       if (announce) this.trigger(up ? 'transport:up' : 'transport:down');
     }
 
-    /** A transport closed under us: fail what it carried; a closed websocket ends the session. */
-    _transportClosed(transport) {
+    /**
+     * A transport closed under us: fail what it carried; a closed websocket ends the session.
+     * A websocket closed with 1009 (message too big) was killed by a publish the server
+     * will never take: that publish fails for good instead of being retried into a
+     * reconnect loop (meta messages are small; they are retried as after any close).
+     * Browsers often report such a close as 1006 (abnormal) instead: `_publish` then gives
+     * up after the second socket that dies under the same message.
+     */
+    _transportClosed(transport, code) {
       for (const [id, request] of Array.from(this._inflight)) {
         if (request.transport === transport) {
           this._inflight.delete(id);
           clearTimeout(request.timer);
-          request.reject(networkError('Connection closed'));
+          const tooBig = code === 1009 && request.message.channel.indexOf('/meta/') !== 0;
+          request.reject(tooBig
+            ? new PandapushError(413, [], 'Message too large for the server')
+            : Object.assign(networkError('Connection closed'), { closed: transport.type === WEBSOCKET }));
         }
       }
       if (this._transport === transport) this._transport = null;
