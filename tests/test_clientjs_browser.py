@@ -128,6 +128,7 @@ class Page:
 
 class BrowserTestCase(TestCase):
     timeout = 180
+    serverArgs: tuple[str, ...] = ()
 
     def setUp(self) -> Any:
         if _unavailable:
@@ -137,7 +138,7 @@ class BrowserTestCase(TestCase):
         return defer.Deferred.fromCoroutine(self._setUp())
 
     async def _setUp(self) -> None:
-        self.server = await PandapushProcess.started(self, "--timeout", "5", env=ENV)
+        self.server = await PandapushProcess.started(self, "--timeout", "5", *self.serverArgs, env=ENV)
         self.browser = BrowserThread()
         await self.browser.start()
         self.addCleanup(self.browser.stop)
@@ -607,3 +608,37 @@ class ApiTests(BrowserTestCase):
             [{"channel": "/meta/connect", "clientId": clientId, "connectionType": "long-polling"}],
         )
         self.assertEqual(reply.get("error", "").split(":")[0], "401", reply)
+
+
+class TooLargeTests(BrowserTestCase):
+    serverArgs = ("--max-body-size", "65536")
+
+    async def _tooLarge(self, disable: tuple[str, ...]) -> None:
+        page = await self.subscribedPage(disable=disable)
+        big = f"/{APP}/public/big"
+        error = await page.evaluate(
+            """([ch, tok]) => harness.clients.a.publishTo(ch, tok, 'x'.repeat(100000))
+              .then(() => null, (e) => ({code: e.code, message: e.message}))""",
+            [big, token(big, pub=True)],
+        )
+        if disable:
+            # Long-polling: the server answers 413, so the client knows at once.
+            self.assertEqual(error["code"], 413, error)
+        else:
+            # The server drops the socket; browsers say 1006, not 1009, so the client gives
+            # up when the second socket dies under the same message.
+            self.assertIn(error["code"], (0, 413), error)
+        await page.idle(3)
+        self.assertLessEqual(len(page.net.sentOn(big)), 2, "a message the server cannot take is not resent")
+        # The client carries on (over a new session if the socket was closed for it).
+        await page.waitFor("() => harness.clients.a.getState() === 'CONNECTED'")
+        await page.waitFor(
+            "() => [...harness.clients.a._channels.values()].every((e) => e.status === 'subscribed')"
+        )
+        await self.assertRoundTrip(page, "small again")
+
+    async def test_websocket(self) -> None:
+        await self._tooLarge(())
+
+    async def test_longPolling(self) -> None:
+        await self._tooLarge(("websocket",))
