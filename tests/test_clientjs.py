@@ -26,7 +26,9 @@ class ClientScriptTests(TestCase):
     def setUp(self) -> None:
         self.resource = ClientScriptResource()
         root = PandapushRoot(
-            Resource(), NoResource(), {b"client.js": self.resource, b"client.mjs": self.resource}
+            Resource(),
+            NoResource(),
+            {b"client.js": self.resource, b"client.mjs": self.resource, b"client.d.ts": self.resource},
         )
         self.root = root
         self.source = (STATIC_DIR / "client.js").read_bytes()
@@ -65,6 +67,12 @@ class ClientScriptTests(TestCase):
         self.assertEqual(self.header(response, "content-type"), "application/javascript; charset=utf-8")
         self.assertEqual(self.header(response, "access-control-allow-origin"), "*")
         self.assertIn(b"import './client.js'", body)
+
+    async def test_typeDeclarations(self) -> None:
+        response, body = await self.get("/client.d.ts")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.header(response, "content-type"), "text/plain; charset=utf-8")
+        self.assertIn(b"class Client", body)
 
     async def test_etagRevalidation(self) -> None:
         first, _ = await self.get("/client.js")

@@ -1,4 +1,4 @@
-"""``GET /client.js`` (and ``/client.mjs``): the Pandapush browser client, served by pandapush itself.
+"""``GET /client.js`` (and ``/client.mjs``, ``/client.d.ts``): the browser client, served by pandapush itself.
 
 The files are read once, at start: they ship with the package and never change while a
 process runs, so every request is answered from memory, gzipped or not, with an ETag that
@@ -37,7 +37,7 @@ __all__ = ["STATIC_DIR", "ClientScriptResource", "ServedFile"]
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 #: What the resource serves by default: URL name -> file in ``static/``.
-DEFAULT_FILES = {"client.js": "client.js", "client.mjs": "client.mjs"}
+DEFAULT_FILES = {"client.js": "client.js", "client.mjs": "client.mjs", "client.d.ts": "client.d.ts"}
 
 _CONTENT_TYPES = {
     ".js": b"application/javascript; charset=utf-8",
