@@ -491,6 +491,7 @@
       this._state = UNCONNECTED;
       this._clientId = null;
       this._session = 0; // increments with each successful handshake
+      this._generation = 0; // increments with each disconnect()
       this._advice = { reconnect: 'retry', interval: 0, timeout: this._options.timeout * 1000 };
       this._transport = null;
       this._transportUp = null; // null: never known; true/false afterwards
@@ -627,6 +628,7 @@
      */
     disconnect() {
       const wasConnected = this._state === CONNECTED && this._clientId;
+      this._generation += 1; // work started before this point (retrying publishes) must not resurface
       const message = wasConnected ? { channel: DISCONNECT, clientId: this._clientId, id: this._newId() } : null;
       const transport = this._transport;
       this._state = DISCONNECTED;
@@ -663,7 +665,6 @@
       if (typeof channel !== 'string' || channel.charAt(0) !== '/') {
         throw new TypeError(`Cannot subscribe to ${channel}: channel names start with /`);
       }
-      if (this._state === DISCONNECTED) this._state = UNCONNECTED;
       const subscription = new Subscription(this, channel, callback, context);
       let entry = this._channels.get(channel);
       const fresh = !entry;
@@ -807,17 +808,18 @@
       if (typeof channel !== 'string' || channel.charAt(0) !== '/') {
         throw new TypeError(`Cannot publish to ${channel}: channel names start with /`);
       }
-      if (this._state === DISCONNECTED) this._state = UNCONNECTED;
       const publication = new Publication();
       // Faye's `deadline` option (seconds) bounds the retries; the request timeout by default.
       const seconds = options && typeof options.deadline === 'number' ? options.deadline : this._options.timeout;
       const deadline = Date.now() + seconds * 1000;
+      const generation = this._generation;
       const attempt = async () => {
         const id = this._newId();
         let failures = 0;
         let socketsLost = 0;
         for (;;) {
           await this._ready.promise;
+          if (generation !== this._generation) throw networkError('Client disconnected');
           const session = this._session;
           const message = { channel, data, clientId: this._clientId, id };
           const auth = await this._tokenFor(token);
@@ -860,6 +862,7 @@
     // --- the session: handshake, connect loop, reconnects ---------------------------------
 
     _start() {
+      if (this._state === DISCONNECTED) this._state = UNCONNECTED;
       if (this._state === UNCONNECTED) this._handshake();
     }
 
