@@ -538,6 +538,10 @@ class ApiTests(BrowserTestCase):
         connects = len(page.net.sentOn("/meta/connect"))
         await page.idle(2)
         self.assertEqual(len(page.net.sentOn("/meta/connect")), connects, "no connects after disconnect")
+        # The client can be used again: a new session.
+        await page.evaluate("(ch) => harness.subscribe('a', ch)", ROOM)
+        await page.waitFor("() => harness.count('subscribed') === 2")
+        await self.assertRoundTrip(page, "again", count=2)
 
     async def test_extensionsAndHeaders(self) -> None:
         page = await self.openPage()
