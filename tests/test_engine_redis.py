@@ -17,12 +17,13 @@ from typing import Any
 
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SkipTest, TestCase
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from pandapush.bayeux.delivery import Delivery
 from pandapush.engines.redis import HashRing, RedisAddress, RedisEngine, RedisUnavailable, parseRedisHosts
 from pandapush.engines.redis._connection import RedisShard
-from pandapush.interfaces import IEngine
+from pandapush.interfaces import IClientSocket, IEngine
 from tests.engine_suite import EngineTestsMixin, RecordingListener, RecordingSink, message
 
 REDIS = os.environ.get("PANDAPUSH_TEST_REDIS", "127.0.0.1:6379")
@@ -362,6 +363,23 @@ class MultiNodeTests(_RedisCase, TestCase):
         self.assertFalse(a.hasLocal(clientId))
         self.assertEqual(self.events("destroyed"), [("destroyed", clientId, "disconnect")])
 
+    async def test_destroyElsewhereEndsConnections(self) -> None:
+        """
+        A client destroyed through another node has its socket closed, or its held
+        connect answered, on the node holding it (that node's router heard nothing).
+        """
+        a, b, _c = self.nodes
+        socketClient, pollClient = await a.createClient(), await a.createClient()
+        socket = FakeSocket()
+        a.attach(socketClient, socket)
+        held = RecordingSink(persistent=False)
+        a.attach(pollClient, held)
+        await b.destroyClient(socketClient, "disconnect")
+        await b.destroyClient(pollClient, "expired")
+        await self.settle()
+        self.assertEqual(socket.closed, True)
+        self.assertEqual(held.batches, [[]])
+
     async def test_handoverFromDeadNode(self) -> None:
         """A client whose owner is gone is taken over by the node it attaches to."""
         a, b, c = self.nodes
@@ -413,6 +431,22 @@ class VerifyTests(_RedisCase, TestCase):
     def test_verifyObject(self) -> None:
         """RedisEngine provides IEngine."""
         self.assertTrue(verifyObject(IEngine, self.newEngine(self.newNamespace())))
+
+
+@implementer(IClientSocket)
+class FakeSocket(RecordingSink):
+    endsClientOnClose = True
+
+    def __init__(self) -> None:
+        super().__init__(persistent=True)
+        self.clientId: str | None = None
+        self.closed: bool | None = None
+
+    def sendReplies(self, replies: Any) -> None:
+        pass
+
+    def close(self, afterReplies: bool) -> None:
+        self.closed = afterReplies
 
 
 def _freePort() -> int:

@@ -70,7 +70,7 @@ from pandapush.engines.redis._connection import (
     RedisUnavailable,
     parseRedisHosts,
 )
-from pandapush.interfaces import IDeliverySink, IEngine, IEngineListener
+from pandapush.interfaces import IClientSocket, IDeliverySink, IEngine, IEngineListener
 
 __all__ = ["RedisEngine"]
 
@@ -313,7 +313,9 @@ class RedisEngine:
         if owner == self.nodeId:
             self._drop(clientId)
         elif owner:
-            self._track(self._call(owner, "drop", c=clientId), "dropping a client on its owner")
+            self._track(
+                self._call(owner, "drop", c=clientId, reason=reason), "dropping a client on its owner"
+            )
         channels = sorted(set(subs) | set(presence))
         outcomes = await defer.gatherResults(
             [self._leaveChannel(clientId, key, presence.get(key, "")) for key in channels], consumeErrors=True
@@ -417,12 +419,28 @@ class RedisEngine:
             del self._index[key]
             self._subscriber.unsubscribe(self._channelPrefix + key)
 
+    def _endSink(self, clientId: str, sink: IDeliverySink, reason: str) -> None:
+        """
+        The client was destroyed through another node, whose listeners heard of it:
+        do here what this node's router would have done on ``clientDestroyed``
+        (close the socket, answer the held connect), so the connection does not
+        linger until it next talks. Its next request finds the client unknown.
+        """
+        try:
+            if IClientSocket.providedBy(sink):
+                sink.close(afterReplies=reason == "disconnect")
+            elif not sink.persistent:
+                sink.deliver([])
+        except Exception:
+            self._log.failure("ending the connection of {clientId} failed", clientId=clientId)
+
     def _drop(self, clientId: str) -> _LocalClient | None:
         """Forget a client locally (destroyed, or handed over to another node)."""
         client = self._local.pop(clientId, None)
         if client is not None:
             for key in client.subs:
                 self._indexRemove(client, key)
+            # It may still be in this turn's dirty list: it must deliver nothing more here.
             client.sink = None
         return client
 
@@ -703,7 +721,10 @@ class RedisEngine:
                     for d, messageId in zip(client.queue, client.ids, strict=True)
                 ]
         elif op == "drop":
+            sink = self._local[clientId].sink if clientId in self._local else None
             self._drop(clientId)
+            if sink is not None:
+                self._endSink(clientId, sink, message.get("reason", ""))
         if message["from"] == self.nodeId:
             # A marker to ourselves: answer without a round trip.
             answer = self._calls.pop(message["id"], None)
