@@ -350,6 +350,24 @@ class TransportTests(BrowserTestCase):
         self.assertTrue(all(c["connectionType"] == "cross-origin-long-polling" for c in connects))
         await page.screenshot("cross-origin-long-polling")
 
+    async def test_crossOriginCredentials(self) -> None:
+        """Cross-origin long-polling sends the server's cookies (credentials: include) and an Origin."""
+        page = await self.openPage(crossOrigin=True)
+        await self.browser.call(
+            page.page.context.add_cookies,
+            [{"name": "session", "value": "s3cret", "domain": "127.0.0.1", "path": "/push"}],
+        )
+        await page.evaluate(
+            "([url, ch]) => { harness.client('a', url, {}, ['websocket']);"
+            " return harness.subscribe('a', ch); }",
+            [self.server.push, ROOM],
+        )
+        await page.waitFor("() => harness.count('subscribed') === 1")
+        post = page.net.posts()[0]
+        headers = await self.browser.call(post["request"].all_headers)
+        self.assertEqual(headers.get("origin"), self.pageServer.url)
+        self.assertIn("session=s3cret", headers.get("cookie", ""))
+
     async def test_crossOriginWebsocket(self) -> None:
         page = await self.subscribedPage(crossOrigin=True)
         self.assertEqual(await page.evaluate("() => harness.clients.a.getTransport()"), "websocket")
@@ -411,6 +429,30 @@ class ReconnectTests(BrowserTestCase):
         page = await self._restart(("websocket",))
         self.assertEqual(await page.evaluate("() => harness.clients.a.getTransport()"), "long-polling")
         await page.screenshot("restart-long-polling")
+
+    async def test_refusedHandshakesBackOff(self) -> None:
+        """A server refusing every handshake (here: 301, no common transport) is retried ever slower."""
+        page = await self.openPage()
+        await page.evaluate(
+            """(url) => {
+              const c = harness.client('a', url, {retry: 0.5, maxRetry: 2});
+              window.handshakeErrors = [];
+              c.bind('handshake:error', (e) => handshakeErrors.push(e.code));
+              c.addExtension({outgoing(message, callback) {
+                if (message.channel === '/meta/handshake') message.supportedConnectionTypes = ['iframe'];
+                callback(message);
+              }});
+              c.connect();
+            }""",
+            self.server.push,
+        )
+        await page.idle(6)
+        errors = await page.evaluate("() => handshakeErrors")
+        self.assertTrue(errors and set(errors) == {301}, errors)
+        # 0.25-0.5, 0.5-1, 1-2, then 1-2 s apart: 4 to 7 in 6 s; a loop would make thousands.
+        self.assertGreaterEqual(len(errors), 3)
+        self.assertLessEqual(len(errors), 8)
+        self.assertEqual(await page.evaluate("() => harness.clients.a.getState()"), "CONNECTING")
 
     async def test_serverAwayBacksOff(self) -> None:
         """While the server is down the client retries with growing delays, not in a loop."""

@@ -102,6 +102,8 @@ class NetworkLog:
                     "url": request.url,
                     "headers": dict(request.headers),
                     "body": request.post_data,
+                    # For all_headers() later, on the browser thread (cookies, Origin...).
+                    "request": request,
                 }
             )
 
