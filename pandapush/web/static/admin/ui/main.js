@@ -1,0 +1,102 @@
+/**
+ * The admin console's entry point: who is logged in, and a hash router over the views.
+ *
+ * Hash routes (`#/app/<id>/keys`) keep the server's part trivial (it serves one page) and
+ * make every view linkable and reachable with the back button. Each view renders into
+ * `<main>` and may return a cleanup function, run when the user navigates away, which
+ * stops its timers and live subscriptions.
+ */
+
+import { admin } from './api.js';
+import { h, replace } from './dom.js';
+import { showError } from './widgets.js';
+import { renderApplications } from './views/applications.js';
+import { renderApplication, TABS } from './views/application.js';
+
+/** What every view gets: the logged-in admin and a way to navigate. */
+const context = {
+  /** @type {{username: string, root: boolean, environment: string|null, environments: {name: string, url: string}[], version: string}|null} */
+  info: null,
+  navigate(hash) {
+    if (location.hash === hash) route();
+    else location.hash = hash;
+  },
+  setCrumbs,
+};
+
+let cleanup = null;
+let routing = 0;
+
+/** Parses `#/app/<id>/<tab>` into a view and its arguments. */
+export function parseRoute(hash) {
+  const parts = hash.replace(/^#\/?/, '').split('/').filter(Boolean).map(decodeURIComponent);
+  if (parts[0] === 'app' && parts[1]) {
+    const tab = TABS.some((t) => t.id === parts[2]) ? parts[2] : 'keys';
+    return { view: 'application', appId: parts[1], tab };
+  }
+  return { view: 'applications' };
+}
+
+async function route() {
+  routing += 1;
+  const mine = routing;
+  if (cleanup) {
+    try {
+      cleanup();
+    } catch (error) {
+      console.error(error);
+    }
+    cleanup = null;
+  }
+  const main = document.getElementById('main');
+  const where = parseRoute(location.hash);
+  replace(main, h('p', { class: 'loading', text: 'Loading…' }));
+  try {
+    const done =
+      where.view === 'application'
+        ? await renderApplication(main, context, where.appId, where.tab)
+        : await renderApplications(main, context);
+    if (mine !== routing) {
+      if (typeof done === 'function') done(); // navigated away while loading
+      return;
+    }
+    cleanup = typeof done === 'function' ? done : null;
+  } catch (error) {
+    if (mine === routing) showError(main, error);
+  }
+  // Move focus to the new content for keyboard and screen reader users, as a page load would.
+  const heading = main.querySelector('h1');
+  if (heading && mine === routing && document.activeElement === document.body) {
+    heading.setAttribute('tabindex', '-1');
+    heading.focus({ preventScroll: true });
+  }
+}
+
+/** Breadcrumb trail: `[['Applications', '#/'], ['My app', null]]` (null: the current page). */
+function setCrumbs(items) {
+  replace(
+    document.getElementById('crumbs'),
+    items.map(([label, href]) =>
+      h('li', null, href ? h('a', { href, text: label }) : h('span', { 'aria-current': 'page', text: label })),
+    ),
+  );
+}
+
+async function start() {
+  try {
+    context.info = await admin.info();
+  } catch (error) {
+    showError(document.getElementById('main'), error);
+    return;
+  }
+  const info = context.info;
+  const env = info.environment ? ` · ${info.environment}` : '';
+  replace(document.getElementById('whoami'), 'Signed in as ', h('strong', { text: info.username }), info.root ? ' (root admin)' : '', env);
+  document.getElementById('version').textContent = `pandapush ${info.version}`;
+  document.title = info.environment ? `pandapush admin (${info.environment})` : 'pandapush admin';
+  window.addEventListener('hashchange', route);
+  await route();
+  document.documentElement.dataset.ready = 'true'; // for tests: the first view is on screen
+}
+
+start();
