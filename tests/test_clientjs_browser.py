@@ -544,6 +544,13 @@ class PresenceTests(BrowserTestCase):
         aliceSaw = [e["data"] for e in await alice.events("message")]
         self.assertEqual(aliceSaw[0], {"subscribe": {"alice": {"id": "alice", "name": "Alice"}}})
         self.assertEqual(aliceSaw[1], {"subscribe": {"bob": {"id": "bob", "name": "Bob"}}})
+        # A second subscription to the channel in the same page learns the members at once.
+        await alice.evaluate(
+            "(ch) => { window.late = []; harness.clients.alice.subscribe(ch, (m) => late.push(m)); }",
+            channel,
+        )
+        await alice.waitFor("() => late.length === 1")
+        self.assertEqual(set((await alice.evaluate("() => late[0]"))["subscribe"]), {"alice", "bob"})
         await alice.screenshot("presence-two-joined")
         await bob.close()
         await alice.waitFor("() => harness.count('message') >= 3")
@@ -688,3 +695,31 @@ class TooLargeTests(BrowserTestCase):
 
     async def test_longPolling(self) -> None:
         await self._tooLarge(("websocket",))
+
+
+class ResubscribeRefusedTests(BrowserTestCase):
+    async def test_refusedAfterRestart(self) -> None:
+        """A token that went bad by the time of a re-subscribe: one refusal, an event, no loop."""
+        if not await self.hasTenancy():
+            raise SkipTest("the server does not enforce tenancy yet")
+        private = f"/{APP}/private/feed"
+        page = await self.openPage()
+        await page.evaluate(
+            """([url, ch, good]) => {
+              window.tokens = [good, 'expired-token'];
+              harness.client('a', url, {retry: 0.2, maxRetry: 2});
+              return harness.subscribe('a', ch, () => tokens.shift() || 'no-more-tokens');
+            }""",
+            [self.server.push, private, token(private, sub=True)],
+        )
+        await page.waitFor("() => harness.count('subscribed') === 1")
+        await self.server.restart()
+        await page.waitFor("() => harness.count('refused-later') === 1", timeout=30)
+        [refused] = await page.events("refused-later")
+        self.assertEqual(
+            (refused["channel"], refused["code"], refused["message"]), (private, 401, "Invalid token")
+        )
+        await page.idle(3)
+        self.assertEqual(len(page.net.subscribesTo(private)), 2)
+        self.assertEqual(await page.evaluate("() => tokens.length"), 0)
+        self.assertEqual(await page.evaluate("() => harness.clients.a.getState()"), "CONNECTED")
