@@ -588,6 +588,8 @@
      * Pandapush: subscribes with a token (`ext.auth.token`). `token` is a string, or a
      * function returning one or a promise of one; a function is called again for a fresh
      * token each time the subscription is (re)sent, e.g. after the server restarted.
+     * Several subscriptions to one channel share one server subscription: the token given
+     * last is the one used for the next re-subscribe (`subscribe()` keeps the current one).
      */
     subscribeTo(channel, token, callback, context) {
       return this._subscribe(channel, token, callback, context);
