@@ -4,6 +4,7 @@
 // scenario's events (see scenarios.js) plus what the browser really put on the network.
 //
 //   node browser-client.js <scenario> <endpoint> --transport=<type> [--channel=/x] [--wait=ms]
+//                          [--prefix=/<app>/public] [--auth=<key>:<secret>|token:<jwt>]
 //
 //   <type>: websocket | eventsource | long-polling | cross-origin-long-polling | callback-polling
 //
@@ -30,6 +31,15 @@ const path = require('path');
 const { chromium } = require('playwright-core');
 
 const started = Date.now();
+
+// --auth=<key>:<secret> or --auth=token:<jwt>: credentials put on every publish.
+function parseAuth(value) {
+  if (!value) return null;
+  const colon = value.indexOf(':');
+  if (colon < 0) throw new Error('--auth wants <key>:<secret> or token:<jwt>');
+  const [first, rest] = [value.slice(0, colon), value.slice(colon + 1)];
+  return first === 'token' ? { token: rest } : { key: first, secret: rest };
+}
 function report(event) {
   event.t = Date.now() - started;
   process.stdout.write(JSON.stringify(event) + '\n');
@@ -187,7 +197,10 @@ async function main() {
       scenario,
       url: endpoint,
       disable,
+      transport,
       channel: flags.channel,
+      prefix: flags.prefix,
+      auth: parseAuth(flags.auth),
       waitMs: flags.wait ? Number(flags.wait) : undefined,
       settleMs: flags.settle ? Number(flags.settle) : undefined,
     });

@@ -4,8 +4,12 @@
 //
 //   node faye-client.js <scenario> <endpoint> [--transport=websocket|long-polling]
 //                       [--channel=/x/y] [--wait=ms] [--settle=ms] [--deadline=ms]
+//                       [--prefix=/<app>/public] [--auth=<key>:<secret>|token:<jwt>]
 //
 //   node faye-client.js roundtrip http://127.0.0.1:3000/push --transport=long-polling
+//
+// --prefix goes before every channel the scenario uses; --auth is put in ext.auth of
+// every publish (pandapush's tenancy wants both; Faye's own server neither).
 //
 // Faye's Node client knows two network transports: websocket (its first choice) and
 // long-polling; --transport=long-polling disables websocket. When a scenario reaches a
@@ -21,6 +25,15 @@ const scenarios = require('./scenarios');
 
 const started = Date.now();
 
+// --auth=<key>:<secret> or --auth=token:<jwt>: credentials put on every publish.
+function parseAuth(value) {
+  if (!value) return null;
+  const colon = value.indexOf(':');
+  if (colon < 0) throw new Error('--auth wants <key>:<secret> or token:<jwt>');
+  const [first, rest] = [value.slice(0, colon), value.slice(colon + 1)];
+  return first === 'token' ? { token: rest } : { key: first, secret: rest };
+}
+
 function report(event) {
   event.t = Date.now() - started;
   process.stdout.write(JSON.stringify(event) + '\n');
@@ -28,7 +41,8 @@ function report(event) {
 
 function usage(message) {
   process.stderr.write(message + '\nusage: faye-client.js <' + scenarios.names.join('|') +
-    '> <endpoint> [--transport=websocket|long-polling] [--channel=/x] [--wait=ms] [--settle=ms]\n');
+    '> <endpoint> [--transport=websocket|long-polling] [--channel=/x] [--wait=ms] [--settle=ms]' +
+    ' [--prefix=/<app>/public] [--auth=<key>:<secret>]\n');
   process.exit(2);
 }
 
@@ -83,7 +97,10 @@ report({ event: 'client', faye: faye.VERSION, node: process.version, transport }
 scenarios.run(faye, name, {
   url,
   disable,
+  transport,
   channel: flags.channel,
+  prefix: flags.prefix,
+  auth: parseAuth(flags.auth),
   waitMs: flags.wait ? Number(flags.wait) : undefined,
   settleMs: flags.settle ? Number(flags.settle) : undefined,
   resume,

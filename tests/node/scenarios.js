@@ -46,6 +46,12 @@
     this.waitMs = options.waitMs || 10000;
     this.settleMs = options.settleMs === undefined ? 500 : options.settleMs;
     this.resume = options.resume || null;
+    this.transport = options.transport || null;
+    // A multi-tenant server wants /<app>/public/... channels and credentials to publish:
+    // `prefix` goes before every channel, `auth` ({key, secret} or {token}) into the
+    // ext.auth of every publish, as an application's own publisher would send it.
+    this.prefix = options.prefix || '';
+    this.auth = options.auth || null;
     this.options = options;
     this.report = report;
     this.clients = [];
@@ -62,10 +68,17 @@
       subscriptions: {},
       messages: [],   // subscription callbacks: {subscription, channel, data}
       received: [],   // every incoming wire message
+      sent: [],       // every outgoing message
     };
 
+    var auth = this.auth;
     client.addExtension({
       outgoing: function (message, callback) {
+        if (auth && message.channel.indexOf('/meta/') !== 0) {
+          message.ext = message.ext || {};
+          message.ext.auth = auth;
+        }
+        state.sent.push(message);
         report({ event: 'sent', client: name, message: message });
         callback(message);
       },
@@ -182,6 +195,23 @@
     });
   };
 
+  // Faye handshakes over a mandatory type and moves to the chosen transport once it has
+  // opened (an EventSource or a websocket) and the connect in flight has returned. Waiting
+  // for a connect over the chosen type makes what follows travel over it.
+  Harness.prototype.onTransport = function (state) {
+    var transport = this.transport;
+    if (!transport) return Promise.resolve();
+    var self = this;
+    return this.waitUntil(state.name + ' connecting over ' + transport, function () {
+      var id = self.clientId(state);
+      return state.sent.some(function (m) {
+        return m.channel === '/meta/connect' && m.connectionType === transport && m.clientId === id;
+      });
+    }).then(function () {
+      self.step('on-transport', { client: state.name, connectionType: transport });
+    });
+  };
+
   Harness.prototype.got = function (state, predicate) {
     return state.messages.filter(function (m) { return predicate(m.data, m); }).length;
   };
@@ -227,11 +257,13 @@
   // Two clients on one channel: both receive what either publishes, once; an unsubscribed
   // client receives nothing more; both disconnect cleanly.
   scenarios.roundtrip = async function (h) {
-    var channel = h.options.channel || '/e2e/roundtrip/' + randomName();
+    var channel = h.options.channel || h.prefix + '/e2e/roundtrip/' + randomName();
     var a = h.client('A');
     var b = h.client('B');
     await h.subscribe(a, channel);
     await h.subscribe(b, channel);
+    await h.onTransport(a);
+    await h.onTransport(b);
     h.step('handshaken', { A: h.clientId(a), B: h.clientId(b) });
 
     await h.publish(a, channel, { n: 1, from: 'A', text: 'hello from A' });
@@ -255,13 +287,15 @@
 
   // One client subscribed to a channel and to wildcards above it; another publishes.
   scenarios.wildcards = async function (h) {
-    var base = h.options.channel || '/e2e/wild/' + randomName();
+    var base = h.options.channel || h.prefix + '/e2e/wild/' + randomName();
     var a = h.client('A');
     var b = h.client('B');
     await h.subscribe(a, base + '/*');
     await h.subscribe(a, base + '/**');
     await h.subscribe(a, base + '/x');
     await h.subscribe(b, base + '/*');
+    await h.onTransport(a);
+    await h.onTransport(b);
     h.step('handshaken', { A: h.clientId(a), B: h.clientId(b), base: base });
 
     var targets = [
@@ -285,10 +319,11 @@
   // The server goes away and comes back (same port, new process, no memory of us):
   // the client must re-handshake, resubscribe by itself, and receive again.
   scenarios.restart = async function (h) {
-    var channel = h.options.channel || '/e2e/restart/' + randomName();
+    var channel = h.options.channel || h.prefix + '/e2e/restart/' + randomName();
     var a = h.client('A');
     var b = h.client('B');
     await h.subscribe(a, channel);
+    await h.onTransport(a);
     await h.publish(b, channel, { n: 1, phase: 'before' });
     await h.waitForMessage(a, 'n=1', hasN(1));
     var oldA = h.clientId(a);
@@ -307,6 +342,7 @@
       });
     }, h.waitMs * 2);
     h.step('resubscribed', { A: h.clientId(a) });
+    await h.onTransport(a);
 
     // B's first publish may still carry its dead clientId (401, then Faye re-handshakes):
     // retry until one is accepted. Each accepted publish must reach A exactly once.
