@@ -40,7 +40,9 @@ with a script that re-checks the deadline, so a destruction happens once.
 
 Trade-offs: pub/sub is at-most-once. A node whose SUBSCRIBE connection is down,
 or that crashes, loses what was queued in its memory for its clients (the
-clients carry on with their session on another node). The hand-over costs a
+clients carry on with their session on another node); a node that closes parks
+its clients' queues in Redis for the node they reconnect to. Until a client
+whose owner is gone has been claimed by a new node, nobody listens for it. The hand-over costs a
 round trip to the previous owner whenever a long-poll client changes node
 (sticky load balancing avoids it). All pub/sub goes through one shard.
 """
@@ -184,6 +186,9 @@ class RedisEngine:
         base = f"{self.namespace}:c:{clientId}"
         return self._clientsKey, base, base + ":subs", base + ":pres"
 
+    def _parkedKey(self, clientId: str) -> str:
+        return f"{self.namespace}:c:{clientId}:parked"
+
     def _subscribersKey(self, key: str) -> str:
         return f"{self.namespace}:s:{key}"
 
@@ -253,12 +258,40 @@ class RedisEngine:
         self._flushCall = None
         if self._pending:
             await defer.DeferredList(list(self._pending), consumeErrors=True)
+        await self._park()
         for d in list(self._calls.values()):
             if not d.called:
                 d.callback(None)
         self._calls.clear()
         await self._subscriber.close()
         await defer.DeferredList([s.close() for s in self._shards], consumeErrors=True)
+
+    async def _park(self) -> None:
+        """
+        Leave the queues of this node's clients in Redis for the nodes they will
+        reconnect to (a drained node told them to): without this, what was queued
+        here between two polls would die with the process. Until the subscriber
+        closes, this node still answers hand-overs; a message in both places is
+        taken once (the new owner removes duplicates by id).
+        """
+        ttl = int(2 * self.expiry) + 1
+        parking = []
+        for client in self._local.values():
+            if not client.queue:
+                continue
+            entries = [
+                f"{messageId}\n{d.channel}\n".encode() + d.payload
+                for d, messageId in zip(client.queue, client.ids, strict=True)
+            ]
+            parking.append(
+                self._clientShard(client.id).eval(scripts.PARK, [self._parkedKey(client.id)], [ttl, *entries])
+            )
+        if parking:
+            results = await defer.DeferredList(parking, consumeErrors=True)
+            lost = sum(1 for ok, _ in results if not ok)
+            self._log.info(
+                "closing: parked the queues of {n} clients ({lost} failed)", n=len(parking), lost=lost
+            )
 
     # listeners
 
@@ -302,7 +335,7 @@ class RedisEngine:
         return d.addCallback(lambda _: None)
 
     async def _destroy(self, clientId: str, reason: str, onlyIfExpired: bool) -> bool:
-        keys = self._clientKeys(clientId)
+        keys = [*self._clientKeys(clientId), self._parkedKey(clientId)]
         result = await self._clientShard(clientId).eval(
             scripts.DESTROY_CLIENT, keys, [clientId, "1" if onlyIfExpired else "0"]
         )
@@ -647,12 +680,20 @@ class RedisEngine:
             reply = await self._call(previous, "handover", c=clientId)
             if reply is not None:
                 handed = reply.get("queue", [])
+            # What a closed previous owner left behind (older than anything handed now).
+            parked = await self._clientShard(clientId).eval(scripts.UNPARK, [self._parkedKey(clientId)])
+            handed = [entry.split("\n", 2) for entry in parked or ()] + handed
         if self._local.get(clientId) is not client:
             return
         if handed:
-            seen = {messageId for messageId, _, _ in handed}
-            queue = [Delivery(channel, payload.encode()) for _, channel, payload in handed]
-            ids = [messageId for messageId, _, _ in handed]
+            seen: set[str] = set()
+            queue: list[Delivery] = []
+            ids: list[str] = []
+            for messageId, channel, payload in handed:
+                if messageId not in seen:
+                    seen.add(messageId)
+                    queue.append(Delivery(channel, payload.encode()))
+                    ids.append(messageId)
             for delivery, messageId in zip(client.queue, client.ids, strict=True):
                 if messageId not in seen:
                     queue.append(delivery)

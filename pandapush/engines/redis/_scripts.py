@@ -100,7 +100,7 @@ end
 return {removed, vacated, left}
 """
 
-#: KEYS: clients zset, client hash, client subs, client presence. ARGV: clientId, '1' to
+#: KEYS: clients zset, client hash, client subs, client presence, parked queue. ARGV: clientId, '1' to
 #: destroy only if expired. Returns nil if someone else destroyed it (or it lives),
 #: else {owner, {subscription...}, {channel, member, ...}}.
 DESTROY_CLIENT = (
@@ -113,7 +113,7 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 local owner = redis.call('HGET', KEYS[2], 'owner') or ''
 local subs = redis.call('SMEMBERS', KEYS[3])
 local presence = redis.call('HGETALL', KEYS[4])
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 return {owner, subs, presence}
 """
 )
@@ -173,4 +173,19 @@ for i, k in ipairs(KEYS) do
   redis.call('PUBLISH', k, ARGV[1] .. (i - 1) .. '\\n' .. ARGV[2])
 end
 return #KEYS
+"""
+
+#: KEYS: a client's parked queue. ARGV: seconds to keep it, entries... (a closing node's
+#: queued messages, for whichever node the client reconnects to).
+PARK = """
+for i = 2, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+#: KEYS: a client's parked queue. Returns and deletes its entries.
+UNPARK = """
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+return items
 """
