@@ -157,7 +157,7 @@ class AdminUIResource(Resource):
         if finished:
             return  # the client went away while we authenticated
         # Twisted sends no body for HEAD, but keeps the length we announce.
-        if request.code != http.NOT_MODIFIED:
+        if getattr(request, "code", None) != http.NOT_MODIFIED:
             request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
         if body:
             request.write(body)

@@ -1,0 +1,115 @@
+"""
+An in-process pandapush with the admin console mounted, for the console's tests.
+
+Until the server mounts :class:`~pandapush.web.adminui.AdminUIResource` itself, tests mount
+it the way the lead will: ``/admin/api/...`` to the API app, everything else under
+``/admin`` to the console, both under the same :class:`AdminAuthority`. If the server
+already serves the console (``/admin/ui/main.js`` answers), nothing is changed.
+
+Run by hand to look at the console::
+
+    .venv/bin/python -m tests.browser_admin.server 8089   # then http://127.0.0.1:8089/admin
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IListeningPort
+from twisted.web.resource import IResource, Resource
+
+from pandapush.tap import Options, makeService
+from pandapush.web.adminui import AdminUIResource
+
+ADMIN_USER = "admin"
+ADMIN_PASSWORD = "console-test-password"
+
+
+class AdminRoutes(Resource):
+    """``/admin/api/...`` to the API, the rest of ``/admin`` to the console (both see the whole path)."""
+
+    isLeaf = True
+
+    def __init__(self, api: IResource, ui: IResource) -> None:
+        super().__init__()
+        self.api = api
+        self.ui = ui
+
+    def render(self, request: Any) -> Any:
+        path: bytes = request.path
+        target = self.api if path == b"/admin/api" or path.startswith(b"/admin/api/") else self.ui
+        return target.render(request)
+
+
+def mountConsole(service: Any) -> AdminUIResource:
+    """Mounts the console on ``service``'s root as the lead will; returns the console resource."""
+    tenancy = service.tenancy
+    ui = AdminUIResource(tenancy.adminAuthority)
+    service.site.resource.mount(b"admin", AdminRoutes(tenancy.adminApp.app.resource(), ui))
+    return ui
+
+
+class ConsoleServer:
+    """pandapush on 127.0.0.1 (memory storage, Basic admin auth), with the console mounted."""
+
+    def __init__(self, port: int = 0, statsInterval: float = 1.0, mount: bool = True) -> None:
+        options = Options()
+        options.parseOptions(
+            [
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+                "--database",
+                "memory",
+                "--stats-interval",
+                str(statsInterval),
+                "--timeout",
+                "5",
+            ]
+        )
+        environ = {"AUTH_METHOD": "basic", "ADMIN_USERNAME": ADMIN_USER, "ADMIN_PASSWORD": ADMIN_PASSWORD}
+        self.service: Any = makeService(options, environ=environ)
+        if mount:
+            mountConsole(self.service)
+        self.port: IListeningPort | None = None
+
+    async def start(self) -> None:
+        self.service.startService()
+        await self.service.ready
+        listeners = [
+            c
+            for s in self.service
+            for c in (s if hasattr(s, "__iter__") else [])
+            if hasattr(c, "_waitingForPort")
+        ]
+        self.port = await listeners[0]._waitingForPort
+
+    @property
+    def url(self) -> str:
+        assert self.port is not None
+        return f"http://127.0.0.1:{self.port.getHost().port}"  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        await defer.maybeDeferred(self.service.stopService)
+
+
+def main() -> None:
+    from twisted.internet import reactor, task
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 8089
+
+    async def run(_: Any) -> None:
+        server = ConsoleServer(port)
+        await server.start()
+        print(f"console at {server.url}/admin  (user {ADMIN_USER!r}, password {ADMIN_PASSWORD!r})")
+        await defer.Deferred()  # until interrupted
+
+    task.react(lambda r: defer.Deferred.fromCoroutine(run(r)))
+    del reactor
+
+
+if __name__ == "__main__":
+    main()
