@@ -2,24 +2,27 @@
 A real pandapush daemon in a child process, for end-to-end tests.
 
 ``PandapushProcess`` runs ``python -m twisted pandapush`` (the same interpreter as the
-tests, from the repository root so the source tree's plugin is the one found) on a free
-127.0.0.1 port, waits until ``GET /health_check.json`` answers, and stops it with SIGTERM
-(then SIGKILL). ``restart()`` brings up a fresh process on the same port: a server that
+tests, with the source tree first on PYTHONPATH so its package and its dropin are the ones
+found, in a scratch directory of its own) on a free 127.0.0.1 port, waits until
+``GET /health_check.json`` answers, and stops it with SIGTERM (then SIGKILL). ``restart()`` brings up a fresh process on the same port: a server that
 went away and came back, with no memory of its clients.
 
 Everything is asynchronous: a trial test awaits ``start()``/``stop()``/``restart()`` and
 the reactor keeps running, so clients in other processes are served meanwhile.
 
-    server = await PandapushProcess.started(self, "--timeout", "2")
+    server = await PandapushProcess.started(self, "--timeout", "2", env={"DATABASE": "memory"})
     url = server.push  # http://127.0.0.1:<port>/push
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -102,9 +105,11 @@ class PandapushProcess:
 
     startTimeout = 30.0
     stopTimeout = 10.0
-    #: Where the child runs; with ``sourceOnPath`` the source tree is first on its PYTHONPATH.
-    #: A subclass that runs an installed copy sets both away from the repository.
-    workingDirectory: Path = REPO_ROOT
+    #: Where the child runs: by default a scratch directory of its own (removed at the
+    #: end), so whatever the server writes relative to its cwd (``localdata/``) stays out
+    #: of the checkout. With ``sourceOnPath`` the source tree is first on its PYTHONPATH;
+    #: a subclass that runs an installed copy turns that off.
+    workingDirectory: Path | None = None
     sourceOnPath = True
 
     def __init__(
@@ -122,11 +127,13 @@ class PandapushProcess:
         self.runs = 0
         self._transport: Any = None
         self._protocol: _ServerProtocol | None = None
+        self._scratch: Path | None = None
 
     @classmethod
     async def started(cls, testCase: TestCase, *args: str, **kwargs: Any) -> PandapushProcess:
         """Start a server for ``testCase`` and stop it in its cleanup, whatever happens."""
         server = cls(*args, **kwargs)
+        testCase.addCleanup(server.removeScratch)  # cleanups run last-in first-out: after stop
         testCase.addCleanup(server.stop)
         await server.start()
         return server
@@ -143,6 +150,20 @@ class PandapushProcess:
     @property
     def running(self) -> bool:
         return self._protocol is not None and not self._protocol.hasEnded
+
+    def directory(self) -> Path:
+        """The child's working directory (see ``workingDirectory``)."""
+        if self.workingDirectory is not None:
+            return self.workingDirectory
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="pandapush-server-"))
+            atexit.register(shutil.rmtree, self._scratch, True)
+        return self._scratch
+
+    def removeScratch(self) -> None:
+        if self._scratch is not None and not self.running:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
     def command(self) -> list[str]:
         return [
@@ -178,7 +199,7 @@ class PandapushProcess:
         self.output.append(f"[server#{self.runs}] $ {' '.join(command)}")
         self._protocol = protocol
         self._transport = IReactorProcess(self.reactor).spawnProcess(
-            protocol, command[0], command, env=self.childEnvironment(), path=str(self.workingDirectory)
+            protocol, command[0], command, env=self.childEnvironment(), path=str(self.directory())
         )
         await self._waitUntilHealthy(protocol)
 
