@@ -420,3 +420,108 @@ class ErrorsAndNarrowTests(ConsoleTestCase):
         p.get_by_role("button", name="Publish", exact=True).click()
         p.get_by_role("log", name="Events").locator(".event-message").wait_for()
         self.assertNoErrors(page)
+
+
+class ModuleTests(ConsoleTestCase):
+    """The console's pure helpers, imported as the page imports them (no Node needed)."""
+
+    async def test_helpers(self) -> None:
+        await self.onBrowser(self._helpers)
+
+    def _helpers(self) -> None:
+        page = self.page()
+        page.open()
+        results = page.page.evaluate(
+            """async () => {
+              const jwt = await import('/admin/ui/jwt.js');
+              const presence = await import('/admin/ui/presence.js');
+              const tokens = await import('/admin/ui/views/tokens.js');
+              const stats = await import('/admin/ui/views/stats.js');
+              const format = await import('/admin/ui/format.js');
+              const api = await import('/admin/ui/api.js');
+              // header {"alg":"HS256"} . claims with a non-ASCII presence name . signature
+              const b64 = (o) => btoa(String.fromCharCode(...new TextEncoder().encode(JSON.stringify(o))))
+                .replace(/\\+/g, '-').replace(/\\//g, '_').replace(/=+$/, '');
+              const claims = {keyId: 'PSIDx', channel: '/a/private/**', sub: true,
+                              presence: {id: 'zoë'}, exp: 0};
+              const token = `${b64({alg: 'HS256', typ: 'JWT'})}.${b64(claims)}.sig`;
+              const decoded = jwt.decodeToken(token);
+              let notJwt = null;
+              try { jwt.decodeToken('nope'); } catch (e) { notJwt = e.message; }
+              const members = new Map();
+              const first = presence.applyPresence(members, {subscribe: {a: {id: 'a'}, b: {id: 'b'}}});
+              const second = presence.applyPresence(members, {unsubscribe: {a: null, zz: null}});
+              return {
+                decoded, notJwt,
+                claims: jwt.describeClaims(decoded.claims).map(([n, , m]) => [n, m]),
+                first, second, members: [...members.keys()],
+                notice: [presence.isPresenceNotice({subscribe: {}}), presence.isPresenceNotice({text: 1}),
+                         presence.isPresenceNotice([]), presence.isPresenceNotice({})],
+                channels: ['/app1/public/room', '/app1/public/**', '/app1/meta/statistics', '/app2/public/x',
+                           '/app1/secret/x', '/app1/public', '/app1/public/a/**/b', '/app1/public/a b',
+                           '/app1/public//x'].map((c) => tokens.channelProblem('app1', c)),
+                rates: [stats.rate(null, 5, 1), stats.rate(10, 30, 2), stats.rate(30, 4, 2),
+                        stats.rate(1, 2, 0)],
+                json: [format.parseJSON('{"a":1}'), format.parseJSON(''), format.parseJSON('{a:1}').ok],
+                status: [format.keyStatus({revoked: true}),
+                         format.keyStatus({expires: '2000-01-01T00:00:00Z'}),
+                         format.keyStatus({expires: null})],
+                errorText: [api.errorText(403, 'Forbidden', {code: 403, params: [], message: 'Revoked key'}),
+                            api.errorText(500, 'Internal Server Error', ''),
+                            api.errorText(404, 'Not Found', 'OK')],
+              };
+            }"""
+        )
+        self.assertEqual(results["decoded"]["header"], {"alg": "HS256", "typ": "JWT"})
+        self.assertEqual(results["decoded"]["claims"]["presence"], {"id": "zoë"})
+        self.assertIn("three dot-separated parts", results["notJwt"])
+        meanings = dict(results["claims"])
+        self.assertEqual(meanings["channel"], "this channel subtree")
+        self.assertEqual(meanings["sub"], "may subscribe")
+        self.assertEqual(meanings["presence"], "joins presence as zoë")
+        self.assertEqual(meanings["exp"], "expires 1970-01-01T00:00:00Z")
+        self.assertEqual(results["first"], {"joined": ["a", "b"], "left": []})
+        self.assertEqual(results["second"], {"joined": [], "left": ["a"]})
+        self.assertEqual(results["members"], ["b"])
+        self.assertEqual(results["notice"], [True, False, False, False])
+        ok = [c is None for c in results["channels"]]
+        self.assertEqual(ok, [True, True, True, False, False, False, False, False, False])
+        self.assertEqual(results["rates"], [0, 10, 2, 0])
+        self.assertEqual(results["json"][0], {"ok": True, "value": {"a": 1}})
+        self.assertFalse(results["json"][1]["ok"])
+        self.assertFalse(results["json"][2])
+        self.assertEqual(results["status"], ["revoked", "expired", "active"])
+        self.assertEqual(
+            results["errorText"],
+            ["Revoked key (403)", "Internal Server Error (500)", "OK (404)"],
+        )
+        self.assertNoErrors(page)
+
+
+class EnvironmentsTests(ConsoleTestCase):
+    """``ENVIRONMENTS``: the header links to the console of each, the current one marked."""
+
+    async def _setUp(self) -> None:
+        self.server = ConsoleServer(
+            environ={"ENVIRONMENTS": "staging,https://staging.example;production,https://push.example/"}
+        )
+        await self.server.start()
+        self.addCleanup(self.server.stop)
+        self.browser = BrowserThread()
+        await self.browser.start()
+        self.addCleanup(self.browser.stop)
+        self.http = Http(self.server.url)
+
+    async def test_links(self) -> None:
+        await self.onBrowser(self._links)
+
+    def _links(self) -> None:
+        page = self.page()
+        page.open()
+        nav = page.page.get_by_role("navigation", name="Environments")
+        self.assertEqual(
+            nav.get_by_role("link", name="staging").get_attribute("href"), "https://staging.example/admin/"
+        )
+        self.assertEqual(
+            nav.get_by_role("link", name="production").get_attribute("href"), "https://push.example/admin/"
+        )

@@ -3,8 +3,9 @@ An in-process pandapush with the admin console mounted, for the console's tests.
 
 Until the server mounts :class:`~pandapush.web.adminui.AdminUIResource` itself, tests mount
 it the way the lead will: ``/admin/api/...`` to the API app, everything else under
-``/admin`` to the console, both under the same :class:`AdminAuthority`. If the server
-already serves the console (``/admin/ui/main.js`` answers), nothing is changed.
+``/admin`` to the console, both under the same :class:`AdminAuthority`. Once the server's
+own ``/admin`` mount is something other than the bare API app, it is left alone, so the same
+tests then check the server's real wiring.
 
 Run by hand to look at the console::
 
@@ -43,8 +44,18 @@ class AdminRoutes(Resource):
         return target.render(request)
 
 
-def mountConsole(service: Any) -> AdminUIResource:
-    """Mounts the console on ``service``'s root as the lead will; returns the console resource."""
+def serverMountsConsole(service: Any) -> bool:
+    """Has ``makeService`` already put something other than the bare API app at ``/admin``?"""
+    from klein.resource import KleinResource
+
+    mounted = getattr(service.site.resource, "_mounts", {}).get(b"admin")
+    return mounted is not None and not isinstance(mounted, KleinResource)
+
+
+def mountConsole(service: Any) -> AdminUIResource | None:
+    """Mounts the console on ``service``'s root as the lead will (unless the server does)."""
+    if serverMountsConsole(service):
+        return None
     tenancy = service.tenancy
     ui = AdminUIResource(tenancy.adminAuthority)
     service.site.resource.mount(b"admin", AdminRoutes(tenancy.adminApp.app.resource(), ui))
@@ -54,7 +65,13 @@ def mountConsole(service: Any) -> AdminUIResource:
 class ConsoleServer:
     """pandapush on 127.0.0.1 (memory storage, Basic admin auth), with the console mounted."""
 
-    def __init__(self, port: int = 0, statsInterval: float = 1.0, mount: bool = True) -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        statsInterval: float = 1.0,
+        mount: bool = True,
+        environ: dict[str, str] | None = None,
+    ) -> None:
         options = Options()
         options.parseOptions(
             [
@@ -68,7 +85,12 @@ class ConsoleServer:
                 "5",
             ]
         )
-        environ = {"AUTH_METHOD": "basic", "ADMIN_USERNAME": ADMIN_USER, "ADMIN_PASSWORD": ADMIN_PASSWORD}
+        environ = {
+            "AUTH_METHOD": "basic",
+            "ADMIN_USERNAME": ADMIN_USER,
+            "ADMIN_PASSWORD": ADMIN_PASSWORD,
+            **(environ or {}),
+        }
         self.service: Any = makeService(options, environ=environ)
         if mount:
             mountConsole(self.service)

@@ -82,6 +82,29 @@ function setCrumbs(items) {
   );
 }
 
+/**
+ * Links to the same console on the other configured environments (`ENVIRONMENTS`), so an
+ * operator can tell at a glance which one they are changing and switch without retyping URLs.
+ */
+function showEnvironments(info) {
+  const environments = info.environments || [];
+  if (!environments.length) return;
+  const nav = h(
+    'nav',
+    { class: 'environments', 'aria-label': 'Environments' },
+    h(
+      'ul',
+      null,
+      environments.map((env) => {
+        const current = env.name === info.environment;
+        const href = new URL('admin/', env.url.endsWith('/') ? env.url : `${env.url}/`).href;
+        return h('li', null, h('a', { href, 'aria-current': current ? 'page' : null, text: env.name }));
+      }),
+    ),
+  );
+  document.querySelector('header.top').append(nav);
+}
+
 async function start() {
   try {
     context.info = await admin.info();
@@ -93,6 +116,7 @@ async function start() {
   const env = info.environment ? ` · ${info.environment}` : '';
   replace(document.getElementById('whoami'), 'Signed in as ', h('strong', { text: info.username }), info.root ? ' (root admin)' : '', env);
   document.getElementById('version').textContent = `pandapush ${info.version}`;
+  showEnvironments(info);
   document.title = info.environment ? `pandapush admin (${info.environment})` : 'pandapush admin';
   window.addEventListener('hashchange', route);
   await route();
