@@ -90,9 +90,7 @@ class ServedTests(TestCase):
 
         return defer.Deferred.fromCoroutine(start())
 
-    async def get(
-        self, path: str, headers: dict[bytes, list[bytes]] | None = None, method: str = "GET"
-    ) -> Any:
+    async def get(self, path: str, headers: Any = None, method: str = "GET") -> Any:
         response = await treq.request(method, self.server.url + path, headers=headers, persistent=False)
         body = await response.content()
         return response, body
@@ -181,7 +179,7 @@ class AuthorityFailureTests(TestCase):
 
         ui = AdminUIResource(Broken())
         request = DummyRequest([b"admin"])
-        request.path = b"/admin/"
+        request.path = b"/admin/"  # type: ignore[attr-defined]
         finished = request.notifyFinish()
         ui.render(request)
         await finished
@@ -193,7 +191,7 @@ class AuthorityFailureTests(TestCase):
 
         ui = AdminUIResource(_Refusing())
         request = DummyRequest([b"admin"])
-        request.path = b"/admin/ui/main.js"
+        request.path = b"/admin/ui/main.js"  # type: ignore[attr-defined]
         finished = request.notifyFinish()
         ui.render(request)
         await finished
