@@ -24,6 +24,31 @@ from tests.browser_admin.support import ConsolePage, Http
 
 _unavailable = chromiumAvailable()
 
+#: What every view must get right for keyboard and screen reader users: each form control
+#: has a label (or an aria-label), ids are unique, one h1, and aria-describedby points at
+#: elements that exist. Returns the problems found.
+AUDIT = """() => {
+  const problems = [];
+  for (const el of document.querySelectorAll('input, select, textarea')) {
+    if (el.closest('[hidden]') || el.classList.contains('offscreen')) continue;
+    if (!(el.labels && el.labels.length) && !el.getAttribute('aria-label')) {
+      problems.push(`unlabelled ${el.tagName.toLowerCase()} ${el.name || ''}`);
+    }
+    for (const id of (el.getAttribute('aria-describedby') || '').split(' ').filter(Boolean)) {
+      if (!document.getElementById(id)) problems.push(`aria-describedby ${id} missing`);
+    }
+  }
+  const ids = [...document.querySelectorAll('[id]')].map((el) => el.id);
+  const dupes = ids.filter((id, i) => ids.indexOf(id) !== i);
+  if (dupes.length) problems.push(`duplicate ids ${dupes}`);
+  const h1 = document.querySelectorAll('h1').length;
+  if (h1 !== 1) problems.push(`${h1} h1 elements`);
+  for (const el of document.querySelectorAll('[onclick], div[tabindex], span[tabindex]')) {
+    problems.push(`clickable non-control ${el.outerHTML.slice(0, 60)}`);
+  }
+  return problems;
+}"""
+
 
 class ConsoleTestCase(TestCase):
     timeout = 180
@@ -360,6 +385,10 @@ class SettingsTests(ConsoleTestCase):
         dialog.get_by_role("textbox").fill("New nam")
         self.assertTrue(confirm.is_disabled())
         page.screenshot("11-delete-confirm")
+        p.keyboard.press("Escape")  # Escape cancels, and focus returns to the button
+        dialog.wait_for(state="detached")
+        self.assertEqual(p.evaluate("() => document.activeElement.textContent"), "Delete application…")
+        p.get_by_role("button", name="Delete application…").click()
         dialog.get_by_role("button", name="Cancel").click()
         self.assertEqual(self.http.admin("GET", f"application/{appId}")[0], 200)
         p.get_by_role("button", name="Delete application…").click()
@@ -399,6 +428,7 @@ class ErrorsAndNarrowTests(ConsoleTestCase):
         fits = "() => document.documentElement.scrollWidth <= window.innerWidth"
         page.open()
         self.assertTrue(p.evaluate(fits))
+        self.assertEqual(p.evaluate(AUDIT), [])
         page.screenshot("13-narrow-applications")
         for tab, name in [
             ("keys", "Keys"),
@@ -410,6 +440,7 @@ class ErrorsAndNarrowTests(ConsoleTestCase):
             page.go(f"#/app/{appId}/{tab}")
             p.locator(".tab-body .card").first.wait_for()
             self.assertTrue(p.evaluate(fits), f"{tab} is wider than the screen")
+            self.assertEqual(p.evaluate(AUDIT), [], tab)
             self.assertEqual(p.get_by_role("link", name=name).get_attribute("aria-current"), "page")
             page.screenshot(f"14-narrow-{tab}")
         # Still usable: subscribe and see the round trip on a phone.
@@ -419,6 +450,9 @@ class ErrorsAndNarrowTests(ConsoleTestCase):
         p.locator("ul.subscriptions .badge-subscribed").wait_for()
         p.get_by_role("button", name="Publish", exact=True).click()
         p.get_by_role("log", name="Events").locator(".event-message").wait_for()
+        self.assertTrue(p.evaluate(fits), "the console with events is wider than the screen")
+        self.assertEqual(p.evaluate(AUDIT), [])
+        page.screenshot("15-narrow-console-events")
         self.assertNoErrors(page)
 
 
