@@ -41,6 +41,7 @@ async function main() {
   if (!fs.existsSync(pyspy)) throw new Error(`no py-spy at ${pyspy}: .venv/bin/pip install py-spy`);
   const logDir = fs.mkdtempSync(path.join(os.tmpdir(), 'pandapush-profile-'));
   const rest = { app: DEFAULT_APP, key: 'PSIDbenchBENCHbench0', secret: 'bench-secret-0123456789abcdefghijklmnopqrstuvwxyz' };
+  if (option('experiment')) servers.useExperiments(option('experiment'));
   process.stderr.write(`pandapush source: ${servers.useSource(option('source', 'HEAD'))}\n`);
   const server = await servers.startPandapush({ logDir, rest });
   const names = Array.from({ length: channels }, (_, j) => `/${DEFAULT_APP}/public/bench/profile/c${j}`);

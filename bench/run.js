@@ -5,7 +5,7 @@
 // and their ratio. Use ./bench/run (it raises ulimit -n and installs npm deps first).
 //
 //   bench/run [--quick] [--only burst-200,idle] [--no-faye] [--out DIR] [--rest-key K --rest-secret S]
-//             [--redis-hosts host:port,...] [--source HEAD|<rev>|worktree]
+//             [--redis-hosts host:port,...] [--source HEAD|<rev>|worktree] [--experiment batchframe,...]
 //
 // --source: which pandapush code runs. Default: a snapshot of HEAD (git archive), so
 // uncommitted edits in the checkout neither break nor skew the figures; `worktree` runs
@@ -354,12 +354,17 @@ function machine() {
     // reported as unknown
   }
   const rev = servers.sourceLabel();
-  return `nproc ${os.cpus().length}, ${cpu}, ${python}, Node ${process.version}, pandapush ${rev}, ${quick ? 'quick' : 'full'} run`;
+  const experiments = option('experiment') ? ` + experiments ${option('experiment')}` : '';
+  return `nproc ${os.cpus().length}, ${cpu}, ${python}, Node ${process.version}, pandapush ${rev}${experiments}, ${quick ? 'quick' : 'full'} run`;
 }
 
 async function main() {
   const started = Date.now();
   log(`pandapush source: ${servers.useSource(option('source', 'HEAD'))}`);
+  if (option('experiment')) {
+    servers.useExperiments(option('experiment'));
+    log(`pandapush experiments: ${option('experiment')}`);
+  }
   const loadBefore = fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
   const all = [];
   for (const scenario of scenarios) {

@@ -108,6 +108,12 @@ function sourceLabel() {
   return SOURCE_LABEL;
 }
 
+// Proposed server changes applied at import time by bench/tools/experiments.py.
+let EXPERIMENTS = '';
+function useExperiments(names) {
+  EXPERIMENTS = names || '';
+}
+
 let pandapushHelp = null;
 function pandapushOptions() {
   if (pandapushHelp === null) {
@@ -131,7 +137,8 @@ async function startPandapush({ logDir, rest, extraArgs = [], env = {}, name = '
   if (pandapushAccepts('shutdown-grace')) args.push('--shutdown-grace', '1');
   args.push(...extraArgs);
   const logFile = path.join(logDir, `${name}-${port}.log`);
-  const child = spawnWithLimit(PYTHON, args, {
+  const command = EXPERIMENTS ? [path.join(__dirname, '..', 'tools', 'experiments.py'), EXPERIMENTS, ...args] : args;
+  const child = spawnWithLimit(PYTHON, command, {
     cwd: SOURCE,
     env: {
       ...process.env,
@@ -182,4 +189,4 @@ async function startRedis({ logDir }) {
   throw new Error('redis-server did not start');
 }
 
-module.exports = { useSource, sourceLabel, startPandapush, startFaye, startRedis, pandapushAccepts, freePort, ROOT };
+module.exports = { useExperiments, useSource, sourceLabel, startPandapush, startFaye, startRedis, pandapushAccepts, freePort, ROOT };
