@@ -159,9 +159,13 @@ class ServedTests(TestCase):
         response, body = await self.get("/admin/api/info", AUTH)
         self.assertEqual(response.code, 200)
         self.assertIn(b'"username":"admin"', body.replace(b" ", b""))
-        response, body = await self.get("/admin/api/nothing", AUTH)
-        self.assertEqual(response.code, 404)
-        self.assertIn(b"application/json", response.headers.getRawHeaders(b"content-type")[0])
+        for path in ("/admin/api/nothing", "/admin/api"):
+            response, body = await self.get(path, AUTH)
+            self.assertEqual(response.code, 404, path)
+            self.assertIn(b"application/json", response.headers.getRawHeaders(b"content-type")[0])
+        # Only the api segment goes to the API: /admin/apix is the console's (and unknown).
+        response, body = await self.get("/admin/apix", AUTH)
+        self.assertEqual((response.code, body), (404, b"Not found\n"))
 
 
 class AuthorityFailureTests(TestCase):

@@ -10,10 +10,14 @@ and ``challenge(request)``) and asks it about every request, files included, so 
 that cannot use the API cannot even be read. A refused request gets the authority's own
 answer (a Basic challenge, a refusal), exactly as the API would give.
 
-Mounting: the resource routes on ``request.path`` (not on ``postpath``), so it works as a
-leaf wherever it is mounted, as long as the path it sees starts with ``prefix``
-(``/admin``). The API must get ``/admin/api/...`` first; this resource answers 404 for it
-and for anything it does not know.
+Mounting: :func:`adminResource` builds what goes at ``admin`` on the root, the API for
+``/admin/api[/...]`` and this console for the rest of ``/admin``::
+
+    root.mount(b"admin", adminResource(tenancy))
+
+The console routes on ``request.path`` (not on ``postpath``), so it works as a leaf wherever
+it is mounted, as long as the path it sees starts with ``prefix`` (``/admin``); it answers
+404 for anything it does not know, ``/admin/api/...`` included.
 
 Caching: every answer is ``Cache-Control: no-cache`` with a strong ETag (a hash of the
 bytes), so a browser revalidates each file with ``If-None-Match`` and a deploy shows at
@@ -33,10 +37,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.iweb import IRequest
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
-__all__ = ["ADMIN_STATIC_DIR", "AdminUIResource", "IAuthenticates"]
+__all__ = ["ADMIN_STATIC_DIR", "AdminResource", "AdminUIResource", "IAuthenticates", "adminResource"]
 
 ADMIN_STATIC_DIR = Path(__file__).resolve().parent / "static" / "admin"
 
@@ -205,6 +209,32 @@ def _matches(ifNoneMatch: bytes | None, etag: bytes) -> bool:
     return b"*" in candidates or etag in candidates
 
 
-def adminUIFor(tenancy: Any) -> AdminUIResource:
-    """``AdminUIResource(tenancy.adminAuthority)``: the console under the API's own admin auth."""
-    return AdminUIResource(tenancy.adminAuthority)
+class AdminResource(Resource):
+    """
+    Everything under ``/admin``: ``/admin/api`` and ``/admin/api/...`` to the API (``api``,
+    the admin Klein app's resource), the rest to the console (``ui``). Both see the whole
+    path, as :class:`~pandapush.web.site.PandapushRoot` hands it over.
+    """
+
+    isLeaf = True
+
+    def __init__(self, api: IResource, ui: IResource, prefix: bytes = b"/admin") -> None:
+        super().__init__()
+        self.api = api
+        self.ui = ui
+        self.apiPrefix = prefix.rstrip(b"/") + b"/api"
+
+    def render(self, request: Any) -> Any:
+        path: bytes = request.path
+        isAPI = path == self.apiPrefix or path.startswith(self.apiPrefix + b"/")
+        return (self.api if isAPI else self.ui).render(request)
+
+
+def adminResource(tenancy: Any) -> AdminResource:
+    """
+    What to mount at ``admin`` on the root: the admin API and the console, both under
+    ``tenancy.adminAuthority``::
+
+        root.mount(b"admin", adminResource(tenancy))
+    """
+    return AdminResource(tenancy.adminApp.app.resource(), AdminUIResource(tenancy.adminAuthority))

@@ -1,9 +1,9 @@
 """
 An in-process pandapush with the admin console mounted, for the console's tests.
 
-Until the server mounts :class:`~pandapush.web.adminui.AdminUIResource` itself, tests mount
-it the way the lead will: ``/admin/api/...`` to the API app, everything else under
-``/admin`` to the console, both under the same :class:`AdminAuthority`. Once the server's
+Until the server mounts the console itself, tests mount it the way the server is meant to:
+``root.mount(b"admin", adminResource(tenancy))`` (``/admin/api/...`` to the API app,
+everything else under ``/admin`` to the console, both under the same ``AdminAuthority``). Once the server's
 own ``/admin`` mount is something other than the bare API app, it is left alone, so the same
 tests then check the server's real wiring.
 
@@ -19,29 +19,12 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort
-from twisted.web.resource import IResource, Resource
 
 from pandapush.tap import Options, makeService
-from pandapush.web.adminui import AdminUIResource
+from pandapush.web.adminui import AdminUIResource, adminResource
 
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "console-test-password"
-
-
-class AdminRoutes(Resource):
-    """``/admin/api/...`` to the API, the rest of ``/admin`` to the console (both see the whole path)."""
-
-    isLeaf = True
-
-    def __init__(self, api: IResource, ui: IResource) -> None:
-        super().__init__()
-        self.api = api
-        self.ui = ui
-
-    def render(self, request: Any) -> Any:
-        path: bytes = request.path
-        target = self.api if path == b"/admin/api" or path.startswith(b"/admin/api/") else self.ui
-        return target.render(request)
 
 
 def serverMountsConsole(service: Any) -> bool:
@@ -56,10 +39,9 @@ def mountConsole(service: Any) -> AdminUIResource | None:
     """Mounts the console on ``service``'s root as the lead will (unless the server does)."""
     if serverMountsConsole(service):
         return None
-    tenancy = service.tenancy
-    ui = AdminUIResource(tenancy.adminAuthority)
-    service.site.resource.mount(b"admin", AdminRoutes(tenancy.adminApp.app.resource(), ui))
-    return ui
+    admin = adminResource(service.tenancy)
+    service.site.resource.mount(b"admin", admin)
+    return admin.ui  # type: ignore[return-value]
 
 
 class ConsoleServer:
