@@ -15,11 +15,12 @@ import re
 from typing import Any
 
 import jwt
+import treq
 from twisted.internet import defer
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.browser.support import BrowserThread, chromiumAvailable
-from tests.browser_admin.server import ConsoleServer
+from tests.browser_admin.server import ADMIN_PASSWORD, ADMIN_USER, ConsoleServer
 from tests.browser_admin.support import ConsolePage, Http
 
 _unavailable = chromiumAvailable()
@@ -559,3 +560,47 @@ class EnvironmentsTests(ConsoleTestCase):
         self.assertEqual(
             nav.get_by_role("link", name="production").get_attribute("href"), "https://push.example/admin/"
         )
+
+
+class RealServerTests(ConsoleTestCase):
+    """
+    The console as ``twistd pandapush`` serves it (a child process, the server's own
+    ``/admin`` mount). Skipped until the server mounts the console.
+    """
+
+    async def _setUp(self) -> None:
+        from tests.support.server import PandapushProcess
+
+        env = {"DATABASE": "memory", "AUTH_METHOD": "basic", "ADMIN_USERNAME": ADMIN_USER}
+        env["ADMIN_PASSWORD"] = ADMIN_PASSWORD
+        self.server = await PandapushProcess.started(self, "--timeout", "5", env=env)  # type: ignore[assignment]
+        self.http = Http(self.server.url)
+        response = await treq.get(
+            self.server.url + "/admin/ui/main.js", auth=(ADMIN_USER, ADMIN_PASSWORD), persistent=False
+        )
+        await response.content()
+        contentType = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
+        if response.code != 200 or b"javascript" not in contentType:
+            served = f"{response.code} {contentType.decode()}"
+            raise SkipTest(f"the server does not serve the console yet (/admin/ui/main.js: {served})")
+        self.browser = BrowserThread()
+        await self.browser.start()
+        self.addCleanup(self.browser.stop)
+
+    async def test_smoke(self) -> None:
+        await self.onBrowser(self._smoke)
+
+    def _smoke(self) -> None:
+        page = self.page()
+        p = page.page
+        page.open()
+        p.get_by_label("Name").fill("Real server")
+        p.get_by_role("button", name="Create application").click()
+        p.get_by_role("button", name="Create key").wait_for()
+        p.get_by_role("link", name="Live console").click()
+        p.get_by_role("button", name="Subscribe", exact=True).click()
+        p.locator("ul.subscriptions .badge-subscribed").wait_for()
+        p.get_by_role("button", name="Publish", exact=True).click()
+        p.get_by_role("log", name="Events").locator(".event-message").wait_for()
+        page.screenshot("16-real-server-console")
+        self.assertNoErrors(page)
