@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pandapush.storage import ids, migrations
+from pandapush.storage._common import checkName, normalAdmins, utcnow
 from pandapush.storage.errors import (
     AlreadyExistsError,
     NoSuchApplicationError,
@@ -26,7 +27,6 @@ from pandapush.storage.errors import (
     SchemaOutOfDateError,
 )
 from pandapush.storage.interfaces import IStorage, KeyUsageBatch
-from pandapush.storage.memory import _admins, _checkName, utcnow
 from pandapush.storage.models import Application, Key
 
 __all__ = ["Dialect", "SQLStorage"]
@@ -178,14 +178,14 @@ class SQLStorage:
             self._createApplication_txn,
             name,
             createdBy or "",
-            _admins(admins),
+            normalAdmins(admins),
             applicationId or ids.newApplicationId(),
         )
 
     def _createApplication_txn(
         self, txn: Any, name: str, createdBy: str, admins: tuple[str, ...], appId: str
     ) -> Application:
-        _checkName(name)
+        checkName(name)
         self._x(txn, "SELECT 1 FROM applications WHERE id = ?", (appId,))
         if txn.fetchone() is not None:
             raise AlreadyExistsError(f"application {appId} exists already")
@@ -252,14 +252,14 @@ class SQLStorage:
             self._updateApplication_txn,
             applicationId,
             name,
-            None if admins is None else _admins(admins),
+            None if admins is None else normalAdmins(admins),
         )
 
     def _updateApplication_txn(
         self, txn: Any, appId: str, name: str | None, admins: tuple[str, ...] | None
     ) -> Application:
         if name is not None:
-            _checkName(name)
+            checkName(name)
         now = self.dialect.toDb(self._now())
         if name is None:
             self._x(txn, "UPDATE applications SET updated_at = ? WHERE id = ?", (now, appId))

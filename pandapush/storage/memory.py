@@ -12,26 +12,12 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from pandapush.storage import ids
+from pandapush.storage._common import checkName, normalAdmins, utcnow
 from pandapush.storage.errors import AlreadyExistsError, NoSuchApplicationError, NoSuchKeyError
 from pandapush.storage.interfaces import IStorage, KeyUsageBatch
 from pandapush.storage.models import Application, Key
 
 __all__ = ["MemoryStorage", "makeStorage", "utcnow"]
-
-
-def utcnow() -> datetime.datetime:
-    """The current time, timezone-aware UTC."""
-    return datetime.datetime.now(datetime.UTC)
-
-
-def _admins(names: Iterable[str]) -> tuple[str, ...]:
-    return tuple(sorted({name for name in names if name}))
-
-
-def _checkName(name: str) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError("an application needs a non-empty name")
-    return name
 
 
 @implementer(IStorage)
@@ -73,12 +59,12 @@ class MemoryStorage:
     def _createApplication(
         self, name: str, createdBy: str, admins: Iterable[str], applicationId: str | None
     ) -> Application:
-        _checkName(name)
+        checkName(name)
         appId = applicationId or ids.newApplicationId()
         if appId in self._apps:
             raise AlreadyExistsError(f"application {appId} exists already")
         now = self._now()
-        app = Application(appId, name, createdBy or "", now, now, _admins(admins))
+        app = Application(appId, name, createdBy or "", now, now, normalAdmins(admins))
         self._apps[appId] = app
         return app
 
@@ -105,9 +91,9 @@ class MemoryStorage:
         app = self._requireApp(applicationId)
         changes: dict[str, Any] = {"updated_at": self._now()}
         if name is not None:
-            changes["name"] = _checkName(name)
+            changes["name"] = checkName(name)
         if admins is not None:
-            changes["admins"] = _admins(admins)
+            changes["admins"] = normalAdmins(admins)
         app = dataclasses.replace(app, **changes)
         self._apps[applicationId] = app
         return app

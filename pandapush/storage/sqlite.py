@@ -11,9 +11,9 @@ from typing import Any
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 
+from pandapush.storage._common import utcnow
 from pandapush.storage._sql import Dialect, SQLStorage
 from pandapush.storage.config import StorageConfig
-from pandapush.storage.memory import utcnow
 
 __all__ = ["SQLiteDialect", "SQLiteStorage", "makeStorage"]
 
