@@ -88,7 +88,6 @@ export async function renderConsole(container, context, app) {
     [`/${app.id}/public/**`, `/${app.id}/public/room`, `/${app.id}/private/**`, `/${app.id}/presence/lobby`, `/${app.id}/meta/statistics`, `/${app.id}/meta/channels`].map((c) => h('option', { value: c })),
   );
   const subChannel = h('input', { type: 'text', name: 'channel', value: `/${app.id}/public/**`, list: examples.id, spellcheck: false, autocomplete: 'off' });
-  subChannel.setAttribute('list', examples.id);
   const subChannelField = field('Channel', subChannel, 'public, private, presence or meta; * and ** allowed as the last segment.');
   const presenceInput = h('textarea', { name: 'presence', rows: 2, spellcheck: false });
   presenceInput.value = JSON.stringify({ id: `console-${context.info.username}` });

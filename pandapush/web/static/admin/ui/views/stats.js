@@ -11,7 +11,7 @@
 
 import { admin } from '../api.js';
 import { busy, field, h, outcome, replace } from '../dom.js';
-import { clockTime, num, parseJSON } from '../format.js';
+import { clockTime, num } from '../format.js';
 import { LineChart } from '../chart.js';
 import { subscribeChannel } from '../live.js';
 import { applyPresence, channelType, isPresenceNotice } from '../presence.js';
@@ -106,7 +106,7 @@ export async function renderStats(container, context, app) {
     meField.setError(id ? '' : 'Enter a presence id.');
     if (bad) return channel.focus();
     if (!id) return me.focus();
-    const presence = parseJSON(JSON.stringify({ id })).value;
+    const presence = { id };
     await busy(watch, async () => {
       watched?.subscription.cancel();
       members.clear();
