@@ -24,6 +24,7 @@ from pandapush.stats import Statistics
 from pandapush.storage import StorageConfig, makeStorage
 from pandapush.transports._http import OriginPolicy
 from pandapush.transports.resource import BayeuxResource
+from pandapush.web.adminui import adminResource
 from pandapush.web.clientjs import ClientScriptResource
 from pandapush.web.site import HealthApp, PandapushRoot, makeSite
 
@@ -97,6 +98,19 @@ class Options(usage.Options):
             "Storage backend: sqlite, postgres, memory, or a plugin's name. [default: $DATABASE or sqlite]",
         ],
         ["database-path", None, None, "SQLite file. [default: $DATABASE_PATH or localdata/db.sqlite]"],
+        [
+            "redis-hosts",
+            None,
+            None,
+            "Use the Redis engine on these shards (host:port[/db],...), so several processes and "
+            "machines serve as one. [default: $REDIS_HOSTS; without it, the in-memory engine]",
+        ],
+        [
+            "redis-namespace",
+            None,
+            None,
+            "Prefix of every Redis key. [default: $REDIS_NAMESPACE or pandapush]",
+        ],
         [
             "shutdown-grace",
             None,
@@ -260,7 +274,21 @@ def makeService(
     assert reactor is not None
     environ = dict(os.environ if environ is None else environ)
 
-    engine = MemoryEngine(reactor, timeout=options["timeout"], expiry=options["client-expiry"])
+    redisHosts = options["redis-hosts"] or environ.get("REDIS_HOSTS")
+    engine: IEngine
+    if redisHosts:
+        # Imported only when chosen: without REDIS_HOSTS nothing Redis is loaded or spawned.
+        from pandapush.engines.redis import RedisEngine, parseRedisHosts
+
+        engine = RedisEngine(
+            reactor,
+            parseRedisHosts(redisHosts),
+            namespace=options["redis-namespace"] or environ.get("REDIS_NAMESPACE", "pandapush"),
+            timeout=options["timeout"],
+            expiry=options["client-expiry"],
+        )
+    else:
+        engine = MemoryEngine(reactor, timeout=options["timeout"], expiry=options["client-expiry"])
     limits = Limits(
         maxMessageSize=options["max-message-size"],
         maxChannelLength=options["max-channel-length"],
@@ -300,15 +328,17 @@ def makeService(
     )
     metrics = Metrics(router, bayeux)
 
+    scripts = ClientScriptResource()
     root = PandapushRoot(
         bayeux,
         HealthApp().app.resource(),
         {
             b"metrics": metrics.resource,
             b"channel": tenancy.publishApp.app.resource(),
-            b"admin": tenancy.adminApp.app.resource(),
-            b"client.js": ClientScriptResource(),
-            b"client.mjs": ClientScriptResource(),
+            b"admin": adminResource(tenancy),
+            b"client.js": scripts,
+            b"client.mjs": scripts,
+            b"client.d.ts": scripts,
         },
     )
     site = makeSite(root, maxBodySize=options["max-body-size"])
@@ -323,7 +353,9 @@ def makeService(
 
     top = MultiService()
     top.setName("pandapush")
-    BayeuxService(engine, router, bayeux, reactor, grace=options["shutdown-grace"]).setServiceParent(top)
+    BayeuxService(
+        engine, router, bayeux, reactor, grace=options["shutdown-grace"], sharedEngine=bool(redisHosts)
+    ).setServiceParent(top)
     statistics.service.setServiceParent(top)
     tenancy.service.setServiceParent(top)
     storageService = StorageService(storage, tenancy, reactor, environ)
