@@ -469,3 +469,16 @@ class SlowConsumerTests(WebSocketCase):
         self.assertTrue(self.server.engine.hasClient(healthyId))
         self.assertGreaterEqual(self.server.service.bayeux.websocketFactory.slowConsumers, 1)
         slow.transport.resumeProducing()
+
+
+class OversizedFrameTests(WebSocketCase):
+    serverArgs = ("--max-body-size", "1000")
+
+    async def test_tooBigClosesWith1009(self) -> None:
+        """A websocket message over the size limit closes the socket with 1009, saying why."""
+        ws = await self.open()
+        ws.send(HANDSHAKE)
+        await ws.frameCount(1)
+        ws.sendMessage(b"[" + b" " * 2000 + b"]")
+        _, code = await ws.closed
+        self.assertEqual(code, 1009)

@@ -210,5 +210,8 @@ class BayeuxWebSocketFactory(WebSocketServerFactory):
             autoPingInterval=pingInterval,
             autoPingTimeout=pingTimeout,
             openHandshakeTimeout=10,
+            # Send a close frame (1009 for a message too big) instead of dropping the
+            # TCP connection, so clients learn why and do not resend the same message.
+            failByDrop=False,
             closeHandshakeTimeout=2,
         )
