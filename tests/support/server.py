@@ -4,8 +4,10 @@ A real pandapush daemon in a child process, for end-to-end tests.
 ``PandapushProcess`` runs ``python -m twisted pandapush`` (the same interpreter as the
 tests, with the source tree first on PYTHONPATH so its package and its dropin are the ones
 found, in a scratch directory of its own) on a free 127.0.0.1 port, waits until
-``GET /health_check.json`` answers, and stops it with SIGTERM (then SIGKILL). ``restart()`` brings up a fresh process on the same port: a server that
-went away and came back, with no memory of its clients.
+``GET /health_check.json`` answers, and stops it with SIGTERM (then SIGKILL).
+``restart()`` brings up a fresh process on the same port: a server that went away and
+came back, with no memory of its clients. ``env`` adds to the child's environment
+(storage, ``DEV_*`` seeding, auth settings of later issues).
 
 Everything is asynchronous: a trial test awaits ``start()``/``stop()``/``restart()`` and
 the reactor keeps running, so clients in other processes are served meanwhile.
