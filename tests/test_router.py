@@ -582,3 +582,11 @@ class LimitTests(RouterTestCase):
                 "successful"
             ]
         )
+
+    def test_noHandshakeWhileDraining(self) -> None:
+        """A node that is going away sends new clients elsewhere instead of starting sessions."""
+        self.router.drain("handshake")
+        reply = self.send(dict(HANDSHAKE))
+        self.assertEqual(reply["error"], "500::Server shutting down")
+        self.assertEqual(reply["advice"], {"reconnect": "handshake", "interval": 1000})
+        self.assertEqual(self.engine.clientCount(), 0)

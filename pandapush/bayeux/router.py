@@ -430,6 +430,12 @@ class BayeuxRouter(EngineListener):
         elif not any(isinstance(t, str) and t in _SUPPORTED for t in clientTypes):
             error = BayeuxError.conntypeMismatch(*[t for t in clientTypes if isinstance(t, str)])
         error = error or _extensionError(message)
+        if error is None and self._draining is not None:
+            # A client handshaking with a node that is going away would get a
+            # session that dies with it: send it elsewhere instead.
+            reply = _fail(reply, BayeuxError(BayeuxError.SERVER_ERROR, [], "Server shutting down"))
+            reply["advice"] = {"reconnect": "handshake", "interval": 1000}
+            return [reply]
         if error is not None:
             return [self._advise(_fail(reply, error))]
         clientId = await self.engine.createClient()

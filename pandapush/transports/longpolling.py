@@ -61,7 +61,9 @@ class LongPollingTransport:
         transport = "cross-origin-long-polling" if header(request, b"origin") else "long-polling"
         lost = requestLost(request)
         d = self.router.process(messages, contextFor(request, transport, lost))
-        d.addCallback(lambda replies: _respond(request, json.encodeReplies(replies), lost.called))
+        d.addCallback(
+            lambda replies: _respond(request, json.encodeReplies(replies), lost.called, self.router.draining)
+        )
         d.addErrback(self._failed, request, lost.called)
         return NOT_DONE_YET
 
@@ -73,9 +75,12 @@ class LongPollingTransport:
             request.finish()
 
 
-def _respond(request: Request, body: bytes, gone: bool) -> None:
+def _respond(request: Request, body: bytes, gone: bool, draining: bool = False) -> None:
     if gone or request.finished or getattr(request, "_disconnected", False):
         return
+    if draining:
+        # The next request must open a new connection, to a node that is staying.
+        request.setHeader(b"Connection", b"close")
     request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
     request.write(body)
     request.finish()
