@@ -275,6 +275,7 @@ def makeService(
     environ = dict(os.environ if environ is None else environ)
 
     redisHosts = options["redis-hosts"] or environ.get("REDIS_HOSTS")
+    redisNamespace = options["redis-namespace"] or environ.get("REDIS_NAMESPACE", "pandapush")
     engine: IEngine
     if redisHosts:
         # Imported only when chosen: without REDIS_HOSTS nothing Redis is loaded or spawned.
@@ -283,7 +284,7 @@ def makeService(
         engine = RedisEngine(
             reactor,
             parseRedisHosts(redisHosts),
-            namespace=options["redis-namespace"] or environ.get("REDIS_NAMESPACE", "pandapush"),
+            namespace=redisNamespace,
             timeout=options["timeout"],
             expiry=options["client-expiry"],
         )
@@ -358,6 +359,14 @@ def makeService(
     ).setServiceParent(top)
     statistics.service.setServiceParent(top)
     tenancy.service.setServiceParent(top)
+    if redisHosts:
+        # Key revocations on any node reach every node's key cache (pandapush.keysync).
+        from pandapush.keysync import KeySync
+
+        top.keysync = KeySync(  # type: ignore[attr-defined]
+            reactor, tenancy.keys, redisHosts, redisNamespace, nodeId=getattr(engine, "nodeId", None)
+        )
+        top.keysync.setServiceParent(top)  # type: ignore[attr-defined]
     storageService = StorageService(storage, tenancy, reactor, environ)
     storageService.setServiceParent(top)
     for endpoint in options["listen"]:
