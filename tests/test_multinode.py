@@ -30,6 +30,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
+from twisted.web.http_headers import Headers
 
 from pandapush.engines.redis._connection import RedisAddress, RedisShard
 from pandapush.tokens import mintToken
@@ -113,7 +114,7 @@ class FailoverWS:
         host, port = self.url.split("//")[1].split(":")
         factory = WebSocketClientFactory(f"ws://{host}:{port}/push")
         factory.protocol = _WSProtocol
-        factory.owner = self
+        factory.owner = self  # type: ignore[attr-defined]
         self._opening = defer.Deferred()
         self._opening.addTimeout(3, reactor)
         await TCP4ClientEndpoint(reactor, host, int(port), timeout=2).connect(factory)
@@ -258,7 +259,7 @@ class AlternatingPoller:
         response = await treq.post(
             url + "/push",
             data=json.dumps(messages).encode(),
-            headers={"Content-Type": "application/json"},
+            headers=Headers({b"Content-Type": [b"application/json"]}),
             persistent=False,
             timeout=15,
         )
