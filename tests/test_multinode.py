@@ -556,49 +556,90 @@ class PresenceTests(ClusterCase):
 
 
 class KeyRevocationTests(ClusterCase):
+    async def _refusedWithin(
+        self, node: PandapushProcess, path: str, credentials: tuple[str, str], appId: str = APP
+    ) -> tuple[int, bytes, float]:
+        """Publish on ``node`` until refused (3 s at most); the refusal and the seconds it took."""
+        started = time.monotonic()
+        while time.monotonic() - started < 3:
+            response = await treq.post(
+                f"{node.url}/channel/{appId}/public/{path}",
+                json={"probe": True},
+                auth=credentials,
+                persistent=False,
+                timeout=15,
+            )
+            body = await response.content()
+            if response.code != 200:
+                return response.code, body, time.monotonic() - started
+            await sleep(0.05)
+        self.fail(f"{node.url} still accepted the key 3 s after it was revoked or deleted elsewhere")
+
     async def test_revokedOnARefusedOnB(self) -> None:
-        """A key revoked through A's admin API is refused by B within a second (B had it cached)."""
-        a, b = await self.startNodes(2)
-        response = await treq.post(
-            f"{a.url}/admin/api/application/{APP}/keys",
-            json={"purpose": "multinode"},
-            auth=ADMIN,
-            persistent=False,
-        )
-        body = await response.content()
-        self.assertEqual(response.code, 200, body)
-        key = json.loads(body)
+        """A key revoked through A's admin API is refused by B (REST) and C (Bayeux) within a second."""
+        a, b, c = await self.startNodes(3)
+        key = await createKey(a, APP)
         credentials = (key["id"], key["secret"])
-        # B answers with it, so B's cache holds it (for a minute by default).
+        # B and C answer with it, so their caches hold it (for a minute by default).
         code, body = await self.restPublish(b, "k", {"before": True}, auth=credentials)
         self.assertEqual(code, 200, body)
+        bayeux = await self.ws(c.url, name="bayeux-publisher")
+        auth = {"auth": {"key": key["id"], "secret": key["secret"]}}
+        reply = await bayeux.call({"channel": channel("k"), "data": 1, "ext": auth})
+        self.assertTrue(reply["successful"], reply)
 
-        response = await treq.post(
-            f"{a.url}/admin/api/application/{APP}/keys/{key['id']}/revoke",
-            json={},
-            auth=ADMIN,
-            persistent=False,
-        )
-        body = await response.content()
-        self.assertEqual(response.code, 200, body)
-        revokedAt = time.monotonic()
-
-        refused: tuple[int, bytes] | None = None
-        while time.monotonic() - revokedAt < 3:
-            code, body = await self.restPublish(b, "k", {"after": True}, auth=credentials)
-            if code != 200:
-                refused = (code, body)
-                break
-            await sleep(0.05)
-        elapsed = time.monotonic() - revokedAt
-        self.assertIsNotNone(refused, "B still accepted the revoked key 3 s later")
-        assert refused is not None
-        self.assertEqual(refused[0], 403, refused[1])
-        self.assertEqual(json.loads(refused[1])["message"], "Revoked key")
+        await adminCall(a, "POST", f"/application/{APP}/keys/{key['id']}/revoke", {})
+        code, body, elapsed = await self._refusedWithin(b, "k", credentials)
+        self.assertEqual(code, 403, body)
+        self.assertEqual(json.loads(body)["message"], "Revoked key")
         self.assertLess(elapsed, 1.0)
+        reply = await bayeux.call({"channel": channel("k"), "data": 2, "ext": auth})
+        self.assertFalse(reply["successful"], reply)
+        self.assertIn("Revoked key", reply["error"])
         # The seeded key still works on B: only the revoked one was dropped.
         code, body = await self.restPublish(b, "k", {"other": True})
         self.assertEqual(code, 200, body)
+
+    async def test_deletedApplicationRefusedOnB(self) -> None:
+        """Deleting an application through A stops its keys on B within a second."""
+        a, b = await self.startNodes(2)
+        application = await adminCall(a, "POST", "/applications", {"name": "short-lived"})
+        key = await createKey(a, application["id"])
+        credentials = (key["id"], key["secret"])
+        response = await treq.post(
+            f"{b.url}/channel/{application['id']}/public/x",
+            json={"before": True},
+            auth=credentials,
+            persistent=False,
+        )
+        self.assertEqual(response.code, 200, await response.content())
+        await adminCall(a, "DELETE", f"/application/{application['id']}", None)
+        code, body, elapsed = await self._refusedWithin(b, "x", credentials, application["id"])
+        self.assertEqual(code, 403, body)
+        self.assertLess(elapsed, 1.0)
+
+
+async def adminCall(node: PandapushProcess, method: str, path: str, body: Any) -> Any:
+    """One admin API call as the configured admin; the decoded answer (text if not JSON)."""
+    response = await treq.request(
+        method,
+        f"{node.url}/admin/api{path}",
+        json=body,
+        auth=ADMIN,
+        persistent=False,
+        timeout=15,
+    )
+    content = await response.content()
+    assert response.code in (200, 201), (response.code, content)
+    try:
+        return json.loads(content)
+    except ValueError:
+        return content.decode()
+
+
+async def createKey(node: PandapushProcess, appId: str) -> dict[str, Any]:
+    """A new key of ``appId`` created through ``node``'s admin API (with its secret)."""
+    return await adminCall(node, "POST", f"/application/{appId}/keys", {"purpose": "multinode"})  # type: ignore[no-any-return]
 
 
 class FailureTests(ClusterCase):
@@ -695,3 +736,21 @@ class FailureTests(ClusterCase):
         )
         await sleep(0.3)
         self.assertEqual(_data(subscriber, channel("live"))[before:], [{"after": i} for i in range(5)])
+
+        # Key sync came back too: it cleared each node's key cache on reconnecting
+        # (invalidations may have been missed), and a revocation on A reaches B again.
+        for node in (a, b):
+            self.assertTrue(
+                await eventually(lambda node=node: "key cache cleared" in node.log(), timeout=5), node.log()
+            )
+        key = await createKey(a, APP)
+        credentials = (key["id"], key["secret"])
+        code, body = await self.restPublish(b, "live", {"keyed": True}, auth=credentials)
+        self.assertEqual(code, 200, body)
+        await adminCall(a, "POST", f"/application/{APP}/keys/{key['id']}/revoke", {})
+        started = time.monotonic()
+        while code == 200 and time.monotonic() - started < 3:
+            await sleep(0.05)
+            code, body = await self.restPublish(b, "live", {"keyed": True}, auth=credentials)
+        self.assertEqual(code, 403, body)
+        self.assertLess(time.monotonic() - started, 1.0)
