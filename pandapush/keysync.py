@@ -153,11 +153,15 @@ class KeySync(Service):
         subscriber.subscribe(self.channel).addCallbacks(done, failed)
 
     def _reconnected(self) -> None:
+        # Cleared now, and once more when the SUBSCRIBE is confirmed: a lookup that read
+        # the database before a revocation published in between would otherwise stay.
         self.clears += 1
         self.keys.clear()
         self._log.info(
             "key sync reconnected to Redis: key cache cleared (invalidations may have been missed)"
         )
+        if self._subscriber is not None:
+            self._subscriber.subscribe(self.channel).addCallbacks(lambda _: self.keys.clear(), lambda _: None)
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
