@@ -212,3 +212,20 @@ class MetaEndToEndTests(EndToEndCase):
         }
         self.assertGreaterEqual(samples["pandapush_messages_published_total"], 1)
         self.assertGreaterEqual(samples["pandapush_clients"], 1)
+
+
+class RestLimitTests(EndToEndCase):
+    async def test_restMessageSize(self) -> None:
+        """A REST publish over --max-message-size is refused with 413 naming the limit, and counted."""
+        self.server.router.limits.maxMessageSize = 100
+        response = await treq.post(
+            f"{self.server.url}/channel{channel('big')}",
+            json={"pad": "x" * 200},
+            auth=(KEY, SECRET),
+            persistent=False,
+        )
+        body = await response.json()
+        self.assertEqual(response.code, 413)
+        self.assertEqual(body["message"], "Message larger than 100 bytes")
+        text = (await (await treq.get(self.server.url + "/metrics", persistent=False)).content()).decode()
+        self.assertIn('pandapush_limit_refusals_total{limit="message_size"} 1.0', text)

@@ -265,7 +265,14 @@ class BayeuxRouter(EngineListener):
         """
         if not channels.isValidName(channel) or channels.isMeta(channel):
             return defer.fail(BayeuxError.channelInvalid(channel))
-        d = self.engine.publish(Delivery.fromMessage({"channel": channel, "data": data}, exclude))
+        delivery = Delivery.fromMessage({"channel": channel, "data": data}, exclude)
+        if len(delivery.payload) > self.limits.maxMessageSize:
+            for observer in self._limitObservers:
+                observer("message_size")
+            return defer.fail(
+                BayeuxError(413, [channel], f"Message larger than {self.limits.maxMessageSize} bytes")
+            )
+        d = self.engine.publish(delivery)
         if self._publishObservers:
             d.addCallback(self._published, channel)
         return d

@@ -35,6 +35,7 @@ from pandapush.auth.checkers import AuthRefused, ChannelAuthority
 from pandapush.auth.http import channelCredentials, errorBody, header, jsonResponse
 from pandapush.auth.rules import PUBLISH, Refusal, parseChannel
 from pandapush.bayeux import json
+from pandapush.bayeux.errors import BayeuxError
 
 __all__ = ["PublishApp", "parseBody"]
 
@@ -179,6 +180,10 @@ class PublishApp:
 
         try:
             await self.publish(channel.name, data).addTimeout(self.publishTimeout, self.clock)
+        except BayeuxError as refused:
+            # The router's own limits (message size): the client's fault, not ours.
+            code = 413 if refused.code == 413 else 400
+            return jsonResponse(request, code, errorBody(code, refused.message))
         except TimeoutError:
             self._log.warn("REST publish to {channel} timed out", channel=channel.name)
             return jsonResponse(request, 503, errorBody(503, "Publishing timed out; try again"))
