@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from pandapush.interfaces import IEngineListener
 
-__all__ = ["EngineListener"]
+__all__ = ["EngineListener", "ListenerRegistry"]
 
 
 @implementer(IEngineListener)
@@ -41,3 +42,29 @@ class EngineListener:
 
     def memberLeft(self, channel: str, memberId: str) -> None:
         pass
+
+
+class ListenerRegistry:
+    """
+    The listener half of an engine: ``addListener``/``removeListener``, and
+    ``_notify`` that calls every listener and keeps going when one fails.
+    The engine sets ``self._listeners = []`` in its constructor.
+    """
+
+    _listeners: list[IEngineListener]
+    _log = Logger()
+
+    def addListener(self, listener: IEngineListener) -> None:
+        self._listeners.append(listener)
+
+    def removeListener(self, listener: IEngineListener) -> None:
+        self._listeners.remove(listener)
+
+    def _notify(self, method: str, *args: Any) -> None:
+        for listener in self._listeners:
+            try:
+                getattr(listener, method)(*args)
+            except Exception:
+                self._log.failure(
+                    "engine listener {listener!r} failed in {method}", listener=listener, method=method
+                )

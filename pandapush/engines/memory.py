@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pandapush.bayeux.channel import expand
+from pandapush.engines import ListenerRegistry
 from pandapush.interfaces import IDeliverySink, IEngine, IEngineListener
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class _Client:
 
 
 @implementer(IEngine)
-class MemoryEngine:
+class MemoryEngine(ListenerRegistry):
     """
     Clients, subscriptions and queues in this process's memory.
 
@@ -94,23 +95,6 @@ class MemoryEngine:
         self._deadlines: OrderedDict[str, float] = OrderedDict()
         self._sweepCall: IDelayedCall | None = None
         self._closed = False
-
-    # listeners
-
-    def addListener(self, listener: IEngineListener) -> None:
-        self._listeners.append(listener)
-
-    def removeListener(self, listener: IEngineListener) -> None:
-        self._listeners.remove(listener)
-
-    def _notify(self, method: str, *args: Any) -> None:
-        for listener in self._listeners:
-            try:
-                getattr(listener, method)(*args)
-            except Exception:
-                self._log.failure(
-                    "engine listener {listener!r} failed in {method}", listener=listener, method=method
-                )
 
     # clients
 

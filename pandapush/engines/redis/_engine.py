@@ -62,6 +62,7 @@ from zope.interface import implementer
 from pandapush.bayeux import json
 from pandapush.bayeux.channel import expand
 from pandapush.bayeux.delivery import Delivery
+from pandapush.engines import ListenerRegistry
 from pandapush.engines.memory import newClientId
 from pandapush.engines.redis import _scripts as scripts
 from pandapush.engines.redis._connection import (
@@ -98,7 +99,7 @@ class _LocalClient:
 
 
 @implementer(IEngine)
-class RedisEngine:
+class RedisEngine(ListenerRegistry):
     """
     An IEngine whose state is shared by every node using the same Redis
     shards and ``namespace``.
@@ -292,23 +293,6 @@ class RedisEngine:
             self._log.info(
                 "closing: parked the queues of {n} clients ({lost} failed)", n=len(parking), lost=lost
             )
-
-    # listeners
-
-    def addListener(self, listener: IEngineListener) -> None:
-        self._listeners.append(listener)
-
-    def removeListener(self, listener: IEngineListener) -> None:
-        self._listeners.remove(listener)
-
-    def _notify(self, method: str, *args: Any) -> None:
-        for listener in self._listeners:
-            try:
-                getattr(listener, method)(*args)
-            except Exception:
-                self._log.failure(
-                    "engine listener {listener!r} failed in {method}", listener=listener, method=method
-                )
 
     # clients
 
