@@ -6,6 +6,7 @@
 //
 //   bench/run [--quick] [--only burst-200,idle] [--no-faye] [--out DIR] [--rest-key K --rest-secret S]
 //             [--redis-hosts host:port,...] [--source HEAD|<rev>|worktree] [--experiment batchframe,...]
+//             [--compare-experiment batchframe,...]   (A/B: pandapush vs pandapush + experiments)
 //
 // --source: which pandapush code runs. Default: a snapshot of HEAD (git archive), so
 // uncommitted edits in the checkout neither break nor skew the figures; `worktree` runs
@@ -29,6 +30,10 @@ const repeat = Number(option('repeat', quick ? 1 : 3));
 const only = option('only') ? option('only').split(',') : null;
 const outDir = option('out', fs.mkdtempSync(path.join(os.tmpdir(), 'pandapush-bench-run-')));
 fs.mkdirSync(outDir, { recursive: true });
+// --compare-experiment NAMES: the second column is pandapush with those experiments
+// patched in (bench/tools/experiments.py) instead of Faye: an A/B of a proposed change.
+const compare = option('compare-experiment');
+const OTHER = compare ? `+${compare}` : 'faye';
 const rest = {
   app: option('app', DEFAULT_APP),
   key: option('rest-key', 'PSIDbenchBENCHbench0'),
@@ -266,7 +271,12 @@ async function runScenarioOnce(scenario) {
     return results;
   }
   results.pandapush = await withServer(() => servers.startPandapush({ logDir: outDir, rest }), (server) => runOn(scenario, server));
-  if (flag('no-faye')) results.faye = { skipped: '--no-faye' };
+  if (compare) {
+    results.faye = await withServer(
+      () => servers.startPandapush({ logDir: outDir, rest, name: 'pandapush-experiment', experiments: compare }),
+      (server) => runOn(scenario, server),
+    );
+  } else if (flag('no-faye')) results.faye = { skipped: '--no-faye' };
   else if (scenario.kind === 'rest') results.faye = { skipped: 'Faye has no REST publish endpoint' };
   else results.faye = await withServer(() => servers.startFaye({ logDir: outDir }), (server) => runOn(scenario, server));
   return results;
@@ -305,7 +315,7 @@ function verdict(scenario, results) {
 }
 
 function table(all) {
-  const rows = [['scenario', 'figure', 'pandapush', 'faye', 'pandapush/faye']];
+  const rows = [['scenario', 'figure', 'pandapush', OTHER, compare ? 'experiment/base' : 'pandapush/faye']];
   const notes = [];
   for (const { scenario, results } of all) {
     const p = results.pandapush || {};
@@ -329,9 +339,9 @@ function table(all) {
     }
     if (p.skipped) notes.push(`${scenario.name}: pandapush skipped: ${p.skipped}`);
     if (f.skipped) notes.push(`${scenario.name}: faye n/a: ${f.skipped}`);
-    const v = verdict(scenario, results);
+    const v = compare ? '' : verdict(scenario, results);
     if (v) notes.push(`${scenario.name}: ${v}`);
-    for (const [who, r] of [['pandapush', p], ['faye', f]]) {
+    for (const [who, r] of [['pandapush', p], [OTHER, f]]) {
       if (r.generatorCpu > 90) notes.push(`${scenario.name}: generator at ${r.generatorCpu.toFixed(0)}% CPU against ${who}: its figure is a lower bound`);
       if (r.dropped > 0 || r.starved > 0) notes.push(`${scenario.name}: ${who} dropped ${r.dropped} clients, ${r.starved || 0} got nothing`);
       if (r.otherCpu > 25) notes.push(`${scenario.name}: other processes used ${r.otherCpu.toFixed(0)}% CPU during the ${who} run: figures disturbed`);
@@ -384,7 +394,7 @@ async function main() {
   }
   const load = fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
   const text =
-    `pandapush vs Faye 1.4.3 — ${machine()}, median of ${repeat}, ${new Date().toISOString()}, ${((Date.now() - started) / 1000).toFixed(0)} s, load average before ${loadBefore} after ${load}\n\n` +
+    `${compare ? `pandapush vs pandapush + experiments ${compare}` : 'pandapush vs Faye 1.4.3'} — ${machine()}, median of ${repeat}, ${new Date().toISOString()}, ${((Date.now() - started) / 1000).toFixed(0)} s, load average before ${loadBefore} after ${load}\n\n` +
     all.map(({ scenario }) => `- ${scenario.name}: ${scenario.title}`).join('\n') +
     '\n\n' +
     table(all);

@@ -130,14 +130,14 @@ function pandapushAccepts(option) {
   return new RegExp(`--${option}[=\\s]`).test(pandapushOptions());
 }
 
-async function startPandapush({ logDir, rest, extraArgs = [], env = {}, name = 'pandapush' }) {
+async function startPandapush({ logDir, rest, extraArgs = [], env = {}, name = 'pandapush', experiments = EXPERIMENTS }) {
   const port = await freePort();
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'pandapush-bench-'));
   const args = ['-m', 'twisted', 'pandapush', '--listen', `tcp:${port}:interface=127.0.0.1`];
   if (pandapushAccepts('shutdown-grace')) args.push('--shutdown-grace', '1');
   args.push(...extraArgs);
   const logFile = path.join(logDir, `${name}-${port}.log`);
-  const command = EXPERIMENTS ? [path.join(__dirname, '..', 'tools', 'experiments.py'), EXPERIMENTS, ...args] : args;
+  const command = experiments ? [path.join(__dirname, '..', 'tools', 'experiments.py'), experiments, ...args] : args;
   const child = spawnWithLimit(PYTHON, command, {
     cwd: SOURCE,
     env: {
