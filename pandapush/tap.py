@@ -134,6 +134,13 @@ class Options(usage.Options):
             "Comma-separated browser origins allowed across origins (CORS, websocket), e.g. "
             "https://app.example.com. [default: any origin]",
         ],
+        [
+            "trusted-proxies",
+            None,
+            None,
+            "Comma-separated proxy addresses or networks (10.0.0.0/8) whose X-Forwarded-For names "
+            "the client, for the admin login throttle. [default: $PANDAPUSH_TRUSTED_PROXIES or none]",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -313,9 +320,12 @@ def makeService(
     if options["database-path"]:
         storageConfig = storageConfig.replace(path=options["database-path"])
     storage = makeStorage(storageConfig)
+    tenancyOverrides: dict[str, Any] = {"maxBodySize": options["max-body-size"]}
+    if options["trusted-proxies"] is not None:
+        tenancyOverrides["trustedProxies"] = tuple(options["trusted-proxies"].split(","))
     tenancy = makeTenancy(
         storage,
-        TenancyConfig.fromEnvironment(environ, maxBodySize=options["max-body-size"]),
+        TenancyConfig.fromEnvironment(environ, **tenancyOverrides),
         router.publish,
         reactor,
         statistics=statistics.snapshot,
@@ -328,6 +338,10 @@ def makeService(
         )
     )
     metrics = Metrics(router, bayeux)
+    if tenancy.adminAuthority.throttle is not None:
+        tenancy.adminAuthority.throttle.addRefusalObserver(
+            lambda: metrics.refusals.labels(limit="admin_login").inc()
+        )
 
     scripts = ClientScriptResource()
     root = PandapushRoot(

@@ -35,6 +35,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from zope.interface import Attribute, Interface, implementer
@@ -44,6 +45,7 @@ from zope.interface.verify import verifyObject
 from pandapush.auth.config import TenancyConfig
 from pandapush.auth.http import basicCredentials, errorBody, jsonResponse
 from pandapush.auth.rules import secretsEqual
+from pandapush.auth.throttle import LoginThrottle, LoginThrottledError, ProxyTrust, parseTrustedProxies
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -62,6 +64,7 @@ __all__ = [
     "findAdminAuthPlugins",
     "firstRunPassword",
     "makeAdminAuthority",
+    "throttledAnswer",
 ]
 
 ENTRY_POINT_GROUP = "pandapush.admin_auth"
@@ -258,22 +261,56 @@ def findAdminAuthPlugins(package: Any = None) -> dict[str, Any]:
 
 
 class AdminAuthority:
-    """An admin auth method plus the root admin list: who is this, and are they root."""
+    """
+    An admin auth method plus the root admin list: who is this, and are they root.
+
+    With a ``throttle`` (:class:`~pandapush.auth.throttle.LoginThrottle`; every
+    authority :func:`makeAdminAuthority` builds has one), failed logins are counted per
+    client address and per Basic user name, and once they are too many
+    :meth:`authenticate` fails with :class:`~pandapush.auth.throttle.LoginThrottledError`
+    before the method even looks at the credentials; callers answer that with
+    :func:`throttledAnswer` (429). Whatever the method, a request counts as a failed
+    login when it carried an ``Authorization`` header and named nobody.
+    """
 
     def __init__(
         self,
         method: IAdminAuth,
         rootAdmins: Iterable[str] = (),
         login: AdminLogin | None = None,
+        throttle: LoginThrottle | None = None,
+        proxies: ProxyTrust | None = None,
     ) -> None:
         self.method = method
         self.rootAdmins = frozenset(rootAdmins)
         self.login = login
+        self.throttle = throttle
+        self.proxies = proxies or ProxyTrust()
+
+    def _throttleKeys(self, request: IRequest) -> list[str]:
+        keys = ["ip:" + self.proxies.clientAddress(request)]
+        basic = basicCredentials(request)
+        if basic is not None:
+            keys.append("user:" + basic[0])
+        return keys
 
     def authenticate(self, request: IRequest) -> Deferred[AdminUser | None]:
+        throttle = self.throttle
+        keys = self._throttleKeys(request) if throttle is not None else []
+        if throttle is not None:
+            try:
+                throttle.check(keys)
+            except LoginThrottledError:
+                return defer.fail()
+        presented = request.getHeader(b"authorization") is not None
+
         def named(username: str | None) -> AdminUser | None:
             if not username:
+                if throttle is not None and presented:
+                    throttle.failed(keys)
                 return None
+            if throttle is not None:
+                throttle.succeeded([keys[0], "user:" + username, *keys[1:]])
             return AdminUser(username, username in self.rootAdmins)
 
         return defer.maybeDeferred(self.method.authenticate, request).addCallback(named)
@@ -282,8 +319,29 @@ class AdminAuthority:
         return self.method.challenge(request)
 
 
-def makeAdminAuthority(config: TenancyConfig, pluginPackage: Any = None) -> AdminAuthority:
-    """The admin authority ``config`` asks for (see the module docstring)."""
+def throttledAnswer(request: IRequest, throttled: LoginThrottledError) -> bytes:
+    """``429 Too Many Requests`` with ``Retry-After``, and no challenge (a browser would re-prompt)."""
+    request.setHeader(b"Retry-After", throttled.retryAfterHeader)
+    seconds = throttled.retryAfterHeader.decode("ascii")
+    return jsonResponse(
+        request, 429, errorBody(429, f"Too many failed logins; try again in {seconds} seconds")
+    )
+
+
+def makeAdminAuthority(
+    config: TenancyConfig, pluginPackage: Any = None, clock: IReactorTime | None = None
+) -> AdminAuthority:
+    """
+    The admin authority ``config`` asks for (see the module docstring), throttling
+    failed logins on ``clock`` (default: the reactor).
+    """
+    if clock is None:
+        from twisted.internet import reactor
+
+        clock = reactor  # type: ignore[assignment]
+    assert clock is not None
+    throttle = LoginThrottle(clock)
+    proxies = ProxyTrust(parseTrustedProxies(config.trustedProxies))
     method = config.authMethod
     roots = set(config.rootAdmins)
     if method in (None, "basic"):
@@ -296,9 +354,9 @@ def makeAdminAuthority(config: TenancyConfig, pluginPackage: Any = None) -> Admi
             login = AdminLogin(username, password, False)
         roots.add(username)
         checker = AdminPasswordChecker({username: password})
-        return AdminAuthority(BasicAdminAuth([checker]), roots, login)
+        return AdminAuthority(BasicAdminAuth([checker]), roots, login, throttle, proxies)
     if method == "none":
-        return AdminAuthority(ClosedAdminAuth(), roots)
+        return AdminAuthority(ClosedAdminAuth(), roots, None, throttle, proxies)
     plugins = findAdminAuthPlugins(pluginPackage)
     if method == "plugins":
         if len(plugins) != 1:
@@ -319,7 +377,7 @@ def makeAdminAuthority(config: TenancyConfig, pluginPackage: Any = None) -> Admi
         verifyObject(IAdminAuth, adminAuth)
     except Invalid as reason:
         raise AdminAuthError(f"admin auth plugin {plugin.name!r} built an invalid method: {reason}") from None
-    return AdminAuthority(adminAuth, roots)
+    return AdminAuthority(adminAuth, roots, None, throttle, proxies)
 
 
 def adminLoginInfo(authority: AdminAuthority, baseURL: str) -> dict[str, Any] | None:

@@ -5,7 +5,8 @@
 ``ENVIRONMENTS`` (``name,url;name2,url2``) and ``ENVIRONMENT`` (this one's name) as
 upstream; ``PANDAPUSH_DATA_DIR`` (where a generated admin password is kept; default
 the directory of ``DATABASE_PATH``, else ``localdata``) and the ``PANDAPUSH_KEY_CACHE_TTL`` /
-``PANDAPUSH_USAGE_FLUSH_INTERVAL`` / ``PANDAPUSH_TOKEN_LEEWAY`` tuning knobs are ours.
+``PANDAPUSH_USAGE_FLUSH_INTERVAL`` / ``PANDAPUSH_TOKEN_LEEWAY`` tuning knobs are ours, as is
+``PANDAPUSH_TRUSTED_PROXIES`` (whose ``X-Forwarded-For`` the admin login throttle believes).
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class TenancyConfig:
     tokenLeeway: float = DEFAULT_LEEWAY
     maxBodySize: int = 1024 * 1024
     publishTimeout: float = 10.0
+    #: Proxies whose ``X-Forwarded-For`` names the client (addresses or CIDR networks).
+    trustedProxies: tuple[str, ...] = ()
 
     @classmethod
     def fromEnvironment(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> TenancyConfig:
@@ -92,6 +95,9 @@ class TenancyConfig:
             "keyCacheTTL": _float(env, "PANDAPUSH_KEY_CACHE_TTL", DEFAULT_TTL),
             "usageFlushInterval": _float(env, "PANDAPUSH_USAGE_FLUSH_INTERVAL", DEFAULT_FLUSH_INTERVAL),
             "tokenLeeway": _float(env, "PANDAPUSH_TOKEN_LEEWAY", DEFAULT_LEEWAY),
+            "trustedProxies": tuple(
+                p.strip() for p in env.get("PANDAPUSH_TRUSTED_PROXIES", "").split(",") if p.strip()
+            ),
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

@@ -74,7 +74,7 @@ def makeTenancy(
     assert clock is not None
     keys = KeyCache(storage, clock, ttl=config.keyCacheTTL, negativeTTL=config.negativeKeyCacheTTL)
     authority = ChannelAuthority(keys, clock, leeway=config.tokenLeeway)
-    adminAuthority = makeAdminAuthority(config, pluginPackage)
+    adminAuthority = makeAdminAuthority(config, pluginPackage, clock)
     service = MultiService()
     service.setName("tenancy")
     KeyUsageFlusher(keys, config.usageFlushInterval).setServiceParent(service)

@@ -32,11 +32,12 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 import pandapush
-from pandapush.auth.admin import AdminAuthority, AdminUser
+from pandapush.auth.admin import AdminAuthority, AdminUser, throttledAnswer
 from pandapush.auth.config import TenancyConfig
 from pandapush.auth.http import errorBody, header, jsonResponse
 from pandapush.auth.keycache import KeyCache
 from pandapush.auth.rules import SUBSCRIBE, parseChannel
+from pandapush.auth.throttle import LoginThrottledError
 from pandapush.bayeux import json
 from pandapush.storage.errors import NotFoundError as NoSuchThing
 from pandapush.storage.interfaces import IStorage
@@ -150,6 +151,8 @@ class AdminApp:
         """Admin auth, then the handler; bad input is a 400, anything unexpected a logged 500."""
         try:
             user = await self._admin(request)
+        except LoginThrottledError as throttled:
+            return throttledAnswer(request, throttled)
         except Exception:
             self._log.failure("admin authentication failed")
             return jsonResponse(request, 500, errorBody(500, "Internal server error"))

@@ -40,6 +40,9 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
+from pandapush.auth.admin import throttledAnswer
+from pandapush.auth.throttle import LoginThrottledError
+
 __all__ = ["ADMIN_STATIC_DIR", "AdminResource", "AdminUIResource", "IAuthenticates", "adminResource"]
 
 ADMIN_STATIC_DIR = Path(__file__).resolve().parent / "static" / "admin"
@@ -152,6 +155,8 @@ class AdminUIResource(Resource):
         return self._serve(request, request.path)
 
     def _failed(self, failure: Failure, request: Any) -> bytes:
+        if failure.check(LoginThrottledError):
+            return throttledAnswer(request, failure.value)  # type: ignore[arg-type]
         self._log.failure("admin UI request {path} failed", failure, path=request.path)
         request.setResponseCode(http.INTERNAL_SERVER_ERROR)
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
