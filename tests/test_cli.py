@@ -66,8 +66,8 @@ class MigrateCommandTests(CLITestCase):
     @inlineCallbacks
     def test_migrate(self) -> Generator[Deferred[Any], Any, None]:
         """The first run applies every version, the next applies none."""
-        self.assertEqual((yield self.cliJSON("migrate")), {"applied": [1, 2], "version": 2})
-        self.assertEqual((yield self.cliJSON("migrate")), {"applied": [], "version": 2})
+        self.assertEqual((yield self.cliJSON("migrate")), {"applied": [1, 2, 3], "version": 3})
+        self.assertEqual((yield self.cliJSON("migrate")), {"applied": [], "version": 3})
         self.assertIn("already current", (yield self.cli("migrate")))
 
     @inlineCallbacks
@@ -84,7 +84,7 @@ class MigrateCommandTests(CLITestCase):
         }
         error = yield self.cli("app", "list", "--database-schema", schema, status=1)
         self.assertIn("run `pandapush migrate`", error)
-        self.assertEqual((yield self.cliJSON("--database-schema", schema, "migrate"))["applied"], [1, 2])
+        self.assertEqual((yield self.cliJSON("--database-schema", schema, "migrate"))["applied"], [1, 2, 3])
         app = yield self.cliJSON("app", "create", "pgapp", "--database-schema", schema)
         self.assertEqual(
             [a["id"] for a in (yield self.cliJSON("app", "list", "--database-schema", schema))], [app["id"]]

@@ -222,6 +222,35 @@ class StorageTestsMixin:
         self.assertEqual((yield self.storage.getApplication(app.id)), app)
 
     @inlineCallbacks
+    def test_allowedOrigins(self) -> Generator[Deferred[Any], Any, None]:
+        """Origins are stored normalised (lower case, no slash, sorted, once); empty lifts the list."""
+        app = yield self.storage.createApplication("app", "alice", admins=["alice"])
+        self.assertEqual(app.allowed_origins, ())
+        self.assertEqual(app.publicDict()["allowed_origins"], [])
+        updated = yield self.storage.updateApplication(
+            app.id,
+            allowedOrigins=["https://B.example.com/", "http://localhost:8080", "https://b.example.com", " "],
+        )
+        self.assertEqual(updated.allowed_origins, ("http://localhost:8080", "https://b.example.com"))
+        self.assertEqual(updated.admins, ("alice",))
+        self.assertEqual((yield self.storage.getApplication(app.id)), updated)
+        self.assertEqual((yield self.storage.listApplications()), [updated])
+        renamed = yield self.storage.updateApplication(app.id, name="renamed")
+        self.assertEqual(renamed.allowed_origins, updated.allowed_origins)
+        cleared = yield self.storage.updateApplication(app.id, allowedOrigins=[])
+        self.assertEqual(cleared.allowed_origins, ())
+
+    @inlineCallbacks
+    def test_allowedOriginsRefused(self) -> Generator[Deferred[Any], Any, None]:
+        """Something that is not an origin is refused with ValueError, and nothing else changes."""
+        app = yield self.storage.createApplication("app", "alice", admins=["alice"])
+        for bad in ["example.com", "https://example.com/path", "https://a.com?x=1", "https://", "*"]:
+            yield self.assertFailure(
+                self.storage.updateApplication(app.id, name="changed", allowedOrigins=[bad]), ValueError
+            )
+        self.assertEqual((yield self.storage.getApplication(app.id)), app)
+
+    @inlineCallbacks
     def test_updateApplicationMissing(self) -> Generator[Deferred[Any], Any, None]:
         """Updating an unknown application fails with NoSuchApplicationError."""
         yield self.assertFailure(

@@ -68,7 +68,9 @@ class MigrationTestsMixin:
         self.assertEqual((yield storage.migrate()), list(range(1, latest + 1)))
         self.assertEqual((yield storage.schemaVersion()), latest)
         rows = yield self.run_txn(storage, "SELECT version, name FROM schema_version ORDER BY version")
-        self.assertEqual([tuple(r) for r in rows], [(1, "initial"), (2, "revocation_and_usage")])
+        self.assertEqual(
+            [tuple(r) for r in rows], [(1, "initial"), (2, "revocation_and_usage"), (3, "allowed_origins")]
+        )
 
     @inlineCallbacks
     def test_idempotent(self) -> Generator[Deferred[Any], Any, None]:
@@ -105,7 +107,7 @@ class MigrationTestsMixin:
         )
         self.assertEqual((yield storage.schemaVersion()), 1)
 
-        self.assertEqual((yield storage.migrate()), [2])
+        self.assertEqual((yield storage.migrate()), [2, 3])
         yield storage.start()
         app = yield storage.getApplication(APP)
         self.assertEqual(
@@ -121,6 +123,24 @@ class MigrationTestsMixin:
         yield storage.recordKeyUsage({KEY: (4, T0)})
         revoked = yield storage.revokeKey(KEY)
         self.assertEqual((revoked.use_count, revoked.last_used, revoked.revoked), (4, T0, True))
+
+    @inlineCallbacks
+    def test_fromVersion2KeepsRows(self) -> Generator[Deferred[Any], Any, None]:
+        """Version 3 gives existing applications no origin list of their own, and lists can be set."""
+        storage = self.bareStorage()
+        self.assertEqual((yield storage.migrate(target=2)), [1, 2])
+        toDb = storage.dialect.toDb
+        yield self.run_txn(
+            storage,
+            "INSERT INTO applications (id, name, created_by, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+            (APP, "testapp", "alice", toDb(T0), toDb(T0)),
+        )
+        self.assertEqual((yield storage.migrate()), [3])
+        yield storage.start()
+        app = yield storage.getApplication(APP)
+        self.assertEqual((app.name, app.allowed_origins), ("testapp", ()))
+        updated = yield storage.updateApplication(APP, allowedOrigins=["https://a.example"])
+        self.assertEqual(updated.allowed_origins, ("https://a.example",))
 
 
 class SQLiteMigrationTests(MigrationTestsMixin, TestCase):
@@ -224,4 +244,4 @@ class PostgresMigrationTests(MigrationTestsMixin, TestCase):
 
         storage = self.bareStorage()
         results = yield gatherResults([storage.migrate(), storage.migrate()])
-        self.assertEqual(sorted(results), [[], [1, 2]])
+        self.assertEqual(sorted(results), [[], [1, 2, 3]])

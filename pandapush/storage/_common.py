@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
-__all__ = ["checkName", "normalAdmins", "utcnow"]
+__all__ = ["checkName", "normalAdmins", "normalOrigin", "normalOrigins", "utcnow"]
+
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+_HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9_~-]+(\.[a-z0-9_~-]+)*)(:[0-9]{1,5})?")
 
 
 def utcnow() -> datetime.datetime:
@@ -16,6 +21,35 @@ def utcnow() -> datetime.datetime:
 def normalAdmins(names: Iterable[str]) -> tuple[str, ...]:
     """An admin set as stored and returned: no blanks, no repeats, sorted."""
     return tuple(sorted({name for name in names if name}))
+
+
+def normalOrigin(origin: str) -> str:
+    """
+    A browser origin as stored and compared: ``scheme://host[:port]``, lower-cased, no
+    trailing slash (what browsers send in ``Origin``). ``ValueError`` names anything else.
+    """
+    if not isinstance(origin, str):
+        raise ValueError(f"not an origin: {origin!r}")
+    text = origin.strip().lower().rstrip("/")
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        raise ValueError(f"not an origin: {origin!r} (use scheme://host[:port])") from None
+    if (
+        not _SCHEME.fullmatch(parts.scheme)
+        or not _HOST.fullmatch(parts.netloc)
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or text != f"{parts.scheme}://{parts.netloc}"
+    ):
+        raise ValueError(f"not an origin: {origin!r} (use scheme://host[:port], nothing after it)")
+    return text
+
+
+def normalOrigins(origins: Iterable[str]) -> tuple[str, ...]:
+    """An allowed-origins list as stored and returned: each normalised, no repeats, sorted."""
+    return tuple(sorted({normalOrigin(o) for o in origins if not isinstance(o, str) or o.strip()}))
 
 
 def checkName(name: str) -> str:

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pandapush.storage import ids, migrations
-from pandapush.storage._common import checkName, normalAdmins, utcnow
+from pandapush.storage._common import checkName, normalAdmins, normalOrigins, utcnow
 from pandapush.storage.errors import (
     AlreadyExistsError,
     NoSuchApplicationError,
@@ -33,7 +33,7 @@ __all__ = ["Dialect", "SQLStorage"]
 
 T = TypeVar("T")
 
-_APP_COLUMNS = "id, name, created_by, created_at, updated_at"
+_APP_COLUMNS = "id, name, created_by, created_at, updated_at, allowed_origins"
 _KEY_COLUMNS = (
     "id, application_id, secret, expires, purpose, created_by, created_at, updated_at,"
     " last_used, use_count, revoked_at"
@@ -150,6 +150,7 @@ class SQLStorage:
             created_at=_require(fromDb(row[3])),
             updated_at=_require(fromDb(row[4])),
             admins=tuple(sorted(admins)),
+            allowed_origins=tuple((row[5] or "").split()),
         )
 
     def _key(self, row: Sequence[Any]) -> Key:
@@ -192,8 +193,8 @@ class SQLStorage:
         now = self.dialect.toDb(self._now())
         self._x(
             txn,
-            f"INSERT INTO applications ({_APP_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-            (appId, name, createdBy, now, now),
+            f"INSERT INTO applications ({_APP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            (appId, name, createdBy, now, now, ""),
         )
         self._setAdmins_txn(txn, appId, admins)
         app = self._getApplication_txn(txn, appId)
@@ -245,26 +246,46 @@ class SQLStorage:
         )
 
     def updateApplication(
-        self, applicationId: str, name: str | None = None, admins: Iterable[str] | None = None
+        self,
+        applicationId: str,
+        name: str | None = None,
+        admins: Iterable[str] | None = None,
+        allowedOrigins: Iterable[str] | None = None,
     ) -> Deferred[Application]:
+        try:
+            # Checked here, in the reactor thread, so a bad origin fails before any write.
+            origins = None if allowedOrigins is None else normalOrigins(allowedOrigins)
+        except ValueError:
+            return defer.fail()
         return self._run(
             True,
             self._updateApplication_txn,
             applicationId,
             name,
             None if admins is None else normalAdmins(admins),
+            origins,
         )
 
     def _updateApplication_txn(
-        self, txn: Any, appId: str, name: str | None, admins: tuple[str, ...] | None
+        self,
+        txn: Any,
+        appId: str,
+        name: str | None,
+        admins: tuple[str, ...] | None,
+        origins: tuple[str, ...] | None = None,
     ) -> Application:
         if name is not None:
             checkName(name)
         now = self.dialect.toDb(self._now())
-        if name is None:
-            self._x(txn, "UPDATE applications SET updated_at = ? WHERE id = ?", (now, appId))
-        else:
-            self._x(txn, "UPDATE applications SET name = ?, updated_at = ? WHERE id = ?", (name, now, appId))
+        assignments = ["updated_at = ?"]
+        params: list[Any] = [now]
+        if name is not None:
+            assignments.append("name = ?")
+            params.append(name)
+        if origins is not None:
+            assignments.append("allowed_origins = ?")
+            params.append(" ".join(origins))
+        self._x(txn, f"UPDATE applications SET {', '.join(assignments)} WHERE id = ?", (*params, appId))
         if txn.rowcount == 0:
             raise NoSuchApplicationError(appId)
         if admins is not None:

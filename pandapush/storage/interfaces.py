@@ -67,11 +67,17 @@ class IStorage(Interface):
         """The applications ``username`` is an admin of, oldest first."""
 
     def updateApplication(
-        applicationId: str, name: str | None = None, admins: Iterable[str] | None = None
+        applicationId: str,
+        name: str | None = None,
+        admins: Iterable[str] | None = None,
+        allowedOrigins: Iterable[str] | None = None,
     ) -> Deferred[Application]:
         """
-        Rename and/or replace the admin set, in one transaction (both or neither).
-        ``None`` leaves that part alone. Fails with ``NoSuchApplicationError``.
+        Rename, replace the admin set and/or the allowed origins, in one transaction (all
+        or nothing). ``None`` leaves that part alone; an empty ``allowedOrigins`` lifts the
+        application's own restriction. Origins are normalised (``scheme://host[:port]``,
+        lower case); one that is not an origin fails with ``ValueError``, as an empty name
+        does. Fails with ``NoSuchApplicationError``.
         """
 
     def deleteApplication(applicationId: str) -> Deferred[None]:

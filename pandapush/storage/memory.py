@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from pandapush.storage import ids
-from pandapush.storage._common import checkName, normalAdmins, utcnow
+from pandapush.storage._common import checkName, normalAdmins, normalOrigins, utcnow
 from pandapush.storage.errors import AlreadyExistsError, NoSuchApplicationError, NoSuchKeyError
 from pandapush.storage.interfaces import IStorage, KeyUsageBatch
 from pandapush.storage.models import Application, Key
@@ -30,7 +30,7 @@ class MemoryStorage:
     name = "memory"
 
     #: The schema this mimics, so ``schemaVersion`` reads like a migrated database.
-    SCHEMA_VERSION = 2
+    SCHEMA_VERSION = 3
 
     def __init__(self, now: Callable[[], datetime.datetime] = utcnow) -> None:
         self._now = now
@@ -81,12 +81,20 @@ class MemoryStorage:
         return defer.succeed(self._ordered(a for a in self._apps.values() if username in a.admins))
 
     def updateApplication(
-        self, applicationId: str, name: str | None = None, admins: Iterable[str] | None = None
+        self,
+        applicationId: str,
+        name: str | None = None,
+        admins: Iterable[str] | None = None,
+        allowedOrigins: Iterable[str] | None = None,
     ) -> Deferred[Application]:
-        return defer.maybeDeferred(self._updateApplication, applicationId, name, admins)
+        return defer.maybeDeferred(self._updateApplication, applicationId, name, admins, allowedOrigins)
 
     def _updateApplication(
-        self, applicationId: str, name: str | None, admins: Iterable[str] | None
+        self,
+        applicationId: str,
+        name: str | None,
+        admins: Iterable[str] | None,
+        allowedOrigins: Iterable[str] | None,
     ) -> Application:
         app = self._requireApp(applicationId)
         changes: dict[str, Any] = {"updated_at": self._now()}
@@ -94,6 +102,8 @@ class MemoryStorage:
             changes["name"] = checkName(name)
         if admins is not None:
             changes["admins"] = normalAdmins(admins)
+        if allowedOrigins is not None:
+            changes["allowed_origins"] = normalOrigins(allowedOrigins)
         app = dataclasses.replace(app, **changes)
         self._apps[applicationId] = app
         return app

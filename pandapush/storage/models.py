@@ -24,7 +24,11 @@ def isoformat(value: datetime.datetime | None) -> str | None:
 
 @dataclass(frozen=True)
 class Application:
-    """A tenant: its channels are ``/<id>/...``; ``admins`` are the user names that manage it."""
+    """
+    A tenant: its channels are ``/<id>/...``; ``admins`` are the user names that manage it.
+    ``allowed_origins`` are the browser origins its channels may be used from (empty: any
+    origin the server allows).
+    """
 
     id: str
     name: str
@@ -32,6 +36,7 @@ class Application:
     created_at: datetime.datetime
     updated_at: datetime.datetime
     admins: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
 
     def publicDict(self) -> dict[str, Any]:
         """JSON-ready fields for the admin API and the command line."""
@@ -42,6 +47,7 @@ class Application:
             "created_at": isoformat(self.created_at),
             "updated_at": isoformat(self.updated_at),
             "admins": list(self.admins),
+            "allowed_origins": list(self.allowed_origins),
         }
 
 
