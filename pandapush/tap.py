@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
@@ -27,6 +31,7 @@ from pandapush.transports.resource import BayeuxResource
 from pandapush.web.adminui import adminResource
 from pandapush.web.clientjs import ClientScriptResource
 from pandapush.web.site import HealthApp, PandapushRoot, makeSite
+from pandapush.workers import SHAREABLE_ENDPOINTS, WorkerPool, WorkerSpec, resolveWorkerCount
 
 __all__ = ["BayeuxService", "Options", "makeService"]
 
@@ -112,6 +117,14 @@ class Options(usage.Options):
             "Prefix of every Redis key. [default: $REDIS_NAMESPACE or pandapush]",
         ],
         [
+            "workers",
+            None,
+            None,
+            "Processes serving the same ports on this machine, for more than one core: this one "
+            "and N-1 workers it starts and restarts (0: one per CPU). Needs the Redis engine. "
+            "[default: $WORKERS or 1]",
+        ],
+        [
             "shutdown-grace",
             None,
             5.0,
@@ -152,11 +165,49 @@ class Options(usage.Options):
 
     opt_l = opt_listen
 
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        # Kept for --workers: the workers parse the very same options.
+        self.argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
+
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = [f"tcp:{os.environ.get('PORT', '3000')}"]
         if self["allowed-origins"] is not None:
             self["allowed-origins"] = [o.strip() for o in self["allowed-origins"].split(",") if o.strip()]
+        self._checkWorkers()
+
+    def _checkWorkers(self) -> None:
+        requested = self["workers"] if self["workers"] is not None else os.environ.get("WORKERS") or "1"
+        try:
+            workers = int(requested)
+            if workers < 0:
+                raise ValueError(requested)
+        except ValueError:
+            raise usage.UsageError(
+                f"--workers (or WORKERS) must be a whole number >= 0, not {requested!r}"
+            ) from None
+        self["workers"] = resolveWorkerCount(workers)
+        if workers == 1:
+            return
+        # Refused even when 0 resolves to a single CPU: the same flags must not
+        # work on one machine and fail on the next.
+        if not (self["redis-hosts"] or os.environ.get("REDIS_HOSTS")):
+            raise usage.UsageError(
+                f"--workers {requested} needs the Redis engine (--redis-hosts or REDIS_HOSTS): each "
+                "worker is a node of its own, and nodes share clients and messages only through Redis"
+            )
+        if (self["database"] or os.environ.get("DATABASE")) == "memory":
+            raise usage.UsageError(
+                "--workers needs a storage shared by every process (sqlite or postgres): "
+                "with DATABASE=memory each worker would have applications and keys of its own"
+            )
+        for endpoint in self["listen"]:
+            if endpoint.split(":", 1)[0] not in SHAREABLE_ENDPOINTS:
+                raise usage.UsageError(
+                    f"--workers shares only tcp: listeners, not {endpoint!r}: terminate TLS in front "
+                    "of pandapush (a load balancer or proxy), or run without --workers"
+                )
 
 
 class BayeuxService(Service):
@@ -209,13 +260,23 @@ class StorageService(MultiService):
 
     _log = Logger()
 
-    def __init__(self, storage: Any, tenancy: Tenancy, reactor: Any, environ: dict[str, str]) -> None:
+    def __init__(
+        self,
+        storage: Any,
+        tenancy: Tenancy,
+        reactor: Any,
+        environ: dict[str, str],
+        worker: WorkerSpec | None = None,
+    ) -> None:
         super().__init__()
         self.storage = storage
         self.tenancy = tenancy
         self.reactor = reactor
         self.environ = environ
+        self.worker = worker
         self.ready: defer.Deferred[None] = defer.Deferred()
+        #: Fires with the listening ports once they listen (what --workers shares).
+        self.listening: defer.Deferred[list[IListeningPort]] = defer.Deferred()
 
     def privilegedStartService(self) -> None:
         # Not passed on to the ports: they would bind before the storage is ready.
@@ -237,14 +298,21 @@ class StorageService(MultiService):
         for port in listening:
             host = port.getHost()
             url = f"http://{'localhost' if host.host in ('0.0.0.0', '::') else host.host}:{host.port}"
+            if self.worker is not None:
+                # The parent has said where it listens and what the admin password is.
+                self._log.info("worker {index} serving {url}/push", index=self.worker.index, url=url)
+                continue
             self._log.info("pandapush {version} listening at {url}/push", version=__version__, url=url)
             banner = self.tenancy.loginBanner(url)
             if banner:
                 self._log.info("{banner}", banner=banner)
+        self.listening.callback(listening)
         self.ready.callback(None)
 
     def _failed(self, failure: Any) -> None:
         self._log.failure("pandapush could not start", failure)
+        if not self.listening.called:
+            self.listening.errback(failure)
         if not self.ready.called:
             self.ready.errback(failure)
         if getattr(self.reactor, "running", False):
@@ -254,6 +322,24 @@ class StorageService(MultiService):
         d = defer.maybeDeferred(super().stopService)
         d.addBoth(lambda _: self.storage.close())
         return d
+
+
+def markWorker(site: Any, bayeux: BayeuxResource, index: int) -> None:
+    """
+    ``X-Pandapush-Worker: <index>`` on every HTTP answer and websocket handshake of
+    this process, so an operator (or a test) sees which worker served a request.
+    """
+    value = str(index).encode()
+    base = site.requestFactory
+
+    class WorkerRequest(base):  # type: ignore[misc, valid-type]
+        def process(self) -> None:
+            self.setHeader(b"X-Pandapush-Worker", value)
+            super().process()
+
+    site.requestFactory = WorkerRequest
+    factory = bayeux.websocketFactory
+    factory.headers = {**(factory.headers or {}), "X-Pandapush-Worker": str(index)}
 
 
 async def seedDevelopmentKey(storage: Any, environ: dict[str, str]) -> None:
@@ -271,9 +357,17 @@ async def seedDevelopmentKey(storage: Any, environ: dict[str, str]) -> None:
 
 
 def makeService(
-    options: Options, reactor: IReactorTime | None = None, environ: dict[str, str] | None = None
+    options: Options,
+    reactor: IReactorTime | None = None,
+    environ: dict[str, str] | None = None,
+    worker: WorkerSpec | None = None,
 ) -> IService:
-    """The whole server as one service tree. ``environ`` replaces ``os.environ`` (tests)."""
+    """
+    The whole server as one service tree. ``environ`` replaces ``os.environ``
+    (tests). ``worker`` is given in the processes ``--workers`` starts
+    (``python -m pandapush.workers``): they adopt the listening sockets they
+    inherited instead of binding ``--listen``, and start no workers themselves.
+    """
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
@@ -343,10 +437,15 @@ def makeService(
             lambda: metrics.refusals.labels(limit="admin_login").inc()
         )
 
+    workers = worker.count if worker is not None else options["workers"] or 1
+    index = worker.index if worker is not None else 0
     scripts = ClientScriptResource()
     root = PandapushRoot(
         bayeux,
-        HealthApp().app.resource(),
+        # Which process answered: with --workers, operators (and tests) can tell.
+        HealthApp(
+            {"worker": index, "workers": workers, "pid": os.getpid()} if workers > 1 else None
+        ).app.resource(),
         {
             b"metrics": metrics.resource,
             b"channel": tenancy.publishApp.app.resource(),
@@ -365,6 +464,8 @@ def makeService(
             accessLog(request)
 
     site.log = log  # type: ignore[method-assign]
+    if workers > 1:
+        markWorker(site, bayeux, index)
 
     top = MultiService()
     top.setName("pandapush")
@@ -381,10 +482,27 @@ def makeService(
             reactor, tenancy.keys, redisHosts, redisNamespace, nodeId=getattr(engine, "nodeId", None)
         )
         top.keysync.setServiceParent(top)  # type: ignore[attr-defined]
-    storageService = StorageService(storage, tenancy, reactor, environ)
+    storageService = StorageService(storage, tenancy, reactor, environ, worker=worker)
     storageService.setServiceParent(top)
-    for endpoint in options["listen"]:
-        strports.service(endpoint, site).setServiceParent(storageService)
+    if worker is None:
+        for endpoint in options["listen"]:
+            strports.service(endpoint, site).setServiceParent(storageService)
+    else:
+        for fd, family in worker.listeners:
+            StreamServerEndpointService(
+                AdoptedStreamServerEndpoint(reactor, fd, family), site
+            ).setServiceParent(storageService)
+    if worker is None and workers > 1:
+        # Started once this process listens: storage migrated, DEV_* seeded and the
+        # admin password written once, before any worker looks for them.
+        top.workers = WorkerPool(  # type: ignore[attr-defined]
+            reactor,
+            workers,
+            getattr(options, "argv", []),
+            storageService.listening,
+            grace=options["shutdown-grace"],
+        )
+        top.workers.setServiceParent(top)  # type: ignore[attr-defined]
     # For tests and embedders: the pieces, without reaching into the tree.
     top.engine = engine  # type: ignore[attr-defined]
     top.router = router  # type: ignore[attr-defined]

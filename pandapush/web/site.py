@@ -58,7 +58,7 @@ class HealthApp:
 
     app = Klein()
 
-    def __init__(self) -> None:
+    def __init__(self, extra: dict[str, Any] | None = None) -> None:
         self._body = json.dumps(
             {
                 "version": pandapush.__version__,
@@ -66,6 +66,8 @@ class HealthApp:
                 "built": os.environ.get(
                     "PANDAPUSH_BUILT", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                 ),
+                # e.g. which of --workers answered
+                **(extra or {}),
             }
         )
 

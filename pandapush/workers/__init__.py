@@ -1,0 +1,343 @@
+"""
+``--workers N``: N pandapush processes serving one port on one machine.
+
+The process started by ``twistd pandapush`` (worker 0) binds the listening
+sockets, migrates and seeds the storage, then starts N-1 copies of itself
+(``python -m pandapush.workers``) that inherit those sockets as file descriptors
+3, 4, ... and adopt them (``reactor.adoptStreamPort``). Every process accepts on
+the same sockets and is a full node on the Redis engine, so a client may land on
+any of them and keep its session.
+
+Why one shared socket rather than ``SO_REUSEPORT`` (one socket per process,
+balanced by a hash of the 4-tuple): connections waiting in the accept queue
+belong to every worker, so a worker that crashes or is restarted loses none of
+them (with ``SO_REUSEPORT`` the kernel resets those queued on the dead socket);
+a busy worker leaves new connections to an idle one (whoever calls ``accept``
+first gets it) instead of receiving its hash share regardless of load; it works
+on every POSIX system and with ``tcp:0``; and no other process of the same user
+can join the group and steal connections.
+
+The parent owns its workers: it restarts one that exits with a backoff, relays
+their log events into its own log (``log_system`` prefixed ``worker-<i>``), and on
+stop sends them SIGTERM and waits for their drain (``--shutdown-grace``), killing
+stragglers. A worker leaves by itself when its stdin, a pipe from the parent,
+reaches end of file: the parent was SIGKILLed, so nobody else would stop it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer, error, fdesc
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IProcessTransport
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger, LogLevel, eventFromJSON, globalLogPublisher
+from twisted.python.failure import Failure
+
+__all__ = [
+    "FIRST_INHERITED_FD",
+    "ParentWatch",
+    "WorkerPool",
+    "WorkerSpec",
+    "formatListeners",
+    "parseListeners",
+    "resolveWorkerCount",
+]
+
+#: Inherited listening sockets start after stdin, stdout and stderr.
+FIRST_INHERITED_FD = 3
+
+#: Endpoint types whose sockets can be shared (``adoptStreamPort`` takes plain TCP).
+SHAREABLE_ENDPOINTS = ("tcp", "tcp6")
+
+
+def resolveWorkerCount(requested: int) -> int:
+    """``0`` means one worker per CPU (``os.cpu_count()``, 1 when unknown)."""
+    if requested == 0:
+        return os.cpu_count() or 1
+    return requested
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker process is told by its parent: its index and the sockets it adopts."""
+
+    index: int
+    count: int
+    #: ``(file descriptor, address family)`` of each inherited listening socket.
+    listeners: tuple[tuple[int, socket.AddressFamily], ...] = field(default=())
+
+
+def formatListeners(listeners: Sequence[tuple[int, socket.AddressFamily]]) -> str:
+    """``3:AF_INET,4:AF_INET6``: the ``--listeners`` argument of ``python -m pandapush.workers``."""
+    return ",".join(f"{fd}:{family.name}" for fd, family in listeners)
+
+
+def parseListeners(text: str) -> tuple[tuple[int, socket.AddressFamily], ...]:
+    """The inverse of :func:`formatListeners`; ``ValueError`` for anything else."""
+    listeners = []
+    for item in filter(None, text.split(",")):
+        fd, _, family = item.partition(":")
+        if family not in ("AF_INET", "AF_INET6"):
+            raise ValueError(f"unsupported address family {family!r} in {item!r}")
+        listeners.append((int(fd), socket.AddressFamily[family]))
+    return tuple(listeners)
+
+
+class _WorkerProtocol(ProcessProtocol):
+    """One worker's pipes: its log events (JSON lines on stdout), stray stderr, its end."""
+
+    def __init__(self, pool: WorkerPool, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.ended: defer.Deferred[int | None] = defer.Deferred()
+        self._partial: dict[int, bytes] = {1: b"", 2: b""}
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        *lines, self._partial[childFD] = (self._partial.get(childFD, b"") + data).split(b"\n")
+        for line in lines:
+            self.pool.relay(self.index, childFD, line)
+
+    def processEnded(self, reason: Failure) -> None:
+        for childFD, rest in self._partial.items():
+            if rest:
+                self.pool.relay(self.index, childFD, rest)
+        code: int | None = 0
+        if isinstance(reason.value, error.ProcessTerminated):
+            code = reason.value.exitCode
+            if code is None and reason.value.signal is not None:
+                code = -reason.value.signal
+        self.ended.callback(code)
+
+
+@dataclass
+class _Worker:
+    index: int
+    transport: IProcessTransport
+    protocol: _WorkerProtocol
+    startedAt: float
+
+
+class WorkerPool(Service):
+    """
+    Runs workers 1..count-1 beside this process (worker 0) once ``listening``
+    fires with this process's listening ports, restarting any that exits while
+    the pool runs (after ``minDelay`` seconds, doubling per quick failure up to
+    ``maxDelay``; a worker that lived ``stableAfter`` seconds starts the count
+    again). ``argv`` are the ``pandapush`` options the workers parse as this
+    process did.
+    """
+
+    _log = Logger()
+
+    minDelay = 0.5
+    maxDelay = 30.0
+    stableAfter = 10.0
+
+    def __init__(
+        self,
+        reactor: Any,
+        count: int,
+        argv: Sequence[str],
+        listening: defer.Deferred[list[IListeningPort]],
+        grace: float,
+        executable: str = sys.executable,
+        environ: dict[str, str] | None = None,
+        emit: Callable[[dict[str, Any]], None] = globalLogPublisher,
+    ) -> None:
+        self.reactor = reactor
+        self.count = count
+        self.argv = list(argv)
+        self.grace = grace
+        self.executable = executable
+        self.environ = environ
+        self.emit = emit
+        self.workers: dict[int, _Worker] = {}
+        self._listening = listening
+        self._listeners: list[tuple[int, socket.AddressFamily]] = []
+        self._failures: dict[int, int] = {}
+        self._restarts: dict[int, IDelayedCall] = {}
+
+    def startService(self) -> None:
+        super().startService()
+        self._listening.addCallback(self._spawnAll)
+        # Failing to listen is reported (and stops the process) by StorageService.
+        self._listening.addErrback(lambda _: None)
+
+    def _spawnAll(self, ports: list[IListeningPort]) -> None:
+        if not self.running:
+            return
+        self._listeners = [
+            (port.fileno(), port.socket.family)  # type: ignore[attr-defined]
+            for port in ports
+        ]
+        self._log.info(
+            "starting {workers} workers beside this one (pid {pid})", workers=self.count - 1, pid=os.getpid()
+        )
+        for index in range(1, self.count):
+            self._spawn(index)
+
+    def command(self, index: int) -> list[str]:
+        inherited = [(FIRST_INHERITED_FD + n, family) for n, (_, family) in enumerate(self._listeners)]
+        return [
+            self.executable,
+            "-m",
+            "pandapush.workers",
+            "--index",
+            str(index),
+            "--count",
+            str(self.count),
+            "--listeners",
+            formatListeners(inherited),
+            "--",
+            *self.argv,
+        ]
+
+    def _spawn(self, index: int) -> None:
+        self._restarts.pop(index, None)
+        # stdin is a pipe nobody writes to: its end of file tells the worker we are gone.
+        childFDs: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
+        for n, (fd, _) in enumerate(self._listeners):
+            childFDs[FIRST_INHERITED_FD + n] = fd
+        protocol = _WorkerProtocol(self, index)
+        command = self.command(index)
+        transport = self.reactor.spawnProcess(
+            protocol,
+            self.executable,
+            command,
+            env=dict(os.environ if self.environ is None else self.environ),
+            childFDs=childFDs,
+        )
+        self.workers[index] = _Worker(index, transport, protocol, self.reactor.seconds())
+        self._log.info("worker {index} started (pid {pid})", index=index, pid=transport.pid)
+        protocol.ended.addCallback(self._ended, index, protocol)
+
+    def _ended(self, code: int | None, index: int, protocol: _WorkerProtocol) -> None:
+        worker = self.workers.get(index)
+        if worker is None or worker.protocol is not protocol:
+            return
+        del self.workers[index]
+        if not self.running:
+            return
+        lived = self.reactor.seconds() - worker.startedAt
+        failures = 0 if lived >= self.stableAfter else self._failures.get(index, 0) + 1
+        self._failures[index] = failures
+        delay = min(self.maxDelay, self.minDelay * 2 ** max(0, failures - 1))
+        self._log.error(
+            "worker {index} (pid {pid}) exited ({how}) after {lived:.1f}s; restarting it in {delay}s",
+            index=index,
+            pid=worker.transport.pid,
+            how=f"signal {-code}" if code is not None and code < 0 else f"status {code}",
+            lived=lived,
+            delay=delay,
+        )
+        self._restarts[index] = self.reactor.callLater(delay, self._spawn, index)
+
+    def relay(self, index: int, childFD: int, line: bytes) -> None:
+        """A line a worker printed: its log events go on in our log, marked with its index."""
+        text = line.decode("utf-8", "replace").lstrip("\x1e").rstrip("\r")
+        if not text.strip():
+            return
+        prefix = f"worker-{index}"
+        if childFD == 1 and text.startswith("{"):
+            try:
+                event = eventFromJSON(text)
+            except ValueError:
+                pass
+            else:
+                level = event.get("log_level")
+                system = event.get("log_system") or (
+                    f"{event.get('log_namespace', '-')}#{level.name if level else 'info'}"
+                )
+                event["log_system"] = f"{prefix} {system}"
+                self.emit(event)
+                return
+        # Anything else (a traceback before logging began, a stray print) as it came.
+        self._log.emit(
+            LogLevel.warn if childFD == 2 else LogLevel.info,
+            "{line}",
+            line=text,
+            log_system=f"{prefix} {'stderr' if childFD == 2 else 'stdout'}",
+        )
+
+    def pids(self) -> dict[int, int]:
+        """The running workers' pids by index (this process, worker 0, excluded)."""
+        return {index: w.transport.pid for index, w in self.workers.items() if w.transport.pid}
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        for call in self._restarts.values():
+            if call.active():
+                call.cancel()
+        self._restarts.clear()
+        return defer.Deferred.fromCoroutine(self._stopAll())
+
+    async def _stopAll(self) -> None:
+        workers = list(self.workers.values())
+        for worker in workers:
+            self._signal(worker, "TERM")
+        # Each worker drains within --shutdown-grace; past that (and a margin for
+        # closing its engine) it is killed, so a stuck one cannot hold the stop.
+        killer = self.reactor.callLater(self.grace + 5.0, self._killAll, workers)
+        try:
+            await defer.gatherResults([w.protocol.ended for w in workers], consumeErrors=True)
+        finally:
+            if killer.active():
+                killer.cancel()
+        self.workers.clear()
+        if workers:
+            self._log.info("all {n} workers stopped", n=len(workers))
+
+    def _killAll(self, workers: list[_Worker]) -> None:
+        for worker in workers:
+            if not worker.protocol.ended.called:
+                self._log.warn("worker {index} did not stop in time: SIGKILL", index=worker.index)
+                self._signal(worker, "KILL")
+
+    def _signal(self, worker: _Worker, name: str) -> None:
+        try:
+            worker.transport.signalProcess(name)
+        except error.ProcessExitedAlready:
+            pass
+
+
+class ParentWatch(FileDescriptor):
+    """
+    Calls ``gone`` when ``fd`` (the worker's stdin, a pipe from its parent) reaches
+    end of file, which happens however the parent ended, SIGKILL included: the
+    portable counterpart of Linux's ``PR_SET_PDEATHSIG``, and without its race
+    (a parent already dead reads as end of file at once).
+    """
+
+    def __init__(self, reactor: Any, fd: int, gone: Callable[[], None]) -> None:
+        super().__init__(reactor)
+        self._fd = fd
+        self._gone = gone
+        fdesc.setNonBlocking(fd)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def logPrefix(self) -> str:
+        return "ParentWatch"
+
+    def doRead(self) -> Any:
+        # Nothing is ever written; only the end of file (or an error) matters.
+        return fdesc.readFromFD(self._fd, lambda data: None)
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self._gone()
+
+
+def ignoreInterrupts() -> None:
+    """Workers leave stopping to their parent: a Ctrl-C in a terminal reaches every process of its group."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
