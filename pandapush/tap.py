@@ -424,8 +424,10 @@ def makeService(
         reactor,
         statistics=statistics.snapshot,
     )
-    # Tenancy first: presence reads the presence object it verified from the token.
+    # Tenancy first: presence reads the presence object it verified from the token;
+    # each application's allowed origins between them, so a refused subscribe joins nobody.
     router.addExtension(tenancy.extension)
+    router.addExtension(tenancy.originExtension)
     router.addExtension(
         PresenceExtension(
             router, maxMembers=options["presence-max-members"], maxDataSize=options["presence-max-data"]

@@ -48,8 +48,9 @@ class _WSProtocol(WebSocketClientProtocol):
 class WSClient:
     """A Bayeux client over one websocket; ``messages`` collects deliveries."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, origin: str | None = None) -> None:
         self.url = url
+        self.origin = origin
         self.replies: list[dict[str, Any]] = []
         self.messages: list[dict[str, Any]] = []
         self.clientId: str | None = None
@@ -67,7 +68,7 @@ class WSClient:
 
     async def start(self) -> WSClient:
         host, port = self.url.split("//")[1].split("/")[0].split(":")
-        factory = WebSocketClientFactory(self.url.replace("http", "ws", 1) + "/push")
+        factory = WebSocketClientFactory(self.url.replace("http", "ws", 1) + "/push", origin=self.origin)
         factory.protocol = _WSProtocol
         factory.client = self
         await TCP4ClientEndpoint(reactor, host, int(port)).connect(factory)

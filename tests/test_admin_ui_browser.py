@@ -390,6 +390,15 @@ class SettingsTests(ConsoleTestCase):
         _, app = self.http.admin("GET", f"application/{appId}")
         self.assertEqual(app["name"], "New name")
         self.assertEqual(sorted(app["admins"]), ["admin", "bob"])
+
+        # Allowed origins: one per line, saved on their own and shown normalised.
+        origins = p.get_by_label("Allowed origins (one per line)")
+        origins.fill("https://App.example.com/\nhttp://localhost:8080")
+        p.get_by_role("button", name="Save origins").click()
+        p.get_by_text("Saved: 2 allowed origins.").wait_for()
+        _, app = self.http.admin("GET", f"application/{appId}")
+        self.assertEqual(app["allowed_origins"], ["http://localhost:8080", "https://app.example.com"])
+        self.assertEqual(origins.input_value(), "http://localhost:8080\nhttps://app.example.com")
         page.screenshot("10-settings")
 
         # Delete: needs the name typed; Cancel leaves it alone.

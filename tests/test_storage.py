@@ -229,7 +229,12 @@ class StorageTestsMixin:
         self.assertEqual(app.publicDict()["allowed_origins"], [])
         updated = yield self.storage.updateApplication(
             app.id,
-            allowedOrigins=["https://B.example.com/", "http://localhost:8080", "https://b.example.com", " "],
+            allowedOrigins=[
+                "https://B.example.com:443/",
+                "http://localhost:8080",
+                "https://b.example.com",
+                " ",
+            ],
         )
         self.assertEqual(updated.allowed_origins, ("http://localhost:8080", "https://b.example.com"))
         self.assertEqual(updated.admins, ("alice",))

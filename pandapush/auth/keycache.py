@@ -112,6 +112,7 @@ class KeyCache:
         # put what it read (possibly the key's state before a revoke) into the cache.
         self._generation = 0
         self._listeners: list[Callable[[str | None, str | None], None]] = []
+        self._appObservers: list[Callable[[str | None], None]] = []
         self._usage: dict[str, KeyUsage] = {}
         self._flushing: Deferred[None] | None = None
 
@@ -205,6 +206,22 @@ class KeyCache:
     def removeInvalidationListener(self, listener: Callable[[str | None, str | None], None]) -> None:
         self._listeners.remove(listener)
 
+    def addApplicationObserver(self, observer: Callable[[str | None], None]) -> None:
+        """
+        Call ``observer(appId)`` whenever ``appId`` is invalidated, here or (with
+        ``propagate=False``) from another node, and ``observer(None)`` when the whole
+        cache is cleared: caches of other per-application facts (allowed origins) follow
+        the keys' invalidations, and so their cross-node broadcast, without one of their own.
+        """
+        self._appObservers.append(observer)
+
+    def _observe(self, appId: str | None) -> None:
+        for observer in list(self._appObservers):
+            try:
+                observer(appId)
+            except Exception:
+                self._log.failure("application invalidation observer failed")
+
     def invalidate(self, keyId: str, propagate: bool = True) -> None:
         """Forget ``keyId`` (known or known-missing) now: it was created, revoked or deleted."""
         self._generation += 1
@@ -214,12 +231,13 @@ class KeyCache:
             self._tell(keyId, None)
 
     def invalidateApp(self, appId: str, propagate: bool = True) -> None:
-        """Forget every key of ``appId``: the application was deleted."""
+        """Forget every key of ``appId`` (and what observers keep of it): the application changed or went."""
         self._generation += 1
         for keyId in list(self._byApp.get(appId, ())):
             self._forget(keyId)
         # A lookup in flight may be for one of its keys; let it finish uncached.
         self._pending.clear()
+        self._observe(appId)
         if propagate:
             self._tell(None, appId)
 
@@ -228,6 +246,7 @@ class KeyCache:
         self._entries.clear()
         self._byApp.clear()
         self._pending.clear()
+        self._observe(None)
 
     def _tell(self, keyId: str | None, appId: str | None) -> None:
         for listener in list(self._listeners):

@@ -14,6 +14,7 @@ from pandapush.auth.admin import AdminAuthority, adminLoginBanner, adminLoginInf
 from pandapush.auth.checkers import ChannelAuthority
 from pandapush.auth.config import TenancyConfig
 from pandapush.auth.keycache import KeyCache, KeyUsageFlusher
+from pandapush.auth.origins import AppOrigins, OriginExtension
 from pandapush.auth.tenancy import TenancyExtension
 
 __all__ = ["Tenancy", "makeTenancy"]
@@ -29,7 +30,9 @@ class Tenancy:
     - ``publishApp.resource()``: mount at ``/channel``; ``adminApp.resource()`` at ``/admin``;
     - ``service``: a ``MultiService`` child that flushes key usage (and once more on stop);
     - ``keys``: the key cache, whose ``addInvalidationListener`` / ``invalidate(...,
-      propagate=False)`` a many-node engine uses to share invalidations.
+      propagate=False)`` a many-node engine uses to share invalidations;
+    - ``originExtension``: ``router.addExtension(...)`` right after ``extension`` (and
+      before presence): each application's own allowed origins; ``origins`` its cache.
     """
 
     config: TenancyConfig
@@ -40,6 +43,8 @@ class Tenancy:
     publishApp: Any  # pandapush.web.publish.PublishApp
     adminApp: Any  # pandapush.web.admin.AdminApp
     service: MultiService
+    origins: AppOrigins
+    originExtension: OriginExtension
 
     def loginBanner(self, baseURL: str) -> str | None:
         """The line to log at start so a newcomer can log in to ``/admin`` (None if nothing to say)."""
@@ -78,6 +83,7 @@ def makeTenancy(
     service = MultiService()
     service.setName("tenancy")
     KeyUsageFlusher(keys, config.usageFlushInterval).setServiceParent(service)
+    origins = AppOrigins(storage, clock, keys, ttl=config.keyCacheTTL)
     return Tenancy(
         config=config,
         keys=keys,
@@ -89,4 +95,6 @@ def makeTenancy(
         ),
         adminApp=AdminApp(storage, adminAuthority, keys, clock, config, statistics),
         service=service,
+        origins=origins,
+        originExtension=OriginExtension(origins),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred
 
@@ -42,6 +43,29 @@ class MessageContext:
         self.trusted = trusted
         self.lost = lost
         self.attributes: dict[str, Any] = {}
+
+    @property
+    def origin(self) -> str | None:
+        """
+        The browser origin the message came from, lower-cased: the connection's
+        ``Origin`` header (websockets and cross-origin requests always carry one); for
+        callback-polling, whose script tags send none, the origin of the ``Referer``.
+        None when neither tells (not a browser page, or one hiding its referrer).
+        """
+        origin = self.headers.get("origin")
+        if origin:
+            return origin.strip().lower().rstrip("/")
+        if self.transport == "callback-polling":
+            referer = self.headers.get("referer")
+            if referer:
+                try:
+                    parts = urlsplit(referer.strip())
+                except ValueError:
+                    return None
+                host = parts.netloc.rpartition("@")[2]
+                if parts.scheme and host:
+                    return f"{parts.scheme}://{host}".lower()
+        return None
 
     def forMessage(self) -> MessageContext:
         """A fresh context for the next message of the same connection/batch."""

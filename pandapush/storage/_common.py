@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 __all__ = ["checkName", "normalAdmins", "normalOrigin", "normalOrigins", "utcnow"]
 
+_DEFAULT_PORTS = {"http": ":80", "https": ":443", "ws": ":80", "wss": ":443"}
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
 _HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9_~-]+(\.[a-z0-9_~-]+)*)(:[0-9]{1,5})?")
 
@@ -44,6 +45,10 @@ def normalOrigin(origin: str) -> str:
         or text != f"{parts.scheme}://{parts.netloc}"
     ):
         raise ValueError(f"not an origin: {origin!r} (use scheme://host[:port], nothing after it)")
+    # Browsers leave the default port out of Origin.
+    default = _DEFAULT_PORTS.get(parts.scheme)
+    if default is not None and text.endswith(default):
+        text = text[: -len(default)]
     return text
 
 

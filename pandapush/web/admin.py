@@ -7,6 +7,11 @@ Every change to keys or applications is pushed into the key cache at once
 (:meth:`~pandapush.auth.keycache.KeyCache.invalidate`), so a revoked key or a deleted
 application stops working on the next message.
 
+``POST /admin/api/application/<id>`` also takes ``allowed_origins`` (a list of
+``scheme://host[:port]``; empty lifts the list): the application's own allowed
+origins (:mod:`pandapush.auth.origins`). A change invalidates the application in
+the key cache, which every node's origin cache follows.
+
 A root admin sees every application; any other admin sees only the ones they
 administer, and the others answer ``404 Not found`` exactly like ones that do not
 exist. Request bodies must be ``application/json``: with Basic auth a browser would
@@ -39,6 +44,7 @@ from pandapush.auth.keycache import KeyCache
 from pandapush.auth.rules import SUBSCRIBE, parseChannel
 from pandapush.auth.throttle import LoginThrottledError
 from pandapush.bayeux import json
+from pandapush.storage._common import normalOrigins
 from pandapush.storage.errors import NotFoundError as NoSuchThing
 from pandapush.storage.interfaces import IStorage
 from pandapush.storage.models import Application, Key
@@ -275,7 +281,18 @@ class AdminApp:
         ):
             raise _BadRequestError("admins must be a list of user names")
         cleaned = sorted({a.strip() for a in admins}) if admins is not None else None
-        await self.storage.updateApplication(appId, name.strip() if name else None, cleaned)
+        origins = body.get("allowed_origins")
+        if origins is not None:
+            if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+                raise _BadRequestError("allowed_origins must be a list of origins (scheme://host[:port])")
+            try:
+                origins = list(normalOrigins(origins))
+            except ValueError as error:
+                raise _BadRequestError(f"allowed_origins: {error}") from None
+        await self.storage.updateApplication(appId, name.strip() if name else None, cleaned, origins)
+        if origins is not None:
+            # Every node forgets the application's cached origin list (keysync carries it).
+            self.keys.invalidateApp(appId)
         self._log.info("admin {user} updated application {appId}", user=user.username, appId=appId)
         return self._ok(request, {"id": appId})
 

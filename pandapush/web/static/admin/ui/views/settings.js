@@ -1,4 +1,4 @@
-/** Application settings: rename, manage admins, delete (with a typed confirmation). */
+/** Application settings: rename, manage admins, allowed origins, delete (with a typed confirmation). */
 
 import { admin } from '../api.js';
 import { busy, field, h, outcome, replace } from '../dom.js';
@@ -86,6 +86,43 @@ export async function renderSettings(container, context, app, reload) {
     });
   });
 
+  // --- allowed origins: saved on their own --------------------------------------------------
+  const origins = h('textarea', {
+    name: 'allowed_origins',
+    rows: 3,
+    spellcheck: false,
+    autocomplete: 'off',
+    placeholder: 'https://app.example.com',
+    value: (app.allowed_origins || []).join('\n'),
+  });
+  const originsField = field(
+    'Allowed origins (one per line)',
+    origins,
+    'Browser pages of other origins cannot subscribe or publish on this application’s channels. Empty: every origin the server allows.',
+  );
+  const originsResult = outcome();
+  const saveOrigins = h('button', { type: 'submit', class: 'primary', text: 'Save origins' });
+  const originsForm = h('form', { class: 'inline-form', novalidate: true }, originsField, h('div', { class: 'actions' }, saveOrigins), originsResult);
+  originsForm.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    originsResult.clear();
+    originsField.setError('');
+    const list = origins.value.split(/[\s,]+/).filter(Boolean);
+    await busy(saveOrigins, async () => {
+      try {
+        await admin.updateApplication(app.id, { allowed_origins: list });
+        const fresh = await reload();
+        origins.value = (fresh.allowed_origins || []).join('\n');
+        notify('Saved', 'ok');
+        const count = fresh.allowed_origins.length;
+        originsResult.ok(count ? `Saved: ${count} allowed origin${count === 1 ? '' : 's'}.` : 'Saved: any origin the server allows.');
+      } catch (error) {
+        originsField.setError(error.message);
+        originsResult.error(`Could not save: ${error.message}`);
+      }
+    });
+  });
+
   // --- delete ----------------------------------------------------------------------------
   const remove = h('button', { type: 'button', class: 'danger', text: 'Delete application…' });
   const deleteResult = outcome();
@@ -120,6 +157,7 @@ export async function renderSettings(container, context, app, reload) {
     container,
     section('About', facts),
     section('Name and admins', form),
+    section('Allowed origins', originsForm),
     h('section', { class: 'card danger-zone', 'aria-labelledby': 'danger-title' }, h('h2', { id: 'danger-title', text: 'Delete' }), h('p', { text: 'Deleting removes the application and its keys for good.' }), remove, deleteResult),
   );
 }

@@ -1,0 +1,237 @@
+"""Per-application allowed origins: the cache, the extension, and a whole server over HTTP and websocket."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import treq
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
+
+from pandapush.auth.keycache import KeyCache
+from pandapush.auth.origins import AppOrigins, OriginExtension
+from pandapush.bayeux.context import MessageContext
+from pandapush.interfaces import IExtension
+from pandapush.storage.memory import MemoryStorage
+from tests.bayeux_clients import HANDSHAKE, WSClient
+from tests.inprocess import APP, AUTH, InProcessServer, channel
+
+GOOD = "https://good.example"
+EVIL = "https://evil.example"
+
+
+class _CountingStorage(MemoryStorage):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+        self.hold: Deferred[Any] | None = None
+
+    def getApplication(self, applicationId: str) -> Deferred[Any]:
+        self.reads += 1
+        if self.hold is not None:
+            held, self.hold = self.hold, None
+            return held.addCallback(lambda _: self._apps.get(applicationId))
+        return super().getApplication(applicationId)
+
+
+class AppOriginsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.storage = _CountingStorage()
+        self.keys = KeyCache(self.storage, self.clock)
+        self.origins = AppOrigins(self.storage, self.clock, self.keys, ttl=60)
+        self.app = self.successResultOf(self.storage.createApplication("app", "alice"))
+        self.successResultOf(self.storage.updateApplication(self.app.id, allowedOrigins=[GOOD]))
+
+    def test_cachedForTTL(self) -> None:
+        """One read per TTL; unknown applications and ones without a list are None."""
+        self.assertEqual(self.origins.peek(self.app.id), (False, None))
+        self.assertEqual(self.successResultOf(self.origins.get(self.app.id)), frozenset([GOOD]))
+        self.assertEqual(self.origins.peek(self.app.id), (True, frozenset([GOOD])))
+        self.successResultOf(self.origins.get(self.app.id))
+        self.assertEqual(self.storage.reads, 1)
+        self.clock.advance(61)
+        self.assertEqual(self.origins.peek(self.app.id), (False, None))
+        self.assertIsNone(self.successResultOf(self.origins.get("nosuchapp")))
+
+    def test_invalidatedWithTheKeyCache(self) -> None:
+        """invalidateApp (local, or from another node) and clear() forget the cached lists."""
+        self.successResultOf(self.origins.get(self.app.id))
+        self.successResultOf(self.storage.updateApplication(self.app.id, allowedOrigins=[]))
+        self.keys.invalidateApp(self.app.id, propagate=False)
+        self.assertIsNone(self.successResultOf(self.origins.get(self.app.id)))
+        self.keys.clear()
+        self.assertEqual(self.origins.peek(self.app.id), (False, None))
+
+    def test_loadRacingAnInvalidation(self) -> None:
+        """A read that started before an invalidation answers its caller but is not cached."""
+        self.storage.hold = Deferred()
+        held = self.storage.hold
+        pending = self.origins.get(self.app.id)
+        self.keys.invalidateApp(self.app.id)
+        held.callback(None)
+        self.successResultOf(pending)
+        self.assertEqual(self.origins.peek(self.app.id), (False, None))
+
+
+class OriginExtensionTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.storage = MemoryStorage()
+        app = self.successResultOf(self.storage.createApplication("app", "alice"))
+        self.successResultOf(self.storage.updateApplication(app.id, allowedOrigins=[GOOD]))
+        other = self.successResultOf(self.storage.createApplication("other", "alice"))
+        self.appId, self.otherId = app.id, other.id
+        self.extension = OriginExtension(AppOrigins(self.storage, self.clock))
+
+    def check(self, message: dict[str, Any], origin: str | None, transport: str = "websocket") -> Any:
+        headers = {"origin": origin} if origin is not None else {}
+        result = self.extension.incoming(message, MessageContext(transport, headers))
+        return self.successResultOf(result) if isinstance(result, Deferred) else result
+
+    def test_interface(self) -> None:
+        self.assertTrue(verifyObject(IExtension, self.extension))
+
+    def test_subscribe(self) -> None:
+        """A subscribe is refused when any of its channels' applications refuses the origin."""
+        ok = f"/{self.appId}/private/x"
+        message = self.check({"channel": "/meta/subscribe", "subscription": ok}, GOOD)
+        self.assertNotIn("error", message)
+        message = self.check(
+            {"channel": "/meta/subscribe", "subscription": [f"/{self.otherId}/public/y", ok]}, EVIL
+        )
+        self.assertEqual(message["error"], f"403:{ok}:Origin not allowed")
+
+    def test_publish(self) -> None:
+        """Publishes are checked too (cached now: synchronously); case and a trailing slash do not matter."""
+        channelName = f"/{self.appId}/public/x"
+        self.check({"channel": channelName, "data": 1}, GOOD)
+        self.assertEqual(
+            self.check({"channel": channelName, "data": 1}, "HTTPS://Good.example/"),
+            {"channel": channelName, "data": 1},
+        )
+        self.assertIn("error", self.check({"channel": channelName, "data": 1}, EVIL))
+
+    def test_applicationWithoutList(self) -> None:
+        """An application with no list of its own accepts every origin."""
+        message = self.check({"channel": f"/{self.otherId}/public/x", "data": 1}, EVIL)
+        self.assertNotIn("error", message)
+
+    def test_notABrowser(self) -> None:
+        """No Origin (a server, a command line): not checked; JSONP without Origin or Referer: refused."""
+        channelName = f"/{self.appId}/public/x"
+        self.assertNotIn("error", self.check({"channel": channelName, "data": 1}, None, "long-polling"))
+        self.assertIn("error", self.check({"channel": channelName, "data": 1}, None, "callback-polling"))
+
+    def test_jsonpReferer(self) -> None:
+        """Callback-polling's origin is its Referer's."""
+        channelName = f"/{self.appId}/public/x"
+        for referer, refused in [(GOOD + "/page?x=1", False), (EVIL + "/page", True)]:
+            context = MessageContext("callback-polling", {"referer": referer})
+            result = self.extension.incoming({"channel": channelName, "data": 1}, context)
+            message = self.successResultOf(result) if isinstance(result, Deferred) else result
+            self.assertEqual("error" in message, refused, referer)
+
+    def test_leavesOthersAlone(self) -> None:
+        """Refused messages, meta messages other than subscribe, and server messages pass untouched."""
+        refused = {"channel": f"/{self.appId}/public/x", "data": 1, "error": "401::No auth supplied"}
+        self.assertEqual(self.check(dict(refused), EVIL), refused)
+        self.assertNotIn("error", self.check({"channel": "/meta/connect"}, EVIL))
+        trusted = MessageContext("rest", {"origin": EVIL}, trusted=True)
+        message = {"channel": f"/{self.appId}/public/x", "data": 1}
+        self.assertNotIn("error", self.extension.incoming(message, trusted))
+
+
+class InProcessOriginTests(TestCase):
+    """A whole server: set the list over the admin API, then browsers of either origin."""
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.server = InProcessServer(
+            environ={"AUTH_METHOD": "basic", "ADMIN_USERNAME": "admin", "ADMIN_PASSWORD": "sesame"}
+        )
+        await self.server.start()
+        self.addCleanup(self.server.stop)
+
+    async def setOrigins(self, origins: Any) -> Any:
+        response = await treq.post(
+            f"{self.server.url}/admin/api/application/{APP}",
+            data=json.dumps({"allowed_origins": origins}).encode(),
+            headers={"Content-Type": "application/json"},
+            auth=("admin", "sesame"),
+            persistent=False,
+        )
+        return response.code, json.loads(await response.content())
+
+    async def websocket(self, origin: str | None) -> WSClient:
+        client = WSClient(self.server.url, origin=origin)
+        await client.start()
+        self.addCleanup(client.protocol.sendClose)
+        return client
+
+    async def test_adminAPI(self) -> None:
+        """The list is set, normalised and shown by the admin API; bad origins are a 400 saying which."""
+        code, body = await self.setOrigins([GOOD + "/", "http://LOCALHOST:8080"])
+        self.assertEqual(code, 200)
+        response = await treq.get(
+            f"{self.server.url}/admin/api/application/{APP}", auth=("admin", "sesame"), persistent=False
+        )
+        shown = json.loads(await response.content())
+        self.assertEqual(shown["allowed_origins"], ["http://localhost:8080", GOOD])
+        code, body = await self.setOrigins(["good.example"])
+        self.assertEqual(code, 400)
+        self.assertIn("good.example", body["message"])
+        code, body = await self.setOrigins("https://x.example")
+        self.assertEqual(code, 400)
+
+    async def test_websocket(self) -> None:
+        """Over websocket: another origin's subscribe and publish are refused at once after the change."""
+        good = await self.websocket(GOOD)
+        evil = await self.websocket(EVIL)
+        private = channel("room", "private")
+        # Cached as "no list" first, so the change below must reach the cache.
+        self.assertTrue(
+            (await evil.call({"channel": "/meta/subscribe", "subscription": private, "ext": {"auth": AUTH}}))[
+                "successful"
+            ]
+        )
+        self.assertEqual((await self.setOrigins([GOOD]))[0], 200)
+        reply = await evil.call(
+            {"channel": "/meta/subscribe", "subscription": channel("other"), "ext": {"auth": AUTH}}
+        )
+        self.assertEqual(
+            (reply["successful"], reply["error"]), (False, f"403:{channel('other')}:Origin not allowed")
+        )
+        reply = await evil.call({"channel": private, "data": {"n": 1}, "ext": {"auth": AUTH}})
+        self.assertEqual(reply["error"], f"403:{private}:Origin not allowed")
+        reply = await good.call(
+            {"channel": "/meta/subscribe", "subscription": private, "ext": {"auth": AUTH}}
+        )
+        self.assertTrue(reply["successful"])
+        reply = await good.call({"channel": private, "data": {"n": 2}, "ext": {"auth": AUTH}})
+        self.assertTrue(reply["successful"])
+        # A client with no Origin (a server) is not a browser: not checked.
+        server = await self.websocket(None)
+        reply = await server.call({"channel": private, "data": {"n": 3}, "ext": {"auth": AUTH}})
+        self.assertTrue(reply["successful"])
+
+    async def test_longPolling(self) -> None:
+        """Over cross-origin long-polling, the Origin header of the request decides."""
+        await self.setOrigins([GOOD])
+
+        async def post(message: dict[str, Any], origin: str) -> Any:
+            response = await treq.post(
+                self.server.url + "/push",
+                data=json.dumps([message]).encode(),
+                headers={"Content-Type": "application/json", "Origin": origin},
+                persistent=False,
+            )
+            return json.loads(await response.content())[0]
+
+        handshake = await post(HANDSHAKE, EVIL)
+        clientId = handshake["clientId"]
+        subscribe = {"channel": "/meta/subscribe", "clientId": clientId, "subscription": channel("x")}
+        self.assertEqual((await post(subscribe, EVIL))["error"], f"403:{channel('x')}:Origin not allowed")
+        self.assertTrue((await post(subscribe, GOOD))["successful"])
