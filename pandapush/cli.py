@@ -13,6 +13,14 @@ The database comes from upstream's variables (``DATABASE``, ``DATABASE_PATH``,
 or after the subcommand. ``--json`` prints machine-readable output. Upstream's
 command names (``add``, ``addKey``, ``show``, ``genToken``) work too.
 
+Running servers cache keys for a minute. With ``REDIS_HOSTS`` (``--redis-hosts``)
+and ``REDIS_NAMESPACE`` as the servers have them, commands that create, revoke or
+delete keys or delete applications also PUBLISH the invalidation the servers'
+:class:`~pandapush.keysync.KeySync` applies, so they act at once. If Redis cannot
+be reached the change is still made (it is in the database) and the command exits
+0 with a warning: a failure status would read as "not revoked", and retrying a
+delete that did happen fails.
+
 Storage calls run on the reactor (``task.react``); :func:`run` is the same command
 as a Deferred, for tests and for embedding.
 """
@@ -33,6 +41,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError
 
 from pandapush import __version__
+from pandapush.auth.keycache import DEFAULT_NEGATIVE_TTL, DEFAULT_TTL
 from pandapush.publisher import Publisher, PublishError
 from pandapush.storage import StorageConfig, makeStorage
 from pandapush.storage.errors import NoSuchApplicationError, NoSuchKeyError, StorageError
@@ -137,6 +146,18 @@ def _globalOptions() -> argparse.ArgumentParser:
     group.add_argument("--database-password", default=S, help="PostgreSQL password [$DATABASE_PASSWORD]")
     group.add_argument("--database-name", default=S, help="PostgreSQL database [$DATABASE_NAME or pandapush]")
     group.add_argument("--database-schema", default=S, help="PostgreSQL schema [$DATABASE_SCHEMA or public]")
+    group = parent.add_argument_group(
+        "running servers, told of key changes at once (defaults from the environment)"
+    )
+    group.add_argument(
+        "--redis-hosts", default=S, metavar="HOSTS", help="the servers' Redis shards [$REDIS_HOSTS; none]"
+    )
+    group.add_argument(
+        "--redis-namespace",
+        default=S,
+        metavar="NAME",
+        help="the servers' Redis namespace [$REDIS_NAMESPACE or pandapush]",
+    )
     parent.add_argument("--json", action="store_true", default=S, help="print JSON, for scripts")
     return parent
 
@@ -156,9 +177,22 @@ def buildParser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pandapush {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def sub(group: Any, name: str, helpText: str, handler: Callable[..., Any], **kw: Any) -> Any:
+    def sub(
+        group: Any,
+        name: str,
+        helpText: str,
+        handler: Callable[..., Any],
+        changesKeys: bool = False,
+        **kw: Any,
+    ) -> Any:
+        if changesKeys:
+            kw.setdefault(
+                "epilog",
+                "With REDIS_HOSTS (--redis-hosts) set, running servers are told at once; otherwise,"
+                f" or when Redis cannot be reached (a warning, exit status 0), within {DEFAULT_TTL:g} s.",
+            )
         command = group.add_parser(name, parents=[common], help=helpText, description=helpText, **kw)
-        command.set_defaults(handler=handler)
+        command.set_defaults(handler=handler, changesKeys=changesKeys)
         return command
 
     sub(commands, "migrate", "Bring the database schema to the latest version (idempotent).", _migrate)
@@ -193,22 +227,31 @@ def buildParser() -> argparse.ArgumentParser:
     p.add_argument(
         "--remove", action="append", default=[], metavar="USER", help="remove an admin (repeatable)"
     )
-    p = sub(apps, "delete", "Delete an application, its admins and its keys.", _appDelete, aliases=["rm"])
+    p = sub(
+        apps,
+        "delete",
+        "Delete an application, its admins and its keys.",
+        _appDelete,
+        changesKeys=True,
+        aliases=["rm"],
+    )
     p.add_argument("appId", metavar="APP")
 
     # keys
     key = commands.add_parser("key", help="Create, list, revoke and delete keys.")
     keys = key.add_subparsers(dest="keyCommand", metavar="ACTION", required=True)
-    p = sub(keys, "create", "Create a key; its secret is printed this once only.", _keyCreate)
+    p = sub(
+        keys, "create", "Create a key; its secret is printed this once only.", _keyCreate, changesKeys=True
+    )
     p.add_argument("appId", metavar="APP")
     p.add_argument("--purpose", default="", help="what the key is for")
     p.add_argument("--expires", metavar="WHEN", help="1y, 30d, P1Y, 2027-01-01 or never [never]")
     p.add_argument("--created-by", metavar="USER", help="recorded creator [$USER]")
     p = sub(keys, "list", "List an application's keys (never secrets).", _keyList, aliases=["ls"])
     p.add_argument("appId", metavar="APP")
-    p = sub(keys, "revoke", "Revoke a key: it stops working at once.", _keyRevoke)
+    p = sub(keys, "revoke", "Revoke a key: it stops working.", _keyRevoke, changesKeys=True)
     p.add_argument("keyId", metavar="KEY")
-    p = sub(keys, "delete", "Delete a key.", _keyDelete, aliases=["rm"])
+    p = sub(keys, "delete", "Delete a key.", _keyDelete, changesKeys=True, aliases=["rm"])
     p.add_argument("keyId", metavar="KEY")
 
     # tokens and publishing
@@ -233,7 +276,7 @@ def buildParser() -> argparse.ArgumentParser:
     p = sub(commands, "add", "Upstream's form of `app create NAME --admin USER`.", _add)
     p.add_argument("name")
     p.add_argument("user")
-    p = sub(commands, "addKey", "Upstream's form of `key create`.", _addKey)
+    p = sub(commands, "addKey", "Upstream's form of `key create`.", _addKey, changesKeys=True)
     p.add_argument("appId", metavar="APP")
     p.add_argument("user")
     p.add_argument("purpose")
@@ -262,10 +305,18 @@ def _tokenOptions(p: argparse.ArgumentParser, short: bool = False) -> None:
 class _Context:
     """One run's arguments, environment, output and (lazily) started storage."""
 
-    def __init__(self, args: argparse.Namespace, environ: Mapping[str, str], out: IO[str], reactor: Any):
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        environ: Mapping[str, str],
+        out: IO[str],
+        reactor: Any,
+        err: IO[str] | None = None,
+    ):
         self.args = args
         self.environ = environ
         self.out = out
+        self.err = sys.stderr if err is None else err
         self.reactor = reactor
         self.json: bool = bool(getattr(args, "json", False))
         self._storage: IStorage | None = None
@@ -308,6 +359,66 @@ class _Context:
         if self._storage is not None:
             storage, self._storage = self._storage, None
             await storage.close()
+
+    def redisHosts(self) -> str | None:
+        """The servers' Redis, as ``twistd pandapush`` reads it (option, then environment)."""
+        return getattr(self.args, "redis_hosts", None) or self.environ.get("REDIS_HOSTS") or None
+
+    def redisNamespace(self) -> str:
+        namespace = getattr(self.args, "redis_namespace", None)
+        return namespace or self.environ.get("REDIS_NAMESPACE", "pandapush")
+
+    def checkRedisHosts(self) -> None:
+        """A malformed REDIS_HOSTS is refused before anything changes, not after."""
+        hosts = self.redisHosts()
+        if hosts:
+            from pandapush.engines.redis._connection import parseRedisHosts
+
+            try:
+                parseRedisHosts(hosts)
+            except ValueError as e:
+                raise CommandError(
+                    f"REDIS_HOSTS / --redis-hosts {hosts!r} is not host:port[,host:port]: {e}"
+                ) from None
+
+    async def keysChanged(
+        self, keyId: str | None = None, appId: str | None = None, stale: bool = True
+    ) -> None:
+        """
+        Tell running servers to forget what they cached about ``keyId`` (or ``appId``'s
+        keys), as the admin API does on the server. Never fails: the change is made
+        already; a warning says when the servers will notice instead. ``stale``: the
+        cached entry would keep a key working (revoke, delete), so say so even without Redis.
+        """
+        hosts = self.redisHosts()
+        if stale:
+            later = f"running servers notice within their key cache TTL ({DEFAULT_TTL:g} s)"
+        else:
+            later = f"a server that looked this id up just now may refuse it for {DEFAULT_NEGATIVE_TTL:g} s"
+        if not hosts:
+            if stale:
+                self.err.write(
+                    f"pandapush: note: {later}; set REDIS_HOSTS as they have it to tell them at once\n"
+                )
+            return
+        # Imported only when asked for, as the server does: no Redis client otherwise.
+        from pandapush.keysync import keysAddress, keysChannel, publishInvalidation
+
+        namespace = self.redisNamespace()
+        where = f"{keysChannel(namespace)} on {keysAddress(hosts).name}"
+        reactor = self.reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        try:
+            heard = await publishInvalidation(reactor, hosts, namespace, keyId=keyId, appId=appId)
+        except Exception as e:
+            self.err.write(f"pandapush: warning: could not tell running servers ({where}: {e}); {later}\n")
+            return
+        if heard == 0:
+            self.err.write(
+                f"pandapush: note: no running server heard it on {where}"
+                " (none is running, or they use another REDIS_NAMESPACE)\n"
+            )
 
     def emit(self, data: Any, human: str) -> None:
         self.out.write((json.dumps(data, indent=2) if self.json else human).rstrip("\n") + "\n")
@@ -402,6 +513,7 @@ async def _appAdmins(ctx: _Context) -> int:
 async def _appDelete(ctx: _Context) -> int:
     await (await ctx.storage()).deleteApplication(ctx.args.appId)
     ctx.emit({"deleted": ctx.args.appId}, f"deleted application {ctx.args.appId} and its keys")
+    await ctx.keysChanged(appId=ctx.args.appId)
     return 0
 
 
@@ -419,6 +531,8 @@ async def _keyCreate(ctx: _Context, purpose: str | None = None) -> int:
         "Keep the secret safe: it is not shown again."
     )
     ctx.emit(key.secretDict(), human)
+    # A server may have cached "no such key" for this id a moment ago (a few seconds).
+    await ctx.keysChanged(keyId=key.id, stale=False)
     return 0
 
 
@@ -432,12 +546,14 @@ async def _keyList(ctx: _Context) -> int:
 async def _keyRevoke(ctx: _Context) -> int:
     key = await (await ctx.storage()).revokeKey(ctx.args.keyId)
     ctx.emit(key.publicDict(), f"revoked key {key.id} at {isoformat(key.revoked_at)}")
+    await ctx.keysChanged(keyId=key.id)
     return 0
 
 
 async def _keyDelete(ctx: _Context) -> int:
     await (await ctx.storage()).deleteKey(ctx.args.keyId)
     ctx.emit({"deleted": ctx.args.keyId}, f"deleted key {ctx.args.keyId}")
+    await ctx.keysChanged(keyId=ctx.args.keyId)
     return 0
 
 
@@ -567,6 +683,8 @@ def _serveForever(args: argparse.Namespace, serverOptions: Sequence[str]) -> Non
         ("database_password", "DATABASE_PASSWORD"),
         ("database_name", "DATABASE_NAME"),
         ("database_schema", "DATABASE_SCHEMA"),
+        ("redis_hosts", "REDIS_HOSTS"),
+        ("redis_namespace", "REDIS_NAMESPACE"),
     ):
         value = getattr(args, option, None)
         if value is not None:
@@ -578,6 +696,8 @@ def _serveForever(args: argparse.Namespace, serverOptions: Sequence[str]) -> Non
 async def _dispatch(ctx: _Context) -> int:
     try:
         handler: Callable[[_Context], Awaitable[int]] = ctx.args.handler
+        if getattr(ctx.args, "changesKeys", False):
+            ctx.checkRedisHosts()
         return await handler(ctx)
     finally:
         await ctx.close()
@@ -600,7 +720,7 @@ def run(
     err = sys.stderr if err is None else err
     environ = os.environ if environ is None else environ
     args = buildParser().parse_args(list(argv))
-    ctx = _Context(args, environ, out, reactor)
+    ctx = _Context(args, environ, out, reactor, err)
 
     def refused(failure: Any) -> int:
         failure.trap(CommandError, StorageError, PublishError, ValueError, ConnectError)

@@ -25,6 +25,10 @@ It uses the Redis engine's connection layer (:mod:`pandapush.engines.redis._conn
 on the first of ``REDIS_HOSTS``, the shard the engine uses for pub/sub, but its own
 two connections: the engine's subscriber delivers to the engine only, and keeping
 them apart means neither can slow the other down.
+
+A process that runs no server (the ``pandapush`` command revoking a key) sends the
+same message with :func:`publishInvalidation`: one PUBLISH, no retry, since nobody
+would be left to retry it once the command has exited.
 """
 
 from __future__ import annotations
@@ -47,12 +51,58 @@ from pandapush.engines.redis._connection import (
     parseRedisHosts,
 )
 
-__all__ = ["KeySync", "keysChannel"]
+__all__ = ["KeySync", "invalidationMessage", "keysAddress", "keysChannel", "publishInvalidation"]
 
 
 def keysChannel(namespace: str) -> str:
     """The pub/sub channel carrying key invalidations for ``namespace``."""
     return f"{namespace}:keys"
+
+
+def keysAddress(hosts: str | Sequence[RedisAddress]) -> RedisAddress:
+    """
+    The Redis server carrying ``keysChannel``: the first of ``hosts``. Pub/sub does not
+    cross servers, so every sender and every node must pick the same one.
+    """
+    return (parseRedisHosts(hosts) if isinstance(hosts, str) else list(hosts))[0]
+
+
+def invalidationMessage(sender: str, keyId: str | None = None, appId: str | None = None) -> str:
+    """
+    The message every node's :class:`KeySync` applies: forget ``keyId``, or every key
+    of ``appId``. A node ignores messages whose ``sender`` is its own node id.
+    """
+    if bool(keyId) == bool(appId):
+        raise ValueError("an invalidation names either a key or an application")
+    return json.dumps({"node": sender, "key": keyId, "app": appId}, separators=(",", ":"))
+
+
+def publishInvalidation(
+    reactor: Any,
+    hosts: str | Sequence[RedisAddress],
+    namespace: str,
+    keyId: str | None = None,
+    appId: str | None = None,
+    sender: str | None = None,
+    timeout: float = 2.0,
+) -> defer.Deferred[int]:
+    """
+    Tell the running nodes of ``namespace`` to forget ``keyId`` (or ``appId``'s keys),
+    from a process with no :class:`KeySync` of its own. Fires with the number of nodes
+    that heard it (Redis's PUBLISH count: one per running node), or fails with
+    :class:`~pandapush.engines.redis._connection.RedisUnavailable` after ``timeout``.
+    Sent once: the caller decides what a failure means (the nodes' cache TTL still
+    bounds how long they keep the stale entry).
+    """
+    payload = invalidationMessage(sender or "cli-" + secrets.token_hex(4), keyId, appId)
+    shard = RedisShard(reactor, keysAddress(hosts), commandTimeout=timeout)
+
+    def closed(result: Any) -> defer.Deferred[Any]:
+        return shard.close().addCallback(lambda _: result)
+
+    d = shard.execute("PUBLISH", keysChannel(namespace), payload)
+    d.addBoth(closed)
+    return d.addCallback(int)
 
 
 class _ResyncingSubscriber(RedisSubscriber):
@@ -96,7 +146,7 @@ class KeySync(Service):
     ) -> None:
         self.reactor = reactor
         self.keys = keys
-        self.address = (parseRedisHosts(hosts) if isinstance(hosts, str) else list(hosts))[0]
+        self.address = keysAddress(hosts)
         self.channel = keysChannel(namespace)
         self.nodeId = nodeId or secrets.token_hex(8)
         self.commandTimeout = commandTimeout
@@ -195,7 +245,7 @@ class KeySync(Service):
 
     def _invalidated(self, keyId: str | None, appId: str | None) -> None:
         """A local invalidation: tell the other nodes (retrying while Redis is unavailable)."""
-        payload = json.dumps({"node": self.nodeId, "key": keyId, "app": appId}, separators=(",", ":"))
+        payload = invalidationMessage(self.nodeId, keyId, appId)
         self._publish(payload, self.reactor.seconds() + self.retryFor, 0.1)
 
     def _publish(self, payload: str, deadline: float, delay: float) -> None:

@@ -9,17 +9,21 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Generator
 from typing import Any
 
 import jwt
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.server import Site
 
 from pandapush import cli
+from pandapush.engines.redis._connection import RedisAddress, RedisSubscriber
+from pandapush.keysync import keysChannel
 from pandapush.storage import ids
+from tests.bayeux_clients import eventually
 from tests.test_publisher import RecordingChannelResource
 from tests.test_storage import POSTGRES, postgresSchema
 
@@ -506,3 +510,145 @@ class ProcessTests(TestCase):
             output, _ = server.communicate(timeout=30)
         self.assertIn(server.returncode, (0, -signal.SIGTERM), output)
         self.assertFalse(os.path.exists(os.path.join(workdir, "twistd.pid")))
+
+
+class KeyBroadcastTests(CLITestCase):
+    """
+    With REDIS_HOSTS the command PUBLISHes its key changes on ``<namespace>:keys`` as the
+    admin API's KeySync does, so running servers act at once (issue 5). Needs the Redis
+    on 127.0.0.1:6379; the end-to-end proof against real servers is in
+    ``tests/test_multinode.py`` (``CommandLineKeyChangeTests``).
+    """
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        from tests.test_multinode_keysync import redisReachable
+
+        super().setUp()
+        if not redisReachable():
+            if os.environ.get("CI"):
+                self.fail("Redis is not running on 127.0.0.1:6379 and CI is set")
+            raise SkipTest("Redis is not running on 127.0.0.1:6379")
+        self.namespace = f"pp-test-{uuid.uuid4().hex}"
+        self.environ.update({"REDIS_HOSTS": "127.0.0.1:6379", "REDIS_NAMESPACE": self.namespace})
+        self.heard: list[dict[str, Any]] = []
+        self.subscriber = RedisSubscriber(
+            reactor, RedisAddress("127.0.0.1", 6379), lambda _, m: self.heard.append(json.loads(m))
+        )
+        self.addCleanup(self.subscriber.close)
+        await self.subscriber.subscribe(keysChannel(self.namespace))
+
+    async def run_(self, *argv: str, environ: dict[str, str] | None = None) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = await cli.run(list(argv), environ=environ or self.environ, out=out, err=err)
+        return code, out.getvalue(), err.getvalue()
+
+    async def heardSoon(self, count: int) -> list[dict[str, Any]]:
+        self.assertTrue(await eventually(lambda: len(self.heard) >= count, timeout=2), self.heard)
+        return self.heard
+
+    async def test_keyChangesPublished(self) -> None:
+        """key create, revoke and delete name the key; app delete names the application."""
+        app = await self.makeApp()
+        key = await self.makeKey(app["id"])
+        await self.cli("key", "revoke", key["id"])
+        await self.cli("key", "delete", key["id"])
+        await self.cli("app", "delete", app["id"])
+        heard = await self.heardSoon(4)
+        self.assertEqual(
+            [(m["key"], m["app"]) for m in heard],
+            [(key["id"], None), (key["id"], None), (key["id"], None), (None, app["id"])],
+        )
+        senders = {m["node"] for m in heard}
+        self.assertEqual(len(senders), 4, "each run is a sender of its own, never a node's id")
+        self.assertTrue(all(s.startswith("cli-") for s in senders), senders)
+
+    async def test_keySyncAppliesIt(self) -> None:
+        """A running node's KeySync forgets the key the command revoked (the message is its own format)."""
+        from pandapush.auth.keycache import KeyCache
+        from pandapush.keysync import KeySync
+        from tests.test_multinode_keysync import _key, _Storage
+
+        app = await self.makeApp()
+        key = await self.makeKey(app["id"])
+        storage = _Storage()
+        storage.keys[key["id"]] = _key(key["id"], app["id"])
+        cache = KeyCache(storage, reactor)
+        sync = KeySync(reactor, cache, "127.0.0.1:6379", self.namespace)
+        sync.startService()
+        self.addCleanup(sync.stopService)
+        await sync.subscribed
+        await cache.get(key["id"])
+        self.assertTrue(cache.peek(key["id"])[0])
+        code, _, err = await self.run_("key", "revoke", key["id"])
+        self.assertEqual((code, err), (0, ""), "two listeners heard it: no note")
+        self.assertTrue(await eventually(lambda: not cache.peek(key["id"])[0], timeout=1))
+        self.assertEqual(sync.received, 1)
+
+    async def test_options(self) -> None:
+        """--redis-hosts and --redis-namespace, before or after the subcommand, win over the environment."""
+        app = await self.makeApp()
+        key = await self.makeKey(app["id"])
+        await self.heardSoon(1)
+        elsewhere = {**self.environ, "REDIS_HOSTS": "", "REDIS_NAMESPACE": "not-this-one"}
+        options = ["--redis-hosts", "127.0.0.1:6379", "--redis-namespace", self.namespace]
+        code, _, _ = await self.run_(*options, "key", "revoke", key["id"], environ=elsewhere)
+        self.assertEqual(code, 0)
+        code, _, _ = await self.run_("key", "delete", key["id"], *options, environ=elsewhere)
+        self.assertEqual(code, 0)
+        heard = await self.heardSoon(3)
+        self.assertEqual([m["key"] for m in heard], [key["id"]] * 3)
+
+    async def test_nobodyListening(self) -> None:
+        """A namespace no server uses: the change is published to nobody, and the command says so."""
+        app = await self.makeApp()
+        key = await self.makeKey(app["id"])
+        environ = {**self.environ, "REDIS_NAMESPACE": self.namespace + "-other"}
+        code, out, err = await self.run_("key", "revoke", key["id"], environ=environ)
+        self.assertEqual(code, 0, err)
+        self.assertIn("revoked key", out)
+        self.assertIn("no running server heard it", err)
+
+    async def test_redisUnreachable(self) -> None:
+        """Redis down: the key is revoked all the same, a warning names the delay, the status is 0."""
+        from tests.support.server import freePort
+
+        app = await self.makeApp()
+        key = await self.makeKey(app["id"])
+        environ = {**self.environ, "REDIS_HOSTS": f"127.0.0.1:{freePort()}"}
+        started = reactor.seconds()
+        code, out, err = await self.run_("key", "revoke", key["id"], environ=environ)
+        self.assertEqual(code, 0, err)
+        self.assertLess(reactor.seconds() - started, 5, "bounded by the command timeout")
+        self.assertIn(f"revoked key {key['id']}", out)
+        self.assertIn("pandapush: warning: could not tell running servers", err)
+        self.assertIn("within their key cache TTL (60 s)", err)
+        listed = await self.cliJSON("key", "list", app["id"])
+        self.assertTrue(listed[0]["revoked"])
+
+    async def test_withoutRedis(self) -> None:
+        """No REDIS_HOSTS: nothing is published; a revocation says how long servers may accept the key."""
+        app = await self.makeApp()
+        key = await self.makeKey(app["id"])
+        await self.heardSoon(1)
+        environ = {k: v for k, v in self.environ.items() if not k.startswith("REDIS_")}
+        code, _, err = await self.run_("key", "revoke", key["id"], environ=environ)
+        self.assertEqual(code, 0, err)
+        self.assertIn("note: running servers notice within their key cache TTL", err)
+        code, _, err = await self.run_("key", "create", app["id"], environ=environ)
+        self.assertEqual((code, err), (0, ""), "a new key needs no note")
+        await eventually(lambda: False, timeout=0.3)
+        self.assertEqual(len(self.heard), 1)
+
+    async def test_badRedisHosts(self) -> None:
+        """A malformed REDIS_HOSTS is refused before the key is touched."""
+        app = await self.makeApp()
+        key = await self.makeKey(app["id"])
+        environ = {**self.environ, "REDIS_HOSTS": "127.0.0.1:notaport"}
+        code, _, err = await self.run_("key", "revoke", key["id"], environ=environ)
+        self.assertEqual(code, 1)
+        self.assertIn("REDIS_HOSTS", err)
+        listed = await self.cliJSON("key", "list", app["id"])
+        self.assertFalse(listed[0]["revoked"])
+        # Commands that change no key do not care.
+        code, _, err = await self.run_("key", "list", app["id"], environ=environ)
+        self.assertEqual(code, 0, err)

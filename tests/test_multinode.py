@@ -19,8 +19,10 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import treq
@@ -28,6 +30,7 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.http_headers import Headers
@@ -35,7 +38,7 @@ from twisted.web.http_headers import Headers
 from pandapush.engines.redis._connection import RedisAddress, RedisShard
 from pandapush.tokens import mintToken
 from tests.bayeux_clients import HANDSHAKE, LPClient, eventually
-from tests.support.server import PandapushProcess, freePort, sleep
+from tests.support.server import REPO_ROOT, PandapushProcess, freePort, sleep
 
 APP = "mnapp000000000000001"
 KEY = "PSIDmultinode0000001"
@@ -360,15 +363,29 @@ class ClusterCase(TestCase):
         self.databasePath = os.path.join(directory, "db.sqlite")
         self.clients: list[Any] = []
 
-    async def startNodes(self, count: int, redis: RedisAddress = MAIN_REDIS) -> list[PandapushProcess]:
-        self.addCleanup(self._dropKeys, redis)
+    def redisEnvironment(self, redis: RedisAddress | Sequence[RedisAddress]) -> dict[str, str]:
+        """How the nodes (and a ``pandapush`` command run beside them) find Redis and the database."""
+        shards = [redis] if isinstance(redis, RedisAddress) else list(redis)
+        return {
+            "REDIS_HOSTS": ",".join(f"{r.host}:{r.port}" for r in shards),
+            "REDIS_NAMESPACE": self.namespace,
+            "DATABASE": "sqlite",
+            "DATABASE_PATH": self.databasePath,
+        }
+
+    async def startNodes(
+        self, count: int, redis: RedisAddress | Sequence[RedisAddress] = MAIN_REDIS
+    ) -> list[PandapushProcess]:
+        shards = [redis] if isinstance(redis, RedisAddress) else list(redis)
+        for shard in shards:
+            self.addCleanup(self._dropKeys, shard)
         args = (
             "--timeout",
             "2",
             "--client-expiry",
             "1",
             "--redis-hosts",
-            f"{redis.host}:{redis.port}",
+            self.redisEnvironment(shards)["REDIS_HOSTS"],
             "--redis-namespace",
             self.namespace,
             "--database",
@@ -435,6 +452,25 @@ class ClusterCase(TestCase):
             f"{node.url}/channel{channel(path)}", json=data, auth=auth, persistent=False, timeout=15
         )
         return response.code, await response.content()
+
+    async def _refusedWithin(
+        self, node: PandapushProcess, path: str, credentials: tuple[str, str], appId: str = APP
+    ) -> tuple[int, bytes, float]:
+        """Publish on ``node`` until refused (3 s at most); the refusal and the seconds it took."""
+        started = time.monotonic()
+        while time.monotonic() - started < 3:
+            response = await treq.post(
+                f"{node.url}/channel/{appId}/public/{path}",
+                json={"probe": True},
+                auth=credentials,
+                persistent=False,
+                timeout=15,
+            )
+            body = await response.content()
+            if response.code != 200:
+                return response.code, body, time.monotonic() - started
+            await sleep(0.05)
+        self.fail(f"{node.url} still accepted the key 3 s after it was revoked or deleted elsewhere")
 
     async def join(self, client: Any, member: str) -> dict[str, Any]:
         token = mintToken(KEY, SECRET, ROOM, sub=True, presence={"id": member})
@@ -556,25 +592,6 @@ class PresenceTests(ClusterCase):
 
 
 class KeyRevocationTests(ClusterCase):
-    async def _refusedWithin(
-        self, node: PandapushProcess, path: str, credentials: tuple[str, str], appId: str = APP
-    ) -> tuple[int, bytes, float]:
-        """Publish on ``node`` until refused (3 s at most); the refusal and the seconds it took."""
-        started = time.monotonic()
-        while time.monotonic() - started < 3:
-            response = await treq.post(
-                f"{node.url}/channel/{appId}/public/{path}",
-                json={"probe": True},
-                auth=credentials,
-                persistent=False,
-                timeout=15,
-            )
-            body = await response.content()
-            if response.code != 200:
-                return response.code, body, time.monotonic() - started
-            await sleep(0.05)
-        self.fail(f"{node.url} still accepted the key 3 s after it was revoked or deleted elsewhere")
-
     async def test_revokedOnARefusedOnB(self) -> None:
         """A key revoked through A's admin API is refused by B (REST) and C (Bayeux) within a second."""
         a, b, c = await self.startNodes(3)
@@ -640,6 +657,62 @@ async def adminCall(node: PandapushProcess, method: str, path: str, body: Any) -
 async def createKey(node: PandapushProcess, appId: str) -> dict[str, Any]:
     """A new key of ``appId`` created through ``node``'s admin API (with its secret)."""
     return await adminCall(node, "POST", f"/application/{appId}/keys", {"purpose": "multinode"})  # type: ignore[no-any-return]
+
+
+class CommandLineKeyChangeTests(ClusterCase):
+    """The ``pandapush`` command, run beside the nodes with their REDIS_HOSTS, reaches them at once."""
+
+    async def pandapush(self, *argv: str) -> str:
+        """Run ``python -m pandapush.cli argv...`` with the nodes' Redis and database; its stdout."""
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+            **self.redisEnvironment(MAIN_REDIS),
+        }
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, ["-m", "pandapush.cli", *argv], env=env, path=str(REPO_ROOT)
+        )
+        self.assertEqual(code, 0, f"pandapush {' '.join(argv)}: {err.decode()}")
+        self.assertNotIn(b"warning", err)
+        return out.decode()
+
+    async def test_revokedAndDeletedFromCommandLine(self) -> None:
+        """`pandapush key revoke` and `app delete` in another process: both nodes refuse within a second."""
+        a, b = await self.startNodes(2)
+        key = json.loads(await self.pandapush("key", "create", APP, "--json"))
+        other = json.loads(await self.pandapush("app", "create", "short-lived", "--json"))
+        otherKey = json.loads(await self.pandapush("key", "create", other["id"], "--json"))
+        for node in (a, b):
+            # Each node caches both keys (for a minute): only a broadcast makes them let go early.
+            code, body = await self.restPublish(
+                node, "cli", {"before": True}, auth=(key["id"], key["secret"])
+            )
+            self.assertEqual(code, 200, body)
+            response = await treq.post(
+                f"{node.url}/channel/{other['id']}/public/x",
+                json={"before": True},
+                auth=(otherKey["id"], otherKey["secret"]),
+                persistent=False,
+            )
+            self.assertEqual(response.code, 200, await response.content())
+
+        await self.pandapush("key", "revoke", key["id"])
+        for node in (a, b):
+            code, body, elapsed = await self._refusedWithin(node, "cli", (key["id"], key["secret"]))
+            self.assertEqual(code, 403, body)
+            self.assertEqual(json.loads(body)["message"], "Revoked key")
+            self.assertLess(elapsed, 1.0)
+        code, body = await self.restPublish(a, "cli", {"seeded": True})
+        self.assertEqual(code, 200, body)
+
+        await self.pandapush("app", "delete", other["id"])
+        for node in (a, b):
+            code, body, elapsed = await self._refusedWithin(
+                node, "x", (otherKey["id"], otherKey["secret"]), other["id"]
+            )
+            self.assertIn(code, (401, 403), body)
+            self.assertEqual(json.loads(body)["message"], "Could not find key")
+            self.assertLess(elapsed, 1.0)
 
 
 class FailureTests(ClusterCase):
