@@ -1,0 +1,367 @@
+"""``--workers N``: N pandapush processes on one port (issue 5).
+
+The option checks run in this process. The rest runs ``python -m twisted pandapush
+--workers 2`` for real (``tests/support/server.py``) on the machine's Redis, in a
+namespace of its own (``pp-test-<uuid>``, deleted afterwards), and tells the processes
+apart by what they answer: ``/health_check.json`` names the worker and its pid, every
+HTTP answer and websocket handshake carries ``X-Pandapush-Worker``. Which process
+accepts a connection is the kernel's choice, so the tests open connections until both
+workers have been seen (a handful is enough; the bound is generous).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import treq
+from autobahn.twisted.websocket import WebSocketClientFactory
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.python import usage
+from twisted.trial.unittest import SkipTest, TestCase
+
+from pandapush.tap import Options
+from pandapush.workers import formatListeners, parseListeners, resolveWorkerCount
+from tests.bayeux_clients import LPClient, eventually
+from tests.support.server import PandapushProcess, ServerFailedError, sleep
+from tests.test_multinode import (
+    ADMIN,
+    APP,
+    KEY,
+    MAIN_REDIS,
+    SECRET,
+    ClusterCase,
+    FailoverWS,
+    _WSProtocol,
+    channel,
+)
+
+WORKER_HEADER = "X-Pandapush-Worker"
+
+
+def _environ(**extra: str) -> dict[str, str]:
+    """The process environment without any setting that decides --workers' checks."""
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_HOSTS", "WORKERS", "DATABASE")}
+    env.update(extra)
+    return env
+
+
+class WorkersOptionTests(TestCase):
+    def parse(self, *argv: str, **env: str) -> Options:
+        self.patch(os, "environ", _environ(**env))
+        options = Options()
+        options.parseOptions(list(argv))
+        return options
+
+    def test_oneByDefault(self) -> None:
+        """Without --workers or WORKERS there is one process, and nothing else is required."""
+        self.assertEqual(self.parse()["workers"], 1)
+
+    def test_refusedWithoutRedis(self) -> None:
+        """--workers 2 (or WORKERS=2) without --redis-hosts or REDIS_HOSTS is a usage error naming Redis."""
+        for argv, env in ((["--workers", "2"], {}), ([], {"WORKERS": "2"})):
+            with self.assertRaises(usage.UsageError) as refused:
+                self.parse(*argv, **env)
+            self.assertIn("needs the Redis engine (--redis-hosts or REDIS_HOSTS)", str(refused.exception))
+
+    def test_fromEnvironmentWithRedis(self) -> None:
+        """WORKERS=3 with REDIS_HOSTS gives 3; --workers wins over WORKERS."""
+        self.assertEqual(self.parse(WORKERS="3", REDIS_HOSTS="127.0.0.1:6379")["workers"], 3)
+        self.assertEqual(
+            self.parse("--workers", "2", "--redis-hosts", "127.0.0.1:6379", WORKERS="4")["workers"], 2
+        )
+
+    def test_zeroIsOnePerCPU(self) -> None:
+        """--workers 0 means os.cpu_count() processes (and still needs Redis)."""
+        self.patch(os, "cpu_count", lambda: 6)
+        self.assertEqual(self.parse("--workers", "0", "--redis-hosts", "127.0.0.1:6379")["workers"], 6)
+        self.assertRaises(usage.UsageError, self.parse, "--workers", "0")
+        self.patch(os, "cpu_count", lambda: None)
+        self.assertEqual(resolveWorkerCount(0), 1)
+
+    def test_badCountsRefused(self) -> None:
+        """Negative or non-numeric counts are usage errors."""
+        for value in ("-1", "two", "1.5"):
+            with self.assertRaises(usage.UsageError) as refused:
+                self.parse("--workers", value, "--redis-hosts", "127.0.0.1:6379")
+            self.assertIn("whole number", str(refused.exception))
+
+    def test_memoryStorageRefused(self) -> None:
+        """Every worker would have its own applications and keys in DATABASE=memory."""
+        with self.assertRaises(usage.UsageError) as refused:
+            self.parse("--workers", "2", "--redis-hosts", "127.0.0.1:6379", DATABASE="memory")
+        self.assertIn("shared by every process", str(refused.exception))
+
+    def test_onlyTCPListenersShared(self) -> None:
+        """ssl: (or unix:) listeners are refused with --workers; tcp: and tcp6: are fine."""
+        with self.assertRaises(usage.UsageError) as refused:
+            self.parse(
+                "--workers",
+                "2",
+                "--redis-hosts",
+                "127.0.0.1:6379",
+                "--listen",
+                "ssl:443:privateKey=k.pem:certKey=c.pem",
+            )
+        self.assertIn("terminate TLS in front", str(refused.exception))
+        options = self.parse(
+            "--workers", "2", "--redis-hosts", "r:6379", "--listen", "tcp:3000", "--listen", "tcp6:3000"
+        )
+        self.assertEqual(options["workers"], 2)
+
+    def test_argvKept(self) -> None:
+        """The workers are given the options this process parsed, as they were written."""
+        argv = ["--workers", "2", "--redis-hosts", "r:6379", "--timeout", "3"]
+        self.assertEqual(self.parse(*argv).argv, argv)
+
+    def test_listenersRoundTrip(self) -> None:
+        """The --listeners argument of a worker names each inherited descriptor and its family."""
+        listeners = ((3, socket.AF_INET), (4, socket.AF_INET6))
+        self.assertEqual(formatListeners(listeners), "3:AF_INET,4:AF_INET6")
+        self.assertEqual(parseListeners("3:AF_INET,4:AF_INET6"), listeners)
+        self.assertRaises(ValueError, parseListeners, "3:AF_UNIX")
+
+
+# processes
+
+
+class _HeaderWSProtocol(_WSProtocol):
+    def onConnect(self, response: Any) -> None:
+        self.factory.owner.worker = response.headers.get(WORKER_HEADER.lower())
+
+
+class WorkerWS(FailoverWS):
+    """test_multinode's websocket client, noting which worker accepted its socket."""
+
+    worker: str | None = None
+
+    async def _open(self) -> None:
+        host, port = self.url.split("//")[1].split(":")
+        factory = WebSocketClientFactory(f"ws://{host}:{port}/push")
+        factory.protocol = _HeaderWSProtocol
+        factory.owner = self  # type: ignore[attr-defined]
+        self._opening = defer.Deferred()
+        self._opening.addTimeout(3, reactor)
+        await TCP4ClientEndpoint(reactor, host, int(port), timeout=2).connect(factory)
+        await self._opening
+
+
+class WorkerLP(LPClient):
+    """A long-poll client noting which worker answered each of its requests (one connection each)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.workers: list[str] = []
+
+    async def post(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        response = await treq.post(
+            self.push,
+            data=json.dumps(messages).encode(),
+            headers={"Content-Type": "application/json"},
+            persistent=False,
+            timeout=15,
+        )
+        self.workers.extend(response.headers.getRawHeaders(WORKER_HEADER, []))
+        return json.loads(await response.content())  # type: ignore[no-any-return]
+
+
+def _parentOf(pid: int) -> int | None:
+    """The parent pid of ``pid`` from /proc, or None if it is gone (or a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # "pid (command) state ppid ...": the command may hold spaces, so split after it.
+    state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+    return None if state in ("Z", "X") else int(ppid)
+
+
+def _alive(pid: int) -> bool:
+    return _parentOf(pid) is not None
+
+
+class WorkersCase(ClusterCase):
+    """One ``pandapush --workers N`` process tree on the machine's Redis, in a namespace of its own."""
+
+    timeout = 40
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        if not Path("/proc/self/stat").exists():
+            raise SkipTest("these tests read /proc to see the worker processes")
+        await super().setUp()
+
+    async def startWorkers(self, count: int = 2) -> PandapushProcess:
+        self.addCleanup(self._dropKeys, MAIN_REDIS)
+        server = PandapushProcess(
+            "--workers",
+            str(count),
+            "--timeout",
+            "2",
+            "--client-expiry",
+            "1",
+            "--shutdown-grace",
+            "2",
+            "--redis-hosts",
+            f"{MAIN_REDIS.host}:{MAIN_REDIS.port}",
+            "--redis-namespace",
+            self.namespace,
+            "--database",
+            "sqlite",
+            "--database-path",
+            self.databasePath,
+            env={
+                "DEV_APPLICATION_ID": APP,
+                "DEV_KEY_ID": KEY,
+                "DEV_KEY_SECRET": SECRET,
+                "AUTH_METHOD": "basic",
+                "ADMIN_USERNAME": ADMIN[0],
+                "ADMIN_PASSWORD": ADMIN[1],
+            },
+        )
+        self.seenPids: set[int] = set()
+        self.addCleanup(server.removeScratch)
+        self.addCleanup(self._killLeftovers)
+        self.addCleanup(server.stop)
+        self.addCleanup(self._stopClients)
+        await server.start()
+        return server
+
+    def _killLeftovers(self) -> None:
+        # Whatever a failed test left behind must not outlive it.
+        for pid in self.seenPids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+    async def workerPids(self, server: PandapushProcess, count: int, timeout: float = 15) -> dict[int, int]:
+        """Asks /health_check.json until ``count`` workers have answered; their pids by index."""
+        pids: dict[int, int] = {}
+        deadline = time.monotonic() + timeout
+        while len(pids) < count and time.monotonic() < deadline:
+            response = await treq.get(server.url + "/health_check.json", persistent=False, timeout=5)
+            health = json.loads(await response.content())
+            self.assertEqual(health["workers"], count, health)
+            self.assertEqual(response.headers.getRawHeaders(WORKER_HEADER), [str(health["worker"])])
+            pids[health["worker"]] = health["pid"]
+        self.assertEqual(sorted(pids), list(range(count)), f"workers that answered: {pids}\n{server.log()}")
+        self.seenPids.update(pids.values())
+        return pids
+
+    async def wsOn(self, server: PandapushProcess, worker: str) -> WorkerWS:
+        """A websocket client whose socket the worker ``worker`` accepted."""
+        for attempt in range(60):
+            client = await WorkerWS([server.url], name=f"ws-{attempt}").start()
+            if client.worker == worker:
+                self.clients.append(client)
+                return client
+            await client.disconnect()
+            client.stop()
+        self.fail(f"60 websockets and none accepted by worker {worker}")
+
+
+class WorkersTests(WorkersCase):
+    async def test_servesOnOnePortFromTwoProcesses(self) -> None:
+        """
+        --workers 2: two processes (the one started, and a child of it) answer on one
+        port; a REST publish reaches websocket subscribers on both; a long-poll client
+        whose requests land on either worker gets every message, in order, once.
+        """
+        server = await self.startWorkers(2)
+        pids = await self.workerPids(server, 2)
+        self.assertEqual(pids[0], server._transport.pid)
+        self.assertEqual(_parentOf(pids[1]), pids[0])
+
+        news = channel("news")
+        subscribers = [await self.wsOn(server, "0"), await self.wsOn(server, "1")]
+        for subscriber in subscribers:
+            self.assertTrue((await subscriber.subscribe(news))["successful"])
+        sent = [{"n": i} for i in range(5)]
+        for data in sent:
+            code, body = await self.restPublish(server, "news", data)
+            self.assertEqual(code, 200, body)
+        self.assertTrue(
+            await eventually(lambda: all(len(_data(s, news)) >= len(sent) for s in subscribers), timeout=10),
+            [_data(s, news) for s in subscribers],
+        )
+
+        feed = channel("feed")
+        poller = WorkerLP(server.url)
+        self.clients.append(poller)
+        await poller.start()
+        self.assertTrue(
+            (await poller.call({"channel": "/meta/subscribe", "subscription": feed}))["successful"]
+        )
+        sent = [{"m": i} for i in range(20)]
+        for data in sent:
+            code, body = await self.restPublish(server, "feed", data)
+            self.assertEqual(code, 200, body)
+            await sleep(0.05)
+        self.assertTrue(await eventually(lambda: len(_data(poller, feed)) >= len(sent), timeout=10))
+        await sleep(0.3)  # a duplicate would have arrived by now
+        for subscriber in subscribers:
+            self.assertEqual(_data(subscriber, news), [{"n": i} for i in range(5)])
+        self.assertEqual(_data(poller, feed), sent)
+        self.assertEqual(set(poller.workers), {"0", "1"}, "the long-poller's requests met both workers")
+
+    async def test_crashedWorkerRestartedThenAllStop(self) -> None:
+        """
+        A worker SIGKILLed is started again (logged, new pid, serving); SIGTERM to the
+        parent then drains every worker and leaves no process behind.
+        """
+        server = await self.startWorkers(2)
+        pids = await self.workerPids(server, 2)
+        os.kill(pids[1], signal.SIGKILL)
+        restarted: dict[int, int] = {}
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            restarted = await self.workerPids(server, 2)
+            if restarted[1] != pids[1]:
+                break
+            await sleep(0.1)
+        self.assertNotEqual(restarted[1], pids[1], server.log())
+        self.assertEqual(restarted[0], pids[0])
+        self.assertEqual(_parentOf(restarted[1]), pids[0])
+        self.assertIn(f"worker 1 (pid {pids[1]}) exited (signal 9)", server.log())
+
+        subscriber = await self.wsOn(server, "1")  # the new worker serves Bayeux too
+        self.assertTrue((await subscriber.subscribe(channel("after")))["successful"])
+        code, body = await self.restPublish(server, "after", {"again": True})
+        self.assertEqual(code, 200, body)
+        self.assertTrue(await eventually(lambda: _data(subscriber, channel("after")) == [{"again": True}]))
+
+        subscriber.stop()  # else it would fail over to the stopped port for ever
+        started = time.monotonic()
+        # twist ends with the signal that stopped it, once everything has stopped.
+        self.assertIn(await server.stop(signal.SIGTERM), (0, -signal.SIGTERM), server.log())
+        self.assertLess(time.monotonic() - started, 2 + 5)
+        self.assertFalse(_alive(restarted[1]), "the worker outlived its parent")
+        self.assertIn("[worker-1 pandapush.tap.BayeuxService#info] drained", server.log())
+        self.assertIn("all 1 workers stopped", server.log())
+
+    async def test_parentKilledWorkersLeave(self) -> None:
+        """A SIGKILLed parent cannot stop its workers: they see their stdin close and stop themselves."""
+        server = await self.startWorkers(2)
+        pids = await self.workerPids(server, 2)
+        await server.stop(signal.SIGKILL)
+        self.assertTrue(await eventually(lambda: not _alive(pids[1]), timeout=2 + 5), server.log())
+
+
+class WorkersRefusedTests(TestCase):
+    async def test_refusedWithoutRedis(self) -> None:
+        """The server refuses to start with --workers 2 and no Redis, saying why."""
+        server = PandapushProcess("--workers", "2", env={"REDIS_HOSTS": "", "DATABASE": "sqlite"})
+        self.addCleanup(server.removeScratch)
+        self.addCleanup(server.stop)
+        with self.assertRaises(ServerFailedError) as failed:
+            await server.start()
+        self.assertIn("--workers 2 needs the Redis engine", str(failed.exception))
+        self.assertFalse(server.running)
+
+
+def _data(client: Any, on: str) -> list[Any]:
+    return [m["data"] for m in client.messages if m.get("channel") == on]
