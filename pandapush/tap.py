@@ -450,7 +450,7 @@ def makeService(
         ).app.resource(),
         {
             b"metrics": metrics.resource,
-            b"channel": tenancy.publishApp.app.resource(),
+            b"channel": tenancy.publishApp.resource(),
             b"admin": adminResource(tenancy),
             b"client.js": scripts,
             b"client.mjs": scripts,

@@ -220,3 +220,53 @@ class PublishAppTests(SynchronousTestCase):
         code, _, _ = self.post(data={"token": "x", "a": "b"}, headers=basic(KEY, SECRET))
         self.assertEqual(code, 200)
         self.assertEqual(self.published, [(CHANNEL, {"token": "x", "a": "b"})])
+
+    def test_routeAnswers(self) -> None:
+        """
+        Paths outside ``/channel/<app>/<type>/<path>`` are 404 whatever the method (as
+        the Klein route was); a matching path with another method is 405 naming POST.
+        """
+        for url in (
+            "http://localhost/channel",
+            f"http://localhost/channel/{APP}",
+            f"http://localhost/channel/{APP}/public",
+            f"http://localhost/channel/{APP}/public/",
+            "http://localhost/channel//public/x",
+            f"http://localhost/other/{APP}/public/x",
+        ):
+            for method in (self.treq.post, self.treq.get):
+                d = method(url, data=b"{}", headers=basic(KEY, SECRET))
+                self.treq.flush()
+                response = self.successResultOf(d)
+                self.assertEqual(response.code, 404, url)
+                self.assertIn(b"Not found", self.successResultOf(response.content()))
+        d = self.treq.put(URL, data=b"{}", headers=basic(KEY, SECRET))
+        self.treq.flush()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 405)
+        self.assertEqual(response.headers.getRawHeaders(b"Allow"), [b"POST"])
+        self.assertEqual(self.published, [])
+
+    def test_keyLookupWaitedFor(self) -> None:
+        """A key not cached yet is looked up before answering; refusals and successes alike."""
+        self.store.hold = Deferred()
+        d = self.treq.post(URL, data=b'{"a":1}', headers=basic(KEY, SECRET))
+        refused = self.treq.post(URL, data=b"{}", headers=basic(KEY, "wrong"))
+        self.treq.flush()
+        self.assertNoResult(d)
+        self.store.hold.callback(None)
+        self.treq.flush()
+        self.assertEqual(self.successResultOf(d).code, 200)
+        self.assertEqual(self.successResultOf(refused).code, 403)
+        self.assertEqual(self.published, [(CHANNEL, {"a": 1})])
+
+    def test_slowPublishAnswered(self) -> None:
+        """A publish that completes later is answered when it does, with its outcome."""
+        self.publishResult = Deferred()
+        d = self.treq.post(URL, data=b"{}", headers=basic(KEY, SECRET))
+        self.treq.flush()
+        self.assertNoResult(d)
+        self.publishResult.callback(3)
+        self.treq.flush()
+        response = self.successResultOf(d)
+        self.assertEqual((response.code, self.successResultOf(response.content())), (200, b"OK"))

@@ -285,13 +285,23 @@ class ChannelAuthority:
             return defer.fail()
         return decision if isinstance(decision, Deferred) else defer.succeed(decision)
 
+    def decideCredentials(
+        self, operation: str, channel: TenantChannel, credentials: KeySecret | BearerToken | None
+    ) -> Allowed | Deferred[Allowed]:
+        """
+        :meth:`authorizeCredentials` for the REST hot path: :class:`Allowed` now when
+        the key is cached, a Deferred only on a cache miss; raises :class:`AuthRefused`
+        when the answer is no and known now.
+        """
+        if not needsAuth(operation, channel):
+            return Allowed()
+        return self._decide(operation, channel, credentials)
+
     def authorizeCredentials(
         self, operation: str, channel: TenantChannel, credentials: KeySecret | BearerToken | None
     ) -> Deferred[Allowed]:
-        if not needsAuth(operation, channel):
-            return defer.succeed(Allowed())
         try:
-            decision = self._decide(operation, channel, credentials)
+            decision = self.decideCredentials(operation, channel, credentials)
         except Exception:
             return defer.fail()
         return decision if isinstance(decision, Deferred) else defer.succeed(decision)
