@@ -107,7 +107,10 @@ class PandapushRoot(Resource):
 
 
 def makeSite(root: IResource, maxBodySize: int) -> Site:
-    site = Site(root)
+    # Nothing here reads request.args from a body (long-polling and REST publish parse
+    # their own, lazily); Twisted's form parsing cost every POST an email-package
+    # Content-Type parse, 14 % of a REST publish.
+    site = Site(root, parsePOSTFormSubmission=False)
     site.requestFactory = LimitedRequest
     site.maxBodySize = maxBodySize  # type: ignore[attr-defined]
     site.displayTracebacks = False
