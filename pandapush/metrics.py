@@ -8,11 +8,12 @@ The exposition runs in the reactor thread: the state it reads is the reactor's.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.web.resource import Resource
 from zope.interface import implementer
@@ -56,6 +57,34 @@ class _StateCollector:
         yield connections
 
 
+class _Counts:
+    """
+    The per-message and per-request counters, as plain integers turned into
+    Prometheus counters at scrape time. A ``prometheus_client.Counter`` takes a lock
+    on every increment (and ``labels()`` a lookup under another): 4-5 % of a REST
+    publish, for values only the reactor thread ever writes.
+    """
+
+    def __init__(self) -> None:
+        self.published = 0
+        self.delivered = 0
+        self.httpStatus: collections.Counter[int] = collections.Counter()
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "pandapush_messages_published", "Messages published (Bayeux, REST and server).", self.published
+        )
+        yield CounterMetricFamily(
+            "pandapush_messages_delivered", "Message copies queued for recipients.", self.delivered
+        )
+        http = CounterMetricFamily(
+            "pandapush_http_requests", "HTTP responses by status code.", labels=["status"]
+        )
+        for status, count in sorted(self.httpStatus.items()):
+            http.add_metric([str(status)], count)
+        yield http
+
+
 @implementer(IExtension)
 class _ErrorCounter:
     """Counts Bayeux error replies by code (an outgoing hook: once per reply)."""
@@ -91,14 +120,8 @@ class Metrics:
 
     def __init__(self, router: BayeuxRouter, bayeux: BayeuxResource) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.published = Counter(
-            "pandapush_messages_published",
-            "Messages published (Bayeux, REST and server).",
-            registry=self.registry,
-        )
-        self.delivered = Counter(
-            "pandapush_messages_delivered", "Message copies queued for recipients.", registry=self.registry
-        )
+        self.counts = _Counts()
+        self.registry.register(self.counts)  # type: ignore[arg-type]
         self.errors = Counter(
             "pandapush_bayeux_errors", "Bayeux error replies by code.", ["code"], registry=self.registry
         )
@@ -108,9 +131,6 @@ class Metrics:
             ["limit"],
             registry=self.registry,
         )
-        self.httpRequests = Counter(
-            "pandapush_http_requests", "HTTP responses by status code.", ["status"], registry=self.registry
-        )
         self.registry.register(_StateCollector(router, bayeux))  # type: ignore[arg-type]
         router.addPublishObserver(self._published)
         router.addLimitObserver(lambda limit: self.refusals.labels(limit=limit).inc())
@@ -118,9 +138,10 @@ class Metrics:
         self.resource = MetricsResource(self.registry)
 
     def _published(self, channel: str, recipients: int) -> None:
-        self.published.inc()
-        self.delivered.inc(recipients)
+        counts = self.counts
+        counts.published += 1
+        counts.delivered += recipients
 
     def requestDone(self, request: Any) -> None:
         """Hook for ``Site.log``: count each finished request by its status."""
-        self.httpRequests.labels(status=str(request.code)).inc()
+        self.counts.httpStatus[request.code] += 1

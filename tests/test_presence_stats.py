@@ -217,8 +217,12 @@ class MetricsTests(Harness):
         self.send({"channel": "/a", "data": 1})
         self.send({"channel": "/a/*", "data": 1})
         self.send({"channel": "/meta/connect", "clientId": "nope", "connectionType": "long-polling"})
+        from types import SimpleNamespace
+
         from twisted.web.test.requesthelper import DummyRequest
 
+        for code in (200, 200, 404):
+            metrics.requestDone(SimpleNamespace(code=code))  # what Site.log hands over
         body = metrics.resource.render_GET(DummyRequest([b"metrics"]))
         samples = {
             (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -227,6 +231,8 @@ class MetricsTests(Harness):
         }
         self.assertEqual(samples[("pandapush_messages_published_total", ())], 1)
         self.assertEqual(samples[("pandapush_messages_delivered_total", ())], 1)
+        self.assertEqual(samples[("pandapush_http_requests_total", (("status", "200"),))], 2)
+        self.assertEqual(samples[("pandapush_http_requests_total", (("status", "404"),))], 1)
         self.assertEqual(samples[("pandapush_bayeux_errors_total", (("code", "405"),))], 1)
         self.assertEqual(samples[("pandapush_bayeux_errors_total", (("code", "401"),))], 1)
         self.assertEqual(samples[("pandapush_clients", ())], 1)
