@@ -121,6 +121,8 @@ class _WorkerProtocol(ProcessProtocol):
 @dataclass
 class _Worker:
     index: int
+    #: Kept: the transport forgets its pid once the process has ended.
+    pid: int
     transport: IProcessTransport
     protocol: _WorkerProtocol
     startedAt: float
@@ -216,7 +218,7 @@ class WorkerPool(Service):
             env=dict(os.environ if self.environ is None else self.environ),
             childFDs=childFDs,
         )
-        self.workers[index] = _Worker(index, transport, protocol, self.reactor.seconds())
+        self.workers[index] = _Worker(index, transport.pid, transport, protocol, self.reactor.seconds())
         self._log.info("worker {index} started (pid {pid})", index=index, pid=transport.pid)
         protocol.ended.addCallback(self._ended, index, protocol)
 
@@ -234,7 +236,7 @@ class WorkerPool(Service):
         self._log.error(
             "worker {index} (pid {pid}) exited ({how}) after {lived:.1f}s; restarting it in {delay}s",
             index=index,
-            pid=worker.transport.pid,
+            pid=worker.pid,
             how=f"signal {-code}" if code is not None and code < 0 else f"status {code}",
             lived=lived,
             delay=delay,
@@ -270,7 +272,7 @@ class WorkerPool(Service):
 
     def pids(self) -> dict[int, int]:
         """The running workers' pids by index (this process, worker 0, excluded)."""
-        return {index: w.transport.pid for index, w in self.workers.items() if w.transport.pid}
+        return {index: w.pid for index, w in self.workers.items()}
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
@@ -321,6 +323,7 @@ class ParentWatch(FileDescriptor):
         super().__init__(reactor)
         self._fd = fd
         self._gone = gone
+        self._parentGone = False
         fdesc.setNonBlocking(fd)
 
     def fileno(self) -> int:
@@ -331,13 +334,33 @@ class ParentWatch(FileDescriptor):
 
     def doRead(self) -> Any:
         # Nothing is ever written; only the end of file (or an error) matters.
-        return fdesc.readFromFD(self._fd, lambda data: None)
+        why = fdesc.readFromFD(self._fd, lambda data: None)
+        self._parentGone = why is not None
+        return why
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
-        self._gone()
+        # End of file (seen by doRead, or by the reactor as a hang-up), or a failed
+        # read; not the ConnectionLost every descriptor gets as the reactor shuts down.
+        if self._parentGone or reason.check(error.ConnectionDone):
+            self._gone()
 
 
-def ignoreInterrupts() -> None:
-    """Workers leave stopping to their parent: a Ctrl-C in a terminal reaches every process of its group."""
+def stopReactor(reactor: Any) -> None:
+    """Stop ``reactor`` unless it is stopping already (a second SIGTERM, or SIGTERM after the parent left)."""
+    try:
+        reactor.stop()
+    except error.ReactorNotRunning:
+        pass
+
+
+def installWorkerSignals(reactor: Any) -> None:
+    """
+    Call once the reactor runs (its own handlers are in place by then). SIGINT is
+    ignored: a Ctrl-C in a terminal reaches every process of the group, and the
+    parent stops its workers itself. SIGTERM stops the worker once, however many
+    come: systemd's default ``KillMode=control-group`` sends one to every process
+    of the service, and the parent sends its own.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: reactor.callFromThread(stopReactor, reactor))

@@ -17,7 +17,7 @@ from typing import Any
 from twisted.logger import Logger, globalLogBeginner, jsonFileLogObserver
 from twisted.python import usage
 
-from pandapush.workers import ParentWatch, WorkerSpec, ignoreInterrupts, parseListeners
+from pandapush.workers import ParentWatch, WorkerSpec, installWorkerSignals, parseListeners, stopReactor
 
 _log = Logger(namespace="pandapush.workers")
 
@@ -54,12 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     service.ready.addErrback(failed)  # type: ignore[attr-defined]
 
     def parentGone() -> None:
-        if reactor.running:  # type: ignore[attr-defined]
-            _log.warn("worker {index}: parent gone, stopping", index=args.index)
-            reactor.stop()  # type: ignore[attr-defined]
+        _log.warn("worker {index}: parent gone, stopping", index=args.index)
+        stopReactor(reactor)
 
     ParentWatch(reactor, 0, parentGone).startReading()
-    reactor.callWhenRunning(ignoreInterrupts)  # type: ignore[attr-defined]
+    reactor.callWhenRunning(installWorkerSignals, reactor)  # type: ignore[attr-defined]
     reactor.callWhenRunning(service.startService)  # type: ignore[attr-defined]
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
