@@ -22,6 +22,7 @@ from pandapush.auth import Tenancy, TenancyConfig, makeTenancy
 from pandapush.bayeux.router import BayeuxRouter, Limits
 from pandapush.engines.memory import MemoryEngine
 from pandapush.interfaces import IEngine
+from pandapush.limits import LimitSettings, installLimits
 from pandapush.metrics import Metrics
 from pandapush.presence import PresenceExtension
 from pandapush.stats import Statistics
@@ -96,6 +97,38 @@ class Options(usage.Options):
         ],
         ["max-channel-length", None, 200, "Longest channel name, in characters.", _positive(int)],
         ["max-subscriptions", None, 128, "Most subscriptions one client may hold.", _positive(int)],
+        [
+            "max-publish-rate",
+            None,
+            None,
+            "Publishes per second per key, over Bayeux and REST (0: unlimited). "
+            "[default: $PANDAPUSH_MAX_PUBLISH_RATE or 1000]",
+            _positive(float),
+        ],
+        [
+            "max-publish-burst",
+            None,
+            None,
+            "Publishes a key may make at once before --max-publish-rate applies. "
+            "[default: $PANDAPUSH_MAX_PUBLISH_BURST or twice the rate]",
+            _positive(float),
+        ],
+        [
+            "max-connections-per-app",
+            None,
+            None,
+            "Clients using one application's channels at once, on this node (0: unlimited). "
+            "[default: $PANDAPUSH_MAX_CONNECTIONS_PER_APP or 10000]",
+            _positive(int),
+        ],
+        [
+            "max-clients-per-connection",
+            None,
+            None,
+            "Live clients one websocket (or one HTTP batch) may handshake (0: unlimited). "
+            "[default: $PANDAPUSH_MAX_CLIENTS_PER_CONNECTION or 4]",
+            _positive(int),
+        ],
         [
             "database",
             None,
@@ -391,10 +424,12 @@ def makeService(
         )
     else:
         engine = MemoryEngine(reactor, timeout=options["timeout"], expiry=options["client-expiry"])
+    limitSettings = LimitSettings.fromOptions(options, environ)
     limits = Limits(
         maxMessageSize=options["max-message-size"],
         maxChannelLength=options["max-channel-length"],
         maxSubscriptions=options["max-subscriptions"],
+        maxClientsPerConnection=limitSettings.maxClientsPerConnection,
     )
     router = BayeuxRouter(
         engine, reactor, timeout=options["timeout"], interval=options["interval"], limits=limits
@@ -428,12 +463,15 @@ def makeService(
     # each application's allowed origins between them, so a refused subscribe joins nobody.
     router.addExtension(tenancy.extension)
     router.addExtension(tenancy.originExtension)
+    # After tenancy (it names the key), before presence (a refused subscribe joins nobody).
+    tenantLimits = installLimits(router, tenancy.publishApp, limitSettings, reactor)
     router.addExtension(
         PresenceExtension(
             router, maxMembers=options["presence-max-members"], maxDataSize=options["presence-max-data"]
         )
     )
     metrics = Metrics(router, bayeux)
+    metrics.registry.register(tenantLimits.connections)  # type: ignore[arg-type]
     if tenancy.adminAuthority.throttle is not None:
         tenancy.adminAuthority.throttle.addRefusalObserver(
             lambda: metrics.refusals.labels(limit="admin_login").inc()

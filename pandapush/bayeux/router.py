@@ -82,14 +82,24 @@ class Limits:
     What one client may ask of the router. Defaults are in the range Pusher and
     Centrifugo users know: 64 KiB messages, 200-character channel names, 128
     subscriptions per client.
+
+    ``maxClientsPerConnection`` bounds the clients one connection may create: live
+    clients handshaken over one websocket, and handshakes in one HTTP batch (0:
+    unlimited). A Faye or CometD client needs one; a few more cover a client that
+    handshakes again while its old session has not expired yet.
     """
 
     def __init__(
-        self, maxMessageSize: int = 64 * 1024, maxChannelLength: int = 200, maxSubscriptions: int = 128
+        self,
+        maxMessageSize: int = 64 * 1024,
+        maxChannelLength: int = 200,
+        maxSubscriptions: int = 128,
+        maxClientsPerConnection: int = 4,
     ):
         self.maxMessageSize = maxMessageSize
         self.maxChannelLength = maxChannelLength
         self.maxSubscriptions = maxSubscriptions
+        self.maxClientsPerConnection = maxClientsPerConnection
 
 
 @implementer(IDeliverySink)
@@ -195,6 +205,9 @@ class BayeuxRouter(EngineListener):
         # connect is answered at once, whatever advice they sent.
         self._fresh: set[str] = set()
         self._draining: str | None = None
+        # Live clients handshaken over each socket (clients per connection), both ways.
+        self._socketClients: dict[IClientSocket, set[str]] = {}
+        self._clientSocket: dict[str, IClientSocket] = {}
         engine.addListener(self)
         self._handlers: dict[str, Callable[..., Coroutine[Any, Any, list[Reply] | Deferred[list[Reply]]]]] = {
             HANDSHAKE: self._handshake,
@@ -235,10 +248,16 @@ class BayeuxRouter(EngineListener):
         # when an extension must look something up; a held connect does not
         # block the messages after it, its reply is collected at the end.
         results: list[list[Reply] | Deferred[list[Reply]]] = []
+        handshakes = 0
+        maxClients = self.limits.maxClientsPerConnection
         for index, message in enumerate(messages):
-            results.append(
-                await self._handle(message, context if index == 0 else context.forMessage(), socket)
-            )
+            messageContext = context if index == 0 else context.forMessage()
+            if isinstance(message, dict) and message.get("channel") == HANDSHAKE:
+                handshakes += 1
+                if maxClients and handshakes > maxClients:
+                    results.append(await self._outgoing(self._tooManyClients(message), messageContext))
+                    continue
+            results.append(await self._handle(message, messageContext, socket))
         replies: list[Reply] = []
         for result in results:
             replies.extend(await result if isinstance(result, Deferred) else result)
@@ -248,10 +267,27 @@ class BayeuxRouter(EngineListener):
         """Call ``observer(limitName)`` each time a limit refuses a message (metrics)."""
         self._limitObservers.append(observer)
 
-    def _refuse(self, reply: Message, limit: str, error: BayeuxError) -> list[Reply]:
+    def limitRefused(self, limit: str) -> None:
+        """Report a refusal by a limit kept outside the router (per key, per application)."""
         for observer in self._limitObservers:
             observer(limit)
+
+    def _refuse(self, reply: Message, limit: str, error: BayeuxError) -> list[Reply]:
+        self.limitRefused(limit)
         return [_fail(reply, error)]
+
+    def _tooManyClients(self, message: Message) -> list[Reply]:
+        reply = _makeReply(message)
+        limit = self.limits.maxClientsPerConnection
+        replies = self._refuse(
+            reply,
+            "clients_per_connection",
+            BayeuxError(403, [], f"Too many clients (limit {limit} per connection)"),
+        )
+        # Handshake again later, not at once: by then the connection's old clients
+        # have expired (a loop of instant retries is Faye's reconnect storm).
+        reply["advice"] = {"reconnect": "handshake", "interval": 10_000}
+        return replies
 
     def addPublishObserver(self, observer: Callable[[str, int], None]) -> None:
         """Call ``observer(channel, recipients)`` once per message published (statistics)."""
@@ -284,6 +320,8 @@ class BayeuxRouter(EngineListener):
 
     def socketClosed(self, socket: IClientSocket) -> None:
         """A transport's socket closed: unbind it, and end its client if it should."""
+        for created in self._socketClients.pop(socket, ()):
+            self._clientSocket.pop(created, None)
         clientId = socket.clientId
         if clientId is None or self._sockets.get(clientId) is not socket:
             return
@@ -334,6 +372,13 @@ class BayeuxRouter(EngineListener):
 
     def clientDestroyed(self, clientId: str, reason: str) -> None:
         self._fresh.discard(clientId)
+        creator = self._clientSocket.pop(clientId, None)
+        if creator is not None:
+            created = self._socketClients.get(creator)
+            if created is not None:
+                created.discard(clientId)
+                if not created:
+                    del self._socketClients[creator]
         held = self._held.get(clientId)
         if held is not None:
             held.finish()
@@ -445,8 +490,14 @@ class BayeuxRouter(EngineListener):
             return [reply]
         if error is not None:
             return [self._advise(_fail(reply, error))]
+        maxClients = self.limits.maxClientsPerConnection
+        if socket is not None and maxClients and len(self._socketClients.get(socket, ())) >= maxClients:
+            return self._tooManyClients(message)
         clientId = await self.engine.createClient()
         self._fresh.add(clientId)
+        if socket is not None and maxClients:
+            self._socketClients.setdefault(socket, set()).add(clientId)
+            self._clientSocket[clientId] = socket
         reply["clientId"] = clientId
         reply["successful"] = True
         return [self._advise(reply)]

@@ -13,15 +13,17 @@ quoted is accepted as such; anything else that is not JSON is a 400 that says wh
 
 Answers: 200 ``OK``; 400 bad body; 401 (with ``WWW-Authenticate``) no credentials;
 403 refused, with ``{"code", "params", "message"}``; 404 unknown channel type or
-invalid channel name; 413 body too large; 503 if the publish itself failed or timed
+invalid channel name; 413 body too large; 429 (with ``Retry-After``) past the key's
+publishes per second; 503 if the publish itself failed or timed
 out. Nothing here can leave a request hanging: the publish has a deadline.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from twisted.internet import defer
@@ -38,6 +40,9 @@ from pandapush.auth.http import channelCredentials, errorBody, header, jsonRespo
 from pandapush.auth.rules import PUBLISH, Allowed, Refusal, TenantChannel, parseChannel
 from pandapush.bayeux import json
 from pandapush.bayeux.errors import BayeuxError
+
+if TYPE_CHECKING:
+    from pandapush.limits import PublishRateLimiter
 
 __all__ = ["PublishApp", "PublishResource", "parseBody"]
 
@@ -147,6 +152,8 @@ class PublishApp:
     """
 
     _log = Logger()
+    #: Per-key publish limit (:func:`pandapush.limits.installLimits` sets it): 429 beyond.
+    rateLimiter: PublishRateLimiter | None = None
 
     def __init__(
         self,
@@ -209,6 +216,10 @@ class PublishApp:
     ) -> bytes | Deferred[bytes]:
         # Authorized (allowed.keyId is the key), nothing read or published yet: the
         # one place for per-key publish limits.
+        if self.rateLimiter is not None and allowed.keyId is not None:
+            wait = self.rateLimiter.acquire(allowed.keyId)
+            if wait:
+                return self._tooMany(request, allowed.keyId, wait)
         content = request.content.read() if request.content is not None else b""
         if len(content) > self.maxBodySize:
             return self._tooLarge(request)
@@ -246,6 +257,11 @@ class PublishApp:
 
     def _tooLarge(self, request: IRequest) -> bytes:
         return jsonResponse(request, 413, errorBody(413, f"Body larger than {self.maxBodySize} bytes"))
+
+    def _tooMany(self, request: IRequest, keyId: str, wait: float) -> bytes:
+        assert self.rateLimiter is not None
+        request.setHeader(b"Retry-After", b"%d" % max(1, math.ceil(wait)))
+        return jsonResponse(request, 429, errorBody(429, self.rateLimiter.refusal(keyId)))
 
 
 class PublishResource(Resource):

@@ -1,0 +1,436 @@
+"""Per-tenant limits: publishes per second per key, and connections per application.
+
+The router's own :class:`~pandapush.bayeux.router.Limits` are about one message or one
+client (sizes, subscriptions, clients per connection). These two need to know whose
+key or application a message is for, which only tenancy knows, so they sit beside it:
+
+- :class:`PublishRateLimiter`: a token bucket per key id (``rate`` per second, up to
+  ``burst`` at once). Every publish authenticated with a key, or with a token that key
+  signed, takes one token, whether it came over Bayeux or ``POST /channel/...``.
+  A key is usually a backend's credential *and* the signer of every browser token of
+  that backend, so the bucket is generous by default (1000/s, burst 2000): it is there
+  to stop a leaked key or a runaway loop, not to meter normal traffic.
+- :class:`AppConnectionLimiter`: how many Bayeux clients may use one application's
+  channels at once. A handshake names no application (Bayeux has no place for one and
+  tenancy checks only subscribes and publishes), so a client counts towards an
+  application from its first subscribe or publish on that application's channels, and
+  that message is the one refused. It stops counting when the engine destroys the
+  client. Refusing a subscribe, not the handshake, is deliberate: Faye and our
+  ``client.js`` report a failed subscribe and do not retry it, so a full application
+  causes no reconnect storm.
+
+Both are per node: with N nodes behind a load balancer the effective limits are N
+times the configured ones. Both cost O(1) per message: one dict lookup and a little
+arithmetic; nothing is done per recipient.
+
+:class:`LimitsExtension` applies both to Bayeux messages; the REST endpoint calls
+:meth:`PublishRateLimiter.acquire` itself (HTTP 429 with ``Retry-After``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from pandapush.auth.rules import PUBLISH, SUBSCRIBE, parseChannel
+from pandapush.bayeux.context import MessageContext
+from pandapush.bayeux.errors import BayeuxError
+from pandapush.engines import EngineListener
+from pandapush.interfaces import IEngine, IExtension
+
+__all__ = [
+    "DEFAULT_MAX_CLIENTS_PER_CONNECTION",
+    "DEFAULT_MAX_CONNECTIONS_PER_APP",
+    "DEFAULT_MAX_PUBLISH_RATE",
+    "AppConnectionLimiter",
+    "LimitSettings",
+    "LimitsExtension",
+    "PublishRateLimiter",
+    "TenantLimits",
+    "installLimits",
+]
+
+DEFAULT_MAX_PUBLISH_RATE = 1000.0
+DEFAULT_MAX_CONNECTIONS_PER_APP = 10_000
+DEFAULT_MAX_CLIENTS_PER_CONNECTION = 4
+
+#: Metric labels (``pandapush_limit_refusals_total{limit}``).
+PUBLISH_RATE = "publish_rate"
+CONNECTIONS_PER_APP = "connections_per_app"
+
+Message = dict[str, Any]
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+class _Bucket:
+    __slots__ = ("stamp", "tokens")
+
+    def __init__(self, tokens: float, stamp: float) -> None:
+        self.tokens = tokens
+        self.stamp = stamp
+
+
+class PublishRateLimiter:
+    """
+    Token buckets per key id. ``rate`` 0 means unlimited (nothing is kept).
+
+    A bucket left alone for ``burst / rate`` seconds is full again, exactly like a
+    bucket that does not exist, so it is dropped: the buckets are kept in order of
+    last use and every call drops the stale ones at the old end. Memory is therefore
+    bounded by the keys that published in the last couple of seconds, and each call
+    costs O(1) amortized.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        rate: float = DEFAULT_MAX_PUBLISH_RATE,
+        burst: float | None = None,
+        onRefused: Callable[[str], None] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.rate = float(rate)
+        self.burst = max(1.0, float(burst) if burst else 2.0 * self.rate)
+        self.onRefused = onRefused
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._fullAfter = self.burst / self.rate if self.rate > 0 else 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def acquire(self, keyId: str) -> float:
+        """
+        Take one token for ``keyId``: 0.0 if the publish may go ahead, else the
+        seconds until one will be available (the publish is refused, and counted).
+        """
+        if self.rate <= 0:
+            return 0.0
+        now = self.clock.seconds()
+        buckets = self._buckets
+        bucket = buckets.get(keyId)
+        if bucket is None:
+            bucket = buckets[keyId] = _Bucket(self.burst, now)
+        else:
+            elapsed = now - bucket.stamp
+            if elapsed > 0:
+                bucket.tokens = min(self.burst, bucket.tokens + elapsed * self.rate)
+                bucket.stamp = now
+            buckets.move_to_end(keyId)
+        self._evict(now)
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return 0.0
+        if self.onRefused is not None:
+            self.onRefused(PUBLISH_RATE)
+        return (1.0 - bucket.tokens) / self.rate
+
+    def _evict(self, now: float) -> None:
+        buckets = self._buckets
+        fullAfter = self._fullAfter
+        while buckets:
+            keyId, oldest = next(iter(buckets.items()))
+            if now - oldest.stamp < fullAfter:
+                return
+            del buckets[keyId]
+
+    def refusal(self, keyId: str) -> str:
+        """The text of a refusal: it names the limit and its value."""
+        return f"Too many publishes for key {keyId} (limit {_number(self.rate)}/s)"
+
+
+class AppConnectionLimiter(EngineListener):
+    """
+    Which clients use each application's channels, at most ``maxPerApp`` per
+    application (0: unlimited, and nothing is tracked).
+
+    Decrements come from the engine's ``clientDestroyed``. With the Redis engine that
+    event is reported by the node that destroyed the client, which may not be the
+    node that counted it; so when an application is full, its clients are checked
+    against the engine (at most once per ``sweepInterval`` seconds) and the ones gone
+    are forgotten.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        engine: IEngine,
+        clock: IReactorTime,
+        maxPerApp: int = DEFAULT_MAX_CONNECTIONS_PER_APP,
+        onRefused: Callable[[str], None] | None = None,
+        sweepInterval: float = 30.0,
+    ) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.maxPerApp = maxPerApp
+        self.onRefused = onRefused
+        self.sweepInterval = sweepInterval
+        self._apps: dict[str, set[str]] = {}
+        self._clients: dict[str, set[str]] = {}
+        self._swept: dict[str, float] = {}
+        if maxPerApp > 0:
+            engine.addListener(self)
+
+    @property
+    def enabled(self) -> bool:
+        return self.maxPerApp > 0
+
+    def admitted(self, clientId: str, appId: str) -> bool:
+        apps = self._clients.get(clientId)
+        return apps is not None and appId in apps
+
+    def admit(self, clientId: str, appId: str) -> bool:
+        """
+        Count ``clientId`` (which the caller knows exists) towards ``appId``. False,
+        counted as a refusal, if the application is full.
+        """
+        if self.maxPerApp <= 0 or self.admitted(clientId, appId):
+            return True
+        clients = self._apps.get(appId)
+        if clients is not None and len(clients) >= self.maxPerApp:
+            if self.onRefused is not None:
+                self.onRefused(CONNECTIONS_PER_APP)
+            self._maybeSweep(appId)
+            return False
+        self._apps.setdefault(appId, set()).add(clientId)
+        self._clients.setdefault(clientId, set()).add(appId)
+        return True
+
+    def connections(self, appId: str) -> int:
+        return len(self._apps.get(appId, ()))
+
+    def refusal(self) -> str:
+        return f"Too many connections (limit {self.maxPerApp} per application)"
+
+    def forget(self, clientId: str) -> None:
+        for appId in self._clients.pop(clientId, ()):
+            clients = self._apps.get(appId)
+            if clients is not None:
+                clients.discard(clientId)
+                if not clients:
+                    del self._apps[appId]
+                    self._swept.pop(appId, None)
+
+    # IEngineListener
+
+    def clientDestroyed(self, clientId: str, reason: str) -> None:
+        self.forget(clientId)
+
+    # stale counts
+
+    def _maybeSweep(self, appId: str) -> None:
+        now = self.clock.seconds()
+        last = self._swept.get(appId)
+        if last is not None and now - last < self.sweepInterval:
+            return
+        self._swept[appId] = now
+        d = Deferred.fromCoroutine(self._sweep(appId))
+        d.addErrback(lambda f: self._log.failure("checking {appId}'s clients failed", f, appId=appId))
+
+    async def _sweep(self, appId: str) -> None:
+        for clientId in list(self._apps.get(appId, ())):
+            if not await self.engine.clientExists(clientId):
+                self.forget(clientId)
+
+    # metrics (a prometheus collector: register it on the metrics registry)
+
+    def collect(self) -> Iterator[Metric]:
+        # Not one series per application: label cardinality would grow with tenants.
+        yield GaugeMetricFamily(
+            "pandapush_app_connections_max",
+            "Clients on the busiest application of this node (the connections_per_app limit applies to it).",
+            value=max((len(c) for c in self._apps.values()), default=0),
+        )
+        yield GaugeMetricFamily(
+            "pandapush_connected_apps",
+            "Applications with at least one client on this node.",
+            value=len(self._apps),
+        )
+
+
+@implementer(IExtension)
+class LimitsExtension:
+    """
+    Applies :class:`AppConnectionLimiter` and :class:`PublishRateLimiter` to Bayeux
+    subscribes and publishes. Added after tenancy (which has checked the credentials
+    and left the key id in ``context.attributes["keyId"]``) and before presence (so a
+    refused subscribe joins nobody). Messages already refused are left alone.
+    """
+
+    def __init__(
+        self, engine: IEngine, connections: AppConnectionLimiter, publishes: PublishRateLimiter
+    ) -> None:
+        self.engine = engine
+        self.connections = connections
+        self.publishes = publishes
+
+    def incoming(self, message: Message, context: MessageContext) -> Message | Deferred[Message]:
+        if context.trusted or "error" in message:
+            return message
+        channel = message.get("channel")
+        if not isinstance(channel, str):
+            return message
+        if channel == "/meta/subscribe":
+            subscription = message.get("subscription")
+            names = [subscription] if isinstance(subscription, str) else subscription
+            if not isinstance(names, list):
+                return message
+            return self._admit(message, [(name, parseChannel(name, SUBSCRIBE)) for name in names], context)
+        if channel.startswith("/meta/"):
+            return message
+        return self._admit(message, [(channel, parseChannel(channel, PUBLISH))], context, publish=channel)
+
+    def outgoing(self, reply: Message, context: MessageContext) -> Message:
+        return reply
+
+    def _admit(
+        self,
+        message: Message,
+        channels: list[tuple[Any, Any]],
+        context: MessageContext,
+        publish: str | None = None,
+    ) -> Message | Deferred[Message]:
+        clientId = message.get("clientId")
+        limiter = self.connections
+        waiting = [
+            (name, tenant.appId)
+            for name, tenant in channels
+            if tenant is not None
+            and limiter.enabled
+            and isinstance(clientId, str)
+            and not limiter.admitted(clientId, tenant.appId)
+        ]
+        if not waiting:
+            # The hot path: a client already counted, publishing.
+            return self._rate(message, context, publish)
+        assert isinstance(clientId, str)
+        return Deferred.fromCoroutine(self._admitNew(message, clientId, waiting, context, publish))
+
+    async def _admitNew(
+        self,
+        message: Message,
+        clientId: str,
+        waiting: list[tuple[str, str]],
+        context: MessageContext,
+        publish: str | None,
+    ) -> Message:
+        # Only clients that exist are counted: a made-up clientId must not fill an
+        # application (the router answers it with 401 Unknown client).
+        if not await self.engine.clientExists(clientId):
+            return message
+        for name, appId in waiting:
+            if not self.connections.admit(clientId, appId):
+                message["error"] = str(BayeuxError(403, [name], self.connections.refusal()))
+                return message
+        return self._rate(message, context, publish)
+
+    def _rate(self, message: Message, context: MessageContext, publish: str | None) -> Message:
+        keyId = context.attributes.get("keyId")
+        if publish is None or not isinstance(keyId, str) or not self.publishes.enabled:
+            return message
+        if self.publishes.acquire(keyId):
+            message["error"] = str(BayeuxError(429, [publish], self.publishes.refusal(keyId)))
+        return message
+
+
+def _setting(value: Any, environ: Mapping[str, str], name: str, default: float, kind: type) -> Any:
+    """An option's value, else the environment's ``name``, else ``default``."""
+    if value is None:
+        text = environ.get(name)
+        if not text:
+            return kind(default)
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(f"{name} must be a number, not {text!r}") from None
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, not {value!r}")
+    return kind(value)
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """The limits of this module and ``--max-clients-per-connection``, resolved."""
+
+    maxPublishRate: float = DEFAULT_MAX_PUBLISH_RATE
+    maxPublishBurst: float | None = None  # None: twice the rate
+    maxConnectionsPerApp: int = DEFAULT_MAX_CONNECTIONS_PER_APP
+    maxClientsPerConnection: int = DEFAULT_MAX_CLIENTS_PER_CONNECTION
+
+    @classmethod
+    def fromOptions(
+        cls, options: Mapping[str, Any], environ: Mapping[str, str] | None = None
+    ) -> LimitSettings:
+        """From ``twistd pandapush`` options, falling back to ``PANDAPUSH_*`` variables."""
+        env = os.environ if environ is None else environ
+        burst = options.get("max-publish-burst")
+        if burst is None and env.get("PANDAPUSH_MAX_PUBLISH_BURST"):
+            burst = _setting(None, env, "PANDAPUSH_MAX_PUBLISH_BURST", 0, float)
+        return cls(
+            maxPublishRate=_setting(
+                options.get("max-publish-rate"),
+                env,
+                "PANDAPUSH_MAX_PUBLISH_RATE",
+                DEFAULT_MAX_PUBLISH_RATE,
+                float,
+            ),
+            maxPublishBurst=float(burst) if burst else None,
+            maxConnectionsPerApp=_setting(
+                options.get("max-connections-per-app"),
+                env,
+                "PANDAPUSH_MAX_CONNECTIONS_PER_APP",
+                DEFAULT_MAX_CONNECTIONS_PER_APP,
+                int,
+            ),
+            maxClientsPerConnection=_setting(
+                options.get("max-clients-per-connection"),
+                env,
+                "PANDAPUSH_MAX_CLIENTS_PER_CONNECTION",
+                DEFAULT_MAX_CLIENTS_PER_CONNECTION,
+                int,
+            ),
+        )
+
+
+@dataclass
+class TenantLimits:
+    """What :func:`installLimits` set up: register ``connections`` on the metrics registry."""
+
+    publishes: PublishRateLimiter
+    connections: AppConnectionLimiter
+    extension: LimitsExtension
+
+
+def installLimits(router: Any, publishApp: Any, settings: LimitSettings, clock: IReactorTime) -> TenantLimits:
+    """
+    Build both limiters, add the Bayeux extension to ``router`` (call it after the
+    tenancy extensions, before presence) and give the REST ``publishApp`` the same
+    publish limiter, so a key has one bucket whichever way it publishes. Refusals are
+    reported to the router's limit observers (``pandapush_limit_refusals_total``).
+    """
+    publishes = PublishRateLimiter(
+        clock, settings.maxPublishRate, settings.maxPublishBurst, onRefused=router.limitRefused
+    )
+    connections = AppConnectionLimiter(
+        router.engine, clock, settings.maxConnectionsPerApp, onRefused=router.limitRefused
+    )
+    extension = LimitsExtension(router.engine, connections, publishes)
+    router.addExtension(extension)
+    publishApp.rateLimiter = publishes
+    return TenantLimits(publishes, connections, extension)
