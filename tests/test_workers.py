@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -78,10 +79,19 @@ class WorkersOptionTests(TestCase):
         )
 
     def test_zeroIsOnePerCPU(self) -> None:
-        """--workers 0 means os.cpu_count() processes (and still needs Redis)."""
+        """--workers 0 means one process per CPU we may run on (and still needs Redis)."""
+        if not hasattr(os, "sched_getaffinity"):
+            raise SkipTest("no CPU affinity on this system")
+
+        def unknown(pid: int) -> set[int]:
+            raise OSError("not here")
+
+        self.patch(os, "sched_getaffinity", lambda pid: {0, 1, 2})
         self.patch(os, "cpu_count", lambda: 6)
-        self.assertEqual(self.parse("--workers", "0", "--redis-hosts", "127.0.0.1:6379")["workers"], 6)
+        self.assertEqual(self.parse("--workers", "0", "--redis-hosts", "127.0.0.1:6379")["workers"], 3)
         self.assertRaises(usage.UsageError, self.parse, "--workers", "0")
+        self.patch(os, "sched_getaffinity", unknown)
+        self.assertEqual(resolveWorkerCount(0), 6)
         self.patch(os, "cpu_count", lambda: None)
         self.assertEqual(resolveWorkerCount(0), 1)
 
@@ -186,6 +196,14 @@ def _alive(pid: int) -> bool:
     return _parentOf(pid) is not None
 
 
+class ServedProcess(PandapushProcess):
+    """The server started as ``pandapush serve ...`` (twistd in the foreground) instead of ``twist``."""
+
+    def command(self) -> list[str]:
+        listen = f"tcp:{self.port}:interface=127.0.0.1"
+        return [sys.executable, "-m", "pandapush.cli", "serve", "--listen", listen, *self.args]
+
+
 class WorkersCase(ClusterCase):
     """One ``pandapush --workers N`` process tree on the machine's Redis, in a namespace of its own."""
 
@@ -196,9 +214,11 @@ class WorkersCase(ClusterCase):
             raise SkipTest("these tests read /proc to see the worker processes")
         await super().setUp()
 
-    async def startWorkers(self, count: int = 2) -> PandapushProcess:
+    async def startWorkers(
+        self, count: int = 2, kind: type[PandapushProcess] = PandapushProcess
+    ) -> PandapushProcess:
         self.addCleanup(self._dropKeys, MAIN_REDIS)
-        server = PandapushProcess(
+        server = kind(
             "--workers",
             str(count),
             "--timeout",
@@ -342,6 +362,14 @@ class WorkersTests(WorkersCase):
         self.assertFalse(_alive(restarted[1]), "the worker outlived its parent")
         self.assertIn("[worker-1 pandapush.tap.BayeuxService#info] drained", server.log())
         self.assertIn("all 1 workers stopped", server.log())
+
+    async def test_pandapushServe(self) -> None:
+        """``pandapush serve --workers 3`` (twistd underneath) runs three processes and stops them all."""
+        server = await self.startWorkers(3, kind=ServedProcess)
+        pids = await self.workerPids(server, 3)
+        self.assertEqual({_parentOf(pids[1]), _parentOf(pids[2])}, {pids[0]})
+        self.assertIn(await server.stop(signal.SIGTERM), (0, -signal.SIGTERM), server.log())
+        self.assertFalse([pid for pid in pids.values() if _alive(pid)], server.log())
 
     async def test_parentKilledWorkersLeave(self) -> None:
         """A SIGKILLed parent cannot stop its workers: they see their stdin close and stop themselves."""

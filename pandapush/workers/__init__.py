@@ -60,10 +60,20 @@ SHAREABLE_ENDPOINTS = ("tcp", "tcp6")
 
 
 def resolveWorkerCount(requested: int) -> int:
-    """``0`` means one worker per CPU (``os.cpu_count()``, 1 when unknown)."""
-    if requested == 0:
-        return os.cpu_count() or 1
-    return requested
+    """
+    ``0`` means one worker per CPU this process may run on: its CPU affinity where
+    the system tells (a container pinned to 2 of 64 cores gets 2), else
+    ``os.cpu_count()``, else 1.
+    """
+    if requested != 0:
+        return requested
+    affinity = getattr(os, "sched_getaffinity", None)
+    if affinity is not None:
+        try:
+            return max(1, len(affinity(0)))
+        except OSError:
+            pass
+    return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
