@@ -19,6 +19,7 @@ from twisted.python import usage
 
 from pandapush import __version__
 from pandapush.auth import Tenancy, TenancyConfig, makeTenancy
+from pandapush.auth.expiry import SubscriptionExpiry
 from pandapush.bayeux.router import BayeuxRouter, Limits
 from pandapush.engines.memory import MemoryEngine
 from pandapush.interfaces import IEngine
@@ -470,6 +471,8 @@ def makeService(
             router, maxMembers=options["presence-max-members"], maxDataSize=options["presence-max-data"]
         )
     )
+    # After presence: it sees the subscribe replies presence let through.
+    router.addExtension(SubscriptionExpiry(router, reactor, leeway=tenancy.config.tokenLeeway))
     metrics = Metrics(router, bayeux)
     metrics.registry.register(tenantLimits.connections)  # type: ignore[arg-type]
     if tenancy.adminAuthority.throttle is not None:

@@ -519,6 +519,61 @@ class RefusalTests(BrowserTestCase):
         await page.screenshot("auth-refused")
 
 
+class TokenExpiryTests(BrowserTestCase):
+    """The server ends a subscription when its token expires; the page is told, and may refresh."""
+
+    def shortToken(self, channel: str, seconds: float) -> str:
+        # The server accepts a token until exp + 30 s of leeway and ends its subscription
+        # then: a token that "expired" 30 - seconds ago lives ``seconds`` more.
+        return token(channel, sub=True, exp=int(time.time() + seconds - 30))
+
+    async def test_tokenFunctionRefreshes(self) -> None:
+        """A token function: subscription:expired, a subscribe with a fresh token, and messages flow."""
+        if not await self.hasTenancy():
+            raise SkipTest("the server does not enforce tenancy yet")
+        private = f"/{APP}/private/expiring"
+        tokens = [self.shortToken(private, 2), token(private, sub=True, exp=int(time.time() + 3600))]
+        page = await self.subscribedPage()
+        await page.evaluate(
+            "([ch, toks]) => { window.calls = 0;"
+            " return harness.subscribe('a', ch, () => toks[Math.min(calls++, 1)]); }",
+            [private, tokens],
+        )
+        await page.waitFor("(ch) => harness.find('subscribed').some((e) => e.channel === ch)", private)
+        await page.waitFor("() => harness.count('expired') >= 1")
+        [expired] = await page.events("expired")
+        self.assertEqual(
+            (expired["channel"], expired["code"], expired["message"]), (private, 401, "Token expired")
+        )
+        await page.waitFor("() => calls >= 2")
+        await page.waitFor("(ch) => harness.find('subscribed').some((e) => e.channel === ch)", private)
+        await page.idle(0.5)
+        self.assertEqual(len(page.net.subscribesTo(private)), 2)
+        await self.assertRoundTrip(page, "after refresh", channel=private)
+        self.assertEqual(await page.events("refused-later"), [])
+
+    async def test_fixedTokenEnds(self) -> None:
+        """With a fixed token: subscription:expired and subscription:refused; nothing more arrives."""
+        if not await self.hasTenancy():
+            raise SkipTest("the server does not enforce tenancy yet")
+        private = f"/{APP}/private/expiring-fixed"
+        page = await self.subscribedPage()
+        await page.evaluate(
+            "([ch, tok]) => harness.subscribe('a', ch, tok)", [private, self.shortToken(private, 2)]
+        )
+        await page.waitFor("(ch) => harness.find('subscribed').some((e) => e.channel === ch)", private)
+        await page.waitFor("() => harness.count('refused-later') >= 1")
+        [refused] = await page.events("refused-later")
+        self.assertEqual(
+            (refused["channel"], refused["code"], refused["message"]), (private, 401, "Token expired")
+        )
+        self.assertEqual(len(await page.events("expired")), 1)
+        await bayeuxPublish(self.server.push, private, "too late")
+        await self.assertRoundTrip(page, "the public room still works")
+        self.assertNotIn("too late", [m["data"] for m in await page.events("message")])
+        self.assertEqual(len(page.net.subscribesTo(private)), 1)
+
+
 class PresenceTests(BrowserTestCase):
     async def test_twoJoinOneLeaves(self) -> None:
         if not await self.hasTenancy():

@@ -283,11 +283,14 @@ class Allowed:
     """
     The operation may go ahead. ``presence`` is the token's presence object on a
     presence subscribe (the only place presence may come from); ``keyId`` names the
-    key that granted it (None on a public subscribe without credentials).
+    key that granted it (None on a public subscribe without credentials). ``expires``
+    is the ``exp`` of the token that granted a subscribe (None: no token, or no
+    ``exp``): the subscription ends then (:mod:`pandapush.auth.expiry`).
     """
 
     keyId: str | None = None
     presence: dict[str, Any] | None = None
+    expires: float | None = None
 
 
 def _hasPresenceId(presence: Any) -> bool:
@@ -325,4 +328,10 @@ def checkGrant(
         # A copy: the claims may be shared (remembered verified tokens), the presence
         # object travels on into the engine's membership.
         presence = dict(presence)  # type: ignore[arg-type]
-    return Allowed(keyId, presence)
+    expires: float | None = None
+    if operation == SUBSCRIBE and claims is not None:
+        exp = claims.get("exp")
+        # Not a number: refused before this (bearer.timesValid).
+        if isinstance(exp, int | float) and not isinstance(exp, bool):
+            expires = float(exp)
+    return Allowed(keyId, presence, expires)

@@ -142,6 +142,12 @@ class TenancyExtension:
             context.attributes["presence"] = allowed.presence
         if allowed.keyId is not None:
             context.attributes["keyId"] = allowed.keyId
+        if allowed.expires is not None:
+            # For pandapush.auth.expiry: the subscription ends when its token does.
+            earlier = context.attributes.get("tokenExpires")
+            context.attributes["tokenExpires"] = (
+                allowed.expires if earlier is None else min(earlier, allowed.expires)
+            )
 
     def _refuse(self, message: Message, failure: Failure) -> None:
         if isinstance(failure.value, AuthRefused):

@@ -45,6 +45,9 @@ DISCONNECT = "/meta/disconnect"
 Message = dict[str, Any]
 Reply = Message | Delivery
 
+#: Server-initiated messages kept per client until its next connect (see ``notify``).
+MAX_NOTICES = 16
+
 
 def _makeReply(message: Message) -> Message:
     """A reply echoing the request's ``id`` (verbatim, whatever it is), clientId, channel."""
@@ -201,6 +204,9 @@ class BayeuxRouter(EngineListener):
         self._publishObservers: list[Callable[[str, int], None]] = []
         self._held: dict[str, _HeldConnect] = {}
         self._sockets: dict[str, IClientSocket] = {}
+        # Server-initiated messages (:meth:`notify`) for long-poll clients with no connect
+        # held right now: they go out with the client's next connect.
+        self._notices: dict[str, list[Message]] = {}
         # Clients that handshook here and have not connected yet: their first
         # connect is answered at once, whatever advice they sent.
         self._fresh: set[str] = set()
@@ -372,6 +378,7 @@ class BayeuxRouter(EngineListener):
 
     def clientDestroyed(self, clientId: str, reason: str) -> None:
         self._fresh.discard(clientId)
+        self._notices.pop(clientId, None)
         creator = self._clientSocket.pop(clientId, None)
         if creator is not None:
             created = self._socketClients.get(creator)
@@ -541,6 +548,8 @@ class BayeuxRouter(EngineListener):
                 context.lost.addCallback(lambda _: held.abandon())
             # May answer at once, synchronously, if messages are already queued.
             self.engine.attach(clientId, held)
+        if not held.done and clientId in self._notices:
+            held.finish([Delivery.fromMessage(n) for n in self._notices.pop(clientId)])
         if not held.done:
             if wait <= 0:
                 held.finish()
@@ -580,6 +589,28 @@ class BayeuxRouter(EngineListener):
             return False
         self._bind(clientId, socket)
         return True
+
+    def notify(self, clientId: str, message: Message) -> None:
+        """
+        Send ``message``, made by the server and not answering anything (a
+        ``/meta/unsubscribe`` for a subscription whose token expired), to one client:
+        through its socket on this node, else with its held connect, else with its next
+        connect here (at most :data:`MAX_NOTICES` wait per client). A long-poll client
+        that moves to another node before connecting again misses it.
+        """
+        socket = self._sockets.get(clientId)
+        if socket is not None:
+            # As a delivery: an event stream carries no replies, and a websocket keeps
+            # it in order with the deliveries waiting in its backlog.
+            socket.deliver([Delivery.fromMessage(message)])
+            return
+        held = self._held.get(clientId)
+        if held is not None and held.socket is None:
+            held.finish([Delivery.fromMessage(message)])
+            return
+        waiting = self._notices.setdefault(clientId, [])
+        if len(waiting) < MAX_NOTICES:
+            waiting.append(message)
 
     async def _subscription(
         self, message: Message, verb: Callable[[str, str], Deferred[bool]]

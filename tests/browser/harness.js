@@ -43,6 +43,7 @@
         state.textContent = `${name}: down`;
       });
       client.bind('subscription:refused', (channel, error) => record('refused-later', { client: name, channel, code: error.code, message: error.message }));
+      client.bind('subscription:expired', (channel, error) => record('expired', { client: name, channel, code: error.code, message: error.message }));
       clients[name] = client;
       return client;
     },

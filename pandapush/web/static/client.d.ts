@@ -102,6 +102,8 @@ declare namespace Pandapush {
     disconnect(): Promise<void>;
     bind(event: 'transport:up' | 'transport:down', listener: () => void, context?: unknown): this;
     bind(event: 'subscription:refused', listener: (channel: string, error: PandapushError) => void, context?: unknown): this;
+    /** The server ended a subscription when its token expired; a token function resubscribes at once. */
+    bind(event: 'subscription:expired', listener: (channel: string, error: PandapushError) => void, context?: unknown): this;
     bind(event: 'handshake:error', listener: (error: PandapushError) => void, context?: unknown): this;
     unbind(event: string, listener?: (...args: any[]) => void, context?: unknown): this;
     on: Client['bind'];

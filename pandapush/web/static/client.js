@@ -787,6 +787,22 @@
       if (wasSubscribed) this.trigger('subscription:refused', entry.name, error);
     }
 
+    /**
+     * The server ended a subscription on its own: its token expired (`401:<channel>:Token
+     * expired`, an unsolicited `/meta/unsubscribe`). `subscription:expired` tells the page;
+     * with a token function the channel is subscribed again at once with a fresh token (as
+     * after a reconnect), otherwise it is refused (`subscription:refused` follows).
+     */
+    _endedByServer(message) {
+      const entry = this._channels.get(message.subscription);
+      if (!entry || entry.status !== 'subscribed') return;
+      const error = PandapushError.parse(message.error);
+      error.channel = entry.name;
+      this.trigger('subscription:expired', entry.name, error);
+      if (typeof entry.token === 'function') this._sendSubscribe(entry);
+      else this._refuse(entry, error);
+    }
+
     _removeSubscription(subscription) {
       subscription._cancelled = true;
       const entry = this._channels.get(subscription._channel);
@@ -1297,6 +1313,8 @@
           this._inflight.delete(message.id);
           clearTimeout(request.timer);
           request.resolve(message);
+        } else if (message.channel === UNSUBSCRIBE && message.successful === false && typeof message.subscription === 'string') {
+          this._endedByServer(message);
         } else if (message.advice) {
           this._takeAdvice(message.advice);
         }
