@@ -135,6 +135,8 @@ async function startPandapush({ logDir, rest, extraArgs = [], env = {}, name = '
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'pandapush-bench-'));
   const args = ['-m', 'twisted', 'pandapush', '--listen', `tcp:${port}:interface=127.0.0.1`];
   if (pandapushAccepts('shutdown-grace')) args.push('--shutdown-grace', '1');
+  // One key publishes every benchmark message, thousands a second: measure the server, not its per-key limit.
+  if (pandapushAccepts('max-publish-rate')) args.push('--max-publish-rate', '0');
   args.push(...extraArgs);
   const logFile = path.join(logDir, `${name}-${port}.log`);
   const command = experiments ? [path.join(__dirname, '..', 'tools', 'experiments.py'), experiments, ...args] : args;
