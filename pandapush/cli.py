@@ -229,6 +229,16 @@ def buildParser() -> argparse.ArgumentParser:
     )
     p = sub(
         apps,
+        "origins",
+        "Show, replace or clear the browser origins an application's channels may be used from.",
+        _appOrigins,
+        changesKeys=True,
+    )
+    p.add_argument("appId", metavar="APP")
+    p.add_argument("origins", nargs="*", metavar="ORIGIN", help="scheme://host[:port]; none: show the list")
+    p.add_argument("--clear", action="store_true", help="no list of its own: any origin the server allows")
+    p = sub(
+        apps,
         "delete",
         "Delete an application, its admins and its keys.",
         _appDelete,
@@ -433,6 +443,7 @@ def _appLines(app: Application) -> str:
         f"  created by {app.created_by or '-'} at {isoformat(app.created_at)},"
         f" updated {isoformat(app.updated_at)}\n"
         f"  admins: {', '.join(app.admins) or '-'}"
+        + (f"\n  allowed origins: {', '.join(app.allowed_origins)}" if app.allowed_origins else "")
     )
 
 
@@ -496,6 +507,24 @@ async def _appShow(ctx: _Context) -> int:
 async def _appRename(ctx: _Context) -> int:
     app = await (await ctx.storage()).updateApplication(ctx.args.appId, name=ctx.args.name)
     ctx.emit(app.publicDict(), f"renamed\n{_appLines(app)}")
+    return 0
+
+
+async def _appOrigins(ctx: _Context) -> int:
+    args = ctx.args
+    if args.clear and args.origins:
+        raise CommandError("give origins or --clear, not both")
+    if not args.clear and not args.origins:
+        app = await _requireApp(ctx, args.appId)
+        ctx.emit(
+            list(app.allowed_origins),
+            "\n".join(app.allowed_origins) or "no list: any origin the server allows",
+        )
+        return 0
+    app = await (await ctx.storage()).updateApplication(args.appId, allowedOrigins=args.origins)
+    ctx.emit(app.publicDict(), _appLines(app))
+    # Running servers cache the list with the application's keys: the same broadcast.
+    await ctx.keysChanged(appId=args.appId)
     return 0
 
 

@@ -153,6 +153,27 @@ class AppCommandTests(CLITestCase):
         """An empty name is refused."""
         self.assertIn("non-empty name", (yield self.cli("app", "create", "", status=1)))
 
+    @inlineCallbacks
+    def test_origins(self) -> Generator[Deferred[Any], Any, None]:
+        """``app origins`` shows, replaces (normalised) and clears the list; non-origins are refused."""
+        app = yield self.makeApp("web", "alice")
+        self.assertEqual((yield self.cliJSON("app", "origins", app["id"])), [])
+        changed = yield self.cliJSON(
+            "app", "origins", app["id"], "https://B.example/", "http://localhost:8080"
+        )
+        self.assertEqual(changed["allowed_origins"], ["http://localhost:8080", "https://b.example"])
+        self.assertEqual((yield self.cliJSON("app", "origins", app["id"])), changed["allowed_origins"])
+        self.assertIn(
+            "allowed origins: http://localhost:8080, https://b.example", (yield self.cli("app", "list"))
+        )
+        self.assertIn("not an origin", (yield self.cli("app", "origins", app["id"], "b.example", status=1)))
+        self.assertIn(
+            "not both", (yield self.cli("app", "origins", app["id"], "https://x.y", "--clear", status=1))
+        )
+        cleared = yield self.cliJSON("app", "origins", app["id"], "--clear")
+        self.assertEqual(cleared["allowed_origins"], [])
+        self.assertIn("no application", (yield self.cli("app", "origins", "nosuchapp0000000000x", status=1)))
+
 
 class KeyCommandTests(CLITestCase):
     """``pandapush key ...``."""
@@ -561,6 +582,13 @@ class KeyBroadcastTests(CLITestCase):
         senders = {m["node"] for m in heard}
         self.assertEqual(len(senders), 4, "each run is a sender of its own, never a node's id")
         self.assertTrue(all(s.startswith("cli-") for s in senders), senders)
+
+    async def test_originsPublished(self) -> None:
+        """``app origins`` tells running servers to forget the application (its cached origin list)."""
+        app = await self.makeApp()
+        await self.cli("app", "origins", app["id"], "https://a.example")
+        heard = await self.heardSoon(1)
+        self.assertEqual([(m["key"], m["app"]) for m in heard], [(None, app["id"])])
 
     async def test_keySyncAppliesIt(self) -> None:
         """A running node's KeySync forgets the key the command revoked (the message is its own format)."""
