@@ -487,7 +487,8 @@ def makeService(
         bayeux,
         # Which process answered: with --workers, operators (and tests) can tell.
         HealthApp(
-            {"worker": index, "workers": workers, "pid": os.getpid()} if workers > 1 else None
+            {"worker": index, "workers": workers, "pid": os.getpid()} if workers > 1 else None,
+            storage=storage,
         ).app.resource(),
         {
             b"metrics": metrics.resource,

@@ -15,6 +15,12 @@ nobody broadcast (no Redis, or Redis unreachable at the time).
 Usage (``use_count``, ``last_used``) is added up in memory by :meth:`KeyCache.recordUse`
 and written in one batch by :meth:`KeyCache.flushUsage`, which
 :class:`KeyUsageFlusher` calls every few seconds and once more at shutdown.
+
+While the storage cannot answer (PostgreSQL stopped), publishing and subscribing with
+known keys must keep working: a key whose entry went stale is used as last read, and
+looked up again every ``negativeTTL`` seconds until the storage answers; a key never
+read fails its lookup (callers answer 503). Usage that could not be written is kept
+and goes out with a later flush. Each outage is logged once, and its end once.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from pandapush.auth.rules import KeyFacts
+from pandapush.storage.errors import StorageUnavailableError
 
 __all__ = ["KeyCache", "KeyUsage", "KeyUsageFlusher", "keyFacts"]
 
@@ -116,6 +123,9 @@ class KeyCache:
         self._appObservers: list[Callable[[str | None], None]] = []
         self._usage: dict[str, KeyUsage] = {}
         self._flushing: Deferred[None] | None = None
+        # Whether lookups, and usage writes, are failing now: an outage is logged once.
+        self._lookupsFailing = False
+        self._usageFailing = False
 
     # lookups
 
@@ -135,7 +145,10 @@ class KeyCache:
             if now < staleAt:
                 self._entries.move_to_end(keyId)
                 return defer.succeed(facts)
-            self._forget(keyId)
+            if facts is None:
+                self._forget(keyId)
+            # A stale key stays until the lookup answers: it is what we use if the
+            # storage cannot.
         pending = self._pending.get(keyId)
         if pending is None:
             pending = self._load(keyId)
@@ -162,14 +175,34 @@ class KeyCache:
             facts = keyFacts(key) if key is not None else None
             if self._pending.get(keyId) is pending:
                 del self._pending[keyId]
+            if self._lookupsFailing:
+                self._lookupsFailing = False
+                self._log.info("key lookups work again")
             if generation == self._generation:
                 self._store(keyId, facts)
+            else:
+                # Not stored (it may predate a revoke), nor the stale entry kept as a fallback.
+                self._forget(keyId)
             return facts
 
-        def failed(reason: defer.Failure) -> defer.Failure:
+        def failed(reason: defer.Failure) -> KeyFacts | defer.Failure:
             if self._pending.get(keyId) is pending:
                 del self._pending[keyId]
-            return reason
+            if not self._lookupsFailing:
+                self._lookupsFailing = True
+                # One line: the callers log unexpected errors (not an outage) in full.
+                self._log.warn(
+                    "could not look up keys ({error}): cached keys are used as last read,"
+                    " unknown ones refused with 503, until the storage answers",
+                    error=reason.getErrorMessage(),
+                )
+            entry = self._entries.get(keyId)
+            if entry is None or entry[0] is None:
+                return reason
+            # Invalidations forget entries, so what is left was true when last read;
+            # asked again after negativeTTL rather than on every message.
+            self._entries[keyId] = (entry[0], self.clock.seconds() + self.negativeTTL)
+            return entry[0]
 
         pending: Deferred[KeyFacts | None] = defer.maybeDeferred(self.storage.getKey, keyId)
         pending.addCallbacks(loaded, failed)
@@ -284,7 +317,12 @@ class KeyCache:
         }
 
         def failed(reason: defer.Failure) -> None:
-            self._log.failure("could not record usage of {count} keys", reason, count=len(batch))
+            if not self._usageFailing:
+                self._usageFailing = True
+                self._logFailure(
+                    reason,
+                    "could not record key usage ({error}): kept, and written by a later flush",
+                )
             for keyId, usage in batch.items():
                 current = self._usage.setdefault(keyId, KeyUsage())
                 current.count += usage.count
@@ -293,12 +331,24 @@ class KeyCache:
         def done(result: Any) -> None:
             self._flushing = None
 
+        def written(_: Any) -> None:
+            if self._usageFailing:
+                self._usageFailing = False
+                self._log.info("key usage recorded again")
+
         flushing: Deferred[None] = defer.maybeDeferred(self.storage.recordKeyUsage, payload)
-        flushing.addCallbacks(lambda _: None, failed)
+        flushing.addCallbacks(written, failed)
         flushing.addBoth(done)
         if not flushing.called:
             self._flushing = flushing
         return flushing
+
+    def _logFailure(self, reason: defer.Failure, text: str) -> None:
+        if reason.check(StorageUnavailableError):
+            # Expected while the database is down: one line says it all.
+            self._log.warn(text, error=reason.getErrorMessage())
+        else:
+            self._log.failure(text, reason, error=reason.getErrorMessage())
 
 
 class KeyUsageFlusher(TimerService):

@@ -27,6 +27,7 @@ from pandapush.auth.rules import PUBLISH, SUBSCRIBE, Allowed
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.errors import BayeuxError
 from pandapush.interfaces import IExtension
+from pandapush.storage.errors import StorageUnavailableError
 
 __all__ = ["TenancyExtension"]
 
@@ -152,6 +153,12 @@ class TenancyExtension:
     def _refuse(self, message: Message, failure: Failure) -> None:
         if isinstance(failure.value, AuthRefused):
             message["error"] = failure.value.refusal.bayeuxError
+            return
+        if isinstance(failure.value, StorageUnavailableError):
+            # The key is not cached and the database is down: neither "Could not find
+            # key" (the client would give up a good key) nor a bug. The key cache has
+            # logged the outage once.
+            message["error"] = str(BayeuxError(503, [], "Storage unavailable; try again later"))
             return
         self._log.failure("could not check auth for {channel!r}", failure, channel=message.get("channel"))
         message["error"] = str(BayeuxError.serverError())

@@ -42,6 +42,7 @@ from pandapush.storage.errors import (
     SchemaOutOfDateError,
     StorageConfigError,
     StorageError,
+    StorageUnavailableError,
 )
 from pandapush.storage.interfaces import IStorage, IStorageFactory
 from pandapush.storage.models import Application, Key
@@ -61,6 +62,7 @@ __all__ = [
     "StorageConfig",
     "StorageConfigError",
     "StorageError",
+    "StorageUnavailableError",
     "findStorageFactory",
     "makeStorage",
 ]

@@ -14,8 +14,10 @@ from typing import Any, TypeVar
 
 from twisted.enterprise import adbapi
 from twisted.internet import defer
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, TimeoutError, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pandapush.storage import ids, migrations
@@ -25,13 +27,19 @@ from pandapush.storage.errors import (
     NoSuchApplicationError,
     NoSuchKeyError,
     SchemaOutOfDateError,
+    StorageUnavailableError,
 )
 from pandapush.storage.interfaces import IStorage, KeyUsageBatch
 from pandapush.storage.models import Application, Key
 
-__all__ = ["Dialect", "SQLStorage"]
+__all__ = ["DEFAULT_QUERY_TIMEOUT", "Dialect", "SQLStorage"]
 
 T = TypeVar("T")
+
+#: Seconds a call may take before it fails with :class:`StorageUnavailableError`: a
+#: database that stopped answering (network gone, server frozen) must not hold an
+#: admin request or a key lookup forever. Migrations have no deadline.
+DEFAULT_QUERY_TIMEOUT = 10.0
 
 _APP_COLUMNS = "id, name, created_by, created_at, updated_at, allowed_origins"
 _KEY_COLUMNS = (
@@ -68,6 +76,17 @@ class Dialect:
     def lockForMigration_txn(self, txn: Any) -> None:
         """Keep concurrent migrations (several nodes, or the command line) from interleaving."""
 
+    def unavailable(self, error: BaseException) -> bool:
+        """
+        Whether ``error`` means the database could not be reached or used just now
+        (the caller should try again later), rather than that the query was wrong.
+        """
+        return isinstance(error, adbapi.ConnectionLost)
+
+    def connectionBroken_txn(self, txn: Any) -> bool:
+        """Whether the interaction's connection is dead (its server went away since it was opened)."""
+        return False
+
 
 def _require(value: datetime.datetime | None) -> datetime.datetime:
     assert value is not None
@@ -90,23 +109,97 @@ class SQLStorage:
         dialect: Dialect,
         now: Callable[[], datetime.datetime] = utcnow,
         migrateAtStart: bool | None = None,
+        queryTimeout: float = DEFAULT_QUERY_TIMEOUT,
+        clock: IReactorTime | None = None,
     ) -> None:
         self.pool = pool
         self.dialect = dialect
         self._now = now
         if migrateAtStart is not None:
             self.migrateAtStart = migrateAtStart
+        self.queryTimeout = queryTimeout
+        self._clock = clock
+        #: Reactor time the database became unreachable, and why (None while it answers).
+        self.unavailableSince: float | None = None
+        self.unavailableReason: str | None = None
 
     # plumbing
 
-    def _run(self, write: bool, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+    @property
+    def clock(self) -> IReactorTime:
+        if self._clock is None:
+            from twisted.internet import reactor
+
+            self._clock = reactor  # type: ignore[assignment]
+        assert self._clock is not None
+        return self._clock
+
+    def _run(self, write: bool, fn: Callable[..., T], *args: Any, deadline: bool = True) -> Deferred[T]:
         dialect = self.dialect
 
         def interaction(txn: Any) -> T:
+            try:
+                dialect.begin_txn(txn, write)
+                return fn(txn, *args)
+            except Exception as error:
+                if not (dialect.unavailable(error) and dialect.connectionBroken_txn(txn)):
+                    raise
+            # This thread's connection died since its last use (the server restarted
+            # or dropped it) and the server rolled back what this attempt did, so it
+            # is safe to run once more on a new connection. If the server is still
+            # down, connecting fails and that is the answer.
+            txn.reconnect()
+            txn.reopen()
             dialect.begin_txn(txn, write)
             return fn(txn, *args)
 
-        return self.pool.runInteraction(interaction)
+        running = self.pool.runInteraction(interaction)
+        if deadline and self.queryTimeout > 0:
+            running.addTimeout(self.queryTimeout, self.clock)
+        running.addCallbacks(self._answered, self._failed)
+        return running
+
+    def _answered(self, result: T) -> T:
+        if self.unavailableSince is not None:
+            self._log.info(
+                "{backend} answers again after {seconds:.1f}s",
+                backend=self.name,
+                seconds=self.clock.seconds() - self.unavailableSince,
+            )
+            self.unavailableSince = self.unavailableReason = None
+        return result
+
+    def _failed(self, failure: Failure) -> Failure:
+        error = failure.value
+        if error is None:
+            return failure
+        if isinstance(error, TimeoutError):
+            reason = f"no answer in {self.queryTimeout:g}s"
+        elif self.dialect.unavailable(error):
+            # Drivers put hints on further lines ("Is the server running...?").
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        else:
+            return failure
+        if self.unavailableSince is None:
+            # Once per outage, not once per query: callers answer 503 meanwhile.
+            self._log.warn(
+                "{backend} unavailable ({reason}): the admin API answers 503 and keys"
+                " not in the cache cannot be checked until it is back",
+                backend=self.name,
+                reason=reason,
+            )
+            self.unavailableSince = self.clock.seconds()
+        self.unavailableReason = reason
+        return Failure(StorageUnavailableError(reason))
+
+    def status(self) -> dict[str, Any]:
+        """
+        ``{"status": "ok"}`` or ``{"status": "unavailable", "since", "reason"}``: the
+        outcome of the last call, without asking the database (health checks read it).
+        """
+        if self.unavailableSince is None:
+            return {"status": "ok"}
+        return {"status": "unavailable", "since": self.unavailableSince, "reason": self.unavailableReason}
 
     def _x(self, txn: Any, query: str, params: Sequence[Any] = ()) -> None:
         txn.execute(self.dialect.sql(query), tuple(params))
@@ -134,10 +227,10 @@ class SQLStorage:
 
     def migrate(self, target: int | None = None) -> Deferred[list[int]]:
         """Apply pending migrations (up to ``target``, for tests of old schemas)."""
-        return self._run(True, migrations.migrate_txn, self.dialect, self._now(), target)
+        return self._run(True, migrations.migrate_txn, self.dialect, self._now(), target, deadline=False)
 
     def schemaVersion(self) -> Deferred[int]:
-        return self._run(False, migrations.currentVersion_txn, self.dialect)
+        return self._run(False, migrations.currentVersion_txn, self.dialect, deadline=False)
 
     # rows to records
 

@@ -15,6 +15,8 @@ __all__ = [
     "SchemaOutOfDateError",
     "StorageConfigError",
     "StorageError",
+    "StorageUnavailable",
+    "StorageUnavailableError",
 ]
 
 
@@ -63,6 +65,18 @@ class SchemaOutOfDateError(StorageError):
         super().__init__(message + (f" ({hint})" if hint else ""))
 
 
+class StorageUnavailableError(StorageError):
+    """
+    The database cannot be reached or did not answer in time (stopped, restarting,
+    network gone). Nothing about the request is wrong: callers answer 503 and the
+    client tries again later. ``reason`` says what the driver reported.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"storage unavailable: {reason}")
+        self.reason = reason
+
+
 class StorageConfigError(StorageError, ValueError):
     """The storage configuration names no usable backend, or a plugin is broken."""
 
@@ -73,3 +87,4 @@ NoSuchApplication = NoSuchApplicationError
 NoSuchKey = NoSuchKeyError
 AlreadyExists = AlreadyExistsError
 SchemaOutOfDate = SchemaOutOfDateError
+StorageUnavailable = StorageUnavailableError

@@ -60,6 +60,45 @@ class PostgresDialect(Dialect):
     def lockForMigration_txn(self, txn: Any) -> None:
         txn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
 
+    def unavailable(self, error: BaseException) -> bool:
+        import psycopg2
+
+        # OperationalError: refused, reset, server shutting down, timed out;
+        # InterfaceError: a connection psycopg2 already knows to be closed.
+        return isinstance(error, psycopg2.OperationalError | psycopg2.InterfaceError) or super().unavailable(
+            error
+        )
+
+    def connectionBroken_txn(self, txn: Any) -> bool:
+        # A psycopg2 cursor knows its connection, and ``closed`` turns non-zero once
+        # the connection is found dead.
+        return bool(txn.connection.closed)
+
+
+class _Connection(adbapi.Connection):
+    """
+    adbapi's connection wrapper, minus a traceback per query while PostgreSQL is down.
+
+    adbapi's ``rollback`` after a failed interaction tries the dead connection, logs
+    "Rollback failed" with a traceback (twice), then drops it. A psycopg2 connection
+    that is already known dead has nothing to roll back: drop it quietly, so the next
+    interaction of this thread connects afresh. The storage logs the outage once.
+    """
+
+    def rollback(self) -> None:
+        raw = self._connection
+        if raw is not None and getattr(raw, "closed", False):
+            pool = self._pool
+            # Gone already if a reconnect of this interaction failed.
+            if pool.connections.get(pool.threadID()) is raw:
+                pool.disconnect(raw)
+            return
+        super().rollback()
+
+
+class _ConnectionPool(adbapi.ConnectionPool):
+    connectionFactory = _Connection
+
 
 def connectionArguments(config: StorageConfig) -> dict[str, Any]:
     """psycopg2 ``connect`` arguments from the config (times in UTC, optional schema)."""
@@ -75,6 +114,12 @@ def connectionArguments(config: StorageConfig) -> dict[str, Any]:
         "options": options,
         "connect_timeout": 10,
         "application_name": "pandapush",
+        # A database host that vanished (no RST) is noticed in about a minute rather
+        # than after the kernel's two hours; each call also has its own deadline.
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
     }
     if config.username:
         arguments["user"] = config.username
@@ -95,7 +140,7 @@ class PostgresStorage(SQLStorage):
         now: Callable[[], datetime.datetime] = utcnow,
     ) -> None:
         self.config = config
-        pool = adbapi.ConnectionPool(
+        pool = _ConnectionPool(
             "psycopg2",
             cp_min=1,
             cp_max=max(1, config.poolSize),

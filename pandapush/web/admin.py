@@ -19,6 +19,10 @@ otherwise let any web page post a form here in the admin's name (CSRF), while a 
 content type cannot be sent across origins without a CORS preflight we never grant.
 
 Secrets are shown once, in the answer that creates a key, and never listed or logged.
+
+While the database cannot be reached (or does not answer within the storage's
+deadline), every route answers ``503`` with ``Retry-After`` and a JSON error saying
+so, and works again once it is back: nothing here has to be restarted.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from pandapush.auth.throttle import LoginThrottledError
 from pandapush.bayeux import json
 from pandapush.storage._common import normalOrigins
 from pandapush.storage.errors import NotFoundError as NoSuchThing
+from pandapush.storage.errors import StorageUnavailableError
 from pandapush.storage.interfaces import IStorage
 from pandapush.storage.models import Application, Key
 
@@ -54,6 +59,9 @@ __all__ = ["WEB_CONSOLE_PURPOSE", "AdminApp"]
 WEB_CONSOLE_PURPOSE = "web console"
 DEFAULT_TOKEN_LIFETIME = 3600.0
 MAX_ADMIN_BODY = 64 * 1024
+#: Seconds a client is told to wait (``Retry-After``) while the database is unreachable.
+STORAGE_RETRY_AFTER = 5
+STORAGE_UNAVAILABLE = "Storage unavailable: the database cannot be reached; try again later"
 
 PLACEHOLDER_PAGE = b"""<!doctype html>
 <html><head><meta charset="utf-8"><title>pandapush admin</title></head>
@@ -153,12 +161,19 @@ class AdminApp:
     def _ok(self, request: IRequest, body: Any, status: int = 200) -> bytes:
         return jsonResponse(request, status, body)
 
+    def _unavailable(self, request: IRequest) -> bytes:
+        # The storage logged the outage (once); nothing about this request was wrong.
+        request.setHeader(b"Retry-After", str(STORAGE_RETRY_AFTER).encode())
+        return jsonResponse(request, 503, errorBody(503, STORAGE_UNAVAILABLE))
+
     async def _guard(self, request: IRequest, handler: Any, *args: Any) -> bytes:
         """Admin auth, then the handler; bad input is a 400, anything unexpected a logged 500."""
         try:
             user = await self._admin(request)
         except LoginThrottledError as throttled:
             return throttledAnswer(request, throttled)
+        except StorageUnavailableError:
+            return self._unavailable(request)
         except Exception:
             self._log.failure("admin authentication failed")
             return jsonResponse(request, 500, errorBody(500, "Internal server error"))
@@ -172,6 +187,8 @@ class AdminApp:
         except NoSuchThing:
             # Deleted by someone else between our check and our change.
             return self._notFound(request)
+        except StorageUnavailableError:
+            return self._unavailable(request)
         except Exception:
             self._log.failure("admin request {method} {path} failed", method=request.method, path=request.uri)
             return jsonResponse(request, 500, errorBody(500, "Internal server error"))

@@ -40,6 +40,7 @@ from pandapush.auth.http import channelCredentials, errorBody, header, jsonRespo
 from pandapush.auth.rules import PUBLISH, Allowed, Refusal, TenantChannel, parseChannel
 from pandapush.bayeux import json
 from pandapush.bayeux.errors import BayeuxError
+from pandapush.storage.errors import StorageUnavailableError
 
 if TYPE_CHECKING:
     from pandapush.limits import PublishRateLimiter
@@ -208,6 +209,12 @@ class PublishApp:
                 "refused REST publish to {channel}: {reason}", channel=channel.name, reason=refusal.text
             )
             return jsonResponse(request, 403, errorBody(403, refusal.text))
+        if isinstance(failure.value, StorageUnavailableError):
+            # A key not in the cache while the database is down (the key cache logged
+            # it once): neither "Could not find key" nor a bug of ours.
+            request.setHeader(b"Retry-After", b"5")
+            unavailable = "Storage unavailable: could not look up the key; try again"
+            return jsonResponse(request, 503, errorBody(503, unavailable))
         self._log.failure("could not check REST publish auth for {channel}", failure, channel=channel.name)
         return jsonResponse(request, 503, errorBody(503, "Could not check credentials; try again"))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from klein import Klein
@@ -54,27 +55,37 @@ class LimitedRequest(Request):
 
 
 class HealthApp:
-    """``GET /health_check.json``: what is running, answered without touching anything slow."""
+    """
+    ``GET /health_check.json``: what is running, answered without touching anything slow.
+
+    With ``storage`` (a storage with ``status()``, as the SQL ones) it adds
+    ``"storage": {"status": "ok"}`` or ``{"status": "unavailable", "since", "reason"}``
+    from the storage's last query, never a query of its own. The answer stays 200
+    while the database is down: this node still delivers and publishes with the keys
+    it has cached, and a load balancer must not take every node out for a database
+    outage.
+    """
 
     app = Klein()
 
-    def __init__(self, extra: dict[str, Any] | None = None) -> None:
-        self._body = json.dumps(
-            {
-                "version": pandapush.__version__,
-                "rev": os.environ.get("PANDAPUSH_REV", "dev"),
-                "built": os.environ.get(
-                    "PANDAPUSH_BUILT", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-                ),
-                # e.g. which of --workers answered
-                **(extra or {}),
-            }
-        )
+    def __init__(self, extra: dict[str, Any] | None = None, storage: Any = None) -> None:
+        status = getattr(storage, "status", None)
+        self._storageStatus: Callable[[], dict[str, Any]] | None = status if callable(status) else None
+        self._fields: dict[str, Any] = {
+            "version": pandapush.__version__,
+            "rev": os.environ.get("PANDAPUSH_REV", "dev"),
+            "built": os.environ.get("PANDAPUSH_BUILT", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+            # e.g. which of --workers answered
+            **(extra or {}),
+        }
+        self._body = json.dumps(self._fields)
 
     @app.route("/health_check.json", methods=["GET", "HEAD"])
     def health(self, request: IRequest) -> bytes:
         request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-cache")
+        if self._storageStatus is not None:
+            return json.dumps({**self._fields, "storage": self._storageStatus()})
         return self._body
 
 
