@@ -8,7 +8,7 @@ from typing import Any
 import treq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from pandapush.auth.keycache import KeyCache
@@ -16,7 +16,7 @@ from pandapush.auth.origins import AppOrigins, OriginExtension
 from pandapush.bayeux.context import MessageContext
 from pandapush.interfaces import IExtension
 from pandapush.storage.memory import MemoryStorage
-from tests.bayeux_clients import HANDSHAKE, WSClient
+from tests.bayeux_clients import HANDSHAKE, WSClient, eventually
 from tests.inprocess import APP, AUTH, InProcessServer, channel
 
 GOOD = "https://good.example"
@@ -235,3 +235,39 @@ class InProcessOriginTests(TestCase):
         subscribe = {"channel": "/meta/subscribe", "clientId": clientId, "subscription": channel("x")}
         self.assertEqual((await post(subscribe, EVIL))["error"], f"403:{channel('x')}:Origin not allowed")
         self.assertTrue((await post(subscribe, GOOD))["successful"])
+
+
+class CrossNodeOriginTests(TestCase):
+    """Two nodes' origin caches on one Redis: a change made through one is forgotten by the other."""
+
+    async def test_changeReachesOtherNode(self) -> None:
+        import uuid
+
+        from twisted.internet import reactor
+
+        from pandapush.keysync import KeySync
+        from tests.test_multinode_keysync import redisReachable
+
+        if not redisReachable():
+            raise SkipTest("Redis is not running on 127.0.0.1:6379")
+        namespace = f"pp-test-{uuid.uuid4().hex}"
+        storage = MemoryStorage()
+        app = await storage.createApplication("app", "alice")
+        await storage.updateApplication(app.id, allowedOrigins=[GOOD])
+        caches = []
+        for _ in range(2):
+            keys = KeyCache(storage, reactor)
+            origins = AppOrigins(storage, reactor, keys)
+            sync = KeySync(reactor, keys, "127.0.0.1:6379", namespace)
+            sync.startService()
+            self.addCleanup(sync.stopService)
+            await sync.subscribed
+            caches.append((keys, origins))
+        for _, origins in caches:
+            self.assertEqual(await origins.get(app.id), frozenset([GOOD]))
+        # What the admin API does on node 0 after changing the list.
+        await storage.updateApplication(app.id, allowedOrigins=[EVIL])
+        caches[0][0].invalidateApp(app.id)
+        other = caches[1][1]
+        self.assertTrue(await eventually(lambda: not other.peek(app.id)[0], timeout=2))
+        self.assertEqual(await other.get(app.id), frozenset([EVIL]))
