@@ -24,11 +24,15 @@ import treq
 from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ProcessTerminated
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, eventAsJSON, formatEvent
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 
 from pandapush.tap import Options
-from pandapush.workers import formatListeners, parseListeners, resolveWorkerCount
+from pandapush.workers import WorkerPool, formatListeners, parseListeners, resolveWorkerCount
 from tests.bayeux_clients import LPClient, eventually
 from tests.support.server import PandapushProcess, ServerFailedError, sleep
 from tests.test_multinode import (
@@ -136,6 +140,140 @@ class WorkersOptionTests(TestCase):
         self.assertEqual(formatListeners(listeners), "3:AF_INET,4:AF_INET6")
         self.assertEqual(parseListeners("3:AF_INET,4:AF_INET6"), listeners)
         self.assertRaises(ValueError, parseListeners, "3:AF_UNIX")
+
+
+class _FakeProcess:
+    def __init__(self, pid: int) -> None:
+        self.pid: int | None = pid
+        self.signals: list[str] = []
+
+    def signalProcess(self, name: str) -> None:
+        self.signals.append(name)
+
+
+class _FakeReactor(Clock):
+    """A clock that records spawned processes instead of starting them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[tuple[Any, list[str], dict[int, Any], _FakeProcess]] = []
+
+    def spawnProcess(self, protocol: Any, executable: str, args: list[str], env: Any, childFDs: Any) -> Any:
+        process = _FakeProcess(1000 + len(self.spawned))
+        self.spawned.append((protocol, args, childFDs, process))
+        return process
+
+    def end(self, n: int, code: int | None = None, sig: int | None = None) -> None:
+        """The n-th spawned process ends (killed by ``sig``, or exits with ``code``)."""
+        protocol = self.spawned[n][0]
+        protocol.processEnded(Failure(ProcessTerminated(code, sig)))
+
+
+class _FakePort:
+    def __init__(self, fd: int, family: socket.AddressFamily) -> None:
+        self._fd = fd
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
+
+    def fileno(self) -> int:
+        return self._fd
+
+
+class WorkerPoolTests(TestCase):
+    """The parent's side on a fake reactor: what it starts, when it restarts, how it stops."""
+
+    def startPool(self, count: int = 3) -> tuple[WorkerPool, _FakeReactor, list[dict[str, Any]]]:
+        reactor = _FakeReactor()
+        events: list[dict[str, Any]] = []
+        ports = [_FakePort(7, socket.AF_INET), _FakePort(9, socket.AF_INET6)]
+        for port in ports:
+            self.addCleanup(port.socket.close)
+        listening: defer.Deferred[list[Any]] = defer.Deferred()
+        pool = WorkerPool(
+            reactor,
+            count,
+            ["--redis-hosts", "r:1"],
+            listening,
+            grace=2.0,
+            executable="py",
+            emit=events.append,
+        )
+        pool.startService()
+        self.assertEqual(reactor.spawned, [], "nothing starts before this process listens")
+        listening.callback(ports)
+        return pool, reactor, events
+
+    def test_startsCountMinusOneWorkers(self) -> None:
+        """Workers 1..N-1 get the listening sockets as fds 3, 4..., the options, and a stdin pipe."""
+        pool, reactor, _ = self.startPool(3)
+        self.assertEqual(len(reactor.spawned), 2)
+        _, args, childFDs, _ = reactor.spawned[1]
+        self.assertEqual(
+            args,
+            [
+                *("py", "-m", "pandapush.workers", "--index", "2", "--count", "3"),
+                *("--listeners", "3:AF_INET,4:AF_INET6", "--", "--redis-hosts", "r:1"),
+            ],
+        )
+        self.assertEqual(childFDs, {0: "w", 1: "r", 2: "r", 3: 7, 4: 9})
+        self.assertEqual(pool.pids(), {1: 1000, 2: 1001})
+
+    def test_restartBackoff(self) -> None:
+        """A worker dying young comes back after 0.5 s, then 1 s, 2 s...; one that lived 10 s, after 0.5 s."""
+        pool, reactor, _ = self.startPool(2)
+        for n, delay in enumerate([0.5, 1.0, 2.0, 4.0]):
+            reactor.end(n, sig=9)
+            self.assertEqual(pool.pids(), {})
+            reactor.advance(delay - 0.01)
+            self.assertEqual(len(reactor.spawned), n + 1, f"restarted before {delay} s")
+            reactor.advance(0.01)
+            self.assertEqual(len(reactor.spawned), n + 2)
+        reactor.advance(pool.stableAfter)
+        reactor.end(4, code=1)
+        reactor.advance(0.5)
+        self.assertEqual(len(reactor.spawned), 6)
+        self.assertEqual(pool.pids(), {1: 1005})
+
+    def test_stopTerminatesThenKills(self) -> None:
+        """Stopping sends SIGTERM to every worker, SIGKILL grace + 5 s later to those left; no restarts."""
+        pool, reactor, _ = self.startPool(3)
+        stopped = pool.stopService()
+        first, second = (entry[3] for entry in reactor.spawned)
+        self.assertEqual((first.signals, second.signals), (["TERM"], ["TERM"]))
+        reactor.end(0, sig=15)
+        reactor.advance(2.0 + 5.0)
+        self.assertEqual((first.signals, second.signals), (["TERM"], ["TERM", "KILL"]))
+        self.assertNoResult(stopped)
+        reactor.end(1, sig=9)
+        self.successResultOf(stopped)
+        reactor.advance(60)
+        self.assertEqual(len(reactor.spawned), 2, "nothing restarted while stopping")
+
+    def test_stopCancelsPendingRestart(self) -> None:
+        """A worker waiting to be restarted is not started once the pool stops."""
+        pool, reactor, _ = self.startPool(2)
+        reactor.end(0, sig=9)
+        self.successResultOf(pool.stopService())
+        reactor.advance(60)
+        self.assertEqual(len(reactor.spawned), 1)
+
+    def test_relaysLogEvents(self) -> None:
+        """A worker's JSON log events reach our log as they were, their system prefixed with the worker."""
+        _, reactor, events = self.startPool(2)
+        protocol = reactor.spawned[0][0]
+        event = {"log_namespace": "pandapush.tap", "log_level": LogLevel.warn, "log_format": "x {y}", "y": 1}
+        protocol.childDataReceived(1, ("\x1e" + eventAsJSON(event) + "\n").encode()[:10])
+        protocol.childDataReceived(1, ("\x1e" + eventAsJSON(event) + "\n").encode()[10:])
+        protocol.childDataReceived(2, b"Traceback (most recent call last):\n")
+        relayed = [e for e in events if e.get("log_namespace") == "pandapush.tap"]
+        self.assertEqual(len(relayed), 1)
+        self.assertEqual(relayed[0]["log_system"], "worker-1 pandapush.tap#warn")
+        self.assertEqual(relayed[0]["log_level"], LogLevel.warn)
+        self.assertEqual(formatEvent(relayed[0]), "x 1")
+        stray = [e for e in events if e.get("line")]
+        self.assertEqual(
+            [(e["line"], e["log_system"]) for e in stray],
+            [("Traceback (most recent call last):", "worker-1 stderr")],
+        )
 
 
 # processes

@@ -172,6 +172,8 @@ class WorkerPool(Service):
         self.executable = executable
         self.environ = environ
         self.emit = emit
+        # Lines that are not log events, logged through the same observer as those that are.
+        self._strayLog = Logger(namespace="pandapush.workers", observer=emit)  # type: ignore[arg-type]
         self.workers: dict[int, _Worker] = {}
         self._listening = listening
         self._listeners: list[tuple[int, socket.AddressFamily]] = []
@@ -220,14 +222,19 @@ class WorkerPool(Service):
         for n, (fd, _) in enumerate(self._listeners):
             childFDs[FIRST_INHERITED_FD + n] = fd
         protocol = _WorkerProtocol(self, index)
-        command = self.command(index)
-        transport = self.reactor.spawnProcess(
-            protocol,
-            self.executable,
-            command,
-            env=dict(os.environ if self.environ is None else self.environ),
-            childFDs=childFDs,
-        )
+        try:
+            transport = self.reactor.spawnProcess(
+                protocol,
+                self.executable,
+                self.command(index),
+                env=dict(os.environ if self.environ is None else self.environ),
+                childFDs=childFDs,
+            )
+        except OSError:
+            # Out of processes or descriptors, say: try again later, as after a crash.
+            self._log.failure("could not start worker {index}", index=index)
+            self._scheduleRestart(index, lived=0.0)
+            return
         self.workers[index] = _Worker(index, transport.pid, transport, protocol, self.reactor.seconds())
         self._log.info("worker {index} started (pid {pid})", index=index, pid=transport.pid)
         protocol.ended.addCallback(self._ended, index, protocol)
@@ -240,9 +247,7 @@ class WorkerPool(Service):
         if not self.running:
             return
         lived = self.reactor.seconds() - worker.startedAt
-        failures = 0 if lived >= self.stableAfter else self._failures.get(index, 0) + 1
-        self._failures[index] = failures
-        delay = min(self.maxDelay, self.minDelay * 2 ** max(0, failures - 1))
+        delay = self._scheduleRestart(index, lived)
         self._log.error(
             "worker {index} (pid {pid}) exited ({how}) after {lived:.1f}s; restarting it in {delay}s",
             index=index,
@@ -251,7 +256,14 @@ class WorkerPool(Service):
             lived=lived,
             delay=delay,
         )
+
+    def _scheduleRestart(self, index: int, lived: float) -> float:
+        """Start worker ``index`` again after a delay that doubles while it keeps dying young."""
+        failures = 0 if lived >= self.stableAfter else self._failures.get(index, 0) + 1
+        self._failures[index] = failures
+        delay = min(self.maxDelay, self.minDelay * 2 ** max(0, failures - 1))
         self._restarts[index] = self.reactor.callLater(delay, self._spawn, index)
+        return delay
 
     def relay(self, index: int, childFD: int, line: bytes) -> None:
         """A line a worker printed: its log events go on in our log, marked with its index."""
@@ -273,7 +285,7 @@ class WorkerPool(Service):
                 self.emit(event)
                 return
         # Anything else (a traceback before logging began, a stray print) as it came.
-        self._log.emit(
+        self._strayLog.emit(
             LogLevel.warn if childFD == 2 else LogLevel.info,
             "{line}",
             line=text,
