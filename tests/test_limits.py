@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from pandapush.engines.memory import MemoryEngine
 from pandapush.limits import AppConnectionLimiter, LimitSettings, PublishRateLimiter
 from pandapush.tokens import mintToken
-from tests.bayeux_clients import HANDSHAKE, WSClient, eventually
+from tests.bayeux_clients import HANDSHAKE, LPClient, WSClient, eventually
 from tests.inprocess import AUTH, KEY, SECRET, InProcessServer, channel
 
 
@@ -332,6 +332,23 @@ class ConnectionsPerAppEndToEndTests(EndToEndCase):
         reply = await third.call({"channel": "/meta/subscribe", "subscription": news})
         self.assertTrue(reply["successful"], reply)
         self.assertEqual((await self.refusals())["pandapush_app_connections_max"], 2)
+
+    async def test_vanishedLongPollerFreesItsPlace(self) -> None:
+        """A long-poll client that stops polling gives its place back once it expires."""
+        news = channel("news")
+        poller = await LPClient(self.server.url).start()
+        self.addCleanup(poller.stop)
+        reply = await poller.call({"channel": "/meta/subscribe", "subscription": news})
+        self.assertTrue(reply["successful"], reply)
+        await (await self.ws()).call({"channel": "/meta/subscribe", "subscription": news})
+        late = await self.ws()
+        refused = await late.call({"channel": "/meta/subscribe", "subscription": news})
+        self.assertFalse(refused["successful"])
+        poller.vanish()
+        # Held connect timeout (2 s) + client expiry (1 s), then the engine destroys it.
+        self.assertTrue(await eventually(lambda: not self.server.engine.hasClient(poller.clientId), 10))
+        reply = await late.call({"channel": "/meta/subscribe", "subscription": news})
+        self.assertTrue(reply["successful"], reply)
 
     async def test_publishCountsToo(self) -> None:
         """A client that only publishes uses the application as well: the third publisher is refused."""
