@@ -391,9 +391,14 @@ class WorkersCase(ClusterCase):
         return server
 
     def _killLeftovers(self) -> None:
-        # Whatever a failed test left behind must not outlive it.
+        # Whatever a failed test left behind must not outlive it; a pid is checked to
+        # still be ours (its command line names our namespace) before it is killed.
         for pid in self.seenPids:
-            if _alive(pid):
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if _alive(pid) and self.namespace.encode() in command:
                 os.kill(pid, signal.SIGKILL)
 
     async def workerPids(self, server: PandapushProcess, count: int, timeout: float = 15) -> dict[int, int]:
