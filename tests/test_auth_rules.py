@@ -285,6 +285,15 @@ class CheckGrantTests(SynchronousTestCase):
                 bad,
             )
 
+    def test_subscribeCarriesTokenExpiry(self) -> None:
+        """A numeric ``exp`` comes with the subscribe it grants (to end it then), not with publishes."""
+        c = channel("/app/private/a")
+        claims = {"channel": c.name, "sub": True, "pub": True, "exp": 1_800_000_000}
+        self.assertEqual(checkGrant(SUBSCRIBE, c, "K", claims), Allowed("K", expires=1_800_000_000.0))
+        self.assertEqual(checkGrant(PUBLISH, channel("/app/private/a", PUBLISH), "K", claims), Allowed("K"))
+        self.assertEqual(checkGrant(SUBSCRIBE, c, "K", {**claims, "exp": True}), Allowed("K"))
+        self.assertEqual(checkGrant(SUBSCRIBE, c, "K", None), Allowed("K"))
+
     def test_presenceOnlyOnPresenceChannels(self) -> None:
         """A private subscribe reports no presence even if the token carries one."""
         c = channel("/app/private/a")

@@ -230,9 +230,11 @@ class VerifiedTokenMemoTests(SynchronousTestCase):
         self.assertEqual(self.calls, 1)
 
     def test_expiresAnyway(self) -> None:
-        """A remembered token still expires."""
+        """A remembered token still expires (its subscribe carries the exp, to end the subscription)."""
         t = token({"channel": self.channel, "sub": True, "exp": NOW + 60})
-        self.assertEqual(self.h.outcome(SUBSCRIBE, self.channel, {"token": t}), Allowed(KEY))
+        self.assertEqual(
+            self.h.outcome(SUBSCRIBE, self.channel, {"token": t}), Allowed(KEY, expires=NOW + 60)
+        )
         self.h.clock.advance(120)
         self.assertIs(self.h.outcome(SUBSCRIBE, self.channel, {"token": t}), Refusal.INVALID_TOKEN_PROVIDED)
 
