@@ -353,7 +353,10 @@ class WorkersCase(ClusterCase):
         await super().setUp()
 
     async def startWorkers(
-        self, count: int = 2, kind: type[PandapushProcess] = PandapushProcess
+        self,
+        count: int = 2,
+        kind: type[PandapushProcess] = PandapushProcess,
+        env: dict[str, str] | None = None,
     ) -> PandapushProcess:
         self.addCleanup(self._dropKeys, MAIN_REDIS)
         server = kind(
@@ -380,6 +383,7 @@ class WorkersCase(ClusterCase):
                 "AUTH_METHOD": "basic",
                 "ADMIN_USERNAME": ADMIN[0],
                 "ADMIN_PASSWORD": ADMIN[1],
+                **(env or {}),
             },
         )
         self.seenPids: set[int] = set()
@@ -513,6 +517,29 @@ class WorkersTests(WorkersCase):
         self.assertEqual({_parentOf(pids[1]), _parentOf(pids[2])}, {pids[0]})
         self.assertIn(await server.stop(signal.SIGTERM), (0, -signal.SIGTERM), server.log())
         self.assertFalse([pid for pid in pids.values() if _alive(pid)], server.log())
+
+    async def test_generatedAdminPasswordOnce(self) -> None:
+        """
+        With no admin password configured, one is generated once (by the parent,
+        before any worker starts), announced once, and every worker accepts it.
+        """
+        dataDir = os.path.abspath(self.mktemp())
+        unset = {"AUTH_METHOD": "", "ADMIN_USERNAME": "", "ADMIN_PASSWORD": ""}
+        server = await self.startWorkers(2, env={**unset, "PANDAPUSH_DATA_DIR": dataDir})
+        await self.workerPids(server, 2)
+        password = Path(dataDir, "admin-password").read_text().strip()
+        self.assertEqual(server.log().count(f"password: {password}"), 1, server.log())
+        accepted: set[str] = set()
+        for _ in range(60):
+            response = await treq.get(
+                server.url + "/admin/api/info", auth=("admin", password), persistent=False, timeout=5
+            )
+            await response.content()
+            self.assertEqual(response.code, 200)
+            accepted.update(response.headers.getRawHeaders(WORKER_HEADER, []))
+            if accepted == {"0", "1"}:
+                break
+        self.assertEqual(accepted, {"0", "1"})
 
     async def test_parentKilledWorkersLeave(self) -> None:
         """A SIGKILLed parent cannot stop its workers: they see their stdin close and stop themselves."""
