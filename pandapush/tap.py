@@ -472,7 +472,9 @@ def makeService(
         )
     )
     # After presence: it sees the subscribe replies presence let through.
-    router.addExtension(SubscriptionExpiry(router, reactor, leeway=tenancy.config.tokenLeeway))
+    expiry = SubscriptionExpiry(router, reactor, leeway=tenancy.config.tokenLeeway)
+    router.addExtension(expiry)
+    expiry.setServiceParent(tenancy.service)  # stopped with the server: no timer left behind
     metrics = Metrics(router, bayeux)
     metrics.registry.register(tenantLimits.connections)  # type: ignore[arg-type]
     if tenancy.adminAuthority.throttle is not None:

@@ -156,6 +156,19 @@ class ExpiryRouterTests(TestCase):
             self.payloads(self.successResultOf(held)),
         )
 
+    def test_stopCancelsTheTimer(self) -> None:
+        """Stopping (the server going away) leaves no timer behind; so does the last deadline going."""
+        clientId = self.client()
+        self.subscribe(clientId, self.private, {"token": self.token(self.private, T0 + 10)})
+        timers = lambda: [c for c in self.clock.getDelayedCalls() if c.func == self.expiry._fire]  # noqa: E731
+        self.assertEqual(len(timers()), 1)
+        self.send({"channel": "/meta/unsubscribe", "clientId": clientId, "subscription": self.private})
+        self.assertEqual(timers(), [])
+        self.subscribe(clientId, self.private, {"token": self.token(self.private, T0 + 10)})
+        self.expiry.startService()
+        self.expiry.stopService()
+        self.assertEqual(timers(), [])
+
     def test_oneTimerForAll(self) -> None:
         """Many subscriptions share one timer, armed for the earliest deadline."""
         clients = [self.client() for _ in range(20)]

@@ -32,6 +32,7 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -72,13 +73,14 @@ def _channels(reply: Message) -> list[str]:
 
 
 @implementer(IExtension)
-class SubscriptionExpiry(EngineListener):
+class SubscriptionExpiry(EngineListener, Service):
     """
     Ends token-granted subscriptions at their token's expiry. An extension (it sees the
     successful subscribe replies, and the tenancy extension's ``tokenExpires``) and an
     engine listener (it forgets subscriptions that end otherwise). Add it to the router
     after the tenancy extension; ``router`` is the :class:`~pandapush.bayeux.router.BayeuxRouter`
-    (its ``engine`` unsubscribes, its ``notify`` tells the client).
+    (its ``engine`` unsubscribes, its ``notify`` tells the client). As a service, stopping
+    it cancels its timer (the server is going away: nothing more to end).
     """
 
     _log = Logger()
@@ -97,7 +99,18 @@ class SubscriptionExpiry(EngineListener):
         self._timerAt: float | None = None
         #: Subscriptions ended so far (tests, logs).
         self.expired = 0
+        self._stopped = False
         self.engine.addListener(self)
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._stopped = True
+        self._cancel()
+
+    def _cancel(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = self._timerAt = None
 
     def __len__(self) -> int:
         return len(self._deadlines)
@@ -144,6 +157,10 @@ class SubscriptionExpiry(EngineListener):
             channels.discard(channel)
             if not channels:
                 del self._byClient[clientId]
+        if not self._deadlines:
+            # Nothing left to end: no timer waiting for nothing, and a fresh heap.
+            self._cancel()
+            self._heap.clear()
 
     def _compact(self) -> None:
         # Refreshing tokens leaves stale heap entries behind; rebuild when they dominate,
@@ -155,10 +172,8 @@ class SubscriptionExpiry(EngineListener):
     def _arm(self) -> None:
         while self._heap and self._deadlines.get((self._heap[0][1], self._heap[0][2])) != self._heap[0][0]:
             heapq.heappop(self._heap)
-        if not self._heap:
-            if self._timer is not None and self._timer.active():
-                self._timer.cancel()
-            self._timer = self._timerAt = None
+        if not self._heap or self._stopped:
+            self._cancel()
             return
         earliest = self._heap[0][0]
         if self._timer is not None and self._timer.active():
