@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import treq
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
@@ -28,9 +29,12 @@ class _CountingStorage(MemoryStorage):
         super().__init__()
         self.reads = 0
         self.hold: Deferred[Any] | None = None
+        self.fail = False
 
     def getApplication(self, applicationId: str) -> Deferred[Any]:
         self.reads += 1
+        if self.fail:
+            return defer.fail(RuntimeError("database down"))
         if self.hold is not None:
             held, self.hold = self.hold, None
             return held.addCallback(lambda _: self._apps.get(applicationId))
@@ -65,6 +69,20 @@ class AppOriginsTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(self.origins.get(self.app.id)))
         self.keys.clear()
         self.assertEqual(self.origins.peek(self.app.id), (False, None))
+
+    def test_storageDown(self) -> None:
+        """While the storage fails, a list read before is used (re-asked every 5 s); others go unchecked."""
+        self.successResultOf(self.origins.get(self.app.id))
+        self.clock.advance(61)
+        self.storage.fail = True
+        self.assertEqual(self.successResultOf(self.origins.get(self.app.id)), frozenset([GOOD]))
+        self.assertEqual(self.origins.peek(self.app.id), (True, frozenset([GOOD])))
+        self.assertIsNone(self.successResultOf(self.origins.get("neverread")))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1, "an outage is logged once")
+        self.clock.advance(6)
+        self.storage.fail = False
+        self.successResultOf(self.storage.updateApplication(self.app.id, allowedOrigins=[EVIL]))
+        self.assertEqual(self.successResultOf(self.origins.get(self.app.id)), frozenset([EVIL]))
 
     def test_loadRacingAnInvalidation(self) -> None:
         """A read that started before an invalidation answers its caller but is not cached."""

@@ -20,6 +20,13 @@ Lists are cached per application for the key cache's TTL, and forgotten whenever
 key cache invalidates the application (:meth:`KeyCache.addApplicationObserver`): the
 admin API does so on every change, and :mod:`pandapush.keysync` carries it to the
 other nodes, as it does for keys.
+
+While the storage cannot answer (PostgreSQL stopped), a list read before is used as
+last read and asked for again every few seconds, as the key cache does with keys. An
+application whose list this node never read is not checked meanwhile (logged once per
+outage): refusing every browser, public channels included, for as long as the database
+is down would turn an outage of the admin side into one of the service, while the lists
+only keep other sites' pages out, and credentials still decide everything else.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ Origins = frozenset[str] | None
 
 ORIGIN_NOT_ALLOWED = "Origin not allowed"
 _JSONP = "callback-polling"
+#: Seconds between attempts to re-read a list while the storage fails.
+RETRY_AFTER_FAILURE = 5.0
 
 
 def originRefusal(channel: str) -> str:
@@ -81,6 +90,7 @@ class AppOrigins:
         self._pending: dict[str, Deferred[Origins]] = {}
         # Bumped by every invalidation, so a load that read the old list is not cached.
         self._generation = 0
+        self._failing = False
         if keys is not None:
             keys.addApplicationObserver(self.forget)
 
@@ -119,6 +129,9 @@ class AppOrigins:
         def loaded(application: Any) -> Origins:
             if self._pending.get(appId) is pending:
                 del self._pending[appId]
+            if self._failing:
+                self._failing = False
+                self._log.info("allowed origins can be read again")
             listed = getattr(application, "allowed_origins", ()) if application is not None else ()
             origins = frozenset(listed) if listed else None
             if generation == self._generation and self.ttl > 0:
@@ -128,10 +141,21 @@ class AppOrigins:
                     self._entries.popitem(last=False)
             return origins
 
-        def failed(reason: defer.Failure) -> defer.Failure:
+        def failed(reason: defer.Failure) -> Origins:
             if self._pending.get(appId) is pending:
                 del self._pending[appId]
-            return reason
+            if not self._failing:
+                self._failing = True
+                self._log.failure(
+                    "could not read allowed origins: lists read before are used, others not checked",
+                    reason,
+                )
+            entry = self._entries.get(appId)
+            if entry is None:
+                return None
+            # Stale, but the last known list: keep it, and ask again in a while.
+            self._entries[appId] = (entry[0], self.clock.seconds() + RETRY_AFTER_FAILURE)
+            return entry[0]
 
         pending: Deferred[Origins] = defer.maybeDeferred(self.storage.getApplication, appId)
         pending.addCallbacks(loaded, failed)
