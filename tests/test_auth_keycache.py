@@ -52,6 +52,16 @@ class KeyCacheTests(SynchronousTestCase):
         self.assertIsNone(result(self.cache.get("PSIDnope")))
         self.assertEqual(self.store.lookups, ["PSIDnope", "PSIDnope"])
 
+    def test_absurdKeyIdsNotLookedUpNorCached(self) -> None:
+        """Ids longer than any key's are "no such key" at once: no lookup, no cache entry."""
+        huge = "PSID" + "x" * 65536
+        self.assertEqual(self.cache.peek(huge), (True, None))
+        self.assertIsNone(result(self.cache.get(huge)))
+        self.assertEqual(self.store.lookups, [])
+        self.assertEqual(len(self.cache._entries), 0)
+        self.assertIsNone(result(self.cache.get("PSID" + "x" * 124)))  # 128: still asked
+        self.assertEqual(len(self.store.lookups), 1)
+
     def test_invalidate(self) -> None:
         """A revoked key is re-read at once, and a key created after a miss is found at once."""
         result(self.cache.get(KEY))

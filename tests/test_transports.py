@@ -15,6 +15,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
 
+from pandapush.transports.websocket import BayeuxWebSocketProtocol
 from tests.inprocess import AUTH, InProcessServer, channel
 
 HANDSHAKE = {
@@ -482,3 +483,17 @@ class OversizedFrameTests(WebSocketCase):
         ws.sendMessage(b"[" + b" " * 2000 + b"]")
         _, code = await ws.closed
         self.assertEqual(code, 1009)
+
+    def test_badFrameWhileClosing(self) -> None:
+        """
+        A malformed frame read after the server began closing (behind a frame that was
+        too big or not UTF-8, in the same read) gets no answer and raises nothing: the
+        bad-request reply used to be sent on the closing socket, an unhandled error per
+        frame in the log (found by bench/fuzz.py).
+        """
+        protocol = BayeuxWebSocketProtocol()
+        protocol.state = protocol.STATE_CLOSING
+        sent: list[bytes] = []
+        protocol.sendMessage = lambda payload, *a, **k: sent.append(payload)  # type: ignore[method-assign]
+        protocol.onMessage(b"{nope", False)
+        self.assertEqual(sent, [])

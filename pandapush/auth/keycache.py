@@ -39,12 +39,17 @@ from twisted.logger import Logger
 from pandapush.auth.rules import KeyFacts
 from pandapush.storage.errors import StorageUnavailableError
 
-__all__ = ["KeyCache", "KeyUsage", "KeyUsageFlusher", "keyFacts"]
+__all__ = ["MAX_KEY_ID_LENGTH", "KeyCache", "KeyUsage", "KeyUsageFlusher", "keyFacts"]
 
 DEFAULT_TTL = 60.0
 DEFAULT_NEGATIVE_TTL = 5.0
 DEFAULT_MAX_ENTRIES = 100_000
 DEFAULT_FLUSH_INTERVAL = 5.0
+#: Longer ids name no key (ours are ``PSID`` + 16 characters; imported ones are short
+#: too). They are answered "no such key" without a lookup and never cached: a cache
+#: bounded by entries would otherwise hold up to 100,000 ids of up to a message's
+#: size each (found by bench/fuzz.py).
+MAX_KEY_ID_LENGTH = 128
 
 
 class KeyUsage:
@@ -131,6 +136,8 @@ class KeyCache:
 
     def peek(self, keyId: str) -> tuple[bool, KeyFacts | None]:
         """``(True, facts or None)`` if the cache knows the answer now, else ``(False, None)``."""
+        if len(keyId) > MAX_KEY_ID_LENGTH:
+            return True, None
         entry = self._entries.get(keyId)
         if entry is not None and self.clock.seconds() < entry[1]:
             return True, entry[0]
@@ -138,6 +145,8 @@ class KeyCache:
 
     def get(self, keyId: str) -> Deferred[KeyFacts | None]:
         """The key's facts (None if there is no such key); synchronous on a cache hit."""
+        if len(keyId) > MAX_KEY_ID_LENGTH:
+            return defer.succeed(None)
         entry = self._entries.get(keyId)
         now = self.clock.seconds()
         if entry is not None:
