@@ -98,7 +98,12 @@ class _ErrorCounter:
     def outgoing(self, reply: dict[str, Any], context: MessageContext) -> dict[str, Any]:
         error = reply.get("error")
         if error is not None:
-            code = error.split(":", 1)[0] if isinstance(error, str) else "?"
+            code = error.split(":", 1)[0] if isinstance(error, str) else ""
+            # A message that arrives with an ``error`` is refused with it, as in Faye, so
+            # the text may be the client's: one label per such text would grow the
+            # registry (and every scrape) without bound (found by bench/fuzz.py).
+            if not (len(code) == 3 and code.isascii() and code.isdigit()):
+                code = "other"
             self.counter.labels(code=code).inc()
         return reply
 

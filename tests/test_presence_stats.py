@@ -12,6 +12,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
+from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
 from pandapush.bayeux import json
@@ -238,3 +239,17 @@ class MetricsTests(Harness):
         self.assertEqual(samples[("pandapush_clients", ())], 1)
         self.assertEqual(samples[("pandapush_subscriptions", ())], 1)
         self.assertEqual(samples[("pandapush_connections", (("transport", "websocket"),))], 0)
+
+    def test_errorCodesBounded(self) -> None:
+        """Errors a client wrote into its own messages count as code "other", not one label each."""
+        metrics = Metrics(self.router, BayeuxResource(self.router, self.clock))
+        for text in ["nonsense", "12345:x:y", "x" * 1000, "४०१::digits of another script"]:
+            self.send({"channel": "/a", "data": 1, "error": text})
+        body = metrics.resource.render_GET(DummyRequest([b"metrics"]))
+        codes = {
+            s.labels["code"]
+            for family in text_string_to_metric_families(body.decode())
+            for s in family.samples
+            if s.name == "pandapush_bayeux_errors_total"
+        }
+        self.assertEqual(codes, {"other"})
