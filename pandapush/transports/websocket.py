@@ -54,6 +54,12 @@ class BayeuxWebSocketProtocol(WebSocketServerProtocol):
 
     # Autobahn callbacks
 
+    def dataReceived(self, data: bytes) -> None:
+        # Autobahn's own dataReceived formats debug-log arguments (hltype/hlval) on
+        # every read before the log level is looked at: 2-3 % of a publish-heavy
+        # load. Nothing else happens there.
+        self._dataReceived(data)
+
     def onConnect(self, request: ConnectionRequest) -> None:
         origin = request.headers.get("origin")
         if origin and not self.factory.origins.allows(origin):
