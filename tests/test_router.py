@@ -521,6 +521,129 @@ class BatchTests(RouterTestCase):
         self.assertEqual(extension.outgoingCalls - before, 1)
 
 
+@implementer(IExtension)
+class CountingExtension:
+    """Counts its calls; answers ``waitFor`` messages (incoming) or replies (outgoing) late."""
+
+    def __init__(self, clock: Clock, name: str, waitIncoming: bool = False, waitOutgoing: bool = False):
+        self.clock = clock
+        self.name = name
+        self.waitIncoming = waitIncoming
+        self.waitOutgoing = waitOutgoing
+        self.incomingCalls: list[Any] = []
+        self.outgoingCalls: list[Any] = []
+
+    def incoming(self, message: dict[str, Any], context: MessageContext) -> Any:
+        self.incomingCalls.append(message.get("data"))
+        if self.waitIncoming and message.get("data") == "slow":
+            return deferLater(self.clock, 1, lambda: message)
+        return message
+
+    def outgoing(self, reply: dict[str, Any], context: MessageContext) -> Any:
+        self.outgoingCalls.append(reply.get("id"))
+        reply.setdefault("ext", {}).setdefault("seen", []).append(self.name)
+        if self.waitOutgoing and reply.get("id") == "slow":
+            return deferLater(self.clock, 1, lambda: reply)
+        return reply
+
+
+class PublishPathTests(RouterTestCase):
+    """
+    Publishes are handled without a coroutine while every step answers at once; a step
+    that answers late hands the rest over. Either way each hook runs once per message
+    and a batch keeps its order.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.subscriber = self.handshake()
+        self.send({"channel": "/meta/subscribe", "clientId": self.subscriber, "subscription": "/a"})
+
+    def delivered(self) -> list[bytes]:
+        (_, *deliveries) = self.successResultOf(self.connect(self.subscriber))
+        return [d.payload for d in deliveries]
+
+    def test_answeredAtOnce(self) -> None:
+        """With synchronous hooks and engine, the replies are there when process returns."""
+        first = CountingExtension(self.clock, "first")
+        self.router.addExtension(first)
+        d = self.router.process([{"channel": "/a", "data": 1, "id": "x"}], MessageContext("websocket"))
+        [reply] = self.successResultOf(d)
+        self.assertEqual(reply, {"id": "x", "channel": "/a", "successful": True, "ext": {"seen": ["first"]}})
+
+    def test_lateIncomingHookRunsEachHookOnce(self) -> None:
+        """A second extension answering late: the first is not run again, the third runs after it."""
+        first = CountingExtension(self.clock, "first")
+        slow = CountingExtension(self.clock, "slow", waitIncoming=True)
+        third = CountingExtension(self.clock, "third")
+        for extension in (first, slow, third):
+            self.router.addExtension(extension)
+        d = self.router.process(
+            [{"channel": "/a", "data": "slow", "id": 1}, {"channel": "/a", "data": "fast", "id": 2}],
+            MessageContext("websocket"),
+        )
+        self.assertNoResult(d)
+        self.assertEqual(third.incomingCalls, [])
+        self.clock.advance(1)
+        replies = self.successResultOf(d)
+        self.assertEqual([r["id"] for r in replies], [1, 2])
+        self.assertEqual([r["ext"]["seen"] for r in replies], [["first", "slow", "third"]] * 2)
+        for extension in (first, slow, third):
+            self.assertEqual(extension.incomingCalls, ["slow", "fast"], extension.name)
+            self.assertEqual(extension.outgoingCalls, [1, 2], extension.name)
+        self.assertEqual(
+            self.delivered(),
+            [b'{"channel":"/a","data":"slow","id":1}', b'{"channel":"/a","data":"fast","id":2}'],
+        )
+
+    def test_lateOutgoingHook(self) -> None:
+        """An outgoing hook answering late: the reply waits for it, later hooks run once after it."""
+        slow = CountingExtension(self.clock, "slow", waitOutgoing=True)
+        last = CountingExtension(self.clock, "last")
+        self.router.addExtension(slow)
+        self.router.addExtension(last)
+        d = self.router.process(
+            [{"channel": "/a", "data": 1, "id": "slow"}, {"channel": "/a", "data": 2, "id": "next"}],
+            MessageContext("websocket"),
+        )
+        self.assertNoResult(d)
+        self.clock.advance(1)
+        replies = self.successResultOf(d)
+        self.assertEqual([r["id"] for r in replies], ["slow", "next"])
+        self.assertEqual([r["ext"]["seen"] for r in replies], [["slow", "last"]] * 2)
+        self.assertEqual((slow.outgoingCalls, last.outgoingCalls), (["slow", "next"], ["slow", "next"]))
+
+    def test_lateEngine(self) -> None:
+        """An engine that publishes later (Redis): the reply waits for it, the next publish after it."""
+        publish = self.engine.publish
+        pending: list[defer.Deferred[int]] = []
+
+        def slowPublish(delivery: Delivery) -> defer.Deferred[int]:
+            d: defer.Deferred[int] = defer.Deferred()
+            pending.append(d)
+            d.addCallback(lambda _: publish(delivery))
+            return d
+
+        self.engine.publish = slowPublish  # type: ignore[method-assign]
+        d = self.router.process(
+            [{"channel": "/a", "data": 1}, {"channel": "/a", "data": 2}], MessageContext("websocket")
+        )
+        self.assertNoResult(d)
+        self.assertEqual(len(pending), 1)
+        pending[0].callback(None)
+        self.assertEqual(len(pending), 2)
+        pending[1].callback(None)
+        self.assertEqual([r["successful"] for r in self.successResultOf(d)], [True, True])
+        self.assertEqual(self.delivered(), [b'{"channel":"/a","data":1}', b'{"channel":"/a","data":2}'])
+
+    def test_engineFailure(self) -> None:
+        """An engine that fails a publish: an error reply for it, the batch goes on."""
+        self.engine.publish = lambda delivery: defer.fail(RuntimeError("down"))  # type: ignore[method-assign]
+        replies = self.process([{"channel": "/a", "data": 1}, {"channel": "/b", "data": 2}])
+        self.assertEqual([r["successful"] for r in replies], [False, False])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+
+
 class DrainTests(RouterTestCase):
     def test_drain(self) -> None:
         """Draining answers held connects with reconnect advice, closes sockets, answers new connects."""

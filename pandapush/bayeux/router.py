@@ -15,6 +15,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pandapush.bayeux import channel as channels
@@ -72,6 +73,28 @@ def _extensionError(message: Message) -> str | None:
 
 def _tooLong(channel: str, limit: int) -> BayeuxError:
     return BayeuxError(405, [channel[:limit] + "..."], f"Channel name longer than {limit} characters")
+
+
+def _isPublish(message: Any) -> bool:
+    channel = message.get("channel") if isinstance(message, dict) else None
+    return isinstance(channel, str) and not channels.isMeta(channel)
+
+
+def _firedWith(d: Deferred[Any]) -> list[Any]:
+    """
+    ``[result]`` (a value or a :class:`Failure`, consumed) if ``d`` has fired
+    already, else ``[]`` and ``d`` carries on with its result.
+    """
+    box: list[Any] = []
+
+    def peek(result: Any) -> Any:
+        box.append(result)
+        return result
+
+    d.addBoth(peek)
+    if box and isinstance(box[0], Failure):
+        d.addErrback(lambda _: None)  # handled by the caller, not an unhandled error
+    return box
 
 
 def _fail(reply: Message, error: str | BayeuxError) -> Message:
@@ -145,8 +168,11 @@ class _HeldConnect:
         if self.done:
             return
         self._end()
-        replied = Deferred.fromCoroutine(self.router._outgoing([self.reply], self.context))
-        replied.addCallback(self._send, deliveries)
+        replied = self.router._outgoing([self.reply], self.context)
+        if isinstance(replied, Deferred):
+            replied.addCallback(self._send, deliveries)
+        else:
+            self._send(replied, deliveries)
 
     def _send(self, replies: list[Reply], deliveries: Sequence[Delivery]) -> None:
         replies = [*replies, *deliveries]
@@ -245,7 +271,40 @@ class BayeuxRouter(EngineListener):
             messages = [messages]
         if not messages:
             return defer.succeed([])
+        if all(_isPublish(message) for message in messages):
+            return self._publishBatch(messages, context, socket)
         return Deferred.fromCoroutine(self._processBatch(messages, context, socket))
+
+    def _publishBatch(
+        self, messages: list[Any], context: MessageContext, socket: IClientSocket | None
+    ) -> Deferred[list[Reply]]:
+        # The hot path (publishers send one publish per frame): handled without a
+        # coroutine while every step answers at once; from the first one that does
+        # not, the rest of the batch waits for it, in order, as in _processBatch.
+        replies: list[Reply] = []
+        for index, message in enumerate(messages):
+            result = self._publishNow(message, context if index == 0 else context.forMessage(), socket)
+            if isinstance(result, Deferred):
+                return Deferred.fromCoroutine(
+                    self._publishRest(replies, result, messages, index + 1, context, socket)
+                )
+            replies.extend(result)
+        return defer.succeed(replies)
+
+    async def _publishRest(
+        self,
+        replies: list[Reply],
+        waiting: Deferred[list[Reply]],
+        messages: list[Any],
+        start: int,
+        context: MessageContext,
+        socket: IClientSocket | None,
+    ) -> list[Reply]:
+        replies.extend(await waiting)
+        for message in messages[start:]:
+            result = self._publishNow(message, context.forMessage(), socket)
+            replies.extend(await result if isinstance(result, Deferred) else result)
+        return replies
 
     async def _processBatch(
         self, messages: list[Any], context: MessageContext, socket: IClientSocket | None
@@ -261,7 +320,8 @@ class BayeuxRouter(EngineListener):
             if isinstance(message, dict) and message.get("channel") == HANDSHAKE:
                 handshakes += 1
                 if maxClients and handshakes > maxClients:
-                    results.append(await self._outgoing(self._tooManyClients(message), messageContext))
+                    refused = self._outgoing(self._tooManyClients(message), messageContext)
+                    results.append(await refused if isinstance(refused, Deferred) else refused)
                     continue
             results.append(await self._handle(message, messageContext, socket))
         replies: list[Reply] = []
@@ -396,12 +456,27 @@ class BayeuxRouter(EngineListener):
     # message handling
 
     async def _handle(
-        self, message: Any, context: MessageContext, socket: IClientSocket | None
+        self,
+        message: Any,
+        context: MessageContext,
+        socket: IClientSocket | None,
+        nextExtension: int = 0,
+        waiting: Deferred[Any] | None = None,
     ) -> list[Reply] | Deferred[list[Reply]]:
+        """
+        One message through the incoming extensions, its handler and the outgoing
+        extensions. ``waiting``: the message is the one :meth:`_publishNow` started,
+        waiting for the answer of extension ``nextExtension - 1``.
+        """
         if not isinstance(message, dict):
             return [_fail({}, BayeuxError.badRequest())]
         try:
-            for extension in self._extensions:
+            if waiting is not None:
+                result = await waiting
+                if result is None:
+                    return []
+                message = result
+            for extension in self._extensions[nextExtension:] if nextExtension else self._extensions:
                 result = extension.incoming(message, context)
                 if isinstance(result, Deferred):
                     result = await result
@@ -412,29 +487,127 @@ class BayeuxRouter(EngineListener):
             if isinstance(replies, Deferred):
                 # A held connect: its reply goes through outgoing hooks when answered.
                 return replies
-            return await self._outgoing(replies, context)
+            out = self._outgoing(replies, context)
+            return await out if isinstance(out, Deferred) else out
         except Exception:
-            self._log.failure("failed to handle a message on {channel!r}", channel=message.get("channel"))
-            return [_fail(_makeReply(message), BayeuxError.serverError())]
+            return self._serverError(message)
 
-    async def _outgoing(self, replies: list[Reply], context: MessageContext) -> list[Reply]:
+    def _serverError(self, message: Message, failure: Failure | None = None) -> list[Reply]:
+        self._log.failure(
+            "failed to handle a message on {channel!r}", failure, channel=message.get("channel")
+        )
+        return [_fail(_makeReply(message), BayeuxError.serverError())]
+
+    def _publishNow(
+        self, message: Message, context: MessageContext, socket: IClientSocket | None
+    ) -> list[Reply] | Deferred[list[Reply]]:
+        """
+        :meth:`_handle` for a publish, without a coroutine or a Deferred while the
+        extensions and the engine answer at once (a chat-shaped load spent ~5 % of
+        its time in that machinery). At the first step that returns a Deferred, the
+        rest goes on from that step (nothing runs twice).
+        """
+        try:
+            for index, extension in enumerate(self._extensions):
+                result = extension.incoming(message, context)
+                if isinstance(result, Deferred):
+                    return Deferred.fromCoroutine(
+                        self._handleRest(message, context, socket, index + 1, result)
+                    )
+                if result is None:
+                    return []
+                message = result
+            channel = message.get("channel")
+            if not isinstance(channel, str) or channels.isMeta(channel):
+                # An extension made it something else: the general path.
+                after = len(self._extensions)
+                return Deferred.fromCoroutine(
+                    self._handleRest(message, context, socket, after, defer.succeed(message))
+                )
+            replies = self._publish(message, channel)
+            if isinstance(replies, Deferred):
+                return Deferred.fromCoroutine(self._publishedLater(replies, message, context))
+            return self._outgoing(replies, context)
+        except Exception:
+            return self._serverError(message)
+
+    async def _handleRest(
+        self,
+        message: Message,
+        context: MessageContext,
+        socket: IClientSocket | None,
+        nextExtension: int,
+        waiting: Deferred[Any],
+    ) -> list[Reply]:
+        result = await self._handle(message, context, socket, nextExtension, waiting)
+        return await result if isinstance(result, Deferred) else result
+
+    async def _publishedLater(
+        self, replies: Deferred[list[Reply]], message: Message, context: MessageContext
+    ) -> list[Reply]:
+        try:
+            out = self._outgoing(await replies, context)
+            return await out if isinstance(out, Deferred) else out
+        except Exception:
+            return self._serverError(message)
+
+    def _outgoing(self, replies: list[Reply], context: MessageContext) -> list[Reply] | Deferred[list[Reply]]:
+        """The replies through the outgoing extensions: now, or a Deferred if one must wait."""
         if not self._extensions:
             return replies
         out: list[Reply] = []
-        for reply in replies:
+        for position, reply in enumerate(replies):
             if not isinstance(reply, dict):
                 out.append(reply)
                 continue
             current: Message = reply
-            for extension in self._extensions:
+            for index, extension in enumerate(self._extensions):
                 result = extension.outgoing(current, context)
-                result = await result if isinstance(result, Deferred) else result
+                if isinstance(result, Deferred):
+                    return Deferred.fromCoroutine(
+                        self._outgoingLater(replies, context, out, position, index + 1, result)
+                    )
                 if result is None:
                     break
                 current = result
             else:
                 out.append(current)
         return out
+
+    async def _outgoingLater(
+        self,
+        replies: list[Reply],
+        context: MessageContext,
+        out: list[Reply],
+        position: int,
+        nextExtension: int,
+        waiting: Deferred[Any],
+    ) -> list[Reply]:
+        """
+        :meth:`_outgoing` from reply ``position`` on, that reply waiting for the
+        answer of extension ``nextExtension - 1``.
+        """
+        current = await self._outgoingOne(await waiting, context, nextExtension)
+        if current is not None:
+            out.append(current)
+        for reply in replies[position + 1 :]:
+            if not isinstance(reply, dict):
+                out.append(reply)
+                continue
+            current = await self._outgoingOne(reply, context, 0)
+            if current is not None:
+                out.append(current)
+        return out
+
+    async def _outgoingOne(
+        self, reply: Message | None, context: MessageContext, nextExtension: int
+    ) -> Message | None:
+        for extension in self._extensions[nextExtension:]:
+            if reply is None:
+                break
+            result = extension.outgoing(reply, context)
+            reply = await result if isinstance(result, Deferred) else result
+        return reply
 
     async def _dispatch(
         self, message: Message, context: MessageContext, socket: IClientSocket | None
@@ -449,7 +622,8 @@ class BayeuxRouter(EngineListener):
             if handler is None:
                 return [_fail(_makeReply(message), BayeuxError.channelForbidden(channel))]
             return await handler(message, context, socket)
-        return await self._publish(message, channel)
+        published = self._publish(message, channel)
+        return await published if isinstance(published, Deferred) else published
 
     def _advise(self, reply: Message, connectionType: Any = None) -> Message:
         if "error" in reply:
@@ -683,7 +857,8 @@ class BayeuxRouter(EngineListener):
         reply["successful"] = True
         return [reply]
 
-    async def _publish(self, message: Message, channel: str) -> list[Reply]:
+    def _publish(self, message: Message, channel: str) -> list[Reply] | Deferred[list[Reply]]:
+        """The reply to a publish: now when the engine published at once, else a Deferred."""
         reply = _makeReply(message)
         error: str | BayeuxError | None = None
         if len(channel) > self.limits.maxChannelLength:
@@ -709,7 +884,18 @@ class BayeuxRouter(EngineListener):
                 BayeuxError(413, [channel], f"Message larger than {self.limits.maxMessageSize} bytes"),
             )
         try:
-            recipients = await self.engine.publish(delivery)
+            published = self.engine.publish(delivery)
+        except Exception:
+            published = defer.fail()
+        now = _firedWith(published)
+        if now:
+            return self._publishAnswer(now[0], reply, channel)
+        return published.addBoth(self._publishAnswer, reply, channel)
+
+    def _publishAnswer(self, recipients: int | Failure, reply: Message, channel: str) -> list[Reply]:
+        try:
+            if isinstance(recipients, Failure):
+                recipients.raiseException()
             if self._publishObservers:
                 self._published(recipients, channel)
         except Exception:
