@@ -42,6 +42,20 @@ class GrammarTests(SynchronousTestCase):
         self.assertTrue(channel.isSubscribable("/metadata"))
         self.assertTrue(channel.isSubscribable("/services/x"))
 
+    def test_deepChannelsNotCached(self) -> None:
+        """
+        Deep channels are expanded but not cached: their expansions grow with the square
+        of the depth, and 16,384 of them at 15 KB each would sit in memory for good.
+        """
+        channel._EXPAND_CACHED.cache_clear()
+        deep = "/" + "/".join(["a"] * 95)
+        self.assertEqual(len(channel.expand(deep)), 97)
+        self.assertEqual(channel._EXPAND_CACHED.cache_info().currsize, 0)
+        channel.expand("/a/b/c/d/e/f/g/h")
+        self.assertEqual(channel._EXPAND_CACHED.cache_info().currsize, 1)
+        self.assertEqual(channel.expand("/a/b/c/d/e/f/g/h/i")[-1], "/**")
+        self.assertEqual(channel._EXPAND_CACHED.cache_info().currsize, 1)
+
     def test_expand(self) -> None:
         """/a/b/c is reached through exactly these five subscription keys."""
         self.assertEqual(channel.expand("/a/b/c"), ("/a/b/c", "/a/b/*", "/a/b/**", "/a/**", "/**"))

@@ -62,20 +62,37 @@ def isSubscribable(channel: str) -> bool:
     return not (isMeta(channel) or isService(channel))
 
 
-@lru_cache(maxsize=65536)
 def expand(channel: str) -> tuple[str, ...]:
     """Every subscription key that matches a message published to ``channel``.
 
     ``/a/b/c`` -> ``/a/b/c``, ``/a/b/*``, ``/a/b/**``, ``/a/**``, ``/**``: the
     subscription index is then a handful of dictionary lookups per message, never a
     scan of subscriptions. Cached because the same channels are published to over
-    and over.
+    and over; only channels of at most ``_MAX_CACHED_DEPTH`` segments, since an
+    entry grows with the square of the depth (a 200-character channel of 97
+    segments expands to 15 KB) and a cache bounded by entries would otherwise hold up
+    to a gigabyte of them (found by bench/fuzz.py).
     """
+    if channel.count("/") > _MAX_CACHED_DEPTH:
+        return _expand(channel)
+    return _EXPAND_CACHED(channel)
+
+
+_MAX_CACHED_DEPTH = 8
+
+
+def _expand(channel: str) -> tuple[str, ...]:
     segments = channel.split("/")[1:]
     keys = [channel, "/".join(["", *segments[:-1], "*"])]
     for depth in range(len(segments) - 1, -1, -1):
         keys.append("/".join(["", *segments[:depth], "**"]))
     return tuple(keys)
+
+
+# At most 8 segments of a channel of at most --max-channel-length (200) characters:
+# under 2 KB an entry (measured 1.8 KB at worst), so under 30 MB when full; channel
+# names as people write them take a fraction of that.
+_EXPAND_CACHED = lru_cache(maxsize=16384)(_expand)
 
 
 def matches(pattern: str, channel: str) -> bool:
