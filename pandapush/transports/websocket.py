@@ -14,6 +14,7 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
+from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -148,6 +149,46 @@ class BayeuxWebSocketProtocol(WebSocketServerProtocol):
             self.sendPreparedMessage(frame)
         else:
             self.sendMessage(b"[" + b",".join(d.payload for d in deliveries) + b"]")
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """
+        Every frame goes out through here. When nothing is waiting in the TCP
+        transport's buffer, the frame is handed to the kernel at once instead of
+        through Twisted's ``write``, which registers the socket for writability
+        (epoll_ctl), sends on the next reactor turn, and unregisters it (epoll_ctl
+        again): with one small frame per socket per message (the chat shape) that
+        bookkeeping, and the per-event logging context around it, cost more than
+        the send itself. Whatever the kernel does not take, and every frame while
+        something is buffered, goes through ``write`` as before (order, back
+        pressure and the congestion producer are unchanged). Autobahn's own queue
+        (``sync``, ``chopsize``) and octet logging keep its implementation.
+        """
+        if sync or chopsize or self.send_queue or self.logOctets:  # type: ignore[attr-defined]
+            super().sendData(data, sync, chopsize)
+            return
+        transport: Any = self.transport
+        if (
+            type(transport) is tcp.Server
+            and transport.connected
+            and not transport.disconnecting
+            and not transport._writeDisconnected
+            and not transport._tempDataBuffer
+            and len(transport.dataBuffer) == transport.offset
+        ):
+            try:
+                sent = transport.socket.send(data)
+            except OSError:
+                # EAGAIN, or the connection is broken: Twisted's own write finds
+                # out on its next try and ends the connection as usual.
+                sent = 0
+            if sent < len(data):
+                transport.write(data[sent:] if sent else data)
+        elif transport is not None:
+            transport.write(data)
+        if self.state == self.STATE_OPEN:
+            self.trafficStats.outgoingOctetsWireLevel += len(data)
+        elif self.state in (self.STATE_CONNECTING, self.STATE_PROXY_CONNECTING):
+            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
 
     def congested(self) -> None:
         if self._backlog is None:
