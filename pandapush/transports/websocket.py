@@ -52,6 +52,8 @@ class BayeuxWebSocketProtocol(WebSocketServerProtocol):
         # Deliveries waiting while the peer is not reading; None when it is.
         self._backlog: list[Delivery] | None = None
         self._backlogBytes = 0
+        # Sending deliveries (see sendData), not replies.
+        self._delivering = False
 
     # Autobahn callbacks
 
@@ -141,34 +143,44 @@ class BayeuxWebSocketProtocol(WebSocketServerProtocol):
                 # again), and nothing more piles up here meanwhile.
                 self.sendClose(4008, "slow consumer: messages not read in time")
             return
-        if len(deliveries) == 1:
-            delivery = deliveries[0]
-            frame = delivery.frames.get(_FRAME)
-            if frame is None:
-                frame = delivery.frames[_FRAME] = self.factory.prepareMessage(b"[" + delivery.payload + b"]")
-            self.sendPreparedMessage(frame)
-        else:
-            self.sendMessage(b"[" + b",".join(d.payload for d in deliveries) + b"]")
+        self._delivering = True
+        try:
+            if len(deliveries) == 1:
+                delivery = deliveries[0]
+                frame = delivery.frames.get(_FRAME)
+                if frame is None:
+                    frame = delivery.frames[_FRAME] = self.factory.prepareMessage(
+                        b"[" + delivery.payload + b"]"
+                    )
+                self.sendPreparedMessage(frame)
+            else:
+                self.sendMessage(b"[" + b",".join(d.payload for d in deliveries) + b"]")
+        finally:
+            self._delivering = False
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         """
-        Every frame goes out through here. When nothing is waiting in the TCP
-        transport's buffer, the frame is handed to the kernel at once instead of
-        through Twisted's ``write``, which registers the socket for writability
+        Every frame goes out through here. A delivery (the engine hands each socket
+        its messages once per reactor turn) is given to the kernel at once when
+        nothing is waiting in the TCP transport's buffer, instead of through
+        Twisted's ``write``, which registers the socket for writability
         (epoll_ctl), sends on the next reactor turn, and unregisters it (epoll_ctl
         again): with one small frame per socket per message (the chat shape) that
         bookkeeping, and the per-event logging context around it, cost more than
-        the send itself. Whatever the kernel does not take, and every frame while
-        something is buffered, goes through ``write`` as before (order, back
-        pressure and the congestion producer are unchanged). Autobahn's own queue
-        (``sync``, ``chopsize``) and octet logging keep its implementation.
+        the send itself. Replies keep ``write``: a publisher's acks for the frames
+        of one read go out in one send on the next turn. Whatever the kernel does
+        not take, and every frame while something is buffered, goes through
+        ``write`` as before (order, back pressure and the congestion producer are
+        unchanged). Autobahn's own queue (``sync``, ``chopsize``) and octet logging
+        keep its implementation.
         """
         if sync or chopsize or self.send_queue or self.logOctets:  # type: ignore[attr-defined]
             super().sendData(data, sync, chopsize)
             return
         transport: Any = self.transport
         if (
-            type(transport) is tcp.Server
+            self._delivering
+            and type(transport) is tcp.Server
             and transport.connected
             and not transport.disconnecting
             and not transport._writeDisconnected
