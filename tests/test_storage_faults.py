@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import sqlite3
 from typing import Any, cast
 
 import psycopg2
@@ -127,10 +128,12 @@ class SQLStorageUnavailableTests(SynchronousTestCase):
         self.assertEqual(back["seconds"], 5.0)
 
     def test_dialects(self) -> None:
-        """PostgreSQL's connection errors count as unavailable; SQLite's errors are the query's."""
+        """Lost connections (PostgreSQL), locked or unreadable files (SQLite): unavailable; bad SQL not."""
         self.assertTrue(PostgresDialect().unavailable(psycopg2.OperationalError()))
         self.assertFalse(PostgresDialect().unavailable(psycopg2.ProgrammingError()))
         self.assertFalse(SQLiteDialect().unavailable(ValueError()))
+        self.assertTrue(SQLiteDialect().unavailable(sqlite3.OperationalError("database is locked")))
+        self.assertFalse(SQLiteDialect().unavailable(sqlite3.OperationalError("no such table: keys")))
         self.assertTrue(SQLiteDialect().unavailable(adbapi.ConnectionLost()))
 
 

@@ -57,6 +57,19 @@ class SQLiteDialect(Dialect):
         txn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
         return txn.fetchone() is not None
 
+    def unavailable(self, error: BaseException) -> bool:
+        # sqlite3 reports a bad query and a busy or unreadable file alike as
+        # OperationalError: only the latter are worth a 503 and trying again.
+        if isinstance(error, sqlite3.OperationalError):
+            text = str(error).lower()
+            return any(reason in text for reason in _UNAVAILABLE)
+        return super().unavailable(error)
+
+
+#: sqlite3 messages that mean "not now" rather than "wrong": another process holding the
+#: lock past busy_timeout (the command line), a file that cannot be opened or read.
+_UNAVAILABLE = ("database is locked", "database is busy", "unable to open", "disk i/o error")
+
 
 def _openConnection(connection: sqlite3.Connection) -> None:
     # WAL: readers do not block the writer, and the command line can work on the
