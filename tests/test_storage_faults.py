@@ -275,16 +275,30 @@ class HealthStorageTests(SynchronousTestCase):
         return json.loads(self.successResultOf(response.content()))
 
     def test_storageStatus(self) -> None:
-        """The health check says whether the storage answered its last query, and stays 200."""
+        """
+        The health check says whether the storage answers, stays 200, never waits for the
+        database, and pings it at most every probeInterval seconds to stay current.
+        """
         clock = Clock()
         pool = _Pool()
         storage = SQLStorage(cast(Any, pool), PostgresDialect(), clock=clock)
-        app = HealthApp(storage=storage)
+        app = HealthApp(storage=storage, clock=clock)
         self.assertEqual(self._health(app)["storage"], {"status": "ok"})
-        pool.outcomes.append(defer.fail(psycopg2.OperationalError("Connection refused")))
-        self.failureResultOf(storage.getKey(KEY))
-        self.assertEqual(self._health(app)["storage"]["status"], "unavailable")
-        self.assertEqual(pool.calls, 1)  # the health check itself asked nothing
+        self.assertEqual(pool.calls, 1)  # the first health check started a ping
+        answer: Deferred[Any] = Deferred()
+        pool.outcomes.append(answer)
+        clock.advance(5)
+        self.assertEqual(self._health(app)["storage"], {"status": "ok"})  # not waited for
+        self.assertEqual(pool.calls, 2)
+        answer.errback(psycopg2.OperationalError("Connection refused"))
+        health = self._health(app)
+        self.assertEqual(health["storage"]["status"], "unavailable")
+        self.assertEqual(health["storage"]["reason"], "Connection refused")
+        self.assertEqual(pool.calls, 2)  # within probeInterval: no other ping
+        clock.advance(5)
+        self._health(app)  # pings again: answered this time
+        self.assertEqual(self._health(app)["storage"], {"status": "ok"})
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_noStatus(self) -> None:
         """Storages without status() (memory, plugins) add nothing."""
