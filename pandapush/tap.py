@@ -35,7 +35,7 @@ from pandapush.web.clientjs import ClientScriptResource
 from pandapush.web.site import HealthApp, PandapushRoot, makeSite
 from pandapush.workers import SHAREABLE_ENDPOINTS, WorkerPool, WorkerSpec, resolveWorkerCount
 
-__all__ = ["BayeuxService", "Options", "makeService"]
+__all__ = ["BayeuxService", "Options", "PandapushService", "makeService"]
 
 
 def _positive(kind: type) -> Any:
@@ -352,6 +352,19 @@ class StorageService(MultiService):
         if getattr(self.reactor, "running", False):
             self.reactor.stop()
 
+
+class PandapushService(MultiService):
+    """
+    The whole server. Its children stop together (a MultiService stops them all at
+    once), and the storage closes only once every one of them has: some still write
+    while stopping (the key usage flusher's last flush), and a write sent to a
+    closed storage was never answered, which left the process hanging on SIGTERM.
+    """
+
+    def __init__(self, storage: Any) -> None:
+        super().__init__()
+        self.storage = storage
+
     def stopService(self) -> defer.Deferred[None]:
         d = defer.maybeDeferred(super().stopService)
         d.addBoth(lambda _: self.storage.close())
@@ -513,7 +526,7 @@ def makeService(
     if workers > 1:
         markWorker(site, bayeux, index)
 
-    top = MultiService()
+    top = PandapushService(storage)
     top.setName("pandapush")
     BayeuxService(
         engine, router, bayeux, reactor, grace=options["shutdown-grace"], sharedEngine=bool(redisHosts)
