@@ -379,6 +379,41 @@ class SocketTests(RouterTestCase):
         self.router.socketClosed(socket)
         self.assertFalse(self.engine.hasClient(clientId))
 
+    def test_socketClosedDuringBatch(self) -> None:
+        """
+        A connect whose socket closed while its batch was being processed (waiting on an
+        extension, a key lookup, a shared engine) does not bind the dead socket: the
+        client is not left attached to it for good, and expires as usual (found by
+        bench/fuzz.py on the Redis engine, where attached clients' leases are renewed).
+        """
+        socket = FakeSocket()
+        clientId = self.send(dict(HANDSHAKE))["clientId"]
+        gate: defer.Deferred[None] = defer.Deferred()
+
+        @implementer(IExtension)
+        class Slow:
+            def incoming(self, message: dict[str, Any], context: MessageContext) -> Any:
+                return (
+                    gate.addCallback(lambda _: message) if message["channel"] == "/meta/connect" else message
+                )
+
+            def outgoing(self, reply: dict[str, Any], context: MessageContext) -> Any:
+                return reply
+
+        self.router.addExtension(Slow())
+        d = self.router.process(
+            [{"channel": "/meta/connect", "clientId": clientId, "connectionType": "websocket"}],
+            MessageContext("websocket"),
+            socket,
+        )
+        self.router.socketClosed(socket)
+        gate.callback(None)
+        self.successResultOf(d)
+        self.assertIsNone(socket.clientId)
+        self.assertEqual(self.router.openSockets(), 0)
+        self.clock.advance(60)
+        self.assertFalse(self.engine.hasClient(clientId))
+
     def test_disconnectClosesSocketAfterReply(self) -> None:
         socket = FakeSocket()
         clientId = self.send(dict(HANDSHAKE))["clientId"]

@@ -8,6 +8,7 @@ messages and write back what it answers.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -240,6 +241,8 @@ class BayeuxRouter(EngineListener):
         # Live clients handshaken over each socket (clients per connection), both ways.
         self._socketClients: dict[IClientSocket, set[str]] = {}
         self._clientSocket: dict[str, IClientSocket] = {}
+        # Sockets that closed, for batches still being processed when they did.
+        self._closedSockets: weakref.WeakSet[IClientSocket] = weakref.WeakSet()
         engine.addListener(self)
         self._handlers: dict[str, Callable[..., Coroutine[Any, Any, list[Reply] | Deferred[list[Reply]]]]] = {
             HANDSHAKE: self._handshake,
@@ -386,6 +389,7 @@ class BayeuxRouter(EngineListener):
 
     def socketClosed(self, socket: IClientSocket) -> None:
         """A transport's socket closed: unbind it, and end its client if it should."""
+        self._closedSockets.add(socket)
         for created in self._socketClients.pop(socket, ()):
             self._clientSocket.pop(created, None)
         clientId = socket.clientId
@@ -746,6 +750,12 @@ class BayeuxRouter(EngineListener):
         return self.timeout
 
     def _bind(self, clientId: str, socket: IClientSocket) -> None:
+        if socket in self._closedSockets:
+            # It closed while a batch of it still waited (on a key lookup, on the Redis
+            # engine). Bound now, it would never be unbound: the client would stay
+            # attached to a dead socket, its lease renewed for as long as this node
+            # lives (found by bench/fuzz.py). Unbound, the client expires as usual.
+            return
         previous = socket.clientId
         if previous is not None and self._sockets.get(previous) is socket:
             del self._sockets[previous]
