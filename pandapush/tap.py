@@ -33,7 +33,13 @@ from pandapush.transports.resource import BayeuxResource
 from pandapush.web.adminui import adminResource
 from pandapush.web.clientjs import ClientScriptResource
 from pandapush.web.site import HealthApp, PandapushRoot, makeSite
-from pandapush.workers import SHAREABLE_ENDPOINTS, WorkerPool, WorkerSpec, resolveWorkerCount
+from pandapush.workers import (
+    SHAREABLE_ENDPOINTS,
+    ReusePortEndpoint,
+    WorkerPool,
+    WorkerSpec,
+    resolveWorkerCount,
+)
 
 __all__ = ["BayeuxService", "Options", "PandapushService", "makeService"]
 
@@ -60,6 +66,12 @@ class Options(usage.Options):
 
     optFlags = [
         ["no-jsonp", None, "Refuse callback-polling (JSONP) requests."],
+        [
+            "reuse-port",
+            None,
+            "With --workers, on Linux: a listening socket per worker (SO_REUSEPORT), new connections "
+            "spread evenly by the kernel, instead of one shared socket the first idle worker takes from.",
+        ],
         ["access-log", None, "Log every HTTP request (off by default: long-polling makes many)."],
     ]
 
@@ -222,7 +234,13 @@ class Options(usage.Options):
                 f"--workers (or WORKERS) must be a whole number >= 0, not {requested!r}"
             ) from None
         self["workers"] = resolveWorkerCount(workers)
+        if self["reuse-port"] and not sys.platform.startswith("linux"):
+            raise usage.UsageError(
+                "--reuse-port needs Linux (elsewhere SO_REUSEPORT does not spread connections)"
+            )
         if workers == 1:
+            if self["reuse-port"]:
+                raise usage.UsageError("--reuse-port only applies with --workers N (N > 1)")
             return
         # Refused even when 0 resolves to a single CPU: the same flags must not
         # work on one machine and fail on the next.
@@ -543,9 +561,14 @@ def makeService(
         top.keysync.setServiceParent(top)  # type: ignore[attr-defined]
     storageService = StorageService(storage, tenancy, reactor, environ, worker=worker)
     storageService.setServiceParent(top)
+    reusePort = bool(options.get("reuse-port")) and worker is None and workers > 1
     if worker is None:
         for endpoint in options["listen"]:
-            strports.service(endpoint, site).setServiceParent(storageService)
+            if reusePort:
+                listener = ReusePortEndpoint(reactor, endpoint)
+                StreamServerEndpointService(listener, site).setServiceParent(storageService)
+            else:
+                strports.service(endpoint, site).setServiceParent(storageService)
     else:
         for fd, family in worker.listeners:
             StreamServerEndpointService(
@@ -560,6 +583,7 @@ def makeService(
             getattr(options, "argv", []),
             storageService.listening,
             grace=options["shutdown-grace"],
+            reusePort=reusePort,
         )
         top.workers.setServiceParent(top)  # type: ignore[attr-defined]
     # For tests and embedders: the pieces, without reaching into the tree.

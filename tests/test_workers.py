@@ -25,6 +25,7 @@ from typing import Any
 import treq
 from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import defer, reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import Clock
@@ -131,6 +132,16 @@ class WorkersOptionTests(TestCase):
         )
         self.assertEqual(options["workers"], 2)
 
+    def test_reusePortOnlyWithWorkers(self) -> None:
+        """--reuse-port is refused without --workers N (N > 1), and taken with it (on Linux)."""
+        with self.assertRaises(usage.UsageError) as refused:
+            self.parse("--reuse-port")
+        self.assertIn("only applies with --workers", str(refused.exception))
+        if sys.platform.startswith("linux"):
+            self.assertTrue(
+                self.parse("--workers", "2", "--reuse-port", "--redis-hosts", "r:6379")["reuse-port"]
+            )
+
     def test_argvKept(self) -> None:
         """The workers are given the options this process parsed, as they were written."""
         argv = ["--workers", "2", "--redis-hosts", "r:6379", "--timeout", "3"]
@@ -218,6 +229,33 @@ class WorkerPoolTests(TestCase):
         )
         self.assertEqual(childFDs, {0: "w", 1: "r", 2: "r", 3: 7, 4: 9})
         self.assertEqual(pool.pids(), {1: 1000, 2: 1001})
+
+    def test_reusePortGivesEachWorkerItsOwnSocket(self) -> None:
+        """
+        With reusePort each worker gets a new socket bound to our port (not ours), and
+        we keep no copy of it: the worker's socket must go when the worker does.
+        """
+        if not hasattr(socket, "SO_REUSEPORT"):
+            raise SkipTest("no SO_REUSEPORT here")
+        from pandapush.workers import reusePortSocket
+
+        ours = reusePortSocket(socket.AF_INET, "127.0.0.1", 0, 5)
+        self.addCleanup(ours.close)
+        port = _FakePort(ours.fileno(), socket.AF_INET)
+        self.addCleanup(port.socket.close)
+        port.getHost = lambda: IPv4Address("TCP", *ours.getsockname())  # type: ignore[attr-defined]
+        reactor = _FakeReactor()
+        listening: defer.Deferred[list[Any]] = defer.Deferred()
+        pool = WorkerPool(
+            reactor, 2, [], listening, grace=1.0, executable="py", emit=lambda e: None, reusePort=True
+        )
+        pool.startService()
+        listening.callback([port])
+        ((_, args, childFDs, _),) = reactor.spawned
+        given = childFDs[3]
+        self.assertNotEqual(given, ours.fileno())
+        self.assertIn("3:AF_INET", args)
+        self.assertRaises(OSError, os.fstat, given)
 
     def test_restartBackoff(self) -> None:
         """A worker dying young comes back after 0.5 s, then 1 s, 2 s...; one that lived 10 s, after 0.5 s."""
@@ -335,6 +373,21 @@ def _parentOf(pid: int) -> int | None:
     return None if state in ("Z", "X") else int(ppid)
 
 
+def _listeningSockets(port: int) -> int:
+    """How many sockets listen on ``port`` (IPv4 and IPv6), from /proc/net/tcp*."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, _, state = line.split()[1:4]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                count += 1
+    return count
+
+
 def _alive(pid: int) -> bool:
     return _parentOf(pid) is not None
 
@@ -362,9 +415,11 @@ class WorkersCase(ClusterCase):
         count: int = 2,
         kind: type[PandapushProcess] = PandapushProcess,
         env: dict[str, str] | None = None,
+        extra: tuple[str, ...] = (),
     ) -> PandapushProcess:
         self.addCleanup(self._dropKeys, MAIN_REDIS)
         server = kind(
+            *extra,
             "--workers",
             str(count),
             "--timeout",
@@ -461,6 +516,7 @@ class WorkersTests(WorkersCase):
         pids = await self.workerPids(server, 2)
         self.assertEqual(pids[0], server._transport.pid)
         self.assertEqual(_parentOf(pids[1]), pids[0])
+        self.assertEqual(_listeningSockets(server.port), 1, "one socket, shared by both")
 
         news = channel("news")
         subscribers = [await self.wsOn(server, pids, 0), await self.wsOn(server, pids, 1)]
@@ -539,6 +595,45 @@ class WorkersTests(WorkersCase):
         self.assertEqual({_parentOf(pids[1]), _parentOf(pids[2])}, {pids[0]})
         self.assertIn(await server.stop(signal.SIGTERM), (0, -signal.SIGTERM), server.log())
         self.assertFalse([pid for pid in pids.values() if _alive(pid)], server.log())
+
+    async def test_reusePort(self) -> None:
+        """
+        --reuse-port: each worker listens on a socket of its own on the one port,
+        serves Bayeux, and a worker killed and restarted has a new socket (the dead
+        one's is gone, not left to collect connections nobody accepts).
+        """
+        server = await self.startWorkers(2, extra=("--reuse-port",))
+        pids = await self.workerPids(server, 2)
+        self.assertEqual(_listeningSockets(server.port), 2)
+        os.kill(pids[1], signal.SIGKILL)
+        self.assertTrue(await eventually(lambda: _listeningSockets(server.port) == 1, timeout=5))
+        restarted: dict[int, int] = {}
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            restarted = await self.workerPids(server, 2)
+            if restarted[1] != pids[1]:
+                break
+            await sleep(0.1)
+        self.assertNotEqual(restarted[1], pids[1], server.log())
+        self.assertEqual(_listeningSockets(server.port), 2)
+        # Stopping the other worker cannot steer here: the kernel would still queue
+        # connections on its socket. The hash spreads them evenly, so a few will do.
+        byWorker: dict[str, WorkerWS] = {}
+        for attempt in range(30):
+            client = await WorkerWS([server.url], name=f"ws-{attempt}").start()
+            self.clients.append(client)
+            byWorker.setdefault(client.worker or "?", client)
+            if set(byWorker) == {"0", "1"}:
+                break
+        self.assertEqual(set(byWorker), {"0", "1"})
+        even = channel("even")
+        for subscriber in byWorker.values():
+            self.assertTrue((await subscriber.subscribe(even))["successful"])
+        code, body = await self.restPublish(server, "even", {"spread": True})
+        self.assertEqual(code, 200, body)
+        self.assertTrue(
+            await eventually(lambda: all(_data(s, even) == [{"spread": True}] for s in byWorker.values()))
+        )
 
     async def test_generatedAdminPasswordOnce(self) -> None:
         """
