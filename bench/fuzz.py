@@ -4,6 +4,7 @@ Fuzz a real pandapush over real sockets, for as many messages as you like (issue
     .venv/bin/python bench/fuzz.py                       # 1,000,000 messages, a fresh server
     .venv/bin/python bench/fuzz.py --messages 20000      # a quick look
     .venv/bin/python bench/fuzz.py --seed 7 --out r.json # reproducible mutations, summary kept
+    .venv/bin/python bench/fuzz.py --redis-hosts 127.0.0.1:6379   # on the Redis engine
 
 It starts ``python -m twisted pandapush`` from this checkout (memory storage, a development
 application and key, a second key made through the admin API for the fuzzer, ``--timeout 2``
@@ -959,6 +960,11 @@ def startServer(options: argparse.Namespace, workdir: Path) -> tuple[subprocess.
         f"tcp:{port}:interface=127.0.0.1",
         "--timeout",
         str(options.server_timeout),
+        *(
+            ["--redis-hosts", options.redis_hosts, "--redis-namespace", options.redis_namespace]
+            if options.redis_hosts
+            else []
+        ),
         *options.server_args,
     ]
     process = subprocess.Popen(
@@ -975,6 +981,51 @@ def startServer(options: argparse.Namespace, workdir: Path) -> tuple[subprocess.
             time.sleep(0.1)
     process.kill()
     raise SystemExit(f"pandapush did not answer in 30 s:\n{log.read_text()[-3000:]}")
+
+
+def redisCommand(host: str, port: int, *args: str) -> Any:
+    """One command over RESP on a fresh connection (only SCAN and DEL are needed here)."""
+
+    def encode(parts: tuple[str, ...]) -> bytes:
+        out = [f"*{len(parts)}\r\n".encode()]
+        for part in parts:
+            data = part.encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        return b"".join(out)
+
+    with socket.create_connection((host, port), timeout=10) as connection:
+        connection.sendall(encode(args))
+        reader = connection.makefile("rb")
+
+        def read() -> Any:
+            line = reader.readline().rstrip(b"\r\n")
+            kind, rest = line[:1], line[1:]
+            if kind in (b"+", b":"):
+                return rest.decode()
+            if kind == b"-":
+                raise RuntimeError(rest.decode())
+            if kind == b"$":
+                size = int(rest)
+                if size < 0:
+                    return None
+                data = reader.read(size + 2)[:-2]
+                return data.decode()
+            if kind == b"*":
+                return [read() for _ in range(int(rest))]
+            raise RuntimeError(f"unexpected Redis reply {line!r}")
+
+        return read()
+
+
+def dropNamespace(host: str, port: int, namespace: str) -> int:
+    """Delete every key of ``namespace`` (what the run's server left in Redis)."""
+    cursor, deleted = "0", 0
+    while True:
+        cursor, keys = redisCommand(host, port, "SCAN", cursor, "MATCH", f"{namespace}:*", "COUNT", "1000")
+        if keys:
+            deleted += int(redisCommand(host, port, "DEL", *keys))
+        if cursor == "0":
+            return deleted
 
 
 def gitCommit() -> str:
@@ -998,7 +1049,12 @@ def gitCommit() -> str:
 async def main(options: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="pandapush-fuzz-"))
     process, port, log = startServer(options, workdir)
-    summary: dict[str, Any] = {"commit": gitCommit(), "seed": options.seed, "server_log": str(log)}
+    summary: dict[str, Any] = {
+        "commit": gitCommit(),
+        "seed": options.seed,
+        "engine": f"redis ({options.redis_hosts})" if options.redis_hosts else "memory",
+        "server_log": str(log),
+    }
     try:
         key = adminRequest(port, "POST", f"/admin/api/application/{APP}/keys", {"purpose": "fuzzer"})
         started = time.monotonic()
@@ -1102,6 +1158,9 @@ async def main(options: argparse.Namespace) -> dict[str, Any]:
             process.wait(15)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             process.kill()
+        if options.redis_hosts:
+            host, _, port = options.redis_hosts.split(",")[0].partition(":")
+            summary["redis_keys_deleted"] = dropNamespace(host, int(port or 6379), options.redis_namespace)
     summary["findings"] = {
         "total": FINDINGS.total,
         "counts": dict(FINDINGS.counts),
@@ -1123,7 +1182,16 @@ def parseArguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--http", type=int, default=12, help="fuzzing HTTP connections")
     parser.add_argument("--ws", type=int, default=12, help="fuzzing websockets")
     parser.add_argument("--server-timeout", type=float, default=2, help="pandapush --timeout (held connects)")
-    parser.add_argument("--settle", type=float, default=15, help="seconds after fuzzing before the last RSS")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=25,
+        help="seconds after fuzzing before the last checks (clients expire within 2 x --client-expiry)",
+    )
+    parser.add_argument(
+        "--redis-hosts",
+        help="run pandapush on the Redis engine (host:port,...) in a namespace of its own, deleted after",
+    )
     parser.add_argument(
         "--rss-slack", type=float, default=10, help="MiB the RSS may grow from half-way to settled"
     )
@@ -1133,7 +1201,9 @@ def parseArguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the server's directory and log")
     parser.add_argument("--progress", action="store_true", help="print progress to stderr")
     parser.add_argument("server_args", nargs="*", help="more pandapush options, after --")
-    return parser.parse_args(argv)
+    options = parser.parse_args(argv)
+    options.redis_namespace = f"pp-fuzz-{os.getpid()}-{int(time.time())}"
+    return options
 
 
 def run(argv: list[str]) -> int:
