@@ -21,8 +21,10 @@ The cost of sharing is balance: among idle workers the one the kernel wakes firs
 wins, so connections opened one by one on a quiet machine were seen spread from
 50/50 to 83/17 over two workers. ``--reuse-port`` (Linux) trades the points above
 for an even spread: every process listens on a socket of its own, bound with
-``SO_REUSEPORT`` (the parent makes them all, so ports below 1024 and ``tcp:0``
-still work), and the kernel hashes each new connection to one of them. A worker's
+``SO_REUSEPORT`` (the parent makes them all, when it starts a worker, so ``tcp:0``
+works and a worker binds nothing; a port below 1024 needs the parent to keep the
+right to bind it, as for its own listener), and the kernel hashes each new
+connection to one of them. A worker's
 socket lives only in that worker: when it dies, the kernel stops sending it
 connections, and resets those that were waiting in its queue.
 
