@@ -1,12 +1,15 @@
 """``--workers N``: N pandapush processes on one port (issue 5).
 
-The option checks run in this process. The rest runs ``python -m twisted pandapush
---workers 2`` for real (``tests/support/server.py``) on the machine's Redis, in a
-namespace of its own (``pp-test-<uuid>``, deleted afterwards), and tells the processes
-apart by what they answer: ``/health_check.json`` names the worker and its pid, every
-HTTP answer and websocket handshake carries ``X-Pandapush-Worker``. Which process
-accepts a connection is the kernel's choice, so the tests open connections until both
-workers have been seen (a handful is enough; the bound is generous).
+The option checks, and the parent's side of the pool (on a fake reactor), run in this
+process. The rest runs ``python -m twisted pandapush --workers 2`` for real
+(``tests/support/server.py``) on the machine's Redis, in a namespace of its own
+(``pp-test-<uuid>``, deleted afterwards), and tells the processes apart by what they
+answer: ``/health_check.json`` names the worker and its pid, every HTTP answer and
+websocket handshake carries ``X-Pandapush-Worker``; /proc tells parents and listening
+sockets. Which idle worker accepts a connection on the shared socket is the kernel's
+choice and is not even, so a test that needs a connection on a given worker stops the
+others meanwhile (``onlyWorker``); health checks and the long-poller rely on the
+natural spread, over many requests.
 """
 
 from __future__ import annotations
