@@ -104,6 +104,34 @@ class SQLStorageUnavailableTests(SynchronousTestCase):
         failure = self.failureResultOf(d, StorageUnavailableError)
         self.assertIn("no answer in 10s", str(failure.value))
 
+    def test_failFastWhileStuck(self) -> None:
+        """
+        Down, with a call already waiting over a second (an unreachable host), later calls
+        fail at once instead of queueing for the pool's threads; once one answers, calls
+        go to the database again. A refused connection (fails fast anyway) changes nothing.
+        """
+        self.pool.outcomes.append(defer.fail(psycopg2.OperationalError("Connection refused")))
+        self.failureResultOf(self.storage.getKey(KEY), StorageUnavailableError)
+        self.pool.outcomes.append(defer.fail(psycopg2.OperationalError("Connection refused")))
+        self.failureResultOf(self.storage.getKey(KEY), StorageUnavailableError)
+        self.assertEqual(self.pool.calls, 2)
+        waiting: Deferred[Any] = Deferred()
+        self.pool.outcomes.append(waiting)
+        probe = self.storage.getKey(KEY)
+        self.pool.outcomes.append(defer.fail(psycopg2.OperationalError("Connection refused")))
+        self.failureResultOf(self.storage.getKey(KEY), StorageUnavailableError)  # asked: not stuck yet
+        self.clock.advance(1)
+        self.assertEqual(self.pool.calls, 4)
+        self.pool.outcomes.append(defer.succeed(None))  # would answer, but is not asked
+        self.failureResultOf(self.storage.listApplications(), StorageUnavailableError)
+        self.assertEqual(self.pool.calls, 4)
+        self.pool.outcomes.clear()
+        waiting.callback(None)
+        self.successResultOf(probe)
+        self.assertEqual(self.storage.status(), {"status": "ok"})
+        self.successResultOf(self.storage.listApplications())
+        self.assertEqual(self.pool.calls, 5)
+
     def test_migrationsHaveNoDeadline(self) -> None:
         """Migrating (at start, from the command line) may take as long as it takes."""
         self.pool.outcomes.append(Deferred())

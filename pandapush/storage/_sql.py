@@ -32,7 +32,7 @@ from pandapush.storage.errors import (
 from pandapush.storage.interfaces import IStorage, KeyUsageBatch
 from pandapush.storage.models import Application, Key
 
-__all__ = ["DEFAULT_QUERY_TIMEOUT", "Dialect", "SQLStorage"]
+__all__ = ["DEFAULT_QUERY_TIMEOUT", "STUCK_AFTER", "Dialect", "SQLStorage"]
 
 T = TypeVar("T")
 
@@ -40,6 +40,11 @@ T = TypeVar("T")
 #: database that stopped answering (network gone, server frozen) must not hold an
 #: admin request or a key lookup forever. Migrations have no deadline.
 DEFAULT_QUERY_TIMEOUT = 10.0
+
+#: While the database is known to be down and a call has been waiting this long (an
+#: unreachable host: connecting takes the whole deadline), further calls fail at once
+#: instead of queueing behind it in the pool's few threads.
+STUCK_AFTER = 1.0
 
 _APP_COLUMNS = "id, name, created_by, created_at, updated_at, allowed_origins"
 _KEY_COLUMNS = (
@@ -127,6 +132,8 @@ class SQLStorage:
         #: Reactor time the database became unreachable, and why (None while it answers).
         self.unavailableSince: float | None = None
         self.unavailableReason: str | None = None
+        # Start times of the calls under way, by call.
+        self._started: dict[Deferred[Any], float] = {}
 
     # plumbing
 
@@ -158,11 +165,26 @@ class SQLStorage:
             dialect.begin_txn(txn, write)
             return fn(txn, *args)
 
+        if deadline and self._stuck():
+            return defer.fail(StorageUnavailableError(self.unavailableReason or "unavailable"))
         running = self.pool.runInteraction(interaction)
         if deadline and self.queryTimeout > 0:
             running.addTimeout(self.queryTimeout, self.clock)
+        if not running.called:
+            self._started[running] = self.clock.seconds()
+            running.addBoth(self._ended, running)
         running.addCallbacks(self._answered, self._failed)
         return running
+
+    def _ended(self, result: Any, call: Deferred[Any]) -> Any:
+        self._started.pop(call, None)
+        return result
+
+    def _stuck(self) -> bool:
+        """Down, and a call has waited :data:`STUCK_AFTER` seconds already: the host does not answer."""
+        if self.unavailableSince is None or not self._started:
+            return False
+        return self.clock.seconds() - min(self._started.values()) >= STUCK_AFTER
 
     def _answered(self, result: T) -> T:
         if self.unavailableSince is not None:
