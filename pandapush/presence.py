@@ -25,6 +25,7 @@ from zope.interface import implementer
 from pandapush.bayeux import json
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.errors import BayeuxError
+from pandapush.bayeux.message import subscriptionChannels
 from pandapush.bayeux.router import BayeuxRouter
 from pandapush.engines import EngineListener
 from pandapush.interfaces import IExtension
@@ -42,15 +43,6 @@ def isPresenceChannel(channel: str) -> bool:
     """``/<app>/presence/<path...>`` with no wildcard."""
     parts = channel.split("/")
     return len(parts) >= 4 and parts[2] == "presence" and parts[-1] not in ("*", "**")
-
-
-def _subscribedChannels(message: Message) -> list[str]:
-    subscription = message.get("subscription")
-    if isinstance(subscription, str):
-        return [subscription]
-    if isinstance(subscription, list):
-        return [c for c in subscription if isinstance(c, str)]
-    return []
 
 
 @implementer(IExtension)
@@ -73,7 +65,7 @@ class PresenceExtension(EngineListener):
     def incoming(self, message: Message, context: MessageContext) -> Message | Deferred[Any]:
         if message.get("channel") != "/meta/subscribe" or "error" in message:
             return message
-        channels = [c for c in _subscribedChannels(message) if isPresenceChannel(c)]
+        channels = [c for c in subscriptionChannels(message) if isPresenceChannel(c)]
         presence = context.attributes.get("presence")
         if not channels or not isinstance(presence, dict):
             return message
@@ -101,7 +93,7 @@ class PresenceExtension(EngineListener):
         clientId = reply.get("clientId")
         if not isinstance(presence, dict) or not isinstance(clientId, str):
             return reply
-        channels = [c for c in _subscribedChannels(reply) if isPresenceChannel(c)]
+        channels = [c for c in subscriptionChannels(reply) if isPresenceChannel(c)]
         if not channels:
             return reply
         return Deferred.fromCoroutine(self._join(reply, clientId, channels, presence))

@@ -41,6 +41,7 @@ from pandapush.auth.bearer import DEFAULT_LEEWAY
 from pandapush.auth.rules import SUBSCRIBE, parseChannel
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.errors import BayeuxError
+from pandapush.bayeux.message import subscriptionChannels
 from pandapush.engines import EngineListener
 from pandapush.interfaces import IExtension
 
@@ -61,15 +62,6 @@ def expiryNotice(clientId: str, channel: str) -> Message:
         "successful": False,
         "error": str(BayeuxError(401, [channel], TOKEN_EXPIRED)),
     }
-
-
-def _channels(reply: Message) -> list[str]:
-    subscription = reply.get("subscription")
-    if isinstance(subscription, str):
-        return [subscription]
-    if isinstance(subscription, list):
-        return [c for c in subscription if isinstance(c, str)]
-    return []
 
 
 @implementer(IExtension)
@@ -127,7 +119,7 @@ class SubscriptionExpiry(EngineListener, Service):
         if not isinstance(clientId, str):
             return reply
         expires = context.attributes.get("tokenExpires")
-        for channel in _channels(reply):
+        for channel in subscriptionChannels(reply):
             parsed = parseChannel(channel, SUBSCRIBE)
             if parsed is None or parsed.type == "public":
                 continue  # public subscriptions need no token, so none can expire

@@ -44,6 +44,7 @@ from pandapush.auth.keycache import DEFAULT_TTL, KeyCache
 from pandapush.auth.rules import PUBLISH, SUBSCRIBE, parseChannel
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.errors import BayeuxError
+from pandapush.bayeux.message import subscriptionChannels
 from pandapush.interfaces import IExtension
 
 __all__ = ["ORIGIN_NOT_ALLOWED", "AppOrigins", "OriginExtension", "originRefusal"]
@@ -177,12 +178,7 @@ def _channelsOf(message: Message) -> list[str]:
     if not isinstance(channel, str):
         return []
     if channel == "/meta/subscribe":
-        subscription = message.get("subscription")
-        if isinstance(subscription, str):
-            return [subscription]
-        if isinstance(subscription, list):
-            return [c for c in subscription if isinstance(c, str)]
-        return []
+        return subscriptionChannels(message)
     if channel == "/meta" or channel.startswith("/meta/"):
         return []
     return [channel]

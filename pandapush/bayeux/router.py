@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from pandapush._deferred import firedWith
 from pandapush.bayeux import channel as channels
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.delivery import Delivery
@@ -79,23 +80,6 @@ def _tooLong(channel: str, limit: int) -> BayeuxError:
 def _isPublish(message: Any) -> bool:
     channel = message.get("channel") if isinstance(message, dict) else None
     return isinstance(channel, str) and not channels.isMeta(channel)
-
-
-def _firedWith(d: Deferred[Any]) -> list[Any]:
-    """
-    ``[result]`` (a value or a :class:`Failure`, consumed) if ``d`` has fired
-    already, else ``[]`` and ``d`` carries on with its result.
-    """
-    box: list[Any] = []
-
-    def peek(result: Any) -> Any:
-        box.append(result)
-        return result
-
-    d.addBoth(peek)
-    if box and isinstance(box[0], Failure):
-        d.addErrback(lambda _: None)  # handled by the caller, not an unhandled error
-    return box
 
 
 def _fail(reply: Message, error: str | BayeuxError) -> Message:
@@ -897,7 +881,7 @@ class BayeuxRouter(EngineListener):
             published = self.engine.publish(delivery)
         except Exception:
             published = defer.fail()
-        now = _firedWith(published)
+        now = firedWith(published)
         if now:
             return self._publishAnswer(now[0], reply, channel)
         return published.addBoth(self._publishAnswer, reply, channel)

@@ -35,6 +35,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from pandapush._deferred import firedWith
 from pandapush.auth.checkers import AuthRefused, ChannelAuthority
 from pandapush.auth.http import channelCredentials, errorBody, header, jsonResponse
 from pandapush.auth.rules import PUBLISH, Allowed, Refusal, TenantChannel, parseChannel
@@ -123,24 +124,6 @@ def parseBody(body: bytes, contentType: str | None) -> Any:
         if not mediaType and b"=" in body and not body.lstrip().startswith((b"{", b"[")):
             return _parseForm(body)
         raise
-
-
-def _firedWith(d: Deferred[Any]) -> list[Any]:
-    """
-    ``[result]`` (a value or a :class:`Failure`) if ``d`` has fired already, else ``[]``
-    and ``d`` carries on. With the in-memory engine a publish has fired by the time it
-    returns: answering at once spares a timer and a Deferred chain per request.
-    """
-    box: list[Any] = []
-
-    def peek(result: Any) -> Any:
-        box.append(result)
-        return result
-
-    d.addBoth(peek)
-    if box and isinstance(box[0], Failure):
-        d.addErrback(lambda _: None)  # handled by the caller, not an unhandled error
-    return box
 
 
 class PublishApp:
@@ -240,7 +223,7 @@ class PublishApp:
             published = self.publish(channel.name, data)
         except Exception:
             published = defer.fail()
-        now = _firedWith(published)
+        now = firedWith(published)
         if now:
             return self._published(now[0], request, channel)
         # Nothing can leave a request hanging: the publish has a deadline.
