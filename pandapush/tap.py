@@ -267,7 +267,9 @@ class BayeuxService(Service):
     Owns the engine and router. On stop (SIGTERM) it drains: the listening ports
     have already closed (they are later siblings, stopped first), held connects
     are answered with reconnect advice, sockets are closed with 1001, and the
-    engine closes once they are gone or ``grace`` seconds have passed.
+    engine closes once they are gone or ``grace`` seconds have passed. A shared
+    (Redis) engine also stays open while other nodes claim its clients (see
+    ``claimSettle``), so that what is published to them meanwhile is handed over.
     """
 
     _log = Logger()
@@ -288,13 +290,44 @@ class BayeuxService(Service):
         self.grace = grace
         self.sharedEngine = sharedEngine
 
+    #: With a shared engine, how long the drain goes on waiting for this node's clients
+    #: to be claimed by other nodes once none has been for that long: clients told to
+    #: reconnect come back within milliseconds, and one that never will (a closed laptop)
+    #: should not hold the node for the whole grace.
+    claimSettle = 1.0
+
+    def _ownedClients(self) -> int:
+        """Clients this node still owns (only a shared engine's can move elsewhere)."""
+        statistics = getattr(self.engine, "statistics", None)
+        if not self.sharedEngine or statistics is None:
+            return 0
+        return int(statistics().get("clients", 0))
+
     async def _drain(self) -> None:
         self.router.drain("retry" if self.sharedEngine else "handshake")
         self.resource.stop()
-        deadline = self.reactor.seconds() + self.grace
-        while self.router.openSockets() and self.reactor.seconds() < deadline:
-            await deferLater(self.reactor, 0.05, lambda: None)
-        self._log.info("drained; {left} sockets still open", left=self.router.openSockets())
+        clock = self.reactor
+        deadline = clock.seconds() + self.grace
+        while self.router.openSockets() and clock.seconds() < deadline:
+            await deferLater(clock, 0.05, lambda: None)
+        # Shared engine: each client carries on through another node, which claims it
+        # from this one and is handed what was queued here meanwhile, in order. Until
+        # this engine closes it stays subscribed for its clients, so nothing published
+        # to them in between is lost; after, a message published to a client that no
+        # node has claimed yet reaches nobody (pub/sub is at-most-once).
+        owned = self._ownedClients()
+        lastClaim = clock.seconds()
+        while owned and clock.seconds() < deadline and clock.seconds() - lastClaim < self.claimSettle:
+            await deferLater(clock, 0.05, lambda: None)
+            left = self._ownedClients()
+            if left < owned:
+                lastClaim = clock.seconds()
+            owned = left
+        self._log.info(
+            "drained; {left} sockets still open, {owned} clients not claimed by other nodes",
+            left=self.router.openSockets(),
+            owned=owned,
+        )
         await self.engine.close()
 
     def stopService(self) -> defer.Deferred[None]:
