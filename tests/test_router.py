@@ -699,6 +699,30 @@ class DrainTests(RouterTestCase):
         # The socket closed because the node is going away: its client is kept for another node.
         self.assertTrue(self.engine.hasClient(wsClient))
 
+    def test_drainDetachesSockets(self) -> None:
+        """
+        A socket a drain closes gets no more deliveries (it could not send them): what is
+        published until its close handshake ends stays queued for the client's next sink.
+        """
+        socket = FakeSocket()
+        wsClient = self.send(dict(HANDSHAKE))["clientId"]
+        self.process(
+            [
+                {"channel": "/meta/connect", "clientId": wsClient, "connectionType": "websocket"},
+                {"channel": "/meta/subscribe", "clientId": wsClient, "subscription": "/a"},
+            ],
+            socket,
+        )
+        self.router.drain("retry")
+        self.assertTrue(self.send({"channel": "/a", "data": 1})["successful"])
+        self.clock.advance(0)
+        self.assertEqual([batch for batch in socket.sent if isinstance(batch[0], Delivery)], [])
+        nextSink = FakeSocket()
+        self.engine.attach(wsClient, nextSink)
+        self.clock.advance(0)
+        payloads = [d.payload for batch in nextSink.sent for d in batch]
+        self.assertEqual(payloads, [b'{"channel":"/a","data":1}'])
+
 
 class LimitTests(RouterTestCase):
     def setUp(self) -> None:

@@ -405,11 +405,15 @@ class BayeuxRouter(EngineListener):
         for held in list(self._held.values()):
             held.reply["advice"] = {"reconnect": reconnect, "interval": 0}
             held.finish()
-        for socket in list(self._sockets.values()):
+        for clientId, socket in list(self._sockets.items()):
             try:
                 socket.close(afterReplies=False)
             except Exception:
                 self._log.failure("closing a socket while draining failed")
+            # Detached now, not when the close handshake ends: a closing socket drops
+            # what it is handed, while a detached client's messages stay queued in the
+            # engine for the node it reconnects to (a shared engine hands them over).
+            self.engine.detach(clientId, socket)
 
     @property
     def draining(self) -> bool:
