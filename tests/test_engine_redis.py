@@ -8,6 +8,7 @@ its keys afterwards, so parallel runs and a real deployment never collide.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -396,6 +397,44 @@ class MultiNodeTests(_RedisCase, TestCase):
         await c.publish(message("/a", 3))
         await b.settle()
         self.assertEqual(sink.payloads, [f'{{"channel":"/a","data":{i}}}'.encode() for i in range(4)])
+
+    async def test_connectOnOldOwnerBeforeItHandedOver(self) -> None:
+        """
+        A claims the client from B and answers its connect at once; the client's next
+        connect reaches B before A's request to hand the client over does. That connect
+        is served (not cut off by the hand-over), keeps the client alive while it is
+        held, however short the expiry, and gets the next message; B owns the client.
+        """
+        a, b, c = self.nodes
+        clientId = await b.createClient()
+        await b.subscribe(clientId, "/s")
+        # B hears nothing from other nodes until told to: A's request waits here.
+        delayed: list[str] = []
+        hear = b._control
+        b._control = delayed.append  # type: ignore[method-assign]
+        quick = RecordingSink(persistent=False)
+        a.attach(clientId, quick)
+        a.detach(clientId, quick)
+        for _ in range(200):
+            if delayed:
+                break
+            await sleep(0.01)
+        self.assertEqual([json.loads(m)["op"] for m in delayed], ["handover"])
+        held = RecordingSink(persistent=False)
+        b.attach(clientId, held)
+        await sleep(0.05)
+        b._control = hear  # type: ignore[method-assign]
+        for text in delayed:
+            hear(text)
+        await self.settle()
+        await sleep(self.expiry * 2.5)
+        self.assertTrue(await c.clientExists(clientId))
+        self.assertEqual(held.batches, [])
+        await c.publish(message("/s", 1))
+        await self.settle()
+        self.assertEqual(held.payloads, [b'{"channel":"/s","data":1}'])
+        self.assertTrue(b.hasLocal(clientId))
+        self.assertFalse(a.hasLocal(clientId))
 
     async def test_handoverFromDeadNode(self) -> None:
         """A client whose owner is gone is taken over by the node it attaches to."""

@@ -8,14 +8,16 @@ one node's admin API exist on all of them. Clients talk to them over real socket
 The clients here are fuller than ``tests/bayeux_clients.py``'s: a websocket client that
 keeps connecting (as Faye's does), fails over to the next node when its socket drops and
 handshakes again when told to; a long-poll client that sends each request to the next
-node in turn. The Redis restart test runs a redis-server of its own on a free port (the
-machine's Redis on 6379 is never stopped).
+node in turn, and one whose every request goes where the test says (``HoppingPoller``).
+The Redis restart test runs a redis-server of its own on a free port (the machine's
+Redis on 6379 is never stopped).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -836,3 +838,140 @@ class FailureTests(ClusterCase):
             code, body = await self.restPublish(b, "live", {"keyed": True}, auth=credentials)
         self.assertEqual(code, 403, body)
         self.assertLess(time.monotonic() - started, 1.0)
+
+
+class HoppingPoller:
+    """
+    A long-poll client that picks the node of each request itself (``post(url, ...)``),
+    collecting deliveries and refusals: for tests that steer its requests between nodes.
+    """
+
+    def __init__(self) -> None:
+        self.clientId: str | None = None
+        self.messages: list[dict[str, Any]] = []
+        self.failures: list[dict[str, Any]] = []
+
+    async def post(self, url: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        response = await treq.post(
+            url + "/push",
+            data=json.dumps(messages).encode(),
+            headers=Headers({b"Content-Type": [b"application/json"]}),
+            persistent=False,
+            timeout=15,
+        )
+        replies: list[dict[str, Any]] = json.loads(await response.content())
+        for reply in replies:
+            if "successful" not in reply:
+                self.messages.append(reply)
+            elif not reply["successful"]:
+                self.failures.append(reply)
+        return replies
+
+    async def connect(self, url: str, hold: bool = True) -> list[dict[str, Any]]:
+        message: dict[str, Any] = {
+            "channel": "/meta/connect",
+            "clientId": self.clientId,
+            "connectionType": "long-polling",
+        }
+        if not hold:
+            # Answered at once (Bayeux lets a client ask for a shorter hold).
+            message["advice"] = {"timeout": 0}
+        return await self.post(url, [message])
+
+
+class HoppingPollerTests(ClusterCase):
+    """A long-poller whose requests hop between nodes keeps its session, with a 1 s client expiry."""
+
+    async def test_backOnANodeBeforeItHandedOver(self) -> None:
+        """
+        Round after round, a connect answered at once on A (A claims the client from
+        B) and a held connect on B sent 0-6 ms later, before A's answer is in (as a
+        client retrying, or just quick, would): B sees its connect just before or just
+        after A's claim, and before A's request to hand the client over. Before the fix
+        the hand-over cut B's connect off (never answered, its lease not renewed) and
+        the client expired within a few rounds ("Unknown client"). Now the connect on B
+        is answered promptly (by the message published meanwhile, or empty when the
+        client had moved on to A), the client never expires (--client-expiry 1), and
+        every message arrives once, in order.
+        """
+        a, b = await self.startNodes(2)
+        feed = channel("hop")
+        poller = HoppingPoller()
+        (reply,) = await poller.post(a.url, [HANDSHAKE])
+        poller.clientId = reply["clientId"]
+        (reply,) = await poller.post(
+            a.url, [{"channel": "/meta/subscribe", "clientId": poller.clientId, "subscription": feed}]
+        )
+        self.assertTrue(reply["successful"], reply)
+        await poller.connect(a.url, hold=False)  # the first connect after a handshake is answered at once
+
+        sent: list[Any] = []
+        slow: list[tuple[int, float]] = []
+        for i in range(40):
+            quick = defer.ensureDeferred(poller.connect(a.url, hold=False))
+            await sleep(0.002 * (i % 4))
+            held = defer.ensureDeferred(poller.connect(b.url))
+            await quick
+            await sleep(0.05)
+            code, body = await self.restPublish(a if i % 2 else b, "hop", {"n": i})
+            self.assertEqual(code, 200, body)
+            sent.append({"n": i})
+            started = time.monotonic()
+            await held
+            elapsed = time.monotonic() - started
+            if elapsed > 1.0:
+                slow.append((i, round(elapsed, 2)))
+            self.assertEqual(poller.failures, [], f"round {i}\n{a.log()}\n{b.log()}")
+            if len(slow) >= 2:
+                break
+        self.assertEqual(slow, [], "held connects on B that were not answered by the message published")
+        # A connect answered empty on B (the client had moved) leaves the message for the next one.
+        deadline = time.monotonic() + 5
+        while len(_data(poller, feed)) < len(sent) and time.monotonic() < deadline:
+            await poller.connect(a.url, hold=False)
+            await sleep(0.05)
+        await poller.connect(b.url, hold=False)
+        self.assertEqual(_data(poller, feed), sent)
+        self.assertEqual(poller.failures, [])
+
+    async def test_randomNodeEachRequest(self) -> None:
+        """
+        The reported case: every request of a long-poller goes to a node picked at
+        random, 20 publishes 50 ms apart, --client-expiry 1: no "Unknown client",
+        every message once, in order.
+        """
+        nodes = await self.startNodes(2)
+        urls = [n.url for n in nodes]
+        feed = channel("random")
+        poller = HoppingPoller()
+        used: list[int] = []
+
+        def pick() -> str:
+            used.append(random.randrange(len(urls)))
+            return urls[used[-1]]
+
+        (reply,) = await poller.post(pick(), [HANDSHAKE])
+        poller.clientId = reply["clientId"]
+        (reply,) = await poller.post(
+            pick(), [{"channel": "/meta/subscribe", "clientId": poller.clientId, "subscription": feed}]
+        )
+        self.assertTrue(reply["successful"], reply)
+        polling = True
+
+        async def poll() -> None:
+            while polling and not poller.failures:
+                await poller.connect(pick())
+
+        loop = defer.ensureDeferred(poll())
+        sent = []
+        for i in range(20):
+            code, body = await self.restPublish(random.choice(nodes), "random", {"n": i})
+            self.assertEqual(code, 200, body)
+            sent.append({"n": i})
+            await sleep(0.05)
+        arrived = await eventually(lambda: len(_data(poller, feed)) >= len(sent) or bool(poller.failures), 5)
+        polling = False
+        await loop
+        self.assertEqual(poller.failures, [], f"nodes used: {used}")
+        self.assertTrue(arrived, f"{_data(poller, feed)} nodes used: {used}")
+        self.assertEqual(_data(poller, feed), sent, f"nodes used: {used}")

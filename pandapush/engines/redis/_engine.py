@@ -26,7 +26,13 @@ is claimed by that node (atomically in Redis), which subscribes the client's
 keys first and then asks the previous owner to hand over: the old owner drops
 the client and answers with its queued messages; the new owner puts them in
 front of what it buffered meanwhile, removing duplicates by message id, so
-nothing is lost or repeated and order is kept. A subscribe/unsubscribe handled
+nothing is lost or repeated and order is kept. Every change of owner bumps the
+client's *epoch* in Redis: a node that attaches a connection to a client it still
+holds first checks (in the script that renews the lease) that its copy is the
+current one, and takes the client back like any other if it is not, since
+another node may have claimed it while its hand-over request is still on its way;
+a hand-over request carries the claimer's epoch, so a node whose copy is newer
+keeps it (see ``_serveHandover``). A subscribe/unsubscribe handled
 by a node that does not own the client is forwarded to the owner, and answered
 once the owner's index (and its SUBSCRIBE) is in place. Node-to-node calls go
 over ``<ns>:node:<nodeId>``; PUBLISH reporting no receiver means the node is gone.
@@ -83,7 +89,20 @@ DEFAULT_NAMESPACE = "pandapush"
 class _LocalClient:
     """A client owned by this node: its subscriptions mirrored, its queue, its sink."""
 
-    __slots__ = ("claiming", "dirty", "id", "ids", "queue", "sink", "subs")
+    __slots__ = (
+        "checkWaiters",
+        "checking",
+        "claimWaiters",
+        "claiming",
+        "dirty",
+        "epoch",
+        "id",
+        "ids",
+        "queue",
+        "sent",
+        "sink",
+        "subs",
+    )
 
     def __init__(self, clientId: str) -> None:
         self.id = clientId
@@ -94,8 +113,21 @@ class _LocalClient:
         self.sink: IDeliverySink | None = None
         self.dirty = False
         # Being taken over from another node: queue, but deliver nothing until the
-        # previous owner's queue has arrived (it holds older messages).
+        # previous owner's queue has arrived (it holds older messages). Also set while
+        # an attach checks that this copy is still the current one (see ``epoch``).
         self.claiming = False
+        # The ownership epoch (Redis bumps it on every change of owner) this copy was
+        # made current at; 0 until the claim script has answered.
+        self.epoch = 0
+        # The claim script is in flight: ``epoch`` may be about to change.
+        self.checking = False
+        # Hand-over requests waiting for the claim script, or for the whole claim, to end
+        # (see ``_serveHandover``).
+        self.checkWaiters: list[defer.Deferred[None]] = []
+        # Ids of messages handed out while the claim script checked this copy: should the
+        # copy turn out stale, the previous owner's queue may hold them too.
+        self.sent: set[str] | None = None
+        self.claimWaiters: list[defer.Deferred[None]] = []
 
 
 @implementer(IEngine)
@@ -306,7 +338,8 @@ class RedisEngine(ListenerRegistry):
             scripts.CREATE, [clients, base], [clientId, self.nodeId, self.expiry]
         )
         # The creating node owns it: the client's first requests usually come back here.
-        self._local[clientId] = _LocalClient(clientId)
+        client = self._local[clientId] = _LocalClient(clientId)
+        client.epoch = 1
         self._notify("clientCreated", clientId)
         return clientId
 
@@ -442,6 +475,8 @@ class RedisEngine(ListenerRegistry):
         do here what this node's router would have done on ``clientDestroyed``
         (close the socket, answer the held connect), so the connection does not
         linger until it next talks. Its next request finds the client unknown.
+        Also for a client that has ``"moved"`` to a newer connection on another
+        node: its next request finds it there.
         """
         try:
             if IClientSocket.providedBy(sink):
@@ -611,13 +646,23 @@ class RedisEngine(ListenerRegistry):
         client = self._local.get(clientId)
         if client is None:
             client = self._local[clientId] = _LocalClient(clientId)
-            client.claiming = True
-            client.sink = sink
-            self._track(defer.Deferred.fromCoroutine(self._claim(client)), "taking over a client")
-            return
         client.sink = sink
-        self._setDeadline([clientId], 2 * self.expiry)
-        if client.queue and not client.claiming:
+        if client.claiming:
+            # The claim under way renews the lease and hands out what is queued.
+            return
+        # Even a client this node has is checked (the claim script also renews its
+        # lease): another node may have claimed it a moment ago, its request to hand
+        # it over still on its way here. Attached to that stale copy, the connection
+        # would be cut off by the hand-over (left unanswered, its lease not renewed:
+        # the client expired while it waited). If the copy is stale, the client is
+        # taken back like any other.
+        client.claiming = True
+        self._track(defer.Deferred.fromCoroutine(self._claim(client)), "taking over a client")
+        if client.queue and client.claiming:
+            # What is queued goes now, as before (a connect answered at once must not
+            # wait for Redis, or it would never get anything); its ids are kept until
+            # the check ends, so that a stale copy's messages are not given twice.
+            client.sent = set(client.ids)
             self._handOut(client, sink)
 
     def detach(self, clientId: str, sink: IDeliverySink) -> None:
@@ -639,29 +684,56 @@ class RedisEngine(ListenerRegistry):
             )
 
     async def _claim(self, client: _LocalClient) -> None:
+        try:
+            await self._takeOver(client)
+        finally:
+            self._checked(client)
+            client.sent = None
+            waiters, client.claimWaiters = client.claimWaiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    @staticmethod
+    def _checked(client: _LocalClient) -> None:
+        client.checking = False
+        waiters, client.checkWaiters = client.checkWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    async def _takeOver(self, client: _LocalClient) -> None:
         clientId = client.id
         keys = self._clientKeys(clientId)
+        client.checking = True
         try:
             await self._ready
             result = await self._clientShard(clientId).eval(
-                scripts.CLAIM, keys[:3], [clientId, self.nodeId, 2 * self.expiry]
+                scripts.CLAIM, keys[:3], [clientId, self.nodeId, 2 * self.expiry, client.epoch]
             )
         except Exception:
             if self._local.get(clientId) is client:
-                self._drop(clientId)
+                if client.epoch:
+                    # Redis could not say: carry on with the copy we have, as before.
+                    self._claimed(client)
+                else:
+                    self._drop(clientId)
             raise
+        self._checked(client)
         if self._local.get(clientId) is not client:
             return
         if result is None:
             self._drop(clientId)
             return
-        previous, subscriptions = result[0], result[1:]
+        if not int(result[0]):
+            self._claimed(client)
+            return
+        epoch, previous, subscriptions = int(result[1]), result[2], result[3:]
+        client.epoch = epoch
         client.subs.update(subscriptions)
         # Subscribe before asking for the old queue: from here on nothing can fall between the two.
         await defer.gatherResults([self._indexAdd(client, key) for key in client.subs], consumeErrors=True)
         handed: list[list[str]] = []
         if previous and previous != self.nodeId:
-            reply = await self._call(previous, "handover", c=clientId)
+            reply = await self._call(previous, "handover", c=clientId, e=epoch)
             if reply is not None:
                 handed = reply.get("queue", [])
             # What a closed previous owner left behind (older than anything handed now).
@@ -669,6 +741,8 @@ class RedisEngine(ListenerRegistry):
             handed = [entry.split("\n", 2) for entry in parked or ()] + handed
         if self._local.get(clientId) is not client:
             return
+        if client.sent:
+            handed = [entry for entry in handed if entry[0] not in client.sent]
         if handed:
             seen: set[str] = set()
             queue: list[Delivery] = []
@@ -683,6 +757,10 @@ class RedisEngine(ListenerRegistry):
                     queue.append(delivery)
                     ids.append(messageId)
             client.queue, client.ids = queue, ids
+        self._claimed(client)
+
+    def _claimed(self, client: _LocalClient) -> None:
+        """The client is this node's now: hand out what waited for the claim."""
         client.claiming = False
         if client.sink is not None and client.queue:
             self._handOut(client, client.sink)
@@ -733,18 +811,58 @@ class RedisEngine(ListenerRegistry):
             return
         self._track(defer.Deferred.fromCoroutine(self._serve(op, message)), f"serving {op}")
 
+    async def _serveHandover(self, clientId: str, epoch: int | None, reply: dict[str, Any]) -> None:
+        """
+        Another node claimed the client at ``epoch`` (None from a node that does not
+        say) and asks for what this node queued for it.
+
+        Our copy may be newer: the client came back here after that claim and this
+        node took it back (at a higher epoch). Then it stays, and the asker gets a
+        copy of its queue (older messages it must not miss; the duplicates are
+        removed by id when this node takes its queue back in turn). An older copy is
+        given up, once its own claim has ended: its claim's hand-over brings the
+        messages before ours, and waiting cannot deadlock since a claim only ever
+        waits for older ones. A connection still attached to it is answered now (the
+        client has connected elsewhere since), so it neither hangs unanswered nor
+        keeps a lease nobody renews.
+        """
+        while True:
+            client = self._local.get(clientId)
+            if client is None:
+                return
+            waiter: defer.Deferred[None] = defer.Deferred()
+            if client.checking:
+                # Only for the script: the rest of our claim may be waiting for the asker.
+                client.checkWaiters.append(waiter)
+            elif epoch is not None and client.epoch > epoch:
+                reply["queue"] = self._encodeQueue(client)
+                return
+            elif client.claiming:
+                client.claimWaiters.append(waiter)
+            else:
+                break
+            # Then look again: the client may have been destroyed, or attached here again.
+            await waiter
+        sink = client.sink
+        self._drop(clientId)
+        reply["queue"] = self._encodeQueue(client)
+        if sink is not None:
+            self._endSink(clientId, sink, "moved")
+
+    @staticmethod
+    def _encodeQueue(client: _LocalClient) -> list[list[str]]:
+        return [
+            [messageId, d.channel, d.payload.decode()]
+            for d, messageId in zip(client.queue, client.ids, strict=True)
+        ]
+
     async def _serve(self, op: str, message: dict[str, Any]) -> None:
         reply: dict[str, Any] = {"op": "reply", "id": message["id"]}
         clientId = message.get("c", "")
         if op in ("sub", "unsub"):
             await self._ownerUpdate(op, clientId, message["k"])
         elif op == "handover":
-            client = self._drop(clientId)
-            if client is not None:
-                reply["queue"] = [
-                    [messageId, d.channel, d.payload.decode()]
-                    for d, messageId in zip(client.queue, client.ids, strict=True)
-                ]
+            await self._serveHandover(clientId, message.get("e"), reply)
         elif op == "drop":
             sink = self._local[clientId].sink if clientId in self._local else None
             self._drop(clientId)

@@ -17,10 +17,11 @@ from __future__ import annotations
 _NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1000000\n"
 
 #: KEYS: clients zset, client hash. ARGV: clientId, owner node, seconds to live.
+#: The creating node owns the client with epoch 1 (see CLAIM).
 CREATE = (
     _NOW
     + """
-redis.call('HSET', KEYS[2], 'owner', ARGV[2])
+redis.call('HSET', KEYS[2], 'owner', ARGV[2], 'epoch', 1)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 return 1
 """
@@ -46,17 +47,28 @@ return 1
 """
 )
 
-#: KEYS: clients zset, client hash, client subs. ARGV: clientId, new owner, seconds to live.
-#: Returns nil for an unknown client, else {previous owner, subscription...}.
+#: KEYS: clients zset, client hash, client subs. ARGV: clientId, node, seconds to live,
+#: the epoch the node believes it owns the client at ('0' if it does not).
+#: Every change of owner bumps the client's epoch, so a node can tell whether its
+#: local copy of a client is still the current one, and a hand-over request (which
+#: carries the claimer's epoch) whether it is newer than the copy it would give up.
+#: Returns nil for an unknown client; {0, epoch} if the node owns it at that epoch
+#: still (its lease renewed); else {1, new epoch, previous owner, subscription...}
+#: with the node as the owner.
 CLAIM = (
     _NOW
     + """
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return false end
-local old = redis.call('HGET', KEYS[2], 'owner') or ''
-redis.call('HSET', KEYS[2], 'owner', ARGV[2])
 redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[3]), ARGV[1])
+local old = redis.call('HGET', KEYS[2], 'owner') or ''
+local epoch = tonumber(redis.call('HGET', KEYS[2], 'epoch') or '0')
+if ARGV[4] ~= '0' and old == ARGV[2] and epoch == tonumber(ARGV[4]) then return {0, epoch} end
+epoch = redis.call('HINCRBY', KEYS[2], 'epoch', 1)
+redis.call('HSET', KEYS[2], 'owner', ARGV[2])
 local result = redis.call('SMEMBERS', KEYS[3])
 table.insert(result, 1, old)
+table.insert(result, 1, epoch)
+table.insert(result, 1, 1)
 return result
 """
 )
