@@ -122,6 +122,23 @@ class ConnectTests(RouterTestCase):
         self.assertEqual(reply["clientId"], clientId)
         self.assertEqual(reply["advice"], {"reconnect": "retry", "interval": 0, "timeout": 30000})
 
+    def test_handshakesNeverConnectedForgotten(self) -> None:
+        """
+        A client that handshook here and never connected here (with the Redis engine it may
+        go on through another node, and be destroyed there) is not remembered for ever:
+        after a minute its first connect here counts as any other and is held.
+        """
+        self.engine = MemoryEngine(self.clock, timeout=30, expiry=3600)
+        self.router = BayeuxRouter(self.engine, self.clock, timeout=30)
+        gone = [self.send(dict(HANDSHAKE))["clientId"] for _ in range(100)]
+        self.clock.advance(61)
+        self.send(dict(HANDSHAKE))
+        self.assertEqual(len(self.router._fresh), 1)
+        d = self.connect(gone[0])
+        self.assertNoResult(d)
+        self.clock.advance(30)
+        self.successResultOf(d)
+
     def test_heldUntilTimeout(self) -> None:
         """Later connects are held for the server timeout when nothing arrives."""
         clientId = self.handshake()

@@ -77,6 +77,11 @@ def _tooLong(channel: str, limit: int) -> BayeuxError:
     return BayeuxError(405, [channel[:limit] + "..."], f"Channel name longer than {limit} characters")
 
 
+# Seconds after its handshake a client's first connect still counts as its first (see
+# BayeuxRouter._fresh): far longer than any client waits between the two.
+_FRESH_WINDOW = 60.0
+
+
 def _isPublish(message: Any) -> bool:
     channel = message.get("channel") if isinstance(message, dict) else None
     return isinstance(channel, str) and not channels.isMeta(channel)
@@ -218,9 +223,12 @@ class BayeuxRouter(EngineListener):
         # Server-initiated messages (:meth:`notify`) for long-poll clients with no connect
         # held right now: they go out with the client's next connect.
         self._notices: dict[str, list[Message]] = {}
-        # Clients that handshook here and have not connected yet: their first
-        # connect is answered at once, whatever advice they sent.
-        self._fresh: set[str] = set()
+        # Clients that handshook here and have not connected yet, with the time they did:
+        # their first connect is answered at once, whatever advice they sent. Entries are
+        # also dropped after _FRESH_WINDOW, oldest first (insertion order is time order),
+        # because a client that goes on through another node (Redis engine) may be
+        # destroyed there, and this node never hears of it.
+        self._fresh: dict[str, float] = {}
         self._draining: str | None = None
         # Live clients handshaken over each socket (clients per connection), both ways.
         self._socketClients: dict[IClientSocket, set[str]] = {}
@@ -429,7 +437,7 @@ class BayeuxRouter(EngineListener):
     # IEngineListener
 
     def clientDestroyed(self, clientId: str, reason: str) -> None:
-        self._fresh.discard(clientId)
+        self._fresh.pop(clientId, None)
         self._notices.pop(clientId, None)
         creator = self._clientSocket.pop(clientId, None)
         if creator is not None:
@@ -667,7 +675,13 @@ class BayeuxRouter(EngineListener):
         if socket is not None and maxClients and len(self._socketClients.get(socket, ())) >= maxClients:
             return self._tooManyClients(message)
         clientId = await self.engine.createClient()
-        self._fresh.add(clientId)
+        now = self.reactor.seconds()
+        while self._fresh:
+            oldest = next(iter(self._fresh))
+            if self._fresh[oldest] > now - _FRESH_WINDOW:
+                break
+            del self._fresh[oldest]
+        self._fresh[clientId] = now
         if socket is not None and maxClients:
             self._socketClients.setdefault(socket, set()).add(clientId)
             self._clientSocket[clientId] = socket
@@ -726,8 +740,7 @@ class BayeuxRouter(EngineListener):
         return held.deferred
 
     def _holdFor(self, clientId: str, message: Message, connectionType: str) -> float:
-        if clientId in self._fresh:
-            self._fresh.discard(clientId)
+        if self._fresh.pop(clientId, None) is not None:
             return 0.0
         if connectionType == "eventsource":
             return 0.0
