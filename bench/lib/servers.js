@@ -137,6 +137,9 @@ async function startPandapush({ logDir, rest, extraArgs = [], env = {}, name = '
   if (pandapushAccepts('shutdown-grace')) args.push('--shutdown-grace', '1');
   // One key publishes every benchmark message, thousands a second: measure the server, not its per-key limit.
   if (pandapushAccepts('max-publish-rate')) args.push('--max-publish-rate', '0');
+  // The idle scenario opens 10,000 clients of one application, and its publisher is one more:
+  // with the default of 10,000 per application its publish is refused and nobody receives.
+  if (pandapushAccepts('max-connections-per-app')) args.push('--max-connections-per-app', '0');
   args.push(...extraArgs);
   const logFile = path.join(logDir, `${name}-${port}.log`);
   const command = experiments ? [path.join(__dirname, '..', 'tools', 'experiments.py'), experiments, ...args] : args;
