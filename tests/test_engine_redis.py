@@ -254,6 +254,59 @@ class MultiNodeTests(_RedisCase, TestCase):
         for sink in sinks.values():
             self.assertEqual(sink.payloads, [b'{"channel":"/a/b","data":1}'])
 
+    async def test_restoredWhenRedisLostItsData(self) -> None:
+        """
+        Redis loses everything (a restart without persistence): each owner writes its
+        clients back (registry, owner, subscriptions, subscriber sets) before telling
+        anyone they are unknown, never over a client registered meanwhile by another
+        node; nobody is destroyed, no listener hears of it, and publishes reach them.
+        """
+        a, b, c = self.nodes
+        attached, detached, moved = [await a.createClient() for _ in range(3)]
+        sink, movedSink = RecordingSink(), RecordingSink()
+        a.attach(attached, sink)
+        for clientId in (attached, detached, moved):
+            await a.subscribe(clientId, "/a")
+        b.attach(moved, movedSink)  # claimed by B (epoch 2), handed over by A
+        await self.settle()
+        self.assertTrue(b.hasLocal(moved) and not a.hasLocal(moved))
+        namespace = a.namespace
+        address = parseRedisHosts(REDIS)[0]
+        # Emptied in one step, with `detached` registered at once by some other node (as
+        # if it had moved there first): A must leave it alone.
+        keys = await namespaceKeys(address, namespace)
+        shard = RedisShard(reactor, address)
+        self.addCleanup(shard.close)
+        script = """
+        for _, k in ipairs(KEYS) do redis.call('DEL', k) end
+        local t = redis.call('TIME')
+        redis.call('ZADD', ARGV[1], tonumber(t[1]) + 30, ARGV[2])
+        redis.call('HSET', ARGV[3], 'owner', 'elsewhere', 'epoch', 9)
+        return 1
+        """
+        await shard.eval(script, keys, [f"{namespace}:clients", detached, f"{namespace}:c:{detached}"])
+
+        self.assertTrue(await a.clientExists(attached))
+        self.assertTrue(await b.clientExists(moved))
+        self.assertEqual(await c.subscriptions(attached), {"/a"})
+        self.assertEqual(await c.subscriptions(moved), {"/a"})
+        owner = await shard.execute("HGETALL", f"{namespace}:c:{detached}")
+        if isinstance(owner, dict):
+            owner = [x for kv in owner.items() for x in kv]
+        fields = dict(zip(owner[::2], owner[1::2], strict=True))
+        self.assertEqual(fields, {"owner": "elsewhere", "epoch": "9"})
+        self.assertEqual(await c.subscriptions(detached), set())
+        # Subscriber sets: the two restored clients, not the one that is another node's.
+        self.assertEqual(await c.publish(message("/a", 1)), 2)
+        await self.settle()
+        self.assertEqual(sink.payloads, [b'{"channel":"/a","data":1}'])
+        self.assertEqual(movedSink.payloads, [b'{"channel":"/a","data":1}'])
+        # Leases are renewed as before: past a whole lease, nobody was collected.
+        await sleep(2.5)
+        self.assertTrue(await a.clientExists(attached))
+        self.assertTrue(await b.clientExists(moved))
+        self.assertEqual(self.events("destroyed", "unsubscribed", "vacated"), [])
+
     async def test_longPollAlternatingNodes(self) -> None:
         """A long-poll client attaching one-shot sinks on A and B in turn gets every message, in order."""
         a, b, _c = self.nodes
@@ -411,7 +464,7 @@ class MultiNodeTests(_RedisCase, TestCase):
         # B hears nothing from other nodes until told to: A's request waits here.
         delayed: list[str] = []
         hear = b._control
-        b._control = delayed.append  # type: ignore[method-assign]
+        b._control = delayed.append  # type: ignore[method-assign,assignment]
         quick = RecordingSink(persistent=False)
         a.attach(clientId, quick)
         a.detach(clientId, quick)

@@ -798,8 +798,8 @@ class FailureTests(ClusterCase):
         await sleep(1)
         await redis.start()
 
-        # Everything was lost with Redis: the client is told to handshake again, does,
-        # subscribes again, and messages flow; the nodes were never restarted.
+        # Everything was lost with Redis; the nodes put their clients back (see
+        # test_redisRestartedSessionsKept) and messages flow; they were never restarted.
         deadline = time.monotonic() + 20
         marker = 0
         while time.monotonic() < deadline:
@@ -838,6 +838,128 @@ class FailureTests(ClusterCase):
             code, body = await self.restPublish(b, "live", {"keyed": True}, auth=credentials)
         self.assertEqual(code, 403, body)
         self.assertLess(time.monotonic() - started, 1.0)
+
+    async def test_redisRestartedSessionsKept(self) -> None:
+        """
+        Redis restarts empty: each node writes back the clients it holds (registry entry,
+        owner and epoch, subscriptions, subscriber sets), so a websocket client and a
+        long-poller (between polls while Redis was down) keep their clientIds without a
+        handshake, and messages published once Redis is back reach them.
+        """
+        if shutil.which("redis-server") is None:
+            if os.environ.get("CI"):
+                self.fail("redis-server is not installed and CI is set")
+            raise SkipTest("redis-server is not installed: cannot run a Redis of our own to restart")
+        redis = RedisProcess()
+        self.addCleanup(redis.stop, "KILL")
+        await redis.start()
+        address = RedisAddress("127.0.0.1", redis.port)
+        a, b = await self.startNodes(2, redis=address)
+        live = channel("live")
+        ws = await self.ws(b.url, name="ws")
+        self.assertTrue((await ws.subscribe(live))["successful"])
+        poller = SteadyPoller([a.url])
+        self.clients.append(poller)
+        await poller.start(live)
+        wsId, pollerId = ws.clientId, poller.clientId
+        code, body = await self.restPublish(b, "live", {"warmup": True})
+        self.assertEqual(code, 200, body)
+        for client in (ws, poller):
+            self.assertTrue(await eventually(lambda client=client: _data(client, live) == [{"warmup": True}]))
+
+        await redis.stop("KILL")
+        await sleep(1)
+        await redis.start()
+
+        # The registry is written back by the nodes themselves (nobody handshook again).
+        shard = RedisShard(reactor, address)
+        self.addCleanup(shard.close)
+
+        async def registered() -> bool:
+            try:
+                scores = [
+                    await shard.execute("ZSCORE", f"{self.namespace}:clients", c) for c in (wsId, pollerId)
+                ]
+            except Exception:
+                return False
+            return all(score is not None for score in scores)
+
+        deadline = time.monotonic() + 15
+        while not await registered() and time.monotonic() < deadline:
+            await sleep(0.1)
+        self.assertTrue(await registered(), a.log() + b.log())
+
+        # Probes until both receive again (publishes acknowledged before a node's
+        # SUBSCRIBE connection is back may be lost: pub/sub is at-most-once).
+        marker = 0
+        deadline = time.monotonic() + 15
+
+        def probed(client: Any) -> bool:
+            return any("probe" in d for d in _data(client, live))
+
+        while not (probed(ws) and probed(poller)) and time.monotonic() < deadline:
+            marker += 1
+            await self.restPublish(a, "live", {"probe": marker})
+            await sleep(0.2)
+        self.assertTrue(probed(ws) and probed(poller), a.log() + b.log())
+        # A websocket learns that its session is gone at its next /meta/connect (every
+        # --timeout, 2 s): give it that long to find out.
+        await sleep(2.5)
+        before = {id(c): len(_data(c, live)) for c in (ws, poller)}
+        for i in range(5):
+            for _ in range(50):
+                code, body = await self.restPublish(a if i % 2 else b, "live", {"after": i})
+                if code == 200:
+                    break
+                await sleep(0.1)
+            self.assertEqual(code, 200, body)
+        for client in (ws, poller):
+            self.assertTrue(
+                await eventually(
+                    lambda client=client: len(_data(client, live)) >= before[id(client)] + 5, timeout=5
+                ),
+                _data(client, live),
+            )
+        await sleep(0.3)
+        for client in (ws, poller):
+            self.assertEqual(_data(client, live)[before[id(client)] :], [{"after": i} for i in range(5)])
+        self.assertEqual((ws.clientId, ws.handshakes), (wsId, 1), "the websocket client handshook again")
+        self.assertEqual(poller.clientId, pollerId)
+        unknown = [f for f in poller.failures if str(f.get("error", "")).startswith("401")]
+        self.assertEqual(unknown, [], "the long-poller was told its session was gone")
+        self.assertTrue(a.running and b.running)
+
+
+class SteadyPoller(AlternatingPoller):
+    """
+    A long-poll client that never handshakes again: it keeps connecting with its
+    clientId, pausing a little after a failed request (Redis down), and records refusals.
+    """
+
+    async def _poll(self) -> None:
+        while self.polling:
+            try:
+                replies = await self.post(
+                    [
+                        {
+                            "channel": "/meta/connect",
+                            "clientId": self.clientId,
+                            "connectionType": "long-polling",
+                        }
+                    ]
+                )
+            except Exception:
+                await sleep(0.1)
+                continue
+            failed = False
+            for reply in replies:
+                if "successful" not in reply:
+                    self.messages.append(reply)
+                elif not reply["successful"]:
+                    self.failures.append(reply)
+                    failed = True
+            if failed:
+                await sleep(0.1)
 
 
 class HoppingPoller:

@@ -257,9 +257,13 @@ class RedisSubscriber:
         onMessage: Callable[[str, str], None],
         commandTimeout: float = 2.0,
         reconnectMaxDelay: float = 5.0,
+        onConnected: Callable[[], None] | None = None,
     ) -> None:
         self.address = address
         self.onMessage = onMessage
+        # Told after every (re)connection: Redis may have come back empty (the engine
+        # restores what its nodes hold).
+        self.onConnected = onConnected
         self._reactor = reactor
         self.commandTimeout = commandTimeout
         # channel -> True once Redis confirmed the subscription on the current connection
@@ -337,6 +341,11 @@ class RedisSubscriber:
         )
         for channel in list(self._wanted):
             self._send(protocol, channel)
+        if self.onConnected is not None:
+            try:
+                self.onConnected()
+            except Exception:
+                self._log.failure("subscriber connection callback failed")
 
     def _lost(self, protocol: _SubscriberProtocol) -> None:
         if self._protocol is protocol:

@@ -44,6 +44,15 @@ presence members leave) within about ``2 * expiry``. A garbage collector runs
 on whichever node holds ``<ns>:gc`` (SET NX PX) and destroys expired clients
 with a script that re-checks the deadline, so a destruction happens once.
 
+*Redis coming back empty*: the owners are the source of truth. Each shard holds a
+generation token (set when absent); a node that finds another token than the one it
+remembers knows the shard lost its data (restart without persistence), and writes back
+its clients of that shard (registry entry, owner, epoch, subscriptions) and the
+subscriber sets of the keys on it, in batched scripts that never overwrite a client
+registered meanwhile (see ``_restoreShard``). It looks when its pub/sub connection
+reconnects, at every lease renewal, and before telling that a client it owns is
+unknown. Presence is not restored (its data lives only in Redis).
+
 Trade-offs: pub/sub is at-most-once. A node whose SUBSCRIBE connection is down,
 or that crashes, loses what was queued in its memory for its clients (the
 clients carry on with their session on another node); a node that closes parks
@@ -84,6 +93,12 @@ from pandapush.interfaces import IClientSocket, IDeliverySink, IEngine, IEngineL
 __all__ = ["RedisEngine"]
 
 DEFAULT_NAMESPACE = "pandapush"
+
+#: Clients re-registered per script when a shard comes back empty: one round trip per
+#: batch, and no script long enough to hold Redis up for other nodes.
+RESTORE_BATCH = 500
+#: Subscriber-set entries put back per script.
+RESTORE_MEMBERS = 5000
 
 
 class _LocalClient:
@@ -177,17 +192,32 @@ class RedisEngine(ListenerRegistry):
         self._channelPrefix = f"{ns}:ch:"
         self._nodePrefix = f"{ns}:node:"
         self._nodeChannel = self._nodePrefix + self.nodeId
+        self._generationKey = f"{ns}:gen"
+        # shard index -> the generation (see ``_checkGeneration``) this node last knew it at
+        self._generations: dict[int, str] = {}
+        # shard index -> waiters for the generation check under way on it
+        self._generationChecks: dict[int, list[defer.Deferred[bool]]] = {}
+        # shard index -> when a call to it last failed (the GC holds back after an outage)
+        self._troubleAt: dict[int, float] = {}
+        # shards this node is restoring its clients on
+        self._restoring: set[int] = set()
+        self._closed = False
+        self._local: dict[str, _LocalClient] = {}
+        # subscription key -> this node's clients subscribed to it
+        self._index: dict[str, set[_LocalClient]] = {}
         self._pubsub = self._shards[0]
         self._subscriber = RedisSubscriber(
-            reactor, self.addresses[0], self._onMessage, commandTimeout, reconnectMaxDelay
+            reactor,
+            self.addresses[0],
+            self._onMessage,
+            commandTimeout,
+            reconnectMaxDelay,
+            onConnected=self._subscriberConnected,
         )
         self._ready = self._subscriber.subscribe(self._nodeChannel)
         self._ready.addErrback(lambda f: self._log.warn("not subscribed yet: {f}", f=f.getErrorMessage()))
 
         self._listeners: list[IEngineListener] = []
-        self._local: dict[str, _LocalClient] = {}
-        # subscription key -> this node's clients subscribed to it
-        self._index: dict[str, set[_LocalClient]] = {}
         self._dirty: list[_LocalClient] = []
         self._flushCall: IDelayedCall | None = None
         self._messageIds = itertools.count()
@@ -195,7 +225,6 @@ class RedisEngine(ListenerRegistry):
         self._callIds = itertools.count()
         # Work started by fire-and-forget methods (attach, detach, GC): ``settle`` waits for it.
         self._pending: set[defer.Deferred[Any]] = set()
-        self._closed = False
         self._collecting: defer.Deferred[None] | None = None
         self._sweeper = task.LoopingCall(self._sweep)
         self._sweeper.clock = reactor
@@ -334,9 +363,14 @@ class RedisEngine(ListenerRegistry):
     async def _createClient(self) -> str:
         clientId = newClientId()
         clients, base, _, _ = self._clientKeys(clientId)
-        await self._clientShard(clientId).eval(
-            scripts.CREATE, [clients, base], [clientId, self.nodeId, self.expiry]
+        generation = await self._clientShard(clientId).eval(
+            scripts.CREATE,
+            [clients, base, self._generationKey],
+            [clientId, self.nodeId, self.expiry, secrets.token_hex(8)],
         )
+        # A node whose first check has not run yet must know which contents its clients
+        # were written to, or it could not tell that Redis lost them.
+        self._generations.setdefault(self._ring.index(clientId), generation)
         # The creating node owns it: the client's first requests usually come back here.
         client = self._local[clientId] = _LocalClient(clientId)
         client.epoch = 1
@@ -345,7 +379,26 @@ class RedisEngine(ListenerRegistry):
 
     def clientExists(self, clientId: str) -> defer.Deferred[bool]:
         d = self._clientShard(clientId).eval(scripts.EXISTS, [self._clientsKey], [clientId])
-        return d.addCallback(lambda r: int(r) == 1)
+
+        def answer(result: Any) -> Any:
+            if int(result) == 1:
+                return True
+            client = self._local.get(clientId)
+            if client is None or not client.epoch:
+                return False
+            # Owned here yet unknown to Redis: the shard may have come back empty, with
+            # this node's restore not run yet (or under way). Wait for it rather than
+            # tell the client to handshake again.
+            return defer.Deferred.fromCoroutine(self._existsAfterCheck(clientId))
+
+        return d.addCallback(answer)
+
+    async def _existsAfterCheck(self, clientId: str) -> bool:
+        await self._checkGeneration(self._ring.index(clientId))
+        # Asked again whatever the check found: a restore that ended between our first
+        # question and the check has put the client back too.
+        result = await self._clientShard(clientId).eval(scripts.EXISTS, [self._clientsKey], [clientId])
+        return int(result) == 1
 
     def destroyClient(self, clientId: str, reason: str = "disconnect") -> defer.Deferred[None]:
         d = defer.Deferred.fromCoroutine(self._destroy(clientId, reason, False))
@@ -679,9 +732,12 @@ class RedisEngine(ListenerRegistry):
         for clientId in clientIds:
             byShard.setdefault(self._ring.index(clientId), []).append(clientId)
         for i, ids in byShard.items():
-            self._track(
-                self._shards[i].eval(scripts.TOUCH, [self._clientsKey], [seconds, *ids]), "moving a deadline"
-            )
+            d = self._shards[i].eval(scripts.TOUCH, [self._clientsKey], [seconds, *ids])
+            self._track(d.addErrback(self._failedOn, i), "moving a deadline")
+
+    def _failedOn(self, failure: Any, index: int) -> Any:
+        self._troubleAt[index] = self._reactor.seconds()
+        return failure
 
     async def _claim(self, client: _LocalClient) -> None:
         try:
@@ -709,6 +765,13 @@ class RedisEngine(ListenerRegistry):
             result = await self._clientShard(clientId).eval(
                 scripts.CLAIM, keys[:3], [clientId, self.nodeId, 2 * self.expiry, client.epoch]
             )
+            if result is None and client.epoch:
+                # Unknown to Redis although this node owned it: the shard may have come
+                # back empty. Once this node's clients are restored, ask again.
+                await self._checkGeneration(self._ring.index(clientId))
+                result = await self._clientShard(clientId).eval(
+                    scripts.CLAIM, keys[:3], [clientId, self.nodeId, 2 * self.expiry, client.epoch]
+                )
         except Exception:
             if self._local.get(clientId) is client:
                 if client.epoch:
@@ -882,6 +945,126 @@ class RedisEngine(ListenerRegistry):
         attached = [c.id for c in self._local.values() if c.sink is not None]
         for start in range(0, len(attached), 1000):
             self._setDeadline(attached[start : start + 1000], 2 * self.expiry)
+        # As often as leases: a shard that came back empty is noticed (and this node's
+        # clients restored) before their leases would have run out.
+        self._checkGenerations()
+
+    # Redis coming back empty
+
+    def _subscriberConnected(self) -> None:
+        # Redis may be back from a restart: look now rather than at the next renewal.
+        self._checkGenerations()
+
+    def _checkGenerations(self) -> None:
+        if self._closed:
+            return
+        for index in range(len(self._shards)):
+            if index not in self._generationChecks:
+                self._track(self._checkGeneration(index), "checking Redis for lost data")
+
+    def _checkGeneration(self, index: int) -> defer.Deferred[bool]:
+        """
+        Whether shard ``index`` lost what this node wrote to it (it restarted without
+        persistence, or was flushed), in which case this node's clients are restored
+        on it before this fires. One check at a time per shard; callers share it.
+
+        Each shard holds a generation token, set when absent: a node that remembers
+        another token than the one it finds knows the shard's contents are new.
+        """
+        waiters = self._generationChecks.get(index)
+        if waiters is not None:
+            waiter: defer.Deferred[bool] = defer.Deferred()
+            waiters.append(waiter)
+            return waiter
+        self._generationChecks[index] = []
+        d = defer.Deferred.fromCoroutine(self._checkOneGeneration(index))
+
+        def done(result: Any) -> Any:
+            for waiter in self._generationChecks.pop(index, []):
+                if isinstance(result, defer.Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(result)
+            return result
+
+        return d.addBoth(done)
+
+    async def _checkOneGeneration(self, index: int) -> bool:
+        shard = self._shards[index]
+        try:
+            current = await shard.eval(scripts.GENERATION, [self._generationKey], [secrets.token_hex(8)])
+        except Exception:
+            self._troubleAt[index] = self._reactor.seconds()
+            raise
+        known = self._generations.get(index)
+        if known is None or known == current:
+            self._generations[index] = current
+            return False
+        # Remembered only once restored: a restore cut short is tried again at the next check.
+        self._restoring.add(index)
+        try:
+            await self._restoreShard(index)
+        finally:
+            self._restoring.discard(index)
+        self._generations[index] = current
+        return True
+
+    async def _restoreShard(self, index: int) -> None:
+        """
+        Write back to shard ``index`` what this node holds of its clients, after the
+        shard lost it: their registry entries (owner, epoch, a lease), their
+        subscriptions, and the subscriber sets of the keys on this shard. Clients keep
+        their sessions; the SUBSCRIBEs come back with the subscriber connection.
+
+        Idempotent and never overwriting: a client registered meanwhile (claimed by
+        another node, or restored by its newer owner) is left alone and kept out of
+        the subscriber sets written here. Presence is not restored: the members' data
+        lives only in Redis (see REDIS-TODO). No listener events fire: from the
+        cluster's point of view nothing ended and nothing began.
+        """
+        shard = self._shards[index]
+        mine = [c for c in self._local.values() if c.epoch and self._ring.index(c.id) == index]
+        elsewhere: set[str] = set()
+        restored = 0
+        for start in range(0, len(mine), RESTORE_BATCH):
+            chunk = [c for c in mine[start : start + RESTORE_BATCH] if self._local.get(c.id) is c]
+            if not chunk:
+                continue
+            keys = [self._clientsKey]
+            args: list[Any] = [self.nodeId, 2 * self.expiry, self.expiry]
+            for client in chunk:
+                _, base, subs, _ = self._clientKeys(client.id)
+                keys += [base, subs]
+                args += [client.id, client.epoch, "1" if client.sink is not None else "0", len(client.subs)]
+                args += client.subs
+            statuses = await shard.eval(scripts.RESTORE, keys, args)
+            for client, status in zip(chunk, statuses, strict=True):
+                if int(status) == 0:
+                    elsewhere.add(client.id)
+                elif int(status) == 2:
+                    restored += 1
+        sets: list[str] = []
+        members: list[Any] = []
+        for key in list(self._index):
+            if self._ring.index(key) != index:
+                continue
+            ids = [c.id for c in self._index.get(key, ()) if c.epoch and c.id not in elsewhere]
+            if not ids:
+                continue
+            sets.append(self._subscribersKey(key))
+            members += [len(ids), *ids]
+            if len(members) >= RESTORE_MEMBERS:
+                batch, sets, members = (sets, members), [], []
+                await shard.eval(scripts.RESTORE_SUBSCRIBERS, *batch)
+        if sets:
+            await shard.eval(scripts.RESTORE_SUBSCRIBERS, sets, members)
+        self._log.warn(
+            "Redis {shard} lost its data (restarted without persistence?): restored {restored} of "
+            "this node's clients on it ({moved} had moved)",
+            shard=self.addresses[index].name,
+            restored=restored,
+            moved=len(elsewhere),
+        )
 
     def _sweep(self) -> None:
         if self._collecting is None:
@@ -899,7 +1082,13 @@ class RedisEngine(ListenerRegistry):
         got = await self._pubsub.execute("SET", f"{self.namespace}:gc", self.nodeId, "NX", "PX", lockMs)
         if got is None:
             return
-        for shard in self._shards:
+        now = self._reactor.seconds()
+        for index, shard in enumerate(self._shards):
+            if index in self._restoring or now - self._troubleAt.get(index, -1e9) < self.expiry:
+                # Leases could not be renewed while the shard was unreachable, and this
+                # node's clients may be being restored on it: let their owners catch up
+                # before treating anyone as expired.
+                continue
             expired = await shard.eval(scripts.EXPIRED, [self._clientsKey], [500])
             for clientId in expired or ():
                 self._log.debug("client {clientId} expired", clientId=clientId)

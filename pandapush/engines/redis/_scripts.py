@@ -16,14 +16,16 @@ from __future__ import annotations
 
 _NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1000000\n"
 
-#: KEYS: clients zset, client hash. ARGV: clientId, owner node, seconds to live.
-#: The creating node owns the client with epoch 1 (see CLAIM).
+#: KEYS: clients zset, client hash, the shard's generation key. ARGV: clientId, owner node,
+#: seconds to live, a fresh generation token. The creating node owns the client with epoch 1
+#: (see CLAIM). Returns the shard's generation (see GENERATION).
 CREATE = (
     _NOW
     + """
 redis.call('HSET', KEYS[2], 'owner', ARGV[2], 'epoch', 1)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
-return 1
+redis.call('SET', KEYS[3], ARGV[4], 'NX')
+return redis.call('GET', KEYS[3])
 """
 )
 
@@ -200,4 +202,57 @@ UNPARK = """
 local items = redis.call('LRANGE', KEYS[1], 0, -1)
 redis.call('DEL', KEYS[1])
 return items
+"""
+
+#: KEYS: the shard's generation key. ARGV: a fresh token. The token naming the shard's
+#: current contents: set when absent (a new or emptied Redis), so a node that remembers
+#: another one knows the data it wrote there is gone (see ``RedisEngine._restoreShard``).
+GENERATION = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
+"""
+
+#: KEYS: clients zset, then per client: its hash, its subs set. ARGV: owner node, lease of an
+#: attached client, time to live of a detached one, then per client: clientId, epoch,
+#: '1' if attached, number of subscriptions, subscription...
+#: Re-registers clients the owner holds after the shard lost them. Never overwrites: a
+#: client registered meanwhile (by a claim elsewhere, so at another owner or a newer epoch)
+#: has moved and is left alone. Returns per client 2 (restored), 1 (already registered with
+#: this owner and epoch) or 0 (registered otherwise: not this node's to restore).
+RESTORE = (
+    _NOW
+    + """
+local result = {}
+local j = 4
+for i = 2, #KEYS, 2 do
+  local id, epoch, attached, n = ARGV[j], ARGV[j + 1], ARGV[j + 2], tonumber(ARGV[j + 3])
+  local status = 0
+  if redis.call('ZSCORE', KEYS[1], id) then
+    local owner = redis.call('HGET', KEYS[i], 'owner') or ''
+    if owner == ARGV[1] and (redis.call('HGET', KEYS[i], 'epoch') or '') == epoch then status = 1 end
+  elseif redis.call('EXISTS', KEYS[i]) == 0 then
+    local ttl = tonumber(ARGV[3])
+    if attached == '1' then ttl = tonumber(ARGV[2]) end
+    redis.call('ZADD', KEYS[1], now + ttl, id)
+    redis.call('HSET', KEYS[i], 'owner', ARGV[1], 'epoch', epoch)
+    for m = j + 4, j + 3 + n do redis.call('SADD', KEYS[i + 1], ARGV[m]) end
+    status = 2
+  end
+  table.insert(result, status)
+  j = j + 4 + n
+end
+return result
+"""
+)
+
+#: KEYS: subscribers sets. ARGV: per key: number of clients, clientId...
+#: Puts restored clients back into the subscriber sets of their keys.
+RESTORE_SUBSCRIBERS = """
+local j = 1
+for _, k in ipairs(KEYS) do
+  local n = tonumber(ARGV[j])
+  for m = j + 1, j + n do redis.call('SADD', k, ARGV[m]) end
+  j = j + 1 + n
+end
+return 1
 """
