@@ -95,6 +95,9 @@ class FailoverWS:
     Redis). ``messages`` collects deliveries, ``failovers``/``handshakes`` count events.
     """
 
+    # The autobahn protocol each socket is opened with (a subclass may note more of the handshake).
+    protocolClass: type[WebSocketClientProtocol] = _WSProtocol
+
     def __init__(self, urls: list[str], name: str = "") -> None:
         self.urls = list(urls)
         self.name = name
@@ -118,7 +121,7 @@ class FailoverWS:
     async def _open(self) -> None:
         host, port = self.url.split("//")[1].split(":")
         factory = WebSocketClientFactory(f"ws://{host}:{port}/push")
-        factory.protocol = _WSProtocol
+        factory.protocol = self.protocolClass
         factory.owner = self  # type: ignore[attr-defined]
         self._opening = defer.Deferred()
         self._opening.addTimeout(3, reactor)

@@ -26,10 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import treq
-from autobahn.twisted.websocket import WebSocketClientFactory
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address
-from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, eventAsJSON, formatEvent
@@ -331,16 +329,7 @@ class WorkerWS(FailoverWS):
     """test_multinode's websocket client, noting which worker accepted its socket."""
 
     worker: str | None = None
-
-    async def _open(self) -> None:
-        host, port = self.url.split("//")[1].split(":")
-        factory = WebSocketClientFactory(f"ws://{host}:{port}/push")
-        factory.protocol = _HeaderWSProtocol
-        factory.owner = self  # type: ignore[attr-defined]
-        self._opening = defer.Deferred()
-        self._opening.addTimeout(3, reactor)
-        await TCP4ClientEndpoint(reactor, host, int(port), timeout=2).connect(factory)
-        await self._opening
+    protocolClass = _HeaderWSProtocol
 
 
 class WorkerLP(LPClient):
