@@ -10,52 +10,32 @@ acknowledged and never delivered (``bench/faults.py`` counted 60 of them at 200 
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from typing import Any
 
 import treq
 from twisted.internet import defer
-from twisted.web.http_headers import Headers
 
-from tests.bayeux_clients import HANDSHAKE, eventually
+from tests.bayeux_clients import eventually
 from tests.support.server import sleep
-from tests.test_multinode import KEY, SECRET, ClusterCase, channel
+from tests.test_multinode import KEY, SECRET, AlternatingPoller, ClusterCase, channel
 
 
-class MovingPoller:
+class MovingPoller(AlternatingPoller):
     """A long-poller that uses its first node until a request to it fails, then the next (a balancer)."""
 
     def __init__(self, urls: list[str]) -> None:
-        self.urls = urls
+        super().__init__(urls)
         self.index = 0
-        self.clientId: str | None = None
-        self.messages: list[Any] = []
-        self.failures: list[dict[str, Any]] = []
         self.handshakes = 0
-        self.polling = False
-        self._loop: defer.Deferred[None] | None = None
 
-    async def post(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        response = await treq.post(
-            self.urls[self.index] + "/push",
-            data=json.dumps(messages).encode(),
-            headers=Headers({b"Content-Type": [b"application/json"]}),
-            persistent=False,
-            timeout=15,
-        )
-        return json.loads(await response.content())  # type: ignore[no-any-return]
+    def _nextUrl(self) -> str:
+        return self.urls[self.index]
 
     async def start(self, subscription: str) -> MovingPoller:
-        (reply,) = await self.post([HANDSHAKE])
-        self.clientId, self.handshakes = reply["clientId"], 1
-        (reply,) = await self.post(
-            [{"channel": "/meta/subscribe", "clientId": self.clientId, "subscription": subscription}]
-        )
-        assert reply["successful"], reply
-        self.polling = True
-        self._loop = defer.ensureDeferred(self._poll())
+        self.handshakes = 1
+        await super().start(subscription)
         return self
 
     async def _poll(self) -> None:
@@ -72,11 +52,6 @@ class MovingPoller:
                     self.messages.append(reply["data"])
                 elif not reply["successful"]:
                     self.failures.append(reply)
-
-    async def stop(self) -> None:
-        self.polling = False
-        if self._loop is not None:
-            await self._loop
 
 
 class DrainUnderTrafficTests(ClusterCase):

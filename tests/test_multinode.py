@@ -260,12 +260,15 @@ class AlternatingPoller:
         self.polling = False
         self._loop: defer.Deferred[None] | None = None
 
-    async def post(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _nextUrl(self) -> str:
         url = self.urls[self.requests % len(self.urls)]
         self.requests += 1
         self.nodesUsed.append(url)
+        return url
+
+    async def post(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         response = await treq.post(
-            url + "/push",
+            self._nextUrl() + "/push",
             data=json.dumps(messages).encode(),
             headers=Headers({b"Content-Type": [b"application/json"]}),
             persistent=False,
