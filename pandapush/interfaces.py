@@ -189,6 +189,13 @@ class IEngine(Interface):
     def presenceMembers(channel: str) -> Deferred[dict[str, Any]]:
         """The members present on ``channel``: ``{memberId: data}``."""
 
+    def statistics() -> dict[str, int]:
+        """
+        This node's figures, read at scrape time (it may walk every client): ``clients``
+        (the clients this node holds), ``subscriptions``, ``channels`` (subscription keys
+        with a subscriber here) and ``queued_messages``.
+        """
+
     def close() -> Deferred[None]:
         """Release connections and timers."""
 

@@ -44,8 +44,8 @@ from zope.interface import implementer
 from pandapush.auth.rules import PUBLISH, SUBSCRIBE, parseChannel
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.errors import BayeuxError
-from pandapush.engines import EngineListener
 from pandapush.interfaces import IEngine, IExtension
+from pandapush.listeners import EngineListener
 
 __all__ = [
     "DEFAULT_MAX_CLIENTS_PER_CONNECTION",

@@ -37,7 +37,7 @@ class _StateCollector:
 
     def collect(self) -> Iterator[Metric]:
         engine: Any = self.router.engine
-        stats = engine.statistics() if hasattr(engine, "statistics") else {}
+        stats = engine.statistics()
         for name, help in [
             ("clients", "Bayeux clients known to this node's engine."),
             ("subscriptions", "Subscriptions held by this node's engine."),

@@ -27,8 +27,8 @@ from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.errors import BayeuxError
 from pandapush.bayeux.message import subscriptionChannels
 from pandapush.bayeux.router import BayeuxRouter
-from pandapush.engines import EngineListener
 from pandapush.interfaces import IExtension
+from pandapush.listeners import EngineListener
 
 __all__ = ["PresenceExtension", "isPresenceChannel"]
 

@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from pandapush.bayeux.router import BayeuxRouter
-from pandapush.engines import EngineListener
+from pandapush.listeners import EngineListener
 
 __all__ = ["AppStatistics", "Statistics", "appOf"]
 

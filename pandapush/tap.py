@@ -298,10 +298,9 @@ class BayeuxService(Service):
 
     def _ownedClients(self) -> int:
         """Clients this node still owns (only a shared engine's can move elsewhere)."""
-        statistics = getattr(self.engine, "statistics", None)
-        if not self.sharedEngine or statistics is None:
+        if not self.sharedEngine:
             return 0
-        return int(statistics().get("clients", 0))
+        return int(self.engine.statistics().get("clients", 0))
 
     async def _drain(self) -> None:
         self.router.drain("retry" if self.sharedEngine else "handshake")

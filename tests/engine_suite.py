@@ -15,8 +15,8 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from pandapush.bayeux.delivery import Delivery
-from pandapush.engines import EngineListener
 from pandapush.interfaces import IDeliverySink, IEngine
+from pandapush.listeners import EngineListener
 
 if TYPE_CHECKING:
     from twisted.trial.unittest import TestCase

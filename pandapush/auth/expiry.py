@@ -42,8 +42,8 @@ from pandapush.auth.rules import SUBSCRIBE, parseChannel
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.errors import BayeuxError
 from pandapush.bayeux.message import subscriptionChannels
-from pandapush.engines import EngineListener
 from pandapush.interfaces import IExtension
+from pandapush.listeners import EngineListener
 
 __all__ = ["TOKEN_EXPIRED", "SubscriptionExpiry", "expiryNotice"]
 

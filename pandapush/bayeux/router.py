@@ -24,8 +24,8 @@ from pandapush.bayeux import channel as channels
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.delivery import Delivery
 from pandapush.bayeux.errors import BayeuxError
-from pandapush.engines import EngineListener
 from pandapush.interfaces import IClientSocket, IDeliverySink, IEngine, IExtension
+from pandapush.listeners import EngineListener
 
 __all__ = ["BAYEUX_VERSION", "CONNECTION_TYPES", "BayeuxRouter", "Limits"]
 

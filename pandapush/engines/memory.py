@@ -8,7 +8,6 @@ for each client is handed to its sink once per reactor turn by a single
 
 from __future__ import annotations
 
-import secrets
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -19,18 +18,14 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pandapush.bayeux.channel import expand
-from pandapush.engines import ListenerRegistry
+from pandapush.engines.ids import newClientId
 from pandapush.interfaces import IDeliverySink, IEngine, IEngineListener
+from pandapush.listeners import ListenerRegistry
 
 if TYPE_CHECKING:
     from pandapush.bayeux.delivery import Delivery
 
-__all__ = ["MemoryEngine", "newClientId"]
-
-
-def newClientId() -> str:
-    """160 random bits, URL-safe: unguessable, and usable as a path segment."""
-    return secrets.token_urlsafe(20)
+__all__ = ["MemoryEngine"]
 
 
 class _Member:

@@ -77,8 +77,7 @@ from zope.interface import implementer
 from pandapush.bayeux import json
 from pandapush.bayeux.channel import expand
 from pandapush.bayeux.delivery import Delivery
-from pandapush.engines import ListenerRegistry
-from pandapush.engines.memory import newClientId
+from pandapush.engines.ids import newClientId
 from pandapush.engines.redis import _scripts as scripts
 from pandapush.engines.redis._connection import (
     HashRing,
@@ -89,6 +88,7 @@ from pandapush.engines.redis._connection import (
     parseRedisHosts,
 )
 from pandapush.interfaces import IClientSocket, IDeliverySink, IEngine, IEngineListener
+from pandapush.listeners import ListenerRegistry
 
 __all__ = ["RedisEngine"]
 
