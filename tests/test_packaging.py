@@ -108,6 +108,30 @@ async def installed() -> Installed:
     return here
 
 
+_editable: Installed | None = None
+
+
+async def editable() -> Installed:
+    """
+    A second venv with a plain ``pip install -e`` of the same copy (setuptools' default
+    editable mode, not run-tests' compat), built on first use.
+    """
+    global _editable
+    if _editable is not None:
+        return _editable
+    env = await installed()
+    here = Installed(root=env.root, venv=env.root / "editable-venv", source=env.source, cwd=env.cwd)
+    for step in [
+        (sys.executable, "-m", "venv", here.venv),
+        (here.bin("python"), "-m", "pip", "install", "--no-input", "-e", here.source),
+    ]:
+        output, code = await _run(*step, cwd=here.cwd)
+        if code != 0:
+            raise AssertionError(f"{' '.join(map(str, step))} exited {code}:\n{output}")
+    _editable = here
+    return here
+
+
 class InstalledServer(PandapushProcess):
     """``twistd -n pandapush`` from the fresh venv, run outside the checkout."""
 
@@ -199,6 +223,17 @@ class PackagingTests(TestCase):
         # twistd ends by re-raising the signal that stopped it: -SIGTERM is a clean exit.
         self.assertIn(code, (0, -signal.SIGTERM), server.log())
         self.assertIn("Server Shut Down.", server.log())
+
+    async def test_editableInstallFindsDropin(self) -> None:
+        """
+        A plain ``pip install -e .`` leaves twisted/plugins/ visible to twistd: setuptools
+        puts the root on sys.path (``package-dir`` in pyproject.toml) rather than
+        installing an import hook, which twistd's plugin scan would not see through.
+        """
+        env = await editable()
+        output, code = await _run(env.bin("twistd"), "pandapush", "--help", cwd=env.cwd)
+        self.assertEqual(code, 0, output)
+        self.assertIn("Usage: twistd [options] pandapush [options]", output)
 
     async def test_consoleScript(self) -> None:
         """``pandapush --help``, the console script, works from the installed copy."""
