@@ -1,0 +1,5 @@
+# frozen_string_literal: true
+
+module Pandapush
+  VERSION = "0.1.0"
+end
