@@ -1,0 +1,321 @@
+"""
+End-to-end checks shared by the server libraries' tests (``tests/test_sdk_{python,ruby,node}.py``).
+
+Each language's test module subclasses :class:`SDKEndToEnd` and says how to run its library:
+``operate(op)`` performs one operation with the library (``publish``, ``token``) and reports
+the outcome as a dict, ``{"ok": True, "result": ...}`` or ``{"ok": False, "error": {...}}`` with
+the typed error's class name, status, code, server message and every text it can print
+(message, inspect/repr, full traceback), so one set of assertions serves the three libraries.
+
+The server is a real ``twistd pandapush`` (:class:`PandapushProcess`) seeded with a development
+application and key, with no token leeway (``PANDAPUSH_TOKEN_LEEWAY=0``) so a token that lives
+two seconds is refused two seconds later; subscribers are real Bayeux websocket clients.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer, error
+from twisted.internet import reactor as _reactor
+from twisted.internet.interfaces import IReactorProcess
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SkipTest, TestCase
+
+from pandapush.auth.bearer import verifyToken
+from tests.bayeux_clients import WSClient, eventually
+from tests.support.server import REPO_ROOT, PandapushProcess
+
+__all__ = [
+    "APP",
+    "KEY",
+    "SDKS",
+    "SECRET",
+    "SERVER_ENV",
+    "ProcessResult",
+    "SDKEndToEnd",
+    "missing",
+    "requireExecutable",
+    "runProcess",
+]
+
+SDKS = REPO_ROOT / "sdks"
+APP = "sdkTestApp0000000001"
+KEY = "PSIDsdkTestKey000001"
+SECRET = "sdk-test-secret-0123456789abcdef"
+SERVER_ENV = {
+    "DATABASE": "memory",
+    "DEV_APPLICATION_ID": APP,
+    "DEV_KEY_ID": KEY,
+    "DEV_KEY_SECRET": SECRET,
+    "AUTH_METHOD": "none",
+    # A token is refused the second it expires: the expiry test waits 2 s, not 32.
+    "PANDAPUSH_TOKEN_LEEWAY": "0",
+}
+# Data that must come through unchanged: non-ASCII, U+2028 (a line break to some parsers), nesting.
+PAYLOAD = {
+    "text": "h\u00e9llo \u2603 \u2028 from the library",
+    "n": [1, 2.5, None, True],
+    "nested": {"a": {}},
+}
+
+
+def missing(reason: str) -> None:
+    """Skip, or fail when ``PANDAPUSH_E2E_REQUIRED=1`` (``run-tests`` sets it)."""
+    if os.environ.get("PANDAPUSH_E2E_REQUIRED") == "1":
+        raise AssertionError(reason + " (PANDAPUSH_E2E_REQUIRED=1)")
+    raise SkipTest(reason)
+
+
+def requireExecutable(name: str, install: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        missing(f"{name} is not installed ({install})")
+        raise AssertionError("unreachable")
+    return found
+
+
+@dataclass
+class ProcessResult:
+    code: int | None
+    stdout: str
+    stderr: str
+    command: list[str]
+
+    def describe(self) -> str:
+        return (
+            f"$ {' '.join(self.command)}\nexit code: {self.code}\n"
+            f"--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}"
+        )
+
+
+class _Collect(ProcessProtocol):
+    def __init__(self, done: defer.Deferred[tuple[int | None, bytes, bytes]]) -> None:
+        self.done = done
+        self.out = b""
+        self.err = b""
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason: Failure) -> None:
+        code: int | None = 0
+        if isinstance(reason.value, error.ProcessTerminated):
+            code = reason.value.exitCode if reason.value.exitCode is not None else -(reason.value.signal or 0)
+        self.done.callback((code, self.out, self.err))
+
+
+async def runProcess(
+    command: list[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+    reactor: Any = None,
+) -> ProcessResult:
+    """Run ``command`` to its end (killed after ``timeout`` seconds) without blocking the reactor."""
+    reactor = reactor or _reactor
+    done: defer.Deferred[tuple[int | None, bytes, bytes]] = defer.Deferred()
+    childEnv = dict(os.environ)
+    childEnv.update(env or {})
+    transport = IReactorProcess(reactor).spawnProcess(
+        _Collect(done), command[0], command, env=childEnv, path=str(cwd)
+    )
+
+    def tooLong() -> None:
+        try:
+            transport.signalProcess("KILL")
+        except error.ProcessExitedAlready:
+            pass
+
+    timer = reactor.callLater(timeout, tooLong)
+    code, out, err = await done
+    if timer.active():
+        timer.cancel()
+    return ProcessResult(code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), command)
+
+
+def _batchedTimers(reactor: Any = _reactor) -> list[Any]:
+    return [c for c in reactor.getDelayedCalls() if getattr(c.func, "__name__", "") == "_notify_bucket"]
+
+
+async def closeWebsocket(client: WSClient) -> None:
+    """
+    Close ``client`` and wait until autobahn's timers have run out. Its handshake timeouts live in
+    txaio's batched timer, whose 0.2 s buckets stay scheduled when the calls in them are cancelled:
+    a test ending within 5 s of opening a websocket would leave trial a dirty reactor.
+    """
+    if not client.closed:
+        client.protocol.sendClose()
+    await eventually(lambda: client.closed, timeout=5)
+    await eventually(lambda: not _batchedTimers(), timeout=8)
+
+
+# A mixin, not a TestCase: trial would otherwise run it (with no library) in every module importing it.
+if TYPE_CHECKING:
+    _Base = TestCase
+else:
+    _Base = object
+
+
+class SDKEndToEnd(_Base):
+    """
+    One language's library against a real pandapush: ``class RubyTests(SDKEndToEnd, TestCase)``
+    sets ``language`` and implements :meth:`operate` and :meth:`unitTests`.
+    """
+
+    timeout = 120
+    language = "?"
+
+    async def operate(self, op: dict[str, Any], secret: str = SECRET) -> dict[str, Any]:
+        """Do ``op`` with the library (a client built with the server's url, KEY and ``secret``)."""
+        raise NotImplementedError
+
+    async def unitTests(self) -> ProcessResult:
+        """Run the library's own unit tests with its language's tooling."""
+        raise NotImplementedError
+
+    async def server(self, *args: str) -> PandapushProcess:
+        self.pandapush = await PandapushProcess.started(self, *args, env=SERVER_ENV)
+        return self.pandapush
+
+    async def websocket(self) -> WSClient:
+        """A Bayeux websocket client of the server, closed (and its timers run out) at cleanup."""
+        client = await WSClient(self.pandapush.url).start()
+        self.addCleanup(closeWebsocket, client)
+        return client
+
+    async def subscriber(
+        self, channel: str, auth: dict[str, Any] | None = None
+    ) -> tuple[WSClient, dict[str, Any]]:
+        client = await self.websocket()
+        message: dict[str, Any] = {"channel": "/meta/subscribe", "subscription": channel}
+        if auth is not None:
+            message["ext"] = {"auth": auth}
+        return client, await client.call(message)
+
+    def assertSecretAbsent(self, failure: dict[str, Any], secret: str) -> None:
+        for text in (failure["message"], failure["inspect"], failure["full"]):
+            self.assertNotIn(secret, text)
+
+    # --- the tests every library passes -------------------------------------------------------
+
+    async def test_unitTests(self) -> None:
+        """The library's own unit tests pass (run by its language's standard tooling)."""
+        result = await self.unitTests()
+        self.assertEqual(result.code, 0, result.describe())
+
+    async def test_publishReachesSubscriber(self) -> None:
+        """publish(channel, data) with key and secret: a websocket subscriber gets it once, unchanged."""
+        await self.server()
+        channel = f"/{APP}/public/{self.language}-news"
+        private = f"/{APP}/private/{self.language}-inbox"
+        subscriber, reply = await self.subscriber(channel)
+        self.assertTrue(reply["successful"], reply)
+        inbox, reply = await self.subscriber(private, {"key": KEY, "secret": SECRET})
+        self.assertTrue(reply["successful"], reply)
+        outcome = await self.operate({"op": "publish", "channel": channel, "data": PAYLOAD})
+        self.assertEqual(outcome, {"ok": True, "result": None})
+        outcome = await self.operate({"op": "publish", "channel": private, "data": {"to": "inbox"}})
+        self.assertTrue(outcome["ok"], outcome)
+        self.assertTrue(await eventually(lambda: len(subscriber.messages) >= 1 and len(inbox.messages) >= 1))
+        await self.operate({"op": "publish", "channel": channel, "data": "second"})
+        self.assertTrue(await eventually(lambda: len(subscriber.messages) >= 2))
+        self.assertEqual([m["data"] for m in subscriber.messages], [PAYLOAD, "second"])
+        self.assertEqual([m["channel"] for m in subscriber.messages], [channel, channel])
+        self.assertEqual([m["data"] for m in inbox.messages], [{"to": "inbox"}])
+
+    async def test_tokenAcceptedThenRefusedAfterExpiry(self) -> None:
+        """A minted sub token subscribes to its private channel; at exp the server ends it and refuses it."""
+        await self.server()
+        private = f"/{APP}/private/{self.language}-expiring"
+        outcome = await self.operate({"op": "token", "channel": private, "sub": True, "expiresIn": 2})
+        self.assertTrue(outcome["ok"], outcome)
+        token = outcome["result"]
+        claims = verifyToken(token, SECRET, time.time(), leeway=0)  # the server's own check
+        assert claims is not None, token
+        self.assertEqual(
+            {k: claims[k] for k in ("keyId", "channel", "pub", "sub")},
+            {"keyId": KEY, "channel": private, "pub": False, "sub": True},
+        )
+        self.assertTrue(time.time() < claims["exp"] <= time.time() + 2)
+        subscriber, reply = await self.subscriber(private, {"token": token})
+        self.assertTrue(reply["successful"], reply)
+        await self.operate({"op": "publish", "channel": private, "data": {"n": 1}})
+        self.assertTrue(await eventually(lambda: len(subscriber.messages) == 1))
+        notice = f"401:{private}:Token expired"
+        self.assertTrue(
+            await eventually(lambda: any(r.get("error") == notice for r in subscriber.replies), timeout=6),
+            subscriber.replies,
+        )
+        _, reply = await self.subscriber(private, {"token": token})
+        self.assertFalse(reply["successful"], reply)
+        self.assertEqual(reply["error"], "401::Invalid token provided")
+        await self.operate({"op": "publish", "channel": private, "data": {"n": 2}})
+        self.assertEqual([m["data"] for m in subscriber.messages], [{"n": 1}])
+
+    async def test_presenceAndPublishTokens(self) -> None:
+        """A presence token names its member; a pub token lets a browser-side client publish."""
+        await self.server()
+        presence = f"/{APP}/presence/{self.language}-room"
+        member = {"id": "u1", "name": "Zo\u00eb"}
+        outcome = await self.operate({"op": "token", "channel": presence, "sub": True, "presence": member})
+        self.assertTrue(outcome["ok"], outcome)
+        _, reply = await self.subscriber(presence, {"token": outcome["result"]})
+        self.assertTrue(reply["successful"], reply)
+        self.assertEqual(reply["ext"]["presence"], {"subscribe": {"u1": member}})
+        public = f"/{APP}/public/{self.language}-chat"
+        listener, _ = await self.subscriber(public)
+        outcome = await self.operate({"op": "token", "channel": public, "pub": True, "expiresIn": 60})
+        publisher = await self.websocket()
+        reply = await publisher.call(
+            {"channel": public, "data": "via token", "ext": {"auth": {"token": outcome["result"]}}}
+        )
+        self.assertTrue(reply["successful"], reply)
+        self.assertTrue(await eventually(lambda: [m["data"] for m in listener.messages] == ["via token"]))
+
+    async def test_badSecretRaisesTypedError(self) -> None:
+        """A wrong secret raises ForbiddenError with the server's code and message, and no secret in sight."""
+        await self.server()
+        wrong = "not-the-secret-5e1f0c"
+        outcome = await self.operate(
+            {"op": "publish", "channel": f"/{APP}/public/x", "data": 1}, secret=wrong
+        )
+        self.assertFalse(outcome["ok"], outcome)
+        failure = outcome["error"]
+        self.assertEqual(
+            (failure["class"], failure["status"], failure["code"], failure["serverMessage"]),
+            ("ForbiddenError", 403, 403, "Invalid secret"),
+        )
+        self.assertTrue(failure["isAuthError"], failure)
+        self.assertSecretAbsent(failure, wrong)
+        outcome = await self.operate({"op": "publish", "channel": f"/{APP}/nosuchtype/x", "data": 1})
+        self.assertEqual(
+            (outcome["error"]["class"], outcome["error"]["status"]), ("NotFoundError", 404), outcome
+        )
+        outcome = await self.operate(
+            {"op": "publish", "channel": "/otherApp000000000001/public/x", "data": 1}
+        )
+        self.assertEqual(
+            (outcome["error"]["class"], outcome["error"]["serverMessage"]),
+            ("ForbiddenError", "Could not find key"),
+            outcome,
+        )
+
+    async def test_rateLimited(self) -> None:
+        """Past the key's publish rate the server's 429 is a RateLimitedError carrying Retry-After."""
+        await self.server("--max-publish-rate", "1", "--max-publish-burst", "1")
+        outcome = await self.operate({"op": "publish", "channel": f"/{APP}/public/x", "data": 1, "times": 3})
+        self.assertFalse(outcome["ok"], outcome)
+        failure = outcome["error"]
+        self.assertEqual((failure["class"], failure["status"]), ("RateLimitedError", 429), failure)
+        self.assertGreaterEqual(failure["retryAfter"], 1)
+        self.assertSecretAbsent(failure, SECRET)

@@ -1,0 +1,74 @@
+"""
+The ``pandapush`` npm package (``sdks/node``) against a real pandapush: its ``node --test`` suite
+and the end-to-end checks of :class:`tests.support.sdks.SDKEndToEnd`, each operation a ``node``
+process importing the package as an ES module (the unit tests cover ``require``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.trial.unittest import TestCase
+
+from tests.support.sdks import KEY, SDKS, SECRET, ProcessResult, SDKEndToEnd, requireExecutable, runProcess
+
+PACKAGE = SDKS / "node"
+
+# One operation with the package; the outcome as one JSON line.
+DRIVER = """
+import util from 'node:util';
+import { AuthError, Client, PandapushError } from PACKAGE_URL;
+const op = JSON.parse(process.env.PANDAPUSH_OP);
+const client = new Client({
+  url: process.env.PANDAPUSH_URL,
+  keyId: process.env.PANDAPUSH_KEY_ID,
+  secret: process.env.PANDAPUSH_SECRET,
+  maxRetries: 0,
+});
+try {
+  let result = null;
+  if (op.op === 'publish') {
+    for (let i = 0; i < (op.times ?? 1); i += 1) await client.publish(op.channel, op.data);
+  } else if (op.op === 'token') {
+    const { channel, pub, sub, presence, expiresIn } = op;
+    result = await client.token({ channel, pub, sub, presence, expiresIn });
+  } else {
+    throw new Error(`unknown operation ${op.op}`);
+  }
+  console.log(JSON.stringify({ ok: true, result }));
+} catch (e) {
+  if (!(e instanceof PandapushError)) throw e;
+  console.log(JSON.stringify({ ok: false, error: {
+    class: e.name, status: e.status, code: e.code, serverMessage: e.serverMessage, message: e.message,
+    inspect: util.inspect(e), full: e.stack, retryAfter: e.retryAfter, isAuthError: e instanceof AuthError,
+  } }));
+}
+""".replace("PACKAGE_URL", json.dumps((PACKAGE / "index.mjs").as_uri()))
+
+
+class NodeSDKTests(SDKEndToEnd, TestCase):
+    language = "node"
+
+    def setUp(self) -> None:
+        self.node = requireExecutable("node", "apt-get install nodejs")
+
+    async def operate(self, op: dict[str, Any], secret: str = SECRET) -> dict[str, Any]:
+        env = {
+            "PANDAPUSH_OP": json.dumps(op),
+            "PANDAPUSH_URL": self.pandapush.url,
+            "PANDAPUSH_KEY_ID": KEY,
+            "PANDAPUSH_SECRET": secret,
+        }
+        result = await runProcess(
+            [self.node, "--input-type=module", "-e", DRIVER], cwd=PACKAGE, env=env, timeout=30
+        )
+        self.assertEqual(result.code, 0, result.describe())
+        return json.loads(result.stdout.strip().split("\n")[-1])  # type: ignore[no-any-return]
+
+    async def unitTests(self) -> ProcessResult:
+        files = sorted(str(p.relative_to(PACKAGE)) for p in (PACKAGE / "test").glob("*.test.*js"))
+        self.assertGreaterEqual(len(files), 3)
+        result = await runProcess([self.node, "--test", *files], cwd=PACKAGE)
+        self.assertIn("# fail 0", result.stdout, result.describe())
+        return result

@@ -1,0 +1,80 @@
+"""
+The ``pandapush`` gem (``sdks/ruby``) against a real pandapush: its minitest suite (Ruby from
+Debian's ``ruby`` package, warnings on: none may come from the gem) and the end-to-end checks of
+:class:`tests.support.sdks.SDKEndToEnd`, each operation a ``ruby`` process using the gem.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.trial.unittest import TestCase
+
+from tests.support.sdks import KEY, SDKS, SECRET, ProcessResult, SDKEndToEnd, requireExecutable, runProcess
+
+GEM = SDKS / "ruby"
+
+# One operation with the gem; the outcome as one JSON line.
+DRIVER = r"""
+require "json"
+require "pandapush"
+op = JSON.parse(ENV.fetch("PANDAPUSH_OP"))
+client = Pandapush::Client.new(url: ENV.fetch("PANDAPUSH_URL"), key_id: ENV.fetch("PANDAPUSH_KEY_ID"),
+                               secret: ENV.fetch("PANDAPUSH_SECRET"), max_retries: 0)
+begin
+  result = case op["op"]
+           when "publish"
+             op.fetch("times", 1).times { client.publish(op["channel"], op["data"]) }
+             nil
+           when "token"
+             client.token(op["channel"], pub: op["pub"] || false, sub: op["sub"] || false,
+                                         presence: op["presence"], expires_in: op["expiresIn"])
+           else
+             raise ArgumentError, "unknown operation #{op["op"]}"
+           end
+  puts JSON.generate({ "ok" => true, "result" => result })
+rescue Pandapush::Error => e
+  puts JSON.generate({ "ok" => false, "error" => {
+    "class" => e.class.name.split("::").last, "status" => e.status, "code" => e.code,
+    "serverMessage" => e.server_message, "message" => e.message, "inspect" => e.inspect,
+    "full" => e.full_message(highlight: false), "retryAfter" => e.retry_after,
+    "isAuthError" => e.is_a?(Pandapush::AuthError)
+  } })
+end
+"""
+
+
+class RubySDKTests(SDKEndToEnd, TestCase):
+    language = "ruby"
+
+    def setUp(self) -> None:
+        self.ruby = requireExecutable("ruby", "apt-get install ruby")
+
+    async def operate(self, op: dict[str, Any], secret: str = SECRET) -> dict[str, Any]:
+        env = {
+            # ASCII JSON (\\u escapes): ARGV/ENV encodings follow the locale, JSON escapes do not.
+            "PANDAPUSH_OP": json.dumps(op),
+            "PANDAPUSH_URL": self.pandapush.url,
+            "PANDAPUSH_KEY_ID": KEY,
+            "PANDAPUSH_SECRET": secret,
+        }
+        result = await runProcess([self.ruby, "-Ilib", "-e", DRIVER], cwd=GEM, env=env, timeout=30)
+        self.assertEqual(result.code, 0, result.describe())
+        return json.loads(result.stdout.strip().split("\n")[-1])  # type: ignore[no-any-return]
+
+    async def unitTests(self) -> ProcessResult:
+        result = await runProcess(
+            [
+                self.ruby,
+                "-w",
+                "-Ilib",
+                "-Itest",
+                "-e",
+                'Dir["test/test_*.rb"].sort.each { |f| require File.expand_path(f) }',
+            ],
+            cwd=GEM,
+        )
+        self.assertNotIn(str(GEM / "lib"), result.stderr, "the gem has Ruby warnings:\n" + result.describe())
+        self.assertIn(" 0 failures, 0 errors", result.stdout, result.describe())
+        return result
