@@ -110,7 +110,8 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     options = parser.parse_args()
     httpd = ThreadingHTTPServer((options.host, options.port), ChatHandler)
-    print(f"chat at http://{options.host}:{httpd.server_address[1]}/ (pandapush at {PANDAPUSH_URL})", flush=True)
+    where = f"http://{options.host}:{httpd.server_address[1]}/"
+    print(f"chat at {where} (pandapush at {PANDAPUSH_URL})", flush=True)
     try:
         httpd.serve_forever()
     except KeyboardInterrupt:

@@ -10,9 +10,9 @@ It lands on ``/<app>/private/users/<user>/notifications``; watch it with
 
 from __future__ import annotations
 
-import datetime
 import os
 import sys
+import time
 from pathlib import Path
 
 try:
@@ -28,8 +28,9 @@ def main(user: str, text: str) -> int:
         os.environ.get("PANDAPUSH_KEY_ID", "PSIDexampleKey000001"),
         os.environ.get("PANDAPUSH_KEY_SECRET", "example-secret-0123456789"),
     )
-    channel = f"/{os.environ.get('PANDAPUSH_APP_ID', 'exampleApp0000000001')}/private/users/{user}/notifications"
-    notification = {"text": text, "from": "python", "at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+    app = os.environ.get("PANDAPUSH_APP_ID", "exampleApp0000000001")
+    channel = f"/{app}/private/users/{user}/notifications"
+    notification = {"text": text, "from": "python", "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
         pandapush.publish(channel, notification)
     except PandapushError as error:  # typed: ForbiddenError, UnavailableError, NetworkError...
