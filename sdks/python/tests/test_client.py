@@ -61,7 +61,8 @@ class ServerTestCase(unittest.TestCase):
         with self.assertRaises(kind) as caught:
             call(*args, **kwargs)
         error = caught.exception
-        self.assertNoSecret(str(error), repr(error), "".join(traceback.format_exception(error)))
+        printed = traceback.format_exception(type(error), error, error.__traceback__)
+        self.assertNoSecret(str(error), repr(error), "".join(printed))
         return error
 
 

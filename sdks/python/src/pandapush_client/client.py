@@ -24,6 +24,7 @@ import http.client
 import json
 import logging
 import random
+import socket
 import ssl
 import threading
 import time
@@ -423,7 +424,7 @@ class Client:
                 connection.request(method, target, body=payload, headers=headers)
                 response = connection.getresponse()
                 body = response.read()
-            except TimeoutError as failure:
+            except (TimeoutError, socket.timeout) as failure:  # one class since 3.10, two before
                 self.close()
                 raise errors.RequestTimeoutError(f"No answer within {self.timeout:g}s") from failure
             except _STALE as failure:
