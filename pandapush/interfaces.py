@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 from zope.interface import Attribute, Interface
 
+from pandapush.bayeux.message import Message
+
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from pandapush.bayeux.context import MessageContext
     from pandapush.bayeux.delivery import Delivery
 
-__all__ = ["IClientSocket", "IDeliverySink", "IEngine", "IEngineListener", "IExtension"]
-
-Message = dict[str, Any]
+__all__ = ["IClientSocket", "IDeliverySink", "IEngine", "IEngineListener", "IExtension", "Message"]
 
 
 class IDeliverySink(Interface):

@@ -11,9 +11,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pandapush.bayeux import json
 from pandapush.bayeux.context import MessageContext
+from pandapush.bayeux.json import decodeMessages
 from pandapush.bayeux.router import BayeuxRouter
 from pandapush.engines.memory import MemoryEngine
-from pandapush.transports.longpolling import decodeMessages
 
 scalars = st.one_of(
     st.none(),

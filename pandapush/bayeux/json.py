@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["JSONDecodeError", "dumps", "encodeReplies", "loads"]
+__all__ = ["JSONDecodeError", "decodeMessages", "dumps", "encodeReplies", "loads"]
 
 JSONDecodeError = orjson.JSONDecodeError
 loads = orjson.loads
@@ -27,3 +27,16 @@ def encodeReplies(replies: list[Any]) -> bytes:
         payload = getattr(reply, "payload", None)
         parts.append(payload if payload is not None else orjson.dumps(reply))
     return b"[" + b",".join(parts) + b"]"
+
+
+def decodeMessages(raw: bytes | str | None) -> list[Any] | dict[str, Any] | None:
+    """The batch in ``raw`` (a frame, a request body), or None if it is not a JSON object or array."""
+    if raw is None:
+        return None
+    try:
+        value = loads(raw)
+    except (JSONDecodeError, TypeError):
+        return None
+    if isinstance(value, dict | list):
+        return value
+    return None

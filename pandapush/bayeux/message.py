@@ -1,10 +1,13 @@
-"""Reading fields of Bayeux messages that several extensions look at."""
+"""Bayeux messages: their type, and fields several parts read."""
 
 from __future__ import annotations
 
-from pandapush.interfaces import Message
+from typing import Any
 
-__all__ = ["subscriptionChannels"]
+__all__ = ["Message", "subscriptionChannels"]
+
+#: A decoded Bayeux message (or reply): a JSON object.
+Message = dict[str, Any]
 
 
 def subscriptionChannels(message: Message) -> list[str]:

@@ -10,7 +10,6 @@ from twisted.web.server import NOT_DONE_YET, Request
 from pandapush.bayeux import json
 from pandapush.bayeux.router import BayeuxRouter
 from pandapush.transports._http import OriginPolicy, contextFor, requestLost, writeError
-from pandapush.transports.longpolling import decodeMessages
 
 __all__ = ["CallbackPollingTransport"]
 
@@ -27,7 +26,7 @@ class CallbackPollingTransport:
 
     def render(self, request: Request) -> bytes | int:
         args = request.args or {}
-        messages = decodeMessages(args[b"message"][0] if args.get(b"message") else None)
+        messages = json.decodeMessages(args[b"message"][0] if args.get(b"message") else None)
         if messages is None:
             return writeError(request, 400, "Bad request")
         callback = args[b"jsonp"][0] if args.get(b"jsonp") else DEFAULT_CALLBACK

@@ -6,7 +6,6 @@ the JSON (Faye's CORS transport posts ``text/plain`` ``message=...``).
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import parse_qs
 
 from twisted.logger import Logger
@@ -17,20 +16,7 @@ from pandapush.bayeux import json
 from pandapush.bayeux.router import BayeuxRouter
 from pandapush.transports._http import OriginPolicy, contextFor, header, requestLost, writeError
 
-__all__ = ["LongPollingTransport", "decodeMessages"]
-
-
-def decodeMessages(raw: bytes | str | None) -> list[Any] | dict[str, Any] | None:
-    """The batch in ``raw``, or None if it is not a JSON object or array."""
-    if raw is None:
-        return None
-    try:
-        value = json.loads(raw)
-    except (json.JSONDecodeError, TypeError):
-        return None
-    if isinstance(value, dict | list):
-        return value
-    return None
+__all__ = ["LongPollingTransport"]
 
 
 class LongPollingTransport:
@@ -49,7 +35,7 @@ class LongPollingTransport:
         else:
             fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
             raw = fields["message"][0].encode("utf-8") if fields.get("message") else None
-        messages = decodeMessages(raw)
+        messages = json.decodeMessages(raw)
         if messages is None:
             return writeError(request, 400, "Bad request")
 

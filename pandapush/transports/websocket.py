@@ -26,7 +26,6 @@ from pandapush.bayeux.delivery import Delivery
 from pandapush.bayeux.router import BayeuxRouter
 from pandapush.interfaces import IClientSocket
 from pandapush.transports._http import OriginPolicy
-from pandapush.transports.longpolling import decodeMessages
 
 __all__ = ["BayeuxWebSocketFactory", "BayeuxWebSocketProtocol"]
 
@@ -87,7 +86,7 @@ class BayeuxWebSocketProtocol(WebSocketServerProtocol):
         transport.registerProducer(_Congestion(self), True)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        messages = decodeMessages(payload)
+        messages = json.decodeMessages(payload)
         if messages is None:
             # Autobahn still hands us frames that were read behind one that made it
             # close (too big, not UTF-8); a closing socket takes no more messages.
