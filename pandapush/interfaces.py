@@ -1,6 +1,6 @@
 """What is swappable in pandapush's Bayeux core.
 
-The router (``pandapush.bayeux.router``) knows only these interfaces:
+The router (``pandapush.router``) knows only these interfaces:
 
 - an **engine** (:class:`IEngine`) holds clients, subscriptions and per-client queues
   and fans messages out. The in-memory engine serves one process; the Redis engine

@@ -1,6 +1,6 @@
 """Per-tenant limits: publishes per second per key, and connections per application.
 
-The router's own :class:`~pandapush.bayeux.router.Limits` are about one message or one
+The router's own :class:`~pandapush.router.Limits` are about one message or one
 client (sizes, subscriptions, clients per connection). These two need to know whose
 key or application a message is for, which only tenancy knows, so they sit beside it:
 

@@ -22,7 +22,7 @@ from pandapush.bayeux.context import MessageContext
 from pandapush.interfaces import IExtension
 
 if TYPE_CHECKING:
-    from pandapush.bayeux.router import BayeuxRouter
+    from pandapush.router import BayeuxRouter
     from pandapush.transports.resource import BayeuxResource
 
 __all__ = ["Metrics"]

@@ -26,9 +26,9 @@ from pandapush.bayeux import json
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.errors import BayeuxError
 from pandapush.bayeux.message import subscriptionChannels
-from pandapush.bayeux.router import BayeuxRouter
 from pandapush.interfaces import IExtension
 from pandapush.listeners import EngineListener
+from pandapush.router import BayeuxRouter
 
 __all__ = ["PresenceExtension", "isPresenceChannel"]
 

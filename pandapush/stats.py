@@ -22,8 +22,8 @@ from twisted.application.internet import TimerService
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from pandapush.bayeux.router import BayeuxRouter
 from pandapush.listeners import EngineListener
+from pandapush.router import BayeuxRouter
 
 __all__ = ["AppStatistics", "Statistics", "appOf"]
 

@@ -20,12 +20,12 @@ from twisted.python import usage
 from pandapush import __version__
 from pandapush.auth import Tenancy, TenancyConfig, makeTenancy
 from pandapush.auth.expiry import SubscriptionExpiry
-from pandapush.bayeux.router import BayeuxRouter, Limits
 from pandapush.engines.memory import MemoryEngine
 from pandapush.interfaces import IEngine
 from pandapush.limits import LimitSettings, installLimits
 from pandapush.metrics import Metrics
 from pandapush.presence import PresenceExtension
+from pandapush.router import BayeuxRouter, Limits
 from pandapush.stats import Statistics
 from pandapush.storage import StorageConfig, makeStorage
 from pandapush.transports._http import OriginPolicy

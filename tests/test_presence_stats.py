@@ -17,11 +17,11 @@ from zope.interface import implementer
 
 from pandapush.bayeux import json
 from pandapush.bayeux.context import MessageContext
-from pandapush.bayeux.router import BayeuxRouter
 from pandapush.engines.memory import MemoryEngine
 from pandapush.interfaces import IExtension
 from pandapush.metrics import Metrics
 from pandapush.presence import PresenceExtension, isPresenceChannel
+from pandapush.router import BayeuxRouter
 from pandapush.stats import Statistics, appOf
 from pandapush.transports.resource import BayeuxResource
 

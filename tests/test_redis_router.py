@@ -8,7 +8,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from pandapush.bayeux.context import MessageContext
-from pandapush.bayeux.router import BayeuxRouter
+from pandapush.router import BayeuxRouter
 from tests.test_engine_redis import _RedisCase, sleep
 
 HANDSHAKE = {"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["long-polling"]}

@@ -12,9 +12,9 @@ from zope.interface import implementer
 
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.delivery import Delivery
-from pandapush.bayeux.router import CONNECTION_TYPES, BayeuxRouter, Limits
 from pandapush.engines.memory import MemoryEngine
 from pandapush.interfaces import IClientSocket, IExtension
+from pandapush.router import CONNECTION_TYPES, BayeuxRouter, Limits
 
 HANDSHAKE = {"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["long-polling"]}
 

@@ -12,8 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from pandapush.bayeux import json
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.json import decodeMessages
-from pandapush.bayeux.router import BayeuxRouter
 from pandapush.engines.memory import MemoryEngine
+from pandapush.router import BayeuxRouter
 
 scalars = st.one_of(
     st.none(),

@@ -15,9 +15,9 @@ from twisted.trial.unittest import TestCase
 from pandapush.auth import TenancyConfig, makeTenancy
 from pandapush.bayeux import json
 from pandapush.bayeux.context import MessageContext
-from pandapush.bayeux.router import BayeuxRouter
 from pandapush.engines.memory import MemoryEngine
 from pandapush.presence import PresenceExtension
+from pandapush.router import BayeuxRouter
 from pandapush.storage.memory import MemoryStorage
 
 HANDSHAKE = {"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["long-polling"]}

@@ -16,9 +16,9 @@ from twisted.trial.unittest import TestCase
 from pandapush.auth import TenancyConfig, makeTenancy
 from pandapush.auth.expiry import SubscriptionExpiry, expiryNotice
 from pandapush.bayeux.context import MessageContext
-from pandapush.bayeux.router import BayeuxRouter
 from pandapush.engines.memory import MemoryEngine
 from pandapush.presence import PresenceExtension
+from pandapush.router import BayeuxRouter
 from pandapush.storage.memory import MemoryStorage
 from tests.bayeux_clients import WSClient, eventually
 from tests.inprocess import APP, AUTH, KEY, SECRET, InProcessServer, channel

@@ -70,7 +70,7 @@ class SubscriptionExpiry(EngineListener, Service):
     Ends token-granted subscriptions at their token's expiry. An extension (it sees the
     successful subscribe replies, and the tenancy extension's ``tokenExpires``) and an
     engine listener (it forgets subscriptions that end otherwise). Add it to the router
-    after the tenancy extension; ``router`` is the :class:`~pandapush.bayeux.router.BayeuxRouter`
+    after the tenancy extension; ``router`` is the :class:`~pandapush.router.BayeuxRouter`
     (its ``engine`` unsubscribes, its ``notify`` tells the client). As a service, stopping
     it cancels its timer (the server is going away: nothing more to end).
     """

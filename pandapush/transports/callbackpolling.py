@@ -8,7 +8,7 @@ from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET, Request
 
 from pandapush.bayeux import json
-from pandapush.bayeux.router import BayeuxRouter
+from pandapush.router import BayeuxRouter
 from pandapush.transports._http import OriginPolicy, contextFor, requestLost, writeError
 
 __all__ = ["CallbackPollingTransport"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -18,8 +17,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from pandapush.bayeux.delivery import Delivery
-from pandapush.bayeux.router import BayeuxRouter
 from pandapush.interfaces import IClientSocket
+from pandapush.router import BayeuxRouter
 from pandapush.transports._http import OriginPolicy, writeError
 
 __all__ = ["EventSourceTransport", "EventStream"]
@@ -100,7 +99,7 @@ class EventSourceTransport:
                 self._pinger.start(self.pingInterval, now=False)
             stream.write(b"retry: 5000\r\n\r\n")
 
-        d = Deferred.fromCoroutine(self.router.bindSocket(clientId, stream))
+        d = self.router.bindSocket(clientId, stream)
         d.addCallback(bound)
         d.addErrback(lambda f: self._log.failure("event stream failed", f))
         return NOT_DONE_YET

@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
 from pandapush.bayeux import json
-from pandapush.bayeux.router import BayeuxRouter
+from pandapush.router import BayeuxRouter
 from pandapush.transports._http import OriginPolicy, contextFor, header, requestLost, writeError
 
 __all__ = ["LongPollingTransport"]

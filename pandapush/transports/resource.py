@@ -11,7 +11,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from pandapush.bayeux.router import BayeuxRouter
+from pandapush.router import BayeuxRouter
 from pandapush.transports._http import OriginPolicy, header, writeError
 from pandapush.transports.callbackpolling import CallbackPollingTransport
 from pandapush.transports.eventsource import EventSourceTransport

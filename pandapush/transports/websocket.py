@@ -23,8 +23,8 @@ from zope.interface import implementer
 from pandapush.bayeux import json
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.delivery import Delivery
-from pandapush.bayeux.router import BayeuxRouter
 from pandapush.interfaces import IClientSocket
+from pandapush.router import BayeuxRouter
 from pandapush.transports._http import OriginPolicy
 
 __all__ = ["BayeuxWebSocketFactory", "BayeuxWebSocketProtocol"]

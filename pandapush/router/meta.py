@@ -1,0 +1,377 @@
+"""Answering messages once the incoming hooks let them through: the meta channels and publishes.
+
+:class:`MessageHandlers` answers ``/meta/handshake``, ``/meta/connect``, ``/meta/subscribe``,
+``/meta/unsubscribe`` and ``/meta/disconnect`` (the session side of a connect, holding it,
+is :mod:`pandapush.router.sessions`'); :class:`Publisher` publishes a client's message, or
+the server's own, through the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from pandapush._deferred import firedWith
+from pandapush.bayeux import channel as channels
+from pandapush.bayeux.context import MessageContext
+from pandapush.bayeux.delivery import Delivery
+from pandapush.bayeux.errors import BayeuxError
+from pandapush.bayeux.message import (
+    CONNECT,
+    DISCONNECT,
+    HANDSHAKE,
+    SUBSCRIBE,
+    UNSUBSCRIBE,
+    Message,
+    Reply,
+    extensionError,
+    fail,
+    makeReply,
+)
+from pandapush.interfaces import IClientSocket, IEngine
+from pandapush.router.limits import Limits, Refusals, tooLong
+from pandapush.router.pipeline import Answer, Handled, Held
+from pandapush.router.sessions import Sessions
+
+__all__ = ["BAYEUX_VERSION", "CONNECTION_TYPES", "MessageHandlers", "Publisher"]
+
+BAYEUX_VERSION = "1.0"
+CONNECTION_TYPES = [
+    "long-polling",
+    "cross-origin-long-polling",
+    "callback-polling",
+    "websocket",
+    "eventsource",
+]
+_SUPPORTED = frozenset(CONNECTION_TYPES)
+
+_Handler = Callable[[Message, MessageContext, "IClientSocket | None"], Coroutine[Any, Any, Handled]]
+
+
+class Publisher:
+    """
+    Publishes through the engine: a client's message (its incoming hooks have run) and
+    the server's own (REST API, presence, meta events). Each is serialized once, as
+    the :class:`~pandapush.bayeux.delivery.Delivery` every recipient shares.
+    """
+
+    _log = Logger()
+
+    def __init__(self, engine: IEngine, limits: Limits, refusals: Refusals) -> None:
+        self.engine = engine
+        self.limits = limits
+        self.refusals = refusals
+        self._observers: list[Callable[[str, int], None]] = []
+
+    def addObserver(self, observer: Callable[[str, int], None]) -> None:
+        """Call ``observer(channel, recipients)`` once per message published (statistics)."""
+        self._observers.append(observer)
+
+    def publish(self, channel: str, data: Any, exclude: str | None = None) -> Deferred[int]:
+        """
+        Publish from the server itself: no extensions run. Fires with the number of
+        recipients. ``exclude`` names a client that should not receive it.
+        """
+        if not channels.isValidName(channel) or channels.isMeta(channel):
+            return defer.fail(BayeuxError.channelInvalid(channel))
+        delivery = Delivery.fromMessage({"channel": channel, "data": data}, exclude)
+        maxSize = self.limits.maxMessageSize
+        if len(delivery.payload) > maxSize:
+            self.refusals.report("message_size")
+            return defer.fail(BayeuxError(413, [channel], f"Message larger than {maxSize} bytes"))
+        d = self.engine.publish(delivery)
+        if self._observers:
+            d.addCallback(self._published, channel)
+        return d
+
+    def _published(self, recipients: int, channel: str) -> int:
+        for observer in self._observers:
+            observer(channel, recipients)
+        return recipients
+
+    def handle(self, message: Message, channel: str) -> list[Reply] | Deferred[list[Reply]]:
+        """The reply to a client's publish: now when the engine published at once, else a Deferred."""
+        reply = makeReply(message)
+        limits = self.limits
+        error: str | BayeuxError | None = None
+        if len(channel) > limits.maxChannelLength:
+            return self.refusals.refuse(reply, "channel_length", tooLong(channel, limits.maxChannelLength))
+        if not channels.isValidName(channel):
+            error = BayeuxError.channelInvalid(channel)
+        elif "data" not in message:
+            error = BayeuxError.parameterMissing("data")
+        error = error or extensionError(message)
+        if error is not None:
+            return [fail(reply, error)]
+        delivered: Message = {"channel": channel, "data": message["data"]}
+        if "id" in message:
+            delivered["id"] = message["id"]
+        ext = message.get("ext")
+        if ext is not None:
+            delivered["ext"] = ext
+        delivery = Delivery.fromMessage(delivered)
+        if len(delivery.payload) > limits.maxMessageSize:
+            return self.refusals.refuse(
+                reply,
+                "message_size",
+                BayeuxError(413, [channel], f"Message larger than {limits.maxMessageSize} bytes"),
+            )
+        try:
+            published = self.engine.publish(delivery)
+        except Exception:
+            published = defer.fail()
+        now = firedWith(published)
+        if now:
+            return self._answer(now[0], reply, channel)
+        return published.addBoth(self._answer, reply, channel)
+
+    def _answer(self, recipients: int | Failure, reply: Message, channel: str) -> list[Reply]:
+        try:
+            if isinstance(recipients, Failure):
+                recipients.raiseException()
+            if self._observers:
+                self._published(recipients, channel)
+        except Exception:
+            self._log.failure("engine failed to publish to {channel}", channel=channel)
+            return [fail(reply, BayeuxError.publishFailed(channel))]
+        reply["successful"] = True
+        return [reply]
+
+
+class MessageHandlers:
+    """
+    Answers each message the incoming hooks let through (a
+    :class:`~pandapush.router.pipeline.MessageHandler`): the meta channels here,
+    publishes through the :class:`Publisher`.
+
+    ``timeout`` is how long a ``/meta/connect`` is held (seconds; the ``advice.timeout``
+    sent to clients); ``interval`` is the advised pause between connects.
+    """
+
+    def __init__(
+        self,
+        engine: IEngine,
+        sessions: Sessions,
+        publisher: Publisher,
+        limits: Limits,
+        refusals: Refusals,
+        timeout: float,
+        interval: float,
+    ) -> None:
+        self.engine = engine
+        self.sessions = sessions
+        self.publisher = publisher
+        self.limits = limits
+        self.refusals = refusals
+        self.timeout = timeout
+        self.interval = interval
+        self._handlers: dict[str, _Handler] = {
+            HANDSHAKE: self._handshake,
+            CONNECT: self._connect,
+            SUBSCRIBE: self._subscribe,
+            UNSUBSCRIBE: self._unsubscribe,
+            DISCONNECT: self._disconnect,
+        }
+
+    def dispatch(self, message: Message, context: MessageContext, socket: IClientSocket | None) -> Answer:
+        channel = message.get("channel")
+        if channel is None:
+            return [fail(makeReply(message), BayeuxError.parameterMissing("channel"))]
+        if not isinstance(channel, str):
+            return [fail(makeReply(message), BayeuxError.badRequest("channel"))]
+        if channels.isMeta(channel):
+            handler = self._handlers.get(channel)
+            if handler is None:
+                return [fail(makeReply(message), BayeuxError.channelForbidden(channel))]
+            return Deferred.fromCoroutine(handler(message, context, socket))
+        return self.publisher.handle(message, channel)
+
+    def refuseHandshake(self, message: Message, handshakes: int) -> list[Reply] | None:
+        maxClients = self.limits.maxClientsPerConnection
+        if maxClients and handshakes > maxClients:
+            return self._tooManyClients(message)
+        return None
+
+    def _tooManyClients(self, message: Message) -> list[Reply]:
+        reply = makeReply(message)
+        limit = self.limits.maxClientsPerConnection
+        replies = self.refusals.refuse(
+            reply,
+            "clients_per_connection",
+            BayeuxError(403, [], f"Too many clients (limit {limit} per connection)"),
+        )
+        # Handshake again later, not at once: by then the connection's old clients
+        # have expired (a loop of instant retries is Faye's reconnect storm).
+        reply["advice"] = {"reconnect": "handshake", "interval": 10_000}
+        return replies
+
+    def _advise(self, reply: Message, connectionType: Any = None) -> Message:
+        if "error" in reply:
+            reply["advice"] = {"reconnect": "handshake"}
+        elif connectionType == "eventsource":
+            reply["advice"] = {"reconnect": "retry", "interval": int(self.timeout * 1000), "timeout": 0}
+        else:
+            reply["advice"] = {
+                "reconnect": "retry",
+                "interval": int(self.interval * 1000),
+                "timeout": int(self.timeout * 1000),
+            }
+        return reply
+
+    async def _clientError(self, clientId: Any) -> BayeuxError | None:
+        """The error for a message whose clientId is missing or unknown, else None."""
+        if clientId is None or clientId == "":
+            return BayeuxError.parameterMissing("clientId")
+        if not isinstance(clientId, str) or not await self.engine.clientExists(clientId):
+            return BayeuxError.clientUnknown(clientId)
+        return None
+
+    async def _handshake(
+        self, message: Message, context: MessageContext, socket: IClientSocket | None
+    ) -> Handled:
+        reply = makeReply(message)
+        reply["version"] = BAYEUX_VERSION
+        reply["supportedConnectionTypes"] = CONNECTION_TYPES
+        error: str | BayeuxError | None = None
+        if not message.get("version"):
+            error = BayeuxError.parameterMissing("version")
+        clientTypes = message.get("supportedConnectionTypes")
+        if clientTypes is None:
+            error = BayeuxError.parameterMissing("supportedConnectionTypes")
+        elif not isinstance(clientTypes, list):
+            error = BayeuxError.badRequest("supportedConnectionTypes")
+        elif not any(isinstance(t, str) and t in _SUPPORTED for t in clientTypes):
+            error = BayeuxError.conntypeMismatch(*[t for t in clientTypes if isinstance(t, str)])
+        error = error or extensionError(message)
+        if error is None and self.sessions.reconnectAdvice is not None:
+            # A client handshaking with a node that is going away would get a
+            # session that dies with it: send it elsewhere instead.
+            reply = fail(reply, BayeuxError(BayeuxError.SERVER_ERROR, [], "Server shutting down"))
+            reply["advice"] = {"reconnect": "handshake", "interval": 1000}
+            return [reply]
+        if error is not None:
+            return [self._advise(fail(reply, error))]
+        maxClients = self.limits.maxClientsPerConnection
+        if socket is not None and maxClients and self.sessions.clientsCreatedOver(socket) >= maxClients:
+            return self._tooManyClients(message)
+        clientId = await self.engine.createClient()
+        self.sessions.handshaken(clientId, socket if maxClients else None)
+        reply["clientId"] = clientId
+        reply["successful"] = True
+        return [self._advise(reply)]
+
+    async def _connect(
+        self, message: Message, context: MessageContext, socket: IClientSocket | None
+    ) -> Handled:
+        reply = makeReply(message)
+        clientId = message.get("clientId")
+        connectionType = message.get("connectionType")
+        error: str | BayeuxError | None = await self._clientError(clientId)
+        if connectionType is None:
+            error = BayeuxError.parameterMissing("connectionType")
+        elif not isinstance(connectionType, str) or connectionType not in _SUPPORTED:
+            error = BayeuxError.conntypeMismatch(connectionType)
+        error = error or extensionError(message)
+        if error is not None:
+            reply.pop("clientId", None)
+            return [self._advise(fail(reply, error), connectionType)]
+        assert isinstance(clientId, str) and isinstance(connectionType, str)
+        reply["successful"] = True
+        self._advise(reply, connectionType)
+        reconnect = self.sessions.reconnectAdvice
+        if reconnect is not None:
+            reply["advice"] = {"reconnect": reconnect, "interval": 0}
+            return [reply]
+        self.engine.ping(clientId)
+        held = self.sessions.hold(clientId, reply, context, socket, self._holdFor(message, connectionType))
+        if socket is not None:
+            return []  # its reply goes through the socket
+        return Held(held.deferred)
+
+    def _holdFor(self, message: Message, connectionType: str) -> float:
+        """How long the client asks its connect to be held, within the server's timeout."""
+        if connectionType == "eventsource":
+            return 0.0
+        advice = message.get("advice")
+        requested = advice.get("timeout") if isinstance(advice, dict) else None
+        if isinstance(requested, int | float) and not isinstance(requested, bool) and requested >= 0:
+            return min(requested / 1000.0, self.timeout)
+        return self.timeout
+
+    async def _subscription(self, message: Message, subscribing: bool) -> Handled:
+        reply = makeReply(message)
+        clientId = message.get("clientId")
+        subscription = message.get("subscription")
+        error: str | BayeuxError | None = await self._clientError(clientId)
+        reply["subscription"] = subscription if subscription is not None else []
+        if subscription is None or subscription == "" or subscription == []:
+            error = BayeuxError.parameterMissing("subscription")
+        elif not (
+            isinstance(subscription, str)
+            or (isinstance(subscription, list) and all(isinstance(c, str) for c in subscription))
+        ):
+            error = BayeuxError.badRequest("subscription")
+        error = error or extensionError(message)
+        if error is not None:
+            return [fail(reply, error)]
+        assert isinstance(clientId, str)
+        requested: list[str] = [subscription] if isinstance(subscription, str) else list(subscription or [])
+        limits = self.limits
+        engine = self.engine
+        current = await engine.subscriptions(clientId) if subscribing else set()
+        for channel in requested:
+            if len(channel) > limits.maxChannelLength:
+                return self.refusals.refuse(
+                    reply, "channel_length", tooLong(channel, limits.maxChannelLength)
+                )
+            if not channels.isValid(channel):
+                return [fail(reply, BayeuxError.channelInvalid(channel))]
+            if not channels.isSubscribable(channel):
+                return [fail(reply, BayeuxError.channelForbidden(channel))]
+            if subscribing and channel not in current and len(current) >= limits.maxSubscriptions:
+                return self.refusals.refuse(
+                    reply,
+                    "subscriptions",
+                    BayeuxError(
+                        403, [channel], f"Too many subscriptions (limit {limits.maxSubscriptions} per client)"
+                    ),
+                )
+            if subscribing:
+                await engine.subscribe(clientId, channel)
+                current.add(channel)
+            else:
+                await engine.unsubscribe(clientId, channel)
+        reply["successful"] = True
+        return [reply]
+
+    async def _subscribe(
+        self, message: Message, context: MessageContext, socket: IClientSocket | None
+    ) -> Handled:
+        return await self._subscription(message, subscribing=True)
+
+    async def _unsubscribe(
+        self, message: Message, context: MessageContext, socket: IClientSocket | None
+    ) -> Handled:
+        return await self._subscription(message, subscribing=False)
+
+    async def _disconnect(
+        self, message: Message, context: MessageContext, socket: IClientSocket | None
+    ) -> Handled:
+        reply = makeReply(message)
+        clientId = message.get("clientId")
+        error = await self._clientError(clientId) or extensionError(message)
+        if error is not None:
+            reply.pop("clientId", None)
+            return [fail(reply, error)]
+        assert isinstance(clientId, str)
+        if socket is not None and self.sessions.socketOf(clientId) is not socket:
+            # Disconnecting over a socket that was never bound: close it anyway.
+            socket.close(afterReplies=True)
+        await self.engine.destroyClient(clientId, "disconnect")
+        reply["successful"] = True
+        return [reply]
