@@ -12,12 +12,15 @@ The router (``pandapush.router``) knows only these interfaces:
 - **engine listeners** (:class:`IEngineListener`) hear about clients and
   subscriptions coming and going, whatever the reason (presence, meta events, stats).
 
+And the router itself (:class:`IRouter`) is what transports, extensions, statistics
+and metrics hold: they depend on this interface, never on the router's package.
+
 Storage and auth interfaces live in ``pandapush.storage`` and ``pandapush.auth``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from zope.interface import Attribute, Interface
@@ -30,7 +33,7 @@ if TYPE_CHECKING:
     from pandapush.bayeux.context import MessageContext
     from pandapush.bayeux.delivery import Delivery
 
-__all__ = ["IClientSocket", "IDeliverySink", "IEngine", "IEngineListener", "IExtension", "Message"]
+__all__ = ["IClientSocket", "IDeliverySink", "IEngine", "IEngineListener", "IExtension", "IRouter", "Message"]
 
 
 class IDeliverySink(Interface):
@@ -223,4 +226,81 @@ class IExtension(Interface):
         """
         Inspect or change a reply to the client that sent ``context``'s message
         (never a delivery). Return None to drop it; may answer with a Deferred.
+        """
+
+
+class IRouter(Interface):
+    """
+    The Bayeux router of one node, as the parts around it use it: transports hand it
+    decoded batches and their sockets; extensions, statistics and metrics hook into it
+    and publish through it; the service drains it when the node goes away.
+    """
+
+    engine = Attribute("The :class:`IEngine` the router serves its clients with.")
+    limits = Attribute(
+        "What one client may ask (``pandapush.router.Limits``: message size, channel length,"
+        " subscriptions, clients per connection); read for every message, so changes apply at once."
+    )
+    draining = Attribute("True once :meth:`drain` was called: this node is going away.")
+
+    def process(
+        messages: Message | list[Any], context: MessageContext, socket: IClientSocket | None = None
+    ) -> Deferred[list[Any]]:
+        """
+        Handle a batch of messages (or one). Fires with the replies, in the order of the
+        messages, and for a long-poll ``/meta/connect`` the deliveries after its reply.
+        Over ``socket``, a held connect's reply is sent through the socket later instead.
+        A message in the batch is not handled before the one before it has been.
+        """
+
+    def socketClosed(socket: IClientSocket) -> None:
+        """``socket`` closed: unbind it, and end its client if the socket ``endsClientOnClose``."""
+
+    def bindSocket(clientId: str, socket: IClientSocket) -> Deferred[bool]:
+        """
+        Bind ``socket`` to a known client (an event stream names its client in its URL):
+        the client's deliveries go to it from now on. Fires with False if the client is
+        unknown.
+        """
+
+    def publish(channel: str, data: Any, exclude: str | None = None) -> Deferred[int]:
+        """
+        Publish from the server itself (REST API, presence, meta events): no extension
+        runs. Fires with the number of recipients, or fails with a ``BayeuxError`` (an
+        invalid channel, a message over the size limit). ``exclude`` names a client that
+        should not receive it.
+        """
+
+    def notify(clientId: str, message: Message) -> None:
+        """
+        Send ``message``, made by the server and answering nothing (a ``/meta/unsubscribe``
+        for a subscription whose token expired), to one client: through its socket, with
+        its held connect, or with its next connect on this node.
+        """
+
+    def addExtension(extension: IExtension) -> None:
+        """Run ``extension``'s hooks on every message and reply, after those added before it."""
+
+    def addPublishObserver(observer: Callable[[str, int], None]) -> None:
+        """Call ``observer(channel, recipients)`` once per message published (statistics, metrics)."""
+
+    def addLimitObserver(observer: Callable[[str], None]) -> None:
+        """Call ``observer(limitName)`` each time a limit refuses something (metrics)."""
+
+    def limitRefused(limit: str) -> None:
+        """Report a refusal by a limit kept outside the router (per key, per application)."""
+
+    def heldConnects() -> int:
+        """How many ``/meta/connect`` requests are being held on this node."""
+
+    def openSockets() -> int:
+        """How many sockets are bound to clients on this node."""
+
+    def drain(reconnect: str = "handshake") -> None:
+        """
+        Stop serving this node's clients: answer every held connect at once with advice to
+        ``reconnect`` (``retry`` when the engine is shared, so the client carries on through
+        another node; ``handshake`` when its state dies with this process) and close every
+        socket (going away). Handshakes and connects arriving from now on are answered at
+        once with the same advice.
         """

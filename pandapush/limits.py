@@ -44,7 +44,7 @@ from zope.interface import implementer
 from pandapush.auth.rules import PUBLISH, SUBSCRIBE, parseChannel
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.errors import BayeuxError
-from pandapush.interfaces import IEngine, IExtension
+from pandapush.interfaces import IEngine, IExtension, IRouter
 from pandapush.listeners import EngineListener
 
 __all__ = [
@@ -417,7 +417,9 @@ class TenantLimits:
     extension: LimitsExtension
 
 
-def installLimits(router: Any, publishApp: Any, settings: LimitSettings, clock: IReactorTime) -> TenantLimits:
+def installLimits(
+    router: IRouter, publishApp: Any, settings: LimitSettings, clock: IReactorTime
+) -> TenantLimits:
     """
     Build both limiters, add the Bayeux extension to ``router`` (call it after the
     tenancy extensions, before presence) and give the REST ``publishApp`` the same

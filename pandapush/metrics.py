@@ -19,10 +19,9 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from pandapush.bayeux.context import MessageContext
-from pandapush.interfaces import IExtension
+from pandapush.interfaces import IExtension, IRouter
 
 if TYPE_CHECKING:
-    from pandapush.router import BayeuxRouter
     from pandapush.transports.resource import BayeuxResource
 
 __all__ = ["Metrics"]
@@ -31,7 +30,7 @@ __all__ = ["Metrics"]
 class _StateCollector:
     """Gauges read at scrape time."""
 
-    def __init__(self, router: BayeuxRouter, bayeux: BayeuxResource) -> None:
+    def __init__(self, router: IRouter, bayeux: BayeuxResource) -> None:
         self.router = router
         self.bayeux = bayeux
 
@@ -123,7 +122,7 @@ class MetricsResource(Resource):
 class Metrics:
     """The registry, its counters, and the hooks that feed them."""
 
-    def __init__(self, router: BayeuxRouter, bayeux: BayeuxResource) -> None:
+    def __init__(self, router: IRouter, bayeux: BayeuxResource) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.counts = _Counts()
         self.registry.register(self.counts)  # type: ignore[arg-type]

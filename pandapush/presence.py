@@ -26,9 +26,8 @@ from pandapush.bayeux import json
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.errors import BayeuxError
 from pandapush.bayeux.message import subscriptionChannels
-from pandapush.interfaces import IExtension
+from pandapush.interfaces import IExtension, IRouter
 from pandapush.listeners import EngineListener
-from pandapush.router import BayeuxRouter
 
 __all__ = ["PresenceExtension", "isPresenceChannel"]
 
@@ -52,7 +51,7 @@ class PresenceExtension(EngineListener):
     _log = Logger()
 
     def __init__(
-        self, router: BayeuxRouter, maxMembers: int = DEFAULT_MAX_MEMBERS, maxDataSize: int = DEFAULT_MAX_DATA
+        self, router: IRouter, maxMembers: int = DEFAULT_MAX_MEMBERS, maxDataSize: int = DEFAULT_MAX_DATA
     ) -> None:
         self.router = router
         self.engine = router.engine

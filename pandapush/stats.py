@@ -22,8 +22,8 @@ from twisted.application.internet import TimerService
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from pandapush.interfaces import IRouter
 from pandapush.listeners import EngineListener
-from pandapush.router import BayeuxRouter
 
 __all__ = ["AppStatistics", "Statistics", "appOf"]
 
@@ -65,7 +65,7 @@ class Statistics(EngineListener):
 
     _log = Logger()
 
-    def __init__(self, router: BayeuxRouter, reactor: IReactorTime, interval: float = 5.0) -> None:
+    def __init__(self, router: IRouter, reactor: IReactorTime, interval: float = 5.0) -> None:
         self.router = router
         self.reactor = reactor
         self.interval = interval

@@ -21,7 +21,7 @@ from pandapush import __version__
 from pandapush.auth import Tenancy, TenancyConfig, makeTenancy
 from pandapush.auth.expiry import SubscriptionExpiry
 from pandapush.engines.memory import MemoryEngine
-from pandapush.interfaces import IEngine
+from pandapush.interfaces import IEngine, IRouter
 from pandapush.limits import LimitSettings, installLimits
 from pandapush.metrics import Metrics
 from pandapush.presence import PresenceExtension
@@ -277,7 +277,7 @@ class BayeuxService(Service):
     def __init__(
         self,
         engine: IEngine,
-        router: BayeuxRouter,
+        router: IRouter,
         resource: BayeuxResource,
         reactor: IReactorTime,
         grace: float = 5.0,

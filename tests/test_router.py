@@ -9,11 +9,12 @@ from twisted.internet import defer
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.delivery import Delivery
 from pandapush.engines.memory import MemoryEngine
-from pandapush.interfaces import IClientSocket, IExtension
+from pandapush.interfaces import IClientSocket, IExtension, IRouter
 from pandapush.router import CONNECTION_TYPES, BayeuxRouter, Limits
 
 HANDSHAKE = {"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["long-polling"]}
@@ -68,6 +69,12 @@ class RouterTestCase(TestCase):
             **extra,
         }
         return self.router.process([message], MessageContext("long-polling"))
+
+
+class InterfaceTests(RouterTestCase):
+    def test_providesIRouter(self) -> None:
+        """The router provides IRouter: what transports and extensions hold of it."""
+        self.assertTrue(verifyObject(IRouter, self.router))
 
 
 class HandshakeTests(RouterTestCase):

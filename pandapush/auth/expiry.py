@@ -42,7 +42,7 @@ from pandapush.auth.rules import SUBSCRIBE, parseChannel
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.errors import BayeuxError
 from pandapush.bayeux.message import subscriptionChannels
-from pandapush.interfaces import IExtension
+from pandapush.interfaces import IExtension, IRouter
 from pandapush.listeners import EngineListener
 
 __all__ = ["TOKEN_EXPIRED", "SubscriptionExpiry", "expiryNotice"]
@@ -70,14 +70,14 @@ class SubscriptionExpiry(EngineListener, Service):
     Ends token-granted subscriptions at their token's expiry. An extension (it sees the
     successful subscribe replies, and the tenancy extension's ``tokenExpires``) and an
     engine listener (it forgets subscriptions that end otherwise). Add it to the router
-    after the tenancy extension; ``router`` is the :class:`~pandapush.router.BayeuxRouter`
+    after the tenancy extension; ``router`` is the node's :class:`~pandapush.interfaces.IRouter`
     (its ``engine`` unsubscribes, its ``notify`` tells the client). As a service, stopping
     it cancels its timer (the server is going away: nothing more to end).
     """
 
     _log = Logger()
 
-    def __init__(self, router: Any, clock: IReactorTime, leeway: float = DEFAULT_LEEWAY) -> None:
+    def __init__(self, router: IRouter, clock: IReactorTime, leeway: float = DEFAULT_LEEWAY) -> None:
         self.router = router
         self.engine = router.engine
         self.clock = clock

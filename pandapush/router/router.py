@@ -22,10 +22,11 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
 
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.message import Message, Reply
-from pandapush.interfaces import IClientSocket, IEngine, IExtension
+from pandapush.interfaces import IClientSocket, IEngine, IExtension, IRouter
 from pandapush.router.limits import Limits, Refusals
 from pandapush.router.meta import MessageHandlers, Publisher
 from pandapush.router.pipeline import Extensions, Pipeline
@@ -34,6 +35,7 @@ from pandapush.router.sessions import Sessions
 __all__ = ["BayeuxRouter"]
 
 
+@implementer(IRouter)
 class BayeuxRouter:
     """
     Handles Bayeux messages for one node.

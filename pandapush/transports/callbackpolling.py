@@ -8,7 +8,7 @@ from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET, Request
 
 from pandapush.bayeux import json
-from pandapush.router import BayeuxRouter
+from pandapush.interfaces import IRouter
 from pandapush.transports._http import OriginPolicy, contextFor, requestLost, writeError
 
 __all__ = ["CallbackPollingTransport"]
@@ -20,7 +20,7 @@ _VALID_CALLBACK = re.compile(rb"^[a-z_$][a-z0-9_$]*(\.[a-z_$][a-z0-9_$]*)*$", re
 class CallbackPollingTransport:
     _log = Logger()
 
-    def __init__(self, router: BayeuxRouter, origins: OriginPolicy) -> None:
+    def __init__(self, router: IRouter, origins: OriginPolicy) -> None:
         self.router = router
         self.origins = origins
 

@@ -17,8 +17,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from pandapush.bayeux.delivery import Delivery
-from pandapush.interfaces import IClientSocket
-from pandapush.router import BayeuxRouter
+from pandapush.interfaces import IClientSocket, IRouter
 from pandapush.transports._http import OriginPolicy, writeError
 
 __all__ = ["EventSourceTransport", "EventStream"]
@@ -63,7 +62,7 @@ class EventSourceTransport:
     _log = Logger()
 
     def __init__(
-        self, router: BayeuxRouter, origins: OriginPolicy, reactor: IReactorTime, pingInterval: float = 10.0
+        self, router: IRouter, origins: OriginPolicy, reactor: IReactorTime, pingInterval: float = 10.0
     ) -> None:
         self.router = router
         self.origins = origins

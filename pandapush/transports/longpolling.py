@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
 from pandapush.bayeux import json
-from pandapush.router import BayeuxRouter
+from pandapush.interfaces import IRouter
 from pandapush.transports._http import OriginPolicy, contextFor, header, requestLost, writeError
 
 __all__ = ["LongPollingTransport"]
@@ -22,7 +22,7 @@ __all__ = ["LongPollingTransport"]
 class LongPollingTransport:
     _log = Logger()
 
-    def __init__(self, router: BayeuxRouter, origins: OriginPolicy) -> None:
+    def __init__(self, router: IRouter, origins: OriginPolicy) -> None:
         self.router = router
         self.origins = origins
 

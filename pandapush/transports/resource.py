@@ -11,7 +11,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from pandapush.router import BayeuxRouter
+from pandapush.interfaces import IRouter
 from pandapush.transports._http import OriginPolicy, header, writeError
 from pandapush.transports.callbackpolling import CallbackPollingTransport
 from pandapush.transports.eventsource import EventSourceTransport
@@ -33,7 +33,7 @@ class BayeuxResource(Resource):
 
     def __init__(
         self,
-        router: BayeuxRouter,
+        router: IRouter,
         reactor: IReactorTime,
         maxMessageSize: int = 1024 * 1024,
         origins: OriginPolicy | None = None,

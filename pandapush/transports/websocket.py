@@ -23,8 +23,7 @@ from zope.interface import implementer
 from pandapush.bayeux import json
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.delivery import Delivery
-from pandapush.interfaces import IClientSocket
-from pandapush.router import BayeuxRouter
+from pandapush.interfaces import IClientSocket, IRouter
 from pandapush.transports._http import OriginPolicy
 
 __all__ = ["BayeuxWebSocketFactory", "BayeuxWebSocketProtocol"]
@@ -250,7 +249,7 @@ class BayeuxWebSocketFactory(WebSocketServerFactory):
 
     def __init__(
         self,
-        router: BayeuxRouter,
+        router: IRouter,
         origins: OriginPolicy,
         maxMessageSize: int,
         pingInterval: float = 25.0,
