@@ -382,7 +382,7 @@ class _Context:
         """A malformed REDIS_HOSTS is refused before anything changes, not after."""
         hosts = self.redisHosts()
         if hosts:
-            from pandapush.engines.redis._connection import parseRedisHosts
+            from pandapush.redis import parseRedisHosts
 
             try:
                 parseRedisHosts(hosts)

@@ -21,7 +21,7 @@ Why it holds up when Redis does not:
 - A periodic PING aborts a half-open connection so it reconnects (the
   connection layer's ``ping`` does that).
 
-It uses the Redis engine's connection layer (:mod:`pandapush.engines.redis._connection`)
+It uses the Redis engine's connection layer (:mod:`pandapush.redis`)
 on the first of ``REDIS_HOSTS``, the shard the engine uses for pub/sub, but its own
 two connections: the engine's subscriber delivers to the engine only, and keeping
 them apart means neither can slow the other down.
@@ -44,7 +44,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from pandapush.auth.keycache import KeyCache
-from pandapush.engines.redis._connection import (
+from pandapush.redis import (
     RedisAddress,
     RedisShard,
     RedisSubscriber,
@@ -90,7 +90,7 @@ def publishInvalidation(
     Tell the running nodes of ``namespace`` to forget ``keyId`` (or ``appId``'s keys),
     from a process with no :class:`KeySync` of its own. Fires with the number of nodes
     that heard it (Redis's PUBLISH count: one per running node), or fails with
-    :class:`~pandapush.engines.redis._connection.RedisUnavailable` after ``timeout``.
+    :class:`~pandapush.redis.RedisUnavailable` after ``timeout``.
     Sent once: the caller decides what a failure means (the nodes' cache TTL still
     bounds how long they keep the stale entry).
     """

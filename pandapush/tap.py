@@ -477,7 +477,8 @@ def makeService(
     engine: IEngine
     if redisHosts:
         # Imported only when chosen: without REDIS_HOSTS nothing Redis is loaded or spawned.
-        from pandapush.engines.redis import RedisEngine, parseRedisHosts
+        from pandapush.engines.redis import RedisEngine
+        from pandapush.redis import parseRedisHosts
 
         engine = RedisEngine(
             reactor,

@@ -20,8 +20,8 @@ from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.server import Site
 
 from pandapush import cli
-from pandapush.engines.redis._connection import RedisAddress, RedisSubscriber
 from pandapush.keysync import keysChannel
+from pandapush.redis import RedisAddress, RedisSubscriber
 from pandapush.storage import ids
 from tests.bayeux_clients import eventually
 from tests.test_publisher import RecordingChannelResource

@@ -22,9 +22,9 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from pandapush.bayeux.delivery import Delivery
-from pandapush.engines.redis import HashRing, RedisAddress, RedisEngine, RedisUnavailable, parseRedisHosts
-from pandapush.engines.redis._connection import RedisShard
+from pandapush.engines.redis import RedisEngine
 from pandapush.interfaces import IClientSocket, IEngine
+from pandapush.redis import HashRing, RedisAddress, RedisShard, RedisUnavailable, parseRedisHosts
 from tests.engine_suite import EngineTestsMixin, RecordingListener, RecordingSink, message
 
 REDIS = os.environ.get("PANDAPUSH_TEST_REDIS", "127.0.0.1:6379")

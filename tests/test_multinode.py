@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.http_headers import Headers
 
-from pandapush.engines.redis._connection import RedisAddress, RedisShard
+from pandapush.redis import RedisAddress, RedisShard
 from pandapush.tokens import mintToken
 from tests.bayeux_clients import HANDSHAKE, LPClient, eventually
 from tests.support.server import REPO_ROOT, PandapushProcess, freePort, sleep

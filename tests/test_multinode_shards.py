@@ -19,7 +19,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.trial.unittest import SkipTest
 
-from pandapush.engines.redis._connection import HashRing, RedisAddress, RedisShard
+from pandapush.redis import HashRing, RedisAddress, RedisShard
 from pandapush.tokens import mintToken
 from tests.bayeux_clients import eventually
 from tests.support.server import PandapushProcess, sleep

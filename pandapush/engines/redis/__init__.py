@@ -2,23 +2,11 @@
 
 Chosen with ``REDIS_HOSTS=host:port[/db][,host:port[/db]...]``; see ``_engine``
 for the design and ``pandapush/engines/REDIS-TODO.md`` for what is not done yet.
+Its connections to Redis are :mod:`pandapush.redis`'s.
 """
 
 from __future__ import annotations
 
-from pandapush.engines.redis._connection import (
-    HashRing,
-    RedisAddress,
-    RedisUnavailable,
-    parseRedisHosts,
-)
 from pandapush.engines.redis._engine import DEFAULT_NAMESPACE, RedisEngine
 
-__all__ = [
-    "DEFAULT_NAMESPACE",
-    "HashRing",
-    "RedisAddress",
-    "RedisEngine",
-    "RedisUnavailable",
-    "parseRedisHosts",
-]
+__all__ = ["DEFAULT_NAMESPACE", "RedisEngine"]

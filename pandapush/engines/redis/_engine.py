@@ -79,7 +79,9 @@ from pandapush.bayeux.channel import expand
 from pandapush.bayeux.delivery import Delivery
 from pandapush.engines.ids import newClientId
 from pandapush.engines.redis import _scripts as scripts
-from pandapush.engines.redis._connection import (
+from pandapush.interfaces import IClientSocket, IDeliverySink, IEngine, IEngineListener
+from pandapush.listeners import ListenerRegistry
+from pandapush.redis import (
     HashRing,
     RedisAddress,
     RedisShard,
@@ -87,8 +89,6 @@ from pandapush.engines.redis._connection import (
     RedisUnavailable,
     parseRedisHosts,
 )
-from pandapush.interfaces import IClientSocket, IDeliverySink, IEngine, IEngineListener
-from pandapush.listeners import ListenerRegistry
 
 __all__ = ["RedisEngine"]
 

@@ -1,10 +1,10 @@
 """Our own small interface over txredisapi: shards, a hash ring, and a subscriber.
 
-The engine never touches txredisapi directly, so the client library can be
-swapped (or faked) here alone. Per shard there is one connection for commands
-and, on the shard that carries pub/sub, one connection for SUBSCRIBE, as
-synapse does: a SUBSCRIBEd connection can run no other command, and commands
-must not queue behind a flood of published messages.
+Neither the Redis engine nor key sync touches txredisapi directly, so the
+client library can be swapped (or faked) here alone. Per shard there is one
+connection for commands and, on the shard that carries pub/sub, one connection
+for SUBSCRIBE, as synapse does: a SUBSCRIBEd connection can run no other
+command, and commands must not queue behind a flood of published messages.
 
 Every command is bounded by ``commandTimeout``: while Redis is unreachable
 txredisapi would otherwise keep a command waiting for a connection forever,
@@ -245,7 +245,7 @@ class RedisSubscriber:
     subscribes them again after every reconnection.
 
     Messages published while the connection is down are lost for this node
-    (Redis pub/sub is at-most-once); see the engine's TODO.
+    (Redis pub/sub is at-most-once); see ``pandapush/engines/REDIS-TODO.md``.
     """
 
     _log = Logger()

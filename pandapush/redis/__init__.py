@@ -1,0 +1,26 @@
+"""Our Redis client layer: addresses, the shard ring, bounded commands, a reconnecting subscriber.
+
+Shared by the Redis engine (:mod:`pandapush.engines.redis`) and key cache
+invalidation (:mod:`pandapush.keysync`); neither touches txredisapi directly.
+See :mod:`pandapush.redis.connection` for why it is built the way it is.
+"""
+
+from __future__ import annotations
+
+from pandapush.redis.connection import (
+    HashRing,
+    RedisAddress,
+    RedisShard,
+    RedisSubscriber,
+    RedisUnavailable,
+    parseRedisHosts,
+)
+
+__all__ = [
+    "HashRing",
+    "RedisAddress",
+    "RedisShard",
+    "RedisSubscriber",
+    "RedisUnavailable",
+    "parseRedisHosts",
+]
