@@ -175,6 +175,30 @@ class EngineTestsMixin(_Base):
         await self.turn()
         self.assertEqual(len(sink.payloads), 2)
 
+    async def test_slowConsumerDropped(self) -> None:
+        """
+        A client without a sink that lets more than ``maxQueue`` messages pile up is
+        destroyed ("slow consumer") rather than kept growing; one at the cap is kept,
+        and an attached client gets every message.
+        """
+        self.engine.maxQueue = 5
+        slow, fine = await self.engine.createClient(), await self.engine.createClient()
+        sink = RecordingSink()
+        self.engine.attach(fine, sink)
+        for clientId in (slow, fine):
+            await self.engine.subscribe(clientId, "/a")
+        for i in range(5):
+            await self.engine.publish(message("/a", i))
+            await self.turn()
+        self.assertTrue(await self.engine.clientExists(slow))
+        self.assertEqual(self.engine.statistics()["queued_messages"], 5)
+        await self.engine.publish(message("/a", 5))
+        await self.turn()
+        self.assertFalse(await self.engine.clientExists(slow))
+        self.assertIn(("destroyed", slow, "slow consumer"), self.listener.events)
+        self.assertEqual(self.engine.statistics()["queued_messages"], 0)
+        self.assertEqual(len(sink.payloads), 6)
+
     async def test_oneShotSink(self) -> None:
         """A non-persistent sink gets one batch; later messages queue for the next sink."""
         clientId = await self.engine.createClient()

@@ -70,7 +70,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -78,6 +78,7 @@ from pandapush.bayeux import json
 from pandapush.bayeux.channel import expand
 from pandapush.bayeux.delivery import Delivery
 from pandapush.engines.ids import newClientId
+from pandapush.engines.local import DEFAULT_MAX_QUEUE, LocalClient, LocalClients
 from pandapush.engines.redis import _scripts as scripts
 from pandapush.interfaces import IClientSocket, IDeliverySink, IEngine, IEngineListener
 from pandapush.listeners import ListenerRegistry
@@ -101,36 +102,34 @@ RESTORE_BATCH = 500
 RESTORE_MEMBERS = 5000
 
 
-class _LocalClient:
-    """A client owned by this node: its subscriptions mirrored, its queue, its sink."""
+class RelayedDelivery(Delivery):
+    """A message that came through Redis, with the id its publishing node gave it."""
 
-    __slots__ = (
-        "checkWaiters",
-        "checking",
-        "claimWaiters",
-        "claiming",
-        "dirty",
-        "epoch",
-        "id",
-        "ids",
-        "queue",
-        "sent",
-        "sink",
-        "subs",
-    )
+    __slots__ = ("messageId",)
+
+    def __init__(self, channel: str, payload: bytes, exclude: str | None, messageId: str) -> None:
+        super().__init__(channel, payload, exclude)
+        # A hand-over removes duplicates with it.
+        self.messageId = messageId
+
+
+class _LocalClient(LocalClient):
+    """
+    A client owned by this node: the local part (subscriptions mirrored from Redis,
+    its queue, its sink), and the state of a claim.
+
+    ``held`` (see LocalClient) is set while the client is taken over from another
+    node: queue, but deliver nothing until the previous owner's queue has arrived (it
+    holds older messages); and while an attach checks that this copy is still the
+    current one (see ``epoch``).
+    """
+
+    __slots__ = ("checkWaiters", "checking", "claimWaiters", "epoch", "sent")
+
+    queue: list[RelayedDelivery]  # type: ignore[assignment]
 
     def __init__(self, clientId: str) -> None:
-        self.id = clientId
-        self.subs: set[str] = set()
-        self.queue: list[Delivery] = []
-        # Message ids parallel to ``queue``: a hand-over removes duplicates with them.
-        self.ids: list[str] = []
-        self.sink: IDeliverySink | None = None
-        self.dirty = False
-        # Being taken over from another node: queue, but deliver nothing until the
-        # previous owner's queue has arrived (it holds older messages). Also set while
-        # an attach checks that this copy is still the current one (see ``epoch``).
-        self.claiming = False
+        super().__init__(clientId)
         # The ownership epoch (Redis bumps it on every change of owner) this copy was
         # made current at; 0 until the claim script has answered.
         self.epoch = 0
@@ -175,6 +174,7 @@ class RedisEngine(ListenerRegistry):
         reconnectMaxDelay: float = 5.0,
         replicas: int = 160,
         batchWindow: float = 0.002,
+        maxQueue: int = DEFAULT_MAX_QUEUE,
     ) -> None:
         self._reactor: IReactorTime = reactor
         self.timeout = timeout
@@ -182,7 +182,6 @@ class RedisEngine(ListenerRegistry):
         self.namespace = namespace
         self.nodeId = secrets.token_hex(8)
         self._sweepInterval = sweepInterval
-        self._batchWindow = batchWindow
         self._handoverTimeout = handoverTimeout
         self.addresses = parseRedisHosts(hosts) if isinstance(hosts, str) else list(hosts)
         self._shards = [RedisShard(reactor, a, commandTimeout, reconnectMaxDelay) for a in self.addresses]
@@ -202,9 +201,13 @@ class RedisEngine(ListenerRegistry):
         # shards this node is restoring its clients on
         self._restoring: set[int] = set()
         self._closed = False
-        self._local: dict[str, _LocalClient] = {}
-        # subscription key -> this node's clients subscribed to it
-        self._index: dict[str, set[_LocalClient]] = {}
+        # The clients this node owns. Queues are handed out after a short window rather
+        # than one reactor turn: messages of one burst reach the node in several reads,
+        # and a long-poll answered with the first of them would cost the client a
+        # request per message.
+        self._local: LocalClients[_LocalClient] = LocalClients(
+            reactor, detached=self._detached, slow=self._slow, maxQueue=maxQueue, flushDelay=batchWindow
+        )
         self._pubsub = self._shards[0]
         self._subscriber = RedisSubscriber(
             reactor,
@@ -218,8 +221,6 @@ class RedisEngine(ListenerRegistry):
         self._ready.addErrback(lambda f: self._log.warn("not subscribed yet: {f}", f=f.getErrorMessage()))
 
         self._listeners: list[IEngineListener] = []
-        self._dirty: list[_LocalClient] = []
-        self._flushCall: IDelayedCall | None = None
         self._messageIds = itertools.count()
         self._calls: dict[int, defer.Deferred[Any]] = {}
         self._callIds = itertools.count()
@@ -235,6 +236,15 @@ class RedisEngine(ListenerRegistry):
         self._pinger = task.LoopingCall(self._ping)
         self._pinger.clock = reactor
         self._pinger.start(pingInterval, now=False).addErrback(self._loopFailed, "ping")
+
+    @property
+    def maxQueue(self) -> int:
+        """Messages a client without a sink may have waiting before it is dropped."""
+        return self._local.maxQueue
+
+    @maxQueue.setter
+    def maxQueue(self, value: int) -> None:
+        self._local.maxQueue = value
 
     # keys and shards
 
@@ -292,7 +302,7 @@ class RedisEngine(ListenerRegistry):
             await defer.DeferredList(list(self._pending), consumeErrors=True)
         # Everything PUBLISHed before this marker reaches our SUBSCRIBE connection before it.
         await self._call(self.nodeId, "marker")
-        while self._pending or self._flushCall is not None:
+        while self._pending or self._local.flushPending:
             while self._pending:
                 await defer.DeferredList(list(self._pending), consumeErrors=True)
             await task.deferLater(self._reactor, 0.001, lambda: None)  # type: ignore[arg-type]
@@ -315,9 +325,7 @@ class RedisEngine(ListenerRegistry):
         for loop in (self._sweeper, self._renewer, self._pinger):
             if loop.running:
                 loop.stop()
-        if self._flushCall is not None and self._flushCall.active():
-            self._flushCall.cancel()
-        self._flushCall = None
+        self._local.close()
         if self._pending:
             await defer.DeferredList(list(self._pending), consumeErrors=True)
         await self._park()
@@ -341,10 +349,7 @@ class RedisEngine(ListenerRegistry):
         for client in self._local.values():
             if not client.queue:
                 continue
-            entries = [
-                f"{messageId}\n{d.channel}\n".encode() + d.payload
-                for d, messageId in zip(client.queue, client.ids, strict=True)
-            ]
+            entries = [f"{d.messageId}\n{d.channel}\n".encode() + d.payload for d in client.queue]
             parking.append(
                 self._clientShard(client.id).eval(scripts.PARK, [self._parkedKey(client.id)], [ttl, *entries])
             )
@@ -372,7 +377,7 @@ class RedisEngine(ListenerRegistry):
         # were written to, or it could not tell that Redis lost them.
         self._generations.setdefault(self._ring.index(clientId), generation)
         # The creating node owns it: the client's first requests usually come back here.
-        client = self._local[clientId] = _LocalClient(clientId)
+        client = self._local.add(_LocalClient(clientId))
         client.epoch = 1
         self._notify("clientCreated", clientId)
         return clientId
@@ -503,24 +508,15 @@ class RedisEngine(ListenerRegistry):
         if client is None:
             return
         if op == "sub":
-            client.subs.add(key)
             await self._indexAdd(client, key)
-        else:
-            client.subs.discard(key)
-            self._indexRemove(client, key)
+        elif self._local.unsubscribe(client, key):
+            self._subscriber.unsubscribe(self._channelPrefix + key)
 
     def _indexAdd(self, client: _LocalClient, key: str) -> defer.Deferred[None]:
-        self._index.setdefault(key, set()).add(client)
+        self._local.subscribe(client, key)
+        # Asked every time: until Redis has confirmed the key's first SUBSCRIBE, the
+        # next client's subscribe must wait for it too.
         return self._subscriber.subscribe(self._channelPrefix + key)
-
-    def _indexRemove(self, client: _LocalClient, key: str) -> None:
-        subscribers = self._index.get(key)
-        if subscribers is None:
-            return
-        subscribers.discard(client)
-        if not subscribers:
-            del self._index[key]
-            self._subscriber.unsubscribe(self._channelPrefix + key)
 
     def _endSink(self, clientId: str, sink: IDeliverySink, reason: str) -> None:
         """
@@ -541,12 +537,9 @@ class RedisEngine(ListenerRegistry):
 
     def _drop(self, clientId: str) -> _LocalClient | None:
         """Forget a client locally (destroyed, or handed over to another node)."""
-        client = self._local.pop(clientId, None)
-        if client is not None:
-            for key in client.subs:
-                self._indexRemove(client, key)
-            # It may still be in this turn's dirty list: it must deliver nothing more here.
-            client.sink = None
+        client, vacated = self._local.forget(clientId)
+        for key in vacated:
+            self._subscriber.unsubscribe(self._channelPrefix + key)
         return client
 
     # presence
@@ -649,58 +642,40 @@ class RedisEngine(ListenerRegistry):
         messageId, exclude, channel, position, payload = envelope.split("\n", 4)
         keys = expand(channel)
         index = int(position)
-        subscribers = self._index.get(keys[index])
+        subscribers = self._local.index.subscribers(keys[index])
         if not subscribers:
             return
         earlier = keys[:index]
-        delivery: Delivery | None = None
-        dirty = self._dirty
-        for client in subscribers:
-            if client.id == exclude or (earlier and not client.subs.isdisjoint(earlier)):
-                continue
-            if delivery is None:
-                delivery = Delivery(channel, payload.encode(), exclude or None)
-            client.queue.append(delivery)
-            client.ids.append(messageId)
-            if not client.dirty and client.sink is not None and not client.claiming:
-                client.dirty = True
-                dirty.append(client)
-        self._scheduleFlush()
+        recipients: Iterable[_LocalClient] = subscribers
+        if exclude or earlier:
+            # A client matched by an earlier key is served by that key's copy.
+            recipients = [
+                c
+                for c in subscribers
+                if c.id != exclude and (not earlier or c.subscriptions.isdisjoint(earlier))
+            ]
+            if not recipients:
+                return
+        self._local.enqueue(
+            recipients, RelayedDelivery(channel, payload.encode(), exclude or None, messageId)
+        )
 
-    def _scheduleFlush(self) -> None:
-        if self._dirty and self._flushCall is None and not self._closed:
-            # A short window rather than one reactor turn: messages of one burst
-            # reach the node in several reads, and a long-poll answered with the
-            # first of them would cost the client a request per message.
-            self._flushCall = self._reactor.callLater(self._batchWindow, self._flush)
-
-    def _flush(self) -> None:
-        self._flushCall = None
-        dirty, self._dirty = self._dirty, []
-        for client in dirty:
-            client.dirty = False
-            sink = client.sink
-            if sink is None or not client.queue or client.claiming:
-                continue
-            self._handOut(client, sink)
+    def _slow(self, client: _LocalClient) -> None:
+        # Forgotten here at once, so that it stops queueing while Redis destroys it.
+        self._drop(client.id)
+        self._track(self.destroyClient(client.id, "slow consumer"), "dropping a slow client")
 
     def _handOut(self, client: _LocalClient, sink: IDeliverySink) -> None:
-        queue, client.queue, client.ids = client.queue, [], []
-        if not sink.persistent:
-            self._detach(client)
-        try:
-            sink.deliver(queue)
-        except Exception:
-            self._log.failure("delivery to {clientId} failed", clientId=client.id)
+        self._local.handOut(client, sink)
 
     # sinks
 
     def attach(self, clientId: str, sink: IDeliverySink) -> None:
         client = self._local.get(clientId)
         if client is None:
-            client = self._local[clientId] = _LocalClient(clientId)
+            client = self._local.add(_LocalClient(clientId))
         client.sink = sink
-        if client.claiming:
+        if client.held:
             # The claim under way renews the lease and hands out what is queued.
             return
         # Even a client this node has is checked (the claim script also renews its
@@ -709,22 +684,21 @@ class RedisEngine(ListenerRegistry):
         # would be cut off by the hand-over (left unanswered, its lease not renewed:
         # the client expired while it waited). If the copy is stale, the client is
         # taken back like any other.
-        client.claiming = True
+        client.held = True
         self._track(defer.Deferred.fromCoroutine(self._claim(client)), "taking over a client")
-        if client.queue and client.claiming:
+        if client.queue and client.held:
             # What is queued goes now, as before (a connect answered at once must not
             # wait for Redis, or it would never get anything); its ids are kept until
             # the check ends, so that a stale copy's messages are not given twice.
-            client.sent = set(client.ids)
+            client.sent = {d.messageId for d in client.queue}
             self._handOut(client, sink)
 
     def detach(self, clientId: str, sink: IDeliverySink) -> None:
         client = self._local.get(clientId)
         if client is not None and client.sink is sink:
-            self._detach(client)
+            self._local.detach(client)
 
-    def _detach(self, client: _LocalClient) -> None:
-        client.sink = None
+    def _detached(self, client: _LocalClient) -> None:
         self._setDeadline([client.id], self.expiry)
 
     def _setDeadline(self, clientIds: Sequence[str], seconds: float) -> None:
@@ -791,9 +765,11 @@ class RedisEngine(ListenerRegistry):
             return
         epoch, previous, subscriptions = int(result[1]), result[2], result[3:]
         client.epoch = epoch
-        client.subs.update(subscriptions)
+        client.subscriptions.update(subscriptions)
         # Subscribe before asking for the old queue: from here on nothing can fall between the two.
-        await defer.gatherResults([self._indexAdd(client, key) for key in client.subs], consumeErrors=True)
+        await defer.gatherResults(
+            [self._indexAdd(client, key) for key in client.subscriptions], consumeErrors=True
+        )
         handed: list[list[str]] = []
         if previous and previous != self.nodeId:
             reply = await self._call(previous, "handover", c=clientId, e=epoch)
@@ -808,23 +784,18 @@ class RedisEngine(ListenerRegistry):
             handed = [entry for entry in handed if entry[0] not in client.sent]
         if handed:
             seen: set[str] = set()
-            queue: list[Delivery] = []
-            ids: list[str] = []
+            queue: list[RelayedDelivery] = []
             for messageId, channel, payload in handed:
                 if messageId not in seen:
                     seen.add(messageId)
-                    queue.append(Delivery(channel, payload.encode()))
-                    ids.append(messageId)
-            for delivery, messageId in zip(client.queue, client.ids, strict=True):
-                if messageId not in seen:
-                    queue.append(delivery)
-                    ids.append(messageId)
-            client.queue, client.ids = queue, ids
+                    queue.append(RelayedDelivery(channel, payload.encode(), None, messageId))
+            queue += [d for d in client.queue if d.messageId not in seen]
+            client.queue = queue
         self._claimed(client)
 
     def _claimed(self, client: _LocalClient) -> None:
         """The client is this node's now: hand out what waited for the claim."""
-        client.claiming = False
+        client.held = False
         if client.sink is not None and client.queue:
             self._handOut(client, client.sink)
 
@@ -900,7 +871,7 @@ class RedisEngine(ListenerRegistry):
             elif epoch is not None and client.epoch > epoch:
                 reply["queue"] = self._encodeQueue(client)
                 return
-            elif client.claiming:
+            elif client.held:
                 client.claimWaiters.append(waiter)
             else:
                 break
@@ -914,10 +885,7 @@ class RedisEngine(ListenerRegistry):
 
     @staticmethod
     def _encodeQueue(client: _LocalClient) -> list[list[str]]:
-        return [
-            [messageId, d.channel, d.payload.decode()]
-            for d, messageId in zip(client.queue, client.ids, strict=True)
-        ]
+        return [[d.messageId, d.channel, d.payload.decode()] for d in client.queue]
 
     async def _serve(self, op: str, message: dict[str, Any]) -> None:
         reply: dict[str, Any] = {"op": "reply", "id": message["id"]}
@@ -927,7 +895,8 @@ class RedisEngine(ListenerRegistry):
         elif op == "handover":
             await self._serveHandover(clientId, message.get("e"), reply)
         elif op == "drop":
-            sink = self._local[clientId].sink if clientId in self._local else None
+            client = self._local.get(clientId)
+            sink = client.sink if client is not None else None
             self._drop(clientId)
             if sink is not None:
                 self._endSink(clientId, sink, message.get("reason", ""))
@@ -1035,8 +1004,8 @@ class RedisEngine(ListenerRegistry):
             for client in chunk:
                 _, base, subs, _ = self._clientKeys(client.id)
                 keys += [base, subs]
-                args += [client.id, client.epoch, "1" if client.sink is not None else "0", len(client.subs)]
-                args += client.subs
+                args += [client.id, client.epoch, "1" if client.sink is not None else "0"]
+                args += [len(client.subscriptions), *client.subscriptions]
             statuses = await shard.eval(scripts.RESTORE, keys, args)
             for client, status in zip(chunk, statuses, strict=True):
                 if int(status) == 0:
@@ -1045,10 +1014,12 @@ class RedisEngine(ListenerRegistry):
                     restored += 1
         sets: list[str] = []
         members: list[Any] = []
-        for key in list(self._index):
+        for key in list(self._local.index.keys()):
             if self._ring.index(key) != index:
                 continue
-            ids = [c.id for c in self._index.get(key, ()) if c.epoch and c.id not in elsewhere]
+            ids = [
+                c.id for c in self._local.index.subscribers(key) or () if c.epoch and c.id not in elsewhere
+            ]
             if not ids:
                 continue
             sets.append(self._subscribersKey(key))
@@ -1103,16 +1074,11 @@ class RedisEngine(ListenerRegistry):
 
     def statistics(self) -> dict[str, int]:
         """Figures for this node (clients it owns), for metrics at scrape time."""
-        return {
-            "clients": len(self._local),
-            "subscriptions": sum(len(s) for s in self._index.values()),
-            "channels": len(self._index),
-            "queued_messages": sum(len(c.queue) for c in self._local.values()),
-        }
+        return self._local.statistics()
 
     def hasLocal(self, clientId: str) -> bool:
         """Whether this node owns the client right now (tests, diagnostics)."""
         return clientId in self._local
 
     def localClients(self) -> Iterable[str]:
-        return self._local.keys()
+        return self._local.ids()

@@ -1,0 +1,302 @@
+"""What every engine does in this process: its clients, their index and queues, one flush per turn.
+
+The memory engine holds every client here; the Redis engine holds the clients its
+node owns (the rest of their state lives in Redis). Either way a message reaches
+its local recipients the same way, and queues are capped the same way:
+
+- ``SubscriptionIndex.matching`` (memory: the union over ``expand``'s at most five
+  keys) or ``SubscriptionIndex.subscribers`` (Redis: the one key a copy came for)
+  finds the recipients;
+- ``LocalClients.enqueue`` appends the one shared :class:`Delivery` to each
+  recipient's queue and, the first time in a turn, puts the client on the dirty
+  list. A client without a sink whose queue grows past ``maxQueue`` is not coming
+  back for it soon: it is dropped (it will handshake again) rather than kept growing;
+- a single ``callLater`` for all clients hands each dirty client's queue to its sink
+  (after ``flushDelay``: 0 for the memory engine, a short window for Redis, whose
+  bursts arrive in several reads).
+
+Nothing here is per recipient beyond a list append: no Deferred, no copy of the message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, KeysView
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from pandapush.bayeux.channel import expand
+
+if TYPE_CHECKING:
+    from pandapush.bayeux.delivery import Delivery
+    from pandapush.interfaces import IDeliverySink
+
+__all__ = ["DEFAULT_MAX_QUEUE", "LocalClient", "LocalClients", "SubscriptionIndex"]
+
+#: Messages a client without a connection may have waiting before it is dropped.
+DEFAULT_MAX_QUEUE = 10000
+
+
+class LocalClient:
+    """A client held in this process: its subscriptions, its queue, the sink it is attached to."""
+
+    __slots__ = ("dirty", "held", "id", "queue", "sink", "subscriptions")
+
+    def __init__(self, clientId: str) -> None:
+        self.id = clientId
+        self.subscriptions: set[str] = set()
+        self.queue: list[Delivery] = []
+        self.sink: IDeliverySink | None = None
+        # On the dirty list of this turn.
+        self.dirty = False
+        # Messages queue but none is handed out (the Redis engine holds a client while
+        # it takes it over from another node, whose older messages must go first).
+        self.held = False
+
+
+ClientT = TypeVar("ClientT", bound=LocalClient)
+
+
+class SubscriptionIndex(Generic[ClientT]):
+    """Subscription key (a channel or a pattern) -> the local clients subscribed to it."""
+
+    __slots__ = ("_subscribers",)
+
+    def __init__(self) -> None:
+        self._subscribers: dict[str, set[ClientT]] = {}
+
+    def add(self, client: ClientT, key: str) -> bool:
+        """Index ``client`` under ``key``; True if no local client had the key before."""
+        subscribers = self._subscribers.get(key)
+        if subscribers is None:
+            self._subscribers[key] = {client}
+            return True
+        subscribers.add(client)
+        return False
+
+    def remove(self, client: ClientT, key: str) -> bool:
+        """Unindex ``client`` from ``key``; True if that left the key without local subscribers."""
+        subscribers = self._subscribers.get(key)
+        if subscribers is None:
+            return False
+        subscribers.discard(client)
+        if subscribers:
+            return False
+        del self._subscribers[key]
+        return True
+
+    def subscribers(self, key: str) -> set[ClientT] | None:
+        """The local clients subscribed to exactly ``key`` (None or a non-empty set)."""
+        return self._subscribers.get(key)
+
+    def count(self, key: str) -> int:
+        return len(self._subscribers.get(key, ()))
+
+    def keys(self) -> KeysView[str]:
+        return self._subscribers.keys()
+
+    def __len__(self) -> int:
+        return len(self._subscribers)
+
+    def subscriptionCount(self) -> int:
+        """Every (key, client) pair: walks the index, for statistics at scrape time."""
+        return sum(len(s) for s in self._subscribers.values())
+
+    def matching(self, channel: str, exclude: ClientT | None = None) -> Collection[ClientT]:
+        """
+        The local clients with a subscription matching ``channel``, each once, but
+        ``exclude``: at most five dictionary lookups (``expand``) and a union only
+        when more than one key has subscribers. The set returned may be the index's
+        own: iterate it before changing any subscription.
+        """
+        index = self._subscribers
+        recipients: set[ClientT] | None = None
+        single: set[ClientT] | None = None
+        for key in expand(channel):
+            subscribers = index.get(key)
+            if not subscribers:
+                continue
+            if single is None:
+                single = subscribers
+            else:
+                if recipients is None:
+                    recipients = set(single)
+                recipients |= subscribers
+        if recipients is None:
+            recipients = single
+        if not recipients:
+            return ()
+        if exclude is not None and exclude in recipients:
+            recipients = recipients - {exclude}
+        return recipients
+
+
+class LocalClients(Generic[ClientT]):
+    """
+    The clients this process holds, by id, with their subscription index and queues.
+
+    ``detached(client)`` is called when a one-shot sink (a held long-poll connect)
+    has been answered and the client is left without one: the engine starts its
+    expiry clock. ``slow(client)`` is called for a client dropped for letting more
+    than ``maxQueue`` messages pile up: the engine destroys it ("slow consumer").
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        detached: Callable[[ClientT], object],
+        slow: Callable[[ClientT], object],
+        maxQueue: int = DEFAULT_MAX_QUEUE,
+        flushDelay: float = 0.0,
+    ) -> None:
+        self._reactor = reactor
+        self._detached = detached
+        self._slow = slow
+        self.maxQueue = maxQueue
+        self._flushDelay = flushDelay
+        self.clients: dict[str, ClientT] = {}
+        self.index: SubscriptionIndex[ClientT] = SubscriptionIndex()
+        self._dirty: list[ClientT] = []
+        self._flushCall: IDelayedCall | None = None
+        self._closed = False
+
+    # clients
+
+    def get(self, clientId: str) -> ClientT | None:
+        return self.clients.get(clientId)
+
+    def add(self, client: ClientT) -> ClientT:
+        self.clients[client.id] = client
+        return client
+
+    def pop(self, clientId: str) -> ClientT | None:
+        """Take a client out of the clients, leaving its subscriptions to the caller."""
+        return self.clients.pop(clientId, None)
+
+    def __contains__(self, clientId: object) -> bool:
+        return clientId in self.clients
+
+    def __len__(self) -> int:
+        return len(self.clients)
+
+    def ids(self) -> KeysView[str]:
+        return self.clients.keys()
+
+    def values(self) -> Iterable[ClientT]:
+        return self.clients.values()
+
+    def forget(self, clientId: str) -> tuple[ClientT | None, list[str]]:
+        """
+        Drop a client: out of the clients and the index, its sink let go (it may still
+        be on this turn's dirty list: it must be handed nothing more). Returns it and
+        the keys it left without local subscribers.
+        """
+        client = self.pop(clientId)
+        if client is None:
+            return None, []
+        index = self.index
+        vacated = [key for key in client.subscriptions if index.remove(client, key)]
+        client.sink = None
+        return client, vacated
+
+    # subscriptions
+
+    def subscribe(self, client: ClientT, key: str) -> bool:
+        """Subscribe locally; True if no local client had the key before."""
+        client.subscriptions.add(key)
+        return self.index.add(client, key)
+
+    def unsubscribe(self, client: ClientT, key: str) -> bool:
+        """Unsubscribe locally; True if that left the key without local subscribers."""
+        client.subscriptions.discard(key)
+        return self.index.remove(client, key)
+
+    # queues
+
+    def enqueue(self, recipients: Iterable[ClientT], delivery: Delivery) -> None:
+        """Queue ``delivery`` for each recipient; the attached ones are handed theirs this turn."""
+        dirty = self._dirty
+        maxQueue = self.maxQueue
+        overflowing: list[ClientT] | None = None
+        for client in recipients:
+            queue = client.queue
+            queue.append(delivery)
+            if not client.dirty and client.sink is not None:
+                client.dirty = True
+                dirty.append(client)
+            elif len(queue) > maxQueue:
+                if overflowing is None:
+                    overflowing = []
+                overflowing.append(client)
+        if overflowing:
+            # After the loop: dropping a client changes the index sets iterated above.
+            for client in overflowing:
+                self._log.info("dropping slow client {clientId}", clientId=client.id)
+                self._slow(client)
+        if dirty and self._flushCall is None and not self._closed:
+            self._flushCall = self._reactor.callLater(self._flushDelay, self._flush)
+
+    def take(self, client: ClientT, sink: IDeliverySink) -> list[Delivery]:
+        """Empty the client's queue for ``sink``; a one-shot sink is detached by it."""
+        queue, client.queue = client.queue, []
+        if not sink.persistent:
+            self.detach(client)
+        return queue
+
+    def handOut(self, client: ClientT, sink: IDeliverySink) -> None:
+        """Give ``sink`` the client's queue now (a sink that fails is logged, not raised)."""
+        queue = self.take(client, sink)
+        try:
+            sink.deliver(queue)
+        except Exception:
+            self._log.failure("delivery to {clientId} failed", clientId=client.id)
+
+    def detach(self, client: ClientT) -> None:
+        client.sink = None
+        self._detached(client)
+
+    def _flush(self) -> None:
+        self._flushCall = None
+        dirty, self._dirty = self._dirty, []
+        # ``handOut`` inlined: this loop runs for every client served in a turn, and the
+        # two calls it saves were 10-15% of a burst's engine time in a micro-benchmark.
+        for client in dirty:
+            client.dirty = False
+            sink = client.sink
+            if sink is None or not client.queue or client.held:
+                continue
+            queue, client.queue = client.queue, []
+            if not sink.persistent:
+                self.detach(client)
+            try:
+                sink.deliver(queue)
+            except Exception:
+                self._log.failure("delivery to {clientId} failed", clientId=client.id)
+
+    @property
+    def flushPending(self) -> bool:
+        """Whether queues wait for this turn's flush."""
+        return self._flushCall is not None
+
+    def queued(self, clientId: str) -> int:
+        client = self.clients.get(clientId)
+        return len(client.queue) if client else 0
+
+    def statistics(self) -> dict[str, int]:
+        """Current totals for metrics (walks the clients: call at scrape time, not per message)."""
+        return {
+            "clients": len(self.clients),
+            "subscriptions": self.index.subscriptionCount(),
+            "channels": len(self.index),
+            "queued_messages": sum(len(c.queue) for c in self.clients.values()),
+        }
+
+    def close(self) -> None:
+        """Schedule no more flushes (queues stay, for an engine that parks them)."""
+        self._closed = True
+        if self._flushCall is not None and self._flushCall.active():
+            self._flushCall.cancel()
+        self._flushCall = None
