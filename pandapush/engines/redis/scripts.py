@@ -206,7 +206,7 @@ return items
 
 #: KEYS: the shard's generation key. ARGV: a fresh token. The token naming the shard's
 #: current contents: set when absent (a new or emptied Redis), so a node that remembers
-#: another one knows the data it wrote there is gone (see ``RedisEngine._restoreShard``).
+#: another one knows the data it wrote there is gone (see ``restore``).
 GENERATION = """
 redis.call('SET', KEYS[1], ARGV[1], 'NX')
 return redis.call('GET', KEYS[1])

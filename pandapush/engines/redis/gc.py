@@ -1,0 +1,109 @@
+"""Expiry: deadlines and leases in the registry, and the garbage collector.
+
+The registry (``<ns>:clients``) is a sorted set of deadlines per shard. A detached
+client gets ``now + expiry``; an attached one a lease of ``2 * expiry`` that its
+owner renews every ``expiry / 2``, so clients of a crashed node expire (and their
+presence members leave) within about ``2 * expiry``. The collector runs on
+whichever node holds ``<ns>:gc`` (SET NX PX) and destroys expired clients with a
+script that re-checks the deadline, so a destruction happens once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from pandapush.engines.redis import scripts
+from pandapush.engines.redis.node import Node
+from pandapush.engines.redis.restore import Restorer
+
+__all__ = ["Expiry"]
+
+#: Expired clients one collection destroys per shard.
+COLLECT_BATCH = 500
+#: Attached clients whose leases one script renews.
+RENEW_BATCH = 1000
+
+
+class Expiry:
+    """
+    Moves deadlines, renews this node's leases (``renewer``) and collects expired
+    clients (``sweeper``), through ``destroy(clientId, reason, onlyIfExpired)``.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        node: Node,
+        restorer: Restorer,
+        destroy: Callable[[str, str, bool], Awaitable[bool]],
+        sweepInterval: float,
+    ) -> None:
+        self._node = node
+        self._restorer = restorer
+        self._destroy = destroy
+        self._sweepInterval = sweepInterval
+        self._collecting: defer.Deferred[None] | None = None
+        reactor, expiry = node.reactor, node.expiry
+        self.sweeper = task.LoopingCall(self._sweep)
+        self.sweeper.clock = reactor
+        self.sweeper.start(sweepInterval, now=False).addErrback(node.loopFailed, "sweep")
+        self.renewer = task.LoopingCall(self._renewLeases)
+        self.renewer.clock = reactor
+        self.renewer.start(max(expiry / 2, 0.05), now=False).addErrback(node.loopFailed, "lease renewal")
+
+    def stop(self) -> None:
+        for loop in (self.sweeper, self.renewer):
+            if loop.running:
+                loop.stop()
+
+    def setDeadline(self, clientIds: Sequence[str], seconds: float) -> None:
+        """Give registered clients ``seconds`` to live from now (in the background)."""
+        node = self._node
+        byShard: dict[int, list[str]] = {}
+        for clientId in clientIds:
+            byShard.setdefault(node.shards.index(clientId), []).append(clientId)
+        for i, ids in byShard.items():
+            d = node.shards[i].eval(scripts.TOUCH, [node.keys.clients], [seconds, *ids])
+            node.track(d.addErrback(node.shards.failedOn, i), "moving a deadline")
+
+    def _renewLeases(self) -> None:
+        node = self._node
+        attached = [c.id for c in node.local.values() if c.sink is not None]
+        for start in range(0, len(attached), RENEW_BATCH):
+            self.setDeadline(attached[start : start + RENEW_BATCH], 2 * node.expiry)
+        # As often as leases: a shard that came back empty is noticed (and this node's
+        # clients restored) before their leases would have run out.
+        self._restorer.checkAll()
+
+    def _sweep(self) -> None:
+        if self._collecting is None:
+            self._collecting = defer.Deferred.fromCoroutine(self._collect())
+            self._collecting.addBoth(self._collected)
+            self._node.track(self._collecting, "garbage collection")
+
+    def _collected(self, result: Any) -> Any:
+        self._collecting = None
+        return result
+
+    async def _collect(self) -> None:
+        node = self._node
+        # One node at a time: the lock expires by itself if its holder dies.
+        lockMs = max(int(self._sweepInterval * 1000), 100)
+        got = await node.shards.pubsub.execute("SET", node.keys.collector, node.id, "NX", "PX", lockMs)
+        if got is None:
+            return
+        for index, shard in enumerate(node.shards):
+            if index in self._restorer.restoring or node.shards.troubledWithin(index, node.expiry):
+                # Leases could not be renewed while the shard was unreachable, and this
+                # node's clients may be being restored on it: let their owners catch up
+                # before treating anyone as expired.
+                continue
+            expired = await shard.eval(scripts.EXPIRED, [node.keys.clients], [COLLECT_BATCH])
+            for clientId in expired or ():
+                self._log.debug("client {clientId} expired", clientId=clientId)
+                await self._destroy(clientId, "expired", True)

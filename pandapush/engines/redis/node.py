@@ -1,0 +1,170 @@
+"""This node's part of the Redis engine: the clients it owns, and the work it has under way.
+
+The local part of an owned client (its subscriptions mirrored from Redis, its queue,
+its sink, the flush) is :mod:`pandapush.engines.local`'s, as in the memory engine.
+What the Redis engine adds is here: the Redis SUBSCRIBE that follows the local
+subscription index, the ids messages carry between nodes, the state of a claim,
+and the fire-and-forget work ``RedisEngine.settle`` waits for.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from pandapush.bayeux.delivery import Delivery
+from pandapush.engines.local import LocalClient, LocalClients
+from pandapush.engines.redis.keys import RedisKeys, Shards
+from pandapush.interfaces import IClientSocket, IDeliverySink
+from pandapush.redis import RedisSubscriber, RedisUnavailable
+
+__all__ = ["Node", "OwnedClient", "RelayedDelivery"]
+
+
+class RelayedDelivery(Delivery):
+    """A message that came through Redis, with the id its publishing node gave it."""
+
+    __slots__ = ("messageId",)
+
+    def __init__(self, channel: str, payload: bytes, exclude: str | None, messageId: str) -> None:
+        super().__init__(channel, payload, exclude)
+        # A hand-over removes duplicates with it.
+        self.messageId = messageId
+
+
+class OwnedClient(LocalClient):
+    """
+    A client owned by this node: the local part, and the state of a claim.
+
+    ``held`` (see LocalClient) is set while the client is taken over from another
+    node: queue, but deliver nothing until the previous owner's queue has arrived (it
+    holds older messages); and while an attach checks that this copy is still the
+    current one (see ``epoch``).
+    """
+
+    __slots__ = ("checkWaiters", "checking", "claimWaiters", "epoch", "sent")
+
+    queue: list[RelayedDelivery]  # type: ignore[assignment]
+
+    def __init__(self, clientId: str) -> None:
+        super().__init__(clientId)
+        # The ownership epoch (Redis bumps it on every change of owner) this copy was
+        # made current at; 0 until the claim script has answered.
+        self.epoch = 0
+        # The claim script is in flight: ``epoch`` may be about to change.
+        self.checking = False
+        # Hand-over requests waiting for the claim script, or for the whole claim, to end
+        # (see ``Claims.handOver``).
+        self.checkWaiters: list[defer.Deferred[None]] = []
+        # Ids of messages handed out while the claim script checked this copy: should the
+        # copy turn out stale, the previous owner's queue may hold them too.
+        self.sent: set[str] | None = None
+        self.claimWaiters: list[defer.Deferred[None]] = []
+
+
+class Node:
+    """
+    This node: its id, the shards, its SUBSCRIBE connection, the clients it owns
+    (``local``), and the fire-and-forget work under way (``pending``). Every part of
+    the engine works through one Node.
+
+    ``detached`` and ``slow`` are the engine's answers to a client left without a
+    sink and to one whose queue grew past ``maxQueue`` (see LocalClients).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        keys: RedisKeys,
+        shards: Shards,
+        subscriber: RedisSubscriber,
+        expiry: float,
+        detached: Callable[[OwnedClient], object],
+        slow: Callable[[OwnedClient], object],
+        maxQueue: int,
+        flushDelay: float,
+    ) -> None:
+        self.reactor = reactor
+        self.keys = keys
+        self.shards = shards
+        self.subscriber = subscriber
+        self.expiry = expiry
+        self.id = secrets.token_hex(8)
+        self.channel = keys.node(self.id)
+        # Queues are handed out after a short window rather than one reactor turn:
+        # messages of one burst reach the node in several reads, and a long-poll
+        # answered with the first of them would cost the client a request per message.
+        self.local: LocalClients[OwnedClient] = LocalClients(
+            reactor, detached=detached, slow=slow, maxQueue=maxQueue, flushDelay=flushDelay
+        )
+        # Work started by fire-and-forget methods (attach, detach, GC): ``settle`` waits for it.
+        self.pending: set[defer.Deferred[Any]] = set()
+        self.closed = False
+        self.ready = subscriber.subscribe(self.channel)
+        self.ready.addErrback(lambda f: self._log.warn("not subscribed yet: {f}", f=f.getErrorMessage()))
+
+    def track(self, d: defer.Deferred[Any], what: str) -> None:
+        """Keep fire-and-forget work visible to ``settle`` and log its failures."""
+        self.pending.add(d)
+
+        def done(result: Any) -> None:
+            self.pending.discard(d)
+            if isinstance(result, defer.Failure):
+                if result.check(RedisUnavailable):
+                    self._log.warn("{what} failed: {error}", what=what, error=result.getErrorMessage())
+                else:
+                    self._log.failure("{what} failed", result, what=what)
+
+        d.addBoth(done)
+
+    async def quiet(self) -> None:
+        """Fires once no tracked work is under way (work may start more work)."""
+        while self.pending:
+            await defer.DeferredList(list(self.pending), consumeErrors=True)
+
+    def loopFailed(self, failure: Any, what: str) -> None:
+        self._log.failure("Redis engine {what} loop stopped", failure, what=what)
+
+    # the clients this node owns
+
+    def subscribe(self, client: OwnedClient, key: str) -> defer.Deferred[None]:
+        """Index ``key`` for the client here; fires once Redis sends this node the key's messages."""
+        self.local.subscribe(client, key)
+        # Asked every time: until Redis has confirmed the key's first SUBSCRIBE, the
+        # next client's subscribe must wait for it too.
+        return self.subscriber.subscribe(self.keys.pubsub(key))
+
+    def unsubscribe(self, client: OwnedClient, key: str) -> None:
+        if self.local.unsubscribe(client, key):
+            self.subscriber.unsubscribe(self.keys.pubsub(key))
+
+    def drop(self, clientId: str) -> OwnedClient | None:
+        """Forget a client locally (destroyed, or handed over to another node)."""
+        client, vacated = self.local.forget(clientId)
+        for key in vacated:
+            self.subscriber.unsubscribe(self.keys.pubsub(key))
+        return client
+
+    def endSink(self, clientId: str, sink: IDeliverySink, reason: str) -> None:
+        """
+        The client was destroyed through another node, whose listeners heard of it:
+        do here what this node's router would have done on ``clientDestroyed``
+        (close the socket, answer the held connect), so the connection does not
+        linger until it next talks. Its next request finds the client unknown.
+        Also for a client that has ``"moved"`` to a newer connection on another
+        node: its next request finds it there.
+        """
+        try:
+            if IClientSocket.providedBy(sink):
+                sink.close(afterReplies=reason == "disconnect")
+            elif not sink.persistent:
+                sink.deliver([])
+        except Exception:
+            self._log.failure("ending the connection of {clientId} failed", clientId=clientId)

@@ -1,0 +1,104 @@
+"""Subscriptions on the Redis engine: shared in Redis, mirrored in the owner's index.
+
+A subscription is written twice, each in one script: into the client's set (on the
+client's shard) and into the key's subscriber set (on the key's shard); the node
+whose script saw the key's set go from empty to one member reports
+``channelOccupied``. The client's owner mirrors it in its local index and SUBSCRIBEs
+to the key's pub/sub channel: a subscribe handled by a node that does not own the
+client is forwarded to the owner (``sub``/``unsub`` calls), and answered only once
+the owner's index and SUBSCRIBE are in place, so a message published right after
+the reply cannot miss the client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+
+from pandapush.engines.redis import scripts
+from pandapush.engines.redis.node import Node
+from pandapush.engines.redis.presence import Presence
+from pandapush.engines.redis.rpc import NodeRPC
+
+__all__ = ["Subscriptions"]
+
+
+class Subscriptions:
+    """Subscribe and unsubscribe (events go to ``notify(event, *args)``), and serve owners' updates."""
+
+    def __init__(self, node: Node, rpc: NodeRPC, presence: Presence, notify: Callable[..., None]) -> None:
+        self._node = node
+        self._rpc = rpc
+        self._presence = presence
+        self._notify = notify
+        rpc.handle("sub", self._serveUpdate)
+        rpc.handle("unsub", self._serveUpdate)
+
+    def subscribe(self, clientId: str, key: str) -> defer.Deferred[bool]:
+        return defer.Deferred.fromCoroutine(self._subscribe(clientId, key))
+
+    async def _subscribe(self, clientId: str, key: str) -> bool:
+        keys, shards = self._node.keys, self._node.shards
+        clients, base, subs, _ = keys.client(clientId)
+        added, owner = await shards.of(clientId).eval(
+            scripts.SUBSCRIBE_CLIENT, [clients, base, subs], [clientId, key]
+        )
+        if int(added) != 1:
+            return False
+        _, cardinality = await shards.of(key).eval(
+            scripts.SUBSCRIBE_CHANNEL, [keys.subscribers(key)], [clientId]
+        )
+        # Before answering, the owner's index must hold the key, or a message
+        # published right after the subscribe reply could miss the client.
+        await self._tellOwner(owner, "sub", clientId, key)
+        self._notify("subscribed", clientId, key)
+        if int(cardinality) == 1:
+            self._notify("channelOccupied", key)
+        return True
+
+    def unsubscribe(self, clientId: str, key: str) -> defer.Deferred[bool]:
+        return defer.Deferred.fromCoroutine(self._unsubscribe(clientId, key))
+
+    async def _unsubscribe(self, clientId: str, key: str) -> bool:
+        _, base, subs, presence = self._node.keys.client(clientId)
+        removed, owner, memberId = await self._node.shards.of(clientId).eval(
+            scripts.UNSUBSCRIBE_CLIENT, [base, subs, presence], [key]
+        )
+        if int(removed) != 1:
+            return False
+        await self._tellOwner(owner, "unsub", clientId, key)
+        _, vacated, left = await self._presence.leave(clientId, key, memberId)
+        self._notify("unsubscribed", clientId, key)
+        if left:
+            self._notify("memberLeft", key, memberId)
+        if vacated:
+            self._notify("channelVacated", key)
+        return True
+
+    def of(self, clientId: str) -> defer.Deferred[set[str]]:
+        """The client's subscriptions, as Redis has them."""
+        node = self._node
+        d = node.shards.of(clientId).execute("SMEMBERS", node.keys.client(clientId)[2])
+        return d.addCallback(lambda members: set(members or ()))
+
+    async def _tellOwner(self, owner: str, op: str, clientId: str, key: str) -> None:
+        if owner == self._node.id:
+            await self._update(op, clientId, key)
+        elif owner:
+            await self._rpc.call(owner, op, c=clientId, k=key)
+
+    async def _serveUpdate(self, message: dict[str, Any], reply: dict[str, Any]) -> None:
+        await self._update(message["op"], message.get("c", ""), message["k"])
+
+    async def _update(self, op: str, clientId: str, key: str) -> None:
+        """The owner's side: mirror the change in this node's index (and its SUBSCRIBEs)."""
+        node = self._node
+        client = node.local.get(clientId)
+        if client is None:
+            return
+        if op == "sub":
+            await node.subscribe(client, key)
+        else:
+            node.unsubscribe(client, key)
