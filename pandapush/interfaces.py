@@ -4,7 +4,8 @@ The router (``pandapush.router``) knows only these interfaces:
 
 - an **engine** (:class:`IEngine`) holds clients, subscriptions and per-client queues
   and fans messages out. The in-memory engine serves one process; the Redis engine
-  serves many nodes, so every engine call may answer asynchronously.
+  serves many nodes, so every engine call may answer asynchronously. Engines are
+  chosen by name through their :class:`IEngineFactory` (``pandapush.engines``).
 - **delivery sinks** (:class:`IDeliverySink`) are where an engine hands a client's
   queued messages: a held long-poll ``/meta/connect``, a websocket, an event stream.
 - **extensions** (:class:`IExtension`) see every incoming message and every outgoing
@@ -33,7 +34,16 @@ if TYPE_CHECKING:
     from pandapush.bayeux.context import MessageContext
     from pandapush.bayeux.delivery import Delivery
 
-__all__ = ["IClientSocket", "IDeliverySink", "IEngine", "IEngineListener", "IExtension", "IRouter", "Message"]
+__all__ = [
+    "IClientSocket",
+    "IDeliverySink",
+    "IEngine",
+    "IEngineFactory",
+    "IEngineListener",
+    "IExtension",
+    "IRouter",
+    "Message",
+]
 
 
 class IDeliverySink(Interface):
@@ -201,6 +211,27 @@ class IEngine(Interface):
 
     def close() -> Deferred[None]:
         """Release connections and timers."""
+
+
+class IEngineFactory(Interface):
+    """
+    Makes an engine chosen by name (``--engine``/``ENGINE``), as ``IStorageFactory``
+    makes a storage: the built-in ``memory`` and ``redis``, or a third party's named
+    in the ``pandapush.engines`` entry-point group. See :mod:`pandapush.engines`.
+    """
+
+    name = Attribute("The name ``--engine`` selects this engine by, e.g. 'redis'.")
+    description = Attribute("One line for humans (``--help``, error messages).")
+    shared = Attribute(
+        "True if several processes using the engine serve as one (``--workers`` needs it; a "
+        "draining node waits for other nodes to take its clients over)."
+    )
+
+    def makeEngine(reactor: Any, config: Any) -> IEngine:
+        """
+        A new engine for ``config`` (a ``pandapush.engines.EngineConfig``), its
+        connections started; ``close()`` on it releases them.
+        """
 
 
 class IExtension(Interface):

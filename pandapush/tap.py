@@ -20,7 +20,15 @@ from twisted.python import usage
 from pandapush import __version__
 from pandapush.auth import Tenancy, TenancyConfig, makeTenancy
 from pandapush.auth.expiry import SubscriptionExpiry
-from pandapush.engines.memory import MemoryEngine
+from pandapush.engines import (
+    DEFAULT_REDIS_HOSTS,
+    EngineConfig,
+    EngineConfigError,
+    IEngineFactory,
+    chooseEngine,
+    findEngineFactory,
+    makeEngine,
+)
 from pandapush.interfaces import IEngine, IRouter
 from pandapush.limits import LimitSettings, installLimits
 from pandapush.metrics import Metrics
@@ -150,11 +158,21 @@ class Options(usage.Options):
         ],
         ["database-path", None, None, "SQLite file. [default: $DATABASE_PATH or localdata/db.sqlite]"],
         [
+            "engine",
+            None,
+            None,
+            "Where clients, subscriptions and queues live: memory (this process only) or redis "
+            "(shared through Redis, so several processes and machines serve as one), or a plugin's "
+            "name. [default: $ENGINE; without it, redis when --redis-hosts or $REDIS_HOSTS is given, "
+            "else memory]",
+        ],
+        [
             "redis-hosts",
             None,
             None,
-            "Use the Redis engine on these shards (host:port[/db],...), so several processes and "
-            "machines serve as one. [default: $REDIS_HOSTS; without it, the in-memory engine]",
+            "The Redis engine's shards (host:port[/db],...); giving them chooses that engine unless "
+            f"--engine says otherwise. [default: $REDIS_HOSTS; with --engine redis and none given, "
+            f"{DEFAULT_REDIS_HOSTS}]",
         ],
         [
             "redis-namespace",
@@ -221,7 +239,20 @@ class Options(usage.Options):
             self["listen"] = [f"tcp:{os.environ.get('PORT', '3000')}"]
         if self["allowed-origins"] is not None:
             self["allowed-origins"] = [o.strip() for o in self["allowed-origins"].split(",") if o.strip()]
+        self.engineFactory = self._checkEngine()
         self._checkWorkers()
+
+    def _checkEngine(self) -> IEngineFactory:
+        """The chosen engine must exist (and its plugin be sound) before anything starts."""
+        name = engineName(self, os.environ)
+        if name == "memory" and self["redis-hosts"]:
+            raise usage.UsageError(
+                "--redis-hosts names the Redis engine's shards: it does not apply with --engine memory"
+            )
+        try:
+            return findEngineFactory(name)
+        except EngineConfigError as e:
+            raise usage.UsageError(f"--engine (or ENGINE): {e}") from None
 
     def _checkWorkers(self) -> None:
         requested = self["workers"] if self["workers"] is not None else os.environ.get("WORKERS") or "1"
@@ -244,7 +275,7 @@ class Options(usage.Options):
             return
         # Refused even when 0 resolves to a single CPU: the same flags must not
         # work on one machine and fail on the next.
-        if not (self["redis-hosts"] or os.environ.get("REDIS_HOSTS")):
+        if not self.engineFactory.shared:
             raise usage.UsageError(
                 f"--workers {requested} needs the Redis engine (--redis-hosts or REDIS_HOSTS): each "
                 "worker is a node of its own, and nodes share clients and messages only through Redis"
@@ -260,6 +291,13 @@ class Options(usage.Options):
                     f"--workers shares only tcp: listeners, not {endpoint!r}: terminate TLS in front "
                     "of pandapush (a load balancer or proxy), or run without --workers"
                 )
+
+
+def engineName(options: Options, environ: dict[str, str] | Any) -> str:
+    """The engine ``options`` and ``environ`` choose (``--engine``, ``ENGINE``, ``REDIS_HOSTS``)."""
+    return chooseEngine(
+        options["engine"] or environ.get("ENGINE"), options["redis-hosts"] or environ.get("REDIS_HOSTS")
+    )
 
 
 class BayeuxService(Service):
@@ -472,23 +510,19 @@ def makeService(
     assert reactor is not None
     environ = dict(os.environ if environ is None else environ)
 
+    engineChoice = engineName(options, environ)
     redisHosts = options["redis-hosts"] or environ.get("REDIS_HOSTS")
     redisNamespace = options["redis-namespace"] or environ.get("REDIS_NAMESPACE", "pandapush")
-    engine: IEngine
-    if redisHosts:
-        # Imported only when chosen: without REDIS_HOSTS nothing Redis is loaded or spawned.
-        from pandapush.engines.redis import RedisEngine
-        from pandapush.redis import parseRedisHosts
-
-        engine = RedisEngine(
-            reactor,
-            parseRedisHosts(redisHosts),
-            namespace=redisNamespace,
-            timeout=options["timeout"],
-            expiry=options["client-expiry"],
-        )
-    else:
-        engine = MemoryEngine(reactor, timeout=options["timeout"], expiry=options["client-expiry"])
+    # Each engine's module is imported only when chosen: on memory nothing Redis is loaded.
+    engineConfig = EngineConfig(
+        timeout=options["timeout"],
+        clientExpiry=options["client-expiry"],
+        redisHosts=redisHosts,
+        redisNamespace=redisNamespace,
+        environ=environ,
+    )
+    engine: IEngine = makeEngine(engineChoice, reactor, engineConfig)
+    sharedEngine = bool(findEngineFactory(engineChoice).shared)
     limitSettings = LimitSettings.fromOptions(options, environ)
     limits = Limits(
         maxMessageSize=options["max-message-size"],
@@ -580,16 +614,20 @@ def makeService(
     top = PandapushService(storage)
     top.setName("pandapush")
     BayeuxService(
-        engine, router, bayeux, reactor, grace=options["shutdown-grace"], sharedEngine=bool(redisHosts)
+        engine, router, bayeux, reactor, grace=options["shutdown-grace"], sharedEngine=sharedEngine
     ).setServiceParent(top)
     statistics.service.setServiceParent(top)
     tenancy.service.setServiceParent(top)
-    if redisHosts:
+    if engineChoice == "redis":
         # Key revocations on any node reach every node's key cache (pandapush.keysync).
         from pandapush.keysync import KeySync
 
         top.keysync = KeySync(  # type: ignore[attr-defined]
-            reactor, tenancy.keys, redisHosts, redisNamespace, nodeId=getattr(engine, "nodeId", None)
+            reactor,
+            tenancy.keys,
+            redisHosts or DEFAULT_REDIS_HOSTS,
+            redisNamespace,
+            nodeId=getattr(engine, "nodeId", None),
         )
         top.keysync.setServiceParent(top)  # type: ignore[attr-defined]
     storageService = StorageService(storage, tenancy, reactor, environ, worker=worker)

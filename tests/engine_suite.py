@@ -1,4 +1,4 @@
-"""The IEngine contract, as tests any engine must pass (memory now, Redis later).
+"""The IEngine contract, as tests every engine must pass (``memory``, ``redis``, any plugin).
 
 A concrete test case mixes ``EngineTestsMixin`` into a ``TestCase`` and provides
 ``makeEngine`` plus two ways of letting time pass: ``turn`` (let one reactor
@@ -7,15 +7,17 @@ turn's deliveries flush) and ``wait`` (let seconds pass).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
-from zope.interface.verify import verifyObject
+from zope.interface.verify import verifyClass, verifyObject
 
 from pandapush.bayeux.delivery import Delivery
-from pandapush.interfaces import IDeliverySink, IEngine
+from pandapush.engines import EngineConfig, findEngineFactory
+from pandapush.interfaces import IDeliverySink, IEngine, IEngineFactory
 from pandapush.listeners import EngineListener
 
 if TYPE_CHECKING:
@@ -81,6 +83,8 @@ class EngineTestsMixin(_Base):
 
     engine: Any
     expiry: float = 10.0
+    #: The registered name (``pandapush.engines``) of the engine under test.
+    engineName: str = ""
 
     def makeEngine(self) -> Any:
         raise NotImplementedError
@@ -100,6 +104,17 @@ class EngineTestsMixin(_Base):
     def test_verifyObject(self) -> None:
         """The engine provides IEngine."""
         self.assertTrue(verifyObject(IEngine, self.engine))
+
+    def test_namedEngine(self) -> None:
+        """The factory registered as ``engineName`` makes engines of this class, which provides IEngine."""
+        self.assertTrue(verifyClass(IEngine, type(self.engine)))
+        factory = findEngineFactory(self.engineName)
+        self.assertTrue(verifyObject(IEngineFactory, factory))
+        made = factory.makeEngine(
+            self.engine._reactor, EngineConfig(redisNamespace=f"pandapush-test-{uuid.uuid4().hex}")
+        )
+        self.addCleanup(made.close)
+        self.assertIs(type(made), type(self.engine))
 
     async def test_clientIds(self) -> None:
         """Client ids are distinct, long and known to the engine until destroyed."""

@@ -11,6 +11,8 @@ from tests.engine_suite import EngineTestsMixin, RecordingSink, message
 
 
 class MemoryEngineTests(EngineTestsMixin, TestCase):
+    engineName = "memory"
+
     def makeEngine(self) -> MemoryEngine:
         self.clock = Clock()
         return MemoryEngine(self.clock, timeout=30, expiry=self.expiry)

@@ -110,6 +110,8 @@ class _RedisCase:
 class RedisEngineTests(_RedisCase, EngineTestsMixin, TestCase):
     """The IEngine contract suite on one Redis engine (one node)."""
 
+    engineName = "redis"
+
     def makeEngine(self) -> RedisEngine:
         namespace = self.newNamespace()
         engine = RedisEngine(

@@ -213,6 +213,26 @@ class PackagingTests(TestCase):
         self.assertEqual(code, 0, output)
         self.assertEqual(output.strip(), "MIT True MIT License")
 
+    async def test_enginesRegistered(self) -> None:
+        """The installed copy registers its engines in the ``pandapush.engines`` entry-point group."""
+        env = await installed()
+        output, code = await _run(
+            env.bin("python"),
+            "-c",
+            "from importlib.metadata import entry_points\n"
+            "for e in sorted(entry_points(group='pandapush.engines'), key=lambda e: e.name):\n"
+            "    print(e.name, e.value, type(e.load()).__name__)",
+            cwd=env.cwd,
+        )
+        self.assertEqual(code, 0, output)
+        self.assertEqual(
+            output.splitlines(),
+            [
+                "memory pandapush.engines.factories:memory MemoryEngineFactory",
+                "redis pandapush.engines.factories:redis RedisEngineFactory",
+            ],
+        )
+
     async def test_installedServerAnswers(self) -> None:
         """The installed ``twistd -n pandapush`` starts, answers /health_check.json and stops."""
         env = await installed()

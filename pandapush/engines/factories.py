@@ -1,0 +1,61 @@
+"""The built-in engines' factories: ``memory`` and ``redis``.
+
+Registered in the ``pandapush.engines`` entry-point group by our packaging, and
+known to :mod:`pandapush.engines` without it (a source checkout). Each imports
+its engine only when asked to make one, so choosing ``memory`` loads nothing of
+Redis.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zope.interface import implementer
+
+from pandapush.engines.config import DEFAULT_REDIS_HOSTS, EngineConfig, EngineConfigError
+from pandapush.interfaces import IEngine, IEngineFactory
+
+__all__ = ["MemoryEngineFactory", "RedisEngineFactory", "memory", "redis"]
+
+
+@implementer(IEngineFactory)
+class MemoryEngineFactory:
+    name = "memory"
+    description = "In this process's memory: one process serves every client (the default)."
+    shared = False
+
+    def makeEngine(self, reactor: Any, config: EngineConfig) -> IEngine:
+        from pandapush.engines.memory import MemoryEngine
+
+        return MemoryEngine(reactor, timeout=config.timeout, expiry=config.clientExpiry)
+
+
+@implementer(IEngineFactory)
+class RedisEngineFactory:
+    name = "redis"
+    description = (
+        f"Shared through Redis (REDIS_HOSTS, {DEFAULT_REDIS_HOSTS} if unset): many processes "
+        "and machines serve as one."
+    )
+    shared = True
+
+    def makeEngine(self, reactor: Any, config: EngineConfig) -> IEngine:
+        from pandapush.engines.redis import RedisEngine
+        from pandapush.redis import parseRedisHosts
+
+        hosts = config.redisHosts or DEFAULT_REDIS_HOSTS
+        try:
+            addresses = parseRedisHosts(hosts)
+        except ValueError as e:
+            raise EngineConfigError(f"REDIS_HOSTS {hosts!r} is not host:port[/db][,...]: {e}") from None
+        return RedisEngine(
+            reactor,
+            addresses,
+            namespace=config.redisNamespace,
+            timeout=config.timeout,
+            expiry=config.clientExpiry,
+        )
+
+
+memory = MemoryEngineFactory()
+redis = RedisEngineFactory()
