@@ -53,6 +53,7 @@ __all__ = [
     "baseImage",
     "buildah",
     "builtImage",
+    "missing",
     "requireRoot",
     "requireTools",
     "run",
@@ -74,7 +75,8 @@ CONTEXT_FILES = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "
 CONTEXT_DIRECTORIES = ("pandapush", "twisted", "deploy/docker")
 
 
-def _missing(reason: str) -> None:
+def missing(reason: str) -> None:
+    """Skip for ``reason``, or fail under ``PANDAPUSH_E2E_REQUIRED=1`` (CI)."""
     if os.environ.get("PANDAPUSH_E2E_REQUIRED") == "1":
         raise AssertionError(reason + " (PANDAPUSH_E2E_REQUIRED=1)")
     raise SkipTest(reason)
@@ -82,7 +84,7 @@ def _missing(reason: str) -> None:
 
 def requireRoot() -> None:
     if os.geteuid() != 0:
-        _missing("needs root (as CI runs)")
+        missing("needs root (as CI runs)")
 
 
 def requireTools(*names: str) -> dict[str, str]:
@@ -93,7 +95,7 @@ def requireTools(*names: str) -> dict[str, str]:
         if path is None and os.access(f"/usr/sbin/{name}", os.X_OK):
             path = f"/usr/sbin/{name}"  # not on a non-root PATH
         if path is None:
-            _missing(f"{name} is not installed (apt-get install {' '.join(names)}; run-tests does)")
+            missing(f"{name} is not installed (apt-get install {' '.join(names)}; run-tests does)")
             raise AssertionError("unreachable")
         found[name] = path
     return found

@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,11 @@ __all__ = [
     "Response",
     "basicAuth",
     "createAppAndKey",
+    "dropRedisNamespace",
     "environmentNamesRead",
     "generatedAdminCredentials",
     "publishReachesSubscriber",
+    "redisRunning",
     "request",
     "serverOptions",
 ]
@@ -135,3 +139,25 @@ def environmentNamesRead() -> set[str]:
 
 def relative(path: Path) -> str:
     return str(path.relative_to(REPO_ROOT))
+
+
+def redisRunning(host: str = "127.0.0.1", port: int = 6379) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1) as connection:
+            connection.sendall(b"PING\r\n")
+            return connection.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+async def dropRedisNamespace(namespace: str, host: str = "127.0.0.1", port: int = 6379) -> None:
+    """Delete a test's keys (``<namespace>:*``) from the shared Redis, with redis-cli."""
+    from tests.support.container import run
+
+    if shutil.which("redis-cli") is None:
+        return
+    base = ["redis-cli", "-h", host, "-p", str(port)]
+    code, output = await run(*base, "--scan", "--pattern", f"{namespace}:*", timeout=60)
+    keys = output.split() if code == 0 else []
+    for start in range(0, len(keys), 500):
+        await run(*base, "DEL", *keys[start : start + 500], timeout=60)
