@@ -15,6 +15,11 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 # --- builder: a virtualenv with pandapush and its dependencies ------------------------
 FROM ${BASE_IMAGE} AS builder
 
+# A package index other than PyPI (a mirror, a proxy), for this stage only:
+#   docker build --build-arg PIP_INDEX_URL=https://pypi.internal/simple .
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
