@@ -31,8 +31,10 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,7 @@ from tests.support.server import REPO_ROOT, PandapushProcess, ServerFailedError,
 
 __all__ = [
     "CACHE_DIR",
+    "STALE_AFTER",
     "CacheLock",
     "ContainerServer",
     "Image",
@@ -340,7 +343,7 @@ async def builtImage() -> Image:
                     str(REPO_ROOT),
                     timeout=900,
                 )
-                await _removeOtherImages(reference)
+                await _removeStale(reference)
         inspected = json.loads(await buildah("inspect", "--type", "image", reference, timeout=60))
         _built = Image(reference, revision, inspected["Docker"]["config"], log)
         return _built
@@ -351,14 +354,27 @@ async def builtImage() -> Image:
         raise
 
 
-async def _removeOtherImages(keep: str) -> None:
-    """Earlier builds' images (each holds a copy of the venv); the layer cache stays."""
-    code, output = await run("buildah", "images", "--format", "{{.Name}}:{{.Tag}}", timeout=60)
-    if code != 0:
-        return
-    for line in output.split():
-        if line.startswith(IMAGE_REPOSITORY + ":") and line != keep:
-            await run("buildah", "rmi", line, timeout=120)  # in use by a container: kept
+#: What another test run (another checkout on this machine) may still be using is
+#: kept: only images, venvs and containers older than this are removed.
+STALE_AFTER = 3 * 3600.0
+
+
+async def _removeStale(keep: str) -> None:
+    """
+    Earlier builds' images (each holds a copy of the venv; buildah's layer cache
+    stays), and containers left by test runs that died (their pid is gone).
+    """
+    code, output = await run("buildah", "images", "--json", timeout=60)
+    for image in json.loads(output or "[]") if code == 0 else []:
+        names = [n for n in image.get("names") or [] if n.startswith(IMAGE_REPOSITORY + ":") and n != keep]
+        if names and time.time() - float(image.get("created") or 0) > STALE_AFTER:
+            for name in names:
+                await run("buildah", "rmi", name, timeout=120)  # in use by a container: kept
+    code, output = await run("buildah", "containers", "--format", "{{.ContainerName}}", timeout=60)
+    for name in output.split() if code == 0 else []:
+        found = re.fullmatch(r"pandapush-test-(\d+)-\d+", name)
+        if found and not os.path.exists(f"/proc/{found.group(1)}"):
+            await run("buildah", "rm", name, timeout=120)
 
 
 def _children(pid: int) -> list[int]:

@@ -29,11 +29,12 @@ import shlex
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tests.support.container import CACHE_DIR, CacheLock, requireRoot, requireTools, run
+from tests.support.container import CACHE_DIR, STALE_AFTER, CacheLock, requireRoot, requireTools, run
 from tests.support.server import REPO_ROOT, PandapushProcess
 
 __all__ = [
@@ -202,9 +203,13 @@ async def systemVenv() -> Path:
             code, output = await run(str(venv / "bin" / "twistd"), "pandapush", "--help", timeout=120)
             if code != 0:
                 raise AssertionError(f"twistd pandapush --help exited {code}:\n{output}")
-            (venv / ".complete").touch()
+        # Marks it in use; venvs nobody used for a while go (another checkout's run
+        # may be using its own right now).
+        (venv / ".complete").touch()
         for old in CACHE_DIR.glob("venv-*"):
-            if old != venv:
+            used = old / ".complete"
+            age = time.time() - (used.stat().st_mtime if used.exists() else old.stat().st_mtime)
+            if old != venv and age > STALE_AFTER:
                 shutil.rmtree(old, ignore_errors=True)
     _venv = venv
     return venv
