@@ -1,0 +1,54 @@
+"""``pandapush migrate`` and ``pandapush serve``: the database schema, and the server itself."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pandapush.cli.context import CommandError, Context
+from pandapush.cli.options import DATABASE_OPTIONS, REDIS_OPTIONS, addCommand
+
+__all__ = ["register", "serveForever"]
+
+
+def register(commands: Any) -> None:
+    addCommand(commands, "migrate", "Bring the database schema to the latest version (idempotent).", _migrate)
+    serve = commands.add_parser(
+        "serve",
+        add_help=False,
+        help="Run the server; every option after `serve` goes to it (--listen tcp:3000, --help...).",
+    )
+    # main() runs it with serveForever before any handler: it takes over the process.
+    serve.set_defaults(handler=_serve, runsServer=True)
+
+
+async def _migrate(ctx: Context) -> int:
+    storage = ctx.unstartedStorage()
+    applied = await storage.migrate()
+    version = await storage.schemaVersion()
+    human = f"applied migrations {', '.join(map(str, applied))}; " if applied else "already current; "
+    ctx.emit({"applied": applied, "version": version}, human + f"schema version {version}")
+    return 0
+
+
+async def _serve(ctx: Context) -> int:
+    raise CommandError("`serve` runs the server in this process: use the pandapush command, not run()")
+
+
+def serveForever(args: argparse.Namespace, serverOptions: Sequence[str]) -> None:
+    """
+    ``twistd --nodaemon --pidfile= pandapush <serverOptions>``: the server in the
+    foreground, as containers want it. Database options given before ``serve`` reach
+    it through the environment variables it reads.
+    """
+    from twisted.scripts.twistd import run as twistd
+
+    for option in (*DATABASE_OPTIONS, *REDIS_OPTIONS):
+        value = getattr(args, option.dest, None)
+        if value is not None:
+            os.environ[option.variable] = str(value)
+    sys.argv = ["pandapush serve", "--nodaemon", "--pidfile=", "pandapush", *serverOptions]
+    twistd()
