@@ -378,6 +378,38 @@ class PublishCommandTests(CLITestCase):
         )
         self.assertIn("--key", (yield self.cli("publish", "/a/public/x", "{}", status=1)))
 
+    @inlineCallbacks
+    def test_bodiesTheServerAccepts(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        The message is read as the server's REST endpoint reads a body: upstream's
+        README sends ``{text:"hi"}`` (bare keys), and a form ``a=1&a=2&b=`` arrives as
+        an object (issue 19). What goes over the wire is JSON.
+        """
+        resource = RecordingChannelResource()
+        url = self.serve(resource)
+        for message, expected in (
+            ('{text:"hi"}', {"text": "hi"}),
+            ('{a:1, b:{c:"x:y, d:z"}}', {"a": 1, "b": {"c": "x:y, d:z"}}),
+            ("a=1&a=2&b=", {"a": ["1", "2"], "b": ""}),
+            ('{"foo": "bar"}', {"foo": "bar"}),
+            ('"just a string"', "just a string"),
+        ):
+            yield self.cli("publish", "/app/public/x", message, "--url", url, "--key", "k", "--secret", "s")
+            self.assertEqual(json.loads(resource.requests[-1]["body"]), expected, message)
+            self.assertEqual(resource.requests[-1]["contentType"], b"application/json")
+
+    @inlineCallbacks
+    def test_bodiesTheServerRefuses(self) -> Generator[Deferred[Any], Any, None]:
+        """What the server would answer 400 is refused here, with its reason and no request."""
+        resource = RecordingChannelResource()
+        url = self.serve(resource)
+        for message in ("", "  ", "hello", "{text:hi}", "[1,", "NaN"):
+            error = yield self.cli(
+                "publish", "/app/public/x", message, "--url", url, "--key", "k", "--secret", "s", status=1
+            )
+            self.assertIn("pandapush: error: the message", error)
+        self.assertEqual(resource.requests, [])
+
 
 class ParserTests(TestCase):
     """Arguments, help and durations."""
