@@ -299,6 +299,59 @@ class TokenCommandTests(CLITestCase):
             "belongs to", (yield self.cli("genToken", other["id"], key["id"], "public/x", status=1))
         )
 
+    @inlineCallbacks
+    def test_channelsThatCannotExist(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        A channel no server accepts (the tenancy rules of ``auth/rules.py``, the Bayeux
+        grammar) is refused with status 1, naming the channel and what a channel is,
+        and no token is printed: issue 19.
+        """
+        app = yield self.makeApp()
+        key = yield self.makeKey(app["id"])
+        a = app["id"]
+        for channel in (
+            f"/{a}/privat/a",
+            f"/{a}/private",
+            f"/{a}/**",
+            f"/{a}/private/a/**/b",
+            f"/{a}/private/a b",
+            f"/{a}/private/a//b",
+            f"/{a}/public/x/",
+            f"/{a}/private/a.b",
+            f"{a}/private/x",
+            "/meta/subscribe",
+        ):
+            out, err = io.StringIO(), io.StringIO()
+            code = yield cli.run(["token", key["id"], "--channel", channel, "--sub"], self.environ, out, err)
+            self.assertEqual((code, out.getvalue()), (1, ""), channel)
+            self.assertTrue(err.getvalue().startswith("pandapush: error: "), err.getvalue())
+            self.assertIn(repr(channel), err.getvalue())
+        error = yield self.cli("token", key["id"], "--channel", f"/{a}/privat/a", status=1)
+        self.assertIn("'privat' is not a channel type (meta, presence, private or public)", error)
+        error = yield self.cli("genToken", a, key["id"], "privat/a", "-s", status=1)
+        self.assertIn(repr(f"/{a}/privat/a"), error)
+
+    @inlineCallbacks
+    def test_otherApplicationsChannel(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        A channel of another application than the key's is refused (servers would
+        refuse the token: the key is not found in that application); the key's own
+        channels, wildcards and meta channels included, are not.
+        """
+        app = yield self.makeApp()
+        other = yield self.makeApp("other")
+        key = yield self.makeKey(app["id"])
+        error = yield self.cli(
+            "token", key["id"], "--channel", f"/{other['id']}/private/a", "--sub", status=1
+        )
+        self.assertIn(f"key {key['id']} belongs to application {app['id']}, not {other['id']}", error)
+        for channel in ("private/a/**", "public/*", "presence/room", "meta/statistics", "private/a-b_c~d"):
+            token = (
+                yield self.cli("token", key["id"], "--channel", f"/{app['id']}/{channel}", "--sub")
+            ).strip()
+            claims = jwt.decode(token, key["secret"], algorithms=["HS256"], options={"verify_sub": False})
+            self.assertEqual(claims["channel"], f"/{app['id']}/{channel}")
+
 
 class UpstreamAliasTests(CLITestCase):
     """``add``, ``addKey`` and ``show`` as upstream's server/cli.js had them."""
@@ -563,6 +616,34 @@ class ProcessTests(TestCase):
             output, _ = server.communicate(timeout=30)
         self.assertIn(server.returncode, (0, -signal.SIGTERM), output)
         self.assertFalse(os.path.exists(os.path.join(workdir, "twistd.pid")))
+
+
+class AgainstServerTests(CLITestCase):
+    """The command beside a real server (``twistd pandapush``) on the same SQLite file."""
+
+    async def test_tokenOpensChannelAndPublishArrives(self) -> None:
+        """
+        A token the command mints opens the channel on the server, and upstream's
+        ``{text:"hi"}`` published by the command reaches the subscriber as an object.
+        """
+        from tests.bayeux_clients import WSClient
+        from tests.support.server import PandapushProcess
+
+        app = await self.makeApp()
+        key = await self.makeKey(app["id"])
+        server = await PandapushProcess.started(self, env={"DATABASE": "sqlite", "DATABASE_PATH": self.path})
+        channel = f"/{app['id']}/private/room"
+        token = (await self.cli("token", key["id"], "--channel", f"/{app['id']}/private/**", "--sub")).strip()
+        client = await WSClient(server.url).start()
+        self.addCleanup(client.kill)
+        reply = await client.call(
+            {"channel": "/meta/subscribe", "subscription": channel, "ext": {"auth": {"token": token}}}
+        )
+        self.assertTrue(reply["successful"], reply)
+        output = await self.cli("publish", channel, '{text:"hi"}', "--url", server.url, "--key", key["id"])
+        self.assertIn("published", output)
+        self.assertTrue(await eventually(lambda: client.messages, timeout=5), server.log())
+        self.assertEqual([(m["channel"], m["data"]) for m in client.messages], [(channel, {"text": "hi"})])
 
 
 class KeyBroadcastTests(CLITestCase):

@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from pandapush.auth.rules import CHANNEL_TYPES, SUBSCRIBE, TenantChannel, parseChannel
+from pandapush.bayeux.channel import isMeta, isService, isSubscribable, isValidName, isValidPattern
 from pandapush.cli.context import CommandError, Context
 from pandapush.cli.durations import parseExpiry
 from pandapush.cli.options import addCommand
@@ -13,7 +15,9 @@ from pandapush.cli.records import usableKey
 from pandapush.storage.models import isoformat
 from pandapush.tokens import mintToken
 
-__all__ = ["addTokenOptions", "mint", "register"]
+__all__ = ["addTokenOptions", "checkChannel", "mint", "register"]
+
+_GRAMMAR = "a channel is /<app>/<public|private|presence|meta>/<path>, which may end in /* or /**"
 
 
 def register(commands: Any) -> None:
@@ -34,10 +38,46 @@ def addTokenOptions(p: argparse.ArgumentParser, short: bool = False) -> None:
     p.add_argument(*flags("-e", "--expires"), metavar="WHEN", help="1h, PT1H, P1H, a date, or never [never]")
 
 
+def checkChannel(channel: str) -> TenantChannel:
+    """
+    ``channel`` as servers will read a token's channel, or :class:`CommandError`: a
+    token for a channel they do not take covers nothing, and minting one without a word
+    leaves the mistake to be found in a browser. Servers match a token's channel as a
+    subscription (:func:`~pandapush.auth.rules.tokenCovers`), so a wildcard is fine.
+    """
+    parsed = parseChannel(channel, SUBSCRIBE)
+    valid = isValidName(channel) or isValidPattern(channel)
+    if parsed is None or not valid or not isSubscribable(channel):
+        raise CommandError(f"{channel!r} is not a channel: {_whyNot(channel)}; {_GRAMMAR}")
+    return parsed
+
+
+def _whyNot(channel: str) -> str:
+    """The first thing wrong with a channel the rules refused, in words."""
+    parts = channel.split("/")
+    if not channel.startswith("/"):
+        return "it does not start with '/'"
+    if isMeta(channel) or isService(channel):
+        return "/meta/... and /service/... are Bayeux's own channels, no application's"
+    if len(parts) > 2 and parts[2] not in CHANNEL_TYPES:
+        types = sorted(CHANNEL_TYPES)
+        return f"{parts[2]!r} is not a channel type ({', '.join(types[:-1])} or {types[-1]})"
+    if len(parts) < 4:
+        return "a path must follow the type"
+    return "each segment is letters, digits, '_', '~' or '-', and only the last may be * or **"
+
+
 async def mint(ctx: Context, channel: str) -> int:
     """Print a token for ``channel`` signed with ``ctx.args.keyId``, granting what the options say."""
     args = ctx.args
+    target = checkChannel(channel)
     key = await usableKey(ctx, args.keyId)
+    if key.application_id != target.appId:
+        # Servers look the key up in the channel's application: "Could not find key".
+        raise CommandError(
+            f"key {key.id} belongs to application {key.application_id}, not {target.appId}:"
+            " servers would refuse the token"
+        )
     presence = None
     if args.presence:
         try:
