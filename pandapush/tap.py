@@ -19,7 +19,6 @@ from twisted.python import usage
 
 from pandapush import __version__
 from pandapush.auth import Tenancy, TenancyConfig, makeTenancy
-from pandapush.auth.expiry import SubscriptionExpiry
 from pandapush.engines import (
     DEFAULT_REDIS_HOSTS,
     EngineConfig,
@@ -29,12 +28,13 @@ from pandapush.engines import (
     findEngineFactory,
     makeEngine,
 )
+from pandapush.extensions.expiry import SubscriptionExpiry
+from pandapush.extensions.limits import LimitSettings, installLimits
+from pandapush.extensions.metrics import Metrics
+from pandapush.extensions.presence import PresenceExtension
+from pandapush.extensions.statistics import Statistics
 from pandapush.interfaces import IEngine, IRouter
-from pandapush.limits import LimitSettings, installLimits
-from pandapush.metrics import Metrics
-from pandapush.presence import PresenceExtension
 from pandapush.router import BayeuxRouter, Limits
-from pandapush.stats import Statistics
 from pandapush.storage import StorageConfig, makeStorage
 from pandapush.transports._http import OriginPolicy
 from pandapush.transports.resource import BayeuxResource
@@ -619,8 +619,8 @@ def makeService(
     statistics.service.setServiceParent(top)
     tenancy.service.setServiceParent(top)
     if engineChoice == "redis":
-        # Key revocations on any node reach every node's key cache (pandapush.keysync).
-        from pandapush.keysync import KeySync
+        # Key revocations on any node reach every node's key cache (pandapush.auth.keysync).
+        from pandapush.auth.keysync import KeySync
 
         top.keysync = KeySync(  # type: ignore[attr-defined]
             reactor,

@@ -20,7 +20,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.server import Site
 
 from pandapush import cli
-from pandapush.keysync import keysChannel
+from pandapush.auth.keysync import keysChannel
 from pandapush.redis import RedisAddress, RedisSubscriber
 from pandapush.storage import ids
 from tests.bayeux_clients import eventually
@@ -706,7 +706,7 @@ class KeyBroadcastTests(CLITestCase):
     async def test_keySyncAppliesIt(self) -> None:
         """A running node's KeySync forgets the key the command revoked (the message is its own format)."""
         from pandapush.auth.keycache import KeyCache
-        from pandapush.keysync import KeySync
+        from pandapush.auth.keysync import KeySync
         from tests.test_multinode_keysync import _key, _Storage
 
         app = await self.makeApp()

@@ -13,12 +13,12 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from pandapush.auth import TenancyConfig, makeTenancy
-from pandapush.auth.expiry import SubscriptionExpiry
 from pandapush.bayeux.context import MessageContext
 from pandapush.engines.memory import MemoryEngine
-from pandapush.limits import AppConnectionLimiter, LimitsExtension, PublishRateLimiter
-from pandapush.metrics import Metrics
-from pandapush.presence import PresenceExtension
+from pandapush.extensions.expiry import SubscriptionExpiry
+from pandapush.extensions.limits import AppConnectionLimiter, LimitsExtension, PublishRateLimiter
+from pandapush.extensions.metrics import Metrics
+from pandapush.extensions.presence import PresenceExtension
 from pandapush.router import BayeuxRouter
 from pandapush.storage.memory import MemoryStorage
 from pandapush.tokens import mintToken

@@ -17,7 +17,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from pandapush.engines.memory import MemoryEngine
-from pandapush.limits import AppConnectionLimiter, LimitSettings, PublishRateLimiter
+from pandapush.extensions.limits import AppConnectionLimiter, LimitSettings, PublishRateLimiter
 from pandapush.tokens import mintToken
 from tests.bayeux_clients import HANDSHAKE, LPClient, WSClient, eventually
 from tests.inprocess import AUTH, KEY, SECRET, InProcessServer, channel

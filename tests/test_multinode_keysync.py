@@ -17,7 +17,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import SkipTest, TestCase
 
 from pandapush.auth.keycache import KeyCache
-from pandapush.keysync import KeySync, keysChannel
+from pandapush.auth.keysync import KeySync, keysChannel
 from pandapush.storage.models import Key
 from tests.bayeux_clients import eventually
 

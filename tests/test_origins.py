@@ -263,7 +263,7 @@ class CrossNodeOriginTests(TestCase):
 
         from twisted.internet import reactor
 
-        from pandapush.keysync import KeySync
+        from pandapush.auth.keysync import KeySync
         from tests.test_multinode_keysync import redisReachable
 
         if not redisReachable():

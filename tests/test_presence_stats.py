@@ -18,11 +18,11 @@ from zope.interface import implementer
 from pandapush.bayeux import json
 from pandapush.bayeux.context import MessageContext
 from pandapush.engines.memory import MemoryEngine
+from pandapush.extensions.metrics import Metrics
+from pandapush.extensions.presence import PresenceExtension, isPresenceChannel
+from pandapush.extensions.statistics import Statistics, appOf
 from pandapush.interfaces import IExtension
-from pandapush.metrics import Metrics
-from pandapush.presence import PresenceExtension, isPresenceChannel
 from pandapush.router import BayeuxRouter
-from pandapush.stats import Statistics, appOf
 from pandapush.transports.resource import BayeuxResource
 
 HANDSHAKE = {"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["long-polling"]}

@@ -16,7 +16,7 @@ from pandapush.auth import TenancyConfig, makeTenancy
 from pandapush.bayeux import json
 from pandapush.bayeux.context import MessageContext
 from pandapush.engines.memory import MemoryEngine
-from pandapush.presence import PresenceExtension
+from pandapush.extensions.presence import PresenceExtension
 from pandapush.router import BayeuxRouter
 from pandapush.storage.memory import MemoryStorage
 

@@ -14,10 +14,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from pandapush.auth import TenancyConfig, makeTenancy
-from pandapush.auth.expiry import SubscriptionExpiry, expiryNotice
 from pandapush.bayeux.context import MessageContext
 from pandapush.engines.memory import MemoryEngine
-from pandapush.presence import PresenceExtension
+from pandapush.extensions.expiry import SubscriptionExpiry, expiryNotice
+from pandapush.extensions.presence import PresenceExtension
 from pandapush.router import BayeuxRouter
 from pandapush.storage.memory import MemoryStorage
 from tests.bayeux_clients import WSClient, eventually

@@ -8,7 +8,7 @@ the database), and forgets entries the moment they are invalidated: the admin AP
 calls :meth:`KeyCache.invalidate` / :meth:`KeyCache.invalidateApp` on create, revoke
 and delete, and a many-node engine can subscribe to those calls
 (:meth:`KeyCache.addInvalidationListener`) to broadcast them, then apply remote ones
-with ``propagate=False`` (:mod:`pandapush.keysync`; the ``pandapush`` command sends
+with ``propagate=False`` (:mod:`pandapush.auth.keysync`; the ``pandapush`` command sends
 the same broadcast when given ``REDIS_HOSTS``). ``ttl`` bounds staleness for changes
 nobody broadcast (no Redis, or Redis unreachable at the time).
 

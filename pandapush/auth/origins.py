@@ -18,7 +18,7 @@ it is a browser that hid where it runs, and is refused by applications with a li
 
 Lists are cached per application for the key cache's TTL, and forgotten whenever the
 key cache invalidates the application (:meth:`KeyCache.addApplicationObserver`): the
-admin API does so on every change, and :mod:`pandapush.keysync` carries it to the
+admin API does so on every change, and :mod:`pandapush.auth.keysync` carries it to the
 other nodes, as it does for keys.
 
 While the storage cannot answer (PostgreSQL stopped), a list read before is used as

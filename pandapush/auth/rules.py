@@ -285,7 +285,7 @@ class Allowed:
     presence subscribe (the only place presence may come from); ``keyId`` names the
     key that granted it (None on a public subscribe without credentials). ``expires``
     is the ``exp`` of the token that granted a subscribe (None: no token, or no
-    ``exp``): the subscription ends then (:mod:`pandapush.auth.expiry`).
+    ``exp``): the subscription ends then (:mod:`pandapush.extensions.expiry`).
     """
 
     keyId: str | None = None

@@ -144,7 +144,7 @@ class TenancyExtension:
         if allowed.keyId is not None:
             context.attributes["keyId"] = allowed.keyId
         if allowed.expires is not None:
-            # For pandapush.auth.expiry: the subscription ends when its token does.
+            # For pandapush.extensions.expiry: the subscription ends when its token does.
             earlier = context.attributes.get("tokenExpires")
             context.attributes["tokenExpires"] = (
                 allowed.expires if earlier is None else min(earlier, allowed.expires)

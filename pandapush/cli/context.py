@@ -130,7 +130,7 @@ class Context:
                 )
             return
         # Imported only when asked for, as the server does: no Redis client otherwise.
-        from pandapush.keysync import keysAddress, keysChannel, publishInvalidation
+        from pandapush.auth.keysync import keysAddress, keysChannel, publishInvalidation
 
         namespace = self.redisNamespace()
         where = f"{keysChannel(namespace)} on {keysAddress(hosts).name}"

@@ -1,7 +1,7 @@
 """Our Redis client layer: addresses, the shard ring, bounded commands, a reconnecting subscriber.
 
 Shared by the Redis engine (:mod:`pandapush.engines.redis`) and key cache
-invalidation (:mod:`pandapush.keysync`); neither touches txredisapi directly.
+invalidation (:mod:`pandapush.auth.keysync`); neither touches txredisapi directly.
 See :mod:`pandapush.redis.connection` for why it is built the way it is.
 """
 

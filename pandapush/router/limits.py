@@ -2,7 +2,7 @@
 
 These limits are about one message or one client (sizes, subscriptions, clients per
 connection). Limits that must know whose key or application a message is for (publishes
-per key, clients per application) sit beside tenancy, in ``pandapush.limits``, and report
+per key, clients per application) sit beside tenancy, in ``pandapush.extensions.limits``, and report
 their refusals here too.
 """
 

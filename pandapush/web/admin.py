@@ -114,7 +114,7 @@ class AdminApp:
         # it but the API; it applies the same admin auth itself. Without one, a
         # placeholder page (behind admin auth) says where the API is.
         self.ui = ui
-        # This node's live figures for an application (``pandapush.stats.Statistics.snapshot``).
+        # This node's live figures for an application (``Statistics.snapshot``, pandapush.extensions).
         self.statistics = statistics
         self.authority = authority
         self.keys = keys

@@ -39,7 +39,7 @@ from pandapush.storage.errors import StorageUnavailableError
 from pandapush.web.body import BodyError, parseBody
 
 if TYPE_CHECKING:
-    from pandapush.limits import PublishRateLimiter
+    from pandapush.extensions.limits import PublishRateLimiter
 
 __all__ = ["BodyError", "PublishApp", "PublishResource", "parseBody"]
 
@@ -59,7 +59,7 @@ class PublishApp:
     """
 
     _log = Logger()
-    #: Per-key publish limit (:func:`pandapush.limits.installLimits` sets it): 429 beyond.
+    #: Per-key publish limit (:func:`pandapush.extensions.limits.installLimits` sets it): 429 beyond.
     rateLimiter: PublishRateLimiter | None = None
 
     def __init__(

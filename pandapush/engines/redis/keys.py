@@ -14,7 +14,7 @@ On the shard of a subscription key or channel: ``<ns>:s:<key>`` (its subscribers
 On every shard, ``<ns>:gen``: the generation token (see ``restore``). On the first
 shard, which carries pub/sub: the channels ``<ns>:ch:<key>`` (a message, once per
 subscription key) and ``<ns>:node:<nodeId>`` (node-to-node calls), and ``<ns>:gc``,
-the collector's lock. (``<ns>:keys`` is key sync's: :mod:`pandapush.keysync`.)
+the collector's lock. (``<ns>:keys`` is key sync's: :mod:`pandapush.auth.keysync`.)
 """
 
 from __future__ import annotations
