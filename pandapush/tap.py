@@ -36,7 +36,7 @@ from pandapush.extensions.statistics import Statistics
 from pandapush.interfaces import IEngine, IRouter
 from pandapush.router import BayeuxRouter, Limits
 from pandapush.storage import StorageConfig, makeStorage
-from pandapush.transports._http import OriginPolicy
+from pandapush.transports.http import OriginPolicy
 from pandapush.transports.resource import BayeuxResource
 from pandapush.web.adminui import adminResource
 from pandapush.web.clientjs import ClientScriptResource

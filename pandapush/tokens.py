@@ -1,7 +1,8 @@
 """Minting pandapush tokens: JWTs signed with a key's secret, scoped to one channel.
 
-Verifying them is the auth layer's job (``pandapush.auth.bearer``); this module only
-makes them, for the command line, the admin API and Python programs serving browsers.
+Verifying them is the auth layer's job (``pandapush.auth.bearer``, with this module's
+:data:`ALGORITHMS`); this module only makes them, for the command line, the admin API
+and Python programs serving browsers.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import jwt
 
 __all__ = ["ALGORITHMS", "mintToken"]
 
-#: What pandapush accepts: HMAC only, never ``none`` nor a public-key algorithm.
+#: What pandapush mints and accepts (:mod:`pandapush.auth.bearer` verifies with this
+#: list): HMAC only. Never ``none``, never a public-key algorithm: a key's secret is a
+#: shared HMAC secret, and accepting RS/ES would let anyone holding the "public key"
+#: (here: the secret's text) forge tokens.
 ALGORITHMS = ("HS256", "HS384", "HS512")
 
 
@@ -27,8 +31,8 @@ def mintToken(
     keyId: str,
     secret: str,
     channel: str,
-    pub: bool = False,
-    sub: bool = False,
+    pub: bool | None = False,
+    sub: bool | None = False,
     presence: Mapping[str, Any] | None = None,
     expiresIn: float | datetime.timedelta | None = None,
     *,
@@ -38,7 +42,8 @@ def mintToken(
 ) -> str:
     """
     A token for ``channel`` (which may end in ``/*`` or ``/**``) with claims ``keyId``,
-    ``channel``, ``pub``, ``sub``, ``presence`` (when given; it must have an ``id``, or
+    ``channel``, ``pub``, ``sub`` (None leaves the claim out, which grants as little as
+    false: the admin API mints what it was asked for), ``presence`` (when given; it must have an ``id``, or
     presence subscriptions are refused) and ``exp`` (``expiresIn`` seconds or a
     timedelta from ``now``, or the instant ``expiresAt``; none means it never expires).
     """
@@ -48,7 +53,10 @@ def mintToken(
         raise ValueError(f"a channel starts with '/': {channel!r}")
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, not {algorithm!r}")
-    claims: dict[str, Any] = {"keyId": keyId, "channel": channel, "pub": bool(pub), "sub": bool(sub)}
+    claims: dict[str, Any] = {"keyId": keyId, "channel": channel}
+    for name, granted in (("pub", pub), ("sub", sub)):
+        if granted is not None:
+            claims[name] = bool(granted)
     if presence is not None:
         if not isinstance(presence, Mapping) or presence.get("id") in (None, ""):
             raise ValueError("presence must be an object with at least an 'id'")

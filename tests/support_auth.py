@@ -75,8 +75,8 @@ def token(claims: dict[str, Any], secret: str = SECRET, algorithm: str = "HS256"
 from twisted.plugin import IPlugin  # noqa: E402
 from zope.interface import implementer  # noqa: E402
 
-from pandapush.auth.admin import IAdminAuth, IAdminAuthPlugin  # noqa: E402
-from pandapush.auth.http import errorBody, jsonResponse  # noqa: E402
+from pandapush.web.adminauth import IAdminAuth, IAdminAuthPlugin  # noqa: E402
+from pandapush.web.http import errorBody, jsonResponse  # noqa: E402
 
 
 @implementer(IAdminAuth)

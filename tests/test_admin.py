@@ -14,17 +14,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from pandapush.auth.admin import (
-    AdminAuthority,
-    AdminPasswordChecker,
-    BasicAdminAuth,
-    ClosedAdminAuth,
-    IAdminAuth,
-    adminLoginBanner,
-    adminLoginInfo,
-    firstRunPassword,
-    makeAdminAuthority,
-)
+from pandapush.auth.admin import AdminPasswordChecker, firstRunPassword
 from pandapush.auth.checkers import ChannelAuthority
 from pandapush.auth.config import Environment, TenancyConfig, parseEnvironments
 from pandapush.auth.keycache import KeyCache
@@ -32,6 +22,15 @@ from pandapush.auth.rules import SUBSCRIBE, Allowed
 from pandapush.bayeux import json
 from pandapush.storage.memory import MemoryStorage
 from pandapush.web.admin import AdminApp
+from pandapush.web.adminauth import (
+    AdminAuthority,
+    BasicAdminAuth,
+    ClosedAdminAuth,
+    IAdminAuth,
+    adminLoginBanner,
+    adminLoginInfo,
+    makeAdminAuthority,
+)
 
 ROOT = ("root", "rootpass")
 ALICE = ("alice", "alicepass")

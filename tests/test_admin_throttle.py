@@ -12,12 +12,14 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from pandapush.auth.admin import AdminAuthority, AdminPasswordChecker, BasicAdminAuth
+from pandapush.auth.admin import AdminPasswordChecker
 from pandapush.auth.keycache import KeyCache
-from pandapush.auth.throttle import LoginThrottle, LoginThrottledError, ProxyTrust, parseTrustedProxies
+from pandapush.auth.throttle import LoginThrottle, LoginThrottledError, parseTrustedProxies
 from pandapush.storage.memory import MemoryStorage
 from pandapush.web.admin import AdminApp
+from pandapush.web.adminauth import AdminAuthority, BasicAdminAuth
 from pandapush.web.adminui import AdminResource, AdminUIResource
+from pandapush.web.http import ProxyTrust
 from tests.inprocess import InProcessServer
 
 IP = ["ip:10.0.0.1"]

@@ -13,12 +13,13 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from pandapush.auth.admin import AdminAuthError, findAdminAuthPlugins, makeAdminAuthority
+from pandapush.auth.admin import AdminAuthError
 from pandapush.auth.config import TenancyConfig
 from pandapush.auth.keycache import KeyCache
 from pandapush.bayeux import json
 from pandapush.storage.memory import MemoryStorage
 from pandapush.web.admin import AdminApp
+from pandapush.web.adminauth import findAdminAuthPlugins, makeAdminAuthority
 from tests.support_auth import HeaderAdminAuthPlugin
 
 DROPIN = "from tests.support_auth import headerAdminAuth\n"

@@ -21,7 +21,7 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from pandapush.auth.admin import AdminAuthority, AdminPasswordChecker, BasicAdminAuth
+from pandapush.auth.admin import AdminPasswordChecker
 from pandapush.auth.keycache import KeyCache
 from pandapush.auth.tenancy import TenancyExtension
 from pandapush.bayeux import json
@@ -31,6 +31,7 @@ from pandapush.storage.memory import MemoryStorage
 from pandapush.storage.postgres import PostgresDialect
 from pandapush.storage.sqlite import SQLiteDialect
 from pandapush.web.admin import AdminApp
+from pandapush.web.adminauth import AdminAuthority, BasicAdminAuth
 from pandapush.web.site import HealthApp
 from tests.support_auth import APP, KEY, NOW, SECRET, FakeKey, FakeKeyStore, at
 

@@ -6,20 +6,12 @@
   credentials, checkers and realm, and :class:`ChannelAuthority` over them;
 - :mod:`pandapush.auth.keycache`: keys in memory, invalidation hooks, batched usage;
 - :mod:`pandapush.auth.tenancy`: the Bayeux extension;
-- :mod:`pandapush.auth.admin`: admin auth methods (basic, none, plugins);
+- :mod:`pandapush.auth.admin`, :mod:`pandapush.auth.throttle`: who the admins are, their
+  password check, the failed-login throttle (the HTTP side is :mod:`pandapush.web.adminauth`);
 - :func:`makeTenancy` builds all of it, with the REST publish and admin Klein apps.
 """
 
-from pandapush.auth.admin import (
-    AdminAuthError,
-    AdminAuthority,
-    AdminUser,
-    IAdminAuth,
-    IAdminAuthPlugin,
-    adminLoginBanner,
-    adminLoginInfo,
-    makeAdminAuthority,
-)
+from pandapush.auth.admin import AdminAuthError, AdminUser
 from pandapush.auth.checkers import AuthRefused, ChannelAuthority
 from pandapush.auth.config import TenancyConfig
 from pandapush.auth.credentials import BearerToken, IBearerToken, IKeySecret, KeySecret
@@ -32,14 +24,11 @@ __all__ = [
     "PUBLISH",
     "SUBSCRIBE",
     "AdminAuthError",
-    "AdminAuthority",
     "AdminUser",
     "Allowed",
     "AuthRefused",
     "BearerToken",
     "ChannelAuthority",
-    "IAdminAuth",
-    "IAdminAuthPlugin",
     "IBearerToken",
     "IKeySecret",
     "KeyCache",
@@ -49,8 +38,5 @@ __all__ = [
     "Tenancy",
     "TenancyConfig",
     "TenancyExtension",
-    "adminLoginBanner",
-    "adminLoginInfo",
-    "makeAdminAuthority",
     "makeTenancy",
 ]

@@ -1,24 +1,16 @@
-"""Who may use the admin API and UI: pluggable admin auth methods.
+"""Who the admins are: the built-in admin's login, its password check, root admins.
 
-An admin auth method is an :class:`IAdminAuth`: it names the admin behind a request
-(or nobody) and answers a request that named nobody (a Basic challenge, a redirect to
-a login page, a refusal). Built in, chosen by ``AUTH_METHOD``:
+The HTTP side (which ``AUTH_METHOD`` is used, reading a request, answering one that
+named nobody, the login throttle's 429) is :mod:`pandapush.web.adminauth`; this
+module is what it builds on, free of HTTP:
 
-- ``basic``: HTTP Basic against ``ADMIN_USERNAME``/``ADMIN_PASSWORD``, through
-  ``twisted.cred`` (an :class:`AdminPasswordChecker` compares in constant time). With
-  no credentials configured (and ``AUTH_METHOD`` unset or ``basic``), a password is
-  generated once and kept in ``<data dir>/admin-password`` (mode 0600) for user
-  ``admin``, so a newcomer can log in; :func:`adminLoginBanner` is what the server
-  logs at start.
-- ``none``: the admin area is closed (every request refused), as upstream did when
-  admin auth was not configured.
-- anything else: an :class:`IAdminAuthPlugin` of that ``name``, found with
-  ``twisted.plugin.getPlugins`` (drop-in modules in ``twisted/plugins/``) or the
-  ``pandapush.admin_auth`` entry point group, checked with ``verifyObject``.
-  ``AUTH_METHOD=plugins`` takes the one plugin installed.
-
-Root admins (``ROOT_ADMINS``, and the Basic admin user) see every application; other
-admins see the applications they administer.
+- :class:`AdminPasswordChecker`: a ``twisted.cred`` checker of admin user names and
+  passwords, compared in constant time, behind :func:`adminPortal` / :func:`adminLogin`;
+- :func:`firstRunPassword`: with no credentials configured (and ``AUTH_METHOD`` unset
+  or ``basic``), a password generated once and kept in ``<data dir>/admin-password``
+  (mode 0600) for user ``admin``, so a newcomer can log in;
+- :class:`AdminUser`: who was let in. Root admins (``ROOT_ADMINS``, and the Basic
+  admin user) see every application; other admins see the applications they administer.
 """
 
 from __future__ import annotations
@@ -35,69 +27,28 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
-from twisted.web.iweb import IRequest
-from zope.interface import Attribute, Interface, implementer
-from zope.interface.exceptions import Invalid
-from zope.interface.verify import verifyObject
+from zope.interface import Interface, implementer
 
-from pandapush.auth.config import TenancyConfig
-from pandapush.auth.http import basicCredentials, errorBody, jsonResponse
 from pandapush.auth.rules import secretsEqual
-from pandapush.auth.throttle import LoginThrottle, LoginThrottledError, ProxyTrust, parseTrustedProxies
 
 __all__ = [
-    "ENTRY_POINT_GROUP",
+    "DEFAULT_ADMIN",
     "PASSWORD_FILE",
     "AdminAuthError",
-    "AdminAuthority",
     "AdminLogin",
     "AdminPasswordChecker",
     "AdminUser",
-    "BasicAdminAuth",
-    "ClosedAdminAuth",
-    "IAdminAuth",
-    "IAdminAuthPlugin",
-    "adminLoginBanner",
-    "adminLoginInfo",
-    "findAdminAuthPlugins",
+    "adminLogin",
+    "adminPortal",
     "firstRunPassword",
-    "makeAdminAuthority",
-    "throttledAnswer",
 ]
 
-ENTRY_POINT_GROUP = "pandapush.admin_auth"
 PASSWORD_FILE = "admin-password"
 DEFAULT_ADMIN = "admin"
-
-_log = Logger(namespace="pandapush.auth.admin")
 
 
 class AdminAuthError(Exception):
     """Admin auth is configured in a way that cannot work (unknown method, bad plugin)."""
-
-
-class IAdminAuth(Interface):
-    """One way of telling who is using the admin area."""
-
-    name = Attribute("Short name, as given to AUTH_METHOD.")
-
-    def authenticate(request: IRequest) -> Deferred[str | None]:
-        """The admin's user name, or None if the request does not identify one."""
-
-    def challenge(request: IRequest) -> bytes:
-        """Answer a request that identified nobody (set the code and headers; return the body)."""
-
-
-class IAdminAuthPlugin(Interface):
-    """A third-party admin auth method, found as a plugin or an entry point."""
-
-    name = Attribute("The AUTH_METHOD value that selects it.")
-    description = Attribute("One line for humans.")
-
-    def makeAdminAuth(config: TenancyConfig) -> IAdminAuth:
-        """Build the method from the configuration (raise AdminAuthError if unusable)."""
 
 
 @dataclass(frozen=True)
@@ -155,45 +106,20 @@ class _AdminRealm:
         return IAdminName, _text(avatarId), lambda: None
 
 
-@implementer(IAdminAuth)
-class BasicAdminAuth:
-    """HTTP Basic through a cred portal."""
-
-    name = "basic"
-
-    def __init__(self, checkers: Iterable[ICredentialsChecker], realmName: str = "pandapush admin") -> None:
-        self.portal = Portal(_AdminRealm(), list(checkers))
-        self.realmName = realmName
-
-    def authenticate(self, request: IRequest) -> Deferred[str | None]:
-        basic = basicCredentials(request)
-        if basic is None:
-            return defer.succeed(None)
-        credentials = UsernamePassword(basic[0].encode("utf-8"), basic[1].encode("utf-8"))
-        login = self.portal.login(credentials, None, IAdminName)
-
-        def refused(failure: Any) -> None:
-            failure.trap(UnauthorizedLogin)
-            return None
-
-        return login.addCallbacks(lambda result: result[1], refused)
-
-    def challenge(self, request: IRequest) -> bytes:
-        request.setHeader(b"WWW-Authenticate", f'Basic realm="{self.realmName}"'.encode())
-        return jsonResponse(request, 401, errorBody(401, "Admin login required"))
+def adminPortal(checkers: Iterable[ICredentialsChecker]) -> Portal:
+    """A ``twisted.cred`` portal whose avatars are admin names, over ``checkers``."""
+    return Portal(_AdminRealm(), list(checkers))
 
 
-@implementer(IAdminAuth)
-class ClosedAdminAuth:
-    """``AUTH_METHOD=none``: nobody gets in (the admin area is off)."""
+def adminLogin(portal: Portal, username: str, password: str) -> Deferred[str | None]:
+    """The admin's name if ``portal`` accepts ``username`` and ``password``, else None."""
+    credentials = UsernamePassword(username.encode("utf-8"), password.encode("utf-8"))
 
-    name = "none"
+    def refused(failure: Any) -> None:
+        failure.trap(UnauthorizedLogin)
+        return None
 
-    def authenticate(self, request: IRequest) -> Deferred[str | None]:
-        return defer.succeed(None)
-
-    def challenge(self, request: IRequest) -> bytes:
-        return jsonResponse(request, 403, errorBody(403, "The admin area is disabled (AUTH_METHOD=none)"))
+    return portal.login(credentials, None, IAdminName).addCallbacks(lambda result: result[1], refused)
 
 
 def firstRunPassword(dataDir: str) -> tuple[str, bool]:
@@ -220,196 +146,3 @@ def firstRunPassword(dataDir: str) -> tuple[str, bool]:
     with os.fdopen(descriptor, "w", encoding="utf-8") as created:
         created.write(password + "\n")
     return password, True
-
-
-def findAdminAuthPlugins(package: Any = None) -> dict[str, Any]:
-    """
-    Admin auth plugins by name: ``getPlugins(IAdminAuthPlugin, package)`` (default
-    ``twisted.plugins``) and the ``pandapush.admin_auth`` entry points. Anything that
-    does not provide :class:`IAdminAuthPlugin` is refused with a logged reason.
-    """
-    from twisted.plugin import getPlugins
-
-    candidates: list[tuple[str, Any]] = []
-    if package is None:
-        import twisted.plugins as package
-    for plugin in getPlugins(IAdminAuthPlugin, package):
-        candidates.append((repr(plugin), plugin))
-    try:
-        from importlib.metadata import entry_points
-
-        for entryPoint in entry_points(group=ENTRY_POINT_GROUP):
-            try:
-                loaded = entryPoint.load()
-            except Exception:
-                _log.failure("could not load admin auth entry point {name}", name=entryPoint.name)
-                continue
-            candidates.append(
-                (f"entry point {entryPoint.name}", loaded() if isinstance(loaded, type) else loaded)
-            )
-    except Exception:
-        _log.failure("could not list admin auth entry points")
-    found: dict[str, Any] = {}
-    for origin, plugin in candidates:
-        try:
-            verifyObject(IAdminAuthPlugin, plugin)
-        except Invalid as reason:
-            _log.error("ignoring admin auth plugin {origin}: {reason}", origin=origin, reason=str(reason))
-            continue
-        found[str(plugin.name).lower()] = plugin
-    return found
-
-
-class AdminAuthority:
-    """
-    An admin auth method plus the root admin list: who is this, and are they root.
-
-    With a ``throttle`` (:class:`~pandapush.auth.throttle.LoginThrottle`; every
-    authority :func:`makeAdminAuthority` builds has one), failed logins are counted per
-    client address and per Basic user name, and once they are too many
-    :meth:`authenticate` fails with :class:`~pandapush.auth.throttle.LoginThrottledError`
-    before the method even looks at the credentials; callers answer that with
-    :func:`throttledAnswer` (429). Whatever the method, a request counts as a failed
-    login when it carried an ``Authorization`` header and named nobody.
-    """
-
-    def __init__(
-        self,
-        method: IAdminAuth,
-        rootAdmins: Iterable[str] = (),
-        login: AdminLogin | None = None,
-        throttle: LoginThrottle | None = None,
-        proxies: ProxyTrust | None = None,
-    ) -> None:
-        self.method = method
-        self.rootAdmins = frozenset(rootAdmins)
-        self.login = login
-        self.throttle = throttle
-        self.proxies = proxies or ProxyTrust()
-
-    def _throttleKeys(self, request: IRequest) -> list[str]:
-        keys = ["ip:" + self.proxies.clientAddress(request)]
-        basic = basicCredentials(request)
-        if basic is not None:
-            keys.append("user:" + basic[0])
-        return keys
-
-    def authenticate(self, request: IRequest) -> Deferred[AdminUser | None]:
-        throttle = self.throttle
-        keys = self._throttleKeys(request) if throttle is not None else []
-        if throttle is not None:
-            try:
-                throttle.check(keys)
-            except LoginThrottledError:
-                return defer.fail()
-        presented = request.getHeader(b"authorization") is not None
-
-        def named(username: str | None) -> AdminUser | None:
-            if not username:
-                if throttle is not None and presented:
-                    throttle.failed(keys)
-                return None
-            if throttle is not None:
-                throttle.succeeded([keys[0], "user:" + username, *keys[1:]])
-            return AdminUser(username, username in self.rootAdmins)
-
-        return defer.maybeDeferred(self.method.authenticate, request).addCallback(named)
-
-    def challenge(self, request: IRequest) -> bytes:
-        return self.method.challenge(request)
-
-
-def throttledAnswer(request: IRequest, throttled: LoginThrottledError) -> bytes:
-    """``429 Too Many Requests`` with ``Retry-After``, and no challenge (a browser would re-prompt)."""
-    request.setHeader(b"Retry-After", throttled.retryAfterHeader)
-    seconds = throttled.retryAfterHeader.decode("ascii")
-    return jsonResponse(
-        request, 429, errorBody(429, f"Too many failed logins; try again in {seconds} seconds")
-    )
-
-
-def makeAdminAuthority(
-    config: TenancyConfig, pluginPackage: Any = None, clock: IReactorTime | None = None
-) -> AdminAuthority:
-    """
-    The admin authority ``config`` asks for (see the module docstring), throttling
-    failed logins on ``clock`` (default: the reactor).
-    """
-    if clock is None:
-        from twisted.internet import reactor
-
-        clock = reactor  # type: ignore[assignment]
-    assert clock is not None
-    throttle = LoginThrottle(clock)
-    proxies = ProxyTrust(parseTrustedProxies(config.trustedProxies))
-    method = config.authMethod
-    roots = set(config.rootAdmins)
-    if method in (None, "basic"):
-        username = config.adminUsername or DEFAULT_ADMIN
-        password = config.adminPassword
-        if password is None:
-            password, _ = firstRunPassword(config.dataDir)
-            login = AdminLogin(username, password, True, os.path.join(config.dataDir, PASSWORD_FILE))
-        else:
-            login = AdminLogin(username, password, False)
-        roots.add(username)
-        checker = AdminPasswordChecker({username: password})
-        return AdminAuthority(BasicAdminAuth([checker]), roots, login, throttle, proxies)
-    if method == "none":
-        return AdminAuthority(ClosedAdminAuth(), roots, None, throttle, proxies)
-    plugins = findAdminAuthPlugins(pluginPackage)
-    if method == "plugins":
-        if len(plugins) != 1:
-            raise AdminAuthError(
-                "AUTH_METHOD=plugins needs exactly one admin auth plugin installed;"
-                f" found {sorted(plugins) or 'none'} (set AUTH_METHOD to one of their names)"
-            )
-        (plugin,) = plugins.values()
-    else:
-        plugin = plugins.get(method)
-        if plugin is None:
-            raise AdminAuthError(
-                f"unknown AUTH_METHOD {method!r}: use basic, none, or an installed plugin"
-                f" ({', '.join(sorted(plugins)) or 'none installed'})"
-            )
-    adminAuth = plugin.makeAdminAuth(config)
-    try:
-        verifyObject(IAdminAuth, adminAuth)
-    except Invalid as reason:
-        raise AdminAuthError(f"admin auth plugin {plugin.name!r} built an invalid method: {reason}") from None
-    return AdminAuthority(adminAuth, roots, None, throttle, proxies)
-
-
-def adminLoginInfo(authority: AdminAuthority, baseURL: str) -> dict[str, Any] | None:
-    """
-    ``{"url", "username", "password", "generated", "passwordFile"}`` for the built-in
-    Basic admin (``password`` only when generated: a configured one is the
-    operator's and is not repeated), or None for other methods.
-    """
-    login = authority.login
-    if login is None:
-        return None
-    return {
-        "url": baseURL.rstrip("/") + "/admin",
-        "username": login.username,
-        "password": login.password if login.generated else None,
-        "generated": login.generated,
-        "passwordFile": login.passwordFile,
-    }
-
-
-def adminLoginBanner(authority: AdminAuthority, baseURL: str) -> str | None:
-    """
-    One line for the server to log at start (as Jupyter prints its token): the admin
-    URL and, when the password was generated, the user name, password and file.
-    """
-    info = adminLoginInfo(authority, baseURL)
-    if info is None:
-        return None
-    if not info["generated"]:
-        return f"Admin UI at {info['url']} (user {info['username']!r}, password from ADMIN_PASSWORD)"
-    return (
-        f"Admin UI at {info['url']} -- user: {info['username']}  password: {info['password']}"
-        f"  (generated once, kept in {info['passwordFile']}; set ADMIN_USERNAME/ADMIN_PASSWORD"
-        " or AUTH_METHOD to change)"
-    )

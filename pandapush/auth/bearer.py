@@ -19,13 +19,10 @@ from typing import Any
 import jwt
 
 from pandapush.auth.rules import MAX_TOKEN_LENGTH
+from pandapush.tokens import ALGORITHMS
 
-__all__ = ["ALGORITHMS", "DEFAULT_LEEWAY", "readToken", "timesValid", "verifySignature", "verifyToken"]
+__all__ = ["DEFAULT_LEEWAY", "readToken", "timesValid", "verifySignature", "verifyToken"]
 
-# Never "none", never a public-key algorithm: a key's secret is a shared HMAC secret,
-# and accepting RS/ES would let anyone holding the "public key" (here: the secret's
-# text) forge tokens.
-ALGORITHMS = ("HS256", "HS384", "HS512")
 DEFAULT_LEEWAY = 30.0
 
 _NO_CLAIM_CHECKS: Any = {

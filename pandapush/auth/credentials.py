@@ -4,14 +4,23 @@ Channel credentials are scoped to the application named by the channel: a key of
 another application must be refused exactly like an unknown key, so the
 application id travels with the credentials to the checker. Admin users use
 twisted's own :class:`~twisted.cred.credentials.UsernamePassword`.
+
+Reading credentials is pure here: :func:`parseBasic` and :func:`channelCredentials`
+take the text of an ``Authorization`` header (and a ``?token=``), never a request;
+:mod:`pandapush.web.http` hands them what a request carries.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+
 from twisted.cred.credentials import ICredentials
 from zope.interface import Attribute, implementer
 
-__all__ = ["BearerToken", "IBearerToken", "IKeySecret", "KeySecret"]
+from pandapush.auth.rules import MAX_TOKEN_LENGTH, secretsEqual
+
+__all__ = ["BearerToken", "IBearerToken", "IKeySecret", "KeySecret", "channelCredentials", "parseBasic"]
 
 
 class IKeySecret(ICredentials):
@@ -41,8 +50,6 @@ class KeySecret:
         self._secret = secret
 
     def checkSecret(self, secret: str) -> bool:
-        from pandapush.auth.rules import secretsEqual
-
         return secretsEqual(self._secret, secret)
 
     def __repr__(self) -> str:
@@ -59,3 +66,43 @@ class BearerToken:
 
     def __repr__(self) -> str:
         return f"BearerToken(appId={self.appId!r})"
+
+
+def parseBasic(authorization: str | None) -> tuple[str, str] | None:
+    """``(user, password)`` from an ``Authorization: Basic`` value, or None if absent or malformed."""
+    if authorization is None:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() != "basic" or not value.strip():
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return None
+    user, colon, password = decoded.partition(":")
+    if not colon:
+        return None
+    return user, password
+
+
+def channelCredentials(
+    appId: str, authorization: str | None, token: str | None = None
+) -> KeySecret | BearerToken | None:
+    """
+    The credentials of a REST publish, for the channel's application: ``token`` (a
+    ``?token=``) first, as upstream, then ``Authorization: Basic <keyId:secret>``, then
+    ``Authorization: Token <jwt>`` or ``Bearer <jwt>``. None if there are none.
+    """
+    if token:
+        # Cut just past the longest token accepted: enough to refuse it as too long.
+        return BearerToken(appId, token[: MAX_TOKEN_LENGTH + 1])
+    basic = parseBasic(authorization)
+    if basic is not None:
+        return KeySecret(appId, basic[0], basic[1])
+    if authorization is None:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() in ("token", "bearer") and value:
+        return BearerToken(appId, value)
+    return None

@@ -17,10 +17,12 @@ Time is the reactor's (a :class:`~twisted.internet.task.Clock` in tests); memory
 bounded (``maxEntries``, least recently failed evicted first, and entries whose
 window has passed are dropped as they are met).
 
-Client addresses: the TCP peer, unless it is one of ``trustedProxies`` (addresses or
-CIDR networks, ``--trusted-proxies`` / ``PANDAPUSH_TRUSTED_PROXIES``); then the
-right-most ``X-Forwarded-For`` address that is not itself a trusted proxy. Without
-trusted proxies the header is ignored: anyone can send it.
+Client addresses (:class:`pandapush.web.http.ProxyTrust`, which reads them from a
+request): the TCP peer, unless it is one of ``trustedProxies`` (addresses or CIDR
+networks, ``--trusted-proxies`` / ``PANDAPUSH_TRUSTED_PROXIES``, parsed here by
+:func:`parseTrustedProxies`); then the right-most ``X-Forwarded-For`` address that is
+not itself a trusted proxy. Without trusted proxies the header is ignored: anyone can
+send it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.iweb import IRequest
 
 __all__ = [
     "DEFAULT_FREE_FAILURES",
@@ -40,7 +41,7 @@ __all__ = [
     "DEFAULT_WINDOW",
     "LoginThrottle",
     "LoginThrottledError",
-    "ProxyTrust",
+    "Network",
     "parseTrustedProxies",
 ]
 
@@ -81,38 +82,6 @@ def parseTrustedProxies(value: str | Iterable[str] | None) -> tuple[Network, ...
         except ValueError:
             raise ValueError(f"not an IP address or network: {entry!r}") from None
     return tuple(networks)
-
-
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(text.strip().strip("[]"))
-    except ValueError:
-        return None
-
-
-class ProxyTrust:
-    """Tells a request's client address, believing ``X-Forwarded-For`` only from trusted proxies."""
-
-    def __init__(self, trustedProxies: Sequence[Network] = ()) -> None:
-        self.trustedProxies = tuple(trustedProxies)
-
-    def _trusted(self, text: str) -> bool:
-        address = _address(text)
-        return address is not None and any(address in network for network in self.trustedProxies)
-
-    def clientAddress(self, request: IRequest) -> str:
-        peer = getattr(request.getClientAddress(), "host", None) or "unknown"
-        if not self.trustedProxies or not self._trusted(peer):
-            return str(peer)
-        forwarded: list[str] = []
-        for line in request.requestHeaders.getRawHeaders(b"x-forwarded-for") or []:
-            forwarded.extend(p.strip() for p in line.decode("latin-1").split(",") if p.strip())
-        # Right to left: each trusted proxy appended the address it saw; the first
-        # untrusted one is the client (anything left of it the client could have forged).
-        for hop in reversed(forwarded):
-            if not self._trusted(hop):
-                return hop if _address(hop) is not None else str(peer)
-        return forwarded[0] if forwarded else str(peer)
 
 
 @dataclass

@@ -10,7 +10,6 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from pandapush.auth.admin import AdminAuthority, adminLoginBanner, adminLoginInfo, makeAdminAuthority
 from pandapush.auth.checkers import ChannelAuthority
 from pandapush.auth.config import TenancyConfig
 from pandapush.auth.keycache import KeyCache, KeyUsageFlusher
@@ -39,7 +38,7 @@ class Tenancy:
     keys: KeyCache
     authority: ChannelAuthority
     extension: TenancyExtension
-    adminAuthority: AdminAuthority
+    adminAuthority: Any  # pandapush.web.adminauth.AdminAuthority
     publishApp: Any  # pandapush.web.publish.PublishApp
     adminApp: Any  # pandapush.web.admin.AdminApp
     service: MultiService
@@ -48,9 +47,13 @@ class Tenancy:
 
     def loginBanner(self, baseURL: str) -> str | None:
         """The line to log at start so a newcomer can log in to ``/admin`` (None if nothing to say)."""
+        from pandapush.web.adminauth import adminLoginBanner
+
         return adminLoginBanner(self.adminAuthority, baseURL)
 
     def loginInfo(self, baseURL: str) -> dict[str, Any] | None:
+        from pandapush.web.adminauth import adminLoginInfo
+
         return adminLoginInfo(self.adminAuthority, baseURL)
 
 
@@ -70,6 +73,7 @@ def makeTenancy(
     ``statistics`` (``Statistics.snapshot``) serves ``/admin/api/application/<id>/stats``.
     """
     from pandapush.web.admin import AdminApp
+    from pandapush.web.adminauth import makeAdminAuthority
     from pandapush.web.publish import PublishApp
 
     if clock is None:

@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from pandapush.bayeux.delivery import Delivery
 from pandapush.interfaces import IClientSocket, IRouter
-from pandapush.transports._http import OriginPolicy, writeError
+from pandapush.transports.http import OriginPolicy, writeError
 
 __all__ = ["EventSourceTransport", "EventStream"]
 

@@ -14,7 +14,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from pandapush.bayeux import json
 from pandapush.interfaces import IRouter
-from pandapush.transports._http import OriginPolicy, contextFor, header, requestLost, writeError
+from pandapush.transports.http import OriginPolicy, contextFor, header, requestLost, writeError
 
 __all__ = ["LongPollingTransport"]
 

@@ -12,9 +12,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from pandapush.interfaces import IRouter
-from pandapush.transports._http import OriginPolicy, header, writeError
 from pandapush.transports.callbackpolling import CallbackPollingTransport
 from pandapush.transports.eventsource import EventSourceTransport
+from pandapush.transports.http import OriginPolicy, header, writeError
 from pandapush.transports.longpolling import LongPollingTransport
 from pandapush.transports.websocket import BayeuxWebSocketFactory
 

@@ -24,7 +24,7 @@ from pandapush.bayeux import json
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.delivery import Delivery
 from pandapush.interfaces import IClientSocket, IRouter
-from pandapush.transports._http import OriginPolicy
+from pandapush.transports.http import OriginPolicy
 
 __all__ = ["BayeuxWebSocketFactory", "BayeuxWebSocketProtocol"]
 

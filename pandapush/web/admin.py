@@ -32,7 +32,6 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-import jwt
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -41,9 +40,8 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 import pandapush
-from pandapush.auth.admin import AdminAuthority, AdminUser, throttledAnswer
+from pandapush.auth.admin import AdminUser
 from pandapush.auth.config import TenancyConfig
-from pandapush.auth.http import errorBody, header, jsonResponse
 from pandapush.auth.keycache import KeyCache
 from pandapush.auth.rules import SUBSCRIBE, parseChannel
 from pandapush.auth.throttle import LoginThrottledError
@@ -53,6 +51,9 @@ from pandapush.storage.errors import NotFoundError as NoSuchThing
 from pandapush.storage.errors import StorageUnavailableError
 from pandapush.storage.interfaces import IStorage
 from pandapush.storage.models import Application, Key
+from pandapush.tokens import mintToken
+from pandapush.web.adminauth import AdminAuthority, throttledAnswer
+from pandapush.web.http import errorBody, header, jsonResponse
 
 __all__ = ["WEB_CONSOLE_PURPOSE", "AdminApp"]
 
@@ -424,7 +425,6 @@ class AdminApp:
             raise _BadRequestError(f"channel must be a channel of this application: /{appId}/<type>/<path>")
         now = self.clock.seconds()
         expires = _parseTime(body.get("expires"), "expires")
-        exp = expires.timestamp() if expires is not None else now + DEFAULT_TOKEN_LIFETIME
         if keyId is not None:
             found = await self._visibleKey(user, appId, keyId)
             if found is None:
@@ -433,17 +433,28 @@ class AdminApp:
         else:
             key = await self.storage.getOrCreateKey(appId, WEB_CONSOLE_PURPOSE, user.username)
             self.keys.invalidate(key.id)
-        claims: dict[str, Any] = {"keyId": key.id, "channel": channel, "exp": int(exp)}
-        for flag in ("pub", "sub"):
-            if body.get(flag) is not None:
-                claims[flag] = body.get(flag) is True
+        # A flag not given stays out of the token (granting as little as false).
+        pub, sub = ((body[flag] is True) if body.get(flag) is not None else None for flag in ("pub", "sub"))
         presence = body.get("presence")
         if presence is not None:
             presenceId = presence.get("id") if isinstance(presence, dict) else None
             if not isinstance(presenceId, str | int) or isinstance(presenceId, bool) or presenceId == "":
                 raise _BadRequestError("presence must be an object with an id")
-            claims["presence"] = presence
-        return self._ok(request, {"token": jwt.encode(claims, key.secret, algorithm="HS256")})
+        try:
+            token = mintToken(
+                key.id,
+                key.secret,
+                str(channel),  # parseChannel took it: a string
+                pub=pub,
+                sub=sub,
+                presence=presence,
+                expiresAt=expires,
+                expiresIn=None if expires is not None else DEFAULT_TOKEN_LIFETIME,
+                now=now,
+            )
+        except ValueError as refused:
+            raise _BadRequestError(str(refused)) from None
+        return self._ok(request, {"token": token})
 
     # everything else
 

@@ -5,7 +5,7 @@ third-party code); it talks to the admin API (``/admin/api/...``, :mod:`pandapus
 and, for the live console, to ``/push`` through ``/client.mjs``.
 
 Everything here sits behind the same admin auth as the API: the resource is given the
-:class:`~pandapush.auth.admin.AdminAuthority` (anything with its ``authenticate(request)``
+:class:`~pandapush.web.adminauth.AdminAuthority` (anything with its ``authenticate(request)``
 and ``challenge(request)``) and asks it about every request, files included, so a page
 that cannot use the API cannot even be read. A refused request gets the authority's own
 answer (a Basic challenge, a refusal), exactly as the API would give.
@@ -40,8 +40,8 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
-from pandapush.auth.admin import throttledAnswer
 from pandapush.auth.throttle import LoginThrottledError
+from pandapush.web.adminauth import throttledAnswer
 
 __all__ = ["ADMIN_STATIC_DIR", "AdminResource", "AdminUIResource", "IAuthenticates", "adminResource"]
 
@@ -75,7 +75,7 @@ _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 class IAuthenticates(Protocol):
-    """What this resource needs of an :class:`~pandapush.auth.admin.AdminAuthority`."""
+    """What this resource needs of an :class:`~pandapush.web.adminauth.AdminAuthority`."""
 
     def authenticate(self, request: IRequest) -> Any:
         """A Deferred (or value) firing with the admin user, or None for nobody."""

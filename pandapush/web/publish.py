@@ -32,11 +32,11 @@ from twisted.web.server import NOT_DONE_YET
 
 from pandapush._deferred import firedWith
 from pandapush.auth.checkers import AuthRefused, ChannelAuthority
-from pandapush.auth.http import channelCredentials, errorBody, header, jsonResponse
 from pandapush.auth.rules import PUBLISH, Allowed, Refusal, TenantChannel, parseChannel
 from pandapush.bayeux.errors import BayeuxError
 from pandapush.storage.errors import StorageUnavailableError
 from pandapush.web.body import BodyError, parseBody
+from pandapush.web.http import channelCredentials, errorBody, header, jsonResponse
 
 if TYPE_CHECKING:
     from pandapush.extensions.limits import PublishRateLimiter

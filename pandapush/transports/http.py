@@ -1,4 +1,10 @@
-"""Helpers shared by the HTTP transports."""
+"""HTTP helpers of the transports, and the one :func:`header` of the whole server.
+
+:func:`header` is here, not in :mod:`pandapush.web`, because the transports sit below
+web in the layering (web mounts them; they never import web), and both read request
+headers: one helper, so that one request reads the same over Bayeux and over the
+REST and admin APIs.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,12 @@ __all__ = ["OriginPolicy", "contextFor", "header", "requestLost", "writeError"]
 
 
 def header(request: IRequest, name: bytes) -> str | None:
+    """
+    The first value of the request header ``name`` as text (latin-1, as HTTP/1.1
+    defines header bytes), or None. The first, as :func:`contextFor` gives Bayeux
+    extensions (``MessageContext.headers``), so a header sent twice means the same
+    thing to an extension and to the REST and admin APIs.
+    """
     value = request.requestHeaders.getRawHeaders(name)
     if not value:
         return None
