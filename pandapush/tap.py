@@ -1,55 +1,49 @@
-"""``twistd pandapush``: options, and the service tree built from them."""
+"""``twistd pandapush``: the options, and the server :func:`makeService` builds from them.
+
+:func:`makeService` reads top to bottom, as the server is put together: the
+configuration (:mod:`pandapush.config`, built once when the options are parsed),
+the storage, the engine, the router with its extensions in one ordered list, the
+HTTP site, and the services that start and stop it all (:mod:`pandapush.services`).
+Nothing is configured after it is built, and nothing sets attributes on another
+module's objects: each piece is given what it needs when it is made.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from twisted.application import strports
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService, Service
-from twisted.internet import defer
-from twisted.internet.endpoints import AdoptedStreamServerEndpoint
-from twisted.internet.interfaces import IListeningPort, IReactorTime
-from twisted.internet.task import deferLater
-from twisted.logger import Logger
+from twisted.application.service import IService
 from twisted.python import usage
 
-from pandapush import __version__
-from pandapush.auth import Tenancy, TenancyConfig, makeTenancy
-from pandapush.engines import (
-    DEFAULT_REDIS_HOSTS,
-    EngineConfig,
-    EngineConfigError,
-    IEngineFactory,
-    chooseEngine,
-    findEngineFactory,
-    makeEngine,
-)
+from pandapush.auth.checkers import ChannelAuthority
+from pandapush.auth.keycache import KeyCache, KeyUsageFlusher
+from pandapush.auth.origins import AppOrigins, OriginExtension
+from pandapush.auth.tenancy import TenancyExtension
+from pandapush.config import Configuration
+from pandapush.engines import DEFAULT_REDIS_HOSTS, IEngineFactory, makeEngine
 from pandapush.extensions.expiry import SubscriptionExpiry
-from pandapush.extensions.limits import LimitSettings, installLimits
+from pandapush.extensions.limits import AppConnectionLimiter, LimitsExtension, PublishRateLimiter
 from pandapush.extensions.metrics import Metrics
 from pandapush.extensions.presence import PresenceExtension
 from pandapush.extensions.statistics import Statistics
-from pandapush.interfaces import IEngine, IRouter
-from pandapush.router import BayeuxRouter, Limits
-from pandapush.storage import StorageConfig, makeStorage
+from pandapush.interfaces import IEngine, IExtension
+from pandapush.router import BayeuxRouter
+from pandapush.services import BayeuxService, Server, StorageService
+from pandapush.storage import makeStorage
 from pandapush.transports.http import OriginPolicy
 from pandapush.transports.resource import BayeuxResource
+from pandapush.web.admin import AdminApp
+from pandapush.web.adminauth import adminLoginBanner, makeAdminAuthority
 from pandapush.web.adminui import adminResource
 from pandapush.web.clientjs import ClientScriptResource
+from pandapush.web.publish import PublishApp
 from pandapush.web.site import HealthApp, PandapushRoot, makeSite
-from pandapush.workers import (
-    SHAREABLE_ENDPOINTS,
-    ReusePortEndpoint,
-    WorkerPool,
-    WorkerSpec,
-    resolveWorkerCount,
-)
+from pandapush.workers import WorkerPool, listenerServices
 
-__all__ = ["BayeuxService", "Options", "PandapushService", "makeService"]
+__all__ = ["Options", "makeService"]
 
 
 def _positive(kind: type) -> Any:
@@ -235,436 +229,198 @@ class Options(usage.Options):
         super().parseOptions(options)
 
     def postOptions(self) -> None:
-        if not self["listen"]:
-            self["listen"] = [f"tcp:{os.environ.get('PORT', '3000')}"]
-        if self["allowed-origins"] is not None:
-            self["allowed-origins"] = [o.strip() for o in self["allowed-origins"].split(",") if o.strip()]
-        self.engineFactory = self._checkEngine()
-        self._checkWorkers()
+        # Everything read and checked here, once: a setting that cannot work is a
+        # usage error before anything starts.
+        self.configuration = Configuration.fromOptions(self, os.environ)
+        self["workers"] = self.configuration.workers
 
-    def _checkEngine(self) -> IEngineFactory:
-        """The chosen engine must exist (and its plugin be sound) before anything starts."""
-        name = engineName(self, os.environ)
-        if name == "memory" and self["redis-hosts"]:
-            raise usage.UsageError(
-                "--redis-hosts names the Redis engine's shards: it does not apply with --engine memory"
-            )
-        try:
-            return findEngineFactory(name)
-        except EngineConfigError as e:
-            raise usage.UsageError(f"--engine (or ENGINE): {e}") from None
-
-    def _checkWorkers(self) -> None:
-        requested = self["workers"] if self["workers"] is not None else os.environ.get("WORKERS") or "1"
-        try:
-            workers = int(requested)
-            if workers < 0:
-                raise ValueError(requested)
-        except ValueError:
-            raise usage.UsageError(
-                f"--workers (or WORKERS) must be a whole number >= 0, not {requested!r}"
-            ) from None
-        self["workers"] = resolveWorkerCount(workers)
-        if self["reuse-port"] and not sys.platform.startswith("linux"):
-            raise usage.UsageError(
-                "--reuse-port needs Linux (elsewhere SO_REUSEPORT does not spread connections)"
-            )
-        if workers == 1:
-            if self["reuse-port"]:
-                raise usage.UsageError("--reuse-port only applies with --workers N (N > 1)")
-            return
-        # Refused even when 0 resolves to a single CPU: the same flags must not
-        # work on one machine and fail on the next.
-        if not self.engineFactory.shared:
-            raise usage.UsageError(
-                f"--workers {requested} needs the Redis engine (--redis-hosts or REDIS_HOSTS): each "
-                "worker is a node of its own, and nodes share clients and messages only through Redis"
-            )
-        if (self["database"] or os.environ.get("DATABASE")) == "memory":
-            raise usage.UsageError(
-                "--workers needs a storage shared by every process (sqlite or postgres): "
-                "with DATABASE=memory each worker would have applications and keys of its own"
-            )
-        for endpoint in self["listen"]:
-            if endpoint.split(":", 1)[0] not in SHAREABLE_ENDPOINTS:
-                raise usage.UsageError(
-                    f"--workers shares only tcp: listeners, not {endpoint!r}: terminate TLS in front "
-                    "of pandapush (a load balancer or proxy), or run without --workers"
-                )
+    @property
+    def engineFactory(self) -> IEngineFactory:
+        """The chosen engine's factory."""
+        return self.configuration.engineFactory
 
 
-def engineName(options: Options, environ: dict[str, str] | Any) -> str:
-    """The engine ``options`` and ``environ`` choose (``--engine``, ``ENGINE``, ``REDIS_HOSTS``)."""
-    return chooseEngine(
-        options["engine"] or environ.get("ENGINE"), options["redis-hosts"] or environ.get("REDIS_HOSTS")
-    )
-
-
-class BayeuxService(Service):
+def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str] | None = None) -> Server:
     """
-    Owns the engine and router. On stop (SIGTERM) it drains: the listening ports
-    have already closed (they are later siblings, stopped first), held connects
-    are answered with reconnect advice, sockets are closed with 1001, and the
-    engine closes once they are gone or ``grace`` seconds have passed. A shared
-    (Redis) engine also stays open while other nodes claim its clients (see
-    ``claimSettle``), so that what is published to them meanwhile is handed over.
-    """
-
-    _log = Logger()
-
-    def __init__(
-        self,
-        engine: IEngine,
-        router: IRouter,
-        resource: BayeuxResource,
-        reactor: IReactorTime,
-        grace: float = 5.0,
-        sharedEngine: bool = False,
-    ) -> None:
-        self.engine = engine
-        self.router = router
-        self.resource = resource
-        self.reactor = reactor
-        self.grace = grace
-        self.sharedEngine = sharedEngine
-
-    #: With a shared engine, how long the drain goes on waiting for this node's clients
-    #: to be claimed by other nodes once none has been for that long: clients told to
-    #: reconnect come back within milliseconds, and one that never will (a closed laptop)
-    #: should not hold the node for the whole grace.
-    claimSettle = 1.0
-
-    def _ownedClients(self) -> int:
-        """Clients this node still owns (only a shared engine's can move elsewhere)."""
-        if not self.sharedEngine:
-            return 0
-        return int(self.engine.statistics().get("clients", 0))
-
-    async def _drain(self) -> None:
-        self.router.drain("retry" if self.sharedEngine else "handshake")
-        self.resource.stop()
-        clock = self.reactor
-        deadline = clock.seconds() + self.grace
-        while self.router.openSockets() and clock.seconds() < deadline:
-            await deferLater(clock, 0.05, lambda: None)
-        # Shared engine: each client carries on through another node, which claims it
-        # from this one and is handed what was queued here meanwhile, in order. Until
-        # this engine closes it stays subscribed for its clients, so nothing published
-        # to them in between is lost; after, a message published to a client that no
-        # node has claimed yet reaches nobody (pub/sub is at-most-once).
-        owned = self._ownedClients()
-        lastClaim = clock.seconds()
-        while owned and clock.seconds() < deadline and clock.seconds() - lastClaim < self.claimSettle:
-            await deferLater(clock, 0.05, lambda: None)
-            left = self._ownedClients()
-            if left < owned:
-                lastClaim = clock.seconds()
-            owned = left
-        self._log.info(
-            "drained; {left} sockets still open, {owned} clients not claimed by other nodes",
-            left=self.router.openSockets(),
-            owned=owned,
-        )
-        await self.engine.close()
-
-    def stopService(self) -> defer.Deferred[None]:
-        super().stopService()
-        return defer.Deferred.fromCoroutine(self._drain())
-
-
-class StorageService(MultiService):
-    """
-    Starts the storage (SQLite migrates itself; PostgreSQL checks its schema),
-    seeds the ``DEV_*`` application and key, then starts its children (the
-    listening ports), so no request arrives before the storage can answer it.
-    If the storage cannot start, the process stops with the reason logged.
-    """
-
-    _log = Logger()
-
-    def __init__(
-        self,
-        storage: Any,
-        tenancy: Tenancy,
-        reactor: Any,
-        environ: dict[str, str],
-        worker: WorkerSpec | None = None,
-    ) -> None:
-        super().__init__()
-        self.storage = storage
-        self.tenancy = tenancy
-        self.reactor = reactor
-        self.environ = environ
-        self.worker = worker
-        self.ready: defer.Deferred[None] = defer.Deferred()
-        #: Fires with the listening ports once they listen (what --workers shares).
-        self.listening: defer.Deferred[list[IListeningPort]] = defer.Deferred()
-
-    def privilegedStartService(self) -> None:
-        # Not passed on to the ports: they would bind before the storage is ready.
-        # (So a port below 1024 needs the process to keep the right to bind it.)
-        Service.privilegedStartService(self)
-
-    def startService(self) -> None:
-        Service.startService(self)
-        d = defer.Deferred.fromCoroutine(self._start())
-        d.addErrback(self._failed)
-
-    async def _start(self) -> None:
-        await self.storage.start()
-        await seedDevelopmentKey(self.storage, self.environ)
-        for child in self:
-            child.startService()
-        ports = [getattr(c, "_waitingForPort", None) for c in self]
-        listening = [await p for p in ports if p is not None]
-        for port in listening:
-            host = port.getHost()
-            url = f"http://{'localhost' if host.host in ('0.0.0.0', '::') else host.host}:{host.port}"
-            if self.worker is not None:
-                # The parent has said where it listens and what the admin password is.
-                self._log.info("worker {index} serving {url}/push", index=self.worker.index, url=url)
-                continue
-            self._log.info("pandapush {version} listening at {url}/push", version=__version__, url=url)
-            banner = self.tenancy.loginBanner(url)
-            if banner:
-                self._log.info("{banner}", banner=banner)
-        self.listening.callback(listening)
-        self.ready.callback(None)
-
-    def _failed(self, failure: Any) -> None:
-        self._log.failure("pandapush could not start", failure)
-        if not self.listening.called:
-            self.listening.errback(failure)
-        if not self.ready.called:
-            self.ready.errback(failure)
-        if getattr(self.reactor, "running", False):
-            self.reactor.stop()
-
-
-class PandapushService(MultiService):
-    """
-    The whole server. Its children stop together (a MultiService stops them all at
-    once), and the storage closes only once every one of them has: some still write
-    while stopping (the key usage flusher's last flush), and a write sent to a
-    closed storage was never answered, which left the process hanging on SIGTERM.
-    """
-
-    def __init__(self, storage: Any) -> None:
-        super().__init__()
-        self.storage = storage
-
-    def stopService(self) -> defer.Deferred[None]:
-        d = defer.maybeDeferred(super().stopService)
-        d.addBoth(lambda _: self.storage.close())
-        return d
-
-
-def markWorker(site: Any, bayeux: BayeuxResource, index: int) -> None:
-    """
-    ``X-Pandapush-Worker: <index>`` on every HTTP answer and websocket handshake of
-    this process, so an operator (or a test) sees which worker served a request.
-    """
-    value = str(index).encode()
-    base = site.requestFactory
-
-    class WorkerRequest(base):  # type: ignore[misc, valid-type]
-        def process(self) -> None:
-            self.setHeader(b"X-Pandapush-Worker", value)
-            super().process()
-
-    site.requestFactory = WorkerRequest
-    factory = bayeux.websocketFactory
-    factory.headers = {**(factory.headers or {}), "X-Pandapush-Worker": str(index)}
-
-
-async def seedDevelopmentKey(storage: Any, environ: dict[str, str]) -> None:
-    """
-    Upstream's ``DEV_APPLICATION_ID`` + ``DEV_KEY_ID`` + ``DEV_KEY_SECRET``: make
-    sure that application and key exist, so a development setup starts ready.
-    """
-    appId, keyId, secret = (environ.get(n) for n in ("DEV_APPLICATION_ID", "DEV_KEY_ID", "DEV_KEY_SECRET"))
-    if not (appId and keyId and secret):
-        return
-    if await storage.getApplication(appId) is None:
-        await storage.createApplication("development", "DEV_APPLICATION_ID", applicationId=appId)
-    if await storage.getKey(keyId) is None:
-        await storage.createKey(appId, "DEV_KEY_ID", purpose="development", keyId=keyId, secret=secret)
-
-
-def makeService(
-    options: Options,
-    reactor: IReactorTime | None = None,
-    environ: dict[str, str] | None = None,
-    worker: WorkerSpec | None = None,
-) -> IService:
-    """
-    The whole server as one service tree. ``environ`` replaces ``os.environ``
-    (tests). ``worker`` is given in the processes ``--workers`` starts
-    (``python -m pandapush.workers``): they adopt the listening sockets they
-    inherited instead of binding ``--listen``, and start no workers themselves.
+    The whole server as one service tree, from parsed ``options`` and the
+    environment they were parsed in (``environ`` instead: tests). In a process
+    started by ``--workers`` (``PANDAPUSH_WORKER`` in its environment) the
+    listening sockets are the inherited ones, adopted, and no workers are started.
     """
     if reactor is None:
-        from twisted.internet import reactor as _reactor
+        from twisted.internet import reactor
+    config = options.configuration if environ is None else Configuration.fromOptions(options, environ)
+    tenancy = config.tenancy
 
-        reactor = _reactor  # type: ignore[assignment]
-    assert reactor is not None
-    environ = dict(os.environ if environ is None else environ)
+    # Storage and engine, each chosen by name and imported only when chosen (on the
+    # memory engine nothing Redis is loaded). The storage starts in StorageService.
+    storage = makeStorage(config.storage)
+    engine: IEngine = makeEngine(config.engineName, reactor, config.engine)
 
-    engineChoice = engineName(options, environ)
-    redisHosts = options["redis-hosts"] or environ.get("REDIS_HOSTS")
-    redisNamespace = options["redis-namespace"] or environ.get("REDIS_NAMESPACE", "pandapush")
-    # Each engine's module is imported only when chosen: on memory nothing Redis is loaded.
-    engineConfig = EngineConfig(
-        timeout=options["timeout"],
-        clientExpiry=options["client-expiry"],
-        redisHosts=redisHosts,
-        redisNamespace=redisNamespace,
-        environ=environ,
-    )
-    engine: IEngine = makeEngine(engineChoice, reactor, engineConfig)
-    sharedEngine = bool(findEngineFactory(engineChoice).shared)
-    limitSettings = LimitSettings.fromOptions(options, environ)
-    limits = Limits(
-        maxMessageSize=options["max-message-size"],
-        maxChannelLength=options["max-channel-length"],
-        maxSubscriptions=options["max-subscriptions"],
-        maxClientsPerConnection=limitSettings.maxClientsPerConnection,
-    )
+    # The router, and what its extensions need. Engine listeners and publish observers
+    # are called in the order they register here.
     router = BayeuxRouter(
-        engine, reactor, timeout=options["timeout"], interval=options["interval"], limits=limits
+        engine, reactor, timeout=config.timeout, interval=config.interval, limits=config.limits
     )
+    workerHeaders = {"X-Pandapush-Worker": str(config.workerIndex)} if config.processes > 1 else {}
     bayeux = BayeuxResource(
         router,
         reactor,
-        maxMessageSize=options["max-body-size"],
-        origins=OriginPolicy(options["allowed-origins"]),
-        jsonp=not options["no-jsonp"],
+        maxMessageSize=config.maxBodySize,
+        origins=OriginPolicy(config.allowedOrigins),
+        jsonp=config.jsonp,
+        handshakeHeaders=workerHeaders,
     )
-    statistics = Statistics(router, reactor, interval=options["stats-interval"])
+    statistics = Statistics(router, reactor, interval=config.statsInterval)
+    keys = KeyCache(storage, reactor, ttl=tenancy.keyCacheTTL, negativeTTL=tenancy.negativeKeyCacheTTL)
+    authority = ChannelAuthority(keys, reactor, leeway=tenancy.tokenLeeway)
+    limits = config.tenantLimits
+    # One bucket per key, for Bayeux and REST publishes alike.
+    publishes = PublishRateLimiter(
+        reactor, limits.maxPublishRate, limits.maxPublishBurst, onRefused=router.limitRefused
+    )
+    connections = AppConnectionLimiter(
+        engine, reactor, limits.maxConnectionsPerApp, onRefused=router.limitRefused
+    )
+    presence = PresenceExtension(
+        router, maxMembers=config.presenceMaxMembers, maxDataSize=config.presenceMaxData
+    )
+    expiry = SubscriptionExpiry(router, reactor, leeway=tenancy.tokenLeeway)
+    metrics = Metrics(router, bayeux)
+    metrics.registry.register(connections)  # type: ignore[arg-type]
 
-    storageConfig = StorageConfig.fromEnvironment(environ)
-    if options["database"]:
-        storageConfig = storageConfig.replace(database=options["database"])
-    if options["database-path"]:
-        storageConfig = storageConfig.replace(path=options["database-path"])
-    storage = makeStorage(storageConfig)
-    tenancyOverrides: dict[str, Any] = {"maxBodySize": options["max-body-size"]}
-    if options["trusted-proxies"] is not None:
-        tenancyOverrides["trustedProxies"] = tuple(options["trusted-proxies"].split(","))
-    tenancy = makeTenancy(
-        storage,
-        TenancyConfig.fromEnvironment(environ, **tenancyOverrides),
+    # The extensions, in the one order that works. Incoming messages pass them first
+    # to last: tenancy checks the credentials and leaves the key id, the token's
+    # presence object and its expiry in context.attributes for the others; the
+    # application's allowed origins next (tenancy has named the application); the
+    # tenant limits need tenancy's key id, and come before presence so that a refused
+    # subscribe joins nobody; presence joins the subscribers it is given; expiry,
+    # after presence, sees the subscribe replies presence let through; the error
+    # counter, last, counts error replies as the client will see them.
+    extensions: list[IExtension] = [
+        TenancyExtension(authority),
+        OriginExtension(AppOrigins(storage, reactor, keys, ttl=tenancy.keyCacheTTL)),
+        LimitsExtension(engine, connections, publishes),
+        presence,
+        expiry,
+        metrics.errorCounter,
+    ]
+    for extension in extensions:
+        router.addExtension(extension)
+
+    # The HTTP site: /push, the REST publish, the admin API and console, /metrics,
+    # the browser client, the health check.
+    adminAuthority = makeAdminAuthority(tenancy, clock=reactor)
+    if adminAuthority.throttle is not None:
+        adminAuthority.throttle.addRefusalObserver(lambda: metrics.refusals.labels(limit="admin_login").inc())
+    adminApp = AdminApp(storage, adminAuthority, keys, reactor, tenancy, statistics.snapshot)
+    publishApp = PublishApp(
+        authority,
         router.publish,
         reactor,
-        statistics=statistics.snapshot,
+        maxBodySize=tenancy.maxBodySize,
+        publishTimeout=tenancy.publishTimeout,
+        rateLimiter=publishes,
     )
-    # Tenancy first: presence reads the presence object it verified from the token;
-    # each application's allowed origins between them, so a refused subscribe joins nobody.
-    router.addExtension(tenancy.extension)
-    router.addExtension(tenancy.originExtension)
-    # After tenancy (it names the key), before presence (a refused subscribe joins nobody).
-    tenantLimits = installLimits(router, tenancy.publishApp, limitSettings, reactor)
-    router.addExtension(
-        PresenceExtension(
-            router, maxMembers=options["presence-max-members"], maxDataSize=options["presence-max-data"]
-        )
+    health = HealthApp(
+        # Which process answered: with --workers, operators (and tests) can tell.
+        {"worker": config.workerIndex, "workers": config.processes, "pid": os.getpid()}
+        if config.processes > 1
+        else None,
+        storage=storage,
+        rev=config.release.rev,
+        built=config.release.built,
     )
-    # After presence: it sees the subscribe replies presence let through.
-    expiry = SubscriptionExpiry(router, reactor, leeway=tenancy.config.tokenLeeway)
-    router.addExtension(expiry)
-    expiry.setServiceParent(tenancy.service)  # stopped with the server: no timer left behind
-    metrics = Metrics(router, bayeux)
-    metrics.registry.register(tenantLimits.connections)  # type: ignore[arg-type]
-    if tenancy.adminAuthority.throttle is not None:
-        tenancy.adminAuthority.throttle.addRefusalObserver(
-            lambda: metrics.refusals.labels(limit="admin_login").inc()
-        )
-
-    workers = worker.count if worker is not None else options["workers"] or 1
-    index = worker.index if worker is not None else 0
     scripts = ClientScriptResource()
     root = PandapushRoot(
         bayeux,
-        # Which process answered: with --workers, operators (and tests) can tell.
-        HealthApp(
-            {"worker": index, "workers": workers, "pid": os.getpid()} if workers > 1 else None,
-            storage=storage,
-        ).app.resource(),
+        health.app.resource(),
         {
             b"metrics": metrics.resource,
-            b"channel": tenancy.publishApp.resource(),
-            b"admin": adminResource(tenancy),
+            b"channel": publishApp.resource(),
+            b"admin": adminResource(adminApp, adminAuthority),
             b"client.js": scripts,
             b"client.mjs": scripts,
             b"client.d.ts": scripts,
         },
     )
-    site = makeSite(root, maxBodySize=options["max-body-size"])
-    accessLog = site.log
+    site = makeSite(
+        root,
+        maxBodySize=config.maxBodySize,
+        headers={k.encode(): v.encode() for k, v in workerHeaders.items()},
+        accessLog=config.accessLog,
+        requestDone=metrics.requestDone,
+    )
 
-    def log(request: Any) -> None:
-        metrics.requestDone(request)
-        if options["access-log"]:
-            accessLog(request)
-
-    site.log = log  # type: ignore[method-assign]
-    if workers > 1:
-        markWorker(site, bayeux, index)
-
-    top = PandapushService(storage)
-    top.setName("pandapush")
-    BayeuxService(
-        engine, router, bayeux, reactor, grace=options["shutdown-grace"], sharedEngine=sharedEngine
-    ).setServiceParent(top)
-    statistics.service.setServiceParent(top)
-    tenancy.service.setServiceParent(top)
-    if engineChoice == "redis":
-        # Key revocations on any node reach every node's key cache (pandapush.auth.keysync).
+    # The services. They start in this order; they stop all at once, the storage
+    # closing after the last (PandapushService). The ports listen once the storage
+    # is ready (StorageService); the workers start once the ports listen.
+    storageService = StorageService(
+        storage,
+        reactor,
+        config.developmentKey,
+        banner=lambda url: adminLoginBanner(adminAuthority, url),
+        workerIndex=config.worker.index if config.worker is not None else None,
+    )
+    for listener in listenerServices(config, reactor, site):
+        listener.setServiceParent(storageService)
+    keysync = None
+    if config.engineName == "redis":
+        # Key revocations on any node reach every node's key cache.
         from pandapush.auth.keysync import KeySync
 
-        top.keysync = KeySync(  # type: ignore[attr-defined]
+        keysync = KeySync(
             reactor,
-            tenancy.keys,
-            redisHosts or DEFAULT_REDIS_HOSTS,
-            redisNamespace,
+            keys,
+            config.redisHosts or DEFAULT_REDIS_HOSTS,
+            config.engine.redisNamespace,
             nodeId=getattr(engine, "nodeId", None),
         )
-        top.keysync.setServiceParent(top)  # type: ignore[attr-defined]
-    storageService = StorageService(storage, tenancy, reactor, environ, worker=worker)
-    storageService.setServiceParent(top)
-    reusePort = bool(options.get("reuse-port")) and worker is None and workers > 1
-    if worker is None:
-        for endpoint in options["listen"]:
-            if reusePort:
-                listener = ReusePortEndpoint(reactor, endpoint)
-                StreamServerEndpointService(listener, site).setServiceParent(storageService)
-            else:
-                strports.service(endpoint, site).setServiceParent(storageService)
-    else:
-        for fd, family in worker.listeners:
-            StreamServerEndpointService(
-                AdoptedStreamServerEndpoint(reactor, fd, family), site
-            ).setServiceParent(storageService)
-    if worker is None and workers > 1:
+    workers = None
+    if config.worker is None and config.workers > 1:
         # Started once this process listens: storage migrated, DEV_* seeded and the
         # admin password written once, before any worker looks for them.
-        top.workers = WorkerPool(  # type: ignore[attr-defined]
+        workers = WorkerPool(
             reactor,
-            workers,
-            getattr(options, "argv", []),
+            config.workers,
+            config.argv,
             storageService.listening,
-            grace=options["shutdown-grace"],
-            reusePort=reusePort,
+            grace=config.shutdownGrace,
+            reusePort=config.reusePort,
         )
-        top.workers.setServiceParent(top)  # type: ignore[attr-defined]
-    # For tests and embedders: the pieces, without reaching into the tree.
-    top.engine = engine  # type: ignore[attr-defined]
-    top.router = router  # type: ignore[attr-defined]
-    top.site = site  # type: ignore[attr-defined]
-    top.bayeux = bayeux  # type: ignore[attr-defined]
-    top.statistics = statistics  # type: ignore[attr-defined]
-    top.metrics = metrics  # type: ignore[attr-defined]
-    top.storage = storage  # type: ignore[attr-defined]
-    top.tenancy = tenancy  # type: ignore[attr-defined]
-    top.ready = storageService.ready  # type: ignore[attr-defined]
-    return top
+    server = Server(
+        configuration=config,
+        storage=storage,
+        engine=engine,
+        router=router,
+        bayeux=bayeux,
+        site=site,
+        statistics=statistics,
+        metrics=metrics,
+        keys=keys,
+        adminAuthority=adminAuthority,
+        adminApp=adminApp,
+        ready=storageService.ready,
+        keysync=keysync,
+        workers=workers,
+    )
+    services: list[IService | None] = [
+        BayeuxService(
+            engine,
+            router,
+            bayeux,
+            reactor,
+            grace=config.shutdownGrace,
+            sharedEngine=bool(config.engineFactory.shared),
+        ),
+        statistics.service,
+        KeyUsageFlusher(keys, tenancy.usageFlushInterval),
+        expiry,  # stopped with the server: no timer left behind
+        keysync,
+        storageService,
+        workers,
+    ]
+    for service in services:
+        if service is not None:
+            service.setServiceParent(server)
+    return server

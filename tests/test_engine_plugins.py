@@ -341,7 +341,7 @@ class EngineOptionTests(TestCase):
         self.assertEqual(service.keysync.address, parseRedisHosts(DEFAULT_REDIS_HOSTS)[0])
         memory: Any = makeService(self.parse("--database", "memory", "--listen", "tcp:0"), environ={})
         self.assertIsInstance(memory.engine, MemoryEngine)
-        self.assertFalse(hasattr(memory, "keysync"))
+        self.assertIsNone(memory.keysync)
 
     def test_serviceRefusesUnknown(self) -> None:
         """makeService refuses an unknown engine too (ENGINE in the environment it is given)."""

@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from pandapush.auth import TenancyConfig, makeTenancy
+from pandapush.auth import TenancyConfig
 from pandapush.bayeux.context import MessageContext
 from pandapush.engines.memory import MemoryEngine
 from pandapush.extensions.expiry import SubscriptionExpiry
@@ -24,6 +24,7 @@ from pandapush.storage.memory import MemoryStorage
 from pandapush.tokens import mintToken
 from pandapush.transports.resource import BayeuxResource
 from tests.extension_suite import ExtensionTestsMixin, Message
+from tests.support.tenancy import makeTenancy
 
 GOOD = "https://good.example"
 EVIL = "https://evil.example"
@@ -212,6 +213,7 @@ class ErrorCounterTests(ExtensionTestsMixin, SynchronousTestCase):
         clock = Clock()
         router = _RecordingRouter(MemoryEngine(clock, timeout=30, expiry=10), clock)
         self.metrics = Metrics(router, BayeuxResource(router, clock))
+        router.addExtension(self.metrics.errorCounter)
         (extension,) = router.extensions
         return extension
 

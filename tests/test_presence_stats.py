@@ -213,6 +213,7 @@ class MetricsTests(Harness):
         """/metrics parses as Prometheus text with the counters and gauges that matter."""
         resource = BayeuxResource(self.router, self.clock)
         metrics = Metrics(self.router, resource)
+        self.router.addExtension(metrics.errorCounter)
         clientId = self.client()
         self.send({"channel": "/meta/subscribe", "clientId": clientId, "subscription": "/a"})
         self.send({"channel": "/a", "data": 1})
@@ -243,6 +244,7 @@ class MetricsTests(Harness):
     def test_errorCodesBounded(self) -> None:
         """Errors a client wrote into its own messages count as code "other", not one label each."""
         metrics = Metrics(self.router, BayeuxResource(self.router, self.clock))
+        self.router.addExtension(metrics.errorCounter)
         for text in ["nonsense", "12345:x:y", "x" * 1000, "४०१::digits of another script"]:
             self.send({"channel": "/a", "data": 1, "error": text})
         body = metrics.resource.render_GET(DummyRequest([b"metrics"]))

@@ -12,10 +12,11 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 
-from pandapush.auth import TenancyConfig, makeTenancy
+from pandapush.auth import TenancyConfig
 from pandapush.bayeux import json
 from pandapush.storage.memory import MemoryStorage
 from pandapush.web.site import HealthApp, PandapushRoot, makeSite
+from tests.support.tenancy import makeTenancy
 
 
 class MountedAppsTests(TestCase):

@@ -1,4 +1,4 @@
-"""The order in which the server's service tree stops (``pandapush.tap.PandapushService``)."""
+"""The order in which the server's service tree stops (``pandapush.services.PandapushService``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
-from pandapush.tap import PandapushService
+from pandapush.services import PandapushService
 
 
 class _RecordingStorage:

@@ -12,13 +12,14 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from pandapush.auth import TenancyConfig, makeTenancy
+from pandapush.auth import TenancyConfig
 from pandapush.bayeux import json
 from pandapush.bayeux.context import MessageContext
 from pandapush.engines.memory import MemoryEngine
 from pandapush.extensions.presence import PresenceExtension
 from pandapush.router import BayeuxRouter
 from pandapush.storage.memory import MemoryStorage
+from tests.support.tenancy import makeTenancy
 
 HANDSHAKE = {"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["long-polling"]}
 

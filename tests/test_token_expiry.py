@@ -13,7 +13,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from pandapush.auth import TenancyConfig, makeTenancy
+from pandapush.auth import TenancyConfig
 from pandapush.bayeux.context import MessageContext
 from pandapush.engines.memory import MemoryEngine
 from pandapush.extensions.expiry import SubscriptionExpiry, expiryNotice
@@ -23,6 +23,7 @@ from pandapush.storage.memory import MemoryStorage
 from tests.bayeux_clients import WSClient, eventually
 from tests.inprocess import APP, AUTH, KEY, SECRET, InProcessServer, channel
 from tests.support.node import NodeScript, requireNode
+from tests.support.tenancy import makeTenancy
 
 HANDSHAKE = {"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["long-polling"]}
 T0 = 1_800_000_000.0

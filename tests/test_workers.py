@@ -35,8 +35,9 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 
+from pandapush.config import formatListeners, parseListeners, resolveWorkerCount
 from pandapush.tap import Options
-from pandapush.workers import WorkerPool, formatListeners, parseListeners, resolveWorkerCount
+from pandapush.workers import WorkerPool
 from tests.bayeux_clients import LPClient, eventually
 from tests.support.server import PandapushProcess, ServerFailedError, sleep
 from tests.test_multinode import (
@@ -577,7 +578,7 @@ class WorkersTests(WorkersCase):
         self.assertIn(await server.stop(signal.SIGTERM), (0, -signal.SIGTERM), server.log())
         self.assertLess(time.monotonic() - started, 2 + 5, server.log())
         self.assertFalse(_alive(restarted[1]), "the worker outlived its parent")
-        self.assertIn("[worker-1 pandapush.tap.BayeuxService#info] drained", server.log())
+        self.assertIn("[worker-1 pandapush.services.BayeuxService#info] drained", server.log())
         self.assertIn("all 1 workers stopped", server.log())
 
     async def test_pandapushServe(self) -> None:

@@ -6,9 +6,12 @@
   credentials, checkers and realm, and :class:`ChannelAuthority` over them;
 - :mod:`pandapush.auth.keycache`: keys in memory, invalidation hooks, batched usage;
 - :mod:`pandapush.auth.tenancy`: the Bayeux extension;
+- :mod:`pandapush.auth.origins`: each application's allowed origins (an extension too);
+- :mod:`pandapush.auth.keysync`: key cache invalidations shared between nodes over Redis;
 - :mod:`pandapush.auth.admin`, :mod:`pandapush.auth.throttle`: who the admins are, their
   password check, the failed-login throttle (the HTTP side is :mod:`pandapush.web.adminauth`);
-- :func:`makeTenancy` builds all of it, with the REST publish and admin Klein apps.
+
+``pandapush.tap.makeService`` puts the pieces together with the router and the site.
 """
 
 from pandapush.auth.admin import AdminAuthError, AdminUser
@@ -18,7 +21,6 @@ from pandapush.auth.credentials import BearerToken, IBearerToken, IKeySecret, Ke
 from pandapush.auth.keycache import KeyCache, KeyUsageFlusher
 from pandapush.auth.rules import PUBLISH, SUBSCRIBE, Allowed, Refusal
 from pandapush.auth.tenancy import TenancyExtension
-from pandapush.auth.wiring import Tenancy, makeTenancy
 
 __all__ = [
     "PUBLISH",
@@ -35,8 +37,6 @@ __all__ = [
     "KeySecret",
     "KeyUsageFlusher",
     "Refusal",
-    "Tenancy",
     "TenancyConfig",
     "TenancyExtension",
-    "makeTenancy",
 ]

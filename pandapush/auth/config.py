@@ -62,7 +62,7 @@ def _dataDir(environ: Mapping[str, str]) -> str:
 
 @dataclass(frozen=True)
 class TenancyConfig:
-    """Everything :func:`pandapush.auth.makeTenancy` needs besides storage and the router."""
+    """The tenancy layer's settings: admin auth, key cache and token tuning, the REST body cap."""
 
     authMethod: str | None = None
     adminUsername: str | None = None

@@ -24,7 +24,10 @@ times the configured ones. Both cost O(1) per message: one dict lookup and a lit
 arithmetic; nothing is done per recipient.
 
 :class:`LimitsExtension` applies both to Bayeux messages; the REST endpoint calls
-:meth:`PublishRateLimiter.acquire` itself (HTTP 429 with ``Retry-After``).
+:meth:`PublishRateLimiter.acquire` itself (HTTP 429 with ``Retry-After``), on the same
+limiter (``pandapush.tap`` gives it to both), so a key has one bucket whichever way it
+publishes. Refusals go to the router's ``limitRefused`` (``onRefused``), which reports
+them to metrics (``pandapush_limit_refusals_total``).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from zope.interface import implementer
 from pandapush.auth.rules import PUBLISH, SUBSCRIBE, parseChannel
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.errors import BayeuxError
-from pandapush.interfaces import IEngine, IExtension, IRouter
+from pandapush.interfaces import IEngine, IExtension
 from pandapush.listeners import EngineListener
 
 __all__ = [
@@ -55,8 +58,6 @@ __all__ = [
     "LimitSettings",
     "LimitsExtension",
     "PublishRateLimiter",
-    "TenantLimits",
-    "installLimits",
 ]
 
 DEFAULT_MAX_PUBLISH_RATE = 1000.0
@@ -366,7 +367,10 @@ def _setting(value: Any, environ: Mapping[str, str], name: str, default: float, 
 
 @dataclass(frozen=True)
 class LimitSettings:
-    """The limits of this module and ``--max-clients-per-connection``, resolved."""
+    """
+    The limits of this module and ``--max-clients-per-connection``, resolved (by
+    :meth:`pandapush.config.Configuration.fromOptions`, through :meth:`fromOptions`).
+    """
 
     maxPublishRate: float = DEFAULT_MAX_PUBLISH_RATE
     maxPublishBurst: float | None = None  # None: twice the rate
@@ -406,33 +410,3 @@ class LimitSettings:
                 int,
             ),
         )
-
-
-@dataclass
-class TenantLimits:
-    """What :func:`installLimits` set up: register ``connections`` on the metrics registry."""
-
-    publishes: PublishRateLimiter
-    connections: AppConnectionLimiter
-    extension: LimitsExtension
-
-
-def installLimits(
-    router: IRouter, publishApp: Any, settings: LimitSettings, clock: IReactorTime
-) -> TenantLimits:
-    """
-    Build both limiters, add the Bayeux extension to ``router`` (call it after the
-    tenancy extensions, before presence) and give the REST ``publishApp`` the same
-    publish limiter, so a key has one bucket whichever way it publishes. Refusals are
-    reported to the router's limit observers (``pandapush_limit_refusals_total``).
-    """
-    publishes = PublishRateLimiter(
-        clock, settings.maxPublishRate, settings.maxPublishBurst, onRefused=router.limitRefused
-    )
-    connections = AppConnectionLimiter(
-        router.engine, clock, settings.maxConnectionsPerApp, onRefused=router.limitRefused
-    )
-    extension = LimitsExtension(router.engine, connections, publishes)
-    router.addExtension(extension)
-    publishApp.rateLimiter = publishes
-    return TenantLimits(publishes, connections, extension)

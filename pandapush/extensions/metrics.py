@@ -24,7 +24,7 @@ from pandapush.interfaces import IExtension, IRouter
 if TYPE_CHECKING:
     from pandapush.transports.resource import BayeuxResource
 
-__all__ = ["Metrics"]
+__all__ = ["ErrorCounter", "Metrics"]
 
 
 class _StateCollector:
@@ -85,8 +85,11 @@ class _Counts:
 
 
 @implementer(IExtension)
-class _ErrorCounter:
-    """Counts Bayeux error replies by code (an outgoing hook: once per reply)."""
+class ErrorCounter:
+    """
+    Counts Bayeux error replies by code (an outgoing hook: once per reply). Added
+    last, so it counts replies as the client will see them.
+    """
 
     def __init__(self, counter: Counter) -> None:
         self.counter = counter
@@ -120,7 +123,11 @@ class MetricsResource(Resource):
 
 
 class Metrics:
-    """The registry, its counters, and the hooks that feed them."""
+    """
+    The registry, its counters, and the hooks that feed them: the router's publish
+    and limit observers (registered here) and :attr:`errorCounter`, an extension for
+    whoever orders the router's extensions to add (``pandapush.tap`` adds it last).
+    """
 
     def __init__(self, router: IRouter, bayeux: BayeuxResource) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -138,7 +145,7 @@ class Metrics:
         self.registry.register(_StateCollector(router, bayeux))  # type: ignore[arg-type]
         router.addPublishObserver(self._published)
         router.addLimitObserver(lambda limit: self.refusals.labels(limit=limit).inc())
-        router.addExtension(_ErrorCounter(self.errors))
+        self.errorCounter = ErrorCounter(self.errors)
         self.resource = MetricsResource(self.registry)
 
     def _published(self, channel: str, recipients: int) -> None:

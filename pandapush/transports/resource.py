@@ -6,6 +6,8 @@ CometD posts to ``/push/handshake`` and ``/push/connect``; event streams open
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
@@ -38,6 +40,7 @@ class BayeuxResource(Resource):
         maxMessageSize: int = 1024 * 1024,
         origins: OriginPolicy | None = None,
         jsonp: bool = True,
+        handshakeHeaders: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.router = router
@@ -47,7 +50,11 @@ class BayeuxResource(Resource):
         self.longPolling = LongPollingTransport(router, self.origins)
         self.callbackPolling = CallbackPollingTransport(router, self.origins)
         self.eventSource = EventSourceTransport(router, self.origins, reactor)
-        self.websocketFactory = BayeuxWebSocketFactory(router, self.origins, maxMessageSize)
+        # HTTP answers get the site's headers; a websocket handshake is autobahn's, so
+        # those it should carry too (``X-Pandapush-Worker``) go to its factory.
+        self.websocketFactory = BayeuxWebSocketFactory(
+            router, self.origins, maxMessageSize, headers=handshakeHeaders
+        )
         self._websocket = WebSocketResource(self.websocketFactory)
 
     def render(self, request: Request) -> bytes | int:

@@ -9,7 +9,7 @@ frame is cached on the :class:`~pandapush.bayeux.delivery.Delivery`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -255,8 +255,10 @@ class BayeuxWebSocketFactory(WebSocketServerFactory):
         pingInterval: float = 25.0,
         pingTimeout: float = 10.0,
         maxBacklog: int = 4 * 1024 * 1024,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__()
+        # ``headers``: added to every opening handshake's answer.
+        super().__init__(headers=dict(headers) if headers else None)
         self.router = router
         self.origins = origins
         self.openSockets = 0

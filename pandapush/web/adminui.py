@@ -13,7 +13,7 @@ answer (a Basic challenge, a refusal), exactly as the API would give.
 Mounting: :func:`adminResource` builds what goes at ``admin`` on the root, the API for
 ``/admin/api[/...]`` and this console for the rest of ``/admin``::
 
-    root.mount(b"admin", adminResource(tenancy))
+    root.mount(b"admin", adminResource(adminApp, adminAuthority))
 
 The console routes on ``request.path`` (not on ``postpath``), so it works as a leaf wherever
 it is mounted, as long as the path it sees starts with ``prefix`` (``/admin``); it answers
@@ -41,6 +41,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
 from pandapush.auth.throttle import LoginThrottledError
+from pandapush.web.admin import AdminApp
 from pandapush.web.adminauth import throttledAnswer
 
 __all__ = ["ADMIN_STATIC_DIR", "AdminResource", "AdminUIResource", "IAuthenticates", "adminResource"]
@@ -95,7 +96,7 @@ class AdminUIResource(Resource):
     """
     Serves the console's ``index.html`` at ``<prefix>`` and ``<prefix>/``, and the files of
     its ``ui/`` folder at ``<prefix>/ui/<path>``, to authenticated admins only. ``authority`` is the server's
-    ``AdminAuthority`` (``tenancy.adminAuthority``), used as is.
+    ``AdminAuthority``, used as is.
     """
 
     isLeaf = True
@@ -235,11 +236,11 @@ class AdminResource(Resource):
         return (self.api if isAPI else self.ui).render(request)
 
 
-def adminResource(tenancy: Any) -> AdminResource:
+def adminResource(api: AdminApp, authority: IAuthenticates) -> AdminResource:
     """
     What to mount at ``admin`` on the root: the admin API and the console, both under
-    ``tenancy.adminAuthority``::
+    ``authority`` (the server's :class:`~pandapush.web.adminauth.AdminAuthority`)::
 
-        root.mount(b"admin", adminResource(tenancy))
+        root.mount(b"admin", adminResource(adminApp, adminAuthority))
     """
-    return AdminResource(tenancy.adminApp.app.resource(), AdminUIResource(tenancy.adminAuthority))
+    return AdminResource(api.app.resource(), AdminUIResource(authority))

@@ -59,8 +59,6 @@ class PublishApp:
     """
 
     _log = Logger()
-    #: Per-key publish limit (:func:`pandapush.extensions.limits.installLimits` sets it): 429 beyond.
-    rateLimiter: PublishRateLimiter | None = None
 
     def __init__(
         self,
@@ -69,8 +67,11 @@ class PublishApp:
         clock: IReactorTime,
         maxBodySize: int = DEFAULT_MAX_BODY,
         publishTimeout: float = DEFAULT_PUBLISH_TIMEOUT,
+        rateLimiter: PublishRateLimiter | None = None,
     ) -> None:
         self.authority = authority
+        #: Per-key publishes per second, the same buckets as Bayeux publishes': 429 beyond.
+        self.rateLimiter = rateLimiter
         self.publish = publish
         self.clock = clock
         self.maxBodySize = maxBodySize

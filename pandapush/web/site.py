@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import io
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.web import http
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
@@ -18,7 +18,7 @@ from twisted.web.server import Request, Site
 import pandapush
 from pandapush.bayeux import json
 
-__all__ = ["HealthApp", "LimitedRequest", "PandapushRoot", "makeSite"]
+__all__ = ["HealthApp", "LimitedRequest", "PandapushRoot", "PandapushSite", "makeSite"]
 
 
 class LimitedRequest(Request):
@@ -58,7 +58,9 @@ class LimitedRequest(Request):
 
 class HealthApp:
     """
-    ``GET /health_check.json``: what is running, answered without touching anything slow.
+    ``GET /health_check.json``: what is running, answered without touching anything slow:
+    the version, and the ``rev`` and ``built`` the deployment gave (``PANDAPUSH_REV``,
+    ``PANDAPUSH_BUILT``; ``built`` defaults to when this started).
 
     With ``storage`` (a storage with ``status()``, as the SQL ones) it adds
     ``"storage": {"status": "ok"}`` or ``{"status": "unavailable", "since", "reason"}``
@@ -74,7 +76,12 @@ class HealthApp:
     probeInterval = 5.0
 
     def __init__(
-        self, extra: dict[str, Any] | None = None, storage: Any = None, clock: IReactorTime | None = None
+        self,
+        extra: dict[str, Any] | None = None,
+        storage: Any = None,
+        clock: IReactorTime | None = None,
+        rev: str = "dev",
+        built: str | None = None,
     ) -> None:
         status = getattr(storage, "status", None)
         self._storageStatus: Callable[[], dict[str, Any]] | None = status if callable(status) else None
@@ -84,8 +91,8 @@ class HealthApp:
         self._lastProbe: float | None = None
         self._fields: dict[str, Any] = {
             "version": pandapush.__version__,
-            "rev": os.environ.get("PANDAPUSH_REV", "dev"),
-            "built": os.environ.get("PANDAPUSH_BUILT", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+            "rev": rev,
+            "built": built or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             # e.g. which of --workers answered
             **(extra or {}),
         }
@@ -144,12 +151,55 @@ class PandapushRoot(Resource):
         return self._default.render(request)
 
 
-def makeSite(root: IResource, maxBodySize: int) -> Site:
-    # Nothing here reads request.args from a body (long-polling and REST publish parse
-    # their own, lazily); Twisted's form parsing cost every POST an email-package
-    # Content-Type parse, 14 % of a REST publish.
-    site = Site(root, parsePOSTFormSubmission=False)
-    site.requestFactory = LimitedRequest
-    site.maxBodySize = maxBodySize  # type: ignore[attr-defined]
-    site.displayTracebacks = False
-    return site
+class _MarkedRequest(LimitedRequest):
+    """A :class:`LimitedRequest` whose answers carry the site's ``headers``."""
+
+    def process(self) -> None:
+        site = getattr(self.channel, "site", None)
+        for name, value in getattr(site, "headers", {}).items():
+            self.setHeader(name, value)
+        super().process()
+
+
+class PandapushSite(Site):
+    """
+    The one ``Site``: bodies capped at ``maxBodySize`` (:class:`LimitedRequest`),
+    ``headers`` added to every answer (``X-Pandapush-Worker`` with ``--workers``),
+    ``requestDone`` told of every finished request (metrics count them by status), and
+    the access log written only if ``accessLog`` (long-polling makes many requests).
+    """
+
+    def __init__(
+        self,
+        root: IResource,
+        maxBodySize: int,
+        headers: Mapping[bytes, bytes] | None = None,
+        accessLog: bool = True,
+        requestDone: Callable[[http.Request], None] | None = None,
+    ) -> None:
+        # Nothing here reads request.args from a body (long-polling and REST publish parse
+        # their own, lazily); Twisted's form parsing cost every POST an email-package
+        # Content-Type parse, 14 % of a REST publish.
+        super().__init__(root, parsePOSTFormSubmission=False)
+        self.headers = dict(headers or {})
+        self.requestFactory = _MarkedRequest if self.headers else LimitedRequest
+        self.maxBodySize = maxBodySize
+        self.displayTracebacks = False
+        self.accessLog = accessLog
+        self.requestDone = requestDone
+
+    def log(self, request: http.Request) -> None:
+        if self.requestDone is not None:
+            self.requestDone(request)
+        if self.accessLog:
+            super().log(request)
+
+
+def makeSite(
+    root: IResource,
+    maxBodySize: int,
+    headers: Mapping[bytes, bytes] | None = None,
+    accessLog: bool = True,
+    requestDone: Callable[[http.Request], None] | None = None,
+) -> PandapushSite:
+    return PandapushSite(root, maxBodySize, headers, accessLog, requestDone)

@@ -42,78 +42,35 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from twisted.application.service import Service
+from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, Service
 from twisted.internet import defer, error, fdesc
 from twisted.internet.abstract import FileDescriptor, isIPv6Address
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IProcessTransport, IStreamServerEndpoint
+from twisted.internet.endpoints import (
+    AdoptedStreamServerEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    serverFromString,
+)
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IProcessTransport,
+    IProtocolFactory,
+    IStreamServerEndpoint,
+)
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, LogLevel, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = [
-    "FIRST_INHERITED_FD",
-    "ParentWatch",
-    "ReusePortEndpoint",
-    "WorkerPool",
-    "WorkerSpec",
-    "formatListeners",
-    "parseListeners",
-    "resolveWorkerCount",
-]
+from pandapush.config import FIRST_INHERITED_FD, Configuration, formatListeners
 
-#: Inherited listening sockets start after stdin, stdout and stderr.
-FIRST_INHERITED_FD = 3
-
-#: Endpoint types whose sockets can be shared (``adoptStreamPort`` takes plain TCP).
-SHAREABLE_ENDPOINTS = ("tcp", "tcp6")
-
-
-def resolveWorkerCount(requested: int) -> int:
-    """
-    ``0`` means one worker per CPU this process may run on: its CPU affinity where
-    the system tells (a container pinned to 2 of 64 cores gets 2), else
-    ``os.cpu_count()``, else 1.
-    """
-    if requested != 0:
-        return requested
-    affinity = getattr(os, "sched_getaffinity", None)
-    if affinity is not None:
-        try:
-            return max(1, len(affinity(0)))
-        except OSError:
-            pass
-    return os.cpu_count() or 1
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What a worker process is told by its parent: its index and the sockets it adopts."""
-
-    index: int
-    count: int
-    #: ``(file descriptor, address family)`` of each inherited listening socket.
-    listeners: tuple[tuple[int, socket.AddressFamily], ...] = field(default=())
-
-
-def formatListeners(listeners: Sequence[tuple[int, socket.AddressFamily]]) -> str:
-    """``3:AF_INET,4:AF_INET6``: the ``--listeners`` argument of ``python -m pandapush.workers``."""
-    return ",".join(f"{fd}:{family.name}" for fd, family in listeners)
-
-
-def parseListeners(text: str) -> tuple[tuple[int, socket.AddressFamily], ...]:
-    """The inverse of :func:`formatListeners`; ``ValueError`` for anything else."""
-    listeners = []
-    for item in filter(None, text.split(",")):
-        fd, _, family = item.partition(":")
-        if family not in ("AF_INET", "AF_INET6"):
-            raise ValueError(f"unsupported address family {family!r} in {item!r}")
-        listeners.append((int(fd), socket.AddressFamily[family]))
-    return tuple(listeners)
+__all__ = ["ParentWatch", "ReusePortEndpoint", "WorkerPool", "listenerServices"]
 
 
 def reusePortSocket(family: socket.AddressFamily, interface: str, port: int, backlog: int) -> socket.socket:
@@ -161,6 +118,25 @@ class ReusePortEndpoint:
         except OSError as reason:
             return defer.fail(error.CannotListenError(self.interface, self.port, reason))
         return defer.succeed(port)
+
+
+def listenerServices(config: Configuration, reactor: Any, factory: IProtocolFactory) -> list[IService]:
+    """
+    A service listening for ``factory`` on each of ``config``'s endpoints: the
+    inherited sockets, adopted, in a worker; a ``SO_REUSEPORT`` socket of its own
+    with ``--reuse-port``; else ``--listen`` as ``strports`` parses it.
+    """
+    if config.worker is not None:
+        return [
+            StreamServerEndpointService(AdoptedStreamServerEndpoint(reactor, fd, family), factory)
+            for fd, family in config.worker.listeners
+        ]
+    if config.reusePort:
+        return [
+            StreamServerEndpointService(ReusePortEndpoint(reactor, endpoint), factory)
+            for endpoint in config.listen
+        ]
+    return [strports.service(endpoint, factory, reactor=reactor) for endpoint in config.listen]
 
 
 class _WorkerProtocol(ProcessProtocol):

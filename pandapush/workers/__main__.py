@@ -10,6 +10,7 @@ when its stdin from the parent closes.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -17,7 +18,8 @@ from typing import Any
 from twisted.logger import Logger, globalLogBeginner, jsonFileLogObserver
 from twisted.python import usage
 
-from pandapush.workers import ParentWatch, WorkerSpec, installWorkerSignals, parseListeners, stopReactor
+from pandapush.config import WORKER_VARIABLE, WorkerSpec, parseListeners
+from pandapush.workers import ParentWatch, installWorkerSignals, stopReactor
 
 _log = Logger(namespace="pandapush.workers")
 
@@ -38,20 +40,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     # One JSON event per line: the parent re-emits each into its own log, with its
     # own time, level and fields intact, whatever format the parent writes.
     globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    spec = WorkerSpec(index=args.index, count=args.count, listeners=args.listeners)
+    os.environ[WORKER_VARIABLE] = spec.format()
     serverOptions = Options()
     try:
         serverOptions.parseOptions(options)
     except usage.UsageError as refused:
         _log.critical("worker {index}: bad options: {reason}", index=args.index, reason=str(refused))
         return 2
-    spec = WorkerSpec(index=args.index, count=args.count, listeners=args.listeners)
-    service = makeService(serverOptions, reactor=reactor, worker=spec)
+    service = makeService(serverOptions, reactor=reactor)
     status = {"code": 0}
 
     def failed(failure: Any) -> None:
         status["code"] = 1
 
-    service.ready.addErrback(failed)  # type: ignore[attr-defined]
+    service.ready.addErrback(failed)
 
     def parentGone() -> None:
         _log.warn("worker {index}: parent gone, stopping", index=args.index)

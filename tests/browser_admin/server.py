@@ -39,7 +39,7 @@ def mountConsole(service: Any) -> AdminUIResource | None:
     """Mounts the console on ``service``'s root as the lead will (unless the server does)."""
     if serverMountsConsole(service):
         return None
-    admin = adminResource(service.tenancy)
+    admin = adminResource(service.adminApp, service.adminAuthority)
     service.site.resource.mount(b"admin", admin)
     return admin.ui  # type: ignore[return-value]
 

@@ -1,0 +1,266 @@
+"""The long-lived parts of a server, as ``twisted.application`` services.
+
+``pandapush.tap.makeService`` builds the pieces and hangs them under one
+:class:`PandapushService`; the classes here only start and stop what they are given:
+
+- :class:`BayeuxService`: the engine and router; drains on stop (SIGTERM);
+- :class:`StorageService`: starts the storage, seeds the ``DEV_*`` key, then starts the
+  listening ports (its children), so no request arrives before the storage can answer;
+- :class:`PandapushService`: the whole tree, closing the storage once every child has
+  stopped; :class:`Server`, what ``makeService`` returns, is one that also holds the
+  pieces (``.engine``, ``.router``...) for tests and embedders.
+
+In the layering this sits above ``web`` (it holds the site and the admin apps) and
+``workers`` (the parent's pool is one of the pieces), below ``tap``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from pandapush import __version__
+from pandapush.auth.keycache import KeyCache
+from pandapush.config import Configuration, DevelopmentKey
+from pandapush.extensions.metrics import Metrics
+from pandapush.extensions.statistics import Statistics
+from pandapush.interfaces import IEngine, IRouter
+from pandapush.storage.interfaces import IStorage
+from pandapush.transports.resource import BayeuxResource
+from pandapush.web.admin import AdminApp
+from pandapush.web.adminauth import AdminAuthority
+from pandapush.web.site import PandapushSite
+from pandapush.workers import WorkerPool
+
+if TYPE_CHECKING:
+    # Only for its type: importing it loads the Redis client, which a server on the
+    # memory engine never does.
+    from pandapush.auth.keysync import KeySync
+
+__all__ = ["BayeuxService", "PandapushService", "Server", "StorageService", "seedDevelopmentKey"]
+
+
+class BayeuxService(Service):
+    """
+    Owns the engine and router. On stop (SIGTERM) it drains: the listening ports
+    have already closed (they are later siblings, stopped first), held connects
+    are answered with reconnect advice, sockets are closed with 1001, and the
+    engine closes once they are gone or ``grace`` seconds have passed. A shared
+    (Redis) engine also stays open while other nodes claim its clients (see
+    ``claimSettle``), so that what is published to them meanwhile is handed over.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        engine: IEngine,
+        router: IRouter,
+        resource: BayeuxResource,
+        reactor: IReactorTime,
+        grace: float = 5.0,
+        sharedEngine: bool = False,
+    ) -> None:
+        self.engine = engine
+        self.router = router
+        self.resource = resource
+        self.reactor = reactor
+        self.grace = grace
+        self.sharedEngine = sharedEngine
+
+    #: With a shared engine, how long the drain goes on waiting for this node's clients
+    #: to be claimed by other nodes once none has been for that long: clients told to
+    #: reconnect come back within milliseconds, and one that never will (a closed laptop)
+    #: should not hold the node for the whole grace.
+    claimSettle = 1.0
+
+    def _ownedClients(self) -> int:
+        """Clients this node still owns (only a shared engine's can move elsewhere)."""
+        if not self.sharedEngine:
+            return 0
+        return int(self.engine.statistics().get("clients", 0))
+
+    async def _drain(self) -> None:
+        self.router.drain("retry" if self.sharedEngine else "handshake")
+        self.resource.stop()
+        clock = self.reactor
+        deadline = clock.seconds() + self.grace
+        while self.router.openSockets() and clock.seconds() < deadline:
+            await deferLater(clock, 0.05, lambda: None)
+        # Shared engine: each client carries on through another node, which claims it
+        # from this one and is handed what was queued here meanwhile, in order. Until
+        # this engine closes it stays subscribed for its clients, so nothing published
+        # to them in between is lost; after, a message published to a client that no
+        # node has claimed yet reaches nobody (pub/sub is at-most-once).
+        owned = self._ownedClients()
+        lastClaim = clock.seconds()
+        while owned and clock.seconds() < deadline and clock.seconds() - lastClaim < self.claimSettle:
+            await deferLater(clock, 0.05, lambda: None)
+            left = self._ownedClients()
+            if left < owned:
+                lastClaim = clock.seconds()
+            owned = left
+        self._log.info(
+            "drained; {left} sockets still open, {owned} clients not claimed by other nodes",
+            left=self.router.openSockets(),
+            owned=owned,
+        )
+        await self.engine.close()
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        return defer.Deferred.fromCoroutine(self._drain())
+
+
+async def seedDevelopmentKey(storage: IStorage, key: DevelopmentKey | None) -> None:
+    """
+    Upstream's ``DEV_APPLICATION_ID`` + ``DEV_KEY_ID`` + ``DEV_KEY_SECRET``: make
+    sure that application and key exist, so a development setup starts ready.
+    """
+    if key is None:
+        return
+    if await storage.getApplication(key.applicationId) is None:
+        await storage.createApplication("development", "DEV_APPLICATION_ID", applicationId=key.applicationId)
+    if await storage.getKey(key.keyId) is None:
+        await storage.createKey(
+            key.applicationId, "DEV_KEY_ID", purpose="development", keyId=key.keyId, secret=key.secret
+        )
+
+
+class StorageService(MultiService):
+    """
+    Starts the storage (SQLite migrates itself; PostgreSQL checks its schema),
+    seeds the ``DEV_*`` application and key, then starts its children (the
+    listening ports), so no request arrives before the storage can answer it.
+    If the storage cannot start, the process stops with the reason logged.
+
+    ``banner`` gives the line to log, once listening, for a newcomer to log in to
+    ``/admin`` (None: nothing to say). A worker (``workerIndex`` not None) logs only
+    where it serves: its parent has said where it listens and what the admin password is.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        storage: IStorage,
+        reactor: Any,
+        developmentKey: DevelopmentKey | None = None,
+        banner: Callable[[str], str | None] = lambda url: None,
+        workerIndex: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.storage = storage
+        self.reactor = reactor
+        self.developmentKey = developmentKey
+        self.banner = banner
+        self.workerIndex = workerIndex
+        self.ready: defer.Deferred[None] = defer.Deferred()
+        #: Fires with the listening ports once they listen (what --workers shares).
+        self.listening: defer.Deferred[list[IListeningPort]] = defer.Deferred()
+
+    def privilegedStartService(self) -> None:
+        # Not passed on to the ports: they would bind before the storage is ready.
+        # (So a port below 1024 needs the process to keep the right to bind it.)
+        Service.privilegedStartService(self)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        d = defer.Deferred.fromCoroutine(self._start())
+        d.addErrback(self._failed)
+
+    async def _start(self) -> None:
+        await self.storage.start()
+        await seedDevelopmentKey(self.storage, self.developmentKey)
+        for child in self:
+            child.startService()
+        ports = [getattr(c, "_waitingForPort", None) for c in self]
+        listening = [await p for p in ports if p is not None]
+        for port in listening:
+            host = port.getHost()
+            url = f"http://{'localhost' if host.host in ('0.0.0.0', '::') else host.host}:{host.port}"
+            if self.workerIndex is not None:
+                self._log.info("worker {index} serving {url}/push", index=self.workerIndex, url=url)
+                continue
+            self._log.info("pandapush {version} listening at {url}/push", version=__version__, url=url)
+            banner = self.banner(url)
+            if banner:
+                self._log.info("{banner}", banner=banner)
+        self.listening.callback(listening)
+        self.ready.callback(None)
+
+    def _failed(self, failure: Any) -> None:
+        self._log.failure("pandapush could not start", failure)
+        if not self.listening.called:
+            self.listening.errback(failure)
+        if not self.ready.called:
+            self.ready.errback(failure)
+        if getattr(self.reactor, "running", False):
+            self.reactor.stop()
+
+
+class PandapushService(MultiService):
+    """
+    A server's service tree. Its children stop together (a MultiService stops them
+    all at once), and the storage closes only once every one of them has: some still
+    write while stopping (the key usage flusher's last flush), and a write sent to a
+    closed storage was never answered, which left the process hanging on SIGTERM.
+    """
+
+    def __init__(self, storage: IStorage) -> None:
+        super().__init__()
+        self.setName("pandapush")
+        self.storage = storage
+
+    def stopService(self) -> defer.Deferred[None]:
+        d = defer.maybeDeferred(super().stopService)
+        d.addBoth(lambda _: self.storage.close())
+        return d
+
+
+class Server(PandapushService):
+    """
+    What ``makeService`` returns: the service tree, and the pieces it was built from,
+    for tests and embedders to reach without walking the tree. ``ready`` fires once
+    the server listens; ``keysync`` is None unless the engine is Redis, ``workers``
+    unless this process started workers.
+    """
+
+    def __init__(
+        self,
+        *,
+        configuration: Configuration,
+        storage: IStorage,
+        engine: IEngine,
+        router: IRouter,
+        bayeux: BayeuxResource,
+        site: PandapushSite,
+        statistics: Statistics,
+        metrics: Metrics,
+        keys: KeyCache,
+        adminAuthority: AdminAuthority,
+        adminApp: AdminApp,
+        ready: defer.Deferred[None],
+        keysync: KeySync | None = None,
+        workers: WorkerPool | None = None,
+    ) -> None:
+        super().__init__(storage)
+        self.configuration = configuration
+        self.engine = engine
+        self.router = router
+        self.bayeux = bayeux
+        self.site = site
+        self.statistics = statistics
+        self.metrics = metrics
+        self.keys = keys
+        self.adminAuthority = adminAuthority
+        self.adminApp = adminApp
+        self.ready = ready
+        self.keysync = keysync
+        self.workers = workers
