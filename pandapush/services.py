@@ -36,7 +36,7 @@ from pandapush.transports.resource import BayeuxResource
 from pandapush.web.admin import AdminApp
 from pandapush.web.adminauth import AdminAuthority
 from pandapush.web.site import PandapushSite
-from pandapush.workers import WorkerPool
+from pandapush.workers.pool import WorkerPool
 
 if TYPE_CHECKING:
     # Only for its type: importing it loads the Redis client, which a server on the

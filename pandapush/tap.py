@@ -41,7 +41,9 @@ from pandapush.web.adminui import adminResource
 from pandapush.web.clientjs import ClientScriptResource
 from pandapush.web.publish import PublishApp
 from pandapush.web.site import HealthApp, PandapushRoot, makeSite
-from pandapush.workers import WorkerPool, listenerServices
+from pandapush.workers.child import WorkerChild
+from pandapush.workers.pool import WorkerPool
+from pandapush.workers.sockets import listenerServices
 
 __all__ = ["Options", "makeService"]
 
@@ -419,6 +421,8 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         keysync,
         storageService,
         workers,
+        # In a worker: leaves when the parent does; SIGTERM stops it once.
+        WorkerChild(reactor, config.worker.index) if config.worker is not None else None,
     ]
     for service in services:
         if service is not None:

@@ -35,9 +35,9 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 
-from pandapush.config import formatListeners, parseListeners, resolveWorkerCount
+from pandapush.config import WORKER_VARIABLE, formatListeners, parseListeners, resolveWorkerCount
 from pandapush.tap import Options
-from pandapush.workers import WorkerPool
+from pandapush.workers.pool import WorkerPool
 from tests.bayeux_clients import LPClient, eventually
 from tests.support.server import PandapushProcess, ServerFailedError, sleep
 from tests.test_multinode import (
@@ -172,10 +172,12 @@ class _FakeReactor(Clock):
     def __init__(self) -> None:
         super().__init__()
         self.spawned: list[tuple[Any, list[str], dict[int, Any], _FakeProcess]] = []
+        self.environments: list[dict[str, str]] = []
 
     def spawnProcess(self, protocol: Any, executable: str, args: list[str], env: Any, childFDs: Any) -> Any:
         process = _FakeProcess(1000 + len(self.spawned))
         self.spawned.append((protocol, args, childFDs, process))
+        self.environments.append(env)
         return process
 
     def end(self, n: int, code: int | None = None, sig: int | None = None) -> None:
@@ -218,16 +220,18 @@ class WorkerPoolTests(TestCase):
         return pool, reactor, events
 
     def test_startsCountMinusOneWorkers(self) -> None:
-        """Workers 1..N-1 get the listening sockets as fds 3, 4..., the options, and a stdin pipe."""
+        """
+        Workers 1..N-1 run the same plugin with the options, get the listening sockets as
+        fds 3, 4... (named in their environment), and a stdin pipe.
+        """
         pool, reactor, _ = self.startPool(3)
         self.assertEqual(len(reactor.spawned), 2)
         _, args, childFDs, _ = reactor.spawned[1]
         self.assertEqual(
-            args,
-            [
-                *("py", "-m", "pandapush.workers", "--index", "2", "--count", "3"),
-                *("--listeners", "3:AF_INET,4:AF_INET6", "--", "--redis-hosts", "r:1"),
-            ],
+            args, ["py", "-m", "twisted", "--log-format", "json", "pandapush", "--redis-hosts", "r:1"]
+        )
+        self.assertEqual(
+            reactor.environments[1][WORKER_VARIABLE], "index=2 count=3 listeners=3:AF_INET,4:AF_INET6"
         )
         self.assertEqual(childFDs, {0: "w", 1: "r", 2: "r", 3: 7, 4: 9})
         self.assertEqual(pool.pids(), {1: 1000, 2: 1001})
@@ -239,7 +243,7 @@ class WorkerPoolTests(TestCase):
         """
         if not hasattr(socket, "SO_REUSEPORT"):
             raise SkipTest("no SO_REUSEPORT here")
-        from pandapush.workers import reusePortSocket
+        from pandapush.workers.sockets import reusePortSocket
 
         ours = reusePortSocket(socket.AF_INET, "127.0.0.1", 0, 5)
         self.addCleanup(ours.close)
@@ -253,10 +257,10 @@ class WorkerPoolTests(TestCase):
         )
         pool.startService()
         listening.callback([port])
-        ((_, args, childFDs, _),) = reactor.spawned
+        ((_, _, childFDs, _),) = reactor.spawned
         given = childFDs[3]
         self.assertNotEqual(given, ours.fileno())
-        self.assertIn("3:AF_INET", args)
+        self.assertIn("listeners=3:AF_INET", reactor.environments[0][WORKER_VARIABLE])
         self.assertRaises(OSError, os.fstat, given)
 
     def test_restartBackoff(self) -> None:

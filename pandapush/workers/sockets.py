@@ -1,0 +1,97 @@
+"""The listening sockets of ``--workers``: shared, adopted, or one per worker (``SO_REUSEPORT``).
+
+Which one a process uses is :func:`listenerServices`' choice, from the configuration:
+a worker adopts the sockets it inherited (``PANDAPUSH_WORKER`` names them); the parent
+binds ``--listen`` as usual, or, with ``--reuse-port``, a ``SO_REUSEPORT`` socket of its
+own (:class:`ReusePortEndpoint`), and makes one more for each worker it starts
+(:func:`reusePortSocket`). Why one shared socket by default is in :mod:`pandapush.workers`.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService
+from twisted.internet import defer, error
+from twisted.internet.abstract import isIPv6Address
+from twisted.internet.endpoints import (
+    AdoptedStreamServerEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    serverFromString,
+)
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from zope.interface import implementer
+
+from pandapush.config import Configuration
+
+__all__ = ["ReusePortEndpoint", "listenerServices", "reusePortSocket"]
+
+
+def reusePortSocket(family: socket.AddressFamily, interface: str, port: int, backlog: int) -> socket.socket:
+    """A listening socket bound with ``SO_REUSEPORT``, so that others bound alike share its port."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # As twisted.internet.tcp.Port does: restarting must not wait for TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((interface, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+@implementer(IStreamServerEndpoint)
+class ReusePortEndpoint:
+    """
+    ``tcp:``/``tcp6:`` as Twisted parses them, listening on a ``SO_REUSEPORT``
+    socket (``--workers`` with ``--reuse-port``: the parent's own listener).
+    """
+
+    def __init__(self, reactor: Any, description: str) -> None:
+        parsed = serverFromString(reactor, description)
+        if not isinstance(parsed, TCP4ServerEndpoint | TCP6ServerEndpoint):
+            raise ValueError(f"--reuse-port needs a tcp: or tcp6: endpoint, not {description!r}")
+        self.reactor = reactor
+        # Twisted keeps these private; they have not changed in a decade.
+        self.port: int = parsed._port
+        self.backlog: int = parsed._backlog
+        self.interface: str = parsed._interface
+        ipv6 = isinstance(parsed, TCP6ServerEndpoint) or isIPv6Address(self.interface)
+        self.family = socket.AF_INET6 if ipv6 else socket.AF_INET
+
+    def listen(self, factory: Any) -> defer.Deferred[IListeningPort]:
+        try:
+            sock = reusePortSocket(self.family, self.interface, self.port, self.backlog)
+            try:
+                port = self.reactor.adoptStreamPort(sock.fileno(), self.family, factory)
+            finally:
+                sock.close()  # adoptStreamPort kept a duplicate
+        except OSError as reason:
+            return defer.fail(error.CannotListenError(self.interface, self.port, reason))
+        return defer.succeed(port)
+
+
+def listenerServices(config: Configuration, reactor: Any, factory: IProtocolFactory) -> list[IService]:
+    """
+    A service listening for ``factory`` on each of ``config``'s endpoints: the
+    inherited sockets, adopted, in a worker; a ``SO_REUSEPORT`` socket of its own
+    with ``--reuse-port``; else ``--listen`` as ``strports`` parses it.
+    """
+    if config.worker is not None:
+        return [
+            StreamServerEndpointService(AdoptedStreamServerEndpoint(reactor, fd, family), factory)
+            for fd, family in config.worker.listeners
+        ]
+    if config.reusePort:
+        return [
+            StreamServerEndpointService(ReusePortEndpoint(reactor, endpoint), factory)
+            for endpoint in config.listen
+        ]
+    return [strports.service(endpoint, factory, reactor=reactor) for endpoint in config.listen]
