@@ -28,7 +28,8 @@ so, and works again once it is back: nothing here has to be restarted.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable
+import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -94,6 +95,92 @@ def _parseTime(value: Any, field: str) -> datetime.datetime | None:
     raise _BadRequestError(f"{field} must be a date/time or null")
 
 
+def _jsonBody(request: IRequest) -> dict[str, Any]:
+    """The request's JSON object; anything else is refused (400), a form post above all."""
+    contentType = (header(request, b"content-type") or "").split(";", 1)[0].strip().lower()
+    content = request.content.read() if request.content is not None else b""
+    if getattr(request, "tooLarge", False) or len(content) > MAX_ADMIN_BODY:
+        raise _BadRequestError("Body too large")
+    if contentType != "application/json":
+        raise _BadRequestError("Send the request body as application/json")
+    if not content.strip():
+        return {}
+    try:
+        body = json.loads(content)
+    except json.JSONDecodeError as error:
+        raise _BadRequestError(f"Body is not valid JSON ({error})") from None
+    if not isinstance(body, dict):
+        raise _BadRequestError("Body must be a JSON object")
+    return body
+
+
+def _applicationChanges(body: dict[str, Any]) -> tuple[str | None, list[str] | None, list[str] | None]:
+    """``(name, admins, allowed origins)`` an update asks for, each None if not given, checked."""
+    name = body.get("name")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise _BadRequestError("name must be a non-empty string")
+    admins = body.get("admins")
+    if admins is not None and (
+        not isinstance(admins, list) or not all(isinstance(a, str) and a.strip() for a in admins)
+    ):
+        raise _BadRequestError("admins must be a list of user names")
+    cleaned = sorted({a.strip() for a in admins}) if admins is not None else None
+    origins = body.get("allowed_origins")
+    if origins is not None:
+        if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+            raise _BadRequestError("allowed_origins must be a list of origins (scheme://host[:port])")
+        try:
+            origins = list(normalOrigins(origins))
+        except ValueError as error:
+            raise _BadRequestError(f"allowed_origins: {error}") from None
+    return (name.strip() if name else None), cleaned, origins
+
+
+def _environmentName(config: TenancyConfig, request: IRequest) -> str | None:
+    """This deployment's name among ``ENVIRONMENTS``: ``ENVIRONMENT``, else the one at the request's host."""
+    if config.environment:
+        return config.environment
+    host = (header(request, b"host") or "").lower()
+    for environment in config.environments:
+        if urlsplit(environment.url).netloc.lower() == host:
+            return environment.name
+    return None
+
+
+def _grants(body: dict[str, Any]) -> tuple[bool | None, bool | None, dict[str, Any] | None]:
+    """``(pub, sub, presence)`` a token request asks for; a flag not given stays out of the token."""
+    pub, sub = ((body[flag] is True) if body.get(flag) is not None else None for flag in ("pub", "sub"))
+    presence = body.get("presence")
+    if presence is not None:
+        presenceId = presence.get("id") if isinstance(presence, dict) else None
+        if not isinstance(presenceId, str | int) or isinstance(presenceId, bool) or presenceId == "":
+            raise _BadRequestError("presence must be an object with an id")
+    return pub, sub, presence
+
+
+def _notFound(request: IRequest, message: str = "Not found") -> bytes:
+    return jsonResponse(request, 404, errorBody(404, message))
+
+
+def _unavailable(request: IRequest) -> bytes:
+    # The storage logged the outage (once); nothing about this request was wrong.
+    request.setHeader(b"Retry-After", str(STORAGE_RETRY_AFTER).encode())
+    return jsonResponse(request, 503, errorBody(503, STORAGE_UNAVAILABLE))
+
+
+def _guarded(handler: Callable[..., Awaitable[bytes]]) -> Callable[..., Awaitable[bytes]]:
+    """
+    A route of :class:`AdminApp` whose ``handler(self, request, user, **params)`` runs
+    under admin auth, given the admin (see :meth:`AdminApp._guard`).
+    """
+
+    @functools.wraps(handler)
+    async def route(self: AdminApp, request: IRequest, **params: Any) -> bytes:
+        return await self._guard(request, functools.partial(handler, self), **params)
+
+    return route
+
+
 class AdminApp:
     """The admin API; mount its ``resource()`` at ``/admin``."""
 
@@ -127,9 +214,6 @@ class AdminApp:
 
     # plumbing
 
-    async def _admin(self, request: IRequest) -> AdminUser | None:
-        return await self.authority.authenticate(request)
-
     async def _visibleApplication(self, user: AdminUser, appId: str) -> Application | None:
         """The application if it exists and ``user`` administers it (or is root), else None."""
         application = await self.storage.getApplication(appId)
@@ -139,57 +223,29 @@ class AdminApp:
             return application
         return None
 
-    def _body(self, request: IRequest) -> dict[str, Any]:
-        contentType = (header(request, b"content-type") or "").split(";", 1)[0].strip().lower()
-        content = request.content.read() if request.content is not None else b""
-        if getattr(request, "tooLarge", False) or len(content) > MAX_ADMIN_BODY:
-            raise _BadRequestError("Body too large")
-        if contentType != "application/json":
-            raise _BadRequestError("Send the request body as application/json")
-        if not content.strip():
-            return {}
-        try:
-            body = json.loads(content)
-        except json.JSONDecodeError as error:
-            raise _BadRequestError(f"Body is not valid JSON ({error})") from None
-        if not isinstance(body, dict):
-            raise _BadRequestError("Body must be a JSON object")
-        return body
-
-    def _notFound(self, request: IRequest, message: str = "Not found") -> bytes:
-        return jsonResponse(request, 404, errorBody(404, message))
-
-    def _ok(self, request: IRequest, body: Any, status: int = 200) -> bytes:
-        return jsonResponse(request, status, body)
-
-    def _unavailable(self, request: IRequest) -> bytes:
-        # The storage logged the outage (once); nothing about this request was wrong.
-        request.setHeader(b"Retry-After", str(STORAGE_RETRY_AFTER).encode())
-        return jsonResponse(request, 503, errorBody(503, STORAGE_UNAVAILABLE))
-
-    async def _guard(self, request: IRequest, handler: Any, *args: Any) -> bytes:
+    async def _guard(self, request: IRequest, handler: Any, **params: Any) -> bytes:
         """Admin auth, then the handler; bad input is a 400, anything unexpected a logged 500."""
         try:
-            user = await self._admin(request)
+            user = await self.authority.authenticate(request)
         except LoginThrottledError as throttled:
             return throttledAnswer(request, throttled)
         except StorageUnavailableError:
-            return self._unavailable(request)
+            return _unavailable(request)
         except Exception:
             self._log.failure("admin authentication failed")
             return jsonResponse(request, 500, errorBody(500, "Internal server error"))
         if user is None:
             return self.authority.challenge(request)
         try:
-            result: bytes = await handler(request, user, *args)
+            result: bytes = await handler(request, user, **params)
             return result
         except _BadRequestError as error:
             return jsonResponse(request, 400, errorBody(400, str(error)))
         except NoSuchThing:
             # Deleted by someone else between our check and our change.
-            return self._notFound(request)
+            return _notFound(request)
         except StorageUnavailableError:
-            return self._unavailable(request)
+            return _unavailable(request)
         except Exception:
             self._log.failure("admin request {method} {path} failed", method=request.method, path=request.uri)
             return jsonResponse(request, 500, errorBody(500, "Internal server error"))
@@ -214,49 +270,35 @@ class AdminApp:
     # info
 
     @app.route("/admin/api/info", methods=["GET"])
-    async def info(self, request: IRequest) -> bytes:
-        return await self._guard(request, self._info)
-
-    async def _info(self, request: IRequest, user: AdminUser) -> bytes:
-        return self._ok(
+    @_guarded
+    async def info(self, request: IRequest, user: AdminUser) -> bytes:
+        return jsonResponse(
             request,
+            200,
             {
                 "username": user.username,
                 "root": user.root,
                 "environments": [{"name": e.name, "url": e.url} for e in self.config.environments],
-                "environment": self._environmentName(request),
+                "environment": _environmentName(self.config, request),
                 "version": pandapush.__version__,
             },
         )
 
-    def _environmentName(self, request: IRequest) -> str | None:
-        if self.config.environment:
-            return self.config.environment
-        host = (header(request, b"host") or "").lower()
-        for environment in self.config.environments:
-            if urlsplit(environment.url).netloc.lower() == host:
-                return environment.name
-        return None
-
     # applications
 
     @app.route("/admin/api/applications", methods=["GET"])
-    async def applications(self, request: IRequest) -> bytes:
-        return await self._guard(request, self._applications)
-
-    async def _applications(self, request: IRequest, user: AdminUser) -> bytes:
+    @_guarded
+    async def applications(self, request: IRequest, user: AdminUser) -> bytes:
         if user.root:
             found = await self.storage.listApplications()
         else:
             found = await self.storage.listApplicationsAdministeredBy(user.username)
-        return self._ok(request, [a.publicDict() for a in found])
+        return jsonResponse(request, 200, [a.publicDict() for a in found])
 
     @app.route("/admin/api/applications", methods=["POST"])
-    async def createApplication(self, request: IRequest) -> bytes:
-        return await self._guard(request, self._createApplication)
-
-    async def _createApplication(self, request: IRequest, user: AdminUser) -> bytes:
-        body = self._body(request)
+    @_guarded
+    async def createApplication(self, request: IRequest, user: AdminUser) -> bytes:
+        body = _jsonBody(request)
         name = body.get("name")
         if not isinstance(name, str) or not name.strip():
             raise _BadRequestError("name is required")
@@ -267,60 +309,38 @@ class AdminApp:
         self._log.info("admin {user} created application {appId}", user=user.username, appId=application.id)
         record = application.publicDict()
         shown = {k: record.get(k) for k in ("id", "name", "created_by", "created_at")}
-        return self._ok(request, shown, 201)
+        return jsonResponse(request, 201, shown)
 
     @app.route("/admin/api/application/<appId>", methods=["GET"])
-    async def application(self, request: IRequest, appId: str) -> bytes:
-        return await self._guard(request, self._application, appId)
-
-    async def _application(self, request: IRequest, user: AdminUser, appId: str) -> bytes:
+    @_guarded
+    async def application(self, request: IRequest, user: AdminUser, appId: str) -> bytes:
         application = await self._visibleApplication(user, appId)
         if application is None:
-            return self._notFound(request)
+            return _notFound(request)
         keys = await self.storage.listKeys(appId)
         response = application.publicDict()
         response["keys"] = [k.publicDict() for k in keys]
-        return self._ok(request, response)
+        return jsonResponse(request, 200, response)
 
     @app.route("/admin/api/application/<appId>", methods=["POST"])
-    async def updateApplication(self, request: IRequest, appId: str) -> bytes:
-        return await self._guard(request, self._updateApplication, appId)
-
-    async def _updateApplication(self, request: IRequest, user: AdminUser, appId: str) -> bytes:
-        body = self._body(request)
+    @_guarded
+    async def updateApplication(self, request: IRequest, user: AdminUser, appId: str) -> bytes:
+        body = _jsonBody(request)
         if await self._visibleApplication(user, appId) is None:
-            return self._notFound(request)
-        name = body.get("name")
-        if name is not None and (not isinstance(name, str) or not name.strip()):
-            raise _BadRequestError("name must be a non-empty string")
-        admins = body.get("admins")
-        if admins is not None and (
-            not isinstance(admins, list) or not all(isinstance(a, str) and a.strip() for a in admins)
-        ):
-            raise _BadRequestError("admins must be a list of user names")
-        cleaned = sorted({a.strip() for a in admins}) if admins is not None else None
-        origins = body.get("allowed_origins")
-        if origins is not None:
-            if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
-                raise _BadRequestError("allowed_origins must be a list of origins (scheme://host[:port])")
-            try:
-                origins = list(normalOrigins(origins))
-            except ValueError as error:
-                raise _BadRequestError(f"allowed_origins: {error}") from None
-        await self.storage.updateApplication(appId, name.strip() if name else None, cleaned, origins)
+            return _notFound(request)
+        name, admins, origins = _applicationChanges(body)
+        await self.storage.updateApplication(appId, name, admins, origins)
         if origins is not None:
             # Every node forgets the application's cached origin list (keysync carries it).
             self.keys.invalidateApp(appId)
         self._log.info("admin {user} updated application {appId}", user=user.username, appId=appId)
-        return self._ok(request, {"id": appId})
+        return jsonResponse(request, 200, {"id": appId})
 
     @app.route("/admin/api/application/<appId>", methods=["DELETE"])
-    async def deleteApplication(self, request: IRequest, appId: str) -> bytes:
-        return await self._guard(request, self._deleteApplication, appId)
-
-    async def _deleteApplication(self, request: IRequest, user: AdminUser, appId: str) -> bytes:
+    @_guarded
+    async def deleteApplication(self, request: IRequest, user: AdminUser, appId: str) -> bytes:
         if await self._visibleApplication(user, appId) is None:
-            return self._notFound(request)
+            return _notFound(request)
         await self.storage.deleteApplication(appId)
         self.keys.invalidateApp(appId)
         self._log.info("admin {user} deleted application {appId}", user=user.username, appId=appId)
@@ -328,34 +348,28 @@ class AdminApp:
         return b"OK"
 
     @app.route("/admin/api/application/<appId>/stats", methods=["GET"])
-    async def stats(self, request: IRequest, appId: str) -> bytes:
-        return await self._guard(request, self._stats, appId)
-
-    async def _stats(self, request: IRequest, user: AdminUser, appId: str) -> bytes:
+    @_guarded
+    async def stats(self, request: IRequest, user: AdminUser, appId: str) -> bytes:
         if self.statistics is None or await self._visibleApplication(user, appId) is None:
-            return self._notFound(request)
-        return self._ok(request, self.statistics(appId))
+            return _notFound(request)
+        return jsonResponse(request, 200, self.statistics(appId))
 
     # keys
 
     @app.route("/admin/api/application/<appId>/keys", methods=["GET"])
-    async def listKeys(self, request: IRequest, appId: str) -> bytes:
-        return await self._guard(request, self._listKeys, appId)
-
-    async def _listKeys(self, request: IRequest, user: AdminUser, appId: str) -> bytes:
+    @_guarded
+    async def listKeys(self, request: IRequest, user: AdminUser, appId: str) -> bytes:
         if await self._visibleApplication(user, appId) is None:
-            return self._notFound(request)
+            return _notFound(request)
         keys = await self.storage.listKeys(appId)
-        return self._ok(request, [k.publicDict() for k in keys])
+        return jsonResponse(request, 200, [k.publicDict() for k in keys])
 
     @app.route("/admin/api/application/<appId>/keys", methods=["POST"])
-    async def createKey(self, request: IRequest, appId: str) -> bytes:
-        return await self._guard(request, self._createKey, appId)
-
-    async def _createKey(self, request: IRequest, user: AdminUser, appId: str) -> bytes:
-        body = self._body(request)
+    @_guarded
+    async def createKey(self, request: IRequest, user: AdminUser, appId: str) -> bytes:
+        body = _jsonBody(request)
         if await self._visibleApplication(user, appId) is None:
-            return self._notFound(request)
+            return _notFound(request)
         expires = _parseTime(body.get("expires"), "expires")
         purpose = body.get("purpose") or ""
         if not isinstance(purpose, str):
@@ -365,32 +379,28 @@ class AdminApp:
         self._log.info(
             "admin {user} created key {keyId} for {appId}", user=user.username, keyId=key.id, appId=appId
         )
-        return self._ok(request, key.secretDict())
+        return jsonResponse(request, 200, key.secretDict())
 
     @app.route("/admin/api/application/<appId>/keys/<keyId>/revoke", methods=["POST"])
-    async def revokeKey(self, request: IRequest, appId: str, keyId: str) -> bytes:
-        return await self._guard(request, self._revokeKey, appId, keyId)
-
-    async def _revokeKey(self, request: IRequest, user: AdminUser, appId: str, keyId: str) -> bytes:
-        self._body(request)  # the content type check: no cross-site form posts
+    @_guarded
+    async def revokeKey(self, request: IRequest, user: AdminUser, appId: str, keyId: str) -> bytes:
+        _jsonBody(request)  # the content type check: no cross-site form posts
         key = await self._visibleKey(user, appId, keyId)
         if key is None:
-            return self._notFound(request, "could not find key")
+            return _notFound(request, "could not find key")
         revoked = await self.storage.revokeKey(keyId)
         self.keys.invalidate(keyId)
         self._log.info(
             "admin {user} revoked key {keyId} of {appId}", user=user.username, keyId=keyId, appId=appId
         )
-        return self._ok(request, revoked.publicDict())
+        return jsonResponse(request, 200, revoked.publicDict())
 
     @app.route("/admin/api/application/<appId>/keys/<keyId>", methods=["DELETE"])
-    async def deleteKey(self, request: IRequest, appId: str, keyId: str) -> bytes:
-        return await self._guard(request, self._deleteKey, appId, keyId)
-
-    async def _deleteKey(self, request: IRequest, user: AdminUser, appId: str, keyId: str) -> bytes:
+    @_guarded
+    async def deleteKey(self, request: IRequest, user: AdminUser, appId: str, keyId: str) -> bytes:
         key = await self._visibleKey(user, appId, keyId)
         if key is None:
-            return self._notFound(request, "could not find key")
+            return _notFound(request, "could not find key")
         await self.storage.deleteKey(keyId)
         self.keys.invalidate(keyId)
         self._log.info(
@@ -408,17 +418,20 @@ class AdminApp:
     # tokens
 
     @app.route("/admin/api/application/<appId>/token", methods=["POST"])
-    async def consoleToken(self, request: IRequest, appId: str) -> bytes:
-        return await self._guard(request, self._token, appId, None)
+    @_guarded
+    async def consoleToken(self, request: IRequest, user: AdminUser, appId: str) -> bytes:
+        """A token signed by the application's "web console" key (made the first time)."""
+        return await self._token(request, user, appId, None)
 
     @app.route("/admin/api/application/<appId>/keys/<keyId>/token", methods=["POST"])
-    async def keyToken(self, request: IRequest, appId: str, keyId: str) -> bytes:
-        return await self._guard(request, self._token, appId, keyId)
+    @_guarded
+    async def keyToken(self, request: IRequest, user: AdminUser, appId: str, keyId: str) -> bytes:
+        return await self._token(request, user, appId, keyId)
 
     async def _token(self, request: IRequest, user: AdminUser, appId: str, keyId: str | None) -> bytes:
-        body = self._body(request)
+        body = _jsonBody(request)
         if await self._visibleApplication(user, appId) is None:
-            return self._notFound(request)
+            return _notFound(request)
         channel = body.get("channel")
         parsed = parseChannel(channel, SUBSCRIBE)
         if parsed is None or parsed.appId != appId:
@@ -428,18 +441,12 @@ class AdminApp:
         if keyId is not None:
             found = await self._visibleKey(user, appId, keyId)
             if found is None:
-                return self._notFound(request, "could not find key")
+                return _notFound(request, "could not find key")
             key = found
         else:
             key = await self.storage.getOrCreateKey(appId, WEB_CONSOLE_PURPOSE, user.username)
             self.keys.invalidate(key.id)
-        # A flag not given stays out of the token (granting as little as false).
-        pub, sub = ((body[flag] is True) if body.get(flag) is not None else None for flag in ("pub", "sub"))
-        presence = body.get("presence")
-        if presence is not None:
-            presenceId = presence.get("id") if isinstance(presence, dict) else None
-            if not isinstance(presenceId, str | int) or isinstance(presenceId, bool) or presenceId == "":
-                raise _BadRequestError("presence must be an object with an id")
+        pub, sub, presence = _grants(body)
         try:
             token = mintToken(
                 key.id,
@@ -454,20 +461,20 @@ class AdminApp:
             )
         except ValueError as refused:
             raise _BadRequestError(str(refused)) from None
-        return self._ok(request, {"token": token})
+        return jsonResponse(request, 200, {"token": token})
 
     # everything else
 
     @app.route("/admin/api/", branch=True)
     async def apiNotFound(self, request: IRequest) -> bytes:
         async def missing(request: IRequest, user: AdminUser) -> bytes:
-            return self._notFound(request)
+            return _notFound(request)
 
         return await self._guard(request, missing)
 
     @app.handle_errors(NotFound)
     def notFound(self, request: IRequest, failure: Any) -> bytes:
-        return self._notFound(request)
+        return _notFound(request)
 
     @app.handle_errors(MethodNotAllowed)
     def notAllowed(self, request: IRequest, failure: Any) -> bytes:
