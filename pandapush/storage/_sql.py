@@ -1,15 +1,17 @@
 """The relational implementation of :class:`IStorage`, shared by SQLite and PostgreSQL.
 
 Queries are written once with ``?`` placeholders; a :class:`Dialect` turns them into
-the driver's paramstyle and converts times. Every ``*_txn`` method runs in a
-database thread through ``ConnectionPool.runInteraction``, so each call is one
-transaction and the reactor never waits on the database.
+the driver's paramstyle and converts times. Every ``*_txn`` method (the SQL, in
+:mod:`pandapush.storage._queries`) runs in a database thread through
+``ConnectionPool.runInteraction``, so each call is one transaction and the reactor
+never waits on the database; this module is how a call gets there: the pool, the
+per-call deadline, and telling an outage from an error.
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from twisted.enterprise import adbapi
@@ -21,11 +23,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pandapush.storage import ids, migrations
-from pandapush.storage._common import checkName, normalAdmins, normalOrigins, utcnow
+from pandapush.storage._common import normalAdmins, normalOrigins, utcnow
+from pandapush.storage._queries import SQLQueries
 from pandapush.storage.errors import (
-    AlreadyExistsError,
-    NoSuchApplicationError,
-    NoSuchKeyError,
     SchemaOutOfDateError,
     StorageUnavailableError,
 )
@@ -45,12 +45,6 @@ DEFAULT_QUERY_TIMEOUT = 10.0
 #: unreachable host: connecting takes the whole deadline), further calls fail at once
 #: instead of queueing behind it in the pool's few threads.
 STUCK_AFTER = 1.0
-
-_APP_COLUMNS = "id, name, created_by, created_at, updated_at, allowed_origins"
-_KEY_COLUMNS = (
-    "id, application_id, secret, expires, purpose, created_by, created_at, updated_at,"
-    " last_used, use_count, revoked_at"
-)
 
 
 class Dialect:
@@ -98,11 +92,6 @@ def _ping_txn(txn: Any) -> None:
     txn.fetchall()
 
 
-def _require(value: datetime.datetime | None) -> datetime.datetime:
-    assert value is not None
-    return value
-
-
 @implementer(IStorage)
 class SQLStorage:
     """:class:`IStorage` over an ``adbapi.ConnectionPool``; subclasses choose the driver and dialect."""
@@ -125,6 +114,8 @@ class SQLStorage:
         self.pool = pool
         self.dialect = dialect
         self._now = now
+        #: The SQL of every call (``*_txn``), run here through :meth:`_run`.
+        self.queries = SQLQueries(dialect, now)
         if migrateAtStart is not None:
             self.migrateAtStart = migrateAtStart
         self.queryTimeout = queryTimeout
@@ -233,9 +224,6 @@ class SQLStorage:
             return {"status": "ok"}
         return {"status": "unavailable", "since": self.unavailableSince, "reason": self.unavailableReason}
 
-    def _x(self, txn: Any, query: str, params: Sequence[Any] = ()) -> None:
-        txn.execute(self.dialect.sql(query), tuple(params))
-
     # lifecycle
 
     @inlineCallbacks
@@ -264,36 +252,6 @@ class SQLStorage:
     def schemaVersion(self) -> Deferred[int]:
         return self._run(False, migrations.currentVersion_txn, self.dialect, deadline=False)
 
-    # rows to records
-
-    def _app(self, row: Sequence[Any], admins: Iterable[str]) -> Application:
-        fromDb = self.dialect.fromDb
-        return Application(
-            id=row[0],
-            name=row[1],
-            created_by=row[2] or "",
-            created_at=_require(fromDb(row[3])),
-            updated_at=_require(fromDb(row[4])),
-            admins=tuple(sorted(admins)),
-            allowed_origins=tuple((row[5] or "").split()),
-        )
-
-    def _key(self, row: Sequence[Any]) -> Key:
-        fromDb = self.dialect.fromDb
-        return Key(
-            id=row[0],
-            application_id=row[1],
-            secret=row[2],
-            expires=fromDb(row[3]),
-            purpose=row[4] or "",
-            created_by=row[5] or "",
-            created_at=_require(fromDb(row[6])),
-            updated_at=_require(fromDb(row[7])),
-            last_used=fromDb(row[8]),
-            use_count=int(row[9] or 0),
-            revoked_at=fromDb(row[10]),
-        )
-
     # applications
 
     def createApplication(
@@ -301,70 +259,23 @@ class SQLStorage:
     ) -> Deferred[Application]:
         return self._run(
             True,
-            self._createApplication_txn,
+            self.queries.createApplication_txn,
             name,
             createdBy or "",
             normalAdmins(admins),
             applicationId or ids.newApplicationId(),
         )
 
-    def _createApplication_txn(
-        self, txn: Any, name: str, createdBy: str, admins: tuple[str, ...], appId: str
-    ) -> Application:
-        checkName(name)
-        self._x(txn, "SELECT 1 FROM applications WHERE id = ?", (appId,))
-        if txn.fetchone() is not None:
-            raise AlreadyExistsError(f"application {appId} exists already")
-        now = self.dialect.toDb(self._now())
-        self._x(
-            txn,
-            f"INSERT INTO applications ({_APP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-            (appId, name, createdBy, now, now, ""),
-        )
-        self._setAdmins_txn(txn, appId, admins)
-        app = self._getApplication_txn(txn, appId)
-        assert app is not None
-        return app
-
-    def _setAdmins_txn(self, txn: Any, appId: str, admins: tuple[str, ...]) -> None:
-        self._x(txn, "DELETE FROM application_admins WHERE application_id = ?", (appId,))
-        for username in admins:
-            self._x(
-                txn,
-                "INSERT INTO application_admins (application_id, username) VALUES (?, ?)",
-                (appId, username),
-            )
-
     def getApplication(self, applicationId: str) -> Deferred[Application | None]:
-        return self._run(False, self._getApplication_txn, applicationId)
-
-    def _getApplication_txn(self, txn: Any, appId: str) -> Application | None:
-        self._x(txn, f"SELECT {_APP_COLUMNS} FROM applications WHERE id = ?", (appId,))
-        row = txn.fetchone()
-        if row is None:
-            return None
-        self._x(txn, "SELECT username FROM application_admins WHERE application_id = ?", (appId,))
-        return self._app(row, (r[0] for r in txn.fetchall()))
-
-    def _listApplications_txn(
-        self, txn: Any, appWhere: str, adminWhere: str, params: Sequence[Any]
-    ) -> list[Application]:
-        # Two queries rather than one per application: admins for all of them at once.
-        self._x(txn, f"SELECT {_APP_COLUMNS} FROM applications {appWhere} ORDER BY created_at, id", params)
-        rows = txn.fetchall()
-        self._x(txn, f"SELECT application_id, username FROM application_admins {adminWhere}", params)
-        admins: dict[str, list[str]] = {}
-        for appId, username in txn.fetchall():
-            admins.setdefault(appId, []).append(username)
-        return [self._app(row, admins.get(row[0], ())) for row in rows]
+        return self._run(False, self.queries.getApplication_txn, applicationId)
 
     def listApplications(self) -> Deferred[list[Application]]:
-        return self._run(False, self._listApplications_txn, "", "", ())
+        return self._run(False, self.queries.listApplications_txn, "", "", ())
 
     def listApplicationsAdministeredBy(self, username: str) -> Deferred[list[Application]]:
         return self._run(
             False,
-            self._listApplications_txn,
+            self.queries.listApplications_txn,
             "WHERE id IN (SELECT application_id FROM application_admins WHERE username = ?)",
             "WHERE application_id IN (SELECT application_id FROM application_admins WHERE username = ?)",
             (username,),
@@ -384,51 +295,15 @@ class SQLStorage:
             return defer.fail()
         return self._run(
             True,
-            self._updateApplication_txn,
+            self.queries.updateApplication_txn,
             applicationId,
             name,
             None if admins is None else normalAdmins(admins),
             origins,
         )
 
-    def _updateApplication_txn(
-        self,
-        txn: Any,
-        appId: str,
-        name: str | None,
-        admins: tuple[str, ...] | None,
-        origins: tuple[str, ...] | None = None,
-    ) -> Application:
-        if name is not None:
-            checkName(name)
-        now = self.dialect.toDb(self._now())
-        assignments = ["updated_at = ?"]
-        params: list[Any] = [now]
-        if name is not None:
-            assignments.append("name = ?")
-            params.append(name)
-        if origins is not None:
-            assignments.append("allowed_origins = ?")
-            params.append(" ".join(origins))
-        self._x(txn, f"UPDATE applications SET {', '.join(assignments)} WHERE id = ?", (*params, appId))
-        if txn.rowcount == 0:
-            raise NoSuchApplicationError(appId)
-        if admins is not None:
-            self._setAdmins_txn(txn, appId, admins)
-        app = self._getApplication_txn(txn, appId)
-        assert app is not None
-        return app
-
     def deleteApplication(self, applicationId: str) -> Deferred[None]:
-        return self._run(True, self._deleteApplication_txn, applicationId)
-
-    def _deleteApplication_txn(self, txn: Any, appId: str) -> None:
-        # Children first and explicitly: correct even where foreign keys are not enforced.
-        self._x(txn, "DELETE FROM keys WHERE application_id = ?", (appId,))
-        self._x(txn, "DELETE FROM application_admins WHERE application_id = ?", (appId,))
-        self._x(txn, "DELETE FROM applications WHERE id = ?", (appId,))
-        if txn.rowcount == 0:
-            raise NoSuchApplicationError(appId)
+        return self._run(True, self.queries.deleteApplication_txn, applicationId)
 
     # keys
 
@@ -443,7 +318,7 @@ class SQLStorage:
     ) -> Deferred[Key]:
         return self._run(
             True,
-            self._createKey_txn,
+            self.queries.createKey_txn,
             applicationId,
             createdBy or "",
             purpose or "",
@@ -452,105 +327,22 @@ class SQLStorage:
             secret or ids.newSecret(),
         )
 
-    def _createKey_txn(
-        self,
-        txn: Any,
-        appId: str,
-        createdBy: str,
-        purpose: str,
-        expires: datetime.datetime | None,
-        keyId: str,
-        secret: str,
-    ) -> Key:
-        self._x(txn, "SELECT 1 FROM applications WHERE id = ?" + self.dialect.lockRowSuffix, (appId,))
-        if txn.fetchone() is None:
-            raise NoSuchApplicationError(appId)
-        self._x(txn, "SELECT 1 FROM keys WHERE id = ?", (keyId,))
-        if txn.fetchone() is not None:
-            raise AlreadyExistsError(f"key {keyId} exists already")
-        toDb = self.dialect.toDb
-        now = toDb(self._now())
-        self._x(
-            txn,
-            f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (keyId, appId, secret, toDb(expires), purpose, createdBy, now, now, None, 0, None),
-        )
-        key = self._getKey_txn(txn, keyId)
-        assert key is not None
-        return key
-
     def getKey(self, keyId: str) -> Deferred[Key | None]:
-        return self._run(False, self._getKey_txn, keyId)
-
-    def _getKey_txn(self, txn: Any, keyId: str) -> Key | None:
-        self._x(txn, f"SELECT {_KEY_COLUMNS} FROM keys WHERE id = ?", (keyId,))
-        row = txn.fetchone()
-        return None if row is None else self._key(row)
+        return self._run(False, self.queries.getKey_txn, keyId)
 
     def listKeys(self, applicationId: str) -> Deferred[list[Key]]:
-        return self._run(False, self._listKeys_txn, applicationId)
-
-    def _listKeys_txn(self, txn: Any, appId: str) -> list[Key]:
-        self._x(
-            txn, f"SELECT {_KEY_COLUMNS} FROM keys WHERE application_id = ? ORDER BY created_at, id", (appId,)
-        )
-        return [self._key(row) for row in txn.fetchall()]
+        return self._run(False, self.queries.listKeys_txn, applicationId)
 
     def revokeKey(self, keyId: str) -> Deferred[Key]:
-        return self._run(True, self._revokeKey_txn, keyId)
-
-    def _revokeKey_txn(self, txn: Any, keyId: str) -> Key:
-        now = self.dialect.toDb(self._now())
-        self._x(
-            txn,
-            "UPDATE keys SET revoked_at = ?, updated_at = ? WHERE id = ? AND revoked_at IS NULL",
-            (now, now, keyId),
-        )
-        key = self._getKey_txn(txn, keyId)
-        if key is None:
-            raise NoSuchKeyError(keyId)
-        return key
+        return self._run(True, self.queries.revokeKey_txn, keyId)
 
     def deleteKey(self, keyId: str) -> Deferred[None]:
-        return self._run(True, self._deleteKey_txn, keyId)
-
-    def _deleteKey_txn(self, txn: Any, keyId: str) -> None:
-        self._x(txn, "DELETE FROM keys WHERE id = ?", (keyId,))
-        if txn.rowcount == 0:
-            raise NoSuchKeyError(keyId)
+        return self._run(True, self.queries.deleteKey_txn, keyId)
 
     def recordKeyUsage(self, usage: KeyUsageBatch) -> Deferred[None]:
         toDb = self.dialect.toDb
         rows = [(int(count), toDb(lastUsed), keyId) for keyId, (count, lastUsed) in sorted(usage.items())]
-        return self._run(True, self._recordKeyUsage_txn, rows)
-
-    def _recordKeyUsage_txn(self, txn: Any, rows: list[tuple[int, Any, str]]) -> None:
-        # Sorted by key id above, so concurrent batches lock rows in the same order.
-        for count, lastUsed, keyId in rows:
-            self._x(
-                txn,
-                "UPDATE keys SET use_count = use_count + ?,"
-                " last_used = CASE WHEN last_used IS NULL OR last_used < ? THEN ? ELSE last_used END"
-                " WHERE id = ?",
-                (count, lastUsed, lastUsed, keyId),
-            )
+        return self._run(True, self.queries.recordKeyUsage_txn, rows)
 
     def getOrCreateKey(self, applicationId: str, purpose: str, createdBy: str) -> Deferred[Key]:
-        return self._run(True, self._getOrCreateKey_txn, applicationId, purpose or "", createdBy or "")
-
-    def _getOrCreateKey_txn(self, txn: Any, appId: str, purpose: str, createdBy: str) -> Key:
-        # Locking the application row (PostgreSQL; SQLite's BEGIN IMMEDIATE locks the
-        # database) keeps two nodes from each creating a console key at once.
-        self._x(txn, "SELECT 1 FROM applications WHERE id = ?" + self.dialect.lockRowSuffix, (appId,))
-        if txn.fetchone() is None:
-            raise NoSuchApplicationError(appId)
-        self._x(
-            txn,
-            f"SELECT {_KEY_COLUMNS} FROM keys WHERE application_id = ? AND purpose = ?"
-            " AND revoked_at IS NULL AND (expires IS NULL OR expires > ?) ORDER BY created_at, id",
-            (appId, purpose, self.dialect.toDb(self._now())),
-        )
-        row = txn.fetchone()
-        if row is not None:
-            return self._key(row)
-        return self._createKey_txn(txn, appId, createdBy, purpose, None, ids.newKeyId(), ids.newSecret())
+        return self._run(True, self.queries.getOrCreateKey_txn, applicationId, purpose or "", createdBy or "")
