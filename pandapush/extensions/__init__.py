@@ -10,4 +10,8 @@ They sit above :mod:`pandapush.auth` (limits and expiry read what tenancy left i
 - :mod:`~pandapush.extensions.expiry`: token-granted subscriptions end with their token;
 - :mod:`~pandapush.extensions.statistics`: per-application figures and the meta channels;
 - :mod:`~pandapush.extensions.metrics`: Prometheus counters and gauges (``/metrics``).
+
+None of them adds itself to the router's extensions: ``pandapush.tap.makeService`` adds
+them, from one ordered list, and says there why in that order. (Those that follow the
+engine register as its listeners when they are made.)
 """
