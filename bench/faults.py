@@ -9,7 +9,7 @@ Faults under traffic, measured end to end on two real nodes over Redis (issue 7)
 Everything runs on 127.0.0.1 and stops by itself. For each fault and run it starts, from
 scratch: a ``redis-server`` of its own on a free port (``--save "" --appendonly no``: a
 restart comes back empty, as a Redis without persistence does), an SQLite file of its
-own, and two pandapush nodes A and B (``tests/support/server.py``'s ``PandapushProcess``:
+own, and two pandapush nodes A and B (``tests/support/process.py``'s ``PandapushProcess``:
 ``python -m twisted pandapush`` with ``--redis-hosts``, server defaults otherwise, so
 ``--client-expiry 10``, ``--timeout 30``, ``--shutdown-grace 5``). By default the nodes run
 a ``git archive`` snapshot of HEAD, so uncommitted edits in the checkout do not change the
@@ -75,7 +75,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint  # noqa: E402
 from twisted.web.client import HTTPConnectionPool  # noqa: E402
 
 from pandapush.tokens import mintToken  # noqa: E402
-from tests.support.server import PandapushProcess, freePort  # noqa: E402
+from tests.support.ports import freePort  # noqa: E402
+from tests.support.process import PandapushProcess  # noqa: E402
 
 APP = "faultsapp00000000001"
 KEY = "PSIDfaults0000000001"

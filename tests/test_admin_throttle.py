@@ -20,7 +20,7 @@ from pandapush.web.admin import AdminApp
 from pandapush.web.adminauth import AdminAuthority, BasicAdminAuth
 from pandapush.web.adminui import AdminResource, AdminUIResource
 from pandapush.web.http import ProxyTrust
-from tests.inprocess import InProcessServer
+from tests.support.inprocess import InProcessServer
 
 IP = ["ip:10.0.0.1"]
 

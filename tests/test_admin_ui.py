@@ -14,7 +14,7 @@ from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from pandapush.web.adminui import ADMIN_STATIC_DIR, AdminUIResource
-from tests.browser_admin.server import ADMIN_PASSWORD, ADMIN_USER, ConsoleServer
+from tests.support.inprocess import ADMIN_PASSWORD, ADMIN_USER, InProcessServer
 
 AUTH = {b"Authorization": [b"Basic " + base64.b64encode(f"{ADMIN_USER}:{ADMIN_PASSWORD}".encode())]}
 WRONG = {b"Authorization": [b"Basic " + base64.b64encode(f"{ADMIN_USER}:nope".encode())]}
@@ -78,8 +78,8 @@ class FileForTests(TestCase):
 class ServedTests(TestCase):
     """Over HTTP, mounted the way the server mounts it (API first, console for the rest)."""
 
-    async def _start(self) -> ConsoleServer:
-        server = ConsoleServer()
+    async def _start(self) -> InProcessServer:
+        server = InProcessServer.withConsole()
         await server.start()
         self.addCleanup(server.stop)
         return server

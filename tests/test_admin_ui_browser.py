@@ -19,9 +19,10 @@ import treq
 from twisted.internet import defer
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.browser.support import BrowserThread, chromiumAvailable
-from tests.browser_admin.server import ADMIN_PASSWORD, ADMIN_USER, ConsoleServer
-from tests.browser_admin.support import ConsolePage, Http
+from tests.support.browser import BrowserThread, chromiumAvailable
+from tests.support.console import ConsolePage, Http
+from tests.support.inprocess import ADMIN_PASSWORD, ADMIN_USER, InProcessServer
+from tests.support.process import PandapushProcess
 
 _unavailable = chromiumAvailable()
 
@@ -67,6 +68,7 @@ AUDIT = """() => {
 
 class ConsoleTestCase(TestCase):
     timeout = 180
+    server: InProcessServer | PandapushProcess
 
     def setUp(self) -> Any:
         if _unavailable:
@@ -74,7 +76,7 @@ class ConsoleTestCase(TestCase):
         return defer.Deferred.fromCoroutine(self._setUp())
 
     async def _setUp(self) -> None:
-        self.server = ConsoleServer(statsInterval=0.5)
+        self.server = InProcessServer.withConsole(statsInterval=0.5)
         await self.server.start()
         self.addCleanup(self.server.stop)
         self.browser = BrowserThread()
@@ -564,7 +566,7 @@ class EnvironmentsTests(ConsoleTestCase):
     """``ENVIRONMENTS``: the header links to the console of each, the current one marked."""
 
     async def _setUp(self) -> None:
-        self.server = ConsoleServer(
+        self.server = InProcessServer.withConsole(
             environ={"ENVIRONMENTS": "staging,https://staging.example;production,https://push.example/"}
         )
         await self.server.start()
@@ -596,11 +598,9 @@ class RealServerTests(ConsoleTestCase):
     """
 
     async def _setUp(self) -> None:
-        from tests.support.server import PandapushProcess
-
         env = {"DATABASE": "memory", "AUTH_METHOD": "basic", "ADMIN_USERNAME": ADMIN_USER}
         env["ADMIN_PASSWORD"] = ADMIN_PASSWORD
-        self.server = await PandapushProcess.started(self, "--timeout", "5", env=env)  # type: ignore[assignment]
+        self.server = await PandapushProcess.started(self, "--timeout", "5", env=env)
         self.http = Http(self.server.url)
         response = await treq.get(
             self.server.url + "/admin/ui/main.js", auth=(ADMIN_USER, ADMIN_PASSWORD), persistent=False

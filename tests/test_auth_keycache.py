@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from pandapush.auth.keycache import KeyCache, KeyUsageFlusher
-from tests.support_auth import APP, KEY, NOW, SECRET, FakeKey, FakeKeyStore, at
+from tests.support.auth import APP, KEY, NOW, SECRET, FakeKey, FakeKeyStore, at
 
 
 def result(d: Deferred[Any]) -> Any:

@@ -1,4 +1,16 @@
-"""Third-party admin auth methods found as Twisted plugins and checked before use."""
+"""Third-party admin auth methods found as Twisted plugins and checked before use.
+
+This module also holds the example third-party admin auth method (:class:`HeaderAdminAuthPlugin`,
+what docs/extending.md points to): admins are named by a trusted reverse proxy (an SSO
+gateway) in a request header. A real plugin ships the two classes in its own package and a
+one-line drop-in in ``twisted/plugins/`` (``from mypackage.pandapush_auth import
+headerAdminAuth``), or names the plugin object in its packaging::
+
+    [project.entry-points."pandapush.admin_auth"]
+    header = "mypackage.pandapush_auth:headerAdminAuth"
+
+Then ``AUTH_METHOD=header`` selects it.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +21,13 @@ import uuid
 from typing import Any
 
 from treq.testing import StubTreq
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
+from twisted.plugin import IPlugin
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from pandapush.auth.admin import AdminAuthError
 from pandapush.auth.config import TenancyConfig
@@ -19,11 +35,52 @@ from pandapush.auth.keycache import KeyCache
 from pandapush.bayeux import json
 from pandapush.storage.memory import MemoryStorage
 from pandapush.web.admin import AdminApp
-from pandapush.web.adminauth import findAdminAuthPlugins, makeAdminAuthority
-from tests.support_auth import HeaderAdminAuthPlugin
+from pandapush.web.adminauth import IAdminAuth, IAdminAuthPlugin, findAdminAuthPlugins, makeAdminAuthority
+from pandapush.web.http import errorBody, jsonResponse
 
-DROPIN = "from tests.support_auth import headerAdminAuth\n"
-BROKEN = "from tests.support_auth import brokenAdminAuth\n"
+
+@implementer(IAdminAuth)
+class HeaderAdminAuth:
+    """Trusts ``X-Remote-User`` as set by an authenticating proxy in front of pandapush."""
+
+    name = "header"
+
+    def __init__(self, headerName: bytes = b"x-remote-user") -> None:
+        self.headerName = headerName
+
+    def authenticate(self, request: Any) -> Deferred[str | None]:
+        value = request.getHeader(self.headerName)
+        return defer.succeed(value.decode("utf-8") if value else None)
+
+    def challenge(self, request: Any) -> bytes:
+        return jsonResponse(request, 403, errorBody(403, "Log in through the SSO gateway"))
+
+
+@implementer(IPlugin, IAdminAuthPlugin)
+class HeaderAdminAuthPlugin:
+    name = "header"
+    description = "Admins named by a trusted proxy's X-Remote-User header"
+
+    def makeAdminAuth(self, config: Any) -> IAdminAuth:
+        return HeaderAdminAuth()
+
+
+headerAdminAuth = HeaderAdminAuthPlugin()  # noqa: N816 (as a drop-in names it)
+
+
+@implementer(IPlugin, IAdminAuthPlugin)
+class BrokenAdminAuthPlugin:
+    """Declares the interface but lacks ``makeAdminAuth``: refused by verifyObject."""
+
+    name = "broken"
+    description = "missing its factory"
+
+
+brokenAdminAuth = BrokenAdminAuthPlugin()  # noqa: N816
+
+
+DROPIN = "from tests.test_auth_plugins import headerAdminAuth\n"
+BROKEN = "from tests.test_auth_plugins import brokenAdminAuth\n"
 
 
 class AdminAuthPluginTests(SynchronousTestCase):

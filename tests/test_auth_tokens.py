@@ -26,7 +26,7 @@ from pandapush.auth.checkers import (
 from pandapush.auth.credentials import BearerToken, IBearerToken, IKeySecret, KeySecret
 from pandapush.auth.keycache import KeyCache
 from pandapush.auth.rules import PUBLISH, SUBSCRIBE, Allowed, Refusal
-from tests.support_auth import APP, KEY, NOW, OTHER_APP, SECRET, FakeKey, FakeKeyStore, at, token
+from tests.support.auth import APP, KEY, NOW, OTHER_APP, SECRET, FakeKey, FakeKeyStore, at, token
 
 
 def _b64(value: bytes) -> str:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Any
 
 from twisted.internet import utils
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
-from tests.support.server import REPO_ROOT, PandapushProcess
+from tests.support import REPO_ROOT
+from tests.support.process import PandapushProcess, seededEnvironment
+from tests.support.requirements import missing, requireExecutable
 
 BENCH = REPO_ROOT / "bench"
 APP = "BENCHbenchBENCHbench"
@@ -26,17 +27,9 @@ SECRET = "bench-secret-0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 def _requireGenerator() -> str:
-    node = shutil.which("node")
-    reason = None
-    if node is None:
-        reason = "node is not installed"
-    elif not (BENCH / "node_modules" / "ws" / "package.json").exists():
-        reason = f"bench's Node packages are not installed: run `npm ci` in {BENCH}"
-    if reason is not None:
-        if os.environ.get("PANDAPUSH_E2E_REQUIRED") == "1":
-            raise AssertionError(reason + " (PANDAPUSH_E2E_REQUIRED=1)")
-        raise SkipTest(reason)
-    assert node is not None
+    node = requireExecutable("node", "apt-get install nodejs")
+    if not (BENCH / "node_modules" / "ws" / "package.json").exists():
+        missing(f"bench's Node packages are not installed: run `npm ci` in {BENCH}")
     return node
 
 
@@ -45,9 +38,7 @@ class LoadGeneratorSmokeTests(TestCase):
 
     async def _generate(self, *args: str) -> dict[str, Any]:
         node = _requireGenerator()
-        server = await PandapushProcess.started(
-            self, env={"DEV_APPLICATION_ID": APP, "DEV_KEY_ID": KEY, "DEV_KEY_SECRET": SECRET}
-        )
+        server = await PandapushProcess.started(self, env=seededEnvironment(APP, KEY, SECRET))
         out, err, code = await utils.getProcessOutputAndValue(
             node,
             [

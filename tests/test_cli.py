@@ -23,7 +23,7 @@ from pandapush import cli
 from pandapush.auth.keysync import keysChannel
 from pandapush.redis import RedisAddress, RedisSubscriber
 from pandapush.storage import ids
-from tests.bayeux_clients import eventually
+from tests.support.waiting import eventually
 from tests.test_publisher import RecordingChannelResource
 from tests.test_storage import POSTGRES, postgresSchema
 
@@ -626,8 +626,8 @@ class AgainstServerTests(CLITestCase):
         A token the command mints opens the channel on the server, and upstream's
         ``{text:"hi"}`` published by the command reaches the subscriber as an object.
         """
-        from tests.bayeux_clients import WSClient
-        from tests.support.server import PandapushProcess
+        from tests.support.bayeux import WSClient
+        from tests.support.process import PandapushProcess
 
         app = await self.makeApp()
         key = await self.makeKey(app["id"])
@@ -655,7 +655,7 @@ class KeyBroadcastTests(CLITestCase):
     """
 
     async def setUp(self) -> None:  # type: ignore[override]
-        from tests.test_multinode_keysync import redisReachable
+        from tests.support.redis import redisReachable
 
         super().setUp()
         if not redisReachable():
@@ -751,7 +751,7 @@ class KeyBroadcastTests(CLITestCase):
 
     async def test_redisUnreachable(self) -> None:
         """Redis down: the key is revoked all the same, a warning names the delay, the status is 0."""
-        from tests.support.server import freePort
+        from tests.support.ports import freePort
 
         app = await self.makeApp()
         key = await self.makeKey(app["id"])

@@ -22,7 +22,7 @@ import jwt
 import treq
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.browser.support import (
+from tests.support.browser import (
     ARTIFACTS,
     BROWSER_DIR,
     BrowserThread,
@@ -31,7 +31,8 @@ from tests.browser.support import (
     chromiumAvailable,
     clientFile,
 )
-from tests.support.server import PandapushProcess, sleep
+from tests.support.process import PandapushProcess
+from tests.support.waiting import sleep
 
 APP = "clientjsTestApp00001"
 KEY = "PSIDclientjsTestK01"[:4] + "clientjsTestKey1"

@@ -24,6 +24,7 @@ from typing import Any
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
+from tests.support import REPO_ROOT
 from tests.support.compose import COMPOSE_PATH, InterpolationError, interpolate, loadYaml
 from tests.support.container import missing
 from tests.support.deploy import (
@@ -38,7 +39,7 @@ from tests.support.deploy import (
 from tests.support.nginx import CONFIG_PATH as NGINX_CONFIG
 from tests.support.nginx import parseConfig
 from tests.support.postgres import OwnPostgres
-from tests.support.server import REPO_ROOT, PandapushProcess, ServerFailedError
+from tests.support.process import PandapushProcess, ServerFailedError
 
 #: What a .env file gives Compose in this test.
 DOTENV = {"POSTGRES_PASSWORD": "pg-secret-for-test", "ADMIN_PASSWORD": "admin-secret-for-test"}

@@ -22,7 +22,7 @@ import uuid
 import treq
 from twisted.trial.unittest import TestCase
 
-from tests.bayeux_clients import HANDSHAKE, LPClient, eventually
+from tests.support.bayeux import HANDSHAKE, LPClient
 from tests.support.container import missing, requireTools, run
 from tests.support.deploy import (
     basicAuth,
@@ -33,7 +33,8 @@ from tests.support.deploy import (
     serverOptions,
 )
 from tests.support.nginx import CONFIG_PATH, Block, NginxProcess, agentFrom, parseConfig
-from tests.support.server import PandapushProcess
+from tests.support.process import PandapushProcess
+from tests.support.waiting import eventually
 
 APP, KEY, SECRET = "nginxtestapp", "PSIDnginxtestkey", "nginx-test-secret"
 ADMIN = ("admin", "nginx-admin-password")

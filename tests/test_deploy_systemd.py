@@ -34,7 +34,7 @@ from tests.support.deploy import (
     request,
     serverOptions,
 )
-from tests.support.server import freePort
+from tests.support.ports import freePort
 from tests.support.systemd import (
     ENV_EXAMPLE_PATH,
     UNIT_PATH,

@@ -17,9 +17,9 @@ from typing import Any
 import treq
 from twisted.internet import defer
 
-from tests.bayeux_clients import eventually
-from tests.support.server import sleep
-from tests.test_multinode import KEY, SECRET, AlternatingPoller, ClusterCase, channel
+from tests.support.cluster import KEY, SECRET, ClusterCase, channel
+from tests.support.failover import AlternatingPoller
+from tests.support.waiting import eventually, sleep
 
 
 class MovingPoller(AlternatingPoller):

@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 from twisted.trial.unittest import TestCase
 
 from tests.support.node import NodeResult, NodeScript, requireBrowser, requireNode
-from tests.support.server import PandapushProcess
+from tests.support.process import PandapushProcess
 
 Event = dict[str, Any]
 

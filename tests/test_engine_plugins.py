@@ -46,7 +46,7 @@ from pandapush.interfaces import IEngine, IEngineFactory
 from pandapush.redis import parseRedisHosts
 from pandapush.tap import Options, makeService
 from tests.engine_suite import EngineTestsMixin
-from tests.test_engine_redis import REDIS, deleteNamespace, requireRedis
+from tests.support.redis import REDIS, deleteNamespace, requireRedis
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,15 +9,10 @@ its keys afterwards, so parallel runs and a real deployment never collide.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import uuid
 from typing import Any
 
-from twisted.internet import defer, reactor, task
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -26,88 +21,17 @@ from pandapush.engines.redis import RedisEngine
 from pandapush.interfaces import IClientSocket, IEngine
 from pandapush.redis import HashRing, RedisAddress, RedisShard, RedisUnavailable, parseRedisHosts
 from tests.engine_suite import EngineTestsMixin, RecordingListener, RecordingSink, message
-
-REDIS = os.environ.get("PANDAPUSH_TEST_REDIS", "127.0.0.1:6379")
-
-
-def _redisReachable(address: RedisAddress) -> bool:
-    try:
-        with socket.create_connection((address.host, address.port), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
+from tests.support.redis import (
+    REDIS,
+    RedisEngineCase,
+    RedisProcess,
+    namespaceKeys,
+    requireRedisServer,
+)
+from tests.support.waiting import sleep
 
 
-def requireRedis() -> RedisAddress:
-    address = parseRedisHosts(REDIS)[0]
-    if not _redisReachable(address):
-        if os.environ.get("CI"):
-            raise AssertionError(f"CI is set but Redis is not reachable at {address.name}")
-        raise SkipTest(f"Redis not reachable at {address.name} (set CI=true to make this a failure)")
-    return address
-
-
-async def deleteNamespace(addresses: list[RedisAddress], namespace: str) -> int:
-    """Delete every key under ``namespace`` on every shard; returns how many were deleted."""
-    deleted = 0
-    for address in addresses:
-        shard = RedisShard(reactor, address)
-        try:
-            cursor = "0"
-            while True:
-                cursor, keys = await shard.execute("SCAN", cursor, "MATCH", f"{namespace}:*", "COUNT", 1000)
-                if keys:
-                    deleted += int(await shard.execute("DEL", *keys))
-                if cursor == "0":
-                    break
-        finally:
-            await shard.close()
-    return deleted
-
-
-async def namespaceKeys(address: RedisAddress, namespace: str) -> list[str]:
-    shard = RedisShard(reactor, address)
-    try:
-        return list(await shard.execute("KEYS", f"{namespace}:*"))
-    finally:
-        await shard.close()
-
-
-def sleep(seconds: float) -> defer.Deferred[None]:
-    return task.deferLater(reactor, seconds, lambda: None)  # type: ignore[arg-type]
-
-
-class _RedisCase:
-    """Namespaces, engines and their cleanup."""
-
-    hosts: str = REDIS
-    expiry = 1.0
-
-    def newNamespace(self: Any) -> str:
-        requireRedis()
-        namespace = f"pandapush-test-{uuid.uuid4().hex}"
-        addresses = parseRedisHosts(self.hosts)
-        self.addCleanup(lambda: defer.Deferred.fromCoroutine(deleteNamespace(addresses, namespace)))
-        return namespace
-
-    def newEngine(self: Any, namespace: str, **kwargs: Any) -> RedisEngine:
-        options: dict[str, Any] = {
-            "hosts": self.hosts,
-            "namespace": namespace,
-            "timeout": 30,
-            "expiry": self.expiry,
-            "sweepInterval": 0.1,
-            "commandTimeout": 2.0,
-            "handoverTimeout": 1.0,
-        }
-        options.update(kwargs)
-        engine = RedisEngine(reactor, **options)
-        self.addCleanup(engine.close)
-        return engine
-
-
-class RedisEngineTests(_RedisCase, EngineTestsMixin, TestCase):
+class RedisEngineTests(RedisEngineCase, EngineTestsMixin, TestCase):
     """The IEngine contract suite on one Redis engine (one node)."""
 
     engineName = "redis"
@@ -220,7 +144,7 @@ class ShardedRedisEngineTests(RedisEngineTests):
         self.assertEqual(await self.engine.publish(message(channel)), 1)
 
 
-class MultiNodeTests(_RedisCase, TestCase):
+class MultiNodeTests(RedisEngineCase, TestCase):
     """Three engines on one namespace behave as one service."""
 
     def setUp(self) -> Any:
@@ -538,7 +462,7 @@ class ParseHostsTests(TestCase):
             self.assertRaises(ValueError, parseRedisHosts, bad)
 
 
-class VerifyTests(_RedisCase, TestCase):
+class VerifyTests(RedisEngineCase, TestCase):
     def test_verifyObject(self) -> None:
         """RedisEngine provides IEngine."""
         self.assertTrue(verifyObject(IEngine, self.newEngine(self.newNamespace())))
@@ -560,58 +484,21 @@ class FakeSocket(RecordingSink):
         self.closed = afterReplies
 
 
-def _freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisDownTests(_RedisCase, TestCase):
+class RedisDownTests(RedisEngineCase, TestCase):
     """While Redis is down calls fail in bounded time; the engine recovers by itself."""
 
-    def startRedis(self, port: int) -> None:
-        subprocess.run(
-            [
-                self.server,
-                "--port",
-                str(port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "yes",
-                "--bind",
-                "127.0.0.1",
-                "--pidfile",
-                f"/tmp/pandapush-test-redis-{port}.pid",
-            ],
-            check=True,
-            capture_output=True,
-        )
-
-    def stopRedis(self, port: int) -> None:
-        subprocess.run([self.cli, "-p", str(port), "shutdown", "nosave"], capture_output=True)
-
     async def test_downAndBack(self) -> None:
-        server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
-        if server is None or cli is None:
-            raise SkipTest("redis-server/redis-cli not installed: cannot stop and restart a Redis")
-        self.server, self.cli = server, cli
-        port = _freePort()
-        self.startRedis(port)
-        self.addCleanup(self.stopRedis, port)
-        for _ in range(50):
-            if _redisReachable(RedisAddress("127.0.0.1", port)):
-                break
-            await sleep(0.05)
-        self.hosts = f"127.0.0.1:{port}"
+        requireRedisServer()
+        redis = RedisProcess()
+        self.addCleanup(redis.stop, "KILL")
+        await redis.start()
+        self.hosts = f"127.0.0.1:{redis.port}"
         engine = self.newEngine(
             "pandapush-test-down", commandTimeout=0.5, reconnectMaxDelay=0.5, pingInterval=0.2
         )
         await engine.ready()
         clientId = await engine.createClient()
-        self.stopRedis(port)
+        await redis.stop()
         await sleep(0.3)
         started = reactor.seconds()
         with self.assertRaises(RedisUnavailable):
@@ -619,7 +506,7 @@ class RedisDownTests(_RedisCase, TestCase):
         with self.assertRaises(RedisUnavailable):
             await engine.publish(message("/a"))
         self.assertLess(reactor.seconds() - started, 2.0)
-        self.startRedis(port)
+        await redis.start()
         for _ in range(100):
             try:
                 clientId = await engine.createClient()

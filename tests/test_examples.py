@@ -24,10 +24,14 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from tests.browser.support import BrowserThread, chromiumAvailable
+from tests.support import REPO_ROOT
+from tests.support.browser import BrowserThread, chromiumAvailable
 from tests.support.node import NODE_DIR, NodeScript, requireNode
-from tests.support.sdks import missing, requireExecutable, runProcess
-from tests.support.server import REPO_ROOT, PandapushProcess, freePort, sleep
+from tests.support.ports import freePort
+from tests.support.process import PandapushProcess
+from tests.support.requirements import missing, requireExecutable
+from tests.support.sdks import runProcess
+from tests.support.waiting import sleep
 
 EXAMPLES = REPO_ROOT / "examples"
 # What the examples default to (examples/dev-server.sh seeds them).

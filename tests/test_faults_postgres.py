@@ -30,9 +30,10 @@ import treq
 from twisted.trial.unittest import TestCase
 
 from pandapush.tokens import mintToken
-from tests.bayeux_clients import LPClient, WSClient, eventually
+from tests.support.bayeux import LPClient, WSClient
 from tests.support.postgres import OwnPostgres
-from tests.support.server import PandapushProcess, sleep
+from tests.support.process import PandapushProcess
+from tests.support.waiting import eventually, sleep
 
 ADMIN = ("admin", "faults-admin-password")
 

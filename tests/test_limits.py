@@ -19,8 +19,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from pandapush.engines.memory import MemoryEngine
 from pandapush.extensions.limits import AppConnectionLimiter, LimitSettings, PublishRateLimiter
 from pandapush.tokens import mintToken
-from tests.bayeux_clients import HANDSHAKE, LPClient, WSClient, eventually
-from tests.inprocess import AUTH, KEY, SECRET, InProcessServer, channel
+from tests.support.bayeux import HANDSHAKE, LPClient, WSClient
+from tests.support.inprocess import AUTH, KEY, SECRET, InProcessServer, channel
+from tests.support.waiting import eventually
 
 
 class PublishRateLimiterTests(SynchronousTestCase):

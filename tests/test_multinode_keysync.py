@@ -8,29 +8,19 @@ and the reconnect rule (cache cleared after the subscriber lost Redis), fast.
 from __future__ import annotations
 
 import datetime
-import os
-import socket
 import uuid
 from typing import Any
 
 from twisted.internet import defer, reactor
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from pandapush.auth.keycache import KeyCache
 from pandapush.auth.keysync import KeySync, keysChannel
 from pandapush.storage.models import Key
-from tests.bayeux_clients import eventually
+from tests.support.redis import REDIS, requireRedis
+from tests.support.waiting import eventually
 
-REDIS = ("127.0.0.1", 6379)
 NOW = datetime.datetime.now(datetime.UTC)
-
-
-def redisReachable() -> bool:
-    try:
-        with socket.create_connection(REDIS, timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 class _Storage:
@@ -63,16 +53,13 @@ def _key(keyId: str, appId: str = "app1") -> Key:
 
 class KeySyncTests(TestCase):
     async def setUp(self) -> None:  # type: ignore[override]
-        if not redisReachable():
-            if os.environ.get("CI"):
-                self.fail("Redis is not running on 127.0.0.1:6379 and CI is set")
-            raise SkipTest("Redis is not running on 127.0.0.1:6379")
+        requireRedis()
         self.namespace = f"pp-test-{uuid.uuid4().hex}"
         self.storage = _Storage()
         self.storage.keys["k1"] = _key("k1")
         self.storage.keys["k2"] = _key("k2", "app2")
         self.caches = [KeyCache(self.storage, reactor), KeyCache(self.storage, reactor)]
-        self.syncs = [KeySync(reactor, c, "127.0.0.1:6379", self.namespace) for c in self.caches]
+        self.syncs = [KeySync(reactor, c, REDIS, self.namespace) for c in self.caches]
         for sync in self.syncs:
             sync.startService()
             self.addCleanup(sync.stopService)

@@ -12,27 +12,16 @@ path live on different servers.
 
 from __future__ import annotations
 
-import os
-import shutil
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.trial.unittest import SkipTest
 
-from pandapush.redis import HashRing, RedisAddress, RedisShard
-from pandapush.tokens import mintToken
-from tests.bayeux_clients import eventually
-from tests.support.server import PandapushProcess, sleep
-from tests.test_multinode import (
-    KEY,
-    SECRET,
-    AlternatingPoller,
-    ClusterCase,
-    FailoverWS,
-    RedisProcess,
-    _data,
-    channel,
-)
+from pandapush.redis import HashRing, RedisShard
+from tests.support.cluster import KEY, SECRET, ClusterCase, channel
+from tests.support.failover import AlternatingPoller, FailoverWS, dataOn
+from tests.support.process import PandapushProcess
+from tests.support.redis import RedisProcess, requireRedisServer
+from tests.support.waiting import eventually, sleep
 
 
 class TwoShardCase(ClusterCase):
@@ -42,16 +31,13 @@ class TwoShardCase(ClusterCase):
 
     async def setUp(self) -> None:  # type: ignore[override]
         await super().setUp()
-        if shutil.which("redis-server") is None:
-            if os.environ.get("CI"):
-                self.fail("redis-server is not installed and CI is set")
-            raise SkipTest("redis-server is not installed: cannot run two Redis shards of our own")
+        requireRedisServer()
         self.redis = [RedisProcess(), RedisProcess()]
         for process in self.redis:
             self.addCleanup(process.stop, "KILL")
         for process in self.redis:
             await process.start()
-        self.shards = [RedisAddress("127.0.0.1", p.port) for p in self.redis]
+        self.shards = [p.address for p in self.redis]
         # The engine's ring (same names, same default number of points): where it puts each key.
         self.ring = HashRing([s.name for s in self.shards])
         self.a, self.b = await self.startNodes(2, redis=self.shards)
@@ -83,16 +69,6 @@ class TwoShardCase(ClusterCase):
         finally:
             await shard.close()
 
-    async def joinRoom(self, client: Any, member: str, room: str) -> dict[str, Any]:
-        token = mintToken(KEY, SECRET, room, sub=True, presence={"id": member})
-        ext = {"auth": {"token": token}}
-        if isinstance(client, FailoverWS):
-            reply = await client.subscribe(room, ext)
-        else:
-            reply = await client.call({"channel": "/meta/subscribe", "subscription": room, "ext": ext})
-        self.assertTrue(reply["successful"], reply)
-        return reply
-
     async def restPublishTo(self, node: PandapushProcess, name: str, data: Any) -> None:
         code, body = await self.restPublish(node, name.split("/public/", 1)[1], data)
         self.assertEqual(code, 200, body)
@@ -120,7 +96,7 @@ class TwoShardTests(TwoShardCase):
                     reply = await client.call({"channel": "/meta/subscribe", "subscription": name})
                 self.assertTrue(reply["successful"], reply)
         for i, room in enumerate(rooms):
-            await self.joinRoom(clients[i], f"member{i}", room)
+            await self.join(clients[i], f"member{i}", room)
 
         found = {kind: [await self.keysOn(i, kind) for i in (0, 1)] for kind in ("c", "s", "p")}
         for kind, label in (("c", "client"), ("s", "subscriber set"), ("p", "presence")):
@@ -164,15 +140,15 @@ class TwoShardTests(TwoShardCase):
         subscribers = (ws, poller)
         self.assertTrue(
             await eventually(
-                lambda: all(len(_data(s, n)) >= len(expected[n]) for s in subscribers for n in names),
+                lambda: all(len(dataOn(s, n)) >= len(expected[n]) for s in subscribers for n in names),
                 timeout=10,
             ),
-            {n: [_data(s, n) for s in subscribers] for n in names},
+            {n: [dataOn(s, n) for s in subscribers] for n in names},
         )
         await sleep(0.3)  # a duplicate would have arrived by now
         for subscriber in subscribers:
             for name in names:
-                self.assertEqual(_data(subscriber, name), expected[name], name)
+                self.assertEqual(dataOn(subscriber, name), expected[name], name)
 
     async def test_alternatingPollerAndPresence(self) -> None:
         """A poller alternating A and B sees every message in order; presence is seen alike on both nodes."""
@@ -186,9 +162,9 @@ class TwoShardTests(TwoShardCase):
             await self.restPublishTo((a, b)[i % 2], feed, {"n": i})
             sent.append({"n": i})
             await sleep(0.03)
-        self.assertTrue(await eventually(lambda: len(_data(poller, feed)) >= len(sent), timeout=10))
+        self.assertTrue(await eventually(lambda: len(dataOn(poller, feed)) >= len(sent), timeout=10))
         await sleep(0.3)
-        self.assertEqual(_data(poller, feed), sent)
+        self.assertEqual(dataOn(poller, feed), sent)
         self.assertEqual(poller.failures, [])
         self.assertIn(a.url, poller.nodesUsed)
         self.assertIn(b.url, poller.nodesUsed)
@@ -202,15 +178,15 @@ class TwoShardTests(TwoShardCase):
         a, b = self.a, self.b
         watchers = [await self.ws(n.url, name=f"watch-{label}-{i}") for i, n in enumerate((a, b))]
         for i, watcher in enumerate(watchers):
-            await self.joinRoom(watcher, f"w{i}", room)
-        self.assertTrue(await eventually(lambda: len(_data(watchers[0], room)) >= 1, timeout=5))
+            await self.join(watcher, f"w{i}", room)
+        self.assertTrue(await eventually(lambda: len(dataOn(watchers[0], room)) >= 1, timeout=5))
         await sleep(0.2)
         marks = [len(w.messages) for w in watchers]
         member = await self.lp(b.url)
-        reply = await self.joinRoom(member, "lp-member", room)
+        reply = await self.join(member, "lp-member", room)
         self.assertEqual(set(reply["ext"]["presence"]["subscribe"]), {"w0", "w1", "lp-member"})
         other = await self.ws(a.url, name=f"ws-member-{label}")
-        await self.joinRoom(other, "ws-member", room)
+        await self.join(other, "ws-member", room)
         await member.call({"channel": "/meta/unsubscribe", "subscription": room})
         await other.disconnect()
         expected = [

@@ -17,8 +17,9 @@ from pandapush.auth.origins import AppOrigins, OriginExtension
 from pandapush.bayeux.context import MessageContext
 from pandapush.interfaces import IExtension
 from pandapush.storage.memory import MemoryStorage
-from tests.bayeux_clients import HANDSHAKE, WSClient, eventually
-from tests.inprocess import APP, AUTH, InProcessServer, channel
+from tests.support.bayeux import HANDSHAKE, WSClient
+from tests.support.inprocess import APP, AUTH, InProcessServer, channel
+from tests.support.waiting import eventually
 
 GOOD = "https://good.example"
 EVIL = "https://evil.example"
@@ -264,7 +265,7 @@ class CrossNodeOriginTests(TestCase):
         from twisted.internet import reactor
 
         from pandapush.auth.keysync import KeySync
-        from tests.test_multinode_keysync import redisReachable
+        from tests.support.redis import redisReachable
 
         if not redisReachable():
             raise SkipTest("Redis is not running on 127.0.0.1:6379")

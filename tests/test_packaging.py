@@ -28,7 +28,8 @@ from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.support.server import REPO_ROOT, PandapushProcess
+from tests.support import REPO_ROOT
+from tests.support.process import PandapushProcess
 
 
 @dataclass

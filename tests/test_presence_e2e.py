@@ -9,8 +9,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import TestCase
 
 from pandapush.tokens import mintToken
-from tests.bayeux_clients import LPClient, WSClient, eventually
-from tests.inprocess import KEY, SECRET, InProcessServer, channel
+from tests.support.bayeux import LPClient, WSClient
+from tests.support.inprocess import KEY, SECRET, InProcessServer, channel
+from tests.support.waiting import eventually
 
 ROOM = channel("lobby", "presence")
 

@@ -9,12 +9,13 @@ from twisted.trial.unittest import TestCase
 
 from pandapush.bayeux.context import MessageContext
 from pandapush.router import BayeuxRouter
-from tests.test_engine_redis import _RedisCase, sleep
+from tests.support.redis import RedisEngineCase
+from tests.support.waiting import sleep
 
 HANDSHAKE = {"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["long-polling"]}
 
 
-class TwoNodeRouterTests(_RedisCase, TestCase):
+class TwoNodeRouterTests(RedisEngineCase, TestCase):
     def setUp(self) -> Any:
         namespace = self.newNamespace()
         self.engines = [self.newEngine(namespace) for _ in range(2)]

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from pandapush.auth.checkers import ChannelAuthority
 from pandapush.auth.keycache import KeyCache
 from pandapush.web.publish import PublishApp, parseBody
-from tests.support_auth import APP, KEY, NOW, SECRET, FakeKey, FakeKeyStore, at, token
+from tests.support.auth import APP, KEY, NOW, SECRET, FakeKey, FakeKeyStore, at, token
 
 URL = f"http://localhost/channel/{APP}/public/messages"
 CHANNEL = f"/{APP}/public/messages"

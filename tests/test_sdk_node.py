@@ -11,7 +11,8 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from tests.support.sdks import KEY, SDKS, SECRET, ProcessResult, SDKEndToEnd, requireExecutable, runProcess
+from tests.support.requirements import requireExecutable
+from tests.support.sdks import KEY, SDKS, SECRET, ProcessResult, SDKEndToEnd, runProcess
 
 PACKAGE = SDKS / "node"
 

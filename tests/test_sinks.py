@@ -28,8 +28,8 @@ from pandapush.engines.memory import MemoryEngine
 from pandapush.interfaces import IClientSocket
 from pandapush.router.sessions import HeldConnect, HeldConnects
 from pandapush.transports.resource import BayeuxResource
-from tests.bayeux_clients import eventually
 from tests.sink_suite import CHANNEL, ClientSocketTestsMixin, DeliverySinkTestsMixin
+from tests.support.waiting import eventually
 
 
 class StandInRouter:

@@ -33,7 +33,7 @@ from pandapush.storage.sqlite import SQLiteDialect
 from pandapush.web.admin import AdminApp
 from pandapush.web.adminauth import AdminAuthority, BasicAdminAuth
 from pandapush.web.site import HealthApp
-from tests.support_auth import APP, KEY, NOW, SECRET, FakeKey, FakeKeyStore, at
+from tests.support.auth import APP, KEY, NOW, SECRET, FakeKey, FakeKeyStore, at
 
 
 class _Pool:

@@ -15,7 +15,7 @@ from pandapush.auth.keycache import KeyCache
 from pandapush.auth.tenancy import TenancyExtension
 from pandapush.bayeux.context import MessageContext
 from pandapush.interfaces import IExtension
-from tests.support_auth import APP, KEY, NOW, SECRET, FakeKey, FakeKeyStore, token
+from tests.support.auth import APP, KEY, NOW, SECRET, FakeKey, FakeKeyStore, token
 
 PRIVATE = f"/{APP}/private/a"
 PRESENCE = f"/{APP}/presence/room"

@@ -20,10 +20,11 @@ from pandapush.extensions.expiry import SubscriptionExpiry, expiryNotice
 from pandapush.extensions.presence import PresenceExtension
 from pandapush.router import BayeuxRouter
 from pandapush.storage.memory import MemoryStorage
-from tests.bayeux_clients import WSClient, eventually
-from tests.inprocess import APP, AUTH, KEY, SECRET, InProcessServer, channel
+from tests.support.bayeux import WSClient
+from tests.support.inprocess import APP, AUTH, KEY, SECRET, InProcessServer, channel
 from tests.support.node import NodeScript, requireNode
 from tests.support.tenancy import makeTenancy
+from tests.support.waiting import eventually
 
 HANDSHAKE = {"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["long-polling"]}
 T0 = 1_800_000_000.0

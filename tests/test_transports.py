@@ -16,7 +16,7 @@ from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
 
 from pandapush.transports.websocket import BayeuxWebSocketProtocol
-from tests.inprocess import AUTH, InProcessServer, channel
+from tests.support.inprocess import AUTH, InProcessServer, channel
 
 HANDSHAKE = {
     "channel": "/meta/handshake",

@@ -2,7 +2,7 @@
 
 The option checks, and the parent's side of the pool (on a fake reactor), run in this
 process. The rest runs ``python -m twisted pandapush --workers 2`` for real
-(``tests/support/server.py``) on the machine's Redis, in a namespace of its own
+(``tests/support/process.py``) on the machine's Redis, in a namespace of its own
 (``pp-test-<uuid>``, deleted afterwards), and tells the processes apart by what they
 answer: ``/health_check.json`` names the worker and its pid, every HTTP answer and
 websocket handshake carries ``X-Pandapush-Worker``; /proc tells parents and listening
@@ -38,19 +38,12 @@ from twisted.trial.unittest import SkipTest, TestCase
 from pandapush.config import WORKER_VARIABLE, formatListeners, parseListeners, resolveWorkerCount
 from pandapush.tap import Options
 from pandapush.workers.pool import WorkerPool
-from tests.bayeux_clients import LPClient, eventually
-from tests.support.server import PandapushProcess, ServerFailedError, sleep
-from tests.test_multinode import (
-    ADMIN,
-    APP,
-    KEY,
-    MAIN_REDIS,
-    SECRET,
-    ClusterCase,
-    FailoverWS,
-    _WSProtocol,
-    channel,
-)
+from tests.support.bayeux import LPClient
+from tests.support.cluster import ADMIN, APP, KEY, SECRET, ClusterCase, channel
+from tests.support.failover import FailoverWS, FailoverWSProtocol, dataOn
+from tests.support.process import PandapushProcess, ServerFailedError, seededEnvironment
+from tests.support.redis import deleteNamespace
+from tests.support.waiting import eventually, sleep
 
 WORKER_HEADER = "X-Pandapush-Worker"
 
@@ -325,7 +318,7 @@ class WorkerPoolTests(TestCase):
 # processes
 
 
-class _HeaderWSProtocol(_WSProtocol):
+class _HeaderWSProtocol(FailoverWSProtocol):
     def onConnect(self, response: Any) -> None:
         self.factory.owner.worker = response.headers.get(WORKER_HEADER.lower())
 
@@ -414,7 +407,7 @@ class WorkersCase(ClusterCase):
         env: dict[str, str] | None = None,
         extra: tuple[str, ...] = (),
     ) -> PandapushProcess:
-        self.addCleanup(self._dropKeys, MAIN_REDIS)
+        self.addCleanup(deleteNamespace, [self.mainRedis], self.namespace)
         server = kind(
             *extra,
             "--workers",
@@ -426,22 +419,14 @@ class WorkersCase(ClusterCase):
             "--shutdown-grace",
             "2",
             "--redis-hosts",
-            f"{MAIN_REDIS.host}:{MAIN_REDIS.port}",
+            f"{self.mainRedis.host}:{self.mainRedis.port}",
             "--redis-namespace",
             self.namespace,
             "--database",
             "sqlite",
             "--database-path",
             self.databasePath,
-            env={
-                "DEV_APPLICATION_ID": APP,
-                "DEV_KEY_ID": KEY,
-                "DEV_KEY_SECRET": SECRET,
-                "AUTH_METHOD": "basic",
-                "ADMIN_USERNAME": ADMIN[0],
-                "ADMIN_PASSWORD": ADMIN[1],
-                **(env or {}),
-            },
+            env=seededEnvironment(APP, KEY, SECRET, admin=ADMIN, **(env or {})),
         )
         self.seenPids: set[int] = set()
         self.addCleanup(server.removeScratch)
@@ -524,8 +509,8 @@ class WorkersTests(WorkersCase):
             code, body = await self.restPublish(server, "news", data)
             self.assertEqual(code, 200, body)
         self.assertTrue(
-            await eventually(lambda: all(len(_data(s, news)) >= len(sent) for s in subscribers), timeout=10),
-            [_data(s, news) for s in subscribers],
+            await eventually(lambda: all(len(dataOn(s, news)) >= len(sent) for s in subscribers), timeout=10),
+            [dataOn(s, news) for s in subscribers],
         )
 
         feed = channel("feed")
@@ -541,13 +526,13 @@ class WorkersTests(WorkersCase):
             self.assertEqual(code, 200, body)
             await sleep(0.05)
         self.assertTrue(
-            await eventually(lambda: len(_data(poller, feed)) >= len(sent), timeout=10),
-            f"{_data(poller, feed)} {poller.failures[:3]} {poller.workers}\n{server.log()}",
+            await eventually(lambda: len(dataOn(poller, feed)) >= len(sent), timeout=10),
+            f"{dataOn(poller, feed)} {poller.failures[:3]} {poller.workers}\n{server.log()}",
         )
         await sleep(0.3)  # a duplicate would have arrived by now
         for subscriber in subscribers:
-            self.assertEqual(_data(subscriber, news), [{"n": i} for i in range(5)])
-        self.assertEqual(_data(poller, feed), sent)
+            self.assertEqual(dataOn(subscriber, news), [{"n": i} for i in range(5)])
+        self.assertEqual(dataOn(poller, feed), sent)
         self.assertEqual(set(poller.workers), {"0", "1"}, "the long-poller's requests met both workers")
 
     async def test_crashedWorkerRestartedThenAllStop(self) -> None:
@@ -574,7 +559,7 @@ class WorkersTests(WorkersCase):
         self.assertTrue((await subscriber.subscribe(channel("after")))["successful"])
         code, body = await self.restPublish(server, "after", {"again": True})
         self.assertEqual(code, 200, body)
-        self.assertTrue(await eventually(lambda: _data(subscriber, channel("after")) == [{"again": True}]))
+        self.assertTrue(await eventually(lambda: dataOn(subscriber, channel("after")) == [{"again": True}]))
 
         subscriber.stop()  # else it would fail over to the stopped port for ever
         started = time.monotonic()
@@ -629,7 +614,7 @@ class WorkersTests(WorkersCase):
         code, body = await self.restPublish(server, "even", {"spread": True})
         self.assertEqual(code, 200, body)
         self.assertTrue(
-            await eventually(lambda: all(_data(s, even) == [{"spread": True}] for s in byWorker.values()))
+            await eventually(lambda: all(dataOn(s, even) == [{"spread": True}] for s in byWorker.values()))
         )
 
     async def test_generatedAdminPasswordOnce(self) -> None:
@@ -670,7 +655,3 @@ class WorkersRefusedTests(TestCase):
             await server.start()
         self.assertIn("--workers 2 needs the Redis engine", str(failed.exception))
         self.assertFalse(server.running)
-
-
-def _data(client: Any, on: str) -> list[Any]:
-    return [m["data"] for m in client.messages if m.get("channel") == on]

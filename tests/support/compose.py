@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tests.support import REPO_ROOT
 from tests.support.container import missing
-from tests.support.server import REPO_ROOT
 
 __all__ = ["COMPOSE_PATH", "InterpolationError", "interpolate", "loadYaml"]
 

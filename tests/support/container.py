@@ -45,7 +45,9 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest
 
-from tests.support.server import REPO_ROOT, PandapushProcess, ServerFailedError, sleep
+from tests.support import REPO_ROOT
+from tests.support.process import PandapushProcess, ServerFailedError
+from tests.support.waiting import sleep
 
 __all__ = [
     "CACHE_DIR",

@@ -18,8 +18,9 @@ from typing import Any
 import treq
 
 from pandapush.tap import Options
-from tests.bayeux_clients import WSClient, eventually
-from tests.support.server import REPO_ROOT
+from tests.support import REPO_ROOT
+from tests.support.bayeux import WSClient
+from tests.support.waiting import eventually
 
 __all__ = [
     "Response",

@@ -25,7 +25,9 @@ from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.web.client import Agent
 
-from tests.support.server import REPO_ROOT, PandapushProcess, freePort
+from tests.support import REPO_ROOT
+from tests.support.ports import freePort
+from tests.support.process import PandapushProcess
 
 __all__ = ["CONFIG_PATH", "Block", "NginxProcess", "agentFrom", "parseConfig"]
 

@@ -1,5 +1,6 @@
 """
-Run the Node scripts in ``tests/node`` (real third-party clients) from trial tests.
+Run the Node scripts in ``tests/node`` (real third-party clients: Faye's, in Node and, through
+Node's Playwright, in Chromium) from trial tests.
 
 A script prints one JSON object per line on stdout; ``NodeScript`` collects them as
 ``events``, lets a test wait for a particular one (``waitFor``) and answer on stdin
@@ -28,22 +29,16 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.interfaces import IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SkipTest
 
-from tests.support.server import REPO_ROOT
+from tests.support import REPO_ROOT
+from tests.support.browser import CHROMIUM
+from tests.support.requirements import missing
 
 __all__ = ["NODE_DIR", "NodeResult", "NodeScript", "requireBrowser", "requireNode"]
 
 NODE_DIR = REPO_ROOT / "tests" / "node"
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 Event = dict[str, Any]
-
-
-def _missing(reason: str) -> None:
-    if os.environ.get("PANDAPUSH_E2E_REQUIRED") == "1":
-        raise AssertionError(reason + " (PANDAPUSH_E2E_REQUIRED=1)")
-    raise SkipTest(reason)
 
 
 def nodeExecutable() -> str | None:
@@ -54,19 +49,18 @@ def requireNode() -> str:
     """The node binary, when it and tests/node's packages are installed; else skip (or fail)."""
     node = nodeExecutable()
     if node is None:
-        _missing("node is not installed")
-        raise AssertionError("unreachable")
+        missing("node is not installed")
     if not (NODE_DIR / "node_modules" / "faye" / "package.json").exists():
-        _missing(f"Node packages not installed: run `npm ci` in {NODE_DIR}")
+        missing(f"Node packages not installed: run `npm ci` in {NODE_DIR}")
     return node
 
 
 def requireBrowser() -> str:
     requireNode()
     if not (NODE_DIR / "node_modules" / "playwright-core" / "package.json").exists():
-        _missing(f"playwright-core not installed: run `npm ci` in {NODE_DIR}")
+        missing(f"playwright-core not installed: run `npm ci` in {NODE_DIR}")
     if not os.access(CHROMIUM, os.X_OK):
-        _missing(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM)")
+        missing(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM)")
     return CHROMIUM
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.support.server import freePort
+from tests.support.ports import freePort
 
 __all__ = ["OwnPostgres", "postgresBinaries"]
 

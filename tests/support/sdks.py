@@ -15,7 +15,6 @@ two seconds is refused two seconds later; subscribers are real Bayeux websocket 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +25,13 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.interfaces import IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from pandapush.auth.bearer import verifyToken
-from tests.bayeux_clients import WSClient, eventually
-from tests.support.server import REPO_ROOT, PandapushProcess
+from tests.support import REPO_ROOT
+from tests.support.bayeux import WSClient
+from tests.support.process import PandapushProcess
+from tests.support.waiting import eventually
 
 __all__ = [
     "APP",
@@ -40,8 +41,6 @@ __all__ = [
     "SERVER_ENV",
     "ProcessResult",
     "SDKEndToEnd",
-    "missing",
-    "requireExecutable",
     "runProcess",
 ]
 
@@ -64,21 +63,6 @@ PAYLOAD = {
     "n": [1, 2.5, None, True],
     "nested": {"a": {}},
 }
-
-
-def missing(reason: str) -> None:
-    """Skip, or fail when ``PANDAPUSH_E2E_REQUIRED=1`` (``run-tests`` sets it)."""
-    if os.environ.get("PANDAPUSH_E2E_REQUIRED") == "1":
-        raise AssertionError(reason + " (PANDAPUSH_E2E_REQUIRED=1)")
-    raise SkipTest(reason)
-
-
-def requireExecutable(name: str, install: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        missing(f"{name} is not installed ({install})")
-        raise AssertionError("unreachable")
-    return found
 
 
 @dataclass

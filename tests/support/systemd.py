@@ -34,8 +34,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tests.support import REPO_ROOT
 from tests.support.container import CACHE_DIR, STALE_AFTER, CacheLock, requireRoot, requireTools, run
-from tests.support.server import REPO_ROOT, PandapushProcess
+from tests.support.process import PandapushProcess
 
 __all__ = [
     "SYSTEM_PYTHON",

@@ -1,10 +1,11 @@
 """
-Driving the console in headless Chromium from trial.
+Driving the ``/admin`` console in headless Chromium from trial.
 
-Playwright's sync API blocks, so every browser step runs on :class:`BrowserThread`'s own
-thread (shared with the ``/client.js`` tests) while the reactor serves the in-process
-pandapush. A test writes its browser steps as plain synchronous functions of a
-:class:`ConsolePage` and awaits ``self.run(fn)``.
+Playwright's sync API blocks, so every browser step runs on the thread of a
+:class:`~tests.support.browser.BrowserThread` while the reactor serves the in-process
+pandapush (``InProcessServer.withConsole()``). A test writes its browser steps as plain
+synchronous functions of a :class:`ConsolePage` and awaits them on that thread; :class:`Http`
+is blocking HTTP for those steps. Screenshots go to ``artifacts/admin/``.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import json
 import urllib.error
 import urllib.request
 from base64 import b64encode
-from collections.abc import Callable
 from typing import Any
 
-from tests.browser.support import ARTIFACTS, CHROMIUM_ARGS  # noqa: F401  (re-exported for tests)
-from tests.browser_admin.server import ADMIN_PASSWORD, ADMIN_USER
+from tests.support.browser import ARTIFACTS
+from tests.support.inprocess import ADMIN_PASSWORD, ADMIN_USER
+
+__all__ = ["ConsolePage", "Http"]
 
 SCREENSHOTS = ARTIFACTS / "admin"
 
@@ -108,6 +110,3 @@ def _decode(raw: bytes) -> Any:
         return json.loads(raw)
     except ValueError:
         return raw.decode("utf-8", "replace")
-
-
-Step = Callable[..., Any]

@@ -1,4 +1,9 @@
-"""Shared helpers for the auth, tenancy, REST and admin tests."""
+"""
+Keys and tokens for the unit tests of auth, tenancy, REST publishing and storage faults.
+
+``FakeKeyStore`` is the part of the storage the key cache reads (counting lookups, able to
+hold or fail them); ``token`` signs a JWT for ``KEY`` at the fixed time ``NOW``.
+"""
 
 from __future__ import annotations
 
@@ -64,56 +69,3 @@ def at(seconds: float) -> datetime.datetime:
 def token(claims: dict[str, Any], secret: str = SECRET, algorithm: str = "HS256", **headers: Any) -> str:
     payload = {"keyId": KEY, **claims}
     return jwt.encode(payload, secret, algorithm=algorithm, headers=headers or None)
-
-
-# An example third-party admin auth plugin, as the README shows it: admins are named
-# by a trusted reverse proxy (an SSO gateway) in a request header. A real plugin ships
-# the two classes in its own package and a one-line drop-in in ``twisted/plugins/``
-# (``from mypackage.pandapush_auth import headerAdminAuth``), or names the plugin object
-# in a ``pandapush.admin_auth`` entry point.
-
-from twisted.plugin import IPlugin  # noqa: E402
-from zope.interface import implementer  # noqa: E402
-
-from pandapush.web.adminauth import IAdminAuth, IAdminAuthPlugin  # noqa: E402
-from pandapush.web.http import errorBody, jsonResponse  # noqa: E402
-
-
-@implementer(IAdminAuth)
-class HeaderAdminAuth:
-    """Trusts ``X-Remote-User`` as set by an authenticating proxy in front of pandapush."""
-
-    name = "header"
-
-    def __init__(self, headerName: bytes = b"x-remote-user") -> None:
-        self.headerName = headerName
-
-    def authenticate(self, request: Any) -> Deferred[str | None]:
-        value = request.getHeader(self.headerName)
-        return defer.succeed(value.decode("utf-8") if value else None)
-
-    def challenge(self, request: Any) -> bytes:
-        return jsonResponse(request, 403, errorBody(403, "Log in through the SSO gateway"))
-
-
-@implementer(IPlugin, IAdminAuthPlugin)
-class HeaderAdminAuthPlugin:
-    name = "header"
-    description = "Admins named by a trusted proxy's X-Remote-User header"
-
-    def makeAdminAuth(self, config: Any) -> IAdminAuth:
-        return HeaderAdminAuth()
-
-
-headerAdminAuth = HeaderAdminAuthPlugin()  # noqa: N816 (as a drop-in names it)
-
-
-@implementer(IPlugin, IAdminAuthPlugin)
-class BrokenAdminAuthPlugin:
-    """Declares the interface but lacks ``makeAdminAuth``: refused by verifyObject."""
-
-    name = "broken"
-    description = "missing its factory"
-
-
-brokenAdminAuth = BrokenAdminAuthPlugin()  # noqa: N816

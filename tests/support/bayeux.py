@@ -1,8 +1,10 @@
-"""Small Bayeux clients for tests, over real sockets: websocket (Autobahn) and long-polling (treq).
+"""
+Small Bayeux clients for tests, over real sockets: websocket (Autobahn) and long-polling (treq).
 
 The third-party clients (Faye's, in Node and Chromium) are driven from
 ``tests/test_e2e_faye.py``; these exist to script exact timings (a socket
 killed without a goodbye, a poller that just stops) that a real client hides.
+Clients that move between the nodes of a cluster are in :mod:`tests.support.failover`.
 """
 
 from __future__ import annotations
@@ -14,24 +16,16 @@ import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.task import deferLater
+
+from tests.support.waiting import eventually
+
+__all__ = ["HANDSHAKE", "LPClient", "WSClient"]
 
 HANDSHAKE = {
     "channel": "/meta/handshake",
     "version": "1.0",
     "supportedConnectionTypes": ["websocket", "long-polling"],
 }
-
-
-async def eventually(predicate: Any, timeout: float = 5.0, step: float = 0.02) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` seconds pass; its last value."""
-    waited = 0.0
-    while not predicate():
-        if waited >= timeout:
-            return False
-        await deferLater(reactor, step, lambda: None)
-        waited += step
-    return True
 
 
 class _WSProtocol(WebSocketClientProtocol):
@@ -46,7 +40,7 @@ class _WSProtocol(WebSocketClientProtocol):
 
 
 class WSClient:
-    """A Bayeux client over one websocket; ``messages`` collects deliveries."""
+    """A Bayeux client over one websocket; ``messages`` collects deliveries, ``replies`` the rest."""
 
     def __init__(self, url: str, origin: str | None = None) -> None:
         self.url = url
@@ -55,6 +49,7 @@ class WSClient:
         self.messages: list[dict[str, Any]] = []
         self.clientId: str | None = None
         self.closed = False
+        self.protocol: Any = None
         self._open: defer.Deferred[Any] = defer.Deferred()
         self._nextId = 0
 
@@ -70,7 +65,7 @@ class WSClient:
         host, port = self.url.split("//")[1].split("/")[0].split(":")
         factory = WebSocketClientFactory(self.url.replace("http", "ws", 1) + "/push", origin=self.origin)
         factory.protocol = _WSProtocol
-        factory.client = self
+        factory.client = self  # type: ignore[attr-defined]
         await TCP4ClientEndpoint(reactor, host, int(port)).connect(factory)
         await self._open
         reply = await self.call(HANDSHAKE)
@@ -109,7 +104,8 @@ class LPClient:
             headers={"Content-Type": "application/json"},
             persistent=False,
         )
-        return json.loads(await response.content())  # type: ignore[no-any-return]
+        replies: list[dict[str, Any]] = json.loads(await response.content())
+        return replies
 
     async def start(self) -> LPClient:
         (reply,) = await self.post([HANDSHAKE])

@@ -1,5 +1,5 @@
 """
-Headless Chromium for trial tests: Debian's ``/usr/bin/chromium`` driven by Playwright.
+Headless Chromium for trial tests: Debian's ``/usr/bin/chromium`` driven by Playwright (Python).
 
 Playwright's sync API blocks, so :class:`BrowserThread` runs it on one thread of its own
 (every Playwright call for a browser must come from the thread that started it) and hands
@@ -9,8 +9,10 @@ reactor keeps serving the page server and watching the pandapush child process.
 Nothing here downloads a browser: ``playwright install`` is never run; the executable is
 ``$CHROMIUM`` or ``/usr/bin/chromium``.
 
-:class:`PageServer` serves this folder's pages (and the client files) on another port of
-127.0.0.1, i.e. from another origin than the server under test.
+:class:`PageServer` serves the test pages of ``tests/browser/`` (and the client files) on
+another port of 127.0.0.1, i.e. from another origin than the server under test. The
+admin console's page helpers are in :mod:`tests.support.console`; Faye's browser client
+is driven from Node instead (:mod:`tests.support.node`, ``requireBrowser``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from twisted.web.server import Site
 from twisted.web.static import File
 
 from pandapush.web.clientjs import STATIC_DIR, ClientScriptResource
+from tests.support import REPO_ROOT
 
 __all__ = [
     "ARTIFACTS",
@@ -43,8 +46,9 @@ __all__ = [
 
 T = TypeVar("T")
 
-BROWSER_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BROWSER_DIR.parents[1]
+#: The test pages (``index.html``, ``module.html``, ``harness.js``).
+BROWSER_DIR = REPO_ROOT / "tests" / "browser"
+#: Screenshots (not committed).
 ARTIFACTS = REPO_ROOT / "artifacts"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
@@ -248,7 +252,7 @@ def _fulfilFrom(path: Path) -> Callable[[Any], None]:
 
 
 class PageServer:
-    """This folder's pages plus ``/client.js``/``/client.mjs``, on 127.0.0.1:<free port>."""
+    """The pages of ``tests/browser/`` plus ``/client.js``/``/client.mjs``, on 127.0.0.1:<free port>."""
 
     def __init__(self) -> None:
         root = File(str(BROWSER_DIR))
@@ -273,4 +277,5 @@ class PageServer:
 
 
 def clientFile(name: str = "client.js") -> Path:
+    """A file the server serves as the browser client (``client.js``, ``client.mjs``, ``client.d.ts``)."""
     return STATIC_DIR / name

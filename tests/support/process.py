@@ -7,7 +7,8 @@ found, in a scratch directory of its own) on a free 127.0.0.1 port, waits until
 ``GET /health_check.json`` answers, and stops it with SIGTERM (then SIGKILL).
 ``restart()`` brings up a fresh process on the same port: a server that went away and
 came back, with no memory of its clients. ``env`` adds to the child's environment
-(storage, ``DEV_*`` seeding, auth settings of later issues).
+(storage, ``DEV_*`` seeding, auth settings; ``seededEnvironment`` builds the usual ones).
+Tests that need no separate process use :mod:`tests.support.inprocess` instead.
 
 Everything is asynchronous: a trial test awaits ``start()``/``stop()``/``restart()`` and
 the reactor keeps running, so clients in other processes are served meanwhile.
@@ -22,38 +23,45 @@ import atexit
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import treq
-from twisted.internet import defer, error, task
+from twisted.internet import defer, error
 from twisted.internet import reactor as _reactor
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-__all__ = ["REPO_ROOT", "PandapushProcess", "ServerFailedError", "freePort", "sleep"]
+from tests.support import REPO_ROOT
+from tests.support.ports import freePort
+from tests.support.waiting import sleep
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+__all__ = ["PandapushProcess", "ServerFailedError", "seededEnvironment"]
 
 
 class ServerFailedError(Exception):
     """The server did not come up, or did not go down; the message holds its output."""
 
 
-def freePort(interface: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (the kernel's pick for a bound, closed socket)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((interface, 0))
-        return s.getsockname()[1]  # type: ignore[no-any-return]
-
-
-def sleep(seconds: float, reactor: Any = _reactor) -> defer.Deferred[None]:
-    return task.deferLater(reactor, seconds, lambda: None)
+def seededEnvironment(
+    app: str, key: str, secret: str, admin: tuple[str, str] | None = None, **more: str
+) -> dict[str, str]:
+    """
+    A server's environment with a development application and key (upstream's ``DEV_*``
+    variables) and, given ``admin``, Basic admin auth for that user and password (else no
+    admin area: ``AUTH_METHOD=none``); ``more`` is added as it is.
+    """
+    env = {"DEV_APPLICATION_ID": app, "DEV_KEY_ID": key, "DEV_KEY_SECRET": secret}
+    if admin is None:
+        env["AUTH_METHOD"] = "none"
+    else:
+        env.update({"AUTH_METHOD": "basic", "ADMIN_USERNAME": admin[0], "ADMIN_PASSWORD": admin[1]})
+    env.update(more)
+    return env
 
 
 class _ServerProtocol(ProcessProtocol):
@@ -100,8 +108,8 @@ class _ServerProtocol(ProcessProtocol):
 class PandapushProcess:
     """
     One pandapush daemon on ``127.0.0.1:<port>``; ``args`` are ``twistd pandapush`` options
-    (``--listen`` is added), ``env`` is added to the child's environment (later issues pass
-    e.g. database URLs this way). ``output`` keeps every line the server printed, across
+    (``--listen`` is added), ``env`` is added to the child's environment (storage, seeding,
+    auth: see ``seededEnvironment``). ``output`` keeps every line the server printed, across
     restarts, each tagged with its run number.
     """
 
@@ -255,4 +263,5 @@ class PandapushProcess:
         await self.start()
 
     def log(self) -> str:
+        """The last 200 lines the server printed (for failure messages)."""
         return "\n".join(self.output[-200:])

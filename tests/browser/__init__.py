@@ -1,1 +1,0 @@
-"""Browser tests' pages and their Playwright support (see ``support.py``)."""

@@ -1,1 +1,0 @@
-"""Browser tests of the ``/admin`` console (headless Chromium, Playwright)."""
