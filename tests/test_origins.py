@@ -187,7 +187,7 @@ class InProcessOriginTests(TestCase):
     async def websocket(self, origin: str | None) -> WSClient:
         client = WSClient(self.server.url, origin=origin)
         await client.start()
-        self.addCleanup(client.protocol.sendClose)
+        self.addCleanup(client.close)
         return client
 
     async def test_adminAPI(self) -> None:

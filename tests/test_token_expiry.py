@@ -204,9 +204,9 @@ class InProcessExpiryTests(TestCase):
         """Over websocket: the notice arrives at exp, and publishes no longer reach the client."""
         private = channel("expiring", "private")
         client = await WSClient(self.server.url).start()
-        self.addCleanup(client.protocol.sendClose)
+        self.addCleanup(client.close)
         publisher = await WSClient(self.server.url).start()
-        self.addCleanup(publisher.protocol.sendClose)
+        self.addCleanup(publisher.close)
         reply = await client.call(
             {
                 "channel": "/meta/subscribe",
@@ -253,7 +253,7 @@ class FayeExpiryTests(TestCase):
         script.start()
         await script.waitFor(lambda e: e.get("event") == "subscribed")
         publisher = await WSClient(server.url).start()
-        self.addCleanup(publisher.protocol.sendClose)
+        self.addCleanup(publisher.close)
         await publisher.call({"channel": private, "data": {"n": 1}, "ext": {"auth": AUTH}})
         await script.waitFor(lambda e: e.get("event") == "expired")
         await publisher.call({"channel": private, "data": {"n": 2}, "ext": {"auth": AUTH}})

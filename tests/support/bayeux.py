@@ -16,16 +16,43 @@ import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 
 from tests.support.waiting import eventually
 
-__all__ = ["HANDSHAKE", "LPClient", "WSClient"]
+__all__ = ["HANDSHAKE", "LPClient", "WSClient", "cancelAutobahnTimers"]
 
 HANDSHAKE = {
     "channel": "/meta/handshake",
     "version": "1.0",
     "supportedConnectionTypes": ["websocket", "long-polling"],
 }
+
+# Autobahn's timers of one websocket. Its connectionLost cancels most of them but not the
+# close handshake's: a socket that sent a close frame and then lost its connection before
+# the answer (the server killed, the test's cleanup tearing everything down) keeps a
+# timer in txaio's batched timer for up to closeHandshakeTimeout, and trial reports a
+# dirty reactor for a test that ends meanwhile.
+_AUTOBAHN_TIMERS = (
+    "openHandshakeTimeoutCall",
+    "closeHandshakeTimeoutCall",
+    "serverConnectionDropTimeoutCall",
+    "autoPingPendingCall",
+    "autoPingTimeoutCall",
+)
+
+
+def cancelAutobahnTimers(protocol: WebSocketClientProtocol) -> None:
+    """Cancel whatever timer ``protocol`` (a websocket whose connection is gone) still has pending."""
+    for name in _AUTOBAHN_TIMERS:
+        call = getattr(protocol, name, None)
+        if call is not None:
+            setattr(protocol, name, None)
+            try:
+                call.cancel()
+            except Exception:
+                pass  # fired or cancelled already (txaio's calls do not say which)
 
 
 class _WSProtocol(WebSocketClientProtocol):
@@ -38,9 +65,18 @@ class _WSProtocol(WebSocketClientProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.client.closed = True
 
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        cancelAutobahnTimers(self)
+
 
 class WSClient:
-    """A Bayeux client over one websocket; ``messages`` collects deliveries, ``replies`` the rest."""
+    """
+    A Bayeux client over one websocket; ``messages`` collects deliveries, ``replies`` the rest.
+
+    End it with ``await close()`` (a close handshake) or ``kill()`` (no goodbye at all);
+    either way autobahn's timers go with the connection, so a test may end at once.
+    """
 
     def __init__(self, url: str, origin: str | None = None) -> None:
         self.url = url
@@ -81,6 +117,15 @@ class WSClient:
         self.protocol.sendMessage(json.dumps([message]).encode())
         assert await eventually(lambda: any(r.get("id") == message["id"] for r in self.replies))
         return next(r for r in self.replies if r.get("id") == message["id"])
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """A websocket close handshake (no Bayeux goodbye); the connection dropped if it takes too long."""
+        if self.protocol is None or self.closed:
+            return
+        self.protocol.sendClose()
+        if not await eventually(lambda: self.closed, timeout=timeout):
+            self.kill()
+            await eventually(lambda: self.closed, timeout=timeout)
 
     def kill(self) -> None:
         """Drop the TCP connection without a Bayeux goodbye or a close frame."""

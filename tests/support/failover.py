@@ -24,9 +24,11 @@ from twisted.internet import defer
 from twisted.internet import reactor as _reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
-from tests.support.bayeux import HANDSHAKE
+from tests.support.bayeux import HANDSHAKE, cancelAutobahnTimers
 from tests.support.waiting import sleep
 
 __all__ = [
@@ -75,6 +77,10 @@ class FailoverWSProtocol(WebSocketClientProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.owner._closed(self, code)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        cancelAutobahnTimers(self)
 
 
 class FailoverWS:

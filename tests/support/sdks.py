@@ -127,22 +127,6 @@ async def runProcess(
     return ProcessResult(code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), command)
 
 
-def _batchedTimers(reactor: Any = _reactor) -> list[Any]:
-    return [c for c in reactor.getDelayedCalls() if getattr(c.func, "__name__", "") == "_notify_bucket"]
-
-
-async def closeWebsocket(client: WSClient) -> None:
-    """
-    Close ``client`` and wait until autobahn's timers have run out. Its handshake timeouts live in
-    txaio's batched timer, whose 0.2 s buckets stay scheduled when the calls in them are cancelled:
-    a test ending within 5 s of opening a websocket would leave trial a dirty reactor.
-    """
-    if not client.closed:
-        client.protocol.sendClose()
-    await eventually(lambda: client.closed, timeout=5)
-    await eventually(lambda: not _batchedTimers(), timeout=8)
-
-
 # A mixin, not a TestCase: trial would otherwise run it (with no library) in every module importing it.
 if TYPE_CHECKING:
     _Base = TestCase
@@ -172,9 +156,9 @@ class SDKEndToEnd(_Base):
         return self.pandapush
 
     async def websocket(self) -> WSClient:
-        """A Bayeux websocket client of the server, closed (and its timers run out) at cleanup."""
+        """A Bayeux websocket client of the server, closed at cleanup."""
         client = await WSClient(self.pandapush.url).start()
-        self.addCleanup(closeWebsocket, client)
+        self.addCleanup(client.close)
         return client
 
     async def subscriber(
