@@ -15,7 +15,7 @@ Servers
 Clients
     :mod:`tests.support.bayeux`     small Bayeux clients over real sockets (``WSClient``, ``LPClient``).
     :mod:`tests.support.failover`   clients that move between nodes as real ones behind a balancer do
-                                    (``FailoverWS``, ``AlternatingPoller``).
+                                    (``FailoverWS``, ``AlternatingPoller``, ``FailoverPoller``).
     :mod:`tests.support.node`       Node scripts of ``tests/node`` (the real Faye client) as child processes.
     :mod:`tests.support.browser`    headless Chromium through Playwright (``BrowserThread``, ``PageServer``).
     :mod:`tests.support.console`    the ``/admin`` console in that browser (``ConsolePage``, ``Http``).

@@ -4,6 +4,9 @@ Bayeux clients that move between the nodes of a cluster, as real clients behind 
 - :class:`FailoverWS`: a websocket client that keeps a ``/meta/connect`` outstanding,
   handshakes (and subscribes) again when advised to, and when its socket closes opens one
   to the next node of its list with the same clientId (the session lives in Redis).
+- :class:`FailoverPoller`: a long-poll client whose requests go to one node until one
+  fails, then to the next, with the same clientId; it too handshakes (and subscribes)
+  again when advised to.
 - :class:`AlternatingPoller`: a long-poll client whose every request goes to the next
   node in turn (a balancer with no affinity at all).
 
@@ -33,6 +36,7 @@ from tests.support.waiting import sleep
 
 __all__ = [
     "AlternatingPoller",
+    "FailoverPoller",
     "FailoverWS",
     "FailoverWSProtocol",
     "NoReplyError",
@@ -386,5 +390,105 @@ class AlternatingPoller(_Poller):
     async def stop(self) -> None:
         """Stop after the request under way (held at most the server's --timeout)."""
         self.polling = False
+        if self._loop is not None:
+            await self._loop
+
+
+class FailoverPoller(_Poller):
+    """
+    A long-poll client behind a balancer with affinity: one request at a time, each to the
+    current node of ``urls``; a request that fails (refused, reset, timed out) moves it to
+    the next node with the same clientId. A connect refused with handshake advice makes it
+    handshake and make its ``subscriptions`` again, as a real client does.
+    ``requestFailures`` records the failed requests, ``connectReplies`` every connect's answer.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        name: str = "",
+        subscriptions: Iterable[Message] = (),
+        connectTimeout: float = 45,
+        reactor: Any = None,
+    ) -> None:
+        super().__init__(urls, name, reactor)
+        self.subscriptions = list(subscriptions)
+        self.connectTimeout = connectTimeout
+        self.index = 0
+        self.handshakes = 0
+        self.stopped = False
+        self.requestFailures: list[tuple[float, str]] = []
+        self.connectReplies: list[tuple[float, bool, dict[str, Any]]] = []
+        self._loop: defer.Deferred[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return self.urls[self.index]
+
+    def _nextUrl(self) -> str:
+        return self.url
+
+    def _failed(self, reason: BaseException) -> None:
+        self.requestFailures.append((self.now(), type(reason).__name__))
+        if len(self.urls) > 1:
+            self.index = (self.index + 1) % len(self.urls)
+            self.note(f"moved to {self.url}")
+
+    async def start(self) -> FailoverPoller:
+        await self._handshake()
+        self._loop = defer.ensureDeferred(self._poll())
+        return self
+
+    async def _handshake(self) -> None:
+        while not self.stopped:
+            try:
+                (reply,) = await self.post([HANDSHAKE])
+                if reply.get("successful"):
+                    self.clientId = reply["clientId"]
+                    self.handshakes += 1
+                    self.note("handshake")
+                    for subscription in self.subscriptions:
+                        (reply,) = await self.post([{**subscription, "clientId": self.clientId}])
+                        if not reply.get("successful"):
+                            self.failures.append(reply)
+                            break
+                    else:
+                        return
+            except Exception as e:
+                if self.stopped:
+                    return
+                self._failed(e)
+            await sleep(0.2, self.reactor)
+
+    async def _poll(self) -> None:
+        while not self.stopped:
+            try:
+                replies = await self.post([self._connectMessage()], timeout=self.connectTimeout)
+            except Exception as e:
+                if not self.stopped:
+                    self._failed(e)
+                    await sleep(0.05, self.reactor)
+                continue
+            for reply in replies:
+                if reply.get("channel") == "/meta/connect" and "successful" in reply:
+                    advice = reply.get("advice") or {}
+                    self.connectReplies.append((self.now(), bool(reply["successful"]), advice))
+                    if not reply["successful"]:
+                        self.failures.append(reply)
+                        if advice.get("reconnect") == "handshake":
+                            await self._handshake()
+                        else:
+                            await sleep(0.2, self.reactor)
+                elif "successful" in reply:
+                    if not reply["successful"]:
+                        self.failures.append(reply)
+                else:
+                    self.deliver(reply)
+
+    async def stop(self) -> None:
+        """Stop at once: the request under way is cancelled."""
+        self.stopped = True
+        if self._request is not None:
+            self._request.cancel()
         if self._loop is not None:
             await self._loop
