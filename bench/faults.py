@@ -56,7 +56,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -65,18 +64,19 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+# The nodes, the Redis and the clients are the tests' own (tests/support/).
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import treq  # noqa: E402
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol  # noqa: E402
 from twisted.internet import defer, reactor, task  # noqa: E402
-from twisted.internet.endpoints import TCP4ClientEndpoint  # noqa: E402
 from twisted.web.client import HTTPConnectionPool  # noqa: E402
 
 from pandapush.tokens import mintToken  # noqa: E402
-from tests.support.ports import freePort  # noqa: E402
-from tests.support.process import PandapushProcess  # noqa: E402
+from tests.support.failover import FailoverPoller, FailoverWS, subscribeMessage  # noqa: E402
+from tests.support.process import PandapushProcess, seededEnvironment  # noqa: E402
+from tests.support.redis import RedisProcess  # noqa: E402
+from tests.support.waiting import sleep  # noqa: E402
 
 APP = "faultsapp00000000001"
 KEY = "PSIDfaults0000000001"
@@ -84,28 +84,11 @@ SECRET = "faults-bench-secret-0123456789abcdef012345"
 ADMIN = ("admin", "faults-admin-password")
 DATA = f"/{APP}/public/faults"
 ROOM = f"/{APP}/presence/room"
-HANDSHAKE = {
-    "channel": "/meta/handshake",
-    "version": "1.0",
-    "supportedConnectionTypes": ["websocket", "long-polling"],
-}
 FAULTS = ("sigkill", "redis", "sigterm")
 
 
 def now() -> float:
     return reactor.seconds()  # type: ignore[attr-defined,no-any-return]
-
-
-def sleep(seconds: float) -> defer.Deferred[None]:
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
-def reachable(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.3):
-            return True
-    except OSError:
-        return False
 
 
 # -- processes -------------------------------------------------------------------------
@@ -144,51 +127,24 @@ class Node(PandapushProcess):
         return env
 
 
-class Redis:
-    """A throwaway redis-server on a free port; stopped and started again on the same port."""
-
-    def __init__(self) -> None:
-        self.port = freePort()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        executable = shutil.which("redis-server")
-        if executable is None:
-            raise SystemExit("redis-server is not installed")
-        argv = [executable, "--port", str(self.port), "--bind", "127.0.0.1"]
-        argv += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = now() + 10
-        while not reachable(self.port):
-            if now() > deadline or self.process.poll() is not None:
-                raise SystemExit(f"redis-server on port {self.port} did not start")
-            await sleep(0.01)
-
-    async def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(sig)
-        while self.process.poll() is None:
-            await sleep(0.01)
-
-
 # -- clients ---------------------------------------------------------------------------
 
 
 class Subscriber:
-    """What a client received: sequence numbers with their arrival times, presence events."""
+    """
+    What a client received: sequence numbers with their arrival times, presence events.
+    Mixed into the tests' failover clients, whose ``deliver`` it replaces (and whose
+    ``events`` note each handshake and move).
+    """
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    name: str
+    events: list[tuple[float, str]]
+
+    def received(self) -> None:
         self.got: dict[int, float] = {}
         self.order: list[int] = []
         self.duplicates = 0
         self.presence: list[tuple[float, Any]] = []
-        self.events: list[tuple[float, str]] = []
-        self.stopped = False
-
-    def note(self, what: str) -> None:
-        self.events.append((now(), what))
 
     def deliver(self, message: dict[str, Any]) -> None:
         if message.get("channel") == DATA and isinstance(message.get("data"), dict):
@@ -202,18 +158,7 @@ class Subscriber:
             self.presence.append((now(), message.get("data")))
 
 
-class _WSProtocol(WebSocketClientProtocol):
-    def onOpen(self) -> None:
-        self.factory.owner._opened(self)
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self.factory.owner._batch(self, json.loads(payload))
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self.factory.owner._closed(self, code)
-
-
-class WSClient(Subscriber):
+class WSClient(Subscriber, FailoverWS):
     """
     A websocket Bayeux client: keeps a connect outstanding, subscribes ``subscriptions``,
     handshakes (and subscribes) again when advised to, and when its socket closes opens
@@ -224,222 +169,20 @@ class WSClient(Subscriber):
     def __init__(
         self, name: str, urls: list[str], subscriptions: list[dict[str, Any]], failover: bool = True
     ) -> None:
-        super().__init__(name)
-        self.urls = urls
-        self.index = 0
-        self.subscriptions = subscriptions
-        self.failover = failover
-        self.clientId: str | None = None
-        self.protocol: Any = None
-        self.closes: list[tuple[float, int | None]] = []
-        self._pending: dict[str, defer.Deferred[dict[str, Any]]] = {}
-        self._opening: defer.Deferred[Any] | None = None
-        self._nextId = 0
-        self._recovering = False
-
-    async def _open(self) -> None:
-        host, port = self.urls[self.index].split("//")[1].split(":")
-        factory = WebSocketClientFactory(f"ws://{host}:{port}/push")
-        factory.protocol = _WSProtocol
-        factory.owner = self  # type: ignore[attr-defined]
-        self._opening = defer.Deferred()
-        self._opening.addTimeout(3, reactor)
-        await TCP4ClientEndpoint(reactor, host, int(port), timeout=2).connect(factory)
-        await self._opening
-
-    def _opened(self, protocol: Any) -> None:
-        self.protocol = protocol
-        if self._opening is not None and not self._opening.called:
-            self._opening.callback(protocol)
-
-    def _send(self, messages: list[dict[str, Any]]) -> None:
-        if self.protocol is not None:
-            self.protocol.sendMessage(json.dumps(messages).encode())
-
-    def _connect(self) -> None:
-        if not self.stopped and self.clientId is not None:
-            self._send(
-                [{"channel": "/meta/connect", "clientId": self.clientId, "connectionType": "websocket"}]
-            )
-
-    def call(self, message: dict[str, Any], timeout: float = 5.0) -> defer.Deferred[dict[str, Any]]:
-        self._nextId += 1
-        messageId = f"{self.name}-{self._nextId}"
-        message = {**message, "id": messageId}
-        if self.clientId is not None and message["channel"] != "/meta/handshake":
-            message["clientId"] = self.clientId
-        d: defer.Deferred[dict[str, Any]] = defer.Deferred()
-        self._pending[messageId] = d
-        d.addTimeout(timeout, reactor)
-        d.addBoth(lambda result: (self._pending.pop(messageId, None), result)[1])
-        self._send([message])
-        return d
-
-    def _batch(self, protocol: Any, batch: list[dict[str, Any]]) -> None:
-        for message in batch:
-            pending = self._pending.get(str(message.get("id")))
-            if pending is not None:
-                pending.callback(message)
-            elif message.get("channel") == "/meta/connect":
-                if protocol is not self.protocol or self.stopped:
-                    continue
-                if message.get("successful"):
-                    self._connect()
-                elif (message.get("advice") or {}).get("reconnect") == "handshake":
-                    self.recover()
-                else:
-                    reactor.callLater(0.2, self._connect)  # type: ignore[attr-defined]
-            elif "successful" not in message:
-                self.deliver(message)
-
-    async def start(self) -> WSClient:
-        await self._open()
-        await self._handshake()
-        return self
-
-    async def _handshake(self) -> None:
-        while not self.stopped:
-            self.clientId = None
-            try:
-                reply = await self.call(HANDSHAKE, timeout=3)
-            except Exception:
-                reply = {}
-            if reply.get("successful"):
-                self.clientId = reply["clientId"]
-                self.note("handshake")
-                self._connect()
-                break
-            await sleep(0.2)
-        for subscription in self.subscriptions:
-            while not self.stopped and self.protocol is not None:
-                try:
-                    reply = await self.call(subscription)
-                except Exception:
-                    reply = {}
-                if reply.get("successful"):
-                    break
-                if "Unknown client" in str(reply.get("error")):
-                    self.recover()  # the session is gone (Redis came back empty)
-                    return
-                await sleep(0.2)
-
-    def recover(self) -> None:
-        """Handshake and subscribe again (once at a time)."""
-        if self._recovering or self.stopped:
-            return
-        self._recovering = True
-
-        def done(_: Any) -> None:
-            self._recovering = False
-
-        defer.ensureDeferred(self._handshake()).addBoth(done)
-
-    def _closed(self, protocol: Any, code: int | None) -> None:
-        if protocol is not self.protocol:
-            return
-        self.closes.append((now(), code))
-        self.protocol = None
-        if self.failover and not self.stopped:
-            defer.ensureDeferred(self._failover())
-
-    async def _failover(self) -> None:
-        while not self.stopped:
-            self.index = (self.index + 1) % len(self.urls)
-            try:
-                await self._open()
-            except Exception:
-                await sleep(0.1)
-                continue
-            self.note(f"reopened on {self.urls[self.index]}")
-            self._connect()  # same session; an unknown clientId gets handshake advice
-            return
-
-    def stop(self) -> None:
-        self.stopped = True
-        if self.protocol is not None:
-            self.protocol.transport.abortConnection()
+        FailoverWS.__init__(self, urls, name, subscriptions, failover)
+        self.received()
 
 
-class LPClient(Subscriber):
+class LPClient(Subscriber, FailoverPoller):
     """
-    A long-polling client: one connect at a time, each to the current node; a request
-    that fails (refused, reset) moves it to the next of ``urls`` with the same clientId.
+    A long-polling client subscribed to the data channel: one connect at a time, each to
+    the current node; a request that fails (refused, reset) moves it to the next of
+    ``urls`` with the same clientId.
     """
 
     def __init__(self, name: str, urls: list[str]) -> None:
-        super().__init__(name)
-        self.urls = urls
-        self.index = 0
-        self.clientId: str | None = None
-        self.connectReplies: list[tuple[float, bool, dict[str, Any]]] = []
-        self.failures: list[tuple[float, str]] = []
-        self._loop: defer.Deferred[None] | None = None
-
-    async def post(self, messages: list[dict[str, Any]], timeout: float = 10) -> list[dict[str, Any]]:
-        response = await treq.post(
-            self.urls[self.index] + "/push",
-            data=json.dumps(messages).encode(),
-            headers={"Content-Type": "application/json"},
-            persistent=False,
-            timeout=timeout,
-        )
-        return json.loads(await response.content())  # type: ignore[no-any-return]
-
-    async def _handshake(self) -> None:
-        while not self.stopped:
-            try:
-                (reply,) = await self.post([HANDSHAKE])
-                if reply.get("successful"):
-                    self.clientId = reply["clientId"]
-                    (reply,) = await self.post(
-                        [{"channel": "/meta/subscribe", "clientId": self.clientId, "subscription": DATA}]
-                    )
-                    if reply.get("successful"):
-                        self.note("handshake")
-                        return
-            except Exception as e:
-                self._failed(e)
-            await sleep(0.2)
-
-    def _failed(self, e: Exception) -> None:
-        self.failures.append((now(), type(e).__name__))
-        if len(self.urls) > 1:
-            self.index = (self.index + 1) % len(self.urls)
-            self.note(f"moved to {self.urls[self.index]}")
-
-    async def start(self) -> LPClient:
-        await self._handshake()
-        self._loop = defer.ensureDeferred(self._poll())
-        return self
-
-    async def _poll(self) -> None:
-        while not self.stopped:
-            message = {
-                "channel": "/meta/connect",
-                "clientId": self.clientId,
-                "connectionType": "long-polling",
-            }
-            try:
-                replies = await self.post([message], timeout=45)
-            except Exception as e:
-                if not self.stopped:
-                    self._failed(e)
-                    await sleep(0.05)
-                continue
-            for reply in replies:
-                if reply.get("channel") == "/meta/connect" and "successful" in reply:
-                    advice = reply.get("advice") or {}
-                    self.connectReplies.append((now(), bool(reply["successful"]), advice))
-                    if not reply["successful"]:
-                        if advice.get("reconnect") == "handshake":
-                            await self._handshake()
-                        else:
-                            await sleep(0.2)
-                elif "successful" not in reply:
-                    self.deliver(reply)
-
-    async def stop(self) -> None:
-        self.stopped = True
+        FailoverPoller.__init__(self, urls, name, [subscribeMessage(DATA)])
+        self.received()
 
 
 class Publication:
@@ -538,7 +281,8 @@ class Traffic:
         def finished(_: Any) -> None:
             publication.done = now()
 
-        self.bayeux.call(message, timeout=15).addCallbacks(answered, failed).addBoth(finished)
+        call = defer.ensureDeferred(self.bayeux.call(message, timeout=15))
+        call.addCallbacks(answered, failed).addBoth(finished)
 
 
 # -- one fault -------------------------------------------------------------------------
@@ -548,18 +292,11 @@ class Cluster:
     def __init__(self, options: argparse.Namespace, snapshot: Snapshot) -> None:
         self.options = options
         self.directory = Path(tempfile.mkdtemp(prefix="pandapush-faults-"))
-        self.redis = Redis()
+        self.redis = RedisProcess()
         args = ["--redis-hosts", f"127.0.0.1:{self.redis.port}", "--redis-namespace", "faults"]
         args += ["--database", "sqlite", "--database-path", str(self.directory / "db.sqlite")]
         args += list(options.server_args)
-        env = {
-            "DEV_APPLICATION_ID": APP,
-            "DEV_KEY_ID": KEY,
-            "DEV_KEY_SECRET": SECRET,
-            "AUTH_METHOD": "basic",
-            "ADMIN_USERNAME": ADMIN[0],
-            "ADMIN_PASSWORD": ADMIN[1],
-        }
+        env = seededEnvironment(APP, KEY, SECRET, admin=ADMIN)
         Node.snapshot = snapshot
         self.a = Node(*args, env=env)
         self.b = Node(*args, env=env)
@@ -697,7 +434,9 @@ async def _runFault(fault: str, cluster: Cluster, options: argparse.Namespace) -
             info["closes"] = [[round(t - t0, 3), code] for t, code in s.closes if t >= t0 - 0.01]
         else:
             assert isinstance(s, LPClient)
-            info["failures_after_t0"] = [[round(t - t0, 3), what] for t, what in s.failures if t >= t0][:4]
+            info["failures_after_t0"] = [
+                [round(t - t0, 3), what] for t, what in s.requestFailures if t >= t0
+            ][:4]
             info["connect_answers_after_t0"] = [
                 [round(t - t0, 3), ok, advice.get("reconnect")]
                 for t, ok, advice in s.connectReplies

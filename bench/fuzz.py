@@ -48,8 +48,6 @@ import os
 import random
 import re
 import shutil
-import signal
-import socket
 import string
 import subprocess
 import sys
@@ -62,6 +60,7 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
+# The server process and the shared clients' pieces are the tests' own (tests/support/).
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -70,9 +69,14 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import defer, reactor  # noqa: E402
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol  # noqa: E402
 from twisted.internet.protocol import Protocol  # noqa: E402
-from twisted.internet.task import LoopingCall, deferLater  # noqa: E402
+from twisted.internet.task import LoopingCall  # noqa: E402
 
+from pandapush.redis import parseRedisHosts  # noqa: E402
 from pandapush.tokens import mintToken  # noqa: E402
+from tests.support.bayeux import HANDSHAKE  # noqa: E402
+from tests.support.process import PandapushProcess, ServerFailedError, seededEnvironment  # noqa: E402
+from tests.support.redis import deleteNamespace  # noqa: E402
+from tests.support.waiting import sleep  # noqa: E402
 
 APP = "fuzzapp0000000000001"
 WATCH_KEY = "PSIDfuzzwatch0000001"
@@ -596,7 +600,7 @@ class Run:
                 await client.open(self.port)
             except Exception as e:
                 FINDINGS.add("websocket could not open", repr(e))
-                await deferLater(reactor, 0.5, lambda: None)
+                await sleep(0.5)
                 continue
             await client.run()
 
@@ -627,7 +631,7 @@ class Run:
                 continue
             if status != 200:
                 FINDINGS.add("watch publish refused", f"{status} {answer[:200]!r}")
-            await deferLater(reactor, 0.05, lambda: None)
+            await sleep(0.05)
 
     def received(self, watcher: str, message: dict[str, Any]) -> None:
         if message.get("channel") != WATCH_CHANNEL:
@@ -685,9 +689,6 @@ class Run:
                     self.watchEvents["long-polling connects"] += 1
                 else:
                     self.received("long-polling", message)
-
-
-HANDSHAKE = {"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["websocket"]}
 
 
 class _FuzzProtocol(WebSocketClientProtocol):
@@ -888,12 +889,6 @@ def drawCorpus(size: int, seed: int) -> list[Any]:
 # -- the server ------------------------------------------------------------------------
 
 
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # type: ignore[no-any-return]
-
-
 def rss(pid: int) -> int:
     """Resident set size of ``pid`` in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -934,98 +929,24 @@ def adminRequest(port: int, method: str, path: str, body: Any) -> Any:
         return json.loads(response.read())
 
 
-def startServer(options: argparse.Namespace, workdir: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
-    port = freePort()
-    log = workdir / "server.log"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        "PYTHONUNBUFFERED": "1",
-        "DATABASE": "memory",
-        "DEV_APPLICATION_ID": APP,
-        "DEV_KEY_ID": WATCH_KEY,
-        "DEV_KEY_SECRET": WATCH_SECRET,
-        "AUTH_METHOD": "basic",
-        "ADMIN_USERNAME": ADMIN[0],
-        "ADMIN_PASSWORD": ADMIN[1],
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "twisted",
-        "--log-format",
-        "text",
-        "pandapush",
-        "--listen",
-        f"tcp:{port}:interface=127.0.0.1",
-        "--timeout",
-        str(options.server_timeout),
-        *(
-            ["--redis-hosts", options.redis_hosts, "--redis-namespace", options.redis_namespace]
-            if options.redis_hosts
-            else []
-        ),
+async def startServer(options: argparse.Namespace, workdir: Path) -> PandapushProcess:
+    """``python -m twisted pandapush`` from this checkout, its log in ``workdir/server.log``."""
+    args = ["--timeout", str(options.server_timeout)]
+    if options.redis_hosts:
+        args += ["--redis-hosts", options.redis_hosts, "--redis-namespace", options.redis_namespace]
+    server = PandapushProcess(
+        *args,
         *options.server_args,
-    ]
-    process = subprocess.Popen(
-        command, cwd=workdir, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+        env=seededEnvironment(APP, WATCH_KEY, WATCH_SECRET, admin=ADMIN, DATABASE="memory"),
+        logFile=workdir / "server.log",
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"pandapush exited at start:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health_check.json", timeout=1):
-                return process, port, log
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.1)
-    process.kill()
-    raise SystemExit(f"pandapush did not answer in 30 s:\n{log.read_text()[-3000:]}")
-
-
-def redisCommand(host: str, port: int, *args: str) -> Any:
-    """One command over RESP on a fresh connection (only SCAN and DEL are needed here)."""
-
-    def encode(parts: tuple[str, ...]) -> bytes:
-        out = [f"*{len(parts)}\r\n".encode()]
-        for part in parts:
-            data = part.encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        return b"".join(out)
-
-    with socket.create_connection((host, port), timeout=10) as connection:
-        connection.sendall(encode(args))
-        reader = connection.makefile("rb")
-
-        def read() -> Any:
-            line = reader.readline().rstrip(b"\r\n")
-            kind, rest = line[:1], line[1:]
-            if kind in (b"+", b":"):
-                return rest.decode()
-            if kind == b"-":
-                raise RuntimeError(rest.decode())
-            if kind == b"$":
-                size = int(rest)
-                if size < 0:
-                    return None
-                data = reader.read(size + 2)[:-2]
-                return data.decode()
-            if kind == b"*":
-                return [read() for _ in range(int(rest))]
-            raise RuntimeError(f"unexpected Redis reply {line!r}")
-
-        return read()
-
-
-def dropNamespace(host: str, port: int, namespace: str) -> int:
-    """Delete every key of ``namespace`` (what the run's server left in Redis)."""
-    cursor, deleted = "0", 0
-    while True:
-        cursor, keys = redisCommand(host, port, "SCAN", cursor, "MATCH", f"{namespace}:*", "COUNT", "1000")
-        if keys:
-            deleted += int(redisCommand(host, port, "DEL", *keys))
-        if cursor == "0":
-            return deleted
+    server.workingDirectory = workdir
+    server.stopTimeout = 15
+    try:
+        await server.start()
+    except ServerFailedError as e:
+        raise SystemExit(str(e)) from None
+    return server
 
 
 def gitCommit() -> str:
@@ -1048,7 +969,9 @@ def gitCommit() -> str:
 
 async def main(options: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="pandapush-fuzz-"))
-    process, port, log = startServer(options, workdir)
+    server = await startServer(options, workdir)
+    port, log, pid = server.port, server.logFile, server.pid
+    assert log is not None and pid is not None
     summary: dict[str, Any] = {
         "commit": gitCommit(),
         "seed": options.seed,
@@ -1066,13 +989,13 @@ async def main(options: argparse.Namespace) -> dict[str, Any]:
         await watcher.start(port)
         polling = await run.longPollWatcher()
         pulsing = defer.ensureDeferred(run.pulse())
-        await deferLater(reactor, 1, lambda: None)
+        await sleep(1)
 
         samples: list[tuple[int, int]] = []
-        rssStart = rss(process.pid)
+        rssStart = rss(pid)
 
         def sample() -> None:
-            samples.append((run.sent, rss(process.pid)))
+            samples.append((run.sent, rss(pid)))
             if options.progress:
                 print(f"{run.sent:>9} messages, RSS {samples[-1][1] / 1024:.1f} MiB", file=sys.stderr)
 
@@ -1083,14 +1006,14 @@ async def main(options: argparse.Namespace) -> dict[str, Any]:
         fuzzers += [defer.ensureDeferred(run.wsFuzzer()) for _ in range(options.ws)]
         await defer.gatherResults(fuzzers, consumeErrors=True)
         duration = time.monotonic() - began
-        rssEnd = rss(process.pid)
+        rssEnd = rss(pid)
 
         # Let the last pulses arrive, then the fuzzers' clients expire (client expiry and held
         # connects), before the last RSS sample.
-        await deferLater(reactor, options.settle, lambda: None)
+        await sleep(options.settle)
         run.stopping = True
         await pulsing
-        rssSettled = rss(process.pid)
+        rssSettled = rss(pid)
         summary["gauges_settled"] = settled = gauges(port)
         if settled.get("pandapush_clients") != 2 or settled.get("pandapush_queued_messages"):
             FINDINGS.add("clients or queues left behind", repr(settled))
@@ -1153,14 +1076,11 @@ async def main(options: argparse.Namespace) -> dict[str, Any]:
             }
         )
     finally:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            process.kill()
+        await server.stop()
         if options.redis_hosts:
-            host, _, port = options.redis_hosts.split(",")[0].partition(":")
-            summary["redis_keys_deleted"] = dropNamespace(host, int(port or 6379), options.redis_namespace)
+            summary["redis_keys_deleted"] = await deleteNamespace(
+                parseRedisHosts(options.redis_hosts), options.redis_namespace
+            )
     summary["findings"] = {
         "total": FINDINGS.total,
         "counts": dict(FINDINGS.counts),

@@ -26,6 +26,8 @@ Fakes and small things
     :mod:`tests.support.waiting`    ``sleep`` and ``eventually`` on the reactor.
     :mod:`tests.support.ports`      ``freePort`` and ``reachable``.
     :mod:`tests.support.requirements` skip a test whose tool is missing (or fail, under ``run-tests``).
+
+``bench/`` imports from here too (its fault and fuzz runs use the same processes and clients).
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ Bayeux clients that move between the nodes of a cluster, as real clients behind 
 
 Because they handshake again exactly when a real client would, their ``handshakes``
 count is a check on the server: a session lost across a failover or a drain shows as a
-second handshake. ``deliver`` and ``note`` are where a subclass records more.
+second handshake. ``deliver`` and ``note`` are where a subclass records more (the fault
+benchmark, ``bench/faults.py``, keeps arrival times).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +66,10 @@ def seededEnvironment(
 
 
 class _ServerProtocol(ProcessProtocol):
-    """Collects the child's output and tells when it has ended."""
+    """Hands the child's output to ``write``, a line at a time, and tells when it has ended."""
 
-    def __init__(self, output: list[str], tag: str) -> None:
-        self.output = output
+    def __init__(self, write: Callable[[str], object], tag: str) -> None:
+        self.write = write
         self.tag = tag
         self.exitCode: int | None = None
         self.hasEnded = False
@@ -87,12 +88,12 @@ class _ServerProtocol(ProcessProtocol):
         buffered = self._partial.get(fd, b"") + data
         *lines, self._partial[fd] = buffered.split(b"\n")
         for line in lines:
-            self.output.append(f"[{self.tag}] " + line.decode("utf-8", "replace"))
+            self.write(f"[{self.tag}] " + line.decode("utf-8", "replace"))
 
     def processEnded(self, reason: Failure) -> None:
         for rest in self._partial.values():
             if rest:
-                self.output.append(f"[{self.tag}] " + rest.decode("utf-8", "replace"))
+                self.write(f"[{self.tag}] " + rest.decode("utf-8", "replace"))
         self._partial = {1: b"", 2: b""}
         code: int | None = 0
         if isinstance(reason.value, error.ProcessTerminated):
@@ -110,7 +111,8 @@ class PandapushProcess:
     One pandapush daemon on ``127.0.0.1:<port>``; ``args`` are ``twistd pandapush`` options
     (``--listen`` is added), ``env`` is added to the child's environment (storage, seeding,
     auth: see ``seededEnvironment``). ``output`` keeps every line the server printed, across
-    restarts, each tagged with its run number.
+    restarts, each tagged with its run number; with ``logFile`` the lines go to that file
+    instead (a long run, e.g. ``bench/fuzz.py``'s, would hold them all in memory).
     """
 
     startTimeout = 30.0
@@ -128,8 +130,10 @@ class PandapushProcess:
         env: dict[str, str] | None = None,
         port: int | None = None,
         reactor: Any = None,
+        logFile: Path | None = None,
     ) -> None:
         self.args = list(args)
+        self.logFile = logFile
         self.env = dict(env or {})
         self.port = port or freePort()
         self.reactor: Any = reactor or _reactor
@@ -156,6 +160,11 @@ class PandapushProcess:
     def push(self) -> str:
         """The Bayeux endpoint."""
         return self.url + "/push"
+
+    @property
+    def pid(self) -> int | None:
+        """The process id of the current run (None before the first start)."""
+        return self._transport.pid if self._transport is not None else None
 
     @property
     def running(self) -> bool:
@@ -204,9 +213,11 @@ class PandapushProcess:
         if self.running:
             raise ServerFailedError("already running")
         self.runs += 1
-        protocol = _ServerProtocol(self.output, f"server#{self.runs}")
+        write, ended = self._writer()
+        protocol = _ServerProtocol(write, f"server#{self.runs}")
+        protocol.whenEnded().addBoth(lambda result: (ended(), result)[1])
         command = self.command()
-        self.output.append(f"[server#{self.runs}] $ {' '.join(command)}")
+        protocol.write(f"[server#{self.runs}] $ {' '.join(command)}")
         self._protocol = protocol
         self._transport = IReactorProcess(self.reactor).spawnProcess(
             protocol, command[0], command, env=self.childEnvironment(), path=str(self.directory())
@@ -250,8 +261,16 @@ class PandapushProcess:
             timer.cancel()
         return code
 
+    def _writer(self) -> tuple[Callable[[str], object], Callable[[], object]]:
+        """Where the lines of a run go, and what to do once it has ended."""
+        if self.logFile is None:
+            return self.output.append, lambda: None
+        handle = self.logFile.open("a", encoding="utf-8", buffering=1)
+        return (lambda line: handle.write(line + "\n")), handle.close
+
     def _kill(self, transport: Any) -> None:
-        self.output.append(f"[server#{self.runs}] did not stop in {self.stopTimeout}s: SIGKILL")
+        assert self._protocol is not None
+        self._protocol.write(f"[server#{self.runs}] did not stop in {self.stopTimeout}s: SIGKILL")
         try:
             transport.signalProcess("KILL")
         except error.ProcessExitedAlready:
@@ -264,4 +283,7 @@ class PandapushProcess:
 
     def log(self) -> str:
         """The last 200 lines the server printed (for failure messages)."""
+        if self.logFile is not None:
+            lines = self.logFile.read_text(encoding="utf-8", errors="replace").splitlines()
+            return "\n".join(lines[-200:])
         return "\n".join(self.output[-200:])
