@@ -533,8 +533,9 @@ class TokenExpiryTests(BrowserTestCase):
         if not await self.hasTenancy():
             raise SkipTest("the server does not enforce tenancy yet")
         private = f"/{APP}/private/expiring"
-        tokens = [self.shortToken(private, 2), token(private, sub=True, exp=int(time.time() + 3600))]
         page = await self.subscribedPage()
+        # Minted once the page is up: setting it up can take longer than the token lives.
+        tokens = [self.shortToken(private, 2), token(private, sub=True, exp=int(time.time() + 3600))]
         await page.evaluate(
             "([ch, toks]) => { window.calls = 0;"
             " return harness.subscribe('a', ch, () => toks[Math.min(calls++, 1)]); }",
