@@ -707,7 +707,7 @@ class KeyBroadcastTests(CLITestCase):
         """A running node's KeySync forgets the key the command revoked (the message is its own format)."""
         from pandapush.auth.keycache import KeyCache
         from pandapush.auth.keysync import KeySync
-        from tests.test_multinode_keysync import _key, _Storage
+        from tests.test_auth_keysync import _key, _Storage
 
         app = await self.makeApp()
         key = await self.makeKey(app["id"])

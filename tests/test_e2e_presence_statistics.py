@@ -1,4 +1,9 @@
-"""Presence, meta channels and statistics end to end: a real server, real sockets, real tokens."""
+"""
+Presence, meta channels, statistics and metrics end to end: a real server, real sockets, real tokens.
+
+(And the REST publish size limit on that server.) The same at the router, with the memory
+engine and a stand-in for tenancy: ``tests/test_presence_statistics_metrics.py``.
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Presence, meta channel events, statistics and metrics, over the router with the memory engine.
 
 Tenancy is stood in for by an extension that hands the presence object over the
-way the tenancy extension does (``context.attributes["presence"]``); the
-end-to-end tests with real tokens live with the tenancy tests.
+way the tenancy extension does (``context.attributes["presence"]``). The same over a
+real server, real sockets and real tokens: ``tests/test_e2e_presence_statistics.py``.
 """
 
 from __future__ import annotations
