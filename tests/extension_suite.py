@@ -183,7 +183,8 @@ class ExtensionTestsMixin(_Base):
     def test_earlierRefusalKept(self) -> None:
         """A message refused earlier in the chain keeps that refusal: the client reads the first."""
         earlier = "401::No auth supplied"
-        cases = [(m, c) for m, c, _ in self.refusals()] or [(m, None) for m in self.clientMessages()]
+        cases: list[tuple[Message, MessageContext | None]] = [(m, c) for m, c, _ in self.refusals()]
+        cases = cases or [(m, None) for m in self.clientMessages()]
         for message, context in cases:
             message["error"] = earlier
             refused = self.incoming(message, context)

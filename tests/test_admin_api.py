@@ -8,7 +8,6 @@ import stat
 from typing import Any
 
 import jwt
-from treq.testing import StubTreq
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -31,6 +30,7 @@ from pandapush.web.adminauth import (
     adminLoginInfo,
     makeAdminAuthority,
 )
+from tests.support.http import stubTreq
 
 ROOT = ("root", "rootpass")
 ALICE = ("alice", "alicepass")
@@ -56,7 +56,7 @@ class AdminHarness:
         checkers = [AdminPasswordChecker(dict([ROOT, ALICE, BOB]))]
         self.authority = authority or AdminAuthority(BasicAdminAuth(checkers), rootAdmins={"root"})
         self.app = AdminApp(self.storage, self.authority, self.keys, self.clock, self.config)
-        self.treq = StubTreq(self.app.resource())
+        self.treq = stubTreq(self.app.resource())
 
 
 class AdminAPITests(SynchronousTestCase):

@@ -6,10 +6,10 @@ import base64
 from typing import Any
 
 import treq
-from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.http_headers import Headers
 from twisted.web.test.requesthelper import DummyRequest
 
 from pandapush.auth.admin import AdminPasswordChecker
@@ -20,6 +20,7 @@ from pandapush.web.admin import AdminApp
 from pandapush.web.adminauth import AdminAuthority, BasicAdminAuth
 from pandapush.web.adminui import AdminResource, AdminUIResource
 from pandapush.web.http import ProxyTrust
+from tests.support.http import stubTreq
 from tests.support.inprocess import InProcessServer
 
 IP = ["ip:10.0.0.1"]
@@ -102,7 +103,7 @@ class LoginThrottleTests(SynchronousTestCase):
         self.assertEqual(LoginThrottledError(3.01).retryAfterHeader, b"4")
 
 
-def _request(peer: str, forwardedFor: str | None = None) -> DummyRequest:
+def _request(peer: str, forwardedFor: str | None = None) -> Any:
     request = DummyRequest([b""])
     request.client = IPv4Address("TCP", peer, 1234)
     if forwardedFor is not None:
@@ -149,7 +150,7 @@ class AuthorityThrottleTests(SynchronousTestCase):
             throttle=self.throttle,
         )
         api = AdminApp(storage, authority, KeyCache(storage, self.clock), self.clock)
-        self.treq = StubTreq(AdminResource(api.app.resource(), AdminUIResource(authority)))
+        self.treq = stubTreq(AdminResource(api.app.resource(), AdminUIResource(authority)))
 
     def get(self, path: str, password: str | None) -> Any:
         headers = _basic("admin", password) if password is not None else {}
@@ -193,7 +194,7 @@ class InProcessThrottleTests(TestCase):
         return server.url
 
     async def get(self, url: str, password: str, forwardedFor: str | None = None, user: str = "admin") -> Any:
-        headers = {"X-Forwarded-For": forwardedFor} if forwardedFor else {}
+        headers = Headers({"X-Forwarded-For": [forwardedFor]} if forwardedFor else {})
         response = await treq.get(url, auth=(user, password), headers=headers, persistent=False)
         await response.content()
         return response

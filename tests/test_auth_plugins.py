@@ -20,7 +20,6 @@ import sys
 import uuid
 from typing import Any
 
-from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -37,6 +36,7 @@ from pandapush.storage.memory import MemoryStorage
 from pandapush.web.admin import AdminApp
 from pandapush.web.adminauth import IAdminAuth, IAdminAuthPlugin, findAdminAuthPlugins, makeAdminAuthority
 from pandapush.web.http import errorBody, jsonResponse
+from tests.support.http import stubTreq
 
 
 @implementer(IAdminAuth)
@@ -69,7 +69,7 @@ headerAdminAuth = HeaderAdminAuthPlugin()  # noqa: N816 (as a drop-in names it)
 
 
 @implementer(IPlugin, IAdminAuthPlugin)
-class BrokenAdminAuthPlugin:
+class BrokenAdminAuthPlugin:  # type: ignore[misc]  # broken on purpose
     """Declares the interface but lacks ``makeAdminAuth``: refused by verifyObject."""
 
     name = "broken"
@@ -100,8 +100,9 @@ class AdminAuthPluginTests(SynchronousTestCase):
     def test_found(self) -> None:
         """The drop-in is found by name; the broken one is refused with a logged reason."""
         events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        observer: Any = events.append
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         found = findAdminAuthPlugins(self.package)
         self.assertEqual(sorted(found), ["header"])
         self.assertIsInstance(found["header"], HeaderAdminAuthPlugin)
@@ -115,7 +116,7 @@ class AdminAuthPluginTests(SynchronousTestCase):
             authority = makeAdminAuthority(TenancyConfig(authMethod=method), pluginPackage=self.package)
             clock = Clock()
             storage = MemoryStorage()
-            treq = StubTreq(AdminApp(storage, authority, KeyCache(storage, clock), clock).resource())
+            treq = stubTreq(AdminApp(storage, authority, KeyCache(storage, clock), clock).resource())
             d = treq.get("http://localhost/admin/api/info", headers={b"X-Remote-User": [b"carol"]})
             treq.flush()
             response = self.successResultOf(d)

@@ -23,6 +23,7 @@ from pandapush import cli
 from pandapush.auth.keysync import keysChannel
 from pandapush.redis import RedisAddress, RedisSubscriber
 from pandapush.storage import ids
+from tests.support.ports import listenLocally, portNumber
 from tests.support.waiting import eventually
 from tests.test_publisher import RecordingChannelResource
 from tests.test_storage import POSTGRES, postgresSchema
@@ -373,9 +374,9 @@ class PublishCommandTests(CLITestCase):
     """``pandapush publish`` over real HTTP, to a stand-in for the server."""
 
     def serve(self, resource: RecordingChannelResource) -> str:
-        port = reactor.listenTCP(0, Site(resource), interface="127.0.0.1")  # type: ignore[attr-defined]
+        port = listenLocally(Site(resource))
         self.addCleanup(port.stopListening)
-        return f"http://127.0.0.1:{port.getHost().port}"
+        return f"http://127.0.0.1:{portNumber(port)}"
 
     @inlineCallbacks
     def test_publishWithKey(self) -> Generator[Deferred[Any], Any, None]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 from typing import Any
 
-from treq.testing import RequestTraversalAgent, StubTreq
+from treq.testing import RequestTraversalAgent
 from twisted.trial.unittest import TestCase
 from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
@@ -18,6 +18,7 @@ from twisted.web.resource import NoResource, Resource
 
 from pandapush.web.clientjs import STATIC_DIR, ClientScriptResource
 from pandapush.web.site import PandapushRoot
+from tests.support.http import stubTreq
 
 BASE = "http://pandapush.test"
 
@@ -137,6 +138,6 @@ class ClientScriptTests(TestCase):
         """Also works with ``putChild`` (Twisted's usual tree), where the path is consumed."""
         root = Resource()
         root.putChild(b"client.js", self.resource)
-        response = await StubTreq(root).get(BASE + "/client.js")
+        response = await stubTreq(root).get(BASE + "/client.js")
         self.assertEqual(response.code, 200)
         self.assertEqual(await response.content(), self.source)

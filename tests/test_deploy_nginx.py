@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 import treq
 from twisted.trial.unittest import TestCase
+from twisted.web.http_headers import Headers
 
 from tests.support.bayeux import HANDSHAKE, LPClient
 from tests.support.container import missing, requireTools, run
@@ -207,14 +209,15 @@ class ThroughNginxTests(TestCase):
         received = bytearray()
         response = await treq.get(
             f"{self.url}/push/{clientId}",
-            headers={"Accept": "text/event-stream"},
+            headers=Headers({"Accept": ["text/event-stream"]}),
             unbuffered=True,
             persistent=False,
         )
         self.assertEqual(response.code, 200)
         done = treq.collect(response, received.extend)
         # The stream only ends when the client goes: close the connection.
-        close = response.original._transport.stopProducing
+        original: Any = response.original  # treq's IResponse hides the HTTP client's transport
+        close = original._transport.stopProducing
         self.addCleanup(lambda: None if done.called else close())
         self.assertTrue(await eventually(lambda: b"retry:" in received, 5), bytes(received))
         published = await request("POST", f"{self.url}/channel{channel}", {"n": 1}, basicAuth(KEY, SECRET))

@@ -145,8 +145,12 @@ class PostgresStoppedTests(TestCase):
 
         async def allReceived() -> None:
             for client in (ws, poller):
+
+                def gotAll(client: WSClient | LPClient = client) -> bool:
+                    return received(client) == sent
+
                 self.assertTrue(
-                    await eventually(lambda c=client: received(c) == sent, 5),
+                    await eventually(gotAll, 5),
                     f"{type(client).__name__} got {received(client)}, expected {sent}",
                 )
 

@@ -372,9 +372,11 @@ class FailureTests(ClusterCase):
         # Key sync came back too: it cleared each node's key cache on reconnecting
         # (invalidations may have been missed), and a revocation on A reaches B again.
         for node in (a, b):
-            self.assertTrue(
-                await eventually(lambda node=node: "key cache cleared" in node.log(), timeout=5), node.log()
-            )
+
+            def cleared(node: PandapushProcess = node) -> bool:
+                return "key cache cleared" in node.log()
+
+            self.assertTrue(await eventually(cleared, timeout=5), node.log())
         key = await createKey(a, APP)
         credentials = (key["id"], key["secret"])
         code, body = await self.restPublish(b, "live", {"keyed": True}, auth=credentials)
@@ -410,9 +412,11 @@ class FailureTests(ClusterCase):
         code, body = await self.restPublish(b, "live", {"warmup": True})
         self.assertEqual(code, 200, body)
         for client in (ws, poller):
-            self.assertTrue(
-                await eventually(lambda client=client: dataOn(client, live) == [{"warmup": True}])
-            )
+
+            def warmedUp(client: Any = client) -> bool:
+                return dataOn(client, live) == [{"warmup": True}]
+
+            self.assertTrue(await eventually(warmedUp))
 
         await redis.stop("KILL")
         await sleep(1)
@@ -461,10 +465,12 @@ class FailureTests(ClusterCase):
                 await sleep(0.1)
             self.assertEqual(code, 200, body)
         for client in (ws, poller):
+
+            def gotFive(client: Any = client) -> bool:
+                return len(dataOn(client, live)) >= before[id(client)] + 5
+
             self.assertTrue(
-                await eventually(
-                    lambda client=client: len(dataOn(client, live)) >= before[id(client)] + 5, timeout=5
-                ),
+                await eventually(gotFive, timeout=5),
                 dataOn(client, live),
             )
         await sleep(0.3)

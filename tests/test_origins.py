@@ -10,6 +10,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.web.http_headers import Headers
 from zope.interface.verify import verifyObject
 
 from pandapush.auth.keycache import KeyCache
@@ -178,7 +179,7 @@ class InProcessOriginTests(TestCase):
         response = await treq.post(
             f"{self.server.url}/admin/api/application/{APP}",
             data=json.dumps({"allowed_origins": origins}).encode(),
-            headers={"Content-Type": "application/json"},
+            headers=Headers({"Content-Type": ["application/json"]}),
             auth=("admin", "sesame"),
             persistent=False,
         )
@@ -244,7 +245,7 @@ class InProcessOriginTests(TestCase):
             response = await treq.post(
                 self.server.url + "/push",
                 data=json.dumps([message]).encode(),
-                headers={"Content-Type": "application/json", "Origin": origin},
+                headers=Headers({"Content-Type": ["application/json"], "Origin": [origin]}),
                 persistent=False,
             )
             return json.loads(await response.content())[0]

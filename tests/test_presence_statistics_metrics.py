@@ -54,8 +54,10 @@ class Harness(TestCase):
         self.stats = Statistics(self.router, self.clock, interval=5)
 
     def send(self, message: dict[str, Any]) -> dict[str, Any]:
-        (reply,) = self.successResultOf(self.router.process([message], MessageContext("long-polling")))
-        return reply  # type: ignore[no-any-return]
+        replies: list[Any] = self.successResultOf(
+            self.router.process([message], MessageContext("long-polling"))
+        )
+        return replies[0]  # type: ignore[no-any-return]
 
     def client(self) -> str:
         clientId = self.send(dict(HANDSHAKE))["clientId"]
@@ -81,7 +83,7 @@ class Harness(TestCase):
             ],
             MessageContext("long-polling"),
         )
-        replies = self.successResultOf(d)
+        replies: list[Any] = self.successResultOf(d)
         return [json.loads(r.payload) for r in replies[1:]]
 
 
@@ -135,7 +137,7 @@ class PresenceTests(Harness):
             MessageContext("long-polling"),
         )
         self.clock.pump([1] * 11)
-        replies = self.successResultOf(d)
+        replies: list[Any] = self.successResultOf(d)
         self.assertEqual(json.loads(replies[1].payload)["data"], {"unsubscribe": {"g": None}})
 
     def test_limits(self) -> None:

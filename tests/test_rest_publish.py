@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -15,6 +14,7 @@ from pandapush.auth.checkers import ChannelAuthority
 from pandapush.auth.keycache import KeyCache
 from pandapush.web.publish import PublishApp, parseBody
 from tests.support.auth import APP, KEY, NOW, SECRET, FakeKey, FakeKeyStore, at, token
+from tests.support.http import stubTreq
 
 URL = f"http://localhost/channel/{APP}/public/messages"
 CHANNEL = f"/{APP}/public/messages"
@@ -76,7 +76,7 @@ class PublishAppTests(SynchronousTestCase):
             self.clock,
             maxBodySize=1000,
         )
-        self.treq = StubTreq(self.app.resource())
+        self.treq = stubTreq(self.app.resource())
 
     def publish(self, channel: str, data: Any) -> Deferred[int]:
         self.published.append((channel, data))

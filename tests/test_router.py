@@ -233,8 +233,8 @@ class ConnectTests(RouterTestCase):
             [{"channel": "/meta/connect", "clientId": clientId, "connectionType": "eventsource"}],
             MessageContext("long-polling"),
         )
-        (reply,) = self.successResultOf(d)
-        self.assertEqual(reply["advice"], {"reconnect": "retry", "interval": 30000, "timeout": 0})
+        replies: list[Any] = self.successResultOf(d)
+        self.assertEqual(replies[0]["advice"], {"reconnect": "retry", "interval": 30000, "timeout": 0})
 
     def test_lostRequestLeavesMessagesQueued(self) -> None:
         """If the long-poll request goes away, the connect stops holding and messages wait."""
@@ -282,7 +282,7 @@ class SubscribeTests(RouterTestCase):
     def test_errors(self) -> None:
         """Each refusal has Faye's error string; clientId stays in subscribe errors."""
         clientId = self.handshake()
-        cases = [
+        cases: list[tuple[dict[str, Any], str]] = [
             ({}, "402:subscription:Missing required parameter"),
             ({"subscription": 5}, "400:subscription:Bad request"),
             ({"subscription": [5]}, "400:subscription:Bad request"),
@@ -320,7 +320,7 @@ class PublishTests(RouterTestCase):
         self.assertEqual(reply, {"id": "p", "clientId": "whoever", "channel": "/a", "successful": True})
 
     def test_errors(self) -> None:
-        cases = [
+        cases: list[tuple[dict[str, Any], str]] = [
             ({"channel": "/a"}, "402:data:Missing required parameter"),
             ({"channel": "/a/*", "data": 1}, "405:/a/*:Invalid channel"),
             ({"channel": "/a b", "data": 1}, "405:/a b:Invalid channel"),
@@ -565,7 +565,7 @@ class BatchTests(RouterTestCase):
         self.assertEqual(self.engine.queued(watcher), 1)
         self.assertNoResult(d)
         self.clock.advance(30)
-        replies = self.successResultOf(d)
+        replies: list[Any] = self.successResultOf(d)
         self.assertEqual([r["channel"] for r in replies], ["/meta/connect", "/a"])
 
     def test_outgoingOncePerHeldReply(self) -> None:
@@ -644,7 +644,7 @@ class PublishPathTests(RouterTestCase):
         self.assertNoResult(d)
         self.assertEqual(third.incomingCalls, [])
         self.clock.advance(1)
-        replies = self.successResultOf(d)
+        replies: list[Any] = self.successResultOf(d)
         self.assertEqual([r["id"] for r in replies], [1, 2])
         self.assertEqual([r["ext"]["seen"] for r in replies], [["first", "slow", "third"]] * 2)
         for extension in (first, slow, third):
@@ -667,7 +667,7 @@ class PublishPathTests(RouterTestCase):
         )
         self.assertNoResult(d)
         self.clock.advance(1)
-        replies = self.successResultOf(d)
+        replies: list[Any] = self.successResultOf(d)
         self.assertEqual([r["id"] for r in replies], ["slow", "next"])
         self.assertEqual([r["ext"]["seen"] for r in replies], [["slow", "last"]] * 2)
         self.assertEqual((slow.outgoingCalls, last.outgoingCalls), (["slow", "next"], ["slow", "next"]))
@@ -675,13 +675,12 @@ class PublishPathTests(RouterTestCase):
     def test_lateEngine(self) -> None:
         """An engine that publishes later (Redis): the reply waits for it, the next publish after it."""
         publish = self.engine.publish
-        pending: list[defer.Deferred[int]] = []
+        pending: list[defer.Deferred[None]] = []
 
         def slowPublish(delivery: Delivery) -> defer.Deferred[int]:
-            d: defer.Deferred[int] = defer.Deferred()
+            d: defer.Deferred[None] = defer.Deferred()
             pending.append(d)
-            d.addCallback(lambda _: publish(delivery))
-            return d
+            return d.addCallback(lambda _: publish(delivery))
 
         self.engine.publish = slowPublish  # type: ignore[method-assign]
         d = self.router.process(
@@ -692,7 +691,8 @@ class PublishPathTests(RouterTestCase):
         pending[0].callback(None)
         self.assertEqual(len(pending), 2)
         pending[1].callback(None)
-        self.assertEqual([r["successful"] for r in self.successResultOf(d)], [True, True])
+        replies: list[Any] = self.successResultOf(d)
+        self.assertEqual([r["successful"] for r in replies], [True, True])
         self.assertEqual(self.delivered(), [b'{"channel":"/a","data":1}', b'{"channel":"/a","data":2}'])
 
     def test_engineFailure(self) -> None:

@@ -72,7 +72,7 @@ class RouterFuzzTests(SynchronousTestCase):
         self.clock = Clock()
         self.engine = MemoryEngine(self.clock, timeout=1, expiry=1)
         self.router = BayeuxRouter(self.engine, self.clock, timeout=1)
-        (reply,) = self.successResultOf(
+        replies: list[Any] = self.successResultOf(
             self.router.process(
                 [
                     {
@@ -84,7 +84,7 @@ class RouterFuzzTests(SynchronousTestCase):
                 MessageContext("long-polling"),
             )
         )
-        self.clientId = reply["clientId"]
+        self.clientId = replies[0]["clientId"]
 
     def _withClient(self, message: Any) -> Any:
         if isinstance(message, dict) and message.get("clientId") == "CLIENT":

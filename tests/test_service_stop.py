@@ -37,7 +37,8 @@ class PandapushServiceTests(SynchronousTestCase):
     def test_storageClosesAfterEveryChild(self) -> None:
         """The storage is closed only once every child has stopped, not while one still writes."""
         events: list[str] = []
-        top = PandapushService(_RecordingStorage(events))
+        storage: Any = _RecordingStorage(events)  # only close() is called
+        top = PandapushService(storage)
         flusher = _SlowToStop(events)
         flusher.setServiceParent(top)
         top.startService()

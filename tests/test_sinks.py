@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.twisted.websocket import WebSocketClientProtocol
 from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -29,6 +28,8 @@ from pandapush.interfaces import IClientSocket
 from pandapush.router.sessions import HeldConnect, HeldConnects
 from pandapush.transports.resource import BayeuxResource
 from tests.sink_suite import CHANNEL, ClientSocketTestsMixin, DeliverySinkTestsMixin
+from tests.support.bayeux import openWebSocket
+from tests.support.ports import listenLocally, portNumber
 from tests.support.waiting import eventually
 
 
@@ -86,7 +87,7 @@ class _SocketCase(TestCase):
     def setUp(self) -> None:
         self.router = StandInRouter()
         self.resource = BayeuxResource(self.router, reactor)  # type: ignore[arg-type]
-        self.port = reactor.listenTCP(0, Site(self.resource), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.port = listenLocally(Site(self.resource))
         self.addCleanup(self.port.stopListening)
         self.peers: dict[Any, _Peer] = {}
 
@@ -104,16 +105,13 @@ class _SocketCase(TestCase):
 
 
 class _WebSocketPeer(WebSocketClientProtocol):
-    peer: _Peer
-
-    def onOpen(self) -> None:
-        self.factory.opened.callback(self)
+    record: _Peer  # (not ``peer``: autobahn's, the peer's address)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self.peer.messages.extend(json.loads(payload))
+        self.record.messages.extend(json.loads(payload))
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self.peer.ended()
+        self.record.ended()
 
 
 class WebSocketSinkTests(_SocketCase, ClientSocketTestsMixin):
@@ -124,16 +122,12 @@ class WebSocketSinkTests(_SocketCase, ClientSocketTestsMixin):
 
     async def makeSink(self) -> Any:
         known = len(self.router.sockets)
-        port = self.port.getHost().port
-        factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}/push")
-        factory.protocol = _WebSocketPeer
-        factory.opened = defer.Deferred()
-        await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
-        client: _WebSocketPeer = await factory.opened
-        client.peer = peer = _Peer(client)
+        client = await openWebSocket(f"ws://127.0.0.1:{portNumber(self.port)}/push", _WebSocketPeer)
+        client.record = peer = _Peer(client)
 
         async def close() -> None:
             if not peer.closed.called:
+                assert client.transport is not None
                 client.transport.loseConnection()
                 await peer.closed
 
@@ -167,7 +161,7 @@ class _StreamPeer(Protocol):
             if event.startswith(b"data: "):
                 self.peer.messages.extend(json.loads(event[len(b"data: ") :]))
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.peer.ended()
 
 
@@ -184,7 +178,7 @@ class EventStreamSinkTests(_SocketCase, ClientSocketTestsMixin):
 
     async def makeSink(self) -> Any:
         known = len(self.router.sockets)
-        url = f"http://127.0.0.1:{self.port.getHost().port}/push/client{len(self.peers)}"
+        url = f"http://127.0.0.1:{portNumber(self.port)}/push/client{len(self.peers)}"
         response = await Agent(reactor).request(
             b"GET", url.encode(), Headers({b"Accept": [b"text/event-stream"]})
         )
@@ -216,7 +210,8 @@ class HeldConnectSinkTests(DeliverySinkTestsMixin, TestCase):
         reply = {"channel": "/meta/connect", "clientId": clientId, "successful": True}
         held = self.connects.hold(clientId, reply, MessageContext("long-polling"), None, attached=True)
         self.engine.attach(clientId, held)
-        self.responses[held] = responses = []
+        responses: list[list[Any]] = []
+        self.responses[held] = responses
         held.deferred.addCallback(responses.append)
         return held
 

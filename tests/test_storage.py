@@ -34,7 +34,7 @@ UTC = datetime.UTC
 T0 = datetime.datetime(2030, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 
 # The CI machine's server; PANDAPUSH_TEST_POSTGRES_HOST/_PORT point elsewhere.
-POSTGRES = {
+POSTGRES: dict[str, Any] = {
     "host": os.environ.get("PANDAPUSH_TEST_POSTGRES_HOST", "127.0.0.1"),
     "port": int(os.environ.get("PANDAPUSH_TEST_POSTGRES_PORT", "5432")),
     "user": "postgres",
@@ -119,8 +119,11 @@ class StorageTestsMixin:
     def makeStorage(self, now: Callable[[], datetime.datetime]) -> Any:
         raise NotImplementedError
 
+    def setUp(self) -> Any:
+        return self._startStorage()  # trial waits for the Deferred
+
     @inlineCallbacks
-    def setUp(self) -> Generator[Deferred[Any], Any, None]:
+    def _startStorage(self) -> Generator[Deferred[Any], Any, None]:
         self.time = FakeTime()
         self.storage = yield self.makeStorage(self.time)
 

@@ -12,7 +12,6 @@ import sqlite3
 from typing import Any, cast
 
 import psycopg2
-from treq.testing import StubTreq
 from twisted.enterprise import adbapi
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -34,6 +33,7 @@ from pandapush.web.admin import AdminApp
 from pandapush.web.adminauth import AdminAuthority, BasicAdminAuth
 from pandapush.web.site import HealthApp
 from tests.support.auth import APP, KEY, NOW, SECRET, FakeKey, FakeKeyStore, at
+from tests.support.http import stubTreq
 
 
 class _Pool:
@@ -259,7 +259,7 @@ class AdminUnavailableTests(SynchronousTestCase):
             BasicAdminAuth([AdminPasswordChecker({"root": "pw"})]), rootAdmins={"root"}
         )
         app = AdminApp(storage, authority, KeyCache(storage, clock), clock)
-        stub = StubTreq(app.resource())
+        stub = stubTreq(app.resource())
         auth = {b"Authorization": [b"Basic " + base64.b64encode(b"root:pw")]}
         for method, path, body in [
             ("GET", "/admin/api/applications", None),
@@ -267,9 +267,7 @@ class AdminUnavailableTests(SynchronousTestCase):
             ("POST", "/admin/api/application/x/keys", b"{}"),
         ]:
             headers = {**auth, b"Content-Type": [b"application/json"]}
-            d = stub.request(  # type: ignore[attr-defined]
-                method, "http://localhost" + path, headers=headers, data=body
-            )
+            d = stub.request(method, "http://localhost" + path, headers=headers, data=body)
             stub.flush()
             response = self.successResultOf(d)
             content = self.successResultOf(response.content())
@@ -298,8 +296,8 @@ class TenancyUnavailableTests(SynchronousTestCase):
 
 class HealthStorageTests(SynchronousTestCase):
     def _health(self, app: HealthApp) -> Any:
-        stub = StubTreq(app.app.resource())
-        response = self.successResultOf(stub.get("http://localhost/health_check.json"))  # type: ignore[attr-defined]
+        stub = stubTreq(app.app.resource())
+        response = self.successResultOf(stub.get("http://localhost/health_check.json"))
         self.assertEqual(response.code, 200)
         return json.loads(self.successResultOf(response.content()))
 

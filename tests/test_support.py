@@ -14,7 +14,11 @@ from tests.support.waiting import eventually
 
 def _batchedTimers() -> list[Any]:
     """The reactor's calls that run txaio's batched timers (where autobahn keeps its timeouts)."""
-    return [c for c in reactor.getDelayedCalls() if getattr(c.func, "__name__", "") == "_notify_bucket"]
+    return [
+        c
+        for c in reactor.getDelayedCalls()
+        if getattr(getattr(c, "func", None), "__name__", "") == "_notify_bucket"
+    ]
 
 
 class WSClientTests(TestCase):

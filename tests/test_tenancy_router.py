@@ -7,7 +7,6 @@ import os
 from typing import Any
 
 import jwt
-from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
@@ -19,6 +18,7 @@ from pandapush.engines.memory import MemoryEngine
 from pandapush.extensions.presence import PresenceExtension
 from pandapush.router import BayeuxRouter
 from pandapush.storage.memory import MemoryStorage
+from tests.support.http import stubTreq
 from tests.support.tenancy import makeTenancy
 
 HANDSHAKE = {"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["long-polling"]}
@@ -42,10 +42,10 @@ class WiredTenancyTests(TestCase):
         self.auth = {"key": self.key.id, "secret": self.key.secret}
 
     def send(self, message: dict[str, Any], context: MessageContext | None = None) -> dict[str, Any]:
-        (reply,) = self.successResultOf(
+        replies: list[Any] = self.successResultOf(
             self.router.process([message], context or MessageContext("long-polling"))
         )
-        return reply  # type: ignore[no-any-return]
+        return replies[0]  # type: ignore[no-any-return]
 
     def client(self) -> str:
         clientId: str = self.send(dict(HANDSHAKE))["clientId"]
@@ -118,7 +118,7 @@ class WiredTenancyTests(TestCase):
         clientId = self.client()
         self.send({"channel": "/meta/subscribe", "clientId": clientId, "subscription": channel})
         pending = self.waitForDelivery(clientId)
-        treq = StubTreq(self.tenancy.publishApp.resource())
+        treq = stubTreq(self.tenancy.publishApp.resource())
         auth = base64.b64encode(f"{self.key.id}:{self.key.secret}".encode())
         d = treq.post(
             f"http://localhost/channel/{self.app.id}/public/messages",
@@ -139,6 +139,7 @@ class WiredTenancyTests(TestCase):
         self.send({"channel": f"/{self.app.id}/private/a", "data": 2, "ext": {"auth": self.auth}})
         self.clock.advance(self.tenancy.config.usageFlushInterval)
         key = self.successResultOf(self.storage.getKey(self.key.id))
+        assert key is not None
         self.assertEqual(key.use_count, 2)
         self.assertIsNotNone(key.last_used)
 

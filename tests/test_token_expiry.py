@@ -59,8 +59,10 @@ class ExpiryRouterTests(TestCase):
         return jwt.encode(body, self.key.secret)
 
     def send(self, message: dict[str, Any]) -> dict[str, Any]:
-        (reply,) = self.successResultOf(self.router.process([message], MessageContext("long-polling")))
-        return reply  # type: ignore[no-any-return]
+        replies: list[Any] = self.successResultOf(
+            self.router.process([message], MessageContext("long-polling"))
+        )
+        return replies[0]  # type: ignore[no-any-return]
 
     def client(self) -> str:
         clientId: str = self.send(dict(HANDSHAKE))["clientId"]
@@ -68,7 +70,11 @@ class ExpiryRouterTests(TestCase):
         return clientId
 
     def subscribe(self, clientId: str, channelName: str, auth: Any) -> dict[str, Any]:
-        message = {"channel": "/meta/subscribe", "clientId": clientId, "subscription": channelName}
+        message: dict[str, Any] = {
+            "channel": "/meta/subscribe",
+            "clientId": clientId,
+            "subscription": channelName,
+        }
         if auth is not None:
             message["ext"] = {"auth": auth}
         return self.send(message)
@@ -162,7 +168,7 @@ class ExpiryRouterTests(TestCase):
         """Stopping (the server going away) leaves no timer behind; so does the last deadline going."""
         clientId = self.client()
         self.subscribe(clientId, self.private, {"token": self.token(self.private, T0 + 10)})
-        timers = lambda: [c for c in self.clock.getDelayedCalls() if c.func == self.expiry._fire]  # noqa: E731
+        timers = lambda: [c for c in self.clock.calls if c.func == self.expiry._fire]  # noqa: E731
         self.assertEqual(len(timers()), 1)
         self.send({"channel": "/meta/unsubscribe", "clientId": clientId, "subscription": self.private})
         self.assertEqual(timers(), [])
@@ -176,13 +182,13 @@ class ExpiryRouterTests(TestCase):
         clients = [self.client() for _ in range(20)]
         for n, clientId in enumerate(clients):
             self.subscribe(clientId, self.private, {"token": self.token(self.private, T0 + 100 - n)})
-        timers = [c for c in self.clock.getDelayedCalls() if c.func == self.expiry._fire]
+        timers = [c for c in self.clock.calls if c.func == self.expiry._fire]
         self.assertEqual([c.getTime() for c in timers], [T0 + 100 - 19 + 5])
         self.clock.advance(100 - 19 + 5)
         self.assertEqual(self.expiry.expired, 1)
         self.clock.advance(20)
         self.assertEqual(self.expiry.expired, 20)
-        self.assertEqual([c for c in self.clock.getDelayedCalls() if c.func == self.expiry._fire], [])
+        self.assertEqual([c for c in self.clock.calls if c.func == self.expiry._fire], [])
 
 
 def _serverToken(channelName: str, lifetime: float) -> str:

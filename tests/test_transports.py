@@ -6,16 +6,17 @@ import json
 from typing import Any
 
 import treq
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.twisted.websocket import WebSocketClientProtocol
 from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
 
 from pandapush.transports.websocket import BayeuxWebSocketProtocol
+from tests.support.bayeux import openWebSocket
 from tests.support.inprocess import AUTH, InProcessServer, channel
 
 HANDSHAKE = {
@@ -38,8 +39,9 @@ class ServerTestCase(TestCase):
         self, body: Any, headers: dict[str, str] | None = None, raw: bytes | None = None
     ) -> tuple[Any, Any]:
         data = raw if raw is not None else json.dumps(body).encode()
+        fields = headers or {"Content-Type": "application/json"}
         response = await treq.post(
-            self.push, data=data, headers=headers or {"Content-Type": "application/json"}, persistent=False
+            self.push, data=data, headers=Headers({k: [v] for k, v in fields.items()}), persistent=False
         )
         content = await response.content()
         return response, content
@@ -108,7 +110,7 @@ class LongPollingTests(ServerTestCase):
         response = await treq.post(
             self.push + "/handshake",
             data=json.dumps([HANDSHAKE]).encode(),
-            headers={"Content-Type": "application/json"},
+            headers=Headers({"Content-Type": ["application/json"]}),
             persistent=False,
         )
         self.assertTrue(json.loads(await response.content())[0]["successful"])
@@ -116,7 +118,7 @@ class LongPollingTests(ServerTestCase):
     async def test_preflight(self) -> None:
         """OPTIONS answers CORS preflight with Faye's headers, echoing the Origin."""
         response = await treq.request(
-            "OPTIONS", self.push, headers={"Origin": "http://a.test"}, persistent=False
+            "OPTIONS", self.push, headers=Headers({"Origin": ["http://a.test"]}), persistent=False
         )
         await response.content()
         self.assertEqual(response.code, 200)
@@ -234,7 +236,7 @@ class _StreamCollector(Protocol):
         if self.wanted in self.data and not self.found.called:
             self.found.callback(self.data)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.done.called:
             self.done.callback(None)
 
@@ -265,18 +267,19 @@ class EventSourceTests(ServerTestCase):
 
     async def test_unknownClient(self) -> None:
         response = await treq.get(
-            self.push + "/nope", headers={"Accept": "text/event-stream"}, persistent=False
+            self.push + "/nope", headers=Headers({"Accept": ["text/event-stream"]}), persistent=False
         )
         await response.content()
         self.assertEqual(response.code, 400)
 
 
 class BayeuxWS(WebSocketClientProtocol):
+    transport: Any  # TCP: tests abort it and pause its reading
+
     def onOpen(self) -> None:
         self.frames: list[Any] = []
         self.waiters: list[tuple[int, defer.Deferred[list[Any]]]] = []
         self.closed: defer.Deferred[tuple[bool, int | None]] = defer.Deferred()
-        self.factory.opened.callback(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.frames.append(json.loads(payload))
@@ -303,12 +306,7 @@ class BayeuxWS(WebSocketClientProtocol):
 
 class WebSocketCase(ServerTestCase):
     async def open(self, path: str = "/push") -> BayeuxWS:
-        port = self.server.port.getHost().port  # type: ignore[union-attr]
-        factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}{path}")
-        factory.protocol = BayeuxWS
-        factory.opened = defer.Deferred()
-        await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
-        ws: BayeuxWS = await factory.opened
+        ws = await openWebSocket(self.server.url.replace("http", "ws", 1) + path, BayeuxWS)
 
         async def close() -> None:
             if not ws.closed.called:
@@ -412,12 +410,7 @@ class DrainTests(ServerTestCase):
 
     async def test_stopDrains(self) -> None:
         """Stopping answers held long-polls with handshake advice and closes websockets with 1001."""
-        port = self.server.port.getHost().port  # type: ignore[union-attr]
-        factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}/push")
-        factory.protocol = BayeuxWS
-        factory.opened = defer.Deferred()
-        await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
-        ws: BayeuxWS = await factory.opened
+        ws = await openWebSocket(self.server.url.replace("http", "ws", 1) + "/push", BayeuxWS)
         ws.send(HANDSHAKE)
         wsClient = (await ws.frameCount(1))[0][0]["clientId"]
         ws.send({"channel": "/meta/connect", "clientId": wsClient, "connectionType": "websocket"})

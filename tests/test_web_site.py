@@ -10,12 +10,14 @@ import treq
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
 from pandapush.auth import TenancyConfig
 from pandapush.bayeux import json
 from pandapush.storage.memory import MemoryStorage
 from pandapush.web.site import HealthApp, PandapushRoot, makeSite
+from tests.support.ports import listenLocally, portNumber
 from tests.support.tenancy import makeTenancy
 
 
@@ -32,9 +34,9 @@ class MountedAppsTests(TestCase):
             HealthApp().app.resource(),
             {b"channel": self.tenancy.publishApp.resource(), b"admin": self.tenancy.adminApp.resource()},
         )
-        self.port = reactor.listenTCP(0, makeSite(root, maxBodySize=4096), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.port = listenLocally(makeSite(root, maxBodySize=4096))
         self.addCleanup(self.port.stopListening)
-        self.url = f"http://127.0.0.1:{self.port.getHost().port}"
+        self.url = f"http://127.0.0.1:{portNumber(self.port)}"
         self.app = await self.storage.createApplication("testapp", "admin", admins=["admin"])
         self.key = await self.storage.createKey(self.app.id, "admin")
         self.basic = {
@@ -51,7 +53,7 @@ class MountedAppsTests(TestCase):
             persistent=False,
             url=f"{self.url}/channel/{self.app.id}/private/users/123/messages",
             data=b'{text:"hello"}',
-            headers={**self.basic, b"Content-Type": [b"application/json"]},
+            headers=Headers({**self.basic, b"Content-Type": [b"application/json"]}),
         )
         self.assertEqual((response.code, await response.content()), (200, b"OK"))
         self.assertEqual(self.published, [(f"/{self.app.id}/private/users/123/messages", {"text": "hello"})])
@@ -62,13 +64,16 @@ class MountedAppsTests(TestCase):
             persistent=False,
             url=f"{self.url}/channel/{self.app.id}/public/x",
             data=b"[" + b"1," * 5000 + b"1]",
-            headers=self.basic,
+            headers=Headers(self.basic),
         )
         self.assertEqual(response.code, 413)
         await response.content()
         self.assertEqual(self.published, [])
         response = await treq.post(
-            persistent=False, url=f"{self.url}/channel/{self.app.id}/public/x", data=b"{}", headers=self.basic
+            persistent=False,
+            url=f"{self.url}/channel/{self.app.id}/public/x",
+            data=b"{}",
+            headers=Headers(self.basic),
         )
         self.assertEqual(response.code, 200)
         await response.content()

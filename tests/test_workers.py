@@ -34,6 +34,7 @@ from twisted.logger import LogLevel, eventAsJSON, formatEvent
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
+from twisted.web.http_headers import Headers
 
 from pandapush.config import WORKER_VARIABLE, formatListeners, parseListeners, resolveWorkerCount
 from pandapush.tap import Options
@@ -342,7 +343,7 @@ class WorkerLP(LPClient):
         response = await treq.post(
             self.push,
             data=json.dumps(messages).encode(),
-            headers={"Content-Type": "application/json"},
+            headers=Headers({"Content-Type": ["application/json"]}),
             persistent=False,
             timeout=15,
         )

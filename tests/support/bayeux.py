@@ -10,7 +10,8 @@ Clients that move between the nodes of a cluster are in :mod:`tests.support.fail
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
 
 import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -18,10 +19,13 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
 
 from tests.support.waiting import eventually
 
-__all__ = ["HANDSHAKE", "LPClient", "WSClient", "cancelAutobahnTimers"]
+__all__ = ["HANDSHAKE", "LPClient", "WSClient", "cancelAutobahnTimers", "openWebSocket"]
+
+P = TypeVar("P", bound=WebSocketClientProtocol)
 
 HANDSHAKE = {
     "channel": "/meta/handshake",
@@ -53,6 +57,17 @@ def cancelAutobahnTimers(protocol: WebSocketClientProtocol) -> None:
                 call.cancel()
             except Exception:
                 pass  # fired or cancelled already (txaio's calls do not say which)
+
+
+async def openWebSocket(url: str, protocol: type[P], origin: str | None = None) -> P:
+    """A ``protocol`` over a websocket to ``url`` (``ws://host:port/path``), once it is open."""
+    address = urlsplit(url)
+    assert address.hostname is not None and address.port is not None, url
+    factory = WebSocketClientFactory(url, origin=origin)
+    factory.protocol = protocol
+    connected = cast(P, await TCP4ClientEndpoint(reactor, address.hostname, address.port).connect(factory))
+    await connected.is_open  # fired after the protocol's onOpen
+    return connected
 
 
 class _WSProtocol(WebSocketClientProtocol):
@@ -146,7 +161,7 @@ class LPClient:
         response = await treq.post(
             self.push,
             data=json.dumps(messages).encode(),
-            headers={"Content-Type": "application/json"},
+            headers=Headers({"Content-Type": ["application/json"]}),
             persistent=False,
         )
         replies: list[dict[str, Any]] = json.loads(await response.content())

@@ -33,6 +33,7 @@ from twisted.web.static import File
 
 from pandapush.web.clientjs import STATIC_DIR, ClientScriptResource
 from tests.support import REPO_ROOT
+from tests.support.ports import listenLocally, portNumber
 
 __all__ = [
     "ARTIFACTS",
@@ -263,17 +264,17 @@ class PageServer:
         self.port: IListeningPort | None = None
 
     def start(self) -> str:
-        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.port = listenLocally(self.site)
         return self.url
 
     @property
     def url(self) -> str:
         assert self.port is not None
-        return f"http://127.0.0.1:{self.port.getHost().port}"
+        return f"http://127.0.0.1:{portNumber(self.port)}"
 
     async def stop(self) -> None:
         if self.port is not None:
-            await self.port.stopListening()
+            await defer.maybeDeferred(self.port.stopListening)
 
 
 def clientFile(name: str = "client.js") -> Path:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import treq
+from twisted.web.http_headers import Headers
 
 from pandapush.tap import Options
 from tests.support import REPO_ROOT
@@ -69,7 +70,9 @@ async def request(
     kwargs: dict[str, Any] = {"persistent": False, "timeout": 15}
     if agent is not None:
         kwargs = {"agent": agent, "timeout": 15}
-    response = await treq.request(method, url, data=data, headers=allHeaders, **kwargs)
+    response = await treq.request(
+        method, url, data=data, headers=Headers({k: [v] for k, v in allHeaders.items()}), **kwargs
+    )
     return Response(response.code, await response.content(), response.headers)
 
 

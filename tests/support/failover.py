@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Self
 
 import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -148,7 +148,7 @@ class FailoverWS:
         """A message from the server that is not a reply."""
         self.messages.append(message)
 
-    async def start(self) -> FailoverWS:
+    async def start(self) -> Self:
         await self._open()
         await self._handshake()
         return self
@@ -371,7 +371,7 @@ class AlternatingPoller(_Poller):
         self.nodesUsed.append(url)
         return url
 
-    async def start(self, subscription: str) -> AlternatingPoller:
+    async def start(self, subscription: str) -> Self:
         (reply,) = await self.post([HANDSHAKE])
         self.clientId = reply["clientId"]
         (reply,) = await self.post([{**subscribeMessage(subscription), "clientId": self.clientId}])
@@ -435,7 +435,7 @@ class FailoverPoller(_Poller):
             self.index = (self.index + 1) % len(self.urls)
             self.note(f"moved to {self.url}")
 
-    async def start(self) -> FailoverPoller:
+    async def start(self) -> Self:
         await self._handshake()
         self._loop = defer.ensureDeferred(self._poll())
         return self

@@ -30,6 +30,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.trial.unittest import TestCase
 
 from pandapush.tap import Options, makeService
+from tests.support.ports import portNumber
 
 __all__ = [
     "ADMIN_PASSWORD",
@@ -64,7 +65,8 @@ class InProcessServer:
 
     ``environ`` is the environment ``makeService`` reads, added to the defaults (the seeded
     application unless ``seed=False``, and ``AUTH_METHOD=none``). ``service`` is the
-    service tree; ``engine`` and ``router`` its parts that tests look into.
+    service tree (``pandapush.services.Server``); ``engine`` and ``router`` its parts that
+    tests look into most.
     """
 
     def __init__(
@@ -77,8 +79,9 @@ class InProcessServer:
             env.update({"DEV_APPLICATION_ID": APP, "DEV_KEY_ID": KEY, "DEV_KEY_SECRET": SECRET})
         env["AUTH_METHOD"] = "none"
         env.update(environ or {})
-        self.service: Any = makeService(options, environ=env)
-        self.engine = self.service.engine
+        self.service = makeService(options, environ=env)
+        # The memory engine unless ``args`` choose another; tests use its extras (hasClient).
+        self.engine: Any = self.service.engine
         self.router = self.service.router
         self.port: IListeningPort | None = None
 
@@ -125,7 +128,7 @@ class InProcessServer:
     @property
     def url(self) -> str:
         assert self.port is not None
-        return f"http://127.0.0.1:{self.port.getHost().port}"  # type: ignore[attr-defined]
+        return f"http://127.0.0.1:{portNumber(self.port)}"
 
     @property
     def push(self) -> str:
