@@ -25,7 +25,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.http_headers import Headers
 
 from tests.support.bayeux import HANDSHAKE, LPClient
-from tests.support.container import missing, requireTools, run
+from tests.support.container import requireTools, run
 from tests.support.deploy import (
     basicAuth,
     dropRedisNamespace,
@@ -36,6 +36,7 @@ from tests.support.deploy import (
 )
 from tests.support.nginx import CONFIG_PATH, Block, NginxProcess, agentFrom, parseConfig
 from tests.support.process import PandapushProcess
+from tests.support.requirements import missing
 from tests.support.waiting import eventually
 
 APP, KEY, SECRET = "nginxtestapp", "PSIDnginxtestkey", "nginx-test-secret"

@@ -11,6 +11,15 @@ Servers
     :mod:`tests.support.redis`      the machine's Redis (``requireRedis``, ``deleteNamespace``) and
                                     throw-away redis-servers of a test's own (``RedisProcess``).
     :mod:`tests.support.postgres`   a throw-away PostgreSQL of a test's own (``OwnPostgres``).
+    :mod:`tests.support.tenancy`    the tenancy pieces wired as makeService wires them, no server.
+
+Deployment (issue 19: the image, Compose, systemd and nginx, run without their engines)
+    :mod:`tests.support.container`  the container image built and run without a container engine.
+    :mod:`tests.support.compose`    ``docker-compose.yml`` read as Compose would.
+    :mod:`tests.support.systemd`    the systemd unit read and run as systemd would
+                                    (:mod:`tests.support.unitexec` applies its sandbox).
+    :mod:`tests.support.nginx`      Debian's nginx in front of nodes, with the example config.
+    :mod:`tests.support.deploy`     what those tests do alike over real sockets.
 
 Clients
     :mod:`tests.support.bayeux`     small Bayeux clients over real sockets (``WSClient``, ``LPClient``).
@@ -23,8 +32,9 @@ Clients
 
 Fakes and small things
     :mod:`tests.support.auth`       keys and tokens for the auth unit tests (``FakeKeyStore``, ``token``).
+    :mod:`tests.support.http`       ``stubTreq``: treq's calls answered by a resource in memory.
     :mod:`tests.support.waiting`    ``sleep`` and ``eventually`` on the reactor.
-    :mod:`tests.support.ports`      ``freePort`` and ``reachable``.
+    :mod:`tests.support.ports`      ``freePort``, ``listenLocally``/``portNumber``, ``reachable``.
     :mod:`tests.support.requirements` skip a test whose tool is missing (or fail, under ``run-tests``).
 
 ``bench/`` imports from here too (its fault and fuzz runs use the same processes and clients).

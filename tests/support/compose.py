@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support import REPO_ROOT
-from tests.support.container import missing
+from tests.support.requirements import missing
 
 __all__ = ["COMPOSE_PATH", "InterpolationError", "interpolate", "loadYaml"]
 

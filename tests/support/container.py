@@ -47,6 +47,7 @@ from twisted.trial.unittest import SkipTest
 
 from tests.support import REPO_ROOT
 from tests.support.process import PandapushProcess, ServerFailedError
+from tests.support.requirements import missing
 from tests.support.waiting import sleep
 
 __all__ = [
@@ -78,13 +79,6 @@ IMAGE_REPOSITORY = "localhost/pandapush-test"
 #: What the build context holds (mirrors .dockerignore), for the image's cache key.
 CONTEXT_FILES = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "LICENSE")
 CONTEXT_DIRECTORIES = ("pandapush", "twisted", "deploy/docker")
-
-
-def missing(reason: str) -> None:
-    """Skip for ``reason``, or fail under ``PANDAPUSH_E2E_REQUIRED=1`` (CI)."""
-    if os.environ.get("PANDAPUSH_E2E_REQUIRED") == "1":
-        raise AssertionError(reason + " (PANDAPUSH_E2E_REQUIRED=1)")
-    raise SkipTest(reason)
 
 
 def requireRoot() -> None:
