@@ -13,6 +13,7 @@ from zope.interface.verify import verifyObject
 
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.delivery import Delivery
+from pandapush.bayeux.errors import BayeuxError
 from pandapush.engines.memory import MemoryEngine
 from pandapush.interfaces import IClientSocket, IExtension, IRouter
 from pandapush.router import CONNECTION_TYPES, BayeuxRouter, Limits
@@ -772,6 +773,40 @@ class LimitTests(RouterTestCase):
         reply = self.send({"channel": "/meta/subscribe", "clientId": clientId, "subscription": long})
         self.assertTrue(reply["error"].endswith("Channel name longer than 20 characters"))
         self.assertEqual(self.refused, ["channel_length", "channel_length"])
+
+    def test_channelDepth(self) -> None:
+        """
+        A channel of more than 32 segments, however short, is refused on publish and
+        subscribe: every engine looks a message up under one key per segment.
+        """
+        self.router.limits = Limits(maxChannelLength=200)
+        deep = "/" + "/".join(["a"] * 33)
+        self.assertEqual(
+            self.send({"channel": deep, "data": 1})["error"],
+            f"405:{deep}:Channel name deeper than 32 segments",
+        )
+        clientId = self.handshake()
+        reply = self.send({"channel": "/meta/subscribe", "clientId": clientId, "subscription": deep + "/**"})
+        self.assertTrue(reply["error"].endswith("Channel name deeper than 32 segments"))
+        self.assertTrue(self.send({"channel": deep[2:], "data": 1})["successful"])
+        self.assertEqual(self.refused, ["channel_depth", "channel_depth"])
+
+    def test_serverPublishChannelLimits(self) -> None:
+        """
+        The server's own publish (REST, the server API) has the same channel limits as a
+        client's: refused before the engine expands anything, and counted.
+        """
+        for channel, text in [
+            ("/" + "a/" * 7000 + "b", "Channel name longer than 20 characters"),
+            ("/" + "/".join(["a"] * 40), "Channel name longer than 20 characters"),
+        ]:
+            failure = self.failureResultOf(self.router.publish(channel, {"x": 1}), BayeuxError)
+            self.assertEqual((failure.value.code, failure.value.message), (405, text))
+        self.router.limits = Limits(maxChannelLength=200)
+        failure = self.failureResultOf(self.router.publish("/" + "/".join(["a"] * 40), 1), BayeuxError)
+        self.assertEqual(failure.value.message, "Channel name deeper than 32 segments")
+        self.assertEqual(self.successResultOf(self.router.publish("/a/b", 1)), 0)
+        self.assertEqual(self.refused, ["channel_length", "channel_length", "channel_depth"])
 
     def test_subscriptions(self) -> None:
         """A client may hold so many subscriptions; resubscribing to one it has is free."""

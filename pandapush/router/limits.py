@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pandapush.bayeux import channel as channels
 from pandapush.bayeux.errors import BayeuxError
 from pandapush.bayeux.message import Message, Reply, fail
 
-__all__ = ["Limits", "Refusals", "tooLong"]
+__all__ = ["Limits", "Refusals", "channelRefusal", "tooLong"]
 
 
 class Limits:
@@ -62,3 +63,22 @@ class Refusals:
 
 def tooLong(channel: str, limit: int) -> BayeuxError:
     return BayeuxError(405, [channel[:limit] + "..."], f"Channel name longer than {limit} characters")
+
+
+def channelRefusal(channel: str, limits: Limits) -> tuple[str, BayeuxError] | None:
+    """
+    The limit ``channel`` is over (its label and the error that names it), or None.
+
+    Every channel a client or the server itself publishes or subscribes to comes
+    through here before anything else looks at it: an engine expands a channel into
+    one key per segment (:func:`~pandapush.bayeux.channel.expand`), so both its length
+    and its depth must be bounded on every path, REST and the server's own included.
+    """
+    maxLength = limits.maxChannelLength
+    if len(channel) > maxLength:
+        return "channel_length", tooLong(channel, maxLength)
+    if channels.depth(channel) > channels.MAX_DEPTH:
+        return "channel_depth", BayeuxError(
+            405, [channel], f"Channel name deeper than {channels.MAX_DEPTH} segments"
+        )
+    return None

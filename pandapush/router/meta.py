@@ -34,7 +34,7 @@ from pandapush.bayeux.message import (
     makeReply,
 )
 from pandapush.interfaces import IClientSocket, IEngine
-from pandapush.router.limits import Limits, Refusals, tooLong
+from pandapush.router.limits import Limits, Refusals, channelRefusal
 from pandapush.router.pipeline import Answer, Handled, Held
 from pandapush.router.sessions import Sessions
 
@@ -77,6 +77,10 @@ class Publisher:
         Publish from the server itself: no extensions run. Fires with the number of
         recipients. ``exclude`` names a client that should not receive it.
         """
+        refused = channelRefusal(channel, self.limits)
+        if refused is not None:
+            self.refusals.report(refused[0])
+            return defer.fail(refused[1])
         if not channels.isValidName(channel) or channels.isMeta(channel):
             return defer.fail(BayeuxError.channelInvalid(channel))
         delivery = Delivery.fromMessage({"channel": channel, "data": data}, exclude)
@@ -99,8 +103,9 @@ class Publisher:
         reply = makeReply(message)
         limits = self.limits
         error: str | BayeuxError | None = None
-        if len(channel) > limits.maxChannelLength:
-            return self.refusals.refuse(reply, "channel_length", tooLong(channel, limits.maxChannelLength))
+        refused = channelRefusal(channel, limits)
+        if refused is not None:
+            return self.refusals.refuse(reply, *refused)
         if not channels.isValidName(channel):
             error = BayeuxError.channelInvalid(channel)
         elif "data" not in message:
@@ -325,10 +330,9 @@ class MessageHandlers:
         engine = self.engine
         current = await engine.subscriptions(clientId) if subscribing else set()
         for channel in requested:
-            if len(channel) > limits.maxChannelLength:
-                return self.refusals.refuse(
-                    reply, "channel_length", tooLong(channel, limits.maxChannelLength)
-                )
+            refused = channelRefusal(channel, limits)
+            if refused is not None:
+                return self.refusals.refuse(reply, *refused)
             if not channels.isValid(channel):
                 return [fail(reply, BayeuxError.channelInvalid(channel))]
             if not channels.isSubscribable(channel):

@@ -1,0 +1,78 @@
+"""Hostile clients against a real server on a real port (issue 18).
+
+Each test here failed before the change it pins: a REST channel of any length, expanded
+with the square of its depth; clients created without bound over one keep-alive HTTP
+connection; a multi-channel subscribe left half done; a body announced larger than the
+limit read to its end before the 413; a traceback logged per undecodable URL.
+"""
+
+from __future__ import annotations
+
+import json
+from base64 import b64encode
+from typing import Any
+
+import treq
+from twisted.trial.unittest import TestCase
+
+from tests.bayeux_clients import WSClient, eventually
+from tests.inprocess import KEY, SECRET, InProcessServer, channel
+
+
+def _basic() -> dict[str, str]:
+    return {"Authorization": "Basic " + b64encode(f"{KEY}:{SECRET}".encode()).decode()}
+
+
+class ServerCase(TestCase):
+    """An in-process server on a free port, and websocket clients closed after the test."""
+
+    serverArgs: tuple[str, ...] = ()
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.server = InProcessServer("--timeout", "2", "--client-expiry", "1", *self.serverArgs)
+        await self.server.start()
+        self.addCleanup(self.server.stop)
+        self.clients: list[WSClient] = []
+        self.addCleanup(self._stopClients)
+
+    async def _stopClients(self) -> None:
+        for client in self.clients:
+            if not client.closed:
+                client.kill()
+        await eventually(lambda: self.server.router.openSockets() == 0)
+
+    async def ws(self) -> WSClient:
+        client = await WSClient(self.server.url).start()
+        self.clients.append(client)
+        return client
+
+    async def rest(self, path: str, data: Any) -> tuple[int, Any]:
+        response = await treq.post(
+            f"{self.server.url}/channel/{path.lstrip('/')}",
+            data=json.dumps(data).encode(),
+            headers={"Content-Type": "application/json", **_basic()},
+            persistent=False,
+        )
+        body = await response.content()
+        return response.code, body if response.code == 200 else json.loads(body)
+
+
+class RestChannelLimitTests(ServerCase):
+    async def test_longAndDeepChannelsRefused(self) -> None:
+        """
+        A REST publish to a channel over ``--max-channel-length`` (7,000 segments: once
+        0.34 s of CPU and 45 MB per request) or over 32 segments is a 400 naming the
+        limit, and reaches nobody; one within both is published.
+        """
+        listener = await self.ws()
+        reply = await listener.call({"channel": "/meta/subscribe", "subscription": channel("**")})
+        self.assertTrue(reply["successful"], reply)
+        long = channel("/".join(["a"] * 7000))
+        code, body = await self.rest(long, {"n": 1})
+        self.assertEqual((code, body["message"]), (400, "Channel name longer than 200 characters"))
+        deep = channel("/".join(["a"] * 31))
+        code, body = await self.rest(deep, {"n": 2})
+        self.assertEqual((code, body["message"]), (400, "Channel name deeper than 32 segments"))
+        self.assertEqual(await self.rest(channel("/".join(["a"] * 30)), {"n": 3}), (200, b"OK"))
+        self.assertTrue(await eventually(lambda: len(listener.messages) == 1))
+        self.assertEqual(listener.messages[0]["data"], {"n": 3})
