@@ -76,3 +76,24 @@ class RestChannelLimitTests(ServerCase):
         self.assertEqual(await self.rest(channel("/".join(["a"] * 30)), {"n": 3}), (200, b"OK"))
         self.assertTrue(await eventually(lambda: len(listener.messages) == 1))
         self.assertEqual(listener.messages[0]["data"], {"n": 3})
+
+
+class SubscribeAllOrNothingTests(ServerCase):
+    async def test_tenThousandChannelsRefusedWhole(self) -> None:
+        """
+        A subscribe to 10,000 channels is refused as a whole, naming the limit: none of
+        its channels is subscribed (the first 128 used to be), so nothing published to
+        them arrives; the same client subscribes to a few afterwards.
+        """
+        client = await self.ws()
+        many = [channel(f"room{n}") for n in range(10_000)]
+        reply = await client.call({"channel": "/meta/subscribe", "subscription": many})
+        self.assertEqual(reply["error"], f"403:{many[128]}:Too many subscriptions (limit 128 per client)")
+        engine = self.server.engine
+        self.assertEqual(await engine.subscriptions(client.clientId), set())
+        self.assertEqual(await self.rest(many[0], {"n": 1}), (200, b"OK"))
+        reply = await client.call({"channel": "/meta/subscribe", "subscription": many[:3]})
+        self.assertTrue(reply["successful"], reply)
+        self.assertEqual(await self.rest(many[0], {"n": 2}), (200, b"OK"))
+        self.assertTrue(await eventually(lambda: len(client.messages) == 1))
+        self.assertEqual(client.messages[0]["data"], {"n": 2})

@@ -300,13 +300,13 @@ class SubscribeTests(RouterTestCase):
         self.assertEqual(reply["error"], "401:nope:Unknown client")
 
     def test_inOrder(self) -> None:
-        """Channels are processed in order: those before a bad one are subscribed."""
+        """Channels are checked in order: the first bad one is named, and none is subscribed."""
         clientId = self.handshake()
         reply = self.send(
             {"channel": "/meta/subscribe", "clientId": clientId, "subscription": ["/a", "/meta/x", "/b"]}
         )
         self.assertEqual(reply["error"], "403:/meta/x:Forbidden channel")
-        self.assertEqual(self.successResultOf(self.engine.subscriptions(clientId)), {"/a"})
+        self.assertEqual(self.successResultOf(self.engine.subscriptions(clientId)), set())
 
     def test_unsubscribeNotSubscribed(self) -> None:
         """Unsubscribing from a channel not subscribed succeeds."""
@@ -823,6 +823,53 @@ class LimitTests(RouterTestCase):
                 "successful"
             ]
         )
+
+    def test_subscribeAllOrNothing(self) -> None:
+        """
+        A subscribe to several channels is all or nothing: refused (over the limit, or one
+        channel invalid), none of its channels is subscribed, and the error names the
+        first channel that could not be.
+        """
+        clientId = self.handshake()
+        self.assertTrue(
+            self.send({"channel": "/meta/subscribe", "clientId": clientId, "subscription": "/a"})[
+                "successful"
+            ]
+        )
+        for subscription, error in [
+            (["/a", "/b", "/c", "/d"], "403:/c:Too many subscriptions (limit 2 per client)"),
+            (["/b", "/bad channel"], "405:/bad channel:Invalid channel"),
+            (["/b", "/meta/x"], "403:/meta/x:Forbidden channel"),
+        ]:
+            reply = self.send(
+                {"channel": "/meta/subscribe", "clientId": clientId, "subscription": subscription}
+            )
+            self.assertEqual(reply["error"], error)
+            self.assertEqual(self.successResultOf(self.engine.subscriptions(clientId)), {"/a"})
+        reply = self.send(
+            {"channel": "/meta/subscribe", "clientId": clientId, "subscription": ["/a", "/b", "/b"]}
+        )
+        self.assertTrue(reply["successful"])
+        self.assertEqual(self.successResultOf(self.engine.subscriptions(clientId)), {"/a", "/b"})
+
+    def test_subscribeUndoneWhenTheEngineFails(self) -> None:
+        """An engine failing half-way through a subscribe leaves none of its new channels subscribed."""
+        clientId = self.handshake()
+        subscribe = self.engine.subscribe
+        calls: list[str] = []
+
+        def failing(client: str, channel: str) -> defer.Deferred[None]:
+            calls.append(channel)
+            if channel == "/c":
+                return defer.fail(RuntimeError("engine down"))
+            return subscribe(client, channel)
+
+        self.engine.subscribe = failing  # type: ignore[method-assign]
+        reply = self.send({"channel": "/meta/subscribe", "clientId": clientId, "subscription": ["/a", "/c"]})
+        self.assertEqual(reply["error"], "500::Internal server error")
+        self.assertEqual(calls, ["/a", "/c"])
+        self.assertEqual(self.successResultOf(self.engine.subscriptions(clientId)), set())
+        self.flushLoggedErrors(RuntimeError)
 
     def test_noHandshakeWhileDraining(self) -> None:
         """A node that is going away sends new clients elsewhere instead of starting sessions."""

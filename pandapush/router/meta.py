@@ -158,6 +158,8 @@ class MessageHandlers:
     sent to clients); ``interval`` is the advised pause between connects.
     """
 
+    _log = Logger()
+
     def __init__(
         self,
         engine: IEngine,
@@ -325,10 +327,14 @@ class MessageHandlers:
         if error is not None:
             return [fail(reply, error)]
         assert isinstance(clientId, str)
-        requested: list[str] = [subscription] if isinstance(subscription, str) else list(subscription or [])
+        # Each channel once, in order: a list naming one twice asks for it once.
+        asked: list[str] = [subscription] if isinstance(subscription, str) else list(subscription or [])
+        requested = list(dict.fromkeys(asked))
         limits = self.limits
-        engine = self.engine
-        current = await engine.subscriptions(clientId) if subscribing else set()
+        # All or nothing: every channel is checked before any is subscribed, so a refused
+        # message leaves the client's subscriptions as they were (a subscribe to 10,000
+        # channels used to leave the first 128 subscribed), and the error names the first
+        # channel that could not be.
         for channel in requested:
             refused = channelRefusal(channel, limits)
             if refused is not None:
@@ -337,21 +343,42 @@ class MessageHandlers:
                 return [fail(reply, BayeuxError.channelInvalid(channel))]
             if not channels.isSubscribable(channel):
                 return [fail(reply, BayeuxError.channelForbidden(channel))]
-            if subscribing and channel not in current and len(current) >= limits.maxSubscriptions:
+        if subscribing:
+            current = await self.engine.subscriptions(clientId)
+            new = [channel for channel in requested if channel not in current]
+            room = limits.maxSubscriptions - len(current)
+            if len(new) > room:
                 return self.refusals.refuse(
                     reply,
                     "subscriptions",
                     BayeuxError(
-                        403, [channel], f"Too many subscriptions (limit {limits.maxSubscriptions} per client)"
+                        403,
+                        [new[max(room, 0)]],
+                        f"Too many subscriptions (limit {limits.maxSubscriptions} per client)",
                     ),
                 )
-            if subscribing:
-                await engine.subscribe(clientId, channel)
-                current.add(channel)
-            else:
-                await engine.unsubscribe(clientId, channel)
+            await self._subscribeAll(clientId, requested, current)
+        else:
+            for channel in requested:
+                await self.engine.unsubscribe(clientId, channel)
         reply["successful"] = True
         return [reply]
+
+    async def _subscribeAll(self, clientId: str, requested: list[str], current: set[str]) -> None:
+        """Subscribe to each of ``requested``; if the engine fails, undo the ones that were new."""
+        added: list[str] = []
+        try:
+            for channel in requested:
+                await self.engine.subscribe(clientId, channel)
+                if channel not in current:
+                    added.append(channel)
+        except Exception:
+            for channel in added:
+                try:
+                    await self.engine.unsubscribe(clientId, channel)
+                except Exception:
+                    self._log.failure("could not undo the subscription to {channel}", channel=channel)
+            raise
 
     async def _subscribe(
         self, message: Message, context: MessageContext, socket: IClientSocket | None
