@@ -22,6 +22,7 @@ from pandapush.auth.checkers import ChannelAuthority
 from pandapush.auth.keycache import KeyCache, KeyUsageFlusher
 from pandapush.auth.origins import AppOrigins, OriginExtension
 from pandapush.auth.tenancy import TenancyExtension
+from pandapush.auth.throttle import parseTrustedProxies
 from pandapush.config import Configuration
 from pandapush.engines import DEFAULT_REDIS_HOSTS, IEngineFactory, makeEngine
 from pandapush.extensions.expiry import SubscriptionExpiry
@@ -39,6 +40,7 @@ from pandapush.web.admin import AdminApp
 from pandapush.web.adminauth import adminLoginBanner, makeAdminAuthority
 from pandapush.web.adminui import adminResource
 from pandapush.web.clientjs import ClientScriptResource
+from pandapush.web.http import ProxyTrust
 from pandapush.web.publish import PublishApp
 from pandapush.web.site import HealthApp, PandapushRoot, makeSite
 from pandapush.workers.child import WorkerChild
@@ -142,7 +144,7 @@ class Options(usage.Options):
             "max-clients-per-connection",
             None,
             None,
-            "Live clients one websocket (or one HTTP batch) may handshake (0: unlimited). "
+            "Live clients one websocket or keep-alive HTTP connection may handshake (0: unlimited). "
             "[default: $PANDAPUSH_MAX_CLIENTS_PER_CONNECTION or 4]",
             _positive(int),
         ],
@@ -265,6 +267,9 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         engine, reactor, timeout=config.timeout, interval=config.interval, limits=config.limits
     )
     workerHeaders = {"X-Pandapush-Worker": str(config.workerIndex)} if config.processes > 1 else {}
+    # --trusted-proxies: whose X-Forwarded-For names the client, and whose connections
+    # carry many clients (not counted as one client's).
+    proxies = ProxyTrust(parseTrustedProxies(tenancy.trustedProxies))
     bayeux = BayeuxResource(
         router,
         reactor,
@@ -272,6 +277,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         origins=OriginPolicy(config.allowedOrigins),
         jsonp=config.jsonp,
         handshakeHeaders=workerHeaders,
+        proxies=proxies.trusts,
     )
     statistics = Statistics(router, reactor, interval=config.statsInterval)
     keys = KeyCache(storage, reactor, ttl=tenancy.keyCacheTTL, negativeTTL=tenancy.negativeKeyCacheTTL)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,9 +25,12 @@ class MessageContext:
     ``lost``, when the transport can tell, fires once the connection that should
     carry the replies is gone (a long-poll request whose client hung up), so a
     held ``/meta/connect`` stops holding messages for nobody.
+    ``connection``, when the transport can tell, stands for the TCP connection the
+    message came over (the same object for every request of one keep-alive HTTP
+    connection): what the clients-per-connection limit counts by.
     """
 
-    __slots__ = ("attributes", "headers", "lost", "remoteAddress", "transport", "trusted")
+    __slots__ = ("attributes", "connection", "headers", "lost", "remoteAddress", "transport", "trusted")
 
     def __init__(
         self,
@@ -36,8 +39,10 @@ class MessageContext:
         remoteAddress: str | None = None,
         trusted: bool = False,
         lost: Deferred[None] | None = None,
+        connection: Hashable | None = None,
     ) -> None:
         self.transport = transport
+        self.connection = connection
         self.headers: Mapping[str, str] = headers if headers is not None else {}
         self.remoteAddress = remoteAddress
         self.trusted = trusted
@@ -69,4 +74,6 @@ class MessageContext:
 
     def forMessage(self) -> MessageContext:
         """A fresh context for the next message of the same connection/batch."""
-        return MessageContext(self.transport, self.headers, self.remoteAddress, self.trusted, self.lost)
+        return MessageContext(
+            self.transport, self.headers, self.remoteAddress, self.trusted, self.lost, self.connection
+        )

@@ -264,10 +264,13 @@ class MessageHandlers:
         if error is not None:
             return [self._advise(fail(reply, error))]
         maxClients = self.limits.maxClientsPerConnection
-        if socket is not None and maxClients and self.sessions.clientsCreatedOver(socket) >= maxClients:
+        # Counted by TCP connection: a websocket, or every request of a keep-alive HTTP
+        # connection together (counted by request, one connection made 1,000 clients in 0.1 s).
+        connection = (socket if socket is not None else context.connection) if maxClients else None
+        if connection is not None and self.sessions.clientsCreatedOver(connection) >= maxClients:
             return self._tooManyClients(message)
         clientId = await self.engine.createClient()
-        self.sessions.handshaken(clientId, socket if maxClients else None)
+        self.sessions.handshaken(clientId, connection)
         reply["clientId"] = clientId
         reply["successful"] = True
         return [self._advise(reply)]

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -176,19 +176,21 @@ class Sessions(EngineListener):
         self.fresh: dict[str, float] = {}
         #: While draining, the ``reconnect`` advice every connect gets at once; else None.
         self.reconnectAdvice: str | None = None
-        # Live clients handshaken over each socket (clients per connection), both ways.
-        self._socketClients: dict[IClientSocket, set[str]] = {}
-        self._clientSocket: dict[str, IClientSocket] = {}
+        # Live clients handshaken over each connection (clients per connection), both ways:
+        # a websocket, or the key of a keep-alive HTTP connection.
+        self._socketClients: dict[Hashable, set[str]] = {}
+        self._clientSocket: dict[str, Hashable] = {}
         # Sockets that closed, for batches still being processed when they did.
         self._closedSockets: weakref.WeakSet[IClientSocket] = weakref.WeakSet()
         engine.addListener(self)
 
     # handshakes and connects
 
-    def handshaken(self, clientId: str, socket: IClientSocket | None) -> None:
+    def handshaken(self, clientId: str, connection: Hashable | None) -> None:
         """
         ``clientId`` was just created here: its first connect is answered at once.
-        ``socket``, if given, created it (counted towards its clients per connection).
+        ``connection``, if given (a socket, or a :attr:`MessageContext.connection`),
+        created it: counted towards its clients per connection while the client lives.
         """
         now = self.reactor.seconds()
         fresh = self.fresh
@@ -198,13 +200,13 @@ class Sessions(EngineListener):
                 break
             del fresh[oldest]
         fresh[clientId] = now
-        if socket is not None:
-            self._socketClients.setdefault(socket, set()).add(clientId)
-            self._clientSocket[clientId] = socket
+        if connection is not None:
+            self._socketClients.setdefault(connection, set()).add(clientId)
+            self._clientSocket[clientId] = connection
 
-    def clientsCreatedOver(self, socket: IClientSocket) -> int:
-        """The live clients handshaken over ``socket``."""
-        return len(self._socketClients.get(socket, ()))
+    def clientsCreatedOver(self, connection: Hashable) -> int:
+        """The live clients handshaken over ``connection``."""
+        return len(self._socketClients.get(connection, ()))
 
     def hold(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET, Request
@@ -20,9 +21,13 @@ _VALID_CALLBACK = re.compile(rb"^[a-z_$][a-z0-9_$]*(\.[a-z_$][a-z0-9_$]*)*$", re
 class CallbackPollingTransport:
     _log = Logger()
 
-    def __init__(self, router: IRouter, origins: OriginPolicy) -> None:
+    def __init__(
+        self, router: IRouter, origins: OriginPolicy, proxies: Callable[[str], bool] | None = None
+    ) -> None:
         self.router = router
         self.origins = origins
+        #: Whether an address is a proxy's (see ``contextFor``).
+        self.proxies = proxies
 
     def render(self, request: Request) -> bytes | int:
         args = request.args or {}
@@ -40,7 +45,7 @@ class CallbackPollingTransport:
         self.origins.apply(request)
 
         lost = requestLost(request)
-        d = self.router.process(messages, contextFor(request, "callback-polling", lost))
+        d = self.router.process(messages, contextFor(request, "callback-polling", lost, self.proxies))
 
         def respond(replies: list) -> None:
             if lost.called or request.finished:

@@ -8,7 +8,8 @@ REST and admin APIs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -17,7 +18,15 @@ from twisted.web.server import Request
 
 from pandapush.bayeux.context import MessageContext
 
-__all__ = ["OriginPolicy", "contextFor", "header", "requestLost", "writeError"]
+__all__ = [
+    "HTTPConnection",
+    "OriginPolicy",
+    "connectionOf",
+    "contextFor",
+    "header",
+    "requestLost",
+    "writeError",
+]
 
 
 def header(request: IRequest, name: bytes) -> str | None:
@@ -68,14 +77,55 @@ def requestLost(request: Request) -> Deferred[None]:
     return lost
 
 
-def contextFor(request: Request, transport: str, lost: Deferred[None] | None = None) -> MessageContext:
+class HTTPConnection:
+    """Stands for one TCP connection in :attr:`MessageContext.connection`, every request of it alike."""
+
+    __slots__ = ("__weakref__",)
+
+
+# Not the HTTP channel itself: what counts clients by connection may keep its key as long
+# as those clients live, and a closed channel should not stay in memory that long.
+_connections: weakref.WeakKeyDictionary[Any, HTTPConnection] = weakref.WeakKeyDictionary()
+
+
+def connectionOf(request: Request, proxies: Callable[[str], bool] | None = None) -> HTTPConnection | None:
+    """
+    The same :class:`HTTPConnection` for every request of one TCP connection; None for
+    a connection from a proxy (``proxies(peer address)`` true): a proxy keeps its
+    connections to us open for the requests of many clients (nginx's upstream
+    ``keepalive``), so what is counted by connection must not count those together.
+    """
+    channel = getattr(request, "channel", None)
+    if channel is None:
+        return None
+    if proxies is not None:
+        peer = getattr(request.getClientAddress(), "host", None)
+        if peer is not None and proxies(peer):
+            return None
+    try:
+        connection = _connections.get(channel)
+        if connection is None:
+            connection = _connections[channel] = HTTPConnection()
+    except TypeError:  # a test's stand-in channel that cannot be weakly referenced
+        return None
+    return connection
+
+
+def contextFor(
+    request: Request,
+    transport: str,
+    lost: Deferred[None] | None = None,
+    proxies: Callable[[str], bool] | None = None,
+) -> MessageContext:
     headers = {
         name.decode("latin-1").lower(): values[0].decode("latin-1")
         for name, values in request.requestHeaders.getAllRawHeaders()
         if values
     }
     peer = request.getClientAddress()
-    return MessageContext(transport, headers, getattr(peer, "host", None), lost=lost)
+    return MessageContext(
+        transport, headers, getattr(peer, "host", None), lost=lost, connection=connectionOf(request, proxies)
+    )
 
 
 def writeError(request: Request, code: int, message: str) -> bytes:

@@ -6,6 +6,7 @@ the JSON (Faye's CORS transport posts ``text/plain`` ``message=...``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import parse_qs
 
 from twisted.logger import Logger
@@ -22,9 +23,13 @@ __all__ = ["LongPollingTransport"]
 class LongPollingTransport:
     _log = Logger()
 
-    def __init__(self, router: IRouter, origins: OriginPolicy) -> None:
+    def __init__(
+        self, router: IRouter, origins: OriginPolicy, proxies: Callable[[str], bool] | None = None
+    ) -> None:
         self.router = router
         self.origins = origins
+        #: Whether an address is a proxy's (see ``contextFor``).
+        self.proxies = proxies
 
     def render(self, request: Request) -> bytes | int:
         body = request.content.read() if request.content is not None else b""
@@ -46,7 +51,7 @@ class LongPollingTransport:
 
         transport = "cross-origin-long-polling" if header(request, b"origin") else "long-polling"
         lost = requestLost(request)
-        d = self.router.process(messages, contextFor(request, transport, lost))
+        d = self.router.process(messages, contextFor(request, transport, lost, self.proxies))
         d.addCallback(
             lambda replies: _respond(request, json.encodeReplies(replies), lost.called, self.router.draining)
         )

@@ -6,7 +6,7 @@ CometD posts to ``/push/handshake`` and ``/push/connect``; event streams open
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.interfaces import IReactorTime
@@ -41,14 +41,17 @@ class BayeuxResource(Resource):
         origins: OriginPolicy | None = None,
         jsonp: bool = True,
         handshakeHeaders: Mapping[str, str] | None = None,
+        proxies: Callable[[str], bool] | None = None,
     ) -> None:
         super().__init__()
         self.router = router
         self.origins = origins or OriginPolicy()
         self.maxMessageSize = maxMessageSize
         self.jsonpEnabled = jsonp
-        self.longPolling = LongPollingTransport(router, self.origins)
-        self.callbackPolling = CallbackPollingTransport(router, self.origins)
+        # Requests from proxies are not counted together by connection (clients per
+        # connection): a proxy's connections carry many clients.
+        self.longPolling = LongPollingTransport(router, self.origins, proxies)
+        self.callbackPolling = CallbackPollingTransport(router, self.origins, proxies)
         self.eventSource = EventSourceTransport(router, self.origins, reactor)
         # HTTP answers get the site's headers; a websocket handshake is autobahn's, so
         # those it should carry too (``X-Pandapush-Worker``) go to its factory.

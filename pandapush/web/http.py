@@ -78,13 +78,14 @@ class ProxyTrust:
     def __init__(self, trustedProxies: Sequence[Network] = ()) -> None:
         self.trustedProxies = tuple(trustedProxies)
 
-    def _trusted(self, text: str) -> bool:
+    def trusts(self, text: str) -> bool:
+        """Whether ``text`` is the address of a trusted proxy."""
         address = _address(text)
         return address is not None and any(address in network for network in self.trustedProxies)
 
     def clientAddress(self, request: IRequest) -> str:
         peer = getattr(request.getClientAddress(), "host", None) or "unknown"
-        if not self.trustedProxies or not self._trusted(peer):
+        if not self.trustedProxies or not self.trusts(peer):
             return str(peer)
         forwarded: list[str] = []
         for line in request.requestHeaders.getRawHeaders(b"x-forwarded-for") or []:
@@ -92,6 +93,6 @@ class ProxyTrust:
         # Right to left: each trusted proxy appended the address it saw; the first
         # untrusted one is the client (anything left of it the client could have forged).
         for hop in reversed(forwarded):
-            if not self._trusted(hop):
+            if not self.trusts(hop):
                 return hop if _address(hop) is not None else str(peer)
         return forwarded[0] if forwarded else str(peer)
