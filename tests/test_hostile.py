@@ -145,3 +145,13 @@ class ProxyConnectionsTests(ClientsPerConnectionTests):
         pool = await self.keepAlive()
         replies = [await self.handshake(pool) for _ in range(6)]
         self.assertEqual([r["successful"] for r in replies], [True] * 6)
+
+
+class UndecodablePathTests(ServerCase):
+    async def test_cleanBadRequest(self) -> None:
+        """A path that is not UTF-8 is a 400 wherever it points, and logs no traceback (one was, each)."""
+        for path in ["/%ff%fe", "/admin/api/%ff", "/client.js%ff", "/metrics/%ff%fe", "/channel/%ff"]:
+            response = await treq.get(self.server.url + path, persistent=False)
+            await response.content()
+            self.assertEqual(response.code, 400, path)
+        self.assertEqual(self.flushLoggedErrors(), [])

@@ -123,6 +123,28 @@ class HealthApp:
         self._ping().addErrback(lambda _: None)
 
 
+def _isUTF8(segments: list[bytes]) -> bool:
+    try:
+        b"/".join(segments).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class _BadPath(Resource):
+    """A path that is not UTF-8: 400, without a word in the log."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        request.setResponseCode(400)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        return b"Bad request: the path is not UTF-8"
+
+
+_NOT_UTF8 = _BadPath()
+
+
 class PandapushRoot(Resource):
     """
     Dispatches on the first path segment: ``/push`` goes straight to the Bayeux
@@ -145,6 +167,10 @@ class PandapushRoot(Resource):
             return self._bayeux
         # Give the segment back: the apps route on the whole path.
         request.postpath.insert(0, request.prepath.pop())
+        if not _isUTF8(request.postpath):
+            # Klein answers such a path 400 too, but logs a traceback first: one per
+            # request, so anyone could fill the log.
+            return _NOT_UTF8
         return self._mounts.get(path, self._default)
 
     def render(self, request: Any) -> Any:
