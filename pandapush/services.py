@@ -6,6 +6,7 @@
 - :class:`BayeuxService`: the engine and router; drains on stop (SIGTERM);
 - :class:`StorageService`: starts the storage, seeds the ``DEV_*`` key, then starts the
   listening ports (its children), so no request arrives before the storage can answer;
+- :class:`OpenFileLimit`: raises the process's soft limit of open files to its hard limit;
 - :class:`PandapushService`: the whole tree, closing the storage once every child has
   stopped; :class:`Server`, what ``makeService`` returns, is one that also holds the
   pieces (``.engine``, ``.router``...) for tests and embedders.
@@ -43,7 +44,64 @@ if TYPE_CHECKING:
     # memory engine never does.
     from pandapush.auth.keysync import KeySync
 
-__all__ = ["BayeuxService", "PandapushService", "Server", "StorageService", "seedDevelopmentKey"]
+__all__ = [
+    "BayeuxService",
+    "OpenFileLimit",
+    "PandapushService",
+    "Server",
+    "StorageService",
+    "seedDevelopmentKey",
+]
+
+
+class OpenFileLimit(Service):
+    """
+    Raises this process's soft limit of open files (``RLIMIT_NOFILE``) to its hard limit
+    when it starts, and logs both. Every client holds a socket, and the soft limit is
+    often 1,024 while the hard one allows far more (systemd gives services 524,288):
+    nothing is gained by refusing connections below a limit the process may raise
+    itself. An unlimited hard limit is taken as the kernel's ``nr_open``. Not raised
+    past 1,024 under the select() reactor, which cannot watch descriptors beyond that.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        try:
+            import resource
+        except ImportError:  # not a POSIX system
+            return
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = _nrOpen() if hard == resource.RLIM_INFINITY else hard
+        if type(self.reactor).__name__ == "SelectReactor":
+            target = min(target, 1024)
+        if soft == resource.RLIM_INFINITY or soft >= target:
+            self._log.info("open files: limit {soft} (hard limit {hard})", soft=soft, hard=hard)
+            return
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as reason:
+            self._log.warn(
+                "open files: limit {soft}, could not raise it to {target}: {reason}",
+                soft=soft,
+                target=target,
+                reason=reason,
+            )
+            return
+        self._log.info("open files: limit raised from {soft} to {target}", soft=soft, target=target)
+
+
+def _nrOpen() -> int:
+    """The most descriptors a Linux process may have; elsewhere a common ceiling."""
+    try:
+        with open("/proc/sys/fs/nr_open") as limit:
+            return int(limit.read())
+    except (OSError, ValueError):
+        return 1_048_576
 
 
 class BayeuxService(Service):

@@ -32,7 +32,7 @@ from pandapush.extensions.presence import PresenceExtension
 from pandapush.extensions.statistics import Statistics
 from pandapush.interfaces import IEngine, IExtension
 from pandapush.router import BayeuxRouter
-from pandapush.services import BayeuxService, Server, StorageService
+from pandapush.services import BayeuxService, OpenFileLimit, Server, StorageService
 from pandapush.storage import makeStorage
 from pandapush.transports.http import OriginPolicy
 from pandapush.transports.resource import BayeuxResource
@@ -40,6 +40,7 @@ from pandapush.web.admin import AdminApp
 from pandapush.web.adminauth import adminLoginBanner, makeAdminAuthority
 from pandapush.web.adminui import adminResource
 from pandapush.web.clientjs import ClientScriptResource
+from pandapush.web.connections import AddressLimit
 from pandapush.web.http import ProxyTrust
 from pandapush.web.publish import PublishApp
 from pandapush.web.site import HealthApp, PandapushRoot, makeSite
@@ -146,6 +147,15 @@ class Options(usage.Options):
             None,
             "Live clients one websocket or keep-alive HTTP connection may handshake (0: unlimited). "
             "[default: $PANDAPUSH_MAX_CLIENTS_PER_CONNECTION or 4]",
+            _positive(int),
+        ],
+        [
+            "max-connections-per-address",
+            None,
+            None,
+            "Open connections per client address (an IPv6 one by its /64), on this process; "
+            "--trusted-proxies are not counted (0: unlimited). "
+            "[default: $PANDAPUSH_MAX_CONNECTIONS_PER_ADDRESS or 256]",
             _positive(int),
         ],
         [
@@ -358,6 +368,10 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         headers={k.encode(): v.encode() for k, v in workerHeaders.items()},
         accessLog=config.accessLog,
         requestDone=metrics.requestDone,
+        addressLimit=AddressLimit(
+            reactor, limits.maxConnectionsPerAddress, proxies.trusts, onRefused=router.limitRefused
+        ),
+        onRefused=router.limitRefused,
     )
 
     # The services. They start in this order; they stop all at once, the storage
@@ -413,6 +427,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         workers=workers,
     )
     services: list[IService | None] = [
+        OpenFileLimit(reactor),
         BayeuxService(
             engine,
             router,

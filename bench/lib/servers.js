@@ -140,6 +140,8 @@ async function startPandapush({ logDir, rest, extraArgs = [], env = {}, name = '
   // The idle scenario opens 10,000 clients of one application, and its publisher is one more:
   // with the default of 10,000 per application its publish is refused and nobody receives.
   if (pandapushAccepts('max-connections-per-app')) args.push('--max-connections-per-app', '0');
+  // Every benchmark client connects from 127.0.0.1: thousands of connections from one address.
+  if (pandapushAccepts('max-connections-per-address')) args.push('--max-connections-per-address', '0');
   args.push(...extraArgs);
   const logFile = path.join(logDir, `${name}-${port}.log`);
   const command = experiments ? [path.join(__dirname, '..', 'tools', 'experiments.py'), experiments, ...args] : args;

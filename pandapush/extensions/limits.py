@@ -52,6 +52,7 @@ from pandapush.listeners import EngineListener
 
 __all__ = [
     "DEFAULT_MAX_CLIENTS_PER_CONNECTION",
+    "DEFAULT_MAX_CONNECTIONS_PER_ADDRESS",
     "DEFAULT_MAX_CONNECTIONS_PER_APP",
     "DEFAULT_MAX_PUBLISH_RATE",
     "AppConnectionLimiter",
@@ -63,6 +64,14 @@ __all__ = [
 DEFAULT_MAX_PUBLISH_RATE = 1000.0
 DEFAULT_MAX_CONNECTIONS_PER_APP = 10_000
 DEFAULT_MAX_CLIENTS_PER_CONNECTION = 4
+#: Open connections per client address (``--max-connections-per-address``, applied by
+#: ``pandapush.web.connections``). One browser needs a few: a websocket or two long-poll
+#: connections per page, six HTTP/1.1 connections per host at most, and Chrome caps a
+#: whole profile at 255 websockets; the rest is room for people sharing an address (an
+#: office, a carrier's NAT). At a limit of 1,024 file descriptors it takes four
+#: addresses instead of one to use them up, and the soft limit is raised to the hard
+#: one at start (``pandapush.services``), usually far more.
+DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 256
 
 #: Metric labels (``pandapush_limit_refusals_total{limit}``).
 PUBLISH_RATE = "publish_rate"
@@ -368,7 +377,8 @@ def _setting(value: Any, environ: Mapping[str, str], name: str, default: float, 
 @dataclass(frozen=True)
 class LimitSettings:
     """
-    The limits of this module and ``--max-clients-per-connection``, resolved (by
+    The limits of this module, ``--max-clients-per-connection`` and
+    ``--max-connections-per-address``, resolved (by
     :meth:`pandapush.config.Configuration.fromOptions`, through :meth:`fromOptions`).
     """
 
@@ -376,6 +386,8 @@ class LimitSettings:
     maxPublishBurst: float | None = None  # None: twice the rate
     maxConnectionsPerApp: int = DEFAULT_MAX_CONNECTIONS_PER_APP
     maxClientsPerConnection: int = DEFAULT_MAX_CLIENTS_PER_CONNECTION
+    #: Open connections per client address (``pandapush.web.connections``).
+    maxConnectionsPerAddress: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
 
     @classmethod
     def fromOptions(
@@ -407,6 +419,13 @@ class LimitSettings:
                 env,
                 "PANDAPUSH_MAX_CLIENTS_PER_CONNECTION",
                 DEFAULT_MAX_CLIENTS_PER_CONNECTION,
+                int,
+            ),
+            maxConnectionsPerAddress=_setting(
+                options.get("max-connections-per-address"),
+                env,
+                "PANDAPUSH_MAX_CONNECTIONS_PER_ADDRESS",
+                DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
                 int,
             ),
         )

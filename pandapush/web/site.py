@@ -17,6 +17,12 @@ from twisted.web.server import Request, Site
 
 import pandapush
 from pandapush.bayeux import json
+from pandapush.web.connections import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADERS_TIMEOUT,
+    AddressLimit,
+    PandapushChannel,
+)
 
 __all__ = ["HealthApp", "LimitedRequest", "PandapushRoot", "PandapushSite", "makeSite"]
 
@@ -27,7 +33,9 @@ class LimitedRequest(Request):
 
     Twisted reads a whole body before rendering; without a cap a client could
     make us buffer gigabytes. Past the cap the body is dropped and
-    ``tooLarge`` is set, so resources answer 413 instead of parsing anything.
+    ``tooLarge`` is set, so resources answer 413 instead of parsing anything;
+    over a :class:`~pandapush.web.connections.PandapushChannel` the channel answers
+    413 at once and closes (a body announced too large never gets this far).
     """
 
     tooLarge = False
@@ -47,6 +55,10 @@ class LimitedRequest(Request):
         if self._received > self._limit():
             self.tooLarge = True
             self.content = io.BytesIO()
+            # A chunked body past the limit: refused now, not read to its end.
+            refuse = getattr(self.channel, "refuseTooLarge", None)
+            if refuse is not None:
+                refuse()
             return
         if self.content is not None:
             self.content.write(data)
@@ -189,11 +201,19 @@ class _MarkedRequest(LimitedRequest):
 
 class PandapushSite(Site):
     """
-    The one ``Site``: bodies capped at ``maxBodySize`` (:class:`LimitedRequest`),
+    The one ``Site``: connections per client address capped (``addressLimit``),
+    deadlines for receiving each request and bodies refused from their announced size
+    (:class:`~pandapush.web.connections.PandapushChannel`), bodies capped at
+    ``maxBodySize`` (:class:`LimitedRequest`),
     ``headers`` added to every answer (``X-Pandapush-Worker`` with ``--workers``),
     ``requestDone`` told of every finished request (metrics count them by status), and
     the access log written only if ``accessLog`` (long-polling makes many requests).
     """
+
+    protocol = PandapushChannel  # type: ignore[assignment]
+    #: Seconds a request has to send its headers, then its body (:class:`PandapushChannel`).
+    headersTimeout = DEFAULT_HEADERS_TIMEOUT
+    bodyTimeout = DEFAULT_BODY_TIMEOUT
 
     def __init__(
         self,
@@ -202,6 +222,8 @@ class PandapushSite(Site):
         headers: Mapping[bytes, bytes] | None = None,
         accessLog: bool = True,
         requestDone: Callable[[http.Request], None] | None = None,
+        addressLimit: AddressLimit | None = None,
+        onRefused: Callable[[str], None] | None = None,
     ) -> None:
         # Nothing here reads request.args from a body (long-polling and REST publish parse
         # their own, lazily); Twisted's form parsing cost every POST an email-package
@@ -213,6 +235,23 @@ class PandapushSite(Site):
         self.displayTracebacks = False
         self.accessLog = accessLog
         self.requestDone = requestDone
+        #: Open connections per client address; None: not limited.
+        self.addressLimit = addressLimit
+        #: Told the name of each limit that refuses a connection or request (metrics).
+        self.onRefused = onRefused
+
+    def buildProtocol(self, addr: Any) -> Any:
+        limit = self.addressLimit
+        if limit is None:
+            return super().buildProtocol(addr)
+        key = limit.admit(getattr(addr, "host", None))
+        if key is False:
+            return limit.refused()
+        channel = super().buildProtocol(addr)
+        if key is None or channel is None:
+            return channel
+        assert isinstance(key, str)
+        return limit.wrap(key, channel)
 
     def log(self, request: http.Request) -> None:
         if self.requestDone is not None:
@@ -227,5 +266,7 @@ def makeSite(
     headers: Mapping[bytes, bytes] | None = None,
     accessLog: bool = True,
     requestDone: Callable[[http.Request], None] | None = None,
+    addressLimit: AddressLimit | None = None,
+    onRefused: Callable[[str], None] | None = None,
 ) -> PandapushSite:
-    return PandapushSite(root, maxBodySize, headers, accessLog, requestDone)
+    return PandapushSite(root, maxBodySize, headers, accessLog, requestDone, addressLimit, onRefused)

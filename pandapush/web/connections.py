@@ -1,0 +1,310 @@
+"""What one TCP connection may hold of the server: time to send a request, and file descriptors.
+
+A slow client costs a file descriptor for as long as it takes: at the common limit of
+1,024, about 1,010 half-open requests (a header line every 10 s) made every new
+connection fail, because Twisted's idle timeout starts again with every byte. Two
+defences, both decided per connection, before any resource runs:
+
+- :class:`PandapushChannel`: a request's headers must arrive within ``headersTimeout``
+  seconds of its first byte and its body within ``bodyTimeout`` seconds of its headers,
+  whatever trickles in meanwhile; past that the connection gets a 408 and is closed. A
+  body announced larger than the site's ``maxBodySize`` is refused with a 413 from its
+  ``Content-Length`` (and a chunked one as soon as it grows past it), and the
+  connection closed, instead of reading it to the end first (100 MB were).
+- :class:`AddressLimit`: at most ``maxPerAddress`` open connections per client address
+  (an IPv6 client by its /64, which one subscriber usually has whole), counted from
+  accept to close; one more is closed at once, before a byte is read. Trusted proxies
+  are not counted: every client behind them shares their address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime, ITransport
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
+from zope.interface import directlyProvides, providedBy
+
+from pandapush.extensions.limits import DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
+
+__all__ = [
+    "DEFAULT_BODY_TIMEOUT",
+    "DEFAULT_HEADERS_TIMEOUT",
+    "DEFAULT_MAX_CONNECTIONS_PER_ADDRESS",
+    "AddressLimit",
+    "PandapushChannel",
+]
+
+#: Seconds from a request's first byte to the end of its headers: a few hundred bytes
+#: that any client sends in one packet, with room for a slow mobile link.
+DEFAULT_HEADERS_TIMEOUT = 10.0
+#: Seconds from the end of the headers to the end of the body: a body is at most
+#: ``--max-body-size`` (1 MiB, 35 KB/s over this time) and usually a few hundred bytes.
+DEFAULT_BODY_TIMEOUT = 30.0
+
+_TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+
+class PandapushChannel(HTTPChannel):
+    """
+    An ``HTTPChannel`` with deadlines for receiving a request, and a body limit applied
+    from the headers. The deadlines and the limit are the site's (``headersTimeout``,
+    ``bodyTimeout``, ``maxBodySize``), read when a request starts. ``onRefused(limit)``
+    (the site's) hears of each 408 (``request_timeout``) and early 413 (``body_size``).
+    """
+
+    _deadline: IDelayedCall | None = None
+    _refused = False
+    #: Called once if another protocol takes the connection over (a websocket), which
+    #: it does by setting this channel's transport to None.
+    takenOver: Callable[[], None] | None = None
+    _transport: Any = None
+
+    @property  # type: ignore[override]
+    def transport(self) -> Any:
+        return self._transport
+
+    @transport.setter
+    def transport(self, transport: Any) -> None:
+        if transport is None and self._transport is not None and self.takenOver is not None:
+            takenOver, self.takenOver = self.takenOver, None
+            takenOver()
+        self._transport = transport
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # Until the first request's headers, as for every later one: a connection
+        # opened and left silent holds a descriptor as much as one sending slowly.
+        self._startDeadline(self._setting("headersTimeout", DEFAULT_HEADERS_TIMEOUT))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._deadline is None and not self._handlingRequest:
+            # The first byte of the next request on a kept-alive connection.
+            self._startDeadline(self._setting("headersTimeout", DEFAULT_HEADERS_TIMEOUT))
+        super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        limit = self._setting("maxBodySize", None)
+        if limit is not None and self.length is not None and self.length > limit:
+            self.refuseTooLarge()
+            return
+        self._startDeadline(self._setting("bodyTimeout", DEFAULT_BODY_TIMEOUT))
+        super().allHeadersReceived()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self._refused:
+            super().rawDataReceived(data)
+
+    def allContentReceived(self) -> None:
+        if self._refused:
+            return
+        self._cancelDeadline()
+        super().allContentReceived()
+
+    def requestDone(self, request: Any) -> None:
+        buffered = bool(self._dataBuffer)
+        super().requestDone(request)
+        if buffered and self.persistent and not self._handlingRequest and self._deadline is None:
+            # The next request had started to arrive while this one was answered.
+            self._startDeadline(self._setting("headersTimeout", DEFAULT_HEADERS_TIMEOUT))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancelDeadline()
+        super().connectionLost(reason)
+
+    def refuseTooLarge(self) -> None:
+        """Answer 413 now, whatever of the body is still coming, and close."""
+        if self._refused:
+            return
+        limit = self._setting("maxBodySize", 0)
+        body = b"Request body larger than %d bytes" % limit
+        self._close(
+            b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body),
+            "body_size",
+        )
+
+    # deadlines
+
+    def _setting(self, name: str, default: Any) -> Any:
+        return getattr(getattr(self, "site", None), name, default)
+
+    def _startDeadline(self, seconds: float) -> None:
+        self._cancelDeadline()
+        if seconds and self.callLater is not None:
+            self._deadline = self.callLater(seconds, self._timedOut)
+
+    def _cancelDeadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _timedOut(self) -> None:
+        self._deadline = None
+        self._close(_TIMED_OUT, "request_timeout")
+
+    def _close(self, response: bytes, limit: str) -> None:
+        self._refused = True
+        self._cancelDeadline()
+        self.setTimeout(None)
+        onRefused = self._setting("onRefused", None)
+        if onRefused is not None:
+            onRefused(limit)
+        transport = self.transport
+        if transport is None:
+            return
+        transport.write(response)
+        self.loseConnection()
+        # As Twisted's own idle timeout does: a peer that does not read what is left
+        # to send (and so keeps the descriptor) is cut off a little later.
+        if self.abortTimeout is not None:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+
+
+def _addressKey(host: str) -> str | None:
+    """What connections are counted by: the address, an IPv6 one by its /64; None if not an IP."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+class AddressLimit:
+    """
+    Open connections per client address, at most ``maxPerAddress`` (0: unlimited).
+    ``trusts(address)`` names trusted proxies, which are not counted. Refusals go to
+    ``onRefused("connections_per_address")`` and are logged at most once a minute.
+    """
+
+    _log = Logger()
+    logInterval = 60.0
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        maxPerAddress: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+        trusts: Callable[[str], bool] = lambda address: False,
+        onRefused: Callable[[str], None] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.maxPerAddress = maxPerAddress
+        self.trusts = trusts
+        self.onRefused = onRefused
+        self._open: dict[str, int] = {}
+        self._refusedSinceLog = 0
+        self._loggedAt: float | None = None
+
+    def connections(self, host: str) -> int:
+        key = _addressKey(host)
+        return self._open.get(key, 0) if key is not None else 0
+
+    def admit(self, host: str | None) -> str | bool | None:
+        """
+        The key to :meth:`release` once the connection closes; None if it is not counted
+        (no limit, not an IP address, a trusted proxy); False if it is refused.
+        """
+        if self.maxPerAddress <= 0 or host is None or self.trusts(host):
+            return None
+        key = _addressKey(host)
+        if key is None:
+            return None
+        count = self._open.get(key, 0)
+        if count >= self.maxPerAddress:
+            self._refuse(key)
+            return False
+        self._open[key] = count + 1
+        return key
+
+    def release(self, key: str) -> None:
+        count = self._open.get(key, 0) - 1
+        if count > 0:
+            self._open[key] = count
+        else:
+            self._open.pop(key, None)
+
+    def wrap(self, key: str, protocol: IProtocol) -> _CountedConnection:
+        """``protocol``, counted under ``key`` until its connection closes."""
+        return _CountedConnection(self, key, protocol)
+
+    @staticmethod
+    def refused() -> Protocol:
+        """
+        What a refused connection gets: closed at once, nothing read or written. (Not
+        None, which a TCP port takes for the same, but a TLS wrapper does not.)
+        """
+        return _Refused()
+
+    def _refuse(self, key: str) -> None:
+        if self.onRefused is not None:
+            self.onRefused("connections_per_address")
+        self._refusedSinceLog += 1
+        now = self.clock.seconds()
+        if self._loggedAt is None or now - self._loggedAt >= self.logInterval:
+            self._log.warn(
+                "refusing connections from {address}: {limit} open already"
+                " (--max-connections-per-address); {refused} refused since the last report",
+                address=key,
+                limit=self.maxPerAddress,
+                refused=self._refusedSinceLog,
+            )
+            self._loggedAt = now
+            self._refusedSinceLog = 0
+
+
+class _Refused(Protocol):
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+
+class _CountedConnection(ProtocolWrapper):
+    """
+    Holds a place in an :class:`AddressLimit` from accept to close, whatever protocol
+    the connection ends up speaking: a websocket takes the TCP transport over from the
+    HTTP channel by making itself the protocol this wrapper forwards to (Autobahn does
+    that for a transport whose protocol is a ``ProtocolWrapper``).
+
+    The wrapped protocol is given the real transport, not this wrapper: every delivery
+    is a write, and the websocket transport sends small frames straight to the TCP
+    socket. Over TLS the transport is itself a wrapper, whose protocol a websocket
+    replaces (this one, then): the place is given back when that happens, so a
+    websocket over a TLS listener is counted until its upgrade only (TLS is best
+    terminated in front of pandapush anyway).
+    """
+
+    def __init__(self, limit: AddressLimit, key: str, wrapped: IProtocol) -> None:
+        self.wrappedProtocol = wrapped
+        self._limit: AddressLimit | None = limit
+        self._key = key
+
+    def makeConnection(self, transport: ITransport) -> None:
+        directlyProvides(self, providedBy(transport))
+        Protocol.makeConnection(self, transport)
+        if isinstance(transport, ProtocolWrapper) and isinstance(self.wrappedProtocol, PandapushChannel):
+            self.wrappedProtocol.takenOver = self._release
+        self.wrappedProtocol.makeConnection(transport)
+
+    def _release(self) -> None:
+        limit, self._limit = self._limit, None
+        if limit is not None:
+            limit.release(self._key)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._release()
+        wrapped: IProtocol | None = self.wrappedProtocol
+        self.wrappedProtocol = None  # type: ignore[assignment]  # no cycle left behind
+        if wrapped is not None:
+            wrapped.connectionLost(reason)
