@@ -137,8 +137,18 @@ class Options(usage.Options):
             "max-connections-per-app",
             None,
             None,
-            "Clients using one application's channels at once, on this node (0: unlimited). "
-            "[default: $PANDAPUSH_MAX_CONNECTIONS_PER_APP or 10000]",
+            "Clients using one application's channels with its key or a token it signed, on this "
+            "node (0: unlimited). [default: $PANDAPUSH_MAX_CONNECTIONS_PER_APP or 10000]",
+            _positive(int),
+        ],
+        [
+            "max-anonymous-connections-per-app",
+            None,
+            None,
+            "Clients using one application's channels without its credentials (public subscribes "
+            "without a key or token), on this node; they never take the places of --max-connections-"
+            "per-app, which counts clients with the application's key or tokens (0: unlimited). "
+            "[default: $PANDAPUSH_MAX_ANONYMOUS_CONNECTIONS_PER_APP or --max-connections-per-app]",
             _positive(int),
         ],
         [
@@ -298,7 +308,11 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         reactor, limits.maxPublishRate, limits.maxPublishBurst, onRefused=router.limitRefused
     )
     connections = AppConnectionLimiter(
-        engine, reactor, limits.maxConnectionsPerApp, onRefused=router.limitRefused
+        engine,
+        reactor,
+        limits.maxConnectionsPerApp,
+        onRefused=router.limitRefused,
+        maxAnonymousPerApp=limits.maxAnonymousConnectionsPerApp,
     )
     presence = PresenceExtension(
         router, maxMembers=config.presenceMaxMembers, maxDataSize=config.presenceMaxData

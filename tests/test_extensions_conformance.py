@@ -131,24 +131,34 @@ class LimitsExtensionTests(ExtensionTestsMixin, _Wired):
         self.publishes = PublishRateLimiter(self.clock, rate=1, burst=1)
         return LimitsExtension(self.engine, self.connections, self.publishes)
 
+    def keyed(self) -> MessageContext:
+        """A context as tenancy leaves it for a message with the application's key."""
+        context = MessageContext("websocket")
+        context.attributes["keyId"] = self.key.id
+        context.attributes["authenticated"] = {self.app.id}
+        return context
+
     def refusals(self) -> list[tuple[Message, MessageContext, str]]:
         room = self.channel("room")
-        first, second = self.client(), self.client()
-        keyed = MessageContext("websocket")
-        keyed.attributes["keyId"] = self.key.id
-        # The application's one place, and the key's one publish of this second, taken.
-        self.incoming({"channel": room, "clientId": first, "data": 0}, keyed)
-        keyedAgain = MessageContext("websocket")
-        keyedAgain.attributes["keyId"] = self.key.id
+        first, second, third, fourth = self.client(), self.client(), self.client(), self.client()
+        # The application's one place, its one anonymous place, and the key's one publish
+        # of this second, taken.
+        self.incoming({"channel": room, "clientId": first, "data": 0}, self.keyed())
+        self.incoming({"channel": "/meta/subscribe", "clientId": third, "subscription": room})
         return [
             (
                 {"channel": "/meta/subscribe", "clientId": second, "subscription": room},
-                MessageContext("websocket"),
+                self.keyed(),
                 f"403:{room}:Too many connections (limit 1 per application)",
             ),
             (
+                {"channel": "/meta/subscribe", "clientId": fourth, "subscription": room},
+                MessageContext("websocket"),
+                f"403:{room}:Too many anonymous connections (limit 1 per application)",
+            ),
+            (
                 {"channel": room, "clientId": first, "data": 1},
-                keyedAgain,
+                self.keyed(),
                 f"429:{room}:Too many publishes for key {self.key.id} (limit 1/s)",
             ),
         ]

@@ -155,6 +155,52 @@ class AppConnectionLimiterTests(SynchronousTestCase):
         self.assertFalse(self.limiter.admit(self.client(), "app1"))
         self.assertEqual(self.limiter.connections("app1"), 1)
 
+    def test_strangersHaveTheirOwnBudget(self) -> None:
+        """
+        Clients without the application's credentials fill the anonymous places only:
+        authenticated clients still get theirs, and each budget refuses with its own label.
+        """
+        strangers = [self.client() for _ in range(3)]
+        self.assertEqual(
+            [self.limiter.admit(c, "app1", authenticated=False) for c in strangers], [True, True, False]
+        )
+        own = [self.client() for _ in range(3)]
+        self.assertEqual(
+            [self.limiter.admit(c, "app1", authenticated=True) for c in own], [True, True, False]
+        )
+        self.assertEqual(self.refused, ["anonymous_connections_per_app", "connections_per_app"])
+        self.assertEqual(
+            (self.limiter.connections("app1", True), self.limiter.connections("app1", False)), (2, 2)
+        )
+        self.assertEqual(
+            self.limiter.refusal(False), "Too many anonymous connections (limit 2 per application)"
+        )
+
+    def test_anonymousClientMovesUp(self) -> None:
+        """A client counted anonymous that authenticates moves to an authenticated place."""
+        a, b, c = self.client(), self.client(), self.client()
+        self.limiter.admit(a, "app1", authenticated=False)
+        self.limiter.admit(b, "app1", authenticated=False)
+        self.assertTrue(self.limiter.admitted(a, "app1", authenticated=False))
+        self.assertFalse(self.limiter.admitted(a, "app1", authenticated=True))
+        self.assertTrue(self.limiter.admit(a, "app1", authenticated=True))
+        self.assertTrue(
+            self.limiter.admitted(a, "app1", authenticated=False)
+        )  # an authenticated place serves both
+        self.assertTrue(self.limiter.admit(c, "app1", authenticated=False))
+        self.assertEqual(
+            (self.limiter.connections("app1", True), self.limiter.connections("app1", False)), (1, 2)
+        )
+        self.successResultOf(self.engine.destroyClient(a, "disconnect"))
+        self.assertEqual(self.limiter.connections("app1"), 2)
+
+    def test_smallerAnonymousBudget(self) -> None:
+        limiter = AppConnectionLimiter(self.engine, self.clock, maxPerApp=3, maxAnonymousPerApp=1)
+        a, b = self.client(), self.client()
+        self.assertTrue(limiter.admit(a, "app1", authenticated=False))
+        self.assertFalse(limiter.admit(b, "app1", authenticated=False))
+        self.assertTrue(limiter.admit(b, "app1", authenticated=True))
+
     def test_unlimitedTracksNothing(self) -> None:
         limiter = AppConnectionLimiter(self.engine, self.clock, maxPerApp=0)
         for _ in range(100):
@@ -319,20 +365,55 @@ class ConnectionsPerAppEndToEndTests(EndToEndCase):
             self.assertTrue(reply["successful"], reply)
         refused = await third.call({"channel": "/meta/subscribe", "subscription": news})
         self.assertFalse(refused["successful"])
-        self.assertEqual(refused["error"], f"403:{news}:Too many connections (limit 2 per application)")
+        self.assertEqual(
+            refused["error"], f"403:{news}:Too many anonymous connections (limit 2 per application)"
+        )
         self.assertNotIn("advice", refused)
         # Already counted clients carry on, including publishing with the key.
         ok = await second.call({"channel": news, "data": {}, "ext": {"auth": AUTH}})
         self.assertTrue(ok["successful"], ok)
         metrics = await self.refusals()
-        self.assertEqual(metrics["connections_per_app"], 1)
+        self.assertEqual(metrics["anonymous_connections_per_app"], 1)
         self.assertEqual(metrics["pandapush_app_connections_max"], 2)
 
         first.kill()  # a closed websocket ends its client at once
         self.assertTrue(await eventually(lambda: self.server.service.router.openSockets() == 2))
+        # (second, publishing with the key, went from the anonymous places to the others.)
         reply = await third.call({"channel": "/meta/subscribe", "subscription": news})
         self.assertTrue(reply["successful"], reply)
         self.assertEqual((await self.refusals())["pandapush_app_connections_max"], 2)
+
+    async def test_strangersCannotLockOutTheApplication(self) -> None:
+        """
+        Anonymous clients filling the public channels (they used to take every place of
+        ``--max-connections-per-app``) leave the application's own clients in: a token
+        holder subscribing to a private or a public channel, and a publisher with the key.
+        """
+        news = channel("news")
+        strangers = [await self.ws() for _ in range(3)]
+        replies = [await c.call({"channel": "/meta/subscribe", "subscription": news}) for c in strangers]
+        self.assertEqual([r["successful"] for r in replies], [True, True, False])
+        private = channel("room", "private")
+        subscriber = await self.ws()
+        token = mintToken(KEY, SECRET, private, sub=True)
+        reply = await subscriber.call(
+            {"channel": "/meta/subscribe", "subscription": private, "ext": {"auth": {"token": token}}}
+        )
+        self.assertTrue(reply["successful"], reply)
+        reader = await self.ws()
+        publicToken = mintToken(KEY, SECRET, news, sub=True)
+        reply = await reader.call(
+            {"channel": "/meta/subscribe", "subscription": news, "ext": {"auth": {"token": publicToken}}}
+        )
+        self.assertTrue(reply["successful"], reply)
+        publisher = await self.ws()
+        reply = await publisher.call({"channel": news, "data": {"n": 1}, "ext": {"auth": AUTH}})
+        self.assertEqual(reply["error"], f"403:{news}:Too many connections (limit 2 per application)")
+        # A REST publish makes no Bayeux client: never refused for this.
+        self.assertEqual((await self.rest(news, {"n": 2})).code, 200)
+        self.assertTrue(await eventually(lambda: [m["data"] for m in reader.messages] == [{"n": 2}]))
+        metrics = await self.refusals()
+        self.assertEqual((metrics["anonymous_connections_per_app"], metrics["connections_per_app"]), (1, 1))
 
     async def test_vanishedLongPollerFreesItsPlace(self) -> None:
         """A long-poll client that stops polling gives its place back once it expires."""

@@ -244,8 +244,33 @@ class ChannelAuthority:
         if channel is None:
             raise AuthRefused(Refusal.INVALID_CHANNEL)
         if not needsAuth(operation, channel):
-            return Allowed()
+            return Allowed() if auth is None else self._vouched(channel, auth)
         return self._decide(operation, channel, self.credentialsFor(channel, auth))
+
+    def _vouched(self, channel: TenantChannel, auth: Any) -> Allowed | Deferred[Allowed]:
+        """
+        A subscribe anyone may make, sent with credentials: never refused for them, but
+        when they are good (a live key of the application, a token it signed) the
+        :class:`Allowed` names the key, so the client counts as one of the application's
+        own rather than as a stranger (the connection limits tell the two apart).
+        """
+        try:
+            credentials = self.credentialsFor(channel, auth)
+            checker: KeySecretChecker | BearerTokenChecker = (
+                self.keyChecker if isinstance(credentials, KeySecret) else self.tokenChecker
+            )
+            keyId = checker.keyIdOf(credentials)
+            cached, facts = self.keys.peek(keyId)
+            if cached:
+                return Allowed(checker.verify(credentials, facts).keyId)
+        except AuthRefused:
+            return Allowed()
+
+        def verified(facts: KeyFacts | None) -> Allowed:
+            return Allowed(checker.verify(credentials, facts).keyId)
+
+        # Whatever went wrong (refused, storage down), the subscribe is a stranger's.
+        return self.keys.get(keyId).addCallback(verified).addErrback(lambda _: Allowed())
 
     def _decide(
         self, operation: str, channel: TenantChannel, credentials: KeySecret | BearerToken | None

@@ -8,7 +8,11 @@ and for publishes also ``data.__auth`` as upstream accepted. Both are removed fr
 message once read, refused or not, so no delivery can ever carry them.
 
 A refusal becomes the message's ``error`` as ``<code>::<text>`` (Faye clients then
-show the contract's text as the error's ``message``). A presence subscribe's presence
+show the contract's text as the error's ``message``). A public subscribe, which anyone
+may make, is never refused for its credentials, but good ones are noted like any
+other's: ``context.attributes["keyId"]`` names the key, and ``["authenticated"]`` holds
+the applications whose own credentials came with the message (the per-application
+connection limits tell those clients from strangers). A presence subscribe's presence
 object, taken from the verified token only, goes to ``context.attributes["presence"]``
 for the presence extension, never into the message.
 """
@@ -23,7 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pandapush.auth.checkers import AuthRefused, ChannelAuthority
-from pandapush.auth.rules import PUBLISH, SUBSCRIBE, Allowed
+from pandapush.auth.rules import PUBLISH, SUBSCRIBE, Allowed, parseChannel
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.errors import BayeuxError
 from pandapush.interfaces import IExtension
@@ -108,7 +112,7 @@ class TenancyExtension:
             except Exception:
                 self._refuse(message, Failure())
                 return message
-            self._grant(allowed, context)
+            self._grant(allowed, channel, context)
         return message
 
     # outcomes
@@ -126,23 +130,28 @@ class TenancyExtension:
             self._refuse(message, Failure())
             return message
         if isinstance(decision, Allowed):
-            self._grant(decision, context)
+            self._grant(decision, channel, context)
             return message
 
         def decided(result: Allowed | Failure) -> Message:
             if isinstance(result, Failure):
                 self._refuse(message, result)
             else:
-                self._grant(result, context)
+                self._grant(result, channel, context)
             return message
 
         return decision.addBoth(decided)
 
-    def _grant(self, allowed: Allowed, context: MessageContext) -> None:
+    def _grant(self, allowed: Allowed, channel: Any, context: MessageContext) -> None:
         if allowed.presence is not None:
             context.attributes["presence"] = allowed.presence
         if allowed.keyId is not None:
             context.attributes["keyId"] = allowed.keyId
+            # The applications whose own credentials came with the message (a key is of one
+            # application): their connection limit counts this client as theirs, not a stranger.
+            tenant = parseChannel(channel, SUBSCRIBE)
+            if tenant is not None:
+                context.attributes.setdefault("authenticated", set()).add(tenant.appId)
         if allowed.expires is not None:
             # For pandapush.extensions.expiry: the subscription ends when its token does.
             earlier = context.attributes.get("tokenExpires")

@@ -17,7 +17,9 @@ key or application a message is for, which only tenancy knows, so they sit besid
   that message is the one refused. It stops counting when the engine destroys the
   client. Refusing a subscribe, not the handshake, is deliberate: Faye and our
   ``client.js`` report a failed subscribe and do not retry it, so a full application
-  causes no reconnect storm.
+  causes no reconnect storm. Clients that came with the application's own credentials
+  and anonymous ones (public subscribes without any) have separate budgets, so that
+  strangers cannot lock an application's own subscribers and publishers out.
 
 Both are per node: with N nodes behind a load balancer the effective limits are N
 times the configured ones. Both cost O(1) per message: one dict lookup and a little
@@ -76,6 +78,7 @@ DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 256
 #: Metric labels (``pandapush_limit_refusals_total{limit}``).
 PUBLISH_RATE = "publish_rate"
 CONNECTIONS_PER_APP = "connections_per_app"
+ANONYMOUS_CONNECTIONS_PER_APP = "anonymous_connections_per_app"
 
 Message = dict[str, Any]
 
@@ -166,12 +169,18 @@ class PublishRateLimiter:
 
 class AppConnectionLimiter(EngineListener):
     """
-    Which clients use each application's channels, at most ``maxPerApp`` per
-    application (0: unlimited, and nothing is tracked).
+    Which clients use each application's channels, in two budgets per application:
+    at most ``maxPerApp`` clients that came with the application's own credentials (a
+    key, or a token one of its keys signed) and at most ``maxAnonymousPerApp`` that
+    came with none (public subscribes; None: the same as ``maxPerApp``). Strangers can
+    fill the anonymous budget, never the other: an application's authenticated
+    subscribers and publishers cannot be locked out by anonymous ones. A client counted
+    anonymous moves to the authenticated budget with its first authenticated message.
+    0 is unlimited; with both unlimited nothing is tracked.
 
     Decrements come from the engine's ``clientDestroyed``. With the Redis engine that
     event is reported by the node that destroyed the client, which may not be the
-    node that counted it; so when an application is full, its clients are checked
+    node that counted it; so when a budget is full, its application's clients are checked
     against the engine (at most once per ``sweepInterval`` seconds) and the ones gone
     are forgotten.
     """
@@ -185,57 +194,74 @@ class AppConnectionLimiter(EngineListener):
         maxPerApp: int = DEFAULT_MAX_CONNECTIONS_PER_APP,
         onRefused: Callable[[str], None] | None = None,
         sweepInterval: float = 30.0,
+        maxAnonymousPerApp: int | None = None,
     ) -> None:
         self.engine = engine
         self.clock = clock
         self.maxPerApp = maxPerApp
+        self.maxAnonymousPerApp = maxPerApp if maxAnonymousPerApp is None else maxAnonymousPerApp
         self.onRefused = onRefused
         self.sweepInterval = sweepInterval
-        self._apps: dict[str, set[str]] = {}
-        self._clients: dict[str, set[str]] = {}
+        # appId -> clients, one dict per budget (authenticated: True, anonymous: False).
+        self._budgets: dict[bool, dict[str, set[str]]] = {True: {}, False: {}}
+        # clientId -> {appId: whether it is counted as authenticated}
+        self._clients: dict[str, dict[str, bool]] = {}
         self._swept: dict[str, float] = {}
-        if maxPerApp > 0:
+        if self.enabled:
             engine.addListener(self)
 
     @property
     def enabled(self) -> bool:
-        return self.maxPerApp > 0
+        return self.maxPerApp > 0 or self.maxAnonymousPerApp > 0
 
-    def admitted(self, clientId: str, appId: str) -> bool:
-        apps = self._clients.get(clientId)
-        return apps is not None and appId in apps
+    def admitted(self, clientId: str, appId: str, authenticated: bool = True) -> bool:
+        """Whether ``clientId`` already has a place that serves: an authenticated one serves both."""
+        counted = self._clients.get(clientId, {}).get(appId)
+        return counted is not None and (counted or not authenticated)
 
-    def admit(self, clientId: str, appId: str) -> bool:
+    def admit(self, clientId: str, appId: str, authenticated: bool = True) -> bool:
         """
-        Count ``clientId`` (which the caller knows exists) towards ``appId``. False,
-        counted as a refusal, if the application is full.
+        Count ``clientId`` (which the caller knows exists) towards ``appId``, in the
+        budget its credentials put it in. False, counted as a refusal, if that is full.
         """
-        if self.maxPerApp <= 0 or self.admitted(clientId, appId):
+        if not self.enabled or self.admitted(clientId, appId, authenticated):
             return True
-        clients = self._apps.get(appId)
-        if clients is not None and len(clients) >= self.maxPerApp:
+        limit = self.maxPerApp if authenticated else self.maxAnonymousPerApp
+        clients = self._budgets[authenticated].get(appId)
+        if limit > 0 and clients is not None and len(clients) >= limit:
             if self.onRefused is not None:
-                self.onRefused(CONNECTIONS_PER_APP)
+                self.onRefused(CONNECTIONS_PER_APP if authenticated else ANONYMOUS_CONNECTIONS_PER_APP)
             self._maybeSweep(appId)
             return False
-        self._apps.setdefault(appId, set()).add(clientId)
-        self._clients.setdefault(clientId, set()).add(appId)
+        self._uncount(clientId, appId)  # an anonymous place, left for an authenticated one
+        self._budgets[authenticated].setdefault(appId, set()).add(clientId)
+        self._clients.setdefault(clientId, {})[appId] = authenticated
         return True
 
-    def connections(self, appId: str) -> int:
-        return len(self._apps.get(appId, ()))
+    def connections(self, appId: str, authenticated: bool | None = None) -> int:
+        """Clients counted towards ``appId``: in one budget, or (None) in both."""
+        if authenticated is not None:
+            return len(self._budgets[authenticated].get(appId, ()))
+        return sum(len(budget.get(appId, ())) for budget in self._budgets.values())
 
-    def refusal(self) -> str:
-        return f"Too many connections (limit {self.maxPerApp} per application)"
+    def refusal(self, authenticated: bool = True) -> str:
+        if authenticated:
+            return f"Too many connections (limit {self.maxPerApp} per application)"
+        return f"Too many anonymous connections (limit {self.maxAnonymousPerApp} per application)"
 
     def forget(self, clientId: str) -> None:
-        for appId in self._clients.pop(clientId, ()):
-            clients = self._apps.get(appId)
+        for appId in self._clients.pop(clientId, {}):
+            self._uncount(clientId, appId)
+
+    def _uncount(self, clientId: str, appId: str) -> None:
+        for budget in self._budgets.values():
+            clients = budget.get(appId)
             if clients is not None:
                 clients.discard(clientId)
                 if not clients:
-                    del self._apps[appId]
-                    self._swept.pop(appId, None)
+                    del budget[appId]
+        if not self.connections(appId):
+            self._swept.pop(appId, None)
 
     # IEngineListener
 
@@ -254,7 +280,8 @@ class AppConnectionLimiter(EngineListener):
         d.addErrback(lambda f: self._log.failure("checking {appId}'s clients failed", f, appId=appId))
 
     async def _sweep(self, appId: str) -> None:
-        for clientId in list(self._apps.get(appId, ())):
+        clients = set().union(*(budget.get(appId, ()) for budget in self._budgets.values()))
+        for clientId in clients:
             if not await self.engine.clientExists(clientId):
                 self.forget(clientId)
 
@@ -262,15 +289,16 @@ class AppConnectionLimiter(EngineListener):
 
     def collect(self) -> Iterator[Metric]:
         # Not one series per application: label cardinality would grow with tenants.
+        apps = set().union(*self._budgets.values())
         yield GaugeMetricFamily(
             "pandapush_app_connections_max",
-            "Clients on the busiest application of this node (the connections_per_app limit applies to it).",
-            value=max((len(c) for c in self._apps.values()), default=0),
+            "Clients on the busiest application of this node (the connections_per_app limits apply to it).",
+            value=max((self.connections(appId) for appId in apps), default=0),
         )
         yield GaugeMetricFamily(
             "pandapush_connected_apps",
             "Applications with at least one client on this node.",
-            value=len(self._apps),
+            value=len(apps),
         )
 
 
@@ -318,13 +346,15 @@ class LimitsExtension:
     ) -> Message | Deferred[Message]:
         clientId = message.get("clientId")
         limiter = self.connections
+        # Set by tenancy: the applications whose own credentials came with the message.
+        authenticated = context.attributes.get("authenticated", ())
         waiting = [
-            (name, tenant.appId)
+            (name, tenant.appId, tenant.appId in authenticated)
             for name, tenant in channels
             if tenant is not None
             and limiter.enabled
             and isinstance(clientId, str)
-            and not limiter.admitted(clientId, tenant.appId)
+            and not limiter.admitted(clientId, tenant.appId, tenant.appId in authenticated)
         ]
         if not waiting:
             # The hot path: a client already counted, publishing.
@@ -336,7 +366,7 @@ class LimitsExtension:
         self,
         message: Message,
         clientId: str,
-        waiting: list[tuple[str, str]],
+        waiting: list[tuple[str, str, bool]],
         context: MessageContext,
         publish: str | None,
     ) -> Message:
@@ -344,9 +374,9 @@ class LimitsExtension:
         # application (the router answers it with 401 Unknown client).
         if not await self.engine.clientExists(clientId):
             return message
-        for name, appId in waiting:
-            if not self.connections.admit(clientId, appId):
-                message["error"] = str(BayeuxError(403, [name], self.connections.refusal()))
+        for name, appId, authenticated in waiting:
+            if not self.connections.admit(clientId, appId, authenticated):
+                message["error"] = str(BayeuxError(403, [name], self.connections.refusal(authenticated)))
                 return message
         return self._rate(message, context, publish)
 
@@ -385,6 +415,8 @@ class LimitSettings:
     maxPublishRate: float = DEFAULT_MAX_PUBLISH_RATE
     maxPublishBurst: float | None = None  # None: twice the rate
     maxConnectionsPerApp: int = DEFAULT_MAX_CONNECTIONS_PER_APP
+    #: None: the same as ``maxConnectionsPerApp``.
+    maxAnonymousConnectionsPerApp: int | None = None
     maxClientsPerConnection: int = DEFAULT_MAX_CLIENTS_PER_CONNECTION
     #: Open connections per client address (``pandapush.web.connections``).
     maxConnectionsPerAddress: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
@@ -413,6 +445,18 @@ class LimitSettings:
                 "PANDAPUSH_MAX_CONNECTIONS_PER_APP",
                 DEFAULT_MAX_CONNECTIONS_PER_APP,
                 int,
+            ),
+            maxAnonymousConnectionsPerApp=(
+                None
+                if options.get("max-anonymous-connections-per-app") is None
+                and not env.get("PANDAPUSH_MAX_ANONYMOUS_CONNECTIONS_PER_APP")
+                else _setting(
+                    options.get("max-anonymous-connections-per-app"),
+                    env,
+                    "PANDAPUSH_MAX_ANONYMOUS_CONNECTIONS_PER_APP",
+                    DEFAULT_MAX_CONNECTIONS_PER_APP,
+                    int,
+                )
             ),
             maxClientsPerConnection=_setting(
                 options.get("max-clients-per-connection"),
