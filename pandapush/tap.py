@@ -317,7 +317,9 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
     presence = PresenceExtension(
         router, maxMembers=config.presenceMaxMembers, maxDataSize=config.presenceMaxData
     )
-    expiry = SubscriptionExpiry(router, reactor, leeway=tenancy.tokenLeeway)
+    # Subscriptions end with their token or key: at an expiry, or as soon as the key cache
+    # hears the key was revoked or deleted (on any node, through key sync).
+    expiry = SubscriptionExpiry(router, reactor, leeway=tenancy.tokenLeeway, keys=keys)
     metrics = Metrics(router, bayeux)
     metrics.registry.register(connections)  # type: ignore[arg-type]
 

@@ -30,7 +30,7 @@ HANDSHAKE = {"channel": "/meta/handshake", "version": "1.0", "supportedConnectio
 T0 = 1_800_000_000.0
 
 
-class ExpiryRouterTests(TestCase):
+class _WiredRouter(TestCase):
     """The router, tenancy, presence and expiry as the server wires them, on a Clock."""
 
     def setUp(self) -> None:
@@ -46,7 +46,7 @@ class ExpiryRouterTests(TestCase):
         self.tenancy = makeTenancy(self.storage, config, self.router.publish, self.clock)
         self.router.addExtension(self.tenancy.extension)
         self.router.addExtension(PresenceExtension(self.router))
-        self.expiry = SubscriptionExpiry(self.router, self.clock, leeway=5)
+        self.expiry = SubscriptionExpiry(self.router, self.clock, leeway=5, keys=self.tenancy.keys)
         self.router.addExtension(self.expiry)
         self.app = self.successResultOf(self.storage.createApplication("testapp", "admin", admins=["admin"]))
         self.key = self.successResultOf(self.storage.createKey(self.app.id, "admin"))
@@ -85,6 +85,10 @@ class ExpiryRouterTests(TestCase):
 
     def payloads(self, replies: list[Any]) -> list[Any]:
         return [json.loads(r.payload) for r in replies if hasattr(r, "payload")]
+
+
+class ExpiryRouterTests(_WiredRouter):
+    """Token-granted subscriptions end at the token's ``exp``."""
 
     def test_endsAtExpiryPlusLeeway(self) -> None:
         """The subscription stays until exp + leeway, then ends; a held connect carries the notice."""
@@ -189,6 +193,128 @@ class ExpiryRouterTests(TestCase):
         self.clock.advance(20)
         self.assertEqual(self.expiry.expired, 20)
         self.assertEqual([c for c in self.clock.calls if c.func == self.expiry._fire], [])
+
+
+class KeyChangeTests(_WiredRouter):
+    """Subscriptions end with the key that granted them: revoked, deleted, or at its expiry date."""
+
+    def notices(self, clientId: str) -> list[Any]:
+        """The notices waiting for ``clientId``'s next connect (which they answer)."""
+        return [
+            p
+            for p in self.payloads(self.successResultOf(self.connect(clientId)))
+            if p["channel"] == "/meta/unsubscribe"
+        ]
+
+    def revoke(self, keyId: str) -> None:
+        """What the admin API does (and, on other nodes, key sync)."""
+        self.successResultOf(self.storage.revokeKey(keyId))
+        self.tenancy.keys.invalidate(keyId)
+
+    def test_revokedKeyEndsItsSubscriptions(self) -> None:
+        """
+        Revoking a key ends the subscriptions made with it and with tokens it signed, a
+        token without ``exp`` included (it used to go on for good), each with a notice;
+        public subscriptions and another key's stay.
+        """
+        clientId = self.client()
+        other = self.successResultOf(self.storage.createKey(self.app.id, "admin"))
+        b = f"/{self.app.id}/private/b"
+        c = f"/{self.app.id}/private/c"
+        public = f"/{self.app.id}/public/news"
+        self.assertTrue(
+            self.subscribe(clientId, self.private, {"token": self.token(self.private, None)})["successful"]
+        )
+        self.assertTrue(
+            self.subscribe(clientId, b, {"key": self.key.id, "secret": self.key.secret})["successful"]
+        )
+        self.assertTrue(self.subscribe(clientId, c, {"key": other.id, "secret": other.secret})["successful"])
+        self.assertTrue(self.subscribe(clientId, public, {"token": self.token(public, None)})["successful"])
+        self.assertEqual((self.expiry.granted, len(self.expiry)), (3, 0))
+        self.revoke(self.key.id)
+        self.assertEqual(self.successResultOf(self.engine.subscriptions(clientId)), {c, public})
+        self.assertEqual(
+            sorted(n["error"] for n in self.notices(clientId)),
+            [f"401:{b}:Revoked key", f"401:{self.private}:Revoked key"],
+        )
+        self.assertEqual((self.expiry.granted, self.expiry.expired), (1, 2))
+
+    def test_deletedKeyOrApplication(self) -> None:
+        """A deleted key's subscriptions end (``Could not find key``); so do a deleted application's."""
+        first, second = self.client(), self.client()
+        other = self.successResultOf(self.storage.createKey(self.app.id, "admin"))
+        self.subscribe(first, self.private, {"token": self.token(self.private, None)})
+        self.subscribe(second, self.private, {"key": other.id, "secret": other.secret})
+        self.successResultOf(self.storage.deleteKey(self.key.id))
+        self.tenancy.keys.invalidate(self.key.id)
+        self.assertEqual(
+            [n["error"] for n in self.notices(first)], [f"401:{self.private}:Could not find key"]
+        )
+        self.assertEqual(self.successResultOf(self.engine.subscriptions(second)), {self.private})
+        self.successResultOf(self.storage.deleteApplication(self.app.id))
+        self.tenancy.keys.invalidateApp(self.app.id)
+        self.assertEqual(
+            [n["error"] for n in self.notices(second)], [f"401:{self.private}:Could not find key"]
+        )
+
+    def test_unchangedKeyKeepsThem(self) -> None:
+        """An invalidation that changed nothing the key's grants depend on ends nothing."""
+        clientId = self.client()
+        self.subscribe(clientId, self.private, {"token": self.token(self.private, None)})
+        self.tenancy.keys.invalidate(self.key.id)
+        self.tenancy.keys.invalidateApp(self.app.id)
+        self.tenancy.keys.clear()
+        self.assertEqual(self.successResultOf(self.engine.subscriptions(clientId)), {self.private})
+        self.assertEqual(self.expiry.expired, 0)
+
+    def test_unannouncedChangeFoundWithinTheCacheTTL(self) -> None:
+        """
+        A revocation nobody announced (made in the database, or by the command without
+        Redis) is found when the keys are read again, every key cache TTL: within two of them.
+        """
+        clientId = self.client()
+        self.subscribe(clientId, self.private, {"token": self.token(self.private, None)})
+        self.expiry.startService()
+        self.addCleanup(self.expiry.stopService)
+        self.successResultOf(self.storage.revokeKey(self.key.id))
+        self.clock.advance(self.tenancy.keys.ttl - 1)
+        self.assertEqual(self.successResultOf(self.engine.subscriptions(clientId)), {self.private})
+        self.clock.advance(self.tenancy.keys.ttl + 1)
+        self.assertEqual([n["error"] for n in self.notices(clientId)], [f"401:{self.private}:Revoked key"])
+
+    def test_keyExpiryDate(self) -> None:
+        """
+        A key with an expiry date ends its subscriptions then, before a later token ``exp``
+        (``Expired key``); an earlier token ``exp`` comes first (``Token expired``).
+        """
+        import datetime
+
+        expiring = self.successResultOf(
+            self.storage.createKey(
+                self.app.id, "admin", expires=datetime.datetime.fromtimestamp(T0 + 100, datetime.UTC)
+            )
+        )
+        first, second = self.client(), self.client()
+
+        def token(exp: float | None) -> str:
+            body: dict[str, Any] = {"keyId": expiring.id, "channel": self.private, "sub": True}
+            if exp is not None:
+                body["exp"] = exp
+            return jwt.encode(body, expiring.secret)
+
+        self.subscribe(first, self.private, {"token": token(T0 + 1000)})
+        self.subscribe(second, self.private, {"token": token(T0 + 50)})
+        self.assertEqual(len(self.expiry), 2)
+        self.clock.advance(60)
+        self.assertEqual([n["error"] for n in self.notices(second)], [f"401:{self.private}:Token expired"])
+        self.clock.advance(39.9)
+        self.assertEqual(self.successResultOf(self.engine.subscriptions(first)), {self.private})
+        held = self.connect(first)
+        self.clock.advance(0.2)
+        self.assertEqual(
+            [p["error"] for p in self.payloads(self.successResultOf(held))],
+            [f"401:{self.private}:Expired key"],
+        )
 
 
 def _serverToken(channelName: str, lifetime: float) -> str:

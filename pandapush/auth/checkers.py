@@ -72,6 +72,8 @@ class Principal:
     appId: str
     keyId: str
     claims: dict[str, Any] | None = field(default=None, repr=False)
+    #: When the key expires (None: never): what it granted ends then.
+    keyExpires: float | None = None
 
 
 class _CheckerBase:
@@ -104,7 +106,7 @@ class KeySecretChecker(_CheckerBase):
             raise AuthRefused(Refusal.INVALID_SECRET)
         self._checkKey(facts, credentials.appId, None)
         self.keys.recordUse(facts.keyId)
-        return Principal(facts.appId, facts.keyId)
+        return Principal(facts.appId, facts.keyId, keyExpires=facts.expires)
 
     def requestAvatarId(self, credentials: Any) -> Deferred[Any]:  # fires with a Principal
         return self.keys.get(credentials.keyId).addCallback(lambda facts: self.verify(credentials, facts))
@@ -151,7 +153,7 @@ class BearerTokenChecker(_CheckerBase):
         if not bearer.timesValid(claims, self.clock.seconds(), self.leeway):
             raise AuthRefused(Refusal.INVALID_TOKEN_PROVIDED)
         self.keys.recordUse(facts.keyId)
-        return Principal(facts.appId, facts.keyId, claims)
+        return Principal(facts.appId, facts.keyId, claims, facts.expires)
 
     def requestAvatarId(self, credentials: Any) -> Deferred[Any]:  # fires with a Principal
         try:
@@ -188,7 +190,8 @@ class ChannelAccess:
         self.principal = principal
 
     def check(self, operation: str, channel: TenantChannel) -> Allowed | Refusal:
-        return checkGrant(operation, channel, self.principal.keyId, self.principal.claims)
+        principal = self.principal
+        return checkGrant(operation, channel, principal.keyId, principal.claims, principal.keyExpires)
 
 
 @implementer(IRealm)

@@ -126,6 +126,7 @@ class KeyCache:
         self._generation = 0
         self._listeners: list[Callable[[str | None, str | None], None]] = []
         self._appObservers: list[Callable[[str | None], None]] = []
+        self._keyObservers: list[Callable[[str], None]] = []
         self._usage: dict[str, KeyUsage] = {}
         self._flushing: Deferred[None] | None = None
         # Whether lookups, and usage writes, are failing now: an outage is logged once.
@@ -258,6 +259,14 @@ class KeyCache:
         """
         self._appObservers.append(observer)
 
+    def addKeyObserver(self, observer: Callable[[str], None]) -> None:
+        """
+        Call ``observer(keyId)`` whenever ``keyId`` is invalidated, here or (with
+        ``propagate=False``) from another node: whatever was granted with the key may have
+        to end (:mod:`pandapush.extensions.expiry` reads it again).
+        """
+        self._keyObservers.append(observer)
+
     def _observe(self, appId: str | None) -> None:
         for observer in list(self._appObservers):
             try:
@@ -270,6 +279,11 @@ class KeyCache:
         self._generation += 1
         self._forget(keyId)
         self._pending.pop(keyId, None)
+        for observer in list(self._keyObservers):
+            try:
+                observer(keyId)
+            except Exception:
+                self._log.failure("key invalidation observer failed")
         if propagate:
             self._tell(keyId, None)
 

@@ -285,12 +285,14 @@ class Allowed:
     presence subscribe (the only place presence may come from); ``keyId`` names the
     key that granted it (None on a public subscribe without credentials). ``expires``
     is the ``exp`` of the token that granted a subscribe (None: no token, or no
-    ``exp``): the subscription ends then (:mod:`pandapush.extensions.expiry`).
+    ``exp``), ``keyExpires`` the expiry date of the key (None: never): the subscription
+    ends at the earlier (:mod:`pandapush.extensions.expiry`).
     """
 
     keyId: str | None = None
     presence: dict[str, Any] | None = None
     expires: float | None = None
+    keyExpires: float | None = None
 
 
 def _hasPresenceId(presence: Any) -> bool:
@@ -303,7 +305,11 @@ def _hasPresenceId(presence: Any) -> bool:
 
 
 def checkGrant(
-    operation: str, channel: TenantChannel, keyId: str, claims: dict[str, Any] | None
+    operation: str,
+    channel: TenantChannel,
+    keyId: str,
+    claims: dict[str, Any] | None,
+    keyExpires: float | None = None,
 ) -> Allowed | Refusal:
     """
     The last checks, once the key (and, for a token, its signature) is good.
@@ -334,4 +340,4 @@ def checkGrant(
         # Not a number: refused before this (bearer.timesValid).
         if isinstance(exp, int | float) and not isinstance(exp, bool):
             expires = float(exp)
-    return Allowed(keyId, presence, expires)
+    return Allowed(keyId, presence, expires, keyExpires)

@@ -152,6 +152,9 @@ class TenancyExtension:
             tenant = parseChannel(channel, SUBSCRIBE)
             if tenant is not None:
                 context.attributes.setdefault("authenticated", set()).add(tenant.appId)
+        if allowed.keyExpires is not None:
+            # For pandapush.extensions.expiry: the subscription ends when its key does.
+            context.attributes["keyExpires"] = allowed.keyExpires
         if allowed.expires is not None:
             # For pandapush.extensions.expiry: the subscription ends when its token does.
             earlier = context.attributes.get("tokenExpires")

@@ -789,7 +789,8 @@
 
     /**
      * The server ended a subscription on its own: its token expired (`401:<channel>:Token
-     * expired`, an unsolicited `/meta/unsubscribe`). `subscription:expired` tells the page;
+     * expired`, an unsolicited `/meta/unsubscribe`), or its key did or was revoked (`Expired
+     * key`, `Revoked key`, `Could not find key`). `subscription:expired` tells the page;
      * with a token function the channel is subscribed again at once with a fresh token (as
      * after a reconnect), otherwise it is refused (`subscription:refused` follows).
      */
