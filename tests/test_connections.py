@@ -22,9 +22,10 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from pandapush.web.connections import AddressLimit
-from tests.bayeux_clients import WSClient, eventually
-from tests.inprocess import InProcessServer
-from tests.support.server import PandapushProcess, sleep
+from tests.support.bayeux import WSClient
+from tests.support.inprocess import InProcessServer
+from tests.support.process import PandapushProcess
+from tests.support.waiting import eventually, sleep
 
 #: A POST of a JSON body to /push: ``POST % (len(body), body)``.
 POST = b"POST /push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
@@ -83,6 +84,11 @@ class ConnectionCase(TestCase):
         self.raw: list[RawClient] = []
         self.sockets: list[WSClient] = []
         self.addCleanup(self._closeAll)
+
+    def addressLimit(self) -> AddressLimit:
+        limit = self.site.addressLimit
+        assert limit is not None, "the server runs without a per-address cap"
+        return limit
 
     async def _closeAll(self) -> None:
         for client in self.raw:
@@ -237,7 +243,7 @@ class AddressLimitTests(ConnectionCase):
         self.assertIn(b"HTTP/1.1 200 ", await get(self.port, "/health_check.json", source="127.0.0.2"))
         self.assertFalse(any(client.gone for client in held))
         held[0].close()
-        self.assertTrue(await eventually(lambda: self.site.addressLimit.connections("127.0.0.1") == 4))
+        self.assertTrue(await eventually(lambda: self.addressLimit().connections("127.0.0.1") == 4))
         again = await self.connect()
         again.send(b"GET /health_check.json HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertTrue(await eventually(lambda: b"HTTP/1.1 200 " in again.received))
@@ -253,7 +259,7 @@ class AddressLimitTests(ConnectionCase):
         self.assertTrue(await eventually(lambda: refused.gone, timeout=3))
         for ws in sockets:
             ws.kill()
-        self.assertTrue(await eventually(lambda: self.site.addressLimit.connections("127.0.0.1") == 0))
+        self.assertTrue(await eventually(lambda: self.addressLimit().connections("127.0.0.1") == 0))
         self.assertIsNotNone((await self.ws()).clientId)
 
     async def refusals(self, source: str = "127.0.0.1") -> dict[str, float]:  # type: ignore[override]
@@ -275,7 +281,7 @@ class TrustedProxyTests(ConnectionCase):
         held = [await self.connect() for _ in range(4)]
         await sleep(0.2)
         self.assertFalse(any(client.gone for client in held))
-        self.assertEqual(self.site.addressLimit.connections("127.0.0.1"), 0)
+        self.assertEqual(self.addressLimit().connections("127.0.0.1"), 0)
 
 
 class LimitedProcess(PandapushProcess):
@@ -315,7 +321,12 @@ class FileDescriptorTests(TestCase):
         server = await LimitedProcess.started(self, "--database", "memory", limit="-n 1024")
         self.assertEqual(server.openFileLimits(), (1024, 1024))
         attackers: list[RawClient] = []
-        self.addCleanup(lambda: [client.close() for client in attackers])
+
+        def closeAll() -> None:
+            for client in attackers:
+                client.close()
+
+        self.addCleanup(closeAll)
         for _ in range(1100):
             client = await connect(server.port)
             client.send(b"GET /health_check.json HTTP/1.1\r\n")

@@ -16,12 +16,14 @@ import treq
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
+from twisted.web.http_headers import Headers
 
-from tests.bayeux_clients import HANDSHAKE, WSClient, eventually
-from tests.inprocess import KEY, SECRET, InProcessServer, channel
+from tests.support.bayeux import HANDSHAKE, WSClient
+from tests.support.inprocess import KEY, SECRET, InProcessServer, channel
+from tests.support.waiting import eventually
 
 
-def _basic() -> dict[str, str]:
+def _basic() -> dict[bytes | str, bytes | str]:
     return {"Authorization": "Basic " + b64encode(f"{KEY}:{SECRET}".encode()).decode()}
 
 
@@ -113,7 +115,7 @@ class ClientsPerConnectionTests(ServerCase):
         response = await treq.post(
             self.server.url + "/push",
             data=json.dumps([HANDSHAKE]).encode(),
-            headers={"Content-Type": "application/json"},
+            headers=Headers({"Content-Type": ["application/json"]}),
             pool=pool,
         )
         (reply,) = json.loads(await response.content())

@@ -14,15 +14,17 @@ from typing import Any
 
 import treq
 from twisted.trial.unittest import TestCase
+from twisted.web.http_headers import Headers
 
 from pandapush.tokens import mintToken
-from tests.bayeux_clients import LPClient, WSClient, eventually
-from tests.inprocess import APP, KEY, SECRET, InProcessServer, channel
-from tests.support.server import PandapushProcess, sleep
-from tests.test_multinode import APP as CLUSTER_APP
-from tests.test_multinode import KEY as CLUSTER_KEY
-from tests.test_multinode import SECRET as CLUSTER_SECRET
-from tests.test_multinode import ClusterCase, adminCall, createKey
+from tests.support.bayeux import LPClient, WSClient
+from tests.support.cluster import APP as CLUSTER_APP
+from tests.support.cluster import KEY as CLUSTER_KEY
+from tests.support.cluster import SECRET as CLUSTER_SECRET
+from tests.support.cluster import ClusterCase, adminCall, createKey
+from tests.support.inprocess import APP, KEY, SECRET, InProcessServer, channel
+from tests.support.process import PandapushProcess
+from tests.support.waiting import eventually, sleep
 
 ADMIN = ("admin", "revocation-test-password")
 
@@ -67,7 +69,7 @@ class OneNodeTests(TestCase):
         response = await treq.post(
             f"{self.server.url}/channel{channelName}",
             json=data,
-            headers={"Authorization": auth},
+            headers=Headers({"Authorization": [auth]}),
             persistent=False,
         )
         self.assertEqual(response.code, 200, await response.content())

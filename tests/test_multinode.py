@@ -29,7 +29,7 @@ from twisted.web.http_headers import Headers
 from pandapush.redis import RedisShard
 from tests.support import REPO_ROOT
 from tests.support.bayeux import HANDSHAKE
-from tests.support.cluster import ADMIN, APP, KEY, ROOM, SECRET, ClusterCase, channel
+from tests.support.cluster import APP, KEY, ROOM, SECRET, ClusterCase, adminCall, channel, createKey
 from tests.support.failover import AlternatingPoller, dataOn
 from tests.support.process import PandapushProcess
 from tests.support.redis import RedisProcess, requireRedisServer
@@ -192,29 +192,6 @@ class KeyRevocationTests(ClusterCase):
         code, body, elapsed = await self.refusedWithin(b, "x", credentials, application["id"])
         self.assertEqual(code, 403, body)
         self.assertLess(elapsed, 1.0)
-
-
-async def adminCall(node: PandapushProcess, method: str, path: str, body: Any) -> Any:
-    """One admin API call as the configured admin; the decoded answer (text if not JSON)."""
-    response = await treq.request(
-        method,
-        f"{node.url}/admin/api{path}",
-        json=body,
-        auth=ADMIN,
-        persistent=False,
-        timeout=15,
-    )
-    content = await response.content()
-    assert response.code in (200, 201), (response.code, content)
-    try:
-        return json.loads(content)
-    except ValueError:
-        return content.decode()
-
-
-async def createKey(node: PandapushProcess, appId: str) -> dict[str, Any]:
-    """A new key of ``appId`` created through ``node``'s admin API (with its secret)."""
-    return await adminCall(node, "POST", f"/application/{appId}/keys", {"purpose": "multinode"})  # type: ignore[no-any-return]
 
 
 class CommandLineKeyChangeTests(ClusterCase):

@@ -858,13 +858,13 @@ class LimitTests(RouterTestCase):
         subscribe = self.engine.subscribe
         calls: list[str] = []
 
-        def failing(client: str, channel: str) -> defer.Deferred[None]:
+        def failing(client: str, channel: str) -> defer.Deferred[bool]:
             calls.append(channel)
             if channel == "/c":
                 return defer.fail(RuntimeError("engine down"))
             return subscribe(client, channel)
 
-        self.engine.subscribe = failing  # type: ignore[method-assign]
+        self.engine.subscribe = failing  # type: ignore[method-assign, assignment]
         reply = self.send({"channel": "/meta/subscribe", "clientId": clientId, "subscription": ["/a", "/c"]})
         self.assertEqual(reply["error"], "500::Internal server error")
         self.assertEqual(calls, ["/a", "/c"])

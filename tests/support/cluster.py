@@ -11,6 +11,7 @@ admin API exist on all of them. They are seeded with the application ``APP`` and
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -29,7 +30,7 @@ from tests.support.process import PandapushProcess, seededEnvironment
 from tests.support.redis import deleteNamespace, requireRedis
 from tests.support.waiting import sleep
 
-__all__ = ["ADMIN", "APP", "KEY", "ROOM", "SECRET", "ClusterCase", "channel"]
+__all__ = ["ADMIN", "APP", "KEY", "ROOM", "SECRET", "ClusterCase", "adminCall", "channel", "createKey"]
 
 APP = "mnapp000000000000001"
 KEY = "PSIDmultinode0000001"
@@ -158,3 +159,26 @@ class ClusterCase(TestCase):
             reply = await client.call({"channel": "/meta/subscribe", "subscription": room, "ext": ext})
         self.assertTrue(reply["successful"], reply)
         return reply
+
+
+async def adminCall(node: PandapushProcess, method: str, path: str, body: Any) -> Any:
+    """One admin API call as the configured admin; the decoded answer (text if not JSON)."""
+    response = await treq.request(
+        method,
+        f"{node.url}/admin/api{path}",
+        json=body,
+        auth=ADMIN,
+        persistent=False,
+        timeout=15,
+    )
+    content = await response.content()
+    assert response.code in (200, 201), (response.code, content)
+    try:
+        return json.loads(content)
+    except ValueError:
+        return content.decode()
+
+
+async def createKey(node: PandapushProcess, appId: str) -> dict[str, Any]:
+    """A new key of ``appId`` created through ``node``'s admin API (with its secret)."""
+    return await adminCall(node, "POST", f"/application/{appId}/keys", {"purpose": "multinode"})  # type: ignore[no-any-return]

@@ -27,7 +27,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import treq
 from twisted.internet import defer, error
@@ -144,7 +144,7 @@ class PandapushProcess:
         self._scratch: Path | None = None
 
     @classmethod
-    async def started(cls, testCase: TestCase, *args: str, **kwargs: Any) -> PandapushProcess:
+    async def started(cls, testCase: TestCase, *args: str, **kwargs: Any) -> Self:
         """Start a server for ``testCase`` and stop it in its cleanup, whatever happens."""
         server = cls(*args, **kwargs)
         testCase.addCleanup(server.removeScratch)  # cleanups run last-in first-out: after stop
