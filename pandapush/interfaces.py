@@ -22,7 +22,7 @@ Storage and auth interfaces live in ``pandapush.storage`` and ``pandapush.auth``
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from zope.interface import Attribute, Interface
 
@@ -43,7 +43,18 @@ __all__ = [
     "IExtension",
     "IRouter",
     "Message",
+    "Occupancy",
 ]
+
+
+class Occupancy(NamedTuple):
+    """
+    How busy one channel is, cluster-wide: ``subscriptions`` are the clients subscribed to
+    exactly that channel (not through a pattern), ``users`` the presence members on it.
+    """
+
+    subscriptions: int
+    users: int
 
 
 class IDeliverySink(Interface):
@@ -202,6 +213,30 @@ class IEngine(Interface):
     def presenceMembers(channel: str) -> Deferred[dict[str, Any]]:
         """The members present on ``channel``: ``{memberId: data}``."""
 
+    def channelOccupancy(channel: str) -> Deferred[Occupancy]:
+        """
+        The clients subscribed to exactly ``channel`` and its presence members, counted
+        over every node sharing the engine (the server API's ``GET /apps/<id>/channel``).
+        """
+
+    def occupiedChannels(appId: str, prefix: str) -> Deferred[dict[str, Occupancy]]:
+        """
+        The application's occupied channels whose names start with ``prefix`` (a full
+        channel prefix, ``/<appId>/presence/``), each with its :class:`Occupancy`, over
+        every node. Only channels one can publish to are listed: ``/<appId>/<public|private|
+        presence>/...``, never a pattern (``/*``, ``/**``) nor a meta channel.
+        """
+
+    def broadcast(topic: str, data: Any) -> Deferred[None]:
+        """
+        Hand ``data`` (JSON-able) to the handlers of ``topic`` on every node sharing the
+        engine, this one included (the memory engine calls them at once). At most once:
+        a node that is down or not listening misses it. Fires once it is sent.
+        """
+
+    def onBroadcast(topic: str, handler: Callable[[Any], None]) -> None:
+        """Call ``handler(data)`` for every :meth:`broadcast` of ``topic``, from any node."""
+
     def statistics() -> dict[str, int]:
         """
         This node's figures, read at scrape time (it may walk every client): ``clients``
@@ -300,6 +335,14 @@ class IRouter(Interface):
         runs. Fires with the number of recipients, or fails with a ``BayeuxError`` (an
         invalid channel, a message over the size limit). ``exclude`` names a client that
         should not receive it.
+        """
+
+    def publishBatch(messages: Sequence[tuple[str, Any]]) -> Deferred[list[int]]:
+        """
+        Publish ``(channel, data)`` messages from the server (the server API's
+        ``batch_events``), in the order given; fires with each one's recipients. Every
+        message is checked (channel name, size) before any is published, so one refused
+        (a ``BayeuxError`` naming its channel) refuses them all.
         """
 
     def notify(clientId: str, message: Message) -> None:

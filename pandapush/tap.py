@@ -39,6 +39,9 @@ from pandapush.transports.resource import BayeuxResource
 from pandapush.web.admin import AdminApp
 from pandapush.web.adminauth import adminLoginBanner, makeAdminAuthority
 from pandapush.web.adminui import adminResource
+from pandapush.web.apps import ROUTES as API_ROUTES
+from pandapush.web.apps import APIServices, ServerAPI
+from pandapush.web.apps.openapi import OpenAPIResource
 from pandapush.web.clientjs import ClientScriptResource
 from pandapush.web.connections import AddressLimit
 from pandapush.web.http import ProxyTrust
@@ -342,8 +345,8 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
     for extension in extensions:
         router.addExtension(extension)
 
-    # The HTTP site: /push, the REST publish, the admin API and console, /metrics,
-    # the browser client, the health check.
+    # The HTTP site: /push, the REST publish and the server API (/apps, /openapi.json),
+    # the admin API and console, /metrics, the browser client, the health check.
     adminAuthority = makeAdminAuthority(tenancy, clock=reactor)
     if adminAuthority.throttle is not None:
         adminAuthority.throttle.addRefusalObserver(lambda: metrics.refusals.labels(limit="admin_login").inc())
@@ -355,6 +358,18 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         maxBodySize=tenancy.maxBodySize,
         publishTimeout=tenancy.publishTimeout,
         rateLimiter=publishes,
+    )
+    serverAPI = ServerAPI(
+        APIServices(
+            authority,
+            router,
+            engine,
+            storage,
+            reactor,
+            rateLimiter=publishes,
+            publishTimeout=tenancy.publishTimeout,
+        ),
+        API_ROUTES,
     )
     health = HealthApp(
         # Which process answered: with --workers, operators (and tests) can tell.
@@ -372,6 +387,8 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         {
             b"metrics": metrics.resource,
             b"channel": publishApp.resource(),
+            b"apps": serverAPI,
+            b"openapi.json": OpenAPIResource(),
             b"admin": adminResource(adminApp, adminAuthority),
             b"client.js": scripts,
             b"client.mjs": scripts,

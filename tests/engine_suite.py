@@ -393,3 +393,45 @@ class EngineTestsMixin(_Base):
         )
         await self.turn()
         self.assertEqual((len(sinks[one].payloads), len(sinks[two].payloads)), (0, 1))
+
+    async def test_channelCounts(self) -> None:
+        """
+        An application's occupied channels, each with its subscribers and presence members;
+        patterns and meta channels are not listed, and a channel leaves the list when vacated.
+        """
+        app = "countApp0000000001"
+        a, b = f"/{app}/public/a", f"/{app}/presence/room"
+        one, two, three = [await self.engine.createClient() for _ in range(3)]
+        for client in (one, two):
+            await self.engine.subscribe(client, a)
+            await self.engine.subscribe(client, b)
+            await self.engine.presenceJoin(client, b, "u1", {"id": "u1"})
+        await self.engine.subscribe(three, b)
+        await self.engine.presenceJoin(three, b, "u2", {"id": "u2"})
+        await self.engine.subscribe(three, f"/{app}/public/*")
+        await self.engine.subscribe(three, f"/{app}/meta/statistics")
+        await self.engine.subscribe(three, "/otherApp0000000001/public/a")
+        await self.turn()
+        self.assertEqual(await self.engine.channelOccupancy(a), (2, 0))
+        self.assertEqual(await self.engine.channelOccupancy(b), (3, 2))
+        self.assertEqual(await self.engine.channelOccupancy(f"/{app}/public/none"), (0, 0))
+        self.assertEqual(await self.engine.occupiedChannels(app, f"/{app}/"), {a: (2, 0), b: (3, 2)})
+        self.assertEqual(await self.engine.occupiedChannels(app, f"/{app}/presence/"), {b: (3, 2)})
+        self.assertEqual(await self.engine.occupiedChannels("nobody", "/nobody/"), {})
+        await self.engine.unsubscribe(one, a)
+        await self.engine.destroyClient(two, "disconnect")
+        await self.turn()
+        self.assertEqual(await self.engine.occupiedChannels(app, f"/{app}/"), {b: (2, 2)})
+        self.assertEqual(await self.engine.channelOccupancy(a), (0, 0))
+
+    async def test_broadcast(self) -> None:
+        """A broadcast reaches the topic's handlers (on this node too) as JSON, others' not."""
+        heard: list[tuple[str, Any]] = []
+        ready = getattr(self.engine, "ready", None)
+        if ready is not None:
+            await ready()  # a node hears broadcasts once it listens for them
+        self.engine.onBroadcast("one", lambda data: heard.append(("one", data)))
+        self.engine.onBroadcast("two", lambda data: heard.append(("two", data)))
+        await self.engine.broadcast("one", {"user": "u1", "n": (1, 2)})
+        await self.turn()
+        self.assertEqual(heard, [("one", {"user": "u1", "n": [1, 2]})])

@@ -12,7 +12,7 @@ from typing import Any
 from twisted.trial.unittest import TestCase
 
 from tests.support.requirements import requireExecutable
-from tests.support.sdks import KEY, SDKS, SECRET, ProcessResult, SDKEndToEnd, runProcess
+from tests.support.sdks import APP, KEY, SDKS, SECRET, ProcessResult, SDKEndToEnd, runProcess
 
 PACKAGE = SDKS / "node"
 
@@ -25,7 +25,8 @@ const client = new Client({
   url: process.env.PANDAPUSH_URL,
   keyId: process.env.PANDAPUSH_KEY_ID,
   secret: process.env.PANDAPUSH_SECRET,
-  maxRetries: 0,
+  appId: process.env.PANDAPUSH_APP_ID,
+  maxRetries: op.retries ?? 0,
 });
 try {
   let result = null;
@@ -34,6 +35,18 @@ try {
   } else if (op.op === 'token') {
     const { channel, pub, sub, presence, expiresIn } = op;
     result = await client.token({ channel, pub, sub, presence, expiresIn });
+  } else if (op.op === 'publishMany') {
+    result = await client.publishMany(op.channels, op.data);
+  } else if (op.op === 'publishBatch') {
+    result = await client.publishBatch(op.messages);
+  } else if (op.op === 'channel') {
+    result = await client.channel(op.name);
+  } else if (op.op === 'channels') {
+    result = await client.channels(op.prefix ? { prefix: op.prefix } : {});
+  } else if (op.op === 'members') {
+    result = await client.members(op.channel);
+  } else if (op.op === 'terminate') {
+    result = await client.terminateUserConnections(op.userId);
   } else {
     throw new Error(`unknown operation ${op.op}`);
   }
@@ -60,6 +73,7 @@ class NodeSDKTests(SDKEndToEnd, TestCase):
             "PANDAPUSH_URL": self.pandapush.url,
             "PANDAPUSH_KEY_ID": KEY,
             "PANDAPUSH_SECRET": secret,
+            "PANDAPUSH_APP_ID": APP,
         }
         result = await runProcess(
             [self.node, "--input-type=module", "-e", DRIVER], cwd=PACKAGE, env=env, timeout=30

@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from tests.support.sdks import KEY, SDKS, SECRET, ProcessResult, SDKEndToEnd, runProcess
+from tests.support.sdks import APP, KEY, SDKS, SECRET, ProcessResult, SDKEndToEnd, runProcess
 
 if str(SDKS / "python" / "src") not in sys.path:
     sys.path.insert(0, str(SDKS / "python" / "src"))
@@ -41,12 +41,15 @@ class PythonSDKTests(SDKEndToEnd, TestCase):
 
     async def operate(self, op: dict[str, Any], secret: str = SECRET) -> dict[str, Any]:
         def work() -> dict[str, Any]:
-            with Client(self.pandapush.url, KEY, secret, max_retries=0) as client:
+            retries = op.get("retries", 0)
+            with Client(self.pandapush.url, KEY, secret, app_id=APP, max_retries=retries) as client:
                 try:
                     if op["op"] == "publish":
                         for _ in range(op.get("times", 1)):
                             client.publish(op["channel"], op["data"])
                         return {"ok": True, "result": None}
+                    if op["op"] != "token":
+                        return {"ok": True, "result": self.serverCall(client, op)}
                     token = client.token(
                         op["channel"],
                         pub=op.get("pub", False),
@@ -59,6 +62,24 @@ class PythonSDKTests(SDKEndToEnd, TestCase):
                     return {"ok": False, "error": describe(error)}
 
         return await deferToThread(work)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def serverCall(client: Client, op: dict[str, Any]) -> Any:
+        """The server API's calls (issue 16), as a Django view would make them."""
+        name = op["op"]
+        if name == "publishMany":
+            return client.publish_many(op["channels"], op["data"])
+        if name == "publishBatch":
+            return client.publish_batch(op["messages"])
+        if name == "channel":
+            return client.channel(op["name"])
+        if name == "channels":
+            return client.channels(op.get("prefix"))
+        if name == "members":
+            return client.members(op["channel"])
+        if name == "terminate":
+            return client.terminate_user_connections(op["userId"])
+        raise ValueError(f"unknown operation {name}")
 
     async def unitTests(self) -> ProcessResult:
         return await runProcess(

@@ -12,7 +12,7 @@ from typing import Any
 from twisted.trial.unittest import TestCase
 
 from tests.support.requirements import requireExecutable
-from tests.support.sdks import KEY, SDKS, SECRET, ProcessResult, SDKEndToEnd, runProcess
+from tests.support.sdks import APP, KEY, SDKS, SECRET, ProcessResult, SDKEndToEnd, runProcess
 
 GEM = SDKS / "ruby"
 
@@ -22,7 +22,8 @@ require "json"
 require "pandapush"
 op = JSON.parse(ENV.fetch("PANDAPUSH_OP"))
 client = Pandapush::Client.new(url: ENV.fetch("PANDAPUSH_URL"), key_id: ENV.fetch("PANDAPUSH_KEY_ID"),
-                               secret: ENV.fetch("PANDAPUSH_SECRET"), max_retries: 0)
+                               secret: ENV.fetch("PANDAPUSH_SECRET"), app_id: ENV.fetch("PANDAPUSH_APP_ID"),
+                               max_retries: op.fetch("retries", 0))
 begin
   result = case op["op"]
            when "publish"
@@ -31,6 +32,12 @@ begin
            when "token"
              client.token(op["channel"], pub: op["pub"] || false, sub: op["sub"] || false,
                                          presence: op["presence"], expires_in: op["expiresIn"])
+           when "publishMany" then client.publish_many(op["channels"], op["data"])
+           when "publishBatch" then client.publish_batch(op["messages"])
+           when "channel" then client.channel(op["name"])
+           when "channels" then client.channels(op["prefix"])
+           when "members" then client.members(op["channel"])
+           when "terminate" then client.terminate_user_connections(op["userId"])
            else
              raise ArgumentError, "unknown operation #{op["op"]}"
            end
@@ -59,6 +66,7 @@ class RubySDKTests(SDKEndToEnd, TestCase):
             "PANDAPUSH_URL": self.pandapush.url,
             "PANDAPUSH_KEY_ID": KEY,
             "PANDAPUSH_SECRET": secret,
+            "PANDAPUSH_APP_ID": APP,
         }
         result = await runProcess([self.ruby, "-Ilib", "-e", DRIVER], cwd=GEM, env=env, timeout=30)
         self.assertEqual(result.code, 0, result.describe())

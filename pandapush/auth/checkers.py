@@ -288,6 +288,25 @@ class ChannelAuthority:
             return self._login(operation, channel, credentials)
         return self._grant(operation, channel, checker.verify(credentials, facts))
 
+    def principal(self, credentials: KeySecret | BearerToken) -> Principal | Deferred[Principal]:
+        """
+        Who the credentials are, for their application: at once when the key is cached,
+        else a Deferred; raises (or fails with) :class:`AuthRefused`. The server API logs
+        in once per request and then checks each channel with :class:`ChannelAccess`.
+        """
+        checker: KeySecretChecker | BearerTokenChecker = (
+            self.keyChecker if isinstance(credentials, KeySecret) else self.tokenChecker
+        )
+        cached, facts = self.keys.peek(checker.keyIdOf(credentials))
+        if cached:
+            return checker.verify(credentials, facts)
+
+        def loggedIn(login: tuple[Any, Any, Any]) -> Principal:
+            access: ChannelAccess = login[1]
+            return access.principal
+
+        return self.portal.login(credentials, None, IChannelAccess).addCallback(loggedIn)
+
     def _grant(self, operation: str, channel: TenantChannel, principal: Principal) -> Allowed:
         decision = ChannelAccess(principal).check(operation, channel)
         if isinstance(decision, Refusal):

@@ -25,6 +25,7 @@ __all__ = [
     "CHANNEL_TYPES",
     "MAX_TOKEN_LENGTH",
     "PUBLISH",
+    "QUERY",
     "SUBSCRIBE",
     "Allowed",
     "KeyAuth",
@@ -44,6 +45,8 @@ __all__ = [
 
 PUBLISH = "publish"
 SUBSCRIBE = "subscribe"
+#: Reading a channel's counts or members (the server API): what a subscriber could learn.
+QUERY = "query"
 
 CHANNEL_TYPES = frozenset({"public", "private", "presence", "meta"})
 _SEGMENT = re.compile(r"[A-Za-z0-9_~-]+")
@@ -318,11 +321,12 @@ def checkGrant(
     channels (meta publishing was refused with the channel name already). A token
     must cover the channel and allow the operation (``pub``/``sub`` exactly ``true``).
     A presence subscribe needs a presence object with an ``id``, from the token only.
+    A query (:data:`QUERY`) needs what a subscribe does, but no presence.
     """
     if claims is not None:
         if not tokenCovers(claims.get("channel"), channel):
             return Refusal.TOKEN_CHANNEL_MISMATCH
-        if operation == SUBSCRIBE and claims.get("sub") is not True:
+        if operation in (SUBSCRIBE, QUERY) and claims.get("sub") is not True:
             return Refusal.TOKEN_NO_SUBSCRIBE
         if operation == PUBLISH and claims.get("pub") is not True:
             return Refusal.TOKEN_NO_PUBLISH

@@ -22,6 +22,7 @@ __all__ = [
     "isSubscribable",
     "isValidName",
     "isValidPattern",
+    "listedApp",
     "matches",
 ]
 
@@ -125,3 +126,21 @@ _EXPAND_CACHED = lru_cache(maxsize=16384)(_expand)
 def matches(pattern: str, channel: str) -> bool:
     """Whether a subscription to ``pattern`` receives messages of ``channel``."""
     return pattern in expand(channel)
+
+
+#: The channel types of an application one can publish to, so the ones its occupied
+#: channels are listed for (``meta`` channels are the server's own).
+LISTED_TYPES = frozenset({"public", "private", "presence"})
+
+
+def listedApp(channel: str) -> str | None:
+    """
+    The application of ``/<app>/<public|private|presence>/<path>`` (no wildcard), else
+    None: the channels whose occupancy the server API lists and webhooks report.
+    """
+    parts = channel.split("/", 3)
+    if len(parts) < 4 or not parts[1] or parts[2] not in LISTED_TYPES or not parts[3]:
+        return None
+    if isPattern(channel):
+        return None
+    return parts[1]

@@ -11,7 +11,7 @@ Redis engine; what is this engine's own is presence and expiry.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import defer
@@ -19,10 +19,12 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from pandapush.bayeux import json
+from pandapush.bayeux.channel import listedApp
 from pandapush.bayeux.delivery import Delivery
 from pandapush.engines.ids import newClientId
 from pandapush.engines.local import DEFAULT_MAX_QUEUE, LocalClient, LocalClients
-from pandapush.interfaces import IDeliverySink, IEngine, IEngineListener
+from pandapush.interfaces import IDeliverySink, IEngine, IEngineListener, Occupancy
 from pandapush.listeners import ListenerRegistry
 
 __all__ = ["MemoryEngine"]
@@ -77,6 +79,10 @@ class MemoryEngine(ListenerRegistry):
         )
         self._listeners: list[IEngineListener] = []
         self._presence: dict[str, dict[str, _Member]] = {}
+        # appId -> its occupied channels (listedApp's): the server API lists them
+        # without walking every subscription key of every application.
+        self._appChannels: dict[str, set[str]] = {}
+        self._broadcastHandlers: dict[str, list[Callable[[Any], None]]] = {}
         # Detached clients in the order their deadlines fall (every client gets the
         # same expiry), so the sweep pops expired ones off the front and never
         # looks at the living.
@@ -139,6 +145,9 @@ class MemoryEngine(ListenerRegistry):
         occupied = self._local.subscribe(client, channel)
         self._notify("subscribed", clientId, channel)
         if occupied:
+            app = listedApp(channel)
+            if app is not None:
+                self._appChannels.setdefault(app, set()).add(channel)
             self._notify("channelOccupied", channel)
         return defer.succeed(True)
 
@@ -165,6 +174,12 @@ class MemoryEngine(ListenerRegistry):
         self._notify("unsubscribed", client.id, channel)
         self._leave(client, channel)
         if vacated:
+            app = listedApp(channel)
+            occupied = self._appChannels.get(app) if app is not None else None
+            if occupied is not None:
+                occupied.discard(channel)
+                if not occupied:
+                    del self._appChannels[app]  # type: ignore[arg-type]
             self._notify("channelVacated", channel)
 
     # presence
@@ -212,6 +227,33 @@ class MemoryEngine(ListenerRegistry):
         if not members:
             del self._presence[channel]
         self._notify("memberLeft", channel, memberId)
+
+    # occupancy
+
+    def _occupancy(self, channel: str) -> Occupancy:
+        return Occupancy(self._local.index.count(channel), len(self._presence.get(channel, ())))
+
+    def channelOccupancy(self, channel: str) -> defer.Deferred[Occupancy]:
+        return defer.succeed(self._occupancy(channel))
+
+    def occupiedChannels(self, appId: str, prefix: str) -> defer.Deferred[dict[str, Occupancy]]:
+        channels = self._appChannels.get(appId, ())
+        return defer.succeed({c: self._occupancy(c) for c in channels if c.startswith(prefix)})
+
+    # broadcasts (one process: every handler is this node's)
+
+    def broadcast(self, topic: str, data: Any) -> defer.Deferred[None]:
+        # As JSON, as another node would receive it: handlers see the same on both engines.
+        data = json.loads(json.dumps(data))
+        for handler in list(self._broadcastHandlers.get(topic, ())):
+            try:
+                handler(data)
+            except Exception:
+                self._log.failure("broadcast handler for {topic} failed", topic=topic)
+        return defer.succeed(None)
+
+    def onBroadcast(self, topic: str, handler: Callable[[Any], None]) -> None:
+        self._broadcastHandlers.setdefault(topic, []).append(handler)
 
     # fan-out
 

@@ -127,10 +127,11 @@ class PublishRateLimiter:
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def acquire(self, keyId: str) -> float:
+    def acquire(self, keyId: str, count: int = 1) -> float:
         """
-        Take one token for ``keyId``: 0.0 if the publish may go ahead, else the
-        seconds until one will be available (the publish is refused, and counted).
+        Take ``count`` tokens for ``keyId`` (a batch of messages counts each one): 0.0 if
+        the publishes may go ahead, else the seconds until enough will be available (they
+        are refused, and counted once). A batch larger than the burst needs a full bucket.
         """
         if self.rate <= 0:
             return 0.0
@@ -146,12 +147,13 @@ class PublishRateLimiter:
                 bucket.stamp = now
             buckets.move_to_end(keyId)
         self._evict(now)
-        if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
+        needed = min(float(count), self.burst)
+        if bucket.tokens >= needed:
+            bucket.tokens = max(0.0, bucket.tokens - count)
             return 0.0
         if self.onRefused is not None:
             self.onRefused(PUBLISH_RATE)
-        return (1.0 - bucket.tokens) / self.rate
+        return (needed - bucket.tokens) / self.rate
 
     def _evict(self, now: float) -> None:
         buckets = self._buckets

@@ -8,7 +8,7 @@ the server's own, through the engine.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -92,6 +92,51 @@ class Publisher:
         if self._observers:
             d.addCallback(self._published, channel)
         return d
+
+    def publishBatch(self, messages: Sequence[tuple[str, Any]]) -> Deferred[list[int]]:
+        """
+        Publish several messages from the server, in the order given. Every one is checked
+        (channel name, size) before any is published: one refused refuses them all.
+        """
+        deliveries: list[Delivery] = []
+        maxSize = self.limits.maxMessageSize
+        for channel, data in messages:
+            if not channels.isValidName(channel) or channels.isMeta(channel):
+                return defer.fail(BayeuxError.channelInvalid(channel))
+            delivery = Delivery.fromMessage({"channel": channel, "data": data})
+            if len(delivery.payload) > maxSize:
+                self.refusals.report("message_size")
+                return defer.fail(BayeuxError(413, [channel], f"Message larger than {maxSize} bytes"))
+            deliveries.append(delivery)
+        publish = self.engine.publish
+        started = [publish(delivery) for delivery in deliveries]
+        counts: list[int] = []
+        for d in started:
+            now = firedWith(d)
+            if not now:
+                break
+            if isinstance(now[0], Failure):
+                return defer.fail(now[0])
+            counts.append(now[0])
+        else:
+            # Every one published at once (the in-process engine): no Deferred per message.
+            self._publishedBatch(counts, deliveries)
+            return defer.succeed(counts)
+        rest = defer.gatherResults(started[len(counts) :], consumeErrors=True)
+
+        def done(more: list[int]) -> list[int]:
+            self._publishedBatch([*counts, *more], deliveries)
+            return [*counts, *more]
+
+        def unwrap(failure: Failure) -> Failure:
+            return failure.value.subFailure if isinstance(failure.value, defer.FirstError) else failure
+
+        return rest.addCallbacks(done, unwrap)
+
+    def _publishedBatch(self, counts: list[int], deliveries: list[Delivery]) -> None:
+        if self._observers:
+            for recipients, delivery in zip(counts, deliveries, strict=True):
+                self._published(recipients, delivery.channel)
 
     def _published(self, recipients: int, channel: str) -> int:
         for observer in self._observers:

@@ -16,7 +16,7 @@ messages and write back what it answers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -121,6 +121,10 @@ class BayeuxRouter:
         a client that should not receive it.
         """
         return self._publisher.publish(channel, data, exclude)
+
+    def publishBatch(self, messages: Sequence[tuple[str, Any]]) -> Deferred[list[int]]:
+        """Publish ``(channel, data)`` messages from the server, in order, all checked first."""
+        return self._publisher.publishBatch(messages)
 
     def notify(self, clientId: str, message: Message) -> None:
         """Send ``message``, made by the server, to one client (:meth:`Sessions.notify`)."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import treq
 from twisted.internet import defer, error
 from twisted.internet import reactor as _reactor
 from twisted.internet.interfaces import IReactorProcess
@@ -151,8 +152,8 @@ class SDKEndToEnd(_Base):
         """Run the library's own unit tests with its language's tooling."""
         raise NotImplementedError
 
-    async def server(self, *args: str) -> PandapushProcess:
-        self.pandapush = await PandapushProcess.started(self, *args, env=SERVER_ENV)
+    async def server(self, *args: str, env: dict[str, str] | None = None) -> PandapushProcess:
+        self.pandapush = await PandapushProcess.started(self, *args, env={**SERVER_ENV, **(env or {})})
         return self.pandapush
 
     async def websocket(self) -> WSClient:
@@ -287,3 +288,112 @@ class SDKEndToEnd(_Base):
         self.assertEqual((failure["class"], failure["status"]), ("RateLimitedError", 429), failure)
         self.assertGreaterEqual(failure["retryAfter"], 1)
         self.assertSecretAbsent(failure, SECRET)
+
+    # --- the server API (issue 16) ------------------------------------------------------------
+
+    def assertError(self, outcome: dict[str, Any], cls: str, status: int, words: str) -> None:
+        self.assertFalse(outcome["ok"], outcome)
+        failure = outcome["error"]
+        self.assertEqual((failure["class"], failure["status"]), (cls, status), failure)
+        self.assertIn(words, failure["serverMessage"])
+
+    async def test_publishMany(self) -> None:
+        """publish_many reaches each channel's subscriber; one foreign channel refuses all; 101 is 413."""
+        admin = ("admin", "sdk-admin-password-0123456789")
+        await self.server(
+            env={"AUTH_METHOD": "basic", "ADMIN_USERNAME": admin[0], "ADMIN_PASSWORD": admin[1]}
+        )
+        names = [f"/{APP}/public/{self.language}-many-{i}" for i in range(3)]
+        subscribers = [(await self.subscriber(name))[0] for name in names]
+        outcome = await self.operate({"op": "publishMany", "channels": names, "data": PAYLOAD})
+        self.assertEqual(outcome, {"ok": True, "result": {}})
+        self.assertTrue(await eventually(lambda: all(len(c.messages) == 1 for c in subscribers)))
+        for client in subscribers:
+            self.assertEqual(client.messages[0]["data"], PAYLOAD)
+        # Another application of the same server: its channels are refused to this key. (The
+        # libraries refuse a list mixing two applications before sending anything.)
+        created = await treq.post(
+            self.pandapush.url + "/admin/api/applications",
+            json={"name": "other"},
+            auth=admin,
+            persistent=False,
+        )
+        other = (await created.json())["id"]
+        outcome = await self.operate({"op": "publishMany", "channels": [f"/{other}/public/x"], "data": 1})
+        self.assertError(outcome, "ForbiddenError", 403, "Could not find key")
+        outcome = await self.operate(
+            {"op": "publishMany", "channels": [f"/{APP}/public/x{i}" for i in range(101)], "data": 1}
+        )
+        self.assertError(outcome, "BadRequestError", 413, "At most 100 channels")
+        await self.operate({"op": "publish", "channel": names[0], "data": "after"})
+        self.assertTrue(await eventually(lambda: len(subscribers[0].messages) == 2))
+        self.assertEqual([len(c.messages) for c in subscribers], [2, 1, 1])
+
+    async def test_publishBatch(self) -> None:
+        """publish_batch: five messages over two channels arrive in the order given; 101 messages is 413."""
+        await self.server()
+        one, two = f"/{APP}/public/{self.language}-b1", f"/{APP}/public/{self.language}-b2"
+        listener, _ = await self.subscriber(f"/{APP}/public/**")
+        messages = [{"channel": one if i % 2 else two, "data": i} for i in range(5)]
+        outcome = await self.operate({"op": "publishBatch", "messages": messages})
+        self.assertEqual(outcome, {"ok": True, "result": {"batch": [{}] * 5}})
+        self.assertTrue(await eventually(lambda: len(listener.messages) == 5))
+        self.assertEqual(
+            [(m["channel"], m["data"]) for m in listener.messages],
+            [(m["channel"], m["data"]) for m in messages],
+        )
+        outcome = await self.operate(
+            {"op": "publishBatch", "messages": [{"channel": one, "data": i} for i in range(101)]}
+        )
+        self.assertError(outcome, "BadRequestError", 413, "At most 100 messages")
+
+    async def test_channelQueries(self) -> None:
+        """channel, channels and members with two real subscribers of one member, then after they leave."""
+        await self.server()
+        room = f"/{APP}/presence/{self.language}-room"
+        member = {"id": "u1", "name": "Zo\u00eb"}
+        token = await self.operate({"op": "token", "channel": room, "sub": True, "presence": member})
+        tabs = [(await self.subscriber(room, {"token": token["result"]}))[0] for _ in range(2)]
+        outcome = await self.operate({"op": "channel", "name": room})
+        self.assertEqual(outcome["result"], {"occupied": True, "subscription_count": 2, "user_count": 1})
+        outcome = await self.operate({"op": "channels", "prefix": f"/{APP}/presence/"})
+        self.assertEqual(outcome["result"], {"channels": {room: {"subscription_count": 2, "user_count": 1}}})
+        outcome = await self.operate({"op": "channels"})
+        self.assertEqual(list(outcome["result"]["channels"]), [room])
+        outcome = await self.operate({"op": "members", "channel": room})
+        self.assertEqual(outcome["result"], {"members": {"u1": member}})
+        for tab in tabs:
+            await tab.call({"channel": "/meta/disconnect"})
+        outcome = await self.operate({"op": "channel", "name": room})
+        self.assertEqual(outcome["result"], {"occupied": False, "subscription_count": 0, "user_count": 0})
+        outcome = await self.operate({"op": "channel", "name": "/noSuchApp00000000001/public/x"})
+        self.assertError(outcome, "NotFoundError", 404, "Unknown application")
+        outcome = await self.operate({"op": "members", "channel": f"/{APP}/public/x"})
+        self.assertError(outcome, "BadRequestError", 400, "is not a presence channel")
+
+    async def test_unavailableAfterRetries(self) -> None:
+        """
+        A query while Redis does not answer: the server says 503 with Retry-After after its
+        deadline; the library waits as told, retries, and raises UnavailableError.
+        """
+        from tests.support.redis import deleteNamespace, requireRedis
+        from tests.support.stallproxy import StallingProxy
+
+        address = requireRedis()
+        namespace = f"pp-sdk-{os.urandom(8).hex()}"
+        self.addCleanup(deleteNamespace, [address], namespace)
+        proxy = await StallingProxy.start(address.host, address.port)
+        self.addCleanup(proxy.stop)
+        await self.server("--redis-hosts", f"127.0.0.1:{proxy.port}", "--redis-namespace", namespace)
+        outcome = await self.operate({"op": "channel", "name": f"/{APP}/public/x"})
+        self.assertEqual(outcome["result"], {"occupied": False, "subscription_count": 0})
+        proxy.stall()
+        started = time.monotonic()
+        outcome = await self.operate({"op": "channel", "name": f"/{APP}/public/x", "retries": 2})
+        elapsed = time.monotonic() - started
+        self.assertError(outcome, "UnavailableError", 503, "try again")
+        self.assertEqual(outcome["error"]["retryAfter"], 1)
+        # Three attempts, the first answered at the 2 s deadline (the next may fail sooner,
+        # on a connection already known broken), and the two waits of a second between them.
+        self.assertGreaterEqual(elapsed, 2 + 2 * 1 - 0.2)
+        proxy.resume()

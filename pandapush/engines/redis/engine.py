@@ -68,7 +68,8 @@ lifecycle. ``node``: this node, the clients it owns (their local part is
 :mod:`pandapush.engines.local`'s, as in the memory engine) and the work it has
 under way. ``keys``: key names and the shard of each. ``fanout``: publishing and
 receiving. ``subscriptions``. ``presence``. ``claims``: claims, hand-over, parking.
-``rpc``: node-to-node calls. ``restore``: Redis coming back empty. ``gc``:
+``rpc``: node-to-node calls. ``occupancy``: channel counts and the index of
+occupied channels. ``broadcast``: messages to every node. ``restore``: Redis coming back empty. ``gc``:
 deadlines, leases, the collector. ``scripts``: the Lua scripts.
 :mod:`pandapush.redis` holds the connections.
 """
@@ -87,11 +88,13 @@ from pandapush.bayeux.delivery import Delivery
 from pandapush.engines.ids import newClientId
 from pandapush.engines.local import DEFAULT_MAX_QUEUE
 from pandapush.engines.redis import scripts
+from pandapush.engines.redis.broadcast import Broadcasts
 from pandapush.engines.redis.claims import Claims
 from pandapush.engines.redis.fanout import Fanout
 from pandapush.engines.redis.gc import Expiry
 from pandapush.engines.redis.keys import RedisKeys, Shards
 from pandapush.engines.redis.node import Node, OwnedClient
+from pandapush.engines.redis.occupancy import ClusterQueries, Occupancies
 from pandapush.engines.redis.presence import Presence
 from pandapush.engines.redis.restore import Restorer
 from pandapush.engines.redis.rpc import NodeRPC
@@ -106,7 +109,7 @@ DEFAULT_NAMESPACE = "pandapush"
 
 
 @implementer(IEngine)
-class RedisEngine(ListenerRegistry):
+class RedisEngine(ListenerRegistry, ClusterQueries):
     """
     An IEngine whose state is shared by every node using the same Redis
     shards and ``namespace``.
@@ -179,6 +182,11 @@ class RedisEngine(ListenerRegistry):
         self._pinger.clock = reactor
         self._pinger.start(pingInterval, now=False).addErrback(node.loopFailed, "ping")
         self._rpc.handle("drop", self._serveDrop)
+        self._occupancies = Occupancies(node)
+        # First of the listeners: the index of occupied channels follows every transition.
+        self.addListener(self._occupancies)
+        self._restorer.restoredChannels = self._occupancies.restored
+        self._broadcasts = Broadcasts(node)
 
     @property
     def maxQueue(self) -> int:
@@ -196,8 +204,9 @@ class RedisEngine(ListenerRegistry):
     # lifecycle
 
     def ready(self) -> defer.Deferred[None]:
-        """Fires once this node receives pub/sub messages (its node channel is subscribed)."""
-        return self._subscriber.subscribe(self._node.channel)
+        """Fires once this node receives pub/sub messages (its node channel and broadcasts)."""
+        ready = [self._subscriber.subscribe(self._node.channel), self._broadcasts.ready()]
+        return defer.gatherResults(ready).addCallback(lambda _: None)
 
     async def _settle(self) -> None:
         await self._node.quiet()
@@ -243,6 +252,8 @@ class RedisEngine(ListenerRegistry):
                 self._fanout.received(message)
             elif channel == self._node.channel:
                 self._control(message)
+            elif channel == self._keys.broadcast:
+                self._broadcasts.received(message)
         except Exception:
             self._log.failure("bad pub/sub message on {channel}", channel=channel)
 

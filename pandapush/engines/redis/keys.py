@@ -9,7 +9,8 @@ On the shard of a client's id (the hash ring's choice):
 
 On the shard of a subscription key or channel: ``<ns>:s:<key>`` (its subscribers),
 ``<ns>:p:<channel>`` (presence: member id -> data), ``<ns>:pm:<channel>:<member>``
-(the clients a member is present through).
+(the clients a member is present through), and ``<ns>:a:<appId>``: the application's
+occupied channels whose subscriber sets are on this shard (see ``occupancy``).
 
 On every shard, ``<ns>:gen``: the generation token (see ``restore``). On the first
 shard, which carries pub/sub: the channels ``<ns>:ch:<key>`` (a message, once per
@@ -42,6 +43,8 @@ class RedisKeys:
         self.nothing = f"{namespace}:none"
         self.channelPrefix = f"{namespace}:ch:"
         self.nodePrefix = f"{namespace}:node:"
+        #: Every node SUBSCRIBEs to it: ``IEngine.broadcast``.
+        self.broadcast = f"{namespace}:bcast"
 
     def client(self, clientId: str) -> tuple[str, str, str, str]:
         """The registry, and the client's hash, subscriptions and presence keys."""
@@ -56,6 +59,10 @@ class RedisKeys:
 
     def presence(self, channel: str) -> str:
         return f"{self.namespace}:p:{channel}"
+
+    def appChannels(self, appId: str) -> str:
+        """The application's occupied channels (on each shard, those whose subscribers it holds)."""
+        return f"{self.namespace}:a:{appId}"
 
     def member(self, channel: str, memberId: str) -> str:
         return f"{self.namespace}:pm:{channel}:{memberId}"

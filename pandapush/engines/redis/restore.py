@@ -11,6 +11,7 @@ every lease renewal, and before telling that a client it owns is unknown.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -41,6 +42,8 @@ class Restorer:
         self._checks: dict[int, list[defer.Deferred[bool]]] = {}
         #: Shards this node is restoring its clients on (the GC leaves them alone).
         self.restoring: set[int] = set()
+        #: Told the subscription keys whose subscribers sets were written back.
+        self.restoredChannels: Callable[[list[str]], None] = lambda channels: None
 
     @staticmethod
     def newToken() -> str:
@@ -151,12 +154,14 @@ class Restorer:
                     restored += 1
         sets: list[str] = []
         members: list[Any] = []
+        written: list[str] = []
         for key in list(local.index.keys()):
             if shards.index(key) != index:
                 continue
             ids = [c.id for c in local.index.subscribers(key) or () if c.epoch and c.id not in elsewhere]
             if not ids:
                 continue
+            written.append(key)
             sets.append(keys.subscribers(key))
             members += [len(ids), *ids]
             if len(members) >= RESTORE_MEMBERS:
@@ -164,6 +169,7 @@ class Restorer:
                 await shard.eval(scripts.RESTORE_SUBSCRIBERS, *batch)
         if sets:
             await shard.eval(scripts.RESTORE_SUBSCRIBERS, sets, members)
+        self.restoredChannels(written)
         self._log.warn(
             "Redis {shard} lost its data (restarted without persistence?): restored {restored} of "
             "this node's clients on it ({moved} had moved)",

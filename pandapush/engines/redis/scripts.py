@@ -256,3 +256,42 @@ for _, k in ipairs(KEYS) do
 end
 return 1
 """
+
+#: KEYS: a channel's subscribers set, its application's occupied channels (same shard).
+#: ARGV: the channel. After the channel was occupied or vacated (by any node): the set of
+#: occupied channels follows what the subscribers set says now, so whichever order the
+#: nodes' calls arrive in, the last one leaves it right.
+SYNC_OCCUPIED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('SADD', KEYS[2], ARGV[1])
+end
+return -redis.call('SREM', KEYS[2], ARGV[1])
+"""
+
+#: KEYS: a channel's subscribers set, its presence hash. Returns {subscribers, members}.
+OCCUPANCY = """
+return {redis.call('SCARD', KEYS[1]), redis.call('HLEN', KEYS[2])}
+"""
+
+#: KEYS: an application's occupied channels on this shard. ARGV: channel prefix, the key
+#: prefixes of subscribers sets and presence hashes. Returns {channel, subscribers, members,
+#: ...} for the channels starting with the prefix. The one script that builds key names:
+#: which channels are occupied is what it is asked, and they all live on this shard. A
+#: channel found empty (its node died before it synced the set) is dropped from the set.
+OCCUPIED_CHANNELS = """
+local result = {}
+local prefix = ARGV[1]
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if string.sub(name, 1, #prefix) == prefix then
+    local n = redis.call('SCARD', ARGV[2] .. name)
+    if n == 0 then
+      redis.call('SREM', KEYS[1], name)
+    else
+      table.insert(result, name)
+      table.insert(result, n)
+      table.insert(result, redis.call('HLEN', ARGV[3] .. name))
+    end
+  end
+end
+return result
+"""
