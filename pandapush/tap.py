@@ -350,7 +350,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
     adminAuthority = makeAdminAuthority(tenancy, clock=reactor)
     if adminAuthority.throttle is not None:
         adminAuthority.throttle.addRefusalObserver(lambda: metrics.refusals.labels(limit="admin_login").inc())
-    adminApp = AdminApp(storage, adminAuthority, keys, reactor, tenancy, statistics.snapshot)
+    adminApp = AdminApp(storage, adminAuthority, keys, reactor, tenancy, statistics.cluster)
     publishApp = PublishApp(
         authority,
         router.publish,

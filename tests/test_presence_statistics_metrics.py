@@ -204,6 +204,53 @@ class MetaChannelTests(Harness):
         self.assertEqual(report["published_per_second"], 2.0)
         self.assertEqual(report["delivered_per_second"], 6.0)
 
+    def test_clusterFigures(self) -> None:
+        """
+        The console's figures add up every node heard from lately (another node's broadcast
+        here) to this node's own, count channels through the engine, and forget a node that
+        has gone quiet for three intervals.
+        """
+        subscriber = self.client()
+        self.send({"channel": "/meta/subscribe", "clientId": subscriber, "subscription": "/app1/public/feed"})
+        self.send({"channel": "/app1/public/feed", "data": 1})
+        self.clock.advance(1)
+        other = {"connections": 5, "subscriptions": 7, "published": 3, "delivered": 9}
+        rates = {"published_per_second": 0.5, "delivered_per_second": 1.5}
+        self.engine.broadcast(
+            "statistics", {"id": "elsewhere", "node": "elsewhere:1", "apps": {"app1": {**other, **rates}}}
+        )
+        figures = self.successResultOf(self.stats.cluster("app1"))
+        self.assertEqual(
+            {
+                k: figures[k]
+                for k in ("connections", "subscriptions", "published", "delivered", "channels", "nodes")
+            },
+            {
+                "connections": 6,
+                "subscriptions": 8,
+                "published": 4,
+                "delivered": 10,
+                "channels": 1,
+                "nodes": 2,
+            },
+        )
+        self.assertEqual(figures["delivered_per_second"], 1 + 1.5)
+        self.clock.advance(15.5)
+        figures = self.successResultOf(self.stats.cluster("app1"))
+        own = self.stats.snapshot("app1")
+        self.assertEqual((figures["connections"], figures["nodes"]), (own["connections"], 1))
+
+    def test_sharesItsFigures(self) -> None:
+        """Each interval the node broadcasts its applications' figures for the other nodes."""
+        heard: list[Any] = []
+        self.engine.onBroadcast("statistics", heard.append)
+        subscriber = self.client()
+        self.send({"channel": "/meta/subscribe", "clientId": subscriber, "subscription": "/app1/public/feed"})
+        self.stats.publishStatistics()
+        (report,) = heard
+        self.assertEqual(report["node"], self.stats.node)
+        self.assertEqual(report["apps"]["app1"]["connections"], 1)
+
     def test_appOf(self) -> None:
         self.assertEqual(appOf("/abc/public/x"), "abc")
         self.assertIsNone(appOf("/abc/other/x"))

@@ -37,8 +37,8 @@ class APICase(TestCase):
         self.clients: list[Any] = []
         self.addCleanup(self._stopClients)
 
-    async def startServer(self, *args: str) -> InProcessServer:
-        server = InProcessServer(*args)
+    async def startServer(self, *args: str, environ: dict[str, str] | None = None) -> InProcessServer:
+        server = InProcessServer(*args, environ=environ)
         await server.start()
         self.addCleanup(server.stop)
         return server
@@ -463,3 +463,24 @@ class RedisQueryTests(APICase):
                 break
             await eventually(lambda: False, timeout=0.1)
         self.assertEqual((code, answer), (200, {"occupied": True, "subscription_count": 1}))
+
+    async def test_consoleStatisticsAreTheCluster(self) -> None:
+        """The console's figures on node A count node B's connections, and say how many nodes they sum."""
+        admin = {"AUTH_METHOD": "basic", "ADMIN_USERNAME": "admin", "ADMIN_PASSWORD": "stats-admin-password"}
+        args = (*APICase.serverArgs, *self.redisArgs, "--stats-interval", "0.2")
+        a = await self.startServer(*args, environ=admin)
+        b = await self.startServer(*args, environ=admin)
+        for server in (b, b, a):
+            await self.subscribe(await self.ws(server), channel("news"))
+        auth = "Basic " + base64.b64encode(b"admin:stats-admin-password").decode()
+
+        async def figures() -> Any:
+            return (await self.call("GET", f"/admin/api/application/{APP}/stats", auth=auth, server=a))[2]
+
+        for _ in range(50):
+            if (await figures())["connections"] == 3:
+                break
+            await eventually(lambda: False, timeout=0.1)
+        answer = await figures()
+        self.assertEqual((answer["connections"], answer["channels"]), (3, 1), answer)
+        self.assertGreaterEqual(answer["nodes"], 2)

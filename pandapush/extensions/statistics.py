@@ -7,18 +7,24 @@ server can follow occupancy without polling (Pusher calls these
 ``channel_occupied``, ``channel_vacated``, ``member_added``, ``member_removed``).
 
 Everything is counted from engine events and once per published message, never
-per recipient. Figures are this node's; with several nodes each publishes its own
-(``node`` in the message) until they are aggregated through the engine.
+per recipient. The meta channel's figures are this node's (``node`` in the message);
+the admin console's are the cluster's (:meth:`Statistics.cluster`): every node
+broadcasts its figures at each interval (``IEngine.broadcast``), every node keeps the
+latest it heard from each, and the sum is taken over the nodes heard from lately, with
+the channels in use counted by the engine itself (a channel with subscribers on two
+nodes is one channel).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from collections import Counter, defaultdict
 from typing import Any
 
 from twisted.application.internet import TimerService
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -26,6 +32,17 @@ from pandapush.interfaces import IRouter
 from pandapush.listeners import EngineListener
 
 __all__ = ["AppStatistics", "Statistics", "appOf"]
+
+#: Figures a node broadcasts at each interval, summed by the others.
+TOPIC = "statistics"
+_SUMMED = (
+    "connections",
+    "subscriptions",
+    "published",
+    "delivered",
+    "published_per_second",
+    "delivered_per_second",
+)
 
 _APP_TYPES = frozenset(["public", "private", "presence", "meta"])
 
@@ -70,12 +87,17 @@ class Statistics(EngineListener):
         self.reactor = reactor
         self.interval = interval
         self.node = f"{socket.gethostname()}:{os.getpid()}"
+        # Tells this node's broadcasts from others' (several servers may share a process: tests).
+        self._id = secrets.token_hex(8)
         self.apps: dict[str, AppStatistics] = defaultdict(AppStatistics)
         # clientId -> how many subscriptions it has in each app: a client counts
         # as one connection of an app while it has any.
         self._clientApps: dict[str, Counter[str]] = {}
         self._lastTotals: dict[str, tuple[int, int]] = {}
         self._lastTime = reactor.seconds()
+        # node's id -> (when heard, {app: figures}): the nodes' latest broadcasts.
+        self._nodes: dict[str, tuple[float, dict[str, Any]]] = {}
+        router.engine.onBroadcast(TOPIC, self._heard)
         self.service = TimerService(interval, self.publishStatistics)
         self.service.clock = reactor
         router.engine.addListener(self)
@@ -162,8 +184,37 @@ class Statistics(EngineListener):
             "delivered_per_second": round((stats.delivered - delivered) / elapsed, 3),
         }
 
+    def cluster(self, app: str) -> Deferred[dict[str, Any]]:
+        """
+        The application's figures over every node: this node's now, the others' as they
+        last broadcast them (within three intervals), and the channels in use as the
+        engine counts them. ``nodes`` says how many nodes were summed.
+        """
+        now = self.reactor.seconds()
+        reports = [self.snapshot(app)]
+        for node, (heard, apps) in list(self._nodes.items()):
+            if now - heard > 3 * self.interval:
+                del self._nodes[node]
+            elif node != self._id and app in apps:
+                reports.append(apps[app])
+        figures: dict[str, Any] = {name: sum(r.get(name, 0) for r in reports) for name in _SUMMED}
+        for name in ("published_per_second", "delivered_per_second"):
+            figures[name] = round(figures[name], 3)
+        figures.update(node=self.node, nodes=1 + len([n for n in self._nodes if n != self._id]))
+        d = self.router.engine.occupiedChannels(app, f"/{app}/")
+
+        def channels(found: dict[str, Any]) -> dict[str, Any]:
+            return {**figures, "channels": len(found)}
+
+        return d.addCallback(channels)
+
+    def _heard(self, report: Any) -> None:
+        if isinstance(report, dict) and isinstance(report.get("apps"), dict) and report.get("id"):
+            self._nodes[str(report["id"])] = (self.reactor.seconds(), report["apps"])
+
     def publishStatistics(self) -> None:
         """Send each active application its figures, then start a new rate window."""
+        reports: dict[str, Any] = {}
         for app in list(self.apps):
             stats = self.apps[app]
             report = self.snapshot(app)
@@ -174,6 +225,10 @@ class Statistics(EngineListener):
                     self._lastTotals.pop(app, None)
                     continue
             self._send(f"/{app}/meta/statistics", report)
+            reports[app] = {name: report[name] for name in _SUMMED}
+        self.router.engine.broadcast(TOPIC, {"id": self._id, "node": self.node, "apps": reports}).addErrback(
+            lambda f: self._log.warn("could not share statistics: {error}", error=f.getErrorMessage())
+        )
         self._lastTotals = {app: (s.published, s.delivered) for app, s in self.apps.items()}
         self._lastTime = self.reactor.seconds()
 

@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from klein import Klein
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
@@ -194,7 +195,7 @@ class AdminApp:
         keys: KeyCache,
         clock: IReactorTime,
         config: TenancyConfig | None = None,
-        statistics: Callable[[str], dict[str, Any]] | None = None,
+        statistics: Callable[[str], dict[str, Any] | Awaitable[dict[str, Any]]] | None = None,
         ui: IResource | None = None,
     ) -> None:
         self.storage = storage
@@ -202,7 +203,7 @@ class AdminApp:
         # it but the API; it applies the same admin auth itself. Without one, a
         # placeholder page (behind admin auth) says where the API is.
         self.ui = ui
-        # This node's live figures for an application (``Statistics.snapshot``, pandapush.extensions).
+        # An application's live figures (``Statistics.cluster``, pandapush.extensions: every node's).
         self.statistics = statistics
         self.authority = authority
         self.keys = keys
@@ -352,7 +353,7 @@ class AdminApp:
     async def stats(self, request: IRequest, user: AdminUser, appId: str) -> bytes:
         if self.statistics is None or await self._visibleApplication(user, appId) is None:
             return _notFound(request)
-        return jsonResponse(request, 200, self.statistics(appId))
+        return jsonResponse(request, 200, await defer.maybeDeferred(self.statistics, appId))
 
     # keys
 

@@ -65,7 +65,7 @@ export async function renderStats(container, context, app) {
         ['Published per second', num(published)],
         ['Delivered per second', num(delivered)],
       ].map(([name, value]) => h('tr', { dataset: { figure: name } }, h('th', { scope: 'row', text: name }), h('td', { class: 'num', text: String(value) })));
-      replace(figures, table(`Figures from node ${stats.node || '?'}`, ['Figure', 'Value'], rows, { class: 'figures-table' }));
+      replace(figures, table(stats.nodes > 1 ? `Figures of ${stats.nodes} nodes` : 'Figures', ['Figure', 'Value'], rows, { class: 'figures-table' }));
       updated.textContent = `Updated ${clockTime()}`;
       replace(problem);
     } catch (error) {
