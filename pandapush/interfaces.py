@@ -352,6 +352,14 @@ class IRouter(Interface):
         its held connect, or with its next connect on this node.
         """
 
+    def terminate(clientId: str) -> None:
+        """
+        The server ends the client (``terminate_connections``): answer its held connect on
+        this node with ``advice.reconnect: none``, and every connect of it here for a
+        minute the same way, so that its library stops rather than handshakes again.
+        Destroying the client in the engine is the caller's part.
+        """
+
     def addExtension(extension: IExtension) -> None:
         """Run ``extension``'s hooks on every message and reply, after those added before it."""
 

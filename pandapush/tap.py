@@ -30,6 +30,7 @@ from pandapush.extensions.limits import AppConnectionLimiter, LimitsExtension, P
 from pandapush.extensions.metrics import Metrics
 from pandapush.extensions.presence import PresenceExtension
 from pandapush.extensions.statistics import Statistics
+from pandapush.extensions.users import UserConnections
 from pandapush.interfaces import IEngine, IExtension
 from pandapush.router import BayeuxRouter
 from pandapush.services import BayeuxService, OpenFileLimit, Server, StorageService
@@ -323,6 +324,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
     # Subscriptions end with their token or key: at an expiry, or as soon as the key cache
     # hears the key was revoked or deleted (on any node, through key sync).
     expiry = SubscriptionExpiry(router, reactor, leeway=tenancy.tokenLeeway, keys=keys)
+    users = UserConnections(router, reactor)
     metrics = Metrics(router, bayeux)
     metrics.registry.register(connections)  # type: ignore[arg-type]
 
@@ -332,14 +334,16 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
     # application's allowed origins next (tenancy has named the application); the
     # tenant limits need tenancy's key id, and come before presence so that a refused
     # subscribe joins nobody; presence joins the subscribers it is given; expiry,
-    # after presence, sees the subscribe replies presence let through; the error
-    # counter, last, counts error replies as the client will see them.
+    # after presence, sees the subscribe replies presence let through, and so does the
+    # index of users' clients; the error counter, last, counts error replies as the
+    # client will see them.
     extensions: list[IExtension] = [
         TenancyExtension(authority),
         OriginExtension(AppOrigins(storage, reactor, keys, ttl=tenancy.keyCacheTTL)),
         LimitsExtension(engine, connections, publishes),
         presence,
         expiry,
+        users,
         metrics.errorCounter,
     ]
     for extension in extensions:
@@ -368,6 +372,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
             reactor,
             rateLimiter=publishes,
             publishTimeout=tenancy.publishTimeout,
+            extra={"users": users},
         ),
         API_ROUTES,
     )
@@ -472,6 +477,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         statistics.service,
         KeyUsageFlusher(keys, tenancy.usageFlushInterval),
         expiry,  # stopped with the server: no timer left behind
+        users.service,
         keysync,
         storageService,
         workers,

@@ -39,6 +39,7 @@ def mintToken(
     expiresAt: datetime.datetime | None = None,
     algorithm: str = "HS256",
     now: float | None = None,
+    user: str | None = None,
 ) -> str:
     """
     A token for ``channel`` (which may end in ``/*`` or ``/**``) with claims ``keyId``,
@@ -46,6 +47,8 @@ def mintToken(
     false: the admin API mints what it was asked for), ``presence`` (when given; it must have an ``id``, or
     presence subscriptions are refused) and ``exp`` (``expiresIn`` seconds or a
     timedelta from ``now``, or the instant ``expiresAt``; none means it never expires).
+    ``user`` names the user the subscriber is (the ``user`` claim): the server API's
+    ``terminate_connections`` ends its connections, presence or not.
     """
     if not keyId or not secret:
         raise ValueError("a token needs a key id and its secret")
@@ -61,6 +64,10 @@ def mintToken(
         if not isinstance(presence, Mapping) or presence.get("id") in (None, ""):
             raise ValueError("presence must be an object with at least an 'id'")
         claims["presence"] = dict(presence)
+    if user is not None:
+        if not isinstance(user, str) or not user:
+            raise ValueError("user must be a non-empty string")
+        claims["user"] = user
     if expiresIn is not None and expiresAt is not None:
         raise ValueError("give expiresIn or expiresAt, not both")
     if expiresIn is not None:

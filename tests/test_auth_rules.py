@@ -8,6 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pandapush.auth.rules import (
     PUBLISH,
+    QUERY,
     SUBSCRIBE,
     Allowed,
     KeyAuth,
@@ -250,6 +251,22 @@ class CheckGrantTests(SynchronousTestCase):
         self.assertEqual(checkGrant(SUBSCRIBE, channel("/app/meta/x"), "K", None), Allowed("K"))
         self.assertEqual(checkGrant(SUBSCRIBE, channel("/app/private/**"), "K", None), Allowed("K"))
         self.assertIs(checkGrant(SUBSCRIBE, channel("/app/presence/x"), "K", None), Refusal.NO_PRESENCE_ID)
+
+    def test_userClaimAndQueries(self) -> None:
+        """
+        A subscribe token's ``user`` claim (a string or a whole number) is handed on; a query
+        needs what a subscribe needs, but no presence.
+        """
+        c = channel("/app/private/a")
+        for named, user in (("u1", "u1"), (7, "7"), (True, None), ("", None), ({"id": 1}, None)):
+            claims = {"channel": c.name, "sub": True, "user": named}
+            self.assertEqual(checkGrant(SUBSCRIBE, c, "K", claims), Allowed("K", user=user))
+        room = channel("/app/presence/room", QUERY)
+        self.assertEqual(checkGrant(QUERY, room, "K", None), Allowed("K"))
+        self.assertEqual(checkGrant(QUERY, room, "K", {"channel": room.name, "sub": True}), Allowed("K"))
+        self.assertIs(
+            checkGrant(QUERY, room, "K", {"channel": room.name, "pub": True}), Refusal.TOKEN_NO_SUBSCRIBE
+        )
 
     def test_tokenOrder(self) -> None:
         """Channel mismatch first, then sub, then pub, then presence id."""

@@ -248,12 +248,21 @@ class TokenCommandTests(CLITestCase):
                 '{"id": "user1"}',
                 "--expires",
                 "1h",
+                "--user",
+                "user1",
             )
         ).strip()
         claims = jwt.decode(token, key["secret"], algorithms=["HS256"], options={"verify_sub": False})
         self.assertEqual(
-            {k: claims[k] for k in ("keyId", "channel", "pub", "sub", "presence")},
-            {"keyId": key["id"], "channel": channel, "pub": False, "sub": True, "presence": {"id": "user1"}},
+            {k: claims[k] for k in ("keyId", "channel", "pub", "sub", "presence", "user")},
+            {
+                "keyId": key["id"],
+                "channel": channel,
+                "pub": False,
+                "sub": True,
+                "presence": {"id": "user1"},
+                "user": "user1",
+            },
         )
         self.assertTrue(0 < claims["exp"] - datetime.datetime.now(UTC).timestamp() <= 3600)
 

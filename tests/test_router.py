@@ -704,6 +704,43 @@ class PublishPathTests(RouterTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
 
 
+class TerminateTests(RouterTestCase):
+    def test_terminate(self) -> None:
+        """
+        A terminated client's held connect (long-poll or over its socket) is answered with
+        advice not to reconnect, and so is every connect of it for a minute, even once the
+        engine has forgotten it; other clients carry on.
+        """
+        clientId = self.handshake()
+        held = self.connect(clientId)
+        socket = FakeSocket()
+        wsClient = self.send(dict(HANDSHAKE))["clientId"]
+        self.process(
+            [{"channel": "/meta/connect", "clientId": wsClient, "connectionType": "websocket"}], socket
+        )
+        self.process(
+            [{"channel": "/meta/connect", "clientId": wsClient, "connectionType": "websocket"}], socket
+        )
+        other = self.handshake()
+        otherHeld = self.connect(other)
+        for terminated in (clientId, wsClient):
+            self.router.terminate(terminated)
+            self.engine.destroyClient(terminated, "terminated")
+        (reply,) = self.successResultOf(held)
+        self.assertEqual(reply["advice"], {"reconnect": "none"})
+        self.assertEqual(socket.sent[-1][0]["advice"], {"reconnect": "none"})
+        self.assertNoResult(otherHeld)
+        self.clock.advance(59)
+        (reply,) = self.successResultOf(self.connect(clientId))
+        self.assertEqual(
+            (reply["successful"], reply["error"], reply["advice"]),
+            (False, f"401:{clientId}:Connection terminated by the server", {"reconnect": "none"}),
+        )
+        self.clock.advance(2)
+        (reply,) = self.successResultOf(self.connect(clientId))
+        self.assertEqual(reply["advice"], {"reconnect": "handshake"})
+
+
 class DrainTests(RouterTestCase):
     def test_drain(self) -> None:
         """Draining answers held connects with reconnect advice, closes sockets, answers new connects."""

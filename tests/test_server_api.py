@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import treq
@@ -19,9 +20,11 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from pandapush.tokens import mintToken
-from tests.support.bayeux import LPClient, WSClient
+from tests.support.bayeux import LPClient, RecordingPoller, WSClient, holdConnect
 from tests.support.inprocess import APP, KEY, SECRET, InProcessServer, channel
 from tests.support.redis import deleteNamespace, requireRedis
+from tests.support.requirements import requireExecutable
+from tests.support.sdks import runProcess
 from tests.support.stallproxy import StallingProxy
 from tests.support.waiting import eventually
 
@@ -387,8 +390,8 @@ class QueryTests(APICase):
         self.assertEqual((code, answer), (200, {"occupied": False, "subscription_count": 0}))
 
 
-class RedisQueryTests(APICase):
-    """Two nodes on one Redis namespace: counts are the cluster's; a query while Redis is stalled is 503."""
+class RedisCase(APICase):
+    """Two nodes on one Redis namespace (``self.server`` and ``self.other``)."""
 
     async def setUp(self) -> None:  # type: ignore[override]
         address = requireRedis()
@@ -398,6 +401,10 @@ class RedisQueryTests(APICase):
         self.serverArgs = (*APICase.serverArgs, *self.redisArgs)
         await super().setUp()
         self.other = await self.startServer(*self.serverArgs)
+
+
+class RedisQueryTests(RedisCase):
+    """Counts are the cluster's; a query while Redis is stalled is 503."""
 
     async def test_clusterCounts(self) -> None:
         """Subscribers on node B are counted by node A, and leave the counts when they go."""
@@ -484,3 +491,171 @@ class RedisQueryTests(APICase):
         answer = await figures()
         self.assertEqual((answer["connections"], answer["channels"]), (3, 1), answer)
         self.assertGreaterEqual(answer["nodes"], 2)
+
+
+def presence(member: str, room: str = ROOM) -> dict[str, Any]:
+    return {"token": mintToken(KEY, SECRET, room, sub=True, presence={"id": member})}
+
+
+def toldToStop(replies: list[dict[str, Any]]) -> bool:
+    return any(
+        r.get("channel") == "/meta/connect" and r.get("advice", {}).get("reconnect") == "none"
+        for r in replies
+    )
+
+
+class TerminateTests(APICase):
+    async def test_terminateUser(self) -> None:
+        """
+        u1 on a websocket (presence), a long-poller (presence) and a websocket subscribed with a
+        ``user`` claim is told to stop and destroyed within a second; u2 is not; u2 hears u1 leave.
+        """
+        start = reactor.seconds
+        ws = await self.ws()
+        await self.subscribe(ws, ROOM, presence("u1"))
+        poller = RecordingPoller(self.server.url)
+        await poller.start()
+        self.clients.append(poller)
+        reply = await poller.call(
+            {"channel": "/meta/subscribe", "subscription": ROOM, "ext": {"auth": presence("u1")}}
+        )
+        self.assertTrue(reply["successful"], reply)
+        claimed = await self.ws()
+        token = mintToken(KEY, SECRET, channel("feed", "private"), sub=True, user="u1")
+        await self.subscribe(claimed, channel("feed", "private"), {"token": token})
+        other = await self.ws()
+        await self.subscribe(other, ROOM, presence("u2"))
+        for client in (ws, claimed, other):
+            holdConnect(client)
+        await eventually(lambda: self.server.router.heldConnects() == 4)
+        engine = self.server.engine
+        before = start()
+        code, _, answer = await self.call("POST", f"/apps/{APP}/users/u1/terminate_connections")
+        self.assertEqual((code, answer), (200, {}))
+        self.assertTrue(
+            await eventually(lambda: ws.closed and claimed.closed and not poller.polling, timeout=1)
+        )
+        self.assertLess(start() - before, 1.0)
+        self.assertTrue(toldToStop(ws.replies) and toldToStop(claimed.replies), ws.replies)
+        self.assertTrue(toldToStop(poller.connectReplies), poller.connectReplies)
+        for ended in (ws.clientId, claimed.clientId, poller.clientId):
+            self.assertFalse(engine.hasClient(ended))
+        self.assertTrue(engine.hasClient(other.clientId) and not other.closed)
+        self.assertTrue(
+            await eventually(
+                lambda: {"channel": ROOM, "data": {"unsubscribe": {"u1": None}}} in other.messages
+            )
+        )
+        # Its next connect, wherever it comes from, is told the same.
+        (reply,) = await poller.post(
+            [{"channel": "/meta/connect", "clientId": poller.clientId, "connectionType": "long-polling"}]
+        )
+        self.assertEqual((reply["successful"], reply["advice"]), (False, {"reconnect": "none"}))
+        _, _, answer = await self.call("GET", f"/apps/{APP}/members", query={"channel": ROOM})
+        self.assertEqual(answer, {"members": {"u2": {"id": "u2"}}})
+
+    async def test_badTerminate(self) -> None:
+        """A token cannot terminate; an unknown application is 404; an unknown user is no error."""
+        token = mintToken(KEY, SECRET, ROOM, sub=True, pub=True)
+        code, _, answer = await self.call(
+            "POST", f"/apps/{APP}/users/u1/terminate_connections", auth=f"Bearer {token}"
+        )
+        self.assertEqual(
+            (code, answer["message"]),
+            (403, "Terminating connections needs the application's key and secret, not a token"),
+        )
+        code, _, _ = await self.call("POST", "/apps/noSuchApp0000001/users/u1/terminate_connections")
+        self.assertEqual(code, 404)
+        code, _, answer = await self.call("POST", f"/apps/{APP}/users/nobody/terminate_connections")
+        self.assertEqual((code, answer), (200, {}))
+        code, _, answer = await self.call("POST", f"/apps/{APP}/users/{'x' * 201}/terminate_connections")
+        self.assertEqual(code, 400)
+
+
+class RedisTerminateTests(RedisCase):
+    async def test_terminateOnEveryNode(self) -> None:
+        """
+        u1's clients on both nodes, and a long-poller that subscribed through node A and waits
+        on node B, are told to stop within a second of one call to node A.
+        """
+        start = reactor.seconds
+        onB = await self.ws(self.other)
+        await self.subscribe(onB, ROOM, presence("u1"))
+        onA = await self.ws()
+        await self.subscribe(onA, ROOM, presence("u1"))
+        hopper = RecordingPoller(self.server.url)
+        await hopper.start()
+        self.clients.append(hopper)
+        reply = await hopper.call(
+            {"channel": "/meta/subscribe", "subscription": ROOM, "ext": {"auth": presence("u1")}}
+        )
+        self.assertTrue(reply["successful"], reply)
+        hopper.hops = [self.other.url]  # its connects now go to node B
+        await eventually(lambda: False, timeout=0.3)
+        stays = await self.ws(self.other)
+        await self.subscribe(stays, ROOM, presence("u2"))
+        for client in (onA, onB, stays):
+            holdConnect(client)
+        await eventually(lambda: self.other.router.heldConnects() == 3)
+        before = start()
+        code, _, _ = await self.call("POST", f"/apps/{APP}/users/u1/terminate_connections")
+        self.assertEqual(code, 200)
+        self.assertTrue(
+            await eventually(lambda: onA.closed and onB.closed and not hopper.polling, timeout=1.5)
+        )
+        self.assertLess(start() - before, 1.0)
+        self.assertTrue(toldToStop(onA.replies) and toldToStop(onB.replies))
+        self.assertTrue(toldToStop(hopper.connectReplies), hopper.connectReplies)
+        self.assertFalse(stays.closed)
+        _, _, answer = await self.call(
+            "GET", f"/apps/{APP}/members", query={"channel": ROOM}, server=self.other
+        )
+        self.assertEqual(answer, {"members": {"u2": {"id": "u2"}}})
+
+
+class FayeTerminateTests(APICase):
+    """Faye's own Node client, told to stop, stops: no handshake again, no more connects."""
+
+    async def playTerminated(self, transport: str) -> dict[str, Any]:
+        node = requireExecutable("node", "apt-get install nodejs")
+        script = Path(__file__).resolve().parent / "node" / "terminated.js"
+        token = presence("u9")["token"]
+        running = defer.ensureDeferred(
+            runProcess(
+                [
+                    node,
+                    str(script),
+                    self.server.url + "/push",
+                    ROOM,
+                    token,
+                    f"--transport={transport}",
+                    "--duration=3000",
+                ],
+                cwd=script.parent,
+                timeout=30,
+            )
+        )
+        engine = self.server.engine
+        self.assertTrue(await eventually(lambda: "u9" in engine._members(ROOM), timeout=10))
+        await eventually(lambda: self.server.router.heldConnects() == 1, timeout=5)
+        code, _, _ = await self.call("POST", f"/apps/{APP}/users/u9/terminate_connections")
+        self.assertEqual(code, 200)
+        result = await running
+        self.assertEqual(result.code, 0, result.describe())
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        self.assertFalse(engine._members(ROOM))
+        return report  # type: ignore[no-any-return]
+
+    async def check(self, transport: str) -> None:
+        report = await self.playTerminated(transport)
+        self.assertIn("none", report["advice"], report)
+        sent = [event["channel"] for event in report["after"]]
+        self.assertNotIn("/meta/handshake", sent, report)
+        # The connect it had waiting when the server ended it, at most one more on its way then.
+        self.assertLessEqual(sent.count("/meta/connect"), 2, report)
+
+    async def test_websocket(self) -> None:
+        await self.check("websocket")
+
+    async def test_longPolling(self) -> None:
+        await self.check("long-polling")

@@ -289,13 +289,16 @@ class Allowed:
     key that granted it (None on a public subscribe without credentials). ``expires``
     is the ``exp`` of the token that granted a subscribe (None: no token, or no
     ``exp``), ``keyExpires`` the expiry date of the key (None: never): the subscription
-    ends at the earlier (:mod:`pandapush.extensions.expiry`).
+    ends at the earlier (:mod:`pandapush.extensions.expiry`). ``user`` is the token's
+    ``user`` claim on a subscribe (a string or a whole number, as a string): the server
+    API's ``terminate_connections`` ends the clients it names.
     """
 
     keyId: str | None = None
     presence: dict[str, Any] | None = None
     expires: float | None = None
     keyExpires: float | None = None
+    user: str | None = None
 
 
 def _hasPresenceId(presence: Any) -> bool:
@@ -339,9 +342,13 @@ def checkGrant(
         # object travels on into the engine's membership.
         presence = dict(presence)  # type: ignore[arg-type]
     expires: float | None = None
+    user: str | None = None
     if operation == SUBSCRIBE and claims is not None:
         exp = claims.get("exp")
         # Not a number: refused before this (bearer.timesValid).
         if isinstance(exp, int | float) and not isinstance(exp, bool):
             expires = float(exp)
-    return Allowed(keyId, presence, expires, keyExpires)
+        named = claims.get("user")
+        if (isinstance(named, str) and named) or (isinstance(named, int) and not isinstance(named, bool)):
+            user = str(named)
+    return Allowed(keyId, presence, expires, keyExpires, user)

@@ -155,6 +155,9 @@ class TenancyExtension:
         if allowed.keyExpires is not None:
             # For pandapush.extensions.expiry: the subscription ends when its key does.
             context.attributes["keyExpires"] = allowed.keyExpires
+        if allowed.user is not None:
+            # For pandapush.extensions.users: terminate_connections finds the client by it.
+            context.attributes["user"] = allowed.user
         if allowed.expires is not None:
             # For pandapush.extensions.expiry: the subscription ends when its token does.
             earlier = context.attributes.get("tokenExpires")

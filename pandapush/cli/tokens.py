@@ -35,6 +35,7 @@ def addTokenOptions(p: argparse.ArgumentParser, short: bool = False) -> None:
     p.add_argument(*flags("-p", "--pub"), action="store_true", help="allow publishing")
     p.add_argument(*flags("-s", "--sub"), action="store_true", help="allow subscribing")
     p.add_argument("--presence", metavar="JSON", help='presence object, e.g. \'{"id": "user1"}\'')
+    p.add_argument("--user", metavar="ID", help="the user subscribing (terminate_connections ends it)")
     p.add_argument(*flags("-e", "--expires"), metavar="WHEN", help="1h, PT1H, P1H, a date, or never [never]")
 
 
@@ -93,6 +94,7 @@ async def mint(ctx: Context, channel: str) -> int:
         sub=args.sub,
         presence=presence,
         expiresAt=expires,
+        user=getattr(args, "user", None) or None,
     )
     ctx.emit({"token": token, "keyId": key.id, "expires": isoformat(expires)}, token)
     return 0

@@ -326,6 +326,11 @@ class MessageHandlers:
         reply = makeReply(message)
         clientId = message.get("clientId")
         connectionType = message.get("connectionType")
+        if isinstance(clientId, str) and self.sessions.wasTerminated(clientId):
+            # Ended by the server (terminate_connections): go away, do not handshake again.
+            reply = fail(reply, BayeuxError(401, [clientId], "Connection terminated by the server"))
+            reply["advice"] = {"reconnect": "none"}
+            return [reply]
         error: str | BayeuxError | None = await self._clientError(clientId)
         if connectionType is None:
             error = BayeuxError.parameterMissing("connectionType")

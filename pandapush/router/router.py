@@ -130,6 +130,10 @@ class BayeuxRouter:
         """Send ``message``, made by the server, to one client (:meth:`Sessions.notify`)."""
         self._sessions.notify(clientId, message)
 
+    def terminate(self, clientId: str) -> None:
+        """End the client's connection here with advice not to reconnect (:meth:`Sessions.terminate`)."""
+        self._sessions.terminate(clientId)
+
     # observers
 
     def addPublishObserver(self, observer: Callable[[str, int], None]) -> None:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 
 from twisted.internet.defer import Deferred
@@ -27,10 +28,15 @@ from pandapush.bayeux.message import Message, Reply
 from pandapush.interfaces import IClientSocket, IDeliverySink, IEngine
 from pandapush.listeners import EngineListener
 
-__all__ = ["MAX_NOTICES", "HeldConnect", "HeldConnects", "Sessions"]
+__all__ = ["MAX_NOTICES", "TERMINATED_MEMORY", "HeldConnect", "HeldConnects", "Sessions"]
 
 #: Server-initiated messages kept per client until its next connect (see ``notify``).
 MAX_NOTICES = 16
+
+#: Seconds a terminated client's connects are refused with advice not to reconnect, and
+#: how many such clients a node remembers at most.
+TERMINATED_MEMORY = 60.0
+MAX_TERMINATED = 100_000
 
 # Seconds after its handshake a client's first connect still counts as its first (see
 # Sessions.fresh): far longer than any client waits between the two.
@@ -182,6 +188,9 @@ class Sessions(EngineListener):
         self._clientSocket: dict[str, Hashable] = {}
         # Sockets that closed, for batches still being processed when they did.
         self._closedSockets: weakref.WeakSet[IClientSocket] = weakref.WeakSet()
+        # Clients the server ended (terminate), with when: their connects are answered
+        # with advice not to reconnect for TERMINATED_MEMORY seconds, oldest first out.
+        self._terminated: OrderedDict[str, float] = OrderedDict()
         engine.addListener(self)
 
     # handshakes and connects
@@ -326,6 +335,32 @@ class Sessions(EngineListener):
         waiting = self._notices.setdefault(clientId, [])
         if len(waiting) < MAX_NOTICES:
             waiting.append(message)
+
+    # terminated clients
+
+    def terminate(self, clientId: str) -> None:
+        """
+        End the client's connection here telling it not to reconnect: its held connect
+        (long-poll, or over its websocket) is answered with ``advice.reconnect: none``,
+        and any connect of its for :data:`TERMINATED_MEMORY` seconds gets the same answer.
+        The caller destroys the client in the engine.
+        """
+        now = self.reactor.seconds()
+        terminated = self._terminated
+        terminated[clientId] = now
+        terminated.move_to_end(clientId)
+        while terminated and (
+            len(terminated) > MAX_TERMINATED or next(iter(terminated.values())) < now - TERMINATED_MEMORY
+        ):
+            terminated.popitem(last=False)
+        held = self.connects.get(clientId)
+        if held is not None:
+            held.reply["advice"] = {"reconnect": "none"}
+            held.finish()
+
+    def wasTerminated(self, clientId: str) -> bool:
+        when = self._terminated.get(clientId)
+        return when is not None and when >= self.reactor.seconds() - TERMINATED_MEMORY
 
     # going away
 

@@ -23,7 +23,15 @@ from twisted.web.http_headers import Headers
 
 from tests.support.waiting import eventually
 
-__all__ = ["HANDSHAKE", "LPClient", "WSClient", "cancelAutobahnTimers", "openWebSocket"]
+__all__ = [
+    "HANDSHAKE",
+    "LPClient",
+    "RecordingPoller",
+    "WSClient",
+    "cancelAutobahnTimers",
+    "holdConnect",
+    "openWebSocket",
+]
 
 P = TypeVar("P", bound=WebSocketClientProtocol)
 
@@ -193,3 +201,36 @@ class LPClient:
         self.polling = False
         if self._loop is not None:
             await self._loop
+
+
+class RecordingPoller(LPClient):
+    """A long-polling client that keeps the replies to its connects, and stops when told to."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.connectReplies: list[dict[str, Any]] = []
+        self.hops: list[str] = [url]
+
+    async def _poll(self) -> None:
+        turn = 0
+        while self.polling:
+            self.push = self.hops[turn % len(self.hops)] + "/push"
+            turn += 1
+            replies = await self.post(
+                [{"channel": "/meta/connect", "clientId": self.clientId, "connectionType": "long-polling"}]
+            )
+            self.messages.extend(r for r in replies if "successful" not in r)
+            self.connectReplies.extend(r for r in replies if "successful" in r)
+            if any(r.get("advice", {}).get("reconnect") == "none" for r in replies):
+                self.polling = False  # as a Bayeux client does
+
+
+def holdConnect(client: WSClient) -> None:
+    """Send the connect a websocket client always has waiting (the test client sends one only at start)."""
+    message = {
+        "channel": "/meta/connect",
+        "clientId": client.clientId,
+        "connectionType": "websocket",
+        "id": "held",
+    }
+    client.protocol.sendMessage(json.dumps([message]).encode())

@@ -30,7 +30,7 @@ from twisted.trial.unittest import TestCase
 
 from pandapush.auth.bearer import verifyToken
 from tests.support import REPO_ROOT
-from tests.support.bayeux import WSClient
+from tests.support.bayeux import RecordingPoller, WSClient, holdConnect
 from tests.support.process import PandapushProcess
 from tests.support.waiting import eventually
 
@@ -397,3 +397,42 @@ class SDKEndToEnd(_Base):
         # on a connection already known broken), and the two waits of a second between them.
         self.assertGreaterEqual(elapsed, 2 + 2 * 1 - 0.2)
         proxy.resume()
+
+    async def test_terminateUserConnections(self) -> None:
+        """
+        terminate_user_connections("u1"): u1's websocket and long-polling clients are told to
+        stop and disconnected within a second; u2 is not. The answer is ``{}``.
+        """
+        await self.server()
+        room = f"/{APP}/presence/{self.language}-terminate"
+
+        async def token(member: str) -> str:
+            outcome = await self.operate(
+                {"op": "token", "channel": room, "sub": True, "presence": {"id": member}}
+            )
+            return str(outcome["result"])
+
+        u1 = await token("u1")
+        ws, _ = await self.subscriber(room, {"token": u1})
+        poller = RecordingPoller(self.pandapush.url)
+        await poller.start()
+        reply = await poller.call(
+            {"channel": "/meta/subscribe", "subscription": room, "ext": {"auth": {"token": u1}}}
+        )
+        self.assertTrue(reply["successful"], reply)
+        u2, _ = await self.subscriber(room, {"token": await token("u2")})
+        for client in (ws, u2):
+            holdConnect(client)
+        started = time.monotonic()
+        outcome = await self.operate({"op": "terminate", "userId": "u1"})
+        self.assertEqual(outcome, {"ok": True, "result": {}})
+        self.assertTrue(await eventually(lambda: ws.closed and not poller.polling, timeout=1.5))
+        self.assertLess(time.monotonic() - started, 1.0 + 1.0)  # the library's process start included
+        stop = [
+            r.get("advice") for r in ws.replies + poller.connectReplies if r.get("channel") == "/meta/connect"
+        ]
+        self.assertIn({"reconnect": "none"}, stop)
+        self.assertFalse(u2.closed)
+        outcome = await self.operate({"op": "members", "channel": room})
+        self.assertEqual(outcome["result"], {"members": {"u2": {"id": "u2"}}})
+        await poller.stop()

@@ -209,6 +209,18 @@ _PATHS: dict[str, Any] = {
             (_query("channel", "A presence channel, /<appId>/presence/..."),),
         )
     },
+    "/apps/{appId}/users/{userId}/terminate_connections": {
+        "post": _operation(
+            "Disconnect a user everywhere",
+            "Every client of the application whose presence id is the user, or that subscribed with a "
+            "token whose ``user`` claim names it, is disconnected on every node within a second and told "
+            "not to reconnect. Needs the key and secret. No body.",
+            "Empty",
+            {},
+            (400, 401, 403, 404, 503),
+            ({"name": "userId", "in": "path", "required": True, "schema": _STRING},),
+        )
+    },
     REST_PUBLISH_PATH: {
         "post": {
             "summary": "One message to one channel",
