@@ -33,6 +33,7 @@ from pandapush.engines import EngineConfig, EngineConfigError, IEngineFactory, c
 from pandapush.extensions.limits import LimitSettings
 from pandapush.router import Limits
 from pandapush.storage import StorageConfig
+from pandapush.webhooks.config import WebhookConfig
 
 __all__ = [
     "FIRST_INHERITED_FD",
@@ -177,6 +178,7 @@ class Configuration:
     accessLog: bool
     presenceMaxMembers: int
     presenceMaxData: int
+    webhooks: WebhookConfig
     statsInterval: float
     shutdownGrace: float
     #: Processes serving the ports (this one included), resolved (``0``: one per CPU).
@@ -221,6 +223,7 @@ class Configuration:
         engineName, engineFactory = _engine(options, env)
         try:
             tenantLimits = LimitSettings.fromOptions(options, env)
+            webhooks = WebhookConfig.fromOptions(options, env)
         except ValueError as e:
             raise ConfigurationError(str(e)) from None
         timeout = options.get("timeout", 30.0)
@@ -253,6 +256,7 @@ class Configuration:
             accessLog=bool(options.get("access-log")),
             presenceMaxMembers=options.get("presence-max-members", 100),
             presenceMaxData=options.get("presence-max-data", 1024),
+            webhooks=webhooks,
             statsInterval=options.get("stats-interval", 5.0),
             shutdownGrace=options.get("shutdown-grace", 5.0),
             workers=_workers(options, env, engineFactory, storage, listen, reusePort),

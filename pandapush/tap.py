@@ -35,6 +35,7 @@ from pandapush.interfaces import IEngine, IExtension
 from pandapush.router import BayeuxRouter
 from pandapush.services import BayeuxService, OpenFileLimit, Server, StorageService
 from pandapush.storage import makeStorage
+from pandapush.storage.webhooks import IWebhookStorage
 from pandapush.transports.http import OriginPolicy
 from pandapush.transports.resource import BayeuxResource
 from pandapush.web.admin import AdminApp
@@ -48,6 +49,8 @@ from pandapush.web.connections import AddressLimit
 from pandapush.web.http import ProxyTrust
 from pandapush.web.publish import PublishApp
 from pandapush.web.site import HealthApp, PandapushRoot, makeSite
+from pandapush.web.webhooks import WebhookAdmin
+from pandapush.webhooks.addresses import AddressPolicy, reactorResolver
 from pandapush.workers.child import WorkerChild
 from pandapush.workers.pool import WorkerPool
 from pandapush.workers.sockets import listenerServices
@@ -227,6 +230,22 @@ class Options(usage.Options):
         ["presence-max-members", None, 100, "Most members on one presence channel.", _positive(int)],
         ["presence-max-data", None, 1024, "Largest presence object from a token, in bytes.", _positive(int)],
         [
+            "webhook-allow-networks",
+            None,
+            None,
+            "Comma-separated networks (10.0.0.0/8) every admin's webhooks may reach; otherwise only root "
+            "admins' webhooks reach loopback, private and link-local addresses. "
+            "[default: $PANDAPUSH_WEBHOOK_ALLOW_NETWORKS or none]",
+        ],
+        [
+            "webhook-max-age",
+            None,
+            None,
+            "Seconds a webhook event is retried before it is given up. "
+            "[default: $PANDAPUSH_WEBHOOK_MAX_AGE or 86400]",
+            _positive(float),
+        ],
+        [
             "allowed-origins",
             None,
             None,
@@ -284,6 +303,8 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
     # memory engine nothing Redis is loaded). The storage starts in StorageService.
     storage = makeStorage(config.storage)
     engine: IEngine = makeEngine(config.engineName, reactor, config.engine)
+    # Webhook events wait in an outbox: the storage's (a database, or memory).
+    outbox = storage.webhookOutbox() if IWebhookStorage.providedBy(storage) else None
 
     # The router, and what its extensions need. Engine listeners and publish observers
     # are called in the order they register here.
@@ -355,6 +376,15 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
     if adminAuthority.throttle is not None:
         adminAuthority.throttle.addRefusalObserver(lambda: metrics.refusals.labels(limit="admin_login").inc())
     adminApp = AdminApp(storage, adminAuthority, keys, reactor, tenancy, statistics.cluster)
+    webhookAdmin = WebhookAdmin(
+        adminApp,
+        storage,
+        outbox,
+        keys,
+        AddressPolicy(config.webhooks.allowNetworks),
+        reactorResolver(reactor),
+        reactor,
+    )
     publishApp = PublishApp(
         authority,
         router.publish,
@@ -394,7 +424,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
             b"channel": publishApp.resource(),
             b"apps": serverAPI,
             b"openapi.json": OpenAPIResource(),
-            b"admin": adminResource(adminApp, adminAuthority),
+            b"admin": adminResource(adminApp, adminAuthority, webhookAdmin),
             b"client.js": scripts,
             b"client.mjs": scripts,
             b"client.d.ts": scripts,

@@ -463,6 +463,7 @@ class ErrorsAndNarrowTests(ConsoleTestCase):
             ("tokens", "Tokens"),
             ("console", "Live console"),
             ("stats", "Statistics"),
+            ("webhooks", "Webhooks"),
             ("settings", "Settings"),
         ]:
             page.go(f"#/app/{appId}/{tab}")

@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("storage", "redis", "tokens"),
     ("engines", "router", "transports"),
     ("auth",),
-    ("extensions",),
+    ("extensions", "webhooks"),
     ("web",),
     ("config",),
     ("workers",),

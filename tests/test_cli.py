@@ -22,7 +22,7 @@ from twisted.web.server import Site
 from pandapush import cli
 from pandapush.auth.keysync import keysChannel
 from pandapush.redis import RedisAddress, RedisSubscriber
-from pandapush.storage import ids
+from pandapush.storage import ids, migrations
 from tests.support.ports import listenLocally, portNumber
 from tests.support.waiting import eventually
 from tests.test_publisher import RecordingChannelResource
@@ -71,8 +71,11 @@ class MigrateCommandTests(CLITestCase):
     @inlineCallbacks
     def test_migrate(self) -> Generator[Deferred[Any], Any, None]:
         """The first run applies every version, the next applies none."""
-        self.assertEqual((yield self.cliJSON("migrate")), {"applied": [1, 2, 3], "version": 3})
-        self.assertEqual((yield self.cliJSON("migrate")), {"applied": [], "version": 3})
+        latest = migrations.latestVersion("sqlite")
+        self.assertEqual(
+            (yield self.cliJSON("migrate")), {"applied": list(range(1, latest + 1)), "version": latest}
+        )
+        self.assertEqual((yield self.cliJSON("migrate")), {"applied": [], "version": latest})
         self.assertIn("already current", (yield self.cli("migrate")))
 
     @inlineCallbacks
@@ -89,7 +92,8 @@ class MigrateCommandTests(CLITestCase):
         }
         error = yield self.cli("app", "list", "--database-schema", schema, status=1)
         self.assertIn("run `pandapush migrate`", error)
-        self.assertEqual((yield self.cliJSON("--database-schema", schema, "migrate"))["applied"], [1, 2, 3])
+        applied = (yield self.cliJSON("--database-schema", schema, "migrate"))["applied"]
+        self.assertEqual(applied, list(range(1, migrations.latestVersion("postgres") + 1)))
         app = yield self.cliJSON("app", "create", "pgapp", "--database-schema", schema)
         self.assertEqual(
             [a["id"] for a in (yield self.cliJSON("app", "list", "--database-schema", schema))], [app["id"]]
@@ -361,6 +365,50 @@ class TokenCommandTests(CLITestCase):
             ).strip()
             claims = jwt.decode(token, key["secret"], algorithms=["HS256"], options={"verify_sub": False})
             self.assertEqual(claims["channel"], f"/{app['id']}/{channel}")
+
+
+class WebhookCommandTests(CLITestCase):
+    """``pandapush webhook``."""
+
+    @inlineCallbacks
+    def test_createListDelete(self) -> Generator[Deferred[Any], Any, None]:
+        """The operator's endpoints may reach private addresses; bad URLs, events and keys are refused."""
+        app = yield self.makeApp()
+        key = yield self.makeKey(app["id"])
+        made = yield self.cliJSON(
+            "webhook",
+            "create",
+            app["id"],
+            "--url",
+            "http://10.0.0.5:8080/hook",
+            "--events",
+            "member_added,channel_occupied",
+            "--key",
+            key["id"],
+        )
+        self.assertEqual(
+            {k: made[k] for k in ("url", "events", "key_id", "allow_private")},
+            {
+                "url": "http://10.0.0.5:8080/hook",
+                "events": ["channel_occupied", "member_added"],
+                "key_id": key["id"],
+                "allow_private": True,
+            },
+        )
+        self.assertEqual((yield self.cliJSON("webhook", "list", app["id"])), [made])
+        self.assertIn(made["id"], (yield self.cli("webhook", "list", app["id"])))
+        for args, words in [
+            (
+                ("--url", "ftp://x/", "--events", "channel_occupied", "--key", key["id"]),
+                "http:// or https://",
+            ),
+            (("--url", "http://x/", "--events", "often", "--key", key["id"]), "unknown events often"),
+            (("--url", "http://x/", "--events", "channel_occupied", "--key", "PSIDnope"), "no key PSIDnope"),
+        ]:
+            self.assertIn(words, (yield self.cli("webhook", "create", app["id"], *args, status=1)))
+        yield self.cli("webhook", "delete", made["id"])
+        self.assertEqual((yield self.cliJSON("webhook", "list", app["id"])), [])
+        self.assertIn("no webhook", (yield self.cli("webhook", "delete", made["id"], status=1)))
 
 
 class UpstreamAliasTests(CLITestCase):

@@ -12,11 +12,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError
 
 from pandapush import __version__
-from pandapush.cli import apps, keys, publish, server, tokens, upstream
+from pandapush.cli import apps, keys, publish, server, tokens, upstream, webhooks
 from pandapush.cli.context import CommandError, Context
 from pandapush.cli.options import addGlobalOptions
 from pandapush.publisher import PublishError
-from pandapush.storage.errors import NoSuchApplicationError, NoSuchKeyError, StorageError
+from pandapush.storage.errors import NoSuchApplicationError, NoSuchKeyError, NoSuchWebhookError, StorageError
 
 __all__ = ["buildParser", "main", "run"]
 
@@ -25,7 +25,7 @@ def buildParser() -> argparse.ArgumentParser:
     """The whole command line; every subcommand has ``--help``."""
     parser = argparse.ArgumentParser(
         prog="pandapush",
-        description="Manage pandapush: database migrations, applications, keys, tokens; publish messages.",
+        description="Manage pandapush: migrations, applications, keys, tokens, webhooks; publish messages.",
         epilog=(
             "Run the server with `pandapush serve --listen tcp:3000 [more server options]`"
             " (the same as `twistd --nodaemon pandapush ...`; `pandapush serve --help` lists them)."
@@ -41,6 +41,7 @@ def buildParser() -> argparse.ArgumentParser:
     tokens.register(commands)
     publish.register(commands)
     upstream.register(commands)
+    webhooks.register(commands)
     return parser
 
 
@@ -80,6 +81,8 @@ def run(
             message = f"no key {error}"
         elif isinstance(error, NoSuchApplicationError):
             message = f"no application {error}"
+        elif isinstance(error, NoSuchWebhookError):
+            message = f"no webhook {error}"
         elif isinstance(error, ConnectError):
             message = f"could not connect: {error}"
         else:

@@ -153,6 +153,10 @@ class SQLQueries:
     def deleteApplication_txn(self, txn: Any, appId: str) -> None:
         # Children first and explicitly: correct even where foreign keys are not enforced.
         self.execute(txn, "DELETE FROM keys WHERE application_id = ?", (appId,))
+        endpoints = "SELECT id FROM webhooks WHERE application_id = ?"
+        for table in ("webhook_outbox", "webhook_deliveries"):
+            self.execute(txn, f"DELETE FROM {table} WHERE endpoint_id IN ({endpoints})", (appId,))
+        self.execute(txn, "DELETE FROM webhooks WHERE application_id = ?", (appId,))
         self.execute(txn, "DELETE FROM application_admins WHERE application_id = ?", (appId,))
         self.execute(txn, "DELETE FROM applications WHERE id = ?", (appId,))
         if txn.rowcount == 0:

@@ -25,12 +25,14 @@ from zope.interface import implementer
 from pandapush.storage import ids, migrations
 from pandapush.storage._common import normalAdmins, normalOrigins, utcnow
 from pandapush.storage._queries import SQLQueries
+from pandapush.storage._webhooks import SQLWebhooks, WebhookQueries
 from pandapush.storage.errors import (
     SchemaOutOfDateError,
     StorageUnavailableError,
 )
 from pandapush.storage.interfaces import IStorage, KeyUsageBatch
 from pandapush.storage.models import Application, Key
+from pandapush.storage.webhooks import IWebhookStorage
 
 __all__ = ["DEFAULT_QUERY_TIMEOUT", "STUCK_AFTER", "Dialect", "SQLStorage"]
 
@@ -75,6 +77,9 @@ class Dialect:
     def lockForMigration_txn(self, txn: Any) -> None:
         """Keep concurrent migrations (several nodes, or the command line) from interleaving."""
 
+    def lockOutbox_txn(self, txn: Any) -> None:
+        """Keep two nodes' webhook outbox claims from interleaving (SQLite's writes are serial)."""
+
     def unavailable(self, error: BaseException) -> bool:
         """
         Whether ``error`` means the database could not be reached or used just now
@@ -92,8 +97,8 @@ def _ping_txn(txn: Any) -> None:
     txn.fetchall()
 
 
-@implementer(IStorage)
-class SQLStorage:
+@implementer(IStorage, IWebhookStorage)
+class SQLStorage(SQLWebhooks):
     """:class:`IStorage` over an ``adbapi.ConnectionPool``; subclasses choose the driver and dialect."""
 
     _log = Logger()
@@ -116,6 +121,7 @@ class SQLStorage:
         self._now = now
         #: The SQL of every call (``*_txn``), run here through :meth:`_run`.
         self.queries = SQLQueries(dialect, now)
+        self.webhookQueries = WebhookQueries(dialect, now)
         if migrateAtStart is not None:
             self.migrateAtStart = migrateAtStart
         self.queryTimeout = queryTimeout

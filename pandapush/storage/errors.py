@@ -9,6 +9,7 @@ __all__ = [
     "NoSuchApplicationError",
     "NoSuchKey",
     "NoSuchKeyError",
+    "NoSuchWebhookError",
     "NotFound",
     "NotFoundError",
     "SchemaOutOfDate",
@@ -34,6 +35,10 @@ class NoSuchApplicationError(NotFoundError):
 
 class NoSuchKeyError(NotFoundError):
     """No key has this id."""
+
+
+class NoSuchWebhookError(NotFoundError):
+    """No webhook endpoint with that id."""
 
 
 class AlreadyExistsError(StorageError):

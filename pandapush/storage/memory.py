@@ -15,13 +15,15 @@ from pandapush.storage import ids
 from pandapush.storage._common import checkName, normalAdmins, normalOrigins, utcnow
 from pandapush.storage.errors import AlreadyExistsError, NoSuchApplicationError, NoSuchKeyError
 from pandapush.storage.interfaces import IStorage, KeyUsageBatch
+from pandapush.storage.memoryoutbox import MemoryWebhooks
 from pandapush.storage.models import Application, Key
+from pandapush.storage.webhooks import IWebhookStorage
 
 __all__ = ["MemoryStorage", "makeStorage", "utcnow"]
 
 
-@implementer(IStorage)
-class MemoryStorage:
+@implementer(IStorage, IWebhookStorage)
+class MemoryStorage(MemoryWebhooks):
     """
     Dicts behind :class:`IStorage`. Answers are already-fired Deferreds, so tests
     using it need no reactor; records are frozen, so handing them out is safe.
@@ -30,12 +32,13 @@ class MemoryStorage:
     name = "memory"
 
     #: The schema this mimics, so ``schemaVersion`` reads like a migrated database.
-    SCHEMA_VERSION = 3
+    SCHEMA_VERSION = 4
 
     def __init__(self, now: Callable[[], datetime.datetime] = utcnow) -> None:
         self._now = now
         self._apps: dict[str, Application] = {}
         self._keys: dict[str, Key] = {}
+        self._startWebhooks()
 
     def start(self) -> Deferred[None]:
         return defer.succeed(None)
@@ -116,6 +119,7 @@ class MemoryStorage:
         del self._apps[applicationId]
         for keyId in [k.id for k in self._keys.values() if k.application_id == applicationId]:
             del self._keys[keyId]
+        self._deleteWebhooksOf(applicationId)
 
     def _requireApp(self, applicationId: str) -> Application:
         app = self._apps.get(applicationId)

@@ -24,6 +24,8 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 #: pg_advisory_xact_lock key serialising migrations ("pandapush" in ASCII, truncated).
 _MIGRATION_LOCK = 0x70616E6461707573
+#: The same, serialising webhook outbox claims between nodes.
+_OUTBOX_LOCK = 0x77656268
 
 
 class PostgresDialect(Dialect):
@@ -59,6 +61,9 @@ class PostgresDialect(Dialect):
 
     def lockForMigration_txn(self, txn: Any) -> None:
         txn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+
+    def lockOutbox_txn(self, txn: Any) -> None:
+        txn.execute("SELECT pg_advisory_xact_lock(%s)", (_OUTBOX_LOCK,))
 
     def unavailable(self, error: BaseException) -> bool:
         import psycopg2

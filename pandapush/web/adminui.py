@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,6 +44,7 @@ from twisted.web.server import NOT_DONE_YET
 from pandapush.auth.throttle import LoginThrottledError
 from pandapush.web.admin import AdminApp
 from pandapush.web.adminauth import throttledAnswer
+from pandapush.web.webhooks import WebhookAdmin, isWebhookPath
 
 __all__ = ["ADMIN_STATIC_DIR", "AdminResource", "AdminUIResource", "IAuthenticates", "adminResource"]
 
@@ -224,23 +226,37 @@ class AdminResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, api: IResource, ui: IResource, prefix: bytes = b"/admin") -> None:
+    def __init__(
+        self,
+        api: IResource,
+        ui: IResource,
+        prefix: bytes = b"/admin",
+        more: Sequence[tuple[Callable[[bytes], bool], IResource]] = (),
+    ) -> None:
         super().__init__()
         self.api = api
         self.ui = ui
         self.apiPrefix = prefix.rstrip(b"/") + b"/api"
+        # More APIs, each with the test of the paths it answers (webhooks).
+        self.more = tuple(more)
 
     def render(self, request: Any) -> Any:
         path: bytes = request.path
+        for answers, resource in self.more:
+            if answers(path):
+                return resource.render(request)
         isAPI = path == self.apiPrefix or path.startswith(self.apiPrefix + b"/")
         return (self.api if isAPI else self.ui).render(request)
 
 
-def adminResource(api: AdminApp, authority: IAuthenticates) -> AdminResource:
+def adminResource(
+    api: AdminApp, authority: IAuthenticates, webhooks: WebhookAdmin | None = None
+) -> AdminResource:
     """
-    What to mount at ``admin`` on the root: the admin API and the console, both under
-    ``authority`` (the server's :class:`~pandapush.web.adminauth.AdminAuthority`)::
+    What to mount at ``admin`` on the root: the admin API (and its webhook routes) and the
+    console, all under ``authority`` (the server's :class:`~pandapush.web.adminauth.AdminAuthority`)::
 
-        root.mount(b"admin", adminResource(adminApp, adminAuthority))
+        root.mount(b"admin", adminResource(adminApp, adminAuthority, webhookAdmin))
     """
-    return AdminResource(api.app.resource(), AdminUIResource(authority))
+    more = [(isWebhookPath, webhooks.resource())] if webhooks is not None else []
+    return AdminResource(api.app.resource(), AdminUIResource(authority), more=more)

@@ -94,6 +94,12 @@ export const admin = {
   keys: (id) => api('GET', `application/${seg(id)}/keys`),
   createKey: (id, purpose, expires) => api('POST', `application/${seg(id)}/keys`, { purpose, expires }),
   revokeKey: (id, keyId) => api('POST', `application/${seg(id)}/keys/${seg(keyId)}/revoke`, {}),
+  webhooks: (id) => api('GET', `application/${seg(id)}/webhooks`),
+  createWebhook: (id, webhook) => api('POST', `application/${seg(id)}/webhooks`, webhook),
+  deleteWebhook: (id, webhookId) => api('DELETE', `application/${seg(id)}/webhooks/${seg(webhookId)}`),
+  deliveries: (id, webhookId) => api('GET', `application/${seg(id)}/webhooks/${seg(webhookId)}/deliveries`),
+  resendDelivery: (id, webhookId, deliveryId) =>
+    api('POST', `application/${seg(id)}/webhooks/${seg(webhookId)}/deliveries/${seg(deliveryId)}/resend`, {}),
   /**
    * A token from the API: signed with `keyId`'s secret, or (no key) with the application's
    * "web console" key, which the API creates when missing.

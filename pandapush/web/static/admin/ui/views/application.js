@@ -1,6 +1,6 @@
 /**
  * One application: its header and tabs (keys, tokens, live console, statistics,
- * settings), each tab a view of its own under `#/app/<id>/<tab>`.
+ * webhooks, settings), each tab a view of its own under `#/app/<id>/<tab>`.
  */
 
 import { admin, seg } from '../api.js';
@@ -10,6 +10,7 @@ import { renderTokens } from './tokens.js';
 import { renderConsole } from './console.js';
 import { renderStats } from './stats.js';
 import { renderSettings } from './settings.js';
+import { renderWebhooks } from './webhooks.js';
 
 /** The tabs, in order; `render(container, context, app, reload)` may return a cleanup. */
 export const TABS = [
@@ -17,6 +18,7 @@ export const TABS = [
   { id: 'tokens', label: 'Tokens', render: renderTokens },
   { id: 'console', label: 'Live console', render: renderConsole },
   { id: 'stats', label: 'Statistics', render: renderStats },
+  { id: 'webhooks', label: 'Webhooks', render: renderWebhooks },
   { id: 'settings', label: 'Settings', render: renderSettings },
 ];
 
