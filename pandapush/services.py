@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     # Only for its type: importing it loads the Redis client, which a server on the
     # memory engine never does.
     from pandapush.auth.keysync import KeySync
+    from pandapush.webhooks.sender import WebhookSender
 
 __all__ = [
     "BayeuxService",
@@ -307,6 +308,7 @@ class Server(PandapushService):
         ready: defer.Deferred[None],
         keysync: KeySync | None = None,
         workers: WorkerPool | None = None,
+        webhooks: WebhookSender | None = None,
     ) -> None:
         super().__init__(storage)
         self.configuration = configuration
@@ -322,3 +324,5 @@ class Server(PandapushService):
         self.ready = ready
         self.keysync = keysync
         self.workers = workers
+        #: Sends this node's share of webhook events (None without a place to keep them).
+        self.webhooks = webhooks

@@ -35,7 +35,6 @@ from pandapush.interfaces import IEngine, IExtension
 from pandapush.router import BayeuxRouter
 from pandapush.services import BayeuxService, OpenFileLimit, Server, StorageService
 from pandapush.storage import makeStorage
-from pandapush.storage.webhooks import IWebhookStorage
 from pandapush.transports.http import OriginPolicy
 from pandapush.transports.resource import BayeuxResource
 from pandapush.web.admin import AdminApp
@@ -50,7 +49,7 @@ from pandapush.web.http import ProxyTrust
 from pandapush.web.publish import PublishApp
 from pandapush.web.site import HealthApp, PandapushRoot, makeSite
 from pandapush.web.webhooks import WebhookAdmin
-from pandapush.webhooks.addresses import AddressPolicy, reactorResolver
+from pandapush.webhooks import makeWebhooks
 from pandapush.workers.child import WorkerChild
 from pandapush.workers.pool import WorkerPool
 from pandapush.workers.sockets import listenerServices
@@ -303,8 +302,6 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
     # memory engine nothing Redis is loaded). The storage starts in StorageService.
     storage = makeStorage(config.storage)
     engine: IEngine = makeEngine(config.engineName, reactor, config.engine)
-    # Webhook events wait in an outbox: the storage's (a database, or memory).
-    outbox = storage.webhookOutbox() if IWebhookStorage.providedBy(storage) else None
 
     # The router, and what its extensions need. Engine listeners and publish observers
     # are called in the order they register here.
@@ -346,8 +343,23 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
     # hears the key was revoked or deleted (on any node, through key sync).
     expiry = SubscriptionExpiry(router, reactor, leeway=tenancy.tokenLeeway, keys=keys)
     users = UserConnections(router, reactor)
+    # Webhook events wait in an outbox: Redis's with the Redis engine, else the storage's.
+    webhooks = makeWebhooks(
+        config.webhooks,
+        storage,
+        keys,
+        reactor,
+        redis=(config.redisHosts or DEFAULT_REDIS_HOSTS, config.engine.redisNamespace)
+        if config.engineName == "redis"
+        else None,
+        owner=getattr(engine, "nodeId", None),
+    )
+    if webhooks.events is not None:
+        engine.addListener(webhooks.events)
     metrics = Metrics(router, bayeux)
     metrics.registry.register(connections)  # type: ignore[arg-type]
+    if webhooks.sender is not None:
+        metrics.registry.register(webhooks.sender)  # type: ignore[arg-type]
 
     # The extensions, in the one order that works. Incoming messages pass them first
     # to last: tenancy checks the credentials and leaves the key id, the token's
@@ -356,8 +368,8 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
     # tenant limits need tenancy's key id, and come before presence so that a refused
     # subscribe joins nobody; presence joins the subscribers it is given; expiry,
     # after presence, sees the subscribe replies presence let through, and so does the
-    # index of users' clients; the error counter, last, counts error replies as the
-    # client will see them.
+    # index of users' clients; webhooks' client events need tenancy's verdict; the
+    # error counter, last, counts error replies as the client will see them.
     extensions: list[IExtension] = [
         TenancyExtension(authority),
         OriginExtension(AppOrigins(storage, reactor, keys, ttl=tenancy.keyCacheTTL)),
@@ -365,6 +377,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         presence,
         expiry,
         users,
+        *([webhooks.events] if webhooks.events is not None else []),
         metrics.errorCounter,
     ]
     for extension in extensions:
@@ -377,13 +390,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         adminAuthority.throttle.addRefusalObserver(lambda: metrics.refusals.labels(limit="admin_login").inc())
     adminApp = AdminApp(storage, adminAuthority, keys, reactor, tenancy, statistics.cluster)
     webhookAdmin = WebhookAdmin(
-        adminApp,
-        storage,
-        outbox,
-        keys,
-        AddressPolicy(config.webhooks.allowNetworks),
-        reactorResolver(reactor),
-        reactor,
+        adminApp, storage, webhooks.outbox, keys, webhooks.policy, webhooks.resolve, reactor
     )
     publishApp = PublishApp(
         authority,
@@ -493,6 +500,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         ready=storageService.ready,
         keysync=keysync,
         workers=workers,
+        webhooks=webhooks.sender,
     )
     services: list[IService | None] = [
         OpenFileLimit(reactor),
@@ -508,6 +516,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         KeyUsageFlusher(keys, tenancy.usageFlushInterval),
         expiry,  # stopped with the server: no timer left behind
         users.service,
+        webhooks.sender,
         keysync,
         storageService,
         workers,

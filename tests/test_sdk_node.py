@@ -47,6 +47,8 @@ try {
     result = await client.members(op.channel);
   } else if (op.op === 'terminate') {
     result = await client.terminateUserConnections(op.userId);
+  } else if (op.op === 'parseWebhook') {
+    result = await client.parseWebhook(Buffer.from(op.body, 'base64'), op.headers);
   } else {
     throw new Error(`unknown operation ${op.op}`);
   }

@@ -7,6 +7,7 @@ Django or Flask process would call it.
 
 from __future__ import annotations
 
+import base64
 import sys
 import traceback
 from typing import Any
@@ -79,6 +80,8 @@ class PythonSDKTests(SDKEndToEnd, TestCase):
             return client.members(op["channel"])
         if name == "terminate":
             return client.terminate_user_connections(op["userId"])
+        if name == "parseWebhook":
+            return client.parse_webhook(base64.b64decode(op["body"]), op["headers"])
         raise ValueError(f"unknown operation {name}")
 
     async def unitTests(self) -> ProcessResult:

@@ -38,6 +38,7 @@ begin
            when "channels" then client.channels(op["prefix"])
            when "members" then client.members(op["channel"])
            when "terminate" then client.terminate_user_connections(op["userId"])
+           when "parseWebhook" then client.parse_webhook(op["body"].unpack1("m0"), op["headers"])
            else
              raise ArgumentError, "unknown operation #{op["op"]}"
            end

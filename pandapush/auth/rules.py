@@ -290,8 +290,8 @@ class Allowed:
     is the ``exp`` of the token that granted a subscribe (None: no token, or no
     ``exp``), ``keyExpires`` the expiry date of the key (None: never): the subscription
     ends at the earlier (:mod:`pandapush.extensions.expiry`). ``user`` is the token's
-    ``user`` claim on a subscribe (a string or a whole number, as a string): the server
-    API's ``terminate_connections`` ends the clients it names.
+    ``user`` claim (a string or a whole number, as a string): the server API's
+    ``terminate_connections`` ends the clients it names; webhooks' client events carry it.
     """
 
     keyId: str | None = None
@@ -343,10 +343,10 @@ def checkGrant(
         presence = dict(presence)  # type: ignore[arg-type]
     expires: float | None = None
     user: str | None = None
-    if operation == SUBSCRIBE and claims is not None:
+    if claims is not None:
         exp = claims.get("exp")
         # Not a number: refused before this (bearer.timesValid).
-        if isinstance(exp, int | float) and not isinstance(exp, bool):
+        if operation == SUBSCRIBE and isinstance(exp, int | float) and not isinstance(exp, bool):
             expires = float(exp)
         named = claims.get("user")
         if (isinstance(named, str) and named) or (isinstance(named, int) and not isinstance(named, bool)):

@@ -90,6 +90,9 @@ class TenancyExtension:
         auth = _takeAuth(message, fromData=True)
         if "error" in message:
             return message
+        if isinstance(auth, dict) and auth.get("token"):
+            # A browser's publish (pandapush.webhooks: client events), once granted.
+            context.attributes["byToken"] = True
         return self._check(PUBLISH, channel, auth, message, context)
 
     def _subscribe(self, message: Message, context: MessageContext) -> Message | Deferred[Message | None]:

@@ -119,6 +119,8 @@ def _kind(address: IPAddress) -> str | None:
         return "multicast"
     if isinstance(address, ipaddress.IPv4Address) and address in _CGNAT:
         return "shared (CGNAT)"
+    if address.is_reserved:
+        return "reserved"
     if address.is_private:
         return "private"
     if not address.is_global:

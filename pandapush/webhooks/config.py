@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -57,4 +58,18 @@ class WebhookConfig:
                 raise ValueError(f"PANDAPUSH_WEBHOOK_MAX_AGE must be seconds, not {text!r}") from None
         if maxAge <= 0:
             raise ValueError("--webhook-max-age (or PANDAPUSH_WEBHOOK_MAX_AGE) must be positive")
-        return cls(allowNetworks=allowed, maxAge=float(maxAge))
+        tuning: dict[str, Any] = {}
+        for name, field in (
+            ("PANDAPUSH_WEBHOOK_LEASE", "lease"),
+            ("PANDAPUSH_WEBHOOK_FIRST_BACKOFF", "firstBackoff"),
+            ("PANDAPUSH_WEBHOOK_MAX_BACKOFF", "maxBackoff"),
+        ):
+            text = env.get(name)
+            if text:
+                try:
+                    tuning[field] = float(text)
+                except ValueError:
+                    raise ValueError(f"{name} must be seconds, not {text!r}") from None
+                if tuning[field] <= 0:
+                    raise ValueError(f"{name} must be positive")
+        return dataclasses.replace(cls(allowNetworks=allowed, maxAge=float(maxAge)), **tuning)

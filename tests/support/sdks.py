@@ -14,6 +14,7 @@ two seconds is refused two seconds later; subscribers are real Bayeux websocket 
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from dataclasses import dataclass
@@ -436,3 +437,48 @@ class SDKEndToEnd(_Base):
         outcome = await self.operate({"op": "members", "channel": room})
         self.assertEqual(outcome["result"], {"members": {"u2": {"id": "u2"}}})
         await poller.stop()
+
+    async def test_webhooksVerified(self) -> None:
+        """
+        A real pandapush sends channel_occupied to a real receiver; the library's parse_webhook
+        accepts the request as received, and refuses it with one byte changed or another secret.
+        """
+        from tests.support.receiver import WebhookReceiver
+
+        admin = ("admin", "sdk-admin-password-0123456789")
+        await self.server(
+            env={"AUTH_METHOD": "basic", "ADMIN_USERNAME": admin[0], "ADMIN_PASSWORD": admin[1]}
+        )
+        receiver = await WebhookReceiver.start()
+        self.addCleanup(receiver.stop)
+        created = await treq.post(
+            self.pandapush.url + f"/admin/api/application/{APP}/webhooks",
+            json={"url": receiver.url, "events": ["channel_occupied"], "keyId": KEY},
+            auth=admin,
+            persistent=False,
+        )
+        self.assertEqual(created.code, 201, await created.text())
+        name = f"/{APP}/public/{self.language}-hooked"
+        await self.subscriber(name)
+        self.assertTrue(await eventually(lambda: len(receiver.received) == 1, timeout=10))
+        (request,) = receiver.received
+        headers = {k: v for k, v in request.headers.items() if k.startswith("x-pandapush")}
+
+        def op(body: bytes, **extra: Any) -> dict[str, Any]:
+            return {
+                "op": "parseWebhook",
+                "body": base64.b64encode(body).decode(),
+                "headers": headers,
+                **extra,
+            }
+
+        outcome = await self.operate(op(request.body))
+        self.assertTrue(outcome["ok"], outcome)
+        self.assertEqual(
+            [(e["name"], e["channel"]) for e in outcome["result"]["events"]], [("channel_occupied", name)]
+        )
+        tampered = bytearray(request.body)
+        tampered[-3] ^= 1
+        self.assertEqual((await self.operate(op(bytes(tampered))))["error"]["class"], "InvalidWebhookError")
+        outcome = await self.operate(op(request.body), secret="another-key-secret-0123456789")
+        self.assertEqual(outcome["error"]["class"], "InvalidWebhookError")
