@@ -185,6 +185,13 @@ class IEngine(Interface):
         Fires with the number of recipients once the message is safely queued.
         """
 
+    def publishBatch(deliveries: Sequence[Delivery]) -> Deferred[list[int]]:
+        """
+        ``publish`` for several messages, in order (each recipient gets them in this order),
+        firing with each one's recipients: a server's batch, which an engine may do in one
+        round trip rather than one per message.
+        """
+
     def attach(clientId: str, sink: IDeliverySink) -> None:
         """
         Route the client's messages to ``sink`` from now on, replacing any sink

@@ -7,6 +7,7 @@ turn's deliveries flush) and ``wait`` (let seconds pass).
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -435,3 +436,24 @@ class EngineTestsMixin(_Base):
         await self.engine.broadcast("one", {"user": "u1", "n": (1, 2)})
         await self.turn()
         self.assertEqual(heard, [("one", {"user": "u1", "n": [1, 2]})])
+
+    async def test_publishBatch(self) -> None:
+        """A batch reaches each subscriber in its order, counts each message's recipients, honours exclude."""
+        one, two = await self.engine.createClient(), await self.engine.createClient()
+        sinks = {one: RecordingSink(), two: RecordingSink()}
+        for clientId, sink in sinks.items():
+            self.engine.attach(clientId, sink)
+        await self.engine.subscribe(one, "/b/x")
+        await self.engine.subscribe(two, "/b/**")
+        batch = [
+            message("/b/x", 1),
+            message("/b/y", 2),
+            Delivery.fromMessage({"channel": "/b/x", "data": 3}, one),
+            message("/b/x", 4),
+            message("/nobody", 5),
+        ]
+        self.assertEqual(await self.engine.publishBatch(batch), [2, 1, 1, 2, 0])
+        await self.turn()
+        data = lambda sink: [json.loads(p)["data"] for p in sink.payloads]  # noqa: E731
+        self.assertEqual(data(sinks[one]), [1, 4])
+        self.assertEqual(data(sinks[two]), [1, 2, 3, 4])

@@ -11,7 +11,7 @@ Redis engine; what is this engine's own is presence and expiry.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -258,14 +258,18 @@ class MemoryEngine(ListenerRegistry):
     # fan-out
 
     def publish(self, delivery: Delivery) -> defer.Deferred[int]:
+        return defer.succeed(self._publishNow(delivery))
+
+    def publishBatch(self, deliveries: Sequence[Delivery]) -> defer.Deferred[list[int]]:
+        return defer.succeed([self._publishNow(d) for d in deliveries])
+
+    def _publishNow(self, delivery: Delivery) -> int:
         local = self._local
         excluded = local.get(delivery.exclude) if delivery.exclude is not None else None
         recipients = local.index.matching(delivery.channel, excluded)
-        if not recipients:
-            return defer.succeed(0)
-        count = len(recipients)
-        local.enqueue(recipients, delivery)
-        return defer.succeed(count)
+        if recipients:
+            local.enqueue(recipients, delivery)
+        return len(recipients)
 
     def _slow(self, client: _Client) -> None:
         self.destroyClient(client.id, "slow consumer")

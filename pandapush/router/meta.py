@@ -108,30 +108,23 @@ class Publisher:
                 self.refusals.report("message_size")
                 return defer.fail(BayeuxError(413, [channel], f"Message larger than {maxSize} bytes"))
             deliveries.append(delivery)
-        publish = self.engine.publish
-        started = [publish(delivery) for delivery in deliveries]
-        counts: list[int] = []
-        for d in started:
-            now = firedWith(d)
-            if not now:
-                break
+        try:
+            published = self.engine.publishBatch(deliveries)
+        except Exception:
+            return defer.fail()
+        now = firedWith(published)
+        if now:
+            # Published at once (the in-process engine): no Deferred per message.
             if isinstance(now[0], Failure):
                 return defer.fail(now[0])
-            counts.append(now[0])
-        else:
-            # Every one published at once (the in-process engine): no Deferred per message.
+            self._publishedBatch(now[0], deliveries)
+            return defer.succeed(now[0])
+
+        def done(counts: list[int]) -> list[int]:
             self._publishedBatch(counts, deliveries)
-            return defer.succeed(counts)
-        rest = defer.gatherResults(started[len(counts) :], consumeErrors=True)
+            return counts
 
-        def done(more: list[int]) -> list[int]:
-            self._publishedBatch([*counts, *more], deliveries)
-            return [*counts, *more]
-
-        def unwrap(failure: Failure) -> Failure:
-            return failure.value.subFailure if isinstance(failure.value, defer.FirstError) else failure
-
-        return rest.addCallbacks(done, unwrap)
+        return published.addCallback(done)
 
     def _publishedBatch(self, counts: list[int], deliveries: list[Delivery]) -> None:
         if self._observers:

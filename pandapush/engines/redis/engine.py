@@ -88,13 +88,12 @@ from pandapush.bayeux.delivery import Delivery
 from pandapush.engines.ids import newClientId
 from pandapush.engines.local import DEFAULT_MAX_QUEUE
 from pandapush.engines.redis import scripts
-from pandapush.engines.redis.broadcast import Broadcasts
 from pandapush.engines.redis.claims import Claims
 from pandapush.engines.redis.fanout import Fanout
 from pandapush.engines.redis.gc import Expiry
 from pandapush.engines.redis.keys import RedisKeys, Shards
 from pandapush.engines.redis.node import Node, OwnedClient
-from pandapush.engines.redis.occupancy import ClusterQueries, Occupancies
+from pandapush.engines.redis.occupancy import ClusterQueries
 from pandapush.engines.redis.presence import Presence
 from pandapush.engines.redis.restore import Restorer
 from pandapush.engines.redis.rpc import NodeRPC
@@ -182,11 +181,7 @@ class RedisEngine(ListenerRegistry, ClusterQueries):
         self._pinger.clock = reactor
         self._pinger.start(pingInterval, now=False).addErrback(node.loopFailed, "ping")
         self._rpc.handle("drop", self._serveDrop)
-        self._occupancies = Occupancies(node)
-        # First of the listeners: the index of occupied channels follows every transition.
-        self.addListener(self._occupancies)
-        self._restorer.restoredChannels = self._occupancies.restored
-        self._broadcasts = Broadcasts(node)
+        self._startCluster(node, self._restorer)
 
     @property
     def maxQueue(self) -> int:
@@ -383,6 +378,9 @@ class RedisEngine(ListenerRegistry, ClusterQueries):
 
     def publish(self, delivery: Delivery) -> defer.Deferred[int]:
         return self._fanout.publish(delivery)
+
+    def publishBatch(self, deliveries: Sequence[Delivery]) -> defer.Deferred[list[int]]:
+        return self._fanout.publishBatch(deliveries)
 
     # sinks
 

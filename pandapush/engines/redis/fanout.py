@@ -52,6 +52,57 @@ class Fanout:
 
         return d.addCallbacks(lambda results: results[1], unwrap)
 
+    def publishBatch(self, deliveries: Sequence[Delivery]) -> defer.Deferred[list[int]]:
+        """
+        Publish several messages in order: one script for all of them on the pub/sub shard,
+        one count script per shard (a server's batch costs two round trips, not two per message).
+        """
+        node = self._node
+        expanded = [expand(d.channel) for d in deliveries]
+        channels: list[str] = []
+        args: list[Any] = []
+        for delivery, keys in zip(deliveries, expanded, strict=True):
+            header = f"{node.id}.{next(self._messageIds)}\n{delivery.exclude or ''}\n{delivery.channel}\n"
+            channels += [node.keys.pubsub(k) for k in keys]
+            args += [len(keys), header, delivery.payload]
+        published = node.shards.pubsub.eval(scripts.PUBLISH_BATCH, channels, args)
+        excluded = [d.exclude or "" for d in deliveries]
+        counted = defer.Deferred.fromCoroutine(self._countBatch(expanded, excluded))
+        d = defer.gatherResults([published, counted], consumeErrors=True)
+
+        def unwrap(failure: Any) -> Any:
+            return failure.value.subFailure if isinstance(failure.value, defer.FirstError) else failure
+
+        return d.addCallbacks(lambda results: results[1], unwrap)
+
+    async def _countBatch(self, expanded: Sequence[Sequence[str]], excluded: Sequence[str]) -> list[int]:
+        shards, names = self._node.shards, self._node.keys
+        byShard: dict[int, tuple[list[str], list[Any]]] = {}
+        for keys, exclude in zip(expanded, excluded, strict=True):
+            mine: dict[int, list[str]] = {}
+            for key in keys:
+                mine.setdefault(shards.index(key), []).append(names.subscribers(key))
+            for index in range(len(shards)):
+                sets, args = byShard.setdefault(index, ([], []))
+                found = mine.get(index, [])
+                sets += found
+                args += [len(found), exclude]
+        indexes = [i for i, (sets, _) in byShard.items() if sets]
+        answers = await defer.gatherResults(
+            [shards[i].eval(scripts.COUNT_BATCH, *byShard[i]) for i in indexes], consumeErrors=True
+        )
+        counts = [0] * len(expanded)
+        busy = [0] * len(expanded)
+        for answer in answers:
+            for position in range(len(expanded)):
+                busy[position] += 1 if int(answer[2 * position]) else 0
+                counts[position] += int(answer[2 * position + 1])
+        for position, shardsBusy in enumerate(busy):
+            if shardsBusy > 1:
+                # Sets on several shards may share clients (sharded deployments only).
+                counts[position] = await self._count(expanded[position], excluded[position])
+        return counts
+
     async def _count(self, keys: Sequence[str], exclude: str) -> int:
         """How many distinct clients a publish reaches (for the reply and statistics)."""
         shards, names = self._node.shards, self._node.keys

@@ -25,14 +25,17 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 
+from pandapush.bayeux import json
 from pandapush.bayeux.channel import listedApp
 from pandapush.engines.redis import scripts
+from pandapush.engines.redis.broadcast import Broadcasts
 from pandapush.engines.redis.node import Node
 from pandapush.interfaces import Occupancy
 from pandapush.listeners import EngineListener
 
 if TYPE_CHECKING:
-    from pandapush.engines.redis.broadcast import Broadcasts
+    from pandapush.engines.redis.restore import Restorer
+    from pandapush.interfaces import IEngineListener
 
 __all__ = ["ClusterQueries", "Occupancies"]
 
@@ -80,15 +83,16 @@ class Occupancies(EngineListener):
 
     def channels(self, appId: str, prefix: str) -> defer.Deferred[dict[str, Occupancy]]:
         keys = self._node.keys
-        args = [prefix, keys.subscribers(""), keys.presence("")]
+        every = "1" if prefix == f"/{appId}/" else "0"
+        args = [prefix, keys.subscribers(""), keys.presence(""), every]
         index = [keys.appChannels(appId)]
         asked = [shard.eval(scripts.OCCUPIED_CHANNELS, index, args) for shard in self._node.shards]
         d = defer.gatherResults(asked, consumeErrors=True)
 
         def merge(answers: list[Any]) -> dict[str, Occupancy]:
             found: dict[str, Occupancy] = {}
-            for flat in answers:
-                flat = list(flat or ())
+            for answer in answers:
+                flat = json.loads(answer)
                 for i in range(0, len(flat), 3):
                     found[flat[i]] = Occupancy(int(flat[i + 1]), int(flat[i + 2]))
             return found
@@ -104,6 +108,16 @@ class ClusterQueries:
 
     _occupancies: Occupancies
     _broadcasts: Broadcasts
+
+    def addListener(self, listener: IEngineListener) -> None:
+        raise NotImplementedError
+
+    def _startCluster(self, node: Node, restorer: Restorer) -> None:
+        self._occupancies = Occupancies(node)
+        # First of the listeners: the index of occupied channels follows every transition.
+        self.addListener(self._occupancies)
+        restorer.restoredChannels = self._occupancies.restored
+        self._broadcasts = Broadcasts(node)
 
     def channelOccupancy(self, channel: str) -> defer.Deferred[Occupancy]:
         return self._occupancies.channel(channel)

@@ -274,24 +274,78 @@ return {redis.call('SCARD', KEYS[1]), redis.call('HLEN', KEYS[2])}
 """
 
 #: KEYS: an application's occupied channels on this shard. ARGV: channel prefix, the key
-#: prefixes of subscribers sets and presence hashes. Returns {channel, subscribers, members,
-#: ...} for the channels starting with the prefix. The one script that builds key names:
-#: which channels are occupied is what it is asked, and they all live on this shard. A
-#: channel found empty (its node died before it synced the set) is dropped from the set.
+#: prefixes of subscribers sets and presence hashes, '1' if the prefix is the application's
+#: whole (no test per channel). Members are counted on presence channels only. Returns, as
+#: one JSON array (a single reply: ten thousand channels decode in a millisecond, not in a
+#: multi-bulk parse),
+#: [channel, subscribers, members, ...] for the channels starting with the prefix. The one
+#: script that builds key names: which channels are occupied is what it is asked, and they
+#: all live on this shard. A channel found empty (its node died before it synced the set)
+#: is dropped from the set.
 OCCUPIED_CHANNELS = """
-local result = {}
-local prefix = ARGV[1]
+local result, n = {}, 0
+local prefix, every = ARGV[1], ARGV[4] == '1'
+local subscribers, presence = ARGV[2], ARGV[3]
 for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if string.sub(name, 1, #prefix) == prefix then
-    local n = redis.call('SCARD', ARGV[2] .. name)
-    if n == 0 then
+  if every or string.sub(name, 1, #prefix) == prefix then
+    local count = redis.call('SCARD', subscribers .. name)
+    if count == 0 then
       redis.call('SREM', KEYS[1], name)
     else
-      table.insert(result, name)
-      table.insert(result, n)
-      table.insert(result, redis.call('HLEN', ARGV[3] .. name))
+      local members = 0
+      if string.find(name, '/presence/', 1, true) then members = redis.call('HLEN', presence .. name) end
+      result[n + 1], result[n + 2], result[n + 3] = name, count, members
+      n = n + 3
     end
   end
+end
+if n == 0 then return '[]' end
+return cjson.encode(result)
+"""
+
+#: KEYS: the pub/sub channels of every message's expanded keys, message after message.
+#: ARGV: per message: how many keys, its envelope header, its payload. Publishes them all
+#: in order, as PUBLISH does one (a server's batch: one script, not one per message).
+PUBLISH_BATCH = """
+local k, i = 1, 1
+while i <= #ARGV do
+  local n, header, payload = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2]
+  for j = 0, n - 1 do
+    redis.call('PUBLISH', KEYS[k + j], header .. j .. '\\n' .. payload)
+  end
+  k, i = k + n, i + 3
+end
+return #KEYS
+"""
+
+#: KEYS: per message, the subscribers sets of its expanded keys held by one shard.
+#: ARGV: per message: how many sets, the excluded clientId or ''. Returns per message
+#: {non-empty sets, recipients} (as COUNT, for every message of a batch in one script).
+COUNT_BATCH = """
+local result, k = {}, 1
+for i = 1, #ARGV, 2 do
+  local n, excluded = tonumber(ARGV[i]), ARGV[i + 1]
+  local nonempty = {}
+  for j = k, k + n - 1 do
+    if redis.call('EXISTS', KEYS[j]) == 1 then table.insert(nonempty, KEYS[j]) end
+  end
+  k = k + n
+  local count = 0
+  if #nonempty == 1 then
+    count = redis.call('SCARD', nonempty[1])
+  elseif #nonempty > 1 then
+    count = #redis.call('SUNION', unpack(nonempty))
+  end
+  if excluded ~= '' then
+    for _, set in ipairs(nonempty) do
+      if redis.call('SISMEMBER', set, excluded) == 1 then
+        count = count - 1
+        break
+      end
+    end
+  end
+  table.insert(result, #nonempty)
+  table.insert(result, count)
 end
 return result
 """

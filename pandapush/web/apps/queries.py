@@ -32,10 +32,9 @@ MAX_PREFIX = 200
 
 
 def _counts(channel: str, occupancy: Occupancy) -> dict[str, int]:
-    counts = {"subscription_count": occupancy.subscriptions}
-    if channel.split("/", 3)[2:3] == ["presence"]:
-        counts["user_count"] = occupancy.users
-    return counts
+    if channel.startswith("presence/", channel.index("/", 1) + 1):
+        return {"subscription_count": occupancy.subscriptions, "user_count": occupancy.users}
+    return {"subscription_count": occupancy.subscriptions}
 
 
 def _required(call: APICall, name: str) -> str:
