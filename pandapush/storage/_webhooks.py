@@ -159,6 +159,14 @@ class WebhookQueries:
                 return True
         return False
 
+    def anyDue_txn(self, txn: Any, nowMs: int) -> bool:
+        self.execute(
+            txn,
+            "SELECT 1 FROM webhook_outbox WHERE due_ms <= ? AND leased_until_ms <= ? LIMIT 1",
+            (nowMs, nowMs),
+        )
+        return txn.fetchone() is not None
+
     def claim_txn(
         self, txn: Any, owner: str, nowMs: int, leaseMs: int, limit: int, exclude: Collection[str]
     ) -> list[WebhookEvent]:
@@ -258,7 +266,14 @@ class SQLOutbox:
     def claim(
         self, owner: str, nowMs: int, leaseMs: int, limit: int, exclude: Collection[str]
     ) -> Deferred[list[WebhookEvent]]:
-        return self._run(True, self._queries.claim_txn, owner, nowMs, leaseMs, limit, sorted(exclude))
+        # Every node asks twice a second: a read says whether anything is due, and only
+        # then a write transaction claims (SQLite has one writer at a time).
+        def claimIfDue(due: bool) -> Any:
+            if not due:
+                return []
+            return self._run(True, self._queries.claim_txn, owner, nowMs, leaseMs, limit, sorted(exclude))
+
+        return self._run(False, self._queries.anyDue_txn, nowMs).addCallback(claimIfDue)
 
     def delivered(self, owner: str, events: Sequence[WebhookEvent]) -> Deferred[None]:
         return self._run(True, self._queries.remove_txn, owner, [e.seq for e in events])

@@ -44,6 +44,8 @@ DEBOUNCED = frozenset({"channel_vacated", "member_removed"})
 CLIENT_EVENT = "client_event"
 #: Seconds before writing again after the outbox failed.
 RETRY_WRITE = 1.0
+#: Entries kept while the outbox cannot be written to; past it the oldest are dropped (and logged).
+MAX_QUEUE = 100_000
 
 
 @implementer(IExtension)
@@ -93,6 +95,10 @@ class WebhookEvents(EngineListener):
         if known is not None and not any(name in e.events for e in known):
             return  # nobody wants it (the common case: an application without webhooks)
         self._queue.append((app, name, channel, userId, data, self._now()))
+        if len(self._queue) > MAX_QUEUE:
+            dropped = len(self._queue) - MAX_QUEUE
+            del self._queue[:dropped]
+            self._log.warn("the webhook outbox is unavailable: dropped {n} events", n=dropped)
         self._write()
 
     # client events (a browser's publish with a token)

@@ -184,8 +184,12 @@ class WebhookSender(Service):
     async def _sendEndpoint(self, endpointId: str, events: list[WebhookEvent]) -> None:
         self._inFlight[endpointId] += 1
         try:
-            found = await self.endpoints.get(events[0].appId)
-            endpoint = next((e for e in found if e.id == endpointId), None)
+            appId = events[0].appId
+            endpoint = next((e for e in await self.endpoints.get(appId) if e.id == endpointId), None)
+            if endpoint is None:
+                # Made a moment ago on another node, its invalidation not here yet? Ask the storage.
+                self.endpoints.forget(appId)
+                endpoint = next((e for e in await self.endpoints.get(appId) if e.id == endpointId), None)
             if endpoint is None:
                 await self.outbox.discard(self.owner, events)  # deleted since
                 return
