@@ -105,19 +105,43 @@ export function confirmDialog({ title, message, confirmLabel = 'Confirm', requir
   });
 }
 
-/** A table with a caption and column headers; rows are arrays of cells (Node or text). */
+/**
+ * A table with a caption and column headers; `rows` are `<tr>` elements.
+ *
+ * Each cell is labelled with its column (`data-label`), so a table whose `props.class`
+ * includes `stack-narrow` can be shown on a narrow screen as one card per row, each value
+ * under its column's name, instead of squeezing eight columns into 390 px (which broke
+ * words and ids a few characters a line). Changing a table's `display` makes some browsers
+ * drop its table semantics, so the roles are said explicitly.
+ */
 export function table(caption, headers, rows, props = {}) {
+  for (const row of rows) {
+    row.setAttribute('role', 'row');
+    [...row.children].forEach((cell, index) => {
+      if (headers[index] !== undefined) cell.dataset.label = headers[index];
+      cell.setAttribute('role', cell.tagName === 'TH' ? 'rowheader' : 'cell');
+    });
+  }
   return h(
     'div',
     { class: 'table-wrap' },
     h(
       'table',
-      props,
+      { role: 'table', ...props },
       h('caption', { text: caption }),
-      h('thead', null, h('tr', null, headers.map((name) => h('th', { scope: 'col', text: name })))),
-      h('tbody', null, rows),
+      h('thead', { role: 'rowgroup' }, h('tr', { role: 'row' }, headers.map((name) => h('th', { scope: 'col', role: 'columnheader', text: name })))),
+      h('tbody', { role: 'rowgroup' }, rows),
     ),
   );
+}
+
+/**
+ * An id (application, key): monospace, kept on one line, its full value in the tooltip.
+ * On a screen too narrow even for that it ends in an ellipsis rather than wrapping a few
+ * characters a line; pair it with `copyButton` where the id is meant to be copied.
+ */
+export function idCode(value) {
+  return h('code', { class: 'id', title: String(value), text: String(value) });
 }
 
 /** A section with a heading (for the document outline). */

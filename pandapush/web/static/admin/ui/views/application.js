@@ -5,6 +5,7 @@
 
 import { admin, seg } from '../api.js';
 import { h, replace } from '../dom.js';
+import { copyButton, idCode } from '../widgets.js';
 import { renderKeys } from './keys.js';
 import { renderTokens } from './tokens.js';
 import { renderConsole } from './console.js';
@@ -45,7 +46,7 @@ export async function renderApplication(main, context, appId, tabId) {
   const body = h('div', { class: 'tab-body' });
   replace(
     main,
-    h('div', { class: 'app-head' }, h('h1', null, app.name, h('span', { class: 'visually-hidden', text: ` — ${tab.label}` })), h('p', { class: 'app-id' }, 'Application id ', h('code', { text: app.id }))),
+    h('div', { class: 'app-head' }, h('h1', null, app.name, h('span', { class: 'visually-hidden', text: ` — ${tab.label}` })), h('p', { class: 'app-id' }, 'Application id ', idCode(app.id), ' ', copyButton(() => app.id, 'Copy id'))),
     nav,
     body,
   );

@@ -3,7 +3,7 @@
 import { admin, seg } from '../api.js';
 import { busy, field, h, outcome, replace } from '../dom.js';
 import { dateTime, isoOf } from '../format.js';
-import { notify, section, table } from '../widgets.js';
+import { idCode, notify, section, table } from '../widgets.js';
 
 /**
  * @param {HTMLElement} main
@@ -39,13 +39,13 @@ export async function renderApplications(main, context) {
       'tr',
       null,
       h('th', { scope: 'row' }, h('a', { href: `#/app/${seg(app.id)}/keys`, text: app.name })),
-      h('td', null, h('code', { text: app.id })),
+      h('td', null, idCode(app.id)),
       h('td', { text: app.created_by || '—' }),
       h('td', null, h('time', { datetime: isoOf(app.created_at), text: dateTime(app.created_at) })),
     ),
   );
   const list = sorted.length
-    ? table(`${sorted.length} application${sorted.length === 1 ? '' : 's'}`, ['Name', 'Id', 'Created by', 'Created'], rows, { class: 'apps' })
+    ? table(`${sorted.length} application${sorted.length === 1 ? '' : 's'}`, ['Name', 'Id', 'Created by', 'Created'], rows, { class: 'apps stack-narrow' })
     : h('p', { class: 'empty', text: context.info.root ? 'No applications yet: create the first one below.' : 'You do not administer any application yet.' });
 
   replace(main, h('h1', { text: 'Applications' }), section('Your applications', list), section('New application', form));

@@ -4,7 +4,7 @@ import { admin } from '../api.js';
 import { busy, field, h, outcome, replace } from '../dom.js';
 import { dateTime, isoOf, keyStatus } from '../format.js';
 import { rememberedSecrets } from '../session.js';
-import { confirmDialog, copyButton, notify, section, table } from '../widgets.js';
+import { confirmDialog, copyButton, idCode, notify, section, table } from '../widgets.js';
 
 export async function renderKeys(container, context, app, reload) {
   const listHolder = h('div', { class: 'keys-list' });
@@ -50,7 +50,7 @@ export async function renderKeys(container, context, app, reload) {
       return h(
         'tr',
         { dataset: { key: key.id, status } },
-        h('th', { scope: 'row' }, h('code', { text: key.id })),
+        h('th', { scope: 'row' }, idCode(key.id)),
         h('td', { text: key.purpose || '—' }),
         h('td', null, h('span', { class: `badge badge-${status}`, text: status })),
         h('td', null, h('time', { datetime: isoOf(key.expires), text: key.expires ? dateTime(key.expires) : 'never' })),
@@ -60,7 +60,7 @@ export async function renderKeys(container, context, app, reload) {
         h('td', null, revoke),
       );
     });
-    return table(`${keys.length} key${keys.length === 1 ? '' : 's'}`, ['Key id', 'Purpose', 'Status', 'Expires', 'Last used', 'Uses', 'Created', 'Actions'], rows, { class: 'keys' });
+    return table(`${keys.length} key${keys.length === 1 ? '' : 's'}`, ['Key id', 'Purpose', 'Status', 'Expires', 'Last used', 'Uses', 'Created', 'Actions'], rows, { class: 'keys stack-narrow' });
   }
 
   /** The one-time view of a new key's secret. */

@@ -3,7 +3,7 @@
 import { admin } from '../api.js';
 import { busy, field, h, outcome, replace } from '../dom.js';
 import { dateTime } from '../format.js';
-import { confirmDialog, notify, section } from '../widgets.js';
+import { confirmDialog, idCode, notify, section } from '../widgets.js';
 
 export async function renderSettings(container, context, app, reload) {
   // --- name and admins, saved together (the API changes both atomically) --------------
@@ -148,7 +148,7 @@ export async function renderSettings(container, context, app, reload) {
   const facts = h(
     'dl',
     { class: 'facts' },
-    h('dt', { text: 'Id' }), h('dd', null, h('code', { text: app.id })),
+    h('dt', { text: 'Id' }), h('dd', null, idCode(app.id)),
     h('dt', { text: 'Created' }), h('dd', { text: `${dateTime(app.created_at)}${app.created_by ? ` by ${app.created_by}` : ''}` }),
     h('dt', { text: 'Updated' }), h('dd', { text: dateTime(app.updated_at) }),
   );

@@ -24,6 +24,13 @@ export function channelProblem(appId, channel) {
   return null;
 }
 
+/** A claim's meaning, its ISO timestamps as `<time>` (kept on one line, read as dates). */
+function meaningText(meaning) {
+  return String(meaning)
+    .split(/(\d{4}-\d\d-\d\dT[\d:.]+Z)/)
+    .map((part, i) => (i % 2 ? h('time', { datetime: part, text: part }) : part));
+}
+
 export async function renderTokens(container, context, app) {
   const keys = (await admin.keys(app.id)).filter((k) => keyStatus(k) === 'active' && k.purpose !== 'web console');
   const keySelect = h(
@@ -103,7 +110,7 @@ export async function renderTokens(container, context, app) {
       return;
     }
     const rows = describeClaims(decoded.claims).map(([name, value, meaning]) =>
-      h('tr', { dataset: { claim: name } }, h('th', { scope: 'row' }, h('code', { text: name })), h('td', null, h('code', { text: value })), h('td', { text: meaning })),
+      h('tr', { dataset: { claim: name } }, h('th', { scope: 'row' }, h('code', { text: name })), h('td', null, h('code', { text: value })), h('td', null, meaningText(meaning))),
     );
     replace(
       output,
@@ -111,7 +118,7 @@ export async function renderTokens(container, context, app) {
       text,
       copyButton(() => token, 'Copy token'),
       h('p', { class: 'hint' }, 'Algorithm ', h('code', { text: decoded.header.alg })),
-      table('Decoded claims', ['Claim', 'Value', 'Meaning'], rows, { class: 'claims' }),
+      table('Decoded claims', ['Claim', 'Value', 'Meaning'], rows, { class: 'claims stack-narrow' }),
     );
   }
 
