@@ -64,6 +64,7 @@ __all__ = [
     "adminLoginInfo",
     "findAdminAuthPlugins",
     "makeAdminAuthority",
+    "prefersPage",
     "throttledAnswer",
 ]
 
@@ -223,6 +224,36 @@ class AdminAuthority:
 
     def challenge(self, request: IRequest) -> bytes:
         return self.method.challenge(request)
+
+
+def prefersPage(request: IRequest) -> bool:
+    """
+    Whether ``request`` is a browser loading a page (``Accept`` names ``text/html`` at least
+    as high as ``application/json``), which should get something a person can read,
+    rather than a program (``fetch`` sends ``*/*``, API clients ``application/json``),
+    which should get JSON. Anything under ``/admin/api`` is a program's.
+    """
+    path = request.path or b""
+    if path == b"/admin/api" or path.startswith(b"/admin/api/"):
+        return False
+    text = header(request, b"accept")
+    if not text:
+        return False
+    weights: dict[str, float] = {}
+    for part in text.split(",")[:50]:
+        mediaType, *parameters = (piece.strip() for piece in part.split(";"))
+        weight = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        mediaType = mediaType.lower()
+        weights[mediaType] = max(weight, weights.get(mediaType, 0.0))
+    html = weights.get("text/html", 0.0)
+    return html > 0 and html >= weights.get("application/json", 0.0)
 
 
 def throttledAnswer(request: IRequest, throttled: LoginThrottledError) -> bytes:

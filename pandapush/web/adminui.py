@@ -42,11 +42,20 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
 from pandapush.auth.throttle import LoginThrottledError
+from pandapush.bayeux import json
 from pandapush.web.admin import AdminApp
-from pandapush.web.adminauth import throttledAnswer
+from pandapush.web.adminauth import prefersPage, throttledAnswer
+from pandapush.web.pages import personPage
 from pandapush.web.webhooks import WebhookAdmin, isWebhookPath
 
-__all__ = ["ADMIN_STATIC_DIR", "AdminResource", "AdminUIResource", "IAuthenticates", "adminResource"]
+__all__ = [
+    "ADMIN_STATIC_DIR",
+    "AdminResource",
+    "AdminUIResource",
+    "IAuthenticates",
+    "adminResource",
+    "refusalPage",
+]
 
 ADMIN_STATIC_DIR = Path(__file__).resolve().parent / "static" / "admin"
 
@@ -72,6 +81,13 @@ CONTENT_SECURITY_POLICY = (
     b"connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; "
     b"frame-ancestors 'none'"
 )
+
+#: What a person is told, by status, above the server's own message.
+_REFUSAL_TITLES = {
+    401: ("Sign-in required", "The user name or password was not accepted, or the sign-in was cancelled."),
+    403: ("Access refused", ""),
+    429: ("Too many failed sign-ins", ""),
+}
 
 # One path segment of a file name: no dot files, no "..", nothing a shell or URL would mangle.
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -154,12 +170,12 @@ class AdminUIResource(Resource):
 
     def _authenticated(self, user: Any, request: Any) -> bytes:
         if user is None:
-            return self.authority.challenge(request)
+            return refusalPage(request, self.authority.challenge(request))
         return self._serve(request, request.path)
 
     def _failed(self, failure: Failure, request: Any) -> bytes:
         if failure.check(LoginThrottledError):
-            return throttledAnswer(request, failure.value)  # type: ignore[arg-type]
+            return refusalPage(request, throttledAnswer(request, failure.value))  # type: ignore[arg-type]
         self._log.failure("admin UI request {path} failed", failure, path=request.path)
         request.setResponseCode(http.INTERNAL_SERVER_ERROR)
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
@@ -208,6 +224,31 @@ class AdminUIResource(Resource):
         loaded = _Loaded(stamp, body, etag)
         self._cache[path] = loaded
         return loaded
+
+
+def refusalPage(request: Any, body: bytes) -> bytes:
+    """
+    The admin auth's answer to a request it refused (``body``, with the code and headers
+    already set), made readable when a browser asked for a page: a JSON error such as
+    ``{"code": 401, "message": "Admin login required"}`` becomes a short HTML page with
+    the same status and headers (a Basic challenge still makes the browser ask again)
+    saying what happened and linking back. Programs, and answers that are not JSON (a
+    redirect to a login page), get ``body`` unchanged.
+    """
+    contentType = (request.responseHeaders.getRawHeaders(b"content-type") or [b""])[0]
+    if not prefersPage(request) or not contentType.startswith(b"application/json"):
+        return body
+    try:
+        decoded = json.loads(body)
+    except ValueError:
+        return body
+    message = decoded.get("message") if isinstance(decoded, dict) else None
+    status = getattr(request, "code", None) or 401
+    title, explanation = _REFUSAL_TITLES.get(status, ("The admin console is not available", ""))
+    again = (request.path or b"/admin").decode("ascii", "replace")
+    if not again.startswith("/admin"):
+        again = "/admin"
+    return personPage(request, status, title, [str(message or ""), explanation], ("Try again", again))
 
 
 def _matches(ifNoneMatch: bytes | None, etag: bytes) -> bool:
