@@ -7,6 +7,9 @@ upstream; ``PANDAPUSH_DATA_DIR`` (where a generated admin password is kept; defa
 the directory of ``DATABASE_PATH``, else ``localdata``) and the ``PANDAPUSH_KEY_CACHE_TTL`` /
 ``PANDAPUSH_USAGE_FLUSH_INTERVAL`` / ``PANDAPUSH_TOKEN_LEEWAY`` tuning knobs are ours, as is
 ``PANDAPUSH_TRUSTED_PROXIES`` (whose ``X-Forwarded-For`` the admin login throttle believes).
+
+An admin auth plugin reads settings of its own (``OIDC_*`` for the built-in ``oidc``) from
+:attr:`TenancyConfig.environ`, the environment the configuration was read from.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from pandapush.auth.bearer import DEFAULT_LEEWAY
 from pandapush.auth.keycache import DEFAULT_FLUSH_INTERVAL, DEFAULT_NEGATIVE_TTL, DEFAULT_TTL
@@ -79,6 +83,11 @@ class TenancyConfig:
     publishTimeout: float = 10.0
     #: Proxies whose ``X-Forwarded-For`` names the client (addresses or CIDR networks).
     trustedProxies: tuple[str, ...] = ()
+    #: The environment this was read from (read-only), where an admin auth plugin finds
+    #: settings of its own. Never shown (it holds secrets) nor compared.
+    environ: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), repr=False, compare=False, hash=False
+    )
 
     @classmethod
     def fromEnvironment(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> TenancyConfig:
@@ -98,6 +107,7 @@ class TenancyConfig:
             "trustedProxies": tuple(
                 p.strip() for p in env.get("PANDAPUSH_TRUSTED_PROXIES", "").split(",") if p.strip()
             ),
+            "environ": MappingProxyType(dict(env)),
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

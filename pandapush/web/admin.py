@@ -282,6 +282,8 @@ class AdminApp:
                 "environments": [{"name": e.name, "url": e.url} for e in self.config.environments],
                 "environment": _environmentName(self.config, request),
                 "version": pandapush.__version__,
+                # How the console signs in again and out (None: the browser's own login).
+                "auth": self.authority.consoleAuth(),
             },
         )
 

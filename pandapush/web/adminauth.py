@@ -12,10 +12,18 @@ a login page, a refusal). Built in, chosen by ``AUTH_METHOD``:
   the server logs at start.
 - ``none``: the admin area is closed (every request refused), as upstream did when
   admin auth was not configured.
+- ``oidc``: OpenID Connect single sign-on (:mod:`pandapush.web.oidc`), a plugin like any
+  other (built on this module's public interfaces only) that ships with pandapush and is
+  found by its name, imported only when chosen.
 - anything else: an :class:`IAdminAuthPlugin` of that ``name``, found with
   ``twisted.plugin.getPlugins`` (drop-in modules in ``twisted/plugins/``) or the
   ``pandapush.admin_auth`` entry point group, checked with ``verifyObject``.
   ``AUTH_METHOD=plugins`` takes the one plugin installed.
+
+A method whose login happens in pages of its own (a redirect to an identity provider and
+back) also provides :class:`IAdminAuthPages`: its resource answers ``/admin/auth/...``
+before any admin auth check, and the console learns from ``/admin/api/info`` where to
+sign in again and out (:meth:`AdminAuthority.consoleAuth`).
 
 This is web's side of admin auth: methods read requests and answer them. Who the
 admins are, and the password check and login throttle they rely on, are
@@ -54,11 +62,14 @@ from pandapush.auth.throttle import LoginThrottle, LoginThrottledError, parseTru
 from pandapush.web.http import ProxyTrust, basicCredentials, errorBody, header, jsonResponse
 
 __all__ = [
+    "AUTH_PAGES_PREFIX",
+    "BUILTIN_PLUGINS",
     "ENTRY_POINT_GROUP",
     "AdminAuthority",
     "BasicAdminAuth",
     "ClosedAdminAuth",
     "IAdminAuth",
+    "IAdminAuthPages",
     "IAdminAuthPlugin",
     "adminLoginBanner",
     "adminLoginInfo",
@@ -69,6 +80,11 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "pandapush.admin_auth"
+#: Where an :class:`IAdminAuthPages` method's own pages are served.
+AUTH_PAGES_PREFIX = b"/admin/auth"
+#: Admin auth plugins that ship with pandapush: ``AUTH_METHOD`` name -> ``module:object``,
+#: imported only when chosen (their libraries are an optional extra).
+BUILTIN_PLUGINS: dict[str, str] = {"oidc": "pandapush.web.oidc:oidcAdminAuth"}
 
 _log = Logger()
 
@@ -83,6 +99,28 @@ class IAdminAuth(Interface):
 
     def challenge(request: IRequest) -> bytes:
         """Answer a request that identified nobody (set the code and headers; return the body)."""
+
+
+class IAdminAuthPages(Interface):
+    """
+    Optional, beside :class:`IAdminAuth`: a method whose login happens in pages of its own
+    (a redirect to an identity provider and back, a sign-out). Every request under
+    ``/admin/auth`` (:data:`AUTH_PAGES_PREFIX`) goes to :meth:`pages`, before and without
+    any admin auth check; the console reads :attr:`signInPath` and :attr:`signOutPath` from
+    ``/admin/api/info`` (``auth``).
+    """
+
+    signInPath = Attribute(
+        "Path (under /admin/auth) a browser is sent to, with ?next=<path under /admin>, to sign"
+        " in (again, once its session ended)."
+    )
+    signOutPath = Attribute(
+        "Path (under /admin/auth) the console POSTs to, with Content-Type: application/json, to"
+        ' sign out; it answers {"redirect": <url>}, where the browser goes next. None: no sign-out.'
+    )
+
+    def pages() -> Any:
+        """The leaf ``IResource`` answering ``/admin/auth`` and below (it sees the whole path)."""
 
 
 class IAdminAuthPlugin(Interface):
@@ -225,6 +263,23 @@ class AdminAuthority:
     def challenge(self, request: IRequest) -> bytes:
         return self.method.challenge(request)
 
+    def pages(self) -> IAdminAuthPages | None:
+        """The method's own pages, if it has any (:class:`IAdminAuthPages`)."""
+        return IAdminAuthPages(self.method, None)
+
+    def consoleAuth(self) -> dict[str, Any]:
+        """
+        What the console needs to know about the login (``/admin/api/info``'s ``auth``):
+        ``{"method", "signIn", "signOut"}``, the paths None for methods without pages
+        (a Basic login is the browser's: there is nothing to sign out of).
+        """
+        pages = self.pages()
+        return {
+            "method": str(self.method.name),
+            "signIn": pages.signInPath if pages is not None else None,
+            "signOut": pages.signOutPath if pages is not None else None,
+        }
+
 
 def prefersPage(request: IRequest) -> bool:
     """
@@ -294,6 +349,8 @@ def makeAdminAuthority(
         return AdminAuthority(BasicAdminAuth([checker]), roots, login, throttle, proxies)
     if method == "none":
         return AdminAuthority(ClosedAdminAuth(), roots, None, throttle, proxies)
+    if method in BUILTIN_PLUGINS:
+        return _fromPlugin(_builtinPlugin(method), config, roots, throttle, proxies)
     plugins = findAdminAuthPlugins(pluginPackage)
     if method == "plugins":
         if len(plugins) != 1:
@@ -306,12 +363,33 @@ def makeAdminAuthority(
         plugin = plugins.get(method)
         if plugin is None:
             raise AdminAuthError(
-                f"unknown AUTH_METHOD {method!r}: use basic, none, or an installed plugin"
+                f"unknown AUTH_METHOD {method!r}: use basic, none, oidc, or an installed plugin"
                 f" ({', '.join(sorted(plugins)) or 'none installed'})"
             )
+    return _fromPlugin(plugin, config, roots, throttle, proxies)
+
+
+def _builtinPlugin(name: str) -> Any:
+    """The built-in plugin ``name`` (:data:`BUILTIN_PLUGINS`), checked like any other."""
+    import importlib
+
+    moduleName, _, attribute = BUILTIN_PLUGINS[name].partition(":")
+    plugin = getattr(importlib.import_module(moduleName), attribute)
+    try:
+        verifyObject(IAdminAuthPlugin, plugin)
+    except Invalid as reason:
+        raise AdminAuthError(f"built-in admin auth plugin {name!r} is broken: {reason}") from None
+    return plugin
+
+
+def _fromPlugin(
+    plugin: Any, config: TenancyConfig, roots: set[str], throttle: LoginThrottle, proxies: ProxyTrust
+) -> AdminAuthority:
     adminAuth = plugin.makeAdminAuth(config)
     try:
         verifyObject(IAdminAuth, adminAuth)
+        if IAdminAuthPages.providedBy(adminAuth):
+            verifyObject(IAdminAuthPages, adminAuth)
     except Invalid as reason:
         raise AdminAuthError(f"admin auth plugin {plugin.name!r} built an invalid method: {reason}") from None
     return AdminAuthority(adminAuth, roots, None, throttle, proxies)

@@ -8,10 +8,13 @@ Everything here sits behind the same admin auth as the API: the resource is give
 :class:`~pandapush.web.adminauth.AdminAuthority` (anything with its ``authenticate(request)``
 and ``challenge(request)``) and asks it about every request, files included, so a page
 that cannot use the API cannot even be read. A refused request gets the authority's own
-answer (a Basic challenge, a refusal), exactly as the API would give.
+answer (a Basic challenge, a refusal), exactly as the API would give, except that a browser
+loading a page reads it as a short HTML page (:func:`refusalPage`) rather than raw JSON.
 
 Mounting: :func:`adminResource` builds what goes at ``admin`` on the root, the API for
-``/admin/api[/...]`` and this console for the rest of ``/admin``::
+``/admin/api[/...]``, the login method's own pages for ``/admin/auth[/...]`` when it has
+some (:class:`~pandapush.web.adminauth.IAdminAuthPages`), and this console for the rest
+of ``/admin``::
 
     root.mount(b"admin", adminResource(adminApp, adminAuthority))
 
@@ -261,8 +264,11 @@ def _matches(ifNoneMatch: bytes | None, etag: bytes) -> bool:
 class AdminResource(Resource):
     """
     Everything under ``/admin``: ``/admin/api`` and ``/admin/api/...`` to the API (``api``,
-    the admin Klein app's resource), the rest to the console (``ui``). Both see the whole
-    path, as :class:`~pandapush.web.site.PandapushRoot` hands it over.
+    the admin Klein app's resource), ``/admin/auth`` and below to the admin auth method's
+    own pages (``auth``, an :class:`~pandapush.web.adminauth.IAdminAuthPages`' resource,
+    when the method has pages; they check what they need themselves), the rest to the
+    console (``ui``). Each sees the whole path, as
+    :class:`~pandapush.web.site.PandapushRoot` hands it over.
     """
 
     isLeaf = True
@@ -273,16 +279,21 @@ class AdminResource(Resource):
         ui: IResource,
         prefix: bytes = b"/admin",
         more: Sequence[tuple[Callable[[bytes], bool], IResource]] = (),
+        auth: IResource | None = None,
     ) -> None:
         super().__init__()
         self.api = api
         self.ui = ui
+        self.auth = auth
         self.apiPrefix = prefix.rstrip(b"/") + b"/api"
+        self.authPrefix = prefix.rstrip(b"/") + b"/auth"
         # More APIs, each with the test of the paths it answers (webhooks).
         self.more = tuple(more)
 
     def render(self, request: Any) -> Any:
         path: bytes = request.path
+        if self.auth is not None and (path == self.authPrefix or path.startswith(self.authPrefix + b"/")):
+            return self.auth.render(request)
         for answers, resource in self.more:
             if answers(path):
                 return resource.render(request)
@@ -295,9 +306,16 @@ def adminResource(
 ) -> AdminResource:
     """
     What to mount at ``admin`` on the root: the admin API (and its webhook routes) and the
-    console, all under ``authority`` (the server's :class:`~pandapush.web.adminauth.AdminAuthority`)::
+    console, all under ``authority`` (the server's :class:`~pandapush.web.adminauth.AdminAuthority`),
+    and the admin auth method's own pages if it has some::
 
         root.mount(b"admin", adminResource(adminApp, adminAuthority, webhookAdmin))
     """
     more = [(isWebhookPath, webhooks.resource())] if webhooks is not None else []
-    return AdminResource(api.app.resource(), AdminUIResource(authority), more=more)
+    pages = authority.pages() if hasattr(authority, "pages") else None
+    return AdminResource(
+        api.app.resource(),
+        AdminUIResource(authority),
+        more=more,
+        auth=pages.pages() if pages is not None else None,
+    )
