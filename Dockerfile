@@ -42,7 +42,7 @@ WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
 RUN mkdir -p pandapush twisted/plugins \
     && echo '__version__ = "0"' > pandapush/__init__.py \
-    && /opt/pandapush/bin/pip install . \
+    && /opt/pandapush/bin/pip install ".[oidc]" \
     && /opt/pandapush/bin/pip uninstall --yes pandapush \
     && rm -rf build pandapush twisted *.egg-info
 

@@ -70,8 +70,17 @@ export async function request(method, url, body, headers = {}) {
       decoded = text;
     }
   }
+  if (response.status === 401 && sameOrigin(url)) {
+    // The admin session ended (or the login was withdrawn): whoever listens sends the
+    // browser to sign in again (main.js), instead of every view showing the error.
+    document.dispatchEvent(new CustomEvent('pandapush:unauthorized', { detail: { url: String(url) } }));
+  }
   if (!response.ok) throw new ApiError(response.status, errorText(response.status, response.statusText, decoded), decoded);
   return decoded;
+}
+
+function sameOrigin(url) {
+  return new URL(url, location.href).origin === location.origin && String(url).includes('/admin/');
 }
 
 /** A call to `/admin/api/<path>`; `path` segments must already be encoded (see `seg`). */
@@ -85,6 +94,8 @@ export const seg = (value) => encodeURIComponent(String(value));
 /** The admin API's routes, one function each, so views never spell paths. */
 export const admin = {
   info: () => api('GET', 'info'),
+  /** Ends an admin session of a method with pages of its own; answers `{redirect}`. */
+  signOut: (path) => request('POST', new URL(path, location.href), {}),
   applications: () => api('GET', 'applications'),
   createApplication: (name) => api('POST', 'applications', { name }),
   application: (id) => api('GET', `application/${seg(id)}`),

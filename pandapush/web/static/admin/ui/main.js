@@ -9,7 +9,7 @@
 
 import { admin } from './api.js';
 import { h, replace } from './dom.js';
-import { showError } from './widgets.js';
+import { notify, showError } from './widgets.js';
 import { renderApplications } from './views/applications.js';
 import { renderApplication, TABS } from './views/application.js';
 
@@ -105,16 +105,66 @@ function showEnvironments(info) {
   document.querySelector('header.top').append(nav);
 }
 
+/**
+ * Where to sign in again once the session has ended, coming back to this very view, for a
+ * login method with pages of its own (single sign-on); null for the browser's own login
+ * (Basic), which the browser asks for again by itself.
+ */
+export function signInURL(auth, here = location) {
+  if (!auth || !auth.signIn) return null;
+  return `${auth.signIn}?next=${encodeURIComponent(here.pathname + here.search + here.hash)}`;
+}
+
+let leaving = false;
+
+/** A 401 from the API: the session ended. Sign in again, once, if the method can. */
+function unauthorized() {
+  const target = signInURL(context.info && context.info.auth);
+  if (!target || leaving) return;
+  leaving = true;
+  notify('Your session has ended: signing in again…', 'info');
+  location.assign(target);
+}
+
+/** A "Sign out" button, for login methods that have a sign-out (single sign-on). */
+function signOutButton(auth) {
+  if (!auth || !auth.signOut) return null;
+  const button = h('button', { type: 'button', class: 'link sign-out', text: 'Sign out' });
+  button.addEventListener('click', async () => {
+    button.disabled = true;
+    leaving = true; // the session ends now: a view's 401 must not start a new sign-in
+    try {
+      const answer = await admin.signOut(auth.signOut);
+      location.assign(answer && answer.redirect ? answer.redirect : auth.signIn || '/admin/');
+    } catch (error) {
+      leaving = false;
+      button.disabled = false;
+      notify(`Could not sign out: ${error.message}`, 'error');
+    }
+  });
+  return button;
+}
+
 async function start() {
+  document.addEventListener('pandapush:unauthorized', unauthorized);
   try {
     context.info = await admin.info();
   } catch (error) {
+    // The session ended between loading the page and asking who we are: loading the page
+    // again lets the server send us to sign in (once; a second failure is shown).
+    if (error.status === 401 && !sessionStorage.getItem('pandapush:reloaded')) {
+      sessionStorage.setItem('pandapush:reloaded', '1');
+      location.reload();
+      return;
+    }
     showError(document.getElementById('main'), error);
     return;
   }
+  sessionStorage.removeItem('pandapush:reloaded');
   const info = context.info;
   const env = info.environment ? ` · ${info.environment}` : '';
-  replace(document.getElementById('whoami'), 'Signed in as ', h('strong', { text: info.username }), info.root ? ' (root admin)' : '', env);
+  const signOut = signOutButton(info.auth);
+  replace(document.getElementById('whoami'), 'Signed in as ', h('strong', { text: info.username }), info.root ? ' (root admin)' : '', env, signOut ? ' ' : null, signOut);
   document.getElementById('version').textContent = `pandapush ${info.version}`;
   showEnvironments(info);
   document.title = info.environment ? `pandapush admin (${info.environment})` : 'pandapush admin';
