@@ -21,9 +21,9 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from pandapush.bayeux import json
 from pandapush.web.adminauth import prefersPage
-from tests.browser.support import BrowserThread, chromiumAvailable
-from tests.browser_admin.server import ADMIN_USER, ConsoleServer
-from tests.browser_admin.support import SCREENSHOTS
+from tests.support.browser import BrowserThread, chromiumAvailable
+from tests.support.console import SCREENSHOTS
+from tests.support.inprocess import ADMIN_USER, InProcessServer
 
 #: What Chromium sends when it loads a page.
 BROWSER_ACCEPT = (
@@ -80,7 +80,7 @@ class RefusalOverHTTPTests(TestCase):
 
     def setUp(self) -> Any:
         async def start() -> None:
-            self.server = ConsoleServer(environ=self.environ)
+            self.server = InProcessServer.withConsole(environ=self.environ)
             await self.server.start()
             self.addCleanup(self.server.stop)
 
@@ -181,7 +181,7 @@ class RefusalInChromiumTests(TestCase):
             raise SkipTest(unavailable)
 
         async def start() -> None:
-            self.server = ConsoleServer()
+            self.server = InProcessServer.withConsole()
             await self.server.start()
             self.addCleanup(self.server.stop)
             self.browser = BrowserThread()

@@ -30,8 +30,8 @@ from twisted.internet import defer
 from twisted.trial.unittest import SkipTest, TestCase
 
 from pandapush.bayeux import json
-from tests.browser.support import BrowserThread, chromiumAvailable
-from tests.browser_admin.oidc import CLIENT_ID, ROOT, SSOPage, createApplication, startSSO
+from tests.support.browser import BrowserThread, chromiumAvailable
+from tests.support.oidc import CLIENT_ID, ROOT, SSOPage, createApplication, startSSO
 
 BROWSER_ACCEPT = b"text/html,application/xhtml+xml,*/*;q=0.8"
 

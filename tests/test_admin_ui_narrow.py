@@ -16,9 +16,9 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.browser.support import BrowserThread, chromiumAvailable
-from tests.browser_admin.server import ConsoleServer
-from tests.browser_admin.support import ConsolePage, Http
+from tests.support.browser import BrowserThread, chromiumAvailable
+from tests.support.console import ConsolePage, Http
+from tests.support.inprocess import InProcessServer
 
 WIDTH = 390
 
@@ -88,7 +88,7 @@ class NarrowConsoleTests(TestCase):
             raise SkipTest(unavailable)
 
         async def start() -> None:
-            self.server = ConsoleServer()
+            self.server = InProcessServer.withConsole()
             await self.server.start()
             self.addCleanup(self.server.stop)
             self.browser = BrowserThread()

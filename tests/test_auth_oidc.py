@@ -32,7 +32,7 @@ from pandapush.web.adminauth import IAdminAuthPages, findAdminAuthPlugins, makeA
 from pandapush.web.oidc import OIDCConfig, OIDCConfigError, oidcAdminAuth
 from pandapush.web.oidc.claims import LoginRefusedError, adminName
 from pandapush.web.oidc.cookies import MAX_COOKIE, CookieError, SignedCookie, cookieHeader
-from tests.browser_admin.oidc import requireAuthlib
+from tests.support.oidc import requireAuthlib
 
 OIDC_DIR = Path(__file__).resolve().parents[1] / "pandapush" / "web" / "oidc"
 ISSUER = "https://login.example.com/realms/ops"

@@ -7,7 +7,7 @@ starts with ``AUTH_METHOD=oidc``, then registers itself at the provider with its
 callback URL (dynamic client registration, with the client id and secret the console was
 configured with).
 
-Browser steps run on :class:`~tests.browser.support.BrowserThread`'s thread. Every page
+Browser steps run on :class:`~tests.support.browser.BrowserThread`'s thread. Every page
 may only reach 127.0.0.1: the provider's login page imports a web font from the internet,
 and nothing here may leave the machine.
 """
@@ -22,8 +22,8 @@ from typing import Any
 import treq
 from twisted.internet import defer
 
-from tests.browser_admin.server import ConsoleServer
-from tests.browser_admin.support import INIT_SCRIPT, SCREENSHOTS
+from tests.support.console import INIT_SCRIPT, SCREENSHOTS
+from tests.support.inprocess import InProcessServer
 from tests.support.node import NODE_DIR, NodeScript, _missing, requireNode
 
 CLIENT_ID = "pandapush-console"
@@ -106,13 +106,13 @@ class OpenIDProvider:
 
 async def startSSO(
     test: Any, conform: bool = False, environ: dict[str, str] | None = None
-) -> tuple[OpenIDProvider, ConsoleServer]:
+) -> tuple[OpenIDProvider, InProcessServer]:
     """A provider and a console signing in through it, both stopped after ``test``."""
     requireProvider()
     provider = OpenIDProvider(conform)
     await provider.start()
     test.addCleanup(provider.stop)
-    server = ConsoleServer(
+    server = InProcessServer.withConsole(
         environ={
             "AUTH_METHOD": "oidc",
             "OIDC_ISSUER": provider.issuer,
@@ -174,7 +174,7 @@ class SSOPage:
         self.context.close()
 
 
-def createApplication(server: ConsoleServer, name: str, admins: list[str]) -> defer.Deferred[Any]:
+def createApplication(server: InProcessServer, name: str, admins: list[str]) -> defer.Deferred[Any]:
     """(Reactor thread.) An application straight in the server's storage."""
     storage = server.service.adminApp.storage
     created: defer.Deferred[Any] = storage.createApplication(
