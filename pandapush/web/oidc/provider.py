@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import treq
@@ -29,7 +29,7 @@ from twisted.web.iweb import IResponse
 from pandapush.bayeux import json
 from pandapush.web.oidc.config import OIDCConfigError, checkURL
 
-__all__ = ["ID_TOKEN_ALGORITHMS", "HTTPClient", "Provider", "ProviderError"]
+__all__ = ["ID_TOKEN_ALGORITHMS", "HTTPClient", "JSONClient", "Provider", "ProviderError"]
 
 #: Signature algorithms accepted for ID tokens: asymmetric ones only, so that nothing the
 #: client knows (its secret) can sign an ID token, and never ``none``.
@@ -57,6 +57,19 @@ class ProviderError(Exception):
 class Answer:
     code: int
     body: Any  # decoded JSON, or None when the body was not JSON
+
+
+class JSONClient(Protocol):
+    """What :class:`Provider` and the login flow ask of HTTP: :class:`HTTPClient`, or a test's fake."""
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        data: dict[str, str] | None = None,
+        headers: dict[bytes, list[bytes]] | None = None,
+        auth: tuple[str, str] | None = None,
+    ) -> Answer: ...
 
 
 class HTTPClient:
@@ -114,13 +127,13 @@ class Provider:
         self,
         issuer: str,
         clock: IReactorTime,
-        http: HTTPClient | None = None,
+        http: JSONClient | None = None,
         metadataTTL: float = 3600.0,
         refreshInterval: float = 60.0,
     ) -> None:
         self.issuer = issuer
         self.clock = clock
-        self.http = http or HTTPClient()
+        self.http: JSONClient = http or HTTPClient()
         self.metadataTTL = metadataTTL
         self.refreshInterval = refreshInterval
         self._metadata: dict[str, Any] | None = None
