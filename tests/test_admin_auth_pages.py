@@ -14,13 +14,12 @@ import sys
 import uuid
 from typing import Any
 
-from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.plugin import IPlugin
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from pandapush.auth.admin import AdminAuthError
 from pandapush.auth.config import TenancyConfig
@@ -28,8 +27,15 @@ from pandapush.auth.keycache import KeyCache
 from pandapush.bayeux import json
 from pandapush.storage.memory import MemoryStorage
 from pandapush.web.admin import AdminApp
-from pandapush.web.adminauth import IAdminAuth, IAdminAuthPages, IAdminAuthPlugin, makeAdminAuthority
+from pandapush.web.adminauth import (
+    AdminAuthority,
+    IAdminAuth,
+    IAdminAuthPages,
+    IAdminAuthPlugin,
+    makeAdminAuthority,
+)
 from pandapush.web.adminui import AdminResource, AdminUIResource
+from tests.support.http import StubHTTP, stubTreq
 
 DROPIN = "from tests.test_admin_auth_pages import ticketAuth, pagelessAuth\n"
 
@@ -76,9 +82,9 @@ class TicketAuthPlugin:
         return TicketAuth(config.environ.get("TICKET_PREFIX", ""))
 
 
-@implementer(IAdminAuth, IAdminAuthPages)
+@implementer(IAdminAuth)
 class _ClaimsPages:
-    """Says it has pages, but has no ``pages()``: refused at start."""
+    """Said to have pages (by its plugin, below), but has no ``pages()``: refused at start."""
 
     name = "pageless"
     signInPath = "/admin/auth/x"
@@ -97,7 +103,11 @@ class PagelessPlugin:
     description = "broken"
 
     def makeAdminAuth(self, config: TenancyConfig) -> IAdminAuth:
-        return _ClaimsPages()
+        # The claim made on the object, as an unchecked third-party plugin could: mypy-zope
+        # rightly refuses it in @implementer, and the missing pages() is what this is for.
+        method = _ClaimsPages()
+        alsoProvides(method, IAdminAuthPages)
+        return method
 
 
 ticketAuth = TicketAuthPlugin()  # noqa: N816 (as a drop-in names it)
@@ -117,14 +127,14 @@ class AdminAuthPagesTests(SynchronousTestCase):
         self.package = importlib.import_module(name)
         self.addCleanup(sys.modules.pop, name, None)
 
-    def treq(self, authority: Any) -> StubTreq:
+    def treq(self, authority: AdminAuthority) -> StubHTTP:
         clock = Clock()
         storage = MemoryStorage()
         api = AdminApp(storage, authority, KeyCache(storage, clock), clock).resource()
         pages = authority.pages()
-        return StubTreq(AdminResource(api, AdminUIResource(authority), auth=pages.pages() if pages else None))
+        return stubTreq(AdminResource(api, AdminUIResource(authority), auth=pages.pages() if pages else None))
 
-    def get(self, treq: StubTreq, path: str, **kwargs: Any) -> tuple[int, Any, bytes]:
+    def get(self, treq: StubHTTP, path: str, **kwargs: Any) -> tuple[int, Any, bytes]:
         d = treq.get("http://localhost" + path, **kwargs)
         treq.flush()
         response = self.successResultOf(d)

@@ -17,12 +17,14 @@ from typing import Any
 import treq
 from twisted.internet import defer
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
-from twisted.web.test.requesthelper import DummyRequest
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IRequest
 
 from pandapush.bayeux import json
 from pandapush.web.adminauth import prefersPage
 from tests.support.browser import BrowserThread, chromiumAvailable
 from tests.support.console import SCREENSHOTS
+from tests.support.http import FakeRequest
 from tests.support.inprocess import ADMIN_USER, InProcessServer
 
 #: What Chromium sends when it loads a page.
@@ -33,12 +35,9 @@ BROWSER_ACCEPT = (
 WRONG = b"Basic " + base64.b64encode(f"{ADMIN_USER}:wrong-password".encode())
 
 
-def _request(path: bytes, accept: bytes | None) -> DummyRequest:
-    request = DummyRequest(path.split(b"/")[1:])
-    request.path = path  # type: ignore[attr-defined]
-    if accept is not None:
-        request.requestHeaders.setRawHeaders(b"accept", [accept])
-    return request
+def _request(path: bytes, accept: bytes | None) -> IRequest:
+    headers = {b"accept": accept} if accept is not None else {}
+    return FakeRequest(path, headers=headers).asIRequest()
 
 
 class PrefersPageTests(SynchronousTestCase):
@@ -87,11 +86,11 @@ class RefusalOverHTTPTests(TestCase):
         return defer.Deferred.fromCoroutine(start())
 
     async def get(self, path: str, accept: bytes | None, auth: bytes | None = WRONG) -> tuple[Any, bytes]:
-        headers: dict[bytes, list[bytes]] = {}
+        headers = Headers()
         if accept is not None:
-            headers[b"Accept"] = [accept]
+            headers.setRawHeaders(b"Accept", [accept])
         if auth is not None:
-            headers[b"Authorization"] = [auth]
+            headers.setRawHeaders(b"Authorization", [auth])
         response = await treq.get(self.server.url + path, headers=headers, persistent=False)
         return response, await response.content()
 

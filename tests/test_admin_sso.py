@@ -28,10 +28,11 @@ from urllib.parse import parse_qs, urlsplit
 import treq
 from twisted.internet import defer
 from twisted.trial.unittest import SkipTest, TestCase
+from twisted.web.http_headers import Headers
 
 from pandapush.bayeux import json
 from tests.support.browser import BrowserThread, chromiumAvailable
-from tests.support.oidc import CLIENT_ID, ROOT, SSOPage, createApplication, startSSO
+from tests.support.oidc import CLIENT_ID, ROOT, SSOPage, createApplication, oidcMethod, startSSO
 
 BROWSER_ACCEPT = b"text/html,application/xhtml+xml,*/*;q=0.8"
 
@@ -48,7 +49,7 @@ class SSOTestCase(TestCase):
 
         async def start() -> None:
             self.provider, self.server = await startSSO(self, self.conform, self.environ)
-            self.auth = self.server.service.adminAuthority.method
+            self.auth = oidcMethod(self.server)
             self.appA = (await createApplication(self.server, "Chat", ["alice@example.com"])).id
             self.appB = (await createApplication(self.server, "Billing", ["bob@example.com"])).id
             self.browser = BrowserThread()
@@ -178,7 +179,7 @@ class ForgeryTests(SSOTestCase):
         # Not signed in: the console sends the browser to the provider again.
         response = await treq.get(
             self.server.url + "/admin/",
-            headers={b"Accept": [BROWSER_ACCEPT]},
+            headers=Headers({b"Accept": [BROWSER_ACCEPT]}),
             allow_redirects=False,
             persistent=False,
         )
@@ -306,7 +307,9 @@ class SessionTests(SSOTestCase):
             "sign-in cookie": self.auth.logins.sign({"u": ROOT}, now, 60),
         }
         for name, value in cookies.items():
-            headers = {b"Cookie": [f"pandapush_admin={value}".encode()], b"Accept": [b"application/json"]}
+            headers = Headers(
+                {b"Cookie": [f"pandapush_admin={value}".encode()], b"Accept": [b"application/json"]}
+            )
             response = await treq.get(self.server.url + "/admin/api/info", headers=headers, persistent=False)
             body = json.loads(await response.content())
             if name == "valid":
@@ -314,7 +317,7 @@ class SessionTests(SSOTestCase):
                 continue
             self.assertEqual(response.code, 401, name)
             self.assertIn("Sign in at /admin/auth/login", body["message"], name)
-            headers[b"Accept"] = [BROWSER_ACCEPT]
+            headers.setRawHeaders(b"Accept", [BROWSER_ACCEPT])
             response = await treq.get(
                 self.server.url + "/admin/?x=1", headers=headers, allow_redirects=False, persistent=False
             )

@@ -22,7 +22,6 @@ from urllib.parse import parse_qs, urlsplit
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.test.requesthelper import DummyRequest
 
 import pandapush.web.adminauth as adminauth
 from pandapush.auth.admin import AdminAuthError
@@ -32,6 +31,8 @@ from pandapush.web.adminauth import IAdminAuthPages, findAdminAuthPlugins, makeA
 from pandapush.web.oidc import OIDCConfig, OIDCConfigError, oidcAdminAuth
 from pandapush.web.oidc.claims import LoginRefusedError, adminName
 from pandapush.web.oidc.cookies import MAX_COOKIE, CookieError, SignedCookie, cookieHeader
+from tests.support.http import FakeRequest
+from tests.support.logs import captureLogs
 from tests.support.oidc import requireAuthlib
 
 OIDC_DIR = Path(__file__).resolve().parents[1] / "pandapush" / "web" / "oidc"
@@ -248,13 +249,9 @@ class PluginTests(SynchronousTestCase):
 
     def test_root_admins_spelled_in_capitals(self) -> None:
         """E-mail names are lower case: a ROOT_ADMINS entry with capitals could never match; said at start."""
-        from twisted.logger import globalLogPublisher
-
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        logged = captureLogs(self)
         self.authority(ROOT_ADMINS="Root@Example.com,ops@example.com")
-        [warning] = [e for e in events if "lower case" in e.get("log_format", "")]
+        [warning] = logged.matching("lower case")
         self.assertEqual(warning["names"], ["Root@Example.com"])
 
     def test_basic_has_no_pages(self) -> None:
@@ -352,22 +349,12 @@ class ChallengeAndPathsTests(SynchronousTestCase):
         self.clock.advance(1_800_000_000)
         self.auth = OIDCAdminAuth(OIDCConfig.fromEnvironment(ENV), self.clock)
 
-    def request(self, uri: bytes, accept: bytes | None, method: bytes = b"GET") -> DummyRequest:
-        request = DummyRequest(uri.split(b"?")[0].split(b"/")[1:])
-        request.uri = uri
-        request.path = uri.split(b"?")[0]  # type: ignore[attr-defined]
-        request.method = method
-        request.isSecure = lambda: False  # type: ignore[method-assign]
-        cookies: dict[bytes, bytes] = {}
-        request.cookies = cookies  # type: ignore[attr-defined]
-        request.getCookie = cookies.get  # type: ignore[method-assign]
-        if accept:
-            request.requestHeaders.setRawHeaders(b"accept", [accept])
-        return request
+    def request(self, uri: bytes, accept: bytes | None, method: bytes = b"GET") -> FakeRequest:
+        return FakeRequest(uri, method, headers={b"accept": accept} if accept else None)
 
     def test_browser_sent_to_sign_in(self) -> None:
         request = self.request(b"/admin/?statsInterval=300", b"text/html,*/*;q=0.8")
-        body = self.auth.challenge(request)
+        body = self.auth.challenge(request.asIRequest())
         self.assertEqual(request.responseCode, 303)
         self.assertEqual(
             request.responseHeaders.getRawHeaders(b"location"),
@@ -383,7 +370,7 @@ class ChallengeAndPathsTests(SynchronousTestCase):
             (b"/admin/", b"text/html", b"POST"),
         ]:
             request = self.request(uri, accept, method)
-            body = json.loads(self.auth.challenge(request))
+            body = json.loads(self.auth.challenge(request.asIRequest()))
             self.assertEqual((request.responseCode, body["code"]), (401, 401), uri)
             self.assertIn("/admin/auth/login", body["message"])
 
@@ -399,9 +386,10 @@ class ChallengeAndPathsTests(SynchronousTestCase):
             ("garbage", None),
         ]:
             request = self.request(b"/admin/api/info", None)
-            request.cookies[b"pandapush_admin"] = cookie.encode()  # type: ignore[attr-defined]
-            self.assertEqual(self.successResultOf(self.auth.authenticate(request)), expected)
-        self.assertIsNone(self.successResultOf(self.auth.authenticate(self.request(b"/admin/", None))))
+            request.received_cookies[b"pandapush_admin"] = cookie.encode()
+            self.assertEqual(self.successResultOf(self.auth.authenticate(request.asIRequest())), expected)
+        bare = self.request(b"/admin/", None).asIRequest()
+        self.assertIsNone(self.successResultOf(self.auth.authenticate(bare)))
 
     def test_safe_next(self) -> None:
         """Only the console's own paths; never another site, never the sign-in pages (a loop)."""
@@ -428,11 +416,13 @@ class ChallengeAndPathsTests(SynchronousTestCase):
         """From the request's host (https when the request is), or the configured one."""
         request = self.request(b"/admin/auth/login", None)
         request.requestHeaders.setRawHeaders(b"host", [b"push.example.com:8443"])
-        self.assertEqual(self.auth.redirectURI(request), "http://push.example.com:8443/admin/auth/callback")
+        self.assertEqual(
+            self.auth.redirectURI(request.asIRequest()), "http://push.example.com:8443/admin/auth/callback"
+        )
         request.requestHeaders.setRawHeaders(b"host", [b"evil.example/x?"])
         from pandapush.web.oidc.login import LoginFailedError
 
-        self.assertRaises(LoginFailedError, self.auth.redirectURI, request)
+        self.assertRaises(LoginFailedError, self.auth.redirectURI, request.asIRequest())
 
 
 class _FakeHTTP:
@@ -494,7 +484,7 @@ class ProviderAndFlowTests(TestCase):
             {"keys": [k.as_dict(private=False) for k in self.keys]},
         )
         self.config = OIDCConfig.fromEnvironment(ENV)
-        self.provider = Provider(ISSUER, self.clock, self.http)  # type: ignore[arg-type]
+        self.provider = Provider(ISSUER, self.clock, self.http)
         self.flow = OIDCLogin(self.config, self.provider, self.clock)
 
     def idToken(self, key: Any = None, alg: str = "RS256", **changes: Any) -> str:
@@ -512,8 +502,9 @@ class ProviderAndFlowTests(TestCase):
         claims = {k: v for k, v in claims.items() if v is not None}
         signer = key or self.key
         header = {"alg": alg}
-        if getattr(signer, "kid", None):
-            header["kid"] = signer.kid
+        kid: str | None = getattr(signer, "kid", None)
+        if kid:
+            header["kid"] = kid
         return str(self.jwt.encode(header, claims, signer, algorithms=[alg]))
 
     async def begin(self) -> dict[str, str]:
@@ -665,12 +656,10 @@ class ProviderAndFlowTests(TestCase):
         self.kept["next"] = "/admin/#/app/ünïcode/keys"
         self.answerToken(self.idToken())
         query = f"state={self.kept['state']}&code=c0de".encode()
-        request = DummyRequest([b"admin", b"auth", b"callback"])
-        request.uri = b"/admin/auth/callback?" + query
-        request.path = b"/admin/auth/callback"  # type: ignore[attr-defined]
-        request.isSecure = lambda: True  # type: ignore[method-assign]
         login = auth.logins.sign(self.kept, self.clock.seconds(), 600).encode()
-        request.getCookie = {b"pandapush_admin_login": login}.get  # type: ignore[method-assign]
+        request = FakeRequest(
+            b"/admin/auth/callback?" + query, cookies={b"pandapush_admin_login": login}, secure=True
+        )
         finished = request.notifyFinish()
         auth.pages().render(request)
         await finished
@@ -678,8 +667,8 @@ class ProviderAndFlowTests(TestCase):
         self.assertEqual(
             request.responseHeaders.getRawHeaders(b"location"), [b"/admin/#/app/%C3%BCn%C3%AFcode/keys"]
         )
-        cookies = request.responseHeaders.getRawHeaders(b"set-cookie")
-        self.assertTrue(cookies[0].startswith(b"pandapush_admin_login=; Path=/admin/auth; Max-Age=0"))
-        session = cookies[1].split(b";")[0].split(b"=", 1)[1]
-        self.assertIn(b"; Secure", cookies[1])  # the callback was https
+        [cleared, signedIn] = request.responseHeaders.getRawHeaders(b"set-cookie", [])
+        self.assertTrue(cleared.startswith(b"pandapush_admin_login=; Path=/admin/auth; Max-Age=0"))
+        session = signedIn.split(b";")[0].split(b"=", 1)[1]
+        self.assertIn(b"; Secure", signedIn)  # the callback was https
         self.assertEqual(auth.sessions.verify(session, self.clock.seconds())["u"], "ada@example.com")

@@ -32,7 +32,9 @@ Clients
 
 Fakes and small things
     :mod:`tests.support.auth`       keys and tokens for the auth unit tests (``FakeKeyStore``, ``token``).
-    :mod:`tests.support.http`       ``stubTreq``: treq's calls answered by a resource in memory.
+    :mod:`tests.support.http`       ``stubTreq``: treq's calls answered by a resource in memory;
+                                    ``FakeRequest``: one request handed straight to a resource.
+    :mod:`tests.support.logs`       ``captureLogs``: what a test's code logged.
     :mod:`tests.support.waiting`    ``sleep`` and ``eventually`` on the reactor.
     :mod:`tests.support.ports`      ``freePort``, ``listenLocally``/``portNumber``, ``reachable``.
     :mod:`tests.support.requirements` skip a test whose tool is missing (or fail, under ``run-tests``).

@@ -17,14 +17,19 @@ from __future__ import annotations
 import json
 import re
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import treq
 from twisted.internet import defer
+from twisted.web.http_headers import Headers
 
 from tests.support.console import INIT_SCRIPT, SCREENSHOTS
 from tests.support.inprocess import InProcessServer
-from tests.support.node import NODE_DIR, NodeScript, _missing, requireNode
+from tests.support.node import NODE_DIR, NodeScript, requireNode
+from tests.support.requirements import missing
+
+if TYPE_CHECKING:
+    from pandapush.web.oidc.method import OIDCAdminAuth
 
 CLIENT_ID = "pandapush-console"
 CLIENT_SECRET = "console-client-secret-for-the-sso-tests"
@@ -38,15 +43,15 @@ def requireAuthlib() -> None:
     try:
         import authlib  # noqa: F401
         import joserfc  # noqa: F401
-    except ImportError as missing:
-        _missing(f"{missing.name} is not installed (pip install 'pandapush[oidc]')")
+    except ImportError as absent:
+        missing(f"{absent.name} is not installed (pip install 'pandapush[oidc]')")
 
 
 def requireProvider() -> None:
     requireAuthlib()
     requireNode()
     if not (NODE_DIR / "node_modules" / "oidc-provider" / "package.json").exists():
-        _missing(f"oidc-provider is not installed: run `npm ci` in {NODE_DIR}")
+        missing(f"oidc-provider is not installed: run `npm ci` in {NODE_DIR}")
 
 
 class OpenIDProvider:
@@ -70,7 +75,7 @@ class OpenIDProvider:
         response = await treq.post(
             self.issuer + path,
             json.dumps(body).encode(),
-            headers={b"Content-Type": [b"application/json"]},
+            headers=Headers({b"Content-Type": [b"application/json"]}),
             persistent=False,
         )
         answer = await response.json()
@@ -126,6 +131,15 @@ async def startSSO(
     test.addCleanup(server.stop)
     await provider.register(server.url)
     return provider, server
+
+
+def oidcMethod(server: InProcessServer) -> OIDCAdminAuth:
+    """The admin auth method of a server :func:`startSSO` started (its sessions, its cookies' keys)."""
+    from pandapush.web.oidc.method import OIDCAdminAuth
+
+    method = server.service.adminAuthority.method
+    assert isinstance(method, OIDCAdminAuth), method
+    return method
 
 
 class SSOPage:
