@@ -18,6 +18,8 @@ Both are cached between runs (CI reruns on the same machine take seconds):
 
 ``<cache>`` is ``$PANDAPUSH_TEST_CACHE`` or ``/var/cache/pandapush-test``: outside the
 checkout, kept across runs. Delete it (and ``buildah rmi`` the images) to start over.
+It also holds the systemd test's venv, so it may not be under /tmp, /var/tmp or a home
+directory, which that unit's sandbox hides (:func:`tests.support.systemd.systemVenv`).
 
 Everything needs root (mmdebstrap's and buildah's root mode, which is how CI runs).
 Missing tools or no root skip the tests, or fail them under ``PANDAPUSH_E2E_REQUIRED=1``
@@ -35,6 +37,7 @@ import re
 import shutil
 import signal
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +63,7 @@ __all__ = [
     "buildah",
     "builtImage",
     "missing",
+    "outsideEnvironment",
     "requireRoot",
     "requireTools",
     "run",
@@ -117,11 +121,39 @@ class _Collect(ProcessProtocol):
         self.ended.callback(code)
 
 
-async def run(*argv: str, timeout: float = 300.0, cwd: Path | None = None) -> tuple[int | None, str]:
-    """Run a command without blocking the reactor: (exit code, stdout and stderr), killed at ``timeout``."""
+#: What would point another Python, or its pip, at the tests' own: trial's workers (``-j``)
+#: get the parent's whole sys.path as PYTHONPATH, and the rest redirect where pip installs.
+_PYTHON_LEAKS = (
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "VIRTUAL_ENV",
+    "PIP_TARGET",
+    "PIP_PREFIX",
+    "PIP_ROOT",
+    "PIP_USER",
+)
+
+
+def outsideEnvironment() -> dict[str, str]:
+    """
+    This process's environment without what ties a Python to the tests' (:data:`_PYTHON_LEAKS`):
+    for another Python, its venv and pip (else pip sees the tests' packages as installed,
+    and leaves them out of the venv it fills). pip's own settings (index, certificates) stay.
+    """
+    return {name: value for name, value in os.environ.items() if name not in _PYTHON_LEAKS}
+
+
+async def run(
+    *argv: str, timeout: float = 300.0, cwd: Path | None = None, env: Mapping[str, str] | None = None
+) -> tuple[int | None, str]:
+    """
+    Run a command without blocking the reactor: (exit code, stdout and stderr), killed at
+    ``timeout``. Its environment is ``env``, else this process's.
+    """
     protocol = _Collect()
+    environment = dict(os.environ if env is None else env)
     transport = IReactorProcess(_reactor).spawnProcess(
-        protocol, argv[0], list(argv), env=dict(os.environ), path=str(cwd) if cwd else None
+        protocol, argv[0], list(argv), env=environment, path=str(cwd) if cwd else None
     )
 
     def kill() -> None:

@@ -35,7 +35,15 @@ from pathlib import Path
 from typing import Any
 
 from tests.support import REPO_ROOT
-from tests.support.container import CACHE_DIR, STALE_AFTER, CacheLock, requireRoot, requireTools, run
+from tests.support.container import (
+    CACHE_DIR,
+    STALE_AFTER,
+    CacheLock,
+    outsideEnvironment,
+    requireRoot,
+    requireTools,
+    run,
+)
 from tests.support.process import PandapushProcess
 
 __all__ = [
@@ -146,6 +154,8 @@ def expandCommand(line: str, env: Mapping[str, str]) -> list[str]:
 
 
 _venv: Path | None = None
+#: Where the venv may not be: the unit's PrivateTmp= and ProtectHome= hide these from its server.
+_HIDDEN_FROM_THE_UNIT = (Path("/tmp"), Path("/var/tmp"), Path("/home"), Path("/root"), Path("/run/user"))
 
 
 def _installedFiles() -> list[Path]:
@@ -165,6 +175,12 @@ async def systemVenv() -> Path:
         requireTools("python3")  # names the package in the failure
     if _venv is not None:
         return _venv
+    for hidden in _HIDDEN_FROM_THE_UNIT:
+        if CACHE_DIR.resolve().is_relative_to(hidden):
+            raise AssertionError(
+                f"PANDAPUSH_TEST_CACHE={CACHE_DIR} is under {hidden}, which the unit's sandbox"
+                " (PrivateTmp=, ProtectHome=) hides from the server it runs: choose another"
+            )
     files = _installedFiles()
     digest = hashlib.sha256()
     for path in files:
@@ -194,14 +210,16 @@ async def systemVenv() -> Path:
                         str(source),
                     ],
                 ):
-                    code, output = await run(*step, timeout=900)
+                    code, output = await run(*step, timeout=900, env=outsideEnvironment())
                     if code != 0:
                         shutil.rmtree(venv, ignore_errors=True)
                         raise AssertionError(f"{' '.join(step)} exited {code}:\n{output[-4000:]}")
             finally:
                 shutil.rmtree(source, ignore_errors=True)
             # Twisted's plugin cache, now: at run time the venv is read-only to the unit.
-            code, output = await run(str(venv / "bin" / "twistd"), "pandapush", "--help", timeout=120)
+            code, output = await run(
+                str(venv / "bin" / "twistd"), "pandapush", "--help", timeout=120, env=outsideEnvironment()
+            )
             if code != 0:
                 raise AssertionError(f"twistd pandapush --help exited {code}:\n{output}")
         # Marks it in use; venvs nobody used for a while go (another checkout's run
