@@ -111,7 +111,7 @@ class NarrowConsoleTests(TestCase):
             self.assertTrue(shown["inside"], f"{where}: id {shown['text']} is off screen: {shown}")
         if seen["tabs"]:
             names = [t["text"] for t in seen["tabs"]]
-            self.assertEqual(names, ["Keys", "Tokens", "Live console", "Statistics", "Settings"])
+            self.assertEqual(names, ["Keys", "Tokens", "Live console", "Statistics", "Webhooks", "Settings"])
             for tab in seen["tabs"]:
                 self.assertGreaterEqual(tab["left"], 0, f"{where}: tab {tab}")
                 self.assertLessEqual(tab["right"], WIDTH, f"{where}: tab {tab} cut off")
@@ -128,9 +128,11 @@ class NarrowConsoleTests(TestCase):
         )
         self.assertEqual(status, 201)
         appId = app["id"]
+        keyIds = []
         for purpose in ("chat backend servers", "billing"):
-            status, _ = self.http.admin("POST", f"application/{appId}/keys", {"purpose": purpose})
+            status, key = self.http.admin("POST", f"application/{appId}/keys", {"purpose": purpose})
             self.assertEqual(status, 200)
+            keyIds.append(key["id"])
         page = ConsolePage(self.browser.browser, self.server.url, width=WIDTH, height=844)
         try:
             p = page.page
@@ -160,6 +162,22 @@ class NarrowConsoleTests(TestCase):
             seen = p.evaluate(MEASURE)
             self.assertFits("tokens", seen)
             page.screenshot("narrow-390-tokens")
+
+            status, _ = self.http.admin(
+                "POST",
+                f"application/{appId}/webhooks",
+                {
+                    "url": "http://127.0.0.1:9/hooks/customer-notifications",
+                    "events": ["channel_occupied"],
+                    "keyId": keyIds[0],
+                },
+            )
+            self.assertEqual(status, 201)
+            page.go(f"#/app/{appId}/webhooks")
+            p.locator("table.webhooks").wait_for()
+            seen = p.evaluate(MEASURE)
+            self.assertFits("webhooks", seen)
+            page.screenshot("narrow-390-webhooks")
 
             for tab in ("console", "stats", "settings"):
                 page.go(f"#/app/{appId}/{tab}")

@@ -87,7 +87,7 @@ export async function renderWebhooks(container, context, app) {
         h('td', null, h('div', { class: 'row-actions' }, show, remove)),
       );
     });
-    return table(`${hooks.length} webhook${hooks.length === 1 ? '' : 's'}`, ['URL', 'Events', 'Signed by', 'Created', 'Actions'], rows, { class: 'webhooks' });
+    return table(`${hooks.length} webhook${hooks.length === 1 ? '' : 's'}`, ['URL', 'Events', 'Signed by', 'Created', 'Actions'], rows, { class: 'webhooks stack-narrow' });
   }
 
   async function showDeliveries(hook) {
@@ -135,7 +135,7 @@ export async function renderWebhooks(container, context, app) {
         h('td', null, again),
       );
     });
-    return table(`${deliveries.length} recent deliver${deliveries.length === 1 ? 'y' : 'ies'}`, ['When', 'Status', 'HTTP', 'Attempts', 'Last error', 'Events', 'Actions'], rows, { class: 'deliveries-table' });
+    return table(`${deliveries.length} recent deliver${deliveries.length === 1 ? 'y' : 'ies'}`, ['When', 'Status', 'HTTP', 'Attempts', 'Last error', 'Events', 'Actions'], rows, { class: 'deliveries-table stack-narrow' });
   }
 
   // --- a new endpoint ---------------------------------------------------------------------
