@@ -33,8 +33,8 @@ try {
   if (op.op === 'publish') {
     for (let i = 0; i < (op.times ?? 1); i += 1) await client.publish(op.channel, op.data);
   } else if (op.op === 'token') {
-    const { channel, pub, sub, presence, expiresIn } = op;
-    result = await client.token({ channel, pub, sub, presence, expiresIn });
+    const { channel, pub, sub, presence, expiresIn, user } = op;
+    result = await client.token({ channel, pub, sub, presence, expiresIn, user });
   } else if (op.op === 'publishMany') {
     result = await client.publishMany(op.channels, op.data);
   } else if (op.op === 'publishBatch') {

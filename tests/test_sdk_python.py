@@ -57,6 +57,7 @@ class PythonSDKTests(SDKEndToEnd, TestCase):
                         sub=op.get("sub", False),
                         presence=op.get("presence"),
                         expires_in=op.get("expiresIn"),
+                        user=op.get("user"),
                     )
                     return {"ok": True, "result": token}
                 except PandapushError as error:

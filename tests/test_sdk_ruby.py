@@ -31,7 +31,8 @@ begin
              nil
            when "token"
              client.token(op["channel"], pub: op["pub"] || false, sub: op["sub"] || false,
-                                         presence: op["presence"], expires_in: op["expiresIn"])
+                                         presence: op["presence"], expires_in: op["expiresIn"],
+                                         user: op["user"])
            when "publishMany" then client.publish_many(op["channels"], op["data"])
            when "publishBatch" then client.publish_batch(op["messages"])
            when "channel" then client.channel(op["name"])

@@ -44,6 +44,8 @@ export interface TokenOptions {
   presence?: Presence;
   /** Seconds from now; without it the token never expires. */
   expiresIn?: number;
+  /** The user the token is for: `terminateUserConnections(user)` ends what it subscribed. */
+  user?: string | number;
 }
 
 export interface TokenClaims extends TokenOptions {

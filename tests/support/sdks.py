@@ -438,6 +438,50 @@ class SDKEndToEnd(_Base):
         self.assertEqual(outcome["result"], {"members": {"u2": {"id": "u2"}}})
         await poller.stop()
 
+    async def test_userTokenTerminated(self) -> None:
+        """
+        A token minted with ``user`` names its subscriber: terminate_user_connections(user)
+        (``POST /apps/<app>/users/<user>/terminate_connections``) ends the websocket and the
+        long-poller that subscribed with it to a private channel, not presence, and no other
+        user's client.
+        """
+        await self.server()
+        inbox = f"/{APP}/private/{self.language}-inbox"
+
+        async def token(user: str) -> str:
+            outcome = await self.operate({"op": "token", "channel": inbox, "sub": True, "user": user})
+            self.assertTrue(outcome["ok"], outcome)
+            return str(outcome["result"])
+
+        mine = await token("u-7")
+        claims = verifyToken(mine, SECRET, time.time(), leeway=0)
+        assert claims is not None, mine
+        self.assertEqual(claims["user"], "u-7")
+        ws, reply = await self.subscriber(inbox, {"token": mine})
+        self.assertTrue(reply["successful"], reply)
+        poller = RecordingPoller(self.pandapush.url)
+        await poller.start()
+        reply = await poller.call(
+            {"channel": "/meta/subscribe", "subscription": inbox, "ext": {"auth": {"token": mine}}}
+        )
+        self.assertTrue(reply["successful"], reply)
+        other, reply = await self.subscriber(inbox, {"token": await token("u-8")})
+        self.assertTrue(reply["successful"], reply)
+        for client in (ws, other):
+            holdConnect(client)
+        outcome = await self.operate({"op": "terminate", "userId": "u-7"})
+        self.assertEqual(outcome, {"ok": True, "result": {}})
+        self.assertTrue(await eventually(lambda: ws.closed and not poller.polling, timeout=3))
+        stop = [
+            r.get("advice") for r in ws.replies + poller.connectReplies if r.get("channel") == "/meta/connect"
+        ]
+        self.assertIn({"reconnect": "none"}, stop)
+        self.assertFalse(other.closed)
+        await self.operate({"op": "publish", "channel": inbox, "data": "after"})
+        self.assertTrue(await eventually(lambda: [m["data"] for m in other.messages] == ["after"]))
+        self.assertEqual(ws.messages, [])
+        await poller.stop()
+
     async def test_webhooksVerified(self) -> None:
         """
         A real pandapush sends channel_occupied to a real receiver; the library's parse_webhook

@@ -131,15 +131,16 @@ class Client {
 
   /**
    * A JWT for a browser (client.subscribeTo(channel, token, ...) with /client.js):
-   * `token({ channel, pub, sub, presence, expiresIn })` (or `token(channel, { ... })`); `pub`
+   * `token({ channel, pub, sub, presence, expiresIn, user })` (or `token(channel, { ... })`); `pub`
    * lets it publish on `channel`, `sub` subscribe, `presence` ({ id, ... }) names the member on a
-   * presence channel, `expiresIn` seconds bound its life. A Promise like every other call;
+   * presence channel, `expiresIn` seconds bound its life, `user` names the user it is for
+   * (terminateUserConnections(user) then ends what it subscribed). A Promise like every other call;
    * `mintToken` is the synchronous form.
    */
   async token(channelOrOptions, options = {}) {
     const claims = typeof channelOrOptions === 'string' ? { ...options, channel: channelOrOptions } : { ...channelOrOptions };
-    const { channel, pub, sub, presence, expiresIn } = claims;
-    return mintToken({ keyId: this.keyId, secret: this.#secret, channel, pub, sub, presence, expiresIn });
+    const { channel, pub, sub, presence, expiresIn, user } = claims;
+    return mintToken({ keyId: this.keyId, secret: this.#secret, channel, pub, sub, presence, expiresIn, user });
   }
 
   /**

@@ -19,9 +19,10 @@ function signHS256(claims, secret) {
 /**
  * A token for `channel` (it may end in /* or /**) with the claims pandapush reads: keyId,
  * channel, pub, sub, presence (an object with at least an `id`, for presence channels) and
- * exp (`expiresIn` seconds from `now`, in seconds; without it the token never expires).
+ * exp (`expiresIn` seconds from `now`, in seconds; without it the token never expires), and
+ * user (the user the subscriber is: the server's terminate_connections for that user ends it).
  */
-function mintToken({ keyId, secret, channel, pub = false, sub = false, presence, expiresIn, now } = {}) {
+function mintToken({ keyId, secret, channel, pub = false, sub = false, presence, expiresIn, user, now } = {}) {
   if (!keyId || !secret) throw new TypeError('a token needs a key id and its secret');
   if (typeof channel !== 'string' || !channel.startsWith('/')) {
     throw new TypeError(`a channel starts with '/': ${JSON.stringify(channel)}`);
@@ -32,6 +33,11 @@ function mintToken({ keyId, secret, channel, pub = false, sub = false, presence,
       throw new TypeError("presence must be an object with at least an 'id'");
     }
     claims.presence = { ...presence };
+  }
+  if (user !== undefined && user !== null) {
+    const valid = (typeof user === 'string' && user !== '') || Number.isInteger(user);
+    if (!valid) throw new TypeError('user must be a non-empty string or an integer');
+    claims.user = String(user);
   }
   if (expiresIn !== undefined && expiresIn !== null) {
     if (typeof expiresIn !== 'number' || !Number.isFinite(expiresIn)) {

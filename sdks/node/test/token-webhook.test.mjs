@@ -46,6 +46,9 @@ describe('tokens', () => {
     assert.equal(decode(await client.token(`/${APP}/public/x`, { pub: true }))[1].exp, undefined);
     const [, withPresence] = decode(await client.token(`/${APP}/presence/r`, { presence: { id: 'z', name: 'Zoë' }, expiresIn: 3600 }));
     assert.deepEqual(withPresence.presence, { id: 'z', name: 'Zoë' });
+    assert.equal(decode(await client.token(`/${APP}/public/x`, { sub: true }))[1].user, undefined);
+    assert.equal(decode(await client.token({ channel: `/${APP}/private/inbox`, sub: true, user: 'u-7' }))[1].user, 'u-7');
+    assert.equal(decode(await client.token(`/${APP}/private/inbox`, { sub: true, user: 42 }))[1].user, '42');
   });
 
   test('bad arguments are refused', async () => {
@@ -55,6 +58,9 @@ describe('tokens', () => {
     }
     await assert.rejects(client.token(`/${APP}/public/x`, { expiresIn: 0 }), RangeError);
     await assert.rejects(client.token(`/${APP}/public/x`, { expiresIn: '60' }), TypeError);
+    for (const user of ['', 1.5, { id: 'u1' }, true]) {
+      await assert.rejects(client.token(`/${APP}/private/x`, { user }), TypeError);
+    }
   });
 });
 

@@ -83,6 +83,10 @@ class TokenTests(unittest.TestCase):
             )
         )
         self.assertEqual(claims["presence"], {"id": "z", "name": "Zo\u00eb"})
+        self.assertNotIn("user", decode(self.client.token(f"/{APP}/public/x", sub=True))[1])
+        _, claims = decode(self.client.token(f"/{APP}/private/inbox", sub=True, user="u-7"))
+        self.assertEqual(claims["user"], "u-7")
+        self.assertEqual(decode(self.client.token(f"/{APP}/private/inbox", user=42))[1]["user"], "42")
 
     def test_badArguments(self) -> None:
         """A channel without '/', presence without id, a non-positive or non-numeric lifetime: refused."""
@@ -95,6 +99,9 @@ class TokenTests(unittest.TestCase):
             self.client.token(f"/{APP}/public/x", expires_in=0)
         with self.assertRaises(TypeError):
             self.client.token(f"/{APP}/public/x", expires_in="60")  # type: ignore[arg-type]
+        for user in ("", 1.5, True, {"id": "u1"}):
+            with self.assertRaises(ValueError):
+                self.client.token(f"/{APP}/private/x", user=user)  # type: ignore[arg-type]
 
 
 class WebhookTests(unittest.TestCase):

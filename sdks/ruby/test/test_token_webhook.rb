@@ -44,6 +44,9 @@ class TokenTest < Minitest::Test
     refute decode(@client.token("/#{APP}/public/x", pub: true))[1].key?("exp")
     _, claims = decode(@client.token("/#{APP}/presence/r", presence: { id: "z", name: "Zoë" }, expires_in: 3600))
     assert_equal({ "id" => "z", "name" => "Zoë" }, claims["presence"])
+    refute decode(@client.token("/#{APP}/public/x", sub: true))[1].key?("user")
+    assert_equal "u-7", decode(@client.token("/#{APP}/private/inbox", sub: true, user: "u-7"))[1]["user"]
+    assert_equal "42", decode(@client.token("/#{APP}/private/inbox", sub: true, user: 42))[1]["user"]
   end
 
   def test_bad_arguments
@@ -53,6 +56,9 @@ class TokenTest < Minitest::Test
     end
     assert_raises(ArgumentError) { @client.token("/#{APP}/public/x", expires_in: 0) }
     assert_raises(TypeError) { @client.token("/#{APP}/public/x", expires_in: "60") }
+    ["", 1.5, { id: "u1" }].each do |user|
+      assert_raises(ArgumentError) { @client.token("/#{APP}/private/x", user: user) }
+    end
   end
 end
 

@@ -228,14 +228,24 @@ class Client:
         sub: bool = False,
         presence: Mapping[str, Any] | None = None,
         expires_in: float | datetime.timedelta | None = None,
+        user: str | int | None = None,
     ) -> str:
         """
         A JWT for a browser (``client.subscribeTo(channel, token, ...)``): ``pub`` lets it
         publish on ``channel``, ``sub`` subscribe, ``presence`` (``{"id": ..., ...}``) names the
-        member on a presence channel, ``expires_in`` seconds (or a timedelta) bound its life.
+        member on a presence channel, ``expires_in`` seconds (or a timedelta) bound its life,
+        ``user`` names the user it is for (``terminate_user_connections(user)`` then ends what
+        it subscribed).
         """
         return tokens.mint_token(
-            self.key_id, self.__secret, channel, pub=pub, sub=sub, presence=presence, expires_in=expires_in
+            self.key_id,
+            self.__secret,
+            channel,
+            pub=pub,
+            sub=sub,
+            presence=presence,
+            expires_in=expires_in,
+            user=user,
         )
 
     def verify_webhook(self, body: bytes | str, signature: str | None, *, key_id: str | None = None) -> bool:

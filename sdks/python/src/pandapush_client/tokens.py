@@ -53,13 +53,15 @@ def mint_token(
     sub: bool = False,
     presence: Mapping[str, Any] | None = None,
     expires_in: float | datetime.timedelta | None = None,
+    user: str | int | None = None,
     now: float | None = None,
 ) -> str:
     """
     A token for ``channel`` (it may end in ``/*`` or ``/**``) with the claims pandapush reads:
     ``keyId``, ``channel``, ``pub``, ``sub``, ``presence`` (an object with at least an ``id``,
-    needed on presence channels) and ``exp`` (``expires_in`` seconds from ``now``; without it
-    the token never expires).
+    needed on presence channels), ``exp`` (``expires_in`` seconds from ``now``; without it
+    the token never expires) and ``user`` (the user the subscriber is: the server's
+    ``terminate_connections`` for that user ends it).
     """
     if not key_id or not secret:
         raise ValueError("a token needs a key id and its secret")
@@ -70,6 +72,10 @@ def mint_token(
         if not isinstance(presence, Mapping) or presence.get("id") in (None, ""):
             raise ValueError("presence must be a mapping with at least an 'id'")
         claims["presence"] = dict(presence)
+    if user is not None:
+        if isinstance(user, bool) or not isinstance(user, (str, int)) or user == "":
+            raise ValueError("user must be a non-empty string or an integer")
+        claims["user"] = str(user)
     if expires_in is not None:
         seconds = _seconds(expires_in)
         if seconds <= 0:

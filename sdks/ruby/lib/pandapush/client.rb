@@ -112,9 +112,11 @@ module Pandapush
 
     # A JWT for a browser (client.subscribeTo(channel, token, ...) with /client.js): +pub+ lets
     # it publish on +channel+, +sub+ subscribe, +presence+ ({ id: ..., ... }) names the member on
-    # a presence channel, +expires_in+ seconds bound its life.
-    def token(channel, pub: false, sub: false, presence: nil, expires_in: nil)
-      Token.mint(@key_id, @secret, channel, pub: pub, sub: sub, presence: presence, expires_in: expires_in)
+    # a presence channel, +expires_in+ seconds bound its life, +user+ names the user it is for
+    # (terminate_user_connections(user) then ends what it subscribed, on any channel).
+    def token(channel, pub: false, sub: false, presence: nil, expires_in: nil, user: nil)
+      Token.mint(@key_id, @secret, channel, pub: pub, sub: sub, presence: presence, expires_in: expires_in,
+                                            user: user)
     end
 
     # True if +signature+ (X-Pandapush-Signature) signs the raw +body+ with this client's

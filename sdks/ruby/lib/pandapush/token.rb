@@ -23,8 +23,9 @@ module Pandapush
 
     # A token for +channel+ (it may end in /* or /**) with the claims pandapush reads: keyId,
     # channel, pub, sub, presence (a hash with at least an "id", for presence channels) and
-    # exp (+expires_in+ seconds from +now+; without it the token never expires).
-    def mint(key_id, secret, channel, pub: false, sub: false, presence: nil, expires_in: nil, now: nil)
+    # exp (+expires_in+ seconds from +now+; without it the token never expires), and user (the
+    # user the subscriber is: the server's terminate_connections for that user ends it).
+    def mint(key_id, secret, channel, pub: false, sub: false, presence: nil, expires_in: nil, user: nil, now: nil)
       raise ArgumentError, "a token needs a key id and its secret" if key_id.to_s.empty? || secret.to_s.empty?
       raise ArgumentError, "a channel starts with '/': #{channel.inspect}" unless channel.is_a?(String) && channel.start_with?("/")
 
@@ -34,6 +35,12 @@ module Pandapush
         raise ArgumentError, "presence must be a hash with at least an 'id'" if id.nil? || id.to_s.empty?
 
         claims["presence"] = presence.transform_keys(&:to_s)
+      end
+      unless user.nil?
+        valid = (user.is_a?(String) && !user.empty?) || user.is_a?(Integer)
+        raise ArgumentError, "user must be a non-empty string or an integer" unless valid
+
+        claims["user"] = user.to_s
       end
       unless expires_in.nil?
         raise TypeError, "expires_in must be a number of seconds" unless expires_in.is_a?(Numeric)
