@@ -15,7 +15,8 @@
 
 const { performance } = require('perf_hooks');
 const { makeClient, restPost } = require('./lib/bayeux');
-const { ProcessSampler, selfCpuMark, selfCpuSince, othersMark, othersSince } = require('./lib/proc');
+const crypto = require('crypto');
+const { ProcessSampler, selfCpuMark, selfCpuSince, othersMark, othersSince, netCounters, netCountersSince } = require('./lib/proc');
 
 const DEFAULT_APP = 'BENCHbenchBENCHbench';
 
@@ -107,13 +108,15 @@ async function runFanout(o) {
     tag: 'fanout',
     subscriptionsOf: null,
     matches: null,
+    channelType: 'public',
+    subscribeExtOf: null,
     ...o,
   };
   const url = options.url;
   const publishUrl = options.publishUrl || url;
   const sampler = options.pid ? new ProcessSampler(options.pid) : null;
   const publishSampler = options.publishPid && options.publishPid !== options.pid ? new ProcessSampler(options.publishPid) : null;
-  const prefix = `/${options.app}/public/bench/${options.tag}`;
+  const prefix = `/${options.app}/${options.channelType}/bench/${options.tag}`;
   const channelNames = Array.from({ length: options.channels }, (_, j) => `${prefix}/c${j}`);
   const subscriptionsOf = options.subscriptionsOf || ((i) => [channelNames[i % options.channels]]);
   const matches = options.matches || ((i, j) => i % options.channels === j);
@@ -156,7 +159,7 @@ async function runFanout(o) {
       lastDeliveryAt = now;
       if (publishingDone && delivered >= expectedTotal && wake) wake();
     };
-    await client.subscribe(subscriptionsOf(i, channelNames));
+    await client.subscribe(subscriptionsOf(i, channelNames), options.subscribeExtOf ? options.subscribeExtOf(i, channelNames) : undefined);
     return client;
   });
   const setupSeconds = (performance.now() - setupStart) / 1000;
@@ -195,7 +198,7 @@ async function runFanout(o) {
     perChannel[j]++;
     const data = { s: seq, t: performance.now(), p: pad };
     if (options.publishVia === 'rest') {
-      const path = `/channel/${options.app}/public/bench/${options.tag}/c${j}`;
+      const path = `/channel/${options.app}/${options.channelType}/bench/${options.tag}/c${j}`;
       restPost(origin, path, JSON.stringify(data), authorization).then(({ status }) => onAck(status === 200));
     } else {
       publishers[seq % publishers.length].publish(channelNames[j], data, ext);
@@ -266,6 +269,7 @@ async function runFanout(o) {
   for (let waited = 0; acked < sent && waited < 2000; waited += 20) await sleep(20);
   const end = lastDeliveryAt || performance.now();
   const serverCpu = cpuMark ? sampler.cpuSince(cpuMark) : null;
+  const serverCpuSeconds = cpuMark ? sampler.cpuSecondsSince(cpuMark) + (publishCpuMark ? publishSampler.cpuSecondsSince(publishCpuMark) : 0) : null;
   const publishServerCpu = publishCpuMark ? publishSampler.cpuSince(publishCpuMark) : null;
   const generatorCpu = selfCpuSince(selfMark);
   const otherCpu = othersSince(othersAt);
@@ -306,6 +310,9 @@ async function runFanout(o) {
     ...prefixKeys('latency', latencies.summary()),
     setupPerSec: options.subscribers / setupSeconds,
     serverCpu,
+    // The efficiency figure that holds when the generator saturates: server CPU ms per
+    // 1,000 messages delivered (publishing node included when it is another process).
+    cpuMsPer1k: serverCpuSeconds !== null && delivered > 0 ? (serverCpuSeconds * 1e6) / delivered : null,
     publishServerCpu,
     generatorCpu,
     otherCpu,
@@ -322,6 +329,106 @@ function prefixKeys(prefix, object) {
   return out;
 }
 
+// How a client's setup failed, from the error its socket or request reported.
+function failureKind(error) {
+  const code = error && error.code;
+  if (code === 'ETIMEDOUT' || (error && error.timedOut)) return 'timedOut';
+  if (code === 'ECONNREFUSED') return 'refused';
+  if (code === 'ECONNRESET' || code === 'EPIPE' || /socket hang up|closed/i.test(String(error && error.message))) return 'reset';
+  return 'other';
+}
+
+function withTimeout(promise, ms) {
+  let timer;
+  return Promise.race([
+    promise,
+    new Promise((_, reject) => {
+      timer = setTimeout(() => reject(Object.assign(new Error(`no answer within ${ms} ms`), { timedOut: true })), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+// Loopback source addresses for many connections to one server port: each gives its own
+// ~28,000 ephemeral ports (net.ipv4.ip_local_port_range), so 50,000 clients need two.
+function sourceAddresses(connections, perAddress = 25000) {
+  const count = Math.ceil(connections / perAddress);
+  return count <= 1 ? [undefined] : Array.from({ length: count }, (_, k) => `127.0.0.${k + 1}`);
+}
+
+// A JWT (HS256) as pandapush.tokens.mintToken makes it: may subscribe to `channel`.
+function mintToken(keyId, secret, channel, claims = { sub: true }) {
+  const b64 = (object) => Buffer.from(JSON.stringify(object)).toString('base64url');
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ keyId, channel, ...claims })}`;
+  return `${body}.${crypto.createHmac('sha256', secret).update(body).digest('base64url')}`;
+}
+
+/*
+ * Reconnect storm: `clients` clients each open a connection (websocket, or long-polling
+ * requests), handshake, make their first connect and subscribe, with at most `inflight`
+ * of them setting up at once, as after a deploy or a network blip. Reports setups/s, the
+ * clients refused, reset or timed out (each has `timeout` ms), the kernel's listen-queue
+ * counters over the storm, and the server's CPU per 1,000 setups.
+ */
+async function runStorm(o) {
+  const options = { transport: 'websocket', clients: 3000, inflight: 200, channels: 100, timeout: 30000, app: DEFAULT_APP, tag: 'storm', tree: false, ...o };
+  const sampler = options.pid ? new ProcessSampler(options.pid, 100, { tree: options.tree }) : null;
+  const prefix = `/${options.app}/public/bench/${options.tag}`;
+  const failures = { refused: 0, reset: 0, timedOut: 0, other: 0 };
+  const firstErrors = [];
+  const net0 = netCounters();
+  const cpuMark = sampler ? sampler.markCpu() : null;
+  const selfMark = selfCpuMark();
+  const othersAt = othersMark([process.pid, ...(sampler ? sampler.pids() : [])]);
+  const setupStart = performance.now();
+  const clients = (
+    await pool(options.clients, options.inflight, async (i) => {
+      const client = makeClient(options.transport, options.url);
+      try {
+        await withTimeout(
+          (async () => {
+            await client.open();
+            await client.subscribe([`${prefix}/c${i % options.channels}`]);
+          })(),
+          options.timeout,
+        );
+        return client;
+      } catch (error) {
+        failures[failureKind(error)]++;
+        if (firstErrors.length < 5) firstErrors.push(String(error.code || error.message));
+        client.close(false).catch(() => {});
+        return null;
+      }
+    })
+  ).filter(Boolean);
+  const seconds = (performance.now() - setupStart) / 1000;
+  const serverCpu = cpuMark ? sampler.cpuSince(cpuMark) : null;
+  const serverCpuSeconds = cpuMark ? sampler.cpuSecondsSince(cpuMark) : null;
+  const generatorCpu = selfCpuSince(selfMark);
+  const otherCpu = othersSince(othersAt);
+  const net = netCountersSince(net0);
+  const peakRss = sampler ? sampler.peak : null;
+  await pool(clients.length, 256, (i) => clients[i].close());
+  if (sampler) sampler.stop();
+  return {
+    clients: options.clients,
+    setups: clients.length,
+    setupPerSec: clients.length / seconds,
+    seconds,
+    ...failures,
+    failed: options.clients - clients.length,
+    firstErrors: firstErrors.join(' '),
+    listenOverflows: net.ListenOverflows,
+    listenDrops: net.ListenDrops,
+    synRetrans: net.TCPSynRetrans,
+    resetsSent: net.OutRsts,
+    serverCpu,
+    cpuMsPer1k: serverCpuSeconds !== null && clients.length > 0 ? (serverCpuSeconds * 1e6) / clients.length : null,
+    generatorCpu,
+    otherCpu,
+    peakRss,
+  };
+}
+
 /*
  * Idle connections: `connections` websocket clients, each subscribed to one of
  * `channels` channels, held open; memory per connection is the RSS it added. One
@@ -329,21 +436,25 @@ function prefixKeys(prefix, object) {
  */
 async function runIdle(o) {
   const options = { connections: 10000, channels: 100, concurrency: 64, settle: 3000, app: DEFAULT_APP, tag: 'idle', ...o };
+  const sources = sourceAddresses(options.connections);
   const sampler = options.pid ? new ProcessSampler(options.pid) : null;
   const prefix = `/${options.app}/public/bench/${options.tag}`;
   const rssBefore = sampler ? sampler.rss() : 0;
   let delivered = 0;
   const received = new Uint32Array(options.connections);
   const setupStart = performance.now();
+  const cpuMark = sampler ? sampler.markCpu() : null;
   let failures = 0;
+  let firstError = '';
   const clients = (
     await pool(options.connections, options.concurrency, async (i) => {
-      const client = makeClient('websocket', options.url);
+      const client = makeClient('websocket', options.url, { localAddress: sources[i % sources.length] });
       try {
         await client.open();
         await client.subscribe([`${prefix}/c${i % options.channels}`]);
       } catch (error) {
         failures++;
+        firstError = firstError || String(error.code || error.message);
         return null;
       }
       client.onDelivery = () => {
@@ -354,6 +465,7 @@ async function runIdle(o) {
     })
   ).filter(Boolean);
   const setupSeconds = (performance.now() - setupStart) / 1000;
+  const setupCpuSeconds = cpuMark ? sampler.cpuSecondsSince(cpuMark) : null;
   await sleep(options.settle);
   // RSS settles once the setup garbage is collected; take the lowest of a few samples.
   let rssLoaded = Infinity;
@@ -368,7 +480,11 @@ async function runIdle(o) {
   await publisher.open();
   const ext = options.key ? { auth: { key: options.key, secret: options.secret } } : undefined;
   for (let j = 0; j < options.channels; j++) publisher.publish(`${prefix}/c${j}`, { s: j, t: performance.now(), p: '' }, ext);
-  for (let waited = 0; delivered < clients.length && waited < 10000; waited += 50) await sleep(50);
+  const deliverMark = sampler ? sampler.markCpu() : null;
+  const deliverStart = performance.now();
+  for (let waited = 0; delivered < clients.length && waited < 20000; waited += 20) await sleep(20);
+  const deliverSeconds = (performance.now() - deliverStart) / 1000;
+  const deliverCpuSeconds = deliverMark ? sampler.cpuSecondsSince(deliverMark) : null;
   const dropped = clients.filter((c) => c.dropped).length;
   let lost = 0;
   received.forEach((count, i) => {
@@ -384,6 +500,12 @@ async function runIdle(o) {
   return {
     connections: clients.length,
     connectFailures: failures,
+    firstError,
+    // Server CPU ms per 1,000 clients set up, and per 1,000 of the liveness deliveries
+    // (one message per channel reaching every idle client; seconds include the 20 ms polls).
+    setupCpuMsPer1k: setupCpuSeconds !== null ? (setupCpuSeconds * 1e6) / Math.max(1, clients.length) : null,
+    cpuMsPer1k: deliverCpuSeconds !== null && delivered > 0 ? (deliverCpuSeconds * 1e6) / delivered : null,
+    deliverSeconds,
     setupPerSec: clients.length / setupSeconds,
     rssBefore,
     rssLoaded,
@@ -396,7 +518,7 @@ async function runIdle(o) {
   };
 }
 
-module.exports = { runFanout, runIdle, probeRest, basic, DEFAULT_APP, Samples, pool };
+module.exports = { runFanout, runIdle, runStorm, mintToken, probeRest, basic, DEFAULT_APP, Samples, pool };
 
 if (require.main === module) {
   const args = process.argv.slice(2);

@@ -16,7 +16,8 @@ const fs = require('fs');
 const os = require('os');
 const path = require('path');
 const { execFileSync } = require('child_process');
-const { runFanout, runIdle, probeRest, DEFAULT_APP } = require('./loadgen');
+const { runFanout, runIdle, runStorm, mintToken, probeRest, DEFAULT_APP } = require('./loadgen');
+const { treePids } = require('./lib/proc');
 const servers = require('./lib/servers');
 
 const args = process.argv.slice(2);
@@ -56,12 +57,76 @@ const FANOUT_METRICS = [
   ['latencyMax', 'latency max ms', 'lower'],
   ['setupPerSec', 'client setups/s', 'higher'],
   ['serverCpu', 'server CPU %', 'lower'],
+  ['cpuMsPer1k', 'server CPU ms / 1k deliveries', 'lower'],
   ['peakRss', 'server peak RSS MB', 'lower'],
   ['rssGrowth', 'RSS after - before MB', 'lower'],
   ['generatorCpu', 'generator CPU %', 'info'],
   ['otherCpu', 'other processes CPU %', 'info'],
 ];
+const STORM_METRICS = [
+  ['setupPerSec', 'client setups/s', 'higher'],
+  ['refused', 'clients refused', 'lower'],
+  ['reset', 'clients reset', 'lower'],
+  ['timedOut', 'clients timed out (30 s)', 'lower'],
+  ['other', 'clients failed otherwise', 'lower'],
+  ['listenOverflows', 'kernel ListenOverflows', 'lower'],
+  ['synRetrans', 'kernel TCPSynRetrans', 'lower'],
+  ['serverCpu', 'server CPU %', 'lower'],
+  ['cpuMsPer1k', 'server CPU ms / 1k setups', 'lower'],
+  ['peakRss', 'server peak RSS MB', 'lower'],
+  ['generatorCpu', 'generator CPU %', 'info'],
+  ['otherCpu', 'other processes CPU %', 'info'],
+];
+const STORM_TARGETS = [
+  { metric: 'setupPerSec', ratio: 1.5, text: 'setups/s >= 1.5x Faye' },
+  { metric: 'failed', absolute: 1, text: 'no client refused, reset or timed out' },
+];
+const storm = (name, transport, inflight, extra = {}) => ({
+  name,
+  title: `reconnect storm: ${Q(3000, 600)} ${transport} clients open, handshake and subscribe, ${inflight} in flight${extra.workers ? `; pandapush with --workers ${extra.workers} (over Redis)` : ''}`,
+  kind: 'storm',
+  options: { transport, clients: Q(3000, 600), inflight, tag: name },
+  metrics: STORM_METRICS,
+  targets: STORM_TARGETS,
+  ...extra,
+});
+// Private channels, one per subscriber, each subscribed with a token of its own (pandapush);
+// Faye has no auth: its subscribers subscribe to the same names without one.
+const privateScenario = (name, publishVia) => ({
+  name,
+  title: `one-to-one: ${Q(2000, 500)} ws subscribers, each on its own private channel with a token; ${publishVia === 'rest' ? 'a REST publisher, 32 in flight (Faye: a Bayeux publisher)' : '4 Bayeux publishers with the key'}; ${Q(10000, 3000)} msgs round-robin`,
+  kind: publishVia === 'rest' ? 'rest-vs-bayeux' : 'fanout',
+  options: {
+    subscribers: Q(2000, 500),
+    channels: Q(2000, 500),
+    publishers: publishVia === 'rest' ? 1 : 4,
+    messages: Q(10000, 3000),
+    publishVia,
+    window: publishVia === 'rest' ? 32 : 500,
+    channelType: 'private',
+    tag: name,
+    subscribeExtOf: (i, names) => ({ auth: { token: mintToken(rest.key, rest.secret, names[i], { sub: true }) } }),
+  },
+  metrics: FANOUT_METRICS,
+  targets: [
+    { metric: 'deliveriesPerSec', ratio: 1.5, text: 'deliveries/s >= 1.5x Faye' },
+    { metric: 'latencyP99', ratio: 1.0, lowerIsBetter: true, text: 'p99 <= Faye' },
+  ],
+});
+
 const PACED_METRICS = FANOUT_METRICS.map((m) => (m[0] === 'deliveriesPerSec' ? ['deliveriesPerSec', 'deliveries/s achieved', 'info'] : m));
+
+const IDLE_METRICS = [
+  ['kbPerConnection', 'server KB per connection', 'lower'],
+  ['setupPerSec', 'client setups/s', 'higher'],
+  ['setupCpuMsPer1k', 'server CPU ms / 1k setups', 'lower'],
+  ['cpuMsPer1k', 'server CPU ms / 1k deliveries', 'lower'],
+  ['peakRss', 'server peak RSS MB', 'lower'],
+  ['rssGrowth', 'RSS after - before MB', 'lower'],
+  ['connectFailures', 'clients failing to connect', 'lower'],
+  ['lost', 'clients not delivering', 'lower'],
+  ['dropped', 'clients dropped', 'lower'],
+];
 
 const scenarios = [
   {
@@ -101,7 +166,18 @@ const scenarios = [
     kind: 'fanout',
     options: { subscribers: 2000, channels: 500, publishers: 4, messages: Q(10000, 3000), tag: 'chat' },
     metrics: FANOUT_METRICS,
+    targets: [
+      { metric: 'deliveriesPerSec', ratio: 1.5, text: 'deliveries/s >= 1.5x Faye' },
+      { metric: 'latencyP99', ratio: 1.0, lowerIsBetter: true, text: 'p99 <= Faye' },
+    ],
   },
+  privateScenario('private-bayeux', 'websocket'),
+  privateScenario('private-rest', 'rest'),
+  storm('storm-ws-200', 'websocket', 200),
+  storm('storm-ws-1000', 'websocket', 1000),
+  storm('storm-lp-200', 'long-polling', 200),
+  storm('storm-lp-1000', 'long-polling', 1000),
+  storm('storm-ws-workers2', 'websocket', 1000, { workers: 2 }),
   {
     name: 'wildcard',
     title: `wildcards: 200 ws subscribers (half /bench/w/*, half /bench/**), 10 channels, ${Q(1000, 300)} msgs`,
@@ -121,15 +197,17 @@ const scenarios = [
     title: `idle: ${Q(10000, 2000)} websocket clients subscribed over 100 channels, doing nothing`,
     kind: 'idle',
     options: { connections: Q(10000, 2000) },
-    metrics: [
-      ['kbPerConnection', 'server KB per connection', 'lower'],
-      ['setupPerSec', 'client setups/s', 'higher'],
-      ['peakRss', 'server peak RSS MB', 'lower'],
-      ['rssGrowth', 'RSS after - before MB', 'lower'],
-      ['lost', 'clients not delivering', 'lower'],
-      ['dropped', 'clients dropped', 'lower'],
-    ],
-    target: { metric: 'kbPerConnection', absolute: 30, text: '< 30 KB each' },
+    metrics: IDLE_METRICS,
+    target: { metric: 'kbPerConnection', absolute: 10.01, text: '<= 10 KB each (issue 17)' },
+  },
+  {
+    name: 'idle-50k',
+    title: `idle: ${Q(50000, 5000)} websocket clients on one process (source addresses 127.0.0.1, .2, ...), then one message per channel to each`,
+    kind: 'idle',
+    pandapushOnly: 'one process holding 50,000 sockets is pandapush\'s figure (Faye: see idle)',
+    options: { connections: Q(50000, 5000), concurrency: 128 },
+    metrics: IDLE_METRICS,
+    target: { metric: 'lost', absolute: 1, text: 'every connection still receiving' },
   },
   {
     name: 'rest',
@@ -143,6 +221,7 @@ const scenarios = [
       ['publishFailures', 'failed POSTs', 'lower'],
       ['latencyP99', 'latency p99 ms', 'lower'],
       ['serverCpu', 'server CPU %', 'lower'],
+      ['cpuMsPer1k', 'server CPU ms / 1k deliveries', 'lower'],
     ],
     target: { metric: 'publishesPerSec', absolute: 3300, higher: true, text: '>= 3,300/s (1.5x original 2,200)' },
   },
@@ -158,6 +237,7 @@ const scenarios = [
       ['pacedLost', 'paced messages lost', 'lower'],
       ['serverCpu', 'node B CPU %', 'lower'],
       ['publishServerCpu', 'node A CPU %', 'lower'],
+      ['cpuMsPer1k', 'A+B CPU ms / 1k deliveries', 'lower'],
     ],
     targets: [
       { metric: 'deliveriesPerSec', absolute: 72000, higher: true, text: 'burst >= 3x Faye+Redis (24k -> 72k)' },
@@ -193,11 +273,41 @@ async function withServer(start, body) {
 async function runOn(scenario, server) {
   const base = { url: server.url, pid: server.pid, key: rest.key, secret: rest.secret, app: rest.app };
   if (scenario.kind === 'idle') return runIdle({ ...base, ...scenario.options });
-  if (scenario.kind === 'rest') {
+  if (scenario.kind === 'storm') return runStorm({ ...base, tree: Boolean(server.workers), ...scenario.options });
+  // Faye has no REST endpoint: its side of a REST scenario publishes over Bayeux.
+  if (scenario.kind === 'rest-vs-bayeux' && server.name.startsWith('faye')) return runFanout({ ...base, ...scenario.options, publishVia: 'websocket', publishers: 4, window: 500 });
+  if (scenario.kind === 'rest' || scenario.kind === 'rest-vs-bayeux') {
     const probe = await probeRest(server.origin, rest.app, rest.key, rest.secret);
     if (!probe.ok) return { skipped: probe.reason };
   }
   return runFanout({ ...base, ...scenario.options });
+}
+
+// pandapush with --workers N: over a Redis of its own (what --workers needs); the CPU and
+// RSS figures are the sums over the parent and its workers.
+async function withWorkers(scenario, body) {
+  if (!servers.pandapushAccepts('workers')) return { skipped: 'no --workers' };
+  let redis = null;
+  let hosts = option('redis-hosts');
+  try {
+    if (!hosts) {
+      redis = await servers.startRedis({ logDir: outDir });
+      hosts = `127.0.0.1:${redis.port}`;
+    }
+    return await withServer(
+      async () => {
+        const server = await servers.startPandapush({ logDir: outDir, rest, name: 'pandapush-workers', extraArgs: ['--workers', String(scenario.workers), '--redis-hosts', hosts] });
+        server.workers = scenario.workers;
+        // The workers start once the parent listens: wait until they are there and serving.
+        for (let waited = 0; treePids(server.pid).length < scenario.workers && waited < 20000; waited += 200) await sleep(200);
+        await sleep(2000);
+        return server;
+      },
+      body,
+    );
+  } finally {
+    if (redis) await redis.stop();
+  }
 }
 
 async function runRedis(scenario) {
@@ -248,7 +358,7 @@ function combine(runs) {
     out[key] = values.every((v) => typeof v === 'number') ? median(values) : values[0];
   }
   // Loss and drops are never averaged away: the worst run counts.
-  for (const key of ['lost', 'dropped', 'starved', 'duplicates', 'publishFailures', 'connectFailures']) {
+  for (const key of ['lost', 'dropped', 'starved', 'duplicates', 'publishFailures', 'connectFailures', 'refused', 'reset', 'timedOut', 'other', 'failed']) {
     if (key in out) out[key] = Math.max(...runs.map((r) => r[key] || 0));
   }
   return out;
@@ -274,13 +384,16 @@ async function runScenarioOnce(scenario) {
     results.faye = { skipped: 'Faye+Redis not run here (issue: 24k deliveries/s burst, p99 55 ms at 5k/s)' };
     return results;
   }
-  results.pandapush = await withServer(() => servers.startPandapush({ logDir: outDir, rest }), (server) => runOn(scenario, server));
+  results.pandapush = scenario.workers
+    ? await withWorkers(scenario, (server) => runOn(scenario, server))
+    : await withServer(() => servers.startPandapush({ logDir: outDir, rest }), (server) => runOn(scenario, server));
   if (compare) {
     results.faye = await withServer(
       () => servers.startPandapush({ logDir: outDir, rest, name: 'pandapush-experiment', experiments: compare }),
       (server) => runOn(scenario, server),
     );
   } else if (flag('no-faye')) results.faye = { skipped: '--no-faye' };
+  else if (scenario.pandapushOnly) results.faye = { skipped: scenario.pandapushOnly };
   else if (scenario.kind === 'rest') results.faye = { skipped: 'Faye has no REST publish endpoint' };
   else results.faye = await withServer(() => servers.startFaye({ logDir: outDir }), (server) => runOn(scenario, server));
   return results;

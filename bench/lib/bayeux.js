@@ -16,8 +16,10 @@ const WebSocket = require('ws');
 const CONNECTION_TYPES = ['websocket', 'long-polling'];
 
 class BaseClient {
-  constructor(baseUrl) {
+  constructor(baseUrl, options = {}) {
     this.baseUrl = baseUrl.replace(/\/$/, '');
+    // A loopback source address (127.0.0.2, ...) when one address's ephemeral ports run out.
+    this.localAddress = options.localAddress;
     this.clientId = null;
     this.nextId = 1;
     this.pending = new Map(); // id -> {resolve, reject}
@@ -86,8 +88,10 @@ class BaseClient {
     this.clientId = reply.clientId;
   }
 
-  subscribe(channels) {
-    return this._request({ channel: '/meta/subscribe', clientId: this.clientId, subscription: channels });
+  subscribe(channels, ext) {
+    const message = { channel: '/meta/subscribe', clientId: this.clientId, subscription: channels };
+    if (ext !== undefined) message.ext = ext;
+    return this._request(message);
   }
 
   publish(channel, data, ext) {
@@ -107,15 +111,17 @@ class BaseClient {
 }
 
 class WebSocketClient extends BaseClient {
-  constructor(baseUrl) {
-    super(baseUrl);
+  constructor(baseUrl, options) {
+    super(baseUrl, options);
     this.connectionType = 'websocket';
     this.ws = null;
   }
 
   open() {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(this.baseUrl.replace(/^http/, 'ws'), { perMessageDeflate: false });
+      const wsOptions = { perMessageDeflate: false };
+      if (this.localAddress) wsOptions.localAddress = this.localAddress;
+      const ws = new WebSocket(this.baseUrl.replace(/^http/, 'ws'), wsOptions);
       this.ws = ws;
       let settled = false;
       ws.on('open', async () => {
@@ -209,8 +215,8 @@ class WebSocketClient extends BaseClient {
 const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity, maxFreeSockets: 4096 });
 
 class LongPollingClient extends BaseClient {
-  constructor(baseUrl) {
-    super(baseUrl);
+  constructor(baseUrl, options) {
+    super(baseUrl, options);
     this.connectionType = 'long-polling';
     const url = new URL(this.baseUrl);
     this.options = {
@@ -221,21 +227,42 @@ class LongPollingClient extends BaseClient {
       agent,
       headers: { 'Content-Type': 'application/json' },
     };
+    if (this.localAddress) this.options.localAddress = this.localAddress;
   }
 
   async open() {
     await this._handshake();
-    await new Promise((resolve) => {
+    await new Promise((resolve, reject) => {
       this._firstConnectDone = resolve;
+      this._firstConnectFailed = reject;
       this._send([this._connectMessage(0)]);
     });
     return this;
   }
 
+  // A request that failed (refused, reset, not 200) fails what waited for its answer.
+  _failed(messages, error) {
+    this.errors++;
+    for (const message of messages) {
+      const waiter = message.id !== undefined ? this.pending.get(message.id) : undefined;
+      if (waiter !== undefined) {
+        this.pending.delete(message.id);
+        waiter.reject(error);
+      }
+    }
+    if (this._firstConnectFailed && messages.some((m) => m.channel === '/meta/connect')) {
+      const fail = this._firstConnectFailed;
+      this._firstConnectDone = this._firstConnectFailed = null;
+      fail(error);
+      return true;
+    }
+    return false;
+  }
+
   _connectReplied(reply) {
     if (this._firstConnectDone) {
       const done = this._firstConnectDone;
-      this._firstConnectDone = null;
+      this._firstConnectDone = this._firstConnectFailed = null;
       done();
     }
   }
@@ -253,13 +280,13 @@ class LongPollingClient extends BaseClient {
           } catch (error) {
             this.errors++;
           }
-        } else this.errors++;
+        } else if (this._failed(messages, new Error(`HTTP ${response.statusCode}`))) return;
         // The next long-poll goes out as soon as the previous one is answered.
         if (isConnect && !this.closed) this._send([this._connectMessage()]);
       });
     });
     request.on('error', (error) => {
-      this.errors++;
+      if (this._failed(messages, error)) return;
       if (isConnect && !this.closed) setTimeout(() => this._send([this._connectMessage()]), 100);
       else if (this.onError) this.onError(error);
     });
@@ -279,9 +306,9 @@ class LongPollingClient extends BaseClient {
   }
 }
 
-function makeClient(transport, baseUrl) {
-  if (transport === 'websocket') return new WebSocketClient(baseUrl);
-  if (transport === 'long-polling') return new LongPollingClient(baseUrl);
+function makeClient(transport, baseUrl, options) {
+  if (transport === 'websocket') return new WebSocketClient(baseUrl, options);
+  if (transport === 'long-polling') return new LongPollingClient(baseUrl, options);
   throw new Error(`unknown transport ${transport}`);
 }
 

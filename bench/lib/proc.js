@@ -28,19 +28,91 @@ function memory(pid) {
   return { rss: kb('VmRSS'), hwm: kb('VmHWM') };
 }
 
+// A process and its descendants (--workers: the parent and its worker processes).
+function treePids(pid) {
+  const pids = [pid];
+  for (let k = 0; k < pids.length; k++) {
+    try {
+      for (const task of fs.readdirSync(`/proc/${pids[k]}/task`)) {
+        const children = fs.readFileSync(`/proc/${pids[k]}/task/${task}/children`, 'utf8').trim();
+        if (children) pids.push(...children.split(' ').map(Number));
+      }
+    } catch (error) {
+      // gone meanwhile
+    }
+  }
+  return pids;
+}
+
+function sumOver(pids, read) {
+  let total = 0;
+  for (const pid of pids) {
+    try {
+      total += read(pid);
+    } catch (error) {
+      // gone meanwhile
+    }
+  }
+  return total;
+}
+
+// Kernel TCP counters (what `nstat -az` shows as TcpExt*/Tcp*), machine-wide: listen
+// queue overflows and SYN retransmissions say when connections waited for the server's
+// accept queue rather than for the server.
+const NETSTAT_FIELDS = {
+  ListenOverflows: 'TcpExt',
+  ListenDrops: 'TcpExt',
+  TCPSynRetrans: 'TcpExt',
+  TCPReqQFullDrop: 'TcpExt',
+  TCPTimeouts: 'TcpExt',
+  TCPAbortOnData: 'TcpExt',
+  EstabResets: 'Tcp',
+  AttemptFails: 'Tcp',
+  OutRsts: 'Tcp',
+};
+
+function netCounters() {
+  const out = {};
+  for (const file of ['/proc/net/netstat', '/proc/net/snmp']) {
+    const lines = fs.readFileSync(file, 'utf8').trim().split('\n');
+    for (let i = 0; i + 1 < lines.length; i += 2) {
+      const names = lines[i].split(/\s+/);
+      const values = lines[i + 1].split(/\s+/);
+      const group = names[0].replace(/:$/, '');
+      names.forEach((name, k) => {
+        if (NETSTAT_FIELDS[name] === group) out[name] = Number(values[k]);
+      });
+    }
+  }
+  return out;
+}
+
+function netCountersSince(before) {
+  const now = netCounters();
+  const out = {};
+  for (const name of Object.keys(now)) out[name] = now[name] - (before[name] || 0);
+  return out;
+}
+
 // Samples RSS every `interval` ms (peak over a phase), and CPU between mark() and read().
+// With `tree`, the figures are the sums over the process and its descendants.
 class ProcessSampler {
-  constructor(pid, interval = 100) {
+  constructor(pid, interval = 100, { tree = false } = {}) {
     this.pid = pid;
+    this.tree = tree;
     this.peak = 0;
     this.timer = setInterval(() => this.sample(), interval);
     this.timer.unref();
     this.sample();
   }
 
+  pids() {
+    return this.tree ? treePids(this.pid) : [this.pid];
+  }
+
   sample() {
     try {
-      const { rss } = memory(this.pid);
+      const rss = this.tree ? sumOver(this.pids(), (pid) => memory(pid).rss) : memory(this.pid).rss;
       if (rss > this.peak) this.peak = rss;
       return rss;
     } catch (error) {
@@ -52,15 +124,24 @@ class ProcessSampler {
     return this.sample();
   }
 
+  ticks() {
+    return this.tree ? sumOver(this.pids(), cpuTicks) : cpuTicks(this.pid);
+  }
+
   markCpu() {
-    return { ticks: cpuTicks(this.pid), at: process.hrtime.bigint() };
+    return { ticks: this.ticks(), at: process.hrtime.bigint() };
   }
 
   // CPU% of one core between `mark` and now (100 = one core busy all the time).
   cpuSince(mark) {
-    const ticks = cpuTicks(this.pid) - mark.ticks;
+    const ticks = this.ticks() - mark.ticks;
     const seconds = Number(process.hrtime.bigint() - mark.at) / 1e9;
     return seconds > 0 ? (100 * ticks) / CLK_TCK / seconds : 0;
+  }
+
+  // CPU seconds used since `mark` (user + system).
+  cpuSecondsSince(mark) {
+    return (this.ticks() - mark.ticks) / CLK_TCK;
   }
 
   stop() {
@@ -106,4 +187,4 @@ function othersSince(mark) {
   return seconds > 0 ? Math.max(0, (100 * other) / CLK_TCK / seconds) : 0;
 }
 
-module.exports = { othersMark, othersSince, machineBusyTicks, ProcessSampler, cpuTicks, memory, selfCpuMark, selfCpuSince, CLK_TCK };
+module.exports = { netCounters, netCountersSince, treePids, othersMark, othersSince, machineBusyTicks, ProcessSampler, cpuTicks, memory, selfCpuMark, selfCpuSince, CLK_TCK };
