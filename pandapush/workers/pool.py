@@ -24,7 +24,7 @@ from twisted.logger import Logger, LogLevel, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
 from pandapush.config import FIRST_INHERITED_FD, WORKER_VARIABLE, WorkerSpec
-from pandapush.workers.sockets import reusePortSocket
+from pandapush.workers.sockets import LISTEN_BACKLOG, reusePortSocket
 
 __all__ = ["PLUGIN", "WorkerPool"]
 
@@ -149,8 +149,8 @@ class WorkerPool(Service):
         try:
             for port, (_, family) in zip(self._ports, self._listeners, strict=True):
                 host = port.getHost()
-                # Twisted's default backlog (a backlog= of the endpoint sets the parent's only).
-                sockets.append(reusePortSocket(family, host.host, host.port, 50))  # type: ignore[attr-defined]
+                # The default queue (a backlog= of the endpoint sets the parent's only).
+                sockets.append(reusePortSocket(family, host.host, host.port, LISTEN_BACKLOG))  # type: ignore[attr-defined]
         except BaseException:
             for sock in sockets:
                 sock.close()
