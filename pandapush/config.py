@@ -31,6 +31,7 @@ from pandapush.auth.config import TenancyConfig
 from pandapush.auth.throttle import parseTrustedProxies
 from pandapush.engines import EngineConfig, EngineConfigError, IEngineFactory, chooseEngine, findEngineFactory
 from pandapush.extensions.limits import LimitSettings
+from pandapush.logs import FORMATS as LOG_FORMATS
 from pandapush.router import Limits
 from pandapush.storage import StorageConfig
 from pandapush.webhooks.config import WebhookConfig
@@ -176,6 +177,8 @@ class Configuration:
     allowedOrigins: tuple[str, ...] | None
     jsonp: bool
     accessLog: bool
+    #: ``--log-format``: ``text`` (twistd's) or ``json`` (:mod:`pandapush.logs`).
+    logFormat: str
     presenceMaxMembers: int
     presenceMaxData: int
     webhooks: WebhookConfig
@@ -254,6 +257,7 @@ class Configuration:
             allowedOrigins=None if origins is None else tuple(origins),
             jsonp=not options.get("no-jsonp"),
             accessLog=bool(options.get("access-log")),
+            logFormat=_logFormat(options, env),
             presenceMaxMembers=options.get("presence-max-members", 100),
             presenceMaxData=options.get("presence-max-data", 1024),
             webhooks=webhooks,
@@ -306,6 +310,15 @@ def _engine(options: Mapping[str, Any], env: Mapping[str, str]) -> tuple[str, IE
         return name, findEngineFactory(name)
     except EngineConfigError as e:
         raise EngineChoiceError(f"--engine (or ENGINE): {e}") from None
+
+
+def _logFormat(options: Mapping[str, Any], env: Mapping[str, str]) -> str:
+    value = options.get("log-format") or env.get("PANDAPUSH_LOG_FORMAT") or "text"
+    if value not in LOG_FORMATS:
+        raise ConfigurationError(
+            f"--log-format (or PANDAPUSH_LOG_FORMAT) is one of {', '.join(LOG_FORMATS)}, not {value!r}"
+        )
+    return value
 
 
 def _worker(env: Mapping[str, str]) -> WorkerSpec | None:

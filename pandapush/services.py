@@ -24,7 +24,8 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
 
 from pandapush import __version__
 from pandapush.auth.keycache import KeyCache
@@ -309,6 +310,7 @@ class Server(PandapushService):
         keysync: KeySync | None = None,
         workers: WorkerPool | None = None,
         webhooks: WebhookSender | None = None,
+        logObserver: ILogObserver | None = None,
     ) -> None:
         super().__init__(storage)
         self.configuration = configuration
@@ -326,3 +328,13 @@ class Server(PandapushService):
         self.workers = workers
         #: Sends this node's share of webhook events (None without a place to keep them).
         self.webhooks = webhooks
+        #: ``--log-format json``'s observer, for the application this is added to.
+        self.logObserver = logObserver
+
+    def setServiceParent(self, parent: Any) -> None:
+        # twistd logs to the application's ILogObserver component when it has one (and
+        # --logger does not say otherwise); it starts logging after this, before running.
+        if self.logObserver is not None and isinstance(parent, Componentized):
+            if parent.getComponent(ILogObserver) is None:
+                parent.setComponent(ILogObserver, self.logObserver)
+        super().setServiceParent(parent)

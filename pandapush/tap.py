@@ -32,6 +32,7 @@ from pandapush.extensions.presence import PresenceExtension
 from pandapush.extensions.statistics import Statistics
 from pandapush.extensions.users import UserConnections
 from pandapush.interfaces import IEngine, IExtension
+from pandapush.logs import jsonLogFor
 from pandapush.router import BayeuxRouter
 from pandapush.services import BayeuxService, OpenFileLimit, Server, StorageService
 from pandapush.storage import makeStorage
@@ -89,6 +90,13 @@ class Options(usage.Options):
     ]
 
     optParameters = [
+        [
+            "log-format",
+            None,
+            None,
+            "text (twistd's lines) or json (one JSON object a line, for log collectors), written "
+            "where twistd writes its log. [default: $PANDAPUSH_LOG_FORMAT or text]",
+        ],
         [
             "listen",
             "l",
@@ -485,6 +493,11 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
             grace=config.shutdownGrace,
             reusePort=config.reusePort,
         )
+    # --log-format json: the observer for twistd to log to (twist is told to use it instead
+    # of its own). A worker logs in Twisted's JSON to its parent, which writes its events.
+    logObserver = None
+    if config.logFormat == "json" and config.worker is None:
+        logObserver = jsonLogFor(getattr(options, "parent", None))
     server = Server(
         configuration=config,
         storage=storage,
@@ -501,6 +514,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         keysync=keysync,
         workers=workers,
         webhooks=webhooks.sender,
+        logObserver=logObserver,
     )
     services: list[IService | None] = [
         OpenFileLimit(reactor),
