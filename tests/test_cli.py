@@ -7,6 +7,7 @@ import datetime
 import io
 import json
 import os
+import secrets
 import subprocess
 import sys
 import uuid
@@ -98,6 +99,39 @@ class MigrateCommandTests(CLITestCase):
         self.assertEqual(
             [a["id"] for a in (yield self.cliJSON("app", "list", "--database-schema", schema))], [app["id"]]
         )
+
+    @inlineCallbacks
+    def test_postgresSchemaCreated(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        A DATABASE_SCHEMA that does not exist yet is created by `pandapush migrate` (it
+        died with a psycopg2 traceback), and the server's commands then use it.
+        """
+        import psycopg2
+
+        schema = "pandapush_test_new_" + secrets.token_hex(6)
+
+        def drop() -> None:
+            with psycopg2.connect(connect_timeout=5, **POSTGRES) as connection, connection.cursor() as cursor:
+                cursor.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+        self.addCleanup(drop)
+        self.environ = {
+            "DATABASE": "postgres",
+            "DATABASE_ADDRESS": str(POSTGRES["host"]),
+            "DATABASE_PORT": str(POSTGRES["port"]),
+            "DATABASE_USERNAME": "postgres",
+            "DATABASE_NAME": "test",
+            "DATABASE_SCHEMA": schema,
+        }
+        error = yield self.cli("app", "list", status=1)
+        self.assertIn("run `pandapush migrate`", error)
+        result = yield self.cliJSON("migrate")
+        self.assertEqual(result["applied"], list(range(1, migrations.latestVersion("postgres") + 1)))
+        self.assertEqual((yield self.cliJSON("migrate"))["applied"], [])
+        app = yield self.cliJSON("app", "create", "inNewSchema")
+        with psycopg2.connect(connect_timeout=5, **POSTGRES) as connection, connection.cursor() as cursor:
+            cursor.execute(f"SELECT name FROM {schema}.applications")
+            self.assertEqual(cursor.fetchall(), [(app["name"],)])
 
 
 class AppCommandTests(CLITestCase):

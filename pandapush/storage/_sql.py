@@ -77,6 +77,9 @@ class Dialect:
     def lockForMigration_txn(self, txn: Any) -> None:
         """Keep concurrent migrations (several nodes, or the command line) from interleaving."""
 
+    def prepareSchema_txn(self, txn: Any) -> None:
+        """Before migrating, under the migration lock: make the place the tables go (PostgreSQL's schema)."""
+
     def lockOutbox_txn(self, txn: Any) -> None:
         """Keep two nodes' webhook outbox claims from interleaving (SQLite's writes are serial)."""
 

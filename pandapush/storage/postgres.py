@@ -17,6 +17,7 @@ from twisted.enterprise import adbapi
 from pandapush.storage._common import utcnow
 from pandapush.storage._sql import Dialect, SQLStorage
 from pandapush.storage.config import StorageConfig
+from pandapush.storage.errors import StorageConfigError
 
 __all__ = ["PostgresDialect", "PostgresStorage", "connectionArguments", "makeStorage"]
 
@@ -38,6 +39,10 @@ class PostgresDialect(Dialect):
         " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
     )
     lockRowSuffix = " FOR UPDATE"
+
+    def __init__(self, schema: str | None = None) -> None:
+        #: ``DATABASE_SCHEMA``: created by the first migration if it does not exist.
+        self.schema = schema
 
     def toDb(self, value: datetime.datetime | None) -> Any:
         if value is None:
@@ -64,6 +69,26 @@ class PostgresDialect(Dialect):
 
     def lockOutbox_txn(self, txn: Any) -> None:
         txn.execute("SELECT pg_advisory_xact_lock(%s)", (_OUTBOX_LOCK,))
+
+    def prepareSchema_txn(self, txn: Any) -> None:
+        # A DATABASE_SCHEMA that does not exist yet: search_path names it, but nothing
+        # can be created in it until it exists (PostgreSQL: "no schema has been selected
+        # to create in"). Under the migration lock, so two nodes do not race to create it.
+        if not self.schema:
+            return
+        from psycopg2 import errors, sql
+
+        txn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,))
+        if txn.fetchone() is not None:
+            return
+        try:
+            txn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
+        except errors.InsufficientPrivilege:
+            raise StorageConfigError(
+                f"schema {self.schema!r} does not exist and this database user may not create it:"
+                f" have a superuser run CREATE SCHEMA {self.schema} AUTHORIZATION <this user>,"
+                " then `pandapush migrate` again"
+            ) from None
 
     def unavailable(self, error: BaseException) -> bool:
         import psycopg2
@@ -152,7 +177,7 @@ class PostgresStorage(SQLStorage):
             cp_reconnect=True,
             **connectionArguments(config),
         )
-        super().__init__(pool, PostgresDialect(), now=now, migrateAtStart=config.migrateAtStart)
+        super().__init__(pool, PostgresDialect(config.schema), now=now, migrateAtStart=config.migrateAtStart)
 
 
 def makeStorage(config: StorageConfig) -> PostgresStorage:

@@ -35,6 +35,8 @@ class _Dialect(Protocol):
 
     def lockForMigration_txn(self, txn: Any) -> None: ...
 
+    def prepareSchema_txn(self, txn: Any) -> None: ...
+
     schemaVersionDDL: str
 
 
@@ -90,6 +92,7 @@ def migrate_txn(txn: Any, dialect: _Dialect, now: datetime.datetime, target: int
     a lock first, so two runs do not interleave).
     """
     dialect.lockForMigration_txn(txn)
+    dialect.prepareSchema_txn(txn)
     txn.execute(dialect.schemaVersionDDL)
     current = currentVersion_txn(txn, dialect)
     applied = []
