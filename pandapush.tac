@@ -3,11 +3,6 @@
 import os
 import shlex
 
-from twisted.application import service
+from pandapush.tap import tacApplication
 
-from pandapush.tap import Options, makeService
-
-options = Options()
-options.parseOptions(shlex.split(os.environ.get("PANDAPUSH_ARGS", "")))
-application = service.Application("pandapush")
-makeService(options).setServiceParent(application)
+application = tacApplication(shlex.split(os.environ.get("PANDAPUSH_ARGS", "")))

@@ -17,28 +17,32 @@ In the layering this sits above ``web`` (it holds the site and the admin apps) a
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.service import MultiService, Service
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
+from twisted.python.failure import Failure
 
 from pandapush import __version__
+from pandapush.auth.admin import AdminAuthError
 from pandapush.auth.keycache import KeyCache
 from pandapush.config import Configuration, DevelopmentKey
 from pandapush.extensions.metrics import Metrics
 from pandapush.extensions.statistics import Statistics
 from pandapush.interfaces import IEngine, IRouter
+from pandapush.storage.errors import StorageError
 from pandapush.storage.interfaces import IStorage
 from pandapush.transports.resource import BayeuxResource
 from pandapush.web.admin import AdminApp
 from pandapush.web.adminauth import AdminAuthority
 from pandapush.web.site import PandapushSite
-from pandapush.workers.pool import WorkerPool
+from pandapush.workers.pool import READY_FIELD, WorkerPool
+from pandapush.workers.sockets import EndpointListener, isTLS
 
 if TYPE_CHECKING:
     # Only for its type: importing it loads the Redis client, which a server on the
@@ -47,6 +51,7 @@ if TYPE_CHECKING:
     from pandapush.webhooks.sender import WebhookSender
 
 __all__ = [
+    "EXPECTED_START_FAILURES",
     "BayeuxService",
     "OpenFileLimit",
     "PandapushService",
@@ -196,13 +201,20 @@ async def seedDevelopmentKey(storage: IStorage, key: DevelopmentKey | None) -> N
 class StorageService(MultiService):
     """
     Starts the storage (SQLite migrates itself; PostgreSQL checks its schema),
-    seeds the ``DEV_*`` application and key, then starts its children (the
-    listening ports), so no request arrives before the storage can answer it.
-    If the storage cannot start, the process stops with the reason logged.
+    seeds the ``DEV_*`` application and key, runs ``prepare`` (what needs the storage
+    before the first request: the generated admin password), then starts its children
+    (the listening ports), so no request arrives before the storage can answer it.
+
+    If any of that fails, the reason is logged (one line for the failures an operator
+    is expected to fix: a port in use, a schema to migrate, a database unreachable; a
+    traceback for anything else), ``ready`` and ``listening`` fail, and ``onFailure``
+    is called (by default it stops the reactor; a server that owns its process also
+    makes it exit non-zero, see :func:`pandapush._process.setExitStatus`).
 
     ``banner`` gives the line to log, once listening, for a newcomer to log in to
     ``/admin`` (None: nothing to say). A worker (``workerIndex`` not None) logs only
-    where it serves: its parent has said where it listens and what the admin password is.
+    where it serves, marked for its parent (:data:`~pandapush.workers.pool.READY_FIELD`):
+    its parent has said where it listens and what the admin password is.
     """
 
     _log = Logger()
@@ -214,6 +226,8 @@ class StorageService(MultiService):
         developmentKey: DevelopmentKey | None = None,
         banner: Callable[[str], str | None] = lambda url: None,
         workerIndex: int | None = None,
+        prepare: Sequence[Callable[[], Awaitable[object]]] = (),
+        onFailure: Callable[[], object] | None = None,
     ) -> None:
         super().__init__()
         self.storage = storage
@@ -221,6 +235,8 @@ class StorageService(MultiService):
         self.developmentKey = developmentKey
         self.banner = banner
         self.workerIndex = workerIndex
+        self.prepare = list(prepare)
+        self.onFailure = onFailure if onFailure is not None else self._stopReactor
         self.ready: defer.Deferred[None] = defer.Deferred()
         #: Fires with the listening ports once they listen (what --workers shares).
         self.listening: defer.Deferred[list[IListeningPort]] = defer.Deferred()
@@ -238,31 +254,69 @@ class StorageService(MultiService):
     async def _start(self) -> None:
         await self.storage.start()
         await seedDevelopmentKey(self.storage, self.developmentKey)
+        for step in self.prepare:
+            await step()
+        listeners = [child for child in self if isinstance(child, EndpointListener)]
         for child in self:
             child.startService()
-        ports = [getattr(c, "_waitingForPort", None) for c in self]
-        listening = [await p for p in ports if p is not None]
+        results = await defer.DeferredList(
+            [listener.listening for listener in listeners if listener.listening is not None],
+            consumeErrors=True,
+        )
+        for ok, result in results:
+            if not ok:
+                cast(Failure, result).raiseException()
+        listening = [cast(IListeningPort, port) for _, port in results]
         for port in listening:
-            host = port.getHost()
-            url = f"http://{'localhost' if host.host in ('0.0.0.0', '::') else host.host}:{host.port}"
-            if self.workerIndex is not None:
-                self._log.info("worker {index} serving {url}/push", index=self.workerIndex, url=url)
-                continue
-            self._log.info("pandapush {version} listening at {url}/push", version=__version__, url=url)
-            banner = self.banner(url)
-            if banner:
-                self._log.info("{banner}", banner=banner)
+            self._announce(port)
         self.listening.callback(listening)
         self.ready.callback(None)
 
-    def _failed(self, failure: Any) -> None:
-        self._log.failure("pandapush could not start", failure)
+    def _announce(self, port: IListeningPort) -> None:
+        host = port.getHost()
+        name = getattr(host, "host", "localhost")
+        scheme = "https" if isTLS(port) else "http"
+        url = f"{scheme}://{'localhost' if name in ('0.0.0.0', '::') else name}:{getattr(host, 'port', '')}"
+        if self.workerIndex is not None:
+            self._log.info(
+                "worker {index} serving {url}/push", index=self.workerIndex, url=url, **{READY_FIELD: True}
+            )
+            return
+        self._log.info("pandapush {version} listening at {url}/push", version=__version__, url=url)
+        banner = self.banner(url)
+        if banner:
+            self._log.info("{banner}", banner=banner)
+
+    def _failed(self, failure: Failure) -> None:
+        if failure.check(*EXPECTED_START_FAILURES):
+            # Nothing a traceback would add: what to fix is in the message.
+            self._log.error(
+                "pandapush could not start: {reason}", reason=_oneLine(cast(BaseException, failure.value))
+            )
+        else:
+            self._log.failure("pandapush could not start", failure)
         if not self.listening.called:
             self.listening.errback(failure)
         if not self.ready.called:
             self.ready.errback(failure)
+        self.onFailure()
+
+    def _stopReactor(self) -> None:
         if getattr(self.reactor, "running", False):
             self.reactor.stop()
+
+
+#: Start-up failures an operator is expected to fix, reported in one line.
+EXPECTED_START_FAILURES: tuple[type[BaseException], ...] = (
+    error.CannotListenError,
+    StorageError,
+    AdminAuthError,
+)
+
+
+def _oneLine(reason: BaseException) -> str:
+    text = " ".join(str(reason).split())
+    return text or type(reason).__name__
 
 
 class PandapushService(MultiService):

@@ -18,6 +18,7 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
+from pandapush._process import failProcess, foregroundWithoutPidfile, twistdOptions
 from pandapush.auth.checkers import ChannelAuthority
 from pandapush.auth.keycache import KeyCache, KeyUsageFlusher
 from pandapush.auth.origins import AppOrigins, OriginExtension
@@ -47,6 +48,7 @@ from pandapush.web.apps.openapi import OpenAPIResource
 from pandapush.web.clientjs import ClientScriptResource
 from pandapush.web.connections import AddressLimit
 from pandapush.web.http import ProxyTrust
+from pandapush.web.pages import FrontPage
 from pandapush.web.publish import PublishApp
 from pandapush.web.site import HealthApp, PandapushRoot, makeSite
 from pandapush.web.webhooks import WebhookAdmin
@@ -55,7 +57,7 @@ from pandapush.workers.child import WorkerChild
 from pandapush.workers.pool import WorkerPool
 from pandapush.workers.sockets import listenerServices
 
-__all__ = ["Options", "makeService"]
+__all__ = ["Options", "makeService", "tacApplication"]
 
 
 def _positive(kind: type) -> Any:
@@ -268,6 +270,10 @@ class Options(usage.Options):
         ],
     ]
 
+    #: Whether the server this builds is its process's (run by twistd, twist or a .tac,
+    #: rather than embedded in a test): then a failure to start is the process's exit status.
+    ownsProcess = False
+
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
@@ -287,11 +293,32 @@ class Options(usage.Options):
         # usage error before anything starts.
         self.configuration = Configuration.fromOptions(self, os.environ)
         self["workers"] = self.configuration.workers
+        # twistd and twist make us a subcommand: their options are our parent.
+        runner = getattr(self, "parent", None)
+        if runner is not None:
+            self.ownsProcess = True
+            foregroundWithoutPidfile(runner)
 
     @property
     def engineFactory(self) -> IEngineFactory:
         """The chosen engine's factory."""
         return self.configuration.engineFactory
+
+
+def tacApplication(argv: Sequence[str]) -> Any:
+    """
+    The ``application`` of ``pandapush.tac`` (``twistd -ny pandapush.tac``): the server of
+    ``twistd pandapush <argv>``, owning its process as that one does.
+    """
+    from twisted.application import service
+
+    options = Options()
+    options.parseOptions(list(argv))
+    options.ownsProcess = True
+    foregroundWithoutPidfile(twistdOptions())
+    application = service.Application("pandapush")
+    makeService(options).setServiceParent(application)
+    return application
 
 
 def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str] | None = None) -> Server:
@@ -443,6 +470,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
             b"client.js": scripts,
             b"client.mjs": scripts,
             b"client.d.ts": scripts,
+            b"": FrontPage(),
         },
     )
     site = makeSite(
@@ -460,13 +488,20 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
     # The services. They start in this order; they stop all at once, the storage
     # closing after the last (PandapushService). The ports listen once the storage
     # is ready (StorageService); the workers start once the ports listen.
+    # Run by twistd, twist or the .tac: a server that cannot start stops, exiting non-zero.
+    onFailure = failProcess(reactor) if options.ownsProcess else None
     storageService = StorageService(
         storage,
         reactor,
         config.developmentKey,
         banner=lambda url: adminLoginBanner(adminAuthority, url),
         workerIndex=config.worker.index if config.worker is not None else None,
+        onFailure=onFailure,
     )
+    if options.ownsProcess:
+        # A failure is reported by StorageService; nothing else waits for these.
+        storageService.ready.addErrback(lambda _: None)
+        storageService.listening.addErrback(lambda _: None)
     for listener in listenerServices(config, reactor, site):
         listener.setServiceParent(storageService)
     keysync = None
@@ -492,6 +527,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
             storageService.listening,
             grace=config.shutdownGrace,
             reusePort=config.reusePort,
+            onFailure=onFailure or (lambda: None),
         )
     # --log-format json: the observer for twistd to log to (twist is told to use it instead
     # of its own). A worker logs in Twisted's JSON to its parent, which writes its events.

@@ -25,7 +25,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pandapush"
 
 #: Bottom first. Parts in one tuple are one layer: they must not import each other.
 LAYERS: list[tuple[str, ...]] = [
-    ("_deferred", "logs"),
+    ("_deferred", "_process", "logs"),
     ("bayeux",),
     ("interfaces",),
     ("listeners",),

@@ -23,14 +23,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import treq
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, eventAsJSON, formatEvent
+from twisted.logger import ILogObserver, LogLevel, eventAsJSON, formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
@@ -38,7 +38,7 @@ from twisted.web.http_headers import Headers
 
 from pandapush.config import WORKER_VARIABLE, formatListeners, parseListeners, resolveWorkerCount
 from pandapush.tap import Options
-from pandapush.workers.pool import WorkerPool
+from pandapush.workers.pool import READY_FIELD, WorkerPool
 from tests.support.bayeux import LPClient
 from tests.support.cluster import ADMIN, APP, KEY, SECRET, ClusterCase, channel
 from tests.support.failover import FailoverWS, FailoverWSProtocol, dataOn
@@ -194,6 +194,7 @@ class WorkerPoolTests(TestCase):
 
     def startPool(self, count: int = 3) -> tuple[WorkerPool, _FakeReactor, list[dict[str, Any]]]:
         reactor = _FakeReactor()
+        self.failures: list[None] = []
         events: list[dict[str, Any]] = []
         ports = [_FakePort(7, socket.AF_INET), _FakePort(9, socket.AF_INET6)]
         for port in ports:
@@ -207,6 +208,7 @@ class WorkerPoolTests(TestCase):
             grace=2.0,
             executable="py",
             emit=events.append,
+            onFailure=lambda: self.failures.append(None),
         )
         pool.startService()
         self.assertEqual(reactor.spawned, [], "nothing starts before this process listens")
@@ -257,10 +259,17 @@ class WorkerPoolTests(TestCase):
         self.assertIn("listeners=3:AF_INET", reactor.environments[0][WORKER_VARIABLE])
         self.assertRaises(OSError, os.fstat, given)
 
+    def served(self, reactor: _FakeReactor, n: int) -> None:
+        """The n-th spawned worker logs that it serves, as StorageService does."""
+        event = {"log_namespace": "pandapush.services", "log_format": "serving", READY_FIELD: True}
+        reactor.spawned[n][0].childDataReceived(1, ("\x1e" + eventAsJSON(event) + "\n").encode())
+
     def test_restartBackoff(self) -> None:
         """A worker dying young comes back after 0.5 s, then 1 s, 2 s...; one that lived 10 s, after 0.5 s."""
         pool, reactor, _ = self.startPool(2)
         for n, delay in enumerate([0.5, 1.0, 2.0, 4.0]):
+            if n == 0:
+                self.served(reactor, n)
             reactor.end(n, sig=9)
             self.assertEqual(pool.pids(), {})
             reactor.advance(delay - 0.01)
@@ -272,6 +281,26 @@ class WorkerPoolTests(TestCase):
         reactor.advance(0.5)
         self.assertEqual(len(reactor.spawned), 6)
         self.assertEqual(pool.pids(), {1: 1005})
+        self.assertEqual(self.failures, [])
+
+    def test_workerThatNeverServedStopsTheServer(self) -> None:
+        """
+        A worker that exits before it ever served could not start: no restart, onFailure
+        is called (the server stops, exiting non-zero), one error line says which and how.
+        """
+        _, reactor, _ = self.startPool(3)
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.served(reactor, 0)
+        reactor.end(1, code=1)
+        self.assertEqual(self.failures, [None])
+        reactor.advance(60)
+        self.assertEqual(len(reactor.spawned), 2, "not restarted")
+        errors = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
+        self.assertEqual(len(errors), 1, errors)
+        self.assertIn("worker 2 (pid 1001) could not start (status 1", errors[0])
 
     def test_stopTerminatesThenKills(self) -> None:
         """Stopping sends SIGTERM to every worker, SIGKILL grace + 5 s later to those left; no restarts."""
@@ -291,6 +320,7 @@ class WorkerPoolTests(TestCase):
     def test_stopCancelsPendingRestart(self) -> None:
         """A worker waiting to be restarted is not started once the pool stops."""
         pool, reactor, _ = self.startPool(2)
+        self.served(reactor, 0)
         reactor.end(0, sig=9)
         self.successResultOf(pool.stopService())
         reactor.advance(60)

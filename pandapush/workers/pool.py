@@ -26,10 +26,14 @@ from twisted.python.failure import Failure
 from pandapush.config import FIRST_INHERITED_FD, WORKER_VARIABLE, WorkerSpec
 from pandapush.workers.sockets import LISTEN_BACKLOG, reusePortSocket
 
-__all__ = ["PLUGIN", "WorkerPool"]
+__all__ = ["PLUGIN", "READY_FIELD", "WorkerPool"]
 
 #: The twistd plugin each worker runs (``twisted/plugins/pandapush_plugin.py``).
 PLUGIN = "pandapush"
+
+#: The field a worker's log event carries once it serves (``StorageService`` logs it):
+#: how its parent tells a worker that could not start from one that died later.
+READY_FIELD = "pandapush_worker_ready"
 
 
 class _WorkerProtocol(ProcessProtocol):
@@ -76,6 +80,12 @@ class WorkerPool(Service):
     ``maxDelay``; a worker that lived ``stableAfter`` seconds starts the count
     again). ``argv`` are the ``pandapush`` options the workers parse as this
     process did.
+
+    A worker that exits before it ever served (its log never carried
+    :data:`READY_FIELD`) could not start, and its copies would fail alike (the same
+    program, options and machine): the pool logs why in one line and calls
+    ``onFailure`` (the server stops, exiting non-zero) rather than restart it forever
+    while the machine serves with fewer processes than asked.
     """
 
     _log = Logger()
@@ -95,8 +105,10 @@ class WorkerPool(Service):
         environ: dict[str, str] | None = None,
         emit: Callable[[dict[str, Any]], None] = globalLogPublisher,
         reusePort: bool = False,
+        onFailure: Callable[[], object] = lambda: None,
     ) -> None:
         self.reactor = reactor
+        self.onFailure = onFailure
         self.count = count
         self.argv = list(argv)
         self.grace = grace
@@ -112,6 +124,8 @@ class WorkerPool(Service):
         self._listeners: list[tuple[int, socket.AddressFamily]] = []
         self._failures: dict[int, int] = {}
         self._restarts: dict[int, IDelayedCall] = {}
+        #: The workers that have served at least once (their index).
+        self.served: set[int] = set()
 
     def startService(self) -> None:
         super().startService()
@@ -196,13 +210,22 @@ class WorkerPool(Service):
         del self.workers[index]
         if not self.running:
             return
+        if index not in self.served:
+            self._log.error(
+                "worker {index} (pid {pid}) could not start ({how}; its log is above): stopping",
+                index=index,
+                pid=worker.pid,
+                how=_how(code),
+            )
+            self.onFailure()
+            return
         lived = self.reactor.seconds() - worker.startedAt
         delay = self._scheduleRestart(index, lived)
         self._log.error(
             "worker {index} (pid {pid}) exited ({how}) after {lived:.1f}s; restarting it in {delay}s",
             index=index,
             pid=worker.pid,
-            how=f"signal {-code}" if code is not None and code < 0 else f"status {code}",
+            how=_how(code),
             lived=lived,
             delay=delay,
         )
@@ -232,6 +255,8 @@ class WorkerPool(Service):
                     f"{event.get('log_namespace', '-')}#{level.name if level else 'info'}"
                 )
                 event["log_system"] = f"{prefix} {system}"
+                if event.get(READY_FIELD):
+                    self.served.add(index)
                 self.emit(event)
                 return
         # Anything else (a traceback before logging began, a stray print) as it came.
@@ -281,3 +306,7 @@ class WorkerPool(Service):
             worker.transport.signalProcess(name)
         except error.ProcessExitedAlready:
             pass
+
+
+def _how(code: int | None) -> str:
+    return f"signal {-code}" if code is not None and code < 0 else f"status {code}"

@@ -12,9 +12,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from twisted.application import strports
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService
+from twisted.application.service import Service
 from twisted.internet import defer, error
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.endpoints import (
@@ -24,11 +22,20 @@ from twisted.internet.endpoints import (
     serverFromString,
 )
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from pandapush.config import Configuration
 
-__all__ = ["LISTEN_BACKLOG", "ReusePortEndpoint", "listenerServices", "reusePortSocket", "withBacklog"]
+__all__ = [
+    "LISTEN_BACKLOG",
+    "EndpointListener",
+    "ReusePortEndpoint",
+    "isTLS",
+    "listenerServices",
+    "reusePortSocket",
+    "withBacklog",
+]
 
 #: The accept queue a listener asks for unless its endpoint names ``backlog=``. Twisted's
 #: default is 50: when more clients connect at once than the reactor accepts in a turn
@@ -101,7 +108,51 @@ class ReusePortEndpoint:
         return defer.succeed(port)
 
 
-def listenerServices(config: Configuration, reactor: Any, factory: IProtocolFactory) -> list[IService]:
+class EndpointListener(Service):
+    """
+    Listens with ``endpoint`` for ``factory`` once started, and stops listening when
+    stopped. ``listening`` fires with the port, or fails with why it could not listen:
+    reporting that is its owner's (``StorageService``: one line, and the process exits
+    non-zero). Twisted's ``StreamServerEndpointService`` logs the failure as a traceback
+    itself and then fires with None, which left a server that could not listen running,
+    listening nowhere.
+    """
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory, description: str) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.description = description
+        self.listening: defer.Deferred[IListeningPort] | None = None
+        self.port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.listening = self.endpoint.listen(self.factory)
+        self.listening.addCallback(self._listened)
+
+    def _listened(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
+        return port
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            stopped: defer.Deferred[None] = defer.maybeDeferred(port.stopListening)  # type: ignore[call-overload]
+            return stopped
+        if self.listening is not None and not self.listening.called:
+            self.listening.cancel()
+        return None
+
+
+def isTLS(port: IListeningPort) -> bool:
+    """Whether ``port`` speaks TLS (an ``ssl:`` endpoint's port wraps its factory in one)."""
+    return isinstance(getattr(port, "factory", None), TLSMemoryBIOFactory)
+
+
+def listenerServices(
+    config: Configuration, reactor: Any, factory: IProtocolFactory
+) -> list[EndpointListener]:
     """
     A service listening for ``factory`` on each of ``config``'s endpoints: the
     inherited sockets, adopted, in a worker; a ``SO_REUSEPORT`` socket of its own
@@ -109,12 +160,17 @@ def listenerServices(config: Configuration, reactor: Any, factory: IProtocolFact
     """
     if config.worker is not None:
         return [
-            StreamServerEndpointService(AdoptedStreamServerEndpoint(reactor, fd, family), factory)
+            EndpointListener(
+                AdoptedStreamServerEndpoint(reactor, fd, family), factory, f"inherited socket {fd}"
+            )
             for fd, family in config.worker.listeners
         ]
     if config.reusePort:
         return [
-            StreamServerEndpointService(ReusePortEndpoint(reactor, withBacklog(endpoint)), factory)
+            EndpointListener(ReusePortEndpoint(reactor, withBacklog(endpoint)), factory, endpoint)
             for endpoint in config.listen
         ]
-    return [strports.service(withBacklog(endpoint), factory, reactor=reactor) for endpoint in config.listen]
+    return [
+        EndpointListener(serverFromString(reactor, withBacklog(endpoint)), factory, endpoint)
+        for endpoint in config.listen
+    ]

@@ -30,6 +30,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.trial.unittest import TestCase
 
 from pandapush.tap import Options, makeService
+from pandapush.workers.sockets import EndpointListener
 from tests.support.ports import portNumber
 
 __all__ = [
@@ -120,10 +121,10 @@ class InProcessServer:
             c
             for s in self.service
             for c in (s if hasattr(s, "__iter__") else [])
-            if hasattr(c, "_waitingForPort")
+            if isinstance(c, EndpointListener)
         ]
-        # Port 0 picks a free port; the endpoint service is the only one who knows which.
-        self.port = await listeners[0]._waitingForPort
+        # Port 0 picks a free port; the listener is the only one who knows which.
+        self.port = listeners[0].port
 
     @property
     def url(self) -> str:

@@ -210,6 +210,38 @@ class PandapushProcess:
         return env
 
     async def start(self) -> None:
+        protocol = self.launch()
+        await self._waitUntilHealthy(protocol)
+
+    async def runUntilExit(self) -> int | None:
+        """
+        Start a server that is expected not to come up, and wait for it to exit by itself;
+        its exit code. One still running after ``startTimeout`` is stopped and the test fails.
+        """
+        protocol = self.launch()
+        timer = self.reactor.callLater(self.startTimeout, self._kill, self._transport)
+        code = await protocol.whenEnded()
+        if not timer.active():
+            raise ServerFailedError(f"still running after {self.startTimeout}s:\n{self.log()}")
+        timer.cancel()
+        return code
+
+    async def waitForLine(self, text: str) -> str:
+        """The first line of this run's output holding ``text``, once printed (within ``startTimeout``)."""
+        clock: IReactorTime = self.reactor
+        deadline = clock.seconds() + self.startTimeout
+        tag = f"[server#{self.runs}] "
+        while clock.seconds() < deadline:
+            for line in self.output:
+                if line.startswith(tag) and text in line:
+                    return line
+            if not self.running:
+                break
+            await sleep(0.05, self.reactor)
+        raise ServerFailedError(f"no line with {text!r}:\n{self.log()}")
+
+    def launch(self) -> _ServerProtocol:
+        """Start the process, without waiting for anything."""
         if self.running:
             raise ServerFailedError("already running")
         self.runs += 1
@@ -222,7 +254,7 @@ class PandapushProcess:
         self._transport = IReactorProcess(self.reactor).spawnProcess(
             protocol, command[0], command, env=self.childEnvironment(), path=str(self.directory())
         )
-        await self._waitUntilHealthy(protocol)
+        return protocol
 
     async def _waitUntilHealthy(self, protocol: _ServerProtocol) -> None:
         clock: IReactorTime = self.reactor

@@ -1,0 +1,108 @@
+"""What a server owning its process (run by twistd, twist or a .tac) does to it.
+
+Its exit status, when the server could not run. Its pid file, which twistd writes
+even in the foreground (:func:`foregroundWithoutPidfile`).
+
+``twistd`` and ``twist`` (``python -m twisted``) exit with status 0 once the reactor
+has stopped, whatever stopped it: a server that could not listen, or found its
+database schema out of date, looked to systemd (``Restart=on-failure``), Kubernetes
+and CI as if it had finished its work. Neither runner lets a plugin choose the
+status, and an exception out of ``reactor.run()`` is printed as a traceback by
+``twistd``. So the status is set here, and applied at the very end: after the
+runner has returned (``twistd`` has removed its pid file) and after the other exit
+handlers have run, as they would on a normal exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+__all__ = [
+    "START_FAILED",
+    "exitStatus",
+    "failProcess",
+    "foregroundWithoutPidfile",
+    "setExitStatus",
+    "twistdOptions",
+]
+
+#: The status of a server that could not start (or whose workers could not).
+START_FAILED = 1
+
+_status: int | None = None
+
+
+def setExitStatus(status: int) -> None:
+    """Make this process exit with ``status`` (not 0) once its runner is done."""
+    global _status
+    if _status is None:
+        atexit.register(_exitNow)
+    _status = status
+
+
+def exitStatus() -> int | None:
+    """The status set with :func:`setExitStatus`, if any."""
+    return _status
+
+
+def _exitNow() -> None:
+    # Registered last, so called first: let the others run, as on a normal exit,
+    # then leave with the status (an exception in an exit handler cannot change it).
+    atexit.unregister(_exitNow)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(_status if _status is not None else 0)
+
+
+def foregroundWithoutPidfile(runnerOptions: Any) -> None:
+    """
+    twistd writes ``twistd.pid`` into the working directory by default, even with
+    ``--nodaemon``; a second server (or ``twistd -ny pandapush.tac``) started from the
+    same directory is then refused, and the file shows in ``git status``. In the
+    foreground (a terminal, a container, a supervisor, which knows the pid) the file
+    serves nobody: it is written only when ``--pidfile`` names it.
+    """
+    try:
+        nodaemon, pidfile = runnerOptions["nodaemon"], runnerOptions["pidfile"]
+    except (KeyError, TypeError):
+        return  # not twistd's options (twist writes no pid file unless asked)
+    given = any(arg == "--pidfile" or arg.startswith("--pidfile=") for arg in sys.argv)
+    if nodaemon and not given and pidfile in ("twistd.pid", os.path.abspath("twistd.pid")):
+        runnerOptions["pidfile"] = ""
+
+
+def twistdOptions() -> Any:
+    """
+    The options of the twistd loading a .tac: twistd gives a .tac nothing, so they are
+    found on the stack, as the ``config`` of the ``ApplicationRunner`` loading it.
+    """
+    from twisted.application.app import ApplicationRunner
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        runner = frame.f_locals.get("self")
+        if isinstance(runner, ApplicationRunner):
+            return runner.config
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+def failProcess(reactor: Any) -> Callable[[], None]:
+    """What a server that owns its process does when it cannot start: stop, and exit non-zero."""
+
+    def failed() -> None:
+        setExitStatus(START_FAILED)
+        if reactor.running:
+            reactor.stop()
+        else:  # twist starts the services before the reactor runs
+            reactor.callWhenRunning(reactor.stop)
+
+    return failed
