@@ -229,6 +229,11 @@ class Configuration:
             webhooks = WebhookConfig.fromOptions(options, env)
         except ValueError as e:
             raise ConfigurationError(str(e)) from None
+        if tenantLimits.cluster and not engineFactory.shared:
+            raise ConfigurationError(
+                "--cluster-limits (or PANDAPUSH_CLUSTER_LIMITS) needs the Redis engine (--redis-hosts "
+                "or REDIS_HOSTS): the nodes count the limits together in Redis"
+            )
         timeout = options.get("timeout", 30.0)
         reusePort = bool(options.get("reuse-port"))
         return cls(

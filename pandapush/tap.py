@@ -27,7 +27,7 @@ from pandapush.auth.throttle import parseTrustedProxies
 from pandapush.config import Configuration
 from pandapush.engines import DEFAULT_REDIS_HOSTS, IEngineFactory, makeEngine
 from pandapush.extensions.expiry import SubscriptionExpiry
-from pandapush.extensions.limits import AppConnectionLimiter, LimitsExtension, PublishRateLimiter
+from pandapush.extensions.limits import AppConnectionLimiter, LimitsExtension, PublishRate, PublishRateLimiter
 from pandapush.extensions.metrics import Metrics
 from pandapush.extensions.presence import PresenceExtension
 from pandapush.extensions.statistics import Statistics
@@ -89,6 +89,13 @@ class Options(usage.Options):
             "spread evenly by the kernel, instead of one shared socket the first idle worker takes from.",
         ],
         ["access-log", None, "Log every HTTP request (off by default: long-polling makes many)."],
+        [
+            "cluster-limits",
+            None,
+            "Count --max-publish-rate and --max-connections-per-app (and the anonymous budget) "
+            "across every node and worker through Redis, not per process (Redis engine only). "
+            "[default: $PANDAPUSH_CLUSTER_LIMITS]",
+        ],
     ]
 
     optParameters = [
@@ -361,16 +368,44 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
     authority = ChannelAuthority(keys, reactor, leeway=tenancy.tokenLeeway)
     limits = config.tenantLimits
     # One bucket per key, for Bayeux and REST publishes alike.
-    publishes = PublishRateLimiter(
+    localPublishes = PublishRateLimiter(
         reactor, limits.maxPublishRate, limits.maxPublishBurst, onRefused=router.limitRefused
     )
-    connections = AppConnectionLimiter(
-        engine,
-        reactor,
-        limits.maxConnectionsPerApp,
-        onRefused=router.limitRefused,
-        maxAnonymousPerApp=limits.maxAnonymousConnectionsPerApp,
-    )
+    publishes: PublishRate = localPublishes
+    clusterLimits = None
+    if limits.cluster:
+        # --cluster-limits: the same limits counted by every node together in Redis; the
+        # per-node limiter stays as the fallback while Redis does not answer.
+        from pandapush.extensions.clusterlimits import (
+            ClusterConnectionLimiter,
+            ClusterLimits,
+            ClusterPublishRate,
+        )
+        from pandapush.redis import parseRedisHosts
+
+        clusterLimits = ClusterLimits(
+            reactor,
+            parseRedisHosts(config.redisHosts or DEFAULT_REDIS_HOSTS)[0],
+            config.engine.redisNamespace,
+            nodeId=getattr(engine, "nodeId", None) or os.urandom(8).hex(),
+        )
+        publishes = ClusterPublishRate(clusterLimits, localPublishes, reactor)
+        connections: AppConnectionLimiter = ClusterConnectionLimiter(
+            engine,
+            reactor,
+            clusterLimits,
+            limits.maxConnectionsPerApp,
+            onRefused=router.limitRefused,
+            maxAnonymousPerApp=limits.maxAnonymousConnectionsPerApp,
+        )
+    else:
+        connections = AppConnectionLimiter(
+            engine,
+            reactor,
+            limits.maxConnectionsPerApp,
+            onRefused=router.limitRefused,
+            maxAnonymousPerApp=limits.maxAnonymousConnectionsPerApp,
+        )
     presence = PresenceExtension(
         router, maxMembers=config.presenceMaxMembers, maxDataSize=config.presenceMaxData
     )
@@ -568,6 +603,8 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         users.service,
         webhooks.sender,
         keysync,
+        # Before the ports listen: its first heartbeat is queued ahead of any admission.
+        clusterLimits,
         storageService,
         workers,
         # In a worker: leaves when the parent does; SIGTERM stops it once.

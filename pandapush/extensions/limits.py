@@ -22,8 +22,9 @@ key or application a message is for, which only tenancy knows, so they sit besid
   strangers cannot lock an application's own subscribers and publishers out.
 
 Both are per node: with N nodes behind a load balancer the effective limits are N
-times the configured ones. Both cost O(1) per message: one dict lookup and a little
-arithmetic; nothing is done per recipient.
+times the configured ones, unless ``--cluster-limits`` counts them across nodes through
+Redis (:mod:`pandapush.extensions.clusterlimits`, subclasses of these two). Both cost
+O(1) per message: one dict lookup and a little arithmetic; nothing is done per recipient.
 
 :class:`LimitsExtension` applies both to Bayeux messages; the REST endpoint calls
 :meth:`PublishRateLimiter.acquire` itself (HTTP 429 with ``Retry-After``), on the same
@@ -38,7 +39,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from twisted.internet.defer import Deferred
@@ -60,6 +61,7 @@ __all__ = [
     "AppConnectionLimiter",
     "LimitSettings",
     "LimitsExtension",
+    "PublishRate",
     "PublishRateLimiter",
 ]
 
@@ -93,6 +95,19 @@ class _Bucket:
     def __init__(self, tokens: float, stamp: float) -> None:
         self.tokens = tokens
         self.stamp = stamp
+
+
+class PublishRate(Protocol):
+    """What publish paths ask of a per-key rate: this module's, or the cluster-wide one."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    def acquire(self, keyId: str, count: int = 1) -> float | Deferred[float]:
+        """0.0 if ``count`` publishes may go ahead, else the seconds to wait (now or later)."""
+        ...
+
+    def refusal(self, keyId: str) -> str: ...
 
 
 class PublishRateLimiter:
@@ -228,17 +243,31 @@ class AppConnectionLimiter(EngineListener):
         """
         if not self.enabled or self.admitted(clientId, appId, authenticated):
             return True
-        limit = self.maxPerApp if authenticated else self.maxAnonymousPerApp
+        limit = self.limit(authenticated)
         clients = self._budgets[authenticated].get(appId)
         if limit > 0 and clients is not None and len(clients) >= limit:
-            if self.onRefused is not None:
-                self.onRefused(CONNECTIONS_PER_APP if authenticated else ANONYMOUS_CONNECTIONS_PER_APP)
-            self._maybeSweep(appId)
+            self.refused(appId, authenticated)
             return False
+        self._count(clientId, appId, authenticated)
+        return True
+
+    def reserve(self, clientId: str, appId: str, authenticated: bool = True) -> bool | Deferred[bool]:
+        """What :class:`LimitsExtension` asks: :meth:`admit` here, a Redis check cluster-wide."""
+        return self.admit(clientId, appId, authenticated)
+
+    def limit(self, authenticated: bool) -> int:
+        return self.maxPerApp if authenticated else self.maxAnonymousPerApp
+
+    def refused(self, appId: str, authenticated: bool) -> None:
+        """Counts a refusal, and looks for clients gone without a word (see the class)."""
+        if self.onRefused is not None:
+            self.onRefused(CONNECTIONS_PER_APP if authenticated else ANONYMOUS_CONNECTIONS_PER_APP)
+        self._maybeSweep(appId)
+
+    def _count(self, clientId: str, appId: str, authenticated: bool) -> None:
         self._uncount(clientId, appId)  # an anonymous place, left for an authenticated one
         self._budgets[authenticated].setdefault(appId, set()).add(clientId)
         self._clients.setdefault(clientId, {})[appId] = authenticated
-        return True
 
     def connections(self, appId: str, authenticated: bool | None = None) -> int:
         """Clients counted towards ``appId``: in one budget, or (None) in both."""
@@ -272,14 +301,15 @@ class AppConnectionLimiter(EngineListener):
 
     # stale counts
 
-    def _maybeSweep(self, appId: str) -> None:
+    def _maybeSweep(self, appId: str) -> bool:
         now = self.clock.seconds()
         last = self._swept.get(appId)
         if last is not None and now - last < self.sweepInterval:
-            return
+            return False
         self._swept[appId] = now
         d = Deferred.fromCoroutine(self._sweep(appId))
         d.addErrback(lambda f: self._log.failure("checking {appId}'s clients failed", f, appId=appId))
+        return True
 
     async def _sweep(self, appId: str) -> None:
         clients = set().union(*(budget.get(appId, ()) for budget in self._budgets.values()))
@@ -313,9 +343,7 @@ class LimitsExtension:
     refused subscribe joins nobody). Messages already refused are left alone.
     """
 
-    def __init__(
-        self, engine: IEngine, connections: AppConnectionLimiter, publishes: PublishRateLimiter
-    ) -> None:
+    def __init__(self, engine: IEngine, connections: AppConnectionLimiter, publishes: PublishRate) -> None:
         self.engine = engine
         self.connections = connections
         self.publishes = publishes
@@ -377,18 +405,35 @@ class LimitsExtension:
         if not await self.engine.clientExists(clientId):
             return message
         for name, appId, authenticated in waiting:
-            if not self.connections.admit(clientId, appId, authenticated):
+            admitted = self.connections.reserve(clientId, appId, authenticated)
+            if isinstance(admitted, Deferred):
+                admitted = await admitted
+            if not admitted:
                 message["error"] = str(BayeuxError(403, [name], self.connections.refusal(authenticated)))
                 return message
-        return self._rate(message, context, publish)
+        return await _resolved(self._rate(message, context, publish))
 
-    def _rate(self, message: Message, context: MessageContext, publish: str | None) -> Message:
+    def _rate(
+        self, message: Message, context: MessageContext, publish: str | None
+    ) -> Message | Deferred[Message]:
         keyId = context.attributes.get("keyId")
         if publish is None or not isinstance(keyId, str) or not self.publishes.enabled:
             return message
-        if self.publishes.acquire(keyId):
+        wait = self.publishes.acquire(keyId)
+        if isinstance(wait, Deferred):
+            # Cluster-wide: this node's share of the key's rate ran out, and Redis is asked
+            # for more (once per slice of publishes, not per publish).
+            return wait.addCallback(self._refuseIf, message, keyId, publish)
+        return self._refuseIf(wait, message, keyId, publish)
+
+    def _refuseIf(self, wait: float, message: Message, keyId: str, publish: str) -> Message:
+        if wait:
             message["error"] = str(BayeuxError(429, [publish], self.publishes.refusal(keyId)))
         return message
+
+
+async def _resolved(value: Message | Deferred[Message]) -> Message:
+    return await value if isinstance(value, Deferred) else value
 
 
 def _setting(value: Any, environ: Mapping[str, str], name: str, default: float, kind: type) -> Any:
@@ -422,6 +467,9 @@ class LimitSettings:
     maxClientsPerConnection: int = DEFAULT_MAX_CLIENTS_PER_CONNECTION
     #: Open connections per client address (``pandapush.web.connections``).
     maxConnectionsPerAddress: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
+    #: ``--cluster-limits``: the publish rate and the clients per application counted
+    #: across nodes through Redis (:mod:`pandapush.extensions.clusterlimits`).
+    cluster: bool = False
 
     @classmethod
     def fromOptions(
@@ -474,4 +522,6 @@ class LimitSettings:
                 DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
                 int,
             ),
+            cluster=bool(options.get("cluster-limits"))
+            or env.get("PANDAPUSH_CLUSTER_LIMITS", "").lower() in ("1", "true", "yes", "on"),
         )

@@ -39,7 +39,7 @@ from pandapush.web.body import BodyError, parseBody
 from pandapush.web.http import channelCredentials, errorBody, header, jsonResponse
 
 if TYPE_CHECKING:
-    from pandapush.extensions.limits import PublishRateLimiter
+    from pandapush.extensions.limits import PublishRate
 
 __all__ = ["BodyError", "PublishApp", "PublishResource", "parseBody"]
 
@@ -67,7 +67,7 @@ class PublishApp:
         clock: IReactorTime,
         maxBodySize: int = DEFAULT_MAX_BODY,
         publishTimeout: float = DEFAULT_PUBLISH_TIMEOUT,
-        rateLimiter: PublishRateLimiter | None = None,
+        rateLimiter: PublishRate | None = None,
     ) -> None:
         self.authority = authority
         #: Per-key publishes per second, the same buckets as Bayeux publishes': 429 beyond.
@@ -132,8 +132,19 @@ class PublishApp:
         # one place for per-key publish limits.
         if self.rateLimiter is not None and allowed.keyId is not None:
             wait = self.rateLimiter.acquire(allowed.keyId)
+            if isinstance(wait, Deferred):
+                # Cluster-wide limits asking Redis for more of the key's rate (now and then).
+                keyId = allowed.keyId
+                return wait.addCallback(
+                    lambda later: (
+                        self._tooMany(request, keyId, later) if later else self._read(request, channel)
+                    )
+                )
             if wait:
                 return self._tooMany(request, allowed.keyId, wait)
+        return self._read(request, channel)
+
+    def _read(self, request: IRequest, channel: TenantChannel) -> bytes | Deferred[bytes]:
         content = request.content.read() if request.content is not None else b""
         if len(content) > self.maxBodySize:
             return self._tooLarge(request)

@@ -71,9 +71,15 @@ class ClusterCase(TestCase):
         }
 
     async def startNodes(
-        self, count: int, redis: RedisAddress | Sequence[RedisAddress] | None = None
+        self,
+        count: int,
+        redis: RedisAddress | Sequence[RedisAddress] | None = None,
+        extra: Sequence[str] = (),
     ) -> list[PandapushProcess]:
-        """``count`` nodes on ``redis`` (the machine's by default: one address, or several shards)."""
+        """
+        ``count`` nodes on ``redis`` (the machine's by default: one address, or several
+        shards), with the options ``extra`` too.
+        """
         redis = redis if redis is not None else self.mainRedis
         shards = [redis] if isinstance(redis, RedisAddress) else list(redis)
         self.addCleanup(deleteNamespace, shards, self.namespace)
@@ -90,6 +96,7 @@ class ClusterCase(TestCase):
             "sqlite",
             "--database-path",
             self.databasePath,
+            *extra,
         )
         env = seededEnvironment(APP, KEY, SECRET, admin=ADMIN)
         nodes = [PandapushProcess(*args, env=env) for _ in range(count)]

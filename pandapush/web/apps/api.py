@@ -77,7 +77,7 @@ class APIServices:
     engine: IEngine
     storage: IStorage
     clock: IReactorTime
-    #: Per-key publishes per second (``PublishRateLimiter``), shared with every publish path.
+    #: Per-key publishes per second (``PublishRate``), shared with every publish path.
     rateLimiter: Any = None
     queryTimeout: float = DEFAULT_QUERY_TIMEOUT
     publishTimeout: float = 10.0
@@ -148,12 +148,14 @@ class APICall:
             raise APIError(403, decision.text, [name])
         return channel
 
-    def throttle(self, principal: Principal, count: int) -> None:
+    async def throttle(self, principal: Principal, count: int) -> None:
         """Take ``count`` publishes from the key's rate: 429 with ``Retry-After`` beyond it."""
         limiter = self.services.rateLimiter
         if limiter is None:
             return
         wait = limiter.acquire(principal.keyId, count)
+        if isinstance(wait, Deferred):  # cluster-wide limits asking Redis for more
+            wait = await wait
         if wait:
             retry = b"%d" % max(1, int(wait + 0.999))
             raise APIError(429, limiter.refusal(principal.keyId), headers={b"Retry-After": retry})

@@ -59,7 +59,7 @@ async def events(call: APICall) -> Any:
     distinct = list(dict.fromkeys(channels))
     for name in distinct:
         call.channel(principal, name, PUBLISH)
-    call.throttle(principal, len(distinct))
+    await call.throttle(principal, len(distinct))
     data = body["data"]
     await _publish(call, [(name, data) for name in distinct])
     return {}
@@ -83,7 +83,7 @@ async def batchEvents(call: APICall) -> Any:
             call.channel(principal, name, PUBLISH)
             checked.add(name)
         messages.append((name, message["data"]))
-    call.throttle(principal, len(messages))
+    await call.throttle(principal, len(messages))
     await _publish(call, messages)
     return {"batch": [{} for _ in messages]}
 
