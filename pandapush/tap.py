@@ -27,7 +27,7 @@ from pandapush.auth.throttle import parseTrustedProxies
 from pandapush.config import Configuration
 from pandapush.engines import DEFAULT_REDIS_HOSTS, IEngineFactory, makeEngine
 from pandapush.extensions.expiry import SubscriptionExpiry
-from pandapush.extensions.limits import AppConnectionLimiter, LimitsExtension, PublishRate, PublishRateLimiter
+from pandapush.extensions.limits import LimitsExtension, makeTenantLimits
 from pandapush.extensions.metrics import Metrics
 from pandapush.extensions.presence import PresenceExtension
 from pandapush.extensions.statistics import Statistics
@@ -367,45 +367,16 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
     keys = KeyCache(storage, reactor, ttl=tenancy.keyCacheTTL, negativeTTL=tenancy.negativeKeyCacheTTL)
     authority = ChannelAuthority(keys, reactor, leeway=tenancy.tokenLeeway)
     limits = config.tenantLimits
-    # One bucket per key, for Bayeux and REST publishes alike.
-    localPublishes = PublishRateLimiter(
-        reactor, limits.maxPublishRate, limits.maxPublishBurst, onRefused=router.limitRefused
+    # One bucket per key for Bayeux and REST publishes alike, and the clients per
+    # application; with --cluster-limits counted by every node together in Redis.
+    tenantLimits = makeTenantLimits(
+        limits,
+        engine,
+        reactor,
+        router.limitRefused,
+        redis=(config.redisHosts or DEFAULT_REDIS_HOSTS, config.engine.redisNamespace),
     )
-    publishes: PublishRate = localPublishes
-    clusterLimits = None
-    if limits.cluster:
-        # --cluster-limits: the same limits counted by every node together in Redis; the
-        # per-node limiter stays as the fallback while Redis does not answer.
-        from pandapush.extensions.clusterlimits import (
-            ClusterConnectionLimiter,
-            ClusterLimits,
-            ClusterPublishRate,
-        )
-        from pandapush.redis import parseRedisHosts
-
-        clusterLimits = ClusterLimits(
-            reactor,
-            parseRedisHosts(config.redisHosts or DEFAULT_REDIS_HOSTS)[0],
-            config.engine.redisNamespace,
-            nodeId=getattr(engine, "nodeId", None) or os.urandom(8).hex(),
-        )
-        publishes = ClusterPublishRate(clusterLimits, localPublishes, reactor)
-        connections: AppConnectionLimiter = ClusterConnectionLimiter(
-            engine,
-            reactor,
-            clusterLimits,
-            limits.maxConnectionsPerApp,
-            onRefused=router.limitRefused,
-            maxAnonymousPerApp=limits.maxAnonymousConnectionsPerApp,
-        )
-    else:
-        connections = AppConnectionLimiter(
-            engine,
-            reactor,
-            limits.maxConnectionsPerApp,
-            onRefused=router.limitRefused,
-            maxAnonymousPerApp=limits.maxAnonymousConnectionsPerApp,
-        )
+    publishes, connections = tenantLimits.publishes, tenantLimits.connections
     presence = PresenceExtension(
         router, maxMembers=config.presenceMaxMembers, maxDataSize=config.presenceMaxData
     )
@@ -604,7 +575,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         webhooks.sender,
         keysync,
         # Before the ports listen: its first heartbeat is queued ahead of any admission.
-        clusterLimits,
+        tenantLimits.service,
         storageService,
         workers,
         # In a worker: leaves when the parent does; SIGTERM stops it once.

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from prometheus_client.core import GaugeMetricFamily, Metric
+from twisted.application.service import IService
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -63,6 +64,8 @@ __all__ = [
     "LimitsExtension",
     "PublishRate",
     "PublishRateLimiter",
+    "TenantLimits",
+    "makeTenantLimits",
 ]
 
 DEFAULT_MAX_PUBLISH_RATE = 1000.0
@@ -525,3 +528,44 @@ class LimitSettings:
             cluster=bool(options.get("cluster-limits"))
             or env.get("PANDAPUSH_CLUSTER_LIMITS", "").lower() in ("1", "true", "yes", "on"),
         )
+
+
+@dataclass(frozen=True)
+class TenantLimits:
+    """The limiters :func:`makeTenantLimits` made, and the service the cluster-wide ones need."""
+
+    publishes: PublishRate
+    connections: AppConnectionLimiter
+    #: ``--cluster-limits``: their Redis side (``ClusterLimits``), a child of the server.
+    service: IService | None = None
+
+
+def makeTenantLimits(
+    settings: LimitSettings,
+    engine: IEngine,
+    clock: IReactorTime,
+    onRefused: Callable[[str], None],
+    redis: tuple[str, str],
+) -> TenantLimits:
+    """
+    The per-key publish rate and the clients per application, per node, or with
+    ``settings.cluster`` counted across nodes on ``redis`` (hosts, namespace): then the
+    per-node rate stays as the fallback while Redis does not answer. Imported only then,
+    so a server without it loads nothing of Redis for its limits.
+    """
+    local = PublishRateLimiter(clock, settings.maxPublishRate, settings.maxPublishBurst, onRefused=onRefused)
+    budgets: dict[str, Any] = {
+        "onRefused": onRefused,
+        "maxAnonymousPerApp": settings.maxAnonymousConnectionsPerApp,
+    }
+    if not settings.cluster:
+        connections = AppConnectionLimiter(engine, clock, settings.maxConnectionsPerApp, **budgets)
+        return TenantLimits(local, connections)
+    from pandapush.extensions.clusterlimits import ClusterConnectionLimiter, ClusterLimits, ClusterPublishRate
+    from pandapush.redis import parseRedisHosts
+
+    hosts, namespace = redis
+    nodeId = getattr(engine, "nodeId", None) or os.urandom(8).hex()
+    cluster = ClusterLimits(clock, parseRedisHosts(hosts)[0], namespace, nodeId)
+    shared = ClusterConnectionLimiter(engine, clock, cluster, settings.maxConnectionsPerApp, **budgets)
+    return TenantLimits(ClusterPublishRate(cluster, local, clock), shared, cluster)
