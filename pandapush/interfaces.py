@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from pandapush.bayeux.delivery import Delivery
 
 __all__ = [
+    "EngineUnavailableError",
     "IClientSocket",
     "IDeliverySink",
     "IEngine",
@@ -45,6 +46,23 @@ __all__ = [
     "Message",
     "Occupancy",
 ]
+
+
+class EngineUnavailableError(Exception):
+    """
+    The engine's shared state cannot be reached right now (Redis down, or not answering
+    within its command timeout): nothing is wrong with the request, and the same request
+    may work in a moment. Callers answer it as such (Bayeux ``503`` with ``retry`` advice,
+    HTTP ``503`` with ``Retry-After``) without a traceback: the engine logs its outage
+    itself, once. ``what`` names what is down ("Redis"); ``retryAfter`` is the seconds a
+    client should wait before trying again.
+    """
+
+    def __init__(self, what: str, detail: str = "", retryAfter: float = 1.0) -> None:
+        super().__init__(f"{what} unavailable" + (f": {detail}" if detail else ""))
+        self.what = what
+        self.detail = detail
+        self.retryAfter = retryAfter
 
 
 class Occupancy(NamedTuple):
@@ -249,6 +267,18 @@ class IEngine(Interface):
         This node's figures, read at scrape time (it may walk every client): ``clients``
         (the clients this node holds), ``subscriptions``, ``channels`` (subscription keys
         with a subscriber here) and ``queued_messages``.
+        """
+
+    def health() -> dict[str, Any]:
+        """
+        What the engine knows right now of the services it depends on, for health checks
+        (``/health_check.json``, ``/ready``): no I/O, cheap enough to call per request.
+        Always ``{"status": "ok" | "unavailable", ...}``; ``"unavailable"`` means calls are
+        failing with :class:`EngineUnavailableError` (or would, for want of a connection).
+        The other keys are the engine's own, JSON-able: the Redis engine adds
+        ``"redis": "ok" | "unavailable"``, ``"error"`` (the cause of the outage, e.g.
+        connection refused) and ``"shards"`` (each shard's status by name). The memory
+        engine depends on nothing: ``{"status": "ok"}``.
         """
 
     def close() -> Deferred[None]:

@@ -106,6 +106,12 @@ class EngineTestsMixin(_Base):
         """The engine provides IEngine."""
         self.assertTrue(verifyObject(IEngine, self.engine))
 
+    def test_healthOk(self) -> None:
+        """A working engine says so in ``health()``, cheaply and JSON-able (health checks call it)."""
+        health = self.engine.health()
+        self.assertEqual(health["status"], "ok", health)
+        self.assertEqual(json.loads(json.dumps(health)), health)
+
     def test_namedEngine(self) -> None:
         """The factory registered as ``engineName`` makes engines of this class, which provides IEngine."""
         self.assertTrue(verifyClass(IEngine, type(self.engine)))

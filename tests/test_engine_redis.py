@@ -18,8 +18,8 @@ from zope.interface.verify import verifyObject
 
 from pandapush.bayeux.delivery import Delivery
 from pandapush.engines.redis import RedisEngine
-from pandapush.interfaces import IClientSocket, IEngine
-from pandapush.redis import HashRing, RedisAddress, RedisShard, RedisUnavailable, parseRedisHosts
+from pandapush.interfaces import EngineUnavailableError, IClientSocket, IEngine
+from pandapush.redis import HashRing, RedisAddress, RedisShard, parseRedisHosts
 from tests.engine_suite import EngineTestsMixin, RecordingListener, RecordingSink, message
 from tests.support.redis import (
     REDIS,
@@ -488,6 +488,11 @@ class RedisDownTests(RedisEngineCase, TestCase):
     """While Redis is down calls fail in bounded time; the engine recovers by itself."""
 
     async def test_downAndBack(self) -> None:
+        """
+        Calls fail with EngineUnavailableError (what the router answers with 503 and retry
+        advice) within the command timeout, ``health()`` says Redis is unavailable and why,
+        and once Redis is back the engine works and says so, without being told.
+        """
         requireRedisServer()
         redis = RedisProcess()
         self.addCleanup(redis.stop, "KILL")
@@ -498,20 +503,26 @@ class RedisDownTests(RedisEngineCase, TestCase):
         )
         await engine.ready()
         clientId = await engine.createClient()
+        self.assertEqual((engine.health()["status"], engine.health()["redis"]), ("ok", "ok"))
         await redis.stop()
         await sleep(0.3)
         started = reactor.seconds()
-        with self.assertRaises(RedisUnavailable):
+        with self.assertRaises(EngineUnavailableError) as raised:
             await engine.createClient()
-        with self.assertRaises(RedisUnavailable):
+        self.assertEqual(raised.exception.what, "Redis")
+        with self.assertRaises(EngineUnavailableError):
             await engine.publish(message("/a"))
         self.assertLess(reactor.seconds() - started, 2.0)
+        health = engine.health()
+        self.assertEqual((health["status"], health["redis"]), ("unavailable", "unavailable"), health)
+        self.assertIn("refused", health["error"])
+        self.assertEqual(health["shards"][f"127.0.0.1:{redis.port}"]["status"], "unavailable", health)
         await redis.start()
         for _ in range(100):
             try:
                 clientId = await engine.createClient()
                 break
-            except RedisUnavailable:
+            except EngineUnavailableError:
                 await sleep(0.1)
         else:
             self.fail("the engine did not reconnect")
@@ -522,8 +533,9 @@ class RedisDownTests(RedisEngineCase, TestCase):
             try:
                 await engine.subscribe(clientId, "/a")
                 break
-            except RedisUnavailable:
+            except EngineUnavailableError:
                 await sleep(0.1)
         self.assertEqual(await engine.publish(message("/a")), 1)
         await engine.settle()
         self.assertEqual(len(sink.payloads), 1)
+        self.assertEqual(engine.health()["status"], "ok", engine.health())

@@ -196,7 +196,9 @@ class KeySync(Service):
         def failed(failure: Any) -> None:
             # Redis is down at start: RedisSubscriber keeps the channel wanted and
             # subscribes it on its next connection; this only tells when that happened.
-            self._log.warn("key sync not subscribed yet: {why}", why=failure.getErrorMessage())
+            # Redis's outage is logged once by its connections' health: debug here, as
+            # this repeats every command timeout while Redis is down.
+            self._log.debug("key sync not subscribed yet: {why}", why=failure.getErrorMessage())
             if self.running and subscriber is self._subscriber:
                 self._subscribe()
 

@@ -278,6 +278,10 @@ class MemoryEngine(ListenerRegistry):
         """Current totals for metrics (walks the clients: call at scrape time, not per message)."""
         return self._local.statistics()
 
+    def health(self) -> dict[str, Any]:
+        """Nothing outside this process to lose: always ok."""
+        return {"status": "ok"}
+
     def queued(self, clientId: str) -> int:
         return self._local.queued(clientId)
 

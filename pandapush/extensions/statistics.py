@@ -27,8 +27,9 @@ from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from pandapush.interfaces import IRouter
+from pandapush.interfaces import EngineUnavailableError, IRouter
 from pandapush.listeners import EngineListener
 
 __all__ = ["AppStatistics", "Statistics", "appOf"]
@@ -227,14 +228,25 @@ class Statistics(EngineListener):
             self._send(f"/{app}/meta/statistics", report)
             reports[app] = {name: report[name] for name in _SUMMED}
         self.router.engine.broadcast(TOPIC, {"id": self._id, "node": self.node, "apps": reports}).addErrback(
-            lambda f: self._log.warn("could not share statistics: {error}", error=f.getErrorMessage())
+            self._notShared
         )
         self._lastTotals = {app: (s.published, s.delivered) for app, s in self.apps.items()}
         self._lastTime = self.reactor.seconds()
+
+    def _notShared(self, failure: Failure) -> None:
+        # The engine logs its own outage once: not a line a second here while it lasts.
+        level = self._log.debug if failure.check(EngineUnavailableError) else self._log.warn
+        level("could not share statistics: {error}", error=failure.getErrorMessage())
 
     def _event(self, app: str, event: dict[str, Any]) -> None:
         self._send(f"/{app}/meta/channels", event)
 
     def _send(self, channel: str, data: dict[str, Any]) -> None:
         d = self.router.publish(channel, data)
-        d.addErrback(lambda f: self._log.failure("meta event on {channel} failed", f, channel=channel))
+        d.addErrback(self._eventFailed, channel)
+
+    def _eventFailed(self, failure: Failure, channel: str) -> None:
+        if failure.check(EngineUnavailableError):
+            self._log.debug("meta event on {channel} not sent: {error}", channel=channel, error=failure.value)
+        else:
+            self._log.failure("meta event on {channel} failed", failure, channel=channel)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pandapush.redis.connection import (
     HashRing,
     RedisAddress,
+    RedisHealth,
     RedisShard,
     RedisSubscriber,
     RedisUnavailable,
@@ -19,6 +20,7 @@ from pandapush.redis.connection import (
 __all__ = [
     "HashRing",
     "RedisAddress",
+    "RedisHealth",
     "RedisShard",
     "RedisSubscriber",
     "RedisUnavailable",

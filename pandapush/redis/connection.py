@@ -12,6 +12,10 @@ and a caller (the router answering a Bayeux request) must get an error instead.
 Both connections reconnect forever with a capped backoff, and a periodic PING
 aborts a connection that stopped answering (a half-open TCP connection is
 otherwise noticed only by the kernel, minutes later).
+
+An outage is logged once per server, with its cause, and its end once
+(:mod:`pandapush.redis.health`); the reconnection attempts themselves are quiet
+(Twisted's ``ClientService`` logs each one, dozens a minute per connection).
 """
 
 from __future__ import annotations
@@ -27,13 +31,17 @@ import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
+from zope.interface import implementer
+
+from pandapush.redis.health import RedisHealth, healthOf
 
 __all__ = [
     "HashRing",
     "RedisAddress",
+    "RedisHealth",
     "RedisShard",
     "RedisSubscriber",
     "RedisUnavailable",
@@ -43,6 +51,51 @@ __all__ = [
 
 class RedisUnavailable(Exception):  # noqa: N818 - reads as a state, like ConnectionRefused
     """A Redis command did not complete in time (Redis down or unreachable)."""
+
+
+@implementer(ILogObserver)
+def _discard(event: Any) -> None:
+    pass
+
+
+class _QuietClientService(ClientService):
+    # Every connection attempt was an info line ("Scheduling retry N to connect..."):
+    # with Redis down, dozens a minute per connection. The outage is logged once instead.
+    _log = Logger(observer=_discard)
+
+
+# txredisapi keeps each pooled connection with a ClientService of its own: the same quiet one.
+txredisapi.ClientService = _QuietClientService
+
+
+@implementer(IStreamClientEndpoint)
+class _ObservedEndpoint:
+    """An endpoint telling ``health`` whether each attempt to connect worked (its connection's key there)."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, health: RedisHealth) -> None:
+        self._endpoint = endpoint
+        self._health = health
+        # The connection failed to connect (not merely to answer in time): connecting
+        # again proves it works. After a timeout it proves nothing (a paused Redis
+        # still accepts connections), an answer does.
+        self.refused = False
+        # Its connection was closed: attempts cancelled by the close say nothing of Redis.
+        self.closed = False
+
+    def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:
+        def made(protocol: IProtocol) -> IProtocol:
+            if self.refused and not self.closed:
+                self.refused = False
+                self._health.recovered(self)
+            return protocol
+
+        def failed(failure: Any) -> Any:
+            if not self.closed and not failure.check(defer.CancelledError):
+                self.refused = True
+                self._health.failed(self, failure.getErrorMessage())
+            return failure
+
+        return self._endpoint.connect(protocolFactory).addCallbacks(made, failed)
 
 
 @dataclass(frozen=True)
@@ -133,17 +186,44 @@ class HashRing:
         return self._owners[position]
 
 
-def _bounded(d: defer.Deferred[Any], seconds: float, reactor: IReactorTime, what: str) -> defer.Deferred[Any]:
-    """Fail ``d`` with RedisUnavailable if it has not fired after ``seconds``."""
+def _bounded(
+    d: defer.Deferred[Any],
+    seconds: float,
+    reactor: IReactorTime,
+    what: str,
+    health: RedisHealth | None = None,
+    connection: _ObservedEndpoint | None = None,
+) -> defer.Deferred[Any]:
+    """
+    Fail ``d`` with RedisUnavailable if it has not fired after ``seconds``; with
+    ``health``, a timeout counts as ``connection`` failing, and an answer to a command
+    sent after that as its recovery.
+    """
+    sent = reactor.seconds()
+
+    def answered(result: Any) -> Any:
+        assert health is not None and connection is not None
+        if connection.closed:
+            return result
+        failedAt = health.failedAt(connection)
+        if failedAt is not None and sent >= failedAt:
+            health.recovered(connection)
+        return result
 
     def timedOut(failure: Any) -> Any:
         if failure.check(defer.CancelledError, defer.TimeoutError):
+            if health is not None and connection is not None and not connection.closed:
+                health.failed(connection, f"no answer within {seconds}s")
+                if not health.ok and health.cause:
+                    raise RedisUnavailable(f"Redis {health.name} unavailable ({health.cause})")
             raise RedisUnavailable(f"Redis did not answer {what} within {seconds}s")
         if failure.check(txredisapi.ConnectionError):
             raise RedisUnavailable(f"Redis connection lost during {what}")
         return failure
 
     d.addTimeout(seconds, reactor)  # type: ignore[arg-type]
+    if health is not None:
+        d.addCallback(answered)
     d.addErrback(timedOut)
     return d
 
@@ -163,20 +243,24 @@ class RedisShard:
         self.address = address
         self._reactor = reactor
         self.commandTimeout = commandTimeout
+        self.health = healthOf(reactor, f"{address.host}:{address.port}")
         # poolsize 1: commands from this node reach Redis in the order they were
         # issued (an attach's lease then a detach's deadline, never the reverse).
-        self._handler: Any = txredisapi.lazyConnection(
-            address.host,
-            address.port,
-            dbid=address.db or None,
-            reconnect=True,
+        # txredisapi.lazyConnection, but on an endpoint that tells our health.
+        factory = txredisapi.RedisFactory(
+            f"{address.host}:{address.port}",
+            address.db or None,
+            1,
+            isLazy=True,
             charset="utf-8",
             convertNumbers=False,
-            connectTimeout=max(commandTimeout, 1.0),
         )
-        factory = self._handler._factory
         factory.initialDelay = 0.1
         factory.maxDelay = reconnectMaxDelay
+        endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=max(commandTimeout, 1.0))
+        self._endpoint = _ObservedEndpoint(endpoint, self.health)
+        factory.startConnecting(self._endpoint)
+        self._handler: Any = factory.handler
         self._scripts: dict[str, bytes] = {}
 
     def execute(self, *args: Any) -> defer.Deferred[Any]:
@@ -185,7 +269,7 @@ class RedisShard:
             d = self._handler.execute_command(*args)
         except Exception as e:
             return defer.fail(RedisUnavailable(str(e)))
-        return _bounded(d, self.commandTimeout, self._reactor, str(args[0]))
+        return _bounded(d, self.commandTimeout, self._reactor, str(args[0]), self.health, self._endpoint)
 
     def eval(self, script: str, keys: Sequence[str], args: Sequence[Any] = ()) -> defer.Deferred[Any]:
         """Run a Lua script (EVALSHA, falling back to EVAL), bounded in time."""
@@ -193,7 +277,7 @@ class RedisShard:
             d = self._handler.eval(script, list(keys), list(args))
         except Exception as e:
             return defer.fail(RedisUnavailable(str(e)))
-        return _bounded(d, self.commandTimeout, self._reactor, "EVAL")
+        return _bounded(d, self.commandTimeout, self._reactor, "EVAL", self.health, self._endpoint)
 
     def ping(self) -> defer.Deferred[None]:
         """PING; a connection that does not answer in time is aborted so that it reconnects."""
@@ -202,12 +286,17 @@ class RedisShard:
         def failed(failure: Any) -> None:
             for connection in list(self._handler._factory.pool):
                 if connection.transport is not None:
-                    self._log.warn("Redis {shard} did not answer PING: reconnecting", shard=self.address.name)
+                    # Debug only: the outage is logged once, by health.
+                    self._log.debug(
+                        "Redis {shard} did not answer PING: reconnecting", shard=self.address.name
+                    )
                     connection.transport.abortConnection()
 
         return d.addCallbacks(lambda _: None, failed)
 
     def close(self) -> defer.Deferred[None]:
+        self._endpoint.closed = True
+        self.health.forget(self._endpoint)
         d = self._handler.disconnect()
         return d.addErrback(lambda _: None)
 
@@ -229,6 +318,8 @@ class _SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
 
 
 class _SubscriberFactory(Factory):
+    noisy = False  # "Starting factory"/"Stopping factory" at every reconnection attempt
+
     def __init__(self, owner: RedisSubscriber) -> None:
         self.owner = owner
 
@@ -270,9 +361,11 @@ class RedisSubscriber:
         self._wanted: dict[str, bool] = {}
         self._waiting: dict[str, list[defer.Deferred[None]]] = {}
         self._protocol: _SubscriberProtocol | None = None
+        self.health = healthOf(reactor, f"{address.host}:{address.port}")
         endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=max(commandTimeout, 1.0))
-        self._service = ClientService(
-            endpoint,
+        self._endpoint = _ObservedEndpoint(endpoint, self.health)
+        self._service = _QuietClientService(
+            self._endpoint,
             _SubscriberFactory(self),
             # Twisted's default jitter adds up to a whole second: too much for a node
             # whose clients wait for their messages.
@@ -298,7 +391,7 @@ class RedisSubscriber:
         self._waiting.setdefault(channel, []).append(d)
         if self._protocol is not None:
             self._send(self._protocol, channel)
-        return _bounded(d, self.commandTimeout, self._reactor, "SUBSCRIBE")
+        return _bounded(d, self.commandTimeout, self._reactor, "SUBSCRIBE", self.health, self._endpoint)
 
     def subscribeMany(self, channels: Iterable[str]) -> defer.Deferred[Any]:
         return defer.gatherResults([self.subscribe(c) for c in channels], consumeErrors=True)
@@ -357,11 +450,11 @@ class RedisSubscriber:
         protocol = self._protocol
         if protocol is None:
             return defer.succeed(None)
-        d = _bounded(protocol.ping(), self.commandTimeout, self._reactor, "PING")
+        d = _bounded(protocol.ping(), self.commandTimeout, self._reactor, "PING", self.health, self._endpoint)
 
         def failed(_: Any) -> None:
             if protocol.transport is not None:
-                self._log.warn(
+                self._log.debug(
                     "subscriber on {shard} did not answer PING: reconnecting", shard=self.address.name
                 )
                 protocol.transport.abortConnection()
@@ -369,6 +462,8 @@ class RedisSubscriber:
         return d.addCallbacks(lambda _: None, failed)
 
     def close(self) -> defer.Deferred[None]:
+        self._endpoint.closed = True
+        self.health.forget(self._endpoint)
         self._wanted.clear()
         for waiting in self._waiting.values():
             for d in waiting:

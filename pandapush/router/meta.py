@@ -33,7 +33,7 @@ from pandapush.bayeux.message import (
     fail,
     makeReply,
 )
-from pandapush.interfaces import IClientSocket, IEngine
+from pandapush.interfaces import EngineUnavailableError, IClientSocket, IEngine
 from pandapush.router.limits import Limits, Refusals, channelRefusal
 from pandapush.router.pipeline import Answer, Handled, Held
 from pandapush.router.sessions import Sessions
@@ -179,6 +179,9 @@ class Publisher:
                 recipients.raiseException()
             if self._observers:
                 self._published(recipients, channel)
+        except EngineUnavailableError as error:
+            # Redis down: the engine logged the outage once; the publisher may try again.
+            return [fail(reply, BayeuxError(503, [channel], f"{error.what} unavailable; try again later"))]
         except Exception:
             self._log.failure("engine failed to publish to {channel}", channel=channel)
             return [fail(reply, BayeuxError.publishFailed(channel))]

@@ -31,7 +31,7 @@ from pandapush._deferred import settled
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.errors import BayeuxError
 from pandapush.bayeux.message import HANDSHAKE, Message, Reply, fail, makeReply
-from pandapush.interfaces import IClientSocket, IExtension
+from pandapush.interfaces import EngineUnavailableError, IClientSocket, IExtension
 
 __all__ = ["Answer", "Extensions", "Handled", "Held", "MessageHandler", "Pipeline"]
 
@@ -285,7 +285,7 @@ class Pipeline:
                         errbackArgs=(message,),
                     )
         except Exception:
-            return self._serverError(message)
+            return self._serverError(message, Failure())
         return self._dispatch(incoming, context, socket)
 
     def _dispatch(
@@ -305,7 +305,7 @@ class Pipeline:
                         errbackArgs=(message,),
                     )
         except Exception:
-            return self._serverError(message)
+            return self._serverError(message, Failure())
         return self._outgoing(handled, message, context)
 
     def _outgoing(self, handled: Handled, message: Message, context: MessageContext) -> Answer:
@@ -318,14 +318,28 @@ class Pipeline:
                 if isinstance(replies, Deferred):
                     return replies.addErrback(self._failed, message)
         except Exception:
-            return self._serverError(message)
+            return self._serverError(message, Failure())
         return replies
 
     def _failed(self, failure: Failure, message: Message) -> list[Reply]:
         return self._serverError(message, failure)
 
-    def _serverError(self, message: Message, failure: Failure | None = None) -> list[Reply]:
+    def _serverError(self, message: Message, failure: Failure) -> list[Reply]:
+        if failure.check(EngineUnavailableError):
+            return [unavailable(makeReply(message), failure.value)]  # type: ignore[arg-type]
         self._log.failure(
             "failed to handle a message on {channel!r}", failure, channel=message.get("channel")
         )
         return [fail(makeReply(message), BayeuxError.serverError())]
+
+
+def unavailable(reply: Message, error: EngineUnavailableError) -> Message:
+    """
+    ``reply``, refused because the engine cannot reach its shared state (Redis down):
+    ``503::Redis unavailable; try again later`` with advice to retry after the engine's
+    ``retryAfter``, never a ``500`` nor a traceback (the engine logs the outage once).
+    A ``/meta/connect`` keeps its session; a handshake is simply tried again.
+    """
+    fail(reply, BayeuxError(503, [], f"{error.what} unavailable; try again later"))
+    reply["advice"] = {"reconnect": "retry", "interval": int(error.retryAfter * 1000)}
+    return reply

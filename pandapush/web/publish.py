@@ -34,6 +34,7 @@ from pandapush._deferred import firedWith
 from pandapush.auth.checkers import AuthRefused, ChannelAuthority
 from pandapush.auth.rules import PUBLISH, Allowed, Refusal, TenantChannel, parseChannel
 from pandapush.bayeux.errors import BayeuxError
+from pandapush.interfaces import EngineUnavailableError
 from pandapush.storage.errors import StorageUnavailableError
 from pandapush.web.body import BodyError, parseBody
 from pandapush.web.http import channelCredentials, errorBody, header, jsonResponse
@@ -174,6 +175,10 @@ class PublishApp:
             # The router's own limits (message size): the client's fault, not ours.
             code = 413 if refused.code == 413 else 400
             return jsonResponse(request, code, errorBody(code, refused.message))
+        if isinstance(refused, EngineUnavailableError):
+            # Redis down: logged once by the engine, not once per request; try again.
+            request.setHeader(b"Retry-After", b"%d" % max(1, math.ceil(refused.retryAfter)))
+            return jsonResponse(request, 503, errorBody(503, f"{refused.what} unavailable; try again later"))
         if result.check(TimeoutError):
             self._log.warn("REST publish to {channel} timed out", channel=channel.name)
             return jsonResponse(request, 503, errorBody(503, "Publishing timed out; try again"))

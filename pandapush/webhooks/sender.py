@@ -41,6 +41,7 @@ from twisted.logger import Logger
 import pandapush
 from pandapush.auth.keycache import KeyCache
 from pandapush.bayeux import json
+from pandapush.redis import RedisUnavailable
 from pandapush.storage.webhooks import DeliveryRecord, IWebhookOutbox, Webhook, WebhookEvent, newDeliveryId
 from pandapush.webhooks.config import WebhookConfig
 from pandapush.webhooks.endpoints import WebhookEndpoints
@@ -140,7 +141,9 @@ class WebhookSender(Service):
         def done(result: Any) -> None:
             self._polling = False
             if isinstance(result, defer.Failure):
-                self._log.warn("could not claim webhook events: {e}", e=result.getErrorMessage())
+                # Redis down is logged once by its connections; not once per poll here.
+                level = self._log.debug if result.check(RedisUnavailable) else self._log.warn
+                level("could not claim webhook events: {e}", e=result.getErrorMessage())
             elif self._again and self.running:
                 self._again = False
                 self.wake()

@@ -92,7 +92,7 @@ from pandapush.engines.redis.claims import Claims
 from pandapush.engines.redis.fanout import Fanout
 from pandapush.engines.redis.gc import Expiry
 from pandapush.engines.redis.keys import RedisKeys, Shards
-from pandapush.engines.redis.node import Node, OwnedClient
+from pandapush.engines.redis.node import Node, OwnedClient, unavailableAsEngine
 from pandapush.engines.redis.occupancy import ClusterQueries
 from pandapush.engines.redis.presence import Presence
 from pandapush.engines.redis.restore import Restorer
@@ -262,7 +262,7 @@ class RedisEngine(ListenerRegistry, ClusterQueries):
     # clients
 
     def createClient(self) -> defer.Deferred[str]:
-        return defer.Deferred.fromCoroutine(self._createClient())
+        return unavailableAsEngine(defer.Deferred.fromCoroutine(self._createClient()))
 
     async def _createClient(self) -> str:
         clientId = newClientId()
@@ -293,7 +293,7 @@ class RedisEngine(ListenerRegistry, ClusterQueries):
             # tell the client to handshake again.
             return defer.Deferred.fromCoroutine(self._existsAfterCheck(clientId))
 
-        return d.addCallback(answer)
+        return unavailableAsEngine(d.addCallback(answer))
 
     async def _existsAfterCheck(self, clientId: str) -> bool:
         await self._restorer.check(self._shards.index(clientId))
@@ -304,7 +304,7 @@ class RedisEngine(ListenerRegistry, ClusterQueries):
 
     def destroyClient(self, clientId: str, reason: str = "disconnect") -> defer.Deferred[None]:
         d = defer.Deferred.fromCoroutine(self._destroy(clientId, reason, False))
-        return d.addCallback(lambda _: None)
+        return unavailableAsEngine(d.addCallback(lambda _: None))
 
     async def _destroy(self, clientId: str, reason: str, onlyIfExpired: bool) -> bool:
         keys = [*self._keys.client(clientId), self._keys.parked(clientId)]
@@ -318,17 +318,15 @@ class RedisEngine(ListenerRegistry, ClusterQueries):
         if owner == self.nodeId:
             self._node.drop(clientId)
         elif owner:
-            self._node.track(
-                self._rpc.call(owner, "drop", c=clientId, reason=reason), "dropping a client on its owner"
-            )
+            dropped = self._rpc.call(owner, "drop", c=clientId, reason=reason)
+            self._node.track(dropped, "dropping a client on its owner")
         channels = sorted(set(subs) | set(presence))
         outcomes = await defer.gatherResults(
             [self._presence.leave(clientId, key, presence.get(key, "")) for key in channels],
             consumeErrors=True,
         )
-        subscribed = set(subs)
         for key, (_, vacated, left) in zip(channels, outcomes, strict=True):
-            if key in subscribed:
+            if key in subs:
                 self._notify("unsubscribed", clientId, key)
             if left:
                 self._notify("memberLeft", key, presence[key])
@@ -352,35 +350,34 @@ class RedisEngine(ListenerRegistry, ClusterQueries):
             self._node.endSink(clientId, sink, message.get("reason", ""))
 
     def ping(self, clientId: str) -> None:
-        # As in the memory engine, liveness follows attach/detach (and lease renewal).
-        pass
+        """As in the memory engine, liveness follows attach/detach (and lease renewal)."""
 
     # subscriptions
 
     def subscribe(self, clientId: str, channel: str) -> defer.Deferred[bool]:
-        return self._subscriptions.subscribe(clientId, channel)
+        return unavailableAsEngine(self._subscriptions.subscribe(clientId, channel))
 
     def unsubscribe(self, clientId: str, channel: str) -> defer.Deferred[bool]:
-        return self._subscriptions.unsubscribe(clientId, channel)
+        return unavailableAsEngine(self._subscriptions.unsubscribe(clientId, channel))
 
     def subscriptions(self, clientId: str) -> defer.Deferred[set[str]]:
-        return self._subscriptions.of(clientId)
+        return unavailableAsEngine(self._subscriptions.of(clientId))
 
     # presence and publishing
 
     def presenceJoin(
         self, clientId: str, channel: str, memberId: str, data: Any
     ) -> defer.Deferred[dict[str, Any]]:
-        return self._presence.join(clientId, channel, memberId, data)
+        return unavailableAsEngine(self._presence.join(clientId, channel, memberId, data))
 
     def presenceMembers(self, channel: str) -> defer.Deferred[dict[str, Any]]:
-        return self._presence.members(channel)
+        return unavailableAsEngine(self._presence.members(channel))
 
     def publish(self, delivery: Delivery) -> defer.Deferred[int]:
-        return self._fanout.publish(delivery)
+        return unavailableAsEngine(self._fanout.publish(delivery))
 
     def publishBatch(self, deliveries: Sequence[Delivery]) -> defer.Deferred[list[int]]:
-        return self._fanout.publishBatch(deliveries)
+        return unavailableAsEngine(self._fanout.publishBatch(deliveries))
 
     # sinks
 
@@ -400,6 +397,9 @@ class RedisEngine(ListenerRegistry, ClusterQueries):
     def statistics(self) -> dict[str, int]:
         """Figures for this node (clients it owns), for metrics at scrape time."""
         return self._local.statistics()
+
+    def health(self) -> dict[str, Any]:
+        return self._node.health()
 
     def hasLocal(self, clientId: str) -> bool:
         """Whether this node owns the client right now (tests, diagnostics)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -20,10 +20,33 @@ from twisted.logger import Logger
 from pandapush.bayeux.delivery import Delivery
 from pandapush.engines.local import LocalClient, LocalClients
 from pandapush.engines.redis.keys import RedisKeys, Shards
-from pandapush.interfaces import IClientSocket, IDeliverySink
+from pandapush.interfaces import EngineUnavailableError, IClientSocket, IDeliverySink
 from pandapush.redis import RedisSubscriber, RedisUnavailable
 
-__all__ = ["Node", "OwnedClient", "RelayedDelivery"]
+__all__ = ["RETRY_AFTER", "Node", "OwnedClient", "RelayedDelivery", "unavailableAsEngine"]
+
+T = TypeVar("T")
+
+#: Seconds clients are told to wait before trying again while Redis is unavailable.
+RETRY_AFTER = 1.0
+
+
+def unavailableAsEngine(d: defer.Deferred[T]) -> defer.Deferred[T]:
+    """
+    ``d``, a call on the engine's interface, with Redis unreachable told as IEngine says:
+    :class:`EngineUnavailableError`, which the router and the web answer with a 503 and
+    retry advice and no traceback (the outage is logged once, by the connections).
+    """
+
+    def translate(failure: Any) -> Any:
+        inner = failure
+        while isinstance(inner.value, defer.FirstError):  # from a gatherResults
+            inner = inner.value.subFailure
+        if inner.check(RedisUnavailable):
+            raise EngineUnavailableError("Redis", inner.getErrorMessage(), RETRY_AFTER) from inner.value
+        return failure
+
+    return d.addErrback(translate)
 
 
 class RelayedDelivery(Delivery):
@@ -117,8 +140,10 @@ class Node:
         def done(result: Any) -> None:
             self.pending.discard(d)
             if isinstance(result, defer.Failure):
-                if result.check(RedisUnavailable):
-                    self._log.warn("{what} failed: {error}", what=what, error=result.getErrorMessage())
+                if result.check(RedisUnavailable, EngineUnavailableError):
+                    # The outage is logged once, by the connections' health: one line per
+                    # failed call here was 167,000 lines in a mass disconnect.
+                    self._log.debug("{what} failed: {error}", what=what, error=result.getErrorMessage())
                 else:
                     self._log.failure("{what} failed", result, what=what)
 
@@ -128,6 +153,23 @@ class Node:
         """Fires once no tracked work is under way (work may start more work)."""
         while self.pending:
             await defer.DeferredList(list(self.pending), consumeErrors=True)
+
+    def health(self) -> dict[str, Any]:
+        """
+        Whether this node reaches every shard and its pub/sub server, from what its
+        connections last saw (no I/O): ``{"status", "redis": "ok" | "unavailable",
+        "shards": {name: {"status", "error", "seconds"}}, "error"}`` (see IEngine).
+        """
+        servers = {self.subscriber.health.name: self.subscriber.health}
+        for shard in self.shards:
+            servers.setdefault(shard.health.name, shard.health)
+        shards = {name: health.status() for name, health in servers.items()}
+        down = [s for s in shards.values() if s["status"] != "ok"]
+        answer: dict[str, Any] = {"status": "unavailable" if down else "ok", "shards": shards}
+        answer["redis"] = answer["status"]
+        if down:
+            answer["error"] = down[0]["error"]
+        return answer
 
     def loopFailed(self, failure: Any, what: str) -> None:
         self._log.failure("Redis engine {what} loop stopped", failure, what=what)

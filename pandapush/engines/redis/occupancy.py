@@ -29,7 +29,7 @@ from pandapush.bayeux import json
 from pandapush.bayeux.channel import listedApp
 from pandapush.engines.redis import scripts
 from pandapush.engines.redis.broadcast import Broadcasts
-from pandapush.engines.redis.node import Node
+from pandapush.engines.redis.node import Node, unavailableAsEngine
 from pandapush.interfaces import Occupancy
 from pandapush.listeners import EngineListener
 
@@ -120,13 +120,13 @@ class ClusterQueries:
         self._broadcasts = Broadcasts(node)
 
     def channelOccupancy(self, channel: str) -> defer.Deferred[Occupancy]:
-        return self._occupancies.channel(channel)
+        return unavailableAsEngine(self._occupancies.channel(channel))
 
     def occupiedChannels(self, appId: str, prefix: str) -> defer.Deferred[dict[str, Occupancy]]:
-        return self._occupancies.channels(appId, prefix)
+        return unavailableAsEngine(self._occupancies.channels(appId, prefix))
 
     def broadcast(self, topic: str, data: Any) -> defer.Deferred[None]:
-        return self._broadcasts.send(topic, data)
+        return unavailableAsEngine(self._broadcasts.send(topic, data))
 
     def onBroadcast(self, topic: str, handler: Callable[[Any], None]) -> None:
         self._broadcasts.handle(topic, handler)

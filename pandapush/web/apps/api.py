@@ -14,6 +14,7 @@ added by giving more of them to its constructor (see :mod:`pandapush.web.apps`).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from pandapush.auth.checkers import AuthRefused, ChannelAccess, ChannelAuthority
 from pandapush.auth.rules import Refusal, TenantChannel, parseChannel
 from pandapush.bayeux import json
 from pandapush.bayeux.errors import BayeuxError
-from pandapush.interfaces import IEngine, IRouter
+from pandapush.interfaces import EngineUnavailableError, IEngine, IRouter
 from pandapush.storage.errors import StorageUnavailableError
 from pandapush.storage.interfaces import IStorage
 from pandapush.web.http import channelCredentials, errorBody, jsonResponse
@@ -199,6 +200,13 @@ class APICall:
             raise
         except TimeoutError:
             raise unavailable(f"{what} timed out; try again") from None
+        except EngineUnavailableError as error:
+            # Redis down: the engine has logged the outage, once.
+            raise APIError(
+                503,
+                f"{what} failed: {error.what} unavailable; try again later",
+                headers={b"Retry-After": b"%d" % max(1, math.ceil(error.retryAfter))},
+            ) from None
         except Exception as error:
             # The engine's shared state unreachable (Redis down): the engine logs its
             # outage; one line here, no traceback per request.

@@ -1,0 +1,156 @@
+"""
+A bad day for Redis, end to end (issue 18, defects 1 and 6): a real node on a Redis of the
+test's own, real sockets, the node's log read as an operator would.
+
+- Redis down: Bayeux requests are answered ``503::Redis unavailable`` with retry advice
+  (never a 500 nor a traceback), REST and server API publishes 503 with ``Retry-After``,
+  the cause logged once, the recovery once, the reconnection attempts quietly.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import treq
+from twisted.internet import reactor
+from twisted.web.http_headers import Headers
+
+from pandapush.redis import RedisAddress, RedisShard
+from tests.support.bayeux import HANDSHAKE
+from tests.support.cluster import APP, KEY, SECRET, ClusterCase, channel
+from tests.support.process import PandapushProcess
+from tests.support.redis import RedisProcess, requireRedisServer
+from tests.support.waiting import sleep
+
+BASIC = "Basic " + base64.b64encode(f"{KEY}:{SECRET}".encode()).decode()
+
+
+async def bayeux(node: PandapushProcess, messages: list[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
+    """One long-poll POST: the HTTP status and the replies."""
+    response = await treq.post(
+        node.url + "/push",
+        data=json.dumps(messages).encode(),
+        headers=Headers({"Content-Type": ["application/json"]}),
+        persistent=False,
+        timeout=30,
+    )
+    return response.code, json.loads(await response.content())
+
+
+def logLines(node: PandapushProcess, text: str) -> list[str]:
+    return [line for line in node.log().splitlines() if text in line]
+
+
+async def metric(node: PandapushProcess, name: str) -> float:
+    """One of the node's gauges, as ``/metrics`` shows it."""
+    text = await (await treq.get(node.url + "/metrics", persistent=False, timeout=10)).text()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name} in /metrics:\n{text}")
+
+
+async def scan(address: RedisAddress, pattern: str) -> list[str]:
+    """Every key matching ``pattern`` (SCAN, as an operator would look)."""
+    shard = RedisShard(reactor, address, commandTimeout=10)
+    try:
+        found: list[str] = []
+        cursor = "0"
+        while True:
+            cursor, keys = await shard.execute("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+            found += keys
+            if str(cursor) == "0":
+                return found
+    finally:
+        await shard.close()
+
+
+async def pause(address: RedisAddress, milliseconds: int) -> None:
+    """``CLIENT PAUSE``: Redis answers nobody (nor new connections) for that long."""
+    shard = RedisShard(reactor, address, commandTimeout=10)
+    try:
+        await shard.execute("CLIENT", "PAUSE", milliseconds, "ALL")
+    finally:
+        await shard.close()
+
+
+class RedisDownTests(ClusterCase):
+    timeout = 120
+
+    async def test_redisDownAnsweredWithRetryAdvice(self) -> None:
+        """
+        With the node's Redis stopped, a long-poll ``/meta/connect`` of a client it knows
+        and a handshake are answered ``503::Redis unavailable; try again later`` with
+        ``reconnect: retry`` advice (HTTP 200, no 500, no traceback); a REST publish and a
+        server API publish are 503 with ``Retry-After``. The log says once that Redis is
+        unavailable, with the real cause (connection refused), says nothing per attempt to
+        reconnect, and says once that it is back; the client then carries on.
+        """
+        requireRedisServer()
+        redis = RedisProcess()
+        self.addCleanup(redis.stop, "KILL")
+        await redis.start()
+        (node,) = await self.startNodes(1, redis=redis.address)
+        code, (reply,) = await bayeux(node, [HANDSHAKE])
+        self.assertTrue(reply["successful"], reply)
+        clientId = reply["clientId"]
+        connect = {"channel": "/meta/connect", "clientId": clientId, "connectionType": "long-polling"}
+        code, replies = await bayeux(node, [connect])
+        self.assertEqual((code, replies[-1]["successful"]), (200, True), replies)
+        before = len(node.log().splitlines())
+
+        await redis.stop("KILL")
+        await sleep(0.5)
+        for message in (connect, HANDSHAKE):
+            code, (reply,) = await bayeux(node, [message])
+            self.assertEqual(code, 200, reply)
+            self.assertFalse(reply["successful"], reply)
+            self.assertEqual(reply["error"], "503::Redis unavailable; try again later", reply)
+            self.assertEqual(reply["advice"]["reconnect"], "retry", reply)
+            self.assertGreaterEqual(reply["advice"]["interval"], 1000, reply)
+
+        response = await treq.post(
+            f"{node.url}/channel{channel('down')}",
+            json={"n": 1},
+            auth=(KEY, SECRET),
+            persistent=False,
+            timeout=15,
+        )
+        self.assertEqual(response.code, 503, await response.content())
+        self.assertTrue(response.headers.getRawHeaders(b"Retry-After"), response.headers)
+        response = await treq.post(
+            f"{node.url}/apps/{APP}/events",
+            data=json.dumps({"channels": [channel("down")], "data": 1}).encode(),
+            headers=Headers({"Content-Type": ["application/json"], "Authorization": [BASIC]}),
+            persistent=False,
+            timeout=15,
+        )
+        body = await response.content()
+        self.assertEqual(response.code, 503, body)
+        self.assertTrue(response.headers.getRawHeaders(b"Retry-After"), response.headers)
+        self.assertIn(b"Redis unavailable", body)
+
+        # Twelve seconds down, as the issue measured 125 reconnection lines in.
+        await sleep(12)
+        during = node.log().splitlines()[before:]
+        unavailable = [line for line in during if "unavailable:" in line and "RedisHealth" in line]
+        self.assertEqual(len(unavailable), 1, "\n".join(during))
+        self.assertIn("Connection refused", unavailable[0])
+        self.assertEqual([line for line in during if "Scheduling retry" in line], [], "\n".join(during))
+        self.assertEqual([line for line in during if "Traceback" in line], [], "\n".join(during))
+        self.assertEqual([line for line in during if "#critical" in line], [], "\n".join(during))
+        self.assertLess(len(during), 30, "\n".join(during))
+
+        await redis.start()
+        for _ in range(150):
+            code, (reply,) = await bayeux(node, [HANDSHAKE])
+            if reply["successful"]:
+                break
+            await sleep(0.1)
+        self.assertTrue(reply["successful"], node.log())
+        code, replies = await bayeux(node, [connect])
+        self.assertTrue(replies[-1]["successful"], replies)
+        self.assertEqual(len(logLines(node, "available again after")), 1, node.log())
+        self.assertEqual([line for line in node.log().splitlines() if "Traceback" in line], [], node.log())
