@@ -82,7 +82,7 @@ COPY deploy/docker/healthcheck.py /opt/pandapush/bin/pandapush-healthcheck
 
 # PORT: where the server listens (all interfaces) unless --listen says otherwise.
 # DATABASE_PATH and PANDAPUSH_DATA_DIR put everything the server writes (the SQLite
-# database, a generated admin password) in the /data volume, never in the image.
+# database, with a generated admin password's hash) in the /data volume, never in the image.
 ENV PATH=/opt/pandapush/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -426,7 +426,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
 
     # The HTTP site: /push, the REST publish and the server API (/apps, /openapi.json),
     # the admin API and console, /metrics, the browser client, the health check.
-    adminAuthority = makeAdminAuthority(tenancy, clock=reactor)
+    adminAuthority = makeAdminAuthority(tenancy, clock=reactor, storage=storage)
     if adminAuthority.throttle is not None:
         adminAuthority.throttle.addRefusalObserver(lambda: metrics.refusals.labels(limit="admin_login").inc())
     adminApp = AdminApp(storage, adminAuthority, keys, reactor, tenancy, statistics.cluster)
@@ -502,6 +502,8 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         config.developmentKey,
         banner=lambda url: adminLoginBanner(adminAuthority, url),
         workerIndex=config.worker.index if config.worker is not None else None,
+        # The generated admin password is the database's, shared by every node on it.
+        prepare=[adminAuthority.prepare],
         onFailure=onFailure,
     )
     if options.ownsProcess:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import stat
 from typing import Any
 
 import jwt
@@ -13,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from pandapush.auth.admin import AdminPasswordChecker, firstRunPassword
+from pandapush.auth.admin import AdminPasswordChecker
 from pandapush.auth.checkers import ChannelAuthority
 from pandapush.auth.config import Environment, TenancyConfig, parseEnvironments
 from pandapush.auth.keycache import KeyCache
@@ -26,7 +25,6 @@ from pandapush.web.adminauth import (
     BasicAdminAuth,
     ClosedAdminAuth,
     IAdminAuth,
-    adminLoginBanner,
     adminLoginInfo,
     makeAdminAuthority,
 )
@@ -297,28 +295,6 @@ class AdminAuthTests(SynchronousTestCase):
         verifyObject(ICredentialsChecker, AdminPasswordChecker({"a": "b"}))
         verifyObject(IAdminAuth, BasicAdminAuth([]))
         verifyObject(IAdminAuth, ClosedAdminAuth())
-
-    def test_firstRun(self) -> None:
-        """No credentials configured: a password is generated once, kept 0600, and reported."""
-        dataDir = os.path.join(self.mktemp(), "localdata")
-        authority = makeAdminAuthority(TenancyConfig(dataDir=dataDir))
-        info = adminLoginInfo(authority, "http://localhost:3000/")
-        assert info is not None
-        self.assertEqual(info["url"], "http://localhost:3000/admin")
-        self.assertEqual(info["username"], "admin")
-        path = os.path.join(dataDir, "admin-password")
-        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
-        with open(path) as f:
-            self.assertEqual(f.read().strip(), info["password"])
-        banner = adminLoginBanner(authority, "http://localhost:3000")
-        assert banner is not None
-        self.assertIn(info["password"], banner)
-        # The same password next time.
-        again = adminLoginInfo(makeAdminAuthority(TenancyConfig(dataDir=dataDir)), "http://x")
-        assert again is not None
-        self.assertEqual(again["password"], info["password"])
-        self.assertEqual(firstRunPassword(dataDir), (info["password"], False))
-        self.assertIn("admin", authority.rootAdmins)
 
     def test_configured(self) -> None:
         """README's docker command: AUTH_METHOD=basic ADMIN_USERNAME=admin ADMIN_PASSWORD=password."""

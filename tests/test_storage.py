@@ -29,6 +29,7 @@ from pandapush.storage.errors import (
 from pandapush.storage.interfaces import IStorage
 from pandapush.storage.memory import MemoryStorage
 from pandapush.storage.models import Key, isoformat
+from pandapush.storage.settings import ISettingsStorage
 
 UTC = datetime.UTC
 T0 = datetime.datetime(2030, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
@@ -133,6 +134,25 @@ class StorageTestsMixin:
     def test_providesIStorage(self) -> None:
         """The backend provides every method and attribute of IStorage."""
         self.assertTrue(verifyObject(IStorage, self.storage))
+
+    async def test_settings(self) -> None:
+        """
+        Settings shared by the nodes (ISettingsStorage): none at first; the first add wins
+        and later adds answer it; set replaces; names are independent.
+        """
+        self.assertTrue(verifyObject(ISettingsStorage, self.storage))
+        self.assertIsNone(await self.storage.getSetting("admin_password"))
+        self.assertEqual(await self.storage.addSetting("admin_password", "first"), "first")
+        self.assertEqual(await self.storage.addSetting("admin_password", "second"), "first")
+        self.assertEqual(await self.storage.getSetting("admin_password"), "first")
+        self.tick()
+        await self.storage.setSetting("admin_password", "third")
+        self.assertEqual(await self.storage.getSetting("admin_password"), "third")
+        await self.storage.setSetting("other", "x")
+        self.assertEqual(
+            (await self.storage.getSetting("other"), await self.storage.getSetting("admin_password")),
+            ("x", "third"),
+        )
 
     # applications
 

@@ -70,7 +70,13 @@ class MigrationTestsMixin:
         rows = yield self.run_txn(storage, "SELECT version, name FROM schema_version ORDER BY version")
         self.assertEqual(
             [tuple(r) for r in rows],
-            [(1, "initial"), (2, "revocation_and_usage"), (3, "allowed_origins"), (4, "webhooks")],
+            [
+                (1, "initial"),
+                (2, "revocation_and_usage"),
+                (3, "allowed_origins"),
+                (4, "webhooks"),
+                (5, "settings"),
+            ],
         )
 
     @inlineCallbacks

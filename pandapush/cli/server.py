@@ -1,4 +1,5 @@
-"""``pandapush migrate`` and ``pandapush serve``: the database schema, and the server itself."""
+"""``pandapush migrate``, ``pandapush serve`` and ``pandapush admin-password``: the database
+schema, the server itself, and a new generated admin password for every node on the database."""
 
 from __future__ import annotations
 
@@ -8,14 +9,23 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from pandapush.auth.admin import hashPassword, newAdminPassword
 from pandapush.cli.context import CommandError, Context
 from pandapush.cli.options import DATABASE_OPTIONS, REDIS_OPTIONS, addCommand
+from pandapush.storage.settings import ADMIN_PASSWORD_SETTING, ISettingsStorage
 
 __all__ = ["register", "serveForever"]
 
 
 def register(commands: Any) -> None:
     addCommand(commands, "migrate", "Bring the database schema to the latest version (idempotent).", _migrate)
+    addCommand(
+        commands,
+        "admin-password",
+        "Generate a new admin password (user ADMIN_USERNAME, default admin) for the servers on this"
+        " database that have none configured; printed once, kept as a hash.",
+        _adminPassword,
+    )
     serve = commands.add_parser(
         "serve",
         add_help=False,
@@ -36,6 +46,21 @@ async def _migrate(ctx: Context) -> int:
 
 async def _serve(ctx: Context) -> int:
     raise CommandError("`serve` runs the server in this process: use the pandapush command, not run()")
+
+
+async def _adminPassword(ctx: Context) -> int:
+    storage = await ctx.storage()
+    if not ISettingsStorage.providedBy(storage):
+        raise CommandError(
+            f"the {storage.name} storage keeps no settings: its servers keep the password in a file"
+        )
+    password = newAdminPassword()
+    await storage.setSetting(ADMIN_PASSWORD_SETTING, hashPassword(password))
+    ctx.emit(
+        {"password": password},
+        f"new admin password: {password}\n(servers take it at the next login; shown only now)",
+    )
+    return 0
 
 
 def serveForever(args: argparse.Namespace, serverOptions: Sequence[str]) -> None:

@@ -32,6 +32,7 @@ from pandapush.storage.errors import (
 )
 from pandapush.storage.interfaces import IStorage, KeyUsageBatch
 from pandapush.storage.models import Application, Key
+from pandapush.storage.settings import ISettingsStorage, SQLSettings
 from pandapush.storage.webhooks import IWebhookStorage
 
 __all__ = ["DEFAULT_QUERY_TIMEOUT", "STUCK_AFTER", "Dialect", "SQLStorage"]
@@ -100,8 +101,8 @@ def _ping_txn(txn: Any) -> None:
     txn.fetchall()
 
 
-@implementer(IStorage, IWebhookStorage)
-class SQLStorage(SQLWebhooks):
+@implementer(IStorage, IWebhookStorage, ISettingsStorage)
+class SQLStorage(SQLWebhooks, SQLSettings):
     """:class:`IStorage` over an ``adbapi.ConnectionPool``; subclasses choose the driver and dialect."""
 
     _log = Logger()

@@ -17,12 +17,13 @@ from pandapush.storage.errors import AlreadyExistsError, NoSuchApplicationError,
 from pandapush.storage.interfaces import IStorage, KeyUsageBatch
 from pandapush.storage.memoryoutbox import MemoryWebhooks
 from pandapush.storage.models import Application, Key
+from pandapush.storage.settings import ISettingsStorage
 from pandapush.storage.webhooks import IWebhookStorage
 
 __all__ = ["MemoryStorage", "makeStorage", "utcnow"]
 
 
-@implementer(IStorage, IWebhookStorage)
+@implementer(IStorage, IWebhookStorage, ISettingsStorage)
 class MemoryStorage(MemoryWebhooks):
     """
     Dicts behind :class:`IStorage`. Answers are already-fired Deferreds, so tests
@@ -32,12 +33,13 @@ class MemoryStorage(MemoryWebhooks):
     name = "memory"
 
     #: The schema this mimics, so ``schemaVersion`` reads like a migrated database.
-    SCHEMA_VERSION = 4
+    SCHEMA_VERSION = 5
 
     def __init__(self, now: Callable[[], datetime.datetime] = utcnow) -> None:
         self._now = now
         self._apps: dict[str, Application] = {}
         self._keys: dict[str, Key] = {}
+        self._settings: dict[str, str] = {}
         self._startWebhooks()
 
     def start(self) -> Deferred[None]:
@@ -51,6 +53,18 @@ class MemoryStorage(MemoryWebhooks):
 
     def schemaVersion(self) -> Deferred[int]:
         return defer.succeed(self.SCHEMA_VERSION)
+
+    # settings
+
+    def getSetting(self, name: str) -> Deferred[str | None]:
+        return defer.succeed(self._settings.get(name))
+
+    def addSetting(self, name: str, value: str) -> Deferred[str]:
+        return defer.succeed(self._settings.setdefault(name, value))
+
+    def setSetting(self, name: str, value: str) -> Deferred[None]:
+        self._settings[name] = value
+        return defer.succeed(None)
 
     # applications
 
