@@ -245,6 +245,8 @@ class Configuration:
             engine=EngineConfig(
                 timeout=timeout,
                 clientExpiry=options.get("client-expiry", 10.0),
+                historySize=options.get("history-size", 100),
+                historyTtl=options.get("history-ttl", 300.0),
                 redisHosts=options.get("redis-hosts") or env.get("REDIS_HOSTS"),
                 redisNamespace=options.get("redis-namespace") or env.get("REDIS_NAMESPACE", "pandapush"),
                 environ=env,

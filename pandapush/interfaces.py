@@ -21,7 +21,7 @@ Storage and auth interfaces live in ``pandapush.storage`` and ``pandapush.auth``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from zope.interface import Attribute, Interface
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EngineUnavailableError",
+    "HistoryPage",
     "IClientSocket",
     "IDeliverySink",
     "IEngine",
@@ -45,6 +46,8 @@ __all__ = [
     "IRouter",
     "Message",
     "Occupancy",
+    "Position",
+    "Recovery",
 ]
 
 
@@ -73,6 +76,42 @@ class Occupancy(NamedTuple):
 
     subscriptions: int
     users: int
+
+
+class Position(NamedTuple):
+    """
+    Where a message stands in its channel's history: ``offset`` counts the channel's
+    publishes from 1; ``epoch`` names the history it counts in, and changes whenever
+    that history was lost (Redis came back empty, the application's history was reset).
+    """
+
+    offset: int
+    epoch: str
+
+
+class HistoryPage(NamedTuple):
+    """
+    A channel's history as an engine read it: its current position (``epoch`` is ""
+    when the channel keeps no history) and the messages kept after the offset asked
+    for, oldest first, as ``(offset, payload)`` (the payload as it was delivered).
+    """
+
+    epoch: str
+    offset: int
+    messages: list[tuple[int, bytes]]
+
+
+class Recovery(NamedTuple):
+    """
+    What a resuming subscription got on one channel: the channel's current ``position``
+    (None without history) and ``missed``: None if every message after the position
+    asked for was sent, else why not (``"epoch changed"``, ``"position too old"``,
+    ``"no history"``, ``"future"`` for an offset the channel has not reached,
+    ``"unavailable"`` when the client's queue is on another node).
+    """
+
+    position: Position | None
+    missed: str | None
 
 
 class IDeliverySink(Interface):
@@ -162,8 +201,10 @@ class IEngine(Interface):
     :class:`IDeliverySink`.
 
     Message history (so a reconnecting client can recover what it missed) is the
-    engine's concern too; it will be added as further methods here, keyed by the
-    channel and a per-channel offset that ``publish`` can assign.
+    engine's concern too: a delivery with a ``head`` (see
+    :class:`~pandapush.bayeux.delivery.Delivery`) is appended to its channel's
+    history by ``publish``, which gives it its :class:`Position` before any recipient
+    sees it; :meth:`history` reads it and :meth:`recover` resumes a subscription.
     """
 
     timeout = Attribute("Seconds a long-poll connect is held (the advice timeout).")
@@ -208,6 +249,36 @@ class IEngine(Interface):
         ``publish`` for several messages, in order (each recipient gets them in this order),
         firing with each one's recipients: a server's batch, which an engine may do in one
         round trip rather than one per message.
+        """
+
+    def history(channel: str, since: int | None, limit: int) -> Deferred[HistoryPage]:
+        """
+        The channel's current position and at most ``limit`` of the messages it keeps
+        with an offset above ``since`` (the latest ``limit`` when ``since`` is None),
+        oldest first.
+        """
+
+    def recover(
+        clientId: str,
+        subscribe: Callable[[], Deferred[Any]],
+        wanted: Mapping[str, Position | None],
+        latest: Collection[str],
+    ) -> Deferred[dict[str, Recovery]]:
+        """
+        Run ``subscribe()`` (the client's subscriptions), then queue for the client, in
+        order, every message kept after each position in ``wanted`` (concrete channel
+        -> the last position the client saw, or None for none) and the latest message of
+        each channel in ``latest``; live messages of those channels reaching the client
+        meanwhile are held back and those the history part already holds are dropped:
+        no gap, no duplicate at the seam. Fires with a :class:`Recovery` for every
+        channel of ``wanted`` and ``latest``. If ``subscribe()`` fails, so does this,
+        queueing nothing.
+        """
+
+    def forgetHistory(appId: str) -> Deferred[None]:
+        """
+        Drop the history of every channel of the application at once (it was deleted,
+        or its history reset): its channels start again at a new epoch.
         """
 
     def attach(clientId: str, sink: IDeliverySink) -> None:
@@ -366,12 +437,13 @@ class IRouter(Interface):
         unknown.
         """
 
-    def publish(channel: str, data: Any, exclude: str | None = None) -> Deferred[int]:
+    def publish(channel: str, data: Any, exclude: str | None = None, history: bool = True) -> Deferred[int]:
         """
         Publish from the server itself (REST API, presence, meta events): no extension
         runs. Fires with the number of recipients, or fails with a ``BayeuxError`` (an
         invalid channel, a message over the size limit). ``exclude`` names a client that
-        should not receive it.
+        should not receive it. Without ``history`` (presence notices) the message is not
+        kept in its channel's history and carries no position.
         """
 
     def publishBatch(messages: Sequence[tuple[str, Any]]) -> Deferred[list[int]]:

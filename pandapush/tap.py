@@ -124,6 +124,8 @@ class Options(usage.Options):
             "is forgotten and its presence ends.",
             _positive(float),
         ],
+        ["history-size", None, 100, "Messages a channel keeps for resuming (0: none).", _positive(int)],
+        ["history-ttl", None, 300.0, "Seconds a channel keeps a message for resuming.", _positive(float)],
         [
             "max-body-size",
             None,

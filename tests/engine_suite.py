@@ -20,6 +20,7 @@ from pandapush.bayeux.delivery import Delivery
 from pandapush.engines import EngineConfig, findEngineFactory
 from pandapush.interfaces import IDeliverySink, IEngine, IEngineFactory
 from pandapush.listeners import EngineListener
+from tests.history_suite import HistoryTestsMixin
 
 if TYPE_CHECKING:
     from twisted.trial.unittest import TestCase
@@ -79,7 +80,7 @@ def message(channel: str, data: Any = "x") -> Delivery:
     return Delivery.fromMessage({"channel": channel, "data": data})
 
 
-class EngineTestsMixin(_Base):
+class EngineTestsMixin(HistoryTestsMixin, _Base):
     """Behaviour every IEngine must have. ``self.engine`` is made in ``setUp``."""
 
     engine: Any

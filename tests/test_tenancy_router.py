@@ -85,7 +85,9 @@ class WiredTenancyTests(TestCase):
         self.assertTrue(reply["successful"], reply)
         self.clock.advance(0)
         _, delivery = self.successResultOf(pending)
-        self.assertEqual(json.loads(delivery.payload), {"channel": channel, "data": {"x": 1}})
+        delivered = json.loads(delivery.payload)
+        self.assertEqual(delivered.pop("ext"), {"position": {"offset": 1, "epoch": delivery.epoch}})
+        self.assertEqual(delivered, {"channel": channel, "data": {"x": 1}})
         self.assertNotIn(self.key.secret.encode(), delivery.payload)
 
     def test_presenceFromToken(self) -> None:

@@ -146,6 +146,7 @@ class LongPollingTests(ServerTestCase):
         _, content = await held
         replies = json.loads(content)
         self.assertEqual(replies[0]["channel"], "/meta/connect")
+        self.assertEqual(replies[1].pop("ext")["position"]["offset"], 1)
         self.assertEqual(replies[1], {"channel": channel("x"), "data": {"hello": "world"}})
 
 
@@ -256,7 +257,7 @@ class EventSourceTests(ServerTestCase):
         await self.post([{"channel": channel("x"), "data": 1, "ext": {"auth": AUTH}}])
         data = await collector.found
         self.assertTrue(data.startswith(b"retry: 5000\r\n\r\n"), data)
-        self.assertIn(b'data: [{"channel":"' + channel("x").encode() + b'","data":1}]\r\n\r\n', data)
+        self.assertIn(b'data: [{"channel":"' + channel("x").encode() + b'","data":1,"ext":{"position":', data)
         # The client's own connects say eventsource and are answered at once.
         _, content = await self.post(
             [{"channel": "/meta/connect", "clientId": clientId, "connectionType": "eventsource"}]
@@ -351,6 +352,9 @@ class WebSocketTests(WebSocketCase):
         )
         frames = await ws.frameCount(5)
         received = [m for f in frames for m in f]
+        for m in received:
+            if m.get("data") == {"n": 1}:
+                self.assertEqual(m.pop("ext")["position"]["offset"], 1)
         self.assertIn({"channel": channel("x/y"), "data": {"n": 1}, "id": "p"}, received)
         self.assertIn(
             {"id": "p", "clientId": clientId, "channel": channel("x/y"), "successful": True}, received

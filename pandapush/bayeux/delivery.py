@@ -6,7 +6,14 @@ from typing import Any
 
 from pandapush.bayeux import json
 
-__all__ = ["Delivery"]
+__all__ = ["Delivery", "positionSuffix"]
+
+_EXT = b',"ext":'
+
+
+def positionSuffix(offset: int, epoch: str) -> bytes:
+    """What closes an open delivery (``Delivery.head``) once its position is known."""
+    return b'"position":{"offset":%d,"epoch":"%s"}}}' % (offset, epoch.encode())
 
 
 class Delivery:
@@ -18,20 +25,55 @@ class Delivery:
     caches transport-specific encodings (a prepared websocket frame of
     ``[payload]``) so that a message going to many sockets in the same turn is
     framed once.
+
+    A message kept in its channel's history carries its position in ``ext.position``,
+    known only once the engine has appended it (on Redis, inside the publish script).
+    For it ``head`` is the JSON left open inside ``ext`` (``{..., "ext":{...,``): the
+    engine closes it with :func:`positionSuffix` and sets ``offset``/``epoch``, so the
+    message is still serialized once. ``head`` is None for a message without history
+    (meta channels, presence notices, ``/service``).
     """
 
-    __slots__ = ("channel", "exclude", "frames", "payload")
+    __slots__ = ("channel", "epoch", "exclude", "frames", "head", "offset", "payload")
 
-    def __init__(self, channel: str, payload: bytes, exclude: str | None = None) -> None:
+    def __init__(
+        self, channel: str, payload: bytes, exclude: str | None = None, head: bytes | None = None
+    ) -> None:
         self.channel = channel
         self.payload = payload
         # A client not to deliver to (a presence member's own join announcement).
         self.exclude = exclude
         self.frames: dict[str, Any] = {}
+        self.head = head
+        # The message's position in its channel's history (0: none).
+        self.offset = 0
+        self.epoch: str | None = None
 
     @classmethod
-    def fromMessage(cls, message: dict[str, Any], exclude: str | None = None) -> Delivery:
-        return cls(message["channel"], json.dumps(message), exclude)
+    def fromMessage(
+        cls, message: dict[str, Any], exclude: str | None = None, history: bool = False
+    ) -> Delivery:
+        if not history:
+            return cls(message["channel"], json.dumps(message), exclude)
+        ext = message.get("ext")
+        if isinstance(ext, dict) and ext:
+            body = {k: v for k, v in message.items() if k != "ext"}
+            inner = json.dumps(ext)[:-1] + b","
+        else:
+            body = message if ext is None else {k: v for k, v in message.items() if k != "ext"}
+            inner = b"{"
+        head = json.dumps(body)[:-1] + _EXT + inner
+        # Until positioned (history off, an engine without history), the message as it was.
+        payload = head[: -len(_EXT) - 1] + b"}" if inner == b"{" else head[:-1] + b"}}"
+        return cls(message["channel"], payload, exclude, head)
+
+    def position(self, offset: int, epoch: str) -> None:
+        """Give the message its position: its payload now carries it."""
+        assert self.head is not None
+        self.offset = offset
+        self.epoch = epoch
+        self.payload = self.head + positionSuffix(offset, epoch)
+        self.frames.clear()
 
     def __repr__(self) -> str:
         return f"<Delivery {self.channel} {self.payload[:60]!r}>"

@@ -27,6 +27,10 @@ class EngineConfig:
     timeout: float = 30.0
     #: Seconds a client survives without a connection (``--client-expiry``).
     clientExpiry: float = 10.0
+    #: Messages each channel keeps, and for how many seconds (``--history-size``,
+    #: ``--history-ttl``); an application's own settings override them.
+    historySize: int = 100
+    historyTtl: float = 300.0
     redisHosts: str | None = None
     redisNamespace: str = "pandapush"
     environ: Mapping[str, str] = field(default_factory=dict)

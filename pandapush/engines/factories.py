@@ -25,9 +25,15 @@ class MemoryEngineFactory:
     shared = False
 
     def makeEngine(self, reactor: Any, config: EngineConfig) -> IEngine:
+        from pandapush.engines.history import HistorySettings
         from pandapush.engines.memory import MemoryEngine
 
-        return MemoryEngine(reactor, timeout=config.timeout, expiry=config.clientExpiry)
+        return MemoryEngine(
+            reactor,
+            timeout=config.timeout,
+            expiry=config.clientExpiry,
+            history=HistorySettings(config.historySize, config.historyTtl),
+        )
 
 
 @implementer(IEngineFactory)
@@ -40,6 +46,7 @@ class RedisEngineFactory:
     shared = True
 
     def makeEngine(self, reactor: Any, config: EngineConfig) -> IEngine:
+        from pandapush.engines.history import HistorySettings
         from pandapush.engines.redis import RedisEngine
         from pandapush.redis import parseRedisHosts
 
@@ -54,6 +61,7 @@ class RedisEngineFactory:
             namespace=config.redisNamespace,
             timeout=config.timeout,
             expiry=config.clientExpiry,
+            history=HistorySettings(config.historySize, config.historyTtl),
         )
 
 

@@ -41,7 +41,7 @@ DEFAULT_MAX_QUEUE = 10000
 class LocalClient:
     """A client held in this process: its subscriptions, its queue, the sink it is attached to."""
 
-    __slots__ = ("dirty", "held", "id", "queue", "sink", "subscriptions")
+    __slots__ = ("dirty", "held", "id", "queue", "recovering", "sink", "subscriptions")
 
     def __init__(self, clientId: str) -> None:
         self.id = clientId
@@ -53,6 +53,9 @@ class LocalClient:
         # Messages queue but none is handed out (the Redis engine holds a client while
         # it takes it over from another node, whose older messages must go first).
         self.held = False
+        # Subscriptions are recovering their history: messages queue but none is handed
+        # out until the history is in front of them (``LocalClients.resume``).
+        self.recovering = 0
 
 
 ClientT = TypeVar("ClientT", bound=LocalClient)
@@ -248,6 +251,8 @@ class LocalClients(Generic[ClientT]):
 
     def handOut(self, client: ClientT, sink: IDeliverySink) -> None:
         """Give ``sink`` the client's queue now (a sink that fails is logged, not raised)."""
+        if client.recovering:
+            return
         queue = self.take(client, sink)
         try:
             sink.deliver(queue)
@@ -258,6 +263,25 @@ class LocalClients(Generic[ClientT]):
         client.sink = None
         self._detached(client)
 
+    def resume(self, client: ClientT, history: list[Delivery], sent: dict[str, int]) -> None:
+        """
+        One recovery of the client is over: ``history`` goes in front of its queue, less
+        the live messages it already holds (``sent``: channel -> the last offset in it),
+        and the queue is handed out once no other recovery holds it.
+        """
+        client.recovering -= 1
+        if sent:
+            client.queue = history + [
+                d for d in client.queue if not (d.offset and d.offset <= sent.get(d.channel, 0))
+            ]
+        elif history:
+            client.queue = history + client.queue
+        if client.queue and client.sink is not None and not client.recovering and not client.dirty:
+            client.dirty = True
+            self._dirty.append(client)
+            if self._flushCall is None and not self._closed:
+                self._flushCall = self._reactor.callLater(self._flushDelay, self._flush)
+
     def _flush(self) -> None:
         self._flushCall = None
         dirty, self._dirty = self._dirty, []
@@ -266,7 +290,7 @@ class LocalClients(Generic[ClientT]):
         for client in dirty:
             client.dirty = False
             sink = client.sink
-            if sink is None or not client.queue or client.held:
+            if sink is None or not client.queue or client.held or client.recovering:
                 continue
             queue, client.queue = client.queue, []
             if not sink.persistent:

@@ -22,6 +22,7 @@ from zope.interface import implementer
 from pandapush.bayeux import json
 from pandapush.bayeux.channel import listedApp
 from pandapush.bayeux.delivery import Delivery
+from pandapush.engines.history import HistorySettings, MemoryEngineHistory, MemoryHistory
 from pandapush.engines.ids import newClientId
 from pandapush.engines.local import DEFAULT_MAX_QUEUE, LocalClient, LocalClients
 from pandapush.interfaces import IDeliverySink, IEngine, IEngineListener, Occupancy
@@ -52,7 +53,7 @@ class _Client(LocalClient):
 
 
 @implementer(IEngine)
-class MemoryEngine(ListenerRegistry):
+class MemoryEngine(ListenerRegistry, MemoryEngineHistory):
     """
     Clients, subscriptions and queues in this process's memory.
 
@@ -69,8 +70,10 @@ class MemoryEngine(ListenerRegistry):
         expiry: float = 10.0,
         sweepInterval: float = 1.0,
         maxQueue: int = DEFAULT_MAX_QUEUE,
+        history: HistorySettings | None = None,
     ) -> None:
         self._reactor = reactor
+        self._history = MemoryHistory(reactor, history or HistorySettings())
         self.timeout = timeout
         self.expiry = expiry
         self._sweepInterval = sweepInterval
@@ -264,6 +267,7 @@ class MemoryEngine(ListenerRegistry):
         return defer.succeed([self._publishNow(d) for d in deliveries])
 
     def _publishNow(self, delivery: Delivery) -> int:
+        self._history.append(delivery)
         local = self._local
         excluded = local.get(delivery.exclude) if delivery.exclude is not None else None
         recipients = local.index.matching(delivery.channel, excluded)
@@ -293,7 +297,7 @@ class MemoryEngine(ListenerRegistry):
             return
         client.sink = sink
         self._deadlines.pop(clientId, None)
-        if client.queue:
+        if client.queue and not client.recovering:
             # Waiting messages go at once: a long-poll connect arriving to a full
             # queue is answered without holding it for a turn.
             sink.deliver(self._local.take(client, sink))
@@ -331,6 +335,7 @@ class MemoryEngine(ListenerRegistry):
     def close(self) -> defer.Deferred[None]:
         self._closed = True
         self._local.close()
+        self._history.close()
         if self._sweepCall is not None and self._sweepCall.active():
             self._sweepCall.cancel()
         self._sweepCall = None

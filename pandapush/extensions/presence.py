@@ -120,7 +120,8 @@ class PresenceExtension(EngineListener):
         self._announce(channel, {"unsubscribe": {memberId: None}})
 
     def _announce(self, channel: str, data: Any, exclude: str | None = None) -> None:
-        d = self.router.publish(channel, data, exclude=exclude)
+        # Not kept: a notice of who came and went is not a message to recover.
+        d = self.router.publish(channel, data, exclude=exclude, history=False)
         d.addErrback(
             lambda f: self._log.failure("presence announcement on {channel} failed", f, channel=channel)
         )

@@ -72,10 +72,13 @@ class Publisher:
         """Call ``observer(channel, recipients)`` once per message published (statistics)."""
         self._observers.append(observer)
 
-    def publish(self, channel: str, data: Any, exclude: str | None = None) -> Deferred[int]:
+    def publish(
+        self, channel: str, data: Any, exclude: str | None = None, history: bool = True
+    ) -> Deferred[int]:
         """
         Publish from the server itself: no extensions run. Fires with the number of
-        recipients. ``exclude`` names a client that should not receive it.
+        recipients. ``exclude`` names a client that should not receive it; without
+        ``history`` (presence notices) the message is neither kept nor positioned.
         """
         refused = channelRefusal(channel, self.limits)
         if refused is not None:
@@ -83,7 +86,9 @@ class Publisher:
             return defer.fail(refused[1])
         if not channels.isValidName(channel) or channels.isMeta(channel):
             return defer.fail(BayeuxError.channelInvalid(channel))
-        delivery = Delivery.fromMessage({"channel": channel, "data": data}, exclude)
+        delivery = Delivery.fromMessage(
+            {"channel": channel, "data": data}, exclude, history and not channels.isService(channel)
+        )
         maxSize = self.limits.maxMessageSize
         if len(delivery.payload) > maxSize:
             self.refusals.report("message_size")
@@ -103,7 +108,9 @@ class Publisher:
         for channel, data in messages:
             if not channels.isValidName(channel) or channels.isMeta(channel):
                 return defer.fail(BayeuxError.channelInvalid(channel))
-            delivery = Delivery.fromMessage({"channel": channel, "data": data})
+            delivery = Delivery.fromMessage(
+                {"channel": channel, "data": data}, history=not channels.isService(channel)
+            )
             if len(delivery.payload) > maxSize:
                 self.refusals.report("message_size")
                 return defer.fail(BayeuxError(413, [channel], f"Message larger than {maxSize} bytes"))
@@ -157,7 +164,7 @@ class Publisher:
         ext = message.get("ext")
         if ext is not None:
             delivered["ext"] = ext
-        delivery = Delivery.fromMessage(delivered)
+        delivery = Delivery.fromMessage(delivered, history=not channels.isService(channel))
         if len(delivery.payload) > limits.maxMessageSize:
             return self.refusals.refuse(
                 reply,

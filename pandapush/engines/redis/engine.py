@@ -85,12 +85,14 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pandapush.bayeux.delivery import Delivery
+from pandapush.engines.history import HistorySettings
 from pandapush.engines.ids import newClientId
 from pandapush.engines.local import DEFAULT_MAX_QUEUE
 from pandapush.engines.redis import scripts
 from pandapush.engines.redis.claims import Claims
 from pandapush.engines.redis.fanout import Fanout
 from pandapush.engines.redis.gc import Expiry
+from pandapush.engines.redis.history import RedisEngineHistory, RedisHistory
 from pandapush.engines.redis.keys import RedisKeys, Shards
 from pandapush.engines.redis.node import Node, OwnedClient, unavailableAsEngine
 from pandapush.engines.redis.occupancy import ClusterQueries
@@ -108,7 +110,7 @@ DEFAULT_NAMESPACE = "pandapush"
 
 
 @implementer(IEngine)
-class RedisEngine(ListenerRegistry, ClusterQueries):
+class RedisEngine(ListenerRegistry, ClusterQueries, RedisEngineHistory):
     """
     An IEngine whose state is shared by every node using the same Redis
     shards and ``namespace``.
@@ -138,6 +140,7 @@ class RedisEngine(ListenerRegistry, ClusterQueries):
         replicas: int = 160,
         batchWindow: float = 0.002,
         maxQueue: int = DEFAULT_MAX_QUEUE,
+        history: HistorySettings | None = None,
     ) -> None:
         self._reactor: IReactorTime = reactor
         self.timeout = timeout
@@ -171,7 +174,7 @@ class RedisEngine(ListenerRegistry, ClusterQueries):
         self._rpc = NodeRPC(node, handoverTimeout)
         self._restorer = Restorer(node)
         self._claims = Claims(node, self._rpc, self._restorer)
-        self._fanout = Fanout(node)
+        self._fanout = Fanout(node, RedisHistory(node, history or HistorySettings()))
         self._presence = Presence(node, self._notify)
         self._subscriptions = Subscriptions(node, self._rpc, self._presence, self._notify)
         self._expiry = Expiry(node, self._restorer, self._destroy, sweepInterval)

@@ -9,8 +9,11 @@ served only by the copy of its first matching key (copies carry their key's
 index), so it gets the message once. The count a publish answers with comes from
 the subscriber sets, on their shards.
 
-A copy's envelope: ``<messageId>\\n<excluded clientId>\\n<channel>\\n<key index>\\n<payload>``,
-the message id being ``<publishing nodeId>.<sequence>``.
+A message with history is appended to its channel's stream in the same script
+(:mod:`~pandapush.engines.redis.history`), which closes its payload with its position.
+
+A copy's envelope: ``<messageId>\\n<excluded clientId>\\n<channel>\\n<offset>\\n<key index>\\n<payload>``,
+the message id being ``<publishing nodeId>.<sequence>``, the offset 0 without history.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from twisted.internet import defer
 from pandapush.bayeux.channel import expand
 from pandapush.bayeux.delivery import Delivery
 from pandapush.engines.redis import scripts
+from pandapush.engines.redis.history import RedisHistory
 from pandapush.engines.redis.node import Node, OwnedClient, RelayedDelivery
 
 __all__ = ["Fanout"]
@@ -32,25 +36,39 @@ __all__ = ["Fanout"]
 class Fanout:
     """Publishes through Redis, and queues what arrives for this node's clients."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, history: RedisHistory) -> None:
         self._node = node
+        self.history = history
         self._messageIds = itertools.count()
+
+    def _scriptArgs(self, delivery: Delivery, keys: Sequence[str]) -> tuple[list[str], list[Any]]:
+        """The PUBLISH script's keys and arguments for one message (with its history's, if any)."""
+        node = self._node
+        header = f"{node.id}.{next(self._messageIds)}\n{delivery.exclude or ''}\n{delivery.channel}\n"
+        channels = [node.keys.pubsub(k) for k in keys]
+        history = self.history.publishArgs(delivery.channel, delivery.head)
+        if history is None:
+            return channels, [header, delivery.payload, 0, 0, 0, ""]
+        return channels + history[0], [header, delivery.head, *history[1]]
 
     def publish(self, delivery: Delivery) -> defer.Deferred[int]:
         node = self._node
         keys = expand(delivery.channel)
         exclude = delivery.exclude or ""
-        header = f"{node.id}.{next(self._messageIds)}\n{exclude}\n{delivery.channel}\n"
-        published = node.shards.pubsub.eval(
-            scripts.PUBLISH, [node.keys.pubsub(k) for k in keys], [header, delivery.payload]
-        )
+        published = node.shards.pubsub.eval(scripts.PUBLISH, *self._scriptArgs(delivery, keys))
         counted = defer.Deferred.fromCoroutine(self._count(keys, exclude))
         d = defer.gatherResults([published, counted], consumeErrors=True)
 
         def unwrap(failure: Any) -> Any:
             return failure.value.subFailure if isinstance(failure.value, defer.FirstError) else failure
 
-        return d.addCallbacks(lambda results: results[1], unwrap)
+        def done(results: list[Any]) -> int:
+            offset, epoch = results[0]
+            if int(offset):
+                delivery.position(int(offset), _text(epoch))
+            return int(results[1])
+
+        return d.addCallbacks(done, unwrap)
 
     def publishBatch(self, deliveries: Sequence[Delivery]) -> defer.Deferred[list[int]]:
         """
@@ -62,9 +80,9 @@ class Fanout:
         channels: list[str] = []
         args: list[Any] = []
         for delivery, keys in zip(deliveries, expanded, strict=True):
-            header = f"{node.id}.{next(self._messageIds)}\n{delivery.exclude or ''}\n{delivery.channel}\n"
-            channels += [node.keys.pubsub(k) for k in keys]
-            args += [len(keys), header, delivery.payload]
+            messageKeys, messageArgs = self._scriptArgs(delivery, keys)
+            channels += messageKeys
+            args += [len(keys), *messageArgs]
         published = node.shards.pubsub.eval(scripts.PUBLISH_BATCH, channels, args)
         excluded = [d.exclude or "" for d in deliveries]
         counted = defer.Deferred.fromCoroutine(self._countBatch(expanded, excluded))
@@ -73,7 +91,15 @@ class Fanout:
         def unwrap(failure: Any) -> Any:
             return failure.value.subFailure if isinstance(failure.value, defer.FirstError) else failure
 
-        return d.addCallbacks(lambda results: results[1], unwrap)
+        def done(results: list[Any]) -> list[int]:
+            positions = results[0]
+            for i, delivery in enumerate(deliveries):
+                offset = int(positions[2 * i])
+                if offset:
+                    delivery.position(offset, _text(positions[2 * i + 1]))
+            return results[1]  # type: ignore[no-any-return]
+
+        return d.addCallbacks(done, unwrap)
 
     async def _countBatch(self, expanded: Sequence[Sequence[str]], excluded: Sequence[str]) -> list[int]:
         shards, names = self._node.shards, self._node.keys
@@ -130,7 +156,7 @@ class Fanout:
 
     def received(self, envelope: str) -> None:
         """A copy of a message, for this node's subscribers of one key."""
-        messageId, exclude, channel, position, payload = envelope.split("\n", 4)
+        messageId, exclude, channel, offset, position, payload = envelope.split("\n", 5)
         keys = expand(channel)
         index = int(position)
         local = self._node.local
@@ -148,4 +174,10 @@ class Fanout:
             ]
             if not recipients:
                 return
-        local.enqueue(recipients, RelayedDelivery(channel, payload.encode(), exclude or None, messageId))
+        delivery = RelayedDelivery(channel, payload.encode(), exclude or None, messageId)
+        delivery.offset = int(offset)
+        local.enqueue(recipients, delivery)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -12,6 +12,9 @@ On the shard of a subscription key or channel: ``<ns>:s:<key>`` (its subscribers
 (the clients a member is present through), and ``<ns>:a:<appId>``: the application's
 occupied channels whose subscriber sets are on this shard (see ``occupancy``).
 
+On the first shard: ``<ns>:h:<channel>`` (its history, a stream) and ``<ns>:hm:<channel>``
+(its offset and epoch), see ``history``.
+
 On every shard, ``<ns>:gen``: the generation token (see ``restore``). On the first
 shard, which carries pub/sub: the channels ``<ns>:ch:<key>`` (a message, once per
 subscription key) and ``<ns>:node:<nodeId>`` (node-to-node calls), and ``<ns>:gc``,
@@ -66,6 +69,14 @@ class RedisKeys:
 
     def member(self, channel: str, memberId: str) -> str:
         return f"{self.namespace}:pm:{channel}:{memberId}"
+
+    def historyStream(self, channel: str) -> str:
+        """The channel's history, a stream (on the pub/sub shard: see ``history``)."""
+        return f"{self.namespace}:h:{channel}"
+
+    def historyMeta(self, channel: str) -> str:
+        """The channel's position: its offset and epoch."""
+        return f"{self.namespace}:hm:{channel}"
 
     def pubsub(self, key: str) -> str:
         """The pub/sub channel carrying messages for subscription key ``key``."""

@@ -180,14 +180,51 @@ if #nonempty == 1 then return {1, redis.call('SCARD', nonempty[1]) - excluded} e
 return {#nonempty, #redis.call('SUNION', unpack(nonempty)) - excluded}
 """
 
-#: KEYS: pub/sub channels of the expanded keys. ARGV: envelope header, payload.
-#: One PUBLISH per key, in expansion order, with the key's index in the envelope.
-PUBLISH = """
-for i, k in ipairs(KEYS) do
-  redis.call('PUBLISH', k, ARGV[1] .. (i - 1) .. '\\n' .. ARGV[2])
+# A message appended to its channel's history (a stream whose entry ids are the offsets,
+# and a hash holding the offset and the epoch): its offset, epoch and the payload closed
+# with its position (see Delivery.head). A hash without an epoch is a history that was
+# lost (Redis came back empty, the key expired or was evicted): a new epoch starts, and
+# whatever is left of the old stream goes with it.
+_APPEND = """
+local function append(stream, meta, head, size, ttl, metaTtl, candidate)
+  local offset = redis.call('HINCRBY', meta, 'o', 1)
+  local epoch = redis.call('HGET', meta, 'e')
+  if not epoch then
+    epoch = candidate
+    redis.call('HSET', meta, 'e', epoch)
+    redis.call('DEL', stream)
+  end
+  local payload = head .. '"position":{"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}}}'
+  local t = redis.call('TIME')
+  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('XADD', stream, 'MAXLEN', '~', size, offset .. '-0', 't', ms, 'p', payload)
+  redis.call('PEXPIRE', stream, ttl)
+  redis.call('PEXPIRE', meta, metaTtl)
+  return offset, epoch, payload
 end
-return #KEYS
 """
+
+#: KEYS: pub/sub channels of the expanded keys, then with history its stream and hash.
+#: ARGV: envelope header, payload (with history: its head), history size ('0': none),
+#: the history's and its position's time to live (ms), an epoch should a new one start.
+#: One PUBLISH per key, in expansion order, with the offset and the key's index in the
+#: envelope. Returns {offset, epoch} ({0, ''} without history).
+PUBLISH = (
+    _APPEND
+    + """
+local n, size = #KEYS, tonumber(ARGV[3])
+local payload, offset, epoch = ARGV[2], 0, ''
+if size > 0 then
+  n = n - 2
+  offset, epoch, payload = append(KEYS[n + 1], KEYS[n + 2], payload, size, ARGV[4], ARGV[5], ARGV[6])
+end
+local header = ARGV[1] .. offset .. '\\n'
+for i = 1, n do
+  redis.call('PUBLISH', KEYS[i], header .. (i - 1) .. '\\n' .. payload)
+end
+return {offset, epoch}
+"""
+)
 
 #: KEYS: a client's parked queue. ARGV: seconds to keep it, entries... (a closing node's
 #: queued messages, for whichever node the client reconnects to).
@@ -303,20 +340,33 @@ if n == 0 then return '[]' end
 return cjson.encode(result)
 """
 
-#: KEYS: the pub/sub channels of every message's expanded keys, message after message.
-#: ARGV: per message: how many keys, its envelope header, its payload. Publishes them all
-#: in order, as PUBLISH does one (a server's batch: one script, not one per message).
-PUBLISH_BATCH = """
-local k, i = 1, 1
+#: KEYS: the pub/sub channels of every message's expanded keys, message after message
+#: (each followed, with history, by its stream and hash). ARGV: per message: how many
+#: keys, then PUBLISH's six arguments. Publishes them all in order, as PUBLISH does one
+#: (a server's batch: one script, not one per message). Returns {offset, epoch, ...}.
+PUBLISH_BATCH = (
+    _APPEND
+    + """
+local k, i, result = 1, 1, {}
 while i <= #ARGV do
-  local n, header, payload = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2]
+  local n, header, payload, size = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  local offset, epoch = 0, ''
+  if size > 0 then
+    offset, epoch, payload = append(
+      KEYS[k + n], KEYS[k + n + 1], payload, size, ARGV[i + 4], ARGV[i + 5], ARGV[i + 6])
+  end
+  header = header .. offset .. '\\n'
   for j = 0, n - 1 do
     redis.call('PUBLISH', KEYS[k + j], header .. j .. '\\n' .. payload)
   end
-  k, i = k + n, i + 3
+  table.insert(result, offset)
+  table.insert(result, epoch)
+  if size > 0 then k = k + n + 2 else k = k + n end
+  i = i + 7
 end
-return #KEYS
+return result
 """
+)
 
 #: KEYS: per message, the subscribers sets of its expanded keys held by one shard.
 #: ARGV: per message: how many sets, the excluded clientId or ''. Returns per message

@@ -1,0 +1,333 @@
+"""Channel history, as both engines keep it: settings, the memory engine's store, recovery.
+
+Every message published on a concrete channel with history is appended to that
+channel's history and given its :class:`~pandapush.interfaces.Position`: an offset
+(the channel's publishes, from 1) and an epoch naming the history it counts in. A
+channel keeps at most ``size`` messages, none older than ``ttl`` seconds (per
+application, over the server's defaults: :class:`HistorySettings`). Its position (the
+offset and epoch, a few bytes) outlives its messages by :data:`META_TTL`, so a client
+that saw everything of a channel quiet for an hour resumes with nothing missed rather
+than being told the history changed.
+
+The memory engine keeps history in :class:`MemoryHistory`; the Redis engine in Redis
+Streams (:mod:`pandapush.engines.redis.history`). Both recover a subscription the same
+way (:func:`recoverLocally`): the client's queue is held (``LocalClient.recovering``),
+the subscription made, the history read, then the history is put in front of what
+queued meanwhile, dropping what it already holds.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import OrderedDict, deque
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from pandapush.bayeux.delivery import Delivery
+from pandapush.engines.local import LocalClient, LocalClients
+from pandapush.interfaces import HistoryPage, Position, Recovery
+
+__all__ = [
+    "DEFAULT_HISTORY_SIZE",
+    "DEFAULT_HISTORY_TTL",
+    "META_TTL",
+    "EngineHistory",
+    "HistorySettings",
+    "MemoryEngineHistory",
+    "MemoryHistory",
+    "newEpoch",
+    "recoverLocally",
+    "recovery",
+]
+
+#: Messages a channel keeps by default (``--history-size``): a chat room's last
+#: screenful, a feed's last minutes; enough for a phone back from a few minutes asleep.
+DEFAULT_HISTORY_SIZE = 100
+#: Seconds a message is kept by default (``--history-ttl``): longer than a deploy or a
+#: node's restart, a wifi change or a phone's short sleep.
+DEFAULT_HISTORY_TTL = 300.0
+#: Seconds a channel's position outlives its last publish.
+META_TTL = 86400.0
+
+
+def newEpoch() -> str:
+    """A fresh epoch: 8 URL-safe characters (48 random bits), safe in JSON as it is."""
+    return secrets.token_urlsafe(6)
+
+
+class HistorySettings:
+    """
+    How much history each channel keeps: the server's defaults, and each application's
+    own (``setApp``), read for every publish (one dictionary lookup).
+    """
+
+    def __init__(self, size: int = DEFAULT_HISTORY_SIZE, ttl: float = DEFAULT_HISTORY_TTL) -> None:
+        self.default = (max(0, size), ttl)
+        self._apps: dict[str, tuple[int, float]] = {}
+
+    def setApp(self, appId: str, size: int | None, ttl: float | None) -> None:
+        """The application's own settings (None: the server's default)."""
+        if size is None and ttl is None:
+            self._apps.pop(appId, None)
+            return
+        self._apps[appId] = (
+            self.default[0] if size is None else max(0, size),
+            self.default[1] if ttl is None else ttl,
+        )
+
+    def of(self, channel: str) -> tuple[int, float]:
+        """``(size, ttl)`` for ``channel`` (size 0: no history)."""
+        apps = self._apps
+        if apps:
+            cut = channel.find("/", 1)
+            found = apps.get(channel[1:cut] if cut > 0 else channel[1:])
+            if found is not None:
+                return found
+        return self.default
+
+
+class _Stream:
+    __slots__ = ("entries", "epoch", "offset", "touched")
+
+    def __init__(self, epoch: str, size: int) -> None:
+        self.epoch = epoch
+        self.offset = 0
+        self.entries: deque[tuple[int, float, bytes]] = deque(maxlen=size)
+        self.touched = 0.0
+
+
+class MemoryHistory:
+    """
+    The memory engine's history: per channel a bounded deque of ``(offset, time,
+    payload)``, and its position. Channels are kept in the order of their last publish,
+    so a sweep (every ``sweepInterval`` while any is kept) empties the quiet ones from
+    the front and stops at the first recent one.
+    """
+
+    def __init__(self, reactor: IReactorTime, settings: HistorySettings, sweepInterval: float = 60.0) -> None:
+        self._reactor = reactor
+        self.settings = settings
+        self._sweepInterval = sweepInterval
+        self._streams: OrderedDict[str, _Stream] = OrderedDict()
+        self._sweepCall: IDelayedCall | None = None
+        self._closed = False
+
+    def append(self, delivery: Delivery) -> None:
+        """Keep ``delivery`` (if its channel has history) and give it its position."""
+        if delivery.head is None:
+            return
+        channel = delivery.channel
+        size, _ = self.settings.of(channel)
+        if size <= 0:
+            return
+        streams = self._streams
+        stream = streams.get(channel)
+        if stream is None:
+            stream = streams[channel] = _Stream(newEpoch(), size)
+            self._scheduleSweep()
+        else:
+            streams.move_to_end(channel)
+            if stream.entries.maxlen != size:
+                stream.entries = deque(stream.entries, maxlen=size)
+        now = self._reactor.seconds()
+        stream.offset += 1
+        stream.touched = now
+        delivery.position(stream.offset, stream.epoch)
+        stream.entries.append((stream.offset, now, delivery.payload))
+
+    def page(self, channel: str, since: int | None, limit: int) -> HistoryPage:
+        size, ttl = self.settings.of(channel)
+        if size <= 0:
+            return HistoryPage("", 0, [])
+        stream = self._streams.get(channel)
+        if stream is None:
+            # Its position from now on: a client may resume from it before the first publish.
+            stream = self._streams[channel] = _Stream(newEpoch(), size)
+            stream.touched = self._reactor.seconds()
+            self._scheduleSweep()
+            return HistoryPage(stream.epoch, 0, [])
+        oldest = self._reactor.seconds() - ttl
+        kept = [(o, p) for o, t, p in stream.entries if t >= oldest and (since is None or o > since)]
+        if limit <= 0:
+            kept = []
+        elif since is None:
+            kept = kept[-limit:]
+        else:
+            kept = kept[:limit]
+        return HistoryPage(stream.epoch, stream.offset, kept)
+
+    def forgetApp(self, appId: str) -> None:
+        """Drop every channel of the application (deleted, or its history reset)."""
+        prefix = f"/{appId}/"
+        for channel in [c for c in self._streams if c.startswith(prefix)]:
+            del self._streams[channel]
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def _scheduleSweep(self) -> None:
+        if self._sweepCall is None and not self._closed:
+            self._sweepCall = self._reactor.callLater(self._sweepInterval, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweepCall = None
+        now = self._reactor.seconds()
+        streams = self._streams
+        defaultTtl = self.settings.default[1]
+        for channel in list(streams):
+            stream = streams[channel]
+            idle = now - stream.touched
+            if idle < defaultTtl and idle < META_TTL:
+                break
+            if idle >= META_TTL:
+                del streams[channel]
+            elif idle >= self.settings.of(channel)[1]:
+                stream.entries.clear()
+        if streams:
+            self._scheduleSweep()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._sweepCall is not None and self._sweepCall.active():
+            self._sweepCall.cancel()
+        self._sweepCall = None
+
+
+def recovery(
+    page: HistoryPage, wanted: Position | None, latest: bool
+) -> tuple[Recovery, list[tuple[int, bytes]]]:
+    """What a subscription resuming from ``wanted`` gets of ``page``: the outcome, the messages."""
+    if not page.epoch:
+        return Recovery(None, "no history" if wanted is not None else None), []
+    current = Position(page.offset, page.epoch)
+    if wanted is None:
+        return Recovery(current, None), page.messages[-1:] if latest else []
+    if wanted.epoch != page.epoch:
+        return Recovery(current, "epoch changed"), []
+    if wanted.offset > page.offset:
+        return Recovery(current, "future"), []
+    messages = [m for m in page.messages if m[0] > wanted.offset]
+    first = messages[0][0] if messages else page.offset + 1
+    if first != wanted.offset + 1:
+        # What is left is sent all the same: the client is told it is not everything.
+        return Recovery(current, "position too old"), messages
+    return Recovery(current, None), messages
+
+
+Reader = Callable[[Mapping[str, int | None], Mapping[str, int]], "defer.Deferred[dict[str, HistoryPage]]"]
+
+
+async def recoverLocally(
+    local: LocalClients[Any],
+    clientId: str,
+    subscribe: Callable[[], defer.Deferred[Any]],
+    wanted: Mapping[str, Position | None],
+    latest: Collection[str],
+    read: Reader,
+    makeDelivery: Callable[[str, int, str, bytes], Delivery],
+) -> dict[str, Recovery]:
+    """
+    :meth:`IEngine.recover` for a client held in ``local``: ``read({channel: since},
+    {channel: limit})`` reads the pages (one round trip for all of them, on Redis),
+    ``makeDelivery(channel, offset, epoch, payload)`` makes what is queued.
+    """
+    channels = list(dict.fromkeys([*wanted, *latest]))
+    client: LocalClient | None = local.get(clientId)
+    sending = client is not None and any(wanted.get(c) is not None or c in latest for c in channels)
+    if sending:
+        assert client is not None
+        client.recovering += 1
+    try:
+        await subscribe()
+        since: dict[str, int | None] = {}
+        limits: dict[str, int] = {}
+        for channel in channels:
+            position = wanted.get(channel)
+            if position is not None and client is not None:
+                since[channel], limits[channel] = position.offset, 1 << 30
+            else:
+                since[channel], limits[channel] = None, 1 if (channel in latest and client is not None) else 0
+        pages = await read(since, limits)
+        outcomes: dict[str, Recovery] = {}
+        deliveries: list[Delivery] = []
+        sent: dict[str, int] = {}
+        for channel in channels:
+            page = pages[channel]
+            position = wanted.get(channel)
+            if client is None and (position is not None or channel in latest):
+                current = Position(page.offset, page.epoch) if page.epoch else None
+                outcomes[channel] = Recovery(current, "unavailable")
+                continue
+            outcome, messages = recovery(page, position, channel in latest)
+            outcomes[channel] = outcome
+            if messages:
+                deliveries += [makeDelivery(channel, o, page.epoch, p) for o, p in messages]
+                sent[channel] = messages[-1][0]
+        if sending and local.get(clientId) is client:
+            assert client is not None
+            local.resume(client, deliveries, sent)
+            sending = False
+        return outcomes
+    finally:
+        if sending and client is not None:
+            local.resume(client, [], {})
+
+
+class EngineHistory:
+    """
+    :class:`IEngine`'s ``history`` and ``recover``, mixed into both engines: over the
+    engine's local clients (``_local``) and its store (``_readHistory``).
+    """
+
+    _local: LocalClients[Any]
+
+    def _readHistory(
+        self, since: Mapping[str, int | None], limits: Mapping[str, int]
+    ) -> defer.Deferred[dict[str, HistoryPage]]:
+        raise NotImplementedError
+
+    def _recoveredDelivery(self, channel: str, offset: int, epoch: str, payload: bytes) -> Delivery:
+        delivery = Delivery(channel, payload)
+        delivery.offset = offset
+        delivery.epoch = epoch
+        return delivery
+
+    def history(self, channel: str, since: int | None, limit: int) -> defer.Deferred[HistoryPage]:
+        return self._readHistory({channel: since}, {channel: limit}).addCallback(lambda pages: pages[channel])
+
+    def recover(
+        self,
+        clientId: str,
+        subscribe: Callable[[], defer.Deferred[Any]],
+        wanted: Mapping[str, Position | None],
+        latest: Collection[str],
+    ) -> defer.Deferred[dict[str, Recovery]]:
+        return defer.Deferred.fromCoroutine(
+            recoverLocally(
+                self._local, clientId, subscribe, wanted, latest, self._readHistory, self._recoveredDelivery
+            )
+        )
+
+
+class MemoryEngineHistory(EngineHistory):
+    """The memory engine's history methods, over its :class:`MemoryHistory` (``_history``)."""
+
+    _history: MemoryHistory
+
+    @property
+    def historySettings(self) -> HistorySettings:
+        """Each channel's size and ttl: the server's, and each application's (``setApp``)."""
+        return self._history.settings
+
+    def _readHistory(
+        self, since: Mapping[str, int | None], limits: Mapping[str, int]
+    ) -> defer.Deferred[dict[str, HistoryPage]]:
+        return defer.succeed({c: self._history.page(c, s, limits[c]) for c, s in since.items()})
+
+    def forgetHistory(self, appId: str) -> defer.Deferred[None]:
+        """Drop the application's history at once (deleted, or its history reset)."""
+        self._history.forgetApp(appId)
+        return defer.succeed(None)

@@ -1,0 +1,202 @@
+"""Channel history on the Redis engine: Redis Streams, one per channel, on the pub/sub shard.
+
+A message is appended inside the script that publishes it (``scripts.PUBLISH``), so
+history costs no round trip: one XADD trimmed to the channel's size (``MAXLEN ~``),
+its offset from the channel's hash ``<ns>:hm:<channel>`` (``o``: the offset, ``e``: the
+epoch), the entry's id being ``<offset>-0`` so that "after offset N" is one XRANGE. The
+stream expires ``ttl`` after the last publish, and an entry older than ``ttl`` is left
+out when read; the hash lives :data:`~pandapush.engines.history.META_TTL` longer.
+A hash found without its epoch is a history that was lost: a new epoch starts.
+
+Every node reads and writes the same streams: a client resumes on any node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.internet import defer
+
+from pandapush.engines.history import META_TTL, EngineHistory, HistorySettings, newEpoch
+from pandapush.engines.redis.node import Node, RelayedDelivery
+from pandapush.interfaces import HistoryPage
+
+__all__ = ["READ", "RedisEngineHistory", "RedisHistory"]
+
+#: KEYS: per channel its stream and hash. ARGV: per channel: since ('' for the latest),
+#: limit, size, ttl (ms), the hash's ttl (ms), an epoch should a new one start. Returns
+#: per channel {epoch, offset, offset, payload, ...}, oldest first, only entries among
+#: the last ``size`` and younger than ``ttl``. A channel without a hash gets one (offset
+#: 0), so that a subscriber has a position to resume from before the first publish.
+READ = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local result = {}
+for i = 1, #KEYS, 2 do
+  local a = (i - 1) * 3
+  local stream, meta = KEYS[i], KEYS[i + 1]
+  local since, limit, size = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local oldest = now - tonumber(ARGV[a + 4])
+  local epoch = redis.call('HGET', meta, 'e')
+  if not epoch then
+    epoch = ARGV[a + 6]
+    redis.call('DEL', stream)
+    redis.call('HSET', meta, 'e', epoch)
+    redis.call('HSETNX', meta, 'o', 0)
+    redis.call('PEXPIRE', meta, ARGV[a + 5])
+  end
+  local offset = tonumber(redis.call('HGET', meta, 'o') or '0')
+  local entry = {epoch, offset}
+  if limit > 0 and offset > 0 then
+    local from = math.max(offset - size, 0)
+    local items
+    if since == '' then
+      items = redis.call('XREVRANGE', stream, '+', (from + 1) .. '-0', 'COUNT', limit)
+      local reversed = {}
+      for j = #items, 1, -1 do table.insert(reversed, items[j]) end
+      items = reversed
+    else
+      from = math.max(from, tonumber(since))
+      items = redis.call('XRANGE', stream, (from + 1) .. '-0', '+', 'COUNT', limit)
+    end
+    for _, item in ipairs(items) do
+      local fields, stamp, payload = item[2], 0, ''
+      for f = 1, #fields, 2 do
+        if fields[f] == 't' then stamp = tonumber(fields[f + 1]) else payload = fields[f + 1] end
+      end
+      if stamp >= oldest then
+        table.insert(entry, tonumber(string.match(item[1], '^(%d+)')))
+        table.insert(entry, payload)
+      end
+    end
+  end
+  table.insert(result, entry)
+end
+return result
+"""
+
+
+class RedisHistory:
+    """Reads the streams (one script for every channel of a subscribe) and what a publish appends."""
+
+    def __init__(self, node: Node, settings: HistorySettings) -> None:
+        self._node = node
+        self.settings = settings
+
+    def publishArgs(self, channel: str, head: bytes | None) -> tuple[list[str], list[Any]] | None:
+        """The keys and arguments a publish script appends ``channel``'s message with (None: no history)."""
+        if head is None:
+            return None
+        size, ttl = self.settings.of(channel)
+        if size <= 0:
+            return None
+        keys = self._node.keys
+        return (
+            [keys.historyStream(channel), keys.historyMeta(channel)],
+            [size, int(ttl * 1000), int(max(ttl, META_TTL) * 1000), newEpoch()],
+        )
+
+    def read(
+        self, since: Mapping[str, int | None], limits: Mapping[str, int]
+    ) -> defer.Deferred[dict[str, HistoryPage]]:
+        return defer.Deferred.fromCoroutine(self._read(since, limits))
+
+    async def _read(
+        self, since: Mapping[str, int | None], limits: Mapping[str, int]
+    ) -> dict[str, HistoryPage]:
+        names = self._node.keys
+        pages: dict[str, HistoryPage] = {}
+        keys: list[str] = []
+        args: list[Any] = []
+        asked: list[str] = []
+        for channel, after in since.items():
+            size, ttl = self.settings.of(channel)
+            if size <= 0:
+                pages[channel] = HistoryPage("", 0, [])
+                continue
+            asked.append(channel)
+            keys += [names.historyStream(channel), names.historyMeta(channel)]
+            args += [
+                "" if after is None else after,
+                limits[channel],
+                size,
+                int(ttl * 1000),
+                int(max(ttl, META_TTL) * 1000),
+                newEpoch(),
+            ]
+        if asked:
+            answers = await self._node.shards.pubsub.eval(READ, keys, args)
+            for channel, answer in zip(asked, answers, strict=True):
+                flat = answer[2:]
+                messages = [(int(flat[j]), _bytes(flat[j + 1])) for j in range(0, len(flat), 2)]
+                pages[channel] = HistoryPage(_text(answer[0]), int(answer[1]), messages)
+        return pages
+
+    def page(self, channel: str, since: int | None, limit: int) -> defer.Deferred[HistoryPage]:
+        d = self.read({channel: since}, {channel: limit})
+        return d.addCallback(lambda pages: pages[channel])
+
+    async def forgetApp(self, appId: str) -> None:
+        """Delete every stream and hash of the application (SCAN in batches, on the pub/sub shard)."""
+        names = self._node.keys
+        shard = self._node.shards.pubsub
+        for pattern in (names.historyStream(f"/{appId}/*"), names.historyMeta(f"/{appId}/*")):
+            cursor = "0"
+            while True:
+                cursor, found = await shard.execute(
+                    "SCAN", cursor, "MATCH", _escapeGlob(pattern), "COUNT", 1000
+                )
+                if found:
+                    await shard.execute("UNLINK", *found)
+                if str(cursor) == "0":
+                    break
+
+
+class RedisEngineHistory(EngineHistory):
+    """
+    The Redis engine's history methods (``history`` and ``recover`` are EngineHistory's).
+    A client owned by another node (a long-poller whose subscribe came here) has its queue
+    there: it is told its history is unavailable rather than sent it out of order.
+    """
+
+    _fanout: Any
+
+    @property
+    def _history(self) -> RedisHistory:
+        return self._fanout.history  # type: ignore[no-any-return]
+
+    @property
+    def historySettings(self) -> HistorySettings:
+        """Each channel's size and ttl: the server's, and each application's (``setApp``)."""
+        return self._history.settings
+
+    def _readHistory(
+        self, since: Mapping[str, int | None], limits: Mapping[str, int]
+    ) -> defer.Deferred[dict[str, HistoryPage]]:
+        return self._history.read(since, limits)
+
+    def _recoveredDelivery(self, channel: str, offset: int, epoch: str, payload: bytes) -> RelayedDelivery:
+        # Its id differs from the live copy's: a hand-over keeps both, the seam dropped one.
+        delivery = RelayedDelivery(channel, payload, None, f"h.{offset}.{channel}")
+        delivery.offset, delivery.epoch = offset, epoch
+        return delivery
+
+    def forgetHistory(self, appId: str) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._history.forgetApp(appId))
+
+
+def _escapeGlob(pattern: str) -> str:
+    # Only the trailing * is a wildcard: an application id or namespace with glob characters matches itself.
+    body = pattern[:-1]
+    for c in "\\?[]*":
+        body = body.replace(c, "\\" + c)
+    return body + "*"
+
+
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
