@@ -36,6 +36,7 @@ from pandapush.bayeux.message import (
 from pandapush.interfaces import EngineUnavailableError, IClientSocket, IEngine
 from pandapush.router.limits import Limits, Refusals, channelRefusal
 from pandapush.router.pipeline import Answer, Handled, Held
+from pandapush.router.resume import answer, resumeRequest
 from pandapush.router.sessions import Sessions
 
 __all__ = ["BAYEUX_VERSION", "CONNECTION_TYPES", "MessageHandlers", "Publisher"]
@@ -400,6 +401,9 @@ class MessageHandlers:
             if not channels.isSubscribable(channel):
                 return [fail(reply, BayeuxError.channelForbidden(channel))]
         if subscribing:
+            request = resumeRequest(message, requested, limits.maxSubscriptions)
+            if isinstance(request, BayeuxError):
+                return [fail(reply, request)]
             current = await self.engine.subscriptions(clientId)
             new = [channel for channel in requested if channel not in current]
             room = limits.maxSubscriptions - len(current)
@@ -413,7 +417,20 @@ class MessageHandlers:
                         f"Too many subscriptions (limit {limits.maxSubscriptions} per client)",
                     ),
                 )
-            await self._subscribeAll(clientId, requested, current)
+            if not request.wanted and not request.latest:
+                await self._subscribeAll(clientId, requested, current)
+            else:
+                # Subscribed, then what was missed queued before anything live (see resume).
+                outcomes = await self.engine.recover(
+                    clientId,
+                    lambda: Deferred.fromCoroutine(self._subscribeAll(clientId, requested, current)),
+                    request.wanted,
+                    request.latest,
+                )
+                future = answer(reply, request, outcomes)
+                if future is not None:
+                    await self._undo(clientId, [c for c in requested if c not in current])
+                    return [fail(reply, future)]
         else:
             for channel in requested:
                 await self.engine.unsubscribe(clientId, channel)
@@ -429,12 +446,15 @@ class MessageHandlers:
                 if channel not in current:
                     added.append(channel)
         except Exception:
-            for channel in added:
-                try:
-                    await self.engine.unsubscribe(clientId, channel)
-                except Exception:
-                    self._log.failure("could not undo the subscription to {channel}", channel=channel)
+            await self._undo(clientId, added)
             raise
+
+    async def _undo(self, clientId: str, added: list[str]) -> None:
+        for channel in added:
+            try:
+                await self.engine.unsubscribe(clientId, channel)
+            except Exception:
+                self._log.failure("could not undo the subscription to {channel}", channel=channel)
 
     async def _subscribe(
         self, message: Message, context: MessageContext, socket: IClientSocket | None
