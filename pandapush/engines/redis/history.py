@@ -19,7 +19,7 @@ from typing import Any
 from twisted.internet import defer
 
 from pandapush.engines.history import META_TTL, EngineHistory, HistorySettings, newEpoch
-from pandapush.engines.redis.node import Node, RelayedDelivery
+from pandapush.engines.redis.node import Node, RelayedDelivery, unavailableAsEngine
 from pandapush.interfaces import HistoryPage
 
 __all__ = ["READ", "RedisEngineHistory", "RedisHistory"]
@@ -174,7 +174,7 @@ class RedisEngineHistory(EngineHistory):
     def _readHistory(
         self, since: Mapping[str, int | None], limits: Mapping[str, int]
     ) -> defer.Deferred[dict[str, HistoryPage]]:
-        return self._history.read(since, limits)
+        return unavailableAsEngine(self._history.read(since, limits))
 
     def _recoveredDelivery(self, channel: str, offset: int, epoch: str, payload: bytes) -> RelayedDelivery:
         # Its id differs from the live copy's: a hand-over keeps both, the seam dropped one.
@@ -183,7 +183,7 @@ class RedisEngineHistory(EngineHistory):
         return delivery
 
     def forgetHistory(self, appId: str) -> defer.Deferred[None]:
-        return defer.Deferred.fromCoroutine(self._history.forgetApp(appId))
+        return unavailableAsEngine(defer.Deferred.fromCoroutine(self._history.forgetApp(appId)))
 
 
 def _escapeGlob(pattern: str) -> str:
