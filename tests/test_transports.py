@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import pprint
+import sys
 from typing import Any
 
 import treq
@@ -15,6 +18,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
 
+from pandapush.transports import websocket as ws_module
 from pandapush.transports.websocket import BayeuxWebSocketProtocol
 from tests.support.bayeux import openWebSocket
 from tests.support.inprocess import AUTH, InProcessServer, channel
@@ -494,3 +498,36 @@ class OversizedFrameTests(WebSocketCase):
         protocol.sendMessage = lambda payload, *a, **k: sent.append(payload)  # type: ignore[method-assign]
         protocol.onMessage(b"{nope", False)
         self.assertEqual(sent, [])
+
+
+class IdleSocketStateTests(WebSocketCase):
+    """What an open, idle websocket keeps on the server (issue 17: <= 10 KB each at 10,000)."""
+
+    async def serverSocket(self) -> BayeuxWebSocketProtocol:
+        ws = await self.open()
+        ws.send(HANDSHAKE)
+        await ws.frameCount(1)
+        sockets = [o for o in gc.get_objects() if isinstance(o, BayeuxWebSocketProtocol) and o._open]
+        self.assertEqual(len(sockets), 1)
+        return sockets[0]
+
+    async def test_noHandshakeLeftovers(self) -> None:
+        """The handshake's texts and parsed headers are not kept; options are the factory's, not copies."""
+        socket = await self.serverSocket()
+        state = vars(socket)
+        for name in ("http_request_data", "http_response_data", "http_headers", "_wskey", "autoPingInterval"):
+            self.assertNotIn(name, state)
+        self.assertEqual(socket.autoPingInterval, socket.factory.autoPingInterval)  # type: ignore[attr-defined]
+        options = (socket.maxMessagePayloadSize, socket.factory.maxMessagePayloadSize)  # type: ignore[attr-defined]
+        self.assertEqual(options[0], options[1])
+        # Counters shared by every socket; a dictionary of attributes under 2 KB each.
+        self.assertIs(socket.trafficStats, ws_module._TRAFFIC)
+        self.assertLessEqual(sys.getsizeof(state), 2048)
+
+    def test_optionsLogStillFormatted(self) -> None:
+        """Autobahn's per-connection options log is formatted lazily, and the same when it is."""
+        import autobahn.websocket.protocol as protocol
+
+        value = [("autoPingInterval", 25.0, "BayeuxWebSocketFactory")]
+        self.assertEqual(f"\n{protocol.pformat(value)}", f"\n{pprint.pformat(value)}")
+        self.assertEqual(str(protocol.pformat(value)), pprint.pformat(value))

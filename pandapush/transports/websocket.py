@@ -9,10 +9,14 @@ frame is cached on the :class:`~pandapush.bayeux.delivery.Delivery`.
 
 from __future__ import annotations
 
+import pprint
 from collections.abc import Mapping, Sequence
+from types import FunctionType
 from typing import Any
 
+import autobahn.websocket.protocol
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
@@ -30,6 +34,58 @@ __all__ = ["BayeuxWebSocketFactory", "BayeuxWebSocketProtocol"]
 
 _FRAME = "websocket"
 _BAD_REQUEST = b'[{"successful":false,"error":"400::Bad request"}]'
+
+
+class _Pformat:
+    """``pprint.pformat(value)``, made only if a log observer formats it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+    def __str__(self) -> str:
+        return pprint.pformat(self.value)
+
+    __repr__ = __str__
+
+
+# Autobahn logs its ~30 options at debug level for every new connection, formatting them
+# with pformat before the level is looked at: 12 % of the server's CPU in a reconnect
+# storm (bench/README.md). Only that log call uses the name in this module; made lazy,
+# debug logging still shows the same text.
+autobahn.websocket.protocol.pformat = _Pformat  # type: ignore[assignment]
+
+# Autobahn counts each connection's traffic in a TrafficStats object of its own (1.3 KB
+# per idle socket); nothing reads the counts, so every socket adds to this one.
+_TRAFFIC = TrafficStats()
+
+# The handshake's leftovers autobahn keeps for the connection's life (its request and
+# response texts, parsed headers, offered protocols): ~1.4 KB per idle socket.
+_HANDSHAKE_LEFTOVERS = (
+    "http_request_data",
+    "http_response_data",
+    "http_status_line",
+    "http_headers",
+    "http_request_params",
+    "http_request_uri",
+    "_wskey",
+    "websocket_protocols",
+    "websocket_extensions",
+)
+
+
+class _SendQueue(list[Any]):
+    """
+    Autobahn's queue of frames for ``sync``/``chopsize`` sends (pandapush makes none),
+    as a list: an empty ``deque`` holds a 64-slot block, 600 bytes per idle socket.
+    """
+
+    def popleft(self) -> Any:
+        return self.pop(0)
 
 
 @implementer(IClientSocket)
@@ -68,11 +124,20 @@ class BayeuxWebSocketProtocol(WebSocketServerProtocol):
 
             raise ConnectionDeny(403, "Origin not allowed")
         peer = self.transport.getPeer() if self.transport is not None else None
-        self._context = MessageContext("websocket", dict(request.headers), getattr(peer, "host", None))
+        # Autobahn's own parse of the headers (a dict of lower-cased names) is read-only
+        # from here on: shared rather than copied for the connection's life.
+        self._context = MessageContext("websocket", request.headers, getattr(peer, "host", None))
         # No subprotocol: Bayeux over websocket never negotiated one.
         return None
 
+    def _connectionMade(self) -> None:
+        super()._connectionMade()  # type: ignore[misc]
+        self.trafficStats = _TRAFFIC
+        self.send_queue = _SendQueue()  # type: ignore[assignment]
+
     def onOpen(self) -> None:
+        for name in _HANDSHAKE_LEFTOVERS:
+            self.__dict__.pop(name, None)
         self._open = True
         self.factory.openSockets += 1
         # Hear when the kernel stops taking our writes (a client that does not
@@ -246,6 +311,23 @@ class _Congestion:
 
 class BayeuxWebSocketFactory(WebSocketServerFactory):
     protocol = BayeuxWebSocketProtocol  # type: ignore[assignment]
+
+    def setProtocolOptions(self, **options: Any) -> None:  # type: ignore[override]
+        """
+        As autobahn's, and the options become class attributes of a protocol class of
+        this factory's own: autobahn copies every option (~30) from the factory into
+        each connection's ``__dict__`` unless the protocol already has it, which grew
+        an idle socket's instance dictionary past its next size (3.3 KB).
+        """
+        super().setProtocolOptions(**options)
+        base = type(self).protocol
+        # A function (perMessageCompressionAccept) must stay a plain attribute, not a method.
+        options = {
+            name: staticmethod(value) if isinstance(value, FunctionType) else value
+            for name in base.CONFIG_ATTRS
+            for value in (getattr(self, name),)
+        }
+        self.protocol = type(base.__name__, (base,), {"__module__": base.__module__, **options})  # type: ignore[assignment]
 
     def __init__(
         self,
