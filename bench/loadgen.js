@@ -10,6 +10,8 @@
 //        [--channels 1] [--transport websocket|long-polling] [--publishers 1]
 //        [--mode burst|paced --rate 100 --duration 10] [--size 64] [--wildcard]
 //        [--rest-key K --rest-secret S] [--app APPID] [--pid SERVER_PID]
+//   node bench/loadgen.js --url ... --storm [--clients 3000] [--inflight 200] [--transport long-polling]
+//   node bench/loadgen.js --url ... --idle [--connections 1000]
 //
 // prints one JSON object with the results.
 
@@ -553,7 +555,12 @@ if (require.main === module) {
     options.subscriptionsOf = (i) => [i % 2 ? `${prefix}/*` : `${prefix}/**`];
     options.matches = () => true;
   }
-  (has('idle') ? runIdle({ ...options, connections: Number(get('connections', 1000)) }) : runFanout(options))
+  const run = has('storm')
+    ? runStorm({ ...options, clients: Number(get('clients', 3000)), inflight: Number(get('inflight', 200)) })
+    : has('idle')
+      ? runIdle({ ...options, connections: Number(get('connections', 1000)) })
+      : runFanout(options);
+  run
     .then((result) => {
       process.stdout.write(JSON.stringify(result) + '\n');
       process.exit(0);
