@@ -9,7 +9,9 @@ The router (``pandapush.router``) knows only these interfaces:
 - **delivery sinks** (:class:`IDeliverySink`) are where an engine hands a client's
   queued messages: a held long-poll ``/meta/connect``, a websocket, an event stream.
 - **extensions** (:class:`IExtension`) see every incoming message and every outgoing
-  reply, like Faye's ``addExtension``. Tenancy/auth and presence are extensions.
+  reply, like Faye's ``addExtension``. Tenancy/auth and presence are extensions. One
+  that also provides :class:`IConnectBatches` sees what each ``/meta/connect`` reply
+  carries (CometD's acknowledgement extension).
 - **engine listeners** (:class:`IEngineListener`) hear about clients and
   subscriptions coming and going, whatever the reason (presence, meta events, stats).
 
@@ -38,6 +40,7 @@ __all__ = [
     "EngineUnavailableError",
     "HistoryPage",
     "IClientSocket",
+    "IConnectBatches",
     "IDeliverySink",
     "IEngine",
     "IEngineFactory",
@@ -400,6 +403,33 @@ class IExtension(Interface):
         """
         Inspect or change a reply to the client that sent ``context``'s message
         (never a delivery). Return None to drop it; may answer with a Deferred.
+        """
+
+
+class IConnectBatches(Interface):
+    """
+    An extension that also sees the messages each successful ``/meta/connect`` reply
+    carries to its client, as one batch (CometD's acknowledgement extension numbers the
+    batches and sends again those the client has not acknowledged). Called once per
+    connect, never per message or per recipient.
+    """
+
+    def connecting(clientId: str, context: MessageContext) -> bool:
+        """
+        A successful ``/meta/connect`` of ``clientId`` (a known client; ``context`` is its
+        connect's, after every ``incoming`` hook) is about to be held. True makes the
+        client's messages go out only with its connect replies, over a websocket too
+        (never straight to its socket, never between two connects), and keeps the client
+        when its socket closes: it may connect again over another one until it expires.
+        """
+
+    def batch(
+        clientId: str, reply: Message, context: MessageContext, deliveries: Sequence[Delivery]
+    ) -> Sequence[Delivery]:
+        """
+        ``reply``, a successful connect reply to ``clientId``, is about to go out with
+        ``deliveries`` (before the ``outgoing`` hooks run on it): the deliveries to send
+        with it instead, in order. ``reply`` may be changed (its ``ext``).
         """
 
 

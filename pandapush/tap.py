@@ -26,6 +26,7 @@ from pandapush.auth.tenancy import TenancyExtension
 from pandapush.auth.throttle import parseTrustedProxies
 from pandapush.config import Configuration
 from pandapush.engines import DEFAULT_REDIS_HOSTS, IEngineFactory, makeEngine
+from pandapush.extensions.acknowledge import Acknowledgements
 from pandapush.extensions.expiry import SubscriptionExpiry
 from pandapush.extensions.limits import LimitsExtension, makeTenantLimits
 from pandapush.extensions.metrics import Metrics
@@ -386,6 +387,11 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
     # hears the key was revoked or deleted (on any node, through key sync).
     expiry = SubscriptionExpiry(router, reactor, leeway=tenancy.tokenLeeway, keys=keys)
     users = UserConnections(router, reactor)
+    # CometD's acknowledgements: a client's batches are forgotten once it has not connected
+    # here for longer than a held connect and its expiry together (it moved, or it is gone).
+    acknowledgements = Acknowledgements(
+        router, reactor, idle=2 * (config.timeout + config.engine.clientExpiry)
+    )
     # Webhook events wait in an outbox: Redis's with the Redis engine, else the storage's.
     webhooks = makeWebhooks(
         config.webhooks,
@@ -411,8 +417,9 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
     # tenant limits need tenancy's key id, and come before presence so that a refused
     # subscribe joins nobody; presence joins the subscribers it is given; expiry,
     # after presence, sees the subscribe replies presence let through, and so does the
-    # index of users' clients; webhooks' client events need tenancy's verdict; the
-    # error counter, last, counts error replies as the client will see them.
+    # index of users' clients; webhooks' client events need tenancy's verdict; CometD's
+    # acknowledgements see only connects that every check let through; the error
+    # counter, last, counts error replies as the client will see them.
     extensions: list[IExtension] = [
         TenancyExtension(authority),
         OriginExtension(AppOrigins(storage, reactor, keys, ttl=tenancy.keyCacheTTL)),
@@ -421,6 +428,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         expiry,
         users,
         *([webhooks.events] if webhooks.events is not None else []),
+        acknowledgements,
         metrics.errorCounter,
     ]
     for extension in extensions:
@@ -576,6 +584,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         KeyUsageFlusher(keys, tenancy.usageFlushInterval),
         expiry,  # stopped with the server: no timer left behind
         users.service,
+        acknowledgements.service,
         webhooks.sender,
         keysync,
         # Before the ports listen: its first heartbeat is queued ahead of any admission.

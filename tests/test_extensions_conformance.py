@@ -1,7 +1,7 @@
 """The extension contract (tests/extension_suite.py) on each of the router's extensions.
 
-Tenancy, allowed origins, tenant limits, presence, token expiry and the metrics' error
-counter, each wired as the server wires it: memory storage and engine, the real router.
+Tenancy, allowed origins, tenant limits, presence, token expiry, CometD's acknowledgements
+and the metrics' error counter, each wired as the server wires it: memory storage and engine, the real router.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from pandapush.auth import TenancyConfig
 from pandapush.bayeux.context import MessageContext
 from pandapush.engines.memory import MemoryEngine
+from pandapush.extensions.acknowledge import Acknowledgements
 from pandapush.extensions.expiry import SubscriptionExpiry
 from pandapush.extensions.limits import AppConnectionLimiter, LimitsExtension, PublishRateLimiter
 from pandapush.extensions.metrics import Metrics
@@ -202,6 +203,27 @@ class SubscriptionExpiryTests(ExtensionTestsMixin, _Wired):
 
     def refusals(self) -> list[tuple[Message, MessageContext, str]]:
         return []
+
+
+class AcknowledgementsTests(ExtensionTestsMixin, _Wired):
+    """CometD's acknowledgements: a connect's batch number that is not one is refused."""
+
+    def makeExtension(self) -> Any:
+        return Acknowledgements(self.router, self.clock)
+
+    def ignoredMessages(self) -> list[Message]:
+        return self.clientMessages()
+
+    def refusals(self) -> list[tuple[Message, MessageContext, str]]:
+        connect: dict[str, Any] = {"channel": "/meta/connect", "clientId": self.client()}
+        return [
+            (
+                {**connect, "connectionType": "websocket", "ext": {"ack": value}},
+                MessageContext("websocket"),
+                "400::ext.ack must be the number of a batch received",
+            )
+            for value in ("7", -1, False, 2.5)
+        ]
 
 
 class _RecordingRouter(BayeuxRouter):

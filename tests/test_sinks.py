@@ -25,6 +25,7 @@ from pandapush.bayeux import json as wire
 from pandapush.bayeux.context import MessageContext
 from pandapush.engines.memory import MemoryEngine
 from pandapush.interfaces import IClientSocket
+from pandapush.router.pipeline import Extensions
 from pandapush.router.sessions import HeldConnect, HeldConnects
 from pandapush.transports.resource import BayeuxResource
 from tests.sink_suite import CHANNEL, ClientSocketTestsMixin, DeliverySinkTestsMixin
@@ -201,8 +202,8 @@ class HeldConnectSinkTests(DeliverySinkTestsMixin, TestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.engine = MemoryEngine(self.clock, timeout=30, expiry=10)
-        # As the router's: replies through no outgoing hook.
-        self.connects = HeldConnects(self.engine, lambda replies, context: replies)
+        # As the router's with no extension: replies through no hook.
+        self.connects = HeldConnects(self.engine, Extensions())
         self.responses: dict[HeldConnect, list[list[Any]]] = {}
 
     async def makeSink(self) -> Any:

@@ -8,6 +8,8 @@ They sit above :mod:`pandapush.auth` (limits and expiry read what tenancy left i
 - :mod:`~pandapush.extensions.limits`: publishes per second per key, clients per application;
 - :mod:`~pandapush.extensions.presence`: who else is on a presence channel;
 - :mod:`~pandapush.extensions.expiry`: token-granted subscriptions end with their token;
+- :mod:`~pandapush.extensions.acknowledge`: CometD's acknowledgements (batches sent again
+  until a client acknowledges them);
 - :mod:`~pandapush.extensions.statistics`: per-application figures and the meta channels;
 - :mod:`~pandapush.extensions.metrics`: Prometheus counters and gauges (``/metrics``).
 

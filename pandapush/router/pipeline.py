@@ -21,6 +21,7 @@ for each of them would grow the stack with the batch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -29,9 +30,10 @@ from twisted.python.failure import Failure
 
 from pandapush._deferred import settled
 from pandapush.bayeux.context import MessageContext
+from pandapush.bayeux.delivery import Delivery
 from pandapush.bayeux.errors import BayeuxError
 from pandapush.bayeux.message import HANDSHAKE, Message, Reply, fail, makeReply
-from pandapush.interfaces import EngineUnavailableError, IClientSocket, IExtension
+from pandapush.interfaces import EngineUnavailableError, IClientSocket, IConnectBatches, IExtension
 
 __all__ = ["Answer", "Extensions", "Handled", "Held", "MessageHandler", "Pipeline"]
 
@@ -68,16 +70,40 @@ class MessageHandler(Protocol):
 
 
 class Extensions:
-    """The router's extensions, in the order they were added, and running their hooks."""
+    """
+    The router's extensions, in the order they were added, and running their hooks;
+    also those of them that see each connect reply's batch (:class:`IConnectBatches`).
+    """
 
     def __init__(self) -> None:
         self._extensions: list[IExtension] = []
+        self._batches: list[IConnectBatches] = []
 
     def add(self, extension: IExtension) -> None:
         self._extensions.append(extension)
+        if IConnectBatches.providedBy(extension):
+            self._batches.append(extension)  # type: ignore[arg-type]
 
     def remove(self, extension: IExtension) -> None:
         self._extensions.remove(extension)
+        if extension in self._batches:
+            self._batches.remove(extension)  # type: ignore[arg-type]
+
+    def connecting(self, clientId: str, context: MessageContext) -> bool:
+        """Whether ``clientId``'s messages go out only with its connect replies (any extension says so)."""
+        batched = False
+        for extension in self._batches:
+            # Every one hears of the connect, even once one has said yes.
+            batched = extension.connecting(clientId, context) or batched
+        return batched
+
+    def batch(
+        self, clientId: str, reply: Message, context: MessageContext, deliveries: Sequence[Delivery]
+    ) -> Sequence[Delivery]:
+        """What a connect reply to ``clientId`` carries, once every batching extension has seen it."""
+        for extension in self._batches:
+            deliveries = extension.batch(clientId, reply, context, deliveries)
+        return deliveries
 
     def incoming(
         self, message: Message, context: MessageContext, start: int = 0

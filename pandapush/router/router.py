@@ -58,7 +58,7 @@ class BayeuxRouter:
         limits = limits or Limits()
         self._refusals = Refusals()
         self._extensions = Extensions()
-        self._sessions = Sessions(engine, reactor, self._extensions.outgoing)
+        self._sessions = Sessions(engine, reactor, self._extensions)
         self._publisher = Publisher(engine, limits, self._refusals)
         self._handlers = MessageHandlers(
             engine, self._sessions, self._publisher, limits, self._refusals, timeout, interval

@@ -9,13 +9,19 @@
   answered at once);
 - the clients each socket created (the clients-per-connection limit);
 - draining: answering everything at once when the node goes away.
+
+A client an extension batches (:class:`~pandapush.interfaces.IConnectBatches`: CometD's
+acknowledgements) gets its messages only with its connect replies, over a websocket too:
+its held connect is its sink, as over long-polling, and its socket only carries the
+replies. Its socket closing does not end it (it may come back over another one).
 """
 
 from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
+from typing import Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -28,7 +34,7 @@ from pandapush.bayeux.message import Message, Reply
 from pandapush.interfaces import IClientSocket, IDeliverySink, IEngine
 from pandapush.listeners import EngineListener
 
-__all__ = ["MAX_NOTICES", "TERMINATED_MEMORY", "HeldConnect", "HeldConnects", "Sessions"]
+__all__ = ["MAX_NOTICES", "TERMINATED_MEMORY", "HeldConnect", "HeldConnects", "ReplyHooks", "Sessions"]
 
 #: Server-initiated messages kept per client until its next connect (see ``notify``).
 MAX_NOTICES = 16
@@ -42,8 +48,20 @@ MAX_TERMINATED = 100_000
 # Sessions.fresh): far longer than any client waits between the two.
 _FRESH_WINDOW = 60.0
 
-#: The outgoing hooks: replies in, replies out (now or later).
-Outgoing = Callable[[list[Reply], MessageContext], "list[Reply] | Deferred[list[Reply]]"]
+
+class ReplyHooks(Protocol):
+    """What held connects need of the router's extensions (``pipeline.Extensions``)."""
+
+    def outgoing(self, replies: list[Reply], context: MessageContext) -> list[Reply] | Deferred[list[Reply]]:
+        """The outgoing hooks: replies in, replies out (now or later)."""
+
+    def connecting(self, clientId: str, context: MessageContext) -> bool:
+        """A successful connect is about to be held: True if the client's messages go with connects only."""
+
+    def batch(
+        self, clientId: str, reply: Message, context: MessageContext, deliveries: Sequence[Delivery]
+    ) -> Sequence[Delivery]:
+        """What a connect reply carries, once the batching extensions have seen it."""
 
 
 @implementer(IDeliverySink)
@@ -57,8 +75,8 @@ class HeldConnect:
     come and the connect is answered at its timeout: through ``socket`` if it
     came over that socket, else in its own HTTP response (``deferred``).
 
-    ``connects`` is all it knows of the router: it sends the reply through its
-    outgoing hooks and is released from it once answered or abandoned.
+    ``connects`` is all it knows of the router: it sends the reply and its deliveries
+    through its hooks and is released from it once answered or abandoned.
     """
 
     persistent = False
@@ -90,7 +108,9 @@ class HeldConnect:
         if self.done:
             return
         self._end()
-        replied = self.connects.outgoing([self.reply], self.context)
+        hooks = self.connects.hooks
+        deliveries = hooks.batch(self.clientId, self.reply, self.context, deliveries)
+        replied = hooks.outgoing([self.reply], self.context)
         if isinstance(replied, Deferred):
             replied.addCallback(self._send, deliveries)
         else:
@@ -122,13 +142,13 @@ class HeldConnect:
 class HeldConnects:
     """
     The connects held on this node, at most one per client, and what a held connect
-    needs of the router: the outgoing hooks for its reply, and the engine to detach
-    it from once it is answered.
+    needs of the router: the extensions' hooks for its reply and what it carries, and
+    the engine to detach it from once it is answered.
     """
 
-    def __init__(self, engine: IEngine, outgoing: Outgoing) -> None:
+    def __init__(self, engine: IEngine, hooks: ReplyHooks) -> None:
         self.engine = engine
-        self.outgoing = outgoing
+        self.hooks = hooks
         self._held: dict[str, HeldConnect] = {}
 
     def __len__(self) -> int:
@@ -166,11 +186,15 @@ class Sessions(EngineListener):
 
     _log = Logger()
 
-    def __init__(self, engine: IEngine, reactor: IReactorTime, outgoing: Outgoing) -> None:
+    def __init__(self, engine: IEngine, reactor: IReactorTime, hooks: ReplyHooks) -> None:
         self.engine = engine
         self.reactor = reactor
-        self.connects = HeldConnects(engine, outgoing)
+        self.hooks = hooks
+        self.connects = HeldConnects(engine, hooks)
         self._sockets: dict[str, IClientSocket] = {}
+        # Sockets of batched clients (IConnectBatches): they carry replies only, and
+        # their closing does not end their client.
+        self._batchedSockets: weakref.WeakSet[IClientSocket] = weakref.WeakSet()
         # Server-initiated messages (notify) for long-poll clients with no connect
         # held right now: they go out with the client's next connect.
         self._notices: dict[str, list[Message]] = {}
@@ -228,11 +252,15 @@ class Sessions(EngineListener):
         """
         Hold a successful connect for up to ``wait`` seconds (not at all for a client's
         first): answered by the first messages for the client, a notice, the next
-        connect, or its timeout. Over a socket, the socket is bound to the client.
+        connect, or its timeout. Over a socket, the socket is bound to the client. A
+        batched client's connect is its sink whatever it came over.
         """
+        batched = self.hooks.connecting(clientId, context)
         if socket is not None and socket.clientId != clientId:
-            self._bind(clientId, socket)
-        attach = clientId not in self._sockets
+            self._bind(clientId, socket, batched)
+        elif batched and socket is not None:
+            self._batchedSockets.add(socket)
+        attach = batched or clientId not in self._sockets
 
         older = self.connects.get(clientId)
         if older is not None:
@@ -267,7 +295,7 @@ class Sessions(EngineListener):
     def openSockets(self) -> int:
         return len(self._sockets)
 
-    def _bind(self, clientId: str, socket: IClientSocket) -> None:
+    def _bind(self, clientId: str, socket: IClientSocket, batched: bool = False) -> None:
         if socket in self._closedSockets:
             # It closed while a batch of it still waited (on a key lookup, on the Redis
             # engine). Bound now, it would never be unbound: the client would stay
@@ -280,7 +308,11 @@ class Sessions(EngineListener):
             self.engine.detach(previous, socket)
         socket.clientId = clientId
         self._sockets[clientId] = socket
-        self.engine.attach(clientId, socket)
+        if batched:
+            # Its held connects are its sink: the socket carries their replies.
+            self._batchedSockets.add(socket)
+        else:
+            self.engine.attach(clientId, socket)
 
     def bindSocket(self, clientId: str, socket: IClientSocket) -> Deferred[bool]:
         """
@@ -297,6 +329,8 @@ class Sessions(EngineListener):
     def socketClosed(self, socket: IClientSocket) -> None:
         """A transport's socket closed: unbind it, and end its client if it should."""
         self._closedSockets.add(socket)
+        batched = socket in self._batchedSockets
+        self._batchedSockets.discard(socket)
         for created in self._socketClients.pop(socket, ()):
             self._clientSocket.pop(created, None)
         clientId = socket.clientId
@@ -309,7 +343,9 @@ class Sessions(EngineListener):
         self.engine.detach(clientId, socket)
         # While draining, sockets close because this node is going away, not
         # because their clients left: a shared engine keeps them for another node.
-        if socket.endsClientOnClose and self.reconnectAdvice is None:
+        # A batched client may have missed its last batch with the socket: it
+        # connects again over another, acknowledging what it has.
+        if socket.endsClientOnClose and not batched and self.reconnectAdvice is None:
             self.engine.destroyClient(clientId, "socket closed")
 
     # notices
@@ -323,13 +359,13 @@ class Sessions(EngineListener):
         that moves to another node before connecting again misses it.
         """
         socket = self._sockets.get(clientId)
-        if socket is not None:
+        if socket is not None and socket not in self._batchedSockets:
             # As a delivery: an event stream carries no replies, and a websocket keeps
             # it in order with the deliveries waiting in its backlog.
             socket.deliver([Delivery.fromMessage(message)])
             return
         held = self.connects.get(clientId)
-        if held is not None and held.socket is None:
+        if held is not None and held.attached:
             held.finish([Delivery.fromMessage(message)])
             return
         waiting = self._notices.setdefault(clientId, [])
