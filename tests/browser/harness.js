@@ -44,6 +44,7 @@
       });
       client.bind('subscription:refused', (channel, error) => record('refused-later', { client: name, channel, code: error.code, message: error.message }));
       client.bind('subscription:expired', (channel, error) => record('expired', { client: name, channel, code: error.code, message: error.message }));
+      client.bind('subscription:unrecovered', (channel, reasons) => record('unrecovered', { client: name, channel, reasons }));
       clients[name] = client;
       return client;
     },

@@ -76,6 +76,11 @@ declare namespace Pandapush {
 
   interface Subscription extends Thenable<void> {
     withChannel(fn: (channel: string, message: any) => void, context?: unknown): this;
+    /**
+     * Also receive the channel's latest message at once, from the server's history (a cache
+     * channel), when this subscription is the channel's first. Call it right after `subscribe()`.
+     */
+    latest(): this;
     cancel(): void;
     unsubscribe(): void;
   }
@@ -105,6 +110,17 @@ declare namespace Pandapush {
     /** The server ended a subscription when its token expired; a token function resubscribes at once. */
     bind(event: 'subscription:expired', listener: (channel: string, error: PandapushError) => void, context?: unknown): this;
     bind(event: 'handshake:error', listener: (error: PandapushError) => void, context?: unknown): this;
+    /**
+     * A subscription resumed (after a reconnect, a new session, a server restart, another
+     * node) but the server could not send everything it missed: `reasons` maps each channel
+     * to why (`'epoch changed'`, `'position too old'`, `'no history'`, `'unavailable'`, or
+     * the server's refusal of the position). Messages from then on arrive as usual.
+     */
+    bind(
+      event: 'subscription:unrecovered',
+      listener: (channel: string, reasons: Record<string, string>) => void,
+      context?: unknown,
+    ): this;
     unbind(event: string, listener?: (...args: any[]) => void, context?: unknown): this;
     on: Client['bind'];
     off: Client['unbind'];

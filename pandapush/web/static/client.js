@@ -11,7 +11,11 @@
  * Written for pandapush from the protocol (no third-party code, no dependencies, no build
  * step). It keeps Faye's client API so pages written for Faye or for the original pandapush
  * keep working, and it fixes what bit Faye's users: a subscription refused for auth reasons
- * is never retried on its own, and failing handshakes back off instead of looping.
+ * is never retried on its own, failing handshakes back off instead of looping, and nothing
+ * published while the client was away is silently missed: it remembers the position
+ * (`ext.position`) of the last message of every subscription and resumes from it whenever
+ * it subscribes again, drops what it already had, and says when the server could not
+ * recover everything (`subscription:unrecovered`).
  */
 (function (root, factory) {
   'use strict';
@@ -166,6 +170,21 @@
     return patterns;
   }
 
+  /**
+   * Channels a wildcard subscription remembers positions for, at most (the most recent kept):
+   * they all go in its `ext.resume`, which the server takes for at most `--max-subscriptions`
+   * (128 by default) channels.
+   */
+  const MAX_POSITIONS = 100;
+
+  /** `ext.position` of a delivery, `{offset, epoch}`, when it is one; else null. */
+  function positionOf(message) {
+    const position = message.ext && message.ext.position;
+    if (!position || typeof position !== 'object') return null;
+    if (!Number.isSafeInteger(position.offset) || position.offset < 0 || typeof position.epoch !== 'string') return null;
+    return position;
+  }
+
   function resolveUrl(url) {
     const base = root.location && root.location.href ? root.location.href : undefined;
     return new URL(url, base);
@@ -247,6 +266,17 @@
     /** Also receive the concrete channel (useful with wildcards): `fn(channel, message)`. */
     withChannel(fn, context) {
       this._withChannel = [fn, context];
+      return this;
+    }
+
+    /**
+     * Also receive the channel's latest message at once, from the server's history (a cache
+     * channel), when this subscription is the one that subscribes the channel (its first).
+     * Call it right after `subscribe()`.
+     */
+    latest() {
+      const entry = this._client._channels.get(this._channel);
+      if (entry && entry.status === 'pending') entry.latest = true;
       return this;
     }
 
@@ -470,6 +500,31 @@
       this.token = null; // string, or function returning a string or a promise of one
       this.attempt = 0;
       this.members = null; // presence channels: id -> presence object, kept current
+      // Concrete channel -> {offset, epoch, seen}: the last message's position on each (seen:
+      // delivered here; else the position the subscribe reply gave, a place to resume from).
+      this.positions = new Map();
+      this.latest = false; // ask for the channel's latest message (Subscription.latest)
+    }
+
+    /** `ext.resume` for a subscribe: every position known, or null when there is none. */
+    resume() {
+      if (this.positions.size === 0) return null;
+      const resume = {};
+      for (const [channel, position] of this.positions) resume[channel] = { offset: position.offset, epoch: position.epoch };
+      return resume;
+    }
+
+    /**
+     * Whether a message at `position` on `channel` is new to this subscription (remembering
+     * it): false for one it already had (sent again around a resume).
+     */
+    fresh(channel, position) {
+      const last = this.positions.get(channel);
+      if (last && last.seen && last.epoch === position.epoch && position.offset <= last.offset) return false;
+      this.positions.delete(channel); // re-inserted last: the oldest go first past the cap
+      this.positions.set(channel, { offset: position.offset, epoch: position.epoch, seen: true });
+      if (this.positions.size > MAX_POSITIONS) this.positions.delete(this.positions.keys().next().value);
+      return true;
     }
   }
 
@@ -722,7 +777,14 @@
           continue;
         }
         const message = { channel: SUBSCRIBE, clientId: this._clientId, subscription: entry.name };
-        if (token) message.ext = { auth: { token } };
+        const ext = {};
+        if (token) ext.auth = { token };
+        // Every subscribe after the first says where to go on from (after a reconnect, a new
+        // session, a server restart, another node): the server sends what came meanwhile.
+        const resume = entry.resume();
+        if (resume) ext.resume = resume;
+        else if (entry.latest) ext.latest = true;
+        if (Object.keys(ext).length) message.ext = ext;
         let reply;
         try {
           reply = await this._request(message);
@@ -750,6 +812,13 @@
           this._sessionLost(session);
           continue;
         }
+        if (resume && error.code === 400 && /^Invalid (position|resume)\b/.test(error.message)) {
+          // The server cannot go on from where we were (a position it never gave): go on from
+          // now, without the subscription ending, and tell the page what may be missing.
+          entry.positions.clear();
+          this.trigger('subscription:unrecovered', entry.name, { [entry.name]: error.message });
+          continue;
+        }
         this._refuse(entry, error);
         return;
       }
@@ -763,6 +832,20 @@
     _subscribed(entry, reply) {
       entry.status = 'subscribed';
       entry.session = this._session;
+      const ext = reply.ext && typeof reply.ext === 'object' ? reply.ext : {};
+      const unrecovered = ext.unrecovered && typeof ext.unrecovered === 'object' ? ext.unrecovered : {};
+      // Positions the server could not go on from are forgotten (their epoch is gone);
+      // the channel's current position is where to resume from next time, if nothing comes.
+      for (const channel of Object.keys(unrecovered)) entry.positions.delete(channel);
+      if (ext.positions && typeof ext.positions === 'object') {
+        for (const channel of Object.keys(ext.positions)) {
+          const position = positionOf({ ext: { position: ext.positions[channel] } });
+          if (position && !entry.positions.has(channel)) {
+            entry.positions.set(channel, { offset: position.offset, epoch: position.epoch, seen: false });
+          }
+        }
+      }
+      if (ext.recovered === false) this.trigger('subscription:unrecovered', entry.name, Object.assign({}, unrecovered));
       const presence = reply.ext && reply.ext.presence;
       for (const subscription of entry.subscriptions) subscription._settled.resolve();
       if (presence && typeof presence === 'object') {
@@ -1114,8 +1197,24 @@
     _setTransportUp(up) {
       if (this._transportUp === up) return;
       const announce = up || this._transportUp === true;
+      const recovered = up && this._transportUp === false;
       this._transportUp = up;
       if (announce) this.trigger(up ? 'transport:up' : 'transport:down');
+      if (recovered && this._state === CONNECTED) this._resumeSubscriptions();
+    }
+
+    /**
+     * Back after a failure, in the same session (the server kept it, maybe on another node
+     * that took the client over): what the node we were on held for us may be gone with
+     * it, so every subscription that has seen a position subscribes again from there.
+     * Those of an earlier session are `_resubscribe`'s.
+     */
+    _resumeSubscriptions() {
+      for (const entry of this._channels.values()) {
+        if (entry.status === 'subscribed' && entry.session === this._session && entry.positions.size > 0) {
+          this._sendSubscribe(entry);
+        }
+      }
     }
 
     /**
@@ -1322,14 +1421,18 @@
         return;
       }
       if (typeof message.channel !== 'string' || !('data' in message)) return;
-      this._deliver(message.channel, message.data);
+      this._deliver(message.channel, message.data, positionOf(message));
     }
 
-    /** Hands a delivery to every local subscription matching its channel (each once). */
-    _deliver(channel, data) {
+    /**
+     * Hands a delivery to every local subscription matching its channel (each once), but
+     * not to one that already had it (by its position: sent again around a resume).
+     */
+    _deliver(channel, data, position) {
       for (const pattern of expandChannel(channel)) {
         const entry = this._channels.get(pattern);
         if (!entry || entry.status === 'refused') continue;
+        if (position && !entry.fresh(channel, position)) continue;
         if (entry.members && pattern === channel && data && typeof data === 'object') {
           // Keep the presence member list current, for subscribers who arrive later.
           if (data.subscribe && typeof data.subscribe === 'object') Object.assign(entry.members, data.subscribe);
