@@ -245,6 +245,9 @@ class IEngine(Interface):
         channel, once per client however many of its subscriptions match,
         except ``delivery.exclude`` when it names a client.
         Fires with the number of recipients once the message is safely queued.
+        A delivery whose ``idempotencyKey`` was published within five minutes is not
+        published again: the engine sets ``duplicate`` and the first one's position,
+        and fires with 0. The check and the publish are one atomic step.
         """
 
     def publishBatch(deliveries: Sequence[Delivery]) -> Deferred[list[int]]:
@@ -467,13 +470,21 @@ class IRouter(Interface):
         unknown.
         """
 
-    def publish(channel: str, data: Any, exclude: str | None = None, history: bool = True) -> Deferred[int]:
+    def publish(
+        channel: str,
+        data: Any,
+        exclude: str | None = None,
+        history: bool = True,
+        idempotencyKey: str | None = None,
+    ) -> Deferred[int]:
         """
         Publish from the server itself (REST API, presence, meta events): no extension
         runs. Fires with the number of recipients, or fails with a ``BayeuxError`` (an
         invalid channel, a message over the size limit). ``exclude`` names a client that
         should not receive it. Without ``history`` (presence notices) the message is not
-        kept in its channel's history and carries no position.
+        kept in its channel's history and carries no position. A second publish with the
+        same ``idempotencyKey`` in the same application within five minutes is
+        acknowledged (0 recipients) and not delivered again.
         """
 
     def publishBatch(messages: Sequence[tuple[str, Any]]) -> Deferred[list[int]]:

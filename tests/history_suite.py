@@ -276,3 +276,30 @@ class HistoryTestsMixin(_Base):
         await self.engine.publish(kept("/h/public/other", "live"))
         await self.turn()
         self.assertEqual([m["data"] for m in decoded(sink.payloads)], ["live"])
+
+    async def test_idempotentPublish(self) -> None:
+        """A key seen within five minutes: acknowledged with the first's position, not delivered again."""
+        clientId = await self.engine.createClient()
+        sink = self.sinkOf(clientId)
+        await self.engine.subscribe(clientId, "/h/public/once")
+        first = kept("/h/public/once", 1)
+        first.idempotencyKey = "h:k1"
+        self.assertEqual(await self.engine.publish(first), 1)
+        again = kept("/h/public/once", 2)
+        again.idempotencyKey = "h:k1"
+        self.assertEqual(await self.engine.publish(again), 0)
+        self.assertTrue(again.duplicate)
+        self.assertFalse(first.duplicate)
+        self.assertEqual((again.offset, again.epoch), (first.offset, first.epoch))
+        other = kept("/h/public/once", 3)
+        other.idempotencyKey = "other:k1"  # the same key in another application
+        batch = [kept("/h/public/once", 4), kept("/h/public/once", 5)]
+        batch[0].idempotencyKey = "h:k1"
+        batch[1].idempotencyKey = "h:k2"
+        await self.engine.publish(other)
+        self.assertEqual(await self.engine.publishBatch(batch), [0, 1])
+        self.assertTrue(batch[0].duplicate)
+        await self.turn()
+        self.assertEqual([m["data"] for m in decoded(sink.payloads)], [1, 3, 5])
+        page = await self.engine.history("/h/public/once", 0, 10)
+        self.assertEqual(len(page.messages), 3)

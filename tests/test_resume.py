@@ -201,3 +201,65 @@ class BadResumeTests(ResumeTestCase):
         resume = {f"/app/public/c{i}": {"offset": 0, "epoch": "e"} for i in range(200)}
         reply = self.subscribe(clientId, "/app/public/*", resume=resume)
         self.assertRefused(reply, "400:/app/public/*:Invalid resume: more than 128 channels")
+
+
+class IdempotentPublishTests(ResumeTestCase):
+    def publishWith(self, clientId: str, data: Any, key: Any, channel: str = CHANNEL) -> dict[str, Any]:
+        return self.send(
+            {
+                "channel": channel,
+                "clientId": clientId,
+                "data": data,
+                "ext": {"idempotencyKey": key, "mine": 1},
+            }
+        )
+
+    def test_secondPublishNotDelivered(self) -> None:
+        """The same ``ext.idempotencyKey`` twice: both acknowledged, delivered once, the key not delivered."""
+        subscriber = self.handshake()
+        self.subscribe(subscriber, "/app/public/*")
+        publisher = self.handshake()
+        self.assertTrue(self.publishWith(publisher, "first", "k-1")["successful"])
+        self.assertTrue(self.publishWith(publisher, "retry", "k-1")["successful"])
+        self.assertTrue(self.publishWith(publisher, "other", "k-2")["successful"])
+        # Another channel of the same application: the same key is the same publish.
+        self.assertTrue(self.publishWith(publisher, "elsewhere", "k-1", "/app/public/b")["successful"])
+        got = self.received(subscriber)
+        self.assertEqual([m["data"] for m in got], ["first", "other"])
+        self.assertEqual(got[0]["ext"]["mine"], 1)
+        self.assertNotIn("idempotencyKey", got[0]["ext"])
+
+    def test_otherApplication(self) -> None:
+        """Keys are per application: another application's identical key publishes."""
+        subscriber = self.handshake()
+        self.subscribe(subscriber, ["/app/public/room", "/app2/public/room"])
+        publisher = self.handshake()
+        self.publishWith(publisher, 1, "same")
+        self.publishWith(publisher, 2, "same", "/app2/public/room")
+        self.assertEqual([m["data"] for m in self.received(subscriber)], [1, 2])
+
+    def test_forgottenAfterFiveMinutes(self) -> None:
+        """After five minutes the key is forgotten: the same key publishes again."""
+        subscriber = self.handshake()
+        self.subscribe(subscriber, CHANNEL)
+        publisher = self.handshake()
+        self.publishWith(publisher, 1, "k")
+        self.clock.advance(301)
+        subscriber = self.handshake()
+        self.subscribe(subscriber, CHANNEL)
+        publisher = self.handshake()
+        self.publishWith(publisher, 2, "k")
+        self.assertEqual([m["data"] for m in self.received(subscriber)], [2])
+
+    def test_badKeys(self) -> None:
+        """A key over 200 characters, empty or not a string: 400 naming the channel; nothing published."""
+        subscriber = self.handshake()
+        self.subscribe(subscriber, CHANNEL)
+        publisher = self.handshake()
+        reply = self.publishWith(publisher, 1, "k" * 201)
+        self.assertEqual(reply["error"], f"400:{CHANNEL}:Idempotency key too long (at most 200 characters)")
+        for key in ("", 5, None, ["k"]):
+            reply = self.publishWith(publisher, 1, key)
+            self.assertEqual(reply["error"], f"400:{CHANNEL}:Invalid idempotency key: a non-empty string")
+        self.assertTrue(self.publishWith(publisher, 2, "k" * 200)["successful"])
+        self.assertEqual([m["data"] for m in self.received(subscriber)], [2])

@@ -34,7 +34,17 @@ class Delivery:
     (meta channels, presence notices, ``/service``).
     """
 
-    __slots__ = ("channel", "epoch", "exclude", "frames", "head", "offset", "payload")
+    __slots__ = (
+        "channel",
+        "duplicate",
+        "epoch",
+        "exclude",
+        "frames",
+        "head",
+        "idempotencyKey",
+        "offset",
+        "payload",
+    )
 
     def __init__(
         self, channel: str, payload: bytes, exclude: str | None = None, head: bytes | None = None
@@ -48,6 +58,10 @@ class Delivery:
         # The message's position in its channel's history (0: none).
         self.offset = 0
         self.epoch: str | None = None
+        # Set by the router (``<appId>:<key>``): a second publish with the key within five
+        # minutes is acknowledged, not delivered, and the engine sets ``duplicate``.
+        self.idempotencyKey: str | None = None
+        self.duplicate = False
 
     @classmethod
     def fromMessage(

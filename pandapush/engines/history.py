@@ -27,6 +27,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from pandapush.bayeux.delivery import Delivery
+from pandapush.engines.idempotency import IdempotencyKeys
 from pandapush.engines.local import LocalClient, LocalClients
 from pandapush.interfaces import HistoryPage, Position, Recovery
 
@@ -114,6 +115,25 @@ class MemoryHistory:
         self._streams: OrderedDict[str, _Stream] = OrderedDict()
         self._sweepCall: IDelayedCall | None = None
         self._closed = False
+        self.idempotency = IdempotencyKeys(reactor)
+
+    def admit(self, delivery: Delivery) -> bool:
+        """
+        Whether ``delivery`` is to be published: False for a duplicate of an idempotent
+        publish (given the first one's position); else it is kept and positioned.
+        """
+        key = delivery.idempotencyKey
+        if key is None:
+            self.append(delivery)
+            return True
+        prior = self.idempotency.seen(key)
+        if prior is not None:
+            delivery.duplicate = True
+            delivery.offset, delivery.epoch = prior
+            return False
+        self.append(delivery)
+        self.idempotency.remember(key, delivery.offset, delivery.epoch)
+        return True
 
     def append(self, delivery: Delivery) -> None:
         """Keep ``delivery`` (if its channel has history) and give it its position."""

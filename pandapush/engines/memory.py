@@ -267,7 +267,8 @@ class MemoryEngine(ListenerRegistry, MemoryEngineHistory):
         return defer.succeed([self._publishNow(d) for d in deliveries])
 
     def _publishNow(self, delivery: Delivery) -> int:
-        self._history.append(delivery)
+        if not self._history.admit(delivery):
+            return 0
         local = self._local
         excluded = local.get(delivery.exclude) if delivery.exclude is not None else None
         recipients = local.index.matching(delivery.channel, excluded)

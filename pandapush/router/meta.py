@@ -21,6 +21,7 @@ from pandapush.bayeux import channel as channels
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.delivery import Delivery
 from pandapush.bayeux.errors import BayeuxError
+from pandapush.bayeux.idempotency import idempotencyKeyError, scopedKey
 from pandapush.bayeux.message import (
     CONNECT,
     DISCONNECT,
@@ -39,7 +40,12 @@ from pandapush.router.pipeline import Answer, Handled, Held
 from pandapush.router.resume import answer, resumeRequest
 from pandapush.router.sessions import Sessions
 
-__all__ = ["BAYEUX_VERSION", "CONNECTION_TYPES", "MessageHandlers", "Publisher"]
+__all__ = [
+    "BAYEUX_VERSION",
+    "CONNECTION_TYPES",
+    "MessageHandlers",
+    "Publisher",
+]
 
 BAYEUX_VERSION = "1.0"
 CONNECTION_TYPES = [
@@ -74,12 +80,20 @@ class Publisher:
         self._observers.append(observer)
 
     def publish(
-        self, channel: str, data: Any, exclude: str | None = None, history: bool = True
+        self,
+        channel: str,
+        data: Any,
+        exclude: str | None = None,
+        history: bool = True,
+        idempotencyKey: str | None = None,
     ) -> Deferred[int]:
         """
         Publish from the server itself: no extensions run. Fires with the number of
         recipients. ``exclude`` names a client that should not receive it; without
-        ``history`` (presence notices) the message is neither kept nor positioned.
+        ``history`` (presence notices) the message is neither kept nor positioned. A
+        second publish with the same ``idempotencyKey`` (checked by the caller:
+        :func:`idempotencyKeyError`) in the same application within five minutes is
+        acknowledged (0 recipients) and not delivered again.
         """
         refused = channelRefusal(channel, self.limits)
         if refused is not None:
@@ -94,6 +108,8 @@ class Publisher:
         if len(delivery.payload) > maxSize:
             self.refusals.report("message_size")
             return defer.fail(BayeuxError(413, [channel], f"Message larger than {maxSize} bytes"))
+        if idempotencyKey is not None:
+            delivery.idempotencyKey = scopedKey(channel, idempotencyKey)
         d = self.engine.publish(delivery)
         if self._observers:
             d.addCallback(self._published, channel)
@@ -163,9 +179,19 @@ class Publisher:
         if "id" in message:
             delivered["id"] = message["id"]
         ext = message.get("ext")
+        key: Any = None
+        if isinstance(ext, dict) and "idempotencyKey" in ext:
+            # The publisher's, not the subscribers': not delivered.
+            ext = dict(ext)
+            key = ext.pop("idempotencyKey")
+            keyError = idempotencyKeyError(key)
+            if keyError is not None:
+                return [fail(reply, BayeuxError(400, [channel], keyError))]
         if ext is not None:
             delivered["ext"] = ext
         delivery = Delivery.fromMessage(delivered, history=not channels.isService(channel))
+        if key is not None:
+            delivery.idempotencyKey = scopedKey(channel, key)
         if len(delivery.payload) > limits.maxMessageSize:
             return self.refusals.refuse(
                 reply,

@@ -115,14 +115,19 @@ class BayeuxRouter:
         self._extensions.remove(extension)
 
     def publish(
-        self, channel: str, data: Any, exclude: str | None = None, history: bool = True
+        self,
+        channel: str,
+        data: Any,
+        exclude: str | None = None,
+        history: bool = True,
+        idempotencyKey: str | None = None,
     ) -> Deferred[int]:
         """
         Publish from the server itself (REST API, presence, meta events): no
         extensions run. Fires with the number of recipients. ``exclude`` names
         a client that should not receive it.
         """
-        return self._publisher.publish(channel, data, exclude, history)
+        return self._publisher.publish(channel, data, exclude, history, idempotencyKey)
 
     def publishBatch(self, messages: Sequence[tuple[str, Any]]) -> Deferred[list[int]]:
         """Publish ``(channel, data)`` messages from the server, in order, all checked first."""

@@ -34,6 +34,7 @@ from pandapush._deferred import firedWith
 from pandapush.auth.checkers import AuthRefused, ChannelAuthority
 from pandapush.auth.rules import PUBLISH, Allowed, Refusal, TenantChannel, parseChannel
 from pandapush.bayeux.errors import BayeuxError
+from pandapush.bayeux.idempotency import idempotencyKeyError
 from pandapush.interfaces import EngineUnavailableError
 from pandapush.storage.errors import StorageUnavailableError
 from pandapush.web.body import BodyError, parseBody
@@ -64,7 +65,7 @@ class PublishApp:
     def __init__(
         self,
         authority: ChannelAuthority,
-        publish: Callable[[str, Any], Deferred[int]],
+        publish: Callable[..., Deferred[int]],
         clock: IReactorTime,
         maxBodySize: int = DEFAULT_MAX_BODY,
         publishTimeout: float = DEFAULT_PUBLISH_TIMEOUT,
@@ -155,8 +156,17 @@ class PublishApp:
             return jsonResponse(request, 400, errorBody(400, str(error)))
         if isinstance(data, dict):
             data.pop("__auth", None)  # never delivered, whoever put it there
+        key = header(request, b"idempotency-key")
+        if key is not None:
+            keyError = idempotencyKeyError(key)
+            if keyError is not None:
+                return jsonResponse(request, 400, errorBody(400, keyError))
         try:
-            published = self.publish(channel.name, data)
+            published = (
+                self.publish(channel.name, data, idempotencyKey=key)
+                if key
+                else self.publish(channel.name, data)
+            )
         except Exception:
             published = defer.fail()
         now = firedWith(published)

@@ -26,6 +26,7 @@ from twisted.internet import defer
 
 from pandapush.bayeux.channel import expand
 from pandapush.bayeux.delivery import Delivery
+from pandapush.engines.idempotency import IDEMPOTENCY_TTL
 from pandapush.engines.redis import scripts
 from pandapush.engines.redis.history import RedisHistory
 from pandapush.engines.redis.node import Node, OwnedClient, RelayedDelivery
@@ -42,14 +43,20 @@ class Fanout:
         self._messageIds = itertools.count()
 
     def _scriptArgs(self, delivery: Delivery, keys: Sequence[str]) -> tuple[list[str], list[Any]]:
-        """The PUBLISH script's keys and arguments for one message (with its history's, if any)."""
+        """The PUBLISH script's keys and arguments for one message (with its history's, its key's)."""
         node = self._node
         header = f"{node.id}.{next(self._messageIds)}\n{delivery.exclude or ''}\n{delivery.channel}\n"
         channels = [node.keys.pubsub(k) for k in keys]
         history = self.history.publishArgs(delivery.channel, delivery.head)
         if history is None:
-            return channels, [header, delivery.payload, 0, 0, 0, ""]
-        return channels + history[0], [header, delivery.head, *history[1]]
+            args: list[Any] = [header, delivery.payload, 0, 0, 0, ""]
+        else:
+            channels += history[0]
+            args = [header, delivery.head, *history[1]]
+        if delivery.idempotencyKey is None:
+            return channels, [*args, 0]
+        channels.append(node.keys.idempotency(delivery.idempotencyKey))
+        return channels, [*args, int(IDEMPOTENCY_TTL * 1000)]
 
     def publish(self, delivery: Delivery) -> defer.Deferred[int]:
         node = self._node
@@ -63,10 +70,7 @@ class Fanout:
             return failure.value.subFailure if isinstance(failure.value, defer.FirstError) else failure
 
         def done(results: list[Any]) -> int:
-            offset, epoch = results[0]
-            if int(offset):
-                delivery.position(int(offset), _text(epoch))
-            return int(results[1])
+            return 0 if _positioned(delivery, *results[0]) else int(results[1])
 
         return d.addCallbacks(done, unwrap)
 
@@ -92,12 +96,11 @@ class Fanout:
             return failure.value.subFailure if isinstance(failure.value, defer.FirstError) else failure
 
         def done(results: list[Any]) -> list[int]:
-            positions = results[0]
+            positions, counts = results
             for i, delivery in enumerate(deliveries):
-                offset = int(positions[2 * i])
-                if offset:
-                    delivery.position(offset, _text(positions[2 * i + 1]))
-            return results[1]  # type: ignore[no-any-return]
+                if _positioned(delivery, positions[2 * i], positions[2 * i + 1]):
+                    counts[i] = 0
+            return counts  # type: ignore[no-any-return]
 
         return d.addCallbacks(done, unwrap)
 
@@ -181,3 +184,17 @@ class Fanout:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _positioned(delivery: Delivery, offset: Any, epoch: Any) -> bool:
+    """Give ``delivery`` the position the script answered; True if it was a duplicate."""
+    offset = int(offset)
+    if offset < 0:
+        # A key seen before: the first publish's "<offset> <epoch>".
+        first, _, firstEpoch = _text(epoch).partition(" ")
+        delivery.duplicate = True
+        delivery.offset, delivery.epoch = int(first), firstEpoch or None
+        return True
+    if offset:
+        delivery.position(offset, _text(epoch))
+    return False

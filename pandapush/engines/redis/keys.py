@@ -13,7 +13,8 @@ On the shard of a subscription key or channel: ``<ns>:s:<key>`` (its subscribers
 occupied channels whose subscriber sets are on this shard (see ``occupancy``).
 
 On the first shard: ``<ns>:h:<channel>`` (its history, a stream) and ``<ns>:hm:<channel>``
-(its offset and epoch), see ``history``.
+(its offset and epoch), see ``history``; ``<ns>:idem:<appId>:<key>``: an idempotent
+publish's key, for five minutes.
 
 On every shard, ``<ns>:gen``: the generation token (see ``restore``). On the first
 shard, which carries pub/sub: the channels ``<ns>:ch:<key>`` (a message, once per
@@ -77,6 +78,10 @@ class RedisKeys:
     def historyMeta(self, channel: str) -> str:
         """The channel's position: its offset and epoch."""
         return f"{self.namespace}:hm:{channel}"
+
+    def idempotency(self, key: str) -> str:
+        """A publish's idempotency key (``<appId>:<key>``), on the pub/sub shard."""
+        return f"{self.namespace}:idem:{key}"
 
     def pubsub(self, key: str) -> str:
         """The pub/sub channel carrying messages for subscription key ``key``."""

@@ -204,20 +204,29 @@ local function append(stream, meta, head, size, ttl, metaTtl, candidate)
 end
 """
 
-#: KEYS: pub/sub channels of the expanded keys, then with history its stream and hash.
-#: ARGV: envelope header, payload (with history: its head), history size ('0': none),
-#: the history's and its position's time to live (ms), an epoch should a new one start.
-#: One PUBLISH per key, in expansion order, with the offset and the key's index in the
-#: envelope. Returns {offset, epoch} ({0, ''} without history).
+#: KEYS: pub/sub channels of the expanded keys, then with history its stream and hash, then
+#: with an idempotency key that key. ARGV: envelope header, payload (with history: its head),
+#: history size ('0': none), the history's and its position's time to live (ms), an epoch
+#: should a new one start, the idempotency key's time to live (ms, '0': no key). One PUBLISH
+#: per key, in expansion order, with the offset and the key's index in the envelope.
+#: Returns {offset, epoch} ({0, ''} without history), or {-1, '<offset> <epoch>'} for a key
+#: seen within its time to live: nothing published, the first publish's position.
 PUBLISH = (
     _APPEND
     + """
-local n, size = #KEYS, tonumber(ARGV[3])
+local n, size, once = #KEYS, tonumber(ARGV[3]), tonumber(ARGV[7])
+local idem
+if once > 0 then
+  idem, n = KEYS[n], n - 1
+  local prior = redis.call('GET', idem)
+  if prior then return {-1, prior} end
+end
 local payload, offset, epoch = ARGV[2], 0, ''
 if size > 0 then
   n = n - 2
   offset, epoch, payload = append(KEYS[n + 1], KEYS[n + 2], payload, size, ARGV[4], ARGV[5], ARGV[6])
 end
+if idem then redis.call('SET', idem, offset .. ' ' .. epoch, 'PX', once) end
 local header = ARGV[1] .. offset .. '\\n'
 for i = 1, n do
   redis.call('PUBLISH', KEYS[i], header .. (i - 1) .. '\\n' .. payload)
@@ -342,7 +351,7 @@ return cjson.encode(result)
 
 #: KEYS: the pub/sub channels of every message's expanded keys, message after message
 #: (each followed, with history, by its stream and hash). ARGV: per message: how many
-#: keys, then PUBLISH's six arguments. Publishes them all in order, as PUBLISH does one
+#: keys, then PUBLISH's seven arguments. Publishes them all in order, as PUBLISH does one
 #: (a server's batch: one script, not one per message). Returns {offset, epoch, ...}.
 PUBLISH_BATCH = (
     _APPEND
@@ -350,19 +359,34 @@ PUBLISH_BATCH = (
 local k, i, result = 1, 1, {}
 while i <= #ARGV do
   local n, header, payload, size = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
-  local offset, epoch = 0, ''
-  if size > 0 then
-    offset, epoch, payload = append(
-      KEYS[k + n], KEYS[k + n + 1], payload, size, ARGV[i + 4], ARGV[i + 5], ARGV[i + 6])
+  local once = tonumber(ARGV[i + 7])
+  local after = k + n
+  if size > 0 then after = after + 2 end
+  local idem, prior = nil, false
+  if once > 0 then
+    idem = KEYS[after]
+    after = after + 1
+    prior = redis.call('GET', idem)
   end
-  header = header .. offset .. '\\n'
-  for j = 0, n - 1 do
-    redis.call('PUBLISH', KEYS[k + j], header .. j .. '\\n' .. payload)
+  if prior then
+    table.insert(result, -1)
+    table.insert(result, prior)
+  else
+    local offset, epoch = 0, ''
+    if size > 0 then
+      offset, epoch, payload = append(
+        KEYS[k + n], KEYS[k + n + 1], payload, size, ARGV[i + 4], ARGV[i + 5], ARGV[i + 6])
+    end
+    if idem then redis.call('SET', idem, offset .. ' ' .. epoch, 'PX', once) end
+    header = header .. offset .. '\\n'
+    for j = 0, n - 1 do
+      redis.call('PUBLISH', KEYS[k + j], header .. j .. '\\n' .. payload)
+    end
+    table.insert(result, offset)
+    table.insert(result, epoch)
   end
-  table.insert(result, offset)
-  table.insert(result, epoch)
-  if size > 0 then k = k + n + 2 else k = k + n end
-  i = i + 7
+  k = after
+  i = i + 8
 end
 return result
 """
