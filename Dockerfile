@@ -97,8 +97,9 @@ VOLUME ["/data"]
 USER 10001:10001
 EXPOSE 3000
 
-# Liveness: the process answers HTTP. (Storage outages do not fail it on purpose:
-# a node keeps delivering with the keys it has cached.)
+# Liveness (GET /live): the process answers HTTP. Redis and database outages do not
+# fail it on purpose: no restart cures them. Readiness is GET /ready
+# (`pandapush-healthcheck ready`, what docker-compose.yml's nodes use).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["pandapush-healthcheck"]
 

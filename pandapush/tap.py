@@ -472,6 +472,8 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         storage=storage,
         rev=config.release.rev,
         built=config.release.built,
+        engine=engine,
+        draining=lambda: router.draining,
     )
     scripts = ClientScriptResource()
     root = PandapushRoot(

@@ -103,7 +103,9 @@ class ComposeFileTests(TestCase):
         for name in waitedOn:
             self.assertTrue(self.services[name]["healthcheck"]["test"], name)
         for name in NODES:
-            self.assertEqual(self.services[name]["healthcheck"]["test"], ["CMD", "pandapush-healthcheck"])
+            self.assertEqual(
+                self.services[name]["healthcheck"]["test"], ["CMD", "pandapush-healthcheck", "ready"]
+            )
         self.assertIn("/opt/pandapush/bin/pandapush-healthcheck", (REPO_ROOT / "Dockerfile").read_text())
 
     def test_onlyNginxIsPublished(self) -> None:

@@ -275,7 +275,15 @@ class FrontPageTests(TestCase):
         body = (await response.content()).decode()
         self.assertEqual(response.code, 200)
         self.assertEqual(response.headers.getRawHeaders(b"Content-Type"), [b"text/html; charset=utf-8"])
-        for path in ("/push", "/client.js", "/admin", "/openapi.json", "/health_check.json"):
+        for path in (
+            "/push",
+            "/client.js",
+            "/admin",
+            "/openapi.json",
+            "/health_check.json",
+            "/ready",
+            "/live",
+        ):
             self.assertIn(f'href="{path}"', body)
         self.assertIn("docs/", body)
         response = await treq.get(server.url + "//elsewhere", persistent=False)

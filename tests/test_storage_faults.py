@@ -327,6 +327,7 @@ class HealthStorageTests(SynchronousTestCase):
         self.assertEqual(self._health(app)["storage"], {"status": "ok"})
         self.assertEqual(self.flushLoggedErrors(), [])
 
-    def test_noStatus(self) -> None:
-        """Storages without status() (memory, plugins) add nothing."""
-        self.assertNotIn("storage", self._health(HealthApp(storage=MemoryStorage())))
+    def test_otherStorages(self) -> None:
+        """Memory is always ok; a storage without status() (a plugin's) is reported unknown."""
+        self.assertEqual(self._health(HealthApp(storage=MemoryStorage()))["storage"], {"status": "ok"})
+        self.assertEqual(self._health(HealthApp(storage=object()))["storage"], {"status": "unknown"})

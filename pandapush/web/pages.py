@@ -116,6 +116,8 @@ class FrontPage(Resource):
                 ("/admin", "/admin", "the console: applications, keys, webhooks"),
                 ("/openapi.json", "/openapi.json", "the server API (/apps/...) as OpenAPI"),
                 ("/health_check.json", "/health_check.json", "version and each dependency's status"),
+                ("/ready", "/ready", "readiness: 503 while draining or while Redis is unreachable"),
+                ("/live", "/live", "liveness: 200 while the process runs"),
             ],
             brand="pandapush",
         )

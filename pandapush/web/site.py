@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from klein import Klein
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.web import http
-from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
-import pandapush
-from pandapush.bayeux import json
 from pandapush.web.connections import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADERS_TIMEOUT,
     AddressLimit,
     PandapushChannel,
 )
+from pandapush.web.health import HealthApp
 
 __all__ = ["HealthApp", "LimitedRequest", "PandapushRoot", "PandapushSite", "makeSite"]
 
@@ -66,73 +60,6 @@ class LimitedRequest(Request):
     def _limit(self) -> int:
         site = getattr(self.channel, "site", None)
         return getattr(site, "maxBodySize", 1024 * 1024)
-
-
-class HealthApp:
-    """
-    ``GET /health_check.json``: what is running, answered without touching anything slow:
-    the version, and the ``rev`` and ``built`` the deployment gave (``PANDAPUSH_REV``,
-    ``PANDAPUSH_BUILT``; ``built`` defaults to when this started).
-
-    With ``storage`` (a storage with ``status()``, as the SQL ones) it adds
-    ``"storage": {"status": "ok"}`` or ``{"status": "unavailable", "since", "reason"}``
-    from the storage's last call. The answer never waits for the database: if the
-    storage has ``ping()``, a health check starts one at most every ``probeInterval``
-    seconds and the next health check shows its outcome, so the report stays current
-    while nothing else uses the database. The answer stays 200 while the database is
-    down: this node still delivers and publishes with the keys it has cached, and a
-    load balancer must not take every node out for a database outage.
-    """
-
-    app = Klein()
-    probeInterval = 5.0
-
-    def __init__(
-        self,
-        extra: dict[str, Any] | None = None,
-        storage: Any = None,
-        clock: IReactorTime | None = None,
-        rev: str = "dev",
-        built: str | None = None,
-    ) -> None:
-        status = getattr(storage, "status", None)
-        self._storageStatus: Callable[[], dict[str, Any]] | None = status if callable(status) else None
-        ping = getattr(storage, "ping", None)
-        self._ping: Callable[[], Deferred[Any]] | None = ping if callable(ping) else None
-        self._clock = clock
-        self._lastProbe: float | None = None
-        self._fields: dict[str, Any] = {
-            "version": pandapush.__version__,
-            "rev": rev,
-            "built": built or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            # e.g. which of --workers answered
-            **(extra or {}),
-        }
-        self._body = json.dumps(self._fields)
-
-    @app.route("/health_check.json", methods=["GET", "HEAD"])
-    def health(self, request: IRequest) -> bytes:
-        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-        request.setHeader(b"Cache-Control", b"no-cache")
-        if self._storageStatus is not None:
-            self._probe()
-            return json.dumps({**self._fields, "storage": self._storageStatus()})
-        return self._body
-
-    def _probe(self) -> None:
-        if self._ping is None:
-            return
-        if self._clock is None:
-            from twisted.internet import reactor
-
-            self._clock = reactor  # type: ignore[assignment]
-        assert self._clock is not None
-        now = self._clock.seconds()
-        if self._lastProbe is not None and now - self._lastProbe < self.probeInterval:
-            return
-        self._lastProbe = now
-        # Its outcome lands in status(); a failure is the outage status() reports.
-        self._ping().addErrback(lambda _: None)
 
 
 def _isUTF8(segments: list[bytes]) -> bool:
