@@ -3,6 +3,16 @@
 import os
 import shlex
 
-from pandapush.tap import tacApplication
+from twisted.application import service
 
-application = tacApplication(shlex.split(os.environ.get("PANDAPUSH_ARGS", "")))
+from pandapush._process import foregroundWithoutPidfile, twistdOptions
+from pandapush.tap import Options, makeService
+
+options = Options()
+options.parseOptions(shlex.split(os.environ.get("PANDAPUSH_ARGS", "")))
+# As under `twistd pandapush`: a server that cannot start exits non-zero, and
+# `twistd -n` writes no twistd.pid unless --pidfile asks for one.
+options.ownsProcess = True
+foregroundWithoutPidfile(twistdOptions())
+application = service.Application("pandapush")
+makeService(options).setServiceParent(application)

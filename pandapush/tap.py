@@ -18,7 +18,7 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
-from pandapush._process import failProcess, foregroundWithoutPidfile, twistdOptions
+from pandapush._process import failProcess, foregroundWithoutPidfile
 from pandapush.auth.checkers import ChannelAuthority
 from pandapush.auth.keycache import KeyCache, KeyUsageFlusher
 from pandapush.auth.origins import AppOrigins, OriginExtension
@@ -58,7 +58,7 @@ from pandapush.workers.child import WorkerChild
 from pandapush.workers.pool import WorkerPool
 from pandapush.workers.sockets import listenerServices
 
-__all__ = ["Options", "makeService", "tacApplication"]
+__all__ = ["Options", "makeService"]
 
 
 def _positive(kind: type) -> Any:
@@ -313,22 +313,6 @@ class Options(usage.Options):
     def engineFactory(self) -> IEngineFactory:
         """The chosen engine's factory."""
         return self.configuration.engineFactory
-
-
-def tacApplication(argv: Sequence[str]) -> Any:
-    """
-    The ``application`` of ``pandapush.tac`` (``twistd -ny pandapush.tac``): the server of
-    ``twistd pandapush <argv>``, owning its process as that one does.
-    """
-    from twisted.application import service
-
-    options = Options()
-    options.parseOptions(list(argv))
-    options.ownsProcess = True
-    foregroundWithoutPidfile(twistdOptions())
-    application = service.Application("pandapush")
-    makeService(options).setServiceParent(application)
-    return application
 
 
 def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str] | None = None) -> Server:
