@@ -8,14 +8,21 @@ client miss messages a different way (its websocket closed while it cannot recon
 long-poll requests failing in the same session, a server restart that loses history, a
 wildcard subscription) and checks that every message arrives once, in order, or that the
 page is told (``subscription:unrecovered``) what could not be recovered; and what went on
-the wire. The pages and the server are set up as in ``tests.test_clientjs_browser``.
+the wire. The pages and the server are set up as in ``tests.test_clientjs_browser``; and a page
+whose node is killed resumes on the other node of a cluster.
 """
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
-from tests.test_clientjs_browser import APP, ROOM, BrowserTestCase, Page, bayeuxPublish
+from twisted.trial.unittest import SkipTest
+
+from tests.support.browser import BROWSER_DIR, BrowserThread
+from tests.support.cluster import ClusterCase, channel
+from tests.support.losingproxy import LosingProxy
+from tests.test_clientjs_browser import APP, ROOM, BrowserTestCase, Page, _unavailable, bayeuxPublish
 
 # The page's WebSocket and fetch, made to fail on demand: a network that is away.
 _BLOCKABLE = """() => {
@@ -34,6 +41,13 @@ _BLOCKABLE = """() => {
 }"""
 
 
+async def received(page: Page, count: int) -> list[Any]:
+    """The data of every message the page got, once ``count`` have arrived (and a moment more)."""
+    await page.waitFor("(n) => harness.count('message', 'a') >= n", count, timeout=30)
+    await page.idle(0.5)  # a duplicate would show up now
+    return [e["data"] for e in await page.events("message", "a")]
+
+
 class ResumeTests(BrowserTestCase):
     async def page(self, channel: str = ROOM, disable: tuple[str, ...] = ()) -> Page:
         page = await self.openPage()
@@ -47,10 +61,7 @@ class ResumeTests(BrowserTestCase):
         return page
 
     async def received(self, page: Page, count: int) -> list[Any]:
-        """The data of every message the page got, once ``count`` have arrived (and a moment more)."""
-        await page.waitFor("(n) => harness.count('message', 'a') >= n", count, timeout=30)
-        await page.idle(0.5)  # a duplicate would show up now
-        return [e["data"] for e in await page.events("message", "a")]
+        return await received(page, count)
 
     async def test_websocketClosedWhileAway(self) -> None:
         """
@@ -197,3 +208,52 @@ class ResumeTests(BrowserTestCase):
             ROOM,
         )
         self.assertEqual(await self.received(page, 4), ["five", "six", "new epoch", "unpositioned"])
+
+
+class TwoNodeResumeTests(ClusterCase):
+    """Two nodes on one Redis, the page reaching them through a proxy (a load balancer)."""
+
+    timeout = 180
+
+    async def test_nodeKilledResumedOnAnother(self) -> None:
+        """
+        The page's node is killed while it cannot reconnect, messages are published through
+        the other node meanwhile: back through the other node, the page resumes from the
+        history the nodes share and gets every message once, in order.
+        """
+        if _unavailable:
+            raise SkipTest(_unavailable)
+        a, b = await self.startNodes(2)
+        proxy = await LosingProxy.start(a.port)
+        self.addCleanup(proxy.stop)
+        browser = BrowserThread()
+        await browser.start()
+        self.addCleanup(browser.stop)
+        base = proxy.url
+        routes = {f"{base}/__test__/{name}": BROWSER_DIR / name for name in ("index.html", "harness.js")}
+        raw, log = await browser.call(browser.newPage, routes)
+        page = Page(browser, raw, log)
+        self.addCleanup(page.close)
+        await page.goto(f"{base}/__test__/index.html")
+        await page.evaluate(_BLOCKABLE)
+        room = channel("room")
+        await page.evaluate(
+            "([url, channel]) => { harness.client('a', url, {retry: 0.2, maxRetry: 1}, ['long-polling']);"
+            " return harness.subscribe('a', channel); }",
+            [f"{base}/push", room],
+        )
+        await page.waitFor("() => harness.count('subscribed', 'a') >= 1")
+        self.assertEqual((await self.restPublish(a, "room", 1))[0], 200)
+        self.assertEqual(await received(page, 1), [1])
+        await page.evaluate("() => { blockSockets = true; }")
+        await a.stop(signal.SIGKILL)
+        proxy.retarget(b.port)
+        proxy.cut()
+        await page.waitFor("() => harness.count('down', 'a') >= 1")
+        for n in (2, 3):
+            self.assertEqual((await self.restPublish(b, "room", n))[0], 200)
+        await page.evaluate("() => { blockSockets = false; }")
+        self.assertEqual(await received(page, 3), [1, 2, 3])
+        resume = page.net.subscribesTo(room)[-1]["ext"]["resume"]
+        self.assertEqual(resume[room]["offset"], 1)
+        self.assertEqual(await page.events("unrecovered", "a"), [])
