@@ -149,6 +149,13 @@ class BayeuxWebSocketProtocol(WebSocketServerProtocol):
             transport.unregisterProducer()
         transport.registerProducer(_Congestion(self), True)
 
+    def onMessageEnd(self) -> None:
+        # Autobahn's also fires a "message" event for listeners added with .on(), of
+        # which there are none here: a Deferred and a callback per message for nothing.
+        if not self.failedByMe:
+            self.onMessage(b"".join(self.message_data), self.message_is_binary)
+        self.message_data = None  # type: ignore[assignment]
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         messages = json.decodeMessages(payload)
         if messages is None:
