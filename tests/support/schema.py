@@ -38,7 +38,9 @@ class SchemaError(AssertionError):
     pass
 
 
-def _isType(value: Any, kind: str) -> bool:
+def _isType(value: Any, kind: str | list[str]) -> bool:
+    if isinstance(kind, list):  # OpenAPI 3.1: one of several types ("string" or "null")
+        return any(_isType(value, k) for k in kind)
     if kind == "integer":
         return isinstance(value, int) and not isinstance(value, bool)
     if kind == "number":

@@ -11,17 +11,18 @@ document in :mod:`~pandapush.web.apps.openapi`):
 
 - :mod:`~pandapush.web.apps.publish`: ``events``, ``batch_events``;
 - :mod:`~pandapush.web.apps.queries`: ``channels``, ``channel``, ``members``;
-- :mod:`~pandapush.web.apps.users`: ``users/<userId>/terminate_connections``.
+- :mod:`~pandapush.web.apps.users`: ``users/<userId>/terminate_connections``;
+- :mod:`~pandapush.web.apps.history`: ``history``.
 
 Adding a route: write ``async def handler(call: APICall)`` in a module of its own, list
 it in that module's ``ROUTES``, add those to :data:`ROUTES` here and its operation to the
 OpenAPI document; what the handler needs beyond :class:`APIServices` goes in its ``extra``.
 """
 
-from pandapush.web.apps import publish, queries, users
+from pandapush.web.apps import history, publish, queries, users
 from pandapush.web.apps.api import APICall, APIError, APIServices, Route, ServerAPI
 
 __all__ = ["ROUTES", "APICall", "APIError", "APIServices", "Route", "ServerAPI"]
 
 #: Every route of the server API, in the order they are matched.
-ROUTES: list[Route] = [*publish.ROUTES, *queries.ROUTES, *users.ROUTES]
+ROUTES: list[Route] = [*publish.ROUTES, *queries.ROUTES, *users.ROUTES, *history.ROUTES]

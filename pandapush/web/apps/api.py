@@ -111,7 +111,7 @@ class APICall:
             if isinstance(principal, Deferred):
                 principal = await principal
         except AuthRefused as refused:
-            if refused.refusal is Refusal.KEY_NOT_FOUND and not await self._appExists():
+            if refused.refusal is Refusal.KEY_NOT_FOUND and not await self.appExists():
                 raise APIError(404, f"Unknown application {self.appId}") from None
             raise APIError(403, refused.refusal.text) from None
         except StorageUnavailableError:
@@ -125,7 +125,7 @@ class APICall:
             raise APIError(403, f"{what} needs the application's key and secret, not a token")
         return principal
 
-    async def _appExists(self) -> bool:
+    async def appExists(self) -> bool:
         try:
             return await self.services.storage.getApplication(self.appId) is not None
         except StorageUnavailableError:

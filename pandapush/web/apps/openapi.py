@@ -142,6 +142,23 @@ _SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "properties": {"members": {"type": "object", "additionalProperties": _ANY}},
     },
+    "History": {
+        "type": "object",
+        "required": ["epoch", "offset", "messages"],
+        "additionalProperties": False,
+        "properties": {
+            "epoch": {"type": ["string", "null"]},
+            "offset": _COUNT,
+            "messages": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["offset", "data"],
+                    "properties": {"offset": _COUNT, "data": _ANY, "id": _ANY},
+                },
+            },
+        },
+    },
 }
 
 _PATHS: dict[str, Any] = {
@@ -207,6 +224,22 @@ _PATHS: dict[str, Any] = {
             {"members": {"u1": {"id": "u1", "name": "Zoë"}}},
             (400, 401, 403, 404, 503),
             (_query("channel", "A presence channel, /<appId>/presence/..."),),
+        )
+    },
+    "/apps/{appId}/history": {
+        "get": _operation(
+            "A channel's recent messages",
+            "The channel's position (``epoch``, ``offset``) and the messages it keeps, oldest first: after "
+            "``since``, or the latest ``limit``. Authorized like a subscribe: a public channel's needs no "
+            "credentials, a private or presence channel's the key and secret or a token granting ``sub``.",
+            "History",
+            {"epoch": "Ab3x9Q_z", "offset": 18, "messages": [{"offset": 18, "data": {"text": "hi"}}]},
+            (400, 401, 403, 404, 503),
+            (
+                _query("channel", "A channel of the application, /<appId>/<type>/<path> (no wildcard)."),
+                _query("since", "An offset: the messages after it (default: the latest).", required=False),
+                _query("limit", "At most this many messages, 1 to 1000 (default 100).", required=False),
+            ),
         )
     },
     "/apps/{appId}/users/{userId}/terminate_connections": {
