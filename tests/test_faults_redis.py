@@ -5,6 +5,9 @@ test's own, real sockets, the node's log read as an operator would.
 - Redis down: Bayeux requests are answered ``503::Redis unavailable`` with retry advice
   (never a 500 nor a traceback), REST and server API publishes 503 with ``Retry-After``,
   the cause logged once, the recovery once, the reconnection attempts quietly.
+- Redis answering later than the command timeout while clients disconnect: every gone
+  client is freed on the node and in Redis (no queue for it, no key left), the log says
+  so in a line or two, and nothing of them is parked by a SIGTERM afterwards.
 """
 
 from __future__ import annotations
@@ -14,15 +17,15 @@ import json
 from typing import Any
 
 import treq
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.web.http_headers import Headers
 
 from pandapush.redis import RedisAddress, RedisShard
-from tests.support.bayeux import HANDSHAKE
+from tests.support.bayeux import HANDSHAKE, WSClient
 from tests.support.cluster import APP, KEY, SECRET, ClusterCase, channel
 from tests.support.process import PandapushProcess
 from tests.support.redis import RedisProcess, requireRedisServer
-from tests.support.waiting import sleep
+from tests.support.waiting import eventually, sleep
 
 BASIC = "Basic " + base64.b64encode(f"{KEY}:{SECRET}".encode()).decode()
 
@@ -154,3 +157,98 @@ class RedisDownTests(ClusterCase):
         self.assertTrue(replies[-1]["successful"], replies)
         self.assertEqual(len(logLines(node, "available again after")), 1, node.log())
         self.assertEqual([line for line in node.log().splitlines() if "Traceback" in line], [], node.log())
+
+
+class RedisLateTests(ClusterCase):
+    timeout = 180
+
+    async def test_clientsClosingWhileRedisPausedAreFreed(self) -> None:
+        """
+        Redis paused for 3 s (longer than the 2 s command timeout) while 100 websockets
+        close, half of them after a ``/meta/disconnect``: once Redis answers again the node
+        holds only the client that stayed (``pandapush_clients``), later publishes queue
+        for nobody else, no key of a gone client is left in Redis (SCAN) and the channel's
+        subscriber set is the one that stayed; the log says Redis was late in a line or
+        two, not once per command, with no traceback; and a SIGTERM afterwards parks
+        no queue of theirs.
+        """
+        requireRedisServer()
+        redis = RedisProcess()
+        self.addCleanup(redis.stop, "KILL")
+        await redis.start()
+        (node,) = await self.startNodes(1, redis=redis.address)
+        room = channel("room")
+        stays = await WSClient(node.url).start()
+        self.addCleanup(stays.kill)
+        self.assertTrue(
+            (await stays.call({"channel": "/meta/subscribe", "subscription": room}))["successful"]
+        )
+        leaving = await defer.gatherResults(
+            [defer.ensureDeferred(WSClient(node.url).start()) for _ in range(100)]
+        )
+        for client in leaving:
+            self.addCleanup(client.kill)
+        await defer.gatherResults(
+            [
+                defer.ensureDeferred(c.call({"channel": "/meta/subscribe", "subscription": room}))
+                for c in leaving
+            ]
+        )
+        self.assertEqual(await metric(node, "pandapush_clients"), 101)
+        goneIds = {str(c.clientId) for c in leaving}
+        before = len(node.log().splitlines())
+
+        await pause(redis.address, 3000)
+        paused = reactor.seconds()
+        for i, client in enumerate(leaving):
+            if i % 2 == 0:
+                client.protocol.sendMessage(
+                    json.dumps([{"channel": "/meta/disconnect", "clientId": client.clientId}]).encode()
+                )
+            client.protocol.sendClose()
+
+        async def freed() -> bool:
+            return await metric(node, "pandapush_clients") == 1
+
+        # Redis answers again (and the node has seen it) before anything is judged.
+        await sleep(max(0.0, paused + 3.5 - reactor.seconds()))
+        for _ in range(200):
+            if await freed():
+                break
+            await sleep(0.1)
+        self.assertEqual(await metric(node, "pandapush_clients"), 1, node.log())
+
+        for n in range(100):
+            code, body = await self.restPublish(node, "room", {"n": n})
+            self.assertEqual(code, 200, body)
+        self.assertTrue(await eventually(lambda: len(stays.messages) == 100, timeout=20), len(stays.messages))
+        self.assertEqual(await metric(node, "pandapush_queued_messages"), 0)
+        self.assertEqual(await metric(node, "pandapush_clients"), 1)
+
+        async def leftovers() -> list[str]:
+            keys = await scan(redis.address, f"{self.namespace}:*")
+            return [k for k in keys if any(g in k for g in goneIds) or k.endswith(":dying")]
+
+        for _ in range(100):
+            if not await leftovers():
+                break
+            await sleep(0.1)
+        self.assertEqual(await leftovers(), [], node.log())
+        shard = RedisShard(reactor, redis.address)
+        self.addCleanup(shard.close)
+        members = await shard.execute("SMEMBERS", f"{self.namespace}:s:{room}")
+        self.assertEqual(set(members), {stays.clientId})
+        registered = await shard.execute("ZRANGE", f"{self.namespace}:clients", 0, -1)
+        self.assertEqual(registered, [stays.clientId])
+
+        during = node.log().splitlines()[before:]
+        self.assertEqual([line for line in during if "Traceback" in line], [], "\n".join(during))
+        self.assertEqual([line for line in during if "#critical" in line], [], "\n".join(during))
+        self.assertEqual([line for line in during if "did not answer" in line], [], "\n".join(during))
+        self.assertLessEqual(len(logLines(node, "RedisHealth#warn")), 1, "\n".join(during))
+
+        # Nothing of theirs parked at shutdown (the one that stayed may be).
+        stays.kill()
+        await node.stop()
+        parked = await scan(redis.address, f"{self.namespace}:c:*:parked")
+        self.assertEqual([k for k in parked if any(g in k for g in goneIds)], [])

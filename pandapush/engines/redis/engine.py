@@ -44,6 +44,11 @@ presence members leave) within about ``2 * expiry``. A garbage collector runs
 on whichever node holds ``<ns>:gc`` (SET NX PX) and destroys expired clients
 with a script that re-checks the deadline, so a destruction happens once.
 
+*Destroying* survives Redis answering late or not at all: the node forgets the
+client at once, moves it from the registry to ``<ns>:dying`` (keeping its keys until
+every subscriber set has been left), tries again while Redis does not answer, and
+the collector finishes what a node did not (see ``destroy``).
+
 *Redis coming back empty*: the owners are the source of truth. Each shard holds a
 generation token (set when absent); a node that finds another token than the one it
 remembers knows the shard lost its data (restart without persistence), and writes back
@@ -68,9 +73,10 @@ lifecycle. ``node``: this node, the clients it owns (their local part is
 :mod:`pandapush.engines.local`'s, as in the memory engine) and the work it has
 under way. ``keys``: key names and the shard of each. ``fanout``: publishing and
 receiving. ``subscriptions``. ``presence``. ``claims``: claims, hand-over, parking.
-``rpc``: node-to-node calls. ``occupancy``: channel counts and the index of
-occupied channels. ``broadcast``: messages to every node. ``restore``: Redis coming back empty. ``gc``:
-deadlines, leases, the collector. ``scripts``: the Lua scripts.
+``rpc``: node-to-node calls. ``destroy``: destroying clients. ``occupancy``:
+channel counts and the index of occupied channels. ``broadcast``: messages to every
+node. ``restore``: Redis coming back empty. ``gc``: deadlines, leases, the collector.
+``scripts``: the Lua scripts.
 :mod:`pandapush.redis` holds the connections.
 """
 
@@ -90,6 +96,7 @@ from pandapush.engines.ids import newClientId
 from pandapush.engines.local import DEFAULT_MAX_QUEUE
 from pandapush.engines.redis import scripts
 from pandapush.engines.redis.claims import Claims
+from pandapush.engines.redis.destroy import Destroyer
 from pandapush.engines.redis.fanout import Fanout
 from pandapush.engines.redis.gc import Expiry
 from pandapush.engines.redis.history import RedisEngineHistory, RedisHistory
@@ -177,7 +184,8 @@ class RedisEngine(ListenerRegistry, ClusterQueries, RedisEngineHistory):
         self._fanout = Fanout(node, RedisHistory(node, history or HistorySettings()))
         self._presence = Presence(node, self._notify)
         self._subscriptions = Subscriptions(node, self._rpc, self._presence, self._notify)
-        self._expiry = Expiry(node, self._restorer, self._destroy, sweepInterval)
+        self._destroyer = Destroyer(node, self._rpc, self._presence, self._notify)
+        self._expiry = Expiry(node, self._restorer, self._destroyer, sweepInterval)
         # Here too: tests stop them to play a node that was killed.
         self._sweeper, self._renewer = self._expiry.sweeper, self._expiry.renewer
         self._pinger = task.LoopingCall(self._ping)
@@ -306,37 +314,14 @@ class RedisEngine(ListenerRegistry, ClusterQueries, RedisEngineHistory):
         return int(result) == 1
 
     def destroyClient(self, clientId: str, reason: str = "disconnect") -> defer.Deferred[None]:
-        d = defer.Deferred.fromCoroutine(self._destroy(clientId, reason, False))
+        # Does not fail for Redis being unavailable: the client is forgotten here at once
+        # and its destroy finished once Redis answers (see ``destroy``).
+        d = defer.Deferred.fromCoroutine(self._destroyer.destroy(clientId, reason))
         return unavailableAsEngine(d.addCallback(lambda _: None))
 
-    async def _destroy(self, clientId: str, reason: str, onlyIfExpired: bool) -> bool:
-        keys = [*self._keys.client(clientId), self._keys.parked(clientId)]
-        result = await self._shards.of(clientId).eval(
-            scripts.DESTROY_CLIENT, keys, [clientId, "1" if onlyIfExpired else "0"]
-        )
-        if result is None:
-            return False
-        owner, subs, flatPresence = result
-        presence = dict(zip(flatPresence[::2], flatPresence[1::2], strict=True))
-        if owner == self.nodeId:
-            self._node.drop(clientId)
-        elif owner:
-            dropped = self._rpc.call(owner, "drop", c=clientId, reason=reason)
-            self._node.track(dropped, "dropping a client on its owner")
-        channels = sorted(set(subs) | set(presence))
-        outcomes = await defer.gatherResults(
-            [self._presence.leave(clientId, key, presence.get(key, "")) for key in channels],
-            consumeErrors=True,
-        )
-        for key, (_, vacated, left) in zip(channels, outcomes, strict=True):
-            if key in subs:
-                self._notify("unsubscribed", clientId, key)
-            if left:
-                self._notify("memberLeft", key, presence[key])
-            if vacated:
-                self._notify("channelVacated", key)
-        self._notify("clientDestroyed", clientId, reason)
-        return True
+    def dying(self) -> int:
+        """Destroys this node began and Redis has not confirmed yet (tests, diagnostics)."""
+        return len(self._destroyer.dying)
 
     def _slow(self, client: OwnedClient) -> None:
         # Forgotten here at once, so that it stops queueing while Redis destroys it.

@@ -5,18 +5,22 @@ client gets ``now + expiry``; an attached one a lease of ``2 * expiry`` that its
 owner renews every ``expiry / 2``, so clients of a crashed node expire (and their
 presence members leave) within about ``2 * expiry``. The collector runs on
 whichever node holds ``<ns>:gc`` (SET NX PX) and destroys expired clients with a
-script that re-checks the deadline, so a destruction happens once.
+script that re-checks the deadline, so a destruction happens once. It also
+finishes destroys that their node began and did not end (``<ns>:dying``, see
+:mod:`~pandapush.engines.redis.destroy`) once their deadline has passed, and every
+sweep tries again the destroys this node had to postpone while Redis did not answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from pandapush.engines.redis import scripts
+from pandapush.engines.redis.destroy import Destroyer
 from pandapush.engines.redis.node import Node
 from pandapush.engines.redis.restore import Restorer
 
@@ -31,7 +35,7 @@ RENEW_BATCH = 1000
 class Expiry:
     """
     Moves deadlines, renews this node's leases (``renewer``) and collects expired
-    clients (``sweeper``), through ``destroy(clientId, reason, onlyIfExpired)``.
+    clients and unfinished destroys (``sweeper``), through the ``destroyer``.
     """
 
     _log = Logger()
@@ -40,12 +44,12 @@ class Expiry:
         self,
         node: Node,
         restorer: Restorer,
-        destroy: Callable[[str, str, bool], Awaitable[bool]],
+        destroyer: Destroyer,
         sweepInterval: float,
     ) -> None:
         self._node = node
         self._restorer = restorer
-        self._destroy = destroy
+        self._destroyer = destroyer
         self._sweepInterval = sweepInterval
         self._collecting: defer.Deferred[None] | None = None
         reactor, expiry = node.reactor, node.expiry
@@ -81,6 +85,7 @@ class Expiry:
         self._restorer.checkAll()
 
     def _sweep(self) -> None:
+        self._destroyer.retry()
         if self._collecting is None:
             self._collecting = defer.Deferred.fromCoroutine(self._collect())
             self._collecting.addBoth(self._collected)
@@ -106,4 +111,10 @@ class Expiry:
             expired = await shard.eval(scripts.EXPIRED, [node.keys.clients], [COLLECT_BATCH])
             for clientId in expired or ():
                 self._log.debug("client {clientId} expired", clientId=clientId)
-                await self._destroy(clientId, "expired", True)
+                await self._destroyer.destroy(clientId, "expired", True)
+            # Destroys whose node did not finish them (it died, or Redis's answers were
+            # lost): their subscriber sets and keys would otherwise stay for good.
+            unfinished = await shard.eval(scripts.EXPIRED, [node.keys.dying], [COLLECT_BATCH])
+            for clientId in unfinished or ():
+                self._log.debug("finishing the destroy of {clientId}", clientId=clientId)
+                await self._destroyer.destroy(clientId, "expired", True)

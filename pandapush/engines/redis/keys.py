@@ -3,6 +3,8 @@
 On the shard of a client's id (the hash ring's choice):
 
 - ``<ns>:clients``: the registry, a sorted set of deadlines (one per shard);
+- ``<ns>:dying``: clients being destroyed, with the deadline after which the
+  collector finishes a destroy its node did not (see ``destroy``);
 - ``<ns>:c:<id>``: its owner node and ownership epoch; ``<ns>:c:<id>:subs``: its
   subscriptions; ``<ns>:c:<id>:pres``: channel -> the member id it is present as;
   ``<ns>:c:<id>:parked``: the queue a closing owner left for the next one.
@@ -41,6 +43,7 @@ class RedisKeys:
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
         self.clients = f"{namespace}:clients"
+        self.dying = f"{namespace}:dying"
         self.generation = f"{namespace}:gen"
         self.collector = f"{namespace}:gc"
         # A key nothing is ever written to, for a script argument that must name one.

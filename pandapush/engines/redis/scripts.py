@@ -114,23 +114,40 @@ end
 return {removed, vacated, left}
 """
 
-#: KEYS: clients zset, client hash, client subs, client presence, parked queue. ARGV: clientId, '1' to
-#: destroy only if expired. Returns nil if someone else destroyed it (or it lives),
-#: else {owner, {subscription...}, {channel, member, ...}}.
-DESTROY_CLIENT = (
+#: KEYS: clients zset, dying zset, client hash, subs, presence, parked queue. ARGV: clientId,
+#: '1' to destroy only if expired (its deadline, or a dying entry's, has passed), seconds the
+#: destroyer has to finish before the collector may, the reason. A registered client becomes
+#: dying (out of the registry: unknown to every node from now on); a dying one is handed out
+#: again with a new deadline. Returns nil if neither, else {owner, reason, {subscription...},
+#: {channel, member, ...}}.
+DESTROY_BEGIN = (
     _NOW
     + """
 local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not s then return false end
-if ARGV[2] == '1' and tonumber(s) > now then return false end
-redis.call('ZREM', KEYS[1], ARGV[1])
-local owner = redis.call('HGET', KEYS[2], 'owner') or ''
-local subs = redis.call('SMEMBERS', KEYS[3])
-local presence = redis.call('HGETALL', KEYS[4])
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
-return {owner, subs, presence}
+if s then
+  if ARGV[2] == '1' and tonumber(s) > now then return false end
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HSET', KEYS[3], 'dying', ARGV[4])
+  redis.call('DEL', KEYS[6])
+else
+  local d = redis.call('ZSCORE', KEYS[2], ARGV[1])
+  if not d then return false end
+  if ARGV[2] == '1' and tonumber(d) > now then return false end
+end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+local reason = redis.call('HGET', KEYS[3], 'dying') or ARGV[4]
+local owner = redis.call('HGET', KEYS[3], 'owner') or ''
+return {owner, reason, redis.call('SMEMBERS', KEYS[4]), redis.call('HGETALL', KEYS[5])}
 """
 )
+
+#: KEYS: dying zset, client hash, subs, presence. ARGV: clientId. 1 if this call ended the
+#: destroy (who reports ``clientDestroyed``), 0 if another had.
+DESTROY_FINISH = """
+local ended = redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+return ended
+"""
 
 #: KEYS: clients zset. ARGV: limit. Clients whose deadline has passed.
 EXPIRED = (

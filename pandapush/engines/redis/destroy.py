@@ -1,0 +1,161 @@
+"""Destroying a client so that nothing of it outlives it, whatever Redis does meanwhile.
+
+A destroy is several scripts on several shards: take the client out of the registry
+(on its shard), then out of each key's subscriber set and presence (on the keys'
+shards), then delete its keys. When Redis answers later than the command timeout
+(paused, or busy with thousands of disconnects at once), a script may have run on
+Redis while this node took it as failed: before, the node kept the client (queueing
+every later publish for it, counted as a delivery) and Redis kept its subscriber
+sets, and as the registry entry was gone nobody ever came back for them (7,379
+clients leaked for good in a mass disconnect). So a destroy is now done in a way
+that survives any step failing or never answering:
+
+- the node forgets the client at once (it stops queueing, is not renewed, not
+  parked at shutdown);
+- ``DESTROY_BEGIN`` moves the client from the registry to ``<ns>:dying``, a sorted set of
+  deadlines beside the registry, and keeps its keys (owner, subscriptions, presence,
+  and the reason) until ``DESTROY_FINISH`` deletes them, after every subscriber set and
+  presence entry has been left. ``DESTROY_BEGIN`` on a dying client answers the same again,
+  so trying a destroy twice is harmless, and every leave is idempotent (events fire
+  from the step that changed something, once);
+- a destroy that failed on this node is kept in :attr:`Destroyer.dying` and tried
+  again at every sweep until Redis answers it;
+- should the node die first, the dying entry's deadline passes and the collector
+  (:mod:`~pandapush.engines.redis.gc`) finishes it, as it finishes expired clients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from pandapush.engines.redis import scripts
+from pandapush.engines.redis.node import Node
+from pandapush.engines.redis.presence import Presence
+from pandapush.engines.redis.rpc import NodeRPC
+from pandapush.interfaces import EngineUnavailableError
+from pandapush.redis import RedisUnavailable
+
+__all__ = ["Destroyer"]
+
+#: Postponed destroys one sweep tries again.
+RETRY_BATCH = 200
+
+
+class Destroyer:
+    """
+    Destroys clients (``destroy``), keeps those whose destroy failed (``dying``) and tries
+    them again (``retry``, at every sweep). Events go to ``notify(event, *args)``.
+    """
+
+    _log = Logger()
+
+    def __init__(self, node: Node, rpc: NodeRPC, presence: Presence, notify: Callable[..., None]) -> None:
+        self._node = node
+        self._rpc = rpc
+        self._presence = presence
+        self._notify = notify
+        #: clientId -> reason: destroys this node started that Redis has not confirmed.
+        self.dying: dict[str, str] = {}
+        self._retrying: defer.Deferred[None] | None = None
+
+    @property
+    def lease(self) -> float:
+        """Seconds a destroyer has before the collector may finish its destroy."""
+        return max(2 * self._node.expiry, 1.0)
+
+    async def destroy(self, clientId: str, reason: str, onlyIfExpired: bool = False) -> bool:
+        """
+        Destroy the client; whether this call did. A destroy Redis did not answer is kept
+        and tried again (it is done, as far as the caller is concerned: the client is
+        gone here and will be in Redis). Only the collector's (``onlyIfExpired``) fail.
+        """
+        if onlyIfExpired:
+            return await self._run(clientId, reason, True)
+        # Forgotten here at once: it queues nothing more, is neither renewed nor parked.
+        self._node.drop(clientId)
+        try:
+            return await self._run(clientId, reason, False)
+        except (RedisUnavailable, EngineUnavailableError):
+            self._postpone(clientId, reason)
+            return False
+
+    def _postpone(self, clientId: str, reason: str) -> None:
+        if not self.dying:
+            self._log.info("client destroys postponed until Redis answers")
+        self.dying[clientId] = reason
+
+    async def _run(self, clientId: str, reason: str, onlyIfExpired: bool) -> bool:
+        node = self._node
+        keys = node.keys
+        clients, base, subsKey, presenceKey = keys.client(clientId)
+        shard = node.shards.of(clientId)
+        result = await shard.eval(
+            scripts.DESTROY_BEGIN,
+            [clients, keys.dying, base, subsKey, presenceKey, keys.parked(clientId)],
+            [clientId, "1" if onlyIfExpired else "0", self.lease, reason],
+        )
+        if result is None:
+            self.dying.pop(clientId, None)
+            return False
+        owner, reason, subs, flatPresence = result
+        presence = dict(zip(flatPresence[::2], flatPresence[1::2], strict=True))
+        if owner == node.id:
+            node.drop(clientId)
+        elif owner:
+            node.track(
+                self._rpc.call(owner, "drop", c=clientId, reason=reason), "dropping a client on its owner"
+            )
+        channels = sorted(set(subs) | set(presence))
+        outcomes = await defer.DeferredList(
+            [self._presence.leave(clientId, key, presence.get(key, "")) for key in channels],
+            consumeErrors=True,
+        )
+        failure: Any = None
+        for key, (ok, outcome) in zip(channels, outcomes, strict=True):
+            if not ok:
+                failure = outcome
+                continue
+            # From the step that changed something: a destroy tried again reports nothing twice.
+            removed, vacated, left = outcome
+            if removed:
+                self._notify("unsubscribed", clientId, key)
+            if left:
+                self._notify("memberLeft", key, presence[key])
+            if vacated:
+                self._notify("channelVacated", key)
+        if failure is not None:
+            failure.raiseException()
+        ended = await shard.eval(scripts.DESTROY_FINISH, [keys.dying, base, subsKey, presenceKey], [clientId])
+        self.dying.pop(clientId, None)
+        if int(ended):
+            self._notify("clientDestroyed", clientId, reason)
+        return bool(int(ended))
+
+    def retry(self) -> None:
+        """Try the postponed destroys again (a batch at a time, in the background)."""
+        if not self.dying or self._retrying is not None or self._node.closed:
+            return
+        self._retrying = defer.Deferred.fromCoroutine(self._retry())
+        self._retrying.addBoth(self._retried)
+        self._node.track(self._retrying, "destroying clients again")
+
+    def _retried(self, result: Any) -> Any:
+        self._retrying = None
+        return result
+
+    async def _retry(self) -> None:
+        # Batch after batch while Redis answers them all; after a failure, the next sweep.
+        while self.dying and not self._node.closed:
+            batch = list(self.dying.items())[:RETRY_BATCH]
+            done = await defer.DeferredList(
+                [defer.Deferred.fromCoroutine(self._run(c, reason, False)) for c, reason in batch],
+                consumeErrors=True,
+            )
+            if not all(ok for ok, _ in done):
+                return
+        if not self.dying:
+            self._log.info("postponed client destroys done")
