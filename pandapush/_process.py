@@ -16,16 +16,18 @@ handlers have run, as they would on a normal exit.
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 __all__ = [
     "START_FAILED",
     "exitStatus",
     "failProcess",
     "foregroundWithoutPidfile",
+    "oneLineFailures",
     "setExitStatus",
     "twistdOptions",
 ]
@@ -106,3 +108,31 @@ def failProcess(reactor: Any) -> Callable[[], None]:
             reactor.callWhenRunning(reactor.stop)
 
     return failed
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def oneLineFailures(*expected: type[BaseException]) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """
+    For ``makeService(options, ...)``: when the server owns its process
+    (``options.ownsProcess``), an ``expected`` failure to build it (a storage or admin
+    auth method that cannot work) leaves with status 1 and one line, where twistd and
+    twist would print a traceback. In a test (not owning its process) it is raised as is.
+    """
+
+    def decorate(build: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(build)
+        def building(*args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return build(*args, **kwargs)
+            except expected as reason:
+                options = args[0] if args else kwargs.get("options")
+                if not getattr(options, "ownsProcess", False):
+                    raise
+                raise SystemExit(f"pandapush could not start: {reason}") from None
+
+        return building
+
+    return decorate

@@ -18,14 +18,14 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
-from pandapush._process import failProcess, foregroundWithoutPidfile
+from pandapush._process import failProcess, foregroundWithoutPidfile, oneLineFailures
 from pandapush.auth.checkers import ChannelAuthority
 from pandapush.auth.keycache import KeyCache, KeyUsageFlusher
 from pandapush.auth.origins import AppOrigins, OriginExtension
 from pandapush.auth.tenancy import TenancyExtension
 from pandapush.auth.throttle import parseTrustedProxies
 from pandapush.config import Configuration
-from pandapush.engines import DEFAULT_REDIS_HOSTS, IEngineFactory, makeEngine
+from pandapush.engines import DEFAULT_REDIS_HOSTS, EngineConfigError, IEngineFactory, makeEngine
 from pandapush.extensions.acknowledge import Acknowledgements
 from pandapush.extensions.expiry import SubscriptionExpiry
 from pandapush.extensions.limits import LimitsExtension, makeTenantLimits
@@ -36,7 +36,7 @@ from pandapush.extensions.users import UserConnections
 from pandapush.interfaces import IEngine, IExtension
 from pandapush.logs import jsonLogFor
 from pandapush.router import BayeuxRouter
-from pandapush.services import BayeuxService, OpenFileLimit, Server, StorageService
+from pandapush.services import EXPECTED_START_FAILURES, BayeuxService, OpenFileLimit, Server, StorageService
 from pandapush.storage import makeStorage
 from pandapush.transports.http import OriginPolicy
 from pandapush.transports.resource import BayeuxResource
@@ -315,6 +315,7 @@ class Options(usage.Options):
         return self.configuration.engineFactory
 
 
+@oneLineFailures(*EXPECTED_START_FAILURES, EngineConfigError, usage.UsageError)
 def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str] | None = None) -> Server:
     """
     The whole server as one service tree, from parsed ``options`` and the

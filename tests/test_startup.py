@@ -71,6 +71,21 @@ class StartFailureTests(TestCase):
         code = await server.runUntilExit()
         assertOneLineFailure(self, server, code, "storage unavailable: connection to server at")
 
+    async def test_unusableSettings(self) -> None:
+        """
+        Settings found unusable while the server is built (an unknown AUTH_METHOD, under
+        twist; an unknown DATABASE, under twistd): status 1 and one line, no traceback.
+        """
+        server = PandapushProcess(env={**MEMORY, "AUTH_METHOD": "nosuch"})
+        self.addCleanup(server.removeScratch)
+        code = await server.runUntilExit()
+        assertOneLineFailure(self, server, code, "unknown AUTH_METHOD 'nosuch'")
+        directory = Path(self.mktemp()).absolute()
+        directory.mkdir()
+        twistd = TwistdServer(directory, env={**MEMORY, "DATABASE": "nosuch"})
+        code = await twistd.runUntilExit()
+        assertOneLineFailure(self, twistd, code, "unknown storage backend DATABASE='nosuch'")
+
     async def test_unexpectedFailure(self) -> None:
         """
         A failure nobody foresaw (an SQLite file where a directory cannot be made) still
