@@ -272,7 +272,13 @@ async function withServer(start, body) {
 
 async function runOn(scenario, server) {
   const base = { url: server.url, pid: server.pid, key: rest.key, secret: rest.secret, app: rest.app };
-  if (scenario.kind === 'idle') return runIdle({ ...base, ...scenario.options });
+  if (scenario.kind === 'idle') {
+    // The server and the generator each hold one descriptor per connection.
+    const limit = openFileLimit();
+    const needed = scenario.options.connections + 1000;
+    if (limit < needed) return { skipped: `open-file hard limit ${limit} < ${needed} (raising it needs root with CAP_SYS_RESOURCE)` };
+    return runIdle({ ...base, ...scenario.options });
+  }
   if (scenario.kind === 'storm') return runStorm({ ...base, tree: Boolean(server.workers), ...scenario.options });
   // Faye has no REST endpoint: its side of a REST scenario publishes over Bayeux.
   if (scenario.kind === 'rest-vs-bayeux' && server.name.startsWith('faye')) return runFanout({ ...base, ...scenario.options, publishVia: 'websocket', publishers: 4, window: 500 });
@@ -307,6 +313,15 @@ async function withWorkers(scenario, body) {
     );
   } finally {
     if (redis) await redis.stop();
+  }
+}
+
+function openFileLimit() {
+  try {
+    const hard = execFileSync('sh', ['-c', 'ulimit -Hn']).toString().trim();
+    return hard === 'unlimited' ? Infinity : Number(hard);
+  } catch (error) {
+    return Infinity;
   }
 }
 
