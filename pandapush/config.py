@@ -209,6 +209,16 @@ class Configuration:
     def redisHosts(self) -> str | None:
         return self.engine.redisHosts
 
+    @property
+    def redis(self) -> tuple[list[Any], str]:
+        """
+        The Redis engine's shards (``RedisAddress``es: ``REDIS_HOSTS`` or found through
+        Sentinel) and namespace, for what keeps state beside it (key sync, the webhook
+        outbox, cluster limits); on another engine, the default Redis.
+        """
+        engine = self.engine if self.engineName == "redis" else EngineConfig()
+        return engine.redisShards(), self.engine.redisNamespace
+
     @classmethod
     def fromOptions(cls, options: Mapping[str, Any], environ: Mapping[str, str]) -> Configuration:
         """
@@ -250,6 +260,8 @@ class Configuration:
                 redisHosts=options.get("redis-hosts") or env.get("REDIS_HOSTS"),
                 redisNamespace=options.get("redis-namespace") or env.get("REDIS_NAMESPACE", "pandapush"),
                 environ=env,
+                redisSentinels=_redisSentinels(options, env)[0],
+                redisSentinelMasters=_redisSentinels(options, env)[1],
             ),
             timeout=timeout,
             interval=options.get("interval", 0.0),
@@ -304,15 +316,30 @@ def _tenancy(options: Mapping[str, Any], env: Mapping[str, str]) -> TenancyConfi
     return tenancy
 
 
+def _redisSentinels(options: Mapping[str, Any], env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """``--redis-sentinels`` and ``--redis-sentinel-masters`` (or their variables)."""
+    return (
+        options.get("redis-sentinels") or env.get("REDIS_SENTINELS") or None,
+        options.get("redis-sentinel-masters") or env.get("REDIS_SENTINEL_MASTERS") or None,
+    )
+
+
 def _engine(options: Mapping[str, Any], env: Mapping[str, str]) -> tuple[str, IEngineFactory]:
     """The chosen engine must exist (and its plugin be sound) before anything starts."""
-    name = chooseEngine(
-        options.get("engine") or env.get("ENGINE"), options.get("redis-hosts") or env.get("REDIS_HOSTS")
-    )
-    if name == "memory" and options.get("redis-hosts"):
+    hosts = options.get("redis-hosts") or env.get("REDIS_HOSTS")
+    sentinels, masters = _redisSentinels(options, env)
+    name = chooseEngine(options.get("engine") or env.get("ENGINE"), hosts or sentinels or masters)
+    if name == "memory" and (options.get("redis-hosts") or options.get("redis-sentinels")):
         raise ConfigurationError(
-            "--redis-hosts names the Redis engine's shards: it does not apply with --engine memory"
+            "--redis-hosts (or --redis-sentinels) names the Redis engine's shards: it does not apply "
+            "with --engine memory"
         )
+    if name == "redis":
+        try:
+            named = EngineConfig(redisHosts=hosts, redisSentinels=sentinels, redisSentinelMasters=masters)
+            named.redisShards()
+        except ValueError as e:
+            raise ConfigurationError(f"REDIS_HOSTS / REDIS_SENTINELS: {e}") from None
     try:
         return name, findEngineFactory(name)
     except EngineConfigError as e:

@@ -218,6 +218,8 @@ class Options(usage.Options):
             f"--engine says otherwise. [default: $REDIS_HOSTS; with --engine redis and none given, "
             f"{DEFAULT_REDIS_HOSTS}]",
         ],
+        ["redis-sentinels", None, None, "Or Redis Sentinels (host:port,...). [default: $REDIS_SENTINELS]"],
+        ["redis-sentinel-masters", None, None, "Their shards' names. [default: $REDIS_SENTINEL_MASTERS]"],
         [
             "redis-namespace",
             None,
@@ -362,7 +364,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         engine,
         reactor,
         router.limitRefused,
-        redis=(config.redisHosts or DEFAULT_REDIS_HOSTS, config.engine.redisNamespace),
+        redis=config.redis,
     )
     publishes, connections = tenantLimits.publishes, tenantLimits.connections
     presence = PresenceExtension(
@@ -383,9 +385,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         storage,
         keys,
         reactor,
-        redis=(config.redisHosts or DEFAULT_REDIS_HOSTS, config.engine.redisNamespace)
-        if config.engineName == "redis"
-        else None,
+        redis=config.redis if config.engineName == "redis" else None,
         owner=getattr(engine, "nodeId", None),
     )
     if webhooks.events is not None:
@@ -517,8 +517,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         keysync = KeySync(
             reactor,
             keys,
-            config.redisHosts or DEFAULT_REDIS_HOSTS,
-            config.engine.redisNamespace,
+            *config.redis,
             nodeId=getattr(engine, "nodeId", None),
         )
     workers = None

@@ -88,26 +88,35 @@ class Context:
 
     # the servers' Redis
 
-    def redisHosts(self) -> str | None:
-        """The servers' Redis, as ``twistd pandapush`` reads it (option, then environment)."""
-        return getattr(self.args, "redis_hosts", None) or self.environ.get("REDIS_HOSTS") or None
+    def redisShards(self) -> list[Any] | None:
+        """
+        The servers' Redis shards, as ``twistd pandapush`` reads them (options, then
+        environment): ``REDIS_HOSTS``, or ``REDIS_SENTINELS`` with ``REDIS_SENTINEL_MASTERS``;
+        None if neither is given. A malformed list is a CommandError.
+        """
+
+        def given(option: str, variable: str) -> str | None:
+            return getattr(self.args, option, None) or self.environ.get(variable) or None
+
+        hosts = given("redis_hosts", "REDIS_HOSTS")
+        sentinels = given("redis_sentinels", "REDIS_SENTINELS")
+        masters = given("redis_sentinel_masters", "REDIS_SENTINEL_MASTERS")
+        if not (hosts or sentinels or masters):
+            return None
+        from pandapush.redis import parseRedisShards
+
+        try:
+            return parseRedisShards(hosts, sentinels, masters)
+        except ValueError as e:
+            raise CommandError(f"REDIS_HOSTS / --redis-hosts (or REDIS_SENTINELS): {e}") from None
 
     def redisNamespace(self) -> str:
         namespace = getattr(self.args, "redis_namespace", None)
         return namespace or self.environ.get("REDIS_NAMESPACE", "pandapush")
 
     def checkRedisHosts(self) -> None:
-        """A malformed REDIS_HOSTS is refused before anything changes, not after."""
-        hosts = self.redisHosts()
-        if hosts:
-            from pandapush.redis import parseRedisHosts
-
-            try:
-                parseRedisHosts(hosts)
-            except ValueError as e:
-                raise CommandError(
-                    f"REDIS_HOSTS / --redis-hosts {hosts!r} is not host:port[,host:port]: {e}"
-                ) from None
+        """A malformed REDIS_HOSTS (or REDIS_SENTINELS) is refused before anything changes, not after."""
+        self.redisShards()
 
     async def keysChanged(
         self, keyId: str | None = None, appId: str | None = None, stale: bool = True
@@ -118,7 +127,7 @@ class Context:
         already; a warning says when the servers will notice instead. ``stale``: the
         cached entry would keep a key working (revoke, delete), so say so even without Redis.
         """
-        hosts = self.redisHosts()
+        hosts = self.redisShards()
         if stale:
             later = f"running servers notice within their key cache TTL ({DEFAULT_TTL:g} s)"
         else:

@@ -74,6 +74,18 @@ REDIS_OPTIONS = (
         "--redis-hosts", "REDIS_HOSTS", "the servers' Redis shards [$REDIS_HOSTS; none]", metavar="HOSTS"
     ),
     GlobalOption(
+        "--redis-sentinels",
+        "REDIS_SENTINELS",
+        "instead of --redis-hosts: the Redis Sentinels of the servers' shards [$REDIS_SENTINELS; none]",
+        metavar="HOSTS",
+    ),
+    GlobalOption(
+        "--redis-sentinel-masters",
+        "REDIS_SENTINEL_MASTERS",
+        "with --redis-sentinels: each shard's master name [$REDIS_SENTINEL_MASTERS; none]",
+        metavar="NAMES",
+    ),
+    GlobalOption(
         "--redis-namespace",
         "REDIS_NAMESPACE",
         "the servers' Redis namespace [$REDIS_NAMESPACE or pandapush]",

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pandapush.redis import RedisAddress
 
 __all__ = ["DEFAULT_REDIS_HOSTS", "EngineConfig", "EngineConfigError"]
 
@@ -18,9 +22,10 @@ class EngineConfigError(ValueError):
 @dataclass(frozen=True)
 class EngineConfig:
     """
-    The settings every engine is made from. ``redisHosts``/``redisNamespace`` are the
-    Redis engine's (``REDIS_HOSTS``, ``REDIS_NAMESPACE``); a third-party engine reads
-    its own settings from ``environ``.
+    The settings every engine is made from. ``redisHosts`` (or ``redisSentinels`` with
+    ``redisSentinelMasters``) and ``redisNamespace`` are the Redis engine's
+    (``REDIS_HOSTS``, ``REDIS_SENTINELS``, ``REDIS_SENTINEL_MASTERS``,
+    ``REDIS_NAMESPACE``); a third-party engine reads its own settings from ``environ``.
     """
 
     #: Seconds a long-poll ``/meta/connect`` is held (``--timeout``).
@@ -34,3 +39,20 @@ class EngineConfig:
     redisHosts: str | None = None
     redisNamespace: str = "pandapush"
     environ: Mapping[str, str] = field(default_factory=dict)
+    redisSentinels: str | None = None
+    redisSentinelMasters: str | None = None
+
+    @property
+    def redisGiven(self) -> bool:
+        """Whether Redis shards are named at all (which chooses the Redis engine)."""
+        return bool(self.redisHosts or self.redisSentinels or self.redisSentinelMasters)
+
+    def redisShards(self) -> list[RedisAddress]:
+        """
+        The Redis shards named (``DEFAULT_REDIS_HOSTS`` when none are): ValueError for
+        a malformed list, or for both ``REDIS_HOSTS`` and the Sentinel pair.
+        """
+        from pandapush.redis import parseRedisHosts, parseRedisShards
+
+        shards = parseRedisShards(self.redisHosts, self.redisSentinels, self.redisSentinelMasters)
+        return shards if shards is not None else parseRedisHosts(DEFAULT_REDIS_HOSTS)

@@ -40,21 +40,20 @@ class MemoryEngineFactory:
 class RedisEngineFactory:
     name = "redis"
     description = (
-        f"Shared through Redis (REDIS_HOSTS, {DEFAULT_REDIS_HOSTS} if unset): many processes "
-        "and machines serve as one."
+        f"Shared through Redis (REDIS_HOSTS, or REDIS_SENTINELS with REDIS_SENTINEL_MASTERS; "
+        f"{DEFAULT_REDIS_HOSTS} if unset): many processes and machines serve as one."
     )
     shared = True
 
     def makeEngine(self, reactor: Any, config: EngineConfig) -> IEngine:
         from pandapush.engines.history import HistorySettings
         from pandapush.engines.redis import RedisEngine
-        from pandapush.redis import parseRedisHosts
 
-        hosts = config.redisHosts or DEFAULT_REDIS_HOSTS
         try:
-            addresses = parseRedisHosts(hosts)
+            addresses = config.redisShards()
         except ValueError as e:
-            raise EngineConfigError(f"REDIS_HOSTS {hosts!r} is not host:port[/db][,...]: {e}") from None
+            given = f"REDIS_HOSTS {config.redisHosts!r}" if config.redisHosts else "REDIS_SENTINELS"
+            raise EngineConfigError(f"{given} is not host:port[/db][,...]: {e}") from None
         return RedisEngine(
             reactor,
             addresses,

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -545,11 +545,11 @@ def makeTenantLimits(
     engine: IEngine,
     clock: IReactorTime,
     onRefused: Callable[[str], None],
-    redis: tuple[str, str],
+    redis: tuple[str | Sequence[Any], str],
 ) -> TenantLimits:
     """
     The per-key publish rate and the clients per application, per node, or with
-    ``settings.cluster`` counted across nodes on ``redis`` (hosts, namespace): then the
+    ``settings.cluster`` counted across nodes on ``redis`` (shards, namespace): then the
     per-node rate stays as the fallback while Redis does not answer. Imported only then,
     so a server without it loads nothing of Redis for its limits.
     """
@@ -566,6 +566,7 @@ def makeTenantLimits(
 
     hosts, namespace = redis
     nodeId = getattr(engine, "nodeId", None) or os.urandom(8).hex()
-    cluster = ClusterLimits(clock, parseRedisHosts(hosts)[0], namespace, nodeId)
+    shards = parseRedisHosts(hosts) if isinstance(hosts, str) else list(hosts)
+    cluster = ClusterLimits(clock, shards[0], namespace, nodeId)
     shared = ClusterConnectionLimiter(engine, clock, cluster, settings.maxConnectionsPerApp, **budgets)
     return TenantLimits(ClusterPublishRate(cluster, local, clock), shared, cluster)

@@ -2,7 +2,8 @@
 
 Shared by the Redis engine (:mod:`pandapush.engines.redis`) and key cache
 invalidation (:mod:`pandapush.auth.keysync`); neither touches txredisapi directly.
-See :mod:`pandapush.redis.connection` for why it is built the way it is.
+See :mod:`pandapush.redis.connection` for why it is built the way it is, and
+:mod:`pandapush.redis.sentinel` for shards found through Redis Sentinel.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pandapush.redis.connection import (
     RedisUnavailable,
     parseRedisHosts,
 )
+from pandapush.redis.sentinel import parseRedisShards
 
 __all__ = [
     "HashRing",
@@ -25,4 +27,5 @@ __all__ = [
     "RedisSubscriber",
     "RedisUnavailable",
     "parseRedisHosts",
+    "parseRedisShards",
 ]

@@ -100,15 +100,27 @@ class _ObservedEndpoint:
 
 @dataclass(frozen=True)
 class RedisAddress:
-    """One Redis shard: a server and a logical database on it."""
+    """
+    One Redis shard: a server and a logical database on it; or, with ``sentinels``,
+    the primary those sentinels know as the master named ``host``, wherever it is
+    now (``port`` unused; see :mod:`pandapush.redis.sentinel`).
+    """
 
     host: str
     port: int = 6379
     db: int = 0
+    sentinels: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def server(self) -> str:
+        """The server, whose health every connection to it shares (a Sentinel master: its name)."""
+        return f"sentinel:{self.host}" if self.sentinels else f"{self.host}:{self.port}"
 
     @property
     def name(self) -> str:
-        """Stable name of the shard on the hash ring (so the ring survives restarts)."""
+        """Stable name of the shard on the hash ring (so the ring survives restarts and failovers)."""
+        if self.sentinels:
+            return f"sentinel:{self.host}/{self.db}"
         return f"{self.host}:{self.port}/{self.db}"
 
 
@@ -243,12 +255,12 @@ class RedisShard:
         self.address = address
         self._reactor = reactor
         self.commandTimeout = commandTimeout
-        self.health = healthOf(reactor, f"{address.host}:{address.port}")
+        self.health = healthOf(reactor, address.server)
         # poolsize 1: commands from this node reach Redis in the order they were
         # issued (an attach's lease then a detach's deadline, never the reverse).
         # txredisapi.lazyConnection, but on an endpoint that tells our health.
         factory = txredisapi.RedisFactory(
-            f"{address.host}:{address.port}",
+            address.server,
             address.db or None,
             1,
             isLazy=True,
@@ -257,7 +269,16 @@ class RedisShard:
         )
         factory.initialDelay = 0.1
         factory.maxDelay = reconnectMaxDelay
-        endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=max(commandTimeout, 1.0))
+        self._primary: Any = None
+        endpoint: IStreamClientEndpoint
+        if address.sentinels:
+            # Imported here: the sentinel module builds on this one.
+            from pandapush.redis.sentinel import COMMAND_SETTLE, PrimaryEndpoint
+
+            timeout = max(commandTimeout, 1.0)
+            endpoint = self._primary = PrimaryEndpoint(reactor, address, timeout, settle=COMMAND_SETTLE)
+        else:
+            endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=max(commandTimeout, 1.0))
         self._endpoint = _ObservedEndpoint(endpoint, self.health)
         factory.startConnecting(self._endpoint)
         self._handler: Any = factory.handler
@@ -269,6 +290,8 @@ class RedisShard:
             d = self._handler.execute_command(*args)
         except Exception as e:
             return defer.fail(RedisUnavailable(str(e)))
+        if self._primary is not None:
+            d.addErrback(self._demoted)
         return _bounded(d, self.commandTimeout, self._reactor, str(args[0]), self.health, self._endpoint)
 
     def eval(self, script: str, keys: Sequence[str], args: Sequence[Any] = ()) -> defer.Deferred[Any]:
@@ -277,7 +300,16 @@ class RedisShard:
             d = self._handler.eval(script, list(keys), list(args))
         except Exception as e:
             return defer.fail(RedisUnavailable(str(e)))
+        if self._primary is not None:
+            d.addErrback(self._demoted)
         return _bounded(d, self.commandTimeout, self._reactor, "EVAL", self.health, self._endpoint)
+
+    def _demoted(self, failure: Any) -> Any:
+        # The primary became a replica under this connection: find the new one.
+        if failure.check(txredisapi.ResponseError) and str(failure.value).startswith("READONLY"):
+            self._primary.demoted()
+            raise RedisUnavailable(f"Redis {self.address.name} is read-only now (failover): {failure.value}")
+        return failure
 
     def ping(self) -> defer.Deferred[None]:
         """PING; a connection that does not answer in time is aborted so that it reconnects."""
@@ -298,6 +330,8 @@ class RedisShard:
         self._endpoint.closed = True
         self.health.forget(self._endpoint)
         d = self._handler.disconnect()
+        if self._primary is not None:
+            d.addBoth(lambda _: self._primary.close())
         return d.addErrback(lambda _: None)
 
 
@@ -361,8 +395,16 @@ class RedisSubscriber:
         self._wanted: dict[str, bool] = {}
         self._waiting: dict[str, list[defer.Deferred[None]]] = {}
         self._protocol: _SubscriberProtocol | None = None
-        self.health = healthOf(reactor, f"{address.host}:{address.port}")
-        endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=max(commandTimeout, 1.0))
+        self.health = healthOf(reactor, address.server)
+        self._primary: Any = None
+        endpoint: IStreamClientEndpoint
+        if address.sentinels:
+            # Imported here: the sentinel module builds on this one.
+            from pandapush.redis.sentinel import PrimaryEndpoint
+
+            endpoint = self._primary = PrimaryEndpoint(reactor, address, max(commandTimeout, 1.0))
+        else:
+            endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=max(commandTimeout, 1.0))
         self._endpoint = _ObservedEndpoint(endpoint, self.health)
         self._service = _QuietClientService(
             self._endpoint,
@@ -470,4 +512,7 @@ class RedisSubscriber:
                 if not d.called:
                     d.errback(RedisUnavailable("subscriber closed"))
         self._waiting.clear()
-        return defer.maybeDeferred(self._service.stopService)
+        d = defer.maybeDeferred(self._service.stopService)
+        if self._primary is not None:
+            d.addBoth(lambda _: self._primary.close())
+        return d

@@ -14,8 +14,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pandapush.auth.keycache import KeyCache
 from pandapush.storage.webhooks import IWebhookOutbox, IWebhookStorage
@@ -25,6 +26,9 @@ from pandapush.webhooks.endpoints import WebhookEndpoints
 from pandapush.webhooks.events import WebhookEvents
 from pandapush.webhooks.http import WebhookPoster
 from pandapush.webhooks.sender import WebhookSender
+
+if TYPE_CHECKING:
+    from pandapush.redis import RedisAddress
 
 __all__ = ["WebhookConfig", "Webhooks", "makeWebhooks"]
 
@@ -46,11 +50,11 @@ def makeWebhooks(
     storage: Any,
     keys: KeyCache,
     reactor: Any,
-    redis: tuple[str, str] | None = None,
+    redis: tuple[str | Sequence[RedisAddress], str] | None = None,
     owner: str | None = None,
 ) -> Webhooks:
     """
-    ``redis``: ``(REDIS_HOSTS, namespace)`` when the engine is Redis, whose first shard
+    ``redis``: ``(shards, namespace)`` when the engine is Redis, whose first shard
     then keeps the outbox; else the storage keeps it (if it can: ``IWebhookStorage``).
     ``owner`` names this node in its leases (the engine's node id).
     """
@@ -65,7 +69,8 @@ def makeWebhooks(
         from pandapush.webhooks.redisoutbox import RedisOutbox
 
         hosts, namespace = redis
-        webhooks.outbox = RedisOutbox(RedisShard(reactor, parseRedisHosts(hosts)[0]), namespace)
+        shards = parseRedisHosts(hosts) if isinstance(hosts, str) else list(hosts)
+        webhooks.outbox = RedisOutbox(RedisShard(reactor, shards[0]), namespace)
     else:
         webhooks.outbox = storage.webhookOutbox()
     assert webhooks.outbox is not None

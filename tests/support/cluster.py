@@ -75,21 +75,25 @@ class ClusterCase(TestCase):
         count: int,
         redis: RedisAddress | Sequence[RedisAddress] | None = None,
         extra: Sequence[str] = (),
+        redisArgs: Sequence[str] = (),
     ) -> list[PandapushProcess]:
         """
         ``count`` nodes on ``redis`` (the machine's by default: one address, or several
-        shards), with the options ``extra`` too.
+        shards), with the options ``extra`` too; or, given ``redisArgs``
+        (``--redis-sentinels ...``), on what they name (a Redis of the test's own,
+        whose keys die with it).
         """
-        redis = redis if redis is not None else self.mainRedis
-        shards = [redis] if isinstance(redis, RedisAddress) else list(redis)
-        self.addCleanup(deleteNamespace, shards, self.namespace)
+        if not redisArgs:
+            redis = redis if redis is not None else self.mainRedis
+            shards = [redis] if isinstance(redis, RedisAddress) else list(redis)
+            self.addCleanup(deleteNamespace, shards, self.namespace)
+            redisArgs = ("--redis-hosts", self.redisEnvironment(shards)["REDIS_HOSTS"])
         args = (
             "--timeout",
             "2",
             "--client-expiry",
             "1",
-            "--redis-hosts",
-            self.redisEnvironment(shards)["REDIS_HOSTS"],
+            *redisArgs,
             "--redis-namespace",
             self.namespace,
             "--database",
