@@ -36,6 +36,12 @@ Faults (traffic runs throughout; ``t0`` is the fault):
 - ``sigterm``: B sent SIGTERM. How long B took to exit, the close code B's websockets got
   and when B's long-poller was answered, when B's clients received again, and which
   acknowledged messages each client missed.
+- ``sentinel``: the nodes find Redis through three ``redis-server --sentinel`` watching a
+  primary and its replica (``tests/support/sentinel.py``: ``down-after-milliseconds``
+  1000, ``failover-timeout`` 3000) instead of ``--redis-hosts``; the primary is killed
+  with SIGKILL. When the sentinels named the replica, when publishes were acknowledged
+  and received again after that, which sessions were lost (handshakes) and which
+  acknowledged messages each client missed.
 
 "Acknowledged" is a REST 200 or a successful Bayeux publish reply. A message counts as
 missed by a client when it was acknowledged, the client was subscribed before traffic
@@ -76,6 +82,7 @@ from pandapush.tokens import mintToken  # noqa: E402
 from tests.support.failover import FailoverPoller, FailoverWS, subscribeMessage  # noqa: E402
 from tests.support.process import PandapushProcess, seededEnvironment  # noqa: E402
 from tests.support.redis import RedisProcess  # noqa: E402
+from tests.support.sentinel import SentinelDeployment  # noqa: E402
 from tests.support.waiting import sleep  # noqa: E402
 
 APP = "faultsapp00000000001"
@@ -84,7 +91,7 @@ SECRET = "faults-bench-secret-0123456789abcdef012345"
 ADMIN = ("admin", "faults-admin-password")
 DATA = f"/{APP}/public/faults"
 ROOM = f"/{APP}/presence/room"
-FAULTS = ("sigkill", "redis", "sigterm")
+FAULTS = ("sigkill", "redis", "sigterm", "sentinel")
 
 
 def now() -> float:
@@ -289,11 +296,17 @@ class Traffic:
 
 
 class Cluster:
-    def __init__(self, options: argparse.Namespace, snapshot: Snapshot) -> None:
+    def __init__(self, options: argparse.Namespace, snapshot: Snapshot, sentinel: bool = False) -> None:
         self.options = options
         self.directory = Path(tempfile.mkdtemp(prefix="pandapush-faults-"))
         self.redis = RedisProcess()
+        self.sentinel: SentinelDeployment | None = None
         args = ["--redis-hosts", f"127.0.0.1:{self.redis.port}", "--redis-namespace", "faults"]
+        if sentinel:
+            self.sentinel = SentinelDeployment()
+            found = self.sentinel.env
+            args[:2] = ["--redis-sentinels", found["REDIS_SENTINELS"]]
+            args += ["--redis-sentinel-masters", found["REDIS_SENTINEL_MASTERS"]]
         args += ["--database", "sqlite", "--database-path", str(self.directory / "db.sqlite")]
         args += list(options.server_args)
         env = seededEnvironment(APP, KEY, SECRET, admin=ADMIN)
@@ -303,7 +316,10 @@ class Cluster:
         self.clients: list[Any] = []
 
     async def start(self) -> None:
-        await self.redis.start()
+        if self.sentinel is not None:
+            await self.sentinel.start()
+        else:
+            await self.redis.start()
         await self.a.start()  # migrates the SQLite file and seeds the key; B finds them
         await self.b.start()
 
@@ -317,6 +333,8 @@ class Cluster:
             await node.stop(signal.SIGKILL)
             node.removeScratch()
         await self.redis.stop(signal.SIGKILL)
+        if self.sentinel is not None:
+            await self.sentinel.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
@@ -326,7 +344,7 @@ def presenceSubscription(member: str) -> dict[str, Any]:
 
 
 async def runFault(fault: str, options: argparse.Namespace, snapshot: Snapshot) -> dict[str, Any]:
-    cluster = Cluster(options, snapshot)
+    cluster = Cluster(options, snapshot, sentinel=fault == "sentinel")
     try:
         return await _runFault(fault, cluster, options)
     finally:
@@ -362,6 +380,19 @@ async def _runFault(fault: str, cluster: Cluster, options: argparse.Namespace) -
         await cluster.redis.start()
         recovered = now()
         result["redis_back_at_s"] = round(recovered - t0, 3)
+    elif fault == "sentinel":
+        assert cluster.sentinel is not None
+        primary = await cluster.sentinel.primary()
+        await primary.stop(signal.SIGKILL)
+        while now() - t0 < options.recovery_timeout:
+            try:
+                if (await cluster.sentinel.primary()) is not primary:
+                    break
+            except Exception:
+                pass
+            await sleep(0.05)
+        recovered = now()
+        result["primary_named_at_s"] = round(recovered - t0, 3)
     else:
         code = await cluster.b.stop(signal.SIGTERM)
         result["b_exit_s"] = round(now() - t0, 3)
@@ -470,12 +501,16 @@ def rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
         out.append(("Redis back at (s after stop)", result["redis_back_at_s"]))
         out.append(("first publish acknowledged after Redis back (s)", result["first_ack_after_s"]))
         out.append(("sent while Redis was down, acknowledged later", result["acked_though_sent_while_down"]))
+    if fault == "sentinel":
+        out.append(("new primary named by the sentinels (s after kill)", result["primary_named_at_s"]))
+        out.append(("first publish acknowledged after that (s)", result["first_ack_after_s"]))
+        out.append(("sent before that, acknowledged later", result["acked_though_sent_while_down"]))
     if fault == "sigterm":
         out.append(("B exited after SIGTERM (s)", result["b_exit_s"]))
     if fault == "sigkill":
         out.append(("ghost presence member announced gone on A (s)", result["ghost_left_s"]))
         out.append(("mover (failed over) announced gone", result["mover_announced_left"]))
-    base = "Redis back" if fault == "redis" else "fault"
+    base = {"redis": "Redis back", "sentinel": "new primary named"}.get(fault, "fault")
     for name, info in result["clients"].items():
         out.append((f"{name}: receiving again (s after {base})", info["receiving_again_s"]))
         out.append((f"{name}: longest silence (s)", info["longest_silence_s"]))
