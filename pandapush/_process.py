@@ -1,7 +1,8 @@
 """What a server owning its process (run by twistd, twist or a .tac) does to it.
 
 Its exit status, when the server could not run. Its pid file, which twistd writes
-even in the foreground (:func:`foregroundWithoutPidfile`).
+even in the foreground (:func:`foregroundWithoutPidfile`). What it tells systemd
+(:func:`notifySystemd`).
 
 ``twistd`` and ``twist`` (``python -m twisted``) exit with status 0 once the reactor
 has stopped, whatever stopped it: a server that could not listen, or found its
@@ -18,6 +19,7 @@ from __future__ import annotations
 import atexit
 import functools
 import os
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
@@ -27,6 +29,7 @@ __all__ = [
     "exitStatus",
     "failProcess",
     "foregroundWithoutPidfile",
+    "notifySystemd",
     "oneLineFailures",
     "setExitStatus",
     "twistdOptions",
@@ -136,3 +139,24 @@ def oneLineFailures(*expected: type[BaseException]) -> Callable[[Callable[P, T]]
         return building
 
     return decorate
+
+
+def notifySystemd(*assignments: str) -> bool:
+    """
+    Tell the service manager (``Type=notify``: ``READY=1`` once listening, ``STOPPING=1``
+    when the drain starts, ``STATUS=...``) through ``$NOTIFY_SOCKET``, as ``sd_notify(3)``
+    does, without its library: one datagram of ``NAME=value`` lines. Nothing to tell
+    (no such socket, it is gone): False, and nothing happens.
+    """
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address or not assignments:
+        return False
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall("\n".join(assignments).encode("utf-8", "replace"))
+    except OSError:
+        return False
+    return True

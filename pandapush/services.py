@@ -131,6 +131,7 @@ class BayeuxService(Service):
         reactor: IReactorTime,
         grace: float = 5.0,
         sharedEngine: bool = False,
+        notify: Callable[..., object] = lambda *assignments: None,
     ) -> None:
         self.engine = engine
         self.router = router
@@ -138,6 +139,7 @@ class BayeuxService(Service):
         self.reactor = reactor
         self.grace = grace
         self.sharedEngine = sharedEngine
+        self.notify = notify
 
     #: With a shared engine, how long the drain goes on waiting for this node's clients
     #: to be claimed by other nodes once none has been for that long: clients told to
@@ -152,6 +154,7 @@ class BayeuxService(Service):
         return int(self.engine.statistics().get("clients", 0))
 
     async def _drain(self) -> None:
+        self.notify("STOPPING=1", "STATUS=draining")
         self.router.drain("retry" if self.sharedEngine else "handshake")
         self.resource.stop()
         clock = self.reactor
@@ -228,6 +231,7 @@ class StorageService(MultiService):
         workerIndex: int | None = None,
         prepare: Sequence[Callable[[], Awaitable[object]]] = (),
         onFailure: Callable[[], object] | None = None,
+        notify: Callable[..., object] = lambda *assignments: None,
     ) -> None:
         super().__init__()
         self.storage = storage
@@ -237,6 +241,8 @@ class StorageService(MultiService):
         self.workerIndex = workerIndex
         self.prepare = list(prepare)
         self.onFailure = onFailure if onFailure is not None else self._stopReactor
+        #: Tells a service manager (systemd's ``Type=notify``) when this node is ready.
+        self.notify = notify
         self.ready: defer.Deferred[None] = defer.Deferred()
         #: Fires with the listening ports once they listen (what --workers shares).
         self.listening: defer.Deferred[list[IListeningPort]] = defer.Deferred()
@@ -269,6 +275,8 @@ class StorageService(MultiService):
         listening = [cast(IListeningPort, port) for _, port in results]
         for port in listening:
             self._announce(port)
+        if self.workerIndex is None:
+            self.notify("READY=1", f"STATUS=serving ({len(listening)} listening ports)")
         self.listening.callback(listening)
         self.ready.callback(None)
 
@@ -295,6 +303,7 @@ class StorageService(MultiService):
             )
         else:
             self._log.failure("pandapush could not start", failure)
+        self.notify(f"STATUS=could not start: {_oneLine(cast(BaseException, failure.value))}")
         if not self.listening.called:
             self.listening.errback(failure)
         if not self.ready.called:

@@ -18,7 +18,7 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
-from pandapush._process import failProcess, foregroundWithoutPidfile, oneLineFailures
+from pandapush._process import failProcess, foregroundWithoutPidfile, notifySystemd, oneLineFailures
 from pandapush.auth.checkers import ChannelAuthority
 from pandapush.auth.keycache import KeyCache, KeyUsageFlusher
 from pandapush.auth.origins import AppOrigins, OriginExtension
@@ -491,8 +491,10 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
     # The services. They start in this order; they stop all at once, the storage
     # closing after the last (PandapushService). The ports listen once the storage
     # is ready (StorageService); the workers start once the ports listen.
-    # Run by twistd, twist or the .tac: a server that cannot start stops, exiting non-zero.
+    # Run by twistd, twist or the .tac: a server that cannot start stops, exiting non-zero;
+    # the process (not a worker) tells systemd (Type=notify) when it is ready and stopping.
     onFailure = failProcess(reactor) if options.ownsProcess else None
+    notify = notifySystemd if options.ownsProcess and config.worker is None else (lambda *_: None)
     storageService = StorageService(
         storage,
         reactor,
@@ -502,6 +504,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         # The generated admin password is the database's, shared by every node on it.
         prepare=[adminAuthority.prepare],
         onFailure=onFailure,
+        notify=notify,
     )
     if options.ownsProcess:
         # A failure is reported by StorageService; nothing else waits for these.
@@ -565,6 +568,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
             reactor,
             grace=config.shutdownGrace,
             sharedEngine=bool(config.engineFactory.shared),
+            notify=notify,
         ),
         statistics.service,
         KeyUsageFlusher(keys, tenancy.usageFlushInterval),

@@ -77,10 +77,11 @@ class UnitFileTests(TestCase):
 
     def test_supervision(self) -> None:
         """
-        systemd supervises the process itself (no daemonising, no pid file), restarts
-        it when it fails, gives it time to drain on stop, and many file descriptors.
+        systemd supervises the process itself (no daemonising, no pid file), knows when
+        it serves, restarts it when it fails, gives it time to drain on stop, and many file descriptors.
         """
-        self.assertIn(self.service("Type"), ("simple", "exec"))  # twistd has no sd_notify
+        # The server notifies READY=1 once it listens (tests/test_startup.py NotifyTests).
+        self.assertEqual((self.service("Type"), self.service("NotifyAccess")), ("notify", "main"))
         self.assertEqual(self.service("Restart"), "on-failure")
         self.assertIsNone(self.service("PIDFile"))
         command = expandCommand(self.service("ExecStart") or "", unitEnvironment(self.unit, {}))

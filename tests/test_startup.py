@@ -24,6 +24,7 @@ from tests.support.inprocess import InProcessServer
 from tests.support.ports import freePort
 from tests.support.process import PandapushProcess
 from tests.support.redis import requireRedis
+from tests.support.waiting import sleep
 from tests.test_storage import POSTGRES, postgresSchema
 
 MEMORY = {"DATABASE": "memory", "AUTH_METHOD": "none"}
@@ -214,6 +215,57 @@ class PidfileTests(TestCase):
         # twistd ends itself with the signal it stopped for, as Twisted does.
         self.assertEqual(await server.stop(), -signal.SIGTERM, server.log())
         self.assertFalse((directory / "twistd.pid").exists())
+
+
+class NotifyTests(TestCase):
+    """systemd's Type=notify: the server says READY=1 once it serves, STOPPING=1 when it drains."""
+
+    def notifySocket(self) -> socket.socket:
+        directory = Path(tempfile.mkdtemp(prefix="pandapush-notify-"))
+        self.addCleanup(shutil.rmtree, directory, True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(sock.close)
+        sock.bind(str(directory / "notify"))
+        sock.setblocking(False)
+        return sock
+
+    async def received(self, sock: socket.socket, text: str, server: PandapushProcess) -> list[str]:
+        """The datagrams received until one holds ``text`` (within 10 s)."""
+        messages: list[str] = []
+        for _ in range(200):
+            try:
+                messages.append(sock.recv(4096).decode())
+            except BlockingIOError:
+                if any(text in m for m in messages):
+                    return messages
+                await sleep(0.05)
+        self.fail(f"no {text!r} in {messages}:\n{server.log()}")
+
+    async def test_readyThenStopping(self) -> None:
+        """READY=1 comes once the server answers; STOPPING=1 at SIGTERM, before it exits."""
+        sock = self.notifySocket()
+        server = await PandapushProcess.started(self, env={**MEMORY, "NOTIFY_SOCKET": sock.getsockname()})
+        messages = await self.received(sock, "READY=1", server)
+        self.assertEqual(len([m for m in messages if "READY=1" in m]), 1, messages)
+        self.assertIn("STATUS=serving", messages[-1])
+        await server.stop()
+        self.assertIn("STOPPING=1", (await self.received(sock, "STOPPING=1", server))[-1])
+
+    async def test_failureStatus(self) -> None:
+        """A server that cannot start never says READY=1; its STATUS says why."""
+        sock = self.notifySocket()
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        env = {**MEMORY, "NOTIFY_SOCKET": sock.getsockname()}
+        server = PandapushProcess(env=env, port=holder.getsockname()[1])
+        self.addCleanup(server.removeScratch)
+        self.assertEqual(await server.runUntilExit(), 1)
+        messages = await self.received(sock, "STATUS=could not start", server)
+        self.assertFalse([m for m in messages if "READY=1" in m], messages)
+        (status,) = [m for m in messages if "STATUS=could not start" in m]
+        self.assertIn("Couldn't listen on", status)
 
 
 class TLSServer(PandapushProcess):
