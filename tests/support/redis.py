@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -145,10 +146,14 @@ class _RedisProtocol(ProcessProtocol):
 
 
 class RedisProcess:
-    """A throw-away redis-server on a free port (no persistence), restartable on that port."""
+    """
+    A throw-away redis-server on a free port (no persistence), restartable on that port;
+    ``args`` are more of its options (e.g. ``--enable-debug-command local``).
+    """
 
-    def __init__(self, reactor: Any = None) -> None:
+    def __init__(self, reactor: Any = None, args: Sequence[str] = ()) -> None:
         self.reactor: Any = reactor or _reactor
+        self.args = list(args)
         self.port = freePort()
         self.protocol: _RedisProtocol | None = None
         self.transport: Any = None
@@ -163,7 +168,7 @@ class RedisProcess:
             raise RuntimeError("redis-server is not installed")
         self.protocol = _RedisProtocol()
         argv = [executable, "--port", str(self.port), "--bind", "127.0.0.1"]
-        argv += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+        argv += ["--save", "", "--appendonly", "no", "--daemonize", "no", *self.args]
         self.transport = self.reactor.spawnProcess(self.protocol, executable, argv, env=dict(os.environ))
         if not await eventually(lambda: redisReachable(self.address, timeout=0.5), timeout=10):
             raise RuntimeError(
