@@ -22,7 +22,7 @@ import util from 'node:util';
 import { AuthError, Client, PandapushError } from PACKAGE_URL;
 const op = JSON.parse(process.env.PANDAPUSH_OP);
 const client = new Client({
-  url: process.env.PANDAPUSH_URL,
+  url: op.url ?? process.env.PANDAPUSH_URL,
   keyId: process.env.PANDAPUSH_KEY_ID,
   secret: process.env.PANDAPUSH_SECRET,
   appId: process.env.PANDAPUSH_APP_ID,
@@ -31,7 +31,9 @@ const client = new Client({
 try {
   let result = null;
   if (op.op === 'publish') {
-    for (let i = 0; i < (op.times ?? 1); i += 1) await client.publish(op.channel, op.data);
+    for (let i = 0; i < (op.times ?? 1); i += 1) {
+      await client.publish(op.channel, op.data, { idempotencyKey: op.idempotencyKey });
+    }
   } else if (op.op === 'token') {
     const { channel, pub, sub, presence, expiresIn, user } = op;
     result = await client.token({ channel, pub, sub, presence, expiresIn, user });
@@ -45,6 +47,8 @@ try {
     result = await client.channels(op.prefix ? { prefix: op.prefix } : {});
   } else if (op.op === 'members') {
     result = await client.members(op.channel);
+  } else if (op.op === 'history') {
+    result = await client.history(op.channel, { since: op.since, limit: op.limit });
   } else if (op.op === 'terminate') {
     result = await client.terminateUserConnections(op.userId);
   } else if (op.op === 'parseWebhook') {

@@ -43,11 +43,13 @@ class PythonSDKTests(SDKEndToEnd, TestCase):
     async def operate(self, op: dict[str, Any], secret: str = SECRET) -> dict[str, Any]:
         def work() -> dict[str, Any]:
             retries = op.get("retries", 0)
-            with Client(self.pandapush.url, KEY, secret, app_id=APP, max_retries=retries) as client:
+            url = op.get("url", self.pandapush.url)
+            with Client(url, KEY, secret, app_id=APP, max_retries=retries) as client:
                 try:
                     if op["op"] == "publish":
+                        key = op.get("idempotencyKey")
                         for _ in range(op.get("times", 1)):
-                            client.publish(op["channel"], op["data"])
+                            client.publish(op["channel"], op["data"], idempotency_key=key)
                         return {"ok": True, "result": None}
                     if op["op"] != "token":
                         return {"ok": True, "result": self.serverCall(client, op)}
@@ -79,6 +81,8 @@ class PythonSDKTests(SDKEndToEnd, TestCase):
             return client.channels(op.get("prefix"))
         if name == "members":
             return client.members(op["channel"])
+        if name == "history":
+            return client.history(op["channel"], since=op.get("since"), limit=op.get("limit"))
         if name == "terminate":
             return client.terminate_user_connections(op["userId"])
         if name == "parseWebhook":

@@ -21,13 +21,16 @@ DRIVER = r"""
 require "json"
 require "pandapush"
 op = JSON.parse(ENV.fetch("PANDAPUSH_OP"))
-client = Pandapush::Client.new(url: ENV.fetch("PANDAPUSH_URL"), key_id: ENV.fetch("PANDAPUSH_KEY_ID"),
+client = Pandapush::Client.new(url: op.fetch("url", ENV.fetch("PANDAPUSH_URL")),
+                               key_id: ENV.fetch("PANDAPUSH_KEY_ID"),
                                secret: ENV.fetch("PANDAPUSH_SECRET"), app_id: ENV.fetch("PANDAPUSH_APP_ID"),
                                max_retries: op.fetch("retries", 0))
 begin
   result = case op["op"]
            when "publish"
-             op.fetch("times", 1).times { client.publish(op["channel"], op["data"]) }
+             op.fetch("times", 1).times do
+               client.publish(op["channel"], op["data"], idempotency_key: op["idempotencyKey"])
+             end
              nil
            when "token"
              client.token(op["channel"], pub: op["pub"] || false, sub: op["sub"] || false,
@@ -38,6 +41,7 @@ begin
            when "channel" then client.channel(op["name"])
            when "channels" then client.channels(op["prefix"])
            when "members" then client.members(op["channel"])
+           when "history" then client.history(op["channel"], since: op["since"], limit: op["limit"])
            when "terminate" then client.terminate_user_connections(op["userId"])
            when "parseWebhook" then client.parse_webhook(op["body"].unpack1("m0"), op["headers"])
            else

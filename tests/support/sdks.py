@@ -526,3 +526,67 @@ class SDKEndToEnd(_Base):
         self.assertEqual((await self.operate(op(bytes(tampered))))["error"]["class"], "InvalidWebhookError")
         outcome = await self.operate(op(request.body), secret="another-key-secret-0123456789")
         self.assertEqual(outcome["error"]["class"], "InvalidWebhookError")
+
+    # --- history and idempotent publishing (issue 15) -------------------------------------------
+
+    async def test_history(self) -> None:
+        """
+        history(channel, since, limit): what the library published comes back oldest first with
+        its offsets and the channel's epoch; since and limit cut the list; a limit out of range
+        is a BadRequestError; a private channel's history is read with the key.
+        """
+        await self.server()
+        channel = f"/{APP}/public/{self.language}-history"
+        for n in range(3):
+            self.assertTrue(
+                (await self.operate({"op": "publish", "channel": channel, "data": {"n": n}}))["ok"]
+            )
+        outcome = await self.operate({"op": "history", "channel": channel})
+        self.assertTrue(outcome["ok"], outcome)
+        page = outcome["result"]
+        self.assertEqual([m["data"] for m in page["messages"]], [{"n": 0}, {"n": 1}, {"n": 2}])
+        self.assertEqual([m["offset"] for m in page["messages"]], [1, 2, 3])
+        self.assertEqual(page["offset"], 3)
+        self.assertIsInstance(page["epoch"], str)
+        outcome = await self.operate({"op": "history", "channel": channel, "since": 1, "limit": 1})
+        self.assertEqual([m["data"] for m in outcome["result"]["messages"]], [{"n": 1}])
+        self.assertEqual(outcome["result"]["epoch"], page["epoch"])
+        outcome = await self.operate({"op": "history", "channel": channel, "limit": 2})
+        self.assertEqual([m["offset"] for m in outcome["result"]["messages"]], [2, 3])
+        for limit in (0, 10**6):
+            outcome = await self.operate({"op": "history", "channel": channel, "limit": limit})
+            self.assertError(outcome, "BadRequestError", 400, "limit must be an integer")
+        private = f"/{APP}/private/{self.language}-history"
+        await self.operate({"op": "publish", "channel": private, "data": "for subscribers only"})
+        outcome = await self.operate({"op": "history", "channel": private})
+        self.assertEqual([m["data"] for m in outcome["result"]["messages"]], ["for subscribers only"])
+
+    async def test_idempotentPublish(self) -> None:
+        """
+        Two publishes with the same idempotency key are delivered once; a publish whose first
+        answer is lost on the way (a proxy cuts the connection as the 200 comes back) is sent
+        again by the library with its automatic key, and still delivered once.
+        """
+        from tests.support.losingproxy import LosingProxy
+
+        await self.server()
+        channel = f"/{APP}/public/{self.language}-once"
+        subscriber, _ = await self.subscriber(channel)
+        key = f"{self.language}-order-42"
+        for _ in range(2):
+            outcome = await self.operate(
+                {"op": "publish", "channel": channel, "data": "once", "idempotencyKey": key}
+            )
+            self.assertEqual(outcome, {"ok": True, "result": None})
+        proxy = await LosingProxy.start(self.pandapush.port)
+        self.addCleanup(proxy.stop)
+        lost = proxy.loseNext(b"HTTP/1.1 200")
+        outcome = await self.operate(
+            {"op": "publish", "channel": channel, "data": "retried", "url": proxy.url, "retries": 2}
+        )
+        self.assertEqual(outcome, {"ok": True, "result": None})
+        self.assertTrue(lost.called, "the proxy lost no answer")
+        await self.operate({"op": "publish", "channel": channel, "data": "last"})
+        self.assertTrue(await eventually(lambda: len(subscriber.messages) >= 3))
+        await eventually(lambda: len(subscriber.messages) > 3, timeout=0.5)
+        self.assertEqual([m["data"] for m in subscriber.messages], ["once", "retried", "last"])
