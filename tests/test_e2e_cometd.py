@@ -233,7 +233,7 @@ class WebSocketRedisTests(_OneServer):
 
 
 class MovingClientTests(ClusterCase):
-    """Two nodes on one Redis: an acknowledging client that moves goes on, in its session."""
+    """Two nodes on one Redis: an acknowledging client that moves goes on in its session, either transport."""
 
     timeout = 120
     channel = f"/{CLUSTER_APP}/public/room"
@@ -244,6 +244,13 @@ class MovingClientTests(ClusterCase):
         pointing there) is adopted there from the batch it acknowledges: it does not
         handshake again, gets what was published while it moved, once, and goes on.
         """
+        await self.move("long-polling")
+
+    async def test_websocketMovesAndGoesOnAcknowledging(self) -> None:
+        """The same over a websocket: its socket cut, it comes back over a new one to the other node."""
+        await self.move("websocket")
+
+    async def move(self, transport: str) -> None:
         requireCometD()
         a, b = await self.startNodes(2)
         proxy = await LosingProxy.start(a.port)
@@ -252,7 +259,7 @@ class MovingClientTests(ClusterCase):
             "cometd-client.mjs",
             f"{proxy.url}/push",
             self.channel,
-            "--transport=long-polling",
+            f"--transport={transport}",
             "--ack",
             # Back within the cluster's one-second client expiry.
             "--backoff=100",
