@@ -86,8 +86,9 @@ class RedisDownTests(ClusterCase):
         """
         With the node's Redis stopped, a long-poll ``/meta/connect`` of a client it knows
         and a handshake are answered ``503::Redis unavailable; try again later`` with
-        ``reconnect: retry`` advice (HTTP 200, no 500, no traceback); a REST publish and a
-        server API publish are 503 with ``Retry-After``. The log says once that Redis is
+        ``reconnect: retry`` advice (HTTP 200, no 500, no traceback), a Bayeux publish
+        ``503``; a REST publish and a server API publish are 503 with
+        ``Retry-After``. The log says once that Redis is
         unavailable, with the real cause (connection refused), says nothing per attempt to
         reconnect, and says once that it is back; the client then carries on.
         """
@@ -113,6 +114,18 @@ class RedisDownTests(ClusterCase):
             self.assertEqual(reply["error"], "503::Redis unavailable; try again later", reply)
             self.assertEqual(reply["advice"]["reconnect"], "retry", reply)
             self.assertGreaterEqual(reply["advice"]["interval"], 1000, reply)
+
+        publish = {
+            "channel": channel("down"),
+            "clientId": clientId,
+            "data": 1,
+            "ext": {"auth": {"key": KEY, "secret": SECRET}},
+        }
+        code, (reply,) = await bayeux(node, [publish])
+        self.assertEqual((code, reply["successful"]), (200, False), reply)
+        # 503 with the channel when the engine's publish failed, without it when an earlier
+        # step (the client's check) did: either way nothing was published.
+        self.assertRegex(reply["error"], r"^503:[^:]*:Redis unavailable; try again later$", reply)
 
         response = await treq.post(
             f"{node.url}/channel{channel('down')}",
