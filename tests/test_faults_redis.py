@@ -168,6 +168,10 @@ class RedisDownTests(ClusterCase):
         self.assertTrue(reply["successful"], node.log())
         code, replies = await bayeux(node, [connect])
         self.assertTrue(replies[-1]["successful"], replies)
+        # Told once Redis has kept working for a few seconds (it may flap as it comes back).
+        self.assertTrue(
+            await eventually(lambda: logLines(node, "available again after"), timeout=15), node.log()
+        )
         self.assertEqual(len(logLines(node, "available again after")), 1, node.log())
         self.assertEqual([line for line in node.log().splitlines() if "Traceback" in line], [], node.log())
 

@@ -280,6 +280,7 @@ class RedisShard:
         else:
             endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=max(commandTimeout, 1.0))
         self._endpoint = _ObservedEndpoint(endpoint, self.health)
+        self.health.add(self._endpoint)
         factory.startConnecting(self._endpoint)
         self._handler: Any = factory.handler
         self._scripts: dict[str, bytes] = {}
@@ -406,6 +407,7 @@ class RedisSubscriber:
         else:
             endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=max(commandTimeout, 1.0))
         self._endpoint = _ObservedEndpoint(endpoint, self.health)
+        self.health.add(self._endpoint)
         self._service = _QuietClientService(
             self._endpoint,
             _SubscriberFactory(self),
