@@ -12,7 +12,7 @@ options = Options()
 options.parseOptions(shlex.split(os.environ.get("PANDAPUSH_ARGS", "")))
 # As under `twistd pandapush`: a server that cannot start exits non-zero, and
 # `twistd -n` writes no twistd.pid unless --pidfile asks for one.
-options.ownsProcess = True
-foregroundWithoutPidfile(twistdOptions())
+options.ownsProcess, options.runnerOptions = True, twistdOptions()
+foregroundWithoutPidfile(options.runnerOptions)
 application = service.Application("pandapush")
 makeService(options).setServiceParent(application)

@@ -26,6 +26,7 @@ from typing import Any, ParamSpec, TypeVar
 
 __all__ = [
     "START_FAILED",
+    "ProcessStatus",
     "exitStatus",
     "failProcess",
     "foregroundWithoutPidfile",
@@ -160,3 +161,52 @@ def notifySystemd(*assignments: str) -> bool:
     except OSError:
         return False
     return True
+
+
+class ProcessStatus:
+    """
+    What the server tells whoever started its process about its start and stop: systemd
+    (``Type=notify``, :func:`notifySystemd`) and a daemonizing twistd's parent.
+
+    twistd without ``-n`` forks; its first process waits on a pipe for the daemon's word
+    and exits with it, and the daemon writes "started" once the services' ``startService``
+    returned: before the reactor runs, so before the storage starts or a port listens,
+    so ``twistd pandapush`` exited 0 for a server that then failed. The server takes the
+    pipe from twistd's options (:meth:`takeStatusPipe`, when its ``privilegedStartService``
+    runs, just after twistd forked) and answers it itself, when it serves or cannot start.
+    ``runnerOptions``: twistd's options (``options.parent``, or :func:`twistdOptions` in a
+    .tac), None under twist or a test.
+    """
+
+    def __init__(self, runnerOptions: Any = None) -> None:
+        self.runnerOptions = runnerOptions
+        self._pipe: int | None = None
+
+    def takeStatusPipe(self) -> None:
+        options = self.runnerOptions
+        pipe = options.get("statusPipe") if isinstance(options, dict) else None
+        if pipe is not None:
+            options["statusPipe"] = None
+            self._pipe = pipe
+
+    def ready(self, status: str) -> None:
+        notifySystemd("READY=1", f"STATUS={status}")
+        self._answer(b"0")
+
+    def failed(self, reason: str) -> None:
+        notifySystemd(f"STATUS=could not start: {reason}")
+        # "1 <reason>": twistd's own form, shown by its parent as it exits 1.
+        self._answer(b"1 " + reason.encode("utf-8", "replace")[:95])
+
+    def stopping(self) -> None:
+        notifySystemd("STOPPING=1", "STATUS=draining")
+
+    def _answer(self, word: bytes) -> None:
+        pipe, self._pipe = self._pipe, None
+        if pipe is None:
+            return
+        try:
+            os.write(pipe, word)
+            os.close(pipe)
+        except OSError:
+            pass  # the parent is gone: nobody to tell

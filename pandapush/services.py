@@ -29,6 +29,7 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
 from pandapush import __version__
+from pandapush._process import ProcessStatus
 from pandapush.auth.admin import AdminAuthError
 from pandapush.auth.keycache import KeyCache
 from pandapush.config import Configuration, DevelopmentKey
@@ -131,7 +132,7 @@ class BayeuxService(Service):
         reactor: IReactorTime,
         grace: float = 5.0,
         sharedEngine: bool = False,
-        notify: Callable[..., object] = lambda *assignments: None,
+        status: ProcessStatus | None = None,
     ) -> None:
         self.engine = engine
         self.router = router
@@ -139,7 +140,7 @@ class BayeuxService(Service):
         self.reactor = reactor
         self.grace = grace
         self.sharedEngine = sharedEngine
-        self.notify = notify
+        self.status = status or ProcessStatus()
 
     #: With a shared engine, how long the drain goes on waiting for this node's clients
     #: to be claimed by other nodes once none has been for that long: clients told to
@@ -154,7 +155,7 @@ class BayeuxService(Service):
         return int(self.engine.statistics().get("clients", 0))
 
     async def _drain(self) -> None:
-        self.notify("STOPPING=1", "STATUS=draining")
+        self.status.stopping()
         self.router.drain("retry" if self.sharedEngine else "handshake")
         self.resource.stop()
         clock = self.reactor
@@ -231,7 +232,7 @@ class StorageService(MultiService):
         workerIndex: int | None = None,
         prepare: Sequence[Callable[[], Awaitable[object]]] = (),
         onFailure: Callable[[], object] | None = None,
-        notify: Callable[..., object] = lambda *assignments: None,
+        status: ProcessStatus | None = None,
     ) -> None:
         super().__init__()
         self.storage = storage
@@ -241,8 +242,8 @@ class StorageService(MultiService):
         self.workerIndex = workerIndex
         self.prepare = list(prepare)
         self.onFailure = onFailure if onFailure is not None else self._stopReactor
-        #: Tells a service manager (systemd's ``Type=notify``) when this node is ready.
-        self.notify = notify
+        #: Tells systemd (``Type=notify``) and a daemonizing twistd when this node serves.
+        self.status = status or ProcessStatus()
         self.ready: defer.Deferred[None] = defer.Deferred()
         #: Fires with the listening ports once they listen (what --workers shares).
         self.listening: defer.Deferred[list[IListeningPort]] = defer.Deferred()
@@ -251,6 +252,8 @@ class StorageService(MultiService):
         # Not passed on to the ports: they would bind before the storage is ready.
         # (So a port below 1024 needs the process to keep the right to bind it.)
         Service.privilegedStartService(self)
+        # twistd has just forked, if it daemonizes: its parent waits for our word.
+        self.status.takeStatusPipe()
 
     def startService(self) -> None:
         Service.startService(self)
@@ -276,7 +279,7 @@ class StorageService(MultiService):
         for port in listening:
             self._announce(port)
         if self.workerIndex is None:
-            self.notify("READY=1", f"STATUS=serving ({len(listening)} listening ports)")
+            self.status.ready(f"serving ({len(listening)} listening ports)")
         self.listening.callback(listening)
         self.ready.callback(None)
 
@@ -303,7 +306,7 @@ class StorageService(MultiService):
             )
         else:
             self._log.failure("pandapush could not start", failure)
-        self.notify(f"STATUS=could not start: {_oneLine(cast(BaseException, failure.value))}")
+        self.status.failed(_oneLine(cast(BaseException, failure.value)))
         if not self.listening.called:
             self.listening.errback(failure)
         if not self.ready.called:

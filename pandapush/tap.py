@@ -18,7 +18,7 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
-from pandapush._process import failProcess, foregroundWithoutPidfile, notifySystemd, oneLineFailures
+from pandapush._process import ProcessStatus, failProcess, foregroundWithoutPidfile, oneLineFailures
 from pandapush.auth.checkers import ChannelAuthority
 from pandapush.auth.keycache import KeyCache, KeyUsageFlusher
 from pandapush.auth.origins import AppOrigins, OriginExtension
@@ -285,6 +285,8 @@ class Options(usage.Options):
     #: Whether the server this builds is its process's (run by twistd, twist or a .tac,
     #: rather than embedded in a test): then a failure to start is the process's exit status.
     ownsProcess = False
+    #: twistd's options when it runs this (the parent of ours, or found by a .tac).
+    runnerOptions: Any = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -308,7 +310,7 @@ class Options(usage.Options):
         # twistd and twist make us a subcommand: their options are our parent.
         runner = getattr(self, "parent", None)
         if runner is not None:
-            self.ownsProcess = True
+            self.ownsProcess, self.runnerOptions = True, runner
             foregroundWithoutPidfile(runner)
 
     @property
@@ -492,9 +494,9 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
     # closing after the last (PandapushService). The ports listen once the storage
     # is ready (StorageService); the workers start once the ports listen.
     # Run by twistd, twist or the .tac: a server that cannot start stops, exiting non-zero;
-    # the process (not a worker) tells systemd (Type=notify) when it is ready and stopping.
+    # the process (not a worker) tells systemd and twistd when it serves or cannot start.
     onFailure = failProcess(reactor) if options.ownsProcess else None
-    notify = notifySystemd if options.ownsProcess and config.worker is None else (lambda *_: None)
+    status = ProcessStatus(options.runnerOptions) if options.ownsProcess and config.worker is None else None
     storageService = StorageService(
         storage,
         reactor,
@@ -504,7 +506,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         # The generated admin password is the database's, shared by every node on it.
         prepare=[adminAuthority.prepare],
         onFailure=onFailure,
-        notify=notify,
+        status=status,
     )
     if options.ownsProcess:
         # A failure is reported by StorageService; nothing else waits for these.
@@ -568,7 +570,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
             reactor,
             grace=config.shutdownGrace,
             sharedEngine=bool(config.engineFactory.shared),
-            notify=notify,
+            status=status,
         ),
         statistics.service,
         KeyUsageFlusher(keys, tenancy.usageFlushInterval),

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import treq
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from pandapush.bayeux import json
@@ -266,6 +267,70 @@ class NotifyTests(TestCase):
         self.assertFalse([m for m in messages if "READY=1" in m], messages)
         (status,) = [m for m in messages if "STATUS=could not start" in m]
         self.assertIn("Couldn't listen on", status)
+
+
+class DaemonTests(TestCase):
+    """
+    twistd without -n: its first process exits with the daemon's word, given once the
+    server serves or cannot start (it exited 0 as soon as the daemon had forked).
+    """
+
+    async def twistd(self, directory: Path, port: int) -> tuple[int, str]:
+        env = {
+            **os.environ,
+            **MEMORY,
+            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+        }
+        args = ["--pidfile", "twistd.pid", "--logfile", "twistd.log", "pandapush"]
+        args += ["--listen", f"tcp:{port}:interface=127.0.0.1"]
+        out, err, code = await getProcessOutputAndValue(
+            TWISTD[0], [*TWISTD[1:], *args], env=env, path=str(directory)
+        )
+        return int(code), (out + err).decode("utf-8", "replace")
+
+    def directory(self) -> Path:
+        directory = Path(tempfile.mkdtemp(prefix="pandapush-daemon-"))
+        self.addCleanup(shutil.rmtree, directory, True)
+        return directory
+
+    async def test_daemonServes(self) -> None:
+        """Status 0 once the daemon listens: /ready answers at once; SIGTERM (pid file) stops it."""
+        directory = self.directory()
+        port = freePort()
+        code, output = await self.twistd(directory, port)
+        self.assertEqual(code, 0, output)
+        pid = int((directory / "twistd.pid").read_text())
+        self.addCleanup(_killQuietly, pid)
+        response = await treq.get(f"http://127.0.0.1:{port}/ready", persistent=False, timeout=5)
+        await response.content()
+        self.assertEqual(response.code, 200)
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(200):
+            if not (directory / "twistd.pid").exists():
+                break
+            await sleep(0.05)
+        self.assertFalse((directory / "twistd.pid").exists(), (directory / "twistd.log").read_text())
+
+    async def test_daemonCannotStart(self) -> None:
+        """A port in use: `twistd pandapush` exits 1 saying why (it exited 0)."""
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        directory = self.directory()
+        code, output = await self.twistd(directory, holder.getsockname()[1])
+        self.assertEqual(code, 1, output)
+        self.assertIn("Couldn't listen on", output)
+        log = (directory / "twistd.log").read_text()
+        self.assertIn("pandapush could not start", log)
+        self.assertNotIn("Traceback", log)
+
+
+def _killQuietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 class TLSServer(PandapushProcess):
