@@ -28,7 +28,7 @@ from pandapush.storage.errors import (
 )
 from pandapush.storage.interfaces import IStorage
 from pandapush.storage.memory import MemoryStorage
-from pandapush.storage.models import Key, isoformat
+from pandapush.storage.models import HistoryLimits, Key, isoformat
 from pandapush.storage.settings import ISettingsStorage
 
 UTC = datetime.UTC
@@ -275,6 +275,40 @@ class StorageTestsMixin:
         for bad in ["example.com", "https://example.com/path", "https://a.com?x=1", "https://", "*"]:
             yield self.assertFailure(
                 self.storage.updateApplication(app.id, name="changed", allowedOrigins=[bad]), ValueError
+            )
+        self.assertEqual((yield self.storage.getApplication(app.id)), app)
+
+    @inlineCallbacks
+    def test_historyLimits(self) -> Generator[Deferred[Any], Any, None]:
+        """An application's history limits: the server's defaults at first, set, kept, set back."""
+        app = yield self.storage.createApplication("app", "alice", admins=["alice"])
+        self.assertEqual(app.history, HistoryLimits())
+        self.assertEqual(app.publicDict()["history"], {"size": None, "ttl": None})
+        updated = yield self.storage.updateApplication(app.id, history=HistoryLimits(500, 60))
+        self.assertEqual(updated.history, HistoryLimits(500, 60.0))
+        self.assertEqual((yield self.storage.getApplication(app.id)), updated)
+        self.assertEqual((yield self.storage.listApplications()), [updated])
+        renamed = yield self.storage.updateApplication(app.id, name="renamed")
+        self.assertEqual(renamed.history, HistoryLimits(500, 60.0))
+        off = yield self.storage.updateApplication(app.id, history=HistoryLimits(0, None))
+        self.assertEqual(off.history, HistoryLimits(0, None))
+        back = yield self.storage.updateApplication(app.id, history=HistoryLimits())
+        self.assertEqual(back.history, HistoryLimits())
+
+    @inlineCallbacks
+    def test_historyLimitsRefused(self) -> Generator[Deferred[Any], Any, None]:
+        """Limits out of range (or of the wrong type) are refused with ValueError; nothing changes."""
+        app = yield self.storage.createApplication("app", "alice", admins=["alice"])
+        for bad in [
+            HistoryLimits(-1, None),
+            HistoryLimits(10_001, None),
+            HistoryLimits(True, None),  # type: ignore[arg-type]
+            HistoryLimits(None, 0),
+            HistoryLimits(None, 86_401),
+            HistoryLimits("5", None),  # type: ignore[arg-type]
+        ]:
+            yield self.assertFailure(
+                self.storage.updateApplication(app.id, name="changed", history=bad), ValueError
             )
         self.assertEqual((yield self.storage.getApplication(app.id)), app)
 

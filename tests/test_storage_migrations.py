@@ -76,6 +76,7 @@ class MigrationTestsMixin:
                 (3, "allowed_origins"),
                 (4, "webhooks"),
                 (5, "settings"),
+                (6, "history"),
             ],
         )
 

@@ -45,13 +45,14 @@ from pandapush.storage.errors import (
     StorageUnavailableError,
 )
 from pandapush.storage.interfaces import IStorage, IStorageFactory
-from pandapush.storage.models import Application, Key
+from pandapush.storage.models import Application, HistoryLimits, Key
 
 __all__ = [
     "BUILTIN_BACKENDS",
     "ENTRY_POINT_GROUP",
     "AlreadyExistsError",
     "Application",
+    "HistoryLimits",
     "IStorage",
     "IStorageFactory",
     "Key",

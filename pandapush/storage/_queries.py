@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 from pandapush.storage import ids
 from pandapush.storage._common import checkName
 from pandapush.storage.errors import AlreadyExistsError, NoSuchApplicationError, NoSuchKeyError
-from pandapush.storage.models import Application, Key
+from pandapush.storage.models import Application, HistoryLimits, Key
 
 if TYPE_CHECKING:
     from pandapush.storage._sql import Dialect
 
 __all__ = ["SQLQueries"]
 
-_APP_COLUMNS = "id, name, created_by, created_at, updated_at, allowed_origins"
+_APP_COLUMNS = "id, name, created_by, created_at, updated_at, allowed_origins, history_size, history_ttl"
 _KEY_COLUMNS = (
     "id, application_id, secret, expires, purpose, created_by, created_at, updated_at,"
     " last_used, use_count, revoked_at"
@@ -55,6 +55,7 @@ class SQLQueries:
             updated_at=_require(fromDb(row[4])),
             admins=tuple(sorted(admins)),
             allowed_origins=tuple((row[5] or "").split()),
+            history=HistoryLimits(row[6], None if row[7] is None else float(row[7])),
         )
 
     def key(self, row: Sequence[Any]) -> Key:
@@ -83,8 +84,8 @@ class SQLQueries:
         now = self.dialect.toDb(self.now())
         self.execute(
             txn,
-            f"INSERT INTO applications ({_APP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-            (appId, name, createdBy, now, now, ""),
+            f"INSERT INTO applications ({_APP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (appId, name, createdBy, now, now, "", None, None),
         )
         self.setAdmins_txn(txn, appId, admins)
         app = self.getApplication_txn(txn, appId)
@@ -129,6 +130,7 @@ class SQLQueries:
         name: str | None,
         admins: tuple[str, ...] | None,
         origins: tuple[str, ...] | None = None,
+        history: HistoryLimits | None = None,
     ) -> Application:
         if name is not None:
             checkName(name)
@@ -141,6 +143,9 @@ class SQLQueries:
         if origins is not None:
             assignments.append("allowed_origins = ?")
             params.append(" ".join(origins))
+        if history is not None:
+            assignments += ["history_size = ?", "history_ttl = ?"]
+            params += [history.size, history.ttl]
         self.execute(txn, f"UPDATE applications SET {', '.join(assignments)} WHERE id = ?", (*params, appId))
         if txn.rowcount == 0:
             raise NoSuchApplicationError(appId)

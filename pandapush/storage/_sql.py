@@ -31,7 +31,7 @@ from pandapush.storage.errors import (
     StorageUnavailableError,
 )
 from pandapush.storage.interfaces import IStorage, KeyUsageBatch
-from pandapush.storage.models import Application, Key
+from pandapush.storage.models import Application, HistoryLimits, Key
 from pandapush.storage.settings import ISettingsStorage, SQLSettings
 from pandapush.storage.webhooks import IWebhookStorage
 
@@ -297,10 +297,12 @@ class SQLStorage(SQLWebhooks, SQLSettings):
         name: str | None = None,
         admins: Iterable[str] | None = None,
         allowedOrigins: Iterable[str] | None = None,
+        history: HistoryLimits | None = None,
     ) -> Deferred[Application]:
         try:
             # Checked here, in the reactor thread, so a bad origin fails before any write.
             origins = None if allowedOrigins is None else normalOrigins(allowedOrigins)
+            history = None if history is None else history.checked()
         except ValueError:
             return defer.fail()
         return self._run(
@@ -310,6 +312,7 @@ class SQLStorage(SQLWebhooks, SQLSettings):
             name,
             None if admins is None else normalAdmins(admins),
             origins,
+            history,
         )
 
     def deleteApplication(self, applicationId: str) -> Deferred[None]:

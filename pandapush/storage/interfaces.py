@@ -17,7 +17,7 @@ from zope.interface import Attribute, Interface
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-    from pandapush.storage.models import Application, Key
+    from pandapush.storage.models import Application, HistoryLimits, Key
 
 __all__ = ["IStorage", "IStorageFactory", "KeyUsageBatch"]
 
@@ -71,13 +71,16 @@ class IStorage(Interface):
         name: str | None = None,
         admins: Iterable[str] | None = None,
         allowedOrigins: Iterable[str] | None = None,
+        history: HistoryLimits | None = None,
     ) -> Deferred[Application]:
         """
-        Rename, replace the admin set and/or the allowed origins, in one transaction (all
-        or nothing). ``None`` leaves that part alone; an empty ``allowedOrigins`` lifts the
-        application's own restriction. Origins are normalised (``scheme://host[:port]``,
-        lower case); one that is not an origin fails with ``ValueError``, as an empty name
-        does. Fails with ``NoSuchApplicationError``.
+        Rename, replace the admin set, the allowed origins and/or the history limits, in
+        one transaction (all or nothing). ``None`` leaves that part alone; an empty
+        ``allowedOrigins`` lifts the application's own restriction; ``history`` replaces
+        both limits (a None in it: the server's default; out of range: ``ValueError``).
+        Origins are normalised (``scheme://host[:port]``, lower case); one that is not an
+        origin fails with ``ValueError``, as an empty name does. Fails with
+        ``NoSuchApplicationError``.
         """
 
     def deleteApplication(applicationId: str) -> Deferred[None]:

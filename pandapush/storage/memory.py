@@ -16,7 +16,7 @@ from pandapush.storage._common import checkName, normalAdmins, normalOrigins, ut
 from pandapush.storage.errors import AlreadyExistsError, NoSuchApplicationError, NoSuchKeyError
 from pandapush.storage.interfaces import IStorage, KeyUsageBatch
 from pandapush.storage.memoryoutbox import MemoryWebhooks
-from pandapush.storage.models import Application, Key
+from pandapush.storage.models import Application, HistoryLimits, Key
 from pandapush.storage.settings import ISettingsStorage
 from pandapush.storage.webhooks import IWebhookStorage
 
@@ -33,7 +33,7 @@ class MemoryStorage(MemoryWebhooks):
     name = "memory"
 
     #: The schema this mimics, so ``schemaVersion`` reads like a migrated database.
-    SCHEMA_VERSION = 5
+    SCHEMA_VERSION = 6
 
     def __init__(self, now: Callable[[], datetime.datetime] = utcnow) -> None:
         self._now = now
@@ -107,8 +107,11 @@ class MemoryStorage(MemoryWebhooks):
         name: str | None = None,
         admins: Iterable[str] | None = None,
         allowedOrigins: Iterable[str] | None = None,
+        history: HistoryLimits | None = None,
     ) -> Deferred[Application]:
-        return defer.maybeDeferred(self._updateApplication, applicationId, name, admins, allowedOrigins)
+        return defer.maybeDeferred(
+            self._updateApplication, applicationId, name, admins, allowedOrigins, history
+        )
 
     def _updateApplication(
         self,
@@ -116,6 +119,7 @@ class MemoryStorage(MemoryWebhooks):
         name: str | None,
         admins: Iterable[str] | None,
         allowedOrigins: Iterable[str] | None,
+        history: HistoryLimits | None = None,
     ) -> Application:
         app = self._requireApp(applicationId)
         changes: dict[str, Any] = {"updated_at": self._now()}
@@ -125,6 +129,8 @@ class MemoryStorage(MemoryWebhooks):
             changes["admins"] = normalAdmins(admins)
         if allowedOrigins is not None:
             changes["allowed_origins"] = normalOrigins(allowedOrigins)
+        if history is not None:
+            changes["history"] = history.checked()
         app = dataclasses.replace(app, **changes)
         self._apps[applicationId] = app
         return app

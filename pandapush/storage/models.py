@@ -11,7 +11,40 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Application", "Key", "isoformat"]
+__all__ = ["MAX_HISTORY_SIZE", "MAX_HISTORY_TTL", "Application", "HistoryLimits", "Key", "isoformat"]
+
+#: The most messages an application's channels may keep each (memory: a channel's history
+#: is at most this many messages of at most --max-message-size), and the longest they may
+#: keep them (seconds: a day).
+MAX_HISTORY_SIZE = 10_000
+MAX_HISTORY_TTL = 86_400.0
+
+
+@dataclass(frozen=True)
+class HistoryLimits:
+    """
+    An application's own channel history settings: messages each channel keeps (``size``,
+    0: no history) and for how many seconds (``ttl``); None: the server's default.
+    """
+
+    size: int | None = None
+    ttl: float | None = None
+
+    def checked(self) -> HistoryLimits:
+        """These limits, or ``ValueError`` saying which is out of range."""
+        size, ttl = self.size, self.ttl
+        if size is not None and (
+            not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_HISTORY_SIZE
+        ):
+            raise ValueError(f"history size must be an integer from 0 to {MAX_HISTORY_SIZE}")
+        if ttl is not None and (
+            not isinstance(ttl, int | float) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_HISTORY_TTL
+        ):
+            raise ValueError(f"history ttl must be a number of seconds from 1 to {int(MAX_HISTORY_TTL)}")
+        return HistoryLimits(size, None if ttl is None else float(ttl))
+
+    def publicDict(self) -> dict[str, Any]:
+        return {"size": self.size, "ttl": self.ttl}
 
 
 def isoformat(value: datetime.datetime | None) -> str | None:
@@ -37,6 +70,7 @@ class Application:
     updated_at: datetime.datetime
     admins: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
+    history: HistoryLimits = HistoryLimits()
 
     def publicDict(self) -> dict[str, Any]:
         """JSON-ready fields for the admin API and the command line."""
@@ -48,6 +82,7 @@ class Application:
             "updated_at": isoformat(self.updated_at),
             "admins": list(self.admins),
             "allowed_origins": list(self.allowed_origins),
+            "history": self.history.publicDict(),
         }
 
 
