@@ -281,6 +281,12 @@ class IEngine(Interface):
         queueing nothing.
         """
 
+    def setHistoryLimits(appId: str, size: int | None, ttl: float | None) -> None:
+        """
+        The application's own history limits from now on: messages each of its channels
+        keeps and for how many seconds (None: the server's default; size 0: no history).
+        """
+
     def forgetHistory(appId: str) -> Deferred[None]:
         """
         Drop the history of every channel of the application at once (it was deleted,

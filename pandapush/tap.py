@@ -19,6 +19,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from pandapush._process import ProcessStatus, failProcess, foregroundWithoutPidfile, oneLineFailures
+from pandapush.auth.apphistory import AppHistoryLimits
 from pandapush.auth.checkers import ChannelAuthority
 from pandapush.auth.keycache import KeyCache, KeyUsageFlusher
 from pandapush.auth.origins import AppOrigins, OriginExtension
@@ -503,8 +504,9 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         config.developmentKey,
         banner=lambda url: adminLoginBanner(adminAuthority, url),
         workerIndex=config.worker.index if config.worker is not None else None,
-        # The generated admin password is the database's, shared by every node on it.
-        prepare=[adminAuthority.prepare],
+        # The generated admin password is the database's, shared by every node on it;
+        # each application's history limits are the engine's before the first publish.
+        prepare=[adminAuthority.prepare, AppHistoryLimits(storage, keys, engine).prepare],
         onFailure=onFailure,
         status=status,
     )

@@ -403,6 +403,26 @@ class SettingsTests(ConsoleTestCase):
         self.assertEqual(origins.input_value(), "http://localhost:8080\nhttps://app.example.com")
         page.screenshot("10-settings")
 
+        # Channel history: limits checked in the page, saved, shown; empty is the server's default.
+        size = p.get_by_label("Messages each channel keeps")
+        ttl = p.get_by_label("Seconds a message is kept")
+        size.fill("-3")
+        p.get_by_role("button", name="Save history").click()
+        p.get_by_text("A whole number from 0 to 10000, or empty.").wait_for()
+        size.fill("250")
+        ttl.fill("120")
+        p.get_by_role("button", name="Save history").click()
+        p.get_by_text("Saved: 250 messages, kept 120 s.").wait_for()
+        _, app = self.http.admin("GET", f"application/{appId}")
+        self.assertEqual(app["history"], {"size": 250, "ttl": 120.0})
+        size.fill("")
+        ttl.fill("")
+        p.get_by_role("button", name="Save history").click()
+        p.get_by_text("Saved: the server\u2019s default.").wait_for()
+        self.assertEqual(
+            self.http.admin("GET", f"application/{appId}")[1]["history"], {"size": None, "ttl": None}
+        )
+
         # Delete: needs the name typed; Cancel leaves it alone.
         p.get_by_role("button", name="Delete application…").click()
         dialog = p.get_by_role("dialog", name="Delete New name?")

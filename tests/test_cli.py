@@ -214,6 +214,35 @@ class AppCommandTests(CLITestCase):
         self.assertIn("no application", (yield self.cli("app", "origins", "nosuchapp0000000000x", status=1)))
 
 
+class AppHistoryCommandTests(CLITestCase):
+    """``pandapush app history``."""
+
+    @inlineCallbacks
+    def test_history(self) -> Generator[Deferred[Any], Any, None]:
+        """Shows, sets (one limit at a time or both), sets back, and refuses limits out of range."""
+        app = yield self.makeApp("web", "alice")
+        self.assertEqual((yield self.cliJSON("app", "history", app["id"])), {"size": None, "ttl": None})
+        changed = yield self.cliJSON("app", "history", app["id"], "--size", "500")
+        self.assertEqual(changed["history"], {"size": 500, "ttl": None})
+        changed = yield self.cliJSON("app", "history", app["id"], "--ttl", "60")
+        self.assertEqual(changed["history"], {"size": 500, "ttl": 60.0})
+        self.assertIn("messages per channel 500, kept 60 s", (yield self.cli("app", "show", app["id"])))
+        self.assertIn("history off", (yield self.cli("app", "history", app["id"], "--size", "0")))
+        back = yield self.cliJSON("app", "history", app["id"], "--default")
+        self.assertEqual(back["history"], {"size": None, "ttl": None})
+        self.assertIn(
+            "from 0 to 10000", (yield self.cli("app", "history", app["id"], "--size", "-1", status=1))
+        )
+        self.assertIn(
+            "from 1 to 86400", (yield self.cli("app", "history", app["id"], "--ttl", "0", status=1))
+        )
+        self.assertIn("a number", (yield self.cli("app", "history", app["id"], "--size", "lots", status=1)))
+        self.assertIn(
+            "not both", (yield self.cli("app", "history", app["id"], "--size", "1", "--default", status=1))
+        )
+        self.assertIn("no application", (yield self.cli("app", "history", "nosuchapp0000000000x", status=1)))
+
+
 class KeyCommandTests(CLITestCase):
     """``pandapush key ...``."""
 

@@ -1,4 +1,4 @@
-"""``pandapush app ...``: create, list, show, rename and delete applications; their admins and origins."""
+"""``pandapush app ...``: create, list, show, rename and delete applications; admins, origins, history."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 
 from pandapush.cli.context import CommandError, Context
 from pandapush.cli.options import addCommand
-from pandapush.cli.records import appLines, keyLines, requireApp
+from pandapush.cli.records import appLines, historyLine, keyLines, requireApp
+from pandapush.storage.models import HistoryLimits
 
 __all__ = ["create", "register", "show"]
 
@@ -46,6 +47,19 @@ def register(commands: Any) -> None:
     p.add_argument("appId", metavar="APP")
     p.add_argument("origins", nargs="*", metavar="ORIGIN", help="scheme://host[:port]; none: show the list")
     p.add_argument("--clear", action="store_true", help="no list of its own: any origin the server allows")
+    p = addCommand(
+        apps,
+        "history",
+        "Show or set how many messages each of an application's channels keeps, and how long.",
+        _history,
+        changesKeys=True,
+    )
+    p.add_argument("appId", metavar="APP")
+    p.add_argument(
+        "--size", metavar="N", help="messages each channel keeps (0: no history; default: the server's)"
+    )
+    p.add_argument("--ttl", metavar="SECONDS", help="seconds a message is kept (default: the server's)")
+    p.add_argument("--default", action="store_true", help="back to the server's --history-size/--history-ttl")
     p = addCommand(
         apps,
         "delete",
@@ -110,6 +124,40 @@ async def _origins(ctx: Context) -> int:
     app = await (await ctx.storage()).updateApplication(args.appId, allowedOrigins=args.origins)
     ctx.emit(app.publicDict(), appLines(app))
     # Running servers cache the list with the application's keys: the same broadcast.
+    await ctx.keysChanged(appId=args.appId)
+    return 0
+
+
+def _limit(value: str | None, kind: type, name: str) -> Any:
+    if value is None or value == "default":
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise CommandError(f"--{name} must be a number or 'default', not {value!r}") from None
+
+
+async def _history(ctx: Context) -> int:
+    args = ctx.args
+    if args.default and (args.size is not None or args.ttl is not None):
+        raise CommandError("give --size/--ttl or --default, not both")
+    if not args.default and args.size is None and args.ttl is None:
+        app = await requireApp(ctx, args.appId)
+        ctx.emit(app.history.publicDict(), historyLine(app))
+        return 0
+    current = (await requireApp(ctx, args.appId)).history
+    limits = HistoryLimits()
+    if not args.default:
+        size, ttl = _limit(args.size, int, "size"), _limit(args.ttl, float, "ttl")
+        limits = HistoryLimits(
+            size if args.size is not None else current.size, ttl if args.ttl is not None else current.ttl
+        )
+    try:
+        app = await (await ctx.storage()).updateApplication(args.appId, history=limits)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    ctx.emit(app.publicDict(), appLines(app))
+    # Running servers read the limits again with the application's keys: the same broadcast.
     await ctx.keysChanged(appId=args.appId)
     return 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pandapush.cli.context import CommandError, Context
 from pandapush.storage.models import Application, Key, isoformat
 
-__all__ = ["appLines", "keyLines", "requireApp", "usableKey"]
+__all__ = ["appLines", "historyLine", "keyLines", "requireApp", "usableKey"]
 
 
 def appLines(app: Application) -> str:
@@ -15,7 +15,16 @@ def appLines(app: Application) -> str:
         f" updated {isoformat(app.updated_at)}\n"
         f"  admins: {', '.join(app.admins) or '-'}"
         + (f"\n  allowed origins: {', '.join(app.allowed_origins)}" if app.allowed_origins else "")
+        + (f"\n  {historyLine(app)}" if app.history.size is not None or app.history.ttl is not None else "")
     )
+
+
+def historyLine(app: Application) -> str:
+    """The application's history limits, as a person reads them."""
+    size, ttl = app.history.size, app.history.ttl
+    kept = "the server's default" if size is None else ("none (history off)" if size == 0 else f"{size}")
+    age = "the server's default" if ttl is None else f"{ttl:g} s"
+    return f"history: messages per channel {kept}, kept {age}"
 
 
 def keyLines(key: Key) -> str:

@@ -304,6 +304,13 @@ class EngineHistory:
 
     _local: LocalClients[Any]
 
+    @property
+    def historySettings(self) -> HistorySettings:
+        raise NotImplementedError
+
+    def setHistoryLimits(self, appId: str, size: int | None, ttl: float | None) -> None:
+        self.historySettings.setApp(appId, size, ttl)
+
     def _readHistory(
         self, since: Mapping[str, int | None], limits: Mapping[str, int]
     ) -> defer.Deferred[dict[str, HistoryPage]]:

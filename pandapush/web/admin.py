@@ -9,8 +9,10 @@ application stops working on the next message.
 
 ``POST /admin/api/application/<id>`` also takes ``allowed_origins`` (a list of
 ``scheme://host[:port]``; empty lifts the list): the application's own allowed
-origins (:mod:`pandapush.auth.origins`). A change invalidates the application in
-the key cache, which every node's origin cache follows.
+origins (:mod:`pandapush.auth.origins`); and ``history`` (``{"size": n, "ttl":
+seconds}``, null for the server's default): its channels' history limits
+(:mod:`pandapush.auth.apphistory`). A change invalidates the application in the key
+cache, which every node's origin cache and history limits follow.
 
 A root admin sees every application; any other admin sees only the ones they
 administer, and the others answer ``404 Not found`` exactly like ones that do not
@@ -52,7 +54,7 @@ from pandapush.storage._common import normalOrigins
 from pandapush.storage.errors import NotFoundError as NoSuchThing
 from pandapush.storage.errors import StorageUnavailableError
 from pandapush.storage.interfaces import IStorage
-from pandapush.storage.models import Application, Key
+from pandapush.storage.models import Application, HistoryLimits, Key
 from pandapush.tokens import mintToken
 from pandapush.web.adminauth import AdminAuthority, throttledAnswer
 from pandapush.web.http import errorBody, header, jsonResponse
@@ -115,8 +117,10 @@ def _jsonBody(request: IRequest) -> dict[str, Any]:
     return body
 
 
-def _applicationChanges(body: dict[str, Any]) -> tuple[str | None, list[str] | None, list[str] | None]:
-    """``(name, admins, allowed origins)`` an update asks for, each None if not given, checked."""
+def _applicationChanges(
+    body: dict[str, Any],
+) -> tuple[str | None, list[str] | None, list[str] | None, HistoryLimits | None]:
+    """``(name, admins, allowed origins, history limits)`` an update asks for, each None if not given."""
     name = body.get("name")
     if name is not None and (not isinstance(name, str) or not name.strip()):
         raise _BadRequestError("name must be a non-empty string")
@@ -134,7 +138,16 @@ def _applicationChanges(body: dict[str, Any]) -> tuple[str | None, list[str] | N
             origins = list(normalOrigins(origins))
         except ValueError as error:
             raise _BadRequestError(f"allowed_origins: {error}") from None
-    return (name.strip() if name else None), cleaned, origins
+    history = body.get("history")
+    limits = None
+    if history is not None:
+        if not isinstance(history, dict) or set(history) - {"size", "ttl"}:
+            raise _BadRequestError('history must be an object {"size": n or null, "ttl": seconds or null}')
+        try:
+            limits = HistoryLimits(history.get("size"), history.get("ttl")).checked()
+        except ValueError as error:
+            raise _BadRequestError(str(error)) from None
+    return (name.strip() if name else None), cleaned, origins, limits
 
 
 def _environmentName(config: TenancyConfig, request: IRequest) -> str | None:
@@ -331,10 +344,10 @@ class AdminApp:
         body = _jsonBody(request)
         if await self._visibleApplication(user, appId) is None:
             return _notFound(request)
-        name, admins, origins = _applicationChanges(body)
-        await self.storage.updateApplication(appId, name, admins, origins)
-        if origins is not None:
-            # Every node forgets the application's cached origin list (keysync carries it).
+        name, admins, origins, history = _applicationChanges(body)
+        await self.storage.updateApplication(appId, name, admins, origins, history)
+        if origins is not None or history is not None:
+            # Every node re-reads its origins and history limits (keysync carries it).
             self.keys.invalidateApp(appId)
         self._log.info("admin {user} updated application {appId}", user=user.username, appId=appId)
         return jsonResponse(request, 200, {"id": appId})

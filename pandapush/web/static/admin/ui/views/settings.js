@@ -1,4 +1,4 @@
-/** Application settings: rename, manage admins, allowed origins, delete (with a typed confirmation). */
+/** Application settings: rename, manage admins, allowed origins, channel history, delete (with a typed confirmation). */
 
 import { admin } from '../api.js';
 import { busy, field, h, outcome, replace } from '../dom.js';
@@ -123,6 +123,45 @@ export async function renderSettings(container, context, app, reload) {
     });
   });
 
+  // --- channel history: saved on their own ---------------------------------------------------
+  // Empty fields: the server's --history-size / --history-ttl.
+  const limits = app.history || { size: null, ttl: null };
+  const historySize = h('input', { type: 'number', name: 'history_size', min: 0, max: 10000, step: 1, inputmode: 'numeric', placeholder: 'server default', value: limits.size ?? '' });
+  const historyTtl = h('input', { type: 'number', name: 'history_ttl', min: 1, max: 86400, step: 1, inputmode: 'numeric', placeholder: 'server default', value: limits.ttl ?? '' });
+  const sizeField = field('Messages each channel keeps', historySize, 'For clients resuming after a reconnect. 0 turns history off. Empty: the server’s default.');
+  const ttlField = field('Seconds a message is kept', historyTtl, 'Empty: the server’s default.');
+  const historyResult = outcome();
+  const saveHistory = h('button', { type: 'submit', class: 'primary', text: 'Save history' });
+  const historyForm = h('form', { class: 'inline-form', novalidate: true }, sizeField, ttlField, h('div', { class: 'actions' }, saveHistory), historyResult);
+  const number = (input) => (input.value.trim() === '' ? null : Number(input.value));
+  historyForm.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    historyResult.clear();
+    sizeField.setError('');
+    ttlField.setError('');
+    const size = number(historySize);
+    const ttl = number(historyTtl);
+    if (size !== null && !(Number.isInteger(size) && size >= 0 && size <= 10000)) {
+      sizeField.setError('A whole number from 0 to 10000, or empty.');
+      return historySize.focus();
+    }
+    if (ttl !== null && !(ttl >= 1 && ttl <= 86400)) {
+      ttlField.setError('From 1 to 86400 seconds, or empty.');
+      return historyTtl.focus();
+    }
+    await busy(saveHistory, async () => {
+      try {
+        await admin.updateApplication(app.id, { history: { size, ttl } });
+        const fresh = (await reload()).history;
+        notify('Saved', 'ok');
+        const kept = fresh.size === null ? 'the server’s default' : fresh.size === 0 ? 'no history' : `${fresh.size} messages`;
+        historyResult.ok(`Saved: ${kept}${fresh.ttl === null ? '' : `, kept ${fresh.ttl} s`}.`);
+      } catch (error) {
+        historyResult.error(`Could not save: ${error.message}`);
+      }
+    });
+  });
+
   // --- delete ----------------------------------------------------------------------------
   const remove = h('button', { type: 'button', class: 'danger', text: 'Delete application…' });
   const deleteResult = outcome();
@@ -158,6 +197,7 @@ export async function renderSettings(container, context, app, reload) {
     section('About', facts),
     section('Name and admins', form),
     section('Allowed origins', originsForm),
+    section('Channel history', historyForm),
     h('section', { class: 'card danger-zone', 'aria-labelledby': 'danger-title' }, h('h2', { id: 'danger-title', text: 'Delete' }), h('p', { text: 'Deleting removes the application and its keys for good.' }), remove, deleteResult),
   );
 }
