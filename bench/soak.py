@@ -34,15 +34,17 @@ Load, for ``--duration`` seconds:
   destroy leak of issue 18). A pause comes last: a restart, after which the
   nodes write their sessions back, could hide what a pause left behind.
 
-At the end the churn and the traffic stop, the witnesses say goodbye, and the soak waits up
-to ``--settle`` seconds for the nodes to be back at their baseline (taken after start, before
-any client): per node ``pandapush_clients`` and ``pandapush_queued_messages`` (``/metrics``)
-equal to it, Redis's keys (``SCAN``, counted by pattern: ``c:*``, ``c:*:subs``, ``s:*``...)
-equal to it, and RSS at most ``--rss-slack-mb`` above the RSS measured after the warm-up
-(the first 10% of the run: Python keeps memory it freed, so the process start is no baseline).
-It also counts the acknowledged messages (REST 200, successful Bayeux reply) each witness
-did not receive: outside the fault windows (from a fault until 15 s after it) there must be
-none; inside them they are reported (see docs/guarantees.md for why some may go).
+At the end the churn and the traffic stop, the witnesses say goodbye, and the soak waits up to
+``--settle`` seconds for the nodes to be back at their baseline (taken after start, before any
+client): per node ``pandapush_clients`` and ``pandapush_queued_messages`` (``/metrics``) equal
+to it, Redis's keys (``SCAN``, counted by pattern: ``c:*``, ``c:*:subs``, ``s:*``...) equal to
+it once the keys that expire by themselves are set aside (a channel's history, ``h:*`` and
+``hm:*``, kept ``--history-ttl`` after its last publish: reported with their TTL), and RSS at
+most ``--rss-slack-mb`` above the RSS measured after the warm-up (the first 10% of the run:
+Python keeps memory it freed, so the process start is no baseline). It also counts the
+acknowledged messages (REST 200, successful Bayeux reply) each witness did not receive: outside
+the fault windows (from a fault until 15 s after it) there must be none; inside them they are
+reported (see docs/guarantees.md for why some may go).
 
 Prints a summary (``--out`` keeps it as JSON); exits 1 if something is not back to its
 baseline or an acknowledged message went missing outside a fault window, 2 if it crashed.
@@ -420,17 +422,18 @@ class Soak:
     def misses(self, traffic: Traffic, witnesses: list[Any]) -> dict[str, Any]:
         acked = {seq: p for seq, p in traffic.publications.items() if p.acked}
 
-        def inWindow(sent: float) -> bool:
-            return any(start - 0.5 <= sent <= end for start, end, _ in self.windows)
+        def window(sent: float) -> str | None:
+            return next((what for start, end, what in self.windows if start - 0.5 <= sent <= end), None)
 
         out = {}
         for w in witnesses:
             missed = [seq for seq in acked if seq not in w.got]
-            during = [seq for seq in missed if inWindow(acked[seq].sent)]
+            during = [w for w in (window(acked[seq].sent) for seq in missed) if w is not None]
             out[w.name] = {
                 "received": len(w.got),
                 "missed_outside_faults": len(missed) - len(during),
                 "missed_in_fault_windows": len(during),
+                "missed_by_fault": dict(Counter(during)),
                 "duplicates": w.duplicates,
                 "handshakes": w.handshakes,
             }
@@ -444,6 +447,7 @@ class Soak:
         final: dict[str, Any] = {}
         while True:
             final = await self.state()
+            final["expiring"] = await self.expiring(baseline["keys"], final["keys"])
             problems = self.compare(baseline, warm, final)
             if not problems:
                 return round(now() - started, 1), final, []
@@ -464,13 +468,46 @@ class Soak:
             if figures["rss_mb"] > limit:
                 problems.append(f"{name} RSS {figures['rss_mb']} MB (after warm-up + slack: {limit:.1f})")
         if isinstance(final["keys"], dict) and isinstance(baseline["keys"], dict):
-            keys = {k: v for k, v in final["keys"].items() if k not in TRANSIENT}
+            # Keys beyond the baseline that expire by themselves (a channel's history, kept
+            # --history-ttl after its last publish) are reported, not counted against it.
+            expiring = final.get("expiring", {})
+            keys = {
+                k: v - expiring.get(k, {}).get("keys", 0)
+                for k, v in final["keys"].items()
+                if k not in TRANSIENT
+            }
+            keys = {k: v for k, v in keys.items() if v}
             base = {k: v for k, v in baseline["keys"].items() if k not in TRANSIENT}
         else:
             keys, base = final["keys"], baseline["keys"]
         if keys != base:
-            problems.append(f"Redis keys {final['keys']} (baseline {baseline['keys']})")
+            problems.append(f"Redis keys without an expiry {keys} (baseline {base})")
         return problems
+
+    async def expiring(self, baseline: Any, keys: Any) -> dict[str, Any]:
+        """Per pattern with more keys than at baseline: how many of them expire, and the latest in s."""
+        if not isinstance(baseline, dict) or not isinstance(keys, dict):
+            return {}
+        grown = {k for k, v in keys.items() if v > baseline.get(k, 0) and k not in TRANSIENT}
+        out: dict[str, Any] = {}
+        try:
+            cursor = "0"
+            while True:
+                cursor, names = await self.shard.execute(
+                    "SCAN", cursor, "MATCH", f"{NAMESPACE}:*", "COUNT", 1000
+                )
+                for name in names:
+                    kind = pattern(name)
+                    if kind in grown:
+                        ttl = int(await self.shard.execute("PTTL", name))
+                        if ttl > 0:
+                            entry = out.setdefault(kind, {"keys": 0, "latest_s": 0.0})
+                            entry["keys"] += 1
+                            entry["latest_s"] = max(entry["latest_s"], round(ttl / 1000, 1))
+                if str(cursor) == "0":
+                    return out
+        except Exception:
+            return out
 
 
 def verdict(result: dict[str, Any]) -> list[str]:
@@ -499,7 +536,8 @@ def printSummary(result: dict[str, Any], commit: str) -> None:
     for name, info in result["misses"].items():
         print(
             f"  {name:6} received {info['received']}, missed outside faults {info['missed_outside_faults']}, "
-            f"in fault windows {info['missed_in_fault_windows']}, duplicates {info['duplicates']}, "
+            f"in fault windows {info['missed_in_fault_windows']} {info['missed_by_fault'] or ''}, "
+            f"duplicates {info['duplicates']}, "
             f"handshakes {info['handshakes']}"
         )
     for label in ("baseline", "warm", "final"):
@@ -510,6 +548,8 @@ def printSummary(result: dict[str, Any], commit: str) -> None:
             for n, f in state.get("nodes", {}).items()
         )
         print(f"  {label:8} {nodes}; Redis keys {state.get('keys')}")
+    if result["final"].get("expiring"):
+        print(f"  expiring by themselves       {result['final']['expiring']}")
     print(f"  back to baseline after       {result['settled_after_s']} s")
     failures = verdict(result)
     print("  verdict                      " + ("OK" if not failures else "FAILED: " + "; ".join(failures)))

@@ -1,5 +1,6 @@
 """
-Smoke test of the benchmark's load generator (``bench/loadgen.js``) against a real pandapush.
+Smoke tests of the benchmark's load generator (``bench/loadgen.js``) against a real pandapush,
+and of the soak (``bench/soak.py``) for ten seconds.
 
 A handful of clients only, and nothing about time: benchmarks are not tests. This keeps the
 generator honest (it speaks Bayeux the way pandapush answers it, and counts what arrives),
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 from twisted.internet import utils
@@ -18,6 +20,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.support import REPO_ROOT
 from tests.support.process import PandapushProcess, seededEnvironment
+from tests.support.redis import requireRedisServer
 from tests.support.requirements import missing, requireExecutable
 
 BENCH = REPO_ROOT / "bench"
@@ -94,3 +97,60 @@ class LoadGeneratorSmokeTests(TestCase):
             "--wildcard", "--subscribers", "4", "--channels", "3", "--messages", "9"
         )
         self.assertAllDelivered(result, 4 * 9)
+
+
+class SoakSmokeTests(TestCase):
+    """
+    ``bench/soak.py`` for ten seconds (half a minute in all), six websockets gone at each Redis
+    pause: it runs its faults, and finds the nodes back at their baseline.
+    """
+
+    timeout = 180
+
+    async def test_shortSoak(self) -> None:
+        requireRedisServer()
+        out = os.path.abspath(self.mktemp())
+        output, err, code = await utils.getProcessOutputAndValue(
+            sys.executable,
+            [
+                str(BENCH / "soak.py"),
+                "--duration",
+                "10",
+                "--clients",
+                "4",
+                "--rate",
+                "10",
+                "--max-life",
+                "2",
+                "--burst",
+                "6",
+                "--settle",
+                "40",
+                "--source",
+                "worktree",
+                "--out",
+                out,
+                "--",
+                "--client-expiry",
+                "2",
+            ],
+            env=dict(os.environ),
+            path=str(REPO_ROOT),
+        )
+        self.assertEqual(code, 0, f"soak failed:\n{output.decode()}\n{err.decode()}")
+        with open(out) as f:
+            result = json.load(f)
+        self.assertEqual(
+            [what for _, what in result["faults"]],
+            ["restart", "DEBUG SLEEP 3", "restart", "CLIENT PAUSE 3000"],
+        )
+        self.assertGreater(result["acknowledged"], 0)
+        self.assertGreater(result["churn"]["burst gone"], 0)
+        self.assertEqual(result["problems"], [])
+        for witness in result["misses"].values():
+            self.assertGreater(witness["received"], 0)
+            self.assertEqual(witness["missed_outside_faults"], 0)
+        self.assertEqual(
+            {name: node["pandapush_clients"] for name, node in result["final"]["nodes"].items()},
+            {"A": 0, "B": 0},
+        )
