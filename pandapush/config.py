@@ -184,6 +184,9 @@ class Configuration:
     webhooks: WebhookConfig
     statsInterval: float
     shutdownGrace: float
+    #: ``PANDAPUSH_UNREADY_GRACE``: seconds between SIGTERM and closing the ports, while
+    #: ``/ready`` answers 503 so load balancers stop sending new traffic first (0: none).
+    unreadyGrace: float
     #: Processes serving the ports (this one included), resolved (``0``: one per CPU).
     workers: int
     reusePort: bool
@@ -282,6 +285,7 @@ class Configuration:
             webhooks=webhooks,
             statsInterval=options.get("stats-interval", 5.0),
             shutdownGrace=options.get("shutdown-grace", 5.0),
+            unreadyGrace=_seconds(env, "PANDAPUSH_UNREADY_GRACE"),
             workers=_workers(options, env, engineFactory, storage, listen, reusePort),
             reusePort=reusePort,
             worker=_worker(env),
@@ -290,6 +294,17 @@ class Configuration:
             argv=tuple(getattr(options, "argv", ())),
             environ=env,
         )
+
+
+def _seconds(env: Mapping[str, str], name: str) -> float:
+    text = env.get(name) or "0"
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise ConfigurationError(f"{name} must be a number of seconds, not {text!r}")
+    return seconds
 
 
 def _storage(options: Mapping[str, Any], env: Mapping[str, str]) -> StorageConfig:

@@ -247,6 +247,10 @@ class StorageService(MultiService):
         self.ready: defer.Deferred[None] = defer.Deferred()
         #: Fires with the listening ports once they listen (what --workers shares).
         self.listening: defer.Deferred[list[IListeningPort]] = defer.Deferred()
+        if onFailure is not None:
+            # A failure is its owner's (the process's) to act on: nothing else waits for these.
+            self.ready.addErrback(lambda _: None)
+            self.listening.addErrback(lambda _: None)
 
     def privilegedStartService(self) -> None:
         # Not passed on to the ports: they would bind before the storage is ready.
@@ -337,15 +341,34 @@ class PandapushService(MultiService):
     all at once), and the storage closes only once every one of them has: some still
     write while stopping (the key usage flusher's last flush), and a write sent to a
     closed storage was never answered, which left the process hanging on SIGTERM.
+
+    From the stop on, ``unready`` is true (``/ready`` answers 503). With an
+    ``unreadyGrace``, the children stop only that many seconds later, the node serving
+    meanwhile as before: a load balancer (or Kubernetes, which sends SIGTERM as it
+    removes the endpoint) sees the 503 and stops sending new traffic before the ports
+    close and the clients are told to reconnect elsewhere.
     """
 
-    def __init__(self, storage: IStorage) -> None:
+    _log = Logger()
+
+    def __init__(
+        self, storage: IStorage, unreadyGrace: float = 0.0, clock: IReactorTime | None = None
+    ) -> None:
         super().__init__()
         self.setName("pandapush")
         self.storage = storage
+        self.unreadyGrace = unreadyGrace
+        self.clock = clock
+        self.unready = False
 
     def stopService(self) -> defer.Deferred[None]:
-        d = defer.maybeDeferred(super().stopService)
+        self.unready = True
+        if self.unreadyGrace > 0 and self.clock is not None:
+            self._log.info("unready: closing in {grace:g}s", grace=self.unreadyGrace)
+            d = deferLater(self.clock, self.unreadyGrace, lambda: None)
+            d.addCallback(lambda _: MultiService.stopService(self))
+        else:
+            d = defer.maybeDeferred(super().stopService)
         d.addBoth(lambda _: self.storage.close())
         return d
 
@@ -377,8 +400,10 @@ class Server(PandapushService):
         workers: WorkerPool | None = None,
         webhooks: WebhookSender | None = None,
         logObserver: ILogObserver | None = None,
+        unreadyGrace: float = 0.0,
+        clock: IReactorTime | None = None,
     ) -> None:
-        super().__init__(storage)
+        super().__init__(storage, unreadyGrace, clock)
         self.configuration = configuration
         self.engine = engine
         self.router = router

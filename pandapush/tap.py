@@ -461,7 +461,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         rev=config.release.rev,
         built=config.release.built,
         engine=engine,
-        draining=lambda: router.draining,
+        draining=lambda: router.draining or server.unready,
     )
     scripts = ClientScriptResource()
     root = PandapushRoot(
@@ -510,10 +510,6 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         onFailure=onFailure,
         status=status,
     )
-    if options.ownsProcess:
-        # A failure is reported by StorageService; nothing else waits for these.
-        storageService.ready.addErrback(lambda _: None)
-        storageService.listening.addErrback(lambda _: None)
     for listener in listenerServices(config, reactor, site):
         listener.setServiceParent(storageService)
     keysync = None
@@ -561,6 +557,8 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         keysync=keysync,
         workers=workers,
         webhooks=webhooks.sender,
+        unreadyGrace=config.unreadyGrace,
+        clock=reactor,
         logObserver=logObserver,
     )
     services: list[IService | None] = [

@@ -7,6 +7,7 @@ dependency with its status and stays 200.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any
 
@@ -16,6 +17,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from pandapush.bayeux import json
+from pandapush.config import Configuration, ConfigurationError
 from pandapush.storage.memory import MemoryStorage
 from pandapush.web.health import HealthApp
 from tests.support import REPO_ROOT
@@ -170,3 +172,47 @@ async def healthcheck(server: PandapushProcess, *args: str) -> int:
     env.pop("PANDAPUSH_HEALTHCHECK_URL", None)
     _, _, code = await getProcessOutputAndValue(sys.executable, [str(HEALTHCHECK), *args], env=env)
     return int(code)
+
+
+class UnreadyGraceSettingTests(SynchronousTestCase):
+    def test_parsed(self) -> None:
+        """PANDAPUSH_UNREADY_GRACE is seconds, 0 by default; anything else is a usage error before start."""
+        self.assertEqual(Configuration.fromOptions({}, {}).unreadyGrace, 0.0)
+        self.assertEqual(Configuration.fromOptions({}, {"PANDAPUSH_UNREADY_GRACE": "2.5"}).unreadyGrace, 2.5)
+        for bad in ("soon", "-1", "inf", "nan"):
+            with self.assertRaises(ConfigurationError):
+                Configuration.fromOptions({}, {"PANDAPUSH_UNREADY_GRACE": bad})
+
+
+class UnreadyGraceTests(TestCase):
+    async def test_unreadyBeforeClosing(self) -> None:
+        """
+        PANDAPUSH_UNREADY_GRACE=2: from SIGTERM on /ready answers 503 while the node
+        still accepts connections and serves (/live 200); it closes and exits ~2 s later.
+        """
+        server = await PandapushProcess.started(
+            self, env={"AUTH_METHOD": "none", "DATABASE": "memory", "PANDAPUSH_UNREADY_GRACE": "2"}
+        )
+        response = await treq.get(server.url + "/ready", persistent=False, timeout=5)
+        self.assertEqual((response.code, json.loads(await response.content())), (200, {"ready": True}))
+        signalled = reactor.seconds()
+        server.sendSignal()
+        unready = None
+        while reactor.seconds() - signalled < 1.5:
+            response = await treq.get(server.url + "/ready", persistent=False, timeout=5)
+            body = json.loads(await response.content())
+            if response.code == 503:
+                unready = reactor.seconds() - signalled
+                break
+            await sleep(0.05)
+        self.assertIsNotNone(unready, server.log())
+        self.assertIn("draining: this node is shutting down", body["reasons"])
+        response = await treq.get(server.url + "/live", persistent=False, timeout=5)
+        await response.content()
+        self.assertEqual(response.code, 200)
+        code = await server.exited()
+        took = reactor.seconds() - signalled
+        # Ended by the signal it stopped for, as twist and twistd do.
+        self.assertEqual(code, -signal.SIGTERM, server.log())
+        self.assertGreaterEqual(took, 2.0, server.log())
+        self.assertIn("unready: closing in 2s", server.log())

@@ -226,6 +226,16 @@ class PandapushProcess:
         timer.cancel()
         return code
 
+    def sendSignal(self, sig: int = signal.SIGTERM) -> None:
+        """Send ``sig`` to the running server and return at once (``exited`` waits for its end)."""
+        if self._transport is not None and self.running:
+            self._transport.signalProcess(sig)
+
+    async def exited(self) -> int | None:
+        """The exit code of the current run, once it has ended."""
+        assert self._protocol is not None
+        return await self._protocol.whenEnded()
+
     async def waitForLine(self, text: str) -> str:
         """The first line of this run's output holding ``text``, once printed (within ``startTimeout``)."""
         clock: IReactorTime = self.reactor
