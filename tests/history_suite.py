@@ -303,3 +303,17 @@ class HistoryTestsMixin(_Base):
         self.assertEqual([m["data"] for m in decoded(sink.payloads)], [1, 3, 5])
         page = await self.engine.history("/h/public/once", 0, 10)
         self.assertEqual(len(page.messages), 3)
+
+    async def test_positionOnlyKeptForTtl(self) -> None:
+        """A channel only asked for its position (never published to) is forgotten after its ttl."""
+        self.engine.historySettings.setApp("asked", None, 1.0)
+        first = await self.engine.history("/asked/public/a", None, 10)
+        again = await self.engine.history("/asked/public/a", None, 10)
+        self.assertEqual(first.epoch, again.epoch)
+        await self.wait(1.5)
+        self.sweepHistory()
+        later = await self.engine.history("/asked/public/a", None, 10)
+        self.assertNotEqual(later.epoch, first.epoch)
+
+    def sweepHistory(self) -> None:
+        """Let the engine drop what expired (the memory engine sweeps on a timer; Redis expires keys)."""

@@ -27,6 +27,9 @@ class MemoryEngineTests(EngineTestsMixin, TestCase):
         self.clock.advance(seconds - int(seconds))
         return defer.succeed(None)
 
+    def sweepHistory(self) -> None:
+        self.clock.advance(60)  # the history's sweep interval
+
     async def test_oneTimerPerTurn(self) -> None:
         """However many clients receive messages in a turn, one flush call is scheduled."""
         sinks = []

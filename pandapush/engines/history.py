@@ -5,7 +5,8 @@ channel's history and given its :class:`~pandapush.interfaces.Position`: an offs
 (the channel's publishes, from 1) and an epoch naming the history it counts in. A
 channel keeps at most ``size`` messages, none older than ``ttl`` seconds (per
 application, over the server's defaults: :class:`HistorySettings`). Its position (the
-offset and epoch, a few bytes) outlives its messages by :data:`META_TTL`, so a client
+offset and epoch, a few bytes) outlives its messages by :data:`META_TTL` (a channel never
+published to, only asked for its position, keeps it for ``ttl``), so a client
 that saw everything of a channel quiet for an hour resumes with nothing missed rather
 than being told the history changed.
 
@@ -68,16 +69,20 @@ class HistorySettings:
     def __init__(self, size: int = DEFAULT_HISTORY_SIZE, ttl: float = DEFAULT_HISTORY_TTL) -> None:
         self.default = (max(0, size), ttl)
         self._apps: dict[str, tuple[int, float]] = {}
+        #: The shortest ttl of any application (what a sweep must look back to).
+        self.shortestTtl = ttl
 
     def setApp(self, appId: str, size: int | None, ttl: float | None) -> None:
         """The application's own settings (None: the server's default)."""
         if size is None and ttl is None:
             self._apps.pop(appId, None)
+            self.shortestTtl = min([self.default[1], *(t for _, t in self._apps.values())])
             return
         self._apps[appId] = (
             self.default[0] if size is None else max(0, size),
             self.default[1] if ttl is None else ttl,
         )
+        self.shortestTtl = min([self.default[1], *(t for _, t in self._apps.values())])
 
     def of(self, channel: str) -> tuple[int, float]:
         """``(size, ttl)`` for ``channel`` (size 0: no history)."""
@@ -196,15 +201,19 @@ class MemoryHistory:
         self._sweepCall = None
         now = self._reactor.seconds()
         streams = self._streams
-        defaultTtl = self.settings.default[1]
+        shortest = self.settings.shortestTtl
         for channel in list(streams):
             stream = streams[channel]
             idle = now - stream.touched
-            if idle < defaultTtl and idle < META_TTL:
+            if idle < shortest:
                 break
-            if idle >= META_TTL:
+            ttl = self.settings.of(channel)[1]
+            if idle >= META_TTL or (stream.offset == 0 and idle >= ttl):
+                # A channel only subscribed to (a position asked for, nothing published) is
+                # kept for its ttl only: anonymous subscribes to made-up channels cannot
+                # fill memory for a day.
                 del streams[channel]
-            elif idle >= self.settings.of(channel)[1]:
+            elif idle >= ttl:
                 stream.entries.clear()
         if streams:
             self._scheduleSweep()

@@ -44,7 +44,9 @@ for i = 1, #KEYS, 2 do
     redis.call('DEL', stream)
     redis.call('HSET', meta, 'e', epoch)
     redis.call('HSETNX', meta, 'o', 0)
-    redis.call('PEXPIRE', meta, ARGV[a + 5])
+    -- Only asked for (nothing published): kept for the history's ttl, not a day, so that
+    -- subscribes to made-up channels cannot fill Redis. A publish makes it last a day.
+    redis.call('PEXPIRE', meta, ARGV[a + 4])
   end
   local offset = tonumber(redis.call('HGET', meta, 'o') or '0')
   local entry = {epoch, offset}
