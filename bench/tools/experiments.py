@@ -54,6 +54,22 @@ def batchFrame() -> None:
     websocket.BayeuxWebSocketProtocol.deliver = deliver  # type: ignore[method-assign]
 
 
+@patch("nohistory")
+def noHistory() -> None:
+    """
+    Channel history off on every channel (as ``--history-size 0``): the baseline the cost of
+    history and positions is measured against (bench/README.md, "History and positions").
+    """
+    from pandapush.engines import history
+
+    original = history.HistorySettings.__init__
+
+    def init(self: Any, size: int = 0, ttl: float = history.DEFAULT_HISTORY_TTL) -> None:
+        original(self, 0, ttl)
+
+    history.HistorySettings.__init__ = init  # type: ignore[method-assign]
+
+
 @patch("quietautobahn")
 def quietAutobahn() -> None:
     """
