@@ -21,6 +21,7 @@ from twisted.logger import Logger
 
 from pandapush.engines.redis import scripts
 from pandapush.engines.redis.node import Node, OwnedClient, RelayedDelivery
+from pandapush.engines.redis.presence import Presence
 from pandapush.engines.redis.restore import Restorer
 from pandapush.engines.redis.rpc import NodeRPC
 from pandapush.interfaces import IDeliverySink
@@ -33,10 +34,11 @@ class Claims:
 
     _log = Logger()
 
-    def __init__(self, node: Node, rpc: NodeRPC, restorer: Restorer) -> None:
+    def __init__(self, node: Node, rpc: NodeRPC, restorer: Restorer, presence: Presence) -> None:
         self._node = node
         self._rpc = rpc
         self._restorer = restorer
+        self._presence = presence
         rpc.handle("handover", self._serveHandover)
 
     def attach(self, clientId: str, sink: IDeliverySink) -> None:
@@ -124,10 +126,17 @@ class Claims:
             [node.subscribe(client, key) for key in client.subscriptions], consumeErrors=True
         )
         handed: list[list[str]] = []
+        loadPresence = False
         if previous and previous != node.id:
             reply = await self._rpc.call(previous, "handover", c=clientId, e=epoch)
             if reply is not None:
                 handed = reply.get("queue", [])
+            # Its presence memberships, held by its owner for a Redis that comes back empty.
+            if reply is not None and "presence" in reply:
+                for channel, (memberId, encoded) in reply["presence"].items():
+                    client.presence.setdefault(channel, (memberId, encoded))
+            else:
+                loadPresence = True
             # What a closed previous owner left behind (older than anything handed now).
             parked = await shard.eval(scripts.UNPARK, [node.keys.parked(clientId)])
             handed = [entry.split("\n", 2) for entry in parked or ()] + handed
@@ -145,6 +154,9 @@ class Claims:
             queue += [d for d in client.queue if d.messageId not in seen]
             client.queue = queue
         self._claimed(client)
+        if loadPresence:
+            # Read afterwards: nothing of the claim waits for it.
+            node.track(defer.Deferred.fromCoroutine(self._presence.load(client)), "reading presence")
 
     def _claimed(self, client: OwnedClient) -> None:
         """The client is this node's now: hand out what waited for the claim."""
@@ -153,9 +165,12 @@ class Claims:
             self._node.local.handOut(client, client.sink)
 
     async def _serveHandover(self, message: dict[str, Any], reply: dict[str, Any]) -> None:
+        client = self._node.local.get(message.get("c", ""))
         queue = await self.handOver(message.get("c", ""), message.get("e"))
         if queue is not None:
             reply["queue"] = queue
+            if client is not None:
+                reply["presence"] = client.presence
 
     async def handOver(self, clientId: str, epoch: int | None) -> list[list[str]] | None:
         """

@@ -52,11 +52,13 @@ the collector finishes what a node did not (see ``destroy``).
 *Redis coming back empty*: the owners are the source of truth. Each shard holds a
 generation token (set when absent); a node that finds another token than the one it
 remembers knows the shard lost its data (restart without persistence), and writes back
-its clients of that shard (registry entry, owner, epoch, subscriptions) and the
-subscriber sets of the keys on it, in batched scripts that never overwrite a client
-registered meanwhile (see ``restore``). It looks when its pub/sub connection
-reconnects, at every lease renewal, and before telling that a client it owns is
-unknown. Presence is not restored (its data lives only in Redis).
+its clients of that shard (registry entry, owner, epoch, subscriptions, presence
+memberships) and the subscriber sets and presence members of the keys on it, in
+batched scripts that never overwrite a client registered meanwhile (see
+``restore``). It looks when its pub/sub connection reconnects, at every lease
+renewal, and before telling that a client it owns is unknown. For that the owner
+holds its clients' memberships (channel, member id, data) as well as Redis does
+(see ``presence``).
 
 Trade-offs: pub/sub is at-most-once. A node whose SUBSCRIBE connection is down,
 or that crashes, loses what was queued in its memory for its clients (the
@@ -180,9 +182,9 @@ class RedisEngine(ListenerRegistry, ClusterQueries, RedisEngineHistory):
         self._local = node.local
         self._rpc = NodeRPC(node, handoverTimeout)
         self._restorer = Restorer(node)
-        self._claims = Claims(node, self._rpc, self._restorer)
+        self._presence = Presence(node, self._rpc, self._notify)
+        self._claims = Claims(node, self._rpc, self._restorer, self._presence)
         self._fanout = Fanout(node, RedisHistory(node, history or HistorySettings()))
-        self._presence = Presence(node, self._notify)
         self._subscriptions = Subscriptions(node, self._rpc, self._presence, self._notify)
         self._destroyer = Destroyer(node, self._rpc, self._presence, self._notify)
         self._expiry = Expiry(node, self._restorer, self._destroyer, sweepInterval)

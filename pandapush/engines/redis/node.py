@@ -70,7 +70,7 @@ class OwnedClient(LocalClient):
     current one (see ``epoch``).
     """
 
-    __slots__ = ("checkWaiters", "checking", "claimWaiters", "epoch", "sent")
+    __slots__ = ("checkWaiters", "checking", "claimWaiters", "epoch", "presence", "sent")
 
     queue: list[RelayedDelivery]  # type: ignore[assignment]
 
@@ -88,6 +88,9 @@ class OwnedClient(LocalClient):
         # copy turn out stale, the previous owner's queue may hold them too.
         self.sent: set[str] | None = None
         self.claimWaiters: list[defer.Deferred[None]] = []
+        # channel -> (member id, data as JSON): its presence memberships, held here so
+        # that a Redis that comes back empty gets them back (see ``restore``).
+        self.presence: dict[str, tuple[str, str]] = {}
 
 
 class Node:

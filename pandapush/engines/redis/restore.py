@@ -3,9 +3,10 @@
 Each shard holds a generation token (``<ns>:gen``, set when absent). A node
 remembers the token its clients were written under; when it finds another one,
 the shard lost its data (a restart without persistence, a FLUSHALL) and the node
-writes back what it holds of its clients there, before the request that found a
-client missing is answered. It looks when its pub/sub connection reconnects, at
-every lease renewal, and before telling that a client it owns is unknown.
+writes back what it holds of its clients there (sessions, subscriptions, presence
+memberships), before the request that found a client missing is answered. It looks
+when its pub/sub connection reconnects, at every lease renewal, and before telling
+that a client it owns is unknown.
 """
 
 from __future__ import annotations
@@ -120,14 +121,15 @@ class Restorer:
         """
         Write back to shard ``index`` what this node holds of its clients, after the
         shard lost it: their registry entries (owner, epoch, a lease), their
-        subscriptions, and the subscriber sets of the keys on this shard. Clients keep
-        their sessions; the SUBSCRIBEs come back with the subscriber connection.
+        subscriptions and presence memberships, and the subscriber sets and presence
+        members of the keys on this shard. Clients keep their sessions and members
+        stay listed; the SUBSCRIBEs come back with the subscriber connection.
 
         Idempotent and never overwriting: a client registered meanwhile (claimed by
         another node, or restored by its newer owner) is left alone and kept out of
-        the subscriber sets written here. Presence is not restored: the members' data
-        lives only in Redis (see REDIS-TODO). No listener events fire: from the
-        cluster's point of view nothing ended and nothing began.
+        the sets written here, and a member's data written by a join since is kept.
+        No listener events fire: from the cluster's point of view nothing ended and
+        nothing began (a leave after the restore is announced as any other).
         """
         node = self._node
         local, shards, keys = node.local, node.shards, node.keys
@@ -142,10 +144,12 @@ class Restorer:
             names = [keys.clients]
             args: list[Any] = [node.id, 2 * node.expiry, node.expiry]
             for client in chunk:
-                _, base, subs, _ = keys.client(client.id)
-                names += [base, subs]
+                _, base, subs, presence = keys.client(client.id)
+                names += [base, subs, presence]
                 args += [client.id, client.epoch, "1" if client.sink is not None else "0"]
-                args += [len(client.subscriptions), *client.subscriptions]
+                args += [len(client.subscriptions), *client.subscriptions, len(client.presence)]
+                for channel, (memberId, _) in client.presence.items():
+                    args += [channel, memberId]
             statuses = await shard.eval(scripts.RESTORE, names, args)
             for client, status in zip(chunk, statuses, strict=True):
                 if int(status) == 0:
@@ -169,11 +173,39 @@ class Restorer:
                 await shard.eval(scripts.RESTORE_SUBSCRIBERS, *batch)
         if sets:
             await shard.eval(scripts.RESTORE_SUBSCRIBERS, sets, members)
+        present = await self._restorePresence(index, elsewhere)
         self.restoredChannels(written)
         self._log.warn(
             "Redis {shard} lost its data (restarted without persistence?): restored {restored} of "
-            "this node's clients on it ({moved} had moved)",
+            "this node's clients on it ({moved} had moved) and {present} presence memberships",
             shard=shards.addresses[index].name,
             restored=restored,
             moved=len(elsewhere),
+            present=present,
         )
+
+    async def _restorePresence(self, index: int, elsewhere: set[str]) -> int:
+        """The presence members of the channels on shard ``index`` that this node's clients are."""
+        node = self._node
+        shards, keys = node.shards, node.keys
+        # (channel, member id) -> (data, clients here present as it)
+        members: dict[tuple[str, str], tuple[str, list[str]]] = {}
+        for client in list(node.local.values()):
+            if not client.epoch or client.id in elsewhere:
+                continue
+            for channel, (memberId, encoded) in client.presence.items():
+                if shards.index(channel) == index:
+                    members.setdefault((channel, memberId), (encoded, []))[1].append(client.id)
+        names: list[str] = []
+        args: list[Any] = []
+        restored = 0
+        for (channel, memberId), (encoded, ids) in members.items():
+            names += [keys.presence(channel), keys.member(channel, memberId)]
+            args += [memberId, encoded, len(ids), *ids]
+            restored += len(ids)
+            if len(args) >= RESTORE_MEMBERS:
+                batch, names, args = (names, args), [], []
+                await shards[index].eval(scripts.RESTORE_PRESENCE, *batch)
+        if names:
+            await shards[index].eval(scripts.RESTORE_PRESENCE, names, args)
+        return restored

@@ -10,7 +10,9 @@ trip once it has come back through the SUBSCRIBE connection.
 
 Operations: ``sub``/``unsub`` (a subscription changed through another node: the
 owner updates its index before the subscribe is answered), ``handover`` (see
-``claims``), ``drop`` (the client was destroyed elsewhere), ``marker`` (nothing).
+``claims``), ``drop`` (the client was destroyed elsewhere), ``join`` (a presence join
+handled by another node: the owner holds the membership, see ``presence``), ``marker``
+(nothing).
 """
 
 from __future__ import annotations

@@ -157,13 +157,14 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(AR
 """
 )
 
-#: KEYS: clients zset, client presence. ARGV: clientId, channel, member id.
-#: Returns nil for an unknown client, else the member id it was present as before ('' if none).
+#: KEYS: clients zset, client presence, client hash. ARGV: clientId, channel, member id.
+#: Returns nil for an unknown client, else {the member id it was present as before ('' if
+#: none), its owner}.
 PRESENCE_CLIENT = """
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return false end
 local old = redis.call('HGET', KEYS[2], ARGV[2]) or ''
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-return old
+return {old, redis.call('HGET', KEYS[3], 'owner') or ''}
 """
 
 #: KEYS: presence hash, member's client set. ARGV: clientId, member id, data (JSON).
@@ -275,9 +276,10 @@ redis.call('SET', KEYS[1], ARGV[1], 'NX')
 return redis.call('GET', KEYS[1])
 """
 
-#: KEYS: clients zset, then per client: its hash, its subs set. ARGV: owner node, lease of an
-#: attached client, time to live of a detached one, then per client: clientId, epoch,
-#: '1' if attached, number of subscriptions, subscription...
+#: KEYS: clients zset, then per client: its hash, its subs set, its presence hash. ARGV: owner
+#: node, lease of an attached client, time to live of a detached one, then per client:
+#: clientId, epoch, '1' if attached, number of subscriptions, subscription..., number of
+#: presence channels, (channel, member id)...
 #: Re-registers clients the owner holds after the shard lost them. Never overwrites: a
 #: client registered meanwhile (by a claim elsewhere, so at another owner or a newer epoch)
 #: has moved and is left alone. Returns per client 2 (restored), 1 (already registered with
@@ -287,8 +289,9 @@ RESTORE = (
     + """
 local result = {}
 local j = 4
-for i = 2, #KEYS, 2 do
+for i = 2, #KEYS, 3 do
   local id, epoch, attached, n = ARGV[j], ARGV[j + 1], ARGV[j + 2], tonumber(ARGV[j + 3])
+  local p = tonumber(ARGV[j + 4 + n])
   local status = 0
   if redis.call('ZSCORE', KEYS[1], id) then
     local owner = redis.call('HGET', KEYS[i], 'owner') or ''
@@ -299,14 +302,29 @@ for i = 2, #KEYS, 2 do
     redis.call('ZADD', KEYS[1], now + ttl, id)
     redis.call('HSET', KEYS[i], 'owner', ARGV[1], 'epoch', epoch)
     for m = j + 4, j + 3 + n do redis.call('SADD', KEYS[i + 1], ARGV[m]) end
+    for m = j + 5 + n, j + 3 + n + 2 * p, 2 do redis.call('HSET', KEYS[i + 2], ARGV[m], ARGV[m + 1]) end
     status = 2
   end
   table.insert(result, status)
-  j = j + 4 + n
+  j = j + 5 + n + 2 * p
 end
 return result
 """
 )
+
+#: KEYS: per member: the channel's presence hash, the member's client set. ARGV: per member:
+#: member id, data (JSON), number of clients, clientId... Puts restored clients back into
+#: their presence members; data written by a join since is kept.
+RESTORE_PRESENCE = """
+local j = 1
+for i = 1, #KEYS, 2 do
+  local n = tonumber(ARGV[j + 2])
+  redis.call('HSETNX', KEYS[i], ARGV[j], ARGV[j + 1])
+  for m = j + 3, j + 2 + n do redis.call('SADD', KEYS[i + 1], ARGV[m]) end
+  j = j + 3 + n
+end
+return 1
+"""
 
 #: KEYS: subscribers sets. ARGV: per key: number of clients, clientId...
 #: Puts restored clients back into the subscriber sets of their keys.

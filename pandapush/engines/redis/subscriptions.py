@@ -102,3 +102,4 @@ class Subscriptions:
             await node.subscribe(client, key)
         else:
             node.unsubscribe(client, key)
+            client.presence.pop(key, None)
