@@ -209,6 +209,50 @@ class ResumeTests(BrowserTestCase):
         )
         self.assertEqual(await self.received(page, 4), ["five", "six", "new epoch", "unpositioned"])
 
+    async def dropIncoming(self, page: Page, data: Any, times: int) -> None:
+        """The page's client loses the delivery carrying ``data``, ``times`` times (as if a server had)."""
+        await page.evaluate(
+            """([data, times]) => { window.dropsLeft = times; harness.clients.a.addExtension({
+              incoming(message, callback) {
+                const lose = message.data === data && !('successful' in message) && window.dropsLeft > 0;
+                if (lose) window.dropsLeft -= 1;
+                callback(lose ? null : message);
+              }}); }""",
+            [data, times],
+        )
+
+    async def test_gapFilledFromHistory(self) -> None:
+        """
+        A message that never reached the client (its offset skipped) is asked for at once:
+        the messages after it wait, the client subscribes again from the last it had, and
+        the page gets them all in order, once.
+        """
+        page = await self.page(disable=("long-polling",))
+        await self.dropIncoming(page, 2, times=1)
+        for n in (1, 2, 3):
+            await bayeuxPublish(self.server.push, ROOM, n)
+        self.assertEqual(await self.received(page, 3), [1, 2, 3])
+        subscribes = page.net.subscribesTo(ROOM)
+        self.assertEqual(len(subscribes), 2)
+        self.assertEqual(subscribes[1]["ext"]["resume"][ROOM]["offset"], 1)
+        self.assertEqual(await page.events("unrecovered", "a"), [])
+
+    async def test_gapNotFilled(self) -> None:
+        """
+        When the missing message does not come (lost again), what waited goes on after a few
+        seconds and the page is told: never a silent gap.
+        """
+        page = await self.page(disable=("long-polling",))
+        await self.dropIncoming(page, 2, times=1000)
+        for n in (1, 2, 3):
+            await bayeuxPublish(self.server.push, ROOM, n)
+        await page.waitFor("() => harness.count('unrecovered', 'a') >= 1", timeout=30)
+        (event,) = await page.events("unrecovered", "a")
+        self.assertEqual(event["reasons"], {ROOM: "missing messages did not come"})
+        self.assertEqual(await self.received(page, 2), [1, 3])
+        await bayeuxPublish(self.server.push, ROOM, 4)
+        self.assertEqual(await self.received(page, 3), [1, 3, 4])
+
 
 class TwoNodeResumeTests(ClusterCase):
     """Two nodes on one Redis, the page reaching them through a proxy (a load balancer)."""

@@ -113,8 +113,9 @@ declare namespace Pandapush {
     /**
      * A subscription resumed (after a reconnect, a new session, a server restart, another
      * node) but the server could not send everything it missed: `reasons` maps each channel
-     * to why (`'epoch changed'`, `'position too old'`, `'no history'`, `'unavailable'`, or
-     * the server's refusal of the position). Messages from then on arrive as usual.
+     * to why (`'epoch changed'`, `'position too old'`, `'no history'`, `'unavailable'`,
+     * `'missing messages did not come'` after a gap in the offsets, or the server's refusal of
+     * the position). Messages from then on arrive as usual.
      */
     bind(
       event: 'subscription:unrecovered',

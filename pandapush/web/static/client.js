@@ -177,6 +177,13 @@
    */
   const MAX_POSITIONS = 100;
 
+  /**
+   * Milliseconds a subscription holds back messages that came after a gap (a message it
+   * never got: offsets count every message of a channel) while it asks for the missing
+   * ones; then it hands them over anyway and tells the page.
+   */
+  const GAP_WAIT_MS = 5000;
+
   /** `ext.position` of a delivery, `{offset, epoch}`, when it is one; else null. */
   function positionOf(message) {
     const position = message.ext && message.ext.position;
@@ -504,6 +511,9 @@
       // delivered here; else the position the subscribe reply gave, a place to resume from).
       this.positions = new Map();
       this.latest = false; // ask for the channel's latest message (Subscription.latest)
+      // Concrete channel -> {messages: Map(offset -> {data, position}), epoch}: messages held
+      // back after a gap, until the missing ones come (or GAP_WAIT_MS passes).
+      this.gaps = new Map();
     }
 
     /** `ext.resume` for a subscribe: every position known, or null when there is none. */
@@ -515,16 +525,24 @@
     }
 
     /**
-     * Whether a message at `position` on `channel` is new to this subscription (remembering
-     * it): false for one it already had (sent again around a resume).
+     * What to do with a message at `position` on `channel`: `'old'` when this subscription
+     * had it (sent again around a resume), `'hold'` when one before it is missing (the
+     * offsets of a channel count every message), else `'deliver'`, remembering it.
      */
-    fresh(channel, position) {
+    admit(channel, position) {
       const last = this.positions.get(channel);
-      if (last && last.seen && last.epoch === position.epoch && position.offset <= last.offset) return false;
+      if (last && last.seen && last.epoch === position.epoch) {
+        if (position.offset <= last.offset) return 'old';
+        if (position.offset > last.offset + 1) return 'hold';
+      }
+      this.remember(channel, position);
+      return 'deliver';
+    }
+
+    remember(channel, position) {
       this.positions.delete(channel); // re-inserted last: the oldest go first past the cap
       this.positions.set(channel, { offset: position.offset, epoch: position.epoch, seen: true });
       if (this.positions.size > MAX_POSITIONS) this.positions.delete(this.positions.keys().next().value);
-      return true;
     }
   }
 
@@ -836,7 +854,11 @@
       const unrecovered = ext.unrecovered && typeof ext.unrecovered === 'object' ? ext.unrecovered : {};
       // Positions the server could not go on from are forgotten (their epoch is gone);
       // the channel's current position is where to resume from next time, if nothing comes.
-      for (const channel of Object.keys(unrecovered)) entry.positions.delete(channel);
+      for (const channel of Object.keys(unrecovered)) {
+        // What a gap held back goes on: the missing messages are not coming.
+        if (entry.gaps.has(channel)) this._release(entry, channel, true);
+        entry.positions.delete(channel);
+      }
       if (ext.positions && typeof ext.positions === 'object') {
         for (const channel of Object.keys(ext.positions)) {
           const position = positionOf({ ext: { position: ext.positions[channel] } });
@@ -1432,16 +1454,83 @@
       for (const pattern of expandChannel(channel)) {
         const entry = this._channels.get(pattern);
         if (!entry || entry.status === 'refused') continue;
-        if (position && !entry.fresh(channel, position)) continue;
-        if (entry.members && pattern === channel && data && typeof data === 'object') {
-          // Keep the presence member list current, for subscribers who arrive later.
-          if (data.subscribe && typeof data.subscribe === 'object') Object.assign(entry.members, data.subscribe);
-          if (data.unsubscribe && typeof data.unsubscribe === 'object') {
-            for (const id of Object.keys(data.unsubscribe)) delete entry.members[id];
+        if (position) {
+          const gap = entry.gaps.get(channel);
+          if (gap && gap.epoch !== position.epoch) this._gapUnfilled(entry, channel, 'epoch changed');
+          const verdict = entry.admit(channel, position);
+          if (verdict === 'old') continue;
+          if (verdict === 'hold') {
+            this._holdBack(entry, channel, data, position);
+            continue;
           }
         }
-        for (const subscription of Array.from(entry.subscriptions)) subscription._deliver(channel, data);
+        this._hand(entry, channel, data);
+        if (position && entry.gaps.has(channel)) this._release(entry, channel, false);
       }
+    }
+
+    /** A message to every subscription of `entry`. */
+    _hand(entry, channel, data) {
+      if (entry.members && entry.name === channel && data && typeof data === 'object') {
+        // Keep the presence member list current, for subscribers who arrive later.
+        if (data.subscribe && typeof data.subscribe === 'object') Object.assign(entry.members, data.subscribe);
+        if (data.unsubscribe && typeof data.unsubscribe === 'object') {
+          for (const id of Object.keys(data.unsubscribe)) delete entry.members[id];
+        }
+      }
+      for (const subscription of Array.from(entry.subscriptions)) subscription._deliver(channel, data);
+    }
+
+    /**
+     * A message came after one this subscription never got (lost on a server's way: a
+     * Redis pub/sub gap, a node that died with it): hold it, and those after it, and
+     * subscribe again from the last position had, so the server sends the missing ones
+     * from history; they are then handed over in order. If they do not come in time, or
+     * the server cannot send them, what was held goes on and the page is told.
+     */
+    _holdBack(entry, channel, data, position) {
+      let gap = entry.gaps.get(channel);
+      if (!gap) {
+        gap = { messages: new Map(), epoch: position.epoch };
+        entry.gaps.set(channel, gap);
+        if (this._state === CONNECTED && entry.status === 'subscribed') this._sendSubscribe(entry);
+        const opened = gap;
+        this._later(() => {
+          if (entry.gaps.get(channel) === opened) this._gapUnfilled(entry, channel, 'missing messages did not come');
+        }, GAP_WAIT_MS);
+      }
+      gap.messages.set(position.offset, { data, position });
+    }
+
+    /**
+     * Hands over what was held back on `channel` in order: those that follow on from the last
+     * position (all of them with `all`, skipping what is missing); the gap is closed once
+     * nothing is held.
+     */
+    _release(entry, channel, all) {
+      const gap = entry.gaps.get(channel);
+      if (!gap) return;
+      for (const offset of Array.from(gap.messages.keys()).sort((a, b) => a - b)) {
+        const held = gap.messages.get(offset);
+        const last = entry.positions.get(channel);
+        const known = last && last.seen && last.epoch === held.position.epoch;
+        if (known && offset <= last.offset) {
+          gap.messages.delete(offset);
+          continue;
+        }
+        if (!all && (!known || offset > last.offset + 1)) break;
+        gap.messages.delete(offset);
+        entry.remember(channel, held.position);
+        this._hand(entry, channel, held.data);
+      }
+      if (gap.messages.size === 0) entry.gaps.delete(channel);
+    }
+
+    /** The missing messages are not coming: what was held goes on, and the page is told. */
+    _gapUnfilled(entry, channel, reason) {
+      if (!entry.gaps.has(channel) || this._channels.get(entry.name) !== entry) return;
+      this._release(entry, channel, true);
+      this.trigger('subscription:unrecovered', entry.name, { [channel]: reason });
     }
 
     /** Runs a message through the extensions' `incoming` or `outgoing` hooks (Faye's callback style). */
