@@ -4,8 +4,8 @@ through Redis (:mod:`pandapush.extensions.clusterlimits`).
 
 Two kinds of tests, both on a real Redis: the pieces of two "nodes" in this process (two
 :class:`ClusterLimits` on one namespace, each with its own connection), where Redis calls
-can be counted and a node can die without a word; and two real ``twistd pandapush`` nodes
-whose limits are reached across both, over real sockets.
+can be counted and a node can die without a word; and two real ``twistd pandapush`` nodes,
+or one with ``--workers 2``, whose limits are reached across both, over real sockets.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from tests.support.cluster import APP, KEY, SECRET, ClusterCase, channel
 from tests.support.ports import freePort
 from tests.support.redis import deleteNamespace, requireRedis
 from tests.support.waiting import eventually, sleep
+from tests.test_workers import WorkersCase
 
 
 class _Engine:
@@ -337,3 +338,25 @@ class TwoNodesTests(ClusterCase):
         self.assertTrue(
             str(reply.get("error", "")).startswith(f"429:{channel('news')}:Too many publishes"), reply
         )
+
+
+class WorkersTests(WorkersCase):
+    """``--workers 2 --cluster-limits``: the processes of one server share the budgets too."""
+
+    async def test_connectionsAcrossWorkers(self) -> None:
+        """
+        An application's limit of 2 is reached by one subscriber on each worker: a third is
+        refused on either (per worker, each would have taken two).
+        """
+        server = await self.startWorkers(2, extra=("--cluster-limits", "--max-connections-per-app", "2"))
+        pids = await self.workerPids(server, 2)
+        news = channel("news")
+        for worker in (0, 1):
+            client = await self.wsOn(server, pids, worker)
+            self.assertTrue((await client.subscribe(news))["successful"])
+        for worker in (0, 1):
+            late = await self.wsOn(server, pids, worker)
+            reply = await late.subscribe(news)
+            self.assertEqual(
+                reply.get("error"), f"403:{news}:Too many anonymous connections (limit 2 per application)"
+            )
