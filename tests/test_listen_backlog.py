@@ -57,7 +57,7 @@ class ListenBacklogTests(TestCase):
     @defer.inlineCallbacks
     def connectedWhileNotAccepting(self, *argv: str, clients: int = 200) -> Any:
         service = self.listen(*argv)
-        port = yield service._waitingForPort
+        port = yield service.listening
         # The reactor stops accepting: what completes now is what the kernel queues.
         port.stopReading()
         address = port.getHost()
