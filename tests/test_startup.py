@@ -56,6 +56,17 @@ class StartFailureTests(TestCase):
         code = await server.runUntilExit()
         assertOneLineFailure(self, server, code, f"Couldn't listen on 127.0.0.1:{port}")
 
+    async def test_pandapushServe(self) -> None:
+        """`pandapush serve` (twistd in the foreground, under the command) exits 1 the same way."""
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        server = ServeCommand(env=MEMORY, port=holder.getsockname()[1])
+        self.addCleanup(server.removeScratch)
+        code = await server.runUntilExit()
+        assertOneLineFailure(self, server, code, "Couldn't listen on")
+
     async def test_schemaNotMigrated(self) -> None:
         """PostgreSQL with an empty schema: status 1, and the line says to run `pandapush migrate`."""
         schema, drop = postgresSchema()
@@ -134,6 +145,14 @@ class StartFailureTests(TestCase):
         self.assertIn("could not start (status 3", log)
         self.assertIn("this worker cannot start", log)
         self.assertNotIn("Traceback", log)
+
+
+class ServeCommand(PandapushProcess):
+    """``pandapush serve --listen ...``."""
+
+    def command(self) -> list[str]:
+        listen = f"tcp:{self.port}:interface=127.0.0.1"
+        return [sys.executable, "-m", "pandapush.cli", "serve", "--listen", listen, *self.args]
 
 
 def _postgres(schema: str) -> dict[str, str]:
