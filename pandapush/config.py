@@ -24,6 +24,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote, unquote
 
 from twisted.python import usage
 
@@ -110,30 +111,35 @@ def parseListeners(text: str) -> tuple[tuple[int, socket.AddressFamily], ...]:
 @dataclass(frozen=True)
 class WorkerSpec:
     """
-    Which of ``--workers N`` this process is: its index and the listening sockets it
-    inherited, to adopt instead of binding ``--listen``. The parent
+    Which of ``--workers N`` this process is: its index, the listening sockets it
+    inherited, to adopt instead of binding ``--listen``, and the directory of the
+    processes' metrics sockets (:mod:`pandapush.workers.metrics`). The parent
     (:class:`~pandapush.workers.pool.WorkerPool`) writes it in ``PANDAPUSH_WORKER``
-    (``index=1 count=3 listeners=3:AF_INET,4:AF_INET6``); nobody else should.
+    (``index=1 count=3 listeners=3:AF_INET,4:AF_INET6 metrics=/tmp/pandapush-metrics-x``,
+    the directory percent-encoded); nobody else should.
     """
 
     index: int
     count: int
     #: ``(file descriptor, address family)`` of each inherited listening socket.
     listeners: tuple[tuple[int, socket.AddressFamily], ...] = field(default=())
+    metrics: str | None = None
 
     def format(self) -> str:
-        return f"index={self.index} count={self.count} listeners={formatListeners(self.listeners)}"
+        text = f"index={self.index} count={self.count} listeners={formatListeners(self.listeners)}"
+        return text if self.metrics is None else f"{text} metrics={quote(self.metrics)}"
 
     @classmethod
     def parse(cls, text: str) -> WorkerSpec:
         """The inverse of :meth:`format`; ``ValueError`` for anything else."""
         fields = dict(item.partition("=")[::2] for item in text.split())
-        if set(fields) != {"index", "count", "listeners"}:
-            raise ValueError(f"expected index=, count= and listeners=, not {text!r}")
+        if set(fields) - {"metrics"} != {"index", "count", "listeners"}:
+            raise ValueError(f"expected index=, count=, listeners= and metrics=, not {text!r}")
         index, count = int(fields["index"]), int(fields["count"])
         if not 0 < index < count:
             raise ValueError(f"worker index {index} out of 1..{count - 1}")
-        return cls(index, count, parseListeners(fields["listeners"]))
+        metrics = unquote(fields["metrics"]) if fields.get("metrics") else None
+        return cls(index, count, parseListeners(fields["listeners"]), metrics)
 
 
 @dataclass(frozen=True)

@@ -131,16 +131,20 @@ def jsonLineObserver(outFile: IO[Any]) -> ILogObserver:
     return FileLogObserver(outFile, eventAsJSONLine)
 
 
-def jsonLogFor(runner: Any) -> ILogObserver | None:
+def jsonLogFor(config: Any, runner: Any) -> ILogObserver | None:
     """
-    Choose JSON lines for the program running the server, given its options
-    (``pandapush.tap.Options.parent``). For ``twistd``: an observer writing where
+    With ``--log-format json`` (``config``, a :class:`~pandapush.config.Configuration`)
+    outside a worker (a worker logs Twisted's JSON to its parent, which writes its
+    events), choose JSON lines for the program running the server, given its options
+    (``pandapush.tap.Options.parent``, or twistd's loading a .tac). For ``twistd``: an observer writing where
     twistd would have written text (stdout in the foreground or with ``--logfile -``,
     else the ``--logfile``, ``twistd.log`` by default), for the caller to give twistd
     as the application's ``ILogObserver``; None when ``--logger`` or ``--syslog``
     chose another destination. For ``twist``: its options are told to use this
     format, and None is returned. Without either (a ``.tac`` file): stdout.
     """
+    if config.logFormat != "json" or config.worker is not None:
+        return None
     if runner is None:
         return jsonLineObserver(sys.stdout)
     if "fileLogObserverFactory" in runner:  # twist: it makes the observer itself, later

@@ -18,6 +18,7 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
+from pandapush import _process
 from pandapush._process import ProcessStatus, failProcess, foregroundWithoutPidfile, oneLineFailures
 from pandapush.auth.apphistory import AppHistoryLimits
 from pandapush.auth.checkers import ChannelAuthority
@@ -56,6 +57,7 @@ from pandapush.web.site import HealthApp, PandapushRoot, makeSite
 from pandapush.web.webhooks import WebhookAdmin
 from pandapush.webhooks import makeWebhooks
 from pandapush.workers.child import WorkerChild
+from pandapush.workers.metrics import MachineMetricsResource, machineMetrics
 from pandapush.workers.pool import WorkerPool
 from pandapush.workers.sockets import listenerServices
 
@@ -393,10 +395,11 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
     )
     if webhooks.events is not None:
         engine.addListener(webhooks.events)
-    metrics = Metrics(router, bayeux)
+    metrics = Metrics(router, bayeux, rev=config.release.rev)
     metrics.registry.register(connections)  # type: ignore[arg-type]
     if webhooks.sender is not None:
         metrics.registry.register(webhooks.sender)  # type: ignore[arg-type]
+    machine = machineMetrics(reactor, metrics.registry, config)
 
     # The extensions, in the one order that works. Incoming messages pass them first
     # to last: tenancy checks the credentials and leaves the key id, the token's
@@ -468,7 +471,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         bayeux,
         health.app.resource(),
         {
-            b"metrics": metrics.resource,
+            b"metrics": MachineMetricsResource(machine.gather) if machine is not None else metrics.resource,
             b"channel": publishApp.resource(),
             b"apps": serverAPI,
             b"openapi.json": OpenAPIResource(),
@@ -535,12 +538,8 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
             grace=config.shutdownGrace,
             reusePort=config.reusePort,
             onFailure=onFailure or (lambda: None),
+            metrics=(lambda: machine.directory) if machine is not None else None,
         )
-    # --log-format json: the observer for twistd to log to (twist is told to use it instead
-    # of its own). A worker logs in Twisted's JSON to its parent, which writes its events.
-    logObserver = None
-    if config.logFormat == "json" and config.worker is None:
-        logObserver = jsonLogFor(getattr(options, "parent", None))
     server = Server(
         configuration=config,
         storage=storage,
@@ -559,7 +558,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         webhooks=webhooks.sender,
         unreadyGrace=config.unreadyGrace,
         clock=reactor,
-        logObserver=logObserver,
+        logObserver=jsonLogFor(config, getattr(options, "parent", None) or _process.twistdOptions()),
     )
     services: list[IService | None] = [
         OpenFileLimit(reactor),
@@ -577,6 +576,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         expiry,  # stopped with the server: no timer left behind
         users.service,
         acknowledgements.service,
+        machine,
         webhooks.sender,
         keysync,
         # Before the ports listen: its first heartbeat is queued ahead of any admission.

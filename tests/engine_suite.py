@@ -146,6 +146,29 @@ class EngineTestsMixin(HistoryTestsMixin, _Base):
         self.assertEqual(count, 1)
         self.assertEqual(sink.payloads, [b'{"channel":"/a/b","data":1}'])
 
+    async def test_flushObserversSeeEachMessageOnce(self) -> None:
+        """
+        After a turn's flush, flush observers (metrics' delivery latency) are given each
+        message it wrote once, however many recipients it had, with the time its publish
+        was accepted (carried through Redis, not the copy's arrival).
+        """
+        seen: list[Delivery] = []
+        self.engine.addFlushObserver(seen.extend)
+        sinks = []
+        for _ in range(3):
+            clientId = await self.engine.createClient()
+            sink = RecordingSink()
+            self.engine.attach(clientId, sink)
+            await self.engine.subscribe(clientId, "/a/b")
+            sinks.append(sink)
+        published = message("/a/b", 1)
+        published.accepted -= 100  # a publish accepted long ago, whatever the engine
+        self.assertEqual(await self.engine.publish(published), 3)
+        await self.turn()
+        self.assertEqual([len(sink.payloads) for sink in sinks], [1, 1, 1])
+        self.assertEqual([d.payload for d in seen], [published.payload])
+        self.assertAlmostEqual(seen[0].accepted, published.accepted, places=5)
+
     async def test_oncePerClient(self) -> None:
         """A client whose several subscriptions match receives the message once."""
         clientId = await self.engine.createClient()

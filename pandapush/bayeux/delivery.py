@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from pandapush.bayeux import json
@@ -24,7 +25,8 @@ class Delivery:
     splice it into their arrays and websockets send it as it is. ``frames``
     caches transport-specific encodings (a prepared websocket frame of
     ``[payload]``) so that a message going to many sockets in the same turn is
-    framed once.
+    framed once. ``accepted`` is when the publish was accepted (wall clock, so
+    that nodes on one machine agree): metrics measure delivery latency from it.
 
     A message kept in its channel's history carries its position in ``ext.position``,
     known only once the engine has appended it (on Redis, inside the publish script).
@@ -35,6 +37,7 @@ class Delivery:
     """
 
     __slots__ = (
+        "accepted",
         "channel",
         "duplicate",
         "epoch",
@@ -47,7 +50,12 @@ class Delivery:
     )
 
     def __init__(
-        self, channel: str, payload: bytes, exclude: str | None = None, head: bytes | None = None
+        self,
+        channel: str,
+        payload: bytes,
+        exclude: str | None = None,
+        head: bytes | None = None,
+        accepted: float | None = None,
     ) -> None:
         self.channel = channel
         self.payload = payload
@@ -62,6 +70,7 @@ class Delivery:
         # minutes is acknowledged, not delivered, and the engine sets ``duplicate``.
         self.idempotencyKey: str | None = None
         self.duplicate = False
+        self.accepted = time.time() if accepted is None else accepted
 
     @classmethod
     def fromMessage(

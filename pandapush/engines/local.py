@@ -13,15 +13,16 @@ its local recipients the same way, and queues are capped the same way:
   back for it soon: it is dropped (it will handshake again) rather than kept growing;
 - a single ``callLater`` for all clients hands each dirty client's queue to its sink
   (after ``flushDelay``: 0 for the memory engine, a short window for Redis, whose
-  bursts arrive in several reads).
+  bursts arrive in several reads), then tells the flush observers (metrics) which
+  messages it wrote, once per message.
 
 Nothing here is per recipient beyond a list append: no Deferred, no copy of the message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, KeysView
-from typing import TYPE_CHECKING, Generic, TypeVar
+from collections.abc import Callable, Collection, Iterable, KeysView, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from pandapush.bayeux.delivery import Delivery
     from pandapush.interfaces import IDeliverySink
 
-__all__ = ["DEFAULT_MAX_QUEUE", "LocalClient", "LocalClients", "SubscriptionIndex"]
+__all__ = ["DEFAULT_MAX_QUEUE", "LocalClient", "LocalClients", "ObservedFlushes", "SubscriptionIndex"]
 
 #: Messages a client without a connection may have waiting before it is dropped.
 DEFAULT_MAX_QUEUE = 10000
@@ -165,6 +166,9 @@ class LocalClients(Generic[ClientT]):
         self._dirty: list[ClientT] = []
         self._flushCall: IDelayedCall | None = None
         self._closed = False
+        # The messages this turn's flush writes, kept only while someone observes flushes.
+        self._flushObservers: list[Callable[[Sequence[Delivery]], object]] = []
+        self._turn: list[Delivery] = []
 
     # clients
 
@@ -239,8 +243,14 @@ class LocalClients(Generic[ClientT]):
             for client in overflowing:
                 self._log.info("dropping slow client {clientId}", clientId=client.id)
                 self._slow(client)
-        if dirty and self._flushCall is None and not self._closed:
-            self._flushCall = self._reactor.callLater(self._flushDelay, self._flush)
+        if dirty and not self._closed:
+            if self._flushObservers:
+                # Once per message (or per Redis copy), not per recipient: a message that
+                # only reached clients without a connection may be counted in a flush that
+                # writes others' messages, a small error for a bounded list.
+                self._turn.append(delivery)
+            if self._flushCall is None:
+                self._flushCall = self._reactor.callLater(self._flushDelay, self._flush)
 
     def take(self, client: ClientT, sink: IDeliverySink) -> list[Delivery]:
         """Empty the client's queue for ``sink``; a one-shot sink is detached by it."""
@@ -299,6 +309,17 @@ class LocalClients(Generic[ClientT]):
                 sink.deliver(queue)
             except Exception:
                 self._log.failure("delivery to {clientId} failed", clientId=client.id)
+        if self._turn:
+            turn, self._turn = self._turn, []
+            for observer in self._flushObservers:
+                try:
+                    observer(turn)
+                except Exception:
+                    self._log.failure("flush observer {observer!r} failed", observer=observer)
+
+    def addFlushObserver(self, observer: Callable[[Sequence[Delivery]], object]) -> None:
+        """Call ``observer`` after each flush with the messages it wrote, each once."""
+        self._flushObservers.append(observer)
 
     @property
     def flushPending(self) -> bool:
@@ -324,3 +345,14 @@ class LocalClients(Generic[ClientT]):
         if self._flushCall is not None and self._flushCall.active():
             self._flushCall.cancel()
         self._flushCall = None
+        self._turn = []
+
+
+class ObservedFlushes:
+    """An engine's ``addFlushObserver`` (for metrics' delivery latency), from its ``LocalClients``."""
+
+    _local: LocalClients[Any]
+
+    def addFlushObserver(self, observer: Callable[[Sequence[Delivery]], object]) -> None:
+        """After each turn's flush, call ``observer`` with the messages it wrote, each once."""
+        self._local.addFlushObserver(observer)

@@ -24,7 +24,7 @@ from pandapush.bayeux.channel import listedApp
 from pandapush.bayeux.delivery import Delivery
 from pandapush.engines.history import HistorySettings, MemoryEngineHistory, MemoryHistory
 from pandapush.engines.ids import newClientId
-from pandapush.engines.local import DEFAULT_MAX_QUEUE, LocalClient, LocalClients
+from pandapush.engines.local import DEFAULT_MAX_QUEUE, LocalClient, LocalClients, ObservedFlushes
 from pandapush.interfaces import IDeliverySink, IEngine, IEngineListener, Occupancy
 from pandapush.listeners import ListenerRegistry
 
@@ -53,7 +53,7 @@ class _Client(LocalClient):
 
 
 @implementer(IEngine)
-class MemoryEngine(ListenerRegistry, MemoryEngineHistory):
+class MemoryEngine(ListenerRegistry, MemoryEngineHistory, ObservedFlushes):
     """
     Clients, subscriptions and queues in this process's memory.
 

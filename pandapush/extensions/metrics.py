@@ -4,27 +4,104 @@ Counters move once per message or request, never per recipient. Gauges of
 current state (clients, connections, queues) are read from the engine and the
 transports when Prometheus scrapes, so keeping them costs nothing in between.
 The exposition runs in the reactor thread: the state it reads is the reactor's.
+
+Beside ours: ``prometheus_client``'s process collector (CPU, memory, open files),
+its platform and garbage collector ones (``python_info``, ``python_gc_*``), and
+``pandapush_build_info``. Two histograms, kept as plain bucket counts like the
+counters: HTTP request duration by route family (a fixed set of labels, whatever
+paths clients send), and delivery latency, the time from a publish being accepted
+to the flush (once per reactor turn) that writes it to the connections of its
+recipients, observed once per message per flush, never per recipient.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
-from collections.abc import Iterator
+import platform
+import time
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import (
+    GC_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
+from pandapush import __version__
 from pandapush.bayeux.context import MessageContext
 from pandapush.interfaces import IExtension, IRouter
 
 if TYPE_CHECKING:
+    from pandapush.bayeux.delivery import Delivery
     from pandapush.transports.resource import BayeuxResource
 
-__all__ = ["ErrorCounter", "Metrics"]
+__all__ = ["ROUTE_FAMILIES", "ErrorCounter", "Histogram", "Metrics", "routeFamily"]
+
+#: The first path segment -> the ``route`` label of the request duration (anything else: ``other``).
+ROUTE_FAMILIES: dict[bytes, str] = {
+    b"push": "push",
+    b"channel": "publish",
+    b"apps": "api",
+    b"openapi.json": "api",
+    b"admin": "admin",
+    b"metrics": "metrics",
+    b"health_check.json": "health",
+    b"ready": "health",
+    b"live": "health",
+    b"client.js": "client",
+    b"client.mjs": "client",
+    b"client.d.ts": "client",
+    b"": "root",
+}
+
+#: Seconds. Requests: a REST publish takes milliseconds, a held long-poll connect --timeout (30 s).
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+#: Seconds. Delivery: a turn of the reactor, or the Redis round trip and the engine's flush window.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+def routeFamily(path: bytes) -> str:
+    """The ``route`` label for a request path: one of :data:`ROUTE_FAMILIES`' values, or ``other``."""
+    first = path.split(b"?", 1)[0].split(b"/", 2)[1:2]
+    return ROUTE_FAMILIES.get(first[0] if first else b"", "other")
+
+
+class Histogram:
+    """
+    Bucket counts and a sum, written by the reactor thread alone. ``prometheus_client``'s
+    ``Histogram`` takes a lock per observation, for values nothing else writes.
+    """
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        # One more than the bounds: the +Inf bucket.
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        # Prometheus buckets are "less than or equal": bisect_left finds the first bound >= value.
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative counts per upper bound, as Prometheus writes them."""
+        cumulative, running = [], 0
+        for bound, count in zip([*self.bounds, float("inf")], self.counts, strict=True):
+            running += count
+            cumulative.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(running)))
+        return cumulative
 
 
 class _StateCollector:
@@ -68,6 +145,8 @@ class _Counts:
         self.published = 0
         self.delivered = 0
         self.httpStatus: collections.Counter[int] = collections.Counter()
+        self.httpDuration: dict[str, Histogram] = {}
+        self.deliveryLatency = Histogram(LATENCY_BUCKETS)
 
     def collect(self) -> Iterator[Metric]:
         yield CounterMetricFamily(
@@ -82,6 +161,22 @@ class _Counts:
         for status, count in sorted(self.httpStatus.items()):
             http.add_metric([str(status)], count)
         yield http
+        duration = HistogramMetricFamily(
+            "pandapush_http_request_duration_seconds",
+            "HTTP requests from their headers to their answer, by route family (push includes held "
+            "long-poll connects).",
+            labels=["route"],
+        )
+        for route, histogram in sorted(self.httpDuration.items()):
+            duration.add_metric([route], histogram.buckets(), histogram.total)
+        yield duration
+        latency = self.deliveryLatency
+        yield HistogramMetricFamily(
+            "pandapush_delivery_latency_seconds",
+            "From a publish accepted (on any node) to the flush writing it to its recipients here.",
+            buckets=latency.buckets(),
+            sum_value=latency.total,
+        )
 
 
 @implementer(IExtension)
@@ -110,6 +205,16 @@ class ErrorCounter:
         return reply
 
 
+class _Fixed:
+    """Metrics that never change (build information)."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.metrics)
+
+
 class MetricsResource(Resource):
     isLeaf = True
 
@@ -129,8 +234,20 @@ class Metrics:
     whoever orders the router's extensions to add (``pandapush.tap`` adds it last).
     """
 
-    def __init__(self, router: IRouter, bayeux: BayeuxResource) -> None:
+    def __init__(self, router: IRouter, bayeux: BayeuxResource, rev: str = "dev") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # The process (CPU, memory, descriptors), the interpreter, its garbage collector.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        if GC_COLLECTOR is not None:
+            GCCollector(registry=self.registry)
+        info = GaugeMetricFamily(
+            "pandapush_build_info",
+            "Always 1: the pandapush version, revision and Python running here.",
+            labels=["version", "rev", "python"],
+        )
+        info.add_metric([__version__, rev, platform.python_version()], 1)
+        self.registry.register(_Fixed([info]))  # type: ignore[arg-type]
         self.counts = _Counts()
         self.registry.register(self.counts)  # type: ignore[arg-type]
         self.errors = Counter(
@@ -144,6 +261,10 @@ class Metrics:
         )
         self.registry.register(_StateCollector(router, bayeux))  # type: ignore[arg-type]
         router.addPublishObserver(self._published)
+        # Engines built in offer it; a third-party one may not (no latency then).
+        observeFlushes = getattr(router.engine, "addFlushObserver", None)
+        if observeFlushes is not None:
+            observeFlushes(self._flushed)
         router.addLimitObserver(lambda limit: self.refusals.labels(limit=limit).inc())
         self.errorCounter = ErrorCounter(self.errors)
         self.resource = MetricsResource(self.registry)
@@ -153,6 +274,21 @@ class Metrics:
         counts.published += 1
         counts.delivered += recipients
 
+    def _flushed(self, deliveries: Sequence[Delivery]) -> None:
+        now = time.time()
+        observe = self.counts.deliveryLatency.observe
+        for delivery in deliveries:
+            # Another node's clock may be a little ahead of ours.
+            observe(max(0.0, now - delivery.accepted))
+
     def requestDone(self, request: Any) -> None:
-        """Hook for ``Site.log``: count each finished request by its status."""
-        self.counts.httpStatus[request.code] += 1
+        """Hook for ``Site.log``: count each finished request by its status, and time it by route."""
+        counts = self.counts
+        counts.httpStatus[request.code] += 1
+        started = getattr(request, "started", 0.0)
+        if started:
+            route = routeFamily(request.path)
+            histogram = counts.httpDuration.get(route)
+            if histogram is None:
+                histogram = counts.httpDuration[route] = Histogram(REQUEST_BUCKETS)
+            histogram.observe(time.monotonic() - started)

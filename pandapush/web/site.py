@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -34,8 +35,11 @@ class LimitedRequest(Request):
 
     tooLarge = False
     _received = 0
+    #: ``time.monotonic()`` once its headers were in (0: never were); metrics time requests from it.
+    started = 0.0
 
     def gotLength(self, length: int | None) -> None:
+        self.started = time.monotonic()
         limit = self._limit()
         if length is not None and length > limit:
             self.tooLarge = True

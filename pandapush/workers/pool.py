@@ -106,6 +106,7 @@ class WorkerPool(Service):
         emit: Callable[[dict[str, Any]], None] = globalLogPublisher,
         reusePort: bool = False,
         onFailure: Callable[[], object] = lambda: None,
+        metrics: Callable[[], str | None] | None = None,
     ) -> None:
         self.reactor = reactor
         self.onFailure = onFailure
@@ -116,6 +117,8 @@ class WorkerPool(Service):
         self.environ = environ
         self.emit = emit
         self.reusePort = reusePort
+        #: Where the processes' metrics sockets are (``pandapush.workers.metrics``), once known.
+        self.metrics = metrics or (lambda: None)
         # Lines that are not log events, logged through the same observer as those that are.
         self._strayLog = Logger(namespace="pandapush.workers", observer=emit)  # type: ignore[arg-type]
         self.workers: dict[int, _Worker] = {}
@@ -154,7 +157,7 @@ class WorkerPool(Service):
     def environment(self, index: int) -> dict[str, str]:
         """The worker's environment: ours, and which worker it is, with which sockets."""
         inherited = tuple((FIRST_INHERITED_FD + n, family) for n, (_, family) in enumerate(self._listeners))
-        spec = WorkerSpec(index=index, count=self.count, listeners=inherited)
+        spec = WorkerSpec(index=index, count=self.count, listeners=inherited, metrics=self.metrics())
         return {**(os.environ if self.environ is None else self.environ), WORKER_VARIABLE: spec.format()}
 
     def _ownSockets(self) -> list[socket.socket]:

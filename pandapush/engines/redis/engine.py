@@ -95,7 +95,7 @@ from zope.interface import implementer
 from pandapush.bayeux.delivery import Delivery
 from pandapush.engines.history import HistorySettings
 from pandapush.engines.ids import newClientId
-from pandapush.engines.local import DEFAULT_MAX_QUEUE
+from pandapush.engines.local import DEFAULT_MAX_QUEUE, ObservedFlushes
 from pandapush.engines.redis import scripts
 from pandapush.engines.redis.claims import Claims
 from pandapush.engines.redis.destroy import Destroyer
@@ -119,7 +119,7 @@ DEFAULT_NAMESPACE = "pandapush"
 
 
 @implementer(IEngine)
-class RedisEngine(ListenerRegistry, ClusterQueries, RedisEngineHistory):
+class RedisEngine(ListenerRegistry, ClusterQueries, RedisEngineHistory, ObservedFlushes):
     """
     An IEngine whose state is shared by every node using the same Redis
     shards and ``namespace``.

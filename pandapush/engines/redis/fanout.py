@@ -13,7 +13,10 @@ A message with history is appended to its channel's stream in the same script
 (:mod:`~pandapush.engines.redis.history`), which closes its payload with its position.
 
 A copy's envelope: ``<messageId>\\n<excluded clientId>\\n<channel>\\n<offset>\\n<key index>\\n<payload>``,
-the message id being ``<publishing nodeId>.<sequence>``, the offset 0 without history.
+the message id being ``<publishing nodeId>.<sequence>@<accepted>``, the offset 0 without history.
+``<accepted>`` is when the publishing node accepted the message (Unix time), so that each node
+measures delivery latency from the publish, not from the copy's arrival. Nodes only compare ids,
+so nodes of the version before (ids without ``@``, measured from arrival) run beside these.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ class Fanout:
     def _scriptArgs(self, delivery: Delivery, keys: Sequence[str]) -> tuple[list[str], list[Any]]:
         """The PUBLISH script's keys and arguments for one message (with its history's, its key's)."""
         node = self._node
-        header = f"{node.id}.{next(self._messageIds)}\n{delivery.exclude or ''}\n{delivery.channel}\n"
+        messageId = f"{node.id}.{next(self._messageIds)}@{delivery.accepted:.6f}"
+        header = f"{messageId}\n{delivery.exclude or ''}\n{delivery.channel}\n"
         channels = [node.keys.pubsub(k) for k in keys]
         history = self.history.publishArgs(delivery.channel, delivery.head)
         if history is None:

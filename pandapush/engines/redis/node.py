@@ -55,7 +55,14 @@ class RelayedDelivery(Delivery):
     __slots__ = ("messageId",)
 
     def __init__(self, channel: str, payload: bytes, exclude: str | None, messageId: str) -> None:
-        super().__init__(channel, payload, exclude)
+        # When the publishing node accepted it (see fanout.py); an older node's id has none,
+        # and one made for a message recovered from history names its channel instead.
+        _, stamped, accepted = messageId.rpartition("@")
+        try:
+            when = float(accepted) if stamped and "/" not in messageId else None
+        except ValueError:
+            when = None
+        super().__init__(channel, payload, exclude, accepted=when)
         # A hand-over removes duplicates with it.
         self.messageId = messageId
 
