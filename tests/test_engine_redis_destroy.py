@@ -110,3 +110,22 @@ class LateDestroyTests(LateRedisCase):
         destroyed = heard.only("destroyed")
         self.assertEqual(sorted(e[1] for e in destroyed), sorted(ids))
         self.assertEqual({e[2] for e in destroyed}, {"disconnect"})
+
+    async def test_brokenRetryGivenUp(self) -> None:
+        """
+        A postponed destroy failing for another reason than Redis is logged and given up
+        (the collector finishes it after its deadline), not tried again every second in
+        silence.
+        """
+        engine = self.engine()
+        destroyer = engine._destroyer
+
+        async def broken(clientId: str, reason: str, onlyIfExpired: bool) -> bool:
+            raise ValueError("a malformed answer")
+
+        destroyer._run = broken  # type: ignore[method-assign]
+        destroyer.dying["someone"] = "disconnect"
+        destroyer.retry()
+        await engine.settle()
+        self.assertEqual(destroyer.dying, {})
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)

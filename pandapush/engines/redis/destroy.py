@@ -139,9 +139,9 @@ class Destroyer:
         """Try the postponed destroys again (a batch at a time, in the background)."""
         if not self.dying or self._retrying is not None or self._node.closed:
             return
-        self._retrying = defer.Deferred.fromCoroutine(self._retry())
-        self._retrying.addBoth(self._retried)
-        self._node.track(self._retrying, "destroying clients again")
+        d = self._retrying = defer.Deferred.fromCoroutine(self._retry())
+        d.addBoth(self._retried)  # may fire at once, clearing ``_retrying``
+        self._node.track(d, "destroying clients again")
 
     def _retried(self, result: Any) -> Any:
         self._retrying = None
@@ -155,7 +155,19 @@ class Destroyer:
                 [defer.Deferred.fromCoroutine(self._run(c, reason, False)) for c, reason in batch],
                 consumeErrors=True,
             )
-            if not all(ok for ok, _ in done):
+            unavailable = False
+            for (clientId, _), (ok, outcome) in zip(batch, done, strict=True):
+                if ok:
+                    continue
+                result: Any = outcome
+                if result.check(RedisUnavailable, EngineUnavailableError):
+                    unavailable = True
+                else:
+                    # Not Redis's lateness: trying every second would not help, and would
+                    # hide it. The collector finishes it once its deadline has passed.
+                    self.dying.pop(clientId, None)
+                    self._log.failure("destroying {clientId} failed", result, clientId=clientId)
+            if unavailable:
                 return
         if not self.dying:
             self._log.info("postponed client destroys done")

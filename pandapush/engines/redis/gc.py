@@ -87,9 +87,10 @@ class Expiry:
     def _sweep(self) -> None:
         self._destroyer.retry()
         if self._collecting is None:
-            self._collecting = defer.Deferred.fromCoroutine(self._collect())
-            self._collecting.addBoth(self._collected)
-            self._node.track(self._collecting, "garbage collection")
+            d = self._collecting = defer.Deferred.fromCoroutine(self._collect())
+            # It may fire at once (a call failing at once), clearing ``_collecting``.
+            d.addBoth(self._collected)
+            self._node.track(d, "garbage collection")
 
     def _collected(self, result: Any) -> Any:
         self._collecting = None
