@@ -33,7 +33,9 @@ class LateRedisCase(RedisEngineCase, TestCase):
         self.addCleanup(self.shard.close)
 
     def engine(self) -> RedisEngine:
-        return self.newEngine(self.namespace, commandTimeout=0.3)
+        # Short enough to pause Redis past it, long enough for the tries after the pause
+        # to be answered in time on a busy machine.
+        return self.newEngine(self.namespace, commandTimeout=1.0)
 
     def pause(self, seconds: float) -> defer.Deferred[Any]:
         """Redis answers nobody for ``seconds`` (its scripts sent meanwhile run afterwards)."""
@@ -61,7 +63,7 @@ class LateDestroyTests(LateRedisCase):
         timeout: the calls succeed, the node holds none of them at once (they queue
         nothing more), and once Redis answers every one is out of the registry, the
         subscriber set and Redis altogether, with one ``clientDestroyed`` and one
-        ``unsubscribed`` each and one ``channelVacated``.
+        ``unsubscribed`` each and at most one ``channelVacated``.
         """
         engine = self.engine()
         listener = RecordingListener()
@@ -71,7 +73,7 @@ class LateDestroyTests(LateRedisCase):
         for clientId in ids:
             engine.attach(clientId, RecordingSink())
             await engine.subscribe(clientId, "/a")
-        await self.pause(1.5)
+        await self.pause(2.5)
         await defer.gatherResults([engine.destroyClient(c, "socket closed") for c in ids])
         self.assertEqual(engine.statistics()["clients"], 0)
         self.assertGreater(engine.dying(), 0)
@@ -83,7 +85,9 @@ class LateDestroyTests(LateRedisCase):
         self.assertEqual(sorted(e[1] for e in destroyed), sorted(ids))
         self.assertEqual({e[2] for e in destroyed}, {"socket closed"})
         self.assertEqual(sorted(e[1] for e in listener.only("unsubscribed")), sorted(ids))
-        self.assertEqual(listener.only("vacated"), [("vacated", "/a")])
+        # Once, unless the answer to the leave that vacated it was lost in the pause
+        # (then never: see destroy's ``_unanswered``).
+        self.assertIn(listener.only("vacated"), ([("vacated", "/a")], []))
         self.assertEqual(await engine.publish(message("/a")), 0)
 
     async def test_collectorFinishesWhatADeadNodeBegan(self) -> None:
@@ -99,7 +103,7 @@ class LateDestroyTests(LateRedisCase):
         ids = [await a.createClient() for _ in range(20)]
         for clientId in ids:
             await a.subscribe(clientId, "/b")
-        await self.pause(1.0)
+        await self.pause(2.0)
         await defer.gatherResults([a.destroyClient(c) for c in ids])
         self.assertEqual(a.statistics()["clients"], 0)
         a._sweeper.stop()  # A is dead: nothing tries again there

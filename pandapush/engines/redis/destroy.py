@@ -60,6 +60,8 @@ class Destroyer:
         self._notify = notify
         #: clientId -> reason: destroys this node started that Redis has not confirmed.
         self.dying: dict[str, str] = {}
+        # clientId -> keys whose leave was sent by a try that did not hear its answer.
+        self._unanswered: dict[str, set[str]] = {}
         self._retrying: defer.Deferred[None] | None = None
 
     @property
@@ -100,6 +102,7 @@ class Destroyer:
         )
         if result is None:
             self.dying.pop(clientId, None)
+            self._unanswered.pop(clientId, None)
             return False
         owner, reason, subs, flatPresence = result
         presence = dict(zip(flatPresence[::2], flatPresence[1::2], strict=True))
@@ -114,13 +117,23 @@ class Destroyer:
             [self._presence.leave(clientId, key, presence.get(key, "")) for key in channels],
             consumeErrors=True,
         )
+        # Keys whose leave ran here before without an answer: it may have changed them.
+        unanswered = self._unanswered.pop(clientId, set())
         failure: Any = None
         for key, (ok, outcome) in zip(channels, outcomes, strict=True):
             if not ok:
                 failure = outcome
+                unanswered.add(key)
                 continue
             # From the step that changed something: a destroy tried again reports nothing twice.
             removed, vacated, left = outcome
+            if key in unanswered:
+                # Its leave ran before, unanswered: that one removed the client (it was in
+                # its subscriptions). Whether it vacated the key, or made the member leave,
+                # cannot be told apart from another client's leave: those two events are
+                # lost then (the occupied-channel index heals itself, see occupancy).
+                removed = 1
+                unanswered.discard(key)
             if removed:
                 self._notify("unsubscribed", clientId, key)
             if left:
@@ -128,6 +141,8 @@ class Destroyer:
             if vacated:
                 self._notify("channelVacated", key)
         if failure is not None:
+            if unanswered:
+                self._unanswered[clientId] = unanswered
             failure.raiseException()
         ended = await shard.eval(scripts.DESTROY_FINISH, [keys.dying, base, subsKey, presenceKey], [clientId])
         self.dying.pop(clientId, None)
