@@ -360,3 +360,27 @@ class WorkersTests(WorkersCase):
             self.assertEqual(
                 reply.get("error"), f"403:{news}:Too many anonymous connections (limit 2 per application)"
             )
+
+    async def test_publishRateAcrossWorkers(self) -> None:
+        """REST publishes alternating between the workers share the key's 5/s: not 5 on each."""
+        server = await self.startWorkers(
+            2, extra=("--cluster-limits", "--max-publish-rate", "5", "--max-publish-burst", "5")
+        )
+        pids = await self.workerPids(server, 2)
+        started = time.monotonic()
+        codes, workers = [], []
+        for n in range(10):
+            with self.onlyWorker(pids, n % 2):
+                response = await treq.post(
+                    f"{server.url}/channel{channel('news')}",
+                    json={"n": n},
+                    auth=(KEY, SECRET),
+                    persistent=False,
+                )
+                await response.content()
+            codes.append(response.code)
+            workers += response.headers.getRawHeaders("X-Pandapush-Worker", [])
+        elapsed = time.monotonic() - started
+        self.assertEqual(workers, ["0", "1"] * 5)
+        self.assertEqual(set(codes), {200, 429}, codes)
+        self.assertLessEqual(codes.count(200), 5 + int(elapsed * 5) + 1, (codes, elapsed))
