@@ -142,6 +142,10 @@ async function startPandapush({ logDir, rest, extraArgs = [], env = {}, name = '
   if (pandapushAccepts('max-connections-per-app')) args.push('--max-connections-per-app', '0');
   // Every benchmark client connects from 127.0.0.1: thousands of connections from one address.
   if (pandapushAccepts('max-connections-per-address')) args.push('--max-connections-per-address', '0');
+  // The long-polling generator's clients share one keep-alive agent, so one TCP connection
+  // carries the requests of many clients (browsers each have their own): in a 3,000-client
+  // storm the default of 4 clients per connection refused most handshakes.
+  if (pandapushAccepts('max-clients-per-connection')) args.push('--max-clients-per-connection', '0');
   args.push(...extraArgs);
   const logFile = path.join(logDir, `${name}-${port}.log`);
   const command = experiments ? [path.join(__dirname, '..', 'tools', 'experiments.py'), experiments, ...args] : args;
