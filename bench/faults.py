@@ -5,6 +5,7 @@ Faults under traffic, measured end to end on two real nodes over Redis (issue 7)
     .venv/bin/python bench/faults.py --runs 1 --only sigkill
     .venv/bin/python bench/faults.py --source worktree  # the checkout as it is, not HEAD
     .venv/bin/python bench/faults.py --out faults.json  # every figure of every run kept
+    .venv/bin/python bench/faults.py -- --history-size 20000   # more options for both nodes
 
 Everything runs on 127.0.0.1 and stops by itself. For each fault and run it starts, from
 scratch: a ``redis-server`` of its own on a free port (``--save "" --appendonly no``: a
@@ -30,6 +31,8 @@ Faults (traffic runs throughout; ``t0`` is the fault):
 - ``sigkill``: B killed with SIGKILL. When did B's clients receive again (through A), when
   was the ghost announced gone on A, and which acknowledged messages did each client miss.
 - ``redis``: Redis stopped (SIGTERM), started again 2 s later on the same port, empty.
+- ``redis-aof``: the same with a Redis that keeps an append-only file (``--appendonly yes
+  --appendfsync always``): it comes back with its data, channel histories included.
   What publishers got meanwhile (status codes, Bayeux errors, how long they waited), how
   long after Redis was back publishes were acknowledged and received again, and which
   acknowledged messages each client missed.
@@ -42,6 +45,14 @@ Faults (traffic runs throughout; ``t0`` is the fault):
   with SIGKILL. When the sentinels named the replica, when publishes were acknowledged
   and received again after that, which sessions were lost (handshakes) and which
   acknowledged messages each client missed.
+
+Two more subscribers on B, ``ws-B-resume`` and ``lp-B-resume``, resume from the channel
+history (issue 15) as ``/client.js`` does: they keep the offsets they received, subscribe
+again with ``ext.resume`` after a new handshake, after moving to another node in their
+session, and when an offset skips one, and drop what they already had by its offset.
+History must cover the outage for them (``-- --history-size 20000``: the default 100 is
+half a second of this traffic; a resume from further back is told ``position too old``).
+They take what history sends again as it comes, so they are left out of the order checks.
 
 "Acknowledged" is a REST 200 or a successful Bayeux publish reply. A message counts as
 missed by a client when it was acknowledged, the client was subscribed before traffic
@@ -91,7 +102,7 @@ SECRET = "faults-bench-secret-0123456789abcdef012345"
 ADMIN = ("admin", "faults-admin-password")
 DATA = f"/{APP}/public/faults"
 ROOM = f"/{APP}/presence/room"
-FAULTS = ("sigkill", "redis", "sigterm", "sentinel")
+FAULTS = ("sigkill", "redis", "redis-aof", "sigterm", "sentinel")
 
 
 def now() -> float:
@@ -190,6 +201,136 @@ class LPClient(Subscriber, FailoverPoller):
     def __init__(self, name: str, urls: list[str]) -> None:
         FailoverPoller.__init__(self, urls, name, [subscribeMessage(DATA)])
         self.received()
+
+
+class Resuming(Subscriber):
+    """
+    A client that resumes from the channel history (issue 15), as ``/client.js`` does: it
+    keeps the offsets it received on the data channel, and subscribes again naming the last
+    one it has with nothing missing before it (``ext.resume``) after a new handshake, after
+    moving to another node in its session, and when an offset skips one (a message lost on
+    the server's side: a Redis pub/sub gap gives no other sign). What it already had is
+    dropped by its offset, not counted as a duplicate (``droppedByPosition``); what the
+    server could not recover is kept in ``unrecovered``.
+    """
+
+    def resumes(self) -> None:
+        self.epoch: str | None = None
+        self.seen: set[int] = set()
+        self.contiguous = 0  # every offset up to this one was received (in ``epoch``)
+        self.droppedByPosition = 0
+        self.resumed = 0
+        self.unrecovered: list[Any] = []
+        self._resuming = False
+
+    def deliver(self, message: dict[str, Any]) -> None:
+        position = (message.get("ext") or {}).get("position") if message.get("channel") == DATA else None
+        if isinstance(position, dict) and isinstance(position.get("offset"), int):
+            offset, epoch = position["offset"], position.get("epoch")
+            if epoch != self.epoch:
+                self.epoch, self.seen, self.contiguous = epoch, set(), offset - 1
+            if offset <= self.contiguous or offset in self.seen:
+                self.droppedByPosition += 1
+                return
+            self.seen.add(offset)
+            gap = offset > self.contiguous + 1
+            while self.contiguous + 1 in self.seen:
+                self.contiguous += 1
+                self.seen.discard(self.contiguous)
+            if gap:
+                self.resumeSoon()
+        Subscriber.deliver(self, message)
+
+    def resumeMessage(self) -> dict[str, Any]:
+        message = subscribeMessage(DATA)
+        if self.epoch is not None:
+            message["ext"] = {"resume": {DATA: {"offset": self.contiguous, "epoch": self.epoch}}}
+        return message
+
+    def answered(self, reply: dict[str, Any]) -> None:
+        """A subscribe's reply: what the server could not recover is kept."""
+        ext = reply.get("ext") or {}
+        if ext.get("recovered") is False:
+            self.unrecovered.append(ext.get("unrecovered"))
+            # The missing ones are not coming: go on from the last received (as /client.js).
+            if self.seen:
+                self.contiguous = max(self.seen)
+                self.seen = set()
+
+    def resumeSoon(self) -> None:
+        raise NotImplementedError
+
+
+class ResumingWS(Resuming, WSClient):
+    """A :class:`WSClient` that resumes (:class:`Resuming`)."""
+
+    def __init__(self, name: str, urls: list[str], subscriptions: list[dict[str, Any]]) -> None:
+        WSClient.__init__(self, name, urls, subscriptions)
+        self.resumes()
+
+    async def call(self, message: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        reply = await WSClient.call(self, message, timeout)
+        if message.get("subscription") == DATA:
+            self.answered(reply)
+        return reply
+
+    async def _resubscribe(self) -> bool:
+        self.subscriptions = [self.resumeMessage()] + [
+            m for m in self.subscriptions if m.get("subscription") != DATA
+        ]
+        return await WSClient._resubscribe(self)
+
+    async def _failover(self) -> None:
+        await WSClient._failover(self)
+        self.resumeSoon()  # what the node it left held for it may be gone with that node
+
+    def resumeSoon(self) -> None:
+        if self._resuming or self.clientId is None or self.stopped:
+            return
+        self._resuming = True
+        self.resumed += 1
+
+        async def resume() -> None:
+            try:
+                await self.call(self.resumeMessage())
+            except Exception:
+                pass  # the session went: the handshake resubscribes from the same place
+            finally:
+                self._resuming = False
+
+        defer.ensureDeferred(resume())
+
+
+class ResumingLP(Resuming, LPClient):
+    """An :class:`LPClient` that resumes (:class:`Resuming`), the subscribe going with its next connect."""
+
+    def __init__(self, name: str, urls: list[str]) -> None:
+        LPClient.__init__(self, name, urls)
+        self.resumes()
+        self._resumeNext = False
+
+    async def _handshake(self) -> None:
+        self.subscriptions = [self.resumeMessage()]
+        await LPClient._handshake(self)
+
+    def _failed(self, reason: BaseException) -> None:
+        LPClient._failed(self, reason)
+        self.resumeSoon()
+
+    def resumeSoon(self) -> None:
+        if not self._resumeNext:
+            self.resumed += 1
+        self._resumeNext = True
+
+    async def post(self, messages: list[dict[str, Any]], timeout: float = 15) -> list[dict[str, Any]]:
+        if self._resumeNext and self.clientId and messages and messages[0].get("channel") == "/meta/connect":
+            self._resumeNext = False
+            messages = [{**self.resumeMessage(), "clientId": self.clientId}, *messages]
+        replies = await LPClient.post(self, messages, timeout)
+        for reply in replies:
+            if reply.get("channel") == "/meta/subscribe":
+                self.answered(reply)
+        return replies
 
 
 class Publication:
@@ -299,7 +440,13 @@ class Cluster:
     def __init__(self, options: argparse.Namespace, snapshot: Snapshot, sentinel: bool = False) -> None:
         self.options = options
         self.directory = Path(tempfile.mkdtemp(prefix="pandapush-faults-"))
-        self.redis = RedisProcess()
+        # redis-aof: a Redis with persistence (an append-only file, fsync'd every write), which
+        # comes back with what it had.
+        self.redis = RedisProcess(
+            args=["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.directory)]
+            if options.fault == "redis-aof"
+            else ()
+        )
         self.sentinel: SentinelDeployment | None = None
         args = ["--redis-hosts", f"127.0.0.1:{self.redis.port}", "--redis-namespace", "faults"]
         if sentinel:
@@ -344,6 +491,7 @@ def presenceSubscription(member: str) -> dict[str, Any]:
 
 
 async def runFault(fault: str, options: argparse.Namespace, snapshot: Snapshot) -> dict[str, Any]:
+    options.fault = fault
     cluster = Cluster(options, snapshot, sentinel=fault == "sentinel")
     try:
         return await _runFault(fault, cluster, options)
@@ -361,8 +509,11 @@ async def _runFault(fault: str, cluster: Cluster, options: argparse.Namespace) -
     lpA = await LPClient("lp-A", [a]).start()
     lpB = await LPClient("lp-B", [b, a]).start()
     publisher = await WSClient("publisher", [a], []).start()
-    cluster.clients += [wsA, wsB, ghost, lpA, lpB, publisher]
-    subscribers: list[Subscriber] = [wsA, lpA, wsB, lpB]
+    # Clients that resume from the channel history (issue 15), on B as ws-B and lp-B.
+    wsR = await ResumingWS("ws-B-resume", [b, a], [dataSub]).start()
+    lpR = await ResumingLP("lp-B-resume", [b, a]).start()
+    cluster.clients += [wsA, wsB, ghost, lpA, lpB, publisher, wsR, lpR]
+    subscribers: list[Subscriber] = [wsA, lpA, wsB, lpB, wsR, lpR]
     await sleep(0.5)
 
     traffic = Traffic(a, publisher, options.rate)
@@ -373,7 +524,7 @@ async def _runFault(fault: str, cluster: Cluster, options: argparse.Namespace) -
     if fault == "sigkill":
         await cluster.b.stop(signal.SIGKILL)
         recovered = t0
-    elif fault == "redis":
+    elif fault in ("redis", "redis-aof"):
         await cluster.redis.stop()
         result["redis_down_s"] = round(now() - t0, 3)
         await sleep(2)
@@ -414,7 +565,7 @@ async def _runFault(fault: str, cluster: Cluster, options: argparse.Namespace) -
         await sleep(0.02)
     # After a Redis restart a websocket client learns that its session is gone only with
     # its next connect, up to the server's --timeout later: watch past that.
-    await sleep(options.after_redis if fault == "redis" else options.steady)
+    await sleep(options.after_redis if fault.startswith("redis") else options.steady)
     traffic.stop()
     await sleep(3)  # deliveries in flight, a long-poller's next connect
 
@@ -461,6 +612,10 @@ async def _runFault(fault: str, cluster: Cluster, options: argparse.Namespace) -
         if missed:
             info["missed_sent_from_s"] = round(pubs[missed[0]].sent - t0, 3)
             info["missed_sent_to_s"] = round(pubs[missed[-1]].sent - t0, 3)
+        if isinstance(s, Resuming):
+            info["resumed"] = s.resumed
+            info["dropped_by_position"] = s.droppedByPosition
+            info["unrecovered"] = s.unrecovered
         if isinstance(s, WSClient):
             info["closes"] = [[round(t - t0, 3), code] for t, code in s.closes if t >= t0 - 0.01]
         else:
@@ -476,9 +631,12 @@ async def _runFault(fault: str, cluster: Cluster, options: argparse.Namespace) -
         clients[s.name] = info
     # One common order: every subscriber's sequence, in ws-A's order of arrival.
     rank = {seq: i for i, seq in enumerate(wsA.order)}
+    # (Not the resuming clients': they take what history sends again as it comes, after newer
+    # messages; /client.js holds those back to keep the order.)
     result["common_order"] = all(
         [rank[seq] for seq in s.order if seq in rank] == sorted(rank[seq] for seq in s.order if seq in rank)
         for s in subscribers
+        if not isinstance(s, Resuming)
     )
     result["clients"] = clients
     if fault == "sigkill":
@@ -497,7 +655,7 @@ def rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
     """The figures of one fault run, as (label, value) lines of the table."""
     fault = result["fault"]
     out: list[tuple[str, Any]] = []
-    if fault == "redis":
+    if fault.startswith("redis"):
         out.append(("Redis back at (s after stop)", result["redis_back_at_s"]))
         out.append(("first publish acknowledged after Redis back (s)", result["first_ack_after_s"]))
         out.append(("sent while Redis was down, acknowledged later", result["acked_though_sent_while_down"]))
@@ -510,7 +668,9 @@ def rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
     if fault == "sigkill":
         out.append(("ghost presence member announced gone on A (s)", result["ghost_left_s"]))
         out.append(("mover (failed over) announced gone", result["mover_announced_left"]))
-    base = {"redis": "Redis back", "sentinel": "new primary named"}.get(fault, "fault")
+    base = {"redis": "Redis back", "redis-aof": "Redis back", "sentinel": "new primary named"}.get(
+        fault, "fault"
+    )
     for name, info in result["clients"].items():
         out.append((f"{name}: receiving again (s after {base})", info["receiving_again_s"]))
         out.append((f"{name}: longest silence (s)", info["longest_silence_s"]))
@@ -521,6 +681,14 @@ def rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
             out.append((f"{name}: missed ones published at (s after fault)", window))
         if info.get("closes"):
             out.append((f"{name}: close codes", [c for _, c in info["closes"]]))
+        if "resumed" in info:
+            out.append(
+                (
+                    f"{name}: resumed / dropped by position",
+                    f"{info['resumed']} / {info['dropped_by_position']}",
+                )
+            )
+            out.append((f"{name}: told unrecovered", info["unrecovered"] or "never"))
     out.append(("publishes / acknowledged", f"{result['published']} / {result['acknowledged']}"))
     out.append(("publish failures", result["publish_failures"] or "none"))
     out.append(("REST publishes not sent (64 already waiting)", result["not_sent_backlog"]))
@@ -536,7 +704,7 @@ def rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
             "duplicates / Bayeux order kept / one common order",
             (
                 sum(i["duplicates"] for i in result["clients"].values()),
-                all(i["bayeux_order_ok"] for i in result["clients"].values()),
+                all(i["bayeux_order_ok"] for i in result["clients"].values() if "resumed" not in i),
                 result["common_order"],
             ),
         )
