@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -155,4 +156,19 @@ def jsonLogFor(config: Any, runner: Any) -> ILogObserver | None:
     name = runner.get("logfile")
     if name == "-" or (not name and runner.get("nodaemon")):
         return jsonLineObserver(sys.stdout)
-    return jsonLineObserver(LogFile.fromFullPath(name or "twistd.log"))
+    logFile = LogFile.fromFullPath(name or "twistd.log")
+    _rotateOnSIGUSR1(logFile)
+    return jsonLineObserver(logFile)
+
+
+def _rotateOnSIGUSR1(logFile: LogFile) -> None:
+    """As twistd does for its own log file: SIGUSR1 rotates it (unless something else took SIGUSR1)."""
+    if signal.getsignal(signal.SIGUSR1) not in (None, signal.SIG_DFL):
+        return
+
+    def rotate(signum: int, frame: Any) -> None:
+        from twisted.internet import reactor
+
+        reactor.callFromThread(logFile.rotate)  # type: ignore[attr-defined]
+
+    signal.signal(signal.SIGUSR1, rotate)

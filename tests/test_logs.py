@@ -13,8 +13,11 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import signal
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import treq
@@ -22,7 +25,7 @@ from twisted.logger import Logger, LogLevel, LogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from pandapush.logs import MAX_DEPTH, eventAsJSONLine, jsonLineObserver
+from pandapush.logs import MAX_DEPTH, eventAsJSONLine, jsonLineObserver, jsonLogFor
 from pandapush.tap import Options
 from tests.support.process import PandapushProcess
 from tests.support.waiting import eventually
@@ -151,6 +154,35 @@ class JSONLineTests(TestCase):
         with self.assertRaises(ConfigurationError) as caught:
             Configuration.fromOptions({"log-format": "xml"}, {})
         self.assertIn("text, json", str(caught.exception))
+
+
+class LogFileTests(TestCase):
+    async def test_logfileRotatedOnSIGUSR1(self) -> None:
+        """
+        Daemonized (twistd --logfile): JSON lines go to the file twistd would write, and
+        SIGUSR1 rotates it, as it does twistd's own.
+        """
+        previous = signal.getsignal(signal.SIGUSR1)
+        self.addCleanup(signal.signal, signal.SIGUSR1, previous)
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        path = Path(self.mktemp())
+        config = SimpleNamespace(logFormat="json", worker=None)
+        twistd = {"logfile": str(path), "nodaemon": False, "logger": None, "syslog": False}
+        observer = jsonLogFor(config, twistd)
+        assert observer is not None
+        Logger(namespace="test.logs", observer=observer).info("before {n}", n=1)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        await eventually(lambda: Path(f"{path}.1").exists())
+        Logger(namespace="test.logs", observer=observer).info("after {n}", n=2)
+        self.assertEqual(json.loads(Path(f"{path}.1").read_text())["n"], 1)
+        self.assertEqual(json.loads(path.read_text())["n"], 2)
+
+    def test_notInWorkersNorForText(self) -> None:
+        """A worker logs Twisted's JSON to its parent; text is twistd's own: no observer from us."""
+        runner = {"logfile": None, "nodaemon": True}
+        self.assertIsNone(jsonLogFor(SimpleNamespace(logFormat="text", worker=None), runner))
+        self.assertIsNone(jsonLogFor(SimpleNamespace(logFormat="json", worker=object()), runner))
+        self.assertIsNone(jsonLogFor(SimpleNamespace(logFormat="json", worker=None), {"logger": "x.y"}))
 
 
 class TwistdProcess(PandapushProcess):
