@@ -17,7 +17,9 @@ dependencies); later runs reuse the cached base and buildah's layer cache.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -150,3 +152,22 @@ class ImageTests(TestCase):
         accepted = await request("GET", second.url + "/admin/api/applications", headers=admin)
         self.assertEqual(accepted.code, 200, accepted.body)
         await second.stop()
+
+    async def test_jsonLogs(self) -> None:
+        """
+        ``-e PANDAPUSH_LOG_FORMAT=json``: the server's log is JSON lines, the listening
+        event with its fields; no line in twistd's text format is left.
+        """
+        image = await builtImage()
+        server = await self.started(image, self.volume(), {**README_ENV, "PANDAPUSH_LOG_FORMAT": "json"})
+        await request("GET", server.url + "/no/such/page")
+        await server.stop()
+        lines = [line.split("] ", 1)[1] for line in server.output if "] " in line]
+        text = [line for line in lines if re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[", line)]
+        self.assertEqual(text, [], "text log lines")
+        records = [json.loads(line) for line in lines if line.startswith("{")]
+        listening = [
+            r for r in records if r.get("namespace") == "pandapush.services.StorageService" and "url" in r
+        ]
+        self.assertEqual([r["url"] for r in listening], [server.url], records)
+        self.assertTrue(any(r["text"] == "Server Shut Down." for r in records), records)
