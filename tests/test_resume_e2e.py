@@ -12,12 +12,15 @@ exactly once, and be told it recovered everything.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import treq
 from twisted.internet import defer
 
+from tests.support.bayeux import LPClient
 from tests.support.cluster import APP, KEY, SECRET, ClusterCase, channel
+from tests.support.failover import dataOn
 from tests.support.node import NodeScript, requireNode
 from tests.support.process import PandapushProcess, seededEnvironment
 from tests.support.waiting import eventually, sleep
@@ -183,6 +186,42 @@ class RedisEngineResumeTests(ClusterCase):
         publisher = Publisher([second, first], [channel("one"), channel("two")])
         await scenario.run(publisher)
         scenario.check(publisher)
+
+    async def test_subscribeThroughAnotherNode(self) -> None:
+        """
+        A long-poller polling node A sends its resuming subscribe to node B (no sticky
+        balancing): B has A, the owner, hold the queue and put the history in front.
+        """
+        first, second = await self.startNodes(2)
+        room = channel("room")
+        publisher = Publisher([first, second], [room])
+        await publisher.publish(5)
+        response = await treq.get(
+            f"{first.url}/apps/{APP}/history", params={"channel": room}, auth=(KEY, SECRET), persistent=False
+        )
+        epoch = json.loads(await response.content())["epoch"]
+        poller = await self.lp(first.url)
+        await sleep(0.3)  # its first connect has made A its owner
+        publisher.start()
+        onB = LPClient(second.url)
+        onB.clientId = poller.clientId
+        reply = await onB.call(
+            {
+                "channel": "/meta/subscribe",
+                "subscription": room,
+                "ext": {"resume": {"offset": 2, "epoch": epoch}},
+            }
+        )
+        await publisher.stop()
+        await publisher.publish(2)
+        self.assertTrue(reply["successful"], reply)
+        self.assertIs(reply["ext"]["recovered"], True, reply)
+        expected = [{"n": n} for n in publisher.sent[room][2:]]
+        self.assertTrue(await eventually(lambda: len(dataOn(poller, room)) >= len(expected), timeout=10))
+        await sleep(0.3)
+        self.assertEqual(dataOn(poller, room), expected)
+        offsets = [m["ext"]["position"]["offset"] for m in poller.messages if m.get("channel") == room]
+        self.assertEqual(offsets, list(range(3, publisher.count + 1)))
 
     async def test_oneNode(self) -> None:
         """One Redis node: the same."""

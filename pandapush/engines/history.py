@@ -40,8 +40,11 @@ __all__ = [
     "HistorySettings",
     "MemoryEngineHistory",
     "MemoryHistory",
+    "asksHistory",
     "newEpoch",
+    "readRequests",
     "recoverLocally",
+    "recoveries",
     "recovery",
 ]
 
@@ -247,6 +250,53 @@ def recovery(
 
 
 Reader = Callable[[Mapping[str, int | None], Mapping[str, int]], "defer.Deferred[dict[str, HistoryPage]]"]
+#: What a recovery queues: ``(channel, offset, epoch, payload)``, in order.
+Recovered = list[tuple[str, int, str, bytes]]
+
+
+def asksHistory(wanted: Mapping[str, Position | None], latest: Collection[str]) -> bool:
+    """Whether a recovery sends anything (a position to resume from, or a latest message)."""
+    return bool(latest) or any(position is not None for position in wanted.values())
+
+
+def readRequests(
+    wanted: Mapping[str, Position | None], latest: Collection[str], available: bool
+) -> tuple[dict[str, int | None], dict[str, int]]:
+    """``(since, limits)`` to read for a recovery (only positions, when nothing can be sent)."""
+    since: dict[str, int | None] = {}
+    limits: dict[str, int] = {}
+    for channel in dict.fromkeys([*wanted, *latest]):
+        position = wanted.get(channel)
+        if position is not None and available:
+            since[channel], limits[channel] = position.offset, 1 << 30
+        else:
+            since[channel], limits[channel] = None, 1 if (channel in latest and available) else 0
+    return since, limits
+
+
+def recoveries(
+    pages: Mapping[str, HistoryPage],
+    wanted: Mapping[str, Position | None],
+    latest: Collection[str],
+    available: bool,
+) -> tuple[dict[str, Recovery], Recovered, dict[str, int]]:
+    """The outcome per channel, what to queue, and per channel the last offset queued."""
+    outcomes: dict[str, Recovery] = {}
+    queued: Recovered = []
+    sent: dict[str, int] = {}
+    for channel in dict.fromkeys([*wanted, *latest]):
+        page = pages[channel]
+        position = wanted.get(channel)
+        if not available and (position is not None or channel in latest):
+            current = Position(page.offset, page.epoch) if page.epoch else None
+            outcomes[channel] = Recovery(current, "unavailable")
+            continue
+        outcome, messages = recovery(page, position, channel in latest)
+        outcomes[channel] = outcome
+        if messages:
+            queued += [(channel, o, page.epoch, p) for o, p in messages]
+            sent[channel] = messages[-1][0]
+    return outcomes, queued, sent
 
 
 async def recoverLocally(
@@ -259,45 +309,23 @@ async def recoverLocally(
     makeDelivery: Callable[[str, int, str, bytes], Delivery],
 ) -> dict[str, Recovery]:
     """
-    :meth:`IEngine.recover` for a client held in ``local``: ``read({channel: since},
-    {channel: limit})`` reads the pages (one round trip for all of them, on Redis),
-    ``makeDelivery(channel, offset, epoch, payload)`` makes what is queued.
+    :meth:`IEngine.recover` for a client held in ``local`` (or, if it is not, only the
+    positions and ``"unavailable"``): ``read({channel: since}, {channel: limit})`` reads the
+    pages (one round trip for all of them, on Redis), ``makeDelivery(channel, offset,
+    epoch, payload)`` makes what is queued.
     """
-    channels = list(dict.fromkeys([*wanted, *latest]))
     client: LocalClient | None = local.get(clientId)
-    sending = client is not None and any(wanted.get(c) is not None or c in latest for c in channels)
+    sending = client is not None and asksHistory(wanted, latest)
     if sending:
         assert client is not None
         client.recovering += 1
     try:
         await subscribe()
-        since: dict[str, int | None] = {}
-        limits: dict[str, int] = {}
-        for channel in channels:
-            position = wanted.get(channel)
-            if position is not None and client is not None:
-                since[channel], limits[channel] = position.offset, 1 << 30
-            else:
-                since[channel], limits[channel] = None, 1 if (channel in latest and client is not None) else 0
-        pages = await read(since, limits)
-        outcomes: dict[str, Recovery] = {}
-        deliveries: list[Delivery] = []
-        sent: dict[str, int] = {}
-        for channel in channels:
-            page = pages[channel]
-            position = wanted.get(channel)
-            if client is None and (position is not None or channel in latest):
-                current = Position(page.offset, page.epoch) if page.epoch else None
-                outcomes[channel] = Recovery(current, "unavailable")
-                continue
-            outcome, messages = recovery(page, position, channel in latest)
-            outcomes[channel] = outcome
-            if messages:
-                deliveries += [makeDelivery(channel, o, page.epoch, p) for o, p in messages]
-                sent[channel] = messages[-1][0]
+        pages = await read(*readRequests(wanted, latest, client is not None))
+        outcomes, queued, sent = recoveries(pages, wanted, latest, client is not None)
         if sending and local.get(clientId) is client:
             assert client is not None
-            local.resume(client, deliveries, sent)
+            local.resume(client, [makeDelivery(*entry) for entry in queued], sent)
             sending = False
         return outcomes
     finally:

@@ -106,6 +106,7 @@ from pandapush.engines.redis.keys import RedisKeys, Shards
 from pandapush.engines.redis.node import Node, OwnedClient, unavailableAsEngine
 from pandapush.engines.redis.occupancy import ClusterQueries
 from pandapush.engines.redis.presence import Presence
+from pandapush.engines.redis.recovery import RemoteRecovery
 from pandapush.engines.redis.restore import Restorer
 from pandapush.engines.redis.rpc import NodeRPC
 from pandapush.engines.redis.subscriptions import Subscriptions
@@ -185,6 +186,7 @@ class RedisEngine(ListenerRegistry, ClusterQueries, RedisEngineHistory, Observed
         self._presence = Presence(node, self._rpc, self._notify)
         self._claims = Claims(node, self._rpc, self._restorer, self._presence)
         self._fanout = Fanout(node, RedisHistory(node, history or HistorySettings()))
+        self._recovery = RemoteRecovery(node, self._rpc, self._fanout.history, self._recoveredDelivery)
         self._subscriptions = Subscriptions(node, self._rpc, self._presence, self._notify)
         self._destroyer = Destroyer(node, self._rpc, self._presence, self._notify)
         self._expiry = Expiry(node, self._restorer, self._destroyer, sweepInterval)

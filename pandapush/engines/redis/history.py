@@ -13,14 +13,14 @@ Every node reads and writes the same streams: a client resumes on any node.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from twisted.internet import defer
 
-from pandapush.engines.history import META_TTL, EngineHistory, HistorySettings, newEpoch
+from pandapush.engines.history import META_TTL, EngineHistory, HistorySettings, asksHistory, newEpoch
 from pandapush.engines.redis.node import Node, RelayedDelivery, unavailableAsEngine
-from pandapush.interfaces import HistoryPage
+from pandapush.interfaces import HistoryPage, Position, Recovery
 
 __all__ = ["READ", "RedisEngineHistory", "RedisHistory"]
 
@@ -157,12 +157,26 @@ class RedisHistory:
 
 class RedisEngineHistory(EngineHistory):
     """
-    The Redis engine's history methods (``history`` and ``recover`` are EngineHistory's).
-    A client owned by another node (a long-poller whose subscribe came here) has its queue
-    there: it is told its history is unavailable rather than sent it out of order.
+    The Redis engine's history methods (``history`` is EngineHistory's, and ``recover`` for
+    a client this node owns). A client owned by another node (a long-poller whose subscribe
+    came here) has its queue there: its recovery is the owner's (``recovery``).
     """
 
     _fanout: Any
+    _recovery: Any
+
+    def recover(
+        self,
+        clientId: str,
+        subscribe: Callable[[], defer.Deferred[Any]],
+        wanted: Mapping[str, Position | None],
+        latest: Collection[str],
+    ) -> defer.Deferred[dict[str, Recovery]]:
+        if clientId in self._local or not asksHistory(wanted, latest):
+            return EngineHistory.recover(self, clientId, subscribe, wanted, latest)
+        return unavailableAsEngine(
+            defer.Deferred.fromCoroutine(self._recovery.recover(clientId, subscribe, wanted, latest))
+        )
 
     @property
     def _history(self) -> RedisHistory:
