@@ -34,7 +34,11 @@ def decoded(payloads: list[bytes]) -> list[dict[str, Any]]:
 
 
 class HistoryTestsMixin(_Base):
-    """Positions and history, on ``self.engine`` (see EngineTestsMixin)."""
+    """
+    Positions and history, on ``self.engine`` (see EngineTestsMixin). Each test ends with a
+    ``turn``: on Redis it waits for the engine's background work, which a test ending at
+    once would leave running (a dirty reactor under load).
+    """
 
     engine: Any
 
@@ -67,6 +71,7 @@ class HistoryTestsMixin(_Base):
         self.assertIsInstance(epochs.pop(), str)
         self.assertEqual(got[0]["ext"]["mine"], True)
         self.assertEqual([m["data"] for m in got], [0, 1, 2, "b"])
+        await self.turn()
 
     async def test_publishGivesPosition(self) -> None:
         """``publish`` and ``publishBatch`` leave each delivery with its offset and epoch."""
@@ -77,6 +82,7 @@ class HistoryTestsMixin(_Base):
         self.assertEqual([one.offset] + [d.offset for d in batch], [1, 2, 1, 3])
         self.assertEqual(one.epoch, batch[2].epoch)
         self.assertEqual(json.loads(batch[2].payload)["ext"]["position"], {"offset": 3, "epoch": one.epoch})
+        await self.turn()
 
     async def test_noPositionWithoutHead(self) -> None:
         """A message made without history (presence notices, meta) is delivered as it was, unpositioned."""
@@ -89,6 +95,7 @@ class HistoryTestsMixin(_Base):
         self.assertEqual(decoded(sink.payloads), [{"channel": "/h/presence/r", "data": {"subscribe": {}}}])
         page = await self.engine.history("/h/presence/r", None, 10)
         self.assertEqual(page.messages, [])
+        await self.turn()
 
     async def test_history(self) -> None:
         """``history`` answers the position and the messages after ``since`` (or the latest), oldest first."""
@@ -105,6 +112,7 @@ class HistoryTestsMixin(_Base):
         self.assertEqual([o for o, _ in latest.messages], [4, 5])
         limited = await self.engine.history("/h/public/log", 0, 2)
         self.assertEqual([o for o, _ in limited.messages], [1, 2])
+        await self.turn()
 
     async def test_historyBoundedBySize(self) -> None:
         """A channel keeps its last ``size`` messages."""
@@ -114,6 +122,7 @@ class HistoryTestsMixin(_Base):
         page = await self.engine.history("/small/public/a", 0, 100)
         self.assertEqual(page.offset, 10)
         self.assertEqual([o for o, _ in page.messages], [8, 9, 10])
+        await self.turn()
 
     async def test_historyBoundedByAge(self) -> None:
         """Messages older than the application's ``ttl`` are not answered."""
@@ -123,6 +132,7 @@ class HistoryTestsMixin(_Base):
         await self.engine.publish(kept("/brief/public/a", "new"))
         page = await self.engine.history("/brief/public/a", 0, 100)
         self.assertEqual([o for o, _ in page.messages], [2])
+        await self.turn()
 
     async def test_historyOff(self) -> None:
         """Size 0: no position, no history (the page's epoch is empty)."""
@@ -135,6 +145,7 @@ class HistoryTestsMixin(_Base):
         self.assertEqual(decoded(sink.payloads), [{"channel": "/off/public/a", "data": 1}])
         page = await self.engine.history("/off/public/a", None, 10)
         self.assertEqual(page.epoch, "")
+        await self.turn()
 
     async def test_positionBeforeFirstPublish(self) -> None:
         """A quiet channel has a position (offset 0) that stays its epoch when messages come."""
@@ -160,6 +171,7 @@ class HistoryTestsMixin(_Base):
         await self.engine.publish(again)
         self.assertEqual(again.offset, 1)
         self.assertEqual(len((await self.engine.history("/kept/public/a", 0, 10)).messages), 1)
+        await self.turn()
 
     async def _subscribed(self, clientId: str, channels: list[str]) -> Any:
         async def subscribe() -> None:
@@ -182,6 +194,7 @@ class HistoryTestsMixin(_Base):
         await self.engine.publish(kept("/h/public/r", 6))
         await self.turn()
         self.assertEqual([m["data"] for m in decoded(sink.payloads)], [3, 4, 5, 6])
+        await self.turn()
 
     async def test_recoverSeam(self) -> None:
         """
@@ -214,6 +227,7 @@ class HistoryTestsMixin(_Base):
         got = decoded(sink.payloads)
         self.assertEqual([m["data"] for m in got], [2, 3, 4, 5, 6])
         self.assertEqual([m["ext"]["position"]["offset"] for m in got], [2, 3, 4, 5, 6])
+        await self.turn()
 
     async def test_recoverFailures(self) -> None:
         """Another epoch, a position older than history, an offset not reached yet: each is said."""
@@ -235,6 +249,7 @@ class HistoryTestsMixin(_Base):
         await self.turn()
         # What is left is sent, flagged as incomplete.
         self.assertEqual([m["data"] for m in decoded(sink.payloads)], [4, 5])
+        await self.turn()
 
     async def test_latest(self) -> None:
         """A cache channel subscription gets the latest message at once, and its position."""
@@ -249,6 +264,7 @@ class HistoryTestsMixin(_Base):
         self.assertEqual(outcome["/h/public/cache"].position.offset, 3)
         await self.turn()
         self.assertEqual([m["data"] for m in decoded(sink.payloads)], [3])
+        await self.turn()
 
     async def test_recoverWithoutResumeSendsNothing(self) -> None:
         """A subscription with no position asked for learns the channel's position, and gets no history."""
@@ -261,6 +277,7 @@ class HistoryTestsMixin(_Base):
         self.assertIsNone(outcome["/h/public/fresh"].missed)
         await self.turn()
         self.assertEqual(sink.payloads, [])
+        await self.turn()
 
     async def test_recoverSubscribeFails(self) -> None:
         """If the subscription fails, so does the recovery, and the client's queue is not left held."""
@@ -276,6 +293,7 @@ class HistoryTestsMixin(_Base):
         await self.engine.publish(kept("/h/public/other", "live"))
         await self.turn()
         self.assertEqual([m["data"] for m in decoded(sink.payloads)], ["live"])
+        await self.turn()
 
     async def test_idempotentPublish(self) -> None:
         """A key seen within five minutes: acknowledged with the first's position, not delivered again."""
@@ -303,6 +321,7 @@ class HistoryTestsMixin(_Base):
         self.assertEqual([m["data"] for m in decoded(sink.payloads)], [1, 3, 5])
         page = await self.engine.history("/h/public/once", 0, 10)
         self.assertEqual(len(page.messages), 3)
+        await self.turn()
 
     async def test_positionOnlyKeptForTtl(self) -> None:
         """A channel only asked for its position (never published to) is forgotten after its ttl."""
@@ -314,6 +333,7 @@ class HistoryTestsMixin(_Base):
         self.sweepHistory()
         later = await self.engine.history("/asked/public/a", None, 10)
         self.assertNotEqual(later.epoch, first.epoch)
+        await self.turn()
 
     def sweepHistory(self) -> None:
         """Let the engine drop what expired (the memory engine sweeps on a timer; Redis expires keys)."""
