@@ -519,6 +519,11 @@ class WorkersCase(ClusterCase):
         return client
 
 
+def _served(server: PandapushProcess, index: int) -> int:
+    """How many times worker ``index`` has said it serves (once per start)."""
+    return sum(f"worker {index} serving" in line for line in server.output)
+
+
 class WorkersTests(WorkersCase):
     async def test_servesOnOnePortFromTwoProcesses(self) -> None:
         """
@@ -617,10 +622,15 @@ class WorkersTests(WorkersCase):
         one's is gone, not left to collect connections nobody accepts).
         """
         server = await self.startWorkers(2, extra=("--reuse-port",))
+        # A connection the kernel hashes to a worker's socket waits there until that
+        # worker accepts: ask only once it serves (on a loaded machine it may still be
+        # importing when the parent answers its first request).
+        self.assertTrue(await eventually(lambda: _served(server, 1) == 1, timeout=30), server.log())
         pids = await self.workerPids(server, 2)
         self.assertEqual(_listeningSockets(server.port), 2)
         os.kill(pids[1], signal.SIGKILL)
         self.assertTrue(await eventually(lambda: _listeningSockets(server.port) == 1, timeout=5))
+        self.assertTrue(await eventually(lambda: _served(server, 1) == 2, timeout=30), server.log())
         restarted: dict[int, int] = {}
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
