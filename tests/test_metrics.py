@@ -29,6 +29,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 import pandapush
+from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.delivery import Delivery
 from pandapush.engines.memory import MemoryEngine
 from pandapush.engines.redis.node import RelayedDelivery
@@ -150,6 +151,36 @@ class CollectorTests(TestCase):
         )
         self.assertEqual(found[("pandapush_http_request_duration_seconds_count", (("route", "push"),))], 1)
         self.assertEqual(found[("pandapush_http_requests_total", (("status", "400"),))], 1)
+
+    def send(self, message: dict[str, Any]) -> dict[str, Any]:
+        processed = self.router.process([message], MessageContext("long-polling"))
+        replies: list[Any] = self.successResultOf(processed)
+        return replies[0]  # type: ignore[no-any-return]
+
+    def test_resumes(self) -> None:
+        """Subscribes resuming from history, by result, and the channels not recovered, by reason."""
+        self.router.addExtension(self.metrics.errorCounter)
+        handshake = {
+            "channel": "/meta/handshake",
+            "version": "1.0",
+            "supportedConnectionTypes": ["long-polling"],
+        }
+        clientId = self.send(dict(handshake))["clientId"]
+        self.send({"channel": "/a/b", "data": 0, "clientId": clientId})
+        first = self.send({"channel": "/meta/subscribe", "clientId": clientId, "subscription": "/a/b"})
+        position = first["ext"]["positions"]["/a/b"]
+        for n in (1, 2):
+            self.send({"channel": "/a/b", "data": n, "clientId": clientId})
+        other = self.send(dict(handshake))["clientId"]
+        resumed = {"channel": "/meta/subscribe", "clientId": other, "subscription": "/a/b"}
+        self.assertIs(self.send({**resumed, "ext": {"resume": position}})["ext"]["recovered"], True)
+        stale = self.send({**resumed, "ext": {"resume": {"offset": 1, "epoch": "gone"}}})
+        self.assertEqual(stale["ext"]["unrecovered"], {"/a/b": "epoch changed"})
+        found = samples(self.scrape())
+        self.assertEqual(found[("pandapush_resumes_total", (("result", "recovered"),))], 1)
+        self.assertEqual(found[("pandapush_resumes_total", (("result", "unrecovered"),))], 1)
+        self.assertEqual(found[("pandapush_resume_gaps_total", (("reason", "epoch changed"),))], 1)
+        self.assertEqual(found[("pandapush_resume_gaps_total", (("reason", "other"),))], 0)
 
     def test_relayedAcceptance(self) -> None:
         """A copy from Redis is aged from its id's stamp; an id without one (older nodes) from its arrival."""

@@ -70,6 +70,10 @@ REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
+#: Why a resume missed messages (``ext.unrecovered``'s values, pandapush.engines.history.recovery).
+RESUME_GAPS = ("epoch changed", "position too old", "no history")
+
+
 def routeFamily(path: bytes) -> str:
     """The ``route`` label for a request path: one of :data:`ROUTE_FAMILIES`' values, or ``other``."""
     first = path.split(b"?", 1)[0].split(b"/", 2)[1:2]
@@ -182,12 +186,14 @@ class _Counts:
 @implementer(IExtension)
 class ErrorCounter:
     """
-    Counts Bayeux error replies by code (an outgoing hook: once per reply). Added
-    last, so it counts replies as the client will see them.
+    Counts Bayeux error replies by code (an outgoing hook: once per reply), and the
+    subscribes that resumed from history (``ext.recovered`` in their reply; given
+    ``resumes``, the counts). Added last, so it counts replies as the client will see them.
     """
 
-    def __init__(self, counter: Counter) -> None:
+    def __init__(self, counter: Counter, resumes: _Resumes | None = None) -> None:
         self.counter = counter
+        self.resumes = resumes
 
     def incoming(self, message: dict[str, Any], context: MessageContext) -> dict[str, Any]:
         return message
@@ -202,7 +208,44 @@ class ErrorCounter:
             if not (len(code) == 3 and code.isascii() and code.isdigit()):
                 code = "other"
             self.counter.labels(code=code).inc()
+        elif self.resumes is not None and reply.get("channel") == "/meta/subscribe":
+            ext = reply.get("ext")
+            if isinstance(ext, dict) and "recovered" in ext:
+                self.resumes.count(ext)
         return reply
+
+
+class _Resumes:
+    """Subscribes that asked to resume (or for the latest message), and the channels not recovered."""
+
+    def __init__(self) -> None:
+        self.results: collections.Counter[str] = collections.Counter()
+        self.gaps: collections.Counter[str] = collections.Counter()
+
+    def count(self, ext: dict[str, Any]) -> None:
+        self.results["recovered" if ext["recovered"] is True else "unrecovered"] += 1
+        unrecovered = ext.get("unrecovered")
+        if isinstance(unrecovered, dict):
+            for why in unrecovered.values():
+                self.gaps[why if why in RESUME_GAPS else "other"] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        results = CounterMetricFamily(
+            "pandapush_resumes",
+            "Subscribes resuming from a position or asking for the latest message, by result.",
+            labels=["result"],
+        )
+        for result in ("recovered", "unrecovered"):
+            results.add_metric([result], self.results[result])
+        yield results
+        gaps = CounterMetricFamily(
+            "pandapush_resume_gaps",
+            "Channels a resuming subscribe could not recover entirely, by reason.",
+            labels=["reason"],
+        )
+        for reason in (*RESUME_GAPS, "other"):
+            gaps.add_metric([reason], self.gaps[reason])
+        yield gaps
 
 
 class _Fixed:
@@ -266,7 +309,9 @@ class Metrics:
         if observeFlushes is not None:
             observeFlushes(self._flushed)
         router.addLimitObserver(lambda limit: self.refusals.labels(limit=limit).inc())
-        self.errorCounter = ErrorCounter(self.errors)
+        self.resumes = _Resumes()
+        self.registry.register(self.resumes)  # type: ignore[arg-type]
+        self.errorCounter = ErrorCounter(self.errors, self.resumes)
         self.resource = MetricsResource(self.registry)
 
     def _published(self, channel: str, recipients: int) -> None:
