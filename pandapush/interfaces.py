@@ -493,12 +493,16 @@ class IRouter(Interface):
         acknowledged (0 recipients) and not delivered again.
         """
 
-    def publishBatch(messages: Sequence[tuple[str, Any]]) -> Deferred[list[int]]:
+    def publishBatch(
+        messages: Sequence[tuple[str, Any]], idempotencyKeys: Sequence[str] | None = None
+    ) -> Deferred[list[int]]:
         """
         Publish ``(channel, data)`` messages from the server (the server API's
         ``batch_events``), in the order given; fires with each one's recipients. Every
         message is checked (channel name, size) before any is published, so one refused
-        (a ``BayeuxError`` naming its channel) refuses them all.
+        (a ``BayeuxError`` naming its channel) refuses them all. With ``idempotencyKeys``
+        (one per message), a message whose key was published within five minutes in its
+        application is not published again (0 recipients).
         """
 
     def notify(clientId: str, message: Message) -> None:

@@ -8,6 +8,7 @@ publish script, so two nodes cannot both publish it.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import treq
@@ -33,7 +34,50 @@ async def publish(node: PandapushProcess, path: str, data: Any, key: str | None)
     return response.code, await response.content()
 
 
+async def apiCall(node: PandapushProcess, route: str, body: Any, key: str | None) -> tuple[int, bytes]:
+    headers = {b"Content-Type": [b"application/json"]}
+    if key is not None:
+        headers[b"Idempotency-Key"] = [key.encode()]
+    response = await treq.post(
+        f"{node.url}/apps/{APP}/{route}",
+        data=json.dumps(body).encode(),
+        auth=(KEY, SECRET),
+        headers=Headers(headers),
+        persistent=False,
+        timeout=15,
+    )
+    return response.code, await response.content()
+
+
 class IdempotentRESTTests(ClusterCase):
+    async def _checkServerAPI(self, nodes: list[PandapushProcess]) -> None:
+        """``events`` and ``batch_events`` retried with their key: each message delivered once."""
+        a, b = channel("a"), channel("b")
+        subscriber = await self.ws(nodes[-1].url, name="api-subscriber")
+        for name in (a, b):
+            self.assertTrue((await subscriber.subscribe(name))["successful"])
+        for attempt in range(3):
+            node = nodes[attempt % len(nodes)]
+            code, body = await apiCall(node, "events", {"channels": [a, b], "data": "e"}, "ev-1")
+            self.assertEqual(code, 200, body)
+            batch = {
+                "batch": [
+                    {"channel": a, "data": "b1"},
+                    {"channel": b, "data": "b2"},
+                    {"channel": a, "data": "b3"},
+                ]
+            }
+            code, body = await apiCall(node, "batch_events", batch, "batch-1")
+            self.assertEqual(code, 200, body)
+        code, body = await apiCall(nodes[0], "events", {"channels": [a], "data": "x"}, "k" * 201)
+        self.assertEqual(code, 400, body)
+        self.assertTrue(
+            await eventually(lambda: len(dataOn(subscriber, a)) + len(dataOn(subscriber, b)) >= 5, timeout=10)
+        )
+        await sleep(0.5)
+        self.assertEqual(dataOn(subscriber, a), ["e", "b1", "b3"])
+        self.assertEqual(dataOn(subscriber, b), ["e", "b2"])
+
     async def _check(self, nodes: list[PandapushProcess]) -> None:
         room = channel("room")
         subscriber = await self.ws(nodes[-1].url, name="subscriber")
@@ -72,7 +116,10 @@ class IdempotentRESTTests(ClusterCase):
         await node.start()
         self.addCleanup(self._stopClients)
         await self._check([node])
+        await self._checkServerAPI([node])
 
     async def test_twoNodes(self) -> None:
         """Two Redis nodes: retries through either node, even concurrent ones, are delivered once."""
-        await self._check(await self.startNodes(2))
+        nodes = await self.startNodes(2)
+        await self._check(nodes)
+        await self._checkServerAPI(nodes)

@@ -115,10 +115,13 @@ class Publisher:
             d.addCallback(self._published, channel)
         return d
 
-    def publishBatch(self, messages: Sequence[tuple[str, Any]]) -> Deferred[list[int]]:
+    def publishBatch(
+        self, messages: Sequence[tuple[str, Any]], idempotencyKeys: Sequence[str] | None = None
+    ) -> Deferred[list[int]]:
         """
         Publish several messages from the server, in the order given. Every one is checked
-        (channel name, size) before any is published: one refused refuses them all.
+        (channel name, size) before any is published: one refused refuses them all. With
+        ``idempotencyKeys`` (one per message), each is published once in five minutes.
         """
         deliveries: list[Delivery] = []
         maxSize = self.limits.maxMessageSize
@@ -132,6 +135,9 @@ class Publisher:
                 self.refusals.report("message_size")
                 return defer.fail(BayeuxError(413, [channel], f"Message larger than {maxSize} bytes"))
             deliveries.append(delivery)
+        if idempotencyKeys is not None:
+            for delivery, key in zip(deliveries, idempotencyKeys, strict=True):
+                delivery.idempotencyKey = scopedKey(delivery.channel, key)
         try:
             published = self.engine.publishBatch(deliveries)
         except Exception:

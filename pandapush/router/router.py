@@ -129,9 +129,11 @@ class BayeuxRouter:
         """
         return self._publisher.publish(channel, data, exclude, history, idempotencyKey)
 
-    def publishBatch(self, messages: Sequence[tuple[str, Any]]) -> Deferred[list[int]]:
+    def publishBatch(
+        self, messages: Sequence[tuple[str, Any]], idempotencyKeys: Sequence[str] | None = None
+    ) -> Deferred[list[int]]:
         """Publish ``(channel, data)`` messages from the server, in order, all checked first."""
-        return self._publisher.publishBatch(messages)
+        return self._publisher.publishBatch(messages, idempotencyKeys)
 
     def notify(self, clientId: str, message: Message) -> None:
         """Send ``message``, made by the server, to one client (:meth:`Sessions.notify`)."""

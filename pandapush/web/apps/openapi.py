@@ -66,6 +66,15 @@ def _operation(
     return operation
 
 
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "1 to 200 characters: a retry with the same key within 5 minutes publishes nothing again.",
+    "schema": {"type": "string"},
+}
+
+
 def _query(name: str, description: str, required: bool = True) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": required, "description": description, "schema": _STRING}
 
@@ -170,6 +179,7 @@ _PATHS: dict[str, Any] = {
             "Empty",
             {},
             (400, 401, 403, 404, 413, 429, 503),
+            (_IDEMPOTENCY_KEY,),
             body="Events",
             bodyExample={"channels": ["/app/public/a", "/app/private/b"], "data": {"text": "hi"}},
         )
@@ -182,6 +192,7 @@ _PATHS: dict[str, Any] = {
             "BatchAnswer",
             {"batch": [{}, {}]},
             (400, 401, 403, 404, 413, 429, 503),
+            (_IDEMPOTENCY_KEY,),
             body="Batch",
             bodyExample={
                 "batch": [{"channel": "/app/public/a", "data": 1}, {"channel": "/app/public/b", "data": 2}]
@@ -268,6 +279,7 @@ _PATHS: dict[str, Any] = {
                     "schema": {"type": "string", "enum": ["public", "private", "presence"]},
                 },
                 {"name": "path", "in": "path", "required": True, "schema": _STRING},
+                _IDEMPOTENCY_KEY,
             ],
             "requestBody": {"required": True, **_json(_ANY, {"text": "hello"})},
             "responses": {

@@ -19,6 +19,8 @@ from typing import Any
 
 from pandapush.auth.rules import PUBLISH
 from pandapush.bayeux.errors import BayeuxError
+from pandapush.bayeux.idempotency import idempotencyKeyError
+from pandapush.transports.http import header
 from pandapush.web.apps.api import APICall, APIError, Route, unavailable
 
 __all__ = ["MAX_BATCH", "MAX_CHANNELS", "ROUTES"]
@@ -31,10 +33,22 @@ def _tooMany(what: str, limit: int, given: int) -> APIError:
     return APIError(413, f"At most {limit} {what} in one request, not {given}", [limit])
 
 
-async def _publish(call: APICall, messages: list[tuple[str, Any]]) -> None:
+def _idempotencyKey(call: APICall) -> str | None:
+    """The request's ``Idempotency-Key`` (400 if it cannot be one), or None."""
+    key = header(call.request, b"idempotency-key")
+    if key is not None:
+        refused = idempotencyKeyError(key)
+        if refused is not None:
+            raise APIError(400, refused)
+    return key
+
+
+async def _publish(call: APICall, messages: list[tuple[str, Any]], keys: list[str] | None = None) -> None:
     services = call.services
     try:
-        published = services.router.publishBatch(messages)
+        published = (
+            services.router.publishBatch(messages, keys) if keys else services.router.publishBatch(messages)
+        )
     except Exception:
         raise unavailable("Failed to publish; try again") from None
     try:
@@ -55,13 +69,16 @@ async def events(call: APICall) -> Any:
         raise APIError(400, "data is required: the message to publish")
     if not all(isinstance(name, str) for name in channels):
         raise APIError(400, "channels must be a non-empty list of channel names")
+    key = _idempotencyKey(call)
     principal = await call.login()
     distinct = list(dict.fromkeys(channels))
     for name in distinct:
         call.channel(principal, name, PUBLISH)
     await call.throttle(principal, len(distinct))
     data = body["data"]
-    await _publish(call, [(name, data) for name in distinct])
+    # One key for the request, one message per channel: each channel's message is known by both.
+    keys = [f"{key}\n{name}" for name in distinct] if key else None
+    await _publish(call, [(name, data) for name in distinct], keys)
     return {}
 
 
@@ -72,6 +89,7 @@ async def batchEvents(call: APICall) -> Any:
         raise APIError(400, 'batch must be a non-empty list of {"channel", "data"} objects')
     if len(batch) > MAX_BATCH:
         raise _tooMany("messages", MAX_BATCH, len(batch))
+    key = _idempotencyKey(call)
     principal = await call.login()
     checked: set[str] = set()
     messages: list[tuple[str, Any]] = []
@@ -84,7 +102,8 @@ async def batchEvents(call: APICall) -> Any:
             checked.add(name)
         messages.append((name, message["data"]))
     await call.throttle(principal, len(messages))
-    await _publish(call, messages)
+    # One key for the request: each message is known by it and its place in the batch.
+    await _publish(call, messages, [f"{key}\n{i}" for i in range(len(messages))] if key else None)
     return {"batch": [{} for _ in messages]}
 
 
