@@ -9,11 +9,15 @@ killed. The cluster test with real nodes is ``tests/test_multinode_sentinel.py``
 
 from __future__ import annotations
 
+import argparse
+import io
+import json
 import time
 
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
+from pandapush.cli.context import CommandError, Context
 from pandapush.config import Configuration, ConfigurationError
 from pandapush.redis import RedisAddress, RedisShard, RedisSubscriber, parseRedisShards
 from pandapush.redis.sentinel import Sentinels, _parseReply, parseSentinels
@@ -110,6 +114,31 @@ class FakeSentinelTests(TestCase):
         self.addCleanup(direct.close)
         self.assertEqual(await direct.execute("GET", "k"), "on-0")
         self.assertGreaterEqual(self.sentinel.asked, 1)
+
+    async def test_commandTellsServersThroughSentinels(self) -> None:
+        """
+        The ``pandapush`` command given REDIS_SENTINELS and REDIS_SENTINEL_MASTERS sends
+        its key invalidation to the primary the sentinels name, where the servers listen.
+        """
+        self.point(0)
+        heard: list[str] = []
+        listener = RedisSubscriber(reactor, self.servers[0].address, lambda c, m: heard.append(m))
+        self.addCleanup(listener.close)
+        await listener.subscribe("pp-sentinel:keys")
+        environ = {
+            "REDIS_SENTINELS": f"127.0.0.1:{self.sentinelPort}",
+            "REDIS_SENTINEL_MASTERS": "fake",
+            "REDIS_NAMESPACE": "pp-sentinel",
+        }
+        err = io.StringIO()
+        context = Context(argparse.Namespace(), environ, io.StringIO(), reactor, err)
+        await context.keysChanged(keyId="PSIDrevoked")
+        self.assertTrue(await eventually(lambda: bool(heard), timeout=5), err.getvalue())
+        self.assertEqual(json.loads(heard[0])["key"], "PSIDrevoked")
+        self.assertEqual(err.getvalue(), "")
+        self.assertEqual(Sentinels._shared, {}, "the command left connections to the sentinels open")
+        half = Context(argparse.Namespace(), {"REDIS_SENTINELS": "h:1"}, io.StringIO(), reactor, err)
+        self.assertRaises(CommandError, half.checkRedisHosts)
 
     async def test_replicaNamedIsRefused(self) -> None:
         """
