@@ -485,6 +485,19 @@ class Cluster:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+async def presenceMembers(node: str) -> dict[str, Any] | None:
+    """The room's members as ``node``'s server API lists them (None while it cannot say)."""
+    try:
+        response = await treq.get(
+            f"{node}/apps/{APP}/members", params={"channel": ROOM}, auth=(KEY, SECRET), timeout=5
+        )
+        body = await response.content()
+    except Exception:
+        return None
+    members: dict[str, Any] | None = json.loads(body)["members"] if response.code == 200 else None
+    return members
+
+
 def presenceSubscription(member: str) -> dict[str, Any]:
     token = mintToken(KEY, SECRET, ROOM, sub=True, presence={"id": member})
     return {"channel": "/meta/subscribe", "subscription": ROOM, "ext": {"auth": {"token": token}}}
@@ -516,6 +529,7 @@ async def _runFault(fault: str, cluster: Cluster, options: argparse.Namespace) -
     subscribers: list[Subscriber] = [wsA, lpA, wsB, lpB, wsR, lpR]
     await sleep(0.5)
 
+    membersBefore = await presenceMembers(a)
     traffic = Traffic(a, publisher, options.rate)
     traffic.start()
     await sleep(options.steady)
@@ -563,6 +577,13 @@ async def _runFault(fault: str, cluster: Cluster, options: argparse.Namespace) -
         all(receivingAgain(s) for s in subscribers) and (fault != "sigkill" or ghostGone())
     ):
         await sleep(0.02)
+    if fault in ("redis", "redis-aof", "sentinel"):
+        # The member list as A's server API gives it: the same as before the fault, again?
+        while now() < deadline and await presenceMembers(a) != membersBefore:
+            await sleep(0.1)
+        listed = await presenceMembers(a)
+        result["members_same_s"] = round(now() - recovered, 3) if listed == membersBefore else None
+        result["members"] = f"{sorted(membersBefore or {})} -> {sorted(listed or {})}"
     # After a Redis restart a websocket client learns that its session is gone only with
     # its next connect, up to the server's --timeout later: watch past that.
     await sleep(options.after_redis if fault.startswith("redis") else options.steady)
@@ -655,6 +676,9 @@ def rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
     """The figures of one fault run, as (label, value) lines of the table."""
     fault = result["fault"]
     out: list[tuple[str, Any]] = []
+    if fault in ("redis", "redis-aof", "sentinel"):
+        out.append(("presence members listed as before (s after recovery)", result["members_same_s"]))
+        out.append(("presence members before -> after", result["members"]))
     if fault.startswith("redis"):
         out.append(("Redis back at (s after stop)", result["redis_back_at_s"]))
         out.append(("first publish acknowledged after Redis back (s)", result["first_ack_after_s"]))
