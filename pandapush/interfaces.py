@@ -109,7 +109,8 @@ class Recovery(NamedTuple):
     What a resuming subscription got on one channel: the channel's current ``position``
     (None without history) and ``missed``: None if every message after the position
     asked for was sent, else why not (``"epoch changed"``, ``"position too old"``,
-    ``"no history"``, ``"future"`` for an offset the channel has not reached,
+    ``"no history"``, ``"future"`` for an offset the channel has not reached, ``"too many
+    missed"`` (more than a subscribe recovers: the oldest were sent),
     ``"unavailable"`` when the client's queue is on another node).
     """
 

@@ -129,6 +129,29 @@ class ResumeTests(ResumeTestCase):
         reply = self.subscribe(clientId, CHANNEL, resume={"offset": 1, "epoch": "abcdefgh"})
         self.assertEqual(reply["ext"]["unrecovered"], {CHANNEL: "no history"})
 
+    def test_tooManyMissed(self) -> None:
+        """
+        A subscribe recovers at most MAX_RECOVERED messages over its channels (each at least
+        100): a wildcard resuming 101 channels that each missed 101 gets the oldest 100 of each
+        and is told, per channel, that it missed too many.
+        """
+        self.engine.historySettings.setApp("app", 1000, None)
+        clientId = self.handshake()
+        channels = [f"/app/public/c{i}" for i in range(101)]
+        reply = self.subscribe(clientId, channels)
+        positions = reply["ext"]["positions"]
+        self.send({"channel": "/meta/unsubscribe", "clientId": clientId, "subscription": channels})
+        for name in channels:
+            for n in range(101):
+                self.publish(name, n)
+        reply = self.subscribe(clientId, "/app/public/*", resume=positions)
+        self.assertIs(reply["ext"]["recovered"], False)
+        self.assertEqual(set(reply["ext"]["unrecovered"].values()), {"too many missed"})
+        self.assertEqual(len(reply["ext"]["unrecovered"]), 101)
+        got = self.received(clientId)
+        self.assertEqual(len(got), 101 * 100)
+        self.assertEqual([m["data"] for m in got if m["channel"] == channels[0]], list(range(100)))
+
     def test_latest(self) -> None:
         """``ext.latest``: the channel's latest message at once (a cache channel)."""
         self.publish(CHANNEL, "old")

@@ -259,16 +259,25 @@ def asksHistory(wanted: Mapping[str, Position | None], latest: Collection[str]) 
     return bool(latest) or any(position is not None for position in wanted.values())
 
 
+#: The most messages one subscribe recovers, over all its channels (each channel gets at
+#: least DEFAULT_HISTORY_SIZE): with applications keeping up to 10,000 messages a
+#: channel, a wildcard resuming 128 channels could otherwise read a million messages
+#: into one client's queue. As many as a client may have queued without a connection.
+MAX_RECOVERED = 10_000
+
+
 def readRequests(
     wanted: Mapping[str, Position | None], latest: Collection[str], available: bool
 ) -> tuple[dict[str, int | None], dict[str, int]]:
     """``(since, limits)`` to read for a recovery (only positions, when nothing can be sent)."""
     since: dict[str, int | None] = {}
     limits: dict[str, int] = {}
+    resuming = sum(1 for position in wanted.values() if position is not None)
+    share = max(DEFAULT_HISTORY_SIZE, MAX_RECOVERED // max(resuming, 1))
     for channel in dict.fromkeys([*wanted, *latest]):
         position = wanted.get(channel)
         if position is not None and available:
-            since[channel], limits[channel] = position.offset, 1 << 30
+            since[channel], limits[channel] = position.offset, share
         else:
             since[channel], limits[channel] = None, 1 if (channel in latest and available) else 0
     return since, limits
@@ -279,6 +288,7 @@ def recoveries(
     wanted: Mapping[str, Position | None],
     latest: Collection[str],
     available: bool,
+    limits: Mapping[str, int] | None = None,
 ) -> tuple[dict[str, Recovery], Recovered, dict[str, int]]:
     """The outcome per channel, what to queue, and per channel the last offset queued."""
     outcomes: dict[str, Recovery] = {}
@@ -292,6 +302,16 @@ def recoveries(
             outcomes[channel] = Recovery(current, "unavailable")
             continue
         outcome, messages = recovery(page, position, channel in latest)
+        if (
+            outcome.missed is None
+            and position is not None
+            and limits is not None
+            and messages
+            and len(messages) >= limits.get(channel, 1 << 62)
+            and messages[-1][0] < page.offset
+        ):
+            # Cut at this subscribe's share of MAX_RECOVERED: the rest is not sent.
+            outcome = Recovery(outcome.position, "too many missed")
         outcomes[channel] = outcome
         if messages:
             queued += [(channel, o, page.epoch, p) for o, p in messages]
@@ -321,8 +341,9 @@ async def recoverLocally(
         client.recovering += 1
     try:
         await subscribe()
-        pages = await read(*readRequests(wanted, latest, client is not None))
-        outcomes, queued, sent = recoveries(pages, wanted, latest, client is not None)
+        since, limits = readRequests(wanted, latest, client is not None)
+        pages = await read(since, limits)
+        outcomes, queued, sent = recoveries(pages, wanted, latest, client is not None, limits)
         if sending and local.get(clientId) is client:
             assert client is not None
             local.resume(client, [makeDelivery(*entry) for entry in queued], sent)

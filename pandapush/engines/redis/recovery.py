@@ -69,8 +69,9 @@ class RemoteRecovery:
         pending = held
         try:
             await subscribe()
-            pages = await self._history.read(*readRequests(wanted, latest, held))
-            outcomes, queued, sent = recoveries(pages, wanted, latest, held)
+            since, limits = readRequests(wanted, latest, held)
+            pages = await self._history.read(since, limits)
+            outcomes, queued, sent = recoveries(pages, wanted, latest, held, limits)
             if not held:
                 return outcomes
             entries = [
