@@ -81,6 +81,9 @@ class _ObservedEndpoint:
         self.refused = False
         # Its connection was closed: attempts cancelled by the close say nothing of Redis.
         self.closed = False
+        # When a command on it was last answered: a command (or PING) that times out while
+        # later-sent ones are being answered waited behind a backlog, Redis is alive.
+        self.lastAnswer = float("-inf")
 
     def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:
         def made(protocol: IProtocol) -> IProtocol:
@@ -217,6 +220,7 @@ def _bounded(
         assert health is not None and connection is not None
         if connection.closed:
             return result
+        connection.lastAnswer = reactor.seconds()
         failedAt = health.failedAt(connection)
         if failedAt is not None and sent >= failedAt:
             health.recovered(connection)
@@ -224,6 +228,12 @@ def _bounded(
 
     def timedOut(failure: Any) -> Any:
         if failure.check(defer.CancelledError, defer.TimeoutError):
+            if connection is not None and connection.lastAnswer >= sent:
+                # Redis answered other commands since this one was sent: it works, and this
+                # one waited behind a backlog (a reconnect storm queues thousands). Fail this
+                # call only; counting it as an outage made /ready and every handshake say
+                # "Redis unavailable" while Redis answered.
+                raise RedisUnavailable(f"Redis is behind: no answer to {what} within {seconds}s")
             if health is not None and connection is not None and not connection.closed:
                 health.failed(connection, f"no answer within {seconds}s")
                 if not health.ok and health.cause:
@@ -315,8 +325,13 @@ class RedisShard:
     def ping(self) -> defer.Deferred[None]:
         """PING; a connection that does not answer in time is aborted so that it reconnects."""
         d = self.execute("PING")
+        sent = self._reactor.seconds()
 
         def failed(failure: Any) -> None:
+            if self._endpoint.lastAnswer >= sent:
+                # Answers kept coming: the PING waited behind a backlog, the connection is
+                # not half-open. Aborting it would fail every command in that backlog.
+                return
             for connection in list(self._handler._factory.pool):
                 if connection.transport is not None:
                     # Debug only: the outage is logged once, by health.
