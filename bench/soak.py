@@ -559,6 +559,8 @@ def printSummary(result: dict[str, Any], commit: str) -> None:
 async def main(options: argparse.Namespace) -> dict[str, Any]:
     snapshot = Snapshot(options.source)
     options.server_args = ["--cluster-limits", "--timeout", "10", *options.server_args]
+    # faults.Cluster reads the fault it is built for: the soak makes its own (no AOF).
+    options.fault = "soak"
     faults.Node.snapshot = snapshot
     cluster = Cluster(options, snapshot)
     # DEBUG SLEEP is refused unless enabled (Redis 7); "local": from 127.0.0.1 only.
