@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from pandapush.bayeux.delivery import Delivery
 
 __all__ = [
+    "MAX_EPOCH_LENGTH",
     "EngineUnavailableError",
     "HistoryPage",
     "IClientSocket",
@@ -79,6 +80,11 @@ class Occupancy(NamedTuple):
 
     subscriptions: int
     users: int
+
+
+#: The longest epoch a client may send back: longer than any epoch an engine makes (8
+#: characters), short enough to refuse junk early.
+MAX_EPOCH_LENGTH = 64
 
 
 class Position(NamedTuple):

@@ -55,6 +55,22 @@ class RESTHistoryTests(HistoryCase):
         _, _, none = await self.history(channel=NEWS, since="5")
         self.assertEqual((none["offset"], none["messages"]), (5, []))
 
+    async def test_epoch(self) -> None:
+        """With the epoch of ``since``: the messages after it; another epoch is a 409 naming the current."""
+        for n in range(1, 4):
+            await self.publish(NEWS, n)
+        _, _, first = await self.history(channel=NEWS)
+        code, _, answer = await self.history(channel=NEWS, since="1", epoch=first["epoch"])
+        self.assertEqual((code, [m["offset"] for m in answer["messages"]]), (200, [2, 3]))
+        code, _, answer = await self.history(channel=NEWS, since="1", epoch="another1")
+        self.assertEqual(code, 409, answer)
+        self.assertEqual(answer["params"], [first["epoch"]])
+        code, _, answer = await self.history(channel=NEWS, since="9", epoch=first["epoch"])
+        self.assertEqual(code, 400, answer)
+        self.assertIn("beyond the channel's last message (3)", answer["message"])
+        code, _, answer = await self.history(channel=NEWS, since="1", epoch="e" * 65)
+        self.assertEqual(code, 400, answer)
+
     async def test_idsKept(self) -> None:
         """A Bayeux publish's id is in its history entry; the position matches the delivered one."""
         client = await self.ws()

@@ -18,12 +18,9 @@ from typing import Any
 from pandapush.bayeux import channel as channels
 from pandapush.bayeux.errors import BayeuxError
 from pandapush.bayeux.message import Message
-from pandapush.interfaces import Position, Recovery
+from pandapush.interfaces import MAX_EPOCH_LENGTH, Position, Recovery
 
 __all__ = ["MAX_EPOCH_LENGTH", "ResumeRequest", "answer", "resumeRequest"]
-
-#: Longer than any epoch we make (8 characters), short enough to refuse junk early.
-MAX_EPOCH_LENGTH = 64
 
 
 @dataclass

@@ -7,8 +7,9 @@ secret or a token granting ``sub`` on it. The answer is the engine's
 (:meth:`IEngine.history`), shared by every node on Redis:
 ``{"epoch", "offset", "messages": [{"offset", "data", "id"?}, ...]}`` oldest first, the
 channel's current position first (``epoch`` null for an application that keeps no
-history). With ``since``, the messages after that offset (compare the epoch with the one
-your offset came from); without it, the latest ``limit``.
+history). With ``since``, the messages after that offset; without it, the latest ``limit``.
+With ``epoch`` (the one ``since`` counts in), a channel whose history is another epoch
+answers 409 naming the current one, never messages that are not after your offset.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from pandapush.auth.checkers import ChannelAccess
 from pandapush.auth.rules import SUBSCRIBE, Refusal, parseChannel
 from pandapush.bayeux import json
+from pandapush.interfaces import MAX_EPOCH_LENGTH
 from pandapush.web.apps.api import APICall, APIError, Route
 from pandapush.web.http import channelCredentials
 
@@ -43,6 +45,9 @@ async def history(call: APICall) -> Any:
         raise APIError(400, "The query parameter channel is required", ["channel"])
     since = _integer(call, "since", None, 0, 2**62)
     limit = _integer(call, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    epoch = call.query("epoch")
+    if epoch is not None and not 0 < len(epoch) <= MAX_EPOCH_LENGTH:
+        raise APIError(400, f"epoch must be 1 to {MAX_EPOCH_LENGTH} characters", ["epoch"])
     assert limit is not None
     channel = parseChannel(name, SUBSCRIBE)
     if channel is None or channel.wildcard or channel.type == "meta":
@@ -62,6 +67,12 @@ async def history(call: APICall) -> Any:
     )
     if not page.epoch:
         return {"epoch": None, "offset": 0, "messages": []}
+    if epoch is not None and epoch != page.epoch:
+        raise APIError(
+            409, "The channel's history changed: your offset counts in another epoch", [page.epoch]
+        )
+    if epoch is not None and since is not None and since > page.offset:
+        raise APIError(400, f"since is beyond the channel's last message ({page.offset})", ["since"])
     return {"epoch": page.epoch, "offset": page.offset, "messages": [_entry(o, p) for o, p in page.messages]}
 
 

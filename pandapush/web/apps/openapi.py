@@ -25,6 +25,7 @@ _ERRORS = {
     401: "No credentials (``WWW-Authenticate`` says which kinds).",
     403: "Credentials refused, or a channel of another application, or not granted by the token.",
     404: "Unknown application.",
+    409: "``epoch`` is not the channel's: the history the offset counts in is gone (``params``: current).",
     413: "Too many channels or messages, a message too large, or the body too large.",
     429: "Past the key's publishes per second (``Retry-After`` says when to try again).",
     503: "Storage or Redis unavailable, or the deadline passed (``Retry-After``).",
@@ -245,11 +246,14 @@ _PATHS: dict[str, Any] = {
             "credentials, a private or presence channel's the key and secret or a token granting ``sub``.",
             "History",
             {"epoch": "Ab3x9Q_z", "offset": 18, "messages": [{"offset": 18, "data": {"text": "hi"}}]},
-            (400, 401, 403, 404, 503),
+            (400, 401, 403, 404, 409, 503),
             (
                 _query("channel", "A channel of the application, /<appId>/<type>/<path> (no wildcard)."),
                 _query("since", "An offset: the messages after it (default: the latest).", required=False),
                 _query("limit", "At most this many messages, 1 to 1000 (default 100).", required=False),
+                _query(
+                    "epoch", "The epoch ``since`` counts in: 409 if the channel has another.", required=False
+                ),
             ),
         )
     },
