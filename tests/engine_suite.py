@@ -149,8 +149,8 @@ class EngineTestsMixin(HistoryTestsMixin, _Base):
     async def test_flushObserversSeeEachMessageOnce(self) -> None:
         """
         After a turn's flush, flush observers (metrics' delivery latency) are given each
-        message it wrote once, however many recipients it had, with the time its publish
-        was accepted (carried through Redis, not the copy's arrival).
+        message it wrote once, however many recipients and subscription keys it had, with
+        the time its publish was accepted (carried through Redis, not the copy's arrival).
         """
         seen: list[Delivery] = []
         self.engine.addFlushObserver(seen.extend)
@@ -161,11 +161,16 @@ class EngineTestsMixin(HistoryTestsMixin, _Base):
             self.engine.attach(clientId, sink)
             await self.engine.subscribe(clientId, "/a/b")
             sinks.append(sink)
+        # One more through a wildcard: on Redis, a second copy of the message (for /a/*).
+        clientId = await self.engine.createClient()
+        sinks.append(RecordingSink())
+        self.engine.attach(clientId, sinks[-1])
+        await self.engine.subscribe(clientId, "/a/*")
         published = message("/a/b", 1)
         published.accepted -= 100  # a publish accepted long ago, whatever the engine
-        self.assertEqual(await self.engine.publish(published), 3)
+        self.assertEqual(await self.engine.publish(published), 4)
         await self.turn()
-        self.assertEqual([len(sink.payloads) for sink in sinks], [1, 1, 1])
+        self.assertEqual([len(sink.payloads) for sink in sinks], [1, 1, 1, 1])
         self.assertEqual([d.payload for d in seen], [published.payload])
         self.assertAlmostEqual(seen[0].accepted, published.accepted, places=5)
 

@@ -245,10 +245,20 @@ class LocalClients(Generic[ClientT]):
                 self._slow(client)
         if dirty and not self._closed:
             if self._flushObservers:
-                # Once per message (or per Redis copy), not per recipient: a message that
-                # only reached clients without a connection may be counted in a flush that
-                # writes others' messages, a small error for a bounded list.
-                self._turn.append(delivery)
+                # Once per message, not per recipient: a message that only reached clients
+                # without a connection may be counted in a flush that writes others'
+                # messages, a small error for a bounded list. On Redis a message matching
+                # several subscription keys arrives as one copy per key, back to back: the
+                # copies have the same channel, acceptance time and payload.
+                turn = self._turn
+                last = turn[-1] if turn else None
+                if not (
+                    last is not None
+                    and last.accepted == delivery.accepted
+                    and last.channel == delivery.channel
+                    and last.payload == delivery.payload
+                ):
+                    turn.append(delivery)
             if self._flushCall is None:
                 self._flushCall = self._reactor.callLater(self._flushDelay, self._flush)
 
