@@ -74,7 +74,9 @@ Where each part lives
 lifecycle. ``node``: this node, the clients it owns (their local part is
 :mod:`pandapush.engines.local`'s, as in the memory engine) and the work it has
 under way. ``keys``: key names and the shard of each. ``fanout``: publishing and
-receiving. ``subscriptions``. ``presence``. ``claims``: claims, hand-over, parking.
+receiving. ``history``: channel history in Redis Streams (appended by the publish
+script) and the history methods. ``recovery``: resuming a client another node owns.
+``subscriptions``. ``presence``. ``claims``: claims, hand-over, parking.
 ``rpc``: node-to-node calls. ``destroy``: destroying clients. ``occupancy``:
 channel counts and the index of occupied channels. ``broadcast``: messages to every
 node. ``restore``: Redis coming back empty. ``gc``: deadlines, leases, the collector.
