@@ -13,12 +13,14 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import unquote
 
 import treq
 from prometheus_client import CollectorRegistry, Counter
@@ -353,6 +355,35 @@ class WorkersMetricsTests(WorkersCase):
             self.assertTrue(used, f"no metric in {query!r}")
             missing = [name for name in used if name not in names]
             self.assertEqual(missing, [], f"{query!r} queries metrics the server does not export")
+
+
+class MetricsDirectoryTests(WorkersCase):
+    def directory(self, pid: int) -> Path:
+        """The metrics directory a worker was told of (its PANDAPUSH_WORKER)."""
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        (spec,) = [v.decode() for v in environ if v.startswith(b"PANDAPUSH_WORKER=")]
+        fields = dict(item.partition("=")[::2] for item in spec.partition("=")[2].split())
+        return Path(unquote(fields["metrics"]))
+
+    async def test_removedWhenStopped(self) -> None:
+        """The parent's private directory (0700) holds one socket per process, and is gone after a stop."""
+        server = await self.startWorkers(2, kind=TwistdProcess)
+        pids = await self.workerPids(server, 2)
+        directory = self.directory(pids[1])
+        self.assertEqual(directory.stat().st_mode & 0o777, 0o700)
+        self.assertEqual(sorted(p.name for p in directory.iterdir()), ["0.sock", "1.sock"])
+        await server.stop()
+        self.assertFalse(directory.exists())
+
+    async def test_removedWhenTheParentIsKilled(self) -> None:
+        """A SIGKILLed parent leaves its socket: the last worker to leave removes it and the directory."""
+        server = await self.startWorkers(2, kind=TwistdProcess)
+        pids = await self.workerPids(server, 2)
+        directory = self.directory(pids[1])
+        await server.stop(signal.SIGKILL)
+        # The workers drain first (up to --shutdown-grace, 2 s), writing to a pipe nobody reads.
+        gone = await eventually(lambda: not directory.exists(), timeout=30)
+        self.assertTrue(gone, f"{sorted(os.listdir(directory)) if directory.exists() else []}")
 
 
 class DashboardTests(TestCase):

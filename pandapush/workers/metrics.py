@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -168,6 +169,8 @@ class MachineMetrics(Service):
         if self.directory is None:
             self.directory = makeMetricsDirectory()
             self.reactor.addSystemEventTrigger("after", "shutdown", shutil.rmtree, self.directory, True)
+        elif self.index != 0:
+            self.reactor.addSystemEventTrigger("after", "shutdown", self._afterParent)
         path = self.path(self.index)
         # A worker restarted after a crash finds its predecessor's socket file.
         Path(path).unlink(missing_ok=True)
@@ -184,7 +187,33 @@ class MachineMetrics(Service):
     def stopService(self) -> Any:
         super().stopService()
         port, self._port = self._port, None
-        return port.stopListening() if port is not None else None
+        if port is None:
+            return None
+        return port.stopListening()  # removes our socket file
+
+    def _afterParent(self) -> None:
+        """
+        A worker's last act: if the parent was killed (SIGKILL, the OOM killer), nothing
+        removed its socket or the directory. Its socket file refusing connections says so
+        (a live parent accepts; a parent stopping removes the file before closing it):
+        then remove it, and the directory unless another worker's socket is still there.
+        """
+        assert self.directory is not None
+        path = self.path(0)
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.setblocking(False)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            Path(path).unlink(missing_ok=True)
+            try:
+                os.rmdir(self.directory)
+            except OSError:
+                pass  # another worker's socket is still there: that worker will
+        except OSError:
+            pass  # gone already, or busy: alive
+        finally:
+            probe.close()
 
     async def _peer(self, index: int) -> list[Metric]:
         endpoint = UNIXClientEndpoint(self.reactor, self.path(index), timeout=self.timeout)
