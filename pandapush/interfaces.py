@@ -473,6 +473,14 @@ class IRouter(Interface):
         A message in the batch is not handled before the one before it has been.
         """
 
+    def processNow(
+        messages: Message | list[Any], context: MessageContext, socket: IClientSocket | None = None
+    ) -> list[Any] | Deferred[list[Any]]:
+        """
+        :meth:`process`, with the replies as a list when every message was answered at
+        once (else a Deferred, as :meth:`process`); may raise where :meth:`process` fails.
+        """
+
     def socketClosed(socket: IClientSocket) -> None:
         """``socket`` closed: unbind it, and end its client if the socket ``endsClientOnClose``."""
 

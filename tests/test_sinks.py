@@ -52,6 +52,11 @@ class StandInRouter:
         self.batches.append(batch)
         return batch
 
+    def processNow(
+        self, messages: Any, context: MessageContext, socket: Any = None
+    ) -> defer.Deferred[list[Any]]:
+        return self.process(messages, context, socket)
+
     def bindSocket(self, clientId: str, socket: IClientSocket) -> defer.Deferred[bool]:
         self.sockets.append(socket)
         return defer.succeed(True)

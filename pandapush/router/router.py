@@ -96,17 +96,27 @@ class BayeuxRouter:
         deliveries after its reply) in the order of the messages. Over a socket, a
         held connect's reply is sent through the socket later instead.
         """
-        if isinstance(messages, dict):
-            messages = [messages]
-        if not messages:
-            return defer.succeed([])
         try:
-            replies = self._pipeline.process(messages, context, socket)
+            replies = self.processNow(messages, context, socket)
         except Exception:
             return defer.fail()
         if isinstance(replies, Deferred):
             return replies
         return defer.succeed(replies)
+
+    def processNow(
+        self, messages: Message | list[Any], context: MessageContext, socket: IClientSocket | None = None
+    ) -> list[Reply] | Deferred[list[Reply]]:
+        """
+        :meth:`process`, answering now (a list) when every step of the batch did: a
+        websocket's publish is answered without a Deferred and two callbacks per frame.
+        May raise where :meth:`process` would fail.
+        """
+        if isinstance(messages, dict):
+            messages = [messages]
+        if not messages:
+            return []
+        return self._pipeline.process(messages, context, socket)
 
     def addExtension(self, extension: IExtension) -> None:
         self._extensions.add(extension)

@@ -19,6 +19,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet import tcp
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -166,9 +167,20 @@ class BayeuxWebSocketProtocol(WebSocketServerProtocol):
             return
         assert self._context is not None
         self._processing += 1
-        d = self.factory.router.process(messages, self._context.forMessage(), self)
-        d.addCallback(self._replied)
-        d.addErrback(self._failed)
+        try:
+            replies = self.factory.router.processNow(messages, self._context.forMessage(), self)
+        except Exception:
+            self._failed(Failure())
+            return
+        if isinstance(replies, Deferred):
+            replies.addCallback(self._replied)
+            replies.addErrback(self._failed)
+        else:
+            # Answered at once (a publish whose key is cached): no Deferred per frame.
+            try:
+                self._replied(replies)
+            except Exception:
+                self._failed(Failure())
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._open:
