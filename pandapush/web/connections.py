@@ -65,6 +65,7 @@ class PandapushChannel(HTTPChannel):
     #: it does by setting this channel's transport to None.
     takenOver: Callable[[], None] | None = None
     _transport: Any = None
+    _host: Any = None
 
     @property  # type: ignore[override]
     def transport(self) -> Any:
@@ -76,6 +77,14 @@ class PandapushChannel(HTTPChannel):
             takenOver, self.takenOver = self.takenOver, None
             takenOver()
         self._transport = transport
+
+    def getHost(self) -> Any:
+        # Twisted asks for every request (Request.__init__): a getsockname call and a new
+        # address object each time, for a connection's local address, which never changes.
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()
+        return host
 
     def connectionMade(self) -> None:
         super().connectionMade()

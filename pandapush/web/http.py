@@ -46,7 +46,8 @@ def channelCredentials(request: IRequest, appId: str) -> KeySecret | BearerToken
     # From the query string only: twisted's request.args also holds form body fields,
     # and a body field named "token" is data to publish, not credentials.
     token: str | None = None
-    query = urlsplit(request.uri).query
+    # Most POSTs carry no query string: no URL split for them.
+    query = urlsplit(request.uri).query if b"?" in request.uri else b""
     if query:
         tokens = parse_qs(query, max_num_fields=100).get(b"token")
         if tokens and tokens[0]:
