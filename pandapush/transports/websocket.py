@@ -30,6 +30,7 @@ from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.delivery import Delivery
 from pandapush.interfaces import IClientSocket, IRouter
 from pandapush.transports.http import OriginPolicy
+from pandapush.transports.xormask import createMasker
 
 __all__ = ["BayeuxWebSocketFactory", "BayeuxWebSocketProtocol"]
 
@@ -59,6 +60,9 @@ class _Pformat:
 # storm (bench/README.md). Only that log call uses the name in this module; made lazy,
 # debug logging still shows the same text.
 autobahn.websocket.protocol.pformat = _Pformat  # type: ignore[assignment]
+# Small frames (nearly all a client sends) are unmasked without a cffi object each: see
+# pandapush.transports.xormask. Autobahn looks the name up in this module for every frame.
+autobahn.websocket.protocol.create_xor_masker = createMasker  # type: ignore[assignment]
 
 # Autobahn counts each connection's traffic in a TrafficStats object of its own (1.3 KB
 # per idle socket); nothing reads the counts, so every socket adds to this one.

@@ -1,0 +1,63 @@
+"""The small-frame unmasker gives what autobahn's masker gives, in one piece or many."""
+
+from __future__ import annotations
+
+import random
+
+import autobahn.websocket.protocol
+from autobahn.websocket.xormasker import create_xor_masker
+from twisted.trial.unittest import SynchronousTestCase
+
+import pandapush.transports.websocket  # noqa: F401 (installs the masker)
+from pandapush.transports.xormask import SMALL_FRAME, SmallFrameMasker, createMasker
+
+
+class SmallFrameMaskerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.random = random.Random(17)
+
+    def bytes(self, size: int) -> bytes:
+        return bytes(self.random.getrandbits(8) for _ in range(size))
+
+    def test_sameAsAutobahn(self) -> None:
+        """Every size up to the threshold, with random masks, unmasks as autobahn does."""
+        for size in range(SMALL_FRAME):
+            mask, data = self.bytes(4), self.bytes(size)
+            self.assertEqual(
+                SmallFrameMasker(mask).process(data), create_xor_masker(mask, size).process(data), size
+            )
+
+    def test_pieces(self) -> None:
+        """A frame read in pieces (any split) continues the mask where the last piece ended."""
+        for _ in range(300):
+            size = self.random.randrange(1, SMALL_FRAME)
+            mask, data = self.bytes(4), self.bytes(size)
+            expected = create_xor_masker(mask, size).process(data)
+            masker = SmallFrameMasker(mask)
+            cuts = sorted(self.random.sample(range(size + 1), min(size + 1, 4)))
+            pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, size], strict=True)]
+            self.assertEqual(b"".join(masker.process(piece) for piece in pieces), expected)
+            self.assertEqual(masker.pointer(), size)
+            masker.reset()
+            self.assertEqual(masker.pointer(), 0)
+            self.assertEqual(masker.process(data), expected)
+
+    def test_leadingZeros(self) -> None:
+        """Zero bytes at either end survive the trip through an integer."""
+        mask = b"\x00\x00\x00\x00"
+        data = b"\x00\x00abc\x00\x00"
+        self.assertEqual(SmallFrameMasker(mask).process(data), data)
+        self.assertEqual(SmallFrameMasker(b"\x01\x02\x03\x04").process(b""), b"")
+
+    def test_largeFramesKeepAutobahns(self) -> None:
+        """From the threshold on (and without a length), autobahn's masker is used."""
+        mask = self.bytes(4)
+        self.assertIsInstance(createMasker(mask, SMALL_FRAME - 1), SmallFrameMasker)
+        self.assertNotIsInstance(createMasker(mask, SMALL_FRAME), SmallFrameMasker)
+        self.assertNotIsInstance(createMasker(mask), SmallFrameMasker)
+        data = self.bytes(5000)
+        self.assertEqual(createMasker(mask, 5000).process(data), create_xor_masker(mask, 5000).process(data))
+
+    def test_installed(self) -> None:
+        """The websocket transport has autobahn's protocol use it."""
+        self.assertIs(autobahn.websocket.protocol.create_xor_masker, createMasker)
