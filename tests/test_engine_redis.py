@@ -415,6 +415,61 @@ class MultiNodeTests(RedisEngineCase, TestCase):
         self.assertTrue(b.hasLocal(clientId))
         self.assertFalse(a.hasLocal(clientId))
 
+    async def test_claimsRacingEachOther(self) -> None:
+        """
+        B claims the client from A and asks A to hand it over; the request reaches A
+        while A's own claim (a connect answered at once there) waits for its script.
+        A's claim is the newer one: A answers B as soon as its script has, rather than
+        after its whole claim, which waits for B's. Before the fix both waited until
+        the call timed out (15 s here; 1 s by default, after which B carried on without
+        A's answer and a message published meanwhile reached the client through both
+        nodes). Now the race ends in a few round trips, B's held connect is answered
+        empty (the client moved on to A), and the next message waits on A.
+        """
+        namespace = self.newNamespace()
+        a, b = (self.newEngine(namespace, handoverTimeout=15.0) for _ in range(2))
+        await defer.gatherResults([a.ready(), b.ready()])
+        clientId = await a.createClient()
+        await a.subscribe(clientId, "/s")
+        first = RecordingSink(persistent=False)
+        a.attach(clientId, first)
+        a.detach(clientId, first)
+        await a.settle()
+        # A hears nothing from B until told to: B's request waits here.
+        delayed: list[str] = []
+        hear = a._control
+        a._control = delayed.append  # type: ignore[method-assign,assignment]
+        held = RecordingSink(persistent=False)
+        b.attach(clientId, held)
+        for _ in range(200):
+            if delayed:
+                break
+            await sleep(0.01)
+        self.assertEqual([json.loads(m)["op"] for m in delayed], ["handover"])
+        a._control = hear  # type: ignore[method-assign]
+        quick = RecordingSink(persistent=False)
+        a.attach(clientId, quick)  # its claim script is on its way to Redis
+        for text in delayed:
+            hear(text)
+        a.detach(clientId, quick)
+        settled: list[object] = []
+        defer.gatherResults([a.settle(), b.settle()]).addBoth(settled.append)
+        for _ in range(200):
+            if settled:
+                break
+            await sleep(0.05)
+        self.assertTrue(settled, "the two claims still wait for each other after 10 s")
+        self.assertEqual(held.batches, [[]])
+        self.assertTrue(a.hasLocal(clientId))
+        self.assertFalse(b.hasLocal(clientId))
+        await b.publish(message("/s", 1))
+        await defer.gatherResults([a.settle(), b.settle()])
+        self.assertEqual(held.batches, [[]])
+        after = RecordingSink(persistent=False)
+        a.attach(clientId, after)
+        await a.settle()
+        self.assertEqual(after.payloads, [b'{"channel":"/s","data":1}'])
+
     async def test_handoverFromDeadNode(self) -> None:
         """A client whose owner is gone is taken over by the node it attaches to."""
         a, b, c = self.nodes

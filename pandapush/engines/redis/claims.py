@@ -109,6 +109,12 @@ class Claims:
                 else:
                     node.drop(clientId)
             raise
+        if node.local.get(clientId) is client and result is not None and int(result[0]):
+            # Before waking the hand-over requests that waited for the script: one from the
+            # claim before ours must see our newer epoch and be answered now. Woken with the
+            # old one, it waited for our whole claim, which waited for the asker's: both
+            # stood until the call timed out, and the asker carried on without our answer.
+            client.epoch = int(result[1])
         self._checked(client)
         if node.local.get(clientId) is not client:
             return
@@ -118,8 +124,7 @@ class Claims:
         if not int(result[0]):
             self._claimed(client)
             return
-        epoch, previous, subscriptions = int(result[1]), result[2], result[3:]
-        client.epoch = epoch
+        epoch, previous, subscriptions = client.epoch, result[2], result[3:]
         client.subscriptions.update(subscriptions)
         # Subscribe before asking for the old queue: from here on nothing can fall between the two.
         await defer.gatherResults(
