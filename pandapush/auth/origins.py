@@ -17,10 +17,7 @@ that chooses its own headers. Callback-polling without a ``Referer`` is the exce
 it is a browser that hid where it runs, and is refused by applications with a list.
 
 Lists are cached per application for the key cache's TTL, and forgotten whenever the
-key cache invalidates the application (:meth:`KeyCache.addApplicationObserver`): the
-admin API does so on every change, and :mod:`pandapush.auth.keysync` carries it to the
-other nodes, as it does for keys.
-
+key cache invalidates the application, by an :class:`~pandapush.auth.appcache.AppCache`.
 While the storage cannot answer (PostgreSQL stopped), a list read before is used as
 last read and asked for again every few seconds, as the key cache does with keys. An
 application whose list this node never read is not checked meanwhile (logged once per
@@ -31,7 +28,6 @@ only keep other sites' pages out, and credentials still decide everything else.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any, Protocol
 
 from twisted.internet import defer
@@ -40,7 +36,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from pandapush.auth.keycache import DEFAULT_TTL, KeyCache
+from pandapush.auth.appcache import DEFAULT_TTL, AppCache
+from pandapush.auth.keycache import KeyCache
 from pandapush.auth.rules import PUBLISH, SUBSCRIBE, parseChannel
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.errors import BayeuxError
@@ -54,8 +51,6 @@ Origins = frozenset[str] | None
 
 ORIGIN_NOT_ALLOWED = "Origin not allowed"
 _JSONP = "callback-polling"
-#: Seconds between attempts to re-read a list while the storage fails.
-RETRY_AFTER_FAILURE = 5.0
 
 
 def originRefusal(channel: str) -> str:
@@ -67,13 +62,17 @@ class _ApplicationStore(Protocol):
     def getApplication(self, applicationId: str) -> Deferred[Any]: ...
 
 
-class AppOrigins:
+def _originsOf(application: Any) -> Origins:
+    listed = getattr(application, "allowed_origins", ()) if application is not None else ()
+    return frozenset(listed) if listed else None
+
+
+class AppOrigins(AppCache[Origins]):
     """
     Each application's allowed origins (None: no list of its own, or no such
-    application), from storage, cached for ``ttl`` seconds.
+    application), from storage, cached for ``ttl`` seconds. An application never read
+    while the storage fails is not checked (None; see the module's docstring).
     """
-
-    _log = Logger()
 
     def __init__(
         self,
@@ -83,94 +82,13 @@ class AppOrigins:
         ttl: float = DEFAULT_TTL,
         maxEntries: int = 100_000,
     ) -> None:
+        def load(appId: str) -> Deferred[Origins]:
+            return defer.maybeDeferred(storage.getApplication, appId).addCallback(_originsOf)
+
+        super().__init__(
+            load, clock, keys, ttl, maxEntries, unknown=lambda appId: None, what="allowed origins"
+        )
         self.storage = storage
-        self.clock = clock
-        self.ttl = ttl
-        self.maxEntries = maxEntries
-        self._entries: OrderedDict[str, tuple[Origins, float]] = OrderedDict()
-        self._pending: dict[str, Deferred[Origins]] = {}
-        # Bumped by every invalidation, so a load that read the old list is not cached.
-        self._generation = 0
-        self._failing = False
-        if keys is not None:
-            keys.addApplicationObserver(self.forget)
-
-    def peek(self, appId: str) -> tuple[bool, Origins]:
-        """``(True, origins)`` if the answer is cached, else ``(False, None)``."""
-        entry = self._entries.get(appId)
-        if entry is not None and self.clock.seconds() < entry[1]:
-            return True, entry[0]
-        return False, None
-
-    def get(self, appId: str) -> Deferred[Origins]:
-        known, origins = self.peek(appId)
-        if known:
-            return defer.succeed(origins)
-        pending = self._pending.get(appId)
-        if pending is None:
-            pending = self._load(appId)
-            if pending.called:
-                return pending
-            self._pending[appId] = pending
-        result: Deferred[Origins] = Deferred()
-
-        def share(value: Any) -> Any:
-            if isinstance(value, defer.Failure):
-                result.errback(value)
-                return None
-            result.callback(value)
-            return value
-
-        pending.addBoth(share)
-        return result
-
-    def _load(self, appId: str) -> Deferred[Origins]:
-        generation = self._generation
-
-        def loaded(application: Any) -> Origins:
-            if self._pending.get(appId) is pending:
-                del self._pending[appId]
-            if self._failing:
-                self._failing = False
-                self._log.info("allowed origins can be read again")
-            listed = getattr(application, "allowed_origins", ()) if application is not None else ()
-            origins = frozenset(listed) if listed else None
-            if generation == self._generation and self.ttl > 0:
-                self._entries[appId] = (origins, self.clock.seconds() + self.ttl)
-                self._entries.move_to_end(appId)
-                while len(self._entries) > self.maxEntries:
-                    self._entries.popitem(last=False)
-            return origins
-
-        def failed(reason: defer.Failure) -> Origins:
-            if self._pending.get(appId) is pending:
-                del self._pending[appId]
-            if not self._failing:
-                self._failing = True
-                self._log.failure(
-                    "could not read allowed origins: lists read before are used, others not checked",
-                    reason,
-                )
-            entry = self._entries.get(appId)
-            if entry is None:
-                return None
-            # Stale, but the last known list: keep it, and ask again in a while.
-            self._entries[appId] = (entry[0], self.clock.seconds() + RETRY_AFTER_FAILURE)
-            return entry[0]
-
-        pending: Deferred[Origins] = defer.maybeDeferred(self.storage.getApplication, appId)
-        pending.addCallbacks(loaded, failed)
-        return pending
-
-    def forget(self, appId: str | None) -> None:
-        """Forget ``appId``'s list (every list for None)."""
-        self._generation += 1
-        if appId is None:
-            self._entries.clear()
-            self._pending.clear()
-        else:
-            self._entries.pop(appId, None)
-            self._pending.pop(appId, None)
 
 
 def _channelsOf(message: Message) -> list[str]:

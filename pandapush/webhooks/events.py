@@ -91,8 +91,8 @@ class WebhookEvents(EngineListener):
         app = listedApp(channel)
         if app is None:
             return
-        known = self.endpoints.peek(app)
-        if known is not None and not any(name in e.events for e in known):
+        known, endpoints = self.endpoints.peek(app)
+        if known and not any(name in e.events for e in endpoints or ()):
             return  # nobody wants it (the common case: an application without webhooks)
         self._queue.append((app, name, channel, userId, data, self._now()))
         if len(self._queue) > MAX_QUEUE:
