@@ -21,7 +21,7 @@ from twisted.trial.unittest import SkipTest
 
 from tests.support.browser import BROWSER_DIR, BrowserThread
 from tests.support.cluster import ClusterCase, channel
-from tests.support.losingproxy import LosingProxy
+from tests.support.proxy import LosingProxy
 from tests.test_clientjs_browser import APP, ROOM, BrowserTestCase, Page, _unavailable, bayeuxPublish
 
 # The page's WebSocket and fetch, made to fail on demand: a network that is away.

@@ -4,7 +4,7 @@ End to end: the real CometD JavaScript client (npm ``cometd`` in Node) with its
 reply on the way.
 
 The client (``tests/node/cometd-client.mjs``) subscribes to a public channel through a
-:class:`~tests.support.losingproxy.LosingProxy`; the test publishes over REST straight to
+:class:`~tests.support.proxy.LosingProxy`; the test publishes over REST straight to
 the server. The reply carrying the second message is lost: the proxy cuts the connection
 instead of passing it on (a long-poll response, or the websocket with its frame). With
 acknowledgements the client connects again acknowledging the batch before, and the
@@ -28,9 +28,9 @@ from twisted.trial.unittest import TestCase
 from pandapush.redis import parseRedisHosts
 from tests.support.cluster import APP as CLUSTER_APP
 from tests.support.cluster import ClusterCase
-from tests.support.losingproxy import LosingProxy
 from tests.support.node import NODE_DIR, NodeScript, requireNode
 from tests.support.process import PandapushProcess, seededEnvironment
+from tests.support.proxy import LosingProxy
 from tests.support.redis import REDIS, deleteNamespace, requireRedis
 from tests.support.requirements import missing
 

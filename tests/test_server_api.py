@@ -22,10 +22,10 @@ from twisted.trial.unittest import TestCase
 from pandapush.tokens import mintToken
 from tests.support.bayeux import LPClient, RecordingPoller, WSClient, holdConnect
 from tests.support.inprocess import APP, KEY, SECRET, InProcessServer, channel
+from tests.support.proxy import StallingProxy
 from tests.support.redis import deleteNamespace, requireRedis
 from tests.support.requirements import requireExecutable
 from tests.support.sdks import runProcess
-from tests.support.stallproxy import StallingProxy
 from tests.support.waiting import eventually
 
 BASIC = "Basic " + base64.b64encode(f"{KEY}:{SECRET}".encode()).decode()

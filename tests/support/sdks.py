@@ -377,8 +377,8 @@ class SDKEndToEnd(_Base):
         A query while Redis does not answer: the server says 503 with Retry-After after its
         deadline; the library waits as told, retries, and raises UnavailableError.
         """
+        from tests.support.proxy import StallingProxy
         from tests.support.redis import deleteNamespace, requireRedis
-        from tests.support.stallproxy import StallingProxy
 
         address = requireRedis()
         namespace = f"pp-sdk-{os.urandom(8).hex()}"
@@ -567,7 +567,7 @@ class SDKEndToEnd(_Base):
         answer is lost on the way (a proxy cuts the connection as the 200 comes back) is sent
         again by the library with its automatic key, and still delivered once.
         """
-        from tests.support.losingproxy import LosingProxy
+        from tests.support.proxy import LosingProxy
 
         await self.server()
         channel = f"/{APP}/public/{self.language}-once"
