@@ -11,11 +11,10 @@ from typing import Any
 
 import treq
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.trial.unittest import TestCase
 
 from pandapush.tokens import mintToken
-from tests.support.bayeux import LPClient, WSClient
-from tests.support.inprocess import KEY, SECRET, InProcessServer, channel
+from tests.support.inprocess import KEY, SECRET, channel
+from tests.support.servercase import ServerCase
 from tests.support.waiting import eventually
 
 ROOM = channel("lobby", "presence")
@@ -25,33 +24,8 @@ def presenceToken(member: dict[str, Any], room: str = ROOM) -> str:
     return mintToken(KEY, SECRET, room, sub=True, presence=member)
 
 
-class EndToEndCase(TestCase):
-    async def setUp(self) -> None:  # type: ignore[override]
-        self.server = InProcessServer("--timeout", "2", "--client-expiry", "1", "--stats-interval", "0.5")
-        await self.server.start()
-        self.addCleanup(self.server.stop)
-        self.clients: list[Any] = []
-        self.addCleanup(self._stopClients)
-
-    async def _stopClients(self) -> None:
-        for client in self.clients:
-            if isinstance(client, LPClient):
-                await client.stop()
-            elif not client.closed:
-                client.kill()
-        await eventually(
-            lambda: self.server.router.openSockets() == 0 and self.server.router.heldConnects() == 0
-        )
-
-    async def ws(self) -> WSClient:
-        client = await WSClient(self.server.url).start()
-        self.clients.append(client)
-        return client
-
-    async def lp(self) -> LPClient:
-        client = await LPClient(self.server.url).start()
-        self.clients.append(client)
-        return client
+class EndToEndCase(ServerCase):
+    serverArgs = ("--stats-interval", "0.5")
 
     async def join(self, client: Any, member: dict[str, Any]) -> dict[str, Any]:
         reply = await client.call(

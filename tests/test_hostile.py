@@ -9,54 +9,23 @@ limit read to its end before the 413; a traceback logged per undecodable URL.
 from __future__ import annotations
 
 import json
-from base64 import b64encode
 from typing import Any
 
 import treq
 from twisted.internet import reactor
-from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
-from tests.support.bayeux import HANDSHAKE, WSClient
-from tests.support.inprocess import KEY, SECRET, InProcessServer, channel
+from tests.support import servercase
+from tests.support.bayeux import HANDSHAKE
+from tests.support.inprocess import channel
 from tests.support.waiting import eventually
 
 
-def _basic() -> dict[bytes | str, bytes | str]:
-    return {"Authorization": "Basic " + b64encode(f"{KEY}:{SECRET}".encode()).decode()}
-
-
-class ServerCase(TestCase):
-    """An in-process server on a free port, and websocket clients closed after the test."""
-
-    serverArgs: tuple[str, ...] = ()
-
-    async def setUp(self) -> None:  # type: ignore[override]
-        self.server = InProcessServer("--timeout", "2", "--client-expiry", "1", *self.serverArgs)
-        await self.server.start()
-        self.addCleanup(self.server.stop)
-        self.clients: list[WSClient] = []
-        self.addCleanup(self._stopClients)
-
-    async def _stopClients(self) -> None:
-        for client in self.clients:
-            if not client.closed:
-                client.kill()
-        await eventually(lambda: self.server.router.openSockets() == 0)
-
-    async def ws(self) -> WSClient:
-        client = await WSClient(self.server.url).start()
-        self.clients.append(client)
-        return client
-
+class ServerCase(servercase.ServerCase):
     async def rest(self, path: str, data: Any) -> tuple[int, Any]:
-        response = await treq.post(
-            f"{self.server.url}/channel/{path.lstrip('/')}",
-            data=json.dumps(data).encode(),
-            headers={"Content-Type": "application/json", **_basic()},
-            persistent=False,
-        )
+        """A REST publish with the seeded key: its status, and its body (parsed, if an error)."""
+        response = await self.publish(path, data)
         body = await response.content()
         return response.code, body if response.code == 200 else json.loads(body)
 

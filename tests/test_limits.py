@@ -14,13 +14,14 @@ import treq
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock, deferLater
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from pandapush.engines.memory import MemoryEngine
 from pandapush.extensions.limits import AppConnectionLimiter, LimitSettings, PublishRateLimiter
 from pandapush.tokens import mintToken
-from tests.support.bayeux import HANDSHAKE, LPClient, WSClient
-from tests.support.inprocess import AUTH, KEY, SECRET, InProcessServer, channel
+from tests.support.bayeux import HANDSHAKE, LPClient
+from tests.support.inprocess import AUTH, KEY, SECRET, channel
+from tests.support.servercase import ServerCase
 from tests.support.waiting import eventually
 
 
@@ -248,38 +249,9 @@ def _json(headers: dict[Any, Any] | None = None) -> dict[bytes | str, bytes | st
     return {"Content-Type": "application/json", **(headers or {})}
 
 
-def _basic() -> dict[str, str]:
-    return {"Authorization": "Basic " + b64encode(f"{KEY}:{SECRET}".encode()).decode()}
-
-
-class EndToEndCase(TestCase):
-    serverArgs: tuple[str, ...] = ()
-
-    async def setUp(self) -> None:  # type: ignore[override]
-        self.server = InProcessServer("--timeout", "2", "--client-expiry", "1", *self.serverArgs)
-        await self.server.start()
-        self.addCleanup(self.server.stop)
-        self.clients: list[WSClient] = []
-        self.addCleanup(self._stopClients)
-
-    async def _stopClients(self) -> None:
-        for client in self.clients:
-            if not client.closed:
-                client.kill()
-        await eventually(lambda: self.server.router.openSockets() == 0)
-
-    async def ws(self) -> WSClient:
-        client = await WSClient(self.server.url).start()
-        self.clients.append(client)
-        return client
-
+class EndToEndCase(ServerCase):
     async def rest(self, path: str, data: Any, headers: dict[str, str] | None = None) -> Any:
-        return await treq.post(
-            f"{self.server.url}/channel/{path.lstrip('/')}",
-            data=json.dumps(data).encode(),
-            headers=_json({**(headers or _basic())}),
-            persistent=False,
-        )
+        return await self.publish(path, data, headers)
 
     async def refusals(self) -> dict[str, float]:
         """``pandapush_limit_refusals_total`` by limit, and the gauges, from ``/metrics``."""
