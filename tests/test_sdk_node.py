@@ -12,7 +12,7 @@ from typing import Any
 from twisted.trial.unittest import TestCase
 
 from tests.support.requirements import requireExecutable
-from tests.support.sdks import APP, KEY, SDKS, SECRET, ProcessResult, SDKEndToEnd, runProcess
+from tests.support.sdks import SDKS, SECRET, ProcessResult, SDKEndToEnd, runProcess
 
 PACKAGE = SDKS / "node"
 
@@ -74,18 +74,7 @@ class NodeSDKTests(SDKEndToEnd, TestCase):
         self.node = requireExecutable("node", "apt-get install nodejs")
 
     async def operate(self, op: dict[str, Any], secret: str = SECRET) -> dict[str, Any]:
-        env = {
-            "PANDAPUSH_OP": json.dumps(op),
-            "PANDAPUSH_URL": self.pandapush.url,
-            "PANDAPUSH_KEY_ID": KEY,
-            "PANDAPUSH_SECRET": secret,
-            "PANDAPUSH_APP_ID": APP,
-        }
-        result = await runProcess(
-            [self.node, "--input-type=module", "-e", DRIVER], cwd=PACKAGE, env=env, timeout=30
-        )
-        self.assertEqual(result.code, 0, result.describe())
-        return json.loads(result.stdout.strip().split("\n")[-1])  # type: ignore[no-any-return]
+        return await self.runDriver([self.node, "--input-type=module", "-e", DRIVER], PACKAGE, op, secret)
 
     async def unitTests(self) -> ProcessResult:
         files = sorted(str(p.relative_to(PACKAGE)) for p in (PACKAGE / "test").glob("*.test.*js"))

@@ -6,13 +6,12 @@ Debian's ``ruby`` package, warnings on: none may come from the gem) and the end-
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from twisted.trial.unittest import TestCase
 
 from tests.support.requirements import requireExecutable
-from tests.support.sdks import APP, KEY, SDKS, SECRET, ProcessResult, SDKEndToEnd, runProcess
+from tests.support.sdks import SDKS, SECRET, ProcessResult, SDKEndToEnd, runProcess
 
 GEM = SDKS / "ruby"
 
@@ -66,17 +65,7 @@ class RubySDKTests(SDKEndToEnd, TestCase):
         self.ruby = requireExecutable("ruby", "apt-get install ruby")
 
     async def operate(self, op: dict[str, Any], secret: str = SECRET) -> dict[str, Any]:
-        env = {
-            # ASCII JSON (\\u escapes): ARGV/ENV encodings follow the locale, JSON escapes do not.
-            "PANDAPUSH_OP": json.dumps(op),
-            "PANDAPUSH_URL": self.pandapush.url,
-            "PANDAPUSH_KEY_ID": KEY,
-            "PANDAPUSH_SECRET": secret,
-            "PANDAPUSH_APP_ID": APP,
-        }
-        result = await runProcess([self.ruby, "-Ilib", "-e", DRIVER], cwd=GEM, env=env, timeout=30)
-        self.assertEqual(result.code, 0, result.describe())
-        return json.loads(result.stdout.strip().split("\n")[-1])  # type: ignore[no-any-return]
+        return await self.runDriver([self.ruby, "-Ilib", "-e", DRIVER], GEM, op, secret)
 
     async def unitTests(self) -> ProcessResult:
         result = await runProcess(

@@ -15,6 +15,7 @@ two seconds is refused two seconds later; subscribers are real Bayeux websocket 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -152,6 +153,25 @@ class SDKEndToEnd(_Base):
     async def unitTests(self) -> ProcessResult:
         """Run the library's own unit tests with its language's tooling."""
         raise NotImplementedError
+
+    async def runDriver(
+        self, command: list[str], cwd: Path, op: dict[str, Any], secret: str
+    ) -> dict[str, Any]:
+        """
+        Run a driver script of another language's library: it reads ``op`` and the client's
+        settings from the environment and prints the outcome as JSON on its last line.
+        """
+        env = {
+            # ASCII JSON (\\u escapes): ARGV/ENV encodings follow the locale, JSON escapes do not.
+            "PANDAPUSH_OP": json.dumps(op),
+            "PANDAPUSH_URL": self.pandapush.url,
+            "PANDAPUSH_KEY_ID": KEY,
+            "PANDAPUSH_SECRET": secret,
+            "PANDAPUSH_APP_ID": APP,
+        }
+        result = await runProcess(command, cwd=cwd, env=env, timeout=30)
+        self.assertEqual(result.code, 0, result.describe())
+        return json.loads(result.stdout.strip().split("\n")[-1])  # type: ignore[no-any-return]
 
     async def server(self, *args: str, env: dict[str, str] | None = None) -> PandapushProcess:
         self.pandapush = await PandapushProcess.started(self, *args, env={**SERVER_ENV, **(env or {})})
