@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-__all__ = ["firedWith", "settled"]
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs  # typing's own from Python 3.13
+
+__all__ = ["firedWith", "isDeferred", "settled"]
 
 _T = TypeVar("_T")
+
+# What steps answer with at once (messages, replies, engine answers): never a Deferred.
+_PLAIN = frozenset({dict, list, str, bool, int, set, tuple, type(None)})
+
+
+def isDeferred(value: object) -> TypeIs[Deferred[Any]]:
+    """
+    ``isinstance(value, Deferred)``, cheaply for what a step answers at once.
+
+    Deferred's metaclass is ABCMeta (it is an ``Awaitable``): ``isinstance`` of a dict or
+    a list against it took 160-230 ns, against 30 for a plain class, and the router made
+    ~70 such checks per client set up (each extension's answer to each message). A
+    Deferred or a builtin is told by its exact type; anything else (a Deferred subclass)
+    still gets ``isinstance``.
+    """
+    kind = type(value)
+    return kind is Deferred or (kind not in _PLAIN and isinstance(value, Deferred))
 
 
 def firedWith(d: Deferred[Any]) -> list[Any]:

@@ -27,6 +27,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from pandapush._deferred import isDeferred, settled
 from pandapush.bayeux.delivery import Delivery
 from pandapush.engines.idempotency import IdempotencyKeys
 from pandapush.engines.local import LocalClient, LocalClients
@@ -319,7 +320,7 @@ def recoveries(
     return outcomes, queued, sent
 
 
-async def recoverLocally(
+def recoverLocally(
     local: LocalClients[Any],
     clientId: str,
     subscribe: Callable[[], defer.Deferred[Any]],
@@ -327,31 +328,86 @@ async def recoverLocally(
     latest: Collection[str],
     read: Reader,
     makeDelivery: Callable[[str, int, str, bytes], Delivery],
-) -> dict[str, Recovery]:
+) -> dict[str, Recovery] | defer.Deferred[dict[str, Recovery]]:
     """
     :meth:`IEngine.recover` for a client held in ``local`` (or, if it is not, only the
     positions and ``"unavailable"``): ``read({channel: since}, {channel: limit})`` reads the
     pages (one round trip for all of them, on Redis), ``makeDelivery(channel, offset,
-    epoch, payload)`` makes what is queued.
+    epoch, payload)`` makes what is queued. The outcomes at once when ``subscribe()`` and
+    ``read`` answered at once (the memory engine: every subscribe of a reconnect storm
+    comes here to report its channel's position), else a Deferred of them.
     """
-    client: LocalClient | None = local.get(clientId)
-    sending = client is not None and asksHistory(wanted, latest)
-    if sending:
-        assert client is not None
-        client.recovering += 1
-    try:
-        await subscribe()
-        since, limits = readRequests(wanted, latest, client is not None)
-        pages = await read(since, limits)
-        outcomes, queued, sent = recoveries(pages, wanted, latest, client is not None, limits)
-        if sending and local.get(clientId) is client:
-            assert client is not None
-            local.resume(client, [makeDelivery(*entry) for entry in queued], sent)
-            sending = False
+    return _LocalRecovery(local, clientId, wanted, latest, read, makeDelivery).run(subscribe)
+
+
+class _LocalRecovery:
+    """
+    One :func:`recoverLocally`: subscribe, read, queue, each step going on at once when
+    the one before answered at once, in a callback when it did not; and, however it ends,
+    the client's queue let go if what was missed was not put in front of it.
+    """
+
+    def __init__(
+        self,
+        local: LocalClients[Any],
+        clientId: str,
+        wanted: Mapping[str, Position | None],
+        latest: Collection[str],
+        read: Reader,
+        makeDelivery: Callable[[str, int, str, bytes], Delivery],
+    ) -> None:
+        self.local = local
+        self.clientId = clientId
+        self.wanted = wanted
+        self.latest = latest
+        self.read = read
+        self.makeDelivery = makeDelivery
+        self.client: LocalClient | None = local.get(clientId)
+        # Whether the client's queue is held until what it missed is queued.
+        self.sending = self.client is not None and asksHistory(wanted, latest)
+
+    def run(
+        self, subscribe: Callable[[], defer.Deferred[Any]]
+    ) -> dict[str, Recovery] | defer.Deferred[dict[str, Recovery]]:
+        if self.sending:
+            assert self.client is not None
+            self.client.recovering += 1
+        try:
+            subscribed = settled(subscribe())
+            if isDeferred(subscribed):
+                return subscribed.addCallback(self._read).addBoth(self._ended)
+            outcomes = self._read(None)
+        except BaseException:
+            self._release()
+            raise
+        if isDeferred(outcomes):
+            return outcomes.addBoth(self._ended)
+        self._release()
         return outcomes
-    finally:
-        if sending and client is not None:
-            local.resume(client, [], {})
+
+    def _read(self, _: object) -> dict[str, Recovery] | defer.Deferred[dict[str, Recovery]]:
+        since, limits = readRequests(self.wanted, self.latest, self.client is not None)
+        pages = settled(self.read(since, limits))
+        if isDeferred(pages):
+            return pages.addCallback(self._queue, limits)
+        return self._queue(pages, limits)
+
+    def _queue(self, pages: Mapping[str, HistoryPage], limits: Mapping[str, int]) -> dict[str, Recovery]:
+        client = self.client
+        outcomes, queued, sent = recoveries(pages, self.wanted, self.latest, client is not None, limits)
+        if self.sending and self.local.get(self.clientId) is client:
+            assert client is not None
+            self.local.resume(client, [self.makeDelivery(*entry) for entry in queued], sent)
+            self.sending = False
+        return outcomes
+
+    def _release(self) -> None:
+        if self.sending and self.client is not None:
+            self.local.resume(self.client, [], {})
+
+    def _ended(self, result: Any) -> Any:
+        self._release()
+        return result
 
 
 class EngineHistory:
@@ -390,11 +446,13 @@ class EngineHistory:
         wanted: Mapping[str, Position | None],
         latest: Collection[str],
     ) -> defer.Deferred[dict[str, Recovery]]:
-        return defer.Deferred.fromCoroutine(
-            recoverLocally(
+        try:
+            outcomes = recoverLocally(
                 self._local, clientId, subscribe, wanted, latest, self._readHistory, self._recoveredDelivery
             )
-        )
+        except Exception:
+            return defer.fail()
+        return outcomes if isDeferred(outcomes) else defer.succeed(outcomes)
 
 
 class MemoryEngineHistory(EngineHistory):

@@ -28,7 +28,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pandapush._deferred import settled
+from pandapush._deferred import isDeferred, settled
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.delivery import Delivery
 from pandapush.bayeux.errors import BayeuxError
@@ -116,9 +116,11 @@ class Extensions:
         extensions = self._extensions
         for index in range(start, len(extensions)):
             result = extensions[index].incoming(message, context)
-            if isinstance(result, Deferred):
+            # A hook answers with the message (a dict) nearly always: told apart from a
+            # Deferred by its type, without Deferred's ABCMeta isinstance (see isDeferred).
+            if type(result) is not dict and isinstance(result, Deferred):
                 result = settled(result)
-                if isinstance(result, Deferred):
+                if isDeferred(result):
                     return result.addCallback(self._incomingAnswered, context, index + 1)
             if result is None:
                 return None
@@ -161,9 +163,9 @@ class Extensions:
             if isinstance(reply, dict):
                 for index in range(start, len(extensions)):
                     result = extensions[index].outgoing(reply, context)
-                    if isinstance(result, Deferred):
+                    if type(result) is not dict and isinstance(result, Deferred):
                         result = settled(result)
-                        if isinstance(result, Deferred):
+                        if isDeferred(result):
                             return result.addCallback(
                                 self._outgoingAnswered, replies, context, out, position, index + 1
                             )
@@ -238,9 +240,9 @@ class Pipeline:
                     handled = self.extensions.outgoing(refused, messageContext)
             else:
                 handled = self._message(message, messageContext, socket)
-            if isinstance(handled, Deferred):
+            if isDeferred(handled):
                 handled = settled(handled)
-                if isinstance(handled, Deferred):
+                if isDeferred(handled):
                     return handled.addCallback(
                         self._batchAnswered, messages, context, socket, index, out, handshakes, holding
                     )
@@ -282,7 +284,7 @@ class Pipeline:
                 out.append(entry)
                 continue
             replies = settled(entry.replies)
-            if isinstance(replies, Deferred):
+            if isDeferred(replies):
                 return replies.addCallback(self._gathered, entries, index, out)
             out.extend(replies)
         return out
@@ -301,9 +303,9 @@ class Pipeline:
             return [fail({}, BayeuxError.badRequest())]
         try:
             incoming = self.extensions.incoming(message, context)
-            if isinstance(incoming, Deferred):
+            if isDeferred(incoming):
                 incoming = settled(incoming)
-                if isinstance(incoming, Deferred):
+                if isDeferred(incoming):
                     return incoming.addCallbacks(
                         self._dispatch,
                         self._failed,
@@ -321,9 +323,9 @@ class Pipeline:
             return []  # a hook dropped it: no reply
         try:
             handled = self.handler.dispatch(message, context, socket)
-            if isinstance(handled, Deferred):
+            if isDeferred(handled):
                 handled = settled(handled)
-                if isinstance(handled, Deferred):
+                if isDeferred(handled):
                     return handled.addCallbacks(
                         self._outgoing,
                         self._failed,
@@ -339,9 +341,9 @@ class Pipeline:
             return handled  # its reply goes through the outgoing hooks when it is answered
         try:
             replies = self.extensions.outgoing(handled, context)
-            if isinstance(replies, Deferred):
+            if isDeferred(replies):
                 replies = settled(replies)
-                if isinstance(replies, Deferred):
+                if isDeferred(replies):
                     return replies.addErrback(self._failed, message)
         except Exception:
             return self._serverError(message, Failure())

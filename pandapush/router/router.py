@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
+from pandapush._deferred import isDeferred
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.message import Message, Reply
 from pandapush.interfaces import IClientSocket, IEngine, IExtension, IRouter
@@ -100,7 +101,7 @@ class BayeuxRouter:
             replies = self.processNow(messages, context, socket)
         except Exception:
             return defer.fail()
-        if isinstance(replies, Deferred):
+        if isDeferred(replies):
             return replies
         return defer.succeed(replies)
 

@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from pandapush._deferred import isDeferred
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.delivery import Delivery
 from pandapush.bayeux.message import Message, Reply
@@ -111,7 +112,7 @@ class HeldConnect:
         hooks = self.connects.hooks
         deliveries = hooks.batch(self.clientId, self.reply, self.context, deliveries)
         replied = hooks.outgoing([self.reply], self.context)
-        if isinstance(replied, Deferred):
+        if isDeferred(replied):
             replied.addCallback(self._send, deliveries)
         else:
             self._send(replied, deliveries)
