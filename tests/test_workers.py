@@ -15,6 +15,7 @@ natural spread, over many requests.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import re
@@ -39,6 +40,10 @@ from twisted.web.http_headers import Headers
 
 from pandapush.config import WORKER_VARIABLE, formatListeners, parseListeners, resolveWorkerCount
 from pandapush.tap import Options
+from pandapush.workers import child as worker_child
+from pandapush.workers import collector
+from pandapush.workers import pool as worker_pool
+from pandapush.workers.child import WorkerChild
 from pandapush.workers.pool import READY_FIELD, WorkerPool
 from tests.support.bayeux import LPClient
 from tests.support.cluster import ADMIN, APP, KEY, SECRET, ClusterCase, channel
@@ -194,6 +199,9 @@ class WorkerPoolTests(TestCase):
     """The parent's side on a fake reactor: what it starts, when it restarts, how it stops."""
 
     def startPool(self, count: int = 3) -> tuple[WorkerPool, _FakeReactor, list[dict[str, Any]]]:
+        # Not this test process's collector: counted instead.
+        self.tuned: list[None] = []
+        self.patch(worker_pool, "tuneCollector", lambda: self.tuned.append(None))
         reactor = _FakeReactor()
         self.failures: list[None] = []
         events: list[dict[str, Any]] = []
@@ -213,8 +221,14 @@ class WorkerPoolTests(TestCase):
         )
         pool.startService()
         self.assertEqual(reactor.spawned, [], "nothing starts before this process listens")
+        self.assertEqual(self.tuned, [])
         listening.callback(ports)
         return pool, reactor, events
+
+    def test_collectorTunedOnceListening(self) -> None:
+        """This process (worker 0) gets a worker's collector settings once its ports listen."""
+        self.startPool(2)
+        self.assertEqual(self.tuned, [None])
 
     def test_startsCountMinusOneWorkers(self) -> None:
         """
@@ -348,6 +362,48 @@ class WorkerPoolTests(TestCase):
 
 
 # processes
+
+
+class CollectorTests(TestCase):
+    """The garbage collector's settings in a --workers process."""
+
+    def setUp(self) -> None:
+        thresholds = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *thresholds)
+        self.addCleanup(gc.unfreeze)
+
+    def test_tuneCollector(self) -> None:
+        """What start-up left is frozen, and the youngest generation is collected every 10,000 allocations."""
+        gc.unfreeze()
+        collector.tuneCollector()
+        self.assertGreater(gc.get_freeze_count(), 0)
+        self.assertEqual(gc.get_threshold(), (10_000, 10, 10))
+
+    def test_workerTunesOnceRunning(self) -> None:
+        """A worker tunes its collector once its reactor runs, not while it is being built."""
+        tuned: list[None] = []
+        self.patch(worker_child, "tuneCollector", lambda: tuned.append(None))
+        later: list[Any] = []
+
+        class Reactor:
+            def callWhenRunning(self, f: Any, *args: Any) -> None:
+                later.append((f, args))
+
+            def addReader(self, reader: Any) -> None:
+                pass
+
+            def removeReader(self, reader: Any) -> None:
+                pass
+
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        self.addCleanup(os.close, write)
+        WorkerChild(Reactor(), 1, stdin=read).startService()
+        self.assertEqual(tuned, [])
+        for f, args in later:
+            if f is not worker_child.installWorkerSignals:
+                f(*args)
+        self.assertEqual(tuned, [None])
 
 
 class _HeaderWSProtocol(FailoverWSProtocol):

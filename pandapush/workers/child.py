@@ -16,6 +16,8 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from pandapush.workers.collector import tuneCollector
+
 __all__ = ["ParentWatch", "WorkerChild", "installWorkerSignals", "stopReactor"]
 
 
@@ -79,7 +81,8 @@ class WorkerChild(Service):
     In a worker: stops the reactor when the parent is gone (its stdin, a pipe from the
     parent, reaches end of file: however the parent ended, SIGKILL included), and
     installs the worker's signal handlers once the reactor runs (its own are in place
-    by then, and would otherwise stay).
+    by then, and would otherwise stay), and the collector's settings
+    (:mod:`~pandapush.workers.collector`).
     """
 
     _log = Logger()
@@ -95,6 +98,8 @@ class WorkerChild(Service):
         self._watch = ParentWatch(self.reactor, self.stdin, self._parentGone)
         self._watch.startReading()
         self.reactor.callWhenRunning(installWorkerSignals, self.reactor)
+        # Once started (see pandapush.workers.collector: ~30 % of a worker's CPU in a storm).
+        self.reactor.callWhenRunning(tuneCollector)
 
     def _parentGone(self) -> None:
         self._log.warn("worker {index}: parent gone, stopping", index=self.index)

@@ -24,6 +24,7 @@ from twisted.logger import Logger, LogLevel, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
 from pandapush.config import FIRST_INHERITED_FD, WORKER_VARIABLE, WorkerSpec
+from pandapush.workers.collector import tuneCollector
 from pandapush.workers.sockets import LISTEN_BACKLOG, reusePortSocket
 
 __all__ = ["PLUGIN", "READY_FIELD", "WorkerPool"]
@@ -139,6 +140,8 @@ class WorkerPool(Service):
     def _spawnAll(self, ports: list[IListeningPort]) -> None:
         if not self.running:
             return
+        # Started, and serving from now on as worker 0: the collector's settings of a worker.
+        tuneCollector()
         self._ports = ports
         self._listeners = [
             (port.fileno(), port.socket.family)  # type: ignore[attr-defined]
