@@ -12,6 +12,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request
@@ -25,6 +26,7 @@ __all__ = [
     "contextFor",
     "header",
     "requestLost",
+    "sendNow",
     "writeError",
 ]
 
@@ -133,3 +135,35 @@ def writeError(request: Request, code: int, message: str) -> bytes:
     request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
     request.setHeader(b"Cache-Control", b"no-cache, no-store")
     return message.encode("utf-8")
+
+
+def sendNow(transport: Any, data: bytes) -> None:
+    """
+    ``transport.write(data)``, given to the kernel now when nothing waits in a TCP
+    transport's buffer. Twisted's ``write`` registers the socket for writability
+    (``epoll_ctl``), sends on the next reactor turn and unregisters it (``epoll_ctl``
+    again): for one small answer per request that costs more than the send itself.
+    What the kernel does not take, and everything while something is buffered, goes
+    through ``write`` (order and back pressure unchanged); other transports (TLS, a
+    test's) always do.
+    """
+    if (
+        type(transport) is tcp.Server
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+        and not transport._tempDataBuffer
+        and len(transport.dataBuffer) == transport.offset
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            # EAGAIN, or a broken connection: Twisted's own write finds out on its
+            # next try and ends the connection as usual.
+            sent = 0
+        if sent == len(data):
+            return
+        if sent:
+            data = data[sent:]
+    if transport is not None:
+        transport.write(data)

@@ -1,0 +1,280 @@
+"""How the site answers HTTP requests: the lean request of :mod:`pandapush.web.site`.
+
+``LimitedRequest`` writes an answer of known length as one piece (status line, headers,
+body) and hands it to the kernel at once when nothing is buffered
+(:func:`pandapush.transports.http.sendNow`), with a ``Date`` formatted once a second;
+everything else (chunked answers, ``HEAD``, 204/304) is Twisted's code. These tests pin
+what a client sees over a real socket, whichever path an answer took.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import socket
+import time
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from pandapush.transports.http import sendNow
+from pandapush.web.site import PandapushRoot, makeSite
+from tests.support.inprocess import InProcessServer
+from tests.support.ports import listenLocally, portNumber
+from tests.support.waiting import eventually
+
+HANDSHAKE = json.dumps(
+    [{"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["long-polling"]}]
+).encode()
+
+
+def post(path: bytes, body: bytes, version: bytes = b"HTTP/1.1", extra: bytes = b"") -> bytes:
+    return b"POST %s %s\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s" % (
+        path,
+        version,
+        len(body),
+        extra,
+        body,
+    )
+
+
+class RawClient(Protocol):
+    def __init__(self) -> None:
+        self.received = b""
+        self.closed: defer.Deferred[None] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if not self.closed.called:
+            self.closed.callback(None)
+
+
+def answers(data: bytes) -> list[tuple[bytes, dict[bytes, bytes], bytes]]:
+    """The answers in ``data``, each (status line, headers by lower-case name, body); all complete."""
+    out = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        headers = {k.lower(): v for k, _, v in (line.partition(b": ") for line in lines[1:])}
+        length = int(headers[b"content-length"])
+        out.append((lines[0], headers, rest[:length]))
+        data = rest[length:]
+    return out
+
+
+def complete(data: bytes, count: int) -> bool:
+    try:
+        return len(answers(data)) >= count
+    except (KeyError, ValueError):
+        return False
+
+
+class AnswerTests(TestCase):
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.server = InProcessServer()
+        await self.server.start()
+        self.addCleanup(self.server.stop)
+        assert self.server.port is not None
+        self.port = portNumber(self.server.port)
+
+    async def connect(self) -> RawClient:
+        client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), RawClient())
+        self.addCleanup(lambda: client.transport.abortConnection())  # type: ignore[union-attr]
+        return client
+
+    async def test_lengthDateServer(self) -> None:
+        """A long-poll's answer: its length, a Date of this second in HTTP's format, Twisted's Server."""
+        client = await self.connect()
+        before = time.time()
+        client.transport.write(post(b"/push", HANDSHAKE))  # type: ignore[union-attr]
+        await eventually(lambda: complete(client.received, 1))
+        [(status, headers, body)] = answers(client.received)
+        self.assertEqual(status, b"HTTP/1.1 200 OK")
+        self.assertEqual(int(headers[b"content-length"]), len(body))
+        self.assertTrue(json.loads(body)[0]["successful"])
+        self.assertEqual(headers[b"content-type"], b"application/json; charset=utf-8")
+        self.assertTrue(headers[b"server"].startswith(b"TwistedWeb/"))
+        date = email.utils.parsedate_to_datetime(headers[b"date"].decode()).timestamp()
+        self.assertTrue(int(before) <= date <= time.time(), (before, headers[b"date"]))
+
+    async def test_pipelinedAnswersInOrder(self) -> None:
+        """Three requests in one packet, a REST publish between two long-polls: three answers, in order."""
+        client = await self.connect()
+        key = b"Basic " + __import__("base64").b64encode(b"PSIDtestkey000000001:in-process-test-secret")
+        client.transport.write(  # type: ignore[union-attr]
+            post(b"/push", HANDSHAKE)
+            + post(
+                b"/channel/testapp0000000000001/public/x",
+                b'{"a":1}',
+                extra=b"Authorization: " + key + b"\r\n",
+            )
+            + post(b"/push", b"nope")
+        )
+        await eventually(lambda: complete(client.received, 3))
+        (s1, _, b1), (s2, _, b2), (s3, _, b3) = answers(client.received)
+        self.assertEqual((s1, s2, s3), (b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OK", b"HTTP/1.1 400 Bad Request"))
+        self.assertIn(b"clientId", b1)
+        self.assertEqual(b2, b"OK")
+        self.assertEqual(b3, b"Bad request")
+
+    async def test_http10Closes(self) -> None:
+        """An HTTP/1.0 request is answered as HTTP/1.0 and its connection closed after the answer."""
+        client = await self.connect()
+        client.transport.write(post(b"/push", HANDSHAKE, version=b"HTTP/1.0"))  # type: ignore[union-attr]
+        await client.closed
+        [(status, _, body)] = answers(client.received)
+        self.assertEqual(status, b"HTTP/1.0 200 OK")
+        self.assertIn(b"clientId", body)
+
+    async def test_headHasNoBody(self) -> None:
+        """HEAD still goes through Twisted's own write: headers only, the connection ready for more."""
+        client = await self.connect()
+        client.transport.write(b"HEAD /health_check.json HTTP/1.1\r\nHost: x\r\n\r\n")  # type: ignore[union-attr]
+        await eventually(lambda: b"\r\n\r\n" in client.received)
+        head, _, rest = client.received.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 "), head)
+        client.received = b""
+        client.transport.write(post(b"/push", HANDSHAKE))  # type: ignore[union-attr]
+        await eventually(lambda: complete(client.received, 1))
+        self.assertEqual(rest, b"")
+
+    async def test_drainingAnswerCloses(self) -> None:
+        """A long-poll answered at once while the node drains tells the client to reconnect elsewhere."""
+        self.server.router.drain()
+        client = await self.connect()
+        client.transport.write(post(b"/push", HANDSHAKE))  # type: ignore[union-attr]
+        await eventually(lambda: complete(client.received, 1))
+        [(_, headers, body)] = answers(client.received)
+        self.assertEqual(headers[b"connection"], b"close")
+        self.assertEqual(json.loads(body)[0]["advice"]["reconnect"], "handshake")
+
+
+class _Chunked(Resource):
+    """Writes its answer without a length, later: Twisted chunks it."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> Any:
+        request.setHeader(b"Content-Type", b"text/plain")
+        reactor.callLater(0, self._finish, request)
+        return NOT_DONE_YET
+
+    def _finish(self, request: Any) -> None:
+        request.write(b"hello")
+        request.finish()
+
+
+class _Held(Resource):
+    """Holds every request until told."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Any] = []
+
+    def render(self, request: Any) -> Any:
+        self.requests.append(request)
+        return NOT_DONE_YET
+
+
+class SiteTests(TestCase):
+    def listen(self, site: Any) -> int:
+        port = listenLocally(site)
+        self.addCleanup(port.stopListening)
+        return portNumber(port)
+
+    async def connect(self, port: int) -> RawClient:
+        client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), RawClient())
+        self.addCleanup(lambda: client.transport.abortConnection())  # type: ignore[union-attr]
+        return client
+
+    async def test_siteHeadersFirst(self) -> None:
+        """The site's headers (X-Pandapush-Worker) lead every answer, before Server and Date."""
+        held = _Held()
+        root = PandapushRoot(held, held)
+        port = self.listen(makeSite(root, maxBodySize=100, headers={b"X-Pandapush-Worker": b"3"}))
+        client = await self.connect(port)
+        client.transport.write(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")  # type: ignore[union-attr]
+        await eventually(lambda: held.requests)
+        request = held.requests[0]
+        request.setHeader(b"Content-Length", b"2")
+        request.write(b"ok")
+        request.finish()
+        await eventually(lambda: complete(client.received, 1))
+        names = [line.split(b":")[0] for line in client.received.split(b"\r\n\r\n")[0].split(b"\r\n")[1:]]
+        self.assertEqual(names[:3], [b"X-Pandapush-Worker", b"Server", b"Date"])
+        self.assertEqual(client.received.split(b"\r\n\r\n", 1)[1], b"ok")
+
+    async def test_chunkedWithoutLength(self) -> None:
+        """An answer written without a length is still chunked (Twisted's write), and complete."""
+        root = PandapushRoot(_Chunked(), _Chunked())
+        port = self.listen(makeSite(root, maxBodySize=100))
+        client = await self.connect(port)
+        client.transport.write(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")  # type: ignore[union-attr]
+        await eventually(lambda: client.received.endswith(b"0\r\n\r\n"))
+        head, _, body = client.received.partition(b"\r\n\r\n")
+        self.assertIn(b"Transfer-Encoding: chunked", head)
+        self.assertEqual(body, b"5\r\nhello\r\n0\r\n\r\n")
+
+
+class _Sink(Protocol):
+    def connectionMade(self) -> None:
+        self.factory.accepted.callback(self.transport)  # type: ignore[attr-defined]
+
+
+class SendNowTests(TestCase):
+    async def pair(self) -> tuple[Any, socket.socket]:
+        factory = Factory.forProtocol(_Sink)
+        factory.accepted = defer.Deferred()  # type: ignore[attr-defined]
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined,arg-type]
+        self.addCleanup(port.stopListening)
+        client = socket.create_connection(("127.0.0.1", portNumber(port)))
+        self.addCleanup(client.close)
+        client.settimeout(5)
+        transport = await factory.accepted  # type: ignore[attr-defined]
+        self.addCleanup(transport.abortConnection)
+        return transport, client
+
+    async def test_sentAtOnce(self) -> None:
+        """With nothing buffered the data reaches the peer without a reactor turn."""
+        transport, client = await self.pair()
+        sendNow(transport, b"hello")
+        self.assertEqual(client.recv(100), b"hello")
+        self.assertEqual(transport.dataBuffer[transport.offset :], b"")
+
+    async def test_afterBufferedData(self) -> None:
+        """Behind data still buffered, it waits its turn: the peer gets both, in order."""
+        transport, client = await self.pair()
+        transport.write(b"first ")
+        sendNow(transport, b"second")
+        client.setblocking(False)
+        with self.assertRaises(BlockingIOError):
+            client.recv(100)  # nothing yet: both wait for the reactor
+        received = [b""]
+
+        def read() -> bool:
+            try:
+                received[0] += client.recv(100)
+            except BlockingIOError:
+                pass
+            return len(received[0]) >= 12
+
+        await eventually(read)
+        self.assertEqual(received[0], b"first second")
+
+    def test_otherTransportsWrite(self) -> None:
+        """A transport that is not a plain TCP one (TLS, a test's) gets a plain write."""
+        from twisted.internet.testing import StringTransport
+
+        transport = StringTransport()
+        sendNow(transport, b"x")
+        self.assertEqual(transport.value(), b"x")
