@@ -16,8 +16,14 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase
 
+from pandapush.bayeux.context import MessageContext
 from pandapush.engines.memory import MemoryEngine
-from pandapush.extensions.limits import AppConnectionLimiter, LimitSettings, PublishRateLimiter
+from pandapush.extensions.limits import (
+    AppConnectionLimiter,
+    LimitSettings,
+    LimitsExtension,
+    PublishRateLimiter,
+)
 from pandapush.tokens import mintToken
 from tests.support.bayeux import HANDSHAKE, LPClient
 from tests.support.inprocess import AUTH, KEY, SECRET, channel
@@ -207,6 +213,97 @@ class AppConnectionLimiterTests(SynchronousTestCase):
         for _ in range(100):
             self.assertTrue(limiter.admit(self.client(), "app1"))
         self.assertEqual(limiter.connections("app1"), 0)
+
+
+class _LateLimiter(AppConnectionLimiter):
+    """Reserves as a cluster-wide limiter does: the answer comes later (from Redis)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pending: list[defer.Deferred[Any]] = []
+
+    def reserve(self, clientId: str, appId: str, authenticated: bool = True) -> defer.Deferred[bool]:
+        answer = self.admit(clientId, appId, authenticated)
+        late: defer.Deferred[Any] = defer.Deferred()
+        self.pending.append(late)
+        return late.addCallback(lambda _: answer)
+
+    def release(self) -> None:
+        while self.pending:
+            self.pending.pop(0).callback(None)
+
+
+class LimitsExtensionTests(SynchronousTestCase):
+    """
+    A client's first subscribe to an application's channels counts it there: at once (no
+    coroutine) while the engine and the limiter answer at once, the same once they answer later.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.engine = MemoryEngine(self.clock, expiry=3600)
+
+    def extension(self, limiter: AppConnectionLimiter) -> LimitsExtension:
+        return LimitsExtension(self.engine, limiter, PublishRateLimiter(self.clock, 0))
+
+    def subscribe(self, extension: LimitsExtension, clientId: str, *channels: str) -> Any:
+        message = {"channel": "/meta/subscribe", "clientId": clientId, "subscription": list(channels)}
+        return extension.incoming(message, MessageContext("websocket"))
+
+    def test_atOnce(self) -> None:
+        """A first subscribe counts the client and answers with the message; a full application refuses."""
+        limiter = AppConnectionLimiter(self.engine, self.clock, maxPerApp=1)
+        extension = self.extension(limiter)
+        a, b = (self.successResultOf(self.engine.createClient()) for _ in range(2))
+        first = self.subscribe(extension, a, "/app1/public/x")
+        self.assertEqual(
+            first, {"channel": "/meta/subscribe", "clientId": a, "subscription": ["/app1/public/x"]}
+        )
+        self.assertEqual(limiter.connections("app1"), 1)
+        refused = self.subscribe(extension, b, "/app2/public/y", "/app1/public/x")
+        self.assertEqual(
+            refused["error"], "403:/app1/public/x:Too many anonymous connections (limit 1 per application)"
+        )
+        # Counted in the first application before the second refused it, as before.
+        self.assertEqual((limiter.connections("app1"), limiter.connections("app2")), (1, 1))
+
+    def test_unknownClientNotCounted(self) -> None:
+        """A made-up clientId takes no place (the router answers it 401)."""
+        limiter = AppConnectionLimiter(self.engine, self.clock, maxPerApp=1)
+        message = self.subscribe(self.extension(limiter), "nobody", "/app1/public/x")
+        self.assertNotIn("error", message)
+        self.assertEqual(limiter.connections("app1"), 0)
+
+    def test_lateLimiter(self) -> None:
+        """A limiter answering later (cluster-wide): the same outcome, once it has answered."""
+        limiter = _LateLimiter(self.engine, self.clock, maxPerApp=1)
+        extension = self.extension(limiter)
+        a, b = (self.successResultOf(self.engine.createClient()) for _ in range(2))
+        first = self.subscribe(extension, a, "/app1/public/x")
+        self.assertIsInstance(first, defer.Deferred)
+        self.assertNoResult(first)
+        limiter.release()
+        self.assertNotIn("error", self.successResultOf(first))
+        refused = self.subscribe(extension, b, "/app2/public/y", "/app1/public/x")
+        limiter.release()
+        limiter.release()
+        self.assertEqual(
+            self.successResultOf(refused)["error"],
+            "403:/app1/public/x:Too many anonymous connections (limit 1 per application)",
+        )
+
+    def test_lateEngine(self) -> None:
+        """An engine answering ``clientExists`` later: counted once it has."""
+        limiter = AppConnectionLimiter(self.engine, self.clock, maxPerApp=1)
+        clientId = self.successResultOf(self.engine.createClient())
+        exists: defer.Deferred[bool] = defer.Deferred()
+        self.engine.clientExists = lambda clientId: exists  # type: ignore[method-assign]
+        message = self.subscribe(self.extension(limiter), clientId, "/app1/public/x")
+        self.assertNoResult(message)
+        self.assertEqual(limiter.connections("app1"), 0)
+        exists.callback(True)
+        self.assertNotIn("error", self.successResultOf(message))
+        self.assertEqual(limiter.connections("app1"), 1)
 
 
 class LimitSettingsTests(SynchronousTestCase):

@@ -48,6 +48,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from pandapush._deferred import isDeferred, settled
 from pandapush.auth.rules import PUBLISH, SUBSCRIBE, parseChannel
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.errors import BayeuxError
@@ -393,28 +394,71 @@ class LimitsExtension:
             # The hot path: a client already counted, publishing.
             return self._rate(message, context, publish)
         assert isinstance(clientId, str)
-        return Deferred.fromCoroutine(self._admitNew(message, clientId, waiting, context, publish))
+        return self._admitNew(message, clientId, waiting, context, publish)
 
-    async def _admitNew(
+    def _admitNew(
         self,
         message: Message,
         clientId: str,
         waiting: list[tuple[str, str, bool]],
         context: MessageContext,
         publish: str | None,
-    ) -> Message:
+    ) -> Message | Deferred[Message]:
+        """
+        Count the client in each application of ``waiting``: at once while the engine and
+        the limiter answer at once (every client's first subscribe in a reconnect storm
+        comes here), else once they have.
+        """
         # Only clients that exist are counted: a made-up clientId must not fill an
         # application (the router answers it with 401 Unknown client).
-        if not await self.engine.clientExists(clientId):
+        exists = settled(self.engine.clientExists(clientId))
+        if isDeferred(exists):
+            return exists.addCallback(self._reserve, message, clientId, waiting, context, publish, 0)
+        return self._reserve(exists, message, clientId, waiting, context, publish, 0)
+
+    def _reserve(
+        self,
+        exists: bool,
+        message: Message,
+        clientId: str,
+        waiting: list[tuple[str, str, bool]],
+        context: MessageContext,
+        publish: str | None,
+        start: int,
+    ) -> Message | Deferred[Message]:
+        """Reserve the client's place in each application of ``waiting`` from ``start`` on, in order."""
+        if not exists:
             return message
-        for name, appId, authenticated in waiting:
-            admitted = self.connections.reserve(clientId, appId, authenticated)
-            if isinstance(admitted, Deferred):
-                admitted = await admitted
+        for index in range(start, len(waiting)):
+            admitted = self.connections.reserve(clientId, waiting[index][1], waiting[index][2])
+            if isDeferred(admitted):
+                admitted = settled(admitted)
+                if isDeferred(admitted):
+                    return admitted.addCallback(
+                        self._reserved, message, clientId, waiting, context, publish, index
+                    )
             if not admitted:
-                message["error"] = str(BayeuxError(403, [name], self.connections.refusal(authenticated)))
-                return message
-        return await _resolved(self._rate(message, context, publish))
+                return self._refused(message, waiting[index])
+        return self._rate(message, context, publish)
+
+    def _reserved(
+        self,
+        admitted: bool,
+        message: Message,
+        clientId: str,
+        waiting: list[tuple[str, str, bool]],
+        context: MessageContext,
+        publish: str | None,
+        index: int,
+    ) -> Message | Deferred[Message]:
+        if not admitted:
+            return self._refused(message, waiting[index])
+        return self._reserve(True, message, clientId, waiting, context, publish, index + 1)
+
+    def _refused(self, message: Message, waiting: tuple[str, str, bool]) -> Message:
+        name, _, authenticated = waiting
+        message["error"] = str(BayeuxError(403, [name], self.connections.refusal(authenticated)))
+        return message
 
     def _rate(
         self, message: Message, context: MessageContext, publish: str | None
@@ -433,10 +477,6 @@ class LimitsExtension:
         if wait:
             message["error"] = str(BayeuxError(429, [publish], self.publishes.refusal(keyId)))
         return message
-
-
-async def _resolved(value: Message | Deferred[Message]) -> Message:
-    return await value if isinstance(value, Deferred) else value
 
 
 def _setting(value: Any, environ: Mapping[str, str], name: str, default: float, kind: type) -> Any:
