@@ -176,6 +176,56 @@ class TenancyExtensionTests(SynchronousTestCase):
         self.store.hold.callback(None)
         self.assertNotIn("error", self.successResultOf(out))
 
+    def test_subscribeManyAtOnce(self) -> None:
+        """A list subscription with cached keys is answered without a Deferred, every channel granted."""
+        t = token({"channel": f"/{APP}/private/**", "sub": True})
+        context = MessageContext("websocket")
+        message = {
+            "channel": "/meta/subscribe",
+            "clientId": "c1",
+            "subscription": [f"/{APP}/public/x", PRIVATE],
+            "ext": {"auth": {"token": t}},
+        }
+        out = self.extension.incoming(message, context)
+        self.assertIsInstance(out, dict)
+        self.assertNotIn("error", out)
+        self.assertEqual(context.attributes["keyId"], KEY)
+
+    def test_subscribeManyLookup(self) -> None:
+        """
+        A list subscription whose key is fetched: the channels after it are checked once it
+        is, in order, and a refusal among them still refuses the message.
+        """
+        for subscription, error in [
+            ([f"/{APP}/public/x", PRIVATE, f"/{APP}/private/b"], None),
+            ([PRIVATE, "/bad", f"/{APP}/private/b"], "405::Invalid channel name"),
+        ]:
+            self.keys = KeyCache(self.store, self.clock)
+            self.extension = TenancyExtension(ChannelAuthority(self.keys, self.clock))
+            self.store.hold = Deferred()
+            context = MessageContext("websocket")
+            message = {
+                "channel": "/meta/subscribe",
+                "clientId": "c1",
+                "subscription": subscription,
+                "ext": {"auth": KEYAUTH},
+            }
+            out = self.extension.incoming(message, context)
+            assert isinstance(out, Deferred)
+            self.assertNoResult(out)
+            self.store.hold.callback(None)
+            answered = self.successResultOf(out)
+            assert answered is not None
+            self.assertEqual(answered.get("error"), error)
+            self.assertEqual(context.attributes.get("keyId"), KEY)
+
+    def test_subscribeManyStorageFailure(self) -> None:
+        """A key that cannot be fetched for a list subscription: a server error, logged."""
+        self.store.getKey = lambda keyId: defer.fail(RuntimeError("db down"))  # type: ignore[method-assign]
+        message = self.subscribe([f"/{APP}/public/x", PRIVATE], KEYAUTH)
+        self.assertEqual(message["error"], "500::Internal server error")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_storageFailure(self) -> None:
         """A storage error is a server error, logged, not ``Could not find key``."""
         self.store.getKey = lambda keyId: defer.fail(RuntimeError("db down"))  # type: ignore[method-assign]

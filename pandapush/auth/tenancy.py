@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from pandapush._deferred import isDeferred, settled
 from pandapush.auth.checkers import AuthRefused, ChannelAuthority
 from pandapush.auth.rules import PUBLISH, SUBSCRIBE, Allowed, parseChannel
 from pandapush.bayeux.context import MessageContext
@@ -104,19 +105,46 @@ class TenancyExtension:
             return self._check(SUBSCRIBE, subscription, auth, message, context)
         if not isinstance(subscription, list) or not subscription:
             return message  # the router refuses a missing or malformed subscription
-        return Deferred.fromCoroutine(self._subscribeAll(message, subscription, auth, context))
+        return self._subscribeAll(message, subscription, auth, context)
 
-    async def _subscribeAll(
-        self, message: Message, subscription: list[Any], auth: Any, context: MessageContext
-    ) -> Message:
-        for channel in subscription:
+    def _subscribeAll(
+        self, message: Message, subscription: list[Any], auth: Any, context: MessageContext, start: int = 0
+    ) -> Message | Deferred[Message | None]:
+        """
+        Each channel from ``start`` on, in order (the first refusal refuses the message):
+        at once while the keys are cached (a reconnect storm's subscribes; a coroutine per
+        message was ~1.4 % of its busy samples), else once the key is fetched.
+        """
+        for index in range(start, len(subscription)):
+            channel = subscription[index]
             try:
-                allowed = await self.authority.authorize(SUBSCRIBE, channel, auth)
+                allowed = self.authority.decide(SUBSCRIBE, channel, auth)
+                if isDeferred(allowed):
+                    allowed = settled(allowed)
+                    if isDeferred(allowed):
+                        return allowed.addBoth(
+                            self._subscribeDecided, message, subscription, auth, context, index
+                        )
             except Exception:
                 self._refuse(message, Failure())
                 return message
             self._grant(allowed, channel, context)
         return message
+
+    def _subscribeDecided(
+        self,
+        allowed: Allowed | Failure,
+        message: Message,
+        subscription: list[Any],
+        auth: Any,
+        context: MessageContext,
+        index: int,
+    ) -> Message | Deferred[Message | None]:
+        if isinstance(allowed, Failure):
+            self._refuse(message, allowed)
+            return message
+        self._grant(allowed, subscription[index], context)
+        return self._subscribeAll(message, subscription, auth, context, index + 1)
 
     # outcomes
 
