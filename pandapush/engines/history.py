@@ -178,11 +178,12 @@ class MemoryHistory:
             stream.touched = self._reactor.seconds()
             self._scheduleSweep()
             return HistoryPage(stream.epoch, 0, [])
+        if limit <= 0:
+            # Only the position (a subscribe that resumes nothing): no walk over the entries.
+            return HistoryPage(stream.epoch, stream.offset, [])
         oldest = self._reactor.seconds() - ttl
         kept = [(o, p) for o, t, p in stream.entries if t >= oldest and (since is None or o > since)]
-        if limit <= 0:
-            kept = []
-        elif since is None:
+        if since is None:
             kept = kept[-limit:]
         else:
             kept = kept[:limit]
