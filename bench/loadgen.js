@@ -8,7 +8,7 @@
 //
 //   node bench/loadgen.js --url http://127.0.0.1:3000/push --subscribers 200 --messages 1000
 //        [--channels 1] [--transport websocket|long-polling] [--publishers 1]
-//        [--mode burst|paced --rate 100 --duration 10] [--size 64] [--wildcard]
+//        [--mode burst|paced --rate 100 --duration 10] [--size 64] [--wildcard] [--rest --window 32]
 //        [--rest-key K --rest-secret S] [--app APPID] [--pid SERVER_PID]
 //   node bench/loadgen.js --url ... --storm [--clients 3000] [--inflight 200] [--transport long-polling]
 //   node bench/loadgen.js --url ... --idle [--connections 1000]
@@ -16,7 +16,7 @@
 // prints one JSON object with the results.
 
 const { performance } = require('perf_hooks');
-const { makeClient, restPost } = require('./lib/bayeux');
+const { makeClient, restPost, closeRestConnections } = require('./lib/bayeux');
 const crypto = require('crypto');
 const { ProcessSampler, selfCpuMark, selfCpuSince, othersMark, othersSince, netCounters, netCountersSince } = require('./lib/proc');
 
@@ -290,6 +290,7 @@ async function runFanout(o) {
 
   await pool(subscribers.length, 256, (i) => subscribers[i].close());
   await Promise.all(publishers.map((p) => p.close()));
+  closeRestConnections();
   await sleep(options.settleAfter ?? 2000);
   const rssAfter = sampler ? sampler.rss() : null;
   if (sampler) sampler.stop();
@@ -549,6 +550,7 @@ if (require.main === module) {
     secret: get('rest-secret'),
     tag: get('tag', 'cli'),
     idleTimeout: Number(get('idle-timeout', 5000)),
+    window: Number(get('window', 500)),
   };
   if (has('wildcard')) {
     const prefix = `/${options.app}/public/bench/${options.tag}`;

@@ -91,6 +91,15 @@ class LoadGeneratorSmokeTests(TestCase):
         # 10 messages round-robin over 2 channels, 2 subscribers on each: 5 x 2 x 2.
         self.assertAllDelivered(result, 20)
 
+    async def test_restPublisher(self) -> None:
+        """
+        The REST publisher (raw keep-alive sockets, several POSTs in flight) gets a 200 for
+        every POST, and every subscriber receives every message once.
+        """
+        result = await self._generate("--rest", "--subscribers", "3", "--messages", "40")
+        self.assertAllDelivered(result, 3 * 40)
+        self.assertEqual((result["published"], result["publishFailures"]), (40, 0))
+
     async def test_wildcards(self) -> None:
         """Subscribers on /* and /** patterns receive messages of every channel under them."""
         result = await self._generate(

@@ -312,35 +312,89 @@ function makeClient(transport, baseUrl, options) {
   throw new Error(`unknown transport ${transport}`);
 }
 
-// REST publisher: POST /channel/<app>/public/<path> with Basic key:secret over keep-alive.
-const restAgent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
+// REST publisher: POST /channel/<app>/<type>/<path> with Basic key:secret over keep-alive
+// connections, one request at a time on each (no pipelining), as node:http's keep-alive agent
+// does. Written on raw sockets: node:http's client cost about as much CPU per POST as the
+// server's whole publish, so one generator process was near a core at a few thousand POSTs/s
+// and became the limit of private-rest. The request is byte for byte what node:http sent
+// (same headers, same order), so the server's work is unchanged. Answers must carry a
+// Content-Length (pandapush's REST answers all do); anything else fails that request.
+const net = require('net');
+
+class RestConnection {
+  constructor(host, port, onIdle) {
+    this.socket = net.connect({ host, port, noDelay: true });
+    this.onIdle = onIdle;
+    this.buffer = null;
+    this.waiter = null;
+    this.closed = false;
+    this.socket.on('data', (chunk) => this._data(chunk));
+    const fail = (error) => {
+      this.closed = true;
+      const waiter = this.waiter;
+      this.waiter = null;
+      if (waiter) waiter({ status: 0, body: String(error || 'connection closed') });
+    };
+    this.socket.on('error', fail);
+    this.socket.on('close', () => fail(null));
+  }
+
+  request(head, payload) {
+    return new Promise((resolve) => {
+      this.waiter = resolve;
+      this.buffer = null;
+      this.socket.write(payload.length ? Buffer.concat([head, payload]) : head);
+    });
+  }
+
+  _data(chunk) {
+    this.buffer = this.buffer ? Buffer.concat([this.buffer, chunk]) : chunk;
+    const end = this.buffer.indexOf('\r\n\r\n');
+    if (end < 0) return;
+    const head = this.buffer.toString('latin1', 0, end);
+    const length = /\r\ncontent-length:\s*(\d+)/i.exec(head);
+    if (!length) {
+      this.socket.destroy();
+      return;
+    }
+    const total = end + 4 + Number(length[1]);
+    if (this.buffer.length < total) return;
+    const status = Number(head.slice(9, 12));
+    const body = this.buffer.toString('utf8', end + 4, total);
+    this.buffer = null;
+    const waiter = this.waiter;
+    this.waiter = null;
+    if (/\r\nconnection:\s*close/i.test(head)) {
+      this.closed = true;
+      this.socket.end();
+    } else this.onIdle(this);
+    if (waiter) waiter({ status, body });
+  }
+}
+
+const restPools = new Map(); // host:port -> idle RestConnections
 
 function restPost(origin, path, body, authorization) {
   const url = new URL(origin);
-  return new Promise((resolve) => {
-    const payload = Buffer.from(body);
-    const request = http.request(
-      {
-        host: url.hostname,
-        port: url.port,
-        path,
-        method: 'POST',
-        agent: restAgent,
-        headers: {
-          'Content-Type': 'application/json',
-          'Content-Length': payload.length,
-          Authorization: authorization,
-        },
-      },
-      (response) => {
-        const chunks = [];
-        response.on('data', (chunk) => chunks.push(chunk));
-        response.on('end', () => resolve({ status: response.statusCode, body: Buffer.concat(chunks).toString() }));
-      },
-    );
-    request.on('error', (error) => resolve({ status: 0, body: String(error) }));
-    request.end(payload);
-  });
+  const port = Number(url.port || 80);
+  const key = `${url.hostname}:${port}`;
+  let idle = restPools.get(key);
+  if (!idle) restPools.set(key, (idle = []));
+  let connection = idle.pop();
+  while (connection && connection.closed) connection = idle.pop();
+  if (!connection) connection = new RestConnection(url.hostname, port, (c) => idle.push(c));
+  const payload = Buffer.from(body);
+  const head = Buffer.from(
+    `POST ${path} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: ${payload.length}\r\n` +
+      `Authorization: ${authorization}\r\nHost: ${key}\r\nConnection: keep-alive\r\n\r\n`,
+    'latin1',
+  );
+  return connection.request(head, payload);
 }
 
-module.exports = { WebSocketClient, LongPollingClient, makeClient, restPost, agent, restAgent };
+// Closes the idle REST connections (the generator's process exits anyway; a long-lived user may call it).
+function closeRestConnections() {
+  for (const idle of restPools.values()) for (const connection of idle.splice(0)) connection.socket.end();
+}
+
+module.exports = { WebSocketClient, LongPollingClient, makeClient, restPost, closeRestConnections, agent };
