@@ -10,6 +10,7 @@ what a client sees over a real socket, whichever path an answer took.
 from __future__ import annotations
 
 import email.utils
+import io
 import json
 import socket
 import time
@@ -23,8 +24,8 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from pandapush.transports.http import sendNow
-from pandapush.web.site import PandapushRoot, makeSite
+from pandapush.transports.http import requestLost, sendNow
+from pandapush.web.site import LimitedRequest, PandapushRoot, makeSite
 from tests.support.inprocess import InProcessServer
 from tests.support.ports import listenLocally, portNumber
 from tests.support.waiting import eventually
@@ -173,16 +174,18 @@ class _Chunked(Resource):
 
 
 class _Held(Resource):
-    """Holds every request until told."""
+    """Holds every request until told, and says when a client left first."""
 
     isLeaf = True
 
     def __init__(self) -> None:
         super().__init__()
         self.requests: list[Any] = []
+        self.lost: list[Any] = []
 
     def render(self, request: Any) -> Any:
         self.requests.append(request)
+        requestLost(request).addCallback(lambda _: self.lost.append(request))
         return NOT_DONE_YET
 
 
@@ -214,6 +217,24 @@ class SiteTests(TestCase):
         self.assertEqual(names[:3], [b"X-Pandapush-Worker", b"Server", b"Date"])
         self.assertEqual(client.received.split(b"\r\n\r\n", 1)[1], b"ok")
 
+    async def test_accessLog(self) -> None:
+        """With the access log on, each answered request is a line: method, path, status, length."""
+        held = _Held()
+        site = makeSite(PandapushRoot(held, held), maxBodySize=100, accessLog=True)
+        port = self.listen(site)
+        log = io.StringIO()
+        site._logFile = log  # type: ignore[attr-defined]  # where Twisted's HTTPFactory.log writes
+        client = await self.connect(port)
+        client.transport.write(b"GET /x/y HTTP/1.1\r\nHost: x\r\n\r\n")  # type: ignore[union-attr]
+        await eventually(lambda: held.requests)
+        request = held.requests[0]
+        request.setResponseCode(201)
+        request.setHeader(b"Content-Length", b"5")
+        request.write(b"hello")
+        request.finish()
+        await eventually(lambda: complete(client.received, 1))
+        self.assertIn('"GET /x/y HTTP/1.1" 201 5 ', log.getvalue())
+
     async def test_chunkedWithoutLength(self) -> None:
         """An answer written without a length is still chunked (Twisted's write), and complete."""
         root = PandapushRoot(_Chunked(), _Chunked())
@@ -224,6 +245,26 @@ class SiteTests(TestCase):
         head, _, body = client.received.partition(b"\r\n\r\n")
         self.assertIn(b"Transfer-Encoding: chunked", head)
         self.assertEqual(body, b"5\r\nhello\r\n0\r\n\r\n")
+
+    async def test_lostBeforeTheAnswer(self) -> None:
+        """requestLost fires when a held request's client goes away, and not once it was answered."""
+        held = _Held()
+        port = self.listen(makeSite(PandapushRoot(held, held), maxBodySize=100))
+        answered = await self.connect(port)
+        answered.transport.write(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")  # type: ignore[union-attr]
+        gone = await self.connect(port)
+        gone.transport.write(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")  # type: ignore[union-attr]
+        await eventually(lambda: len(held.requests) == 2)
+        first, second = held.requests
+        self.assertIsInstance(first, LimitedRequest)
+        first.setHeader(b"Content-Length", b"0")
+        first.finish()
+        await eventually(lambda: complete(answered.received, 1))
+        answered.transport.abortConnection()  # type: ignore[union-attr]
+        gone.transport.abortConnection()  # type: ignore[union-attr]
+        await eventually(lambda: held.lost)
+        await answered.closed
+        self.assertEqual(held.lost, [second])
 
 
 class _Sink(Protocol):

@@ -59,8 +59,10 @@ class OriginPolicy:
     def allows(self, origin: str) -> bool:
         return self.allowed is None or origin in self.allowed
 
-    def apply(self, request: IRequest) -> None:
-        origin = header(request, b"origin")
+    def apply(self, request: IRequest, origin: str | None = None) -> None:
+        """The CORS headers for the request's ``Origin`` (``origin``, if the caller read it already)."""
+        if origin is None:
+            origin = header(request, b"origin")
         if origin and self.allows(origin):
             request.setHeader(b"Access-Control-Allow-Origin", origin.encode("latin-1"))
             request.setHeader(b"Access-Control-Allow-Credentials", b"true")
@@ -68,6 +70,11 @@ class OriginPolicy:
 
 def requestLost(request: Request) -> Deferred[None]:
     """Fires if the client goes away before the response is finished."""
+    notifyLost = getattr(request, "notifyLost", None)
+    if notifyLost is not None:
+        # The site's own requests (pandapush.web.site.LimitedRequest) fire one Deferred
+        # from connectionLost: no notifyFinish Deferred and callback per request.
+        return notifyLost()  # type: ignore[no-any-return]
     lost: Deferred[None] = Deferred()
 
     def onFinish(result: Any) -> None:

@@ -7,12 +7,15 @@ the JSON (Faye's CORS transport posts ``text/plain`` ``message=...``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qs
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
+from pandapush._deferred import firedWith
 from pandapush.bayeux import json
 from pandapush.interfaces import IRouter
 from pandapush.transports.http import OriginPolicy, contextFor, header, requestLost, writeError
@@ -47,15 +50,39 @@ class LongPollingTransport:
         request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-cache, no-store")
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
-        self.origins.apply(request)
+        origin = header(request, b"origin")
+        if origin:
+            self.origins.apply(request, origin)
 
-        transport = "cross-origin-long-polling" if header(request, b"origin") else "long-polling"
+        transport = "cross-origin-long-polling" if origin else "long-polling"
         lost = requestLost(request)
-        d = self.router.process(messages, contextFor(request, transport, lost, self.proxies))
-        d.addCallback(
-            lambda replies: _respond(request, json.encodeReplies(replies), lost.called, self.router.draining)
+        router = self.router
+        try:
+            replies = router.processNow(messages, contextFor(request, transport, lost, self.proxies))
+        except Exception:
+            self._failed(Failure(), request, False)
+            return NOT_DONE_YET
+        if isinstance(replies, Deferred):
+            now = firedWith(replies)
+            if not now:
+                # A held connect, or a step that had to wait (storage, Redis).
+                return self._later(replies, request, lost)
+            if isinstance(now[0], Failure):
+                self._failed(now[0], request, False)
+                return NOT_DONE_YET
+            replies = now[0]
+        # Answered now (a handshake, a subscribe, an unheld connect): the body is the
+        # answer, written whole by the request with its length; no Deferred around it.
+        if router.draining:
+            request.setHeader(b"Connection", b"close")
+        return json.encodeReplies(replies)
+
+    def _later(self, replies: Deferred[list[Any]], request: Request, lost: Deferred[None]) -> int:
+        router = self.router
+        replies.addCallback(
+            lambda replies: _respond(request, json.encodeReplies(replies), lost.called, router.draining)
         )
-        d.addErrback(self._failed, request, lost.called)
+        replies.addErrback(self._failed, request, lost.called)
         return NOT_DONE_YET
 
     def _failed(self, failure: Failure, request: Request, gone: bool) -> None:

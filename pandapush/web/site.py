@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web import server as twistedserver
@@ -80,6 +81,7 @@ class LimitedRequest(Request):
     _received = 0
     #: ``time.monotonic()`` once its headers were in (0: never were); metrics time requests from it.
     started = 0.0
+    _lost: Deferred[None] | None = None
 
     def gotLength(self, length: int | None) -> None:
         self.started = time.monotonic()
@@ -107,6 +109,21 @@ class LimitedRequest(Request):
     def _limit(self) -> int:
         site = getattr(self.channel, "site", None)
         return getattr(site, "maxBodySize", 1024 * 1024)
+
+    def notifyLost(self) -> Deferred[None]:
+        """A Deferred that fires if the connection is lost before the answer is finished."""
+        lost = self._lost
+        if lost is None:
+            lost = self._lost = Deferred()
+            if self._disconnected:
+                lost.callback(None)
+        return lost
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        lost = self._lost
+        if lost is not None and not lost.called and not self.finished:
+            lost.callback(None)
 
     def process(self) -> None:
         # twisted.web.server.Request.process, with the site's headers first and the Date
