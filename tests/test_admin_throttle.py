@@ -128,6 +128,20 @@ class ProxyTrustTests(SynchronousTestCase):
         trust = ProxyTrust(parseTrustedProxies("10.0.0.0/8"))
         self.assertEqual(trust.clientAddress(_request("8.8.8.8", "5.5.5.5")), "8.8.8.8")
 
+    def test_trustsRemembered(self) -> None:
+        """
+        ``trusts`` gives the same answers the second time (from its memo, which stays
+        bounded), including for text that is no address; with no proxies it trusts none.
+        """
+        trust = ProxyTrust(parseTrustedProxies("10.0.0.0/8, ::1"))
+        trust.cacheSize = 3
+        asked = ["10.2.3.4", "11.2.3.4", "::1", "::2", "nonsense", "10.2.3.4", "::1"]
+        answers = [True, False, True, False, False, True, True]
+        self.assertEqual([trust.trusts(a) for a in asked], answers)
+        self.assertEqual([trust.trusts(a) for a in asked], answers)
+        self.assertLessEqual(len(trust._trusted), 3)
+        self.assertFalse(ProxyTrust().trusts("10.2.3.4"))
+
     def test_badEntry(self) -> None:
         error = self.assertRaises(ValueError, parseTrustedProxies, "10.0.0.1, proxy.local")
         self.assertIn("proxy.local", str(error))

@@ -76,13 +76,27 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 class ProxyTrust:
     """Tells a request's client address, believing ``X-Forwarded-For`` only from trusted proxies."""
 
+    #: Answers of :meth:`trusts` kept per address text, at most this many.
+    cacheSize = 4096
+
     def __init__(self, trustedProxies: Sequence[Network] = ()) -> None:
         self.trustedProxies = tuple(trustedProxies)
+        self._trusted: dict[str, bool] = {}
 
     def trusts(self, text: str) -> bool:
         """Whether ``text`` is the address of a trusted proxy."""
-        address = _address(text)
-        return address is not None and any(address in network for network in self.trustedProxies)
+        # Asked for every long-polling request and every connection: parsing the
+        # address each time (ipaddress) cost 2 us, with no proxy to compare it to.
+        if not self.trustedProxies:
+            return False
+        trusted = self._trusted.get(text)
+        if trusted is None:
+            address = _address(text)
+            trusted = address is not None and any(address in network for network in self.trustedProxies)
+            if len(self._trusted) >= self.cacheSize:
+                self._trusted.clear()
+            self._trusted[text] = trusted
+        return trusted
 
     def clientAddress(self, request: IRequest) -> str:
         peer = getattr(request.getClientAddress(), "host", None) or "unknown"
