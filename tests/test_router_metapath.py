@@ -372,3 +372,29 @@ class MetaPathTests(TestCase):
         now, _ = self.run_both(script)
         self.assertEqual(now.transcript[0]["error"], "500::Internal server error")  # type: ignore[attr-defined]
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+
+
+class HeldSocketConnectTests(TestCase):
+    def test_heldOverSocketKeepsLittle(self) -> None:
+        """
+        A connect held over a websocket (every idle websocket has one) has no instance dict
+        and no Deferred: its reply goes through the socket. One held without a socket has.
+        """
+        side = Side(late=False)
+        for socket in (side.socket, None):
+            transport = "websocket" if socket is not None else "long-polling"
+            [handshake] = side.process(
+                {"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": [transport]},
+                socket,
+            )
+            connect = {
+                "channel": "/meta/connect",
+                "clientId": handshake["clientId"],
+                "connectionType": transport,
+            }
+            side.process(connect, socket)  # the first, answered at once
+            side.router.processNow([connect], MessageContext(transport), socket)  # held
+            held = side.router._sessions.connects.get(handshake["clientId"])
+            assert held is not None
+            self.assertFalse(hasattr(held, "__dict__"))
+            self.assertEqual(hasattr(held, "deferred"), socket is None)
