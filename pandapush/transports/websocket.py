@@ -15,10 +15,9 @@ from types import FunctionType
 from typing import Any
 
 import autobahn.websocket.protocol
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -29,6 +28,7 @@ from pandapush.bayeux import json
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.delivery import Delivery
 from pandapush.interfaces import IClientSocket, IRouter
+from pandapush.transports.fastframes import FastFramesProtocol
 from pandapush.transports.http import OriginPolicy
 from pandapush.transports.xormask import createMasker
 
@@ -94,7 +94,7 @@ class _SendQueue(list[Any]):
 
 
 @implementer(IClientSocket)
-class BayeuxWebSocketProtocol(WebSocketServerProtocol):
+class BayeuxWebSocketProtocol(FastFramesProtocol):
     factory: BayeuxWebSocketFactory
     _log = Logger()
 
@@ -111,16 +111,8 @@ class BayeuxWebSocketProtocol(WebSocketServerProtocol):
         # Deliveries waiting while the peer is not reading; None when it is.
         self._backlog: list[Delivery] | None = None
         self._backlogBytes = 0
-        # Sending deliveries (see sendData), not replies.
-        self._delivering = False
 
     # Autobahn callbacks
-
-    def dataReceived(self, data: bytes) -> None:
-        # Autobahn's own dataReceived formats debug-log arguments (hltype/hlval) on
-        # every read before the log level is looked at: 2-3 % of a publish-heavy
-        # load. Nothing else happens there.
-        self._dataReceived(data)
 
     def onConnect(self, request: ConnectionRequest) -> None:
         origin = request.headers.get("origin")
@@ -243,50 +235,6 @@ class BayeuxWebSocketProtocol(WebSocketServerProtocol):
                 self.sendMessage(b"[" + b",".join(d.payload for d in deliveries) + b"]")
         finally:
             self._delivering = False
-
-    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        """
-        Every frame goes out through here. A delivery (the engine hands each socket
-        its messages once per reactor turn) is given to the kernel at once when
-        nothing is waiting in the TCP transport's buffer, instead of through
-        Twisted's ``write``, which registers the socket for writability
-        (epoll_ctl), sends on the next reactor turn, and unregisters it (epoll_ctl
-        again): with one small frame per socket per message (the chat shape) that
-        bookkeeping, and the per-event logging context around it, cost more than
-        the send itself. Replies keep ``write``: a publisher's acks for the frames
-        of one read go out in one send on the next turn. Whatever the kernel does
-        not take, and every frame while something is buffered, goes through
-        ``write`` as before (order, back pressure and the congestion producer are
-        unchanged). Autobahn's own queue (``sync``, ``chopsize``) and octet logging
-        keep its implementation.
-        """
-        if sync or chopsize or self.send_queue or self.logOctets:  # type: ignore[attr-defined]
-            super().sendData(data, sync, chopsize)
-            return
-        transport: Any = self.transport
-        if (
-            self._delivering
-            and type(transport) is tcp.Server
-            and transport.connected
-            and not transport.disconnecting
-            and not transport._writeDisconnected
-            and not transport._tempDataBuffer
-            and len(transport.dataBuffer) == transport.offset
-        ):
-            try:
-                sent = transport.socket.send(data)
-            except OSError:
-                # EAGAIN, or the connection is broken: Twisted's own write finds
-                # out on its next try and ends the connection as usual.
-                sent = 0
-            if sent < len(data):
-                transport.write(data[sent:] if sent else data)
-        elif transport is not None:
-            transport.write(data)
-        if self.state == self.STATE_OPEN:
-            self.trafficStats.outgoingOctetsWireLevel += len(data)
-        elif self.state in (self.STATE_CONNECTING, self.STATE_PROXY_CONNECTING):
-            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
 
     def congested(self) -> None:
         if self._backlog is None:

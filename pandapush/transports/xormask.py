@@ -15,7 +15,7 @@ from typing import Any
 
 from autobahn.websocket.xormasker import create_xor_masker
 
-__all__ = ["SMALL_FRAME", "SmallFrameMasker", "createMasker"]
+__all__ = ["SMALL_FRAME", "SmallFrameMasker", "createMasker", "unmask"]
 
 #: Frames shorter than this (bytes) are unmasked by :class:`SmallFrameMasker`.
 SMALL_FRAME = 512
@@ -44,6 +44,15 @@ class SmallFrameMasker:
         self._pointer += size
         key = (mask * ((size >> 2) + 1))[:size]
         return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(size, "little")
+
+
+def unmask(data: bytes, mask: bytes) -> bytes:
+    """A whole frame's payload ``data`` unmasked with its 4-byte ``mask``."""
+    size = len(data)
+    if size < SMALL_FRAME:
+        key = (mask * ((size >> 2) + 1))[:size]
+        return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(size, "little")
+    return create_xor_masker(mask, size).process(data)  # type: ignore[no-any-return]
 
 
 def createMasker(mask: bytes, length: int | None = None) -> Any:

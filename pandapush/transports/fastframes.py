@@ -1,0 +1,243 @@
+"""Reading and writing an open websocket's frames without autobahn's per-frame machinery.
+
+Nearly every frame a Bayeux client sends is a small, masked, unfragmented text frame
+holding one JSON batch, and nearly every frame the server sends back is a reply to it.
+Autobahn reads each frame through a general state machine (``processData``,
+``onFrameBegin``/``Data``/``End``, a masker object, an incremental UTF-8 validator,
+message and frame callbacks: ~44 % of the server's busy samples in the one-to-one
+benchmark, bench/README.md), and writes each reply through Twisted's buffered ``write``
+(an ``epoll_ctl`` pair and a reactor turn per reply).
+
+:class:`FastFramesProtocol` reads such frames in one loop and hands each payload to
+``onMessage``; the first frame that is anything else (a control frame, a fragment,
+binary, reserved bits, unmasked, over the size limits, not UTF-8) and everything after
+it go to autobahn's own parser, in order, so every protocol error closes the connection
+exactly as autobahn does. A simple frame whose end has not arrived yet waits in
+autobahn's own buffer (``data``) at a frame boundary, as autobahn keeps a frame's first
+bytes, and the next read continues with it.
+
+What a read makes the server send (replies, a close frame, a pong, the opening
+handshake's answer) is collected and given to the kernel in one ``send`` at the end of
+the read when nothing is waiting in the TCP transport's buffer; closing the connection
+sends what was collected first, so a close frame is never lost behind
+``loseConnection`` nor overtaken. Deliveries (``_delivering``) are sent the same way
+when they come outside a read. TLS transports (not a ``tcp.Server``) and everything the
+kernel does not take go through Twisted's ``write`` as before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from twisted.internet import tcp
+
+from pandapush.transports.xormask import unmask
+
+__all__ = ["FastFramesProtocol"]
+
+_OPEN = WebSocketServerProtocol.STATE_OPEN
+_CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
+_PROXY_CONNECTING = WebSocketServerProtocol.STATE_PROXY_CONNECTING
+
+#: The first byte of every frame read here: FIN, no reserved bits, opcode 1 (text).
+_FIN_TEXT = 0x81
+#: The largest payload read here: a 16-bit length. Larger frames are autobahn's.
+_LARGEST = 0xFFFF
+
+
+class FastFramesProtocol(WebSocketServerProtocol):
+    """Autobahn's server protocol with a fast path for small text frames and replies."""
+
+    # Autobahn's options, set on the protocol (class) by the factory.
+    maxFramePayloadSize: int
+    maxMessagePayloadSize: int
+    utf8validateIncoming: bool
+    applyMask: bool
+    logOctets: bool
+    logFrames: bool
+    autoPingRestartOnAnyTraffic: bool
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Frames to send at the end of the read under way; None outside a read.
+        self._outgoing: list[bytes] | None = None
+        # Set by a subclass while it sends deliveries (see sendData).
+        self._delivering = False
+
+    # reading
+
+    def dataReceived(self, data: bytes) -> None:
+        # Autobahn's own dataReceived formats debug-log arguments (hltype/hlval) on
+        # every read before the log level is looked at: not called.
+        if self._outgoing is not None:
+            # Re-entered from inside a read: the outer read sends what is collected.
+            self._read(data)
+            return
+        self._outgoing = []
+        try:
+            self._read(data)
+        finally:
+            outgoing, self._outgoing = self._outgoing, None
+            if outgoing:
+                self._transmit(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing), True)
+
+    def _read(self, data: bytes) -> None:
+        if (
+            self.state != _OPEN
+            or self.current_frame is not None
+            or self.inside_message
+            or self._perMessageCompress is not None
+            or self.logOctets
+            or self.logFrames
+            or self.trackedTimings
+            or not self.applyMask
+        ):
+            self._dataReceived(data)
+            return
+        self.trafficStats.incomingOctetsWireLevel += len(data)
+        if self.data:
+            data = self.data + data
+            self.data = b""
+        end, waiting = self._readTextFrames(data)
+        if end == len(data):
+            return
+        self.data = data[end:] if end else data
+        if not waiting or self.state != _OPEN:
+            self.consumeData()
+
+    def _readTextFrames(self, data: bytes) -> tuple[int, bool]:
+        """
+        Reads the simple text frames at the start of ``data``, handing each to
+        ``onMessage``, while the socket stays open. Returns where they end, and
+        whether what follows is the start of a simple frame not complete yet (else
+        it is for autobahn).
+        """
+        limit = _LARGEST
+        size = self.maxFramePayloadSize
+        if 0 < size < limit:
+            limit = size
+        size = self.maxMessagePayloadSize
+        if 0 < size < limit:
+            limit = size
+        validate = self.utf8validateIncoming
+        end = len(data)
+        start = frames = octets = 0
+        try:
+            while start < end:
+                if data[start] != _FIN_TEXT:
+                    return start, False
+                if end - start < 2:
+                    return start, True
+                length = data[start + 1]
+                if length < 0x80:
+                    # Unmasked: autobahn closes with 1002.
+                    return start, False
+                length &= 0x7F
+                if length < 126:
+                    payloadStart = start + 6
+                elif length == 126:
+                    if end - start < 4:
+                        return start, True
+                    length = (data[start + 2] << 8) | data[start + 3]
+                    if length < 126:
+                        # Not the minimal length encoding: autobahn closes with 1002.
+                        return start, False
+                    payloadStart = start + 8
+                else:
+                    return start, False
+                if length > limit:
+                    # Autobahn closes with 1009.
+                    return start, False
+                stop = payloadStart + length
+                if stop > end:
+                    return start, True
+                payload = unmask(data[payloadStart:stop], data[payloadStart - 4 : payloadStart])
+                if validate and not payload.isascii():
+                    try:
+                        payload.decode("utf-8")
+                    except UnicodeDecodeError:
+                        # Autobahn closes with 1007, saying where.
+                        return start, False
+                # Any data frame counts as the peer being alive, as in autobahn's onFrameEnd.
+                if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
+                    self._cancelAutoPingTimeoutCall()
+                frames += 1
+                octets += length
+                start = stop
+                self.onMessage(payload, False)
+                if self.state != _OPEN:
+                    return start, False
+            return start, False
+        finally:
+            if frames:
+                stats = self.trafficStats
+                stats.incomingOctetsWebSocketLevel += octets
+                stats.incomingOctetsAppLevel += octets
+                stats.incomingWebSocketFrames += frames
+                stats.incomingWebSocketMessages += frames
+
+    # writing
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """
+        Every frame goes out through here. Inside a read it is collected and sent
+        with the read's others at its end. A delivery outside a read (the engine
+        hands each socket its messages once per reactor turn) is given to the kernel
+        at once when nothing is waiting in the transport's buffer, instead of
+        through Twisted's ``write``, which registers the socket for writability
+        (epoll_ctl), sends on the next reactor turn, and unregisters it (epoll_ctl
+        again): with one small frame per socket per message (the chat shape) that
+        bookkeeping, and the per-event logging context around it, cost more than
+        the send itself. Anything else keeps ``write``. Autobahn's own queue
+        (``sync``, ``chopsize``) and octet logging keep its implementation.
+        """
+        if sync or chopsize or self.send_queue or self.logOctets:
+            self._sendOutgoing()
+            super().sendData(data, sync, chopsize)
+            return
+        outgoing = self._outgoing
+        if outgoing is not None:
+            outgoing.append(data)
+        else:
+            self._transmit(data, self._delivering)
+        if self.state == _OPEN:
+            self.trafficStats.outgoingOctetsWireLevel += len(data)
+        elif self.state == _CONNECTING or self.state == _PROXY_CONNECTING:
+            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
+
+    def _sendOutgoing(self, direct: bool = True) -> None:
+        outgoing = self._outgoing
+        if outgoing:
+            data = b"".join(outgoing)
+            outgoing.clear()
+            self._transmit(data, direct)
+
+    def _transmit(self, data: bytes, direct: bool) -> None:
+        transport: Any = self.transport
+        if (
+            direct
+            and type(transport) is tcp.Server
+            and transport.connected
+            and not transport.disconnecting
+            and not transport._writeDisconnected
+            and not transport._tempDataBuffer
+            and len(transport.dataBuffer) == transport.offset
+        ):
+            try:
+                sent = transport.socket.send(data)
+            except OSError:
+                # EAGAIN, or the connection is broken: Twisted's own write finds
+                # out on its next try and ends the connection as usual.
+                sent = 0
+            if sent < len(data):
+                transport.write(data[sent:] if sent else data)
+        elif transport is not None:
+            transport.write(data)
+
+    def _closeConnection(self, abort: bool = False) -> None:
+        # What this read collected (a close frame last) goes out before the FIN. An
+        # abort discards it with the transport's buffer, as it did before collecting.
+        self._sendOutgoing(direct=not abort)
+        self._outgoing = None
+        super()._closeConnection(abort)

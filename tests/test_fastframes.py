@@ -1,0 +1,346 @@
+"""
+The websocket fast path (pandapush.transports.fastframes) reads and answers what
+autobahn's own path does, byte for byte, however the bytes are split into reads.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import struct
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet import tcp, threads
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from pandapush.transports.fastframes import FastFramesProtocol
+from tests.test_transports import HANDSHAKE, WebSocketCase
+
+_UPGRADE = (
+    b"GET /push HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def frame(
+    payload: bytes,
+    opcode: int = 1,
+    fin: bool = True,
+    rsv: int = 0,
+    mask: bytes | None = b"\x0f\xa0\x55\x3c",
+    longForm: bool = False,
+) -> bytes:
+    """A client's frame as it goes on the wire (``longForm``: a 16-bit length even when it is small)."""
+    size = len(payload)
+    head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
+    maskBit = 0x80 if mask is not None else 0
+    if size < 126 and not longForm:
+        head += bytes([maskBit | size])
+    elif size < 65536:
+        head += bytes([maskBit | 126]) + struct.pack("!H", size)
+    else:
+        head += bytes([maskBit | 127]) + struct.pack("!Q", size)
+    if mask is None:
+        return head + payload
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+class _Recording:
+    """Records each message and answers it with a text frame, so reply order shows."""
+
+    messages: list[tuple[bytes, bool]]
+
+    def onOpen(self) -> None:
+        self.messages = []
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.messages.append((payload, isBinary))
+        if self.state == self.STATE_OPEN:  # type: ignore[attr-defined]
+            self.sendMessage(b"re:" + payload[:20], isBinary)  # type: ignore[attr-defined]
+            if payload == b"close-me":
+                self.sendClose(4000, "asked to")  # type: ignore[attr-defined]
+
+
+class AutobahnServer(_Recording, WebSocketServerProtocol):  # type: ignore[misc]
+    pass
+
+
+class FastServer(_Recording, FastFramesProtocol):  # type: ignore[misc]
+    pass
+
+
+class _Transport(StringTransport):
+    def unregisterProducer(self) -> None:
+        # As a TCP transport: autobahn unregisters on every drop, registered or not.
+        self.producer = None
+
+
+def openServer(protocol: type[Any], maxSize: int = 0) -> tuple[Any, StringTransport]:
+    factory = WebSocketServerFactory("ws://localhost")
+    factory.protocol = protocol
+    # No timers: these sockets never see a reactor turn.
+    factory.setProtocolOptions(
+        openHandshakeTimeout=0,
+        closeHandshakeTimeout=0,
+        failByDrop=False,
+        maxFramePayloadSize=maxSize,
+        maxMessagePayloadSize=maxSize,
+    )
+    server: Any = factory.buildProtocol(None)
+    transport = _Transport()
+    server.makeConnection(transport)
+    server.dataReceived(_UPGRADE)
+    assert server.state == server.STATE_OPEN
+    transport.clear()
+    return server, transport
+
+
+def outcome(protocol: type[Any], reads: list[bytes], maxSize: int = 0) -> tuple[Any, ...]:
+    server, transport = openServer(protocol, maxSize)
+    for data in reads:
+        server.dataReceived(data)
+    return server.messages, transport.value(), transport.disconnecting, server.state, server.failedByMe
+
+
+class _Call:
+    cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class SameAsAutobahnTests(SynchronousTestCase):
+    def assertSame(self, reads: list[bytes], maxSize: int = 0) -> tuple[Any, ...]:
+        fast = outcome(FastServer, reads, maxSize)
+        self.assertEqual(fast, outcome(AutobahnServer, reads, maxSize), reads)
+        return fast
+
+    def splits(self, stream: bytes) -> list[list[bytes]]:
+        """The stream in one read, a byte per read, and in two reads cut at every byte."""
+        cuts = [[stream], [stream[i : i + 1] for i in range(len(stream))]]
+        return cuts + [[stream[:i], stream[i:]] for i in range(1, len(stream))]
+
+    def test_severalFramesPerRead(self) -> None:
+        """Text frames of every length form in one read: each a message, replies in order."""
+        payloads = [b"", b"a", b"[{}]", b"x" * 125, b"y" * 126, b"z" * 600, b"w" * 70000]
+        messages, sent, disconnecting, _, _ = self.assertSame([b"".join(frame(p) for p in payloads)])
+        self.assertEqual(messages, [(p, False) for p in payloads])
+        self.assertFalse(disconnecting)
+        self.assertEqual(sent.count(b"\x81"), len(payloads))
+
+    def test_splitAtEveryByte(self) -> None:
+        """Frames (text, ping, long-form text, close) split anywhere: the same messages and answers."""
+        stream = (
+            frame(b'[{"a":1}]') + frame(b"hi", opcode=9) + frame(b"q" * 130) + frame(b"\x03\xe8", opcode=8)
+        )
+        for reads in self.splits(stream):
+            messages, sent, disconnecting, _, _ = self.assertSame(reads)
+            self.assertEqual(len(messages), 2)
+            self.assertTrue(disconnecting)
+            # The close frame's answer was written before the connection was let go.
+            self.assertTrue(sent.endswith(b"\x88\x02\x03\xe8"), sent)
+
+    def test_controlFrameBetweenTextFrames(self) -> None:
+        """A ping between two text frames is answered between their replies."""
+        _, sent, _, _, _ = self.assertSame([frame(b"one") + frame(b"p!", opcode=9) + frame(b"two")])
+        self.assertEqual(sent, b"\x81\x06re:one" + b"\x8a\x02p!" + b"\x81\x06re:two")
+
+    def test_closedByApplication(self) -> None:
+        """Frames read behind one whose handling closed the socket are handled as autobahn does."""
+        stream = frame(b"a") + frame(b"close-me") + frame(b"b") + frame(b"\x0f\xa0", opcode=8)
+        for reads in self.splits(stream):
+            _, sent, disconnecting, _, _ = self.assertSame(reads)
+            self.assertEqual(sent.count(b"\x88"), 1)
+            self.assertTrue(disconnecting)
+
+    def test_fragmentedMessage(self) -> None:
+        """A message in fragments, between whole ones, goes through autobahn and arrives whole."""
+        stream = frame(b"a") + frame(b"b1", fin=False) + frame(b"b2", opcode=0) + frame(b"c")
+        for reads in self.splits(stream):
+            messages, _, _, _, _ = self.assertSame(reads)
+            self.assertEqual([m for m, _ in messages], [b"a", b"b1b2", b"c"])
+
+    def test_binary(self) -> None:
+        messages, _, _, _, _ = self.assertSame([frame(b"t") + frame(b"\x00\xff", opcode=2) + frame(b"u")])
+        self.assertEqual(messages, [(b"t", False), (b"\x00\xff", True), (b"u", False)])
+
+    def test_badUtf8(self) -> None:
+        """A text frame that is not UTF-8 closes with 1007, after the frames before it are answered."""
+        for bad in (b"\xff", b"ab\xc3", b"\xed\xa0\x80", b"\xc0\xaf", "é".encode() + b"\x80"):
+            stream = frame(b"ok") + frame(bad) + frame(b"late")
+            for reads in ([stream], [stream[:5], stream[5:]]):
+                messages, sent, _, _, failed = self.assertSame(reads)
+                self.assertEqual(messages[0], (b"ok", False))
+                self.assertIn(b"\x88", sent)
+                self.assertEqual(struct.unpack("!H", sent[sent.index(b"\x88") + 2 :][:2])[0], 1007)
+                self.assertTrue(failed)
+        messages, _, _, _, _ = self.assertSame([frame("ünï €𝄞".encode())])
+        self.assertEqual(messages, [("ünï €𝄞".encode(), False)])
+
+    def test_oversize(self) -> None:
+        """A frame over the size limit closes with 1009; one at the limit is read."""
+        for size in (100, 101, 1000):
+            stream = frame(b"a" * 100) + frame(b"b" * size) + frame(b"c")
+            for reads in ([stream], [stream[:110], stream[110:]]):
+                messages, sent, _, _, _ = self.assertSame(reads, maxSize=100)
+                if size == 100:
+                    self.assertEqual(len(messages), 3)
+                else:
+                    self.assertIn(b"\x88", sent)
+                    self.assertEqual(struct.unpack("!H", sent[sent.index(b"\x88") + 2 :][:2])[0], 1009)
+
+    def test_protocolErrors(self) -> None:
+        """Unmasked, reserved bits, reserved opcode, non-minimal length, a lone continuation: 1002."""
+        for bad in (
+            frame(b"x", mask=None),
+            frame(b"x", rsv=1),
+            frame(b"x", opcode=3),
+            frame(b"x", longForm=True),
+            frame(b"x", opcode=0),
+        ):
+            stream = frame(b"ok") + bad + frame(b"after")
+            for reads in self.splits(stream):
+                messages, sent, _, _, failed = self.assertSame(reads)
+                self.assertEqual(messages[0], (b"ok", False))
+                self.assertTrue(failed)
+                self.assertEqual(struct.unpack("!H", sent[sent.index(b"\x88") + 2 :][:2])[0], 1002)
+
+    def test_random(self) -> None:
+        """Random mixes of good and bad frames, split at random: the same outcome every time."""
+        rng = random.Random(17)
+        kinds = [
+            lambda: frame(bytes(rng.choice(b"abc{}[]") for _ in range(rng.choice([0, 5, 125, 126, 700])))),
+            lambda: frame(b"ping", opcode=9),
+            lambda: frame(b"pong", opcode=10),
+            lambda: frame(b"\xe2\x82", fin=False) + frame(b"\xac", opcode=0),
+            lambda: frame(b"\xf0\x28\x8c\xbc"),
+            lambda: frame(b"u", mask=None),
+            lambda: frame(b"r", rsv=2),
+            lambda: frame(b"big" * 400),
+            lambda: frame(b"\x03\xe8bye", opcode=8),
+            lambda: frame(b"close-me"),
+        ]
+        for _ in range(300):
+            kindsOf = rng.choices(kinds, weights=[12, 1, 1, 1, 1, 1, 1, 1, 1, 1], k=rng.randrange(1, 8))
+            stream = b"".join(kind() for kind in kindsOf)
+            cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randrange(0, 5))))
+            reads = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+            self.assertSame(reads, maxSize=1000)
+
+    def test_liveness(self) -> None:
+        """A text frame read on the fast path counts as the peer being alive, as in autobahn's path."""
+        for protocol in (FastServer, AutobahnServer):
+            server, _ = openServer(protocol)
+            call = _Call()
+            server.autoPingTimeoutCall = call
+            server.autoPingPending = b"x" * 12
+            server.dataReceived(frame(b"hello"))
+            self.assertTrue(call.cancelled, protocol)
+            self.assertIsNone(server.autoPingTimeoutCall)
+            self.assertIsNone(server.autoPingPending)
+
+    def test_partialFrameWaits(self) -> None:
+        """A frame's first bytes wait at a frame boundary in autobahn's buffer until the rest comes."""
+        server, _ = openServer(FastServer)
+        whole = frame(b"x" * 300)
+        server.dataReceived(frame(b"first") + whole[:100])
+        self.assertEqual(server.messages, [(b"first", False)])
+        self.assertEqual(server.data, whole[:100])
+        self.assertIsNone(server.current_frame)
+        server.dataReceived(whole[100:])
+        self.assertEqual(server.messages[1], (b"x" * 300, False))
+        self.assertEqual(server.data, b"")
+
+
+class DirectRepliesTests(WebSocketCase):
+    """Over a real socket: a read's replies leave in one send, and a close frame is never lost."""
+
+    async def raw(self) -> socket.socket:
+        """A plain socket, upgraded (blocking calls run in a thread: the server is in this reactor)."""
+        port = int(self.server.url.rsplit(":", 1)[1])
+        client = socket.create_connection(("127.0.0.1", port))
+        self.addCleanup(client.close)
+        client.settimeout(5)
+        client.sendall(_UPGRADE)
+
+        def upgraded() -> bytes:
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += client.recv(4096)
+            return answer
+
+        answer = await threads.deferToThread(upgraded)
+        self.assertIn(b" 101 ", answer.split(b"\r\n")[0])
+        return client
+
+    def readFrames(self, client: socket.socket, count: int) -> list[tuple[int, bytes]]:
+        """``count`` frames from the server (blocking: call in a thread)."""
+        buffer = b""
+        frames: list[tuple[int, bytes]] = []
+        while len(frames) < count:
+            while True:
+                if len(buffer) >= 2:
+                    size, at = buffer[1] & 0x7F, 2
+                    if size == 126 and len(buffer) >= 4:
+                        size, at = struct.unpack("!H", buffer[2:4])[0], 4
+                    if size < 126 or at == 4:
+                        if len(buffer) >= at + size:
+                            frames.append((buffer[0] & 0x0F, buffer[at : at + size]))
+                            buffer = buffer[at + size :]
+                            break
+                chunk = client.recv(65536)
+                if not chunk:
+                    return frames
+                buffer += chunk
+        return frames
+
+    async def test_repliesThenClose(self) -> None:
+        """A handshake, a bad frame and a client's close in one send: reply, 400, then the close echoed."""
+        client = await self.raw()
+        client.sendall(
+            frame(json.dumps([HANDSHAKE]).encode()) + frame(b"{nope") + frame(b"\x03\xe8", opcode=8)
+        )
+        frames = await threads.deferToThread(self.readFrames, client, 3)
+        self.assertEqual([opcode for opcode, _ in frames], [1, 1, 8])
+        self.assertTrue(json.loads(frames[0][1])[0]["successful"])
+        self.assertEqual(json.loads(frames[1][1]), [{"successful": False, "error": "400::Bad request"}])
+        self.assertEqual(frames[2][1][:2], b"\x03\xe8")
+        # and then the server lets the connection go
+        self.assertEqual(await threads.deferToThread(client.recv, 10), b"")
+
+    async def test_protocolErrorClose(self) -> None:
+        """An unmasked frame after a good one: the reply, then a close frame with 1002."""
+        client = await self.raw()
+        client.sendall(frame(json.dumps([HANDSHAKE]).encode()) + frame(b"[]", mask=None))
+        frames = await threads.deferToThread(self.readFrames, client, 2)
+        self.assertEqual([opcode for opcode, _ in frames], [1, 8])
+        self.assertEqual(struct.unpack("!H", frames[1][1][:2])[0], 1002)
+        # The close handshake completes: the server drops the connection (autobahn
+        # aborts it) once the client answers.
+        client.sendall(frame(frames[1][1][:2], opcode=8))
+        try:
+            rest = await threads.deferToThread(client.recv, 10)
+        except ConnectionResetError:
+            rest = b""
+        self.assertEqual(rest, b"")
+
+    async def test_oneSendPerRead(self) -> None:
+        """The replies to the frames of one read reach the kernel in one send, not through the buffer."""
+        sends: list[int] = []
+        original = tcp.Server.write
+
+        def write(self: tcp.Server, data: bytes) -> None:
+            sends.append(len(data))
+            original(self, data)
+
+        client = await self.raw()
+        self.patch(tcp.Server, "write", write)
+        handshakes = b"".join(frame(json.dumps([HANDSHAKE]).encode()) for _ in range(5))
+        client.sendall(handshakes)
+        frames = await threads.deferToThread(self.readFrames, client, 5)
+        self.assertEqual(len(frames), 5)
+        # Nothing went through Twisted's buffered write.
+        self.assertEqual(sends, [])
