@@ -17,7 +17,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from pandapush.bayeux.delivery import Delivery
-from pandapush.engines.redis import RedisEngine
+from pandapush.engines.redis import RedisEngine, scripts
 from pandapush.interfaces import EngineUnavailableError, IClientSocket, IEngine
 from pandapush.redis import HashRing, RedisAddress, RedisShard, parseRedisHosts
 from tests.engine_suite import EngineTestsMixin, RecordingListener, RecordingSink, message
@@ -211,6 +211,10 @@ class MultiNodeTests(RedisEngineCase, TestCase):
         return 1
         """
         await shard.eval(script, keys, [f"{namespace}:clients", detached, f"{namespace}:c:{detached}"])
+        # The owners notice at their next lease renewal (they answer clientExists for
+        # clients they confirmed a moment ago without asking Redis).
+        await sleep(self.expiry / 2 + 0.2)
+        await self.settle()
 
         self.assertTrue(await a.clientExists(attached))
         self.assertTrue(await b.clientExists(moved))
@@ -594,3 +598,83 @@ class RedisDownTests(RedisEngineCase, TestCase):
         await engine.settle()
         self.assertEqual(len(sink.payloads), 1)
         self.assertEqual(engine.health()["status"], "ok", engine.health())
+
+
+class RoundTripTests(RedisEngineCase, TestCase):
+    """What a client's set-up asks Redis, and what this node answers by itself."""
+
+    def setUp(self) -> Any:
+        self.namespace = self.newNamespace()
+        self.engine = self.newEngine(self.namespace)
+        self.scripts: list[str] = []
+        for shard in self.engine._shards:
+            self.patch(shard, "eval", self._recording(shard.eval))
+        return self.engine.ready()
+
+    def _recording(self, evaluate: Any) -> Any:
+        def recorded(script: str, keys: Any, args: Any = ()) -> Any:
+            self.scripts.append(script)
+            return evaluate(script, keys, args)
+
+        return recorded
+
+    async def test_subscribeIsOneScriptOnOneShard(self) -> None:
+        """With the client and the key on one shard, a subscribe writes both sets in one script."""
+        clientId = await self.engine.createClient()
+        del self.scripts[:]
+        self.assertTrue(await self.engine.subscribe(clientId, "/a"))
+        subscribing = [s for s in self.scripts if s in (scripts.SUBSCRIBE_CLIENT, scripts.SUBSCRIBE_CHANNEL)]
+        self.assertEqual(subscribing, [])
+        self.assertEqual(self.scripts.count(scripts.SUBSCRIBE_BOTH), 1)
+        self.assertEqual(await self.engine.subscriptions(clientId), {"/a"})
+        self.assertFalse(await self.engine.subscribe(clientId, "/a"))
+        self.assertEqual(await self.engine.publish(message("/a")), 1)
+
+    async def test_clientExistsAnsweredHere(self) -> None:
+        """A client this node created or claimed a moment ago is known without asking Redis."""
+        clientId = await self.engine.createClient()
+        self.engine.attach(clientId, RecordingSink())
+        await self.engine.settle()
+        del self.scripts[:]
+        for _ in range(3):
+            self.assertTrue(await self.engine.clientExists(clientId))
+        self.assertNotIn(scripts.EXISTS, self.scripts)
+        # Another node's clients, and unknown ones, are Redis's to tell.
+        self.assertFalse(await self.engine.clientExists("never-was"))
+        self.assertIn(scripts.EXISTS, self.scripts)
+
+    async def test_clientGoneBehindItsBackNoticed(self) -> None:
+        """
+        A client this node owns that Redis no longer has (its ``drop`` from another node
+        lost, say) is answered as known for at most ``expiry / 2``: the lease renewal
+        finds it gone, and the next question goes to Redis.
+        """
+        clientId = await self.engine.createClient()
+        self.engine.attach(clientId, RecordingSink())
+        await self.engine.settle()
+        shard = RedisShard(reactor, parseRedisHosts(self.hosts)[0])
+        self.addCleanup(shard.close)
+        await shard.execute("ZREM", f"{self.namespace}:clients", clientId)
+        await sleep(self.expiry / 2 + 0.3)
+        self.assertFalse(await self.engine.clientExists(clientId))
+
+    async def test_subscribeAfterRedisLostItsData(self) -> None:
+        """
+        Redis loses everything right after the node confirmed a client: a subscribe the
+        router let through on the node's own word waits for the restore and subscribes.
+        """
+        clientId = await self.engine.createClient()
+        sink = RecordingSink()
+        self.engine.attach(clientId, sink)
+        await self.engine.settle()
+        address = parseRedisHosts(self.hosts)[0]
+        keys = await namespaceKeys(address, self.namespace)
+        shard = RedisShard(reactor, address)
+        self.addCleanup(shard.close)
+        await shard.execute("DEL", *keys)
+        self.assertTrue(await self.engine.clientExists(clientId))
+        self.assertTrue(await self.engine.subscribe(clientId, "/a"))
+        self.assertEqual(await self.engine.subscriptions(clientId), {"/a"})
+        self.assertEqual(await self.engine.publish(message("/a", 1)), 1)
+        await self.engine.settle()
+        self.assertEqual(sink.payloads, [b'{"channel":"/a","data":1}'])

@@ -91,6 +91,7 @@ class Claims:
         client.checking = True
         try:
             await node.ready
+            sent = node.reactor.seconds()
             result = await shard.eval(
                 scripts.CLAIM, keys[:3], [clientId, node.id, 2 * node.expiry, client.epoch]
             )
@@ -98,6 +99,7 @@ class Claims:
                 # Unknown to Redis although this node owned it: the shard may have come
                 # back empty. Once this node's clients are restored, ask again.
                 await self._restorer.check(node.shards.index(clientId))
+                sent = node.reactor.seconds()
                 result = await shard.eval(
                     scripts.CLAIM, keys[:3], [clientId, node.id, 2 * node.expiry, client.epoch]
                 )
@@ -115,6 +117,9 @@ class Claims:
             # old one, it waited for our whole claim, which waited for the asker's: both
             # stood until the call timed out, and the asker carried on without our answer.
             client.epoch = int(result[1])
+        if result is not None:
+            # Registered, with a lease of 2 * expiry from the script on.
+            node.confirm([clientId], sent)
         self._checked(client)
         if node.local.get(clientId) is not client:
             return

@@ -106,12 +106,12 @@ class Destroyer:
             return False
         owner, reason, subs, flatPresence = result
         presence = dict(zip(flatPresence[::2], flatPresence[1::2], strict=True))
+        dropped: defer.Deferred[Any] | None = None
         if owner == node.id:
             node.drop(clientId)
         elif owner:
-            node.track(
-                self._rpc.call(owner, "drop", c=clientId, reason=reason), "dropping a client on its owner"
-            )
+            dropped = self._rpc.call(owner, "drop", c=clientId, reason=reason)
+            node.track(dropped, "dropping a client on its owner")
         channels = sorted(set(subs) | set(presence))
         outcomes = await defer.DeferredList(
             [self._presence.leave(clientId, key, presence.get(key, "")) for key in channels],
@@ -148,6 +148,11 @@ class Destroyer:
         self.dying.pop(clientId, None)
         if int(ended):
             self._notify("clientDestroyed", clientId, reason)
+        if dropped is not None and not onlyIfExpired:
+            # The owner answers clientExists for it without asking Redis for a moment
+            # (Node.knownRegistered): a destroy is answered once the owner forgot it
+            # (or did not answer within handoverTimeout). Failures were logged by track.
+            await dropped
         return bool(int(ended))
 
     def retry(self) -> None:

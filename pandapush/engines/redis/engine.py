@@ -185,11 +185,11 @@ class RedisEngine(ListenerRegistry, ClusterQueries, RedisEngineHistory, Observed
         self._local = node.local
         self._rpc = NodeRPC(node, handoverTimeout)
         self._restorer = Restorer(node)
-        self._presence = Presence(node, self._rpc, self._notify)
+        self._presence = Presence(node, self._rpc, self._restorer, self._notify)
         self._claims = Claims(node, self._rpc, self._restorer, self._presence)
         self._fanout = Fanout(node, RedisHistory(node, history or HistorySettings()))
         self._recovery = RemoteRecovery(node, self._rpc, self._fanout.history, self._recoveredDelivery)
-        self._subscriptions = Subscriptions(node, self._rpc, self._presence, self._notify)
+        self._subscriptions = Subscriptions(node, self._rpc, self._presence, self._restorer, self._notify)
         self._destroyer = Destroyer(node, self._rpc, self._presence, self._notify)
         self._expiry = Expiry(node, self._restorer, self._destroyer, sweepInterval)
         # Here too: tests stop them to play a node that was killed.
@@ -284,6 +284,7 @@ class RedisEngine(ListenerRegistry, ClusterQueries, RedisEngineHistory, Observed
     async def _createClient(self) -> str:
         clientId = newClientId()
         clients, base, _, _ = self._keys.client(clientId)
+        sent = self._reactor.seconds()
         generation = await self._shards.of(clientId).eval(
             scripts.CREATE,
             [clients, base, self._keys.generation],
@@ -293,10 +294,15 @@ class RedisEngine(ListenerRegistry, ClusterQueries, RedisEngineHistory, Observed
         # The creating node owns it: the client's first requests usually come back here.
         client = self._local.add(OwnedClient(clientId))
         client.epoch = 1
+        client.confirmed = sent
         self._notify("clientCreated", clientId)
         return clientId
 
     def clientExists(self, clientId: str) -> defer.Deferred[bool]:
+        if self._node.knownRegistered(clientId):
+            # Asked for every message of a client: answered here while Redis's last
+            # answer about it still holds (see Node.knownRegistered).
+            return defer.succeed(True)
         d = self._shards.of(clientId).eval(scripts.EXISTS, [self._keys.clients], [clientId])
 
         def answer(result: Any) -> Any:

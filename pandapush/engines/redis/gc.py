@@ -71,9 +71,16 @@ class Expiry:
         byShard: dict[int, list[str]] = {}
         for clientId in clientIds:
             byShard.setdefault(node.shards.index(clientId), []).append(clientId)
+        sent = node.reactor.seconds()
         for i, ids in byShard.items():
             d = node.shards[i].eval(scripts.TOUCH, [node.keys.clients], [seconds, *ids])
+            if seconds >= node.expiry:
+                d.addCallback(self._touched, ids, sent)
             node.track(d.addErrback(node.shards.failedOn, i), "moving a deadline")
+
+    def _touched(self, missing: Any, ids: list[str], sent: float) -> None:
+        gone = set(missing or ())
+        self._node.confirm((c for c in ids if c not in gone), sent)
 
     def _renewLeases(self) -> None:
         node = self._node

@@ -10,7 +10,7 @@ and the fire-and-forget work ``RedisEngine.settle`` waits for.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from twisted.internet import defer
@@ -77,7 +77,7 @@ class OwnedClient(LocalClient):
     current one (see ``epoch``).
     """
 
-    __slots__ = ("checkWaiters", "checking", "claimWaiters", "epoch", "presence", "sent")
+    __slots__ = ("checkWaiters", "checking", "claimWaiters", "confirmed", "epoch", "presence", "sent")
 
     queue: list[RelayedDelivery]  # type: ignore[assignment]
 
@@ -98,6 +98,9 @@ class OwnedClient(LocalClient):
         # channel -> (member id, data as JSON): its presence memberships, held here so
         # that a Redis that comes back empty gets them back (see ``restore``).
         self.presence: dict[str, tuple[str, str]] = {}
+        # When the last call that found it registered, and gave it a deadline at least
+        # ``expiry`` away, was sent (reactor time; see ``Node.knownRegistered``).
+        self.confirmed = float("-inf")
 
 
 class Node:
@@ -185,6 +188,40 @@ class Node:
         self._log.failure("Redis engine {what} loop stopped", failure, what=what)
 
     # the clients this node owns
+
+    def knownRegistered(self, clientId: str) -> bool:
+        """
+        Whether this node knows, without asking Redis, that the client is registered:
+        it owns it, and a call sent less than ``expiry / 2`` ago found it registered
+        and moved its deadline at least ``expiry`` past the call (create, claim,
+        detach, lease renewal). Redis cannot have expired it since; a destroy through
+        this node forgets it here first, and one through another node is answered once
+        this node has forgotten it (``drop``, see ``destroy``).
+        A node that missed the ``drop`` (its pub/sub connection down) answers so for
+        ``expiry / 2`` at most: its next lease renewal finds the client gone and
+        confirms it no more.
+
+        Asked for every message of a client (the router's ``clientExists``): in a
+        reconnect storm of websocket clients this spared two of a client set-up's
+        seven round trips to Redis.
+        """
+        client = self.local.get(clientId)
+        return (
+            client is not None
+            and client.epoch != 0
+            and client.confirmed > self.reactor.seconds() - self.expiry / 2
+            # While its shard is known to be down, the client is told so (a 503 and retry
+            # advice) as before, not served on this node's word alone.
+            and self.shards.of(clientId).health.ok
+        )
+
+    def confirm(self, clientIds: Iterable[str], sent: float) -> None:
+        """A call sent at ``sent`` found these clients registered (see ``knownRegistered``)."""
+        local = self.local
+        for clientId in clientIds:
+            client = local.get(clientId)
+            if client is not None and client.confirmed < sent:
+                client.confirmed = sent
 
     def subscribe(self, client: OwnedClient, key: str) -> defer.Deferred[None]:
         """Index ``key`` for the client here; fires once Redis sends this node the key's messages."""

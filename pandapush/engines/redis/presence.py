@@ -24,6 +24,7 @@ from twisted.internet import defer
 from pandapush.bayeux import json
 from pandapush.engines.redis import scripts
 from pandapush.engines.redis.node import Node, OwnedClient
+from pandapush.engines.redis.restore import Restorer
 from pandapush.engines.redis.rpc import NodeRPC
 
 __all__ = ["Presence"]
@@ -32,9 +33,10 @@ __all__ = ["Presence"]
 class Presence:
     """Joins, members, and leaving a channel; events go to ``notify(event, *args)``."""
 
-    def __init__(self, node: Node, rpc: NodeRPC, notify: Callable[..., None]) -> None:
+    def __init__(self, node: Node, rpc: NodeRPC, restorer: Restorer, notify: Callable[..., None]) -> None:
         self._node = node
         self._rpc = rpc
+        self._restorer = restorer
         self._notify = notify
         rpc.handle("join", self._serveJoin)
 
@@ -47,6 +49,14 @@ class Presence:
         result = await shards.of(clientId).eval(
             scripts.PRESENCE_CLIENT, [clients, presence, base], [clientId, channel, memberId]
         )
+        owned = self._node.local.get(clientId)
+        if result is None and owned is not None and owned.epoch:
+            # Owned here, so perhaps answered as known without Redis (clientExists), and
+            # unknown to Redis: a shard that came back empty. Once restored, again.
+            await self._restorer.check(shards.index(clientId))
+            result = await shards.of(clientId).eval(
+                scripts.PRESENCE_CLIENT, [clients, presence, base], [clientId, channel, memberId]
+            )
         if result is None:
             return await self._members(channel)
         previous, owner = result

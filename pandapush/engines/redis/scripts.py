@@ -40,12 +40,16 @@ return 1
 )
 
 #: KEYS: clients zset. ARGV: seconds to live, clientId... Moves deadlines of registered clients.
+#: Returns the clientIds it did not move (not registered; rarely, the same deadline again).
 TOUCH = (
     _NOW
     + """
 local deadline = now + tonumber(ARGV[1])
-for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', deadline, ARGV[i]) end
-return 1
+local missing = {}
+for i = 2, #ARGV do
+  if redis.call('ZADD', KEYS[1], 'XX', 'CH', deadline, ARGV[i]) == 0 then table.insert(missing, ARGV[i]) end
+end
+return missing
 """
 )
 
@@ -81,6 +85,20 @@ SUBSCRIBE_CLIENT = """
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {-1, ''} end
 local added = redis.call('SADD', KEYS[3], ARGV[2])
 return {added, redis.call('HGET', KEYS[2], 'owner') or ''}
+"""
+
+#: KEYS: clients zset, client hash, client subs, subscribers set of the key (all on one
+#: shard). ARGV: clientId, subscription key. SUBSCRIBE_CLIENT then SUBSCRIBE_CHANNEL in one
+#: step, for a client and a key on the same shard (one round trip instead of two). Returns
+#: {1 if added / 0 if already there / -1 if unknown client, owner, the key's subscribers
+#: after (0 unless added)}.
+SUBSCRIBE_BOTH = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {-1, '', 0} end
+local added = redis.call('SADD', KEYS[3], ARGV[2])
+local owner = redis.call('HGET', KEYS[2], 'owner') or ''
+if added == 0 then return {0, owner, 0} end
+redis.call('SADD', KEYS[4], ARGV[1])
+return {1, owner, redis.call('SCARD', KEYS[4])}
 """
 
 #: KEYS: subscribers set of the key. ARGV: clientId. Returns {added, cardinality after}.

@@ -1,7 +1,8 @@
 """Subscriptions on the Redis engine: shared in Redis, mirrored in the owner's index.
 
 A subscription is written twice, each in one script: into the client's set (on the
-client's shard) and into the key's subscriber set (on the key's shard); the node
+client's shard) and into the key's subscriber set (on the key's shard), or both in
+one script when the two are on the same shard (always, with one shard); the node
 whose script saw the key's set go from empty to one member reports
 ``channelOccupied``. The client's owner mirrors it in its local index and SUBSCRIBEs
 to the key's pub/sub channel: a subscribe handled by a node that does not own the
@@ -20,6 +21,7 @@ from twisted.internet import defer
 from pandapush.engines.redis import scripts
 from pandapush.engines.redis.node import Node
 from pandapush.engines.redis.presence import Presence
+from pandapush.engines.redis.restore import Restorer
 from pandapush.engines.redis.rpc import NodeRPC
 
 __all__ = ["Subscriptions"]
@@ -28,10 +30,13 @@ __all__ = ["Subscriptions"]
 class Subscriptions:
     """Subscribe and unsubscribe (events go to ``notify(event, *args)``), and serve owners' updates."""
 
-    def __init__(self, node: Node, rpc: NodeRPC, presence: Presence, notify: Callable[..., None]) -> None:
+    def __init__(
+        self, node: Node, rpc: NodeRPC, presence: Presence, restorer: Restorer, notify: Callable[..., None]
+    ) -> None:
         self._node = node
         self._rpc = rpc
         self._presence = presence
+        self._restorer = restorer
         self._notify = notify
         rpc.handle("sub", self._serveUpdate)
         rpc.handle("unsub", self._serveUpdate)
@@ -42,20 +47,47 @@ class Subscriptions:
     async def _subscribe(self, clientId: str, key: str) -> bool:
         keys, shards = self._node.keys, self._node.shards
         clients, base, subs, _ = keys.client(clientId)
-        added, owner = await shards.of(clientId).eval(
-            scripts.SUBSCRIBE_CLIENT, [clients, base, subs], [clientId, key]
-        )
+        both = shards.index(clientId) == shards.index(key)
+        if both:
+            # Both sets on one shard (always, with one): one script, one round trip.
+            clientKeys = [clients, base, subs, keys.subscribers(key)]
+            added, owner, cardinality = await shards.of(clientId).eval(
+                scripts.SUBSCRIBE_BOTH, clientKeys, [clientId, key]
+            )
+        else:
+            clientKeys = [clients, base, subs]
+            added, owner = await shards.of(clientId).eval(
+                scripts.SUBSCRIBE_CLIENT, clientKeys, [clientId, key]
+            )
+        if int(added) == -1 and await self._restored(clientId):
+            # Known here without asking Redis (clientExists), unknown to Redis: a shard
+            # that came back empty, and this node's clients are written back now.
+            script = scripts.SUBSCRIBE_BOTH if both else scripts.SUBSCRIBE_CLIENT
+            result = await shards.of(clientId).eval(script, clientKeys, [clientId, key])
+            added, owner, cardinality = (*result, 0)[:3]
         if int(added) != 1:
             return False
-        _, cardinality = await shards.of(key).eval(
-            scripts.SUBSCRIBE_CHANNEL, [keys.subscribers(key)], [clientId]
-        )
+        if not both:
+            _, cardinality = await shards.of(key).eval(
+                scripts.SUBSCRIBE_CHANNEL, [keys.subscribers(key)], [clientId]
+            )
         # Before answering, the owner's index must hold the key, or a message
         # published right after the subscribe reply could miss the client.
         await self._tellOwner(owner, "sub", clientId, key)
         self._notify("subscribed", clientId, key)
         if int(cardinality) == 1:
             self._notify("channelOccupied", key)
+        return True
+
+    async def _restored(self, clientId: str) -> bool:
+        """
+        For a client Redis did not know: whether this node owns it (so it may have been
+        answered as known without Redis), once any restore of its shard has run.
+        """
+        client = self._node.local.get(clientId)
+        if client is None or not client.epoch:
+            return False
+        await self._restorer.check(self._node.shards.index(clientId))
         return True
 
     def unsubscribe(self, clientId: str, key: str) -> defer.Deferred[bool]:
