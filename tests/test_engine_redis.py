@@ -678,3 +678,25 @@ class RoundTripTests(RedisEngineCase, TestCase):
         self.assertEqual(await self.engine.publish(message("/a", 1)), 1)
         await self.engine.settle()
         self.assertEqual(sink.payloads, [b'{"channel":"/a","data":1}'])
+
+    async def test_destroyUnderWayJoined(self) -> None:
+        """
+        A second destroy of a client this node is destroying already (a websocket's
+        disconnect, then its socket's close) waits for the first instead of running it
+        all again; the client is destroyed once, with the first one's reason.
+        """
+        listener = RecordingListener()
+        self.engine.addListener(listener)
+        clientId = await self.engine.createClient()
+        await self.engine.subscribe(clientId, "/a")
+        del self.scripts[:]
+        first = self.engine.destroyClient(clientId, "disconnect")
+        second = self.engine.destroyClient(clientId, "socket closed")
+        await defer.gatherResults([first, second])
+        self.assertEqual(self.scripts.count(scripts.DESTROY_BEGIN), 1)
+        self.assertEqual(self.scripts.count(scripts.DESTROY_FINISH), 1)
+        self.assertEqual(listener.only("destroyed"), [("destroyed", clientId, "disconnect")])
+        self.assertFalse(await self.engine.clientExists(clientId))
+        # Once it is over, a destroy runs again (and finds nothing).
+        await self.engine.destroyClient(clientId, "again")
+        self.assertEqual(self.scripts.count(scripts.DESTROY_BEGIN), 2)

@@ -62,6 +62,8 @@ class Destroyer:
         self.dying: dict[str, str] = {}
         # clientId -> keys whose leave was sent by a try that did not hear its answer.
         self._unanswered: dict[str, set[str]] = {}
+        # clientId -> callers waiting for the destroy this node is running for it.
+        self._running: dict[str, list[defer.Deferred[None]]] = {}
         self._retrying: defer.Deferred[None] | None = None
 
     @property
@@ -77,6 +79,16 @@ class Destroyer:
         """
         if onlyIfExpired:
             return await self._run(clientId, reason, True)
+        waiting = self._running.get(clientId)
+        if waiting is not None:
+            # Being destroyed here already: a websocket's /meta/disconnect, then its
+            # socket's close while that destroy still runs. Run again, the whole destroy
+            # ran twice (the client is dying: handed out again); joined, it runs once.
+            joined: defer.Deferred[None] = defer.Deferred()
+            waiting.append(joined)
+            await joined
+            return False
+        self._running[clientId] = []
         # Forgotten here at once: it queues nothing more, is neither renewed nor parked.
         self._node.drop(clientId)
         try:
@@ -84,6 +96,9 @@ class Destroyer:
         except (RedisUnavailable, EngineUnavailableError):
             self._postpone(clientId, reason)
             return False
+        finally:
+            for joined in self._running.pop(clientId, []):
+                joined.callback(None)
 
     def _postpone(self, clientId: str, reason: str) -> None:
         if not self.dying:
