@@ -6,7 +6,7 @@ upstream had them): :class:`~pandapush.storage.StorageConfig` (``DATABASE*``),
 :class:`~pandapush.auth.TenancyConfig` (``AUTH_METHOD``, ``ADMIN_*``...),
 :class:`~pandapush.engines.EngineConfig` and the engine's factory (``ENGINE``,
 ``REDIS_*``), the router's :class:`~pandapush.router.Limits` and the tenant
-:class:`~pandapush.extensions.limits.LimitSettings` (``PANDAPUSH_MAX_*``); this module
+:class:`~pandapush.extensions.limitconfig.LimitSettings` (``PANDAPUSH_MAX_*``); this module
 builds them all, options winning over variables, and adds what belongs to no
 subsystem: where to listen (``PORT``), ``--workers`` (``WORKERS``) and which worker
 this process is (``PANDAPUSH_WORKER``, set by the parent), the ``DEV_*`` key to seed,
@@ -31,7 +31,7 @@ from twisted.python import usage
 from pandapush.auth.config import TenancyConfig
 from pandapush.auth.throttle import parseTrustedProxies
 from pandapush.engines import EngineConfig, EngineConfigError, IEngineFactory, chooseEngine, findEngineFactory
-from pandapush.extensions.limits import LimitSettings
+from pandapush.extensions.limitconfig import LimitSettings
 from pandapush.logs import FORMATS as LOG_FORMATS
 from pandapush.router import Limits
 from pandapush.storage import StorageConfig

@@ -30,7 +30,8 @@ from pandapush.config import Configuration
 from pandapush.engines import DEFAULT_REDIS_HOSTS, EngineConfigError, IEngineFactory, makeEngine
 from pandapush.extensions.acknowledge import Acknowledgements
 from pandapush.extensions.expiry import SubscriptionExpiry
-from pandapush.extensions.limits import LimitsExtension, makeTenantLimits
+from pandapush.extensions.limitconfig import makeTenantLimits
+from pandapush.extensions.limits import LimitsExtension
 from pandapush.extensions.metrics import Metrics
 from pandapush.extensions.presence import PresenceExtension
 from pandapush.extensions.statistics import Statistics

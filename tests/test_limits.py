@@ -18,12 +18,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pandapush.bayeux.context import MessageContext
 from pandapush.engines.memory import MemoryEngine
-from pandapush.extensions.limits import (
-    AppConnectionLimiter,
-    LimitSettings,
-    LimitsExtension,
-    PublishRateLimiter,
-)
+from pandapush.extensions.limitconfig import LimitSettings
+from pandapush.extensions.limits import AppConnectionLimiter, LimitsExtension, PublishRateLimiter
 from pandapush.tokens import mintToken
 from tests.support.bayeux import HANDSHAKE, LPClient
 from tests.support.inprocess import AUTH, KEY, SECRET, channel

@@ -29,8 +29,9 @@ from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.message import Message, Reply
 from pandapush.interfaces import IClientSocket, IEngine, IExtension, IRouter
 from pandapush.router.limits import Limits, Refusals
-from pandapush.router.meta import MessageHandlers, Publisher
+from pandapush.router.meta import MessageHandlers
 from pandapush.router.pipeline import Extensions, Pipeline
+from pandapush.router.publishing import Publisher
 from pandapush.router.sessions import Sessions
 
 __all__ = ["BayeuxRouter"]

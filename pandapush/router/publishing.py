@@ -1,0 +1,203 @@
+"""Publishing through the engine: a client's message, once its hooks let it through, or the server's.
+
+:class:`Publisher` serializes each message once, as the
+:class:`~pandapush.bayeux.delivery.Delivery` every recipient shares, and answers the
+publishing client (:class:`~pandapush.router.meta.MessageHandlers` hands it every message
+that is not on a meta channel).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from pandapush._deferred import firedWith
+from pandapush.bayeux import channel as channels
+from pandapush.bayeux.delivery import Delivery
+from pandapush.bayeux.errors import BayeuxError
+from pandapush.bayeux.idempotency import idempotencyKeyError, scopedKey
+from pandapush.bayeux.message import (
+    Message,
+    Reply,
+    extensionError,
+    fail,
+    makeReply,
+)
+from pandapush.interfaces import EngineUnavailableError, IEngine
+from pandapush.router.limits import Limits, Refusals, channelRefusal
+
+__all__ = ["Publisher"]
+
+
+class Publisher:
+    """
+    Publishes through the engine: a client's message (its incoming hooks have run) and
+    the server's own (REST API, presence, meta events). Each is serialized once, as
+    the :class:`~pandapush.bayeux.delivery.Delivery` every recipient shares.
+    """
+
+    _log = Logger()
+
+    def __init__(self, engine: IEngine, limits: Limits, refusals: Refusals) -> None:
+        self.engine = engine
+        self.limits = limits
+        self.refusals = refusals
+        self._observers: list[Callable[[str, int], None]] = []
+
+    def addObserver(self, observer: Callable[[str, int], None]) -> None:
+        """Call ``observer(channel, recipients)`` once per message published (statistics)."""
+        self._observers.append(observer)
+
+    def publish(
+        self,
+        channel: str,
+        data: Any,
+        exclude: str | None = None,
+        history: bool = True,
+        idempotencyKey: str | None = None,
+    ) -> Deferred[int]:
+        """
+        Publish from the server itself: no extensions run. Fires with the number of
+        recipients. ``exclude`` names a client that should not receive it; without
+        ``history`` (presence notices) the message is neither kept nor positioned. A
+        second publish with the same ``idempotencyKey`` (checked by the caller:
+        :func:`idempotencyKeyError`) in the same application within five minutes is
+        acknowledged (0 recipients) and not delivered again.
+        """
+        refused = channelRefusal(channel, self.limits)
+        if refused is not None:
+            self.refusals.report(refused[0])
+            return defer.fail(refused[1])
+        if not channels.isValidName(channel) or channels.isMeta(channel):
+            return defer.fail(BayeuxError.channelInvalid(channel))
+        delivery = Delivery.fromMessage(
+            {"channel": channel, "data": data}, exclude, history and not channels.isService(channel)
+        )
+        maxSize = self.limits.maxMessageSize
+        if len(delivery.payload) > maxSize:
+            self.refusals.report("message_size")
+            return defer.fail(BayeuxError(413, [channel], f"Message larger than {maxSize} bytes"))
+        if idempotencyKey is not None:
+            delivery.idempotencyKey = scopedKey(channel, idempotencyKey)
+        d = self.engine.publish(delivery)
+        if self._observers:
+            d.addCallback(self._published, channel)
+        return d
+
+    def publishBatch(
+        self, messages: Sequence[tuple[str, Any]], idempotencyKeys: Sequence[str] | None = None
+    ) -> Deferred[list[int]]:
+        """
+        Publish several messages from the server, in the order given. Every one is checked
+        (channel name, size) before any is published: one refused refuses them all. With
+        ``idempotencyKeys`` (one per message), each is published once in five minutes.
+        """
+        deliveries: list[Delivery] = []
+        maxSize = self.limits.maxMessageSize
+        for channel, data in messages:
+            if not channels.isValidName(channel) or channels.isMeta(channel):
+                return defer.fail(BayeuxError.channelInvalid(channel))
+            delivery = Delivery.fromMessage(
+                {"channel": channel, "data": data}, history=not channels.isService(channel)
+            )
+            if len(delivery.payload) > maxSize:
+                self.refusals.report("message_size")
+                return defer.fail(BayeuxError(413, [channel], f"Message larger than {maxSize} bytes"))
+            deliveries.append(delivery)
+        if idempotencyKeys is not None:
+            for delivery, key in zip(deliveries, idempotencyKeys, strict=True):
+                delivery.idempotencyKey = scopedKey(delivery.channel, key)
+        try:
+            published = self.engine.publishBatch(deliveries)
+        except Exception:
+            return defer.fail()
+        now = firedWith(published)
+        if now:
+            # Published at once (the in-process engine): no Deferred per message.
+            if isinstance(now[0], Failure):
+                return defer.fail(now[0])
+            self._publishedBatch(now[0], deliveries)
+            return defer.succeed(now[0])
+
+        def done(counts: list[int]) -> list[int]:
+            self._publishedBatch(counts, deliveries)
+            return counts
+
+        return published.addCallback(done)
+
+    def _publishedBatch(self, counts: list[int], deliveries: list[Delivery]) -> None:
+        if self._observers:
+            for recipients, delivery in zip(counts, deliveries, strict=True):
+                self._published(recipients, delivery.channel)
+
+    def _published(self, recipients: int, channel: str) -> int:
+        for observer in self._observers:
+            observer(channel, recipients)
+        return recipients
+
+    def handle(self, message: Message, channel: str) -> list[Reply] | Deferred[list[Reply]]:
+        """The reply to a client's publish: now when the engine published at once, else a Deferred."""
+        reply = makeReply(message)
+        limits = self.limits
+        error: str | BayeuxError | None = None
+        refused = channelRefusal(channel, limits)
+        if refused is not None:
+            return self.refusals.refuse(reply, *refused)
+        if not channels.isValidName(channel):
+            error = BayeuxError.channelInvalid(channel)
+        elif "data" not in message:
+            error = BayeuxError.parameterMissing("data")
+        error = error or extensionError(message)
+        if error is not None:
+            return [fail(reply, error)]
+        delivered: Message = {"channel": channel, "data": message["data"]}
+        if "id" in message:
+            delivered["id"] = message["id"]
+        ext = message.get("ext")
+        key: Any = None
+        if isinstance(ext, dict) and "idempotencyKey" in ext:
+            # The publisher's, not the subscribers': not delivered.
+            ext = dict(ext)
+            key = ext.pop("idempotencyKey")
+            keyError = idempotencyKeyError(key)
+            if keyError is not None:
+                return [fail(reply, BayeuxError(400, [channel], keyError))]
+        if ext is not None:
+            delivered["ext"] = ext
+        delivery = Delivery.fromMessage(delivered, history=not channels.isService(channel))
+        if key is not None:
+            delivery.idempotencyKey = scopedKey(channel, key)
+        if len(delivery.payload) > limits.maxMessageSize:
+            return self.refusals.refuse(
+                reply,
+                "message_size",
+                BayeuxError(413, [channel], f"Message larger than {limits.maxMessageSize} bytes"),
+            )
+        try:
+            published = self.engine.publish(delivery)
+        except Exception:
+            published = defer.fail()
+        now = firedWith(published)
+        if now:
+            return self._answer(now[0], reply, channel)
+        return published.addBoth(self._answer, reply, channel)
+
+    def _answer(self, recipients: int | Failure, reply: Message, channel: str) -> list[Reply]:
+        try:
+            if isinstance(recipients, Failure):
+                recipients.raiseException()
+            if self._observers:
+                self._published(recipients, channel)
+        except EngineUnavailableError as error:
+            # Redis down: the engine logged the outage once; the publisher may try again.
+            return [fail(reply, BayeuxError(503, [channel], f"{error.what} unavailable; try again later"))]
+        except Exception:
+            self._log.failure("engine failed to publish to {channel}", channel=channel)
+            return [fail(reply, BayeuxError.publishFailed(channel))]
+        reply["successful"] = True
+        return [reply]
