@@ -13,9 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import treq
+import twisted.test
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet import defer, reactor, ssl
+from twisted.internet.endpoints import (
+    SSL4ClientEndpoint,
+    SSL4ServerEndpoint,
+    TCP4ClientEndpoint,
+    connectProtocol,
+)
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -29,6 +35,31 @@ from tests.support.waiting import eventually, sleep
 
 #: A POST of a JSON body to /push: ``POST % (len(body), body)``.
 POST = b"POST /push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+#: A websocket opening handshake for ``UPGRADE % (path, extra header lines)``.
+UPGRADE = (
+    b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n%s\r\n"
+)
+#: The start of the server's answer to UPGRADE when it opens the socket.
+SWITCHED = b"HTTP/1.1 101 Switching Protocols\r\n"
+HEALTH = b"GET /health_check.json HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def upgrade(path: bytes = b"/push", extra: bytes = b"") -> bytes:
+    return UPGRADE % (path, extra)
+
+
+def frame(payload: bytes) -> bytes:
+    """A client's masked text frame (payloads under 126 bytes)."""
+    mask = b"\x1f\x2e\x3d\x4c"
+    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+#: A Bayeux handshake, framed, and what its answer contains.
+HANDSHAKE_FRAME = frame(
+    b'[{"channel":"/meta/handshake","version":"1.0","supportedConnectionTypes":["websocket"]}]'
+)
+HANDSHAKE_ANSWERED = b'"successful":true'
 
 
 class RawClient(Protocol):
@@ -227,6 +258,162 @@ class RequestDeadlineTests(ConnectionCase):
         self.assertEqual(client.received, b"")
 
 
+class _RenderSpy:
+    """Counts the upgrades that went through twisted.web (``BayeuxResource.render``)."""
+
+    def __init__(self, case: TestCase, resource: Any) -> None:
+        self.upgrades = 0
+        self._render = resource.render
+        case.patch(resource, "render", self.render)
+
+    def render(self, request: Any) -> Any:
+        if request.requestHeaders.hasHeader(b"upgrade"):
+            self.upgrades += 1
+        return self._render(request)
+
+
+class DirectUpgradeTests(ConnectionCase):
+    """A websocket upgrade of /push handed to the websocket as it came, without a twisted.web request."""
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        await super().setUp()
+        self.spy = _RenderSpy(self, self.server.service.bayeux)
+
+    async def opened(self, client: RawClient) -> None:
+        """``client`` got its 101, and its Bayeux handshake over the socket was answered."""
+        self.assertTrue(await eventually(lambda: SWITCHED in client.received), client.received)
+        client.send(HANDSHAKE_FRAME)
+        self.assertTrue(await eventually(lambda: HANDSHAKE_ANSWERED in client.received), client.received)
+        self.assertFalse(client.gone)
+
+    async def test_upgradeWithoutRequest(self) -> None:
+        """
+        An upgrade that arrives whole in one read opens the socket without twisted.web:
+        at /push, under it, and with a query; and the answer carries the handshake
+        headers of the factory (``X-Pandapush-Worker`` with ``--workers``).
+        """
+        self.server.service.bayeux.websocketFactory.headers = {"X-Pandapush-Worker": "3"}
+        for path in [b"/push", b"/push/", b"/push/websocket", b"/push?x=1"]:
+            client = await self.connect()
+            client.send(upgrade(path))
+            await self.opened(client)
+            self.assertIn(b"\r\nX-Pandapush-Worker: 3\r\n", client.received.split(b"\r\n\r\n")[0] + b"\r\n")
+        self.assertEqual(self.spy.upgrades, 0)
+        self.assertEqual(self.server.service.bayeux.websocketFactory.openSockets, 4)
+
+    async def test_upgradeAfterKeepAlive(self) -> None:
+        """A kept-alive connection may upgrade after a request it was answered, or pipelined behind one."""
+        client = await self.connect()
+        client.send(HEALTH)
+        self.assertTrue(await eventually(lambda: b"HTTP/1.1 200 " in client.received))
+        await sleep(0.1)
+        client.send(upgrade())
+        await self.opened(client)
+        self.assertEqual(self.spy.upgrades, 0)
+        pipelined = await self.connect()
+        pipelined.send(HEALTH + upgrade())
+        await self.opened(pipelined)
+        self.assertLess(pipelined.received.index(b"HTTP/1.1 200 "), pipelined.received.index(SWITCHED))
+
+    async def test_othersThroughTwistedWeb(self) -> None:
+        """
+        Upgrades that twisted.web must look at (a head in two reads, a body) still open
+        through it; a GET of /push without an upgrade and an upgrade of another path are
+        answered as before.
+        """
+        split = await self.connect()
+        head = upgrade()
+        split.send(head[:30])
+        await sleep(0.1)
+        split.send(head[30:])
+        await self.opened(split)
+        withBody = await self.connect()
+        withBody.send(upgrade(extra=b"Content-Length: 0\r\n"))
+        await self.opened(withBody)
+        self.assertEqual(self.spy.upgrades, 2)
+        plain = await self.connect()
+        plain.send(b"GET /push HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(await eventually(lambda: b"\r\n\r\n" in plain.received))
+        self.assertTrue(plain.received.startswith(b"HTTP/1.1 400 "), plain.received)
+        other = await self.connect()
+        other.send(upgrade(b"/pushed"))
+        self.assertTrue(await eventually(lambda: b"\r\n\r\n" in other.received))
+        self.assertTrue(other.received.startswith(b"HTTP/1.1 404 "), other.received)
+
+    async def test_oversizeHeadRefused(self) -> None:
+        """
+        An upgrade whose head is larger than twisted.web takes is refused as any request
+        is: past 16 KB of headers a 400, a line over 16 KB a closed connection; no socket.
+        """
+        client = await self.connect()
+        client.send(upgrade(extra=b"".join(b"X-Big-%d: %s\r\n" % (n, b"x" * 1000) for n in range(17))))
+        self.assertTrue(await eventually(lambda: client.gone, timeout=3))
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 400 "), client.received)
+        longLine = await self.connect()
+        longLine.send(upgrade(extra=b"Cookie: %s\r\n" % (b"x" * 17000)))
+        self.assertTrue(await eventually(lambda: longLine.gone, timeout=3))
+        self.assertNotIn(SWITCHED, longLine.received)
+        self.assertEqual((self.spy.upgrades, self.server.service.bayeux.websocketFactory.openSockets), (0, 0))
+
+    async def test_badHandshakeRefused(self) -> None:
+        """Autobahn still checks the handshake it is handed: no key, 400, and no socket."""
+        client = await self.connect()
+        client.send(b"GET /push HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        self.assertTrue(await eventually(lambda: client.gone, timeout=3))
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 400 "), client.received)
+        self.assertEqual((self.spy.upgrades, self.server.service.bayeux.websocketFactory.openSockets), (0, 0))
+
+
+class RefusedOriginUpgradeTests(ConnectionCase):
+    serverArgs = ("--allowed-origins", "http://good.test")
+
+    async def test_otherOriginRefused(self) -> None:
+        """
+        ``--allowed-origins`` holds for an upgrade handed over directly: another origin
+        gets a 403 and no socket; an allowed one opens.
+        """
+        spy = _RenderSpy(self, self.server.service.bayeux)
+        evil = await self.connect()
+        evil.send(upgrade(extra=b"Origin: http://evil.test\r\n"))
+        self.assertTrue(await eventually(lambda: evil.gone, timeout=3))
+        self.assertTrue(evil.received.startswith(b"HTTP/1.1 403 "), evil.received)
+        good = await self.connect()
+        good.send(upgrade(extra=b"Origin: http://good.test\r\n"))
+        self.assertTrue(await eventually(lambda: SWITCHED in good.received), good.received)
+        self.assertEqual((spy.upgrades, self.server.service.bayeux.websocketFactory.openSockets), (0, 1))
+
+
+class SlowUpgradeTests(ConnectionCase):
+    async def setUp(self) -> None:  # type: ignore[override]
+        await super().setUp()
+        self.site.headersTimeout = 0.5
+
+    async def test_slowUpgradeTimedOut(self) -> None:
+        """An upgrade sent a line at a time has the same deadline as any request's headers: 408, closed."""
+        client = await self.connect()
+        for line in upgrade().split(b"\r\n")[:-2]:
+            client.send(line + b"\r\n")
+            await sleep(0.15)
+        for n in range(10):
+            if client.gone:
+                break
+            client.send(b"X-Slow-%d: 1\r\n" % n)
+            await sleep(0.1)
+        self.assertTrue(client.gone)
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 408 "), client.received)
+        self.assertEqual(self.server.service.bayeux.websocketFactory.openSockets, 0)
+
+    async def test_noTimerLeftOnTheSocket(self) -> None:
+        """An open socket outlives the deadline: nothing of the HTTP channel's is left to close it."""
+        client = await self.connect()
+        client.send(upgrade())
+        self.assertTrue(await eventually(lambda: SWITCHED in client.received))
+        await sleep(1.0)
+        self.assertFalse(client.gone)
+        client.send(HANDSHAKE_FRAME)
+        self.assertTrue(await eventually(lambda: HANDSHAKE_ANSWERED in client.received))
+
+
 class AddressLimitTests(ConnectionCase):
     serverArgs = ("--max-connections-per-address", "5")
 
@@ -254,6 +441,7 @@ class AddressLimitTests(ConnectionCase):
         A websocket keeps its place for as long as it is open (it takes the connection
         over from HTTP), and gives it back when it closes.
         """
+        spy = _RenderSpy(self, self.server.service.bayeux)
         sockets = [await self.ws() for _ in range(5)]
         refused = await self.connect()
         self.assertTrue(await eventually(lambda: refused.gone, timeout=3))
@@ -261,6 +449,40 @@ class AddressLimitTests(ConnectionCase):
             ws.kill()
         self.assertTrue(await eventually(lambda: self.addressLimit().connections("127.0.0.1") == 0))
         self.assertIsNotNone((await self.ws()).clientId)
+        # Those sockets were handed over without twisted.web; through it they count the same.
+        self.assertEqual(spy.upgrades, 0)
+        head = upgrade()
+        split = await self.connect()
+        split.send(head[:30])
+        await sleep(0.05)
+        split.send(head[30:])
+        self.assertTrue(await eventually(lambda: SWITCHED in split.received))
+        self.assertEqual((spy.upgrades, self.addressLimit().connections("127.0.0.1")), (1, 2))
+        split.close()
+        self.assertTrue(await eventually(lambda: self.addressLimit().connections("127.0.0.1") == 1))
+
+    async def test_websocketOverTLSGivesItsPlaceBack(self) -> None:
+        """
+        Over a TLS listener a websocket replaces the counted protocol inside the TLS
+        wrapper: its place is given back at the upgrade (see _CountedConnection), not
+        kept forever.
+        """
+        pem = (Path(twisted.test.__file__).parent / "server.pem").read_bytes()
+        certificate = ssl.PrivateCertificate.loadPEM(pem)
+        endpoint = SSL4ServerEndpoint(reactor, 0, certificate.options(), interface="127.0.0.1")
+        port = await endpoint.listen(self.site)
+        self.addCleanup(port.stopListening)
+        client = RawClient()
+        await connectProtocol(
+            SSL4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port, ssl.CertificateOptions()), client
+        )
+        self.raw.append(client)
+        self.assertTrue(await eventually(lambda: self.addressLimit().connections("127.0.0.1") == 1))
+        client.send(upgrade())
+        self.assertTrue(await eventually(lambda: SWITCHED in client.received), client.received)
+        client.send(HANDSHAKE_FRAME)
+        self.assertTrue(await eventually(lambda: HANDSHAKE_ANSWERED in client.received))
+        self.assertEqual(self.addressLimit().connections("127.0.0.1"), 0)
 
     async def refusals(self, source: str = "127.0.0.1") -> dict[str, float]:  # type: ignore[override]
         text = (await get(self.port, "/metrics", source=source)).decode()

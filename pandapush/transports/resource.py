@@ -1,7 +1,9 @@
 """The ``/push`` endpoint: one resource, every transport, every sub-path.
 
 CometD posts to ``/push/handshake`` and ``/push/connect``; event streams open
-``/push/<clientId>``; websockets upgrade anywhere under ``/push``.
+``/push/<clientId>``; websockets upgrade anywhere under ``/push``: most without a
+twisted.web request (the site's channel hands them to :meth:`BayeuxResource.upgradeProtocol`
+as raw bytes), the others through :meth:`BayeuxResource.render` as before.
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IAddress, IProtocol, IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request
+from zope.interface import implementer
 
 from pandapush.interfaces import IRouter
 from pandapush.transports.callbackpolling import CallbackPollingTransport
@@ -19,6 +22,7 @@ from pandapush.transports.eventsource import EventSourceTransport
 from pandapush.transports.http import OriginPolicy, header, writeError
 from pandapush.transports.longpolling import LongPollingTransport
 from pandapush.transports.websocket import BayeuxWebSocketFactory
+from pandapush.web.connections import IWebSocketUpgrade
 
 __all__ = ["BayeuxResource"]
 
@@ -30,6 +34,7 @@ _PREFLIGHT_HEADERS = {
 }
 
 
+@implementer(IWebSocketUpgrade)
 class BayeuxResource(Resource):
     isLeaf = True
 
@@ -59,6 +64,10 @@ class BayeuxResource(Resource):
             router, self.origins, maxMessageSize, headers=handshakeHeaders
         )
         self._websocket = WebSocketResource(self.websocketFactory)
+
+    def upgradeProtocol(self, address: IAddress) -> IProtocol | None:
+        """A websocket for a connection whose upgrade request its channel hands over as it came."""
+        return self.websocketFactory.buildProtocol(address)  # type: ignore[no-any-return]
 
     def render(self, request: Request) -> bytes | int:
         if getattr(request, "tooLarge", False):

@@ -15,21 +15,33 @@ defences, both decided per connection, before any resource runs:
   (an IPv6 client by its /64, which one subscriber usually has whole), counted from
   accept to close; one more is closed at once, before a byte is read. Trusted proxies
   are not counted: every client behind them shares their address.
+
+A websocket upgrade of ``/push`` that arrives whole in one read goes from the channel
+to the websocket protocol at once, as raw bytes (:meth:`PandapushChannel.dataReceived`):
+twisted.web building a ``Request`` of it, and autobahn's ``WebSocketResource``
+writing it out again for autobahn to parse, were a quarter of the server's CPU in a
+reconnect storm (bench/README.md, issue 17). Only a request that twisted.web would
+take as it is and hand to the same resource goes that way; anything else (a head in
+several reads, a body, an oversized or malformed head, another path) goes through
+twisted.web as before, and the deadlines and limits above hold either way.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
+import weakref
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime, ITransport
+from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, IReactorTime, ITransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
-from zope.interface import directlyProvides, providedBy
+from twisted.web.resource import getChildForRequest
+from zope.interface import Interface, directlyProvides, providedBy
 
 from pandapush.extensions.limits import DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
 
@@ -38,6 +50,7 @@ __all__ = [
     "DEFAULT_HEADERS_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS_PER_ADDRESS",
     "AddressLimit",
+    "IWebSocketUpgrade",
     "PandapushChannel",
 ]
 
@@ -49,6 +62,80 @@ DEFAULT_HEADERS_TIMEOUT = 10.0
 DEFAULT_BODY_TIMEOUT = 30.0
 
 _TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+
+class IWebSocketUpgrade(Interface):
+    """
+    A leaf resource (``/push``'s) whose websocket upgrades a :class:`PandapushChannel`
+    hands over from the raw request, without a twisted.web ``Request``.
+    """
+
+    def upgradeProtocol(address: IAddress) -> IProtocol | None:
+        """
+        The protocol that is given the connection and the request's raw bytes: it
+        parses and answers the opening handshake (or refuses it) itself. None: no
+        protocol (twisted.web's path takes the request, and answers it as it does).
+        """
+
+
+#: The first bytes of every request the channel may hand over.
+_UPGRADE_START = b"GET /push"
+#: A request head (without its final empty line) that twisted.web would take as it is
+#: and route to ``/push``'s resource: ``GET`` of ``/push``, a path under it or a query
+#: (the request-target bytes twisted.web allows), HTTP/1.1, then header lines of a
+#: token name and a value without NUL, CR or LF (no obsolete line folding).
+_UPGRADE_HEAD = re.compile(
+    rb"GET /push(?:[/?][\x21-\xb0]*)? HTTP/1\.1\r\n((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00\r\n]*\r\n)*)"
+)
+_UPGRADE_HEADER = re.compile(rb"^upgrade:[ \t]*([^\r]*?)[ \t]*\r$", re.IGNORECASE | re.MULTILINE)
+#: Headers that make twisted.web do more than route the request: read a body (which
+#: the websocket resource passes on), answer ``100 Continue``. Such requests take its path.
+_BUSY_HEADER = re.compile(rb"^(?:content-length|transfer-encoding|expect):", re.IGNORECASE | re.MULTILINE)
+
+
+def _websocketUpgrade(head: bytes, maxHeaders: int) -> bool:
+    """Whether ``head`` (see ``_UPGRADE_HEAD``) is an upgrade of /push for the channel to hand over."""
+    match = _UPGRADE_HEAD.fullmatch(head)
+    if match is None:
+        return False
+    headers = match.group(1)
+    if headers.count(b"\n") > maxHeaders or _BUSY_HEADER.search(headers) is not None:
+        return False
+    # The same test as the resource's (the first Upgrade header, "websocket" in any
+    # case); more than one goes through twisted.web, which reads the first.
+    upgrade = _UPGRADE_HEADER.findall(headers)
+    return len(upgrade) == 1 and upgrade[0].lower() == b"websocket"
+
+
+class _PathProbe:
+    """What resource traversal reads of a request, for ``/push``."""
+
+    def __init__(self) -> None:
+        self.prepath: list[bytes] = []
+        self.postpath = [b"push"]
+
+
+#: site -> (its root resource, the IWebSocketUpgrade that /push resolves to, or None).
+_UPGRADES: weakref.WeakKeyDictionary[Any, tuple[Any, Any]] = weakref.WeakKeyDictionary()
+
+
+def _upgradeResource(site: Any) -> Any:
+    """The :class:`IWebSocketUpgrade` leaf that ``site`` routes every path under ``/push`` to, or None."""
+    root = getattr(site, "resource", None)
+    known = _UPGRADES.get(site)
+    if known is not None and known[0] is root:
+        return known[1]
+    resource = None
+    if root is not None:
+        try:
+            found = getChildForRequest(root, _PathProbe())
+        except Exception:
+            # A resource that routes on more than the path: twisted.web's path decides.
+            found = None
+        if getattr(found, "isLeaf", False) and IWebSocketUpgrade.providedBy(found):
+            resource = found
+    _UPGRADES[site] = (root, resource)
+    return resource
 
 
 class PandapushChannel(HTTPChannel):
@@ -95,9 +182,12 @@ class PandapushChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
             return
-        if self._deadline is None and not self._handlingRequest:
-            # The first byte of the next request on a kept-alive connection.
-            self._startDeadline(self._setting("headersTimeout", DEFAULT_HEADERS_TIMEOUT))
+        if not self._handlingRequest:
+            if data.startswith(_UPGRADE_START) and self._upgraded(data):
+                return
+            if self._deadline is None:
+                # The first byte of the next request on a kept-alive connection.
+                self._startDeadline(self._setting("headersTimeout", DEFAULT_HEADERS_TIMEOUT))
         super().dataReceived(data)
 
     def allHeadersReceived(self) -> None:
@@ -140,6 +230,59 @@ class PandapushChannel(HTTPChannel):
             b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body),
             "body_size",
         )
+
+    # websocket upgrades
+
+    def _upgraded(self, data: bytes) -> bool:
+        """
+        Hand the connection to ``/push``'s websocket protocol if ``data`` begins a
+        request (nothing of one is buffered, no request is answered meanwhile) with the
+        whole head of a websocket upgrade that twisted.web would route there as it is.
+        As autobahn's ``WebSocketResource.render`` does, but with the bytes as they
+        came: autobahn parses them once, and checks and answers the handshake (the
+        origin policy is its ``onConnect``'s). False: twisted.web takes the request.
+        """
+        end = data.find(b"\r\n\r\n")
+        if (
+            end < 0
+            or end + 4 > self.totalHeadersSize
+            or self._busyReceiving
+            or self._buffer
+            or self._receivedHeaderSize
+            or not self.line_mode
+            or not self.persistent
+            or not _websocketUpgrade(data[: end + 2], self.maxHeaders)
+        ):
+            return False
+        resource = _upgradeResource(getattr(self, "site", None))
+        transport = self.transport
+        if resource is None or transport is None:
+            return False
+        protocol = resource.upgradeProtocol(transport.getPeer())
+        if protocol is None:
+            return False
+        # Nothing of HTTP's is left waiting (the twisted.web path ends both timers when
+        # the request is complete, as this one is), and the channel stays busy with
+        # this request for good, as it does there: until the socket opens and replaces
+        # it, the channel is the transport's producer, and a busy one does not pause
+        # reading when the transport's write buffer fills.
+        self._cancelDeadline()
+        self.setTimeout(None)
+        self._handlingRequest = True
+        # The takeover of WebSocketResource.render; the first line tells an address
+        # limit over TLS that the connection left it (see _CountedConnection).
+        self.transport = None
+        if isinstance(transport, ProtocolWrapper):
+            transport.wrappedProtocol = protocol
+        elif isinstance(transport.protocol, ProtocolWrapper):
+            transport.protocol.wrappedProtocol = protocol
+        else:
+            transport.protocol = protocol
+        protocol.makeConnection(transport)
+        # Reading is paused while a response waits on a peer that does not read.
+        transport.resumeProducing()
+        protocol.dataReceived(data)
+        return True
 
     # deadlines
 
