@@ -16,6 +16,7 @@ import treq
 import twisted.test
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, reactor, ssl
+from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import (
     SSL4ClientEndpoint,
     SSL4ServerEndpoint,
@@ -24,10 +25,13 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.resource import Resource
 
-from pandapush.web.connections import AddressLimit
+from pandapush.web.connections import AddressLimit, PandapushChannel
+from pandapush.web.site import PandapushSite
 from tests.support.bayeux import WSClient
 from tests.support.inprocess import InProcessServer
 from tests.support.process import PandapushProcess
@@ -580,3 +584,82 @@ class AddressLimitUnitTests(SynchronousTestCase):
         self.assertEqual([limit.admit("10.0.0.5") for _ in range(3)], [None] * 3)
         unlimited = AddressLimit(Clock(), maxPerAddress=0)
         self.assertEqual([unlimited.admit("10.0.0.1") for _ in range(3)], [None] * 3)
+
+
+class _CountingClock(Clock):
+    """A clock that counts the calls scheduled on it."""
+
+    scheduled = 0
+
+    def callLater(self, delay: float, callable: Any, *args: object, **kw: object) -> Any:
+        self.scheduled += 1
+        return super().callLater(delay, callable, *args, **kw)
+
+
+class _Answer(Resource):
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        return b"ok"
+
+
+class ChannelTimerTests(SynchronousTestCase):
+    """The channel's timers: as few as the deadlines need, and the deadlines all there."""
+
+    def setUp(self) -> None:
+        self.clock = _CountingClock()
+        self.site = PandapushSite(_Answer(), maxBodySize=1024, accessLog=False)
+        self.site.reactor = self.clock  # type: ignore[assignment]
+        channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        assert isinstance(channel, PandapushChannel)
+        self.channel = channel
+        self.transport = StringTransport()
+        self.channel.makeConnection(self.transport)
+
+    def pending(self) -> list[float]:
+        """Seconds until each call still to come."""
+        return sorted(call.getTime() - self.clock.seconds() for call in self.clock.getDelayedCalls())
+
+    def timedOut(self) -> bool:
+        return b"HTTP/1.1 408 " in self.transport.value() and bool(self.transport.disconnecting)
+
+    def test_oneTimerUntilTheFirstRequest(self) -> None:
+        """
+        A new connection has one timer, the headers deadline (Twisted's idle timeout,
+        which every byte resets, cannot fire first): silent, it is closed with a 408.
+        """
+        self.assertEqual(self.pending(), [self.site.headersTimeout])
+        self.clock.advance(self.site.headersTimeout)
+        self.assertTrue(self.timedOut())
+
+    def test_idleTimeoutAfterTheFirstRequest(self) -> None:
+        """
+        Once a request is answered, a kept-alive connection has Twisted's idle timeout
+        (and nothing else) until its next request; a whole request in one read starts
+        no deadline, and one without a body no body deadline.
+        """
+        self.channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b"HTTP/1.1 200 ", self.transport.value())
+        self.assertEqual(self.pending(), [self.site.timeOut])
+        scheduled = self.clock.scheduled
+        self.channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(self.transport.value().count(b"HTTP/1.1 200 "), 2)
+        # Only the idle timeout again: Twisted stops it for each request and starts it after.
+        self.assertEqual((self.clock.scheduled, self.pending()), (scheduled + 1, [self.site.timeOut]))
+
+    def test_partialRequestDeadline(self) -> None:
+        """A kept-alive connection's next request that does not come whole has the headers deadline."""
+        self.channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.channel.dataReceived(b"GET / HTTP/1.1\r\n")
+        self.clock.advance(self.site.headersTimeout - 0.1)
+        self.channel.dataReceived(b"X-Slow: 1\r\n")
+        self.assertFalse(self.timedOut())
+        self.clock.advance(0.1)
+        self.assertTrue(self.timedOut())
+
+    def test_bodyDeadline(self) -> None:
+        """A request whose body does not come has the body deadline, even with its head whole in one read."""
+        self.channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
+        self.assertEqual(self.pending(), [self.site.bodyTimeout])
+        self.clock.advance(self.site.bodyTimeout)
+        self.assertTrue(self.timedOut())

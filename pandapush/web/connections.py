@@ -144,6 +144,11 @@ class PandapushChannel(HTTPChannel):
     from the headers. The deadlines and the limit are the site's (``headersTimeout``,
     ``bodyTimeout``, ``maxBodySize``), read when a request starts. ``onRefused(limit)``
     (the site's) hears of each 408 (``request_timeout``) and early 413 (``body_size``).
+
+    Timers are few, since every connection of a reconnect storm makes them: a deadline
+    runs only while something of a request is still to come (a head or a body that did
+    not arrive whole in one read; from accept to the first request, for the silent
+    ones), and Twisted's idle timeout only between requests.
     """
 
     _deadline: IDelayedCall | None = None
@@ -174,10 +179,22 @@ class PandapushChannel(HTTPChannel):
         return host
 
     def connectionMade(self) -> None:
-        super().connectionMade()
+        headers = self._setting("headersTimeout", DEFAULT_HEADERS_TIMEOUT)
+        body = self._setting("bodyTimeout", DEFAULT_BODY_TIMEOUT)
+        idle = self.timeOut
+        if headers and body and (idle is None or max(headers, body) <= idle):
+            # Twisted's idle timeout (a timer per connection, reset by every byte) can
+            # not fire before the deadlines while the first request arrives, and is
+            # stopped once it has: it starts after the first request instead (Twisted
+            # restores it in requestDone), and a websocket never has one.
+            self.timeOut = None
+            super().connectionMade()
+            self.timeOut = idle
+        else:
+            super().connectionMade()
         # Until the first request's headers, as for every later one: a connection
         # opened and left silent holds a descriptor as much as one sending slowly.
-        self._startDeadline(self._setting("headersTimeout", DEFAULT_HEADERS_TIMEOUT))
+        self._startDeadline(headers)
 
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
@@ -185,8 +202,9 @@ class PandapushChannel(HTTPChannel):
         if not self._handlingRequest:
             if data.startswith(_UPGRADE_START) and self._upgraded(data):
                 return
-            if self._deadline is None:
-                # The first byte of the next request on a kept-alive connection.
+            if self._deadline is None and b"\r\n\r\n" not in data:
+                # The first bytes of the next request on a kept-alive connection, and
+                # not all of its head: this read ends any head it has begun.
                 self._startDeadline(self._setting("headersTimeout", DEFAULT_HEADERS_TIMEOUT))
         super().dataReceived(data)
 
@@ -195,7 +213,9 @@ class PandapushChannel(HTTPChannel):
         if limit is not None and self.length is not None and self.length > limit:
             self.refuseTooLarge()
             return
-        self._startDeadline(self._setting("bodyTimeout", DEFAULT_BODY_TIMEOUT))
+        if self.length != 0:
+            # Without a body the request is complete now (allContentReceived follows).
+            self._startDeadline(self._setting("bodyTimeout", DEFAULT_BODY_TIMEOUT))
         super().allHeadersReceived()
 
     def rawDataReceived(self, data: bytes) -> None:
@@ -207,13 +227,6 @@ class PandapushChannel(HTTPChannel):
             return
         self._cancelDeadline()
         super().allContentReceived()
-
-    def requestDone(self, request: Any) -> None:
-        buffered = bool(self._dataBuffer)
-        super().requestDone(request)
-        if buffered and self.persistent and not self._handlingRequest and self._deadline is None:
-            # The next request had started to arrive while this one was answered.
-            self._startDeadline(self._setting("headersTimeout", DEFAULT_HEADERS_TIMEOUT))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancelDeadline()
