@@ -66,8 +66,9 @@ CLAIM = (
     + """
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return false end
 redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[3]), ARGV[1])
-local old = redis.call('HGET', KEYS[2], 'owner') or ''
-local epoch = tonumber(redis.call('HGET', KEYS[2], 'epoch') or '0')
+local held = redis.call('HMGET', KEYS[2], 'owner', 'epoch')
+local old = held[1] or ''
+local epoch = tonumber(held[2] or '0')
 if ARGV[4] ~= '0' and old == ARGV[2] and epoch == tonumber(ARGV[4]) then return {0, epoch} end
 epoch = redis.call('HINCRBY', KEYS[2], 'epoch', 1)
 redis.call('HSET', KEYS[2], 'owner', ARGV[2])
@@ -153,8 +154,9 @@ else
   if ARGV[2] == '1' and tonumber(d) > now then return false end
 end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
-local reason = redis.call('HGET', KEYS[3], 'dying') or ARGV[4]
-local owner = redis.call('HGET', KEYS[3], 'owner') or ''
+local held = redis.call('HMGET', KEYS[3], 'dying', 'owner')
+local reason = held[1] or ARGV[4]
+local owner = held[2] or ''
 return {owner, reason, redis.call('SMEMBERS', KEYS[4]), redis.call('HGETALL', KEYS[5])}
 """
 )
