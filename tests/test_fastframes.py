@@ -16,7 +16,7 @@ from twisted.internet import tcp, threads
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from pandapush.transports.fastframes import FastFramesProtocol
+from pandapush.transports.fastframes import FastFramesProtocol, textFrame
 from tests.test_transports import HANDSHAKE, WebSocketCase
 
 _UPGRADE = (
@@ -253,6 +253,42 @@ class SameAsAutobahnTests(SynchronousTestCase):
         server.dataReceived(whole[100:])
         self.assertEqual(server.messages[1], (b"x" * 300, False))
         self.assertEqual(server.data, b"")
+
+
+class TextFrameTests(SynchronousTestCase):
+    def test_sameBytesAsAutobahn(self) -> None:
+        """sendText writes what autobahn's sendMessage writes, at every length form's edges."""
+        for size in (0, 1, 125, 126, 127, 65535, 65536, 70000):
+            payload = bytes(i % 251 for i in range(size))
+            fast, fastTransport = openServer(FastServer)
+            fast.sendText(payload)
+            plain, plainTransport = openServer(FastServer)
+            plain.sendMessage(payload)
+            self.assertEqual(fastTransport.value(), plainTransport.value(), size)
+
+    def test_sameBytesAsPreparedMessage(self) -> None:
+        """A delivery framed by textFrame is what autobahn's prepared message held."""
+        factory = WebSocketServerFactory("ws://localhost")
+        for size in (0, 125, 126, 65535, 65536):
+            payload = b"d" * size
+            self.assertEqual(textFrame(payload), factory.prepareMessage(payload).payloadHybi, size)
+
+    def test_overLimitRefused(self) -> None:
+        """A message over maxMessagePayloadSize is refused as autobahn refuses it."""
+        from autobahn.exception import PayloadExceededError
+
+        server, transport = openServer(FastServer, maxSize=100)
+        server.sendText(b"x" * 100)
+        self.assertRaises(PayloadExceededError, server.sendText, b"x" * 101)
+        self.assertEqual(transport.value(), textFrame(b"x" * 100))
+
+    def test_compressionKeepsAutobahns(self) -> None:
+        """A socket with autobahn options that change framing (fragmenting here) is framed by autobahn."""
+        server, transport = openServer(FastServer)
+        server.autoFragmentSize = 10
+        self.assertFalse(server.plainFrames())
+        server.sendText(b"y" * 25)
+        self.assertEqual(transport.value()[:2], b"\x01\x0a")
 
 
 class DirectRepliesTests(WebSocketCase):

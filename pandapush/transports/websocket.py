@@ -28,13 +28,15 @@ from pandapush.bayeux import json
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.delivery import Delivery
 from pandapush.interfaces import IClientSocket, IRouter
-from pandapush.transports.fastframes import FastFramesProtocol
+from pandapush.transports.fastframes import FastFramesProtocol, textFrame
 from pandapush.transports.http import OriginPolicy
 from pandapush.transports.xormask import createMasker
 
 __all__ = ["BayeuxWebSocketFactory", "BayeuxWebSocketProtocol"]
 
 _FRAME = "websocket"
+# The same frame as bytes, for sockets that frame text themselves (FastFramesProtocol).
+_RAW_FRAME = "websocket-bytes"
 _BAD_REQUEST = b'[{"successful":false,"error":"400::Bad request"}]'
 
 
@@ -205,7 +207,7 @@ class BayeuxWebSocketProtocol(FastFramesProtocol):
 
     def sendReplies(self, replies: Sequence[Any]) -> None:
         if self._sendable():
-            self.sendMessage(json.encodeReplies(list(replies)))
+            self.sendText(json.encodeReplies(list(replies)))
 
     def deliver(self, deliveries: Sequence[Delivery]) -> None:
         if not self._sendable():
@@ -225,6 +227,13 @@ class BayeuxWebSocketProtocol(FastFramesProtocol):
         try:
             if len(deliveries) == 1:
                 delivery = deliveries[0]
+                if self.plainFrames():
+                    # One frame's bytes for every plain socket it goes to.
+                    raw = delivery.frames.get(_RAW_FRAME)
+                    if raw is None:
+                        raw = delivery.frames[_RAW_FRAME] = textFrame(b"[" + delivery.payload + b"]")
+                    self.sendData(raw)
+                    return
                 frame = delivery.frames.get(_FRAME)
                 if frame is None:
                     frame = delivery.frames[_FRAME] = self.factory.prepareMessage(
@@ -232,7 +241,7 @@ class BayeuxWebSocketProtocol(FastFramesProtocol):
                     )
                 self.sendPreparedMessage(frame)
             else:
-                self.sendMessage(b"[" + b",".join(d.payload for d in deliveries) + b"]")
+                self.sendText(b"[" + b",".join(d.payload for d in deliveries) + b"]")
         finally:
             self._delivering = False
 
