@@ -4,9 +4,10 @@ The memory engine holds every client here; the Redis engine holds the clients it
 node owns (the rest of their state lives in Redis). Either way a message reaches
 its local recipients the same way, and queues are capped the same way:
 
-- ``SubscriptionIndex.matching`` (memory: the union over ``expand``'s at most five
-  keys) or ``SubscriptionIndex.subscribers`` (Redis: the one key a copy came for)
-  finds the recipients;
+- ``SubscriptionIndex.matching`` (memory: the channel's own subscribers, or the union
+  over ``expand``'s keys when a wildcard key may match it) or
+  ``SubscriptionIndex.subscribers`` (Redis: the one key a copy came for) finds the
+  recipients;
 - ``LocalClients.enqueue`` appends the one shared :class:`Delivery` to each
   recipient's queue and, the first time in a turn, puts the client on the dirty
   list. A client without a sink whose queue grows past ``maxQueue`` is not coming
@@ -62,19 +63,46 @@ class LocalClient:
 ClientT = TypeVar("ClientT", bound=LocalClient)
 
 
+#: Distinct places of wildcard keys up to which ``matching`` checks a channel against each:
+#: with more, it looks every channel up through ``expand``, as if a ``/**`` were indexed.
+_MAX_WILDCARD_PREFIXES = 8
+
+
+def _wildcardPrefix(key: str) -> str:
+    """
+    What every channel a key ending in ``*`` can match starts with: the key less its
+    last segment, and a slash (``/a/b/`` of ``/a/b/*`` and of ``/a/b/**``); "" (any
+    channel) for ``/*`` and ``/**``, and for a key not starting with a slash.
+    """
+    parent = key[: key.rfind("/")]
+    return parent + "/" if parent.startswith("/") else ""
+
+
 class SubscriptionIndex(Generic[ClientT]):
     """Subscription key (a channel or a pattern) -> the local clients subscribed to it."""
 
-    __slots__ = ("_subscribers",)
+    __slots__ = ("_prefixes", "_subscribers", "_wildcards")
 
     def __init__(self) -> None:
         self._subscribers: dict[str, set[ClientT]] = {}
+        # ``_wildcardPrefix`` of each key ending in "*" -> how many such keys have it,
+        # and those prefixes as ``str.startswith`` takes them (see ``matching``).
+        self._wildcards: dict[str, int] = {}
+        self._prefixes: tuple[str, ...] = ()
 
     def add(self, client: ClientT, key: str) -> bool:
         """Index ``client`` under ``key``; True if no local client had the key before."""
         subscribers = self._subscribers.get(key)
         if subscribers is None:
             self._subscribers[key] = {client}
+            if key.endswith("*"):
+                prefix = _wildcardPrefix(key)
+                wildcards = self._wildcards
+                if prefix in wildcards:
+                    wildcards[prefix] += 1
+                else:
+                    wildcards[prefix] = 1
+                    self._wildcardsChanged()
             return True
         subscribers.add(client)
         return False
@@ -88,7 +116,19 @@ class SubscriptionIndex(Generic[ClientT]):
         if subscribers:
             return False
         del self._subscribers[key]
+        if key.endswith("*"):
+            prefix = _wildcardPrefix(key)
+            wildcards = self._wildcards
+            if wildcards[prefix] > 1:
+                wildcards[prefix] -= 1
+            else:
+                del wildcards[prefix]
+                self._wildcardsChanged()
         return True
+
+    def _wildcardsChanged(self) -> None:
+        wildcards = self._wildcards
+        self._prefixes = tuple(wildcards) if len(wildcards) <= _MAX_WILDCARD_PREFIXES else ("",)
 
     def subscribers(self, key: str) -> set[ClientT] | None:
         """The local clients subscribed to exactly ``key`` (None or a non-empty set)."""
@@ -110,11 +150,28 @@ class SubscriptionIndex(Generic[ClientT]):
     def matching(self, channel: str, exclude: ClientT | None = None) -> Collection[ClientT]:
         """
         The local clients with a subscription matching ``channel``, each once, but
-        ``exclude``: at most five dictionary lookups (``expand``) and a union only
-        when more than one key has subscribers. The set returned may be the index's
-        own: iterate it before changing any subscription.
+        ``exclude``. The set returned may be the index's own: iterate it before
+        changing any subscription.
+
+        Every other key of ``expand(channel)`` ends in ``*`` and has a prefix
+        (``_wildcardPrefix``) the channel starts with: a channel starting with none of
+        the indexed ones (one-to-one private channels; wildcards in other applications
+        or elsewhere in this one) is matched by its own subscribers only, one dictionary
+        lookup instead of seven for a channel of five segments. Measured over 2,000
+        private channels of one subscriber each: 60 ns a call instead of 400 (130 with
+        wildcards elsewhere; ~90 more, the ``startswith``, for a channel under one); in
+        the server (``private-rest``) 1 µs instead of 3-5.
         """
         index = self._subscribers
+        prefixes = self._prefixes
+        if not prefixes or not channel.startswith(prefixes):
+            own = index.get(channel)
+            if not own:
+                return ()
+            if exclude is not None and exclude in own:
+                return own - {exclude}
+            return own
+        # Through every key of ``expand``: a union only when more than one has subscribers.
         recipients: set[ClientT] | None = None
         single: set[ClientT] | None = None
         for key in expand(channel):

@@ -1,9 +1,9 @@
 """The in-memory engine: one process, no shared state, as fast as Python allows.
 
-Hot path for a publish to ``/a/b/c``: five dictionary lookups (``expand``), a union
-of the matching client sets, and for each recipient one list append; the batch
-for each client is handed to its sink once per reactor turn by a single
-``callLater(0)`` shared by all clients. That local part (index, queues and their
+Hot path for a publish to ``/a/b/c``: one dictionary lookup when no wildcard key may
+match it, else five (``expand``) and a union of the matching client sets, and for
+each recipient one list append; the batch for each client is handed to its sink once
+per reactor turn by a single ``callLater(0)`` shared by all clients. That local part (index, queues and their
 cap, the flush, statistics) is :mod:`pandapush.engines.local`, shared with the
 Redis engine; what is this engine's own is presence and expiry.
 """
