@@ -58,6 +58,7 @@ from pandapush.web.site import HealthApp, PandapushRoot, makeSite
 from pandapush.web.webhooks import WebhookAdmin
 from pandapush.webhooks import makeWebhooks
 from pandapush.workers.child import WorkerChild
+from pandapush.workers.collector import tuneOnceListening
 from pandapush.workers.metrics import MachineMetricsResource, machineMetrics
 from pandapush.workers.pool import WorkerPool
 from pandapush.workers.sockets import listenerServices
@@ -541,6 +542,9 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
             onFailure=onFailure or (lambda: None),
             metrics=(lambda: machine.directory) if machine is not None else None,
         )
+    elif config.worker is None and options.ownsProcess:
+        # Serving alone: a worker's collector settings too (pandapush.workers.collector).
+        tuneOnceListening(storageService.listening)
     server = Server(
         configuration=config,
         storage=storage,

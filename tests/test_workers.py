@@ -365,7 +365,7 @@ class WorkerPoolTests(TestCase):
 
 
 class CollectorTests(TestCase):
-    """The garbage collector's settings in a --workers process."""
+    """The garbage collector's settings in a --workers process, or one serving alone."""
 
     def setUp(self) -> None:
         thresholds = gc.get_threshold()
@@ -403,6 +403,23 @@ class CollectorTests(TestCase):
         for f, args in later:
             if f is not worker_child.installWorkerSignals:
                 f(*args)
+        self.assertEqual(tuned, [None])
+
+    def test_aloneTunesOnceListening(self) -> None:
+        """A server serving alone tunes its collector once its ports listen; not if it could not start."""
+        tuned: list[None] = []
+        self.patch(collector, "tuneCollector", lambda: tuned.append(None))
+        listening: defer.Deferred[list[Any]] = defer.Deferred()
+        collector.tuneOnceListening(listening)
+        self.assertEqual(tuned, [])
+        ports = [object()]
+        listening.callback(ports)
+        self.assertEqual(tuned, [None])
+        self.assertIs(self.successResultOf(listening), ports, "the ports are passed on")
+        failed: defer.Deferred[list[Any]] = defer.Deferred()
+        failed.addErrback(lambda _: None)  # as StorageService does for a process that cannot start
+        collector.tuneOnceListening(failed)
+        failed.errback(RuntimeError("cannot listen"))
         self.assertEqual(tuned, [None])
 
 
