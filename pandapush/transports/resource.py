@@ -2,8 +2,9 @@
 
 CometD posts to ``/push/handshake`` and ``/push/connect``; event streams open
 ``/push/<clientId>``; websockets upgrade anywhere under ``/push``: most without a
-twisted.web request (the site's channel hands them to :meth:`BayeuxResource.upgradeProtocol`
-as raw bytes), the others through :meth:`BayeuxResource.render` as before.
+twisted.web request (the site's channel, :class:`~pandapush.web.connections.PandapushChannel`,
+hands them to :meth:`BayeuxResource.upgradeProtocol`, the :class:`IWebSocketUpgrade` it
+looks for, as raw bytes), the others through :meth:`BayeuxResource.render` as before.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.interfaces import IAddress, IProtocol, IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 from pandapush.interfaces import IRouter
 from pandapush.transports.callbackpolling import CallbackPollingTransport
@@ -22,9 +23,8 @@ from pandapush.transports.eventsource import EventSourceTransport
 from pandapush.transports.http import OriginPolicy, header, writeError
 from pandapush.transports.longpolling import LongPollingTransport
 from pandapush.transports.websocket import BayeuxWebSocketFactory
-from pandapush.web.connections import IWebSocketUpgrade
 
-__all__ = ["BayeuxResource"]
+__all__ = ["BayeuxResource", "IWebSocketUpgrade"]
 
 _PREFLIGHT_HEADERS = {
     b"Access-Control-Allow-Credentials": b"true",
@@ -32,6 +32,20 @@ _PREFLIGHT_HEADERS = {
     b"Access-Control-Allow-Methods": b"POST, GET",
     b"Access-Control-Max-Age": b"86400",
 }
+
+
+class IWebSocketUpgrade(Interface):
+    """
+    A leaf resource (``/push``'s) whose websocket upgrades a :class:`PandapushChannel`
+    hands over from the raw request, without a twisted.web ``Request``.
+    """
+
+    def upgradeProtocol(address: IAddress) -> IProtocol | None:
+        """
+        The protocol that is given the connection and the request's raw bytes: it
+        parses and answers the opening handshake (or refuses it) itself. None: no
+        protocol (twisted.web's path takes the request, and answers it as it does).
+        """
 
 
 @implementer(IWebSocketUpgrade)

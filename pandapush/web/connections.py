@@ -34,23 +34,23 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, IReactorTime, ITransport
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime, ITransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import getChildForRequest
-from zope.interface import Interface, directlyProvides, providedBy
+from zope.interface import directlyProvides, providedBy
 
 from pandapush.extensions.limits import DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
+from pandapush.transports.resource import IWebSocketUpgrade
 
 __all__ = [
     "DEFAULT_BODY_TIMEOUT",
     "DEFAULT_HEADERS_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS_PER_ADDRESS",
     "AddressLimit",
-    "IWebSocketUpgrade",
     "PandapushChannel",
 ]
 
@@ -62,20 +62,6 @@ DEFAULT_HEADERS_TIMEOUT = 10.0
 DEFAULT_BODY_TIMEOUT = 30.0
 
 _TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-
-
-class IWebSocketUpgrade(Interface):
-    """
-    A leaf resource (``/push``'s) whose websocket upgrades a :class:`PandapushChannel`
-    hands over from the raw request, without a twisted.web ``Request``.
-    """
-
-    def upgradeProtocol(address: IAddress) -> IProtocol | None:
-        """
-        The protocol that is given the connection and the request's raw bytes: it
-        parses and answers the opening handshake (or refuses it) itself. None: no
-        protocol (twisted.web's path takes the request, and answers it as it does).
-        """
 
 
 #: The first bytes of every request the channel may hand over.
