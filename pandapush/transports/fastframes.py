@@ -27,11 +27,9 @@ kernel does not take go through Twisted's ``write`` as before.
 
 from __future__ import annotations
 
-from typing import Any
-
 from autobahn.twisted.websocket import WebSocketServerProtocol
-from twisted.internet import tcp
 
+from pandapush.transports.http import sendNow
 from pandapush.transports.xormask import unmask
 
 __all__ = ["FastFramesProtocol", "textFrame"]
@@ -258,26 +256,10 @@ class FastFramesProtocol(WebSocketServerProtocol):
             self._transmit(data, direct)
 
     def _transmit(self, data: bytes, direct: bool) -> None:
-        transport: Any = self.transport
-        if (
-            direct
-            and type(transport) is tcp.Server
-            and transport.connected
-            and not transport.disconnecting
-            and not transport._writeDisconnected
-            and not transport._tempDataBuffer
-            and len(transport.dataBuffer) == transport.offset
-        ):
-            try:
-                sent = transport.socket.send(data)
-            except OSError:
-                # EAGAIN, or the connection is broken: Twisted's own write finds
-                # out on its next try and ends the connection as usual.
-                sent = 0
-            if sent < len(data):
-                transport.write(data[sent:] if sent else data)
-        elif transport is not None:
-            transport.write(data)
+        if direct:
+            sendNow(self.transport, data)
+        elif self.transport is not None:
+            self.transport.write(data)
 
     def _closeConnection(self, abort: bool = False) -> None:
         # What this read collected (a close frame last) goes out before the FIN. An
