@@ -15,18 +15,15 @@ from typing import Any
 import treq
 import twisted.test
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import defer, reactor, ssl
+from twisted.internet import reactor, ssl
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import (
     SSL4ClientEndpoint,
     SSL4ServerEndpoint,
-    TCP4ClientEndpoint,
     connectProtocol,
 )
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 
@@ -35,6 +32,7 @@ from pandapush.web.site import PandapushSite
 from tests.support.bayeux import WSClient
 from tests.support.inprocess import InProcessServer
 from tests.support.process import PandapushProcess
+from tests.support.rawclient import RawClient, connectRaw
 from tests.support.waiting import eventually, sleep
 
 #: A POST of a JSON body to /push: ``POST % (len(body), body)``.
@@ -66,40 +64,9 @@ HANDSHAKE_FRAME = frame(
 HANDSHAKE_ANSWERED = b'"successful":true'
 
 
-class RawClient(Protocol):
-    """A TCP client that writes what it is told and keeps what it receives."""
-
-    def __init__(self) -> None:
-        self.received = b""
-        self.closed: defer.Deferred[None] = defer.Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        if not self.closed.called:
-            self.closed.callback(None)
-
-    @property
-    def gone(self) -> bool:
-        return self.closed.called
-
-    def send(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
-
-    def close(self) -> None:
-        if self.transport is not None and not self.gone:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
-
-
-async def connect(port: int, source: str = "127.0.0.1") -> RawClient:
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5, bindAddress=(source, 0))
-    return await connectProtocol(endpoint, RawClient())
-
-
 async def get(port: int, path: str, source: str = "127.0.0.1", timeout: float = 5.0) -> bytes:
     """One ``GET`` over a raw socket from ``source``: the answer, or b"" if none came."""
-    client = await connect(port, source)
+    client = await connectRaw(port, source)
     client.send(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
     await eventually(lambda: client.gone, timeout=timeout)
     client.close()
@@ -138,7 +105,7 @@ class ConnectionCase(TestCase):
         return client
 
     async def connect(self, source: str = "127.0.0.1") -> RawClient:
-        client = await connect(self.port, source)
+        client = await connectRaw(self.port, source)
         self.raw.append(client)
         return client
 
@@ -554,7 +521,7 @@ class FileDescriptorTests(TestCase):
 
         self.addCleanup(closeAll)
         for _ in range(1100):
-            client = await connect(server.port)
+            client = await connectRaw(server.port)
             client.send(b"GET /health_check.json HTTP/1.1\r\n")
             attackers.append(client)
         await eventually(lambda: sum(not c.gone for c in attackers) <= 256, timeout=10)

@@ -17,9 +17,7 @@ import time
 from typing import Any
 
 from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -28,6 +26,7 @@ from pandapush.transports.http import requestLost, sendNow
 from pandapush.web.site import LimitedRequest, PandapushRoot, makeSite
 from tests.support.inprocess import InProcessServer
 from tests.support.ports import listenLocally, portNumber
+from tests.support.rawclient import RawClient, connectRaw
 from tests.support.waiting import eventually
 
 HANDSHAKE = json.dumps(
@@ -43,19 +42,6 @@ def post(path: bytes, body: bytes, version: bytes = b"HTTP/1.1", extra: bytes = 
         extra,
         body,
     )
-
-
-class RawClient(Protocol):
-    def __init__(self) -> None:
-        self.received = b""
-        self.closed: defer.Deferred[None] = defer.Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        if not self.closed.called:
-            self.closed.callback(None)
 
 
 def answers(data: bytes) -> list[tuple[bytes, dict[bytes, bytes], bytes]]:
@@ -87,7 +73,7 @@ class AnswerTests(TestCase):
         self.port = portNumber(self.server.port)
 
     async def connect(self) -> RawClient:
-        client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), RawClient())
+        client = await connectRaw(self.port)
         self.addCleanup(lambda: client.transport.abortConnection())  # type: ignore[union-attr]
         return client
 
@@ -196,7 +182,7 @@ class SiteTests(TestCase):
         return portNumber(port)
 
     async def connect(self, port: int) -> RawClient:
-        client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), RawClient())
+        client = await connectRaw(port)
         self.addCleanup(lambda: client.transport.abortConnection())  # type: ignore[union-attr]
         return client
 
