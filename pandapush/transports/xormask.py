@@ -42,17 +42,21 @@ class SmallFrameMasker:
         shift = self._pointer & 3
         mask = self._mask[shift:] + self._mask[:shift] if shift else self._mask
         self._pointer += size
-        key = (mask * ((size >> 2) + 1))[:size]
-        return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(size, "little")
+        return _xor(data, mask)
+
+
+def _xor(data: bytes, mask: bytes) -> bytes:
+    """``data`` XOR ``mask`` repeated: one integer operation instead of a loop over bytes."""
+    size = len(data)
+    key = (mask * ((size >> 2) + 1))[:size]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(size, "little")
 
 
 def unmask(data: bytes, mask: bytes) -> bytes:
     """A whole frame's payload ``data`` unmasked with its 4-byte ``mask``."""
-    size = len(data)
-    if size < SMALL_FRAME:
-        key = (mask * ((size >> 2) + 1))[:size]
-        return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(size, "little")
-    return create_xor_masker(mask, size).process(data)  # type: ignore[no-any-return]
+    if len(data) < SMALL_FRAME:
+        return _xor(data, mask)
+    return create_xor_masker(mask, len(data)).process(data)  # type: ignore[no-any-return]
 
 
 def createMasker(mask: bytes, length: int | None = None) -> Any:
