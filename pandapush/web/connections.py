@@ -23,7 +23,9 @@ writing it out again for autobahn to parse, were a quarter of the server's CPU i
 reconnect storm (bench/README.md, issue 17). Only a request that twisted.web would
 take as it is and hand to the same resource goes that way; anything else (a head in
 several reads, a body, an oversized or malformed head, another path) goes through
-twisted.web as before, and the deadlines and limits above hold either way.
+twisted.web as before, and the deadlines and limits above hold either way. A REST
+publish or a long-poll whose whole request is in the read is served from it the same
+way, by the site's ``serveSimple`` (:mod:`pandapush.web.lean`).
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ _TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Leng
 
 #: The first bytes of every request the channel may hand over.
 _UPGRADE_START = b"GET /push"
+#: The first bytes of every request the site's ``serveSimple`` may serve.
+_SIMPLE_START = b"POST /"
 #: A request head (without its final empty line) that twisted.web would take as it is
 #: and route to ``/push``'s resource: ``GET`` of ``/push``, a path under it or a query
 #: (the request-target bytes twisted.web allows), HTTP/1.1, then header lines of a
@@ -188,6 +192,14 @@ class PandapushChannel(HTTPChannel):
         if not self._handlingRequest:
             if data.startswith(_UPGRADE_START) and self._upgraded(data):
                 return
+            if data.startswith(_SIMPLE_START):
+                # A REST publish or a long-poll served from this read (pandapush.web.lean).
+                serveSimple = self._setting("serveSimple", None)
+                if serveSimple is not None:
+                    rest = serveSimple(self, data)
+                    if rest is None:
+                        return
+                    data = rest
             if self._deadline is None and b"\r\n\r\n" not in data:
                 # The first bytes of the next request on a kept-alive connection, and
                 # not all of its head: this read ends any head it has begun.

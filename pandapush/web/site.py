@@ -292,6 +292,12 @@ class PandapushSite(Site):
         self.addressLimit = addressLimit
         #: Told the name of each limit that refuses a connection or request (metrics).
         self.onRefused = onRefused
+        # Imported here: lean's requests are this module's.
+        from pandapush.web.lean import serve
+
+        #: Serves the simple requests of a channel's read (REST publishes, long-polls)
+        #: without twisted.web's parsing; None: twisted.web parses every request.
+        self.serveSimple: Callable[[Any, bytes], bytes | None] | None = serve
 
     def buildProtocol(self, addr: Any) -> Any:
         limit = self.addressLimit

@@ -1,0 +1,244 @@
+"""Simple requests of the hot paths, parsed from the bytes of one read and served at once.
+
+A REST publish (``POST /channel/...``) and each long-polling request (``POST /push``)
+are one small request whose head and body arrive in one read. twisted.web reads such a
+request a line at a time (``LineReceiver``, ``headerReceived``, a name canonicalised per
+header), then ``allHeadersReceived`` (cookies, persistence, ``Expect``), an identity
+transfer decoder for the body, ``allContentReceived`` and ``requestDone`` (the idle
+timer cancelled and made again, reading resumed, line mode set back): with building the
+``Request`` and finishing it, ~45 % of a REST request in py-spy (bench/README.md,
+PERF-TODO 2). Here one regular expression takes the head, the body is sliced from the
+same bytes, and a :class:`LeanRequest` is handed to the site's resources as twisted.web
+would hand its own: same routing, same resources, same answers, same logging, only less
+of the channel's bookkeeping around them.
+
+The same way :mod:`pandapush.transports.fastframes` reads websocket frames: this path
+takes only what it can take whole and as twisted.web would take it. A request that is
+not ``POST`` of ``/push`` or ``/channel/`` over HTTP/1.1, whose head or body is not
+all in the read, whose head is over the channel's size or header-count limits or is not
+plain (obsolete line folding, a header name that is not a token, a value with NUL),
+that has ``Transfer-Encoding``, ``Expect``, ``Upgrade`` or more than one
+``Content-Length``, or a body over ``--max-body-size``, and everything after it in the
+read, goes to twisted.web as it came, in order: its 400s, 413s, 100-continues and
+deadlines are its own. Requests pipelined behind a simple one are served in turn; behind
+one answered later (a held ``/meta/connect``) they wait in the channel's buffer, where
+twisted.web keeps them, and its ``requestDone`` plays them back.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from typing import Any
+
+from twisted.web.http import HTTPChannel, parse_qs
+from twisted.web.http_headers import Headers, _nameEncoder
+
+from pandapush.web.site import LimitedRequest
+
+__all__ = ["LeanRequest", "serve"]
+
+#: A head (request line, header lines, the empty line) this path takes, at its start.
+_HEAD = re.compile(
+    rb"POST (/push(?:[/?][\x21-\xb0]*)?|/channel/[\x21-\xb0]*) HTTP/1\.1\r\n"
+    rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00\r\n]*\r\n)*)\r\n"
+)
+#: One header line of a head ``_HEAD`` took; the value without the blanks around it, as
+#: twisted.web strips them.
+_HEADER = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\x00\r\n]*?)[ \t]*\r\n")
+#: Headers (canonical names) that make twisted.web do more than route the request.
+_REFUSED = frozenset({b"Transfer-Encoding", b"Expect", b"Upgrade"})
+#: A request begins so, or this path does not look further.
+START = b"POST /"
+
+
+class LeanRequest(LimitedRequest):
+    """
+    A :class:`~pandapush.web.site.LimitedRequest` made from a head and a body already
+    parsed: ``Request.__init__``, ``gotLength`` and ``requestReceived`` in one, without
+    what they redo for every request of a connection (the peer's address object, a body
+    buffer written piece by piece). Everything else is the site's request as it is:
+    ``process``, the one-piece answer, ``finish``, ``processingFailed``, chunked
+    answers. Only its ``_cleanup`` differs: while :func:`serve` is still serving it, the
+    channel's ``requestDone`` (timers, reading, line mode) is :func:`serve`'s to do.
+    """
+
+    #: Whether :func:`serve` is still in the call that serves it.
+    _serving = True
+
+    def __init__(
+        self, channel: Any, method: bytes, uri: bytes, headers: Headers, body: bytes, peer: Any
+    ) -> None:
+        # What twisted.web's Request.__init__, server.Request.__init__ (Componentized),
+        # gotLength and requestReceived leave on a request.
+        self.notifications = []
+        self.channel = channel
+        self.client = peer
+        self.host = channel.getHost()
+        self.requestHeaders = headers
+        self.received_cookies = {}
+        self.responseHeaders = Headers()
+        self.cookies = []
+        self.transport = channel.transport
+        self.queued = False
+        self._parsePOSTFormSubmission = False
+        self._adapterCache = {}
+        self.started = time.monotonic()
+        self.content = io.BytesIO(body)
+        self.method = method
+        self.uri = uri
+        self.clientproto = b"HTTP/1.1"
+        path, query, argstring = uri.partition(b"?")
+        self.path = path
+        self.args = parse_qs(argstring, 1) if query else {}
+
+    def _cleanup(self) -> None:
+        # twisted.web's Request._cleanup, but the channel's requestDone only for an
+        # answer that came after serve() returned.
+        if self.producer:
+            self.unregisterProducer()
+        channel = self.channel
+        if self._serving:
+            channel.requests.remove(self)
+        else:
+            channel.requestDone(self)
+        del self.channel
+        if self.content is not None:
+            self.content.close()
+            del self.content
+        notifications, self.notifications = self.notifications, []
+        for d in notifications:
+            d.callback(None)
+
+
+def _idle(channel: Any) -> bool:
+    """Whether ``channel`` waits for the first byte of a request, nothing of one buffered or under way."""
+    return (
+        not channel._handlingRequest
+        and not channel.requests
+        and channel.persistent
+        and channel.line_mode
+        and not channel._busyReceiving
+        and not channel._buffer
+        and not channel._dataBuffer
+        and not channel._receivedHeaderSize
+        and getattr(channel, "_HTTPChannel__first_line", 1) == 1
+        and channel.transport is not None
+    )
+
+
+def _peer(channel: Any) -> Any:
+    # Twisted asks the transport for every request, a new address object each time.
+    peer = channel.__dict__.get("_leanPeer")
+    if peer is None:
+        peer = channel._leanPeer = channel.getPeer()
+    return peer
+
+
+def _parse(channel: Any, data: bytes, start: int) -> tuple[LeanRequest, int] | None:
+    """The request at ``start`` of ``data`` and where it ends, or None if twisted.web must take it."""
+    end = data.find(b"\r\n\r\n", start)
+    if end < 0 or end + 4 - start > channel.totalHeadersSize:
+        return None
+    head = _HEAD.fullmatch(data, start, end + 4)
+    if head is None:
+        return None
+    headers = Headers()
+    raw = headers._rawHeaders
+    length = 0
+    count = 0
+    for name, value in _HEADER.findall(head.group(2)):
+        name = _nameEncoder.encode(name)
+        if name in _REFUSED:
+            return None
+        if name == b"Content-Length":
+            if b"Content-Length" in raw or not value.isdigit():
+                return None
+            length = int(value)
+        values = raw.get(name)
+        if values is None:
+            raw[name] = [value]
+        else:
+            values.append(value)
+        count += 1
+    if count > channel.maxHeaders:
+        return None
+    site = getattr(channel, "site", None)
+    limit = getattr(site, "maxBodySize", None)
+    if limit is not None and length > limit:
+        return None
+    bodyEnd = end + 4 + length
+    if bodyEnd > len(data):
+        return None
+    body = data[end + 4 : bodyEnd]
+    return LeanRequest(channel, b"POST", head.group(1), headers, body, _peer(channel)), bodyEnd
+
+
+def serve(channel: HTTPChannel, data: bytes) -> bytes | None:
+    """
+    Serve the simple requests at the start of ``data``, a read of idle ``channel``.
+    What is left for twisted.web (``data`` itself if nothing was served), or None if
+    nothing is: all served, the rest kept for after an answer that comes later, or the
+    connection closing.
+    """
+    ch: Any = channel
+    start = 0
+    while data.startswith(START, start) and _idle(ch):
+        parsed = _parse(ch, data, start)
+        if parsed is None:
+            break
+        request, start = parsed
+        _answer(ch, request)
+        if ch._handlingRequest:
+            # Answered later: what follows waits where twisted.web keeps the bytes that
+            # arrive meanwhile (requestDone plays them back), reading paused past as much.
+            rest = data[start:]
+            if rest:
+                ch._dataBuffer.append(rest)
+                if len(rest) > ch._optimisticEagerReadSize and not ch._waitingForTransport:
+                    ch._networkProducer.pauseProducing()
+            return None
+        if not ch.persistent:
+            return None
+    if start == 0:
+        return data
+    return data[start:] or None
+
+
+def _answer(channel: Any, request: LeanRequest) -> None:
+    """Serve ``request`` as twisted.web's allHeadersReceived, allContentReceived and requestDone do."""
+    # The deadline for this request's head (PandapushChannel), if one runs: it is complete.
+    cancelDeadline = getattr(channel, "_cancelDeadline", None)
+    if cancelDeadline is not None:
+        cancelDeadline()
+    headers = request.requestHeaders
+    if headers.hasHeader(b"cookie"):
+        request.parseCookies()
+    connection = headers.getRawHeaders(b"connection")
+    if connection and b"close" in [t.lower() for t in connection[0].split(b" ")]:
+        # HTTPChannel.checkPersistence's test, and its header (before the site's).
+        request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+        channel.persistent = False
+    channel.requests.append(request)
+    channel._handlingRequest = True
+    request.process()
+    if request.finished:
+        # Answered now: the channel is as twisted.web's requestDone leaves it, without
+        # its work for a request that waited (reading was not paused for this one), and
+        # the idle timer runs from now, as it would be made again.
+        channel._handlingRequest = False
+        if not channel.persistent:
+            channel.loseConnection()
+        elif channel.timeOut:
+            if getattr(channel, "_TimeoutMixin__timeoutCall", None) is not None:
+                channel.resetTimeout()
+            else:
+                channel.setTimeout(channel.timeOut)
+        return
+    # Answered later (a held connect, a step that waits on storage or Redis): the
+    # channel as twisted.web's allContentReceived leaves it, for its requestDone.
+    request._serving = False
+    if channel.timeOut:
+        channel._savedTimeOut = channel.setTimeout(None)
+    channel.setRawMode()

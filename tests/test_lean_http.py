@@ -1,0 +1,283 @@
+"""
+The lean HTTP path (:mod:`pandapush.web.lean`) against twisted.web's: the same byte streams
+through one real server's site, once with simple requests served from the channel's read
+and once with ``serveSimple`` off (every request parsed by twisted.web), split at every
+byte, pipelined, valid, invalid and hostile; the answers (status lines, headers, bodies),
+and whether the connection was closed, must be the same, byte for byte but for the
+``Date`` and the server-made clientIds.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from typing import Any
+
+import jwt
+from twisted.internet import reactor, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+
+from pandapush.web import lean
+from tests.support.inprocess import APP, KEY, SECRET, InProcessServer
+
+PUSH = b"/push"
+REST = f"/channel/{APP}/private/lean".encode()
+BASIC = b"Basic " + base64.b64encode(f"{KEY}:{SECRET}".encode())
+
+_DATE = re.compile(rb"\r\nDate: [^\r]*\r\n")
+_CLIENT = re.compile(rb'"clientId":"[^"]*"')
+#: A channel's position in its history: one more for each run that published to it.
+_OFFSET = re.compile(rb'"offset":\d+')
+
+
+def post(path: bytes, body: bytes, *headers: bytes, contentType: bytes = b"application/json") -> bytes:
+    head = [b"POST " + path + b" HTTP/1.1", b"Host: 127.0.0.1"]
+    if contentType:
+        head.append(b"Content-Type: " + contentType)
+    head.append(b"Content-Length: %d" % len(body))
+    head.extend(headers)
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+def bayeux(*messages: dict[str, Any]) -> bytes:
+    return json.dumps(list(messages)).encode()
+
+
+def token(claims: dict[str, Any], secret: str = SECRET) -> bytes:
+    payload = {"keyId": KEY, "exp": int(time.time()) + 3600, **claims}
+    return jwt.encode(payload, secret, algorithm="HS256").encode()
+
+
+def normal(answer: bytes) -> bytes:
+    answer = _DATE.sub(b"\r\nDate: -\r\n", answer)
+    return _OFFSET.sub(b'"offset":-', _CLIENT.sub(b'"clientId":"-"', answer))
+
+
+class _Connection:
+    """One channel of the site on a StringTransport, fed the reads it is given."""
+
+    port = 40000
+
+    def __init__(self, site: Any) -> None:
+        _Connection.port += 1
+        peer = IPv4Address("TCP", "127.0.0.1", _Connection.port)
+        self.protocol = site.buildProtocol(peer)
+        self.transport = StringTransport(peerAddress=peer)
+        self.protocol.makeConnection(self.transport)
+
+    def feed(self, *reads: bytes) -> None:
+        for data in reads:
+            if not self.transport.disconnecting:
+                self.protocol.dataReceived(data)
+
+    def close(self) -> tuple[bytes, bool]:
+        closed = bool(self.transport.disconnecting)
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        return normal(self.transport.value()), closed
+
+
+class LeanDifferentialTests(TestCase):
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.server = await InProcessServer.started(
+            self, "--timeout", "1", "--max-body-size", "2048", "--max-publish-rate", "0"
+        )
+        self.site = self.server.service.site
+        self.served = 0
+        answer = lean._answer
+
+        def counted(channel: Any, request: Any) -> None:
+            self.served += 1
+            answer(channel, request)
+
+        self.patch(lean, "_answer", counted)
+
+    def clientId(self) -> bytes:
+        connection = _Connection(self.site)
+        connection.feed(
+            post(
+                PUSH,
+                bayeux(
+                    {
+                        "channel": "/meta/handshake",
+                        "version": "1.0",
+                        "supportedConnectionTypes": ["long-polling"],
+                    }
+                ),
+            )
+        )
+        answer = connection.transport.value()
+        connection.close()
+        return json.loads(answer.split(b"\r\n\r\n", 1)[1])[0]["clientId"].encode()
+
+    def exchange(self, leanPath: bool, reads: list[bytes]) -> tuple[bytes, bool]:
+        self.site.serveSimple = lean.serve if leanPath else None
+        connection = _Connection(self.site)
+        connection.feed(*reads)
+        return connection.close()
+
+    def assertSame(self, stream: bytes, splits: bool = True) -> int:
+        """``stream`` in one read, then split in two at every byte, answered alike on both paths."""
+        cuts = range(len(stream) + 1) if splits else [len(stream)]
+        servedBefore = self.served
+        for cut in cuts:
+            reads = [stream[:cut], stream[cut:]]
+            twisted = self.exchange(False, reads)
+            leaner = self.exchange(True, reads)
+            self.assertEqual(leaner, twisted, f"split at {cut}")
+        self.assertTrue(twisted[0].startswith(b"HTTP/1.1 ") or not twisted[0], twisted)
+        return self.served - servedBefore
+
+    def test_restPublishes(self) -> None:
+        """Valid, refused and malformed REST publishes: the same answers, split anywhere."""
+        valid = post(REST, b'{"text":"hi"}', b"Authorization: " + BASIC)
+        self.assertGreater(self.assertSame(valid), 0)
+        for stream in [
+            post(REST, b'{"text":', b"Authorization: " + BASIC),
+            post(REST, b"{text:'x'}", b"Authorization: " + BASIC),
+            post(
+                REST, b"a=1&b=2", b"Authorization: " + BASIC, contentType=b"application/x-www-form-urlencoded"
+            ),
+            post(REST, b"", b"Authorization: " + BASIC),
+            post(REST, b'{"a":1}'),
+            post(REST, b'{"a":1}', b"Authorization: Basic bm90OmF1dGg="),
+            post(
+                REST,
+                b'{"a":1}',
+                b"Authorization: Bearer " + token({"channel": f"/{APP}/private/lean", "pub": True}),
+            ),
+            post(
+                REST,
+                b'{"a":1}',
+                b"Authorization: Token " + token({"channel": f"/{APP}/private/lean", "pub": True}, "x"),
+            ),
+            post(REST + b"?token=" + token({"channel": f"/{APP}/private/lean", "pub": True}), b'{"a":1}'),
+            post(REST, b'{"a":1}', b"Authorization: Bearer garbage"),
+            post(f"/channel/{APP}/nope/x".encode(), b"{}", b"Authorization: " + BASIC),
+            post(f"/channel/{APP}/private/".encode(), b"{}", b"Authorization: " + BASIC),
+            post(REST, b'{"a":1}', b"Authorization: " + BASIC, b"Idempotency-Key: " + b"x" * 300),
+            post(REST, b'{"a":1}', b"Authorization: " + BASIC, b"Origin: http://elsewhere", b"Cookie: a=b"),
+            post(REST, b'{"a":1}', b"Authorization: " + BASIC, b"Connection: close"),
+            post(REST, b'{"a":1}', b"Authorization: " + BASIC, b"X-Forwarded-For: 10.1.2.3"),
+            post(REST, json.dumps({"big": "x" * 3000}).encode(), b"Authorization: " + BASIC),
+            post(b"/channel/%ff/private/x", b"{}", b"Authorization: " + BASIC),
+        ]:
+            self.assertSame(stream, splits=len(stream) < 400)
+
+    def test_longPolling(self) -> None:
+        """Long-polling requests (JSON, forms, malformed, with and without a client): the same answers."""
+        cid = self.clientId().decode()
+        for stream in [
+            post(
+                PUSH,
+                bayeux(
+                    {
+                        "channel": "/meta/handshake",
+                        "version": "1.0",
+                        "supportedConnectionTypes": ["long-polling"],
+                    }
+                ),
+            ),
+            post(PUSH, b"[{"),
+            post(
+                PUSH,
+                b"message="
+                + bayeux({"channel": "/meta/subscribe", "clientId": cid, "subscription": f"/{APP}/public/a"}),
+                contentType=b"text/plain",
+            ),
+            post(
+                PUSH,
+                bayeux({"channel": "/meta/subscribe", "clientId": "nobody", "subscription": "/x"}),
+                b"Origin: http://o",
+            ),
+            post(PUSH, bayeux({"channel": f"/{APP}/public/a", "clientId": cid, "data": {"x": 1}})),
+            post(
+                PUSH + b"/connect",
+                bayeux({"channel": "/meta/connect", "clientId": "nobody", "connectionType": "long-polling"}),
+            ),
+            post(PUSH, b"", contentType=b""),
+        ]:
+            self.assertSame(stream)
+
+    def test_pipelinedAndHostile(self) -> None:
+        """Pipelined requests, and heads the lean path leaves to twisted.web, answered alike and in order."""
+        valid = post(REST, b'{"text":"hi"}', b"Authorization: " + BASIC)
+        streams = [
+            valid * 3,
+            valid + b"\r\n" + valid,
+            valid + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" + valid,
+            valid + post(REST, b"x" * 5000, b"Authorization: " + BASIC) + valid,
+            valid + b"POST /push HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n",
+            valid + b"POST /push HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+            valid + b"POST /push HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            valid + b"POST /push HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n[]\r\n0\r\n\r\n",
+            valid + b"POST /push HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n[]",
+            valid + b"POST /push HTTP/1.1\r\nX: a\r\n b\r\nContent-Length: 2\r\n\r\n[]",
+            valid + b"POST /push HTTP/1.1\r\nBad Name: a\r\nContent-Length: 2\r\n\r\n[]",
+            valid + b"POST /push HTTP/1.0\r\nContent-Length: 2\r\n\r\n[]",
+            valid + b"POST /push HTTP/1.1\r\n" + b"X-Many: 1\r\n" * 600 + b"\r\n",
+            valid + b"POST /push HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n",
+            post(REST, b"{}", b"Authorization: " + BASIC, b"Connection: close") + valid,
+        ]
+        for stream in streams:
+            self.assertSame(stream, splits=len(stream) < 700)
+
+    async def test_heldConnect(self) -> None:
+        """
+        A held ``/meta/connect`` is answered when a message comes, with the requests
+        pipelined behind it answered after it, in order, on both paths.
+        """
+        results = []
+        for leanPath in (False, True):
+            cid = self.clientId()
+            subscribe = bayeux(
+                {
+                    "channel": "/meta/subscribe",
+                    "clientId": cid.decode(),
+                    "subscription": f"/{APP}/public/held",
+                }
+            )
+            connect = bayeux(
+                {"channel": "/meta/connect", "clientId": cid.decode(), "connectionType": "long-polling"}
+            )
+            self.site.serveSimple = lean.serve if leanPath else None
+            connection = _Connection(self.site)
+            connection.feed(post(PUSH, subscribe), post(PUSH, connect))  # the first connect: at once
+            connection.feed(post(PUSH, connect) + post(PUSH, subscribe))  # held, and one behind it
+            await task.deferLater(reactor, 0.05, lambda: None)
+            before = connection.transport.value().count(b"HTTP/1.1 200")
+            publisher = _Connection(self.site)
+            publisher.feed(
+                post(f"/channel/{APP}/public/held".encode(), b'{"n":1}', b"Authorization: " + BASIC)
+            )
+            publisher.close()
+            await task.deferLater(reactor, 0.05, lambda: None)
+            results.append((before, connection.close()))
+        self.assertEqual(results[0][0], 2)
+        self.assertIn(b'"data":{"n":1}', results[0][1][0])
+        self.assertEqual(results[0][1][0].count(b"HTTP/1.1 200"), 4)
+        self.assertEqual(results[1], results[0])
+
+    async def test_heldConnectLost(self) -> None:
+        """A held connect whose connection closes is noticed: the client is not left attached to it."""
+        cid = self.clientId()
+        connect = bayeux(
+            {"channel": "/meta/connect", "clientId": cid.decode(), "connectionType": "long-polling"}
+        )
+        connection = _Connection(self.site)
+        connection.feed(post(PUSH, connect))
+        served = self.served
+        connection.feed(post(PUSH, connect))
+        self.assertEqual(self.served, served + 1)
+        channel = getattr(connection.protocol, "wrappedProtocol", connection.protocol)
+        (request,) = channel.requests
+        self.assertIsInstance(request, lean.LeanRequest)
+        lost = request.notifyLost()
+        self.assertFalse(lost.called)
+        connection.close()
+        self.assertTrue(lost.called)
