@@ -504,6 +504,12 @@ class RedisSubscriber:
                     d.callback(None)
 
         def failed(_: Any) -> None:
+            if self._endpoint.closed:
+                # Closed while the SUBSCRIBE was on its way: there is no next connection.
+                for d in waiting:
+                    if not d.called:
+                        d.errback(RedisUnavailable("subscriber closed"))
+                return
             # The connection went away: wait for the next one.
             self._waiting.setdefault(channel, []).extend(waiting)
 
