@@ -12,6 +12,7 @@ measured by ``bench/faults.py`` (``sentinel-failover``), not asserted here beyon
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import Any
 
@@ -104,7 +105,7 @@ class SentinelFailoverTests(ClusterCase):
         await running
 
         # Publishes that waited for the new primary are sent once every node's SUBSCRIBE
-        # connection is back (COMMAND_SETTLE): refused or delivered, never acknowledged and lost.
+        # connection is back (the failover gate): refused or delivered, never acknowledged and lost.
         acknowledged = {n for n, _, code in published if code == 200}
         answered = {n: when for n, when, _ in published}
 
@@ -142,3 +143,86 @@ class SentinelFailoverTests(ClusterCase):
         for node in (a, b):
             self.assertTrue(node.running)
             self.assertIn("connected to its primary", node.log())
+
+    async def test_stalledNodeMissesNothing(self) -> None:
+        """
+        A node that finds the new primary late (stopped through the whole failover
+        and 1.5 s past it) still gets everything the other node acknowledged: the
+        other node's publishes wait until the late node's SUBSCRIBE connection is
+        back on the new primary. With the fixed 0.5 s settle this replaced, the
+        publishes of that second were acknowledged and lost for the late node.
+        """
+        deployment = SentinelDeployment()
+        self.addCleanup(deployment.stop)
+        await deployment.start()
+        env = deployment.env
+        a, b = await self.startNodes(
+            2,
+            redisArgs=(
+                "--redis-sentinels",
+                env["REDIS_SENTINELS"],
+                "--redis-sentinel-masters",
+                env["REDIS_SENTINEL_MASTERS"],
+            ),
+            extra=("--client-expiry", "5"),
+        )
+        # Never leave a stopped process behind, whatever fails.
+        self.addCleanup(lambda: a.sendSignal(signal.SIGCONT) if a.running else None)
+        live = channel("live")
+        ws = await self.ws(a.url, name="ws")
+        ws.urls = [a.url]
+        self.assertTrue((await ws.subscribe(live))["successful"])
+
+        published: list[tuple[int, float, int]] = []  # (n, when answered, status)
+        publishing = True
+
+        async def publisher() -> None:
+            n = 0
+            while publishing:
+                n += 1
+                try:
+                    code, _ = await self.restPublish(b, "live", {"n": n})
+                except Exception:
+                    code = 0
+                published.append((n, time.monotonic(), code))
+                await sleep(0.05)
+
+        running = defer.ensureDeferred(publisher())
+        self.assertTrue(await eventually(lambda: bool(dataOn(ws, live)), timeout=10), a.log() + b.log())
+        primary = await deployment.primary()
+        await sleep(0.5)
+        a.sendSignal(signal.SIGSTOP)
+        await primary.stop("KILL")
+        killedAt = time.monotonic()
+
+        while (await deployment.primary()).port == primary.port:
+            self.assertLess(time.monotonic() - killedAt, 30, "no failover")
+            await sleep(0.05)
+        promotedAt = time.monotonic()
+        await sleep(1.5)
+        a.sendSignal(signal.SIGCONT)
+        resumedAt = time.monotonic()
+
+        def acknowledgedSince(when: float) -> list[int]:
+            return [n for n, at, code in published if at > when and code == 200]
+
+        self.assertTrue(
+            await eventually(lambda: len(acknowledgedSince(resumedAt)) >= 10, timeout=30), a.log() + b.log()
+        )
+        publishing = False
+        await running
+
+        acknowledged = {n for n, _, code in published if code == 200}
+
+        def received() -> set[int]:
+            return {d["n"] for d in dataOn(ws, live) if "n" in d}
+
+        await eventually(lambda: acknowledged <= received(), timeout=10)
+        answered = {n: round(at - promotedAt, 3) for n, at, _ in published}
+        missed = [(n, answered[n]) for n in sorted(acknowledged - received())]
+        self.assertEqual(missed, [], f"missed (n, answered after the promotion)\n{a.log()}\n{b.log()}")
+        # B held its publishes for A, and said so: nothing was acknowledged while A was stopped.
+        whileStopped = [n for n, at, code in published if killedAt + 0.2 < at < resumedAt and code == 200]
+        self.assertEqual(whileStopped, [], b.log())
+        self.assertIn("listens on the new primary", b.log())
+        self.assertNotIn("do not listen on the new primary", b.log())

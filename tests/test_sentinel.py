@@ -13,14 +13,16 @@ import argparse
 import io
 import json
 import time
+from typing import Any
 
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from pandapush.cli.context import CommandError, Context
 from pandapush.config import Configuration, ConfigurationError
 from pandapush.redis import RedisAddress, RedisShard, RedisSubscriber, parseRedisShards
-from pandapush.redis.sentinel import Sentinels, _parseReply, parseSentinels
+from pandapush.redis.rolecheck import parseReply
+from pandapush.redis.sentinel import Sentinels, parseSentinels
 from tests.support.sentinel import FakeSentinel, RedisServer, SentinelDeployment
 from tests.support.waiting import eventually, sleep
 
@@ -72,12 +74,12 @@ class ParseTests(TestCase):
     def test_roleReplies(self) -> None:
         """The ROLE parser reads nested replies whole, and says when one is incomplete."""
         master = b"*3\r\n$6\r\nmaster\r\n:42\r\n*1\r\n*3\r\n$9\r\n127.0.0.1\r\n$4\r\n6380\r\n$2\r\n42\r\n"
-        reply, end = _parseReply(master + b"+NEXT\r\n")  # type: ignore[misc]
+        reply, end = parseReply(master + b"+NEXT\r\n")  # type: ignore[misc]
         self.assertEqual(reply, [b"master", b"42", [[b"127.0.0.1", b"6380", b"42"]]])
         self.assertEqual(end, len(master))
         for cut in range(len(master)):
-            self.assertIsNone(_parseReply(master[:cut]), cut)
-        self.assertRaises(ValueError, _parseReply, b"?what\r\n")
+            self.assertIsNone(parseReply(master[:cut]), cut)
+        self.assertRaises(ValueError, parseReply, b"?what\r\n")
 
 
 class FakeSentinelTests(TestCase):
@@ -139,6 +141,53 @@ class FakeSentinelTests(TestCase):
         self.assertEqual(Sentinels._shared, {}, "the command left connections to the sentinels open")
         half = Context(argparse.Namespace(), {"REDIS_SENTINELS": "h:1"}, io.StringIO(), reactor, err)
         self.assertRaises(CommandError, half.checkRedisHosts)
+
+    async def test_gateHoldsAReconnection(self) -> None:
+        """
+        A gate set with ``gateReconnections`` is not asked on the first connection; on
+        one made again (a failover) it runs its own commands on the checked connection,
+        and the commands that waited reach the new primary only once it has finished.
+        The SUBSCRIBE marker is subscribed on every connection of a subscriber.
+        """
+        old, new = self.point(0), ("127.0.0.1", self.servers[1].port)
+        shard = self.newShard()
+        release: defer.Deferred[None] = defer.Deferred()
+        asked: list[Any] = []
+
+        def gate(command: Any) -> defer.Deferred[None]:
+            d = command("PUBSUB", "NUMSUB", "marker")
+            d.addCallback(asked.append)
+            return d.addCallback(lambda _: release)
+
+        shard.gateReconnections(gate)
+        subscriber = RedisSubscriber(reactor, self.shard, lambda c, m: None)
+        self.addCleanup(subscriber.close)
+        subscriber.setMarker("marker")
+        await subscriber.subscribe("news")
+        await shard.execute("SET", "k", "old")
+        self.assertEqual(asked, [], "the first connection was gated")
+
+        self.point(1)
+        self.sentinel.announce("fake", old, new)
+        self.assertTrue(await eventually(lambda: bool(asked), timeout=5), "the gate was not asked")
+        waited = shard.execute("SET", "k", "new")
+        await sleep(0.3)
+        self.assertNoResult(waited)
+        control = RedisShard(reactor, self.servers[1].address)
+        self.addCleanup(control.close)
+        self.assertIsNone(await control.execute("GET", "k"))
+        release.callback(None)
+        await waited
+        self.assertEqual(await control.execute("GET", "k"), "new")
+        # The gate's own command was answered (by the new primary); the subscriber, moved
+        # too, subscribes the marker there again.
+        self.assertEqual(asked[0][0], b"marker")
+        for _ in range(100):
+            if await control.execute("PUBSUB", "NUMSUB", "marker") == ["marker", 1]:
+                break
+            await sleep(0.05)
+        self.assertEqual(await control.execute("PUBSUB", "NUMSUB", "marker"), ["marker", 1])
+        self.assertEqual(await control.execute("PUBSUB", "NUMSUB", "news"), ["news", 1])
 
     async def test_replicaNamedIsRefused(self) -> None:
         """

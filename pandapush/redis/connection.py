@@ -283,10 +283,9 @@ class RedisShard:
         endpoint: IStreamClientEndpoint
         if address.sentinels:
             # Imported here: the sentinel module builds on this one.
-            from pandapush.redis.sentinel import COMMAND_SETTLE, PrimaryEndpoint
+            from pandapush.redis.sentinel import PrimaryEndpoint
 
-            timeout = max(commandTimeout, 1.0)
-            endpoint = self._primary = PrimaryEndpoint(reactor, address, timeout, settle=COMMAND_SETTLE)
+            endpoint = self._primary = PrimaryEndpoint(reactor, address, max(commandTimeout, 1.0))
         else:
             endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=max(commandTimeout, 1.0))
         self._endpoint = _ObservedEndpoint(endpoint, self.health)
@@ -295,6 +294,17 @@ class RedisShard:
         self._handler: Any = factory.handler
         # The pool's queue of connections (one): what the handler peeks at per command.
         self._connections: Any = factory.connectionQueue
+
+    def gateReconnections(self, gate: Any) -> None:
+        """
+        Hold this shard's command connection, each time it is made again after a
+        Sentinel failover, until ``gate`` (a :data:`~pandapush.redis.sentinel.Gate`)
+        has finished with it: the Redis engine's
+        :class:`~pandapush.engines.redis.nodes.FailoverGate`, on the shard that carries
+        pub/sub. Nothing for a shard not behind Sentinel.
+        """
+        if self._primary is not None:
+            self._primary.gate = gate
 
     def _connection(self) -> Any:
         """
@@ -434,6 +444,8 @@ class RedisSubscriber:
         self.commandTimeout = commandTimeout
         # channel -> True once Redis confirmed the subscription on the current connection
         self._wanted: dict[str, bool] = {}
+        #: Subscribed last on every connection (see :meth:`setMarker`).
+        self.marker: str | None = None
         self._waiting: dict[str, list[defer.Deferred[None]]] = {}
         self._protocol: _SubscriberProtocol | None = None
         self.health = healthOf(reactor, address.server)
@@ -489,6 +501,18 @@ class RedisSubscriber:
         if self._protocol is not None:
             self._protocol.unsubscribe(channel).addErrback(lambda _: None)
 
+    def setMarker(self, channel: str) -> None:
+        """
+        Subscribe ``channel`` after every other channel, on this and every later
+        connection. Redis runs one connection's commands in order, so while
+        ``PUBSUB NUMSUB channel`` counts this connection, every channel wanted when
+        it connected is subscribed on it: a proof another connection can ask for
+        (the Redis engine's failover gate does).
+        """
+        self.marker = channel
+        if self._protocol is not None:
+            self._protocol.subscribe(channel).addErrback(lambda _: None)
+
     def isSubscribed(self, channel: str) -> bool:
         return channel in self._wanted
 
@@ -524,6 +548,8 @@ class RedisSubscriber:
         )
         for channel in list(self._wanted):
             self._send(protocol, channel)
+        if self.marker is not None:
+            protocol.subscribe(self.marker).addErrback(lambda _: None)
         if self.onConnected is not None:
             try:
                 self.onConnected()

@@ -20,7 +20,12 @@ master name per shard, in place of ``REDIS_HOSTS``) a shard is a
   master moved elsewhere (each process subscribes to ``+switch-master`` on every
   sentinel), so a primary that was demoted while it kept its clients (a partition)
   stops taking writes that its replicas would never see; and a ``READONLY`` error
-  (see ``RedisShard``) closes the connection too.
+  (see ``RedisShard``) closes the connection too;
+- a connection made again after the first is handed over only once its ``gate`` (if any)
+  has finished with it: the Redis engine holds its pub/sub shard's command connection
+  until every live node listens on the new primary
+  (:mod:`pandapush.engines.redis.nodes`). The ROLE check and the gate's commands run
+  before the connection's own protocol sees it (:mod:`pandapush.redis.rolecheck`).
 
 What a failover loses (measured in ``bench/README.md``): commands in flight when the
 primary died fail (callers get ``RedisUnavailable``, as for any outage), writes the
@@ -37,19 +42,19 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-from twisted.internet import defer, error, task
+from twisted.internet import defer, error
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pandapush.redis.connection import RedisAddress, RedisShard, RedisSubscriber, RedisUnavailable
+from pandapush.redis.rolecheck import NotPrimary, PrimaryCheck, PrimaryCheckFactory, abort
 
 __all__ = [
-    "COMMAND_SETTLE",
     "SWITCH_MASTER",
+    "Gate",
     "NotPrimary",
     "PrimaryEndpoint",
     "Sentinels",
@@ -61,10 +66,9 @@ __all__ = [
 SWITCH_MASTER = "+switch-master"
 
 Endpoint = tuple[str, int]
-
-
-class NotPrimary(Exception):  # noqa: N818 - a state, like RedisUnavailable
-    """The server Sentinel named is not (or no longer) the master's primary."""
+#: What holds a reconnected connection: called with a way to send it commands
+#: (``command(*args)`` firing with the reply), it fires when the connection may be used.
+Gate = Callable[[Callable[..., defer.Deferred[Any]]], defer.Deferred[None]]
 
 
 def _hostPort(item: str, what: str) -> Endpoint:
@@ -276,141 +280,6 @@ class Sentinels:
                 self._log.failure("following master {master} failed", master=parts[0])
 
 
-# --- checking the role of a new connection ------------------------------------------------
-
-
-def _abort(transport: Any) -> None:
-    if transport is not None:
-        transport.abortConnection()
-
-
-class _Error(bytes):
-    """A RESP error reply."""
-
-
-def _parseReply(buffer: bytes, position: int = 0) -> tuple[Any, int] | None:
-    """One RESP2 reply from ``buffer[position:]``: (value, end), None if incomplete."""
-    end = buffer.find(b"\r\n", position)
-    if end < 0:
-        return None
-    kind, line, after = buffer[position : position + 1], buffer[position + 1 : end], end + 2
-    if kind in (b"+", b":"):
-        return bytes(line), after
-    if kind == b"-":
-        return _Error(line), after
-    if kind == b"$":
-        length = int(line)
-        if length < 0:
-            return None, after
-        if len(buffer) < after + length + 2:
-            return None
-        return buffer[after : after + length], after + length + 2
-    if kind == b"*":
-        count = int(line)
-        items: list[Any] = []
-        for _ in range(max(count, 0)):
-            parsed = _parseReply(buffer, after)
-            if parsed is None:
-                return None
-            item, after = parsed
-            items.append(item)
-        return (items if count >= 0 else None), after
-    raise ValueError(f"not a RESP reply: {buffer[position : position + 20]!r}")
-
-
-#: ROLE answers in a few hundred bytes, plus ~40 per replica.
-_MAX_ROLE_REPLY = 64 * 1024
-
-
-class _PrimaryCheck(Protocol):
-    """
-    Asks ROLE on a new connection; ``checked`` fires if the server is the primary
-    (else fails, and the connection is closed). Nothing of the protocol the
-    connection was made for runs until :meth:`start`, so no command can reach a
-    replica; then it sees the connection as if it had just been made.
-    """
-
-    def __init__(self, wrapped: IProtocolFactory, checked: defer.Deferred[None]) -> None:
-        self._wrapped = wrapped
-        self._checked = checked
-        self._buffer = b""
-        self.inner: IProtocol | None = None
-        self.primary: Endpoint | None = None
-        self.lost: Failure | None = None
-        #: Told when the connection is lost after :meth:`start`.
-        self.onLost: Callable[[], None] = lambda: None
-
-    def connectionMade(self) -> None:
-        self.transport.write(b"*1\r\n$4\r\nROLE\r\n")  # type: ignore[union-attr]
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.inner is not None:
-            self.inner.dataReceived(data)
-            return
-        self._buffer += data
-        if self._checked.called:
-            return  # kept for the protocol (nothing is expected before it speaks)
-        try:
-            parsed = _parseReply(self._buffer)
-            if parsed is None and len(self._buffer) > _MAX_ROLE_REPLY:
-                raise ValueError("ROLE reply too long")
-        except ValueError as e:
-            self._refuse(RedisUnavailable(f"bad ROLE reply: {e}"))
-            return
-        if parsed is None:
-            return
-        reply, end = parsed
-        self._buffer = self._buffer[end:]
-        role = reply[0] if isinstance(reply, list) and reply else reply
-        if role != b"master":
-            what = role.decode(errors="replace") if isinstance(role, bytes) else repr(role)
-            self._refuse(NotPrimary(f"the server Sentinel named answers ROLE with {what!r}"))
-            return
-        self._checked.callback(None)
-
-    def start(self) -> IProtocol:
-        """Hand the checked connection to the protocol it was made for."""
-        if self.lost is not None:
-            raise RedisUnavailable(f"connection lost after ROLE: {self.lost.getErrorMessage()}")
-        inner = self._wrapped.buildProtocol(self.transport.getPeer())  # type: ignore[union-attr]
-        if inner is None:
-            _abort(self.transport)
-            raise RedisUnavailable("no protocol for the connection")
-        self.inner = inner
-        inner.makeConnection(self.transport)  # type: ignore[arg-type]
-        rest, self._buffer = self._buffer, b""
-        if rest:
-            inner.dataReceived(rest)
-        return inner
-
-    def _refuse(self, reason: Exception) -> None:
-        if not self._checked.called:
-            self._checked.errback(reason)
-        _abort(self.transport)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.lost = reason
-        if self.inner is not None:
-            self.onLost()
-            self.inner.connectionLost(reason)
-        elif not self._checked.called:
-            why = reason.getErrorMessage()
-            self._checked.errback(RedisUnavailable(f"connection lost before ROLE: {why}"))
-
-
-class _PrimaryCheckFactory(Factory):
-    noisy = False
-
-    def __init__(self, wrapped: IProtocolFactory, checked: defer.Deferred[None]) -> None:
-        self.wrapped = wrapped
-        self.checked = checked
-        self.made: _PrimaryCheck | None = None
-
-    def buildProtocol(self, addr: Any) -> _PrimaryCheck:
-        self.made = _PrimaryCheck(self.wrapped, self.checked)
-        return self.made
-
-
 # --- the endpoint -------------------------------------------------------------------------
 
 
@@ -421,8 +290,8 @@ class PrimaryEndpoint:
     ROLE; see the module docstring. A connection attempt goes on through a failover
     (asking again every ``pollInterval`` and at every ``+switch-master``) for
     ``patience`` seconds before it fails into the caller's own backoff. A
-    connection made again after the first waits ``settle`` seconds before it is
-    used (see ``COMMAND_SETTLE``).
+    connection made again after the first is handed over only once ``gate`` (if
+    set) has finished with it (see ``RedisShard.gateReconnections``).
     """
 
     _log = Logger()
@@ -434,7 +303,7 @@ class PrimaryEndpoint:
         timeout: float,
         pollInterval: float = 0.25,
         patience: float = 10.0,
-        settle: float = 0.0,
+        gate: Gate | None = None,
     ) -> None:
         if not address.sentinels:
             raise ValueError(f"{address.name} is not a Sentinel shard")
@@ -444,13 +313,14 @@ class PrimaryEndpoint:
         self._timeout = timeout
         self._pollInterval = pollInterval
         self._patience = patience
-        self._settle = settle
+        #: Run on a connection made again after the first, before anything else uses it.
+        self.gate = gate
         # Connections made so far: the first is not a reconnection.
         self._made = 0
         self._sentinels = Sentinels.acquire(reactor, address.sentinels, timeout)
         self._sentinels.follow(self.master, self._switched)
         # Connections made here and still open, with the primary each was made to.
-        self._open: list[_PrimaryCheck] = []
+        self._open: list[PrimaryCheck] = []
         self._waiting: list[defer.Deferred[None]] = []
         self._closed = False
 
@@ -474,7 +344,7 @@ class PrimaryEndpoint:
 
     async def _connectTo(self, primary: Endpoint, protocolFactory: IProtocolFactory) -> IProtocol:
         checked: defer.Deferred[None] = defer.Deferred()
-        factory = _PrimaryCheckFactory(protocolFactory, checked)
+        factory = PrimaryCheckFactory(protocolFactory, checked)
         endpoint = HostnameEndpoint(self._reactor, primary[0], primary[1], timeout=self._timeout)
         await endpoint.connect(factory)
         check = factory.made
@@ -483,7 +353,7 @@ class PrimaryEndpoint:
 
         def timedOut(failure: Failure) -> Failure:
             if failure.check(defer.CancelledError, defer.TimeoutError):
-                _abort(check.transport)
+                abort(check.transport)
                 return Failure(RedisUnavailable(f"{primary[0]}:{primary[1]} did not answer ROLE"))
             return failure
 
@@ -491,14 +361,13 @@ class PrimaryEndpoint:
         checked.addErrback(timedOut)
         try:
             await checked
-            if self._made and self._settle:
-                # Back after an outage: let every node's SUBSCRIBE connection come back
-                # first, or the commands that waited (publishes) would reach a primary
-                # nobody listens to yet, and be acknowledged yet lost.
-                await task.deferLater(self._reactor, self._settle, lambda: None)  # type: ignore[arg-type]
+            if self._made and self.gate is not None:
+                # Back after an outage: the commands that waited (publishes) must not
+                # reach a primary that not every node listens to yet.
+                await self.gate(check.command)
             protocol = check.start()
         except BaseException:
-            _abort(check.transport)
+            abort(check.transport)
             raise
         self._made += 1
         self._open.append(check)
@@ -548,7 +417,7 @@ class PrimaryEndpoint:
                     port=primary[1],
                     old=f"{check.primary[0]}:{check.primary[1]}" if check.primary else "?",
                 )
-                _abort(check.transport)
+                abort(check.transport)
         waiting, self._waiting = self._waiting, []
         for waiter in waiting:
             waiter.callback(None)
@@ -557,7 +426,7 @@ class PrimaryEndpoint:
         """A command was refused with READONLY: the server is a replica now, find the primary."""
         for check in list(self._open):
             if check.transport is not None:
-                _abort(check.transport)
+                abort(check.transport)
 
     def close(self) -> defer.Deferred[None]:
         if self._closed:
@@ -565,11 +434,3 @@ class PrimaryEndpoint:
         self._closed = True
         self._sentinels.unfollow(self.master, self._switched)
         return self._sentinels.release()
-
-
-#: Seconds a command connection (``RedisShard``'s) made again after a failover waits before carrying
-#: the commands that queued meanwhile. Every node's SUBSCRIBE connection looks for the
-#: new primary at the same moments (each ``pollInterval``, and at ``+switch-master``)
-#: and subscribes again within milliseconds of finding it: publishes sent before that
-#: reached nobody. Measured with ``bench/faults.py --only sentinel`` (see its README).
-COMMAND_SETTLE = 0.5

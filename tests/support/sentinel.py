@@ -172,11 +172,11 @@ class _FakeSentinelProtocol(Protocol):
             self.factory.connections.remove(self)
 
     def dataReceived(self, data: bytes) -> None:
-        from pandapush.redis.sentinel import _parseReply
+        from pandapush.redis.rolecheck import parseReply
 
         self._buffer += data
         while True:
-            parsed = _parseReply(self._buffer)
+            parsed = parseReply(self._buffer)
             if parsed is None:
                 return
             command, end = parsed

@@ -106,6 +106,7 @@ from pandapush.engines.redis.gc import Expiry
 from pandapush.engines.redis.history import RedisEngineHistory, RedisHistory
 from pandapush.engines.redis.keys import RedisKeys, Shards
 from pandapush.engines.redis.node import Node, OwnedClient, unavailableAsEngine
+from pandapush.engines.redis.nodes import FailoverGate, NodeRegistry
 from pandapush.engines.redis.occupancy import ClusterQueries
 from pandapush.engines.redis.presence import Presence
 from pandapush.engines.redis.recovery import RemoteRecovery
@@ -199,6 +200,10 @@ class RedisEngine(ListenerRegistry, ClusterQueries, RedisEngineHistory, Observed
         self._pinger.start(pingInterval, now=False).addErrback(node.loopFailed, "ping")
         self._rpc.handle("drop", self._serveDrop)
         self._startCluster(node, self._restorer)
+        # After a failover, publishes wait until every live node listens again (nodes.py).
+        self._subscriber.setMarker(keys.up(node.id))
+        self._nodes = NodeRegistry(node, max(expiry / 2, 0.05))
+        shards.pubsub.gateReconnections(FailoverGate(node, self._nodes.interval))
 
     @property
     def maxQueue(self) -> int:
@@ -248,6 +253,7 @@ class RedisEngine(ListenerRegistry, ClusterQueries, RedisEngineHistory, Observed
         if self._pinger.running:
             self._pinger.stop()
         self._local.close()
+        self._nodes.close()
         if node.pending:
             await defer.DeferredList(list(node.pending), consumeErrors=True)
         await self._claims.park()

@@ -20,8 +20,9 @@ publish's key, for five minutes.
 
 On every shard, ``<ns>:gen``: the generation token (see ``restore``). On the first
 shard, which carries pub/sub: the channels ``<ns>:ch:<key>`` (a message, once per
-subscription key) and ``<ns>:node:<nodeId>`` (node-to-node calls), and ``<ns>:gc``,
-the collector's lock. (``<ns>:keys`` is key sync's: :mod:`pandapush.auth.keysync`.)
+subscription key), ``<ns>:node:<nodeId>`` (node-to-node calls) and ``<ns>:up:<nodeId>``
+(nothing is published there: see ``nodes``); ``<ns>:gc``, the collector's lock; and
+``<ns>:nodes``, the live nodes. (``<ns>:keys`` is key sync's: :mod:`pandapush.auth.keysync`.)
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ class RedisKeys:
         self.nodePrefix = f"{namespace}:node:"
         #: Every node SUBSCRIBEs to it: ``IEngine.broadcast``.
         self.broadcast = f"{namespace}:bcast"
+        #: The live nodes, scored by when each last said so (see ``nodes``).
+        self.nodes = f"{namespace}:nodes"
+        self.upPrefix = f"{namespace}:up:"
 
     def client(self, clientId: str) -> tuple[str, str, str, str]:
         """The registry, and the client's hash, subscriptions and presence keys."""
@@ -93,6 +97,10 @@ class RedisKeys:
     def node(self, nodeId: str) -> str:
         """The pub/sub channel a node hears calls (and their answers) on."""
         return self.nodePrefix + nodeId
+
+    def up(self, nodeId: str) -> str:
+        """The channel a node's SUBSCRIBE connection subscribes last: its proof of being back."""
+        return self.upPrefix + nodeId
 
 
 class Shards:

@@ -478,3 +478,14 @@ for i = 1, #ARGV, 2 do
 end
 return result
 """
+
+#: A node says it is live (``nodes``): KEYS: the registry; ARGV: the node's id, the age (ms)
+#: past which an entry is dropped. Scored by Redis's clock, so every entry is on one clock.
+#: Returns the score given.
+ANNOUNCE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+return now
+"""

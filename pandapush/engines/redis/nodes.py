@@ -1,0 +1,145 @@
+"""The live nodes, and the gate that holds publishes after a failover until every node listens.
+
+Pub/sub is at most once: a message reaches the nodes whose SUBSCRIBE connection is
+subscribed when Redis runs the ``PUBLISH``. After a Sentinel failover every node's
+connections find the new primary at about the same moment, but not at the same
+instant; a publish that waited for the new primary and ran there before another
+node's SUBSCRIBE connection was back would be acknowledged, yet never reach that
+node's clients. So the command connection of the shard that carries pub/sub, made
+again after a failover, is held (:class:`FailoverGate`, through
+``RedisShard.gateReconnections``) until every live node has shown, on the new primary
+itself, that it listens:
+
+- each node's SUBSCRIBE connection subscribes ``<ns>:up:<nodeId>`` after all its other
+  channels, on every connection (``RedisSubscriber.setMarker``); Redis runs one
+  connection's commands in order, so ``PUBSUB NUMSUB`` counting it there proves the
+  rest is subscribed too;
+- which nodes are live is in ``<ns>:nodes``, a sorted set each node writes itself to
+  every ``expiry / 2`` (:class:`NodeRegistry`), scored by Redis's own clock; the replica
+  that is promoted has it, as it has the rest.
+
+A node is counted live if its entry is at most two of its intervals (and a second) older
+than this node's own: every node alive when the primary died renewed within one interval
+before. One that was SIGKILLed just before the failover is waited for in vain: the gate
+gives up after ``patience`` seconds, and says which nodes it did not see. Before, a fixed
+0.5 s wait stood in for the proof, and a node later than that missed what was published
+meanwhile (seen once under a full test run's load).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from pandapush.engines.redis import scripts
+from pandapush.engines.redis.node import Node
+
+__all__ = ["FailoverGate", "NodeRegistry"]
+
+#: Milliseconds after which the registry forgets a node that stopped saying it is live.
+FORGET_AFTER_MS = 3_600_000
+
+
+class NodeRegistry:
+    """This node's entry in ``<ns>:nodes``: written every ``interval`` seconds, removed at close."""
+
+    def __init__(self, node: Node, interval: float) -> None:
+        self._node = node
+        self.interval = interval
+        self._loop = task.LoopingCall(self.announce)
+        self._loop.clock = node.reactor
+        self._loop.start(interval, now=True).addErrback(node.loopFailed, "node registry")
+
+    def announce(self) -> defer.Deferred[Any]:
+        node = self._node
+        forgetAfter = max(FORGET_AFTER_MS, int(self.interval * 10_000))
+        d = node.shards.pubsub.eval(scripts.ANNOUNCE, [node.keys.nodes], [node.id, str(forgetAfter)])
+        # Tracked: the engine's close waits for it, and a failure (Redis away: the next
+        # tick will do) is logged at debug level only.
+        node.track(d, "node registry")
+        return d
+
+    def close(self) -> None:
+        """Leave the registry (the engine's close waits for it, as for all tracked work)."""
+        if self._loop.running:
+            self._loop.stop()
+        node = self._node
+        if node.shards.pubsub.health.ok:
+            # With Redis away, waiting for this would hold the close for the command
+            # timeout; the entry ages out of every gate's count on its own.
+            node.track(node.shards.pubsub.execute("ZREM", node.keys.nodes, node.id), "leaving the registry")
+
+
+class FailoverGate:
+    """A :data:`~pandapush.redis.sentinel.Gate`: see the module docstring."""
+
+    _log = Logger()
+
+    def __init__(self, node: Node, interval: float, patience: float = 5.0, poll: float = 0.01) -> None:
+        self._node = node
+        self._interval = interval
+        self.patience = patience
+        self._poll = poll
+
+    def __call__(self, command: Callable[..., defer.Deferred[Any]]) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._wait(command))
+
+    def live(self, entries: list[Any]) -> list[str]:
+        """The node ids of a ``ZRANGE ... WITHSCORES`` reply that count as live (this node's always)."""
+        scores: dict[str, float] = {}
+        for i in range(0, len(entries) - 1, 2):
+            member, score = entries[i], entries[i + 1]
+            try:
+                scores[member.decode()] = float(score)
+            except (AttributeError, UnicodeDecodeError, ValueError):
+                continue
+        own = self._node.id
+        reference = scores.get(own, max(scores.values(), default=0.0))
+        oldest = reference - (2 * self._interval + 1.0) * 1000
+        live = sorted(n for n, score in scores.items() if score >= oldest and n != own)
+        return [own, *live]
+
+    async def _wait(self, command: Callable[..., defer.Deferred[Any]]) -> None:
+        node = self._node
+        shard = node.shards.pubsub.address.name
+        started = node.reactor.seconds()
+        entries = await command("ZRANGE", node.keys.nodes, "0", "-1", "WITHSCORES")
+        if not isinstance(entries, list):
+            self._log.warn(
+                "Redis {shard}: cannot read the live nodes ({reply!r}); not waiting for them",
+                shard=shard,
+                reply=entries,
+            )
+            return
+        nodes = self.live(entries)
+        channels = [node.keys.up(n) for n in nodes]
+        while True:
+            reply = await command("PUBSUB", "NUMSUB", *channels)
+            counts = dict(zip(reply[0::2], reply[1::2], strict=False)) if isinstance(reply, list) else {}
+            missing = [
+                n for n, c in zip(nodes, channels, strict=False) if counts.get(c.encode(), b"0") == b"0"
+            ]
+            waited = node.reactor.seconds() - started
+            if not missing:
+                self._log.info(
+                    "Redis {shard}: every node ({n}) listens on the new primary after {waited:.3f} s; "
+                    "sending the commands that waited",
+                    shard=shard,
+                    n=len(nodes),
+                    waited=waited,
+                )
+                return
+            if waited >= self.patience:
+                self._log.warn(
+                    "Redis {shard}: nodes {missing} do not listen on the new primary after {waited:.1f} s "
+                    "(stopped, or stalled): sending the commands that waited; their clients miss what "
+                    "is published before they are back",
+                    shard=shard,
+                    missing=", ".join(missing),
+                    waited=waited,
+                )
+                return
+            await task.deferLater(node.reactor, self._poll, lambda: None)  # type: ignore[arg-type]

@@ -1,0 +1,205 @@
+"""A new connection to a Sentinel shard's primary, before anything uses it: ROLE, then a gate.
+
+:class:`PrimaryCheck` speaks first on a connection :class:`~pandapush.redis.sentinel.PrimaryEndpoint`
+made: it asks ``ROLE`` and hands the connection to the protocol it was made for (txredisapi's)
+only if the server says ``master``, so no command of ours ever reaches a replica. Between the
+two, the endpoint may run a few commands of its own on it (:meth:`PrimaryCheck.command`: the
+gate that holds a reconnected command connection until every node's SUBSCRIBE connection is
+back, see ``RedisShard.gateReconnections``). The small RESP2 reader here is all that needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IProtocol, IProtocolFactory
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
+
+from pandapush.redis.connection import RedisUnavailable
+
+__all__ = ["NotPrimary", "PrimaryCheck", "PrimaryCheckFactory", "RedisError", "abort", "parseReply"]
+
+Endpoint = tuple[str, int]
+
+
+class NotPrimary(Exception):  # noqa: N818 - a state, like RedisUnavailable
+    """The server Sentinel named is not (or no longer) the master's primary."""
+
+
+def abort(transport: Any) -> None:
+    if transport is not None:
+        transport.abortConnection()
+
+
+class RedisError(bytes):
+    """A RESP error reply."""
+
+
+def parseReply(buffer: bytes, position: int = 0) -> tuple[Any, int] | None:
+    """One RESP2 reply from ``buffer[position:]``: (value, end), None if incomplete."""
+    end = buffer.find(b"\r\n", position)
+    if end < 0:
+        return None
+    kind, line, after = buffer[position : position + 1], buffer[position + 1 : end], end + 2
+    if kind in (b"+", b":"):
+        return bytes(line), after
+    if kind == b"-":
+        return RedisError(line), after
+    if kind == b"$":
+        length = int(line)
+        if length < 0:
+            return None, after
+        if len(buffer) < after + length + 2:
+            return None
+        return buffer[after : after + length], after + length + 2
+    if kind == b"*":
+        count = int(line)
+        items: list[Any] = []
+        for _ in range(max(count, 0)):
+            parsed = parseReply(buffer, after)
+            if parsed is None:
+                return None
+            item, after = parsed
+            items.append(item)
+        return (items if count >= 0 else None), after
+    raise ValueError(f"not a RESP reply: {buffer[position : position + 20]!r}")
+
+
+#: ROLE answers in a few hundred bytes, plus ~40 per replica.
+_MAX_ROLE_REPLY = 64 * 1024
+
+
+class PrimaryCheck(Protocol):
+    """
+    Asks ROLE on a new connection; ``checked`` fires if the server is the primary
+    (else fails, and the connection is closed). Nothing of the protocol the
+    connection was made for runs until :meth:`start`, so no command can reach a
+    replica; then it sees the connection as if it had just been made.
+    """
+
+    def __init__(self, wrapped: IProtocolFactory, checked: defer.Deferred[None]) -> None:
+        self._wrapped = wrapped
+        self._checked = checked
+        self._buffer = b""
+        self.inner: IProtocol | None = None
+        self.primary: Endpoint | None = None
+        self.lost: Failure | None = None
+        #: Told when the connection is lost after :meth:`start`.
+        self.onLost: Callable[[], None] = lambda: None
+        # Answers awaited by :meth:`command`, in the order the commands were sent.
+        self._answers: list[defer.Deferred[Any]] = []
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"*1\r\n$4\r\nROLE\r\n")  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.dataReceived(data)
+            return
+        self._buffer += data
+        if self._checked.called:
+            self._answered()
+            return
+        try:
+            parsed = parseReply(self._buffer)
+            if parsed is None and len(self._buffer) > _MAX_ROLE_REPLY:
+                raise ValueError("ROLE reply too long")
+        except ValueError as e:
+            self._refuse(RedisUnavailable(f"bad ROLE reply: {e}"))
+            return
+        if parsed is None:
+            return
+        reply, end = parsed
+        self._buffer = self._buffer[end:]
+        role = reply[0] if isinstance(reply, list) and reply else reply
+        if role != b"master":
+            what = role.decode(errors="replace") if isinstance(role, bytes) else repr(role)
+            self._refuse(NotPrimary(f"the server Sentinel named answers ROLE with {what!r}"))
+            return
+        self._checked.callback(None)
+
+    def command(self, *args: str) -> defer.Deferred[Any]:
+        """
+        Send one command of the endpoint's own on the checked connection, before
+        :meth:`start`; fires with its reply (bytes, integers as bytes, lists, a
+        :class:`RedisError`), or fails with RedisUnavailable if the connection is lost.
+        """
+        if self.lost is not None or self.inner is not None or not self._checked.called:
+            return defer.fail(RedisUnavailable("the connection is not checked, or in use"))
+        encoded = [a.encode() for a in args]
+        self.transport.write(  # type: ignore[union-attr]
+            b"*%d\r\n" % len(encoded) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in encoded)
+        )
+        answer: defer.Deferred[Any] = defer.Deferred()
+        self._answers.append(answer)
+        return answer
+
+    def _answered(self) -> None:
+        # Replies to command(); anything else is kept for the protocol (nothing else is
+        # expected before it speaks).
+        while self._answers:
+            try:
+                parsed = parseReply(self._buffer)
+            except ValueError as e:
+                self._refuse(RedisUnavailable(f"bad reply: {e}"))
+                return
+            if parsed is None:
+                return
+            reply, end = parsed
+            self._buffer = self._buffer[end:]
+            self._answers.pop(0).callback(reply)
+
+    def start(self) -> IProtocol:
+        """Hand the checked connection to the protocol it was made for."""
+        if self._answers:
+            raise RedisUnavailable("commands of the endpoint are still unanswered")
+        if self.lost is not None:
+            raise RedisUnavailable(f"connection lost after ROLE: {self.lost.getErrorMessage()}")
+        inner = self._wrapped.buildProtocol(self.transport.getPeer())  # type: ignore[union-attr]
+        if inner is None:
+            abort(self.transport)
+            raise RedisUnavailable("no protocol for the connection")
+        self.inner = inner
+        inner.makeConnection(self.transport)  # type: ignore[arg-type]
+        rest, self._buffer = self._buffer, b""
+        if rest:
+            inner.dataReceived(rest)
+        return inner
+
+    def _refuse(self, reason: Exception) -> None:
+        if not self._checked.called:
+            self._checked.errback(reason)
+        self._failAnswers(reason)
+        abort(self.transport)
+
+    def _failAnswers(self, reason: Exception) -> None:
+        answers, self._answers = self._answers, []
+        for answer in answers:
+            answer.errback(reason)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = reason
+        if self.inner is not None:
+            self.onLost()
+            self.inner.connectionLost(reason)
+        elif not self._checked.called:
+            why = reason.getErrorMessage()
+            self._checked.errback(RedisUnavailable(f"connection lost before ROLE: {why}"))
+        else:
+            self._failAnswers(RedisUnavailable(f"connection lost: {reason.getErrorMessage()}"))
+
+
+class PrimaryCheckFactory(Factory):
+    noisy = False
+
+    def __init__(self, wrapped: IProtocolFactory, checked: defer.Deferred[None]) -> None:
+        self.wrapped = wrapped
+        self.checked = checked
+        self.made: PrimaryCheck | None = None
+
+    def buildProtocol(self, addr: Any) -> PrimaryCheck:
+        self.made = PrimaryCheck(self.wrapped, self.checked)
+        return self.made

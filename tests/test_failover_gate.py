@@ -1,0 +1,186 @@
+"""The failover gate (:mod:`pandapush.engines.redis.nodes`): which nodes it waits for, and for how long.
+
+The gate's timing is tested here on a fake clock with a fake ``command``; the registry and
+the SUBSCRIBE marker on a real Redis; the gate holding a real reconnected connection in
+``tests/test_sentinel.py``; and a node stopped through a real failover in
+``tests/test_multinode_sentinel.py`` (``test_stalledNodeMissesNothing``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import TestCase
+
+from pandapush.engines.redis.keys import RedisKeys
+from pandapush.engines.redis.nodes import FailoverGate
+from pandapush.redis import RedisShard, parseRedisHosts
+from tests.support.redis import RedisEngineCase
+from tests.support.waiting import sleep
+
+
+class _Node:
+    """What the gate reads of a node."""
+
+    def __init__(self, clock: Clock, nodeId: str = "me") -> None:
+        self.reactor = clock
+        self.id = nodeId
+        self.keys = RedisKeys("ns")
+
+        class _Pubsub:
+            class address:  # noqa: N801 - an attribute that looks like RedisAddress
+                name = "redis-test"
+
+        class _Shards:
+            pubsub = _Pubsub()
+
+        self.shards = _Shards()
+
+
+def _scores(**nodes: float) -> list[bytes]:
+    flat: list[bytes] = []
+    for nodeId, score in nodes.items():
+        flat += [nodeId.encode(), repr(score).encode()]
+    return flat
+
+
+class _Redis:
+    """Answers the gate's ZRANGE and PUBSUB NUMSUB; records what it was asked."""
+
+    def __init__(self, entries: Any, listening: set[str]) -> None:
+        self.entries = entries
+        self.listening = listening
+        self.asked: list[tuple[str, ...]] = []
+
+    def command(self, *args: str) -> defer.Deferred[Any]:
+        self.asked.append(args)
+        if args[0] == "ZRANGE":
+            return defer.succeed(self.entries)
+        assert args[:2] == ("PUBSUB", "NUMSUB")
+        reply: list[bytes] = []
+        for channel in args[2:]:
+            reply += [channel.encode(), b"1" if channel in self.listening else b"0"]
+        return defer.succeed(reply)
+
+
+class LiveNodesTests(TestCase):
+    def test_reference(self) -> None:
+        """
+        Nodes within two intervals and a second of this node's own entry are live; older
+        ones (stopped before the failover) are not; this node always is, first.
+        """
+        gate = FailoverGate(_Node(Clock()), interval=5.0)  # type: ignore[arg-type]
+        entries = _scores(me=100_000, peer=95_000, late=111_000, old=88_999, edge=89_000)
+        self.assertEqual(gate.live(entries), ["me", "edge", "late", "peer"])
+
+    def test_withoutOwnEntry(self) -> None:
+        """This node's entry not replicated (it started just before): the newest entry is the reference."""
+        gate = FailoverGate(_Node(Clock()), interval=1.0)  # type: ignore[arg-type]
+        self.assertEqual(gate.live(_scores(a=50_000, b=47_500, c=46_000)), ["me", "a", "b"])
+        self.assertEqual(gate.live([]), ["me"])
+
+    def test_garbage(self) -> None:
+        """Entries that are not (id, score) pairs are skipped, not fatal."""
+        gate = FailoverGate(_Node(Clock()), interval=1.0)  # type: ignore[arg-type]
+        self.assertEqual(gate.live([b"me", b"10", b"x", b"not a number", 7, b"3", b"odd"]), ["me"])
+
+
+class WaitingTests(TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.node = _Node(self.clock)
+        self.gate = FailoverGate(self.node, interval=5.0, patience=2.0, poll=0.01)  # type: ignore[arg-type]
+        self.logged: list[dict[str, Any]] = []
+        observer: Any = self.logged.append
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def said(self, text: str) -> bool:
+        return any(text in e.get("log_format", "") for e in self.logged)
+
+    def test_releasesOnceEveryNodeListens(self) -> None:
+        """The gate fires as soon as the last live node's marker is subscribed, not before."""
+        redis = _Redis(_scores(me=10_000, peer=9_000), {"ns:up:me"})
+        d = self.gate(redis.command)
+        self.clock.advance(0.5)
+        self.assertNoResult(d)
+        redis.listening.add("ns:up:peer")
+        self.clock.advance(0.01)
+        self.successResultOf(d)
+        self.assertTrue(self.said("listens on the new primary"))
+        self.assertEqual(redis.asked[-1], ("PUBSUB", "NUMSUB", "ns:up:me", "ns:up:peer"))
+
+    def test_givesUpAfterPatience(self) -> None:
+        """A node that never comes back (killed) holds the connection for ``patience``, then is named."""
+        redis = _Redis(_scores(me=10_000, dead=9_000), {"ns:up:me"})
+        d = self.gate(redis.command)
+        self.clock.advance(1.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.2)
+        self.successResultOf(d)
+        warned = [e for e in self.logged if "do not listen" in e.get("log_format", "")]
+        self.assertEqual([e["missing"] for e in warned], ["dead"])
+
+    def test_waitsForItself(self) -> None:
+        """This node's own SUBSCRIBE connection counts too (its own clients)."""
+        redis = _Redis([], set())
+        d = self.gate(redis.command)
+        self.clock.advance(0.1)
+        self.assertNoResult(d)
+        redis.listening.add("ns:up:me")
+        self.clock.advance(0.01)
+        self.successResultOf(d)
+
+    def test_unreadableRegistry(self) -> None:
+        """A registry that is not a sorted set (an error reply) does not hold the connection."""
+        redis = _Redis(b"WRONGTYPE", set())
+        self.successResultOf(self.gate(redis.command))
+        self.assertTrue(self.said("cannot read the live nodes"))
+
+    def test_connectionLost(self) -> None:
+        """A command that fails (the connection went) fails the gate: the endpoint connects again."""
+
+        def lost(*args: str) -> defer.Deferred[Any]:
+            return defer.fail(ConnectionError("gone"))
+
+        self.failureResultOf(self.gate(lost), ConnectionError)
+
+
+class RegistryTests(RedisEngineCase, TestCase):
+    """The registry and the marker, on the real Redis the other engine tests use."""
+
+    async def test_registeredAndListening(self) -> None:
+        """
+        A node is in ``<ns>:nodes`` (scored by Redis's clock, in ms) and its SUBSCRIBE
+        connection on ``<ns>:up:<id>`` once ready; it leaves the registry when closed.
+        """
+        engine = self.newEngine(self.newNamespace())
+        await engine.ready()
+        shard = RedisShard(reactor, parseRedisHosts(self.hosts)[0])
+        self.addCleanup(shard.close)
+        keys = RedisKeys(engine.namespace)
+        score = None
+        for _ in range(100):
+            score = await shard.execute("ZSCORE", keys.nodes, engine.nodeId)
+            if score is not None:
+                break
+            await sleep(0.05)
+        self.assertIsNotNone(score)
+        seconds, micros = await shard.execute("TIME")
+        self.assertLess(abs(int(seconds) * 1000 + int(micros) // 1000 - float(score or 0)), 5_000)
+        numsub = await shard.execute("PUBSUB", "NUMSUB", keys.up(engine.nodeId))
+        self.assertEqual([str(x) for x in numsub], [keys.up(engine.nodeId), "1"])
+        # A node gone for longer than the registry keeps anyone is dropped by the next announce.
+        await shard.execute("ZADD", keys.nodes, "1", "long-gone")
+        await engine._nodes.announce()
+        self.assertIsNone(await shard.execute("ZSCORE", keys.nodes, "long-gone"))
+
+        await engine.close()
+        for _ in range(100):
+            if await shard.execute("EXISTS", keys.nodes) == 0:
+                break
+            await sleep(0.05)
+        self.assertEqual(await shard.execute("EXISTS", keys.nodes), 0)
