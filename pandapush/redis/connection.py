@@ -280,6 +280,7 @@ class RedisShard:
         factory.initialDelay = 0.1
         factory.maxDelay = reconnectMaxDelay
         self._primary: Any = None
+        self._gated: Any = None
         endpoint: IStreamClientEndpoint
         if address.sentinels:
             # Imported here: the sentinel module builds on this one.
@@ -287,7 +288,11 @@ class RedisShard:
 
             endpoint = self._primary = PrimaryEndpoint(reactor, address, max(commandTimeout, 1.0))
         else:
-            endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=max(commandTimeout, 1.0))
+            # Imported here too: the rolecheck module builds on this one.
+            from pandapush.redis.rolecheck import GatedEndpoint
+
+            plain = HostnameEndpoint(reactor, address.host, address.port, timeout=max(commandTimeout, 1.0))
+            endpoint = self._gated = GatedEndpoint(plain)
         self._endpoint = _ObservedEndpoint(endpoint, self.health)
         self.health.add(self._endpoint)
         factory.startConnecting(self._endpoint)
@@ -297,14 +302,13 @@ class RedisShard:
 
     def gateReconnections(self, gate: Any) -> None:
         """
-        Hold this shard's command connection, each time it is made again after a
-        Sentinel failover, until ``gate`` (a :data:`~pandapush.redis.sentinel.Gate`)
-        has finished with it: the Redis engine's
-        :class:`~pandapush.engines.redis.nodes.FailoverGate`, on the shard that carries
-        pub/sub. Nothing for a shard not behind Sentinel.
+        Hold this shard's command connection, each time it is made again (after a
+        Sentinel failover, a restart of the server, a cut connection), until ``gate``
+        (a :data:`~pandapush.redis.sentinel.Gate`) has finished with it: the Redis
+        engine's :class:`~pandapush.engines.redis.nodes.FailoverGate`, on the shard that
+        carries pub/sub.
         """
-        if self._primary is not None:
-            self._primary.gate = gate
+        (self._primary or self._gated).gate = gate
 
     def _connection(self) -> Any:
         """

@@ -14,13 +14,22 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IProtocol, IProtocolFactory
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from pandapush.redis.connection import RedisUnavailable
 
-__all__ = ["NotPrimary", "PrimaryCheck", "PrimaryCheckFactory", "RedisError", "abort", "parseReply"]
+__all__ = [
+    "GatedEndpoint",
+    "NotPrimary",
+    "PrimaryCheck",
+    "PrimaryCheckFactory",
+    "RedisError",
+    "abort",
+    "parseReply",
+]
 
 Endpoint = tuple[str, int]
 
@@ -80,9 +89,11 @@ class PrimaryCheck(Protocol):
     replica; then it sees the connection as if it had just been made.
     """
 
-    def __init__(self, wrapped: IProtocolFactory, checked: defer.Deferred[None]) -> None:
+    def __init__(self, wrapped: IProtocolFactory, checked: defer.Deferred[None], role: bool = True) -> None:
         self._wrapped = wrapped
         self._checked = checked
+        # False: no ROLE, the connection is checked once made (a plain server, only gated).
+        self._role = role
         self._buffer = b""
         self.inner: IProtocol | None = None
         self.primary: Endpoint | None = None
@@ -93,6 +104,9 @@ class PrimaryCheck(Protocol):
         self._answers: list[defer.Deferred[Any]] = []
 
     def connectionMade(self) -> None:
+        if not self._role:
+            self._checked.callback(None)
+            return
         self.transport.write(b"*1\r\n$4\r\nROLE\r\n")  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
@@ -195,11 +209,55 @@ class PrimaryCheck(Protocol):
 class PrimaryCheckFactory(Factory):
     noisy = False
 
-    def __init__(self, wrapped: IProtocolFactory, checked: defer.Deferred[None]) -> None:
+    def __init__(self, wrapped: IProtocolFactory, checked: defer.Deferred[None], role: bool = True) -> None:
         self.wrapped = wrapped
         self.checked = checked
+        self.role = role
         self.made: PrimaryCheck | None = None
 
     def buildProtocol(self, addr: Any) -> PrimaryCheck:
-        self.made = PrimaryCheck(self.wrapped, self.checked)
+        self.made = PrimaryCheck(self.wrapped, self.checked, self.role)
         return self.made
+
+
+@implementer(IStreamClientEndpoint)
+class GatedEndpoint:
+    """
+    A plain server's endpoint (``REDIS_HOSTS``) whose connections, after the first,
+    are handed over only once ``gate`` (if set) has finished with them: what
+    ``PrimaryEndpoint`` does after a failover, for a server restarted or a
+    connection cut (the commands that queued meanwhile would otherwise reach a
+    server that not every node's SUBSCRIBE connection is back on). No ROLE check:
+    a plain server is used whatever it says it is, as before.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self._endpoint = endpoint
+        self.gate: Any = None
+        self._made = 0
+
+    def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:
+        if not self._made or self.gate is None:
+
+            def made(protocol: IProtocol) -> IProtocol:
+                self._made += 1
+                return protocol
+
+            return self._endpoint.connect(protocolFactory).addCallback(made)
+        return defer.Deferred.fromCoroutine(self._gated(protocolFactory, self.gate))
+
+    async def _gated(self, protocolFactory: IProtocolFactory, gate: Any) -> IProtocol:
+        checked: defer.Deferred[None] = defer.Deferred()
+        factory = PrimaryCheckFactory(protocolFactory, checked, role=False)
+        await self._endpoint.connect(factory)
+        check = factory.made
+        assert check is not None
+        try:
+            await checked
+            await gate(check.command)
+            protocol = check.start()
+        except BaseException:
+            abort(check.transport)
+            raise
+        self._made += 1
+        return protocol

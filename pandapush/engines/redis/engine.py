@@ -200,10 +200,10 @@ class RedisEngine(ListenerRegistry, ClusterQueries, RedisEngineHistory, Observed
         self._pinger.start(pingInterval, now=False).addErrback(node.loopFailed, "ping")
         self._rpc.handle("drop", self._serveDrop)
         self._startCluster(node, self._restorer)
-        # After a failover, publishes wait until every live node listens again (nodes.py).
+        # After an outage, publishes wait until every live node listens again (nodes.py).
         self._subscriber.setMarker(keys.up(node.id))
         self._nodes = NodeRegistry(node, max(expiry / 2, 0.05))
-        shards.pubsub.gateReconnections(FailoverGate(node, self._nodes.interval))
+        shards.pubsub.gateReconnections(FailoverGate(node, self._nodes))
 
     @property
     def maxQueue(self) -> int:

@@ -1,14 +1,13 @@
-"""The live nodes, and the gate that holds publishes after a failover until every node listens.
+"""The live nodes, and the gate that holds publishes after an outage until every node listens.
 
 Pub/sub is at most once: a message reaches the nodes whose SUBSCRIBE connection is
-subscribed when Redis runs the ``PUBLISH``. After a Sentinel failover every node's
-connections find the new primary at about the same moment, but not at the same
-instant; a publish that waited for the new primary and ran there before another
+subscribed when Redis runs the ``PUBLISH``. After a Sentinel failover (or a restart of
+the server, or connections cut) every node's connections come back at about the same
+moment, but not at the same instant; a publish that waited and ran before another
 node's SUBSCRIBE connection was back would be acknowledged, yet never reach that
 node's clients. So the command connection of the shard that carries pub/sub, made
-again after a failover, is held (:class:`FailoverGate`, through
-``RedisShard.gateReconnections``) until every live node has shown, on the new primary
-itself, that it listens:
+again, is held (:class:`FailoverGate`, through ``RedisShard.gateReconnections``) until
+every live node has shown, on that server itself, that it listens:
 
 - each node's SUBSCRIBE connection subscribes ``<ns>:up:<nodeId>`` after all its other
   channels, on every connection (``RedisSubscriber.setMarker``); Redis runs one
@@ -16,14 +15,16 @@ itself, that it listens:
   rest is subscribed too;
 - which nodes are live is in ``<ns>:nodes``, a sorted set each node writes itself to
   every ``expiry / 2`` (:class:`NodeRegistry`), scored by Redis's own clock; the replica
-  that is promoted has it, as it has the rest.
+  that is promoted has it, as it has the rest. Each node also remembers the live nodes
+  the registry listed at its last write, for a server that came back empty.
 
 A node is counted live if its entry is at most two of its intervals (and a second) older
 than this node's own: every node alive when the primary died renewed within one interval
-before. One that was SIGKILLed just before the failover is waited for in vain: the gate
+before. One that was SIGKILLed just before the outage is waited for in vain: the gate
 gives up after ``patience`` seconds, and says which nodes it did not see. Before, a fixed
-0.5 s wait stood in for the proof, and a node later than that missed what was published
-meanwhile (seen once under a full test run's load).
+0.5 s wait after a failover stood in for the proof (and nothing at all after a restart),
+and a node later than that missed what was published meanwhile (seen once under a full
+test run's load).
 """
 
 from __future__ import annotations
@@ -36,11 +37,32 @@ from twisted.logger import Logger
 
 from pandapush.engines.redis import scripts
 from pandapush.engines.redis.node import Node
+from pandapush.redis import RedisUnavailable
 
-__all__ = ["FailoverGate", "NodeRegistry"]
+__all__ = ["FailoverGate", "NodeRegistry", "liveNodes"]
 
 #: Milliseconds after which the registry forgets a node that stopped saying it is live.
 FORGET_AFTER_MS = 3_600_000
+
+
+def liveNodes(entries: Any, own: str, interval: float) -> list[str]:
+    """
+    The node ids of a registry reply (id, score, id, score...; bytes or text) that count
+    as live: scored at most ``2 * interval + 1`` seconds before ``own``'s entry (or the
+    newest, if ``own`` has none). ``own`` always, first.
+    """
+    scores: dict[str, float] = {}
+    if isinstance(entries, list):
+        for i in range(0, len(entries) - 1, 2):
+            member, score = entries[i], entries[i + 1]
+            try:
+                nodeId = member.decode() if isinstance(member, bytes) else str(member)
+                scores[nodeId] = float(score)
+            except (UnicodeDecodeError, ValueError, TypeError):
+                continue
+    reference = scores.get(own, max(scores.values(), default=0.0))
+    oldest = reference - (2 * interval + 1.0) * 1000
+    return [own, *sorted(n for n, score in scores.items() if score >= oldest and n != own)]
 
 
 class NodeRegistry:
@@ -49,6 +71,8 @@ class NodeRegistry:
     def __init__(self, node: Node, interval: float) -> None:
         self._node = node
         self.interval = interval
+        #: The live nodes as the registry listed them at this node's last write.
+        self.known: list[str] = [node.id]
         self._loop = task.LoopingCall(self.announce)
         self._loop.clock = node.reactor
         self._loop.start(interval, now=True).addErrback(node.loopFailed, "node registry")
@@ -57,6 +81,11 @@ class NodeRegistry:
         node = self._node
         forgetAfter = max(FORGET_AFTER_MS, int(self.interval * 10_000))
         d = node.shards.pubsub.eval(scripts.ANNOUNCE, [node.keys.nodes], [node.id, str(forgetAfter)])
+
+        def listed(entries: Any) -> None:
+            self.known = liveNodes(entries, node.id, self.interval)
+
+        d.addCallback(listed)
         # Tracked: the engine's close waits for it, and a failure (Redis away: the next
         # tick will do) is logged at debug level only.
         node.track(d, "node registry")
@@ -78,54 +107,50 @@ class FailoverGate:
 
     _log = Logger()
 
-    def __init__(self, node: Node, interval: float, patience: float = 5.0, poll: float = 0.01) -> None:
+    def __init__(self, node: Node, registry: NodeRegistry, patience: float = 5.0, poll: float = 0.01) -> None:
         self._node = node
-        self._interval = interval
+        self._registry = registry
         self.patience = patience
         self._poll = poll
 
     def __call__(self, command: Callable[..., defer.Deferred[Any]]) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._wait(command))
 
-    def live(self, entries: list[Any]) -> list[str]:
-        """The node ids of a ``ZRANGE ... WITHSCORES`` reply that count as live (this node's always)."""
-        scores: dict[str, float] = {}
-        for i in range(0, len(entries) - 1, 2):
-            member, score = entries[i], entries[i + 1]
-            try:
-                scores[member.decode()] = float(score)
-            except (AttributeError, UnicodeDecodeError, ValueError):
-                continue
-        own = self._node.id
-        reference = scores.get(own, max(scores.values(), default=0.0))
-        oldest = reference - (2 * self._interval + 1.0) * 1000
-        live = sorted(n for n, score in scores.items() if score >= oldest and n != own)
-        return [own, *live]
+    def _ask(self, command: Callable[..., defer.Deferred[Any]], *args: str) -> defer.Deferred[Any]:
+        # A server that accepts connections but does not answer (paused) must not hold the
+        # connection for ever: failing here closes it, and the endpoint connects again.
+        def timedOut(failure: Any) -> Any:
+            failure.trap(defer.TimeoutError, defer.CancelledError)
+            raise RedisUnavailable(f"no answer to {args[0]} while holding a reconnection")
+
+        d = command(*args)
+        d.addTimeout(self._node.shards.pubsub.commandTimeout, self._node.reactor)  # type: ignore[arg-type]
+        return d.addErrback(timedOut)
 
     async def _wait(self, command: Callable[..., defer.Deferred[Any]]) -> None:
         node = self._node
         shard = node.shards.pubsub.address.name
         started = node.reactor.seconds()
-        entries = await command("ZRANGE", node.keys.nodes, "0", "-1", "WITHSCORES")
+        entries = await self._ask(command, "ZRANGE", node.keys.nodes, "0", "-1", "WITHSCORES")
         if not isinstance(entries, list):
             self._log.warn(
-                "Redis {shard}: cannot read the live nodes ({reply!r}); not waiting for them",
+                "Redis {shard}: cannot read the live nodes ({reply!r}); waiting only for those last seen",
                 shard=shard,
                 reply=entries,
             )
-            return
-        nodes = self.live(entries)
+        listed = liveNodes(entries, node.id, self._registry.interval)
+        nodes = listed + [n for n in self._registry.known if n not in listed]
         channels = [node.keys.up(n) for n in nodes]
         while True:
-            reply = await command("PUBSUB", "NUMSUB", *channels)
+            reply = await self._ask(command, "PUBSUB", "NUMSUB", *channels)
             counts = dict(zip(reply[0::2], reply[1::2], strict=False)) if isinstance(reply, list) else {}
             missing = [
-                n for n, c in zip(nodes, channels, strict=False) if counts.get(c.encode(), b"0") == b"0"
+                n for n, c in zip(nodes, channels, strict=True) if counts.get(c.encode(), b"0") == b"0"
             ]
             waited = node.reactor.seconds() - started
             if not missing:
                 self._log.info(
-                    "Redis {shard}: every node ({n}) listens on the new primary after {waited:.3f} s; "
+                    "Redis {shard}: every node ({n}) listens again after {waited:.3f} s; "
                     "sending the commands that waited",
                     shard=shard,
                     n=len(nodes),
@@ -134,7 +159,7 @@ class FailoverGate:
                 return
             if waited >= self.patience:
                 self._log.warn(
-                    "Redis {shard}: nodes {missing} do not listen on the new primary after {waited:.1f} s "
+                    "Redis {shard}: nodes {missing} do not listen again after {waited:.1f} s "
                     "(stopped, or stalled): sending the commands that waited; their clients miss what "
                     "is published before they are back",
                     shard=shard,

@@ -481,11 +481,11 @@ return result
 
 #: A node says it is live (``nodes``): KEYS: the registry; ARGV: the node's id, the age (ms)
 #: past which an entry is dropped. Scored by Redis's clock, so every entry is on one clock.
-#: Returns the score given.
+#: Returns the registry (id, score, id, score...): the node remembers who else is live.
 ANNOUNCE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
-return now
+return redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 """
