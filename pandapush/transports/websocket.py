@@ -16,8 +16,7 @@ from typing import Any
 
 import autobahn.websocket.protocol
 from autobahn.twisted.websocket import WebSocketServerFactory
-from autobahn.websocket.protocol import TrafficStats
-from autobahn.websocket.types import ConnectionRequest
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -28,7 +27,8 @@ from pandapush.bayeux import json
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.delivery import Delivery
 from pandapush.interfaces import IClientSocket, IRouter
-from pandapush.transports.fastframes import FastFramesProtocol, textFrame
+from pandapush.transports.fastframes import textFrame
+from pandapush.transports.handshake import TRAFFIC, DirectOpeningProtocol, SendQueue
 from pandapush.transports.http import OriginPolicy
 from pandapush.transports.xormask import createMasker
 
@@ -66,9 +66,8 @@ autobahn.websocket.protocol.pformat = _Pformat  # type: ignore[assignment]
 # pandapush.transports.xormask. Autobahn looks the name up in this module for every frame.
 autobahn.websocket.protocol.create_xor_masker = createMasker  # type: ignore[assignment]
 
-# Autobahn counts each connection's traffic in a TrafficStats object of its own (1.3 KB
-# per idle socket); nothing reads the counts, so every socket adds to this one.
-_TRAFFIC = TrafficStats()
+# Every socket's traffic counts (see pandapush.transports.handshake).
+_TRAFFIC = TRAFFIC
 
 # The handshake's leftovers autobahn keeps for the connection's life (its request and
 # response texts, parsed headers, offered protocols): ~1.4 KB per idle socket.
@@ -85,18 +84,8 @@ _HANDSHAKE_LEFTOVERS = (
 )
 
 
-class _SendQueue(list[Any]):
-    """
-    Autobahn's queue of frames for ``sync``/``chopsize`` sends (pandapush makes none),
-    as a list: an empty ``deque`` holds a 64-slot block, 600 bytes per idle socket.
-    """
-
-    def popleft(self) -> Any:
-        return self.pop(0)
-
-
 @implementer(IClientSocket)
-class BayeuxWebSocketProtocol(FastFramesProtocol):
+class BayeuxWebSocketProtocol(DirectOpeningProtocol):
     factory: BayeuxWebSocketFactory
     _log = Logger()
 
@@ -117,22 +106,26 @@ class BayeuxWebSocketProtocol(FastFramesProtocol):
     # Autobahn callbacks
 
     def onConnect(self, request: ConnectionRequest) -> None:
-        origin = request.headers.get("origin")
-        if origin and not self.factory.origins.allows(origin):
-            from autobahn.websocket.types import ConnectionDeny
-
+        if not self.admitOpening(request.headers):
             raise ConnectionDeny(403, "Origin not allowed")
-        peer = self.transport.getPeer() if self.transport is not None else None
-        # Autobahn's own parse of the headers (a dict of lower-cased names) is read-only
-        # from here on: shared rather than copied for the connection's life.
-        self._context = MessageContext("websocket", request.headers, getattr(peer, "host", None))
         # No subprotocol: Bayeux over websocket never negotiated one.
         return None
+
+    def admitOpening(self, headers: dict[str, str]) -> bool:
+        """Whether the origin may open a socket; if so, the context of its messages."""
+        origin = headers.get("origin")
+        if origin and not self.factory.origins.allows(origin):
+            return False
+        peer = self.transport.getPeer() if self.transport is not None else None
+        # The opening's parse of the headers (a dict of lower-cased names) is read-only
+        # from here on: shared rather than copied for the connection's life.
+        self._context = MessageContext("websocket", headers, getattr(peer, "host", None))
+        return True
 
     def _connectionMade(self) -> None:
         super()._connectionMade()  # type: ignore[misc]
         self.trafficStats = _TRAFFIC
-        self.send_queue = _SendQueue()  # type: ignore[assignment]
+        self.send_queue = SendQueue()  # type: ignore[assignment]
 
     def onOpen(self) -> None:
         for name in _HANDSHAKE_LEFTOVERS:

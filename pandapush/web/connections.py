@@ -250,8 +250,9 @@ class PandapushChannel(HTTPChannel):
         request (nothing of one is buffered, no request is answered meanwhile) with the
         whole head of a websocket upgrade that twisted.web would route there as it is.
         As autobahn's ``WebSocketResource.render`` does, but with the bytes as they
-        came: autobahn parses them once, and checks and answers the handshake (the
-        origin policy is its ``onConnect``'s). False: twisted.web takes the request.
+        came: the protocol parses them once, and checks and answers the handshake
+        (pandapush.transports.handshake; the origin policy is its ``admitOpening``'s).
+        False: twisted.web takes the request.
         """
         end = data.find(b"\r\n\r\n")
         if (
