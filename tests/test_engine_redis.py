@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import txredisapi
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
@@ -642,6 +643,18 @@ class RoundTripTests(RedisEngineCase, TestCase):
         # Another node's clients, and unknown ones, are Redis's to tell.
         self.assertFalse(await self.engine.clientExists("never-was"))
         self.assertIn(scripts.EXISTS, self.scripts)
+
+    async def test_scriptsSurviveScriptFlush(self) -> None:
+        """A script is sent once per connection, then by hash; after SCRIPT FLUSH, in full again."""
+        shard = RedisShard(reactor, parseRedisHosts(self.hosts)[0])
+        self.addCleanup(shard.close)
+        script = "return tonumber(ARGV[1]) + 1"
+        self.assertEqual(await shard.eval(script, [], [1]), 2)
+        self.assertEqual(await shard.eval(script, [], [2]), 3)
+        await shard.execute("SCRIPT", "FLUSH")
+        self.assertEqual(await shard.eval(script, [], [3]), 4)
+        with self.assertRaises(txredisapi.ResponseError):
+            await shard.eval("return redis.call('NOSUCHCOMMAND')", [], [])
 
     async def test_clientGoneBehindItsBackNoticed(self) -> None:
         """

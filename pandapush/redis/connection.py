@@ -20,8 +20,6 @@ An outage is logged once per server, with its cause, and its end once
 
 from __future__ import annotations
 
-import bisect
-import hashlib
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -36,7 +34,9 @@ from twisted.internet.protocol import Factory
 from twisted.logger import ILogObserver, Logger
 from zope.interface import implementer
 
+from pandapush.redis.commands import Deadlines, evalOn
 from pandapush.redis.health import RedisHealth, healthOf
+from pandapush.redis.ring import HashRing
 
 __all__ = [
     "HashRing",
@@ -165,42 +165,6 @@ def parseRedisHosts(value: str) -> list[RedisAddress]:
     return addresses
 
 
-class HashRing:
-    """
-    Consistent hashing with virtual nodes.
-
-    Each shard owns ``replicas`` points on a 64-bit circle; a key belongs to the
-    first point at or after its hash. Adding a shard takes over only the arcs
-    before its own points (about 1/n of the keys), where ``hash % n`` would move
-    almost every key.
-    """
-
-    def __init__(self, names: Sequence[str], replicas: int = 160) -> None:
-        if not names:
-            raise ValueError("a hash ring needs at least one shard")
-        points: list[tuple[int, int]] = []
-        for index, name in enumerate(names):
-            for replica in range(replicas):
-                points.append((self._hash(f"{name}#{replica}"), index))
-        points.sort()
-        self._hashes = [h for h, _ in points]
-        self._owners = [i for _, i in points]
-        self._single = len(names) == 1
-
-    @staticmethod
-    def _hash(key: str) -> int:
-        return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
-
-    def index(self, key: str) -> int:
-        """The index (in the names given) of the shard holding ``key``."""
-        if self._single:
-            return 0
-        position = bisect.bisect_left(self._hashes, self._hash(key))
-        if position == len(self._hashes):
-            position = 0
-        return self._owners[position]
-
-
 def _bounded(
     d: defer.Deferred[Any],
     seconds: float,
@@ -208,11 +172,12 @@ def _bounded(
     what: str,
     health: RedisHealth | None = None,
     connection: _ObservedEndpoint | None = None,
+    deadlines: Deadlines | None = None,
 ) -> defer.Deferred[Any]:
     """
-    Fail ``d`` with RedisUnavailable if it has not fired after ``seconds``; with
-    ``health``, a timeout counts as ``connection`` failing, and an answer to a command
-    sent after that as its recovery.
+    Fail ``d`` with RedisUnavailable if it has not fired after ``seconds`` (timed by
+    ``deadlines``, the connection's queue, when given); with ``health``, a timeout counts
+    as ``connection`` failing, and an answer to a command sent after that as its recovery.
     """
     sent = reactor.seconds()
 
@@ -243,7 +208,10 @@ def _bounded(
             raise RedisUnavailable(f"Redis connection lost during {what}")
         return failure
 
-    d.addTimeout(seconds, reactor)  # type: ignore[arg-type]
+    if deadlines is not None:
+        d.addBoth(deadlines.add(d, sent))
+    else:
+        d.addTimeout(seconds, reactor)  # type: ignore[arg-type]
     if health is not None:
         d.addCallback(answered)
     d.addErrback(timedOut)
@@ -266,6 +234,7 @@ class RedisShard:
         self._reactor = reactor
         self.commandTimeout = commandTimeout
         self.health = healthOf(reactor, address.server)
+        self._deadlines = Deadlines(reactor, commandTimeout)
         # poolsize 1: commands from this node reach Redis in the order they were
         # issued (an attach's lease then a detach's deadline, never the reverse).
         # txredisapi.lazyConnection, but on an endpoint that tells our health.
@@ -338,21 +307,30 @@ class RedisShard:
             return defer.fail(RedisUnavailable(str(e)))
         if self._primary is not None:
             d.addErrback(self._demoted)
-        return _bounded(d, self.commandTimeout, self._reactor, str(args[0]), self.health, self._endpoint)
+        return self._bounded(d, str(args[0]))
+
+    def _bounded(self, d: defer.Deferred[Any], what: str) -> defer.Deferred[Any]:
+        return _bounded(
+            d, self.commandTimeout, self._reactor, what, self.health, self._endpoint, self._deadlines
+        )
 
     def eval(self, script: str, keys: Sequence[str], args: Sequence[Any] = ()) -> defer.Deferred[Any]:
         """Run a Lua script (EVALSHA, falling back to EVAL), bounded in time."""
         try:
             connection = self._connection()
             if connection is not None:
-                d = connection.eval(script, keys, args)
+                d = evalOn(connection, script, keys, args, self._evalLater)
             else:
-                d = self._handler.eval(script, list(keys), list(args))
+                d = self._evalLater(script, keys, args)
         except Exception as e:
             return defer.fail(RedisUnavailable(str(e)))
         if self._primary is not None:
             d.addErrback(self._demoted)
-        return _bounded(d, self.commandTimeout, self._reactor, "EVAL", self.health, self._endpoint)
+        return self._bounded(d, "EVAL")
+
+    def _evalLater(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> defer.Deferred[Any]:
+        # No connection now: txredisapi's handler waits for one.
+        return self._handler.eval(script, list(keys), list(args))  # type: ignore[no-any-return]
 
     def _demoted(self, failure: Any) -> Any:
         # The primary became a replica under this connection: find the new one.
@@ -384,6 +362,7 @@ class RedisShard:
     def close(self) -> defer.Deferred[None]:
         self._endpoint.closed = True
         self.health.forget(self._endpoint)
+        self._deadlines.close()
         d = self._handler.disconnect()
         if self._primary is not None:
             d.addBoth(lambda _: self._primary.close())
