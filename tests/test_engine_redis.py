@@ -644,6 +644,28 @@ class RoundTripTests(RedisEngineCase, TestCase):
         self.assertFalse(await self.engine.clientExists("never-was"))
         self.assertIn(scripts.EXISTS, self.scripts)
 
+    async def test_subscriptionsAnsweredHere(self) -> None:
+        """
+        The subscriptions of a client this node owns (asked before every subscribe, for
+        the limit) come from its mirror without a command, also while a claim script is
+        in flight (answered once it is); another node's clients are Redis's to tell.
+        """
+        clientId = await self.engine.createClient()
+        await self.engine.subscribe(clientId, "/a")
+        commands: list[Any] = []
+        for shard in self.engine._shards:
+            self.patch(shard, "execute", self._recordingCommands(shard.execute, commands))
+        asked = self.engine.subscriptions(clientId)
+        self.assertTrue(asked.called)
+        self.assertEqual(await asked, {"/a"})
+        self.engine.attach(clientId, RecordingSink())  # its first connect: a claim
+        self.assertEqual(await self.engine.subscriptions(clientId), {"/a"})
+        await self.engine.settle()
+        self.assertEqual(commands, [])
+        other = self.newEngine(self.namespace)
+        await other.ready()
+        self.assertEqual(await other.subscriptions(clientId), {"/a"})
+
     async def test_scriptsSurviveScriptFlush(self) -> None:
         """A script is sent once per connection, then by hash; after SCRIPT FLUSH, in full again."""
         shard = RedisShard(reactor, parseRedisHosts(self.hosts)[0])
@@ -655,6 +677,14 @@ class RoundTripTests(RedisEngineCase, TestCase):
         self.assertEqual(await shard.eval(script, [], [3]), 4)
         with self.assertRaises(txredisapi.ResponseError):
             await shard.eval("return redis.call('NOSUCHCOMMAND')", [], [])
+
+    def _recordingCommands(self, execute: Any, commands: list[Any]) -> Any:
+        def recorded(*args: Any) -> Any:
+            if args[0] == "SMEMBERS":
+                commands.append(args)
+            return execute(*args)
+
+        return recorded
 
     async def test_clientGoneBehindItsBackNoticed(self) -> None:
         """

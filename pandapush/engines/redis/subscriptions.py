@@ -112,6 +112,21 @@ class Subscriptions:
     def of(self, clientId: str) -> defer.Deferred[set[str]]:
         """The client's subscriptions, as Redis has them."""
         node = self._node
+        client = node.local.get(clientId)
+        if client is not None and node.knownRegistered(clientId):
+            # Asked before every subscribe (the router's subscription limit): the owner's
+            # mirror is what Redis has, every subscribe and unsubscribe updating it before
+            # its reply, and a claim with the subscriptions its script read (see
+            # knownRegistered for why the client is still registered). One SMEMBERS round
+            # trip less a subscribe.
+            if not client.checking:
+                return defer.succeed(set(client.subscriptions))
+            # A claim script in flight (a websocket's first connect, then its subscribe):
+            # its answer may bring subscriptions made through another node. SMEMBERS would
+            # have waited behind it on the same connection anyway.
+            waiter: defer.Deferred[None] = defer.Deferred()
+            client.checkWaiters.append(waiter)
+            return waiter.addCallback(lambda _: self.of(clientId))
         d = node.shards.of(clientId).execute("SMEMBERS", node.keys.client(clientId)[2])
         return d.addCallback(lambda members: set(members or ()))
 
