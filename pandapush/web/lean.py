@@ -44,9 +44,6 @@ _HEAD = re.compile(
     rb"POST (/push(?:[/?][\x21-\xb0]*)?|/channel/[\x21-\xb0]*) HTTP/1\.1\r\n"
     rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00\r\n]*\r\n)*)\r\n"
 )
-#: One header line of a head ``_HEAD`` took; the value without the blanks around it, as
-#: twisted.web strips them.
-_HEADER = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\x00\r\n]*?)[ \t]*\r\n")
 #: Headers (canonical names) that make twisted.web do more than route the request.
 _REFUSED = frozenset({b"Transfer-Encoding", b"Expect", b"Upgrade"})
 #: A request begins so, or this path does not look further.
@@ -92,6 +89,14 @@ class LeanRequest(LimitedRequest):
         path, query, argstring = uri.partition(b"?")
         self.path = path
         self.args = parse_qs(argstring, 1) if query else {}
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        # Headers.setRawHeaders without its splitlines and join for a value with no line
+        # break to replace: four headers or more on every answer.
+        if type(name) is bytes and type(value) is bytes and b"\n" not in value and b"\r" not in value:
+            self.responseHeaders._rawHeaders[_nameEncoder.encode(name)] = [value]
+        else:
+            super().setHeader(name, value)
 
     def _cleanup(self) -> None:
         # twisted.web's Request._cleanup, but the channel's requestDone only for an
@@ -147,9 +152,12 @@ def _parse(channel: Any, data: bytes, start: int) -> tuple[LeanRequest, int] | N
     headers = Headers()
     raw = headers._rawHeaders
     length = 0
-    count = 0
-    for name, value in _HEADER.findall(head.group(2)):
+    lines = head.group(2)
+    # _HEAD checked every line; each is split as twisted.web's headerReceived splits it.
+    for line in lines[:-2].split(b"\r\n") if lines else ():
+        name, _, value = line.partition(b":")
         name = _nameEncoder.encode(name)
+        value = value.strip(b" \t")
         if name in _REFUSED:
             return None
         if name == b"Content-Length":
@@ -161,8 +169,7 @@ def _parse(channel: Any, data: bytes, start: int) -> tuple[LeanRequest, int] | N
             raw[name] = [value]
         else:
             values.append(value)
-        count += 1
-    if count > channel.maxHeaders:
+    if lines.count(b"\n") > channel.maxHeaders:
         return None
     site = getattr(channel, "site", None)
     limit = getattr(site, "maxBodySize", None)
@@ -212,10 +219,10 @@ def _answer(channel: Any, request: LeanRequest) -> None:
     cancelDeadline = getattr(channel, "_cancelDeadline", None)
     if cancelDeadline is not None:
         cancelDeadline()
-    headers = request.requestHeaders
-    if headers.hasHeader(b"cookie"):
+    headers = request.requestHeaders._rawHeaders
+    if b"Cookie" in headers:
         request.parseCookies()
-    connection = headers.getRawHeaders(b"connection")
+    connection = headers.get(b"Connection")
     if connection and b"close" in [t.lower() for t in connection[0].split(b" ")]:
         # HTTPChannel.checkPersistence's test, and its header (before the site's).
         request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
