@@ -13,7 +13,9 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet import tcp, threads
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from pandapush.transports.fastframes import FastFramesProtocol, textFrame
@@ -52,6 +54,10 @@ class _Recording:
     """Records each message and answers it with a text frame, so reply order shows."""
 
     messages: list[tuple[bytes, bool]]
+    closed: tuple[Any, ...] | None = None
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.closed = (wasClean, code, reason)
 
     def onOpen(self) -> None:
         self.messages = []
@@ -253,6 +259,31 @@ class SameAsAutobahnTests(SynchronousTestCase):
         server.dataReceived(whole[100:])
         self.assertEqual(server.messages[1], (b"x" * 300, False))
         self.assertEqual(server.data, b"")
+
+
+class ConnectionLostTests(SynchronousTestCase):
+    def lose(self, protocol: type[Any], reads: list[bytes], reason: Exception) -> tuple[Any, ...]:
+        server, _ = openServer(protocol)
+        for data in reads:
+            server.dataReceived(data)
+        server.connectionLost(Failure(reason))
+        closed: list[Any] = []
+        server.is_closed.addCallback(closed.append)
+        return (
+            server.closed,
+            server.state,
+            server.factory.countConnections,
+            closed == [server],
+            server.wasClean,
+        )
+
+    def test_sameAsAutobahn(self) -> None:
+        """A connection closed, lost or failed otherwise ends as autobahn's does (without its debug logs)."""
+        for reads in ([], [frame(b"\x03\xe8", opcode=8)], [frame(b"a")]):
+            for reason in (ConnectionDone(), ConnectionLost(), ConnectionAborted(), ValueError("tls")):
+                fast = self.lose(FastServer, reads, reason)
+                self.assertEqual(fast, self.lose(AutobahnServer, reads, reason), (reads, reason))
+                self.assertEqual(fast[2], 0)
 
 
 class TextFrameTests(SynchronousTestCase):

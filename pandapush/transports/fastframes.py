@@ -28,6 +28,10 @@ kernel does not take go through Twisted's ``write`` as before.
 from __future__ import annotations
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 
 from pandapush.transports.http import sendNow
 from pandapush.transports.xormask import unmask
@@ -267,3 +271,21 @@ class FastFramesProtocol(WebSocketServerProtocol):
         self._sendOutgoing(direct=not abort)
         self._outgoing = None
         super()._closeConnection(abort)
+
+    # closing
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # Autobahn's own connectionLost and its server protocol's _connectionLost wrap
+        # the work in debug logs whose arguments are made before the level is looked at
+        # (hltype, and hlval of the Failure: its brief traceback as text). A connection
+        # closed or lost goes straight to the work; anything else (a TLS error, which
+        # autobahn logs as an error) keeps autobahn's path.
+        if isinstance(reason.value, (ConnectionDone, ConnectionLost)):
+            self._connectionLost(reason)
+        else:
+            super().connectionLost(reason)
+
+    def _connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        # WebSocketServerProtocol's, without its debug log.
+        WebSocketProtocol._connectionLost(self, reason)  # type: ignore[arg-type]
+        self.factory.countConnections -= 1
