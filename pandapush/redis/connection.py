@@ -36,6 +36,7 @@ from zope.interface import implementer
 
 from pandapush.redis.commands import Deadlines, evalOn
 from pandapush.redis.health import RedisHealth, healthOf
+from pandapush.redis.protocol import CommandProtocol
 from pandapush.redis.ring import HashRing
 
 __all__ = [
@@ -246,6 +247,7 @@ class RedisShard:
             charset="utf-8",
             convertNumbers=False,
         )
+        factory.protocol = CommandProtocol  # our lean command path and reply parser
         factory.initialDelay = 0.1
         factory.maxDelay = reconnectMaxDelay
         self._primary: Any = None
