@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from txaio._common import _BatchedTimer
 
+from pandapush.transports import handshake
 from pandapush.transports.handshake import DirectOpeningProtocol, acceptKey, plainOpening
 from pandapush.transports.websocket import BayeuxWebSocketProtocol
 from tests.support.inprocess import InProcessServer
@@ -326,6 +327,41 @@ class RestrictedOriginOpeningTests(OpeningCase):
         allowed = self.assertSame("good", [head(plus(b"Origin: http://good.test"))])
         self.assertTrue(allowed["session"])
         self.assertEqual(self.direct[-1], True)
+
+
+class RememberedVerdictTests(OpeningCase):
+    """Origins and extension offers are judged once per value, under the options of the moment."""
+
+    def test_optionsChanged(self) -> None:
+        """A verdict remembered under autobahn's old origin patterns is not used under new ones."""
+        factory = self.server.service.bayeux.websocketFactory
+        chromium = head(CHROMIUM)
+        self.assertTrue(self.assertSame("before", [chromium])["session"])
+        factory.setProtocolOptions(allowedOrigins=["http://good.test"])
+        refused = self.assertSame("after", [chromium])
+        self.assertEqual(
+            refused["answer"],
+            b"HTTP/1.1 400 WebSocket connection denied: origin 'http://127.0.0.1:3000' not allowed\r\n\r\n",
+        )
+        self.assertEqual(self.direct[-1], False)
+
+    def test_originsAndOffersApart(self) -> None:
+        """An origin and an extension offer with the same text are judged each as what it is."""
+        text = b"x-webkit-deflate-frame"
+        self.assertTrue(
+            self.assertSame("offer", [head(plus(b"Sec-WebSocket-Extensions: " + text))])["session"]
+        )
+        refused = self.assertSame("origin", [head(plus(b"Origin: " + text))])
+        self.assertTrue(refused["answer"].startswith(b"HTTP/1.1 400 HTTP Origin header invalid"), refused)
+
+    def test_bounded(self) -> None:
+        """At most ``kept`` values are remembered (a client may send a new one each time)."""
+        self.patch(handshake._Verdicts, "kept", 3)
+        for n in range(5):
+            self.assertSame(f"origin {n}", [head(plus(b"Origin: http://a%d.test" % n))], session=False)
+        verdicts = vars(self.server.service.bayeux.websocketFactory)["_openingVerdicts"]
+        self.assertLessEqual(len(verdicts.origins), 3)
+        self.assertEqual(self.direct, [True] * 5)
 
 
 class OpenSocketTests(OpeningCase):
