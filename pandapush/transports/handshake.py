@@ -61,8 +61,6 @@ _HEAD = re.compile(
     'GET /push(?:[/?][!"$-~]*)? HTTP/1\\.1\r\n'
     "((?:[!#$%&'*+\\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*)\r\n"
 )
-#: One header line of such a head: its name, and its value without surrounding SP/HTAB.
-_FIELD = re.compile("([^:]+):[ \t]*([^\r]*?)[ \t]*\r\n")
 #: A Sec-WebSocket-Key as autobahn takes it: 22 base64 characters and ``==``.
 _KEY = re.compile("[A-Za-z0-9+/]{22}==")
 #: Headers autobahn refuses to see twice.
@@ -91,6 +89,9 @@ def acceptKey(key: str) -> str:
 
 
 def _hasToken(value: str, token: str) -> bool:
+    """Whether ``token`` is one of the comma-separated values of a header (autobahn's test)."""
+    if value.lower() == token:
+        return True
     for part in value.split(","):
         if part.strip().lower() == token:
             return True
@@ -108,8 +109,13 @@ def plainOpening(head: str) -> tuple[dict[str, str], str] | None:
     if match is None:
         return None
     headers: dict[str, str] = {}
-    for name, value in _FIELD.findall(match.group(1)):
+    # _HEAD took each line as a token, a colon and a value without CR or LF; the value
+    # without surrounding SP/HTAB is autobahn's. (A regular expression splitting the
+    # fields cost three times as much as splitting here.)
+    for line in match.group(1).split("\r\n")[:-1]:
+        name, _, value = line.partition(":")
         name = name.lower()
+        value = value.strip(" \t")
         if name in headers:
             if name in _ONCE:
                 return None

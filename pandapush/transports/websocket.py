@@ -128,8 +128,10 @@ class BayeuxWebSocketProtocol(DirectOpeningProtocol):
         self.send_queue = SendQueue()  # type: ignore[assignment]
 
     def onOpen(self) -> None:
-        for name in _HANDSHAKE_LEFTOVERS:
-            self.__dict__.pop(name, None)
+        if "http_request_data" in self.__dict__:
+            # Opened by autobahn's handshake (not pandapush.transports.handshake's).
+            for name in _HANDSHAKE_LEFTOVERS:
+                self.__dict__.pop(name, None)
         self._open = True
         self.factory.openSockets += 1
         # Hear when the kernel stops taking our writes (a client that does not
