@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_EPOCH_LENGTH",
+    "PUBLISHES",
     "EngineUnavailableError",
     "HistoryPage",
     "IClientSocket",
@@ -48,6 +49,7 @@ __all__ = [
     "IEngineListener",
     "IExtension",
     "IRouter",
+    "IScopedExtension",
     "Message",
     "Occupancy",
     "Position",
@@ -420,6 +422,24 @@ class IExtension(Interface):
         Inspect or change a reply to the client that sent ``context``'s message
         (never a delivery). Return None to drop it; may answer with a Deferred.
         """
+
+
+#: In :class:`IScopedExtension`'s sets: the messages on every channel outside ``/meta`` (publishes).
+PUBLISHES = "publish"
+
+
+class IScopedExtension(IExtension):
+    """
+    An extension that names the messages its hooks act on: the router calls ``incoming``
+    only for messages on the channels in ``incomingOn``, ``outgoing`` only for replies on
+    those in ``outgoingOn`` (the five meta channels, :data:`PUBLISHES`). A message on any
+    other channel (``/meta/x``, not a string) goes to both hooks, and so does every
+    message while one of the router's extensions is not scoped (it may change channels).
+    The hooks must leave every other message as it is, and not change a channel.
+    """
+
+    incomingOn = Attribute("frozenset: the channels whose messages ``incoming`` acts on.")
+    outgoingOn = Attribute("frozenset: the channels whose replies ``outgoing`` acts on.")
 
 
 class IConnectBatches(Interface):

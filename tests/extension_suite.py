@@ -28,7 +28,7 @@ from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
 
 from pandapush.bayeux.context import MessageContext
-from pandapush.interfaces import IExtension
+from pandapush.interfaces import PUBLISHES, IExtension, IScopedExtension
 
 if TYPE_CHECKING:
     from twisted.trial.unittest import TestCase
@@ -90,6 +90,47 @@ REPLIES: list[Message] = [
 ]
 
 
+#: What an IScopedExtension may name: the five meta channels and the publishes.
+KINDS = frozenset(
+    {
+        "/meta/handshake",
+        "/meta/connect",
+        "/meta/subscribe",
+        "/meta/unsubscribe",
+        "/meta/disconnect",
+        PUBLISHES,
+    }
+)
+
+
+def kindOf(message: Message) -> str | None:
+    """The kind a router chooses an IScopedExtension's hooks by (None: every hook)."""
+    channel = message.get("channel")
+    if channel in KINDS:
+        return str(channel)
+    if isinstance(channel, str) and not channel.startswith("/meta"):
+        return PUBLISHES
+    return None
+
+
+def _busyContext(transport: str = "websocket") -> MessageContext:
+    """A context with whatever extensions leave for each other, as after a granted token publish."""
+    context = MessageContext(transport, {"origin": "https://evil.example"}, "127.0.0.1")
+    context.attributes.update(
+        {
+            "keyId": "PSIDkey",
+            "authenticated": {"app"},
+            "presence": {"id": "m1"},
+            "user": "u1",
+            "tokenExpires": 2_000_000_000.0,
+            "keyExpires": 2_000_000_000.0,
+            "byToken": True,
+            "clientEvent": ("/app/public/room", {"text": "hi"}),
+        }
+    )
+    return context
+
+
 class ExtensionTestsMixin(_Base):
     """What every IExtension does. ``self.extension`` is made in ``setUp`` (``makeExtension``)."""
 
@@ -144,6 +185,37 @@ class ExtensionTestsMixin(_Base):
     def test_providesIExtension(self) -> None:
         """The extension provides IExtension."""
         self.assertTrue(verifyObject(IExtension, self.extension))
+
+    def test_scopeHonest(self) -> None:
+        """
+        An extension naming the messages its hooks act on (IScopedExtension) leaves every
+        other message and reply as it is, whatever the context holds, and refuses only
+        messages it names: the router does not call it for the others.
+        """
+        if not IScopedExtension.providedBy(self.extension):
+            return
+        self.assertTrue(verifyObject(IScopedExtension, self.extension))
+        incomingOn, outgoingOn = self.extension.incomingOn, self.extension.outgoingOn
+        self.assertLessEqual(incomingOn, KINDS)
+        self.assertLessEqual(outgoingOn, KINDS)
+        refusals = self.refusals()
+        for message, _, _ in refusals:
+            self.assertIn(kindOf(message), incomingOn)
+        messages = META_MESSAGES + self.clientMessages() + [m for m, _, _ in refusals]
+        contexts = [c for _, c, _ in refusals]
+        for original in messages:
+            if kindOf(original) in incomingOn:
+                continue
+            for context in [MessageContext("long-polling"), _busyContext(), *contexts]:
+                self.assertEqual(self.incoming(copy.deepcopy(original), context), original)
+        replies = REPLIES + [
+            {**m, "successful": True} for m in self.clientMessages() + [m for m, _, _ in refusals]
+        ]
+        for original in replies:
+            if kindOf(original) in outgoingOn:
+                continue
+            for context in [MessageContext("long-polling"), _busyContext(), *contexts]:
+                self.assertEqual(self.outgoing(copy.deepcopy(original), context), original)
 
     def test_unrelatedMessagesUnchanged(self) -> None:
         """Messages the extension has no business with come out of ``incoming`` as they went in."""

@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from pandapush.auth import TenancyConfig
+from pandapush.auth.keycache import KeyCache
 from pandapush.bayeux.context import MessageContext
 from pandapush.engines.memory import MemoryEngine
 from pandapush.extensions.acknowledge import Acknowledgements
@@ -20,10 +21,12 @@ from pandapush.extensions.expiry import SubscriptionExpiry
 from pandapush.extensions.limits import AppConnectionLimiter, LimitsExtension, PublishRateLimiter
 from pandapush.extensions.metrics import Metrics
 from pandapush.extensions.presence import PresenceExtension
+from pandapush.extensions.users import UserConnections
 from pandapush.router import BayeuxRouter
 from pandapush.storage.memory import MemoryStorage
 from pandapush.tokens import mintToken
 from pandapush.transports.resource import BayeuxResource
+from pandapush.webhooks import WebhookConfig, makeWebhooks
 from tests.extension_suite import ExtensionTestsMixin, Message
 from tests.support.tenancy import makeTenancy
 
@@ -224,6 +227,35 @@ class AcknowledgementsTests(ExtensionTestsMixin, _Wired):
             )
             for value in ("7", -1, False, 2.5)
         ]
+
+
+class UserConnectionsTests(ExtensionTestsMixin, _Wired):
+    """``UserConnections``: indexes subscribers by user; refuses nothing."""
+
+    def makeExtension(self) -> Any:
+        return UserConnections(self.router, self.clock)
+
+    def ignoredMessages(self) -> list[Message]:
+        return self.clientMessages()
+
+    def refusals(self) -> list[tuple[Message, MessageContext, str]]:
+        return []
+
+
+class WebhookEventsTests(ExtensionTestsMixin, _Wired):
+    """Webhooks' client events: noted from granted token publishes; refuses nothing."""
+
+    def makeExtension(self) -> Any:
+        keys = KeyCache(self.storage, self.clock)
+        events = makeWebhooks(WebhookConfig(), self.storage, keys, self.clock).events
+        assert events is not None
+        return events
+
+    def ignoredMessages(self) -> list[Message]:
+        return self.clientMessages()
+
+    def refusals(self) -> list[tuple[Message, MessageContext, str]]:
+        return []
 
 
 class _RecordingRouter(BayeuxRouter):

@@ -41,8 +41,9 @@ from pandapush.auth.keycache import KeyCache
 from pandapush.auth.rules import PUBLISH, SUBSCRIBE, parseChannel
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.errors import BayeuxError
+from pandapush.bayeux.message import SUBSCRIBE as SUBSCRIBE_CHANNEL
 from pandapush.bayeux.message import subscriptionChannels
-from pandapush.interfaces import IExtension
+from pandapush.interfaces import PUBLISHES, IScopedExtension
 
 __all__ = ["ORIGIN_NOT_ALLOWED", "AppOrigins", "OriginExtension", "originRefusal"]
 
@@ -102,7 +103,7 @@ def _channelsOf(message: Message) -> list[str]:
     return [channel]
 
 
-@implementer(IExtension)
+@implementer(IScopedExtension)
 class OriginExtension:
     """
     Refuses subscribes and publishes on an application's channels from browser
@@ -110,6 +111,10 @@ class OriginExtension:
     refusals come first, in the contract's order) and before presence (so a refused
     subscribe joins nobody). Synchronous when the lists are cached.
     """
+
+    # What the hooks act on (IScopedExtension): the router skips them for the rest.
+    incomingOn: frozenset[str] = frozenset({SUBSCRIBE_CHANNEL, PUBLISHES})
+    outgoingOn: frozenset[str] = frozenset()
 
     _log = Logger()
 

@@ -31,7 +31,7 @@ from pandapush.auth.checkers import AuthRefused, ChannelAuthority
 from pandapush.auth.rules import PUBLISH, SUBSCRIBE, Allowed, parseChannel
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.errors import BayeuxError
-from pandapush.interfaces import IExtension
+from pandapush.interfaces import PUBLISHES, IScopedExtension
 from pandapush.storage.errors import StorageUnavailableError
 
 __all__ = ["TenancyExtension"]
@@ -57,9 +57,13 @@ def _takeAuth(message: Message, fromData: bool) -> Any:
     return auth
 
 
-@implementer(IExtension)
+@implementer(IScopedExtension)
 class TenancyExtension:
     """Applies :class:`~pandapush.auth.checkers.ChannelAuthority` to client messages."""
+
+    # What the hooks act on (IScopedExtension): the router skips them for the rest.
+    incomingOn: frozenset[str] = frozenset({SUBSCRIBE_CHANNEL, PUBLISHES})
+    outgoingOn: frozenset[str] = frozenset()
 
     _log = Logger()
 

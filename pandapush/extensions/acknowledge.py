@@ -51,7 +51,7 @@ from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.delivery import Delivery
 from pandapush.bayeux.errors import BayeuxError
 from pandapush.bayeux.message import CONNECT, HANDSHAKE
-from pandapush.interfaces import IConnectBatches, IExtension, IRouter
+from pandapush.interfaces import IConnectBatches, IRouter, IScopedExtension
 from pandapush.listeners import EngineListener
 
 __all__ = ["MAX_BATCH", "MAX_UNACKNOWLEDGED", "Acknowledgements", "Batches"]
@@ -119,7 +119,7 @@ def _batchNumber(value: Any) -> int | None:
     return None
 
 
-@implementer(IExtension, IConnectBatches)
+@implementer(IScopedExtension, IConnectBatches)
 class Acknowledgements(EngineListener):
     """
     The server half of CometD's acknowledgement extension (the module docstring has the
@@ -127,6 +127,10 @@ class Acknowledgements(EngineListener):
     forgotten (longer than a connect is held plus a client's expiry); ``service`` (started
     with the server) forgets them.
     """
+
+    # What the hooks act on (IScopedExtension): the router skips them for the rest.
+    incomingOn: frozenset[str] = frozenset({HANDSHAKE, CONNECT})
+    outgoingOn: frozenset[str] = frozenset({HANDSHAKE})
 
     _log = Logger()
 

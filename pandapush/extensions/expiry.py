@@ -58,8 +58,9 @@ from pandapush.auth.keycache import KeyCache
 from pandapush.auth.rules import SUBSCRIBE, KeyFacts, Refusal, checkKey, parseChannel
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.errors import BayeuxError
+from pandapush.bayeux.message import SUBSCRIBE as SUBSCRIBE_CHANNEL
 from pandapush.bayeux.message import subscriptionChannels
-from pandapush.interfaces import IExtension, IRouter
+from pandapush.interfaces import IRouter, IScopedExtension
 from pandapush.listeners import EngineListener
 
 __all__ = ["TOKEN_EXPIRED", "SubscriptionExpiry", "expiryNotice"]
@@ -155,7 +156,7 @@ class _Grants:
         ]
 
 
-@implementer(IExtension)
+@implementer(IScopedExtension)
 class SubscriptionExpiry(EngineListener, Service):
     """
     Ends subscriptions when their token or key ends. An extension (it sees the successful
@@ -167,6 +168,10 @@ class SubscriptionExpiry(EngineListener, Service):
     deadlines are kept). As a service, stopping it cancels its timer (the server is going
     away: nothing more to end).
     """
+
+    # What the hooks act on (IScopedExtension): the router skips them for the rest.
+    incomingOn: frozenset[str] = frozenset()
+    outgoingOn: frozenset[str] = frozenset({SUBSCRIBE_CHANNEL})
 
     _log = Logger()
 

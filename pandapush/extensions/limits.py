@@ -50,7 +50,8 @@ from pandapush._deferred import isDeferred, settled
 from pandapush.auth.rules import PUBLISH, SUBSCRIBE, parseChannel
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.errors import BayeuxError
-from pandapush.interfaces import IEngine, IExtension
+from pandapush.bayeux.message import SUBSCRIBE as SUBSCRIBE_CHANNEL
+from pandapush.interfaces import PUBLISHES, IEngine, IScopedExtension
 from pandapush.listeners import EngineListener
 
 __all__ = [
@@ -333,7 +334,7 @@ class AppConnectionLimiter(EngineListener):
         )
 
 
-@implementer(IExtension)
+@implementer(IScopedExtension)
 class LimitsExtension:
     """
     Applies :class:`AppConnectionLimiter` and :class:`PublishRateLimiter` to Bayeux
@@ -341,6 +342,10 @@ class LimitsExtension:
     and left the key id in ``context.attributes["keyId"]``) and before presence (so a
     refused subscribe joins nobody). Messages already refused are left alone.
     """
+
+    # What the hooks act on (IScopedExtension): the router skips them for the rest.
+    incomingOn: frozenset[str] = frozenset({SUBSCRIBE_CHANNEL, PUBLISHES})
+    outgoingOn: frozenset[str] = frozenset()
 
     def __init__(self, engine: IEngine, connections: AppConnectionLimiter, publishes: PublishRate) -> None:
         self.engine = engine

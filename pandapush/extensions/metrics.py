@@ -39,7 +39,8 @@ from zope.interface import implementer
 
 from pandapush import __version__
 from pandapush.bayeux.context import MessageContext
-from pandapush.interfaces import IExtension, IRouter
+from pandapush.bayeux.message import CONNECT, DISCONNECT, HANDSHAKE, SUBSCRIBE, UNSUBSCRIBE
+from pandapush.interfaces import PUBLISHES, IRouter, IScopedExtension
 
 if TYPE_CHECKING:
     from pandapush.bayeux.delivery import Delivery
@@ -183,13 +184,19 @@ class _Counts:
         )
 
 
-@implementer(IExtension)
+@implementer(IScopedExtension)
 class ErrorCounter:
     """
     Counts Bayeux error replies by code (an outgoing hook: once per reply), and the
     subscribes that resumed from history (``ext.recovered`` in their reply; given
     ``resumes``, the counts). Added last, so it counts replies as the client will see them.
     """
+
+    # What the hooks act on (IScopedExtension): the router skips them for the rest.
+    incomingOn: frozenset[str] = frozenset()
+    outgoingOn: frozenset[str] = frozenset(
+        {HANDSHAKE, CONNECT, SUBSCRIBE, UNSUBSCRIBE, DISCONNECT, PUBLISHES}
+    )
 
     def __init__(self, counter: Counter, resumes: _Resumes | None = None) -> None:
         self.counter = counter

@@ -25,8 +25,8 @@ from zope.interface import implementer
 from pandapush.bayeux import json
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.errors import BayeuxError
-from pandapush.bayeux.message import subscriptionChannels
-from pandapush.interfaces import IExtension, IRouter
+from pandapush.bayeux.message import SUBSCRIBE, subscriptionChannels
+from pandapush.interfaces import IRouter, IScopedExtension
 from pandapush.listeners import EngineListener
 
 __all__ = ["PresenceExtension", "isPresenceChannel"]
@@ -44,9 +44,13 @@ def isPresenceChannel(channel: str) -> bool:
     return len(parts) >= 4 and parts[2] == "presence" and parts[-1] not in ("*", "**")
 
 
-@implementer(IExtension)
+@implementer(IScopedExtension)
 class PresenceExtension(EngineListener):
     """Joins presence subscribers to their channel's membership and announces changes."""
+
+    # What the hooks act on (IScopedExtension): the router skips them for the rest.
+    incomingOn: frozenset[str] = frozenset({SUBSCRIBE})
+    outgoingOn: frozenset[str] = frozenset({SUBSCRIBE})
 
     _log = Logger()
 

@@ -36,8 +36,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pandapush.bayeux.context import MessageContext
-from pandapush.bayeux.message import subscriptionChannels
-from pandapush.interfaces import IExtension, IRouter
+from pandapush.bayeux.message import SUBSCRIBE, subscriptionChannels
+from pandapush.interfaces import IRouter, IScopedExtension
 from pandapush.listeners import EngineListener
 
 __all__ = ["SWEEP_INTERVAL", "UserConnections"]
@@ -56,9 +56,13 @@ def _app(channel: str) -> str | None:
     return parts[1] if len(parts) >= 4 and parts[1] else None
 
 
-@implementer(IExtension)
+@implementer(IScopedExtension)
 class UserConnections(EngineListener):
     """The clients of each (application, user) on this node, and ending them cluster-wide."""
+
+    # What the hooks act on (IScopedExtension): the router skips them for the rest.
+    incomingOn: frozenset[str] = frozenset()
+    outgoingOn: frozenset[str] = frozenset({SUBSCRIBE})
 
     _log = Logger()
 

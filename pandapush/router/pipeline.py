@@ -21,7 +21,7 @@ for each of them would grow the stack with the batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -32,10 +32,32 @@ from pandapush._deferred import isDeferred, settled
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.delivery import Delivery
 from pandapush.bayeux.errors import BayeuxError
-from pandapush.bayeux.message import HANDSHAKE, Message, Reply, fail, makeReply
-from pandapush.interfaces import EngineUnavailableError, IClientSocket, IConnectBatches, IExtension
+from pandapush.bayeux.message import (
+    CONNECT,
+    DISCONNECT,
+    HANDSHAKE,
+    SUBSCRIBE,
+    UNSUBSCRIBE,
+    Message,
+    Reply,
+    fail,
+    makeReply,
+)
+from pandapush.interfaces import (
+    PUBLISHES,
+    EngineUnavailableError,
+    IClientSocket,
+    IConnectBatches,
+    IExtension,
+    IScopedExtension,
+)
 
 __all__ = ["Answer", "Extensions", "Handled", "Held", "MessageHandler", "Pipeline"]
+
+#: An extension's ``incoming`` or ``outgoing``.
+Hook = Callable[[Message, MessageContext], Any]
+#: The kinds of message an extension's hooks may be scoped to (IScopedExtension).
+_KINDS = (HANDSHAKE, CONNECT, SUBSCRIBE, UNSUBSCRIBE, DISCONNECT, PUBLISHES)
 
 
 class Held:
@@ -73,21 +95,69 @@ class Extensions:
     """
     The router's extensions, in the order they were added, and running their hooks;
     also those of them that see each connect reply's batch (:class:`IConnectBatches`).
+
+    Each message goes through the hooks of the extensions that act on its channel
+    (:class:`IScopedExtension`), chosen by one dictionary lookup: a publish went through
+    nine hooks each way, two of which did anything with it (~10 % of the router's
+    instructions per publish, a sixth of a client's set-up).
     """
 
     def __init__(self) -> None:
         self._extensions: list[IExtension] = []
         self._batches: list[IConnectBatches] = []
+        self._index()
 
     def add(self, extension: IExtension) -> None:
         self._extensions.append(extension)
         if IConnectBatches.providedBy(extension):
             self._batches.append(extension)  # type: ignore[arg-type]
+        self._index()
 
     def remove(self, extension: IExtension) -> None:
         self._extensions.remove(extension)
         if extension in self._batches:
             self._batches.remove(extension)  # type: ignore[arg-type]
+        self._index()
+
+    def _index(self) -> None:
+        """Each kind of message's incoming and outgoing hooks, in the extensions' order."""
+        extensions = self._extensions
+        self._allIncoming = tuple(extension.incoming for extension in extensions)
+        self._allOutgoing = tuple(extension.outgoing for extension in extensions)
+        # One extension that does not say what it acts on may change any message, its
+        # channel included: then every message goes through every hook, as it is added.
+        scoped = all(IScopedExtension.providedBy(extension) for extension in extensions)
+        self._incoming: dict[str, tuple[Hook, ...]] = {}
+        self._outgoing: dict[str, tuple[Hook, ...]] = {}
+        for kind in _KINDS:
+            self._incoming[kind] = tuple(
+                e.incoming
+                for e in extensions
+                if not scoped or kind in e.incomingOn  # type: ignore[attr-defined]
+            )
+            self._outgoing[kind] = tuple(
+                e.outgoing
+                for e in extensions
+                if not scoped or kind in e.outgoingOn  # type: ignore[attr-defined]
+            )
+
+    def _incomingHooks(self, channel: Any) -> tuple[Hook, ...]:
+        if type(channel) is str:
+            hooks = self._incoming.get(channel)
+            if hooks is not None:
+                return hooks
+            if not channel.startswith("/meta"):
+                return self._incoming[PUBLISHES]
+        return self._allIncoming
+
+    def _outgoingHooks(self, channel: Any) -> tuple[Hook, ...]:
+        if type(channel) is str:
+            hooks = self._outgoing.get(channel)
+            if hooks is not None:
+                return hooks
+            if not channel.startswith("/meta"):
+                return self._outgoing[PUBLISHES]
+        return self._allOutgoing
 
     def connecting(self, clientId: str, context: MessageContext) -> bool:
         """Whether ``clientId``'s messages go out only with its connect replies (any extension says so)."""
@@ -106,33 +176,37 @@ class Extensions:
         return deliveries
 
     def incoming(
-        self, message: Message, context: MessageContext, start: int = 0
+        self, message: Message, context: MessageContext
     ) -> Message | Deferred[Message | None] | None:
         """
-        ``message`` through the incoming hooks from hook ``start`` on: the message to
-        handle, None if a hook dropped it, or a Deferred of either. A hook that raises,
-        or whose Deferred fails, fails the call.
+        ``message`` through the incoming hooks: the message to handle, None if a hook
+        dropped it, or a Deferred of either. A hook that raises, or whose Deferred
+        fails, fails the call.
         """
-        extensions = self._extensions
-        for index in range(start, len(extensions)):
-            result = extensions[index].incoming(message, context)
+        return self._incomingFrom(self._incomingHooks(message.get("channel")), message, context, 0)
+
+    def _incomingFrom(
+        self, hooks: tuple[Hook, ...], message: Message, context: MessageContext, start: int
+    ) -> Message | Deferred[Message | None] | None:
+        for index in range(start, len(hooks)):
+            result = hooks[index](message, context)
             # A hook answers with the message (a dict) nearly always: told apart from a
             # Deferred by its type, without Deferred's ABCMeta isinstance (see isDeferred).
             if type(result) is not dict and isinstance(result, Deferred):
                 result = settled(result)
                 if isDeferred(result):
-                    return result.addCallback(self._incomingAnswered, context, index + 1)
+                    return result.addCallback(self._incomingAnswered, hooks, context, index + 1)
             if result is None:
                 return None
             message = result
         return message
 
     def _incomingAnswered(
-        self, message: Message | None, context: MessageContext, start: int
+        self, message: Message | None, hooks: tuple[Hook, ...], context: MessageContext, start: int
     ) -> Message | Deferred[Message | None] | None:
         if message is None:
             return None
-        return self.incoming(message, context, start)
+        return self._incomingFrom(hooks, message, context, start)
 
     def outgoing(self, replies: list[Reply], context: MessageContext) -> list[Reply] | Deferred[list[Reply]]:
         """
@@ -156,13 +230,13 @@ class Extensions:
         Replies ``position`` on into ``out``. ``resumed``: reply ``position`` as the hook
         before ``start`` answered it late, to go on with at hook ``start``.
         """
-        extensions = self._extensions
         while position < len(replies):
             reply = replies[position] if resumed is None else resumed
             resumed = None
             if isinstance(reply, dict):
-                for index in range(start, len(extensions)):
-                    result = extensions[index].outgoing(reply, context)
+                hooks = self._outgoingHooks(reply.get("channel"))
+                for index in range(start, len(hooks)):
+                    result = hooks[index](reply, context)
                     if type(result) is not dict and isinstance(result, Deferred):
                         result = settled(result)
                         if isDeferred(result):

@@ -28,7 +28,7 @@ from zope.interface import implementer
 
 from pandapush.bayeux.channel import listedApp
 from pandapush.bayeux.context import MessageContext
-from pandapush.interfaces import IExtension
+from pandapush.interfaces import PUBLISHES, IScopedExtension
 from pandapush.listeners import EngineListener
 from pandapush.storage.webhooks import IWebhookOutbox, Webhook, WebhookEvent, newEventId
 from pandapush.webhooks.config import WebhookConfig
@@ -48,9 +48,13 @@ RETRY_WRITE = 1.0
 MAX_QUEUE = 100_000
 
 
-@implementer(IExtension)
+@implementer(IScopedExtension)
 class WebhookEvents(EngineListener):
     """Hears events, writes them for the endpoints wanting them; ``written`` is told after each write."""
+
+    # What the hooks act on (IScopedExtension): the router skips them for the rest.
+    incomingOn: frozenset[str] = frozenset({PUBLISHES})
+    outgoingOn: frozenset[str] = frozenset({PUBLISHES})
 
     _log = Logger()
 
