@@ -141,6 +141,27 @@ def _peer(channel: Any) -> Any:
     return peer
 
 
+#: A header line's canonical name, value and kind: ``_REFUSE`` for what twisted.web must
+#: take, the length for a valid ``Content-Length``, None for the rest. Kept per line: a
+#: client sends the same lines again and again, and splitting, canonicalising and
+#: stripping each was most of the parsing. Bounded: lines are the client's to choose.
+_LINES: dict[bytes, tuple[bytes, bytes, object]] = {}
+_LINES_KEPT = 2000
+_REFUSE = object()
+
+
+def _line(line: bytes) -> tuple[bytes, bytes, object]:
+    """What ``_LINES`` keeps for a line ``_HEAD`` checked, split as twisted.web's headerReceived does."""
+    name, _, value = line.partition(b":")
+    name = _nameEncoder.encode(name)
+    value = value.strip(b" \t")
+    if name in _REFUSED:
+        return name, value, _REFUSE
+    if name == b"Content-Length":
+        return name, value, int(value) if value.isdigit() else _REFUSE
+    return name, value, None
+
+
 def _parse(channel: Any, data: bytes, start: int) -> tuple[LeanRequest, int] | None:
     """The request at ``start`` of ``data`` and where it ends, or None if twisted.web must take it."""
     end = data.find(b"\r\n\r\n", start)
@@ -151,19 +172,20 @@ def _parse(channel: Any, data: bytes, start: int) -> tuple[LeanRequest, int] | N
         return None
     headers = Headers()
     raw = headers._rawHeaders
-    length = 0
+    length: Any = 0
     lines = head.group(2)
-    # _HEAD checked every line; each is split as twisted.web's headerReceived splits it.
+    cache = _LINES
     for line in lines[:-2].split(b"\r\n") if lines else ():
-        name, _, value = line.partition(b":")
-        name = _nameEncoder.encode(name)
-        value = value.strip(b" \t")
-        if name in _REFUSED:
-            return None
-        if name == b"Content-Length":
-            if b"Content-Length" in raw or not value.isdigit():
+        known = cache.get(line)
+        if known is None:
+            known = _line(line)
+            if len(cache) < _LINES_KEPT:
+                cache[line] = known
+        name, value, kind = known
+        if kind is not None:
+            if kind is _REFUSE or b"Content-Length" in raw:
                 return None
-            length = int(value)
+            length = kind
         values = raw.get(name)
         if values is None:
             raw[name] = [value]
