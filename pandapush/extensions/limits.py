@@ -184,6 +184,10 @@ class PublishRateLimiter:
         return f"Too many publishes for key {keyId} (limit {_number(self.rate)}/s)"
 
 
+#: The applications of a client not counted anywhere (read-only).
+_NONE: dict[str, bool] = {}
+
+
 class AppConnectionLimiter(EngineListener):
     """
     Which clients use each application's channels, in two budgets per application:
@@ -233,7 +237,7 @@ class AppConnectionLimiter(EngineListener):
 
     def admitted(self, clientId: str, appId: str, authenticated: bool = True) -> bool:
         """Whether ``clientId`` already has a place that serves: an authenticated one serves both."""
-        counted = self._clients.get(clientId, {}).get(appId)
+        counted = self._clients.get(clientId, _NONE).get(appId)
         return counted is not None and (counted or not authenticated)
 
     def admit(self, clientId: str, appId: str, authenticated: bool = True) -> bool:
@@ -366,7 +370,20 @@ class LimitsExtension:
             return self._admit(message, [(name, parseChannel(name, SUBSCRIBE)) for name in names], context)
         if channel.startswith("/meta/"):
             return message
-        return self._admit(message, [(channel, parseChannel(channel, PUBLISH))], context, publish=channel)
+        # A publish: _admit for its one channel, without the lists, and without parsing
+        # the channel when no application's clients are counted.
+        limiter = self.connections
+        if limiter.enabled:
+            clientId = message.get("clientId")
+            tenant = parseChannel(channel, PUBLISH) if isinstance(clientId, str) else None
+            if tenant is not None and isinstance(clientId, str):
+                appId = tenant.appId
+                authenticated = appId in context.attributes.get("authenticated", ())
+                if not limiter.admitted(clientId, appId, authenticated):
+                    # Not counted yet (a client that publishes before it subscribes).
+                    waiting = [(channel, appId, authenticated)]
+                    return self._admitNew(message, clientId, waiting, context, channel)
+        return self._rate(message, context, channel)
 
     def outgoing(self, reply: Message, context: MessageContext) -> Message:
         return reply
