@@ -42,6 +42,23 @@ class GrammarTests(SynchronousTestCase):
         self.assertTrue(channel.isSubscribable("/metadata"))
         self.assertTrue(channel.isSubscribable("/services/x"))
 
+    @given(st.text(alphabet="/ab*-_!~()$@%. é", max_size=12) | names)
+    def test_validityCachedAsComputed(self, name: str) -> None:
+        """The remembered answers of isValidName and isValidPattern are the grammar's, asked twice."""
+        for _ in range(2):
+            self.assertEqual(channel.isValidName(name), channel._NAME.fullmatch(name) is not None)
+            self.assertEqual(channel.isValidPattern(name), channel._PATTERN.fullmatch(name) is not None)
+
+    def test_longNamesChecked(self) -> None:
+        """Names longer than the cached ones are checked all the same (and not remembered)."""
+        long = "/a" * 200
+        before = channel._VALID_NAME.cache_info().currsize
+        self.assertTrue(channel.isValidName(long))
+        self.assertFalse(channel.isValidName(long + "/"))
+        self.assertTrue(channel.isValidPattern(long + "/**"))
+        self.assertFalse(channel.isValidPattern(long + "/***"))
+        self.assertEqual(channel._VALID_NAME.cache_info().currsize, before)
+
     def test_deepChannelsNotCached(self) -> None:
         """
         Deep channels are expanded but not cached: their expansions grow with the depth
