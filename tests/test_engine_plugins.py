@@ -334,6 +334,9 @@ class EngineOptionTests(TestCase):
         namespace = f"pandapush-test-{uuid.uuid4().hex}"
         service: Any = makeService(options, environ={"REDIS_NAMESPACE": namespace})
         self.addCleanup(service.engine.close)
+        # The webhook outbox (on the same Redis) connects when made; a started service's
+        # sender closes it when it stops, and this one is never started.
+        self.addCleanup(service.webhooks.outbox.close)
         self.assertIsInstance(service.engine, RedisEngine)
         self.assertEqual(service.engine.addresses, parseRedisHosts(DEFAULT_REDIS_HOSTS))
         self.assertEqual(service.engine.namespace, namespace)
