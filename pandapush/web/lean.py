@@ -147,6 +147,8 @@ def _peer(channel: Any) -> Any:
 #: stripping each was most of the parsing. Bounded: lines are the client's to choose.
 _LINES: dict[bytes, tuple[bytes, bytes, object]] = {}
 _LINES_KEPT = 2000
+#: Longer lines are not kept (a token is a few hundred bytes): at most ~2 MB in all.
+_LINE_KEPT = 1024
 _REFUSE = object()
 
 
@@ -179,7 +181,7 @@ def _parse(channel: Any, data: bytes, start: int) -> tuple[LeanRequest, int] | N
         known = cache.get(line)
         if known is None:
             known = _line(line)
-            if len(cache) < _LINES_KEPT:
+            if len(cache) < _LINES_KEPT and len(line) <= _LINE_KEPT:
                 cache[line] = known
         name, value, kind = known
         if kind is not None:
