@@ -250,6 +250,11 @@ class RedisShard:
         factory.protocol = CommandProtocol  # our lean command path and reply parser
         factory.initialDelay = 0.1
         factory.maxDelay = reconnectMaxDelay
+        # txredisapi fails this Deferred (its first connection's) when the connection's
+        # AUTH or SELECT does not succeed, e.g. when the shard is closed while a SELECT is
+        # under way. Nobody waits for it with a lazy connection, so it was logged as an
+        # unhandled error when collected; the outage itself is told by our health.
+        factory.deferred.addErrback(lambda _: None)
         self._primary: Any = None
         self._gated: Any = None
         endpoint: IStreamClientEndpoint
