@@ -314,7 +314,7 @@ class Pipeline:
                     handled = self.extensions.outgoing(refused, messageContext)
             else:
                 handled = self._message(message, messageContext, socket)
-            if isDeferred(handled):
+            if type(handled) is not list and isDeferred(handled):
                 handled = settled(handled)
                 if isDeferred(handled):
                     return handled.addCallback(
@@ -377,7 +377,9 @@ class Pipeline:
             return [fail({}, BayeuxError.badRequest())]
         try:
             incoming = self.extensions.incoming(message, context)
-            if isDeferred(incoming):
+            # The type looked at first (here and below): a message or replies nearly
+            # always, and isDeferred is a call per step of every message.
+            if type(incoming) is not dict and isDeferred(incoming):
                 incoming = settled(incoming)
                 if isDeferred(incoming):
                     return incoming.addCallbacks(
@@ -397,7 +399,7 @@ class Pipeline:
             return []  # a hook dropped it: no reply
         try:
             handled = self.handler.dispatch(message, context, socket)
-            if isDeferred(handled):
+            if type(handled) is not list and isDeferred(handled):
                 handled = settled(handled)
                 if isDeferred(handled):
                     return handled.addCallbacks(
@@ -415,7 +417,7 @@ class Pipeline:
             return handled  # its reply goes through the outgoing hooks when it is answered
         try:
             replies = self.extensions.outgoing(handled, context)
-            if isDeferred(replies):
+            if type(replies) is not list and isDeferred(replies):
                 replies = settled(replies)
                 if isDeferred(replies):
                     return replies.addErrback(self._failed, message)
