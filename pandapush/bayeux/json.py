@@ -22,6 +22,10 @@ def encodeReplies(replies: list[Any]) -> bytes:
     (:class:`~pandapush.bayeux.delivery.Delivery`), so they are spliced in as
     bytes instead of being encoded again for every recipient.
     """
+    if len(replies) == 1 and type(replies[0]) is dict:
+        # One plain reply (a websocket publish's acknowledgement, nearly every frame's
+        # answer): orjson writes the array itself, the same bytes as the join below.
+        return orjson.dumps(replies)
     parts = []
     for reply in replies:
         payload = getattr(reply, "payload", None)
