@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pandapush.redis.connection import RedisUnavailable
+from pandapush.redis.protocol import encodeCommand
 
 __all__ = [
     "GatedEndpoint",
@@ -143,10 +144,7 @@ class PrimaryCheck(Protocol):
         """
         if self.lost is not None or self.inner is not None or not self._checked.called:
             return defer.fail(RedisUnavailable("the connection is not checked, or in use"))
-        encoded = [a.encode() for a in args]
-        self.transport.write(  # type: ignore[union-attr]
-            b"*%d\r\n" % len(encoded) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in encoded)
-        )
+        self.transport.write(encodeCommand(args))  # type: ignore[union-attr]
         answer: defer.Deferred[Any] = defer.Deferred()
         self._answers.append(answer)
         return answer
