@@ -27,17 +27,13 @@ from tests.support.waiting import eventually, sleep
 class SentinelFailoverTests(ClusterCase):
     timeout = 120
 
-    async def test_primaryKilledUnderTraffic(self) -> None:
-        """
-        SIGKILL of the primary while messages flow: both nodes follow the promoted
-        replica, sessions are kept, publishes are answered 200 again within seconds,
-        and everything published from then on reaches both subscribers in order.
-        """
+    async def sentinelNodes(self) -> tuple[SentinelDeployment, Any]:
+        """A primary, its replica and three sentinels of the test's own, and two nodes finding them."""
         deployment = SentinelDeployment()
         self.addCleanup(deployment.stop)
         await deployment.start()
         env = deployment.env
-        a, b = await self.startNodes(
+        nodes = await self.startNodes(
             2,
             redisArgs=(
                 "--redis-sentinels",
@@ -50,6 +46,15 @@ class SentinelFailoverTests(ClusterCase):
             # collected (their leases could not be renewed while there was no primary).
             extra=("--client-expiry", "5"),
         )
+        return deployment, nodes
+
+    async def test_primaryKilledUnderTraffic(self) -> None:
+        """
+        SIGKILL of the primary while messages flow: both nodes follow the promoted
+        replica, sessions are kept, publishes are answered 200 again within seconds,
+        and everything published from then on reaches both subscribers in order.
+        """
+        deployment, (a, b) = await self.sentinelNodes()
         live = channel("live")
         ws = await self.ws(a.url, name="ws")
         ws.urls = [a.url]
@@ -152,20 +157,7 @@ class SentinelFailoverTests(ClusterCase):
         back on the new primary. With the fixed 0.5 s settle this replaced, the
         publishes of that second were acknowledged and lost for the late node.
         """
-        deployment = SentinelDeployment()
-        self.addCleanup(deployment.stop)
-        await deployment.start()
-        env = deployment.env
-        a, b = await self.startNodes(
-            2,
-            redisArgs=(
-                "--redis-sentinels",
-                env["REDIS_SENTINELS"],
-                "--redis-sentinel-masters",
-                env["REDIS_SENTINEL_MASTERS"],
-            ),
-            extra=("--client-expiry", "5"),
-        )
+        deployment, (a, b) = await self.sentinelNodes()
         # Never leave a stopped process behind, whatever fails.
         self.addCleanup(lambda: a.sendSignal(signal.SIGCONT) if a.running else None)
         live = channel("live")
