@@ -591,12 +591,19 @@ class RedisTerminateTests(RedisCase):
         )
         self.assertTrue(reply["successful"], reply)
         hopper.hops = [self.other.url]  # its connects now go to node B
-        await eventually(lambda: False, timeout=0.3)
         stays = await self.ws(self.other)
         await self.subscribe(stays, ROOM, presence("u2"))
+        # The hopper's connect held on node A ends at its timeout (2 s); hold the websockets'
+        # connects only once it waits on node B, so that none of theirs times out before the
+        # terminate: a socket closed with no connect held is never told to stop.
+        self.assertTrue(await eventually(lambda: self.other.router.heldConnects() == 1))
         for client in (onA, onB, stays):
             holdConnect(client)
-        await eventually(lambda: self.other.router.heldConnects() == 3)
+        self.assertTrue(
+            await eventually(
+                lambda: self.server.router.heldConnects() == 1 and self.other.router.heldConnects() == 3
+            )
+        )
         before = start()
         code, _, _ = await self.call("POST", f"/apps/{APP}/users/u1/terminate_connections")
         self.assertEqual(code, 200)
@@ -604,7 +611,8 @@ class RedisTerminateTests(RedisCase):
             await eventually(lambda: onA.closed and onB.closed and not hopper.polling, timeout=1.5)
         )
         self.assertLess(start() - before, 1.0)
-        self.assertTrue(toldToStop(onA.replies) and toldToStop(onB.replies))
+        self.assertTrue(toldToStop(onA.replies), onA.replies)
+        self.assertTrue(toldToStop(onB.replies), onB.replies)
         self.assertTrue(toldToStop(hopper.connectReplies), hopper.connectReplies)
         self.assertFalse(stays.closed)
         _, _, answer = await self.call(

@@ -18,7 +18,9 @@ Ending a user's connections (:meth:`UserConnections.terminate`) is two broadcast
    connect of theirs the same way wherever it lands; then the node that knew them
    destroys them in the engine (subscriptions end, presence members leave, sockets
    close). The destroy follows the broadcast on the same Redis connection, so every
-   node has heard which clients to refuse before their sockets close.
+   other node has heard which clients to refuse before their sockets close; the node
+   that knew them ends its own before it broadcasts, since its own broadcast comes
+   back on the subscriber connection, which can be later than the destroy.
 
 A client is never told twice and the index never grows with messages. The clients a node
 knows but another node destroyed (a long-poller that moved, an expiry) are forgotten here
@@ -143,6 +145,11 @@ class UserConnections(EngineListener):
             user=data.get("user"),
             app=data.get("app"),
         )
+        # This node ends its own clients now: its broadcast comes back on the subscriber
+        # connection, which can be later than the reply to the PUBLISH that starts the destroy
+        # below, and a socket closed by the destroy first is never told to stop.
+        for clientId in clients:
+            self.router.terminate(clientId)
         told = self.engine.broadcast(TERMINATE_CLIENTS, {"clients": clients})
         told.addErrback(lambda f: self._log.warn("could not tell the nodes: {e}", e=f.getErrorMessage()))
         told.addCallback(lambda _: self._destroy(clients))
