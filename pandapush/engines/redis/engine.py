@@ -190,7 +190,9 @@ class RedisEngine(ListenerRegistry, ClusterQueries, RedisEngineHistory, Observed
         self._claims = Claims(node, self._rpc, self._restorer, self._presence)
         self._fanout = Fanout(node, RedisHistory(node, history or HistorySettings()))
         self._recovery = RemoteRecovery(node, self._rpc, self._fanout.history, self._recoveredDelivery)
-        self._subscriptions = Subscriptions(node, self._rpc, self._presence, self._restorer, self._notify)
+        self._subscriptions = Subscriptions(
+            node, self._rpc, self._presence, self._restorer, self._fanout.history, self._notify
+        )
         self._destroyer = Destroyer(node, self._rpc, self._presence, self._notify)
         self._expiry = Expiry(node, self._restorer, self._destroyer, sweepInterval)
         # Here too: tests stop them to play a node that was killed.

@@ -18,18 +18,30 @@ from typing import Any
 
 from twisted.internet import defer
 
-from pandapush.engines.history import META_TTL, EngineHistory, HistorySettings, asksHistory, newEpoch
+from pandapush._deferred import isDeferred
+from pandapush.engines.history import (
+    META_TTL,
+    EngineHistory,
+    HistorySettings,
+    asksHistory,
+    newEpoch,
+    readRequests,
+    recoverLocally,
+)
+from pandapush.engines.redis import scripts
 from pandapush.engines.redis.node import Node, RelayedDelivery, unavailableAsEngine
 from pandapush.interfaces import HistoryPage, Position, Recovery
 
-__all__ = ["READ", "RedisEngineHistory", "RedisHistory"]
+__all__ = ["READ", "Asked", "RedisEngineHistory", "RedisHistory"]
 
 #: KEYS: per channel its stream and hash. ARGV: per channel: since ('' for the latest),
 #: limit, size, ttl (ms), the hash's ttl (ms), an epoch should a new one start. Returns
 #: per channel {epoch, offset, offset, payload, ...}, oldest first, only entries among
 #: the last ``size`` and younger than ``ttl``. A channel without a hash gets one (offset
-#: 0), so that a subscriber has a position to resume from before the first publish.
-READ = """
+#: 0): see ``scripts.POSITION``.
+READ = (
+    scripts.POSITION
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local result = {}
@@ -38,17 +50,7 @@ for i = 1, #KEYS, 2 do
   local stream, meta = KEYS[i], KEYS[i + 1]
   local since, limit, size = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local oldest = now - tonumber(ARGV[a + 4])
-  local epoch = redis.call('HGET', meta, 'e')
-  if not epoch then
-    epoch = ARGV[a + 6]
-    redis.call('DEL', stream)
-    redis.call('HSET', meta, 'e', epoch)
-    redis.call('HSETNX', meta, 'o', 0)
-    -- Only asked for (nothing published): kept for the history's ttl, not a day, so that
-    -- subscribes to made-up channels cannot fill Redis. A publish makes it last a day.
-    redis.call('PEXPIRE', meta, ARGV[a + 4])
-  end
-  local offset = tonumber(redis.call('HGET', meta, 'o') or '0')
+  local epoch, offset = position(stream, meta, ARGV[a + 4], ARGV[a + 6])
   local entry = {epoch, offset}
   if limit > 0 and offset > 0 then
     local from = math.max(offset - size, 0)
@@ -77,6 +79,20 @@ for i = 1, #KEYS, 2 do
 end
 return result
 """
+)
+
+
+class Asked:
+    """
+    The channels a recovery of one client reports only the position of, and the positions
+    its subscribes read (``RedisHistory.asking``): no READ for those.
+    """
+
+    __slots__ = ("channels", "pages")
+
+    def __init__(self, channels: Collection[str]) -> None:
+        self.channels = channels
+        self.pages: dict[str, HistoryPage] = {}
 
 
 class RedisHistory:
@@ -85,6 +101,58 @@ class RedisHistory:
     def __init__(self, node: Node, settings: HistorySettings) -> None:
         self._node = node
         self.settings = settings
+        # clientId -> its recoveries under way that want positions only (see ``asking``).
+        self._asked: dict[str, list[Asked]] = {}
+
+    def asking(self, clientId: str, channels: Collection[str]) -> Asked:
+        """
+        A recovery of ``clientId`` reports the positions of ``channels`` (and sends nothing
+        of them): until ``answered``, a subscribe of the client to one of them whose keys
+        and the channel's history are on one shard reads its position in the same script
+        (``positionArgs``, ``positioned``), which the recovery's read takes instead of a READ.
+        """
+        asked = Asked(channels)
+        self._asked.setdefault(clientId, []).append(asked)
+        return asked
+
+    def answered(self, clientId: str, asked: Asked) -> None:
+        waiting = self._asked.get(clientId)
+        if waiting is not None and asked in waiting:
+            waiting.remove(asked)
+            if not waiting:
+                del self._asked[clientId]
+
+    def positionArgs(self, clientId: str, channel: str) -> tuple[list[str], list[Any]] | None:
+        """The keys and arguments SUBSCRIBE_BOTH reads ``channel``'s position with, if a recovery wants it."""
+        waiting = self._asked.get(clientId)
+        if waiting is None or not any(channel in asked.channels for asked in waiting):
+            return None
+        size, ttl = self.settings.of(channel)
+        if size <= 0:
+            return None
+        keys = self._node.keys
+        return [keys.historyStream(channel), keys.historyMeta(channel)], [int(ttl * 1000), newEpoch()]
+
+    def positioned(self, clientId: str, channel: str, epoch: Any, offset: Any) -> None:
+        """A subscribe read ``channel``'s position (in its script) for the client's recoveries."""
+        page = HistoryPage(_text(epoch), int(offset), [])
+        for asked in self._asked.get(clientId, ()):
+            if channel in asked.channels:
+                asked.pages[channel] = page
+
+    def readAsked(
+        self, asked: Asked, since: Mapping[str, int | None], limits: Mapping[str, int]
+    ) -> defer.Deferred[dict[str, HistoryPage]]:
+        """``read``, with the positions the recovery's subscribes read taken as they are."""
+        pages = {
+            channel: asked.pages[channel]
+            for channel, after in since.items()
+            if after is None and not limits[channel] and channel in asked.pages
+        }
+        if len(pages) == len(since):
+            return defer.succeed(pages)
+        rest = {channel: after for channel, after in since.items() if channel not in pages}
+        return self.read(rest, limits).addCallback(lambda more: {**pages, **more})
 
     def publishArgs(self, channel: str, head: bytes | None) -> tuple[list[str], list[Any]] | None:
         """The keys and arguments a publish script appends ``channel``'s message with (None: no history)."""
@@ -173,10 +241,51 @@ class RedisEngineHistory(EngineHistory):
         latest: Collection[str],
     ) -> defer.Deferred[dict[str, Recovery]]:
         if clientId in self._local or not asksHistory(wanted, latest):
-            return EngineHistory.recover(self, clientId, subscribe, wanted, latest)
+            return self._recoverHere(clientId, subscribe, wanted, latest)
         return unavailableAsEngine(
             defer.Deferred.fromCoroutine(self._recovery.recover(clientId, subscribe, wanted, latest))
         )
+
+    def _recoverHere(
+        self,
+        clientId: str,
+        subscribe: Callable[[], defer.Deferred[Any]],
+        wanted: Mapping[str, Position | None],
+        latest: Collection[str],
+    ) -> defer.Deferred[dict[str, Recovery]]:
+        """
+        EngineHistory's recover, with the positions of channels it sends nothing of read by
+        their subscribes where they can be (every subscribe of a reconnect storm comes here
+        for its reply's position: a round trip less each, see ``RedisHistory.asking``).
+        """
+        since, limits = readRequests(wanted, latest, clientId in self._local)
+        only = [channel for channel, limit in limits.items() if not limit and since[channel] is None]
+        if not only:
+            return EngineHistory.recover(self, clientId, subscribe, wanted, latest)
+        history = self._history
+        asked = history.asking(clientId, only)
+        try:
+            outcomes = recoverLocally(
+                self._local,
+                clientId,
+                subscribe,
+                wanted,
+                latest,
+                lambda since, limits: unavailableAsEngine(history.readAsked(asked, since, limits)),
+                self._recoveredDelivery,
+            )
+        except Exception:
+            history.answered(clientId, asked)
+            return defer.fail()
+        if not isDeferred(outcomes):
+            history.answered(clientId, asked)
+            return defer.succeed(outcomes)
+
+        def answered(result: Any) -> Any:
+            history.answered(clientId, asked)
+            return result
+
+        return outcomes.addBoth(answered)
 
     @property
     def _history(self) -> RedisHistory:

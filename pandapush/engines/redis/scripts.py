@@ -88,19 +88,49 @@ local added = redis.call('SADD', KEYS[3], ARGV[2])
 return {added, redis.call('HGET', KEYS[2], 'owner') or ''}
 """
 
-#: KEYS: clients zset, client hash, client subs, subscribers set of the key (all on one
-#: shard). ARGV: clientId, subscription key. SUBSCRIBE_CLIENT then SUBSCRIBE_CHANNEL in one
-#: step, for a client and a key on the same shard (one round trip instead of two). Returns
-#: {1 if added / 0 if already there / -1 if unknown client, owner, the key's subscribers
-#: after (0 unless added)}.
-SUBSCRIBE_BOTH = """
+#: A channel's position (its history's epoch and offset: see ``history``), for READ and
+#: SUBSCRIBE_BOTH. A channel without a hash gets one (offset 0), so that a subscriber has a
+#: position to resume from before the first publish; only asked for (nothing published),
+#: it is kept for the history's ttl, not a day, so that subscribes to made-up channels
+#: cannot fill Redis (a publish makes it last a day).
+POSITION = """
+local function position(stream, meta, ttl, candidate)
+  local epoch = redis.call('HGET', meta, 'e')
+  if not epoch then
+    epoch = candidate
+    redis.call('DEL', stream)
+    redis.call('HSET', meta, 'e', epoch)
+    redis.call('HSETNX', meta, 'o', 0)
+    redis.call('PEXPIRE', meta, ttl)
+  end
+  return epoch, tonumber(redis.call('HGET', meta, 'o') or '0')
+end
+"""
+
+#: KEYS: clients zset, client hash, client subs, subscribers set of the key, and for the
+#: position of a concrete channel with history its stream and hash (all on one shard).
+#: ARGV: clientId, subscription key, and with the position: the history's ttl (ms), an
+#: epoch should a new one start. SUBSCRIBE_CLIENT then SUBSCRIBE_CHANNEL in one step, for a
+#: client and a key on the same shard (one round trip instead of two), and the channel's
+#: position read in the same step (the history's READ for the subscribe's reply, another
+#: round trip less, on the pub/sub shard). Returns {1 if added / 0 if already there / -1 if
+#: unknown client, owner, the key's subscribers after (0 unless added)[, epoch, offset]}.
+SUBSCRIBE_BOTH = (
+    POSITION
+    + """
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {-1, '', 0} end
 local added = redis.call('SADD', KEYS[3], ARGV[2])
 local owner = redis.call('HGET', KEYS[2], 'owner') or ''
-if added == 0 then return {0, owner, 0} end
-redis.call('SADD', KEYS[4], ARGV[1])
-return {1, owner, redis.call('SCARD', KEYS[4])}
+local count = 0
+if added == 1 then
+  redis.call('SADD', KEYS[4], ARGV[1])
+  count = redis.call('SCARD', KEYS[4])
+end
+if #KEYS == 4 then return {added, owner, count} end
+local epoch, offset = position(KEYS[5], KEYS[6], ARGV[3], ARGV[4])
+return {added, owner, count, epoch, offset}
 """
+)
 
 #: KEYS: subscribers set of the key. ARGV: clientId. Returns {added, cardinality after}.
 SUBSCRIBE_CHANNEL = """

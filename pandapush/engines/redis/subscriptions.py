@@ -2,7 +2,9 @@
 
 A subscription is written twice, each in one script: into the client's set (on the
 client's shard) and into the key's subscriber set (on the key's shard), or both in
-one script when the two are on the same shard (always, with one shard); the node
+one script when the two are on the same shard (always, with one shard), which then also
+reads the channel's position for the subscribe's reply when its history is there too
+(``RedisHistory.asking``); the node
 whose script saw the key's set go from empty to one member reports
 ``channelOccupied``. The client's owner mirrors it in its local index and SUBSCRIBEs
 to the key's pub/sub channel: a subscribe handled by a node that does not own the
@@ -19,6 +21,7 @@ from typing import Any
 from twisted.internet import defer
 
 from pandapush.engines.redis import scripts
+from pandapush.engines.redis.history import RedisHistory
 from pandapush.engines.redis.node import Node
 from pandapush.engines.redis.presence import Presence
 from pandapush.engines.redis.restore import Restorer
@@ -31,9 +34,16 @@ class Subscriptions:
     """Subscribe and unsubscribe (events go to ``notify(event, *args)``), and serve owners' updates."""
 
     def __init__(
-        self, node: Node, rpc: NodeRPC, presence: Presence, restorer: Restorer, notify: Callable[..., None]
+        self,
+        node: Node,
+        rpc: NodeRPC,
+        presence: Presence,
+        restorer: Restorer,
+        history: RedisHistory,
+        notify: Callable[..., None],
     ) -> None:
         self._node = node
+        self._history = history
         self._rpc = rpc
         self._presence = presence
         self._restorer = restorer
@@ -47,24 +57,29 @@ class Subscriptions:
     async def _subscribe(self, clientId: str, key: str) -> bool:
         keys, shards = self._node.keys, self._node.shards
         clients, base, subs, _ = keys.client(clientId)
-        both = shards.index(clientId) == shards.index(key)
+        index = shards.index(clientId)
+        both = index == shards.index(key)
+        script = scripts.SUBSCRIBE_BOTH if both else scripts.SUBSCRIBE_CLIENT
         if both:
             # Both sets on one shard (always, with one): one script, one round trip.
             clientKeys = [clients, base, subs, keys.subscribers(key)]
-            added, owner, cardinality = await shards.of(clientId).eval(
-                scripts.SUBSCRIBE_BOTH, clientKeys, [clientId, key]
-            )
+            args: list[Any] = [clientId, key]
+            # With the channel's history there too (the pub/sub shard's, so always with
+            # one), its position for the subscribe's reply, read in the same step.
+            position = self._history.positionArgs(clientId, key) if index == 0 else None
+            if position is not None:
+                clientKeys += position[0]
+                args += position[1]
         else:
-            clientKeys = [clients, base, subs]
-            added, owner = await shards.of(clientId).eval(
-                scripts.SUBSCRIBE_CLIENT, clientKeys, [clientId, key]
-            )
-        if int(added) == -1 and await self._restored(clientId):
+            clientKeys, args = [clients, base, subs], [clientId, key]
+        result = await shards.of(clientId).eval(script, clientKeys, args)
+        if int(result[0]) == -1 and await self._restored(clientId):
             # Known here without asking Redis (clientExists), unknown to Redis: a shard
             # that came back empty, and this node's clients are written back now.
-            script = scripts.SUBSCRIBE_BOTH if both else scripts.SUBSCRIBE_CLIENT
-            result = await shards.of(clientId).eval(script, clientKeys, [clientId, key])
-            added, owner, cardinality = (*result, 0)[:3]
+            result = await shards.of(clientId).eval(script, clientKeys, args)
+        added, owner, cardinality = (*result, 0)[:3]
+        if len(result) == 5:
+            self._history.positioned(clientId, key, result[3], result[4])
         if int(added) != 1:
             return False
         if not both:
