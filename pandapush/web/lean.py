@@ -50,6 +50,12 @@ _REFUSED = frozenset({b"Transfer-Encoding", b"Expect", b"Upgrade"})
 START = b"POST /"
 
 
+#: Answer header names as resources set them (bytes) -> canonical: the few names of
+#: the server's own answers. Bounded all the same.
+_NAMES: dict[bytes, bytes] = {}
+_NAMES_KEPT = 256
+
+
 class LeanRequest(LimitedRequest):
     """
     A :class:`~pandapush.web.site.LimitedRequest` made from a head and a body already
@@ -91,12 +97,16 @@ class LeanRequest(LimitedRequest):
         self.args = parse_qs(argstring, 1) if query else {}
 
     def setHeader(self, name: bytes | str, value: bytes | str) -> None:
-        # Headers.setRawHeaders without its splitlines and join for a value with no line
-        # break to replace: four headers or more on every answer.
-        if type(name) is bytes and type(value) is bytes and b"\n" not in value and b"\r" not in value:
-            self.responseHeaders._rawHeaders[_nameEncoder.encode(name)] = [value]
-        else:
-            super().setHeader(name, value)
+        # Headers.setRawHeaders without its name encoder's call, splitlines and join for
+        # a name set before and a value with no line break to replace: four headers or
+        # more on every answer.
+        canonical = _NAMES.get(name)  # type: ignore[arg-type]
+        if canonical is not None and type(value) is bytes and b"\n" not in value and b"\r" not in value:
+            self.responseHeaders._rawHeaders[canonical] = [value]
+            return
+        super().setHeader(name, value)
+        if type(name) is bytes and len(_NAMES) < _NAMES_KEPT:
+            _NAMES[name] = _nameEncoder.encode(name)
 
     def _cleanup(self) -> None:
         # twisted.web's Request._cleanup, but the channel's requestDone only for an

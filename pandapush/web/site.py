@@ -12,9 +12,10 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web import server as twistedserver
+from twisted.web.error import UnsupportedMethod
 from twisted.web.http import NO_BODY_CODES, datetimeToString
 from twisted.web.resource import IResource, Resource, _IEncodingResource, getChildForRequest
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from pandapush.transports.http import sendNow
 from pandapush.web.connections import (
@@ -140,7 +141,9 @@ class LimitedRequest(Request):
         raw[b"Date"] = [HTTP_DATE()]
         path = self.path
         self.prepath = []
-        self.postpath = list(map(unquote_to_bytes, path[1:].split(b"/")))
+        # unquote_to_bytes gives back a segment without "%" as it is.
+        segments = path[1:].split(b"/")
+        self.postpath = list(map(unquote_to_bytes, segments)) if b"%" in path else segments
         if path == b"*":
             self._handleStar()  # type: ignore[no-untyped-call]
             return
@@ -154,23 +157,59 @@ class LimitedRequest(Request):
         except BaseException:
             self.processingFailed(Failure())
 
+    def render(self, resrc: Any) -> None:
+        # twisted.web.server.Request.render. A body of bytes (not for HEAD) whose answer
+        # leaves in one piece is given its length, written and finished here, without
+        # write's and finish's checks of what is known here: every REST publish and
+        # every long-polling request answered at once. Anything else (a refused method,
+        # HEAD, NOT_DONE_YET, a body that is not bytes) is twisted.web's own code, given
+        # what the resource already did.
+        try:
+            body = resrc.render(self)
+        except UnsupportedMethod as error:
+            Request.render(self, _Rendered(resrc, error=error))
+            return
+        if type(body) is not bytes or self.method == b"HEAD":
+            if body is not NOT_DONE_YET:
+                Request.render(self, _Rendered(resrc, body))
+            return
+        length = len(body)
+        raw = self.responseHeaders._rawHeaders
+        raw[b"Content-Length"] = [b"%d" % length]
+        if not self._answersWhole():
+            self.write(body)
+            self.finish()
+            return
+        self._writeWhole(body, length != 0)
+        # twisted.web's finish after its first write: nothing chunked, no encoder
+        # (_answersWhole), the site's log, then the channel's bookkeeping.
+        channel = self.channel
+        factory = getattr(channel, "factory", None)
+        if factory is not None:
+            factory.log(self)
+        self.finished = 1
+        if not self.queued:
+            self._cleanup()
+
     def write(self, data: bytes) -> None:
         if self.startedWriting or not self._answersWhole():
             super().write(data)
             return
-        # What twisted.web's Request.write does on a first write, for an answer of a
-        # known length: the default Content-Type, then the status line and headers.
-        headers = self.responseHeaders
-        if (
-            self.defaultContentType is not None
-            and not headers.hasHeader(b"content-type")
-            and (headers.getRawHeaders(b"content-length") or [b""])[0] != b"0"
-        ):
-            headers.setRawHeaders(b"Content-Type", [self.defaultContentType])
+        self._writeWhole(data, (self.responseHeaders.getRawHeaders(b"content-length") or [b""])[0] != b"0")
+
+    def _writeWhole(self, data: bytes, typed: bool) -> None:
+        """
+        What twisted.web's Request.write does on a first write, for an answer of a known
+        length: the default Content-Type (``typed``: unless the length is 0), then the
+        status line, headers and ``data``, in one piece.
+        """
+        raw = self.responseHeaders._rawHeaders
+        if typed and self.defaultContentType is not None and b"Content-Type" not in raw:
+            raw[b"Content-Type"] = [self.defaultContentType]
         self.startedWriting = 1
         self.sentLength += len(data)
         answer = [self.clientproto, b" %d " % self.code, self.code_message, b"\r\n"]
-        for name, values in headers.getAllRawHeaders():
+        for name, values in raw.items():
             for value in values:
                 answer += (name, b": ", value, b"\r\n")
         answer += (b"\r\n", data)
@@ -191,6 +230,40 @@ class LimitedRequest(Request):
             and not self.cookies
             and self.responseHeaders.hasHeader(b"content-length")
         )
+
+
+_UNSET: Any = object()
+
+
+class _Rendered:
+    """
+    A resource that answers as another already did, for twisted.web's
+    ``Request.render`` to take it from there: the ``body`` it gave, or its ``error``
+    (``UnsupportedMethod``: raised again once, then the resource renders itself, as
+    twisted.web's HEAD-as-GET asks it to).
+    """
+
+    __slots__ = ("_body", "_error", "_resource")
+
+    def __init__(self, resource: Any, body: Any = _UNSET, error: BaseException | None = None) -> None:
+        self._resource = resource
+        self._body = body
+        self._error = error
+
+    def render(self, request: Any) -> Any:
+        error = self._error
+        if error is not None:
+            self._error = None
+            raise error
+        body = self._body
+        if body is _UNSET:
+            return self._resource.render(request)
+        self._body = _UNSET
+        return body
+
+    def __repr__(self) -> str:
+        # twisted.web names the resource in its log and its error page.
+        return repr(self._resource)
 
 
 def _isUTF8(segments: list[bytes]) -> bool:
