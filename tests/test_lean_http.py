@@ -22,8 +22,10 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
 
 from pandapush.web import lean
+from pandapush.web.site import PandapushSite
 from tests.support.inprocess import APP, KEY, SECRET, InProcessServer
 
 PUSH = b"/push"
@@ -281,3 +283,69 @@ class LeanDifferentialTests(TestCase):
         self.assertFalse(lost.called)
         connection.close()
         self.assertTrue(lost.called)
+
+
+class HeadBlockTests(TestCase):
+    """The header lines of a head, read once per distinct block (``lean._BLOCKS``)."""
+
+    def setUp(self) -> None:
+        self.patch(lean, "_BLOCKS", {})
+        self.site = PandapushSite(Resource(), 1024)
+
+    def channel(self) -> Any:
+        peer = IPv4Address("TCP", "127.0.0.1", 40001)
+        channel = self.site.buildProtocol(peer)
+        channel.makeConnection(StringTransport(peerAddress=peer))
+        self.addCleanup(channel.connectionLost, Failure(ConnectionDone()))
+        return channel
+
+    def test_ownHeaders(self) -> None:
+        """Requests of one block each get headers of their own, equal to what the lines say."""
+        head = post(PUSH, b"[]", b"X-Two: a", b"X-Two: b")
+        channel = self.channel()
+        first, end = lean._parse(channel, head, 0)  # type: ignore[misc]
+        self.assertEqual(end, len(head))
+        first.requestHeaders.addRawHeader(b"X-Two", b"c")
+        first.requestHeaders.setRawHeaders(b"Host", [b"elsewhere"])
+        second, _ = lean._parse(channel, head, 0)  # type: ignore[misc]
+        self.assertEqual(len(lean._BLOCKS), 1)
+        self.assertEqual(
+            list(second.requestHeaders.getAllRawHeaders()),
+            [
+                (b"Host", [b"127.0.0.1"]),
+                (b"Content-Type", [b"application/json"]),
+                (b"Content-Length", [b"2"]),
+                (b"X-Two", [b"a", b"b"]),
+            ],
+        )
+        self.assertEqual(second.content.getvalue(), b"[]")  # type: ignore[union-attr]
+
+    def test_refusedAgain(self) -> None:
+        """A block twisted.web must take is refused from the cache as when first read."""
+        for head in [
+            b"POST /push HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST /push HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+            b"POST /push HTTP/1.1\r\nBad Name: a\r\nContent-Length: 2\r\n\r\n[]",
+        ]:
+            for _ in range(2):
+                self.assertIsNone(lean._parse(self.channel(), head, 0))
+
+    def test_limitsPerChannel(self) -> None:
+        """A kept block is held to each channel's own header count and the site's body limit."""
+        head = post(PUSH, b"[]", *[b"X-%d: 1" % i for i in range(5)])
+        self.assertIsNotNone(lean._parse(self.channel(), head, 0))
+        strict = self.channel()
+        strict.maxHeaders = 7
+        self.assertIsNone(lean._parse(strict, head, 0))
+        self.site.maxBodySize = 1
+        self.assertIsNone(lean._parse(self.channel(), head, 0))
+
+    def test_bounded(self) -> None:
+        """At most ``_BLOCKS_KEPT`` blocks are kept, none longer than ``_BLOCK_KEPT``."""
+        self.patch(lean, "_BLOCKS_KEPT", 3)
+        long = b"X-Long: " + b"a" * lean._BLOCK_KEPT
+        self.assertIsNotNone(lean._parse(self.channel(), post(PUSH, b"[]", long), 0))
+        self.assertEqual(lean._BLOCKS, {})
+        for i in range(5):
+            self.assertIsNotNone(lean._parse(self.channel(), post(PUSH, b"[]", b"X-N: %d" % i), 0))
+        self.assertEqual(len(lean._BLOCKS), 3)

@@ -7,10 +7,11 @@ header), then ``allHeadersReceived`` (cookies, persistence, ``Expect``), an iden
 transfer decoder for the body, ``allContentReceived`` and ``requestDone`` (the idle
 timer cancelled and made again, reading resumed, line mode set back): with building the
 ``Request`` and finishing it, ~45 % of a REST request in py-spy (bench/README.md,
-PERF-TODO 2). Here one regular expression takes the head, the body is sliced from the
-same bytes, and a :class:`LeanRequest` is handed to the site's resources as twisted.web
-would hand its own: same routing, same resources, same answers, same logging, only less
-of the channel's bookkeeping around them.
+PERF-TODO 2). Here a regular expression takes the request line, the header lines are
+read once per distinct block of them (a client sends the same again and again), the
+body is sliced from the same bytes, and a :class:`LeanRequest` is handed to the site's
+resources as twisted.web would hand its own: same routing, same resources, same
+answers, same logging, only less of the channel's bookkeeping around them.
 
 The same way :mod:`pandapush.transports.fastframes` reads websocket frames: this path
 takes only what it can take whole and as twisted.web would take it. A request that is
@@ -39,11 +40,10 @@ from pandapush.web.site import LimitedRequest
 
 __all__ = ["LeanRequest", "serve"]
 
-#: A head (request line, header lines, the empty line) this path takes, at its start.
-_HEAD = re.compile(
-    rb"POST (/push(?:[/?][\x21-\xb0]*)?|/channel/[\x21-\xb0]*) HTTP/1\.1\r\n"
-    rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00\r\n]*\r\n)*)\r\n"
-)
+#: A request line this path takes, at a request's start, ...
+_REQUEST = re.compile(rb"POST (/push(?:[/?][\x21-\xb0]*)?|/channel/[\x21-\xb0]*) HTTP/1\.1\r\n")
+#: ... and the header lines it takes after it (then the empty line).
+_LINES_OF_HEAD = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00\r\n]*\r\n)*")
 #: Headers (canonical names) that make twisted.web do more than route the request.
 _REFUSED = frozenset({b"Transfer-Encoding", b"Expect", b"Upgrade"})
 #: A request begins so, or this path does not look further.
@@ -163,7 +163,7 @@ _REFUSE = object()
 
 
 def _line(line: bytes) -> tuple[bytes, bytes, object]:
-    """What ``_LINES`` keeps for a line ``_HEAD`` checked, split as twisted.web's headerReceived does."""
+    """What ``_LINES`` keeps for a line ``_LINES_OF_HEAD`` checked, split as twisted.web splits it."""
     name, _, value = line.partition(b":")
     name = _nameEncoder.encode(name)
     value = value.strip(b" \t")
@@ -174,18 +174,22 @@ def _line(line: bytes) -> tuple[bytes, bytes, object]:
     return name, value, None
 
 
-def _parse(channel: Any, data: bytes, start: int) -> tuple[LeanRequest, int] | None:
-    """The request at ``start`` of ``data`` and where it ends, or None if twisted.web must take it."""
-    end = data.find(b"\r\n\r\n", start)
-    if end < 0 or end + 4 - start > channel.totalHeadersSize:
-        return None
-    head = _HEAD.fullmatch(data, start, end + 4)
-    if head is None:
-        return None
-    headers = Headers()
-    raw = headers._rawHeaders
-    length: Any = 0
-    lines = head.group(2)
+#: The header lines of a head (each with its CRLF) -> their names and values in order,
+#: the body's length and the number of lines; ``_REFUSE``: twisted.web takes such a
+#: request. A client sends the same head again and again (a REST publisher, a
+#: long-polling client's connects): checking and splitting its lines, line by line,
+#: was a fifth of this path. Bounded as ``_LINES`` is: at most ~2 MB.
+_BLOCKS: dict[bytes, Any] = {}
+_BLOCKS_KEPT = 1000
+_BLOCK_KEPT = 2048
+
+
+def _block(lines: bytes) -> Any:
+    """What ``_BLOCKS`` keeps for ``lines``."""
+    if _LINES_OF_HEAD.fullmatch(lines) is None:
+        return _REFUSE
+    order: dict[bytes, list[bytes]] = {}
+    length = 0
     cache = _LINES
     for line in lines[:-2].split(b"\r\n") if lines else ():
         known = cache.get(line)
@@ -195,15 +199,38 @@ def _parse(channel: Any, data: bytes, start: int) -> tuple[LeanRequest, int] | N
                 cache[line] = known
         name, value, kind = known
         if kind is not None:
-            if kind is _REFUSE or b"Content-Length" in raw:
-                return None
-            length = kind
-        values = raw.get(name)
+            if kind is _REFUSE or b"Content-Length" in order:
+                return _REFUSE
+            length = kind  # type: ignore[assignment]
+        values = order.get(name)
         if values is None:
-            raw[name] = [value]
+            order[name] = [value]
         else:
             values.append(value)
-    if lines.count(b"\n") > channel.maxHeaders:
+    return tuple((name, tuple(values)) for name, values in order.items()), length, lines.count(b"\n")
+
+
+def _parse(channel: Any, data: bytes, start: int) -> tuple[LeanRequest, int] | None:
+    """The request at ``start`` of ``data`` and where it ends, or None if twisted.web must take it."""
+    end = data.find(b"\r\n\r\n", start)
+    if end < 0 or end + 4 - start > channel.totalHeadersSize:
+        return None
+    # The request line ends at the first CRLF (its target has none), at ``end`` if no
+    # header line follows it.
+    lineEnd = data.find(b"\r\n", start)
+    request = _REQUEST.fullmatch(data, start, lineEnd + 2)
+    if request is None:
+        return None
+    lines = data[lineEnd + 2 : end + 2]
+    known = _BLOCKS.get(lines)
+    if known is None:
+        known = _block(lines)
+        if len(_BLOCKS) < _BLOCKS_KEPT and len(lines) <= _BLOCK_KEPT:
+            _BLOCKS[lines] = known
+    if known is _REFUSE:
+        return None
+    named, length, count = known
+    if count > channel.maxHeaders:
         return None
     site = getattr(channel, "site", None)
     limit = getattr(site, "maxBodySize", None)
@@ -212,8 +239,11 @@ def _parse(channel: Any, data: bytes, start: int) -> tuple[LeanRequest, int] | N
     bodyEnd = end + 4 + length
     if bodyEnd > len(data):
         return None
+    headers = Headers()
+    # Lists of their own: a request's headers are its own to change.
+    headers._rawHeaders = {name: list(values) for name, values in named}
     body = data[end + 4 : bodyEnd]
-    return LeanRequest(channel, b"POST", head.group(1), headers, body, _peer(channel)), bodyEnd
+    return LeanRequest(channel, b"POST", request.group(1), headers, body, _peer(channel)), bodyEnd
 
 
 def serve(channel: HTTPChannel, data: bytes) -> bytes | None:
