@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
+from twisted.web.http_headers import _nameEncoder
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 
@@ -25,6 +26,7 @@ __all__ = [
     "connectionOf",
     "contextFor",
     "header",
+    "rawHeader",
     "requestLost",
     "sendNow",
     "writeError",
@@ -38,10 +40,30 @@ def header(request: IRequest, name: bytes) -> str | None:
     extensions (``MessageContext.headers``), so a header sent twice means the same
     thing to an extension and to the REST and admin APIs.
     """
-    value = request.requestHeaders.getRawHeaders(name)
+    value = rawHeader(request, name)
     if not value:
         return None
     return value[0].decode("latin-1")
+
+
+#: Header names as the server asks for them -> canonical (what twisted.web's
+#: ``getRawHeaders`` finds them by): a few names, each asked for on every request.
+_CANONICAL: dict[bytes, bytes] = {}
+_CANONICAL_KEPT = 256
+
+
+def rawHeader(request: IRequest, name: bytes) -> list[bytes] | None:
+    """``request.requestHeaders.getRawHeaders(name)`` without its two calls, for a name asked before."""
+    canonical = _CANONICAL.get(name)
+    if canonical is None:
+        canonical = _nameEncoder.encode(name)
+        if len(_CANONICAL) < _CANONICAL_KEPT:
+            _CANONICAL[name] = canonical
+    headers = request.requestHeaders
+    try:
+        return headers._rawHeaders.get(canonical)  # type: ignore[attr-defined, no-any-return]
+    except AttributeError:  # not twisted.web's Headers
+        return headers.getRawHeaders(name)
 
 
 class OriginPolicy:

@@ -20,7 +20,7 @@ from zope.interface import Interface, implementer
 from pandapush.interfaces import IRouter
 from pandapush.transports.callbackpolling import CallbackPollingTransport
 from pandapush.transports.eventsource import EventSourceTransport
-from pandapush.transports.http import OriginPolicy, header, writeError
+from pandapush.transports.http import OriginPolicy, header, rawHeader, writeError
 from pandapush.transports.longpolling import LongPollingTransport
 from pandapush.transports.websocket import BayeuxWebSocketFactory
 
@@ -89,7 +89,7 @@ class BayeuxResource(Resource):
         method = request.method
         if (header(request, b"upgrade") or "").lower() == "websocket":
             return self._websocket.render(request)  # type: ignore[no-any-return]
-        if method == b"OPTIONS" or request.requestHeaders.hasHeader(b"access-control-request-method"):
+        if method == b"OPTIONS" or rawHeader(request, b"access-control-request-method") is not None:
             return self._preflight(request)
         if method == b"GET":
             if "text/event-stream" in (header(request, b"accept") or ""):
