@@ -52,7 +52,29 @@ def channelCredentials(request: IRequest, appId: str) -> KeySecret | BearerToken
         tokens = parse_qs(query, max_num_fields=100).get(b"token")
         if tokens and tokens[0]:
             token = tokens[0].decode("utf-8", "replace")
-    return credentials.channelCredentials(appId, header(request, b"authorization"), token)
+    authorization = header(request, b"authorization")
+    if token or authorization is None or len(authorization) > _CREDENTIALS_LONGEST:
+        return credentials.channelCredentials(appId, authorization, token)
+    known = (appId, authorization)
+    found = _CREDENTIALS.get(known, _UNKNOWN)
+    if found is _UNKNOWN:
+        found = credentials.channelCredentials(appId, authorization)
+        if len(_CREDENTIALS) >= _CREDENTIALS_KEPT:
+            _CREDENTIALS.clear()
+        _CREDENTIALS[known] = found
+    return found  # type: ignore[no-any-return]
+
+
+#: (application, ``Authorization`` value) -> the credentials it gives: a publisher
+#: sends the same header with every request, and decoding it (base64, UTF-8, splits)
+#: and making the credentials was as much as the authorization decision itself. The
+#: credentials are not changed by what checks them, so requests may share them.
+#: Bounded (values are the client's to choose): emptied when full, values of at most
+#: ``_CREDENTIALS_LONGEST`` characters (a key and secret is under 100; a token longer).
+_CREDENTIALS: dict[tuple[str, str], Any] = {}
+_CREDENTIALS_KEPT = 1024
+_CREDENTIALS_LONGEST = 256
+_UNKNOWN = object()
 
 
 def errorBody(status: int, message: str, params: list[Any] | None = None) -> dict[str, Any]:
