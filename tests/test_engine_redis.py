@@ -19,6 +19,7 @@ from zope.interface.verify import verifyObject
 
 from pandapush.bayeux.delivery import Delivery
 from pandapush.engines.redis import RedisEngine, scripts
+from pandapush.engines.redis.destroy import DESTROY, DESTROY_FINISH
 from pandapush.interfaces import EngineUnavailableError, IClientSocket, IEngine
 from pandapush.redis import HashRing, RedisAddress, RedisShard, parseRedisHosts
 from tests.engine_suite import EngineTestsMixin, RecordingListener, RecordingSink, message
@@ -736,10 +737,11 @@ class RoundTripTests(RedisEngineCase, TestCase):
         first = self.engine.destroyClient(clientId, "disconnect")
         second = self.engine.destroyClient(clientId, "socket closed")
         await defer.gatherResults([first, second])
-        self.assertEqual(self.scripts.count(scripts.DESTROY_BEGIN), 1)
-        self.assertEqual(self.scripts.count(scripts.DESTROY_FINISH), 1)
+        # One script: the node names the client's one channel, on the client's shard.
+        self.assertEqual(self.scripts.count(DESTROY), 1)
+        self.assertNotIn(DESTROY_FINISH, self.scripts)
         self.assertEqual(listener.only("destroyed"), [("destroyed", clientId, "disconnect")])
         self.assertFalse(await self.engine.clientExists(clientId))
         # Once it is over, a destroy runs again (and finds nothing).
         await self.engine.destroyClient(clientId, "again")
-        self.assertEqual(self.scripts.count(scripts.DESTROY_BEGIN), 2)
+        self.assertEqual(self.scripts.count(DESTROY), 2)

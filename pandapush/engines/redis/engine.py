@@ -258,6 +258,7 @@ class RedisEngine(ListenerRegistry, ClusterQueries, RedisEngineHistory, Observed
         self._nodes.close()
         if node.pending:
             await defer.DeferredList(list(node.pending), consumeErrors=True)
+        await self._destroyer.close()
         await self._claims.park()
         self._rpc.close()
         await self._subscriber.close()

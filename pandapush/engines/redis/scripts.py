@@ -10,17 +10,20 @@ by one node and compared by another do not depend on the nodes' clocks.
 
 Keys are always passed in ``KEYS`` (never built in Lua) so the scripts would
 also run on Redis Cluster with hash tags, should that ever replace our ring.
+
+A destroy's scripts are :mod:`~pandapush.engines.redis.destroy`'s (with what they
+record), the history's READ :mod:`~pandapush.engines.redis.history`'s.
 """
 
 from __future__ import annotations
 
-_NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1000000\n"
+NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1000000\n"
 
 #: KEYS: clients zset, client hash, the shard's generation key. ARGV: clientId, owner node,
 #: seconds to live, a fresh generation token. The creating node owns the client with epoch 1
 #: (see CLAIM). Returns the shard's generation (see GENERATION).
 CREATE = (
-    _NOW
+    NOW
     + """
 redis.call('HSET', KEYS[2], 'owner', ARGV[2], 'epoch', 1)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
@@ -31,7 +34,7 @@ return redis.call('GET', KEYS[3])
 
 #: KEYS: clients zset. ARGV: clientId. 1 if registered and its deadline has not passed.
 EXISTS = (
-    _NOW
+    NOW
     + """
 local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not s or tonumber(s) < now then return 0 end
@@ -42,7 +45,7 @@ return 1
 #: KEYS: clients zset. ARGV: seconds to live, clientId... Moves deadlines of registered clients.
 #: Returns the clientIds it did not move (not registered; rarely, the same deadline again).
 TOUCH = (
-    _NOW
+    NOW
     + """
 local deadline = now + tonumber(ARGV[1])
 local missing = {}
@@ -62,7 +65,7 @@ return missing
 #: still (its lease renewed); else {1, new epoch, previous owner, subscription...}
 #: with the node as the owner.
 CLAIM = (
-    _NOW
+    NOW
     + """
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return false end
 redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[3]), ARGV[1])
@@ -147,61 +150,38 @@ if member ~= '' then redis.call('HDEL', KEYS[3], ARGV[1]) end
 return {1, redis.call('HGET', KEYS[1], 'owner') or '', member}
 """
 
-#: KEYS: subscribers set, presence hash, member's client set. ARGV: clientId, member id or ''.
-#: Returns {removed from subscribers, vacated, member left}.
-UNSUBSCRIBE_CHANNEL = """
-local removed = redis.call('SREM', KEYS[1], ARGV[1])
-local vacated = 0
-if removed == 1 and redis.call('EXISTS', KEYS[1]) == 0 then vacated = 1 end
-local left = 0
-if ARGV[2] ~= '' and redis.call('SREM', KEYS[3], ARGV[1]) == 1 then
-  if redis.call('EXISTS', KEYS[3]) == 0 then
-    redis.call('HDEL', KEYS[2], ARGV[2])
-    left = 1
+#: Takes a client out of a key's subscribers set and, when it is present there as
+#: ``memberId`` (not ''), out of that member's client set, the member leaving with its
+#: last client. Returns removed from subscribers, vacated, member left.
+LEAVE = """
+local function leave(subscribers, presence, member, clientId, memberId)
+  local removed = redis.call('SREM', subscribers, clientId)
+  local vacated = 0
+  if removed == 1 and redis.call('EXISTS', subscribers) == 0 then vacated = 1 end
+  local left = 0
+  if memberId ~= '' and redis.call('SREM', member, clientId) == 1 then
+    if redis.call('EXISTS', member) == 0 then
+      redis.call('HDEL', presence, memberId)
+      left = 1
+    end
   end
+  return removed, vacated, left
 end
-return {removed, vacated, left}
 """
 
-#: KEYS: clients zset, dying zset, client hash, subs, presence, parked queue. ARGV: clientId,
-#: '1' to destroy only if expired (its deadline, or a dying entry's, has passed), seconds the
-#: destroyer has to finish before the collector may, the reason. A registered client becomes
-#: dying (out of the registry: unknown to every node from now on); a dying one is handed out
-#: again with a new deadline. Returns nil if neither, else {owner, reason, {subscription...},
-#: {channel, member, ...}}.
-DESTROY_BEGIN = (
-    _NOW
+#: KEYS: subscribers set, presence hash, member's client set. ARGV: clientId, member id or ''.
+#: Returns {removed from subscribers, vacated, member left}.
+UNSUBSCRIBE_CHANNEL = (
+    LEAVE
     + """
-local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if s then
-  if ARGV[2] == '1' and tonumber(s) > now then return false end
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  redis.call('HSET', KEYS[3], 'dying', ARGV[4])
-  redis.call('DEL', KEYS[6])
-else
-  local d = redis.call('ZSCORE', KEYS[2], ARGV[1])
-  if not d then return false end
-  if ARGV[2] == '1' and tonumber(d) > now then return false end
-end
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
-local held = redis.call('HMGET', KEYS[3], 'dying', 'owner')
-local reason = held[1] or ARGV[4]
-local owner = held[2] or ''
-return {owner, reason, redis.call('SMEMBERS', KEYS[4]), redis.call('HGETALL', KEYS[5])}
+local removed, vacated, left = leave(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])
+return {removed, vacated, left}
 """
 )
 
-#: KEYS: dying zset, client hash, subs, presence. ARGV: clientId. 1 if this call ended the
-#: destroy (who reports ``clientDestroyed``), 0 if another had.
-DESTROY_FINISH = """
-local ended = redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
-return ended
-"""
-
 #: KEYS: clients zset. ARGV: limit. Clients whose deadline has passed.
 EXPIRED = (
-    _NOW
+    NOW
     + """
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 """
@@ -335,7 +315,7 @@ return redis.call('GET', KEYS[1])
 #: has moved and is left alone. Returns per client 2 (restored), 1 (already registered with
 #: this owner and epoch) or 0 (registered otherwise: not this node's to restore).
 RESTORE = (
-    _NOW
+    NOW
     + """
 local result = {}
 local j = 4
