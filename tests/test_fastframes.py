@@ -12,13 +12,15 @@ import struct
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from twisted.internet import tcp, threads
+from twisted.internet import reactor, tcp, threads
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
+from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from pandapush.transports.fastframes import FastFramesProtocol, textFrame
+from tests.support.inprocess import AUTH, channel
 from tests.test_transports import HANDSHAKE, WebSocketCase
 
 _UPGRADE = (
@@ -411,3 +413,46 @@ class DirectRepliesTests(WebSocketCase):
         self.assertEqual(len(frames), 5)
         # Nothing went through Twisted's buffered write.
         self.assertEqual(sends, [])
+
+    async def test_deliveryStraightToKernel(self) -> None:
+        """
+        A delivery after the read that published it goes to the kernel at once, in a frame
+        of its own beside the publish's reply, not through Twisted's buffered write.
+        """
+        sends: list[bytes] = []
+        original = tcp.Server.write
+
+        def write(self: tcp.Server, data: bytes) -> None:
+            sends.append(data)
+            original(self, data)
+
+        client = await self.raw()
+        self.patch(tcp.Server, "write", write)
+        client.sendall(frame(json.dumps([HANDSHAKE]).encode()))
+        ((_, handshake),) = await threads.deferToThread(self.readFrames, client, 1)
+        clientId = json.loads(handshake)[0]["clientId"]
+        connect = {"channel": "/meta/connect", "clientId": clientId, "connectionType": "websocket"}
+        subscribe = {"channel": "/meta/subscribe", "clientId": clientId, "subscription": channel("x")}
+        client.sendall(frame(json.dumps([connect, subscribe]).encode()))
+        await threads.deferToThread(self.readFrames, client, 2)
+        for i in range(3):
+            publish = {
+                "channel": channel("x"),
+                "clientId": clientId,
+                "data": i,
+                "id": f"p{i}",
+                "ext": {"auth": AUTH},
+            }
+            client.sendall(frame(json.dumps([publish]).encode()))
+            frames = await threads.deferToThread(self.readFrames, client, 2)
+            received = sorted((json.loads(payload) for _, payload in frames), key=lambda f: "data" in f[0])
+            self.assertEqual(
+                received[0],
+                [{"id": f"p{i}", "clientId": clientId, "channel": channel("x"), "successful": True}],
+            )
+            self.assertEqual(received[1][0]["data"], i)
+        self.assertEqual(sends, [])
+        # Closed without a disconnect: the server ends the client (and its timers).
+        client.close()
+        while self.server.router.openSockets() or self.server.engine.hasClient(clientId):
+            await deferLater(reactor, 0.01, lambda: None)

@@ -29,7 +29,7 @@ from pandapush.bayeux.delivery import Delivery
 from pandapush.interfaces import IClientSocket, IRouter
 from pandapush.transports.fastframes import textFrame
 from pandapush.transports.handshake import TRAFFIC, DirectOpeningProtocol, SendQueue
-from pandapush.transports.http import OriginPolicy
+from pandapush.transports.http import OriginPolicy, sendNow
 from pandapush.transports.xormask import createMasker
 
 __all__ = ["BayeuxWebSocketFactory", "BayeuxWebSocketProtocol"]
@@ -68,6 +68,7 @@ autobahn.websocket.protocol.create_xor_masker = createMasker  # type: ignore[ass
 
 # Every socket's traffic counts (see pandapush.transports.handshake).
 _TRAFFIC = TRAFFIC
+_OPEN = DirectOpeningProtocol.STATE_OPEN
 
 # The handshake's leftovers autobahn keeps for the connection's life (its request and
 # response texts, parsed headers, offered protocols): ~1.4 KB per idle socket.
@@ -203,8 +204,8 @@ class BayeuxWebSocketProtocol(DirectOpeningProtocol):
         return self._open and self.state == self.STATE_OPEN
 
     def sendReplies(self, replies: Sequence[Any]) -> None:
-        if self._sendable():
-            self.sendText(json.encodeReplies(list(replies)))
+        if self._open and self.state == _OPEN:
+            self.sendText(json.encodeReplies(replies if type(replies) is list else list(replies)))
 
     def deliver(self, deliveries: Sequence[Delivery]) -> None:
         if not self._sendable():
@@ -220,12 +221,22 @@ class BayeuxWebSocketProtocol(DirectOpeningProtocol):
                 # again), and nothing more piles up here meanwhile.
                 self.sendClose(4008, "slow consumer: messages not read in time")
             return
+        if len(deliveries) == 1 and self.plainFrames():
+            # One frame's bytes for every plain socket it goes to.
+            delivery = deliveries[0]
+            raw = delivery.frames.get(_RAW_FRAME)
+            if raw is None:
+                raw = delivery.frames[_RAW_FRAME] = textFrame(b"[" + delivery.payload + b"]")
+            if self._outgoing is None and not self.send_queue and not self.logOctets:
+                # What sendData does with a delivery outside a read, without its checks:
+                # this runs once per recipient of every message.
+                sendNow(self.transport, raw)
+                return
         self._delivering = True
         try:
             if len(deliveries) == 1:
                 delivery = deliveries[0]
                 if self.plainFrames():
-                    # One frame's bytes for every plain socket it goes to.
                     raw = delivery.frames.get(_RAW_FRAME)
                     if raw is None:
                         raw = delivery.frames[_RAW_FRAME] = textFrame(b"[" + delivery.payload + b"]")
