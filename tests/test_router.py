@@ -17,7 +17,7 @@ from pandapush.bayeux.errors import BayeuxError
 from pandapush.engines.history import HistorySettings
 from pandapush.engines.memory import MemoryEngine
 from pandapush.interfaces import IClientSocket, IExtension, IRouter
-from pandapush.router import CONNECTION_TYPES, BayeuxRouter, Limits
+from pandapush.router import CONNECTION_TYPES, BayeuxRouter, Limits, publishing
 
 HANDSHAKE = {"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["long-polling"]}
 
@@ -686,6 +686,7 @@ class PublishPathTests(RouterTestCase):
             return d.addCallback(lambda _: publish(delivery))
 
         self.engine.publish = slowPublish  # type: ignore[method-assign]
+        self.engine.publishNow = None  # type: ignore[assignment, method-assign]
         d = self.router.process(
             [{"channel": "/a", "data": 1}, {"channel": "/a", "data": 2}], MessageContext("websocket")
         )
@@ -701,8 +702,21 @@ class PublishPathTests(RouterTestCase):
     def test_engineFailure(self) -> None:
         """An engine that fails a publish: an error reply for it, the batch goes on."""
         self.engine.publish = lambda delivery: defer.fail(RuntimeError("down"))  # type: ignore[method-assign]
+        self.engine.publishNow = None  # type: ignore[assignment, method-assign]
         replies = self.process([{"channel": "/a", "data": 1}, {"channel": "/b", "data": 2}])
         self.assertEqual([r["successful"] for r in replies], [False, False])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+
+    def test_engineFailureNow(self) -> None:
+        """An engine answering at once (publishNow) that fails a publish: the same error reply."""
+
+        def down(delivery: Delivery) -> int:
+            raise RuntimeError("down")
+
+        self.engine.publishNow = down  # type: ignore[method-assign]
+        replies = self.process([{"channel": "/a", "data": 1}, {"channel": "/b", "data": 2}])
+        self.assertEqual([r["successful"] for r in replies], [False, False])
+        self.assertEqual(replies[0]["error"], str(BayeuxError.publishFailed("/a")))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
 
 
@@ -829,6 +843,40 @@ class LimitTests(RouterTestCase):
         self.assertTrue(reply["error"].endswith("Channel name deeper than 32 segments"))
         self.assertTrue(self.send({"channel": deep[2:], "data": 1})["successful"])
         self.assertEqual(self.refused, ["channel_depth", "channel_depth"])
+
+    def test_rememberedChannelLimits(self) -> None:
+        """
+        A channel published to is remembered as passing the channel checks only under
+        the length limit it was checked with: a lower limit (a new Limits, or the same
+        one changed in place) refuses it again, a higher one lets it through.
+        """
+        channel = "/abc/" + "d" * 14  # 19 characters
+        self.assertTrue(self.send({"channel": channel, "data": 1})["successful"])
+        self.assertTrue(self.send({"channel": channel, "data": 2})["successful"])
+        self.router.limits = Limits(maxChannelLength=10)
+        self.assertEqual(
+            self.send({"channel": channel, "data": 3})["error"],
+            "405:/abc/ddddd...:Channel name longer than 10 characters",
+        )
+        self.router.limits.maxChannelLength = 40
+        self.assertTrue(self.send({"channel": channel, "data": 4})["successful"])
+        self.router.limits.maxChannelLength = 12
+        self.assertTrue(self.send({"channel": channel, "data": 5})["error"].startswith("405:"))
+        self.assertEqual(self.refused, ["channel_length", "channel_length"])
+        # Checked again, a channel keeps its answers: an invalid name is never remembered.
+        self.router.limits.maxChannelLength = 200
+        for _ in range(2):
+            self.assertEqual(self.send({"channel": "/a/*", "data": 1})["error"], "405:/a/*:Invalid channel")
+            self.assertEqual(self.send({"channel": channel})["error"], "402:data:Missing required parameter")
+
+    def test_rememberedChannelsBounded(self) -> None:
+        """The remembered channels start again past their bound, and keep answering the same."""
+        publisher = self.router._publisher
+        self.patch(publishing, "MAX_REMEMBERED", 3)
+        for i in range(7):
+            self.assertTrue(self.send({"channel": f"/c{i}", "data": i})["successful"])
+            self.assertLessEqual(len(publisher._publishable), 3)
+        self.assertTrue(self.send({"channel": "/c0", "data": 0})["successful"])
 
     def test_serverPublishChannelLimits(self) -> None:
         """

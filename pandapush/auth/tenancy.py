@@ -178,27 +178,30 @@ class TenancyExtension:
         return decision.addBoth(decided)
 
     def _grant(self, allowed: Allowed, channel: Any, context: MessageContext) -> None:
+        attributes = context.attributes
         if allowed.presence is not None:
-            context.attributes["presence"] = allowed.presence
+            attributes["presence"] = allowed.presence
         if allowed.keyId is not None:
-            context.attributes["keyId"] = allowed.keyId
+            attributes["keyId"] = allowed.keyId
             # The applications whose own credentials came with the message (a key is of one
             # application): their connection limit counts this client as theirs, not a stranger.
             tenant = parseChannel(channel, SUBSCRIBE)
             if tenant is not None:
-                context.attributes.setdefault("authenticated", set()).add(tenant.appId)
+                authenticated = attributes.get("authenticated")
+                if authenticated is None:
+                    attributes["authenticated"] = {tenant.appId}
+                else:
+                    authenticated.add(tenant.appId)
         if allowed.keyExpires is not None:
             # For pandapush.extensions.expiry: the subscription ends when its key does.
-            context.attributes["keyExpires"] = allowed.keyExpires
+            attributes["keyExpires"] = allowed.keyExpires
         if allowed.user is not None:
             # For pandapush.extensions.users: terminate_connections finds the client by it.
-            context.attributes["user"] = allowed.user
+            attributes["user"] = allowed.user
         if allowed.expires is not None:
             # For pandapush.extensions.expiry: the subscription ends when its token does.
-            earlier = context.attributes.get("tokenExpires")
-            context.attributes["tokenExpires"] = (
-                allowed.expires if earlier is None else min(earlier, allowed.expires)
-            )
+            earlier = attributes.get("tokenExpires")
+            attributes["tokenExpires"] = allowed.expires if earlier is None else min(earlier, allowed.expires)
 
     def _refuse(self, message: Message, failure: Failure) -> None:
         if isinstance(failure.value, AuthRefused):

@@ -280,6 +280,10 @@ class MemoryEngine(ListenerRegistry, MemoryEngineHistory, ObservedFlushes):
             local.enqueue(recipients, delivery)
         return len(recipients)
 
+    #: :meth:`publish`, answering the number of recipients itself: the router takes it so
+    #: for a client's publish (a fired Deferred and looking into it cost ~2 µs each).
+    publishNow = _publishNow
+
     def _slow(self, client: _Client) -> None:
         self.destroyClient(client.id, "slow consumer")
 

@@ -141,24 +141,6 @@ class Extensions:
                 if not scoped or kind in e.outgoingOn  # type: ignore[attr-defined]
             )
 
-    def _incomingHooks(self, channel: Any) -> tuple[Hook, ...]:
-        if type(channel) is str:
-            hooks = self._incoming.get(channel)
-            if hooks is not None:
-                return hooks
-            if not channel.startswith("/meta"):
-                return self._incoming[PUBLISHES]
-        return self._allIncoming
-
-    def _outgoingHooks(self, channel: Any) -> tuple[Hook, ...]:
-        if type(channel) is str:
-            hooks = self._outgoing.get(channel)
-            if hooks is not None:
-                return hooks
-            if not channel.startswith("/meta"):
-                return self._outgoing[PUBLISHES]
-        return self._allOutgoing
-
     def connecting(self, clientId: str, context: MessageContext) -> bool:
         """Whether ``clientId``'s messages go out only with its connect replies (any extension says so)."""
         batched = False
@@ -183,7 +165,15 @@ class Extensions:
         dropped it, or a Deferred of either. A hook that raises, or whose Deferred
         fails, fails the call.
         """
-        return self._incomingFrom(self._incomingHooks(message.get("channel")), message, context, 0)
+        # The hooks for the message's kind, inline: this runs once per message.
+        channel = message.get("channel")
+        if type(channel) is str:
+            hooks = self._incoming.get(channel)
+            if hooks is None:
+                hooks = self._allIncoming if channel.startswith("/meta") else self._incoming[PUBLISHES]
+        else:
+            hooks = self._allIncoming
+        return self._incomingFrom(hooks, message, context, 0)
 
     def _incomingFrom(
         self, hooks: tuple[Hook, ...], message: Message, context: MessageContext, start: int
@@ -234,7 +224,16 @@ class Extensions:
             reply = replies[position] if resumed is None else resumed
             resumed = None
             if isinstance(reply, dict):
-                hooks = self._outgoingHooks(reply.get("channel"))
+                # The hooks for the reply's kind, as for incoming: inline, once per reply.
+                channel = reply.get("channel")
+                if type(channel) is str:
+                    hooks = self._outgoing.get(channel)  # type: ignore[assignment]
+                    if hooks is None:
+                        hooks = (
+                            self._allOutgoing if channel.startswith("/meta") else self._outgoing[PUBLISHES]
+                        )
+                else:
+                    hooks = self._allOutgoing
                 for index in range(start, len(hooks)):
                     result = hooks[index](reply, context)
                     if type(result) is not dict and isinstance(result, Deferred):
@@ -372,25 +371,55 @@ class Pipeline:
     # one message
 
     def _message(self, message: Any, context: MessageContext, socket: IClientSocket | None) -> Answer:
-        """One message through the incoming hooks, its handler and the outgoing hooks."""
+        """
+        One message through the incoming hooks, its handler and the outgoing hooks:
+        the three steps in one frame while each answers at once (every publish whose
+        key is cached), else from the step that answered late on, in
+        :meth:`_dispatch` and :meth:`_outgoing`.
+        """
         if not isinstance(message, dict):
             return [fail({}, BayeuxError.badRequest())]
+        current: Message = message
         try:
             incoming = self.extensions.incoming(message, context)
             # The type looked at first (here and below): a message or replies nearly
             # always, and isDeferred is a call per step of every message.
-            if type(incoming) is not dict and isDeferred(incoming):
-                incoming = settled(incoming)
+            if type(incoming) is not dict:
+                if incoming is None:
+                    return []  # a hook dropped it: no reply
                 if isDeferred(incoming):
-                    return incoming.addCallbacks(
-                        self._dispatch,
-                        self._failed,
-                        callbackArgs=(context, socket),
-                        errbackArgs=(message,),
-                    )
+                    incoming = settled(incoming)
+                    if isDeferred(incoming):
+                        return incoming.addCallbacks(
+                            self._dispatch,
+                            self._failed,
+                            callbackArgs=(context, socket),
+                            errbackArgs=(message,),
+                        )
+                    if incoming is None:
+                        return []
+            current = incoming  # type: ignore[assignment]
+            handled = self.handler.dispatch(current, context, socket)
+            if type(handled) is not list:
+                if isDeferred(handled):
+                    handled = settled(handled)
+                    if isDeferred(handled):
+                        return handled.addCallbacks(
+                            self._outgoing,
+                            self._failed,
+                            callbackArgs=(current, context),
+                            errbackArgs=(current,),
+                        )
+                if isinstance(handled, Held):
+                    return handled  # its reply goes through the outgoing hooks when it is answered
+            replies = self.extensions.outgoing(handled, context)  # type: ignore[arg-type]
+            if type(replies) is not list and isDeferred(replies):
+                replies = settled(replies)
+                if isDeferred(replies):
+                    return replies.addErrback(self._failed, current)
         except Exception:
-            return self._serverError(message, Failure())
-        return self._dispatch(incoming, context, socket)
+            return self._serverError(current, Failure())
+        return replies  # type: ignore[return-value]
 
     def _dispatch(
         self, message: Message | None, context: MessageContext, socket: IClientSocket | None

@@ -31,7 +31,10 @@ from pandapush.bayeux.message import (
 from pandapush.interfaces import EngineUnavailableError, IEngine
 from pandapush.router.limits import Limits, Refusals, channelRefusal
 
-__all__ = ["Publisher"]
+__all__ = ["MAX_REMEMBERED", "Publisher"]
+
+#: How many publishable channels :class:`Publisher` remembers (then it starts again).
+MAX_REMEMBERED = 16384
 
 
 class Publisher:
@@ -48,6 +51,13 @@ class Publisher:
         self.limits = limits
         self.refusals = refusals
         self._observers: list[Callable[[str, int], None]] = []
+        # Channels clients published to that passed the checks of the channel alone
+        # (length and depth under the limits, a valid name), with whether they keep
+        # history: the same channels come back with every publish, and the checks were
+        # five calls per publish. Valid while the channel length limit is the one they
+        # were checked under; bounded like the grammar's caches.
+        self._publishable: dict[str, bool] = {}
+        self._checkedLength = limits.maxChannelLength
 
     def addObserver(self, observer: Callable[[str, int], None]) -> None:
         """Call ``observer(channel, recipients)`` once per message published (statistics)."""
@@ -144,15 +154,19 @@ class Publisher:
         """The reply to a client's publish: now when the engine published at once, else a Deferred."""
         reply = makeReply(message)
         limits = self.limits
+        history = self._publishable.get(channel)
+        if history is None or self._checkedLength != limits.maxChannelLength:
+            refused = channelRefusal(channel, limits)
+            if refused is not None:
+                return self.refusals.refuse(reply, *refused)
+            if not channels.isValidName(channel):
+                return [fail(reply, BayeuxError.channelInvalid(channel))]
+            history = self._remember(channel, limits)
         error: str | BayeuxError | None = None
-        refused = channelRefusal(channel, limits)
-        if refused is not None:
-            return self.refusals.refuse(reply, *refused)
-        if not channels.isValidName(channel):
-            error = BayeuxError.channelInvalid(channel)
-        elif "data" not in message:
+        if "data" not in message:
             error = BayeuxError.parameterMissing("data")
-        error = error or extensionError(message)
+        else:
+            error = extensionError(message)
         if error is not None:
             return [fail(reply, error)]
         delivered: Message = {"channel": channel, "data": message["data"]}
@@ -169,7 +183,7 @@ class Publisher:
                 return [fail(reply, BayeuxError(400, [channel], keyError))]
         if ext is not None:
             delivered["ext"] = ext
-        delivery = Delivery.fromMessage(delivered, history=not channels.isService(channel))
+        delivery = Delivery.fromMessage(delivered, history=history)
         if key is not None:
             delivery.idempotencyKey = scopedKey(channel, key)
         if len(delivery.payload) > limits.maxMessageSize:
@@ -178,6 +192,15 @@ class Publisher:
                 "message_size",
                 BayeuxError(413, [channel], f"Message larger than {limits.maxMessageSize} bytes"),
             )
+        # An engine that answers at once says so with publishNow (the in-memory one); None
+        # (or none at all) publishes through publish.
+        publishNow = getattr(self.engine, "publishNow", None)
+        if publishNow is not None:
+            try:
+                recipients = publishNow(delivery)
+            except Exception:
+                return self._answer(Failure(), reply, channel)
+            return self._answer(recipients, reply, channel)
         try:
             published = self.engine.publish(delivery)
         except Exception:
@@ -187,12 +210,21 @@ class Publisher:
             return self._answer(now[0], reply, channel)
         return published.addBoth(self._answer, reply, channel)
 
+    def _remember(self, channel: str, limits: Limits) -> bool:
+        """Whether ``channel``, which passed the checks under ``limits``, keeps history; remembered."""
+        publishable = self._publishable
+        if self._checkedLength != limits.maxChannelLength or len(publishable) >= MAX_REMEMBERED:
+            publishable.clear()
+            self._checkedLength = limits.maxChannelLength
+        history = publishable[channel] = not channels.isService(channel)
+        return history
+
     def _answer(self, recipients: int | Failure, reply: Message, channel: str) -> list[Reply]:
         try:
             if isinstance(recipients, Failure):
                 recipients.raiseException()
-            if self._observers:
-                self._published(recipients, channel)
+            for observer in self._observers:
+                observer(channel, recipients)
         except EngineUnavailableError as error:
             # Redis down: the engine logged the outage once; the publisher may try again.
             return [fail(reply, BayeuxError(503, [channel], f"{error.what} unavailable; try again later"))]
