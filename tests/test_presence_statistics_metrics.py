@@ -18,6 +18,7 @@ from zope.interface import implementer
 from pandapush.bayeux import json
 from pandapush.bayeux.context import MessageContext
 from pandapush.engines.memory import MemoryEngine
+from pandapush.extensions import statistics
 from pandapush.extensions.metrics import Metrics
 from pandapush.extensions.presence import PresenceExtension, isPresenceChannel
 from pandapush.extensions.statistics import Statistics, appOf
@@ -250,6 +251,26 @@ class MetaChannelTests(Harness):
         (report,) = heard
         self.assertEqual(report["node"], self.stats.node)
         self.assertEqual(report["apps"]["app1"]["connections"], 1)
+
+    def test_publishesCountedByRememberedApps(self) -> None:
+        """
+        Publishes count for their channel's application, remembered per channel: still
+        counted once the application's figures were forgotten (idle at an interval),
+        never for meta or non-tenancy channels, and the same past the bound.
+        """
+        self.patch(statistics, "MAX_CHANNELS", 2)
+        for _ in range(2):
+            for channel in ("/app1/public/a", "/app1/meta/x", "/plain", "/app2/private/b", "/app1/public/c"):
+                self.send({"channel": channel, "data": 1})
+            self.assertLessEqual(len(self.stats._channelApps), 2)
+        self.assertEqual((self.stats.apps["app1"].published, self.stats.apps["app2"].published), (4, 2))
+        self.clock.advance(5)
+        self.stats.publishStatistics()
+        self.clock.advance(5)
+        self.stats.publishStatistics()
+        self.assertNotIn("app1", self.stats.apps)
+        self.send({"channel": "/app1/public/a", "data": 1})
+        self.assertEqual(self.stats.apps["app1"].published, 1)
 
     def test_appOf(self) -> None:
         self.assertEqual(appOf("/abc/public/x"), "abc")

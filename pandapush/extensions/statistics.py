@@ -36,6 +36,9 @@ __all__ = ["AppStatistics", "Statistics", "appOf"]
 
 #: Figures a node broadcasts at each interval, summed by the others.
 TOPIC = "statistics"
+#: How many channels' applications :meth:`Statistics.published` remembers (then it starts again).
+MAX_CHANNELS = 16384
+_UNSEEN = object()
 _SUMMED = (
     "connections",
     "subscriptions",
@@ -91,6 +94,8 @@ class Statistics(EngineListener):
         # Tells this node's broadcasts from others' (several servers may share a process: tests).
         self._id = secrets.token_hex(8)
         self.apps: dict[str, AppStatistics] = defaultdict(AppStatistics)
+        # channel -> the application its publishes count for (None: none); see published.
+        self._channelApps: dict[str, str | None] = {}
         # clientId -> how many subscriptions it has in each app: a client counts
         # as one connection of an app while it has any.
         self._clientApps: dict[str, Counter[str]] = {}
@@ -107,12 +112,26 @@ class Statistics(EngineListener):
     # counting
 
     def published(self, channel: str, recipients: int) -> None:
-        # appOf and not _isMeta, in one split: this runs for every message published.
-        parts = channel.split("/", 3)
-        if len(parts) >= 4 and parts[1] and parts[2] in _APP_TYPES and parts[2] != "meta":
-            stats = self.apps[parts[1]]
+        # This runs for every message published, mostly to the same channels: the
+        # application each counts for is remembered (the split was ~0.7 µs a publish).
+        app = self._channelApps.get(channel, _UNSEEN)
+        if app is _UNSEEN:
+            app = self._countedApp(channel)
+        if app is not None:
+            stats = self.apps[app]  # type: ignore[index]
             stats.published += 1
             stats.delivered += recipients
+
+    def _countedApp(self, channel: str) -> str | None:
+        """The application a publish to ``channel`` counts for (appOf, not meta), remembered."""
+        parts = channel.split("/", 3)
+        app = None
+        if len(parts) >= 4 and parts[1] and parts[2] in _APP_TYPES and parts[2] != "meta":
+            app = parts[1]
+        if len(self._channelApps) >= MAX_CHANNELS:
+            self._channelApps.clear()
+        self._channelApps[channel] = app
+        return app
 
     def subscribed(self, clientId: str, channel: str) -> None:
         app = appOf(channel)
