@@ -37,3 +37,13 @@ class EncodeRepliesTests(TestCase):
         """A reply orjson cannot write fails the same way alone or among others."""
         for batch in ([{"x": object()}], [{"ok": 1}, {"x": object()}]):
             self.assertRaises(orjson.JSONEncodeError, json.encodeReplies, batch)
+
+
+class DecodeMessagesTests(TestCase):
+    def test_batchesOnly(self) -> None:
+        """A frame or body is a batch (an array) or one message (an object); anything else is None."""
+        self.assertEqual(json.decodeMessages(b'[{"channel":"/a"}]'), [{"channel": "/a"}])
+        self.assertEqual(json.decodeMessages('{"channel":"/a"}'), {"channel": "/a"})
+        self.assertEqual(json.decodeMessages(b"[]"), [])
+        for raw in (b'"text"', b"1", b"1.5", b"true", b"null", b"", b"{", None, 12):
+            self.assertIsNone(json.decodeMessages(raw), raw)  # type: ignore[arg-type]

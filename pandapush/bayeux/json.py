@@ -41,6 +41,8 @@ def decodeMessages(raw: bytes | str | None) -> list[Any] | dict[str, Any] | None
         value = loads(raw)
     except (JSONDecodeError, TypeError):
         return None
-    if isinstance(value, dict | list):
-        return value
+    # orjson makes exactly these types; ``isinstance(value, dict | list)`` built a union
+    # object for every frame read (~0.4 µs of a publish).
+    if type(value) is dict or type(value) is list:
+        return value  # type: ignore[no-any-return]
     return None
