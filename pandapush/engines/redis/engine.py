@@ -79,7 +79,8 @@ script) and the history methods. ``recovery``: resuming a client another node ow
 ``subscriptions``. ``presence``. ``claims``: claims, hand-over, parking.
 ``rpc``: node-to-node calls. ``destroy``: destroying clients. ``occupancy``:
 channel counts and the index of occupied channels. ``broadcast``: messages to every
-node. ``restore``: Redis coming back empty. ``gc``: deadlines, leases, the collector.
+node. ``restore``: Redis coming back empty. ``stale``: copies whose hand-over request
+never arrived. ``gc``: deadlines, leases, the collector.
 ``scripts``: the Lua scripts.
 :mod:`pandapush.redis` holds the connections.
 """
@@ -112,6 +113,7 @@ from pandapush.engines.redis.presence import Presence
 from pandapush.engines.redis.recovery import RemoteRecovery
 from pandapush.engines.redis.restore import Restorer
 from pandapush.engines.redis.rpc import NodeRPC
+from pandapush.engines.redis.stale import StaleCopies
 from pandapush.engines.redis.subscriptions import Subscriptions
 from pandapush.interfaces import IDeliverySink, IEngine, IEngineListener
 from pandapush.listeners import ListenerRegistry
@@ -195,6 +197,9 @@ class RedisEngine(ListenerRegistry, ClusterQueries, RedisEngineHistory, Observed
         )
         self._destroyer = Destroyer(node, self._rpc, self._presence, self._notify)
         self._expiry = Expiry(node, self._restorer, self._destroyer, sweepInterval)
+        # Copies whose hand-over request never arrived; at least twice the time a new
+        # owner waits for that request's answer (see ``stale``).
+        self._stale = StaleCopies(node, self._restorer, max(expiry, 2 * handoverTimeout))
         # Here too: tests stop them to play a node that was killed.
         self._sweeper, self._renewer = self._expiry.sweeper, self._expiry.renewer
         self._pinger = task.LoopingCall(self._ping)
@@ -252,6 +257,7 @@ class RedisEngine(ListenerRegistry, ClusterQueries, RedisEngineHistory, Observed
             return
         node.closed = True
         self._expiry.stop()
+        self._stale.stop()
         if self._pinger.running:
             self._pinger.stop()
         self._local.close()

@@ -59,6 +59,10 @@ class Restorer:
         """
         self._generations.setdefault(index, generation)
 
+    def known(self, index: int) -> str | None:
+        """The generation this node last knew shard ``index`` at (None before its first check)."""
+        return self._generations.get(index)
+
     def checkAll(self) -> None:
         """Check every shard (in the background) that is not being checked already."""
         node = self._node
