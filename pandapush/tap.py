@@ -276,7 +276,8 @@ class Options(usage.Options):
             None,
             None,
             "Comma-separated browser origins allowed across origins (CORS, websocket), e.g. "
-            "https://app.example.com. [default: any origin]",
+            "https://app.example.com; null (sandboxed iframes, file:// pages) only if listed. "
+            "[default: any origin]",
         ],
         [
             "trusted-proxies",

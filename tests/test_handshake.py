@@ -102,6 +102,10 @@ DIRECT = {
     "host without port": head(changed(b"Host", b"example.com")),
     "x-forwarded-for": head(plus(b"X-Forwarded-For: 10.1.2.3, 10.0.0.1")),
     "key with spaces": head(changed(b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ== ")),
+    # A sandboxed iframe, a file:// page (autobahn reads file:// as null too): with no
+    # --allowed-origins, origins like any other.
+    "null origin": head(plus(b"Origin: null")),
+    "file origin": head(plus(b"Origin: file://")),
 }
 
 #: Heads autobahn answers: opened, or refused with its reason.
@@ -125,8 +129,6 @@ AUTOBAHN = {
     "a subprotocol twice": head(plus(b"Sec-WebSocket-Protocol: a, b, a")),
     "origin without host": head(plus(b"Origin: http://")),
     "origin with a bad port": head(plus(b"Origin: http://a.test:port")),
-    "null origin": head(plus(b"Origin: null")),
-    "file origin": head(plus(b"Origin: file://")),
     "two origins": head(plus(b"Origin: http://a.test", b"Origin: http://a.test")),
     "malformed deflate offer": head(
         plus(b"Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=99")
@@ -327,6 +329,26 @@ class RestrictedOriginOpeningTests(OpeningCase):
         allowed = self.assertSame("good", [head(plus(b"Origin: http://good.test"))])
         self.assertTrue(allowed["session"])
         self.assertEqual(self.direct[-1], True)
+
+    def test_null(self) -> None:
+        """``Origin: null`` is refused as any origin not listed (403), not with autobahn's 400."""
+        for origin in (b"null", b"file://"):
+            refused = self.assertSame(origin.decode(), [head(plus(b"Origin: " + origin))])
+            self.assertEqual(refused["answer"], b"HTTP/1.1 403 Origin not allowed\r\n\r\n")
+        self.assertNotIn(True, self.direct)
+
+
+class NullListedOpeningTests(OpeningCase):
+    serverArgs = ("--allowed-origins", "http://good.test,null")
+
+    def test_null(self) -> None:
+        """``null`` listed: it opens (directly), other origins are still refused, file:// among them."""
+        opened = self.assertSame("null", [head(plus(b"Origin: null"))])
+        self.assertTrue(opened["session"])
+        self.assertEqual(self.direct[-1], True)
+        for origin in (b"http://evil.test", b"file://"):
+            refused = self.assertSame(origin.decode(), [head(plus(b"Origin: " + origin))])
+            self.assertEqual(refused["answer"], b"HTTP/1.1 403 Origin not allowed\r\n\r\n")
 
 
 class RememberedVerdictTests(OpeningCase):

@@ -20,7 +20,9 @@ from pandapush.interfaces import IExtension
 from pandapush.storage.memory import MemoryStorage
 from tests.support.bayeux import HANDSHAKE, WSClient
 from tests.support.inprocess import APP, AUTH, InProcessServer, channel
+from tests.support.rawclient import connectRaw
 from tests.support.waiting import eventually
+from tests.test_handshake import head, plus
 
 GOOD = "https://good.example"
 EVIL = "https://evil.example"
@@ -291,3 +293,103 @@ class CrossNodeOriginTests(TestCase):
         other = caches[1][1]
         self.assertTrue(await eventually(lambda: not other.peek(app.id)[0], timeout=2))
         self.assertEqual(await other.get(app.id), frozenset([EVIL]))
+
+
+class NullOriginTests(TestCase):
+    """
+    ``Origin: null`` (sandboxed iframes, file:// pages) over real sockets: an origin like
+    any other, allowed with no ``--allowed-origins``, and with a list (the server's or an
+    application's) only if the list names ``null``.
+    """
+
+    async def server(self, *args: str) -> InProcessServer:
+        environ = {"AUTH_METHOD": "basic", "ADMIN_USERNAME": "admin", "ADMIN_PASSWORD": "sesame"}
+        return await InProcessServer.started(self, *args, environ=environ)
+
+    async def opening(self, server: InProcessServer, origin: bytes) -> bytes:
+        """The status line the server answers a websocket opening from ``origin`` with."""
+        assert server.port is not None
+        client = await connectRaw(server.port.getHost().port)  # type: ignore[attr-defined]
+        self.addCleanup(client.close)
+        client.send(head(plus(b"Origin: " + origin)))
+        await eventually(lambda: b"\r\n" in client.received)
+        return client.received.split(b"\r\n")[0]
+
+    async def cors(self, server: InProcessServer, origin: str, method: str = "POST") -> Headers:
+        """The headers of a long-polling POST (or a preflight) from ``origin``."""
+        response = await treq.request(
+            method,
+            server.push,
+            data=json.dumps([HANDSHAKE]).encode() if method == "POST" else None,
+            headers=Headers(
+                {
+                    "Content-Type": ["application/json"],
+                    "Origin": [origin],
+                    "Access-Control-Request-Method": ["POST"],
+                }
+                if method == "OPTIONS"
+                else {"Content-Type": ["application/json"], "Origin": [origin]}
+            ),
+            persistent=False,
+        )
+        await response.content()
+        return response.headers  # type: ignore[no-any-return]
+
+    async def setOrigins(self, server: InProcessServer, origins: list[str]) -> Any:
+        response = await treq.post(
+            f"{server.url}/admin/api/application/{APP}",
+            data=json.dumps({"allowed_origins": origins}).encode(),
+            headers=Headers({"Content-Type": ["application/json"]}),
+            auth=("admin", "sesame"),
+            persistent=False,
+        )
+        return response.code, json.loads(await response.content())
+
+    async def test_anyOrigin(self) -> None:
+        """
+        With no ``--allowed-origins``, null opens a websocket (it got autobahn's 400 before)
+        and is echoed in CORS answers, as any origin; an application's list refuses it
+        unless it names ``null``.
+        """
+        server = await self.server()
+        self.assertEqual(await self.opening(server, b"null"), b"HTTP/1.1 101 Switching Protocols")
+        client = WSClient(server.url, origin="null")
+        await client.start()
+        self.addCleanup(client.close)
+        for method in ("POST", "OPTIONS"):
+            headers = await self.cors(server, "null", method)
+            self.assertEqual(headers.getRawHeaders("Access-Control-Allow-Origin"), ["null"], method)
+        self.assertEqual(headers.getRawHeaders("Access-Control-Allow-Credentials"), ["true"])
+
+        subscribe = {"channel": "/meta/subscribe", "subscription": channel("room"), "ext": {"auth": AUTH}}
+        self.assertEqual((await self.setOrigins(server, [GOOD]))[0], 200)
+        reply = await client.call(subscribe)
+        self.assertEqual(reply.get("error"), f"403:{channel('room')}:Origin not allowed")
+        self.assertEqual((await self.setOrigins(server, [GOOD, " NULL "]))[0], 200)
+        response = await treq.get(
+            f"{server.url}/admin/api/application/{APP}", auth=("admin", "sesame"), persistent=False
+        )
+        self.assertEqual(json.loads(await response.content())["allowed_origins"], [GOOD, "null"])
+        self.assertTrue((await client.call(subscribe))["successful"])
+
+    async def test_listWithoutNull(self) -> None:
+        """A list without ``null`` refuses it with the same 403 as any origin not listed; no CORS answer."""
+        server = await self.server("--allowed-origins", GOOD)
+        for origin in (b"null", b"file://", EVIL.encode()):
+            self.assertEqual(await self.opening(server, origin), b"HTTP/1.1 403 Origin not allowed", origin)
+        for method in ("POST", "OPTIONS"):
+            headers = await self.cors(server, "null", method)
+            self.assertIsNone(headers.getRawHeaders("Access-Control-Allow-Origin"), method)
+        self.assertEqual(await self.opening(server, GOOD.encode()), b"HTTP/1.1 101 Switching Protocols")
+
+    async def test_listWithNull(self) -> None:
+        """A list that names ``null`` lets it open and echoes it; other origins stay out."""
+        server = await self.server("--allowed-origins", f"{GOOD},null")
+        self.assertEqual(await self.opening(server, b"null"), b"HTTP/1.1 101 Switching Protocols")
+        client = WSClient(server.url, origin="null")
+        await client.start()
+        self.addCleanup(client.close)
+        self.assertEqual(
+            (await self.cors(server, "null")).getRawHeaders("Access-Control-Allow-Origin"), ["null"]
+        )
+        self.assertEqual(await self.opening(server, EVIL.encode()), b"HTTP/1.1 403 Origin not allowed")

@@ -257,9 +257,11 @@ class StorageTestsMixin:
                 "http://localhost:8080",
                 "https://b.example.com",
                 " ",
+                " NULL ",
             ],
         )
-        self.assertEqual(updated.allowed_origins, ("http://localhost:8080", "https://b.example.com"))
+        # null: what sandboxed iframes and file:// pages send, listed on purpose.
+        self.assertEqual(updated.allowed_origins, ("http://localhost:8080", "https://b.example.com", "null"))
         self.assertEqual(updated.admins, ("alice",))
         self.assertEqual((yield self.storage.getApplication(app.id)), updated)
         self.assertEqual((yield self.storage.listApplications()), [updated])
@@ -272,7 +274,15 @@ class StorageTestsMixin:
     def test_allowedOriginsRefused(self) -> Generator[Deferred[Any], Any, None]:
         """Something that is not an origin is refused with ValueError, and nothing else changes."""
         app = yield self.storage.createApplication("app", "alice", admins=["alice"])
-        for bad in ["example.com", "https://example.com/path", "https://a.com?x=1", "https://", "*"]:
+        for bad in [
+            "example.com",
+            "https://example.com/path",
+            "https://a.com?x=1",
+            "https://",
+            "*",
+            "file://",
+            "nul",
+        ]:
             yield self.assertFailure(
                 self.storage.updateApplication(app.id, name="changed", allowedOrigins=[bad]), ValueError
             )

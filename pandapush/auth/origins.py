@@ -7,6 +7,8 @@ origins``): a message for ``/<appId>/...`` arriving from a browser whose origin 
 in that application's list is refused with ``403:<channel>:Origin not allowed``. One
 connection may serve several applications, so the check is per message, not per
 connection. An application without a list accepts every origin the server accepts.
+``null`` (sandboxed iframes, file:// pages) is in a list only if the list names it
+(stored as ``null``, whatever its case), as for ``--allowed-origins``.
 
 The origin is the connection's ``Origin`` header (:attr:`MessageContext.origin`); for
 callback-polling, whose script tags send none, the origin of the ``Referer``. A

@@ -45,7 +45,12 @@ def register(commands: Any) -> None:
         changesKeys=True,
     )
     p.add_argument("appId", metavar="APP")
-    p.add_argument("origins", nargs="*", metavar="ORIGIN", help="scheme://host[:port]; none: show the list")
+    p.add_argument(
+        "origins",
+        nargs="*",
+        metavar="ORIGIN",
+        help="scheme://host[:port], or null (sandboxed iframes, file:// pages); none: show the list",
+    )
     p.add_argument("--clear", action="store_true", help="no list of its own: any origin the server allows")
     p = addCommand(
         apps,

@@ -27,15 +27,19 @@ def normalAdmins(names: Iterable[str]) -> tuple[str, ...]:
 def normalOrigin(origin: str) -> str:
     """
     A browser origin as stored and compared: ``scheme://host[:port]``, lower-cased, no
-    trailing slash (what browsers send in ``Origin``). ``ValueError`` names anything else.
+    trailing slash (what browsers send in ``Origin``), or ``null``: what browsers send
+    for a document without an origin of its own (a sandboxed iframe, a file:// page).
+    ``ValueError`` names anything else.
     """
     if not isinstance(origin, str):
         raise ValueError(f"not an origin: {origin!r}")
     text = origin.strip().lower().rstrip("/")
+    if text == "null":
+        return text
     try:
         parts = urlsplit(text)
     except ValueError:
-        raise ValueError(f"not an origin: {origin!r} (use scheme://host[:port])") from None
+        raise ValueError(f"not an origin: {origin!r} (use scheme://host[:port], or null)") from None
     if (
         not _SCHEME.fullmatch(parts.scheme)
         or not _HOST.fullmatch(parts.netloc)
@@ -44,7 +48,7 @@ def normalOrigin(origin: str) -> str:
         or parts.fragment
         or text != f"{parts.scheme}://{parts.netloc}"
     ):
-        raise ValueError(f"not an origin: {origin!r} (use scheme://host[:port], nothing after it)")
+        raise ValueError(f"not an origin: {origin!r} (use scheme://host[:port], nothing after it, or null)")
     # Browsers leave the default port out of Origin.
     default = _DEFAULT_PORTS.get(parts.scheme)
     if default is not None and text.endswith(default):

@@ -73,6 +73,11 @@ class OriginPolicy:
     ``None`` allows every origin (Faye's behaviour: the Origin is echoed back);
     otherwise only the listed origins (scheme://host[:port]) are echoed, and
     requests from others get no CORS headers, so browsers refuse their answers.
+
+    ``Origin: null`` (sandboxed iframes, file:// pages, some redirects and privacy
+    modes) is an origin like the others: allowed with no list, as Faye and CometD
+    allow it, and with a list only if it names ``null``. Listed, it lets in every
+    document with an opaque origin, whatever site frames it: an operator chooses that.
     """
 
     def __init__(self, allowed: Iterable[str] | None = None) -> None:

@@ -307,6 +307,11 @@ class BayeuxWebSocketFactory(WebSocketServerFactory):
         each connection's ``__dict__`` unless the protocol already has it, which grew
         an idle socket's instance dictionary past its next size (3.3 KB).
         """
+        # Autobahn turns ``allowNullOrigin`` off on every call that leaves it out, and then
+        # answers ``Origin: null`` (a sandboxed iframe, a file:// page) with a 400 of its
+        # own. Whether null may open is the OriginPolicy's to say (admitOpening), as for
+        # any origin: every origin without --allowed-origins, else only if listed.
+        options.setdefault("allowNullOrigin", True)
         super().setProtocolOptions(**options)
         base = type(self).protocol
         # A function (perMessageCompressionAccept) must stay a plain attribute, not a method.
