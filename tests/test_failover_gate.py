@@ -12,6 +12,7 @@ import json
 import socket
 from typing import Any
 
+import txredisapi
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
@@ -46,10 +47,11 @@ class _Node:
         self.shards = _Shards()
 
 
-def _scores(**nodes: float) -> list[bytes]:
-    flat: list[bytes] = []
+def _scores(**nodes: float) -> list[str]:
+    # As the command connection's reader gives ZRANGE ... WITHSCORES: text.
+    flat: list[str] = []
     for nodeId, score in nodes.items():
-        flat += [nodeId.encode(), repr(score).encode()]
+        flat += [nodeId, repr(score)]
     return flat
 
 
@@ -66,9 +68,9 @@ class _Redis:
         if args[0] == "ZRANGE":
             return defer.succeed(self.entries)
         assert args[:2] == ("PUBSUB", "NUMSUB")
-        reply: list[bytes] = []
+        reply: list[str | int] = []
         for channel in args[2:]:
-            reply += [channel.encode(), b"1" if channel in self.listening else b"0"]
+            reply += [channel, 1 if channel in self.listening else 0]
         return defer.succeed(reply)
 
 
@@ -86,15 +88,15 @@ class LiveNodesTests(TestCase):
         """
         entries = _scores(me=100_000, peer=95_000, late=111_000, old=88_999, edge=89_000)
         self.assertEqual(liveNodes(entries, "me", 5.0), ["me", "edge", "late", "peer"])
-        # As txredisapi answers the registry's own script: text.
-        text = [e.decode() for e in entries]
-        self.assertEqual(liveNodes(text, "me", 5.0), ["me", "edge", "late", "peer"])
+        # Bytes too (a member that is not UTF-8 stays bytes).
+        raw = [e.encode() for e in entries]
+        self.assertEqual(liveNodes(raw, "me", 5.0), ["me", "edge", "late", "peer"])
 
     def test_withoutOwnEntry(self) -> None:
         """This node's entry not replicated (it started just before): the newest entry is the reference."""
         self.assertEqual(liveNodes(_scores(a=50_000, b=47_500, c=46_000), "me", 1.0), ["me", "a", "b"])
         self.assertEqual(liveNodes([], "me", 1.0), ["me"])
-        self.assertEqual(liveNodes(b"WRONGTYPE", "me", 1.0), ["me"])
+        self.assertEqual(liveNodes(txredisapi.ResponseError("WRONGTYPE"), "me", 1.0), ["me"])
 
     def test_garbage(self) -> None:
         """Entries that are not (id, score) pairs are skipped, not fatal."""
@@ -152,7 +154,7 @@ class WaitingTests(TestCase):
 
     def test_unreadableRegistry(self) -> None:
         """A registry that is not a sorted set (an error reply): the nodes last seen are waited for."""
-        redis = _Redis(b"WRONGTYPE", {"ns:up:me"})
+        redis = _Redis(txredisapi.ResponseError("WRONGTYPE not a sorted set"), {"ns:up:me"})
         self.successResultOf(self.gate(redis.command))
         self.assertTrue(self.said("cannot read the live nodes"))
 

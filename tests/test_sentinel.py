@@ -15,13 +15,16 @@ import json
 import time
 from typing import Any
 
+import txredisapi
 from twisted.internet import defer, reactor
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
 from pandapush.cli.context import CommandError, Context
 from pandapush.config import Configuration, ConfigurationError
-from pandapush.redis import RedisAddress, RedisShard, RedisSubscriber, parseRedisShards
-from pandapush.redis.rolecheck import parseReply
+from pandapush.redis import RedisAddress, RedisShard, RedisSubscriber, RedisUnavailable, parseRedisShards
+from pandapush.redis.rolecheck import NotPrimary, PrimaryCheck
 from pandapush.redis.sentinel import Sentinels, parseSentinels
 from tests.support.sentinel import FakeSentinel, RedisServer, SentinelDeployment
 from tests.support.waiting import eventually, sleep
@@ -71,15 +74,63 @@ class ParseTests(TestCase):
                 Configuration.fromOptions({}, {**bad, "DATABASE": "memory"})
             self.assertIn("REDIS_SENTINEL", str(caught.exception))
 
-    def test_roleReplies(self) -> None:
-        """The ROLE parser reads nested replies whole, and says when one is incomplete."""
-        master = b"*3\r\n$6\r\nmaster\r\n:42\r\n*1\r\n*3\r\n$9\r\n127.0.0.1\r\n$4\r\n6380\r\n$2\r\n42\r\n"
-        reply, end = parseReply(master + b"+NEXT\r\n")  # type: ignore[misc]
-        self.assertEqual(reply, [b"master", b"42", [[b"127.0.0.1", b"6380", b"42"]]])
-        self.assertEqual(end, len(master))
-        for cut in range(len(master)):
-            self.assertIsNone(parseReply(master[:cut]), cut)
-        self.assertRaises(ValueError, parseReply, b"?what\r\n")
+
+class RoleCheckTests(TestCase):
+    """The ROLE check on a connection of its own (a StringTransport): what it reads, and refuses."""
+
+    def check(self) -> tuple[PrimaryCheck, StringTransport, defer.Deferred[None]]:
+        checked: defer.Deferred[None] = defer.Deferred()
+        check = PrimaryCheck(Factory.forProtocol(Protocol), checked)
+        transport = StringTransport()
+        check.makeConnection(transport)
+        self.assertEqual(transport.value(), b"*1\r\n$4\r\nROLE\r\n")
+        return check, transport, checked
+
+    def test_primaryThenCommands(self) -> None:
+        """
+        ``master`` (read across any split) passes; the endpoint's own commands are then
+        answered as the command connection answers them, an error reply as a value.
+        """
+        check, transport, checked = self.check()
+        for byte in b"*3\r\n$6\r\nmaster\r\n:42\r\n*0\r\n":
+            check.dataReceived(bytes([byte]))
+        self.successResultOf(checked)
+        numsub = check.command("PUBSUB", "NUMSUB", "up")
+        zrange = check.command("ZRANGE", "nodes", "0", "-1")
+        check.dataReceived(b"*2\r\n$2\r\nup\r\n:1\r\n-WRONGTYPE not a sorted set\r\n+LEFT\r\n")
+        self.assertEqual(self.successResultOf(numsub), ["up", 1])
+        error = self.successResultOf(zrange)
+        self.assertIsInstance(error, txredisapi.ResponseError)
+        self.assertEqual(str(error), "WRONGTYPE not a sorted set")
+        self.assertFalse(transport.disconnecting)
+
+    def test_notPrimary(self) -> None:
+        """A replica, or an error instead of a role, is refused with what it said."""
+        for reply, said in [
+            (b"*5\r\n$5\r\nslave\r\n$1\r\nh\r\n:1\r\n$9\r\nconnected\r\n:0\r\n", "'slave'"),
+            (b"-NOPERM this user has no permissions to run the 'role' command\r\n", "NOPERM this user"),
+        ]:
+            _check, transport, checked = self.check()
+            _check.dataReceived(reply)
+            failure = self.failureResultOf(checked, NotPrimary)
+            self.assertIn(said, failure.getErrorMessage())
+            self.assertTrue(transport.disconnecting)
+
+    def test_hostileRole(self) -> None:
+        """
+        A ROLE reply no Redis sends, or one that never ends (past 64 KiB), closes the
+        connection with RedisUnavailable; deep nesting included (it once escaped the check).
+        """
+        for reply in [
+            b"?\r\n",
+            b"$-3\r\n",
+            b"*1\r\n" * 5000,
+            b"*100000\r\n$6\r\nmaster\r\n" + b"$9\r\n123456789\r\n" * 8000,
+        ]:
+            check, transport, checked = self.check()
+            check.dataReceived(reply)
+            self.assertIn("bad ROLE reply", self.failureResultOf(checked, RedisUnavailable).getErrorMessage())
+            self.assertTrue(transport.disconnecting)
 
 
 class FakeSentinelTests(TestCase):
@@ -181,7 +232,8 @@ class FakeSentinelTests(TestCase):
         self.assertEqual(await control.execute("GET", "k"), "new")
         # The gate's own command was answered (by the new primary); the subscriber, moved
         # too, subscribes the marker there again.
-        self.assertEqual(asked[0][0], b"marker")
+        self.assertEqual(asked[0][0], "marker")
+        self.assertIsInstance(asked[0][1], int, "the gate reads what the command connection reads")
         for _ in range(100):
             if await control.execute("PUBSUB", "NUMSUB", "marker") == ["marker", 1]:
                 break

@@ -15,6 +15,15 @@ asks for): bulk strings decoded (kept as bytes when not UTF-8), integers as ``in
 status replies as ``str``, nil as None, errors as ``txredisapi.ResponseError`` (an
 array's elements inline, a reply's raised). MULTI and pipelining are not ours to use
 on this connection (nothing does).
+
+This is the only RESP reader of the package: the ROLE check and the failover gate
+(:mod:`pandapush.redis.rolecheck`) read their replies with :func:`readReply`. A reply
+Redis would never send (an unknown type, a length that is not a number, below -1 or
+over Redis's own limit, a header line that never ends, nesting deep enough to exhaust the
+stack) is a :class:`txredisapi.InvalidResponse`: the connection cannot be read past it.
+The checks run only where a reply is refused or incomplete, not on the path of a good
+one (a check that each bulk string's CRLF is where its length says cost 3% of a bulk
+string's parse; data of the wrong length is caught at the next reply's type anyway).
 """
 
 from __future__ import annotations
@@ -25,9 +34,14 @@ from typing import Any
 import txredisapi
 from twisted.internet import defer
 
-__all__ = ["CommandProtocol", "encodeCommand", "parseReplies"]
+__all__ = ["MAX_BULK_LENGTH", "CommandProtocol", "encodeCommand", "parseReplies", "readReply"]
 
 _INCOMPLETE: Any = object()
+
+#: Redis's own limit on a bulk string (``proto-max-bulk-len``, 512 MB by default).
+MAX_BULK_LENGTH = 512 * 1024 * 1024
+#: A header line is a type byte and a number; a status or error line a sentence.
+_MAX_LINE = 64 * 1024
 
 
 def _encode(arg: Any) -> bytes:
@@ -56,15 +70,21 @@ def _parse(buffer: bytes, position: int) -> tuple[Any, int]:
     """One reply at ``position``: (value, the position after it), or (_INCOMPLETE, position)."""
     end = buffer.find(b"\r\n", position)
     if end < 0:
+        if len(buffer) - position > _MAX_LINE:
+            raise txredisapi.InvalidResponse("a reply line longer than 64 KiB")
         return _INCOMPLETE, position
     kind = buffer[position]
     if kind == 36:  # $ bulk string
         length = int(buffer[position + 1 : end])
         if length < 0:
+            if length != -1:
+                raise txredisapi.InvalidResponse(f"a negative length {length}")
             return None, end + 2
         start = end + 2
         stop = start + length
         if stop + 2 > len(buffer):
+            if length > MAX_BULK_LENGTH:
+                raise txredisapi.InvalidResponse(f"a bulk string of {length} bytes")
             return _INCOMPLETE, position
         raw = buffer[start:stop]
         try:
@@ -74,6 +94,8 @@ def _parse(buffer: bytes, position: int) -> tuple[Any, int]:
     if kind == 42:  # * array
         count = int(buffer[position + 1 : end])
         if count < 0:
+            if count != -1:
+                raise txredisapi.InvalidResponse(f"a negative length {count}")
             return None, end + 2
         items = []
         at = end + 2
@@ -92,18 +114,45 @@ def _parse(buffer: bytes, position: int) -> tuple[Any, int]:
     raise txredisapi.InvalidResponse(f"unexpected reply type {chr(kind)!r}")
 
 
+def _refused(e: Exception) -> txredisapi.InvalidResponse:
+    if isinstance(e, txredisapi.InvalidResponse):
+        return e
+    # ValueError: a length or integer that is not a number (or not UTF-8, for a status);
+    # RecursionError: arrays nested thousands deep.
+    return txredisapi.InvalidResponse(f"unreadable reply: {e}")
+
+
 def parseReplies(buffer: bytes) -> tuple[list[Any], bytes]:
-    """The complete replies at the start of ``buffer``, and what is left of it."""
+    """
+    The complete replies at the start of ``buffer``, and what is left of it; raises
+    :class:`txredisapi.InvalidResponse` at a reply Redis would not send.
+    """
     replies = []
     position = 0
     size = len(buffer)
-    while position < size:
-        reply, after = _parse(buffer, position)
-        if reply is _INCOMPLETE:
-            break
-        replies.append(reply)
-        position = after
+    try:
+        while position < size:
+            reply, after = _parse(buffer, position)
+            if reply is _INCOMPLETE:
+                break
+            replies.append(reply)
+            position = after
+    except (txredisapi.InvalidResponse, ValueError, RecursionError) as e:
+        raise _refused(e) from e
     return replies, buffer[position:]
+
+
+def readReply(buffer: bytes, position: int = 0) -> tuple[Any, int] | None:
+    """
+    One reply at ``buffer[position:]``, read as :func:`parseReplies` reads them: (value,
+    the position after it), or None while it is incomplete. An error reply is a value
+    here (a :class:`txredisapi.ResponseError`), as inside an array.
+    """
+    try:
+        reply, after = _parse(buffer, position)
+    except (txredisapi.InvalidResponse, ValueError, RecursionError) as e:
+        raise _refused(e) from e
+    return None if reply is _INCOMPLETE else (reply, after)
 
 
 class CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]

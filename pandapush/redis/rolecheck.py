@@ -5,7 +5,9 @@ made: it asks ``ROLE`` and hands the connection to the protocol it was made for 
 only if the server says ``master``, so no command of ours ever reaches a replica. Between the
 two, the endpoint may run a few commands of its own on it (:meth:`PrimaryCheck.command`: the
 gate that holds a reconnected command connection until every node's SUBSCRIBE connection is
-back, see ``RedisShard.gateReconnections``). The small RESP2 reader here is all that needs.
+back, see ``RedisShard.gateReconnections``). Their replies are read by the command
+connection's own reader (:func:`~pandapush.redis.protocol.readReply`), so they are what
+a command answers everywhere else: text, ``int``, lists, None, ``txredisapi.ResponseError``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import txredisapi
 from twisted.internet import defer
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -20,16 +23,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pandapush.redis.connection import RedisUnavailable
-from pandapush.redis.protocol import encodeCommand
+from pandapush.redis.protocol import encodeCommand, readReply
 
 __all__ = [
     "GatedEndpoint",
     "NotPrimary",
     "PrimaryCheck",
     "PrimaryCheckFactory",
-    "RedisError",
     "abort",
-    "parseReply",
 ]
 
 Endpoint = tuple[str, int]
@@ -42,40 +43,6 @@ class NotPrimary(Exception):  # noqa: N818 - a state, like RedisUnavailable
 def abort(transport: Any) -> None:
     if transport is not None:
         transport.abortConnection()
-
-
-class RedisError(bytes):
-    """A RESP error reply."""
-
-
-def parseReply(buffer: bytes, position: int = 0) -> tuple[Any, int] | None:
-    """One RESP2 reply from ``buffer[position:]``: (value, end), None if incomplete."""
-    end = buffer.find(b"\r\n", position)
-    if end < 0:
-        return None
-    kind, line, after = buffer[position : position + 1], buffer[position + 1 : end], end + 2
-    if kind in (b"+", b":"):
-        return bytes(line), after
-    if kind == b"-":
-        return RedisError(line), after
-    if kind == b"$":
-        length = int(line)
-        if length < 0:
-            return None, after
-        if len(buffer) < after + length + 2:
-            return None
-        return buffer[after : after + length], after + length + 2
-    if kind == b"*":
-        count = int(line)
-        items: list[Any] = []
-        for _ in range(max(count, 0)):
-            parsed = parseReply(buffer, after)
-            if parsed is None:
-                return None
-            item, after = parsed
-            items.append(item)
-        return (items if count >= 0 else None), after
-    raise ValueError(f"not a RESP reply: {buffer[position : position + 20]!r}")
 
 
 #: ROLE answers in a few hundred bytes, plus ~40 per replica.
@@ -119,10 +86,10 @@ class PrimaryCheck(Protocol):
             self._answered()
             return
         try:
-            parsed = parseReply(self._buffer)
+            parsed = readReply(self._buffer)
             if parsed is None and len(self._buffer) > _MAX_ROLE_REPLY:
-                raise ValueError("ROLE reply too long")
-        except ValueError as e:
+                raise txredisapi.InvalidResponse("ROLE reply too long")
+        except txredisapi.InvalidResponse as e:
             self._refuse(RedisUnavailable(f"bad ROLE reply: {e}"))
             return
         if parsed is None:
@@ -130,8 +97,8 @@ class PrimaryCheck(Protocol):
         reply, end = parsed
         self._buffer = self._buffer[end:]
         role = reply[0] if isinstance(reply, list) and reply else reply
-        if role != b"master":
-            what = role.decode(errors="replace") if isinstance(role, bytes) else repr(role)
+        if role != "master":
+            what = str(role) if isinstance(role, str | Exception) else repr(role)
             self._refuse(NotPrimary(f"the server Sentinel named answers ROLE with {what!r}"))
             return
         self._checked.callback(None)
@@ -139,8 +106,9 @@ class PrimaryCheck(Protocol):
     def command(self, *args: str) -> defer.Deferred[Any]:
         """
         Send one command of the endpoint's own on the checked connection, before
-        :meth:`start`; fires with its reply (bytes, integers as bytes, lists, a
-        :class:`RedisError`), or fails with RedisUnavailable if the connection is lost.
+        :meth:`start`; fires with its reply as the command connection reads it (an error
+        reply too, as a ``txredisapi.ResponseError`` value: the gate reads on past one), or
+        fails with RedisUnavailable if the connection is lost or answers what is not RESP.
         """
         if self.lost is not None or self.inner is not None or not self._checked.called:
             return defer.fail(RedisUnavailable("the connection is not checked, or in use"))
@@ -154,8 +122,8 @@ class PrimaryCheck(Protocol):
         # expected before it speaks).
         while self._answers:
             try:
-                parsed = parseReply(self._buffer)
-            except ValueError as e:
+                parsed = readReply(self._buffer)
+            except txredisapi.InvalidResponse as e:
                 self._refuse(RedisUnavailable(f"bad reply: {e}"))
                 return
             if parsed is None:

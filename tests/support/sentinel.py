@@ -172,16 +172,16 @@ class _FakeSentinelProtocol(Protocol):
             self.factory.connections.remove(self)
 
     def dataReceived(self, data: bytes) -> None:
-        from pandapush.redis.rolecheck import parseReply
+        from pandapush.redis.protocol import readReply
 
         self._buffer += data
         while True:
-            parsed = parseReply(self._buffer)
+            parsed = readReply(self._buffer)
             if parsed is None:
                 return
             command, end = parsed
             self._buffer = self._buffer[end:]
-            self._answer([c.decode() for c in command])
+            self._answer(command)
 
     def _answer(self, command: list[str]) -> None:
         name = command[0].upper()

@@ -144,9 +144,7 @@ class FailoverGate:
         while True:
             reply = await self._ask(command, "PUBSUB", "NUMSUB", *channels)
             counts = dict(zip(reply[0::2], reply[1::2], strict=False)) if isinstance(reply, list) else {}
-            missing = [
-                n for n, c in zip(nodes, channels, strict=True) if counts.get(c.encode(), b"0") == b"0"
-            ]
+            missing = [n for n, c in zip(nodes, channels, strict=True) if not counts.get(c, 0)]
             waited = node.reactor.seconds() - started
             if not missing:
                 self._log.info(
