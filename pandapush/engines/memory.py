@@ -112,14 +112,14 @@ class MemoryEngine(ListenerRegistry, MemoryEngineHistory, ObservedFlushes):
         return defer.succeed(clientId)
 
     def clientExists(self, clientId: str) -> defer.Deferred[bool]:
-        return defer.succeed(clientId in self._local)
+        return defer.succeed(clientId in self._local.clients)
 
     def hasClient(self, clientId: str) -> bool:
         """Synchronous ``clientExists``, for tests and statistics."""
         return clientId in self._local
 
     def destroyClient(self, clientId: str, reason: str = "disconnect") -> defer.Deferred[None]:
-        client = self._local.pop(clientId)
+        client = self._local.clients.pop(clientId, None)
         if client is None:
             return defer.succeed(None)
         self._deadlines.pop(clientId, None)
@@ -142,10 +142,11 @@ class MemoryEngine(ListenerRegistry, MemoryEngineHistory, ObservedFlushes):
     # subscriptions
 
     def subscribe(self, clientId: str, channel: str) -> defer.Deferred[bool]:
-        client = self._local.get(clientId)
+        client = self._local.clients.get(clientId)
         if client is None or channel in client.subscriptions:
             return defer.succeed(False)
-        occupied = self._local.subscribe(client, channel)
+        client.subscriptions.add(channel)  # LocalClients.subscribe, without its call
+        occupied = self._local.index.add(client, channel)
         self._notify("subscribed", clientId, channel)
         if occupied:
             app = listedApp(channel)
@@ -175,7 +176,8 @@ class MemoryEngine(ListenerRegistry, MemoryEngineHistory, ObservedFlushes):
     def _unsubscribed(self, client: _Client, channel: str) -> None:
         vacated = self._local.unsubscribe(client, channel)
         self._notify("unsubscribed", client.id, channel)
-        self._leave(client, channel)
+        if client.presence:
+            self._leave(client, channel)
         if vacated:
             app = listedApp(channel)
             occupied = self._appChannels.get(app) if app is not None else None
