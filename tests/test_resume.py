@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 
 from pandapush.engines.memory import MemoryEngine
 from pandapush.router import BayeuxRouter
+from pandapush.router.resume import ResumeRequest, resumeRequest
 from tests.test_router import RouterTestCase
 
 CHANNEL = "/app/public/room"
@@ -67,6 +68,23 @@ class PositionTests(ResumeTestCase):
         reply = self.subscribe(clientId, "/app/public/*")
         self.assertTrue(reply["successful"], reply)
         self.assertNotIn("ext", reply)
+
+    def test_askingNothing(self) -> None:
+        """
+        A subscribe whose ``ext`` asks nothing of history (none, not an object, other keys,
+        ``resume``/``latest`` null) wants every concrete channel's position, resumes
+        nothing, and is the same request whichever way it got there (the shortcut).
+        """
+        requested = ["/a/b", "/a/*", "/a/c", "/a/**", "/a/x*"]
+        expected = ResumeRequest({"/a/b": None, "/a/c": None, "/a/x*": None}, [], False)
+        exts: list[Any] = [[], None, "e", 5, {}, {"auth": "k"}, {"resume": None}, {"latest": None}]
+        for ext in exts:
+            message: dict[str, Any] = {"channel": "/meta/subscribe", "subscription": requested}
+            if ext != []:
+                message["ext"] = ext
+            self.assertEqual(resumeRequest(message, requested, 128), expected, ext)
+        asked = resumeRequest({"ext": {"latest": True}}, requested, 128)
+        self.assertEqual(asked, ResumeRequest(expected.wanted, ["/a/b", "/a/c", "/a/x*"], True))
 
 
 class ResumeTests(ResumeTestCase):

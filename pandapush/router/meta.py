@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from pandapush._deferred import isDeferred, settled
@@ -154,9 +153,6 @@ class MessageHandlers:
     # coroutines (Deferred.fromCoroutine per message, and for each await a generator in
     # Deferred.__await__) the meta handlers were ~11 % of a reconnect storm's busy samples.
 
-    def _clientError(self, clientId: Any) -> BayeuxError | Deferred[BayeuxError | None] | None:
-        return clientError(self.engine, clientId)
-
     def _handshake(self, message: Message, context: MessageContext, socket: IClientSocket | None) -> Answer:
         reply = makeReply(message)
         reply["version"] = BAYEUX_VERSION
@@ -206,7 +202,7 @@ class MessageHandlers:
             reply = fail(reply, BayeuxError(401, [clientId], "Connection terminated by the server"))
             reply["advice"] = {"reconnect": "none"}
             return [reply]
-        error = self._clientError(clientId)
+        error = clientError(self.engine, clientId)
         if isDeferred(error):
             return error.addCallback(
                 self._connectChecked, message, context, socket, reply, clientId, connectionType
@@ -263,7 +259,7 @@ class MessageHandlers:
     def _disconnect(self, message: Message, context: MessageContext, socket: IClientSocket | None) -> Answer:
         reply = makeReply(message)
         clientId = message.get("clientId")
-        error = self._clientError(clientId)
+        error = clientError(self.engine, clientId)
         if isDeferred(error):
             return error.addCallback(self._disconnectChecked, message, socket, reply, clientId)
         return self._disconnectChecked(error, message, socket, reply, clientId)
