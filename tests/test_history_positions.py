@@ -7,7 +7,8 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from pandapush.bayeux.delivery import Delivery
+from pandapush.bayeux import json
+from pandapush.bayeux.delivery import Delivery, positionSuffix
 from pandapush.engines import history
 from pandapush.engines.history import HistorySettings, MemoryHistory
 
@@ -59,3 +60,19 @@ class PositionTests(TestCase):
         self.assertEqual((plain.payload, plain.offset, plain.epoch), (payload, 0, None))
         self.assertEqual(len(store), 0)
         store.close()
+
+    def test_unpositionedPayloadAndHead(self) -> None:
+        """
+        Before its position, a message with history is delivered as it was (an ext moved
+        last, an empty one left out), and its head closed by a position gives the message
+        with ``ext.position``, exact in bytes: the payload is not built twice any more.
+        """
+        for message in [*_messages(), {"channel": "/h/public/a", "data": 2, "ext": "odd"}]:
+            delivery = Delivery.fromMessage(message, history=True)
+            body = {k: v for k, v in message.items() if k != "ext"}
+            ext = message.get("ext")
+            kept = {**body, "ext": ext} if isinstance(ext, dict) and ext else body
+            self.assertEqual(delivery.payload, json.dumps(kept))
+            positioned = delivery.head + positionSuffix(4, "ep")  # type: ignore[operator]
+            extended = {**(ext if isinstance(ext, dict) else {}), "position": {"offset": 4, "epoch": "ep"}}
+            self.assertEqual(positioned, json.dumps({**body, "ext": extended}))

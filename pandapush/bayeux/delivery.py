@@ -10,6 +10,7 @@ from pandapush.bayeux import json
 __all__ = ["Delivery", "positionSuffix"]
 
 _EXT = b',"ext":'
+_EXT_OPEN = _EXT + b"{"
 
 
 def positionSuffix(offset: int, epoch: str) -> bytes:
@@ -79,16 +80,18 @@ class Delivery:
         if not history:
             return cls(message["channel"], json.dumps(message), exclude)
         ext = message.get("ext")
-        if isinstance(ext, dict) and ext:
+        if ext is not None:
             body = {k: v for k, v in message.items() if k != "ext"}
-            inner = json.dumps(ext)[:-1] + b","
-        else:
-            body = message if ext is None else {k: v for k, v in message.items() if k != "ext"}
-            inner = b"{"
-        head = json.dumps(body)[:-1] + _EXT + inner
-        # Until positioned (history off, an engine without history), the message as it was.
-        payload = head[: -len(_EXT) - 1] + b"}" if inner == b"{" else head[:-1] + b"}}"
-        return cls(message["channel"], payload, exclude, head)
+            if isinstance(ext, dict) and ext:
+                head = json.dumps(body)[:-1] + _EXT + json.dumps(ext)[:-1] + b","
+                # Until positioned (history off, an engine without history), the message as it was.
+                return cls(message["channel"], head[:-1] + b"}}", exclude, head)
+            message = body
+        # Without an ext (every publish but one whose ext says something): the payload until
+        # positioned is the message's JSON as it is, and the head that JSON left open, so
+        # history's append, which replaces the payload at once, costs no second build.
+        payload = json.dumps(message)
+        return cls(message["channel"], payload, exclude, payload[:-1] + _EXT_OPEN)
 
     def position(self, offset: int, epoch: str) -> None:
         """Give the message its position: its payload now carries it."""
