@@ -184,6 +184,33 @@ class CollectorTests(TestCase):
         self.assertEqual(found[("pandapush_resume_gaps_total", (("reason", "epoch changed"),))], 1)
         self.assertEqual(found[("pandapush_resume_gaps_total", (("reason", "other"),))], 0)
 
+    def test_publishErrorsCountedThroughRouter(self) -> None:
+        """
+        Through the router, which calls the error counter for a publish's error replies
+        only (``outgoingErrorsOn``): each refused publish counted by its code, none other.
+        """
+        self.router.addExtension(self.metrics.errorCounter)
+        handshake = {
+            "channel": "/meta/handshake",
+            "version": "1.0",
+            "supportedConnectionTypes": ["long-polling"],
+        }
+        clientId = self.send(handshake)["clientId"]
+        for message in [
+            {"channel": "/a/b", "data": 1, "clientId": clientId},
+            {"channel": "/a/b", "clientId": clientId},
+            {"channel": "/a/b", "data": 2, "clientId": clientId},
+            {"channel": "/a/*", "data": 3, "clientId": clientId},
+        ]:
+            self.send(message)
+        found = samples(self.scrape())
+        counted = {
+            labels: value
+            for (name, labels), value in found.items()
+            if name == "pandapush_bayeux_errors_total"
+        }
+        self.assertEqual(counted, {(("code", "402"),): 1, (("code", "405"),): 1})
+
     def test_relayedAcceptance(self) -> None:
         """A copy from Redis is aged from its id's stamp; an id without one (older nodes) from its arrival."""
         self.assertEqual(RelayedDelivery("/a", b"{}", None, "node.1@12.5").accepted, 12.5)

@@ -185,3 +185,53 @@ class ScopedExtensionTests(SynchronousTestCase):
                 ("replies", "out", "/a/b"),
             ],
         )
+
+    def test_errorsOnlyHookSkipsSuccesses(self) -> None:
+        """
+        The last publish hooks, if they act on error replies only (``outgoingErrorsOn``,
+        the error counter), see a publish's error replies, an error an earlier hook gave a
+        reply included, and not its successful ones; followed by another hook, they see all.
+        """
+        errors = Scoped("errors", self.calls, set(), {PUBLISHES, "/meta/subscribe"})
+        errors.outgoingErrorsOn = frozenset({PUBLISHES})  # type: ignore[attr-defined]
+        self.router.addExtension(errors)
+        clientId = self.client()
+        self.process({"channel": "/a/b", "clientId": clientId, "data": 1})
+        self.process({"channel": "/a/b", "clientId": clientId})  # no data: refused
+        self.process({"channel": "/meta/subscribe", "clientId": clientId, "subscription": "/a/b"})
+        self.assertEqual(
+            [call for call in self.calls if call[1] == "out"],
+            [
+                ("replies", "out", "/a/b"),
+                ("replies", "out", "/a/b"),
+                ("errors", "out", "/a/b"),
+                ("subscribes", "out", "/meta/subscribe"),
+                ("replies", "out", "/meta/subscribe"),
+                ("errors", "out", "/meta/subscribe"),
+            ],
+        )
+        del self.calls[:]
+
+        def failing(reply: dict[str, Any], context: MessageContext) -> dict[str, Any]:
+            self.calls.append(("replies", "out", reply.get("channel")))
+            return {**reply, "successful": False, "error": "403::refused"}
+
+        self.replies.outgoing = failing  # type: ignore[method-assign]
+        self.router.removeExtension(self.replies)
+        self.router.removeExtension(errors)
+        for extension in (self.replies, errors):
+            self.router.addExtension(extension)
+        (reply,) = self.process({"channel": "/a/b", "clientId": clientId, "data": 1})
+        self.assertEqual(reply["error"], "403::refused")
+        self.assertEqual(self.calls[-2:], [("replies", "out", "/a/b"), ("errors", "out", "/a/b")])
+        after = Scoped("after", self.calls, set(), {PUBLISHES})
+        self.router.addExtension(after)
+        self.replies.outgoing = Recorder.outgoing.__get__(self.replies)  # type: ignore[method-assign]
+        self.router.removeExtension(self.replies)
+        self.router.addExtension(self.replies)
+        del self.calls[:]
+        self.process({"channel": "/a/b", "clientId": clientId, "data": 1})
+        self.assertEqual(
+            [call for call in self.calls if call[1] == "out"],
+            [("errors", "out", "/a/b"), ("after", "out", "/a/b"), ("replies", "out", "/a/b")],
+        )

@@ -197,6 +197,9 @@ class ErrorCounter:
     outgoingOn: frozenset[str] = frozenset(
         {HANDSHAKE, CONNECT, SUBSCRIBE, UNSUBSCRIBE, DISCONNECT, PUBLISHES}
     )
+    # A publish's reply matters here only when it is an error: the router skips this hook
+    # for the others (see Extensions._index; last of the publish hooks, as it is added).
+    outgoingErrorsOn: frozenset[str] = frozenset({PUBLISHES})
 
     def __init__(self, counter: Counter, resumes: _Resumes | None = None) -> None:
         self.counter = counter

@@ -140,6 +140,16 @@ class Extensions:
                 for e in extensions
                 if not scoped or kind in e.outgoingOn  # type: ignore[attr-defined]
             )
+        # A publish reply without an ``error`` skips the last hooks if they act on error
+        # replies only (``outgoingErrorsOn``, the error counter's): a successful publish's
+        # acknowledgement went through a call that did nothing. The index they start at, or -1.
+        publishing = [e for e in extensions if not scoped or PUBLISHES in e.outgoingOn]  # type: ignore[attr-defined]
+        errorsFrom = len(publishing)
+        while (
+            scoped and errorsFrom and PUBLISHES in getattr(publishing[errorsFrom - 1], "outgoingErrorsOn", ())
+        ):
+            errorsFrom -= 1
+        self._publishErrorsFrom = errorsFrom if errorsFrom < len(publishing) else -1
 
     def connecting(self, clientId: str, context: MessageContext) -> bool:
         """Whether ``clientId``'s messages go out only with its connect replies (any extension says so)."""
@@ -226,15 +236,24 @@ class Extensions:
             if isinstance(reply, dict):
                 # The hooks for the reply's kind, as for incoming: inline, once per reply.
                 channel = reply.get("channel")
+                errorsFrom = -1
                 if type(channel) is str:
                     hooks = self._outgoing.get(channel)  # type: ignore[assignment]
                     if hooks is None:
-                        hooks = (
-                            self._allOutgoing if channel.startswith("/meta") else self._outgoing[PUBLISHES]
-                        )
+                        if channel.startswith("/meta"):
+                            hooks = self._allOutgoing
+                        else:
+                            hooks = self._outgoing[PUBLISHES]
+                            errorsFrom = self._publishErrorsFrom
                 else:
                     hooks = self._allOutgoing
-                for index in range(start, len(hooks)):
+                index = start
+                stop = len(hooks)
+                while index < stop:
+                    if index == errorsFrom and "error" not in reply:
+                        # Told from the reply as the hooks before left it.
+                        stop = index  # the hooks left act on error replies only
+                        continue
                     result = hooks[index](reply, context)
                     if type(result) is not dict and isinstance(result, Deferred):
                         result = settled(result)
@@ -245,6 +264,7 @@ class Extensions:
                     if result is None:
                         break
                     reply = result
+                    index += 1
                 else:
                     out.append(reply)
             else:
