@@ -136,8 +136,18 @@ class PresenceTests(ClusterCase):
 
         self.assertTrue(await eventually(lambda: all(len(seen(i)) >= 4 for i in range(3)), timeout=10))
         await sleep(0.3)
-        for i in range(3):
-            self.assertEqual(seen(i), expected, f"watcher on node {i}")
+        # Every node delivers the announcements in the one order Redis received them, and a
+        # member's own join and leave in the order they happened (one node announces both).
+        # Across the two members the order need not be that of the acknowledgements: a node
+        # writes an answer and its announcement in the same reactor turn, in whichever order
+        # the sockets come up, and a node descheduled between the two lets the next step
+        # through another node overtake (seen once in a loaded full run).
+        self.assertEqual(seen(1), seen(0), "watchers on nodes 0 and 1")
+        self.assertEqual(seen(2), seen(0), "watchers on nodes 0 and 2")
+        self.assertCountEqual(seen(0), expected)
+        for member in ("lp-member", "ws-member"):
+            events = [next(iter(event)) for event in seen(0) if member in next(iter(event.values()))]
+            self.assertEqual(events, ["subscribe", "unsubscribe"], member)
 
 
 class KeyRevocationTests(ClusterCase):
