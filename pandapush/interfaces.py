@@ -436,6 +436,11 @@ class IScopedExtension(IExtension):
     other channel (``/meta/x``, not a string) goes to both hooks, and so does every
     message while one of the router's extensions is not scoped (it may change channels).
     The hooks must leave every other message as it is, and not change a channel.
+
+    Optionally (not an attribute of this interface, so not required), ``outgoingErrorsOn``:
+    the channels whose replies ``outgoing`` acts on only when they carry an ``error``. For
+    :data:`PUBLISHES` in it, and the extension among the last of the router's publishing
+    hooks, a successful publish's acknowledgement skips it (the error counter's).
     """
 
     incomingOn = Attribute("frozenset: the channels whose messages ``incoming`` acts on.")
