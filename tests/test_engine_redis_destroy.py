@@ -16,7 +16,7 @@ from pandapush.engines.redis import RedisEngine
 from pandapush.redis import RedisShard
 from tests.engine_suite import RecordingListener, RecordingSink, message
 from tests.support.redis import RedisEngineCase, RedisProcess, requireRedisServer
-from tests.support.waiting import sleep
+from tests.support.waiting import eventually
 
 
 class LateRedisCase(RedisEngineCase, TestCase):
@@ -45,16 +45,6 @@ class LateRedisCase(RedisEngineCase, TestCase):
         keys = await self.shard.execute("KEYS", f"{self.namespace}:*")
         return [k for k in keys if any(c in k for c in clientIds) or k.endswith(":dying")]
 
-    async def until(self, predicate: Any, seconds: float = 15) -> None:
-        for _ in range(int(seconds * 10)):
-            result = predicate()
-            if isinstance(result, defer.Deferred):
-                result = await result
-            if result:
-                return
-            await sleep(0.1)
-        self.fail(f"not within {seconds}s")
-
 
 class LateDestroyTests(LateRedisCase):
     async def test_destroysAnsweredLateLeaveNothing(self) -> None:
@@ -78,8 +68,14 @@ class LateDestroyTests(LateRedisCase):
         self.assertEqual(engine.statistics()["clients"], 0)
         self.assertGreater(engine.dying(), 0)
 
-        await self.until(lambda: engine.dying() == 0)
-        await self.until(lambda: defer.ensureDeferred(self.keysOf(set(ids))).addCallback(lambda k: not k))
+        self.assertTrue(await eventually(lambda: engine.dying() == 0, timeout=15, step=0.1))
+        self.assertTrue(
+            await eventually(
+                lambda: defer.ensureDeferred(self.keysOf(set(ids))).addCallback(lambda k: not k),
+                timeout=15,
+                step=0.1,
+            )
+        )
         self.assertEqual(await self.shard.execute("EXISTS", f"{self.namespace}:s:/a"), 0)
         destroyed = listener.only("destroyed")
         self.assertEqual(sorted(e[1] for e in destroyed), sorted(ids))
@@ -109,7 +105,13 @@ class LateDestroyTests(LateRedisCase):
         a._sweeper.stop()  # A is dead: nothing tries again there
         a._renewer.stop()
 
-        await self.until(lambda: defer.ensureDeferred(self.keysOf(set(ids))).addCallback(lambda k: not k))
+        self.assertTrue(
+            await eventually(
+                lambda: defer.ensureDeferred(self.keysOf(set(ids))).addCallback(lambda k: not k),
+                timeout=15,
+                step=0.1,
+            )
+        )
         self.assertEqual(await self.shard.execute("EXISTS", f"{self.namespace}:s:/b"), 0)
         destroyed = heard.only("destroyed")
         self.assertEqual(sorted(e[1] for e in destroyed), sorted(ids))

@@ -23,7 +23,7 @@ from tests.engine_suite import RecordingListener, RecordingSink
 from tests.history_suite import decoded, kept
 from tests.support.proxy import LosingProxy
 from tests.support.redis import RedisEngineCase, namespaceKeys
-from tests.support.waiting import sleep
+from tests.support.waiting import eventually, sleep
 
 
 def positionOf(outcomes: dict[str, Recovery], channel: str) -> Position:
@@ -63,16 +63,6 @@ class SetupCase(RedisEngineCase, TestCase):
             if await self.shard.execute("ZSCORE", f"{self.namespace}:{registry}", clientId) is not None:
                 keys.append(registry)
         return keys
-
-    async def until(self, predicate: Any, seconds: float = 15) -> None:
-        for _ in range(int(seconds * 10)):
-            result = predicate()
-            if isinstance(result, defer.Deferred):
-                result = await result
-            if result:
-                return
-            await sleep(0.1)
-        self.fail(f"not within {seconds}s")
 
 
 class SubscribePositionTests(SetupCase):
@@ -266,7 +256,7 @@ class OneStepDestroyTests(SetupCase):
         await engine.destroyClient(clientId, "lost-in-the-cut")
         await lost
         self.assertFalse(engine.hasLocal(clientId))
-        await self.until(lambda: engine.dying() == 0)
+        self.assertTrue(await eventually(lambda: engine.dying() == 0, timeout=15, step=0.1))
         self.assertDestroyedOnce(listener, clientId, "lost-in-the-cut")
         await engine.settle()
         self.assertEqual(await self.clientKeys(clientId), [])
@@ -288,7 +278,13 @@ class OneStepDestroyTests(SetupCase):
         lost = proxy.loseNext(b"lost-in-the-cut")
         await engine.destroyClient(clientId, "lost-in-the-cut")
         await lost
-        await self.until(lambda: defer.ensureDeferred(self.clientKeys(clientId)).addCallback(lambda k: not k))
+        self.assertTrue(
+            await eventually(
+                lambda: defer.ensureDeferred(self.clientKeys(clientId)).addCallback(lambda k: not k),
+                timeout=15,
+                step=0.1,
+            )
+        )
         self.assertDestroyedOnce(heard, clientId, "lost-in-the-cut")
 
     async def test_multiStepMeetsOneStep(self) -> None:

@@ -22,11 +22,18 @@ def sleep(seconds: float, reactor: Any = _reactor) -> defer.Deferred[None]:
 
 
 async def eventually(predicate: Callable[[], object], timeout: float = 5.0, step: float = 0.02) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` seconds pass; whether it became true."""
+    """
+    Poll ``predicate`` until it is true or ``timeout`` seconds pass; whether it became true.
+    A predicate answering a Deferred (a question to Redis, say) is judged by its result.
+    """
     waited = 0.0
-    while not predicate():
+    while True:
+        answer = predicate()
+        if isinstance(answer, defer.Deferred):
+            answer = await answer
+        if answer:
+            return True
         if waited >= timeout:
             return False
         await sleep(step)
         waited += step
-    return True
