@@ -19,6 +19,7 @@ from pandapush.interfaces import Position
 from tests.engine_suite import RecordingSink
 from tests.history_suite import kept
 from tests.support.redis import RedisEngineCase
+from tests.support.waiting import sleep
 
 
 class RemoteRecoveryTests(RedisEngineCase, TestCase):
@@ -90,3 +91,79 @@ class RemoteRecoveryTests(RedisEngineCase, TestCase):
         self.a._recovery._holds[clientId][0][0].reset(0)  # time passes: HOLD_TIMEOUT
         await self.settle()
         self.assertEqual([json.loads(p)["data"] for p in sink.payloads], ["held back"])
+
+
+class LiveCopiesBehindTests(RedisEngineCase, TestCase):
+    """
+    A recovery's READ and the live copies of the messages it read come over different
+    connections: the copies may arrive after the READ's answer. Each message must still
+    reach the client once (a lagging SUBSCRIBE connection, made so by pausing its reads).
+    """
+
+    def setUp(self) -> Any:
+        namespace = self.newNamespace()
+        self.a, self.b = self.newEngine(namespace), self.newEngine(namespace)
+        return defer.gatherResults([self.a.ready(), self.b.ready()])
+
+    async def settle(self) -> None:
+        await self.a.settle()
+        await self.b.settle()
+
+    async def lagging(self, engine: Any, channel: str) -> tuple[str, Any]:
+        """Messages 1-3, then 4 and 5 held back in ``engine``'s SUBSCRIBE connection; their epoch."""
+        # A subscriber already there: the resuming subscribe needs no SUBSCRIBE to Redis.
+        watcher = await engine.createClient()
+        await engine.subscribe(watcher, channel)
+        for n in (1, 2, 3):
+            await self.a.publish(kept(channel, n))
+        await self.settle()
+        epoch = (await self.a.history(channel, None, 0)).epoch
+        transport = engine._node.subscriber._protocol.transport
+        transport.pauseProducing()
+        self.addCleanup(transport.resumeProducing)
+        for n in (4, 5):
+            await self.a.publish(kept(channel, n))
+        return epoch, transport
+
+    async def resumed(self, engine: Any, clientId: str, channel: str, epoch: str, transport: Any) -> Any:
+        from twisted.internet import reactor
+
+        # The copies come in while the recovery waits, or after it, as they would late.
+        reactor.callLater(0.3, transport.resumeProducing)  # type: ignore[attr-defined]
+        outcome = await engine.recover(
+            clientId, lambda: engine.subscribe(clientId, channel), {channel: Position(3, epoch)}, ()
+        )
+        await sleep(0.5)
+        await self.a.publish(kept(channel, 6))
+        await self.settle()
+        return outcome
+
+    async def test_ownNode(self) -> None:
+        """The client is this node's: history 4, 5, then live 6, none twice."""
+        channel = "/app/public/late"
+        epoch, transport = await self.lagging(self.a, channel)
+        clientId = await self.a.createClient()
+        sink = RecordingSink()
+        self.a.attach(clientId, sink)
+        outcome = await self.resumed(self.a, clientId, channel, epoch, transport)
+        self.assertIsNone(outcome[channel].missed)
+        got = [json.loads(p) for p in sink.payloads]
+        self.assertEqual([m["data"] for m in got], [4, 5, 6])
+        self.assertEqual([m["ext"]["position"]["offset"] for m in got], [4, 5, 6])
+
+    async def test_throughTheOwner(self) -> None:
+        """
+        The client is A's, its subscribe came to B: B's call to A comes after A's live
+        copies on the same connection (this guards that order).
+        """
+        channel = "/app/public/late-owner"
+        epoch, transport = await self.lagging(self.a, channel)
+        clientId = await self.a.createClient()
+        sink = RecordingSink()
+        self.a.attach(clientId, sink)
+        await self.settle()
+        outcome = await self.resumed(self.b, clientId, channel, epoch, transport)
+        self.assertIsNone(outcome[channel].missed)
+        got = [json.loads(p) for p in sink.payloads]
+        self.assertEqual([m["data"] for m in got], [4, 5, 6])
+        self.assertEqual([m["ext"]["position"]["offset"] for m in got], [4, 5, 6])

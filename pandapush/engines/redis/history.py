@@ -232,6 +232,7 @@ class RedisEngineHistory(EngineHistory):
 
     _fanout: Any
     _recovery: Any
+    _node: Node
 
     def recover(
         self,
@@ -260,23 +261,38 @@ class RedisEngineHistory(EngineHistory):
         """
         since, limits = readRequests(wanted, latest, clientId in self._local)
         only = [channel for channel, limit in limits.items() if not limit and since[channel] is None]
-        if not only:
+        if not only and not any(limits.values()):
             return EngineHistory.recover(self, clientId, subscribe, wanted, latest)
         history = self._history
-        asked = history.asking(clientId, only)
+        asked = history.asking(clientId, only) if only else None
+
+        def read(
+            since: Mapping[str, int | None], limits: Mapping[str, int]
+        ) -> defer.Deferred[dict[str, HistoryPage]]:
+            pages = (
+                unavailableAsEngine(history.readAsked(asked, since, limits))
+                if asked is not None
+                else self._readHistory(since, limits)
+            )
+            if any(limits.values()):
+                # What is sent from history must be in front of the live copies of the same
+                # messages, and those come on the SUBSCRIBE connection, which may still be
+                # behind the READ this page came from: the queue is let go (and copies up to
+                # the page's last offset dropped from it) once that connection answers a
+                # PING sent after the READ was answered.
+                pages.addCallback(self._caughtUp)
+            return pages
+
         try:
             outcomes = recoverLocally(
-                self._local,
-                clientId,
-                subscribe,
-                wanted,
-                latest,
-                lambda since, limits: unavailableAsEngine(history.readAsked(asked, since, limits)),
-                self._recoveredDelivery,
+                self._local, clientId, subscribe, wanted, latest, read, self._recoveredDelivery
             )
         except Exception:
-            history.answered(clientId, asked)
+            if asked is not None:
+                history.answered(clientId, asked)
             return defer.fail()
+        if asked is None:
+            return outcomes if isDeferred(outcomes) else defer.succeed(outcomes)
         if not isDeferred(outcomes):
             history.answered(clientId, asked)
             return defer.succeed(outcomes)
@@ -300,6 +316,10 @@ class RedisEngineHistory(EngineHistory):
         self, since: Mapping[str, int | None], limits: Mapping[str, int]
     ) -> defer.Deferred[dict[str, HistoryPage]]:
         return unavailableAsEngine(self._history.read(since, limits))
+
+    def _caughtUp(self, pages: dict[str, HistoryPage]) -> defer.Deferred[dict[str, HistoryPage]]:
+        """``pages``, once every message published before they were read has arrived here live."""
+        return self._node.caughtUp().addCallback(lambda _: pages)
 
     def _recoveredDelivery(self, channel: str, offset: int, epoch: str, payload: bytes) -> RelayedDelivery:
         # Its id differs from the live copy's: a hand-over keeps both, the seam dropped one.

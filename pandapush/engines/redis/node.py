@@ -146,6 +146,18 @@ class Node:
         self.ready = subscriber.subscribe(self.channel)
         self.ready.addErrback(lambda f: self._log.warn("not subscribed yet: {f}", f=f.getErrorMessage()))
 
+    def caughtUp(self) -> defer.Deferred[None]:
+        """
+        Fires once every message published before now (as the command connections see
+        Redis: after a reply read there) has arrived on the SUBSCRIBE connection and been
+        queued: a PING there is answered after them. A recovery waits for it before it puts
+        history in front of a queue, so that the live copies of what it read are in the
+        queue to be dropped, not on their way (they were delivered twice). Never fails:
+        without a connection, or if the PING goes unanswered (the connection is then
+        dropped), nothing more is coming from before.
+        """
+        return self.subscriber.ping()
+
     def track(self, d: defer.Deferred[Any], what: str) -> None:
         """Keep fire-and-forget work visible to ``settle`` and log its failures."""
         self.pending.add(d)

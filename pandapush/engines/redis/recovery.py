@@ -132,5 +132,8 @@ class RemoteRecovery:
             self._make(str(c), int(o), str(e), str(p).encode()) for c, o, e, p in message.get("q", [])
         ]
         sent = {str(channel): int(offset) for channel, offset in (message.get("s") or {}).items()}
+        # No wait for the live copies of what the asker read (as a local recovery has,
+        # Node.caughtUp): this call was PUBLISHed after the asker's READ was answered and
+        # came on the SUBSCRIBE connection that brings them, so they are queued already.
         self._node.local.resume(client, queued, sent)
         reply["resumed"] = True
