@@ -4,7 +4,7 @@
 // a fresh server per scenario) and prints one table: each pandapush figure with Faye's
 // and their ratio. Use ./bench/run (it raises ulimit -n and installs npm deps first).
 //
-//   bench/run [--quick] [--only burst-200,idle] [--no-faye] [--out DIR] [--rest-key K --rest-secret S]
+//   bench/run [--quick] [--repeat N] [--only burst-200,idle] [--no-faye] [--out DIR] [--rest-key K --rest-secret S]
 //             [--redis-hosts host:port,...] [--source HEAD|<rev>|worktree] [--experiment batchframe,...]
 //             [--compare-experiment batchframe,...]   (A/B: pandapush vs pandapush + experiments)
 //
@@ -16,11 +16,32 @@ const fs = require('fs');
 const os = require('os');
 const path = require('path');
 const { execFileSync } = require('child_process');
+
+const args = process.argv.slice(2);
+// An option this script does not know (a typo, or --help) used to be ignored, and the
+// full run (about a quarter of an hour of both cores) started anyway.
+const FLAGS = ['quick', 'no-faye', 'help'];
+const OPTIONS = ['app', 'compare-experiment', 'experiment', 'only', 'out', 'redis-hosts', 'repeat',
+  'rest-key', 'rest-secret', 'source'];
+if (args.includes('--help') || args.includes('-h')) {
+  const usage = fs.readFileSync(__filename, 'utf8').split('\n').slice(6, 13);
+  process.stdout.write(usage.map((line) => line.replace(/^\/\/ ?/, '')).join('\n') + '\n');
+  process.exit(0);
+}
+for (let i = 0; i < args.length; i++) {
+  const name = args[i].replace(/^--/, '');
+  if (OPTIONS.includes(name) && i + 1 < args.length) {
+    i++;
+  } else if (!FLAGS.includes(name)) {
+    process.stderr.write(`bench/run: unknown option ${args[i]} (bench/run --help)\n`);
+    process.exit(2);
+  }
+}
+
 const { runFanout, runIdle, runStorm, mintToken, probeRest, DEFAULT_APP } = require('./loadgen');
 const { treePids } = require('./lib/proc');
 const servers = require('./lib/servers');
 
-const args = process.argv.slice(2);
 const flag = (name) => args.includes(`--${name}`);
 const option = (name, fallback) => {
   const index = args.indexOf(`--${name}`);

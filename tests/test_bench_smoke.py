@@ -163,3 +163,28 @@ class SoakSmokeTests(TestCase):
             {name: node["pandapush_clients"] for name, node in result["final"]["nodes"].items()},
             {"A": 0, "B": 0},
         )
+
+
+class RunOptionsTests(TestCase):
+    """``bench/run.js`` answers ``--help`` and refuses what it does not know, before starting anything."""
+
+    async def bench(self, *args: str) -> tuple[str, str, int]:
+        node = requireExecutable("node", "apt-get install nodejs")
+        out, err, code = await utils.getProcessOutputAndValue(
+            node, [str(BENCH / "run.js"), *args], env=dict(os.environ), path=str(REPO_ROOT)
+        )
+        return out.decode(), err.decode(), code
+
+    async def test_help(self) -> None:
+        out, err, code = await self.bench("--help")
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("bench/run [--quick] [--repeat N] [--only", out)
+        self.assertIn("--source", out)
+
+    async def test_unknownOption(self) -> None:
+        """A typo is refused (it used to start the full run, a quarter of an hour of both cores)."""
+        for args in (["--onyl", "chat"], ["--only"], ["chat"], ["--no-faye", "--bogus"]):
+            out, err, code = await self.bench(*args)
+            self.assertEqual(code, 2, (args, out, err))
+            self.assertIn("unknown option", err)
+            self.assertEqual(out, "")
