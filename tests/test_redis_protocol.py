@@ -2,7 +2,9 @@
 ``pandapush.redis.protocol``: the command connection's replies read as txredisapi read
 them, whatever the reads' boundaries, and its commands written as it wrote them. The same
 reader serves the ROLE check and the failover gate (``readReply``); replies no Redis
-sends are refused, not buffered for ever nor read out of step.
+sends are refused, not buffered for ever nor read out of step. A reply arriving in many
+reads is parsed once, not again on each read, and one past ``MAX_REPLY_SIZE`` drops the
+connection.
 """
 
 from __future__ import annotations
@@ -11,9 +13,18 @@ from typing import Any
 
 import txredisapi
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from pandapush.redis.protocol import MAX_BULK_LENGTH, CommandProtocol, encodeCommand, parseReplies, readReply
+from pandapush.redis.protocol import (
+    MAX_BULK_LENGTH,
+    MAX_REPLY_SIZE,
+    CommandProtocol,
+    ReplyReader,
+    encodeCommand,
+    parseReplies,
+    readReply,
+)
 
 REPLIES = (
     b"+OK\r\n:42\r\n$6\r\nh\xc3\xa9llo\r\n$-1\r\n*-1\r\n*0\r\n"
@@ -106,6 +117,94 @@ class ParseTests(SynchronousTestCase):
         )
 
 
+def counted(reader: ReplyReader) -> list[int]:
+    """The sizes of the buffers ``reader`` parses, one per attempt, as they are parsed."""
+    attempts: list[int] = []
+    read = reader._read
+
+    def counting(buffer: bytes, position: int, one: bool) -> tuple[list[Any], int]:
+        attempts.append(len(buffer) - position)
+        return read(buffer, position, one)
+
+    reader._read = counting  # type: ignore[method-assign]
+    return attempts
+
+
+def inReads(reply: bytes, size: int) -> list[bytes]:
+    return [reply[at : at + size] for at in range(0, len(reply), size)]
+
+
+class ReaderTests(SynchronousTestCase):
+    def test_anySplit(self) -> None:
+        """
+        Fed to one reader in two reads cut anywhere, or a byte at a time, the replies come
+        out the same, each once, and nothing is left buffered.
+        """
+        whole, _ = parseReplies(REPLIES)
+        expected = [repr(r) for r in whole]
+        for cut in range(len(REPLIES) + 1):
+            reader = ReplyReader()
+            replies = reader.feed(REPLIES[:cut]) + reader.feed(REPLIES[cut:])
+            self.assertEqual([repr(r) for r in replies], expected, cut)
+            self.assertEqual(reader.buffered, 0)
+        reader = ReplyReader()
+        replies = [r for byte in inReads(REPLIES, 1) for r in reader.feed(byte)]
+        self.assertEqual([repr(r) for r in replies], expected)
+
+    def test_largeBulkParsedOnce(self) -> None:
+        """
+        A 20 MB bulk string fed in 64 KiB reads is parsed twice (its header, then all of
+        it once it is here), not again on each of its 306 reads.
+        """
+        payload = b"x" * 20_000_000
+        reader = ReplyReader()
+        attempts = counted(reader)
+        replies = []
+        for data in inReads(b"$%d\r\n%s\r\n:7\r\n" % (len(payload), payload), 65536):
+            replies += reader.feed(data)
+        self.assertEqual([len(replies[0]), replies[1]], [len(payload), 7])
+        self.assertEqual(len(attempts), 2)
+
+    def test_largeArrayParsedOnce(self) -> None:
+        """
+        An array of 200,000 elements (a nested one among them) fed in 4 KiB reads: each
+        read parses only what it brought and the element it completes, so the bytes parsed
+        in all are the reply's and a line per read, not the reply again on every read.
+        """
+        element = b"$10\r\n0123456789\r\n"
+        reply = b"*200001\r\n" + element * 100_000 + b"*2\r\n:1\r\n+OK\r\n" + element * 100_000
+        reader = ReplyReader()
+        attempts = counted(reader)
+        reads = inReads(reply, 4096)
+        replies = [r for data in reads for r in reader.feed(data)]
+        [array] = replies
+        self.assertEqual((len(array), array[100_000], array[-1]), (200_001, [1, "OK"], "0123456789"))
+        self.assertLessEqual(sum(attempts), len(reply) + len(reads) * len(element))
+
+    def test_replyOverTheLimit(self) -> None:
+        """
+        A reply over the limit is refused: a bulk string as soon as its length says so (not
+        waited for), an array once what arrived of it is over. One at the limit is read.
+        """
+        self.assertGreater(MAX_REPLY_SIZE, MAX_BULK_LENGTH + 20)
+        reader = ReplyReader(1000)
+        self.assertRaises(txredisapi.InvalidResponse, reader.feed, b"*2\r\n:1\r\n$990\r\n")
+        reader = ReplyReader(1000)
+        self.assertRaises(
+            txredisapi.InvalidResponse,
+            lambda: [reader.feed(data) for data in inReads(b"*500\r\n" + b":1\r\n" * 500, 7)],
+        )
+        # Read whole, over the limit across reads; then exactly at it.
+        reader = ReplyReader(1000)
+        self.assertEqual(reader.feed(b"*2\r\n$985\r\n"), [])
+        self.assertRaises(txredisapi.InvalidResponse, reader.feed, b"x" * 985 + b"\r\n:1\r\n")
+        reader = ReplyReader(1000)
+        atLimit = b"*2\r\n$984\r\n" + b"x" * 984 + b"\r\n:1\r\n"
+        self.assertEqual(len(atLimit), 1000)
+        replies = [r for data in inReads(atLimit * 3, 100) for r in reader.feed(data)]
+        self.assertEqual(replies, [["x" * 984, 1]] * 3)
+
+
 class ProtocolTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.protocol = CommandProtocol(charset="utf-8", convertNumbers=False)
@@ -147,7 +246,37 @@ class ProtocolTests(SynchronousTestCase):
             [f.check(txredisapi.InvalidResponse) for f in outcomes], [txredisapi.InvalidResponse] * 2
         )
         self.assertTrue(self.transport.disconnecting)
-        self.assertEqual(self.protocol._rest, b"")
+        self.assertEqual(self.protocol._reader.buffered, 0)
+
+    def test_replyOverTheLimitClosesTheConnection(self) -> None:
+        """
+        A reply over the protocol's limit fails every command waiting, closes the connection
+        and says so in an error naming the limit; nothing of it is kept.
+        """
+
+        class Small(CommandProtocol):  # type: ignore[misc]
+            maxReplySize = 64 * 1024
+
+        protocol = Small(charset="utf-8", convertNumbers=False)
+        protocol.transport = self.transport
+        protocol.connected = 1
+        outcomes: list[Any] = []
+        for _ in range(2):
+            protocol.execute_command("LRANGE", "k", 0, -1).addBoth(outcomes.append)
+        with capturedLogs() as events:
+            for data in inReads(b"*100000\r\n" + b"$1\r\nx\r\n" * 20_000, 4096):
+                protocol.dataReceived(data)
+                if self.transport.disconnecting:
+                    break
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(
+            [f.check(txredisapi.InvalidResponse) for f in outcomes], [txredisapi.InvalidResponse] * 2
+        )
+        self.assertIn("65536 bytes", outcomes[0].getErrorMessage())
+        [event] = [e for e in events if e["log_level"] == LogLevel.error]
+        self.assertIn("65536 bytes", event["error"])
+        self.assertEqual(event["count"], 2)
+        self.assertEqual(protocol._reader.buffered, 0)
 
     def test_notConnected(self) -> None:
         """As txredisapi: a command on a connection that is not connected raises."""
