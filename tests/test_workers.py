@@ -377,7 +377,34 @@ class CollectorTests(TestCase):
         gc.unfreeze()
         collector.tuneCollector()
         self.assertGreater(gc.get_freeze_count(), 0)
-        self.assertEqual(gc.get_threshold(), (10_000, 10, 10))
+        self.assertEqual(gc.get_threshold(), collector.THRESHOLDS)
+        self.assertEqual(collector.THRESHOLDS[0], 10_000)
+
+    def test_survivorsExaminedInSmallPieces(self) -> None:
+        """
+        Objects that outlive a burst (clients set up) reach the middle generation's
+        collections in pieces of at most ~40,000, not all at once: the largest of those
+        pauses bounds a publish's latency (the one-to-one benchmark's p99).
+        """
+        gc.set_threshold(*collector.THRESHOLDS)
+        examined: list[int] = []
+
+        def sizes(phase: str, info: dict[str, int]) -> None:
+            if phase == "start" and info["generation"] == 1:
+                examined.append(len(gc.get_objects(0)) + len(gc.get_objects(1)))
+
+        gc.collect()
+        gc.callbacks.append(sizes)
+        try:
+            kept = [[i] for i in range(200_000)]
+        finally:
+            gc.callbacks.remove(sizes)
+        self.assertEqual(len(kept), 200_000)
+        self.assertLess(max(examined), 45_000)
+        self.assertGreaterEqual(len(examined), 4)
+        # The oldest generation is looked at about as often as with (10,000, 10, 10).
+        _, middle, oldest = collector.THRESHOLDS
+        self.assertEqual((middle + 2) * (oldest + 2), (10 + 2) * (10 + 2))
 
     def test_workerTunesOnceRunning(self) -> None:
         """A worker tunes its collector once its reactor runs, not while it is being built."""
