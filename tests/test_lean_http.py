@@ -84,10 +84,15 @@ class _Connection:
         return normal(self.transport.value()), closed
 
 
-class LeanDifferentialTests(TestCase):
+class DifferentialCase(TestCase):
+    """One server, and the same byte streams sent through both of its paths."""
+
+    #: More options for the server.
+    serverArgs: tuple[str, ...] = ()
+
     async def setUp(self) -> None:  # type: ignore[override]
         self.server = await InProcessServer.started(
-            self, "--timeout", "1", "--max-body-size", "2048", "--max-publish-rate", "0"
+            self, "--timeout", "1", "--max-body-size", "2048", "--max-publish-rate", "0", *self.serverArgs
         )
         self.site = self.server.service.site
         self.served = 0
@@ -135,6 +140,8 @@ class LeanDifferentialTests(TestCase):
         self.assertTrue(twisted[0].startswith(b"HTTP/1.1 ") or not twisted[0], twisted)
         return self.served - servedBefore
 
+
+class LeanDifferentialTests(DifferentialCase):
     def test_restPublishes(self) -> None:
         """Valid, refused and malformed REST publishes: the same answers, split anywhere."""
         valid = post(REST, b'{"text":"hi"}', b"Authorization: " + BASIC)
@@ -196,6 +203,11 @@ class LeanDifferentialTests(TestCase):
                 PUSH,
                 bayeux({"channel": "/meta/subscribe", "clientId": "nobody", "subscription": "/x"}),
                 b"Origin: http://o",
+            ),
+            post(
+                PUSH,
+                bayeux({"channel": "/meta/subscribe", "clientId": "nobody", "subscription": "/x"}),
+                b"Origin: null",
             ),
             post(PUSH, bayeux({"channel": f"/{APP}/public/a", "clientId": cid, "data": {"x": 1}})),
             post(
@@ -283,6 +295,60 @@ class LeanDifferentialTests(TestCase):
         self.assertFalse(lost.called)
         connection.close()
         self.assertTrue(lost.called)
+
+
+class LeanOriginTests(DifferentialCase):
+    """The Bayeux requests of origins ``--allowed-origins`` refuses, answered alike on both paths."""
+
+    serverArgs = ("--allowed-origins", "http://good.test")
+
+    def test_refused(self) -> None:
+        """
+        Long-polling posts from an origin not listed (``null`` included): the same 403 on
+        both paths, split anywhere, and nothing of them processed by the router.
+        """
+        processed = []
+        router = self.server.router
+        processNow = router.processNow
+
+        def counted(messages: Any, context: Any) -> Any:
+            processed.append(messages)
+            return processNow(messages, context)
+
+        self.patch(router, "processNow", counted)
+        handshake = bayeux(
+            {"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["long-polling"]}
+        )
+        publish = bayeux({"channel": f"/{APP}/public/a", "data": {"x": 1}, "ext": {"auth": {"key": KEY}}})
+        for stream in [
+            post(PUSH, b"message=" + publish, b"Origin: http://evil.test", contentType=b"text/plain"),
+            post(
+                PUSH,
+                b"message=" + publish,
+                b"Origin: http://evil.test",
+                contentType=b"application/x-www-form-urlencoded",
+            ),
+            post(PUSH, handshake, b"Origin: null"),
+            post(PUSH + b"/handshake", handshake, b"Origin: http://good.test.evil.test"),
+            post(PUSH, b"[{", b"Origin: http://evil.test"),
+            post(PUSH, handshake, b"Origin: http://evil.test", b"Connection: close"),
+        ]:
+            self.assertGreater(self.assertSame(stream, splits=len(stream) < 400), 0)
+            self.assertEqual(self.exchange(True, [stream])[0].split(b"\r\n")[0], b"HTTP/1.1 403 Forbidden")
+        self.assertEqual(processed, [])
+
+    def test_admitted(self) -> None:
+        """The listed origin, none, and the server's own (its ``Host``): served alike on both paths."""
+        handshake = bayeux(
+            {"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["long-polling"]}
+        )
+        for stream in [
+            post(PUSH, handshake, b"Origin: http://good.test"),
+            post(PUSH, handshake),
+            post(PUSH, handshake, b"Origin: http://127.0.0.1"),
+        ]:
+            self.assertSame(stream)
+            self.assertEqual(self.exchange(True, [stream])[0].split(b"\r\n")[0], b"HTTP/1.1 200 OK")
 
 
 class HeadBlockTests(TestCase):

@@ -302,6 +302,9 @@ class NullOriginTests(TestCase):
     application's) only if the list names ``null``.
     """
 
+    #: The status of the last :meth:`cors` request.
+    code = 0
+
     async def server(self, *args: str) -> InProcessServer:
         environ = {"AUTH_METHOD": "basic", "ADMIN_USERNAME": "admin", "ADMIN_PASSWORD": "sesame"}
         return await InProcessServer.started(self, *args, environ=environ)
@@ -316,7 +319,7 @@ class NullOriginTests(TestCase):
         return client.received.split(b"\r\n")[0]
 
     async def cors(self, server: InProcessServer, origin: str, method: str = "POST") -> Headers:
-        """The headers of a long-polling POST (or a preflight) from ``origin``."""
+        """The headers of a long-polling POST (or a preflight) from ``origin`` (its status: ``code``)."""
         response = await treq.request(
             method,
             server.push,
@@ -333,6 +336,7 @@ class NullOriginTests(TestCase):
             persistent=False,
         )
         await response.content()
+        self.code = response.code
         return response.headers  # type: ignore[no-any-return]
 
     async def setOrigins(self, server: InProcessServer, origins: list[str]) -> Any:
@@ -373,13 +377,17 @@ class NullOriginTests(TestCase):
         self.assertTrue((await client.call(subscribe))["successful"])
 
     async def test_listWithoutNull(self) -> None:
-        """A list without ``null`` refuses it with the same 403 as any origin not listed; no CORS answer."""
+        """
+        A list without ``null`` refuses it with the same 403 as any origin not listed, a
+        websocket opening and a long-polling POST alike; no CORS answer.
+        """
         server = await self.server("--allowed-origins", GOOD)
         for origin in (b"null", b"file://", EVIL.encode()):
             self.assertEqual(await self.opening(server, origin), b"HTTP/1.1 403 Origin not allowed", origin)
-        for method in ("POST", "OPTIONS"):
+        for method, code in (("POST", 403), ("OPTIONS", 200)):
             headers = await self.cors(server, "null", method)
             self.assertIsNone(headers.getRawHeaders("Access-Control-Allow-Origin"), method)
+            self.assertEqual(self.code, code, method)
         self.assertEqual(await self.opening(server, GOOD.encode()), b"HTTP/1.1 101 Switching Protocols")
 
     async def test_listWithNull(self) -> None:
@@ -392,4 +400,5 @@ class NullOriginTests(TestCase):
         self.assertEqual(
             (await self.cors(server, "null")).getRawHeaders("Access-Control-Allow-Origin"), ["null"]
         )
+        self.assertEqual(self.code, 200)
         self.assertEqual(await self.opening(server, EVIL.encode()), b"HTTP/1.1 403 Origin not allowed")

@@ -157,16 +157,64 @@ class LongPollingTests(ServerTestCase):
 class RestrictedOriginTests(ServerTestCase):
     serverArgs = ("--allowed-origins", "http://good.test")
 
-    async def test_otherOriginGetsNoCors(self) -> None:
-        """With allowed origins configured, others get no CORS headers."""
-        response, _ = await self.post(
-            [HANDSHAKE], headers={"Content-Type": "application/json", "Origin": "http://evil.test"}
-        )
-        self.assertIsNone(response.headers.getRawHeaders("access-control-allow-origin"))
-        response, _ = await self.post(
-            [HANDSHAKE], headers={"Content-Type": "application/json", "Origin": "http://good.test"}
-        )
-        self.assertEqual(response.headers.getRawHeaders("access-control-allow-origin"), ["http://good.test"])
+    async def test_otherOriginRefused(self) -> None:
+        """
+        With allowed origins configured, a Bayeux request from another origin is refused
+        with 403 and no CORS headers before anything in it is processed (it was processed
+        before, only its answer hidden from the page): the form post any page can send
+        without a preflight, a JSON post, ``Origin: null``, JSONP and event-stream GETs
+        that carry the Origin. The publish in them reaches no one; the held connect of a
+        subscriber gets the next one.
+        """
+        clientId = await self.handshake()
+        connect = [{"channel": "/meta/connect", "clientId": clientId, "connectionType": "long-polling"}]
+        await self.post(connect)
+        await self.post([{"channel": "/meta/subscribe", "clientId": clientId, "subscription": channel("x")}])
+        held = defer.ensureDeferred(self.post(connect))
+        refused = json.dumps([{"channel": channel("x"), "data": {"n": 1}, "ext": {"auth": AUTH}}])
+        for contentType, origin, raw in [
+            ("text/plain;charset=UTF-8", "http://evil.test", b"message=" + refused.encode()),
+            ("application/x-www-form-urlencoded", "http://evil.test", b"message=" + refused.encode()),
+            ("application/json", "http://evil.test", refused.encode()),
+            ("application/json", "null", refused.encode()),
+            ("application/json", "http://good.test.evil.test", refused.encode()),
+        ]:
+            response, content = await self.post(
+                None, headers={"Content-Type": contentType, "Origin": origin}, raw=raw
+            )
+            self.assertEqual((response.code, content), (403, b"Origin not allowed"), (contentType, origin))
+            self.assertIsNone(response.headers.getRawHeaders("access-control-allow-origin"))
+        for accept in ("*/*", "text/event-stream"):
+            response = await treq.get(
+                self.push + ("/" + clientId if accept == "text/event-stream" else ""),
+                params={"message": refused, "jsonp": "cb"},
+                headers=Headers({"Origin": ["http://evil.test"], "Accept": [accept]}),
+                persistent=False,
+            )
+            self.assertEqual((response.code, await response.content()), (403, b"Origin not allowed"), accept)
+        self.assertFalse(held.called)
+        await self.post([{"channel": channel("x"), "data": {"n": 2}, "ext": {"auth": AUTH}}])
+        _, content = await held
+        self.assertEqual([r.get("data") for r in json.loads(content)], [None, {"n": 2}])
+
+    async def test_admittedOrigins(self) -> None:
+        """
+        A listed origin is served with CORS headers; requests without an Origin (servers,
+        curl; JSONP's script tags) and from the server's own origin (its ``Host``: the
+        pages it serves, such as the console) are served without.
+        """
+        own = self.server.url
+        for origin, cors in [("http://good.test", ["http://good.test"]), (None, None), (own, None)]:
+            headers = {"Content-Type": "application/json"}
+            if origin is not None:
+                headers["Origin"] = origin
+            response, content = await self.post([HANDSHAKE], headers=headers)
+            self.assertEqual(response.code, 200, origin)
+            self.assertTrue(json.loads(content)[0]["successful"])
+            self.assertEqual(response.headers.getRawHeaders("access-control-allow-origin"), cors, origin)
+        response = await treq.get(self.push, params={"message": json.dumps([HANDSHAKE])}, persistent=False)
+        self.assertEqual(response.code, 200)
+        self.assertTrue((await response.content()).startswith(b"/**/jsonpcallback(["))
 
 
 class CallbackPollingTests(ServerTestCase):

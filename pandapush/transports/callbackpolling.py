@@ -10,7 +10,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from pandapush.bayeux import json
 from pandapush.interfaces import IRouter
-from pandapush.transports.http import OriginPolicy, contextFor, requestLost, writeError
+from pandapush.transports.http import OriginPolicy, contextFor, header, requestLost, writeError
 
 __all__ = ["CallbackPollingTransport"]
 
@@ -30,6 +30,11 @@ class CallbackPollingTransport:
         self.proxies = proxies
 
     def render(self, request: Request) -> bytes | int:
+        # A script tag sends no Origin; a page that fetches the URL does, and is refused
+        # as it would be posting (OriginPolicy.admits).
+        origin = header(request, b"origin")
+        if origin and not self.origins.admits(request, origin):
+            return self.origins.refuse(request)
         args = request.args or {}
         messages = json.decodeMessages(args[b"message"][0] if args.get(b"message") else None)
         if messages is None:
@@ -42,7 +47,7 @@ class CallbackPollingTransport:
         request.setHeader(b"Content-Disposition", b"attachment; filename=f.txt")
         request.setHeader(b"Cache-Control", b"no-cache, no-store")
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
-        self.origins.apply(request)
+        self.origins.apply(request, origin)
 
         lost = requestLost(request)
         d = self.router.process(messages, contextFor(request, "callback-polling", lost, self.proxies))

@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from pandapush.bayeux.delivery import Delivery
 from pandapush.interfaces import IClientSocket, IRouter
-from pandapush.transports.http import OriginPolicy, writeError
+from pandapush.transports.http import OriginPolicy, header, writeError
 
 __all__ = ["EventSourceTransport", "EventStream"]
 
@@ -72,6 +72,10 @@ class EventSourceTransport:
         self._pinger.clock = reactor
 
     def render(self, request: Request) -> bytes | int:
+        # Refused before binding: a stream bound takes its client's deliveries.
+        origin = header(request, b"origin")
+        if origin and not self.origins.admits(request, origin):
+            return self.origins.refuse(request)
         clientId = request.postpath[-1].decode("utf-8", "replace") if request.postpath else ""
         if not clientId:
             return writeError(request, 400, "Bad request: no client id in the event stream URL")
@@ -81,7 +85,7 @@ class EventSourceTransport:
         request.setHeader(b"Content-Type", b"text/event-stream")
         request.setHeader(b"Cache-Control", b"no-cache, no-store")
         request.setHeader(b"X-Accel-Buffering", b"no")
-        self.origins.apply(request)
+        self.origins.apply(request, origin)
 
         def bound(known: bool) -> None:
             if not stream.open:

@@ -71,8 +71,8 @@ class OriginPolicy:
     Which browser origins may talk to the Bayeux endpoint across origins.
 
     ``None`` allows every origin (Faye's behaviour: the Origin is echoed back);
-    otherwise only the listed origins (scheme://host[:port]) are echoed, and
-    requests from others get no CORS headers, so browsers refuse their answers.
+    otherwise only the listed origins (scheme://host[:port]) are echoed, and the
+    Bayeux requests of others are refused with 403 (:meth:`admits`).
 
     ``Origin: null`` (sandboxed iframes, file:// pages, some redirects and privacy
     modes) is an origin like the others: allowed with no list, as Faye and CometD
@@ -85,6 +85,28 @@ class OriginPolicy:
 
     def allows(self, origin: str) -> bool:
         return self.allowed is None or origin in self.allowed
+
+    def admits(self, request: IRequest, origin: str) -> bool:
+        """
+        Whether a Bayeux HTTP request carrying ``Origin: origin`` is served at all.
+
+        A page of any site can make its visitors' browsers send a form-encoded POST or
+        a GET without a preflight: withholding the CORS headers only keeps it from
+        reading the answer, after the messages were processed (a publish made, a
+        subscription taken, an event stream bound in its client's place). So an origin
+        the list does not allow is refused before anything is read, except the
+        server's own (the request's ``Host``): a page it serves (the console) sends its
+        own origin, which the list need not name, and reads its answers without CORS.
+        """
+        if self.allowed is None or origin in self.allowed:
+            return True
+        host = header(request, b"host")
+        return host is not None and origin.partition("://")[2] == host.lower()
+
+    @staticmethod
+    def refuse(request: Request) -> bytes:
+        """The answer to a request :meth:`admits` refuses: 403, as a websocket opening's."""
+        return writeError(request, 403, "Origin not allowed")
 
     def apply(self, request: IRequest, origin: str | None = None) -> None:
         """The CORS headers for the request's ``Origin`` (``origin``, if the caller read it already)."""

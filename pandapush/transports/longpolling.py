@@ -1,7 +1,9 @@
 """``long-polling`` and ``cross-origin-long-polling``: one HTTP POST per batch.
 
 The body is JSON (``application/json``) or a form whose ``message`` field holds
-the JSON (Faye's CORS transport posts ``text/plain`` ``message=...``).
+the JSON (Faye's CORS transport posts ``text/plain`` ``message=...``). A request from
+an origin ``--allowed-origins`` does not allow is refused (403) before its body is
+read: any page can post a form without a preflight (:meth:`OriginPolicy.admits`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ class LongPollingTransport:
         self.proxies = proxies
 
     def render(self, request: Request) -> bytes | int:
+        origin = header(request, b"origin")
+        if origin and not self.origins.admits(request, origin):
+            return self.origins.refuse(request)
         body = request.content.read() if request.content is not None else b""
         contentType = (header(request, b"content-type") or "").split(";")[0].strip().lower()
         raw: bytes | None
@@ -50,7 +55,6 @@ class LongPollingTransport:
         request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-cache, no-store")
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
-        origin = header(request, b"origin")
         if origin:
             self.origins.apply(request, origin)
 
