@@ -168,7 +168,7 @@ async function runFanout(o) {
 
   // Publishers
   const publishers =
-    options.publishVia === 'rest'
+    options.publishVia === 'rest' || options.publishVia === 'rest-batch'
       ? []
       : await pool(options.publishers, options.concurrency, async () => {
           const client = makeClient('websocket', publishUrl);
@@ -187,10 +187,26 @@ async function runFanout(o) {
   const authorization = options.key ? basic(options.key, options.secret) : '';
   let pump = null;
 
-  const onAck = (ok) => {
-    acked++;
-    if (!ok) failed++;
+  const onAcks = (ok, n) => {
+    acked += n;
+    if (!ok) failed += n;
     if (pump !== null) pump();
+  };
+  const onAck = (ok) => onAcks(ok, 1);
+  // rest-batch: what a backend does with a server library's trigger_batch (Pusher's caps a
+  // batch at 10): up to batchSize messages per POST /apps/<app>/batch_events, sent when full
+  // and at the end of each pump, so a message never waits for others to fill its batch.
+  const batchSize = options.batchSize || 10;
+  let batch = [];
+  let restRequests = 0;
+  const flushBatch = () => {
+    if (batch.length === 0) return;
+    const items = batch;
+    batch = [];
+    restRequests++;
+    restPost(origin, `/apps/${options.app}/batch_events`, JSON.stringify({ batch: items }), authorization).then(({ status }) =>
+      onAcks(status === 200, items.length),
+    );
   };
   for (const publisher of publishers) publisher.onAck = onAck;
 
@@ -201,7 +217,11 @@ async function runFanout(o) {
     const data = { s: seq, t: performance.now(), p: pad };
     if (options.publishVia === 'rest') {
       const path = `/channel/${options.app}/${options.channelType}/bench/${options.tag}/c${j}`;
+      restRequests++;
       restPost(origin, path, JSON.stringify(data), authorization).then(({ status }) => onAck(status === 200));
+    } else if (options.publishVia === 'rest-batch') {
+      batch.push({ channel: channelNames[j], data });
+      if (batch.length >= batchSize) flushBatch();
     } else {
       publishers[seq % publishers.length].publish(channelNames[j], data, ext);
     }
@@ -221,6 +241,7 @@ async function runFanout(o) {
     await new Promise((resolve) => {
       pump = () => {
         while (sent < total && sent - acked < options.window) sendOne();
+        flushBatch();
         if (sent >= total) {
           pump = null;
           resolve();
@@ -233,6 +254,7 @@ async function runFanout(o) {
       const timer = setInterval(() => {
         const due = Math.min(total, Math.floor(((performance.now() - t0) / 1000) * options.rate));
         while (sent < due) sendOne();
+        flushBatch();
         if (sent >= total) {
           clearInterval(timer);
           resolve();
@@ -301,6 +323,7 @@ async function runFanout(o) {
     subscribers: options.subscribers,
     published: sent,
     publishFailures: failed,
+    restRequests,
     expected: expectedTotal,
     delivered,
     lost,
@@ -538,7 +561,8 @@ if (require.main === module) {
     subscribers: Number(get('subscribers', 200)),
     channels,
     publishers: Number(get('publishers', 1)),
-    publishVia: has('rest') ? 'rest' : 'websocket',
+    publishVia: has('rest-batch') ? 'rest-batch' : has('rest') ? 'rest' : 'websocket',
+    batchSize: Number(get('rest-batch', 10)),
     mode: get('mode', 'burst'),
     messages: Number(get('messages', 1000)),
     rate: Number(get('rate', 100)),

@@ -113,17 +113,22 @@ const storm = (name, transport, inflight, extra = {}) => ({
 });
 // Private channels, one per subscriber, each subscribed with a token of its own (pandapush);
 // Faye has no auth: its subscribers subscribe to the same names without one.
+const PUBLISHED_VIA = {
+  websocket: '4 Bayeux publishers with the key',
+  rest: 'a REST publisher, 32 in flight (Faye: a Bayeux publisher)',
+  'rest-batch': 'a REST publisher of batch_events, 10 messages each, 32 in flight (Faye: a Bayeux publisher)',
+};
 const privateScenario = (name, publishVia) => ({
   name,
-  title: `one-to-one: ${Q(2000, 500)} ws subscribers, each on its own private channel with a token; ${publishVia === 'rest' ? 'a REST publisher, 32 in flight (Faye: a Bayeux publisher)' : '4 Bayeux publishers with the key'}; ${Q(10000, 3000)} msgs round-robin`,
-  kind: publishVia === 'rest' ? 'rest-vs-bayeux' : 'fanout',
+  title: `one-to-one: ${Q(2000, 500)} ws subscribers, each on its own private channel with a token; ${PUBLISHED_VIA[publishVia]}; ${Q(10000, 3000)} msgs round-robin`,
+  kind: publishVia === 'websocket' ? 'fanout' : 'rest-vs-bayeux',
   options: {
     subscribers: Q(2000, 500),
     channels: Q(2000, 500),
-    publishers: publishVia === 'rest' ? 1 : 4,
+    publishers: publishVia === 'websocket' ? 4 : 1,
     messages: Q(10000, 3000),
     publishVia,
-    window: publishVia === 'rest' ? 32 : 500,
+    window: { websocket: 500, rest: 32, 'rest-batch': 320 }[publishVia],
     channelType: 'private',
     tag: name,
     subscribeExtOf: (i, names) => ({ auth: { token: mintToken(rest.key, rest.secret, names[i], { sub: true }) } }),
@@ -194,6 +199,7 @@ const scenarios = [
   },
   privateScenario('private-bayeux', 'websocket'),
   privateScenario('private-rest', 'rest'),
+  privateScenario('private-rest-batch', 'rest-batch'),
   storm('storm-ws-200', 'websocket', 200),
   storm('storm-ws-1000', 'websocket', 1000),
   storm('storm-lp-200', 'long-polling', 200),

@@ -98,7 +98,21 @@ class LoadGeneratorSmokeTests(TestCase):
         """
         result = await self._generate("--rest", "--subscribers", "3", "--messages", "40")
         self.assertAllDelivered(result, 3 * 40)
-        self.assertEqual((result["published"], result["publishFailures"]), (40, 0))
+        self.assertEqual(
+            (result["published"], result["publishFailures"], result["restRequests"]), (40, 0, 40)
+        )
+
+    async def test_restBatchPublisher(self) -> None:
+        """
+        The batch_events publisher: 43 messages over 4 channels in batches of at most 10,
+        every one acknowledged and delivered once to each of the channel's subscribers.
+        """
+        result = await self._generate(
+            "--rest-batch", "10", "--subscribers", "8", "--channels", "4", "--messages", "43"
+        )
+        self.assertAllDelivered(result, 2 * 43)
+        self.assertEqual((result["published"], result["publishFailures"]), (43, 0))
+        self.assertEqual(result["restRequests"], 5)
 
     async def test_wildcards(self) -> None:
         """Subscribers on /* and /** patterns receive messages of every channel under them."""
