@@ -9,7 +9,7 @@
 //   node bench/loadgen.js --url http://127.0.0.1:3000/push --subscribers 200 --messages 1000
 //        [--channels 1] [--transport websocket|long-polling] [--publishers 1]
 //        [--mode burst|paced --rate 100 --duration 10] [--size 64] [--wildcard] [--rest --window 32]
-//        [--rest-key K --rest-secret S] [--app APPID] [--pid SERVER_PID]
+//        [--rest-key K --rest-secret S] [--app APPID] [--pid SERVER_PID] [--subscriber-processes N]
 //   node bench/loadgen.js --url ... --storm [--clients 3000] [--inflight 200] [--transport long-polling]
 //   node bench/loadgen.js --url ... --idle [--connections 1000]
 //
@@ -18,49 +18,12 @@
 const { performance } = require('perf_hooks');
 const { makeClient, restPost, closeRestConnections } = require('./lib/bayeux');
 const crypto = require('crypto');
+const { LocalSubscribers, SubscriberProcesses, Samples, pool, hrClock } = require('./lib/subscribers');
 const { ProcessSampler, selfCpuMark, selfCpuSince, othersMark, othersSince, netCounters, netCountersSince } = require('./lib/proc');
 
 const DEFAULT_APP = 'BENCHbenchBENCHbench';
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-// Latencies in a growable Float64Array: no boxing, one sort at the end.
-class Samples {
-  constructor() {
-    this.data = new Float64Array(1 << 16);
-    this.length = 0;
-  }
-
-  push(value) {
-    if (this.length === this.data.length) {
-      const bigger = new Float64Array(this.data.length * 2);
-      bigger.set(this.data);
-      this.data = bigger;
-    }
-    this.data[this.length++] = value;
-  }
-
-  summary() {
-    if (this.length === 0) return { p50: null, p99: null, max: null };
-    const sorted = this.data.slice(0, this.length).sort();
-    const at = (q) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
-    return { p50: at(0.5), p99: at(0.99), max: sorted[sorted.length - 1] };
-  }
-}
-
-// Runs `count` async tasks with at most `limit` in flight.
-async function pool(count, limit, task) {
-  let next = 0;
-  const results = new Array(count);
-  async function worker() {
-    while (next < count) {
-      const index = next++;
-      results[index] = await task(index);
-    }
-  }
-  await Promise.all(Array.from({ length: Math.min(limit, count) }, worker));
-  return results;
-}
 
 function padding(size) {
   // The delivered `data` object is about `size` bytes of JSON: {"s":123,"t":12345.678901,"p":"xxx"}
@@ -88,6 +51,12 @@ async function probeRest(origin, app, key, secret) {
  * `matches(i, channelIndex)`; `publishers` websocket publishers (or REST) publish to
  * channel `seq % channels`, either `messages` as fast as the `window` of unacknowledged
  * publishes allows (burst) or `rate` messages/s for `duration` s (paced).
+ *
+ * With `subscriberProcesses` N > 0 the subscribers are spread over N child processes and
+ * this one runs the publishers only (lib/subscribers.js): the figures are the same fields,
+ * summed and merged over the processes (generatorCpu is theirs together).
+ * `duplicateEvery` K > 0 publishes every Kth message twice, same sequence number: a test
+ * that duplicates are counted, and counted apart from loss.
  */
 async function runFanout(o) {
   const options = {
@@ -112,6 +81,8 @@ async function runFanout(o) {
     matches: null,
     channelType: 'public',
     subscribeExtOf: null,
+    subscriberProcesses: 0,
+    duplicateEvery: 0,
     ...o,
   };
   const url = options.url;
@@ -130,40 +101,23 @@ async function runFanout(o) {
   // and the generator warm up: JIT, allocator, socket buffers); loss still counts them.
   const firstTimed = options.mode === 'paced' ? Math.round(options.rate * options.warmup) : 0;
   const trackDuplicates = total * options.subscribers <= 200e6;
-  const latencies = new Samples();
-  const received = new Uint32Array(options.subscribers);
-  const seen = trackDuplicates ? Array.from({ length: options.subscribers }, () => new Uint8Array(total)) : null;
-  let delivered = 0;
-  let duplicates = 0;
-  let lastDeliveryAt = 0;
-  let wake = null;
-  let publishingDone = false;
-  let expectedTotal = Infinity;
+  // Publish stamps and receive times on one clock: this process's own, or with subscriber
+  // processes the machine-wide monotonic one (lib/subscribers.js says why it is comparable).
+  const clockBase = process.hrtime.bigint();
+  const now = options.subscriberProcesses > 0 ? hrClock(clockBase) : () => performance.now();
+  const specs = Array.from({ length: options.subscribers }, (_, i) => ({
+    channels: subscriptionsOf(i, channelNames),
+    ext: options.subscribeExtOf ? options.subscribeExtOf(i, channelNames) : undefined,
+  }));
+  const run = { transport: options.transport, url, specs, concurrency: options.concurrency, total, firstTimed, trackDuplicates, clock: now, clockBase };
+  const subscribers = options.subscriberProcesses > 0 ? new SubscriberProcesses(run, options.subscriberProcesses) : new LocalSubscribers(run);
+  await subscribers.start();
 
   const rssBefore = sampler ? sampler.rss() : 0;
 
   // Subscribers
   const setupStart = performance.now();
-  const subscribers = await pool(options.subscribers, options.concurrency, async (i) => {
-    const client = makeClient(options.transport, url);
-    await client.open();
-    client.onDelivery = (message) => {
-      const data = message.data;
-      if (data === null || typeof data !== 'object' || data.s === undefined) return;
-      const now = performance.now();
-      if (data.s >= firstTimed) latencies.push(now - data.t);
-      received[i]++;
-      if (seen !== null) {
-        if (seen[i][data.s]) duplicates++;
-        else seen[i][data.s] = 1;
-      }
-      delivered++;
-      lastDeliveryAt = now;
-      if (publishingDone && delivered >= expectedTotal && wake) wake();
-    };
-    await client.subscribe(subscriptionsOf(i, channelNames), options.subscribeExtOf ? options.subscribeExtOf(i, channelNames) : undefined);
-    return client;
-  });
+  await subscribers.open();
   const setupSeconds = (performance.now() - setupStart) / 1000;
 
   // Publishers
@@ -180,7 +134,8 @@ async function runFanout(o) {
 
   const pad = padding(options.size);
   const perChannel = new Uint32Array(options.channels);
-  let sent = 0;
+  let sent = 0; // messages (sequence numbers)
+  let publishes = 0; // with duplicateEvery, more than messages
   let acked = 0;
   let failed = 0;
   const origin = new URL(publishUrl).origin;
@@ -212,9 +167,15 @@ async function runFanout(o) {
 
   function sendOne() {
     const seq = sent++;
+    const data = { s: seq, t: now(), p: pad };
+    publishOne(seq, data);
+    if (options.duplicateEvery > 0 && seq % options.duplicateEvery === 0) publishOne(seq, data);
+  }
+
+  function publishOne(seq, data) {
     const j = seq % options.channels;
     perChannel[j]++;
-    const data = { s: seq, t: performance.now(), p: pad };
+    publishes++;
     if (options.publishVia === 'rest') {
       const path = `/channel/${options.app}/${options.channelType}/bench/${options.tag}/c${j}`;
       restRequests++;
@@ -229,18 +190,15 @@ async function runFanout(o) {
 
   const cpuMark = sampler ? sampler.markCpu() : null;
   const publishCpuMark = publishSampler ? publishSampler.markCpu() : null;
-  const selfMark = selfCpuMark();
-  const ownPids = [process.pid, options.pid, options.publishPid].filter((pid, i, all) => pid && all.indexOf(pid) === i);
+  const selfMark = selfCpuMark(subscribers.pids());
+  const ownPids = [process.pid, ...subscribers.pids(), options.pid, options.publishPid].filter((pid, i, all) => pid && all.indexOf(pid) === i);
   const othersAt = othersMark(ownPids);
-  const t0 = performance.now();
-  const finished = new Promise((resolve) => {
-    wake = resolve;
-  });
+  const t0 = now();
 
   if (options.mode === 'burst') {
     await new Promise((resolve) => {
       pump = () => {
-        while (sent < total && sent - acked < options.window) sendOne();
+        while (sent < total && publishes - acked < options.window) sendOne();
         flushBatch();
         if (sent >= total) {
           pump = null;
@@ -252,7 +210,7 @@ async function runFanout(o) {
   } else {
     await new Promise((resolve) => {
       const timer = setInterval(() => {
-        const due = Math.min(total, Math.floor(((performance.now() - t0) / 1000) * options.rate));
+        const due = Math.min(total, Math.floor(((now() - t0) / 1000) * options.rate));
         while (sent < due) sendOne();
         flushBatch();
         if (sent >= total) {
@@ -262,26 +220,26 @@ async function runFanout(o) {
       }, 1);
     });
   }
-  const publishedAt = performance.now();
+  const publishedAt = now();
 
   // Expected deliveries per subscriber, now that we know what went where.
   const expected = new Float64Array(options.subscribers);
-  expectedTotal = 0;
+  let expectedTotal = 0;
   for (let i = 0; i < options.subscribers; i++) {
     let sum = 0;
     for (let j = 0; j < options.channels; j++) if (matches(i, j)) sum += perChannel[j];
     expected[i] = sum;
     expectedTotal += sum;
   }
-  publishingDone = true;
-  if (delivered < expectedTotal) {
+  const reached = subscribers.reached(expected);
+  if (subscribers.delivered < expectedTotal) {
     // Wait for the rest, or until deliveries stop coming for idleTimeout.
     await Promise.race([
-      finished,
+      reached,
       new Promise((resolve) => {
         const timer = setInterval(() => {
-          const quietFor = performance.now() - Math.max(lastDeliveryAt, publishedAt);
-          if (quietFor > options.idleTimeout || performance.now() - t0 > options.maxTime || delivered >= expectedTotal) {
+          const quietFor = now() - Math.max(subscribers.lastDeliveryAt, publishedAt);
+          if (quietFor > options.idleTimeout || now() - t0 > options.maxTime || subscribers.delivered >= expectedTotal) {
             clearInterval(timer);
             resolve();
           }
@@ -290,13 +248,16 @@ async function runFanout(o) {
     ]);
   }
   // Let publish acks land (a burst's last acks may trail its last deliveries).
-  for (let waited = 0; acked < sent && waited < 2000; waited += 20) await sleep(20);
-  const end = lastDeliveryAt || performance.now();
+  for (let waited = 0; acked < publishes && waited < 2000; waited += 20) await sleep(20);
+  const stoppedAt = now();
   const serverCpu = cpuMark ? sampler.cpuSince(cpuMark) : null;
   const serverCpuSeconds = cpuMark ? sampler.cpuSecondsSince(cpuMark) + (publishCpuMark ? publishSampler.cpuSecondsSince(publishCpuMark) : 0) : null;
   const publishServerCpu = publishCpuMark ? publishSampler.cpuSince(publishCpuMark) : null;
   const generatorCpu = selfCpuSince(selfMark);
   const otherCpu = othersSince(othersAt);
+  // After the CPU figures: moving a child's samples here is not part of the run.
+  const { received, delivered, duplicates, latencies, lastDeliveryAt, dropped: droppedSubscribers, clientErrors: subscriberErrors } = await subscribers.collect();
+  const end = lastDeliveryAt || stoppedAt;
 
   let lost = 0;
   let starved = 0;
@@ -306,11 +267,11 @@ async function runFanout(o) {
     if (expected[i] > 0 && received[i] === 0) starved++;
   }
   // Duplicates show up as more received than expected; count them apart from loss.
-  const dropped = subscribers.filter((c) => c.dropped).length + publishers.filter((c) => c.dropped).length;
-  const clientErrors = subscribers.reduce((n, c) => n + c.errors, 0) + publishers.reduce((n, c) => n + c.errors, 0);
+  const dropped = droppedSubscribers + publishers.filter((c) => c.dropped).length;
+  const clientErrors = subscriberErrors + publishers.reduce((n, c) => n + c.errors, 0);
   const peakRss = sampler ? sampler.peak : null;
 
-  await pool(subscribers.length, 256, (i) => subscribers[i].close());
+  await subscribers.close();
   await Promise.all(publishers.map((p) => p.close()));
   closeRestConnections();
   await sleep(options.settleAfter ?? 2000);
@@ -321,7 +282,7 @@ async function runFanout(o) {
   const seconds = (end - t0) / 1000;
   return {
     subscribers: options.subscribers,
-    published: sent,
+    published: publishes,
     publishFailures: failed,
     restRequests,
     expected: expectedTotal,
@@ -332,8 +293,9 @@ async function runFanout(o) {
     dropped,
     clientErrors,
     deliveriesPerSec: seconds > 0 ? delivered / seconds : 0,
-    publishesPerSec: sent / ((publishedAt - t0) / 1000),
+    publishesPerSec: publishes / ((publishedAt - t0) / 1000),
     ...prefixKeys('latency', latencies.summary()),
+    latencySamples: latencies.length,
     setupPerSec: options.subscribers / setupSeconds,
     serverCpu,
     // The efficiency figure that holds when the generator saturates: server CPU ms per
@@ -342,6 +304,7 @@ async function runFanout(o) {
     publishServerCpu,
     generatorCpu,
     otherCpu,
+    generatorProcesses: 1 + subscribers.pids().length,
     rssBefore,
     rssLoaded,
     peakRss,
@@ -575,6 +538,8 @@ if (require.main === module) {
     tag: get('tag', 'cli'),
     idleTimeout: Number(get('idle-timeout', 5000)),
     window: Number(get('window', 500)),
+    subscriberProcesses: Number(get('subscriber-processes', 0)),
+    duplicateEvery: Number(get('duplicate-every', 0)),
   };
   if (has('wildcard')) {
     const prefix = `/${options.app}/public/bench/${options.tag}`;

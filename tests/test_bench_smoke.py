@@ -114,6 +114,58 @@ class LoadGeneratorSmokeTests(TestCase):
         self.assertEqual((result["published"], result["publishFailures"]), (43, 0))
         self.assertEqual(result["restRequests"], 5)
 
+    async def test_duplicatesCounted(self) -> None:
+        """
+        A message published twice under one sequence number is counted as a duplicate at every
+        subscriber, apart from loss: the check that would show a server delivering twice.
+        """
+        result = await self._generate("--subscribers", "3", "--messages", "20", "--duplicate-every", "10")
+        # Messages 0 and 10 go out twice: 22 publishes, each received by all 3.
+        self.assertEqual((result["published"], result["expected"], result["delivered"]), (22, 66, 66), result)
+        self.assertEqual((result["lost"], result["duplicates"]), (0, 2 * 3), result)
+
+    async def test_subscriberProcesses(self) -> None:
+        """
+        Subscribers spread over two child processes (3 and 2 of them, on two channels): the
+        parent's figures are the children's summed and put back in subscriber order, so every
+        subscriber has exactly its channel's messages, and the latencies cover every delivery.
+        """
+        result = await self._generate(
+            "--subscriber-processes", "2", "--subscribers", "5", "--channels", "2", "--messages", "20"
+        )
+        # Subscribers 0, 2, 4 on c0 and 1, 3 on c1, 10 messages each: 3 x 10 + 2 x 10.
+        self.assertAllDelivered(result, 50)
+        self.assertEqual((result["generatorProcesses"], result["starved"]), (3, 0))
+        self.assertEqual(result["latencySamples"], 50)
+        self.assertGreater(result["latencyP50"], 0)
+        self.assertLessEqual(result["latencyP50"], result["latencyMax"])
+        self.assertGreater(result["generatorCpu"], 0)
+
+    async def test_subscriberProcessesDuplicates(self) -> None:
+        """
+        Duplicates are found in each child process and summed: a message published twice
+        shows up once per subscriber of its channel, in either process, and is not loss.
+        """
+        result = await self._generate(
+            "--subscriber-processes",
+            "2",
+            "--subscribers",
+            "5",
+            "--channels",
+            "2",
+            "--messages",
+            "20",
+            "--duplicate-every",
+            "10",
+        )
+        # Messages 0 and 10 (both on c0) twice: c0's 3 subscribers get 12, c1's 2 get 10.
+        self.assertEqual(
+            (result["published"], result["expected"], result["delivered"], result["lost"]),
+            (22, 56, 56, 0),
+            result,
+        )
+        self.assertEqual(result["duplicates"], 2 * 3, result)
+
     async def test_wildcards(self) -> None:
         """Subscribers on /* and /** patterns receive messages of every channel under them."""
         result = await self._generate(
