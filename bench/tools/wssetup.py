@@ -13,6 +13,8 @@ sockets in this (unmeasured) process, ``--inflight`` at a time.
 
     .venv/bin/python bench/tools/wssetup.py                       # callgrind, 200 clients
     .venv/bin/python bench/tools/wssetup.py --source /tmp/main    # another tree (a `git archive` of main)
+    .venv/bin/python bench/tools/wssetup.py --redis-hosts 127.0.0.1:6391   # on the Redis engine
+        (a Redis of its own: its INFO commandstats are reset and read, per client)
     .venv/bin/python bench/tools/wssetup.py --url ws://127.0.0.1:3000/push --clients 1000
         (no callgrind: clients against a running server, timed)
 """
@@ -100,8 +102,9 @@ class Client:
         self.writer.write(
             self.message(channel="/meta/subscribe", clientId=self.clientId, subscription=self.channel)
         )
-        if not (await self.reply("/meta/subscribe"))["successful"]:
-            raise RuntimeError("subscribe refused")
+        reply = await self.reply("/meta/subscribe")
+        if not reply["successful"]:
+            raise RuntimeError(f"subscribe refused: {reply.get('error')}")
 
     async def close(self) -> None:
         self.writer.write(self.message(channel="/meta/disconnect", clientId=self.clientId))
@@ -173,6 +176,22 @@ def callgrindTotal(path: str) -> int:
     raise SystemExit(f"no totals in {path}")
 
 
+def redisCli(hosts: str, *command: str) -> str:
+    host, _, port = hosts.split(",")[0].rpartition(":")
+    return subprocess.run(
+        ["redis-cli", "-h", host, "-p", port, *command], check=True, capture_output=True, text=True
+    ).stdout
+
+
+def printCommands(info: str, clients: int) -> None:
+    """Redis's commands per client (those scripts ran counted too), from INFO commandstats."""
+    calls = {m.group(1): int(m.group(2)) for m in re.finditer(r"cmdstat_([^:]+):calls=(\d+)", info)}
+    calls.pop("config|resetstat", None)
+    total = sum(calls.values())
+    top = ", ".join(f"{name} {n / clients:.2f}" for name, n in sorted(calls.items(), key=lambda kv: -kv[1]))
+    print(f"{total / clients:.2f} Redis commands per client: {top}")
+
+
 def measure(args: argparse.Namespace) -> None:
     port = freePort()
     workdir = tempfile.mkdtemp(prefix="wssetup-")
@@ -204,6 +223,8 @@ def measure(args: argparse.Namespace) -> None:
         "--shutdown-grace",
         "1",
     ]
+    if args.redis_hosts:
+        command += ["--redis-hosts", args.redis_hosts]
     child = subprocess.Popen(
         command, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -213,8 +234,12 @@ def measure(args: argparse.Namespace) -> None:
         asyncio.run(storm(url, args.warmup, args.inflight))
         time.sleep(1)
         subprocess.run(["callgrind_control", "--zero", str(child.pid)], check=True, stdout=subprocess.DEVNULL)
+        if args.redis_hosts:
+            redisCli(args.redis_hosts, "CONFIG", "RESETSTAT")
         asyncio.run(storm(url, args.clients, args.inflight, start=args.warmup))
         time.sleep(1)
+        if args.redis_hosts:
+            printCommands(redisCli(args.redis_hosts, "INFO", "commandstats"), args.clients)
         subprocess.run(["callgrind_control", "--dump", str(child.pid)], check=True, stdout=subprocess.DEVNULL)
         time.sleep(1)
     finally:
@@ -234,6 +259,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--inflight", type=int, default=50)
     parser.add_argument("--source", default=ROOT, help="the pandapush tree to run (default: this checkout)")
+    parser.add_argument(
+        "--redis-hosts",
+        help="run the server on the Redis engine (a Redis of its own: its stats are reset)",
+    )
     args = parser.parse_args()
     if args.url:
         seconds = asyncio.run(storm(args.url, args.clients, args.inflight))
