@@ -12,10 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 import txredisapi
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
+from pandapush.redis.commands import scriptHash
 from pandapush.redis.protocol import (
     MAX_BULK_LENGTH,
     MAX_REPLY_SIZE,
@@ -282,3 +285,142 @@ class ProtocolTests(SynchronousTestCase):
         """As txredisapi: a command on a connection that is not connected raises."""
         self.protocol.connected = 0
         self.assertRaises(txredisapi.ConnectionError, self.protocol.execute_command, "PING")
+
+
+class RecordingBounds:
+    """A ``CommandBounds`` on a Clock that records what the protocol tells it."""
+
+    timeout = 2.0
+
+    def __init__(self, clock: Clock) -> None:
+        self.reactor: IReactorTime = clock
+        self.answers: list[float] = []
+
+    def answered(self, sent: float) -> None:
+        self.answers.append(sent)
+
+    def timedOut(self, what: str, sent: float) -> Exception:
+        return TimeoutError(f"{what} sent at {sent}")
+
+    def lost(self, what: str) -> Exception:
+        return ConnectionAbortedError(what)
+
+
+class BoundedCommandTests(SynchronousTestCase):
+    """
+    ``CommandProtocol.command`` and ``evaluate``: each command's deadline, the health's
+    bookkeeping at its answer and a script's text once per connection, done on the queue
+    of commands waiting, with no callback on the command's Deferred.
+    """
+
+    def setUp(self) -> None:
+        self.protocol = CommandProtocol(charset="utf-8", convertNumbers=False)
+        self.transport = StringTransport()
+        self.protocol.transport = self.transport
+        self.protocol.connected = 1
+        self.clock = Clock()
+        self.bounds = RecordingBounds(self.clock)
+
+    def test_noCallbackPerCommand(self) -> None:
+        """The Deferred a command returns carries no callback of ours: its caller's only."""
+        d = self.protocol.command(self.bounds, ("GET", "k"))
+        self.assertEqual(d.callbacks, [])
+        e = self.protocol.evaluate(self.bounds, "return 1", ["k"], [])
+        self.assertEqual(e.callbacks, [])
+
+    def test_answeredTold(self) -> None:
+        """
+        A reply answers its command and tells the bounds when that command was sent;
+        an error reply does not.
+        """
+        outcomes: list[Any] = []
+        self.protocol.command(self.bounds, ("GET", "a")).addBoth(outcomes.append)
+        self.clock.advance(0.5)
+        self.protocol.command(self.bounds, ("GET", "b")).addBoth(outcomes.append)
+        self.protocol.dataReceived(b"$1\r\na\r\n-ERR no\r\n")
+        self.assertEqual(outcomes[0], "a")
+        self.assertTrue(outcomes[1].check(txredisapi.ResponseError))
+        self.assertEqual(self.bounds.answers, [0.0])
+
+    def test_unansweredTimesOut(self) -> None:
+        """
+        A command unanswered ``timeout`` after it was sent fails with the bounds'
+        ``timedOut``, one at a time in sending order with one timer; its late reply
+        goes to nobody and later replies still reach their own commands.
+        """
+        outcomes: list[Any] = []
+        self.protocol.command(self.bounds, ("GET", "a")).addBoth(outcomes.append)
+        self.clock.advance(1.5)
+        self.protocol.command(self.bounds, ("GET", "b")).addBoth(outcomes.append)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0.5)
+        [failure] = outcomes
+        self.assertTrue(failure.check(TimeoutError))
+        self.assertEqual(failure.getErrorMessage(), "GET sent at 0.0")
+        self.clock.advance(1.0)
+        self.assertEqual(len(outcomes), 1)
+        self.protocol.dataReceived(b"$1\r\na\r\n$1\r\nb\r\n")
+        self.assertEqual(outcomes[1], "b")
+        self.assertEqual(self.bounds.answers, [1.5])
+        self.clock.advance(5)
+        self.assertEqual(len(outcomes), 2)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_backlogExpiresInOrder(self) -> None:
+        """Many commands expire each at its own deadline; one examined is not looked at again."""
+        outcomes: list[Any] = []
+        for n in range(5):
+            self.protocol.command(self.bounds, ("GET", f"k{n}")).addBoth(outcomes.append)
+            self.clock.advance(0.25)
+        self.clock.advance(0.8)  # now 2.05: k0 (sent at 0) expired
+        self.assertEqual(len(outcomes), 1)
+        self.clock.advance(0.5)  # now 2.55: k1 and k2 too
+        self.assertEqual(len(outcomes), 3)
+        self.protocol.dataReceived(b"$1\r\nx\r\n" * 3 + b"$1\r\nd\r\n")
+        self.assertEqual(outcomes[3], "d")
+        self.clock.advance(1.0)
+        self.assertTrue(outcomes[4].check(TimeoutError))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_lostConnection(self) -> None:
+        """
+        A lost connection fails the bounded commands waiting with the bounds' ``lost``,
+        and stops the timer.
+        """
+        outcomes: list[Any] = []
+        self.protocol.command(self.bounds, ("PING",)).addBoth(outcomes.append)
+        self.protocol.execute_command("PING").addBoth(outcomes.append)
+        self.protocol.connectionLost(None)
+        self.assertTrue(outcomes[0].check(ConnectionAbortedError))
+        self.assertTrue(outcomes[1].check(txredisapi.ConnectionError))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_scriptTextOncePerConnection(self) -> None:
+        """A script's text goes once per connection, EVALSHA after it."""
+        script = "return KEYS[1]"
+        self.protocol.evaluate(self.bounds, script, ["k"], ["a"])
+        self.protocol.evaluate(self.bounds, script, ["k"], ["a"])
+        sent = self.transport.value()
+        self.assertEqual(sent.count(b"EVALSHA"), 1)
+        self.assertEqual(sent.count(script.encode()), 1)
+        self.assertIn(scriptHash(script).encode(), sent)
+        other = CommandProtocol(charset="utf-8", convertNumbers=False)
+        other.transport = StringTransport()
+        other.connected = 1
+        other.evaluate(self.bounds, script, ["k"], ["a"])
+        self.assertNotIn(b"EVALSHA", other.transport.value())
+
+    def test_noScriptSendsTheTextAgain(self) -> None:
+        """After NOSCRIPT (a SCRIPT FLUSH), the text is sent again and its reply answers the same Deferred."""
+        script = "return 7"
+        self.protocol.evaluate(self.bounds, script, [], [])
+        self.protocol.dataReceived(b":7\r\n")
+        outcomes: list[Any] = []
+        self.protocol.evaluate(self.bounds, script, [], []).addBoth(outcomes.append)
+        self.transport.clear()
+        self.protocol.dataReceived(b"-NOSCRIPT No matching script\r\n")
+        self.assertEqual(outcomes, [])
+        self.assertIn(b"EVAL\r\n", self.transport.value())
+        self.assertIn(script.encode(), self.transport.value())
+        self.protocol.dataReceived(b":7\r\n")
+        self.assertEqual(outcomes, [7])

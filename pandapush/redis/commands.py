@@ -1,5 +1,10 @@
 """What a command connection spends per command, kept small: deadlines and script hashes.
 
+(The shards' commands on a connected connection are bounded by
+:class:`pandapush.redis.protocol.CommandProtocol` itself now; :class:`Deadlines` bounds
+those txredisapi's handler holds until a connection is made, and a script's text is sent
+once per connection by ``CommandProtocol.evaluate``.)
+
 Measured in a ``--workers 2`` reconnect storm (bench ``storm-ws-workers2``), where a
 client's set-up and disconnect are ~40 Redis commands: per command, a ``callLater``
 (``Deferred.addTimeout``) made a DelayedCall, pushed it on the reactor's heap and
@@ -12,14 +17,13 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-import txredisapi
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-__all__ = ["Deadlines", "evalOn", "scriptHash"]
+__all__ = ["Deadlines", "scriptHash"]
 
 _hashes: dict[str, str] = {}
 
@@ -30,38 +34,6 @@ def scriptHash(script: str) -> str:
     if sha is None:
         sha = _hashes[script] = hashlib.sha1(script.encode()).hexdigest()
     return sha
-
-
-def evalOn(
-    connection: Any,
-    script: str,
-    keys: Sequence[str],
-    args: Sequence[Any],
-    otherwise: Callable[[str, Sequence[str], Sequence[Any]], defer.Deferred[Any]],
-) -> defer.Deferred[Any]:
-    """
-    Run ``script`` on txredisapi's connected ``connection``: its text once per connection,
-    EVALSHA after it. Redis runs a connection's commands in order, so the EVALSHAs find it
-    loaded. NOSCRIPT (only after a SCRIPT FLUSH: a restarted Redis is a new connection)
-    sends it again, on this connection if it is still up, else through ``otherwise``.
-    """
-    sha = scriptHash(script)
-    loaded: set[str] | None = getattr(connection, "pandapushScripts", None)
-    if loaded is None:
-        loaded = connection.pandapushScripts = set()
-    if sha not in loaded:
-        loaded.add(sha)
-        return connection.execute_command("EVAL", script, len(keys), *keys, *args)  # type: ignore[no-any-return]
-
-    def noScript(failure: Any) -> Any:
-        if failure.check(txredisapi.ResponseError) and str(failure.value).startswith("NOSCRIPT"):
-            if connection.connected:
-                return connection.execute_command("EVAL", script, len(keys), *keys, *args)
-            return otherwise(script, keys, args)
-        return failure
-
-    d: defer.Deferred[Any] = connection.execute_command("EVALSHA", sha, len(keys), *keys, *args)
-    return d.addErrback(noScript)
 
 
 class Deadlines:

@@ -29,12 +29,13 @@ import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import ILogObserver, Logger
 from zope.interface import implementer
 
-from pandapush.redis.commands import Deadlines, evalOn
+from pandapush.redis.bounds import ObservedEndpoint, RedisUnavailable, ShardBounds, bounded
+from pandapush.redis.commands import Deadlines
 from pandapush.redis.health import RedisHealth, healthOf
 from pandapush.redis.protocol import CommandProtocol
 from pandapush.redis.ring import HashRing
@@ -50,10 +51,6 @@ __all__ = [
 ]
 
 
-class RedisUnavailable(Exception):  # noqa: N818 - reads as a state, like ConnectionRefused
-    """A Redis command did not complete in time (Redis down or unreachable)."""
-
-
 @implementer(ILogObserver)
 def _discard(event: Any) -> None:
     pass
@@ -67,39 +64,6 @@ class _QuietClientService(ClientService):
 
 # txredisapi keeps each pooled connection with a ClientService of its own: the same quiet one.
 txredisapi.ClientService = _QuietClientService
-
-
-@implementer(IStreamClientEndpoint)
-class _ObservedEndpoint:
-    """An endpoint telling ``health`` whether each attempt to connect worked (its connection's key there)."""
-
-    def __init__(self, endpoint: IStreamClientEndpoint, health: RedisHealth) -> None:
-        self._endpoint = endpoint
-        self._health = health
-        # The connection failed to connect (not merely to answer in time): connecting
-        # again proves it works. After a timeout it proves nothing (a paused Redis
-        # still accepts connections), an answer does.
-        self.refused = False
-        # Its connection was closed: attempts cancelled by the close say nothing of Redis.
-        self.closed = False
-        # When a command on it was last answered: a command (or PING) that times out while
-        # later-sent ones are being answered waited behind a backlog, Redis is alive.
-        self.lastAnswer = float("-inf")
-
-    def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:
-        def made(protocol: IProtocol) -> IProtocol:
-            if self.refused and not self.closed:
-                self.refused = False
-                self._health.recovered(self)
-            return protocol
-
-        def failed(failure: Any) -> Any:
-            if not self.closed and not failure.check(defer.CancelledError):
-                self.refused = True
-                self._health.failed(self, failure.getErrorMessage())
-            return failure
-
-        return self._endpoint.connect(protocolFactory).addCallbacks(made, failed)
 
 
 @dataclass(frozen=True)
@@ -166,59 +130,6 @@ def parseRedisHosts(value: str) -> list[RedisAddress]:
     return addresses
 
 
-def _bounded(
-    d: defer.Deferred[Any],
-    seconds: float,
-    reactor: IReactorTime,
-    what: str,
-    health: RedisHealth | None = None,
-    connection: _ObservedEndpoint | None = None,
-    deadlines: Deadlines | None = None,
-) -> defer.Deferred[Any]:
-    """
-    Fail ``d`` with RedisUnavailable if it has not fired after ``seconds`` (timed by
-    ``deadlines``, the connection's queue, when given); with ``health``, a timeout counts
-    as ``connection`` failing, and an answer to a command sent after that as its recovery.
-    """
-    sent = reactor.seconds()
-
-    def answered(result: Any) -> Any:
-        assert health is not None and connection is not None
-        if connection.closed:
-            return result
-        connection.lastAnswer = reactor.seconds()
-        failedAt = health.failedAt(connection)
-        if failedAt is not None and sent >= failedAt:
-            health.recovered(connection)
-        return result
-
-    def timedOut(failure: Any) -> Any:
-        if failure.check(defer.CancelledError, defer.TimeoutError):
-            if connection is not None and connection.lastAnswer >= sent:
-                # Redis answered other commands since this one was sent: it works, and this
-                # one waited behind a backlog (a reconnect storm queues thousands). Fail this
-                # call only; counting it as an outage made /ready and every handshake say
-                # "Redis unavailable" while Redis answered.
-                raise RedisUnavailable(f"Redis is behind: no answer to {what} within {seconds}s")
-            if health is not None and connection is not None and not connection.closed:
-                health.failed(connection, f"no answer within {seconds}s")
-                if not health.ok and health.cause:
-                    raise RedisUnavailable(f"Redis {health.name} unavailable ({health.cause})")
-            raise RedisUnavailable(f"Redis did not answer {what} within {seconds}s")
-        if failure.check(txredisapi.ConnectionError):
-            raise RedisUnavailable(f"Redis connection lost during {what}")
-        return failure
-
-    if deadlines is not None:
-        d.addBoth(deadlines.add(d, sent))
-    else:
-        d.addTimeout(seconds, reactor)  # type: ignore[arg-type]
-    if health is not None:
-        d.addCallback(answered)
-    d.addErrback(timedOut)
-    return d
-
-
 class RedisShard:
     """One Redis database: a reconnecting command connection, with every command bounded in time."""
 
@@ -269,8 +180,9 @@ class RedisShard:
 
             plain = HostnameEndpoint(reactor, address.host, address.port, timeout=max(commandTimeout, 1.0))
             endpoint = self._gated = GatedEndpoint(plain)
-        self._endpoint = _ObservedEndpoint(endpoint, self.health)
+        self._endpoint = ObservedEndpoint(endpoint, self.health)
         self.health.add(self._endpoint)
+        self._bounds = ShardBounds(reactor, commandTimeout, self.health, self._endpoint)
         factory.startConnecting(self._endpoint)
         self._handler: Any = factory.handler
         # The pool's queue of connections (one): what the handler peeks at per command.
@@ -307,17 +219,18 @@ class RedisShard:
         try:
             connection = self._connection()
             if connection is not None:
-                d = connection.execute_command(*args)
+                # Bounded by the protocol itself (CommandProtocol.command).
+                d = connection.command(self._bounds, args)
             else:
-                d = self._handler.execute_command(*args)
+                d = self._bounded(self._handler.execute_command(*args), str(args[0]))
         except Exception as e:
             return defer.fail(RedisUnavailable(str(e)))
         if self._primary is not None:
             d.addErrback(self._demoted)
-        return self._bounded(d, str(args[0]))
+        return d
 
     def _bounded(self, d: defer.Deferred[Any], what: str) -> defer.Deferred[Any]:
-        return _bounded(
+        return bounded(
             d, self.commandTimeout, self._reactor, what, self.health, self._endpoint, self._deadlines
         )
 
@@ -326,14 +239,14 @@ class RedisShard:
         try:
             connection = self._connection()
             if connection is not None:
-                d = evalOn(connection, script, keys, args, self._evalLater)
+                d = connection.evaluate(self._bounds, script, keys, args)
             else:
-                d = self._evalLater(script, keys, args)
+                d = self._bounded(self._evalLater(script, keys, args), "EVAL")
         except Exception as e:
             return defer.fail(RedisUnavailable(str(e)))
         if self._primary is not None:
             d.addErrback(self._demoted)
-        return self._bounded(d, "EVAL")
+        return d
 
     def _evalLater(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> defer.Deferred[Any]:
         # No connection now: txredisapi's handler waits for one.
@@ -448,7 +361,7 @@ class RedisSubscriber:
             endpoint = self._primary = PrimaryEndpoint(reactor, address, max(commandTimeout, 1.0))
         else:
             endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=max(commandTimeout, 1.0))
-        self._endpoint = _ObservedEndpoint(endpoint, self.health)
+        self._endpoint = ObservedEndpoint(endpoint, self.health)
         self.health.add(self._endpoint)
         self._service = _QuietClientService(
             self._endpoint,
@@ -477,7 +390,7 @@ class RedisSubscriber:
         self._waiting.setdefault(channel, []).append(d)
         if self._protocol is not None:
             self._send(self._protocol, channel)
-        return _bounded(d, self.commandTimeout, self._reactor, "SUBSCRIBE", self.health, self._endpoint)
+        return bounded(d, self.commandTimeout, self._reactor, "SUBSCRIBE", self.health, self._endpoint)
 
     def subscribeMany(self, channels: Iterable[str]) -> defer.Deferred[Any]:
         return defer.gatherResults([self.subscribe(c) for c in channels], consumeErrors=True)
@@ -556,7 +469,7 @@ class RedisSubscriber:
         protocol = self._protocol
         if protocol is None:
             return defer.succeed(None)
-        d = _bounded(protocol.ping(), self.commandTimeout, self._reactor, "PING", self.health, self._endpoint)
+        d = bounded(protocol.ping(), self.commandTimeout, self._reactor, "PING", self.health, self._endpoint)
 
         def failed(_: Any) -> None:
             if protocol.transport is not None:
