@@ -456,3 +456,31 @@ class DirectRepliesTests(WebSocketCase):
         client.close()
         while self.server.router.openSockets() or self.server.engine.hasClient(clientId):
             await deferLater(reactor, 0.01, lambda: None)
+
+    async def test_replyAfterAWaitStraightToKernel(self) -> None:
+        """
+        A reply whose answer waited (the Redis engine answers a handshake after its
+        script) goes to the kernel at once when it comes, not through Twisted's
+        buffered write.
+        """
+        sends: list[bytes] = []
+        original = tcp.Server.write
+
+        def write(self: tcp.Server, data: bytes) -> None:
+            sends.append(data)
+            original(self, data)
+
+        engine = self.server.engine
+        create = engine.createClient
+
+        def later() -> Any:
+            # Answered on a later reactor turn, outside the read that asked.
+            return deferLater(reactor, 0, create)
+
+        self.patch(engine, "createClient", later)
+        client = await self.raw()
+        self.patch(tcp.Server, "write", write)
+        client.sendall(frame(json.dumps([HANDSHAKE]).encode()))
+        ((_, handshake),) = await threads.deferToThread(self.readFrames, client, 1)
+        self.assertTrue(json.loads(handshake)[0]["successful"])
+        self.assertEqual(sends, [])

@@ -20,9 +20,10 @@ What a read makes the server send (replies, a close frame, a pong, the opening
 handshake's answer) is collected and given to the kernel in one ``send`` at the end of
 the read when nothing is waiting in the TCP transport's buffer; closing the connection
 sends what was collected first, so a close frame is never lost behind
-``loseConnection`` nor overtaken. Deliveries (``_delivering``) are sent the same way
-when they come outside a read. TLS transports (not a ``tcp.Server``) and everything the
-kernel does not take go through Twisted's ``write`` as before.
+``loseConnection`` nor overtaken. Frames outside a read (deliveries, replies whose
+answer waited for Redis) are sent the same way, each at once. TLS transports (not a
+``tcp.Server``) and everything the kernel does not take go through Twisted's ``write``
+as before.
 
 Autobahn's traffic counters (``trafficStats``: octets, frames and messages each way) are
 not kept on these paths: every socket shares one counter object that nothing reads
@@ -80,7 +81,8 @@ class FastFramesProtocol(WebSocketServerProtocol):
         super().__init__()
         # Frames to send at the end of the read under way; None outside a read.
         self._outgoing: list[bytes] | None = None
-        # Set by a subclass while it sends deliveries (see sendData).
+        # Set by a subclass while it sends deliveries (sendData sends every frame
+        # outside a read at once now, deliveries or not).
         self._delivering = False
 
     # reading
@@ -220,15 +222,18 @@ class FastFramesProtocol(WebSocketServerProtocol):
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         """
         Every frame goes out through here. Inside a read it is collected and sent
-        with the read's others at its end. A delivery outside a read (the engine
-        hands each socket its messages once per reactor turn) is given to the kernel
-        at once when nothing is waiting in the transport's buffer, instead of
-        through Twisted's ``write``, which registers the socket for writability
-        (epoll_ctl), sends on the next reactor turn, and unregisters it (epoll_ctl
-        again): with one small frame per socket per message (the chat shape) that
-        bookkeeping, and the per-event logging context around it, cost more than
-        the send itself. Anything else keeps ``write``. Autobahn's own queue
-        (``sync``, ``chopsize``) and octet logging keep its implementation.
+        with the read's others at its end. Outside a read (a delivery: the engine
+        hands each socket its messages once per reactor turn; a reply whose answer
+        waited for Redis) it is given to the kernel at once when nothing is waiting
+        in the transport's buffer, instead of through Twisted's ``write``, which
+        registers the socket for writability (epoll_ctl), sends on the next reactor
+        turn, and unregisters it (epoll_ctl again): with one small frame per socket
+        per message (the chat shape) that bookkeeping, and the per-event logging
+        context around it, cost more than the send itself. On the Redis engine a
+        websocket client's handshake and subscribe replies come outside a read (after
+        the scripts' answers): two such ``write``s per client in a ``--workers 2``
+        reconnect storm. Autobahn's own queue (``sync``, ``chopsize``) and octet
+        logging keep its implementation.
         """
         if sync or chopsize or self.send_queue or self.logOctets:
             self._sendOutgoing()
@@ -238,7 +243,7 @@ class FastFramesProtocol(WebSocketServerProtocol):
         if outgoing is not None:
             outgoing.append(data)
         else:
-            self._transmit(data, self._delivering)
+            self._transmit(data, True)
 
     def _sendOutgoing(self, direct: bool = True) -> None:
         outgoing = self._outgoing
