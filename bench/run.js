@@ -154,20 +154,24 @@ const IDLE_METRICS = [
   ['dropped', 'clients dropped', 'lower'],
 ];
 
+// The bursts' subscribers are held by 2 child processes of the generator, for both servers:
+// one process at a core was what burst-200 measured against pandapush (server at ~23 %).
+const BURST_PROCESSES = 2;
+
 const scenarios = [
   {
     name: 'burst-200',
-    title: `burst fan-out: 200 ws subscribers, 1 channel, ${Q(5000, 500)} msgs as fast as possible`,
+    title: `burst fan-out: 200 ws subscribers (in ${BURST_PROCESSES} generator processes), 1 channel, ${Q(5000, 500)} msgs as fast as possible`,
     kind: 'fanout',
-    options: { subscribers: 200, messages: Q(5000, 500), tag: 'b200' },
+    options: { subscribers: 200, messages: Q(5000, 500), tag: 'b200', subscriberProcesses: BURST_PROCESSES },
     metrics: FANOUT_METRICS,
     target: { metric: 'deliveriesPerSec', ratio: 1.5, text: '>= 1.5x Faye' },
   },
   {
     name: 'burst-2000',
-    title: `burst fan-out: 2000 ws subscribers, 1 channel, ${Q(500, 50)} msgs`,
+    title: `burst fan-out: 2000 ws subscribers (in ${BURST_PROCESSES} generator processes), 1 channel, ${Q(500, 50)} msgs`,
     kind: 'fanout',
-    options: { subscribers: 2000, messages: Q(500, 50), tag: 'b2000' },
+    options: { subscribers: 2000, messages: Q(500, 50), tag: 'b2000', subscriberProcesses: BURST_PROCESSES },
     metrics: FANOUT_METRICS,
     target: { metric: 'deliveriesPerSec', ratio: 1.5, text: '>= 1.5x Faye' },
   },
@@ -522,7 +526,12 @@ function table(all) {
     if (f.skipped) notes.push(`${scenario.name}: faye n/a: ${f.skipped}`);
     if (!compare) for (const v of verdicts(scenario, results)) notes.push(`${scenario.name}: ${v}`);
     for (const [who, r] of [['pandapush', p], [OTHER, f]]) {
-      if (r.generatorCpu > 90) notes.push(`${scenario.name}: generator at ${r.generatorCpu.toFixed(0)}% CPU against ${who}: its figure is a lower bound`);
+      // Several generator processes sum past 100 %: they are the limit when they, the server
+      // and the rest took every core.
+      const cores = os.cpus().length;
+      if (r.generatorProcesses > 1) {
+        if (r.generatorCpu + r.serverCpu + r.otherCpu > 90 * cores) notes.push(`${scenario.name}: generator (${r.generatorProcesses} processes) at ${r.generatorCpu.toFixed(0)}% CPU, all ${cores} cores busy against ${who}: its figure is a lower bound`);
+      } else if (r.generatorCpu > 90) notes.push(`${scenario.name}: generator at ${r.generatorCpu.toFixed(0)}% CPU against ${who}: its figure is a lower bound`);
       if (r.dropped > 0 || r.starved > 0) notes.push(`${scenario.name}: ${who} dropped ${r.dropped} clients, ${r.starved || 0} got nothing`);
       if (r.otherCpu > 25) notes.push(`${scenario.name}: other processes used ${r.otherCpu.toFixed(0)}% CPU during the ${who} run: figures disturbed`);
       if (r.pacedOtherCpu > 25) notes.push(`${scenario.name}: other processes used ${r.pacedOtherCpu.toFixed(0)}% CPU during the ${who} paced run: its latency disturbed`);
