@@ -19,6 +19,7 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from pandapush.redis.commands import scriptHash
+from pandapush.redis.connection import _SubscriberProtocol
 from pandapush.redis.protocol import (
     MAX_BULK_LENGTH,
     MAX_REPLY_SIZE,
@@ -424,3 +425,68 @@ class BoundedCommandTests(SynchronousTestCase):
         self.assertIn(script.encode(), self.transport.value())
         self.protocol.dataReceived(b":7\r\n")
         self.assertEqual(outcomes, [7])
+
+
+class _Owner:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, Any]] = []
+
+    def onMessage(self, channel: str, message: Any) -> None:
+        self.messages.append((channel, message))
+
+    def _connected(self, protocol: Any) -> None:
+        pass
+
+    def _lost(self, protocol: Any) -> None:
+        pass
+
+
+class SubscriberRepliesTests(SynchronousTestCase):
+    """
+    The SUBSCRIBE connection reads its replies as the command connection does: every
+    message and confirmation of a read at once, however the reads are split, with no
+    pause and no reactor turn between them (txredisapi paused after each bulk string).
+    """
+
+    def setUp(self) -> None:
+        self.protocol = _SubscriberProtocol(charset="utf-8", convertNumbers=False)
+        self.owner = _Owner()
+        self.protocol.owner = self.owner  # type: ignore[assignment]
+        self.transport = StringTransport()
+        self.protocol.makeConnection(self.transport)
+        self.transport.clear()
+
+    def test_messagesOfAReadAtOnce(self) -> None:
+        """Three messages in one read reach the owner within that read, and reading is never paused."""
+        paused: list[bool] = []
+        self.patch(self.transport, "pauseProducing", lambda: paused.append(True))
+        data = b"".join(b"*3\r\n$7\r\nmessage\r\n$2\r\n/%d\r\n$5\r\nhello\r\n" % n for n in range(3))
+        self.protocol.dataReceived(data)
+        self.assertEqual(self.owner.messages, [("/0", "hello"), ("/1", "hello"), ("/2", "hello")])
+        self.assertEqual(paused, [])
+        self.assertFalse(self.protocol.paused)
+
+    def test_anySplit(self) -> None:
+        """Messages and confirmations split anywhere: the same messages, the confirmation answered."""
+        data = (
+            b"*3\r\n$9\r\nsubscribe\r\n$2\r\n/a\r\n:1\r\n"
+            b"*3\r\n$7\r\nmessage\r\n$2\r\n/a\r\n$3\r\n\xc3\xa9!\r\n"
+            b"*3\r\n$7\r\nmessage\r\n$2\r\n/a\r\n$2\r\n\xff\xfe\r\n"
+        )
+        for size in (1, 2, 3, 7, 64):
+            protocol = _SubscriberProtocol(charset="utf-8", convertNumbers=False)
+            owner = _Owner()
+            protocol.owner = owner  # type: ignore[assignment]
+            protocol.makeConnection(StringTransport())
+            answers: list[Any] = []
+            protocol.subscribe("/a").addBoth(answers.append)
+            for data_ in inReads(data, size):
+                protocol.dataReceived(data_)
+            self.assertEqual(answers, [["subscribe", "/a", 1]])
+            self.assertEqual(owner.messages, [("/a", "é!"), ("/a", b"\xff\xfe")])
+
+    def test_badReplyDropsTheConnection(self) -> None:
+        """A reply no Redis sends drops the connection (it reconnects), and is not buffered."""
+        self.protocol.dataReceived(b"?what\r\n")
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.protocol._reader.buffered, 0)

@@ -37,7 +37,7 @@ from zope.interface import implementer
 from pandapush.redis.bounds import ObservedEndpoint, RedisUnavailable, ShardBounds, bounded
 from pandapush.redis.commands import Deadlines
 from pandapush.redis.health import RedisHealth, healthOf
-from pandapush.redis.protocol import CommandProtocol
+from pandapush.redis.protocol import MAX_REPLY_SIZE, CommandProtocol, ReplyReader
 from pandapush.redis.ring import HashRing
 
 __all__ = [
@@ -290,7 +290,43 @@ class RedisShard:
 
 
 class _SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
+    """
+    txredisapi's subscriber (SUBSCRIBE, the reply queue, messages told apart from
+    confirmations) with its replies read by :class:`ReplyReader`, all of a read at once.
+
+    txredisapi's ``LineReceiver`` paused the connection after every bulk string
+    (``stopReading``: ``epoll_ctl``) and read the rest of the data a reactor turn later
+    (``callLater(0)``, then ``startReading``: ``epoll_ctl`` again), copying what was left
+    of its buffer at every line: a SUBSCRIBE's or UNSUBSCRIBE's confirmation was two such
+    turns, a published message three. In a ``--workers 2`` reconnect storm, where every
+    client subscribes to a channel of its own, that was four ``epoll_ctl`` pairs, four
+    ``callLater``s and four reactor turns per client on each worker.
+    """
+
     owner: RedisSubscriber
+    _log = Logger()
+    #: The largest reply read before the connection is dropped (see ``MAX_REPLY_SIZE``).
+    maxReplySize = MAX_REPLY_SIZE
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reader = ReplyReader(self.maxReplySize)
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        try:
+            replies = self._reader.feed(data)
+        except txredisapi.InvalidResponse as e:
+            # What follows could not be told apart: start afresh on a new connection.
+            self._reader = ReplyReader(self.maxReplySize)
+            self._log.error(
+                "Dropping the Redis subscriber connection to {peer}: bad reply ({error})",
+                peer=str(self.transport.getPeer()),
+                error=str(e),
+            )
+            self.transport.abortConnection()
+            return
+        for reply in replies:
+            self.replyReceived(reply)
 
     def connectionMade(self) -> Any:
         d = super().connectionMade()
