@@ -22,7 +22,9 @@ from tests.support.redis import RedisEngineCase
 from tests.support.waiting import sleep
 
 
-class RemoteRecoveryTests(RedisEngineCase, TestCase):
+class TwoEngines(RedisEngineCase):
+    """Two Redis engines (nodes) on one namespace: ``a`` and ``b``."""
+
     def setUp(self) -> Any:
         namespace = self.newNamespace()
         self.a, self.b = self.newEngine(namespace), self.newEngine(namespace)
@@ -32,6 +34,8 @@ class RemoteRecoveryTests(RedisEngineCase, TestCase):
         await self.a.settle()
         await self.b.settle()
 
+
+class RemoteRecoveryTests(TwoEngines, TestCase):
     async def test_throughTheOwner(self) -> None:
         """B resumes a client A owns, with live messages published through the seam: in order, once."""
         channel = "/app/public/r"
@@ -93,21 +97,12 @@ class RemoteRecoveryTests(RedisEngineCase, TestCase):
         self.assertEqual([json.loads(p)["data"] for p in sink.payloads], ["held back"])
 
 
-class LiveCopiesBehindTests(RedisEngineCase, TestCase):
+class LiveCopiesBehindTests(TwoEngines, TestCase):
     """
     A recovery's READ and the live copies of the messages it read come over different
     connections: the copies may arrive after the READ's answer. Each message must still
     reach the client once (a lagging SUBSCRIBE connection, made so by pausing its reads).
     """
-
-    def setUp(self) -> Any:
-        namespace = self.newNamespace()
-        self.a, self.b = self.newEngine(namespace), self.newEngine(namespace)
-        return defer.gatherResults([self.a.ready(), self.b.ready()])
-
-    async def settle(self) -> None:
-        await self.a.settle()
-        await self.b.settle()
 
     async def lagging(self, engine: Any, channel: str) -> tuple[str, Any]:
         """Messages 1-3, then 4 and 5 held back in ``engine``'s SUBSCRIBE connection; their epoch."""
