@@ -14,12 +14,12 @@ from typing import Any
 import txredisapi
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from pandapush.redis.commands import scriptHash
-from pandapush.redis.connection import _SubscriberProtocol
+from pandapush.redis.connection import RedisAddress, RedisSubscriber, RedisUnavailable, _SubscriberProtocol
 from pandapush.redis.protocol import (
     MAX_BULK_LENGTH,
     MAX_REPLY_SIZE,
@@ -490,3 +490,24 @@ class SubscriberRepliesTests(SynchronousTestCase):
         self.protocol.dataReceived(b"?what\r\n")
         self.assertTrue(self.transport.disconnecting)
         self.assertEqual(self.protocol._reader.buffered, 0)
+
+
+class SubscribeDeadlinesTests(SynchronousTestCase):
+    """A SUBSCRIBE waiting for its confirmation is bounded by one timer for all of them."""
+
+    def test_oneTimerForManySubscribes(self) -> None:
+        """
+        Fifty SUBSCRIBEs waiting (no connection yet) add one timer, not fifty; each
+        fails with RedisUnavailable once its timeout has passed.
+        """
+        reactor = MemoryReactorClock()
+        subscriber = RedisSubscriber(reactor, RedisAddress("127.0.0.1", 6399), lambda c, m: None, 2.0)
+        self.addCleanup(subscriber.close)
+        before = len(reactor.getDelayedCalls())
+        waiting = [subscriber.subscribe(f"/c{n}") for n in range(50)]
+        self.assertEqual(len(reactor.getDelayedCalls()), before + 1)
+        reactor.advance(1.9)
+        self.assertEqual([d.called for d in waiting], [False] * 50)
+        reactor.advance(0.2)
+        for d in waiting:
+            self.failureResultOf(d, RedisUnavailable)

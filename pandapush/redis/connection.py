@@ -386,6 +386,9 @@ class RedisSubscriber:
         #: Subscribed last on every connection (see :meth:`setMarker`).
         self.marker: str | None = None
         self._waiting: dict[str, list[defer.Deferred[None]]] = {}
+        # One timer for every SUBSCRIBE waiting (all have the same timeout), instead of a
+        # callLater each: in a reconnect storm every client's channel is one.
+        self._deadlines = Deadlines(reactor, commandTimeout)
         self._protocol: _SubscriberProtocol | None = None
         self.health = healthOf(reactor, address.server)
         self._primary: Any = None
@@ -426,7 +429,9 @@ class RedisSubscriber:
         self._waiting.setdefault(channel, []).append(d)
         if self._protocol is not None:
             self._send(self._protocol, channel)
-        return bounded(d, self.commandTimeout, self._reactor, "SUBSCRIBE", self.health, self._endpoint)
+        return bounded(
+            d, self.commandTimeout, self._reactor, "SUBSCRIBE", self.health, self._endpoint, self._deadlines
+        )
 
     def subscribeMany(self, channels: Iterable[str]) -> defer.Deferred[Any]:
         return defer.gatherResults([self.subscribe(c) for c in channels], consumeErrors=True)
@@ -519,6 +524,7 @@ class RedisSubscriber:
     def close(self) -> defer.Deferred[None]:
         self._endpoint.closed = True
         self.health.forget(self._endpoint)
+        self._deadlines.close()
         self._wanted.clear()
         for waiting in self._waiting.values():
             for d in waiting:
