@@ -457,6 +457,64 @@ class DirectRepliesTests(WebSocketCase):
         while self.server.router.openSockets() or self.server.engine.hasClient(clientId):
             await deferLater(reactor, 0.01, lambda: None)
 
+    async def test_deliveriesBeforeTheirAcknowledgements(self) -> None:
+        """
+        The deliveries a read's publishes made leave before that read's acknowledgements
+        (the memory engine's flush run at the end of the read, not at the end of the
+        turn), as Faye sends them: a publisher pacing itself by its acknowledgements has
+        nothing in flight it thinks delivered.
+        """
+        from pandapush.transports import fastframes, websocket
+
+        sent: list[tuple[Any, bytes]] = []
+        original = fastframes.sendNow
+
+        def sendNow(transport: Any, data: bytes) -> None:
+            sent.append((transport, data))
+            original(transport, data)
+
+        async def opened(subscription: str | None) -> tuple[Any, str]:
+            client = await self.raw()
+            client.sendall(frame(json.dumps([HANDSHAKE]).encode()))
+            ((_, handshake),) = await threads.deferToThread(self.readFrames, client, 1)
+            clientId = json.loads(handshake)[0]["clientId"]
+            connect = {"channel": "/meta/connect", "clientId": clientId, "connectionType": "websocket"}
+            messages: list[dict[str, Any]] = [connect]
+            if subscription is not None:
+                messages.append(
+                    {"channel": "/meta/subscribe", "clientId": clientId, "subscription": subscription}
+                )
+            client.sendall(frame(json.dumps(messages).encode()))
+            await threads.deferToThread(self.readFrames, client, len(messages))
+            return client, clientId
+
+        subscribers = [await opened(channel(f"room{i}")) for i in range(3)]
+        publisher, publisherId = await opened(None)
+        self.patch(fastframes, "sendNow", sendNow)
+        self.patch(websocket, "sendNow", sendNow)
+        publishes = [
+            {
+                "channel": channel(f"room{i}"),
+                "clientId": publisherId,
+                "data": i,
+                "id": f"p{i}",
+                "ext": {"auth": AUTH},
+            }
+            for i in range(3)
+        ]
+        publisher.sendall(frame(json.dumps(publishes).encode()))
+        frames = await threads.deferToThread(self.readFrames, publisher, 1)
+        self.assertEqual([r["successful"] for r in json.loads(frames[0][1])], [True, True, True])
+        for client, _ in subscribers:
+            await threads.deferToThread(self.readFrames, client, 1)
+        kinds = ["ack" if b'"successful"' in data else "delivery" for _, data in sent]
+        self.assertEqual(kinds, ["delivery", "delivery", "delivery", "ack"])
+        everyone = [*subscribers, (publisher, publisherId)]
+        for client, _ in everyone:
+            client.close()
+        while self.server.router.openSockets() or any(self.server.engine.hasClient(c) for _, c in everyone):
+            await deferLater(reactor, 0.01, lambda: None)
+
     async def test_replyAfterAWaitStraightToKernel(self) -> None:
         """
         A reply whose answer waited (the Redis engine answers a handshake after its

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from pandapush.bayeux.channel import expand
-from pandapush.engines.local import LocalClient, SubscriptionIndex
+from pandapush.engines.local import LocalClient, LocalClients, SubscriptionIndex
 
 
 def expected(
@@ -111,3 +113,50 @@ class SubscriptionIndexTests(TestCase):
                     expected(index, channel, exclude),
                     (channel, subscriptions),
                 )
+
+
+class FlushNowTests(TestCase):
+    """``LocalClients.flushNow``: the turn's flush at once, only when it waits for no delay."""
+
+    def queued(self, flushDelay: float) -> tuple[Any, list[list[Any]], Clock]:
+        from pandapush.bayeux.delivery import Delivery
+
+        clock = Clock()
+        local: LocalClients[LocalClient] = LocalClients(
+            clock, lambda c: None, lambda c: None, flushDelay=flushDelay
+        )
+        client = local.add(LocalClient("c"))
+        batches: list[list[Any]] = []
+
+        class Sink:
+            persistent = True
+
+            def deliver(self, deliveries: Any) -> None:
+                batches.append(list(deliveries))
+
+        client.sink = Sink()  # type: ignore[assignment]
+        local.enqueue([client], Delivery("/a/b", b"{}"))
+        return local, batches, clock
+
+    def test_noDelay(self) -> None:
+        """The memory engine's flush (no delay) runs at once, and not again at the end of the turn."""
+        local, batches, clock = self.queued(0)
+        local.flushNow()
+        self.assertEqual(len(batches), 1)
+        self.assertFalse(local.flushPending)
+        clock.advance(0)
+        self.assertEqual(len(batches), 1)
+
+    def test_windowKept(self) -> None:
+        """The Redis engine's (a window over several reads) is left to its timer."""
+        local, batches, clock = self.queued(0.002)
+        local.flushNow()
+        self.assertEqual(batches, [])
+        clock.advance(0.002)
+        self.assertEqual(len(batches), 1)
+
+    def test_nothingQueued(self) -> None:
+        clock = Clock()
+        local: LocalClients[LocalClient] = LocalClients(clock, lambda c: None, lambda c: None)
+        local.flushNow()
+        self.assertEqual(clock.getDelayedCalls(), [])

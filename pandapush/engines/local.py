@@ -15,7 +15,9 @@ its local recipients the same way, and queues are capped the same way:
 - a single ``callLater`` for all clients hands each dirty client's queue to its sink
   (after ``flushDelay``: 0 for the memory engine, a short window for Redis, whose
   bursts arrive in several reads), then tells the flush observers (metrics) which
-  messages it wrote, once per message.
+  messages it wrote, once per message. Without a delay, a websocket whose read
+  published runs it at the end of that read (``flushNow``), so the deliveries leave
+  before the read's acknowledgements.
 
 Nothing here is per recipient beyond a list append: no Deferred, no copy of the message.
 """
@@ -359,6 +361,17 @@ class LocalClients(Generic[ClientT]):
             if self._flushCall is None and not self._closed:
                 self._flushCall = self._reactor.callLater(self._flushDelay, self._flush)
 
+    def flushNow(self) -> None:
+        """
+        Run this turn's flush now rather than at the end of the turn, when it waits for
+        no delay (``flushDelay`` 0): a transport about to answer the publishes it read
+        sends their deliveries first.
+        """
+        call = self._flushCall
+        if call is not None and not self._flushDelay:
+            call.cancel()
+            self._flush()
+
     def _flush(self) -> None:
         self._flushCall = None
         dirty, self._dirty = self._dirty, []
@@ -416,10 +429,17 @@ class LocalClients(Generic[ClientT]):
 
 
 class ObservedFlushes:
-    """An engine's ``addFlushObserver`` (for metrics' delivery latency), from its ``LocalClients``."""
+    """
+    An engine's ``addFlushObserver`` (for metrics' delivery latency) and ``flushNow`` (for
+    a transport ending a read), from its ``LocalClients``.
+    """
 
     _local: LocalClients[Any]
 
     def addFlushObserver(self, observer: Callable[[Sequence[Delivery]], object]) -> None:
         """After each turn's flush, call ``observer`` with the messages it wrote, each once."""
         self._local.addFlushObserver(observer)
+
+    def flushNow(self) -> None:
+        """Hand out the queues this turn's publishes filled now, if the flush waits for no delay."""
+        self._local.flushNow()

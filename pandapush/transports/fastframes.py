@@ -98,9 +98,17 @@ class FastFramesProtocol(WebSocketServerProtocol):
         try:
             self._read(data)
         finally:
-            outgoing, self._outgoing = self._outgoing, None
-            if outgoing:
-                self._transmit(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing), True)
+            if self._outgoing:
+                try:
+                    self._beforeReplies()
+                finally:
+                    outgoing, self._outgoing = self._outgoing, None
+                    self._transmit(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing), True)
+            else:
+                self._outgoing = None
+
+    def _beforeReplies(self) -> None:
+        """Called at the end of a read with replies to send, before they go."""
 
     def _read(self, data: bytes) -> None:
         if (

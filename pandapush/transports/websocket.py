@@ -10,7 +10,7 @@ frame is cached on the :class:`~pandapush.bayeux.delivery.Delivery`.
 from __future__ import annotations
 
 import pprint
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import FunctionType
 from typing import Any
 
@@ -186,6 +186,15 @@ class BayeuxWebSocketProtocol(DirectOpeningProtocol):
 
     # replies
 
+    def _beforeReplies(self) -> None:
+        # The deliveries a read's publishes made go before the read's acknowledgements
+        # (an engine that queues them for the turn's flush hands them out now): the
+        # subscribers get theirs a read sooner, and a publisher pacing itself by its
+        # acknowledgements no longer has messages in flight it thinks delivered.
+        flush = self.factory.flushDeliveries
+        if flush is not None:
+            flush()
+
     def _replied(self, replies: list[Any]) -> None:
         self._processing -= 1
         if replies:
@@ -335,6 +344,11 @@ class BayeuxWebSocketFactory(WebSocketServerFactory):
         # ``headers``: added to every opening handshake's answer.
         super().__init__(headers=dict(headers) if headers else None)
         self.router = router
+        # An engine that hands queues out in a flush of its own per reactor turn (the
+        # memory engine) may offer to run it at once: see _beforeReplies.
+        self.flushDeliveries: Callable[[], None] | None = getattr(
+            getattr(router, "engine", None), "flushNow", None
+        )
         self.origins = origins
         self.openSockets = 0
         self.slowConsumers = 0
