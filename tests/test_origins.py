@@ -167,6 +167,18 @@ class OriginExtensionTests(SynchronousTestCase):
         self.assertNotIn("error", self.extension.incoming(message, trusted))
 
 
+async def setOrigins(server: InProcessServer, origins: Any) -> tuple[int, Any]:
+    """Set the application's ``allowed_origins`` through the admin API: the status and the answer."""
+    response = await treq.post(
+        f"{server.url}/admin/api/application/{APP}",
+        data=json.dumps({"allowed_origins": origins}).encode(),
+        headers=Headers({"Content-Type": ["application/json"]}),
+        auth=("admin", "sesame"),
+        persistent=False,
+    )
+    return response.code, json.loads(await response.content())
+
+
 class InProcessOriginTests(TestCase):
     """A whole server: set the list over the admin API, then browsers of either origin."""
 
@@ -178,14 +190,7 @@ class InProcessOriginTests(TestCase):
         self.addCleanup(self.server.stop)
 
     async def setOrigins(self, origins: Any) -> Any:
-        response = await treq.post(
-            f"{self.server.url}/admin/api/application/{APP}",
-            data=json.dumps({"allowed_origins": origins}).encode(),
-            headers=Headers({"Content-Type": ["application/json"]}),
-            auth=("admin", "sesame"),
-            persistent=False,
-        )
-        return response.code, json.loads(await response.content())
+        return await setOrigins(self.server, origins)
 
     async def websocket(self, origin: str | None) -> WSClient:
         client = WSClient(self.server.url, origin=origin)
@@ -339,16 +344,6 @@ class NullOriginTests(TestCase):
         self.code = response.code
         return response.headers  # type: ignore[no-any-return]
 
-    async def setOrigins(self, server: InProcessServer, origins: list[str]) -> Any:
-        response = await treq.post(
-            f"{server.url}/admin/api/application/{APP}",
-            data=json.dumps({"allowed_origins": origins}).encode(),
-            headers=Headers({"Content-Type": ["application/json"]}),
-            auth=("admin", "sesame"),
-            persistent=False,
-        )
-        return response.code, json.loads(await response.content())
-
     async def test_anyOrigin(self) -> None:
         """
         With no ``--allowed-origins``, null opens a websocket (it got autobahn's 400 before)
@@ -366,10 +361,10 @@ class NullOriginTests(TestCase):
         self.assertEqual(headers.getRawHeaders("Access-Control-Allow-Credentials"), ["true"])
 
         subscribe = {"channel": "/meta/subscribe", "subscription": channel("room"), "ext": {"auth": AUTH}}
-        self.assertEqual((await self.setOrigins(server, [GOOD]))[0], 200)
+        self.assertEqual((await setOrigins(server, [GOOD]))[0], 200)
         reply = await client.call(subscribe)
         self.assertEqual(reply.get("error"), f"403:{channel('room')}:Origin not allowed")
-        self.assertEqual((await self.setOrigins(server, [GOOD, " NULL "]))[0], 200)
+        self.assertEqual((await setOrigins(server, [GOOD, " NULL "]))[0], 200)
         response = await treq.get(
             f"{server.url}/admin/api/application/{APP}", auth=("admin", "sesame"), persistent=False
         )
