@@ -81,9 +81,6 @@ class FastFramesProtocol(WebSocketServerProtocol):
         super().__init__()
         # Frames to send at the end of the read under way; None outside a read.
         self._outgoing: list[bytes] | None = None
-        # Set by a subclass while it sends deliveries (sendData sends every frame
-        # outside a read at once now, deliveries or not).
-        self._delivering = False
 
     # reading
 

@@ -241,26 +241,20 @@ class BayeuxWebSocketProtocol(DirectOpeningProtocol):
                 # this runs once per recipient of every message.
                 sendNow(self.transport, raw)
                 return
-        self._delivering = True
-        try:
-            if len(deliveries) == 1:
-                delivery = deliveries[0]
-                if self.plainFrames():
-                    raw = delivery.frames.get(_RAW_FRAME)
-                    if raw is None:
-                        raw = delivery.frames[_RAW_FRAME] = textFrame(b"[" + delivery.payload + b"]")
-                    self.sendData(raw)
-                    return
-                frame = delivery.frames.get(_FRAME)
-                if frame is None:
-                    frame = delivery.frames[_FRAME] = self.factory.prepareMessage(
-                        b"[" + delivery.payload + b"]"
-                    )
-                self.sendPreparedMessage(frame)
-            else:
-                self.sendText(b"[" + b",".join(d.payload for d in deliveries) + b"]")
-        finally:
-            self._delivering = False
+        if len(deliveries) == 1:
+            delivery = deliveries[0]
+            if self.plainFrames():
+                raw = delivery.frames.get(_RAW_FRAME)
+                if raw is None:
+                    raw = delivery.frames[_RAW_FRAME] = textFrame(b"[" + delivery.payload + b"]")
+                self.sendData(raw)
+                return
+            frame = delivery.frames.get(_FRAME)
+            if frame is None:
+                frame = delivery.frames[_FRAME] = self.factory.prepareMessage(b"[" + delivery.payload + b"]")
+            self.sendPreparedMessage(frame)
+        else:
+            self.sendText(b"[" + b",".join(d.payload for d in deliveries) + b"]")
 
     def congested(self) -> None:
         if self._backlog is None:
