@@ -1,6 +1,6 @@
 'use strict';
 // Minimal raw Bayeux clients for load generation: websocket (the `ws` package) and
-// long-polling (node:http with a keep-alive agent). No Faye client code on the hot path:
+// long-polling (raw HTTP/1.1 over keep-alive sockets). No Faye client code on the hot path:
 // one JSON.parse per frame/response and a callback per delivery, nothing else.
 //
 // Both clients share one surface:
@@ -10,7 +10,6 @@
 //   c.onDelivery = (message) => ...   every delivered (non-meta) message
 //   await c.close()                   /meta/disconnect, then close the socket
 
-const http = require('http');
 const WebSocket = require('ws');
 
 const CONNECTION_TYPES = ['websocket', 'long-polling'];
@@ -210,24 +209,19 @@ class WebSocketClient extends BaseClient {
   }
 }
 
-// One keep-alive agent for all long-polling clients: a held connect occupies one socket,
-// publishes and subscribes take another from the pool (as a browser's two connections).
-const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity, maxFreeSockets: 4096 });
-
+// Long-polling requests go over the raw keep-alive connections below (httpPost), as the REST
+// publisher's do: node:http's client cost ~0.5 ms of CPU per storm client, and the generator
+// at a core was what set storm-lp's rate for both servers. A held connect occupies one
+// connection; handshakes, subscribes and disconnects take another from the pool (as a
+// browser's two connections). The bytes sent are node:http's (same headers, same order).
 class LongPollingClient extends BaseClient {
   constructor(baseUrl, options) {
     super(baseUrl, options);
     this.connectionType = 'long-polling';
     const url = new URL(this.baseUrl);
-    this.options = {
-      host: url.hostname,
-      port: url.port,
-      path: url.pathname,
-      method: 'POST',
-      agent,
-      headers: { 'Content-Type': 'application/json' },
-    };
-    if (this.localAddress) this.options.localAddress = this.localAddress;
+    this.host = url.hostname;
+    this.port = Number(url.port || 80);
+    this.path = url.pathname;
   }
 
   async open() {
@@ -268,30 +262,24 @@ class LongPollingClient extends BaseClient {
   }
 
   _send(messages) {
-    const body = JSON.stringify(messages);
     const isConnect = messages.length === 1 && messages[0].channel === '/meta/connect';
-    const request = http.request(this.options, (response) => {
-      const chunks = [];
-      response.on('data', (chunk) => chunks.push(chunk));
-      response.on('end', () => {
-        if (response.statusCode === 200) {
-          try {
-            this._handle(JSON.parse(Buffer.concat(chunks)));
-          } catch (error) {
-            this.errors++;
-          }
-        } else if (this._failed(messages, new Error(`HTTP ${response.statusCode}`))) return;
-        // The next long-poll goes out as soon as the previous one is answered.
-        if (isConnect && !this.closed) this._send([this._connectMessage()]);
-      });
+    httpPost(this.host, this.port, this.path, JSON.stringify(messages), '', this.localAddress, (error, status, body) => {
+      if (error) {
+        if (this._failed(messages, error)) return;
+        if (isConnect && !this.closed) setTimeout(() => this._send([this._connectMessage()]), 100);
+        else if (this.onError) this.onError(error);
+        return;
+      }
+      if (status === 200) {
+        try {
+          this._handle(JSON.parse(body));
+        } catch (parseError) {
+          this.errors++;
+        }
+      } else if (this._failed(messages, new Error(`HTTP ${status}`))) return;
+      // The next long-poll goes out as soon as the previous one is answered.
+      if (isConnect && !this.closed) this._send([this._connectMessage()]);
     });
-    request.on('error', (error) => {
-      if (this._failed(messages, error)) return;
-      if (isConnect && !this.closed) setTimeout(() => this._send([this._connectMessage()]), 100);
-      else if (this.onError) this.onError(error);
-    });
-    request.setHeader('Content-Length', Buffer.byteLength(body));
-    request.end(body);
   }
 
   async close(disconnect = true) {
@@ -312,39 +300,47 @@ function makeClient(transport, baseUrl, options) {
   throw new Error(`unknown transport ${transport}`);
 }
 
-// REST publisher: POST /channel/<app>/<type>/<path> with Basic key:secret over keep-alive
-// connections, one request at a time on each (no pipelining), as node:http's keep-alive agent
-// does. Written on raw sockets: node:http's client cost about as much CPU per POST as the
-// server's whole publish, so one generator process was near a core at a few thousand POSTs/s
-// and became the limit of private-rest. The request is byte for byte what node:http sent
-// (same headers, same order), so the server's work is unchanged. Answers must carry a
-// Content-Length (pandapush's REST answers all do); anything else fails that request.
+// Raw HTTP/1.1 POSTs over keep-alive connections, one request at a time on each (no
+// pipelining), as node:http's keep-alive agent does (idle connections reused last in, first
+// out). Both the long-polling clients and the REST publisher use them: node:http's client
+// cost about as much CPU per POST as the server's whole publish, so one generator process
+// was near a core at a few thousand POSTs/s and became the limit of private-rest and of the
+// long-polling storms. A request is byte for byte what node:http sent (same headers, same
+// order), so the server's work is unchanged. Answers must carry a Content-Length (both
+// servers' do); anything else fails that request. Errors carry node's codes (ECONNREFUSED,
+// ECONNRESET...), as node:http's did.
 const net = require('net');
 
-class RestConnection {
-  constructor(host, port, onIdle) {
-    this.socket = net.connect({ host, port, noDelay: true });
+class HttpConnection {
+  constructor(host, port, localAddress, onIdle) {
+    const options = { host, port, noDelay: true };
+    if (localAddress) options.localAddress = localAddress;
+    this.socket = net.connect(options);
     this.onIdle = onIdle;
     this.buffer = null;
-    this.waiter = null;
+    this.done = null;
     this.closed = false;
     this.socket.on('data', (chunk) => this._data(chunk));
     const fail = (error) => {
       this.closed = true;
-      const waiter = this.waiter;
-      this.waiter = null;
-      if (waiter) waiter({ status: 0, body: String(error || 'connection closed') });
+      const done = this.done;
+      this.done = null;
+      if (done) {
+        if (!error) {
+          error = new Error('socket hang up');
+          error.code = 'ECONNRESET';
+        }
+        done(error);
+      }
     };
     this.socket.on('error', fail);
     this.socket.on('close', () => fail(null));
   }
 
-  request(head, payload) {
-    return new Promise((resolve) => {
-      this.waiter = resolve;
-      this.buffer = null;
-      this.socket.write(payload.length ? Buffer.concat([head, payload]) : head);
-    });
+  request(bytes, done) {
+    this.done = done;
+    this.buffer = null;
+    this.socket.write(bytes);
   }
 
   _data(chunk) {
@@ -354,7 +350,7 @@ class RestConnection {
     const head = this.buffer.toString('latin1', 0, end);
     const length = /\r\ncontent-length:\s*(\d+)/i.exec(head);
     if (!length) {
-      this.socket.destroy();
+      this.socket.destroy(new Error('answer without a Content-Length'));
       return;
     }
     const total = end + 4 + Number(length[1]);
@@ -362,39 +358,51 @@ class RestConnection {
     const status = Number(head.slice(9, 12));
     const body = this.buffer.toString('utf8', end + 4, total);
     this.buffer = null;
-    const waiter = this.waiter;
-    this.waiter = null;
+    const done = this.done;
+    this.done = null;
     if (/\r\nconnection:\s*close/i.test(head)) {
       this.closed = true;
       this.socket.end();
     } else this.onIdle(this);
-    if (waiter) waiter({ status, body });
+    if (done) done(null, status, body);
   }
 }
 
-const restPools = new Map(); // host:port -> idle RestConnections
+const pools = new Map(); // localAddress|host:port -> idle HttpConnections
 
-function restPost(origin, path, body, authorization) {
-  const url = new URL(origin);
-  const port = Number(url.port || 80);
-  const key = `${url.hostname}:${port}`;
-  let idle = restPools.get(key);
-  if (!idle) restPools.set(key, (idle = []));
+// POST `body` to http://host:port/path; `headers`: extra header lines, each ending in \r\n,
+// sent after Content-Length as node:http sent them. done(error) or done(null, status, body).
+function httpPost(host, port, path, body, headers, localAddress, done) {
+  const hostPort = `${host}:${port}`;
+  const key = `${localAddress || ''}|${hostPort}`;
+  let idle = pools.get(key);
+  if (!idle) pools.set(key, (idle = []));
   let connection = idle.pop();
   while (connection && connection.closed) connection = idle.pop();
-  if (!connection) connection = new RestConnection(url.hostname, port, (c) => idle.push(c));
+  if (!connection) connection = new HttpConnection(host, port, localAddress, (c) => idle.push(c));
   const payload = Buffer.from(body);
   const head = Buffer.from(
     `POST ${path} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: ${payload.length}\r\n` +
-      `Authorization: ${authorization}\r\nHost: ${key}\r\nConnection: keep-alive\r\n\r\n`,
+      `${headers}Host: ${hostPort}\r\nConnection: keep-alive\r\n\r\n`,
     'latin1',
   );
-  return connection.request(head, payload);
+  connection.request(payload.length ? Buffer.concat([head, payload]) : head, done);
 }
 
-// Closes the idle REST connections (the generator's process exits anyway; a long-lived user may call it).
+// REST publisher: POST /channel/<app>/<type>/<path> (or batch_events) with Basic key:secret.
+// Resolves {status, body}; a connection error resolves status 0.
+function restPost(origin, path, body, authorization) {
+  const url = new URL(origin);
+  return new Promise((resolve) => {
+    httpPost(url.hostname, Number(url.port || 80), path, body, `Authorization: ${authorization}\r\n`, undefined, (error, status, answer) =>
+      resolve(error ? { status: 0, body: String(error) } : { status, body: answer }),
+    );
+  });
+}
+
+// Closes the idle connections (the generator's process exits anyway; a long-lived user may call it).
 function closeRestConnections() {
-  for (const idle of restPools.values()) for (const connection of idle.splice(0)) connection.socket.end();
+  for (const idle of pools.values()) for (const connection of idle.splice(0)) connection.socket.end();
 }
 
-module.exports = { WebSocketClient, LongPollingClient, makeClient, restPost, closeRestConnections, agent };
+module.exports = { WebSocketClient, LongPollingClient, makeClient, restPost, httpPost, closeRestConnections };
