@@ -147,6 +147,29 @@ class FlushNowTests(TestCase):
         clock.advance(0)
         self.assertEqual(len(batches), 1)
 
+    def test_callKept(self) -> None:
+        """
+        The turn's call outlives a flushNow: what queues after it in the same turn goes out
+        at the end of the turn through that call (none is made per read), once.
+        """
+        from pandapush.bayeux.delivery import Delivery
+
+        local, batches, clock = self.queued(0)
+        local.flushNow()
+        (client,) = local.values()
+        local.enqueue([client], Delivery("/a/b", b"[1]"))
+        self.assertTrue(local.flushPending)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        local.flushNow()
+        self.assertFalse(local.flushPending)
+        local.enqueue([client], Delivery("/a/b", b"[2]"))
+        clock.advance(0)
+        self.assertEqual([[d.payload for d in batch] for batch in batches], [[b"{}"], [b"[1]"], [b"[2]"]])
+        self.assertFalse(local.flushPending)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        local.flushNow()
+        self.assertEqual(len(batches), 3)
+
     def test_windowKept(self) -> None:
         """The Redis engine's (a window over several reads) is left to its timer."""
         local, batches, clock = self.queued(0.002)
