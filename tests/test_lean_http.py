@@ -218,6 +218,35 @@ class LeanDifferentialTests(DifferentialCase):
         ]:
             self.assertSame(stream)
 
+    def test_connectionAndContentTypes(self) -> None:
+        """
+        ``Connection`` values (which close, which keep the connection) and ``Content-Type``
+        values (JSON or a form, in any case, with parameters) of long-polling requests,
+        each sent twice in one stream (the second read from what the first left kept):
+        the same answers, and the same connections closed.
+        """
+        cid = self.clientId().decode()
+        subscribe = bayeux(
+            {"channel": "/meta/subscribe", "clientId": cid, "subscription": f"/{APP}/public/v"}
+        )
+        values = [b"keep-alive", b"Keep-Alive", b"close", b"CLOSE", b"keep-alive, close", b"Upgrade", b""]
+        for value in values:
+            stream = post(PUSH, subscribe, b"Connection: " + value)
+            self.assertSame(stream * 2, splits=False)
+            self.assertSame(stream)
+        for contentType, body in [
+            (b"application/json; charset=utf-8", subscribe),
+            (b"Application/JSON", subscribe),
+            (b"application/json ;x=y", subscribe),
+            (b"text/plain;charset=UTF-8", b"message=" + subscribe),
+            (b"application/x-www-form-urlencoded", b"message=" + subscribe),
+            (b"text/plain", subscribe),
+            (b"application/jsonx", subscribe),
+        ]:
+            stream = post(PUSH, body, contentType=contentType)
+            self.assertSame(stream * 2, splits=False)
+            self.assertSame(stream, splits=contentType == b"Application/JSON")
+
     def test_pipelinedAndHostile(self) -> None:
         """Pipelined requests, and heads the lean path leaves to twisted.web, answered alike and in order."""
         valid = post(REST, b'{"text":"hi"}', b"Authorization: " + BASIC)

@@ -17,12 +17,20 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
-from pandapush._deferred import firedWith
+from pandapush._deferred import firedWith, isDeferred
 from pandapush.bayeux import json
 from pandapush.interfaces import IRouter
-from pandapush.transports.http import OriginPolicy, contextFor, header, requestLost, writeError
+from pandapush.transports.http import OriginPolicy, contextFor, header, rawHeader, requestLost, writeError
 
 __all__ = ["LongPollingTransport"]
+
+
+#: The headers of every answer to a batch (canonical names, no line breaks).
+_ANSWER_HEADERS = (
+    (b"Content-Type", b"application/json; charset=utf-8"),
+    (b"Cache-Control", b"no-cache, no-store"),
+    (b"X-Content-Type-Options", b"nosniff"),
+)
 
 
 class LongPollingTransport:
@@ -37,11 +45,20 @@ class LongPollingTransport:
         self.proxies = proxies
 
     def render(self, request: Request) -> bytes | int:
-        origin = header(request, b"origin")
+        try:
+            # What header() and rawHeader() read, without a call each: names canonical.
+            headers = request.requestHeaders._rawHeaders
+        except AttributeError:  # not twisted.web's Headers
+            origin = header(request, b"origin")
+            types = rawHeader(request, b"content-type")
+        else:
+            values = headers.get(b"Origin")
+            origin = values[0].decode("latin-1") if values else None
+            types = headers.get(b"Content-Type")
         if origin and not self.origins.admits(request, origin):
             return self.origins.refuse(request)
         body = request.content.read() if request.content is not None else b""
-        contentType = (header(request, b"content-type") or "").split(";")[0].strip().lower()
+        contentType = _mediaType(types)
         raw: bytes | None
         if contentType == "application/json":
             raw = body
@@ -52,9 +69,12 @@ class LongPollingTransport:
         if messages is None:
             return writeError(request, 400, "Bad request")
 
-        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-        request.setHeader(b"Cache-Control", b"no-cache, no-store")
-        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        setPlainHeaders = getattr(request, "setPlainHeaders", None)
+        if setPlainHeaders is not None:
+            setPlainHeaders(_ANSWER_HEADERS)
+        else:
+            for name, value in _ANSWER_HEADERS:
+                request.setHeader(name, value)
         if origin:
             self.origins.apply(request, origin)
 
@@ -66,7 +86,7 @@ class LongPollingTransport:
         except Exception:
             self._failed(Failure(), request, False)
             return NOT_DONE_YET
-        if isinstance(replies, Deferred):
+        if isDeferred(replies):
             now = firedWith(replies)
             if not now:
                 # A held connect, or a step that had to wait (storage, Redis).
@@ -95,6 +115,26 @@ class LongPollingTransport:
             request.setResponseCode(500)
             request.write(b'[{"successful":false,"error":"500::Internal server error"}]')
             request.finish()
+
+
+#: ``Content-Type`` values -> their media type, as :meth:`LongPollingTransport.render` reads
+#: it: a client sends the same value with every request. Bounded: values are the client's.
+_MEDIA_TYPES: dict[bytes, str] = {}
+_MEDIA_TYPES_KEPT = 256
+_MEDIA_TYPE_KEPT = 256
+
+
+def _mediaType(values: list[bytes] | None) -> str:
+    """The first ``Content-Type`` value's media type, lower case ("" without one)."""
+    if not values:
+        return ""
+    value = values[0]
+    media = _MEDIA_TYPES.get(value)
+    if media is None:
+        media = value.decode("latin-1").split(";")[0].strip().lower()
+        if len(_MEDIA_TYPES) < _MEDIA_TYPES_KEPT and len(value) <= _MEDIA_TYPE_KEPT:
+            _MEDIA_TYPES[value] = media
+    return media
 
 
 def _respond(request: Request, body: bytes, gone: bool, draining: bool = False) -> None:

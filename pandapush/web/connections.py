@@ -194,7 +194,7 @@ class PandapushChannel(HTTPChannel):
                 return
             if data.startswith(_SIMPLE_START):
                 # A REST publish or a long-poll served from this read (pandapush.web.lean).
-                serveSimple = self._setting("serveSimple", None)
+                serveSimple = getattr(getattr(self, "site", None), "serveSimple", None)
                 if serveSimple is not None:
                     rest = serveSimple(self, data)
                     if rest is None:

@@ -81,7 +81,9 @@ class LeanRequest(LimitedRequest):
         self.host = channel.getHost()
         self.requestHeaders = headers
         self.received_cookies = {}
-        self.responseHeaders = Headers()
+        # Headers() without its __init__ call, which only makes the dict set here.
+        responseHeaders = self.responseHeaders = object.__new__(Headers)
+        responseHeaders._rawHeaders = {}
         self.cookies = []
         self.transport = channel.transport
         self.queued = False
@@ -138,7 +140,7 @@ def _idle(channel: Any) -> bool:
         and not channel._buffer
         and not channel._dataBuffer
         and not channel._receivedHeaderSize
-        and getattr(channel, "_HTTPChannel__first_line", 1) == 1
+        and channel._HTTPChannel__first_line == 1
         and channel.transport is not None
     )
 
@@ -174,7 +176,7 @@ def _line(line: bytes) -> tuple[bytes, bytes, object]:
     return name, value, None
 
 
-#: The header lines of a head (each with its CRLF) -> their names and values in order,
+#: The header lines of a head (each with its CRLF) -> their names, and values, in order,
 #: the body's length and the number of lines; ``_REFUSE``: twisted.web takes such a
 #: request. A client sends the same head again and again (a REST publisher, a
 #: long-polling client's connects): checking and splitting its lines, line by line,
@@ -207,7 +209,8 @@ def _block(lines: bytes) -> Any:
             order[name] = [value]
         else:
             values.append(value)
-    return tuple((name, tuple(values)) for name, values in order.items()), length, lines.count(b"\n")
+    # Names and values apart: a request's dict is made of them by zip, in C.
+    return tuple(order), tuple(tuple(values) for values in order.values()), length, lines.count(b"\n")
 
 
 def _parse(channel: Any, data: bytes, start: int) -> tuple[LeanRequest, int] | None:
@@ -229,7 +232,7 @@ def _parse(channel: Any, data: bytes, start: int) -> tuple[LeanRequest, int] | N
             _BLOCKS[lines] = known
     if known is _REFUSE:
         return None
-    named, length, count = known
+    names, values, length, count = known
     if count > channel.maxHeaders:
         return None
     site = getattr(channel, "site", None)
@@ -239,9 +242,9 @@ def _parse(channel: Any, data: bytes, start: int) -> tuple[LeanRequest, int] | N
     bodyEnd = end + 4 + length
     if bodyEnd > len(data):
         return None
-    headers = Headers()
+    headers = object.__new__(Headers)
     # Lists of their own: a request's headers are its own to change.
-    headers._rawHeaders = {name: list(values) for name, values in named}
+    headers._rawHeaders = dict(zip(names, map(list, values), strict=True))
     body = data[end + 4 : bodyEnd]
     return LeanRequest(channel, b"POST", request.group(1), headers, body, _peer(channel)), bodyEnd
 
@@ -277,6 +280,24 @@ def serve(channel: HTTPChannel, data: bytes) -> bytes | None:
     return data[start:] or None
 
 
+#: ``Connection`` header values -> whether they ask to close (HTTPChannel.checkPersistence's
+#: test): a client sends the same one (``keep-alive``) with every request. Bounded: values
+#: are the client's to choose.
+_CLOSES: dict[bytes, bool] = {}
+_CLOSES_KEPT = 256
+_CLOSE_KEPT = 256
+
+
+def _closes(value: bytes) -> bool:
+    """Whether a ``Connection`` header's first value asks to close, as twisted.web reads it."""
+    closes = _CLOSES.get(value)
+    if closes is None:
+        closes = b"close" in [t.lower() for t in value.split(b" ")]
+        if len(_CLOSES) < _CLOSES_KEPT and len(value) <= _CLOSE_KEPT:
+            _CLOSES[value] = closes
+    return closes
+
+
 def _answer(channel: Any, request: LeanRequest) -> None:
     """Serve ``request`` as twisted.web's allHeadersReceived, allContentReceived and requestDone do."""
     # The deadline for this request's head (PandapushChannel), if one runs: it is complete.
@@ -287,7 +308,7 @@ def _answer(channel: Any, request: LeanRequest) -> None:
     if b"Cookie" in headers:
         request.parseCookies()
     connection = headers.get(b"Connection")
-    if connection and b"close" in [t.lower() for t in connection[0].split(b" ")]:
+    if connection and _closes(connection[0]):
         # HTTPChannel.checkPersistence's test, and its header (before the site's).
         request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
         channel.persistent = False

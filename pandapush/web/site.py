@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -126,6 +126,17 @@ class LimitedRequest(Request):
         if lost is not None and not lost.called and not self.finished:
             lost.callback(None)
 
+    def setPlainHeaders(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        """
+        ``setHeader(name, value)`` for each pair, whose name is canonical and whose value
+        has no line break (the caller's word): stored as ``setRawHeaders`` stores them,
+        without its name encoding and value checks, a call each. Long-polling sets three
+        on every answer.
+        """
+        raw = self.responseHeaders._rawHeaders
+        for name, value in headers:
+            raw[name] = [value]
+
     def process(self) -> None:
         # twisted.web.server.Request.process, with the site's headers first and the Date
         # of this second.
@@ -195,7 +206,8 @@ class LimitedRequest(Request):
         if self.startedWriting or not self._answersWhole():
             super().write(data)
             return
-        self._writeWhole(data, (self.responseHeaders.getRawHeaders(b"content-length") or [b""])[0] != b"0")
+        # The names in _rawHeaders are canonical (setRawHeaders makes them so).
+        self._writeWhole(data, (self.responseHeaders._rawHeaders.get(b"Content-Length") or (b"",))[0] != b"0")
 
     def _writeWhole(self, data: bytes, typed: bool) -> None:
         """
@@ -228,7 +240,7 @@ class LimitedRequest(Request):
             and self.lastModified is None
             and self.etag is None
             and not self.cookies
-            and self.responseHeaders.hasHeader(b"content-length")
+            and b"Content-Length" in self.responseHeaders._rawHeaders
         )
 
 
