@@ -107,11 +107,13 @@ class MessageHandlers:
             return [fail(makeReply(message), BayeuxError.parameterMissing("channel"))]
         if not isinstance(channel, str):
             return [fail(makeReply(message), BayeuxError.badRequest("channel"))]
-        if channels.isMeta(channel):
-            handler = self._handlers.get(channel)
-            if handler is None:
-                return [fail(makeReply(message), BayeuxError.channelForbidden(channel))]
+        # Every handled channel is a meta channel: looked up first, as nearly every
+        # message of a long-polling client is one of them.
+        handler = self._handlers.get(channel)
+        if handler is not None:
             return handler(message, context, socket)
+        if channels.isMeta(channel):
+            return [fail(makeReply(message), BayeuxError.channelForbidden(channel))]
         return self.publisher.handle(message, channel)
 
     def refuseHandshake(self, message: Message, handshakes: int) -> list[Reply] | None:
@@ -246,7 +248,8 @@ class MessageHandlers:
             return 0.0
         advice = message.get("advice")
         requested = advice.get("timeout") if isinstance(advice, dict) else None
-        if isinstance(requested, int | float) and not isinstance(requested, bool) and requested >= 0:
+        # A tuple, not ``int | float``: that union is made anew on every call.
+        if isinstance(requested, (int, float)) and not isinstance(requested, bool) and requested >= 0:
             return min(requested / 1000.0, self.timeout)
         return self.timeout
 

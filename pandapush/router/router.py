@@ -114,7 +114,8 @@ class BayeuxRouter:
         websocket's publish is answered without a Deferred and two callbacks per frame.
         May raise where :meth:`process` would fail.
         """
-        if isinstance(messages, dict):
+        # A list, nearly always: told by its exact type first.
+        if type(messages) is not list and isinstance(messages, dict):
             messages = [messages]
         if not messages:
             return []
