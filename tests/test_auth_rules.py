@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from pandapush.auth import rules
 from pandapush.auth.rules import (
     PUBLISH,
     QUERY,
@@ -114,6 +115,57 @@ class ParseChannelTests(SynchronousTestCase):
         self.assertTrue(needsAuth(PUBLISH, channel("/app/public/a", PUBLISH)))
         for kind in ("private", "presence", "meta"):
             self.assertTrue(needsAuth(SUBSCRIBE, channel(f"/app/{kind}/a")))
+
+
+class ParseCacheTests(SynchronousTestCase):
+    """``parseChannel``'s cache: the same answers as parsing, bounded, per operation."""
+
+    def setUp(self) -> None:
+        self.saved = {operation: dict(parsed) for operation, parsed in rules._PARSED.items()}
+        for parsed in rules._PARSED.values():
+            parsed.clear()
+
+        def restore() -> None:
+            for operation, parsed in rules._PARSED.items():
+                parsed.clear()
+                parsed.update(self.saved[operation])
+
+        self.addCleanup(restore)
+
+    @given(
+        st.text(alphabet="/abc*-_~.", max_size=20) | st.sampled_from(["/app/private/a/*", "/app/meta/x"]),
+        st.sampled_from([SUBSCRIBE, PUBLISH, QUERY, "other"]),
+    )
+    def test_sameAsParsing(self, name: str, operation: str) -> None:
+        """Cached or not, first call or second, the answer is the parser's."""
+        expected = rules._parseChannel(name, operation)
+        self.assertEqual(parseChannel(name, operation), expected)
+        self.assertEqual(parseChannel(name, operation), expected)
+
+    def test_perOperation(self) -> None:
+        """A name cached for one operation answers for that operation only."""
+        self.assertIsNotNone(parseChannel("/app/private/a/*", SUBSCRIBE))
+        self.assertIsNone(parseChannel("/app/private/a/*", PUBLISH))
+        self.assertIsNotNone(parseChannel("/app/meta/a", QUERY))
+        self.assertIsNone(parseChannel("/app/meta/a", PUBLISH))
+
+    def test_notNames(self) -> None:
+        """Names that are not strings, hashable or not, are no channel and are not cached."""
+        for name in (None, 3, 1.5, True, ("/app/private/a",), ["/app/private/a"], {"a": 1}):
+            self.assertIsNone(parseChannel(name, PUBLISH))
+        self.assertEqual(rules._PARSED[PUBLISH], {})
+
+    def test_bounded(self) -> None:
+        """A full cache is emptied before the next name goes in; long names are never kept."""
+        self.patch(rules, "_MAX_PARSED", 3)
+        for index in range(3):
+            parseChannel(f"/app/private/c{index}", PUBLISH)
+        self.assertEqual(len(rules._PARSED[PUBLISH]), 3)
+        self.assertEqual(parseChannel("/app/private/c3", PUBLISH), channel("/app/private/c3", PUBLISH))
+        self.assertEqual(list(rules._PARSED[PUBLISH]), ["/app/private/c3"])
+        long = "/app/private/" + "a" * rules._MAX_CACHED_NAME
+        self.assertIsNotNone(parseChannel(long, PUBLISH))
+        self.assertNotIn(long, rules._PARSED[PUBLISH])
 
 
 class ReadAuthTests(SynchronousTestCase):
