@@ -119,6 +119,9 @@ class KeyCache:
         self.maxEntries = maxEntries
         # keyId -> (facts or None for "no such key", time the entry goes stale)
         self._entries: OrderedDict[str, tuple[KeyFacts | None, float]] = OrderedDict()
+        #: The key's entry ``(facts or None, stale at)`` or None: a new tuple whenever it changes, so
+        #: a memo made with one checks it still stands with ``is`` (a C call, not a method's frame).
+        self.entryOf: Callable[[str], tuple[KeyFacts | None, float] | None] = self._entries.get
         self._byApp: dict[str, set[str]] = {}
         self._pending: dict[str, Deferred[KeyFacts | None]] = {}
         # Bumped by every invalidation: a lookup that started before one must not
@@ -128,6 +131,7 @@ class KeyCache:
         self._appObservers: list[Callable[[str | None], None]] = []
         self._keyObservers: list[Callable[[str], None]] = []
         self._usage: dict[str, KeyUsage] = {}
+        self._usageSources: list[Callable[[], None]] = []
         self._flushing: Deferred[None] | None = None
         # Whether lookups, and usage writes, are failing now: an outage is logged once.
         self._lookupsFailing = False
@@ -322,7 +326,24 @@ class KeyCache:
         usage.count += 1
         usage.lastUsed = self.clock.seconds()
 
+    def recordUses(self, keyId: str, count: int, lastUsed: float) -> None:
+        """Count ``count`` uses of ``keyId``, the last at ``lastUsed``, counted by a usage source."""
+        usage = self._usage.get(keyId)
+        if usage is None:
+            usage = self._usage[keyId] = KeyUsage()
+        usage.count += count
+        usage.lastUsed = max(usage.lastUsed, lastUsed)
+
+    def addUsageSource(self, source: Callable[[], None]) -> None:
+        """Call ``source()`` before usage is read or written: it hands over its counts (recordUses)."""
+        self._usageSources.append(source)
+
+    def _gatherUsage(self) -> None:
+        for source in self._usageSources:
+            source()
+
     def pendingUsage(self) -> dict[str, KeyUsage]:
+        self._gatherUsage()
         return dict(self._usage)
 
     def flushUsage(self) -> Deferred[None]:
@@ -331,6 +352,7 @@ class KeyCache:
         ``{keyId: (count, lastUsed datetime)}``. If the write fails the counts are
         put back, so they go out with the next flush. One flush at a time.
         """
+        self._gatherUsage()
         if self._flushing is not None or not self._usage:
             return self._flushing if self._flushing is not None else defer.succeed(None)
         batch, self._usage = self._usage, {}

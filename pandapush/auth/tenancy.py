@@ -82,23 +82,45 @@ class TenancyExtension:
             return self._subscribe(message, context)
         if channel == "/meta" or channel.startswith("/meta/"):
             return message
-        return self._publish(message, channel, context)
-
-    def outgoing(self, reply: Message, context: MessageContext) -> Message | None:
-        return reply
-
-    # checks
-
-    def _publish(
-        self, message: Message, channel: str, context: MessageContext
-    ) -> Message | Deferred[Message | None]:
-        auth = _takeAuth(message, fromData=True)
+        # A publish: checked here rather than in a method of its own, and its
+        # credentials taken with _takeAuth(message, fromData=True) inline, as a frame
+        # is ~3 % of the instructions of a key+secret publish through this extension.
+        auth = None
+        ext = message.get("ext")
+        if isinstance(ext, dict) and "auth" in ext:
+            auth = ext.pop("auth")
+            if not ext:
+                del message["ext"]
+        data = message.get("data")
+        if isinstance(data, dict) and "__auth" in data:
+            dataAuth = data.pop("__auth")
+            if auth is None:
+                auth = dataAuth
         if "error" in message:
+            return message
+        grant = self.authority.keyGrant(PUBLISH, channel, auth)
+        if grant is not None:
+            # The hot path (a server's publishes with its key): what _granted notes for a
+            # key+secret grant (no presence, user or token expiry), inline.
+            attributes = context.attributes
+            attributes["keyId"] = grant.keyId
+            authenticated = attributes.get("authenticated")
+            if authenticated is None:
+                attributes["authenticated"] = {grant.appId}
+            else:
+                authenticated.add(grant.appId)
+            if grant.keyExpires is not None:
+                attributes["keyExpires"] = grant.keyExpires
             return message
         if isinstance(auth, dict) and auth.get("token"):
             # A browser's publish (pandapush.webhooks: client events), once granted.
             context.attributes["byToken"] = True
         return self._check(PUBLISH, channel, auth, message, context)
+
+    def outgoing(self, reply: Message, context: MessageContext) -> Message | None:
+        return reply
+
+    # checks
 
     def _subscribe(self, message: Message, context: MessageContext) -> Message | Deferred[Message | None]:
         auth = _takeAuth(message, fromData=False)
@@ -178,6 +200,11 @@ class TenancyExtension:
         return decision.addBoth(decided)
 
     def _grant(self, allowed: Allowed, channel: Any, context: MessageContext) -> None:
+        tenant = parseChannel(channel, SUBSCRIBE) if allowed.keyId is not None else None
+        self._granted(allowed, tenant.appId if tenant is not None else None, context)
+
+    def _granted(self, allowed: Allowed, appId: str | None, context: MessageContext) -> None:
+        """Note in the context what ``allowed`` (on a channel of ``appId``) tells the other extensions."""
         attributes = context.attributes
         if allowed.presence is not None:
             attributes["presence"] = allowed.presence
@@ -185,13 +212,12 @@ class TenancyExtension:
             attributes["keyId"] = allowed.keyId
             # The applications whose own credentials came with the message (a key is of one
             # application): their connection limit counts this client as theirs, not a stranger.
-            tenant = parseChannel(channel, SUBSCRIBE)
-            if tenant is not None:
+            if appId is not None:
                 authenticated = attributes.get("authenticated")
                 if authenticated is None:
-                    attributes["authenticated"] = {tenant.appId}
+                    attributes["authenticated"] = {appId}
                 else:
-                    authenticated.add(tenant.appId)
+                    authenticated.add(appId)
         if allowed.keyExpires is not None:
             # For pandapush.extensions.expiry: the subscription ends when its key does.
             attributes["keyExpires"] = allowed.keyExpires
