@@ -148,6 +148,13 @@ class OriginExtensionTests(SynchronousTestCase):
         self.assertNotIn("error", self.check({"channel": channelName, "data": 1}, None, "long-polling"))
         self.assertIn("error", self.check({"channel": channelName, "data": 1}, None, "callback-polling"))
 
+    def test_emptyOriginHeader(self) -> None:
+        """An empty Origin header is no origin; one of blanks is an origin, and not a listed one."""
+        channelName = f"/{self.appId}/public/x"
+        self.assertNotIn("error", self.check({"channel": channelName, "data": 1}, ""))
+        self.assertIn("error", self.check({"channel": channelName, "data": 1}, " "))
+        self.assertIn("error", self.check({"channel": channelName, "data": 1}, "", "callback-polling"))
+
     def test_jsonpReferer(self) -> None:
         """Callback-polling's origin is its Referer's."""
         channelName = f"/{self.appId}/public/x"
