@@ -76,3 +76,43 @@ class PositionTests(TestCase):
             positioned = delivery.head + positionSuffix(4, "ep")  # type: ignore[operator]
             extended = {**(ext if isinstance(ext, dict) else {}), "position": {"offset": 4, "epoch": "ep"}}
             self.assertEqual(positioned, json.dumps({**body, "ext": extended}))
+
+
+class SizeChangeTests(TestCase):
+    def test_settingsChanged(self) -> None:
+        """
+        An application's size set, lowered, turned off and back while its channel is
+        published to: every publish kept and positioned under the settings of its moment.
+        """
+        settings = HistorySettings(size=3)
+        store = MemoryHistory(Clock(), settings)
+
+        def publish(n: int) -> Delivery:
+            delivery = Delivery.fromMessage({"channel": "/h/public/a", "data": n}, history=True)
+            store.append(delivery)
+            return delivery
+
+        def kept() -> list[int]:
+            return [offset for offset, _ in store.page("/h/public/a", None, 100).messages]
+
+        for n in range(5):
+            publish(n)
+        self.assertEqual(kept(), [3, 4, 5])
+        settings.setApp("other", 1, None)
+        publish(5)
+        self.assertEqual(kept(), [4, 5, 6])
+        settings.setApp("h", 2, None)
+        self.assertEqual(publish(6).offset, 7)
+        self.assertEqual(kept(), [6, 7])
+        settings.setApp("h", 0, None)
+        off = publish(7)
+        self.assertEqual((off.offset, off.epoch), (0, None))
+        self.assertEqual(off.payload, json.dumps({"channel": "/h/public/a", "data": 7}))
+        settings.setApp("h", None, None)
+        self.assertEqual(publish(8).offset, 8)
+        self.assertEqual(kept(), [6, 7, 8])
+        settings.setApp("h", 5, None)
+        for n in range(9, 12):
+            publish(n)
+        self.assertEqual(kept(), [7, 8, 9, 10, 11])
+        store.close()

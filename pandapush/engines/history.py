@@ -75,9 +75,13 @@ class HistorySettings:
         self._apps: dict[str, tuple[int, float]] = {}
         #: The shortest ttl of any application (what a sweep must look back to).
         self.shortestTtl = ttl
+        #: Changes with every ``setApp``: a channel's size looked up under one generation
+        #: holds until the next (``MemoryHistory.append`` looks it up again only then).
+        self.generation = 0
 
     def setApp(self, appId: str, size: int | None, ttl: float | None) -> None:
         """The application's own settings (None: the server's default)."""
+        self.generation += 1
         if size is None and ttl is None:
             self._apps.pop(appId, None)
             self.shortestTtl = min([self.default[1], *(t for _, t in self._apps.values())])
@@ -100,13 +104,15 @@ class HistorySettings:
 
 
 class _Stream:
-    __slots__ = ("entries", "epoch", "offset", "suffix", "touched")
+    __slots__ = ("entries", "epoch", "generation", "offset", "suffix", "touched")
 
-    def __init__(self, epoch: str, size: int) -> None:
+    def __init__(self, epoch: str, size: int, generation: int = -1) -> None:
         self.epoch = epoch
         self.offset = 0
         self.entries: deque[tuple[int, float, bytes]] = deque(maxlen=size)
         self.touched = 0.0
+        # The settings' generation ``entries``' size was set under (-1: to be checked).
+        self.generation = generation
         # ``positionSuffix(offset, epoch)`` is ``suffix % offset``: the epoch's part made at
         # the first publish (not for a channel only subscribed to: idle memory), then kept.
         self.suffix: bytes | None = None
@@ -157,18 +163,25 @@ class MemoryHistory:
         if head is None:
             return
         channel = delivery.channel
-        size, _ = self.settings.of(channel)
-        if size <= 0:
-            return
         streams = self._streams
         stream = streams.get(channel)
-        if stream is None:
-            stream = streams[channel] = _Stream(newEpoch(), size)
-            self._scheduleSweep()
+        settings = self.settings
+        if stream is None or stream.generation != settings.generation:
+            # The channel's size, looked up again only when the settings changed since:
+            # the lookup was a call per publish.
+            size = settings.of(channel)[0]
+            if size <= 0:
+                return
+            if stream is None:
+                stream = streams[channel] = _Stream(newEpoch(), size, settings.generation)
+                self._scheduleSweep()
+            else:
+                streams.move_to_end(channel)
+                stream.generation = settings.generation
+                if stream.entries.maxlen != size:
+                    stream.entries = deque(stream.entries, maxlen=size)
         else:
             streams.move_to_end(channel)
-            if stream.entries.maxlen != size:
-                stream.entries = deque(stream.entries, maxlen=size)
         now = self._reactor.seconds()
         offset = stream.offset = stream.offset + 1
         stream.touched = now
