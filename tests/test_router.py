@@ -16,7 +16,7 @@ from pandapush.bayeux.delivery import Delivery
 from pandapush.bayeux.errors import BayeuxError
 from pandapush.engines.history import HistorySettings
 from pandapush.engines.memory import MemoryEngine
-from pandapush.interfaces import IClientSocket, IExtension, IRouter
+from pandapush.interfaces import EngineUnavailableError, IClientSocket, IExtension, IRouter
 from pandapush.router import CONNECTION_TYPES, BayeuxRouter, Limits, publishing
 
 HANDSHAKE = {"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["long-polling"]}
@@ -718,6 +718,52 @@ class PublishPathTests(RouterTestCase):
         self.assertEqual([r["successful"] for r in replies], [False, False])
         self.assertEqual(replies[0]["error"], str(BayeuxError.publishFailed("/a")))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+
+    def answers(self, now: bool, publishNow: Any = None) -> list[Any]:
+        """The replies to two publishes, the engine answering at once (``now``) or not."""
+        if not now:
+            self.engine.publishNow = None  # type: ignore[assignment, method-assign]
+        elif publishNow is not None:
+            self.engine.publishNow = publishNow  # type: ignore[method-assign]
+        return self.process([{"channel": "/a", "data": 1, "id": "1"}, {"channel": "/b", "data": 2}])
+
+    def test_observerFailureNow(self) -> None:
+        """
+        A publish observer that fails: the same error reply whether the engine answered at
+        once (the observers run inline) or through a Deferred; each failure logged.
+        """
+
+        def failing(channel: str, recipients: int) -> None:
+            raise RuntimeError("observer")
+
+        self.router.addPublishObserver(failing)
+        later = self.answers(now=False)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+        now = self.answers(now=True)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+        self.assertEqual(now, later)
+        self.assertEqual(now[0]["error"], str(BayeuxError.publishFailed("/a")))
+
+    def test_observersCountNow(self) -> None:
+        """Observers see each publish once, with its recipients, on both ways of answering."""
+        seen: list[tuple[str, int]] = []
+        self.router.addPublishObserver(lambda channel, recipients: seen.append((channel, recipients)))
+        self.assertEqual(self.answers(now=True), self.answers(now=False))
+        self.assertEqual([channel for channel, _ in seen], ["/a", "/b"] * 2)
+        self.assertEqual(seen[:2], seen[2:])
+
+    def test_engineUnavailableNow(self) -> None:
+        """An engine answering at once that is unavailable: a 503 reply, nothing logged."""
+
+        def down(delivery: Delivery) -> int:
+            raise EngineUnavailableError("Redis")
+
+        replies = self.answers(now=True, publishNow=down)
+        self.assertEqual([r["successful"] for r in replies], [False, False])
+        self.assertEqual(
+            replies[0]["error"], str(BayeuxError(503, ["/a"], "Redis unavailable; try again later"))
+        )
+        self.assertEqual(self.flushLoggedErrors(), [])
 
 
 class TerminateTests(RouterTestCase):

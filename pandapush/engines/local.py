@@ -445,6 +445,11 @@ class ObservedFlushes:
         """After each turn's flush, call ``observer`` with the messages it wrote, each once."""
         self._local.addFlushObserver(observer)
 
-    def flushNow(self) -> None:
-        """Hand out the queues this turn's publishes filled now, if the flush waits for no delay."""
-        self._local.flushNow()
+    @property
+    def flushNow(self) -> Callable[[], None]:
+        """
+        Hand out the queues this turn's publishes filled now, if the flush waits for no
+        delay: ``LocalClients.flushNow`` itself, so that a transport calling it after every
+        read goes through no frame of the engine's.
+        """
+        return self._local.flushNow
