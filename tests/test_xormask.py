@@ -5,11 +5,13 @@ from __future__ import annotations
 import random
 
 import autobahn.websocket.protocol
+from autobahn.websocket import USES_NVX
 from autobahn.websocket.xormasker import create_xor_masker
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 import pandapush.transports.websocket  # noqa: F401 (installs the masker)
-from pandapush.transports.xormask import SMALL_FRAME, SmallFrameMasker, createMasker
+from pandapush.transports import xormask
+from pandapush.transports.xormask import DIRECT_FRAME, SMALL_FRAME, SmallFrameMasker, createMasker, unmask
 
 
 class SmallFrameMaskerTests(SynchronousTestCase):
@@ -61,3 +63,45 @@ class SmallFrameMaskerTests(SynchronousTestCase):
     def test_installed(self) -> None:
         """The websocket transport has autobahn's protocol use it."""
         self.assertIs(autobahn.websocket.protocol.create_xor_masker, createMasker)
+
+
+class UnmaskTests(SynchronousTestCase):
+    """unmask, for a whole payload, gives autobahn's result by every path it takes."""
+
+    def setUp(self) -> None:
+        self.random = random.Random(6455)
+
+    def check(self) -> None:
+        for size in [*range(0, 2 * DIRECT_FRAME + 9), SMALL_FRAME - 1, SMALL_FRAME, 1000, 70000]:
+            mask = self.random.randbytes(4)
+            data = self.random.randbytes(size)
+            unmasked = unmask(data, mask)
+            self.assertIs(type(unmasked), bytes)
+            self.assertEqual(unmasked, create_xor_masker(mask, size).process(data), size)
+        self.assertEqual(unmask(b"\x00\x00abc" * 40, b"\x00" * 4), b"\x00\x00abc" * 40)
+
+    def test_sameAsAutobahn(self) -> None:
+        """Every size around the thresholds, with random masks."""
+        self.check()
+
+    def test_direct(self) -> None:
+        """With autobahn's C code (as installed here), the direct call is the one made."""
+        if not USES_NVX:
+            raise SkipTest("autobahn without its C code")
+        self.assertIsNotNone(xormask._direct)
+        calls = []
+        fromBuffer, new, process, free = xormask._direct  # type: ignore[misc]
+
+        def counting(masker: object, buffer: object, size: int) -> None:
+            calls.append(size)
+            process(masker, buffer, size)
+
+        self.patch(xormask, "_direct", (fromBuffer, new, counting, free))
+        self.check()
+        self.assertIn(DIRECT_FRAME, calls)
+        self.assertNotIn(DIRECT_FRAME - 1, calls)
+
+    def test_withoutDirect(self) -> None:
+        """Without autobahn's C code, the integer XOR and autobahn's masker give the same."""
+        self.patch(xormask, "_direct", None)
+        self.check()
