@@ -19,7 +19,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from pandapush.transports.fastframes import FastFramesProtocol, textFrame
+from pandapush.transports.fastframes import FastFramesProtocol, arrayFrame, textFrame
 from tests.support.inprocess import AUTH, channel
 from tests.test_transports import HANDSHAKE, WebSocketCase
 
@@ -291,7 +291,7 @@ class ConnectionLostTests(SynchronousTestCase):
 class TextFrameTests(SynchronousTestCase):
     def test_sameBytesAsAutobahn(self) -> None:
         """sendText writes what autobahn's sendMessage writes, at every length form's edges."""
-        for size in (0, 1, 125, 126, 127, 65535, 65536, 70000):
+        for size in (0, 1, 124, 125, 126, 127, 65535, 65536, 70000):
             payload = bytes(i % 251 for i in range(size))
             fast, fastTransport = openServer(FastServer)
             fast.sendText(payload)
@@ -305,6 +305,15 @@ class TextFrameTests(SynchronousTestCase):
         for size in (0, 125, 126, 65535, 65536):
             payload = b"d" * size
             self.assertEqual(textFrame(payload), factory.prepareMessage(payload).payloadHybi, size)
+
+    def test_arrayFrameSameBytes(self) -> None:
+        """arrayFrame(item) is the text frame of ``[item]``, at every length form's edges."""
+        factory = WebSocketServerFactory("ws://localhost")
+        for size in [*range(0, 130), 65531, 65532, 65533, 65534, 65535, 70000]:
+            item = bytes(i % 251 for i in range(size))
+            framed = arrayFrame(item)
+            self.assertEqual(framed, textFrame(b"[" + item + b"]"), size)
+            self.assertEqual(framed, factory.prepareMessage(b"[" + item + b"]").payloadHybi, size)
 
     def test_overLimitRefused(self) -> None:
         """A message over maxMessagePayloadSize is refused as autobahn refuses it."""

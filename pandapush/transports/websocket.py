@@ -27,7 +27,7 @@ from pandapush.bayeux import json
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.delivery import Delivery
 from pandapush.interfaces import IClientSocket, IRouter
-from pandapush.transports.fastframes import textFrame
+from pandapush.transports.fastframes import arrayFrame
 from pandapush.transports.handshake import TRAFFIC, DirectOpeningProtocol, SendQueue
 from pandapush.transports.http import OriginPolicy, sendNow
 from pandapush.transports.xormask import createMasker
@@ -217,7 +217,8 @@ class BayeuxWebSocketProtocol(DirectOpeningProtocol):
             self.sendText(json.encodeReplies(replies if type(replies) is list else list(replies)))
 
     def deliver(self, deliveries: Sequence[Delivery]) -> None:
-        if not self._sendable():
+        # _sendable, inlined: this runs once per recipient of every message.
+        if not self._open or self.state != _OPEN:
             return
         if self._backlog is not None:
             self._backlog.extend(deliveries)
@@ -230,24 +231,18 @@ class BayeuxWebSocketProtocol(DirectOpeningProtocol):
                 # again), and nothing more piles up here meanwhile.
                 self.sendClose(4008, "slow consumer: messages not read in time")
             return
-        if len(deliveries) == 1 and self.plainFrames():
-            # One frame's bytes for every plain socket it goes to.
-            delivery = deliveries[0]
-            raw = delivery.frames.get(_RAW_FRAME)
-            if raw is None:
-                raw = delivery.frames[_RAW_FRAME] = textFrame(b"[" + delivery.payload + b"]")
-            if self._outgoing is None and not self.send_queue and not self.logOctets:
-                # What sendData does with a delivery outside a read, without its checks:
-                # this runs once per recipient of every message.
-                sendNow(self.transport, raw)
-                return
         if len(deliveries) == 1:
             delivery = deliveries[0]
             if self.plainFrames():
+                # One frame's bytes for every plain socket it goes to.
                 raw = delivery.frames.get(_RAW_FRAME)
                 if raw is None:
-                    raw = delivery.frames[_RAW_FRAME] = textFrame(b"[" + delivery.payload + b"]")
-                self.sendData(raw)
+                    raw = delivery.frames[_RAW_FRAME] = arrayFrame(delivery.payload)
+                if self._outgoing is None and not self.send_queue and not self.logOctets:
+                    # What sendData does with a delivery outside a read, without its checks.
+                    sendNow(self.transport, raw)
+                else:
+                    self.sendData(raw)
                 return
             frame = delivery.frames.get(_FRAME)
             if frame is None:
