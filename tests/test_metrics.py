@@ -35,7 +35,7 @@ from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.delivery import Delivery
 from pandapush.engines.memory import MemoryEngine
 from pandapush.engines.redis.node import RelayedDelivery
-from pandapush.extensions.metrics import Histogram, Metrics, routeFamily
+from pandapush.extensions.metrics import LATENCY_BUCKETS, Histogram, Metrics, routeFamily
 from pandapush.router import BayeuxRouter
 from pandapush.transports.resource import BayeuxResource
 from pandapush.workers.metrics import MachineMetrics, MachineMetricsResource
@@ -138,6 +138,27 @@ class CollectorTests(TestCase):
         self.assertEqual(found[("pandapush_delivery_latency_seconds_bucket", (("le", "0.1"),))], 0)
         self.assertEqual(found[("pandapush_delivery_latency_seconds_bucket", (("le", "0.25"),))], 3)
         self.assertGreaterEqual(found[("pandapush_delivery_latency_seconds_sum", ())], 0.6)
+
+    def test_deliveryLatencyAsObserve(self) -> None:
+        """
+        The flush observer counts each message's age as Histogram.observe would, clamped at
+        zero: at each bound's edges, a clock ahead (negative ages), and past the last bound.
+        """
+        now = 1_700_000_000.0
+        ages = [-1.0, -0.0, 0.0, 1e-9, 0.0004, 0.0005, 0.00051, 0.001, 0.3, 5, 5.0001, 100.0]
+        ages += [bound for bound in LATENCY_BUCKETS]
+        deliveries = [Delivery("/a", b"{}", accepted=now - age) for age in ages]
+        expected = Histogram(LATENCY_BUCKETS)
+        for delivery in deliveries:
+            expected.observe(max(0.0, now - delivery.accepted))
+        self.patch(time, "time", lambda: now)
+        self.metrics._flushed(deliveries[:3])
+        self.metrics._flushed(deliveries[3:])
+        self.metrics._flushed([])
+        histogram = self.metrics.counts.deliveryLatency
+        self.assertEqual(histogram.counts, expected.counts)
+        self.assertEqual(histogram.total, expected.total)
+        self.assertEqual(histogram.buckets(), expected.buckets())
 
     def test_requestDuration(self) -> None:
         """Requests timed from their headers, by route family; a request never started is not timed."""
