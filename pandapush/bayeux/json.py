@@ -10,10 +10,9 @@ __all__ = ["JSONDecodeError", "decodeMessages", "dumps", "encodeReplies", "loads
 
 JSONDecodeError = orjson.JSONDecodeError
 loads = orjson.loads
-
-
-def dumps(value: Any) -> bytes:
-    return orjson.dumps(value)
+# orjson's own function, not a wrapper calling it: a Python frame less for every message
+# published (Delivery.fromMessage) and every reply encoded.
+dumps = orjson.dumps
 
 
 def encodeReplies(replies: list[Any]) -> bytes:
