@@ -352,7 +352,7 @@ class ChannelAuthority:
         A key+secret grant depends on the key's facts only (its application, secret,
         expiry, revocation), never on the channel within the application (publishing
         anywhere, subscribing to private and meta channels: ``_grantable`` holds the
-        names already parsed as such), so it is remembered per key, tied to the key
+        names parsed as such, so each is parsed once), so it is remembered per key, tied to the key
         cache's entry it was made with: a key invalidated (revoked, deleted, its
         application changed, here or on another node through key sync) or read again
         after its TTL has a new entry, and is decided in full again. Its expiry is
@@ -365,9 +365,14 @@ class ChannelAuthority:
         """
         try:
             grant = self._keyGrants[auth["key"]]
-            appId = self._grantable[operation][channelName]
         except (KeyError, TypeError):
-            return None  # no key, no grant for it, a channel not seen yet, an odd value
+            return None  # no key, none remembered, not a dict, an unhashable key
+        try:
+            appId: str | None = self._grantable[operation][channelName]
+        except KeyError:  # a channel not seen yet, or an operation no grant covers so
+            appId = self._grantableAlso(operation, channelName)
+        except TypeError:
+            return None  # an unhashable channel
         if appId != grant.appId or auth.get("token"):
             return None
         now = self._seconds()
@@ -398,8 +403,8 @@ class ChannelAuthority:
             return None
         return grant
 
-    def _remember(self, operation: str, channel: TenantChannel, facts: KeyFacts, allowed: Allowed) -> None:
-        """Remember a key+secret grant, and the channel as one any such grant covers."""
+    def _remember(self, facts: KeyFacts, allowed: Allowed) -> None:
+        """Remember a key+secret grant."""
         entry = self.keys.entryOf(facts.keyId)
         if entry is None or entry[0] is not facts:
             return  # not from the cache (cannot be: the caller peeked), so nothing to tie it to
@@ -410,15 +415,22 @@ class ChannelAuthority:
         elif len(grants) >= self.maxKeyGrants:
             self._handOver(grants.pop(next(iter(grants))))  # the oldest
         grants[facts.keyId] = KeyGrant(facts, entry, allowed)
-        self._grantableAlso(operation, channel)
 
-    def _grantableAlso(self, operation: str, channel: TenantChannel) -> None:
-        """Note ``channel`` as one that any key+secret grant of its application covers."""
+    def _grantableAlso(self, operation: str, channelName: Any) -> str | None:
+        """
+        The application of ``channelName`` if any key+secret grant of it covers
+        ``operation`` there (noted for next time), else None.
+        """
         grantable = self._grantable.get(operation)
-        if grantable is not None and not (operation == SUBSCRIBE and channel.type in ("public", "presence")):
-            if len(grantable) >= _MAX_GRANTABLE:
-                grantable.clear()
-            grantable[channel.name] = channel.appId
+        channel = parseChannel(channelName, operation)
+        if grantable is None or channel is None:
+            return None
+        if operation == SUBSCRIBE and channel.type in ("public", "presence"):
+            return None
+        if len(grantable) >= _MAX_GRANTABLE:
+            grantable.clear()
+        grantable[channel.name] = channel.appId
+        return channel.appId
 
     def _vouched(self, channel: TenantChannel, auth: Any) -> Allowed | Deferred[Allowed]:
         """
@@ -455,7 +467,6 @@ class ChannelAuthority:
             if known is not None and credentials.checkSecret(known.secret):
                 known.uses += 1
                 known.lastUsed = self._seconds()
-                self._grantableAlso(operation, channel)
                 return known.allowed
         checker: KeySecretChecker | BearerTokenChecker = (
             self.keyChecker if isinstance(credentials, KeySecret) else self.tokenChecker
@@ -465,7 +476,7 @@ class ChannelAuthority:
             return self._login(operation, channel, credentials)
         allowed = self._grant(operation, channel, checker.verify(credentials, facts))
         if checker is self.keyChecker and facts is not None:
-            self._remember(operation, channel, facts, allowed)
+            self._remember(facts, allowed)
         return allowed
 
     def principal(self, credentials: KeySecret | BearerToken) -> Principal | Deferred[Principal]:
