@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -96,6 +98,36 @@ class ParseChannelTests(SynchronousTestCase):
         ]:
             self.assertIsNone(parseChannel(name, SUBSCRIBE), name)
 
+    @given(
+        st.text(alphabet="/abc*-_~.$ \né", max_size=24)
+        | st.builds(
+            lambda kind, rest: f"/app/{kind}/{rest}",
+            st.sampled_from(["public", "private", "presence", "meta", "other", ""]),
+            st.text(alphabet="/ab*~-_\n", max_size=12),
+        ),
+        st.sampled_from([SUBSCRIBE, PUBLISH, QUERY]),
+    )
+    def test_segmentBySegment(self, name: str, operation: str) -> None:
+        """
+        The one expression answers as the contract's rule read segment by segment:
+        split on ``/``, an application and a known type, every path segment of
+        ``[A-Za-z0-9_~-]`` (a wildcard last, to subscribe only), no meta to publish.
+        """
+        expected = None
+        parts = name.split("/")
+        if len(parts) >= 4 and parts[0] == "" and parts[2] in rules.CHANNEL_TYPES:
+            segment = "[A-Za-z0-9_~-]+"
+            appId, kind, *path = parts[1:]
+            wildcard = path[-1] in ("*", "**")
+            if (
+                re.fullmatch(segment, appId)
+                and all(re.fullmatch(segment, part) for part in path[:-1])
+                and (re.fullmatch(segment, path[-1]) or (wildcard and operation == SUBSCRIBE))
+                and not (operation == PUBLISH and kind == "meta")
+            ):
+                expected = rules.TenantChannel(name, appId, kind, tuple(path))
+        self.assertEqual(rules._parseChannel(name, operation), expected)
+
     def test_wildcardsOnlyToSubscribe(self) -> None:
         """``*``/``**`` are subscription patterns: never a publish target."""
         self.assertIsNotNone(parseChannel("/app/private/a/*", SUBSCRIBE))
@@ -148,6 +180,24 @@ class ParseCacheTests(SynchronousTestCase):
         self.assertIsNone(parseChannel("/app/private/a/*", PUBLISH))
         self.assertIsNotNone(parseChannel("/app/meta/a", QUERY))
         self.assertIsNone(parseChannel("/app/meta/a", PUBLISH))
+
+    @given(
+        st.text(alphabet="/abc*-_~.", max_size=20)
+        | st.sampled_from(["/app/private/a/*", "/app/private/**", "/app/meta/x", "/app/private/a"]),
+    )
+    def test_publishAfterSubscribe(self, name: str) -> None:
+        """
+        A publish to a name its subscribers parsed first takes their parse when it is
+        one a publish may use (the same object); a wildcard or a meta channel is still
+        no publish target.
+        """
+        for parsed in rules._PARSED.values():
+            parsed.clear()
+        subscribed = parseChannel(name, SUBSCRIBE)
+        published = parseChannel(name, PUBLISH)
+        self.assertEqual(published, rules._parseChannel(name, PUBLISH))
+        if published is not None:
+            self.assertIs(published, subscribed)
 
     def test_notNames(self) -> None:
         """Names that are not strings, hashable or not, are no channel and are not cached."""

@@ -48,8 +48,13 @@ SUBSCRIBE = "subscribe"
 QUERY = "query"
 
 CHANNEL_TYPES = frozenset({"public", "private", "presence", "meta"})
-_SEGMENT = re.compile(r"[A-Za-z0-9_~-]+")
 _WILDCARDS = frozenset({"*", "**"})
+#: A whole tenancy channel name in one match (see :func:`_parseChannel`): the
+#: application, the type, the path's segments before the last, and the last segment
+#: (a wildcard, which only a subscribe may use).
+_TENANT_CHANNEL = re.compile(
+    r"/([A-Za-z0-9_~-]+)/(public|private|presence|meta)/((?:[A-Za-z0-9_~-]+/)*)([A-Za-z0-9_~-]+|\*\*?)"
+)
 
 # A JWT is a few hundred bytes; anything far larger is an attack on the decoder.
 MAX_TOKEN_LENGTH = 8192
@@ -134,7 +139,21 @@ def parseChannel(name: Any, operation: str = SUBSCRIBE) -> TenantChannel | None:
         pass  # not cached, an unhashable name, or an operation without a cache
     if not isinstance(name, str):
         return None
-    channel = _parseChannel(name, operation)
+    if operation == PUBLISH:
+        # A name valid to publish to is valid to subscribe to, and parses the same: a
+        # publish to a channel its subscribers named first (a one-to-one channel's first
+        # message) takes their parse. A wildcard or a meta channel is still refused.
+        subscribed = _PARSED[SUBSCRIBE].get(name, _UNPARSED)
+        if subscribed is None:
+            channel = None
+        elif subscribed is _UNPARSED:
+            channel = _parseChannel(name, operation)
+        elif subscribed.type == "meta" or subscribed.path[-1] in _WILDCARDS:
+            channel = None
+        else:
+            channel = subscribed
+    else:
+        channel = _parseChannel(name, operation)
     parsed = _PARSED.get(operation)
     if parsed is not None and len(name) <= _MAX_CACHED_NAME:
         if len(parsed) >= _MAX_PARSED:
@@ -147,6 +166,8 @@ def parseChannel(name: Any, operation: str = SUBSCRIBE) -> TenantChannel | None:
 _MAX_CACHED_NAME = 512
 #: Names cached per operation (see :func:`parseChannel`).
 _MAX_PARSED = 16384
+#: Not in a cache (a name's answer there may be None).
+_UNPARSED: Any = object()
 
 
 def _parseChannel(name: str, operation: str) -> TenantChannel | None:
@@ -157,27 +178,21 @@ def _parseChannel(name: str, operation: str) -> TenantChannel | None:
     application or the type (``/app/**``, ``/app/private`` are refused). Wildcards
     only as the last segment and only to subscribe; nobody publishes to meta
     channels, so for publishing they are not valid names either.
+
+    One regular expression over the whole name, not one per segment: a channel's
+    first publish or subscribe parses it (every later one finds it cached), and
+    one-to-one channels are mostly first ones.
     """
-    if not name.startswith("/"):
+    match = _TENANT_CHANNEL.fullmatch(name)
+    if match is None:
         return None
-    parts = name[1:].split("/")
-    if len(parts) < 3:
-        return None
-    appId, channelType, *path = parts
-    if channelType not in CHANNEL_TYPES or not _SEGMENT.fullmatch(appId):
-        return None
-    for segment in path[:-1]:
-        if not _SEGMENT.fullmatch(segment):
-            return None
-    last = path[-1]
-    if last in _WILDCARDS:
-        if operation != SUBSCRIBE:
-            return None
-    elif not _SEGMENT.fullmatch(last):
+    appId, channelType, middle, last = match.groups()
+    if operation != SUBSCRIBE and last in _WILDCARDS:
         return None
     if operation == PUBLISH and channelType == "meta":
         return None
-    return TenantChannel(name, appId, channelType, tuple(path))
+    path = (*middle.split("/")[:-1], last) if middle else (last,)
+    return TenantChannel(name, appId, channelType, path)
 
 
 # operation -> channel name -> parseChannel's answer (see there).
