@@ -7,10 +7,16 @@
 //   bench/run [--quick] [--repeat N] [--only burst-200,idle] [--no-faye] [--out DIR] [--rest-key K --rest-secret S]
 //             [--redis-hosts host:port,...] [--source HEAD|<rev>|worktree] [--experiment batchframe,...]
 //             [--compare-experiment batchframe,...]   (A/B: pandapush vs pandapush + experiments)
+//             [--messages N]   (every publishing scenario publishes N messages: a long run)
 //
 // --source: which pandapush code runs. Default: a snapshot of HEAD (git archive), so
 // uncommitted edits in the checkout neither break nor skew the figures; `worktree` runs
 // the checkout as it is (to measure a change before committing it).
+//
+// --messages: a scenario's own count keeps a full run to a quarter of an hour, so its
+// window holds the start (first publishes to each channel, the publishers' window filling)
+// and the end (the last deliveries on their way, the server idle). A long run is for a
+// profiler to attach to and for the steady state; its figures are not the scenarios'.
 
 const fs = require('fs');
 const os = require('os');
@@ -21,10 +27,10 @@ const args = process.argv.slice(2);
 // An option this script does not know (a typo, or --help) used to be ignored, and the
 // full run (about a quarter of an hour of both cores) started anyway.
 const FLAGS = ['quick', 'no-faye', 'help'];
-const OPTIONS = ['app', 'compare-experiment', 'experiment', 'only', 'out', 'redis-hosts', 'repeat',
+const OPTIONS = ['app', 'compare-experiment', 'experiment', 'messages', 'only', 'out', 'redis-hosts', 'repeat',
   'rest-key', 'rest-secret', 'source'];
 if (args.includes('--help') || args.includes('-h')) {
-  const usage = fs.readFileSync(__filename, 'utf8').split('\n').slice(6, 13);
+  const usage = fs.readFileSync(__filename, 'utf8').split('\n').slice(6, 14);
   process.stdout.write(usage.map((line) => line.replace(/^\/\/ ?/, '')).join('\n') + '\n');
   process.exit(0);
 }
@@ -68,6 +74,13 @@ const log = (...parts) => process.stderr.write(parts.join(' ') + '\n');
 // --- scenarios --------------------------------------------------------------------------
 
 const Q = (full, fast) => (quick ? fast : full);
+// A publishing scenario's message count (--messages overrides it).
+const MESSAGES = option('messages') ? Number(option('messages')) : null;
+if (MESSAGES !== null && !(Number.isInteger(MESSAGES) && MESSAGES > 0)) {
+  process.stderr.write(`bench/run: --messages takes a positive whole number\n`);
+  process.exit(2);
+}
+const M = (full, fast) => MESSAGES || Q(full, fast);
 const wildPrefix = (tag) => `/${rest.app}/public/bench/${tag}`;
 
 const FANOUT_METRICS = [
@@ -120,13 +133,13 @@ const PUBLISHED_VIA = {
 };
 const privateScenario = (name, publishVia) => ({
   name,
-  title: `one-to-one: ${Q(2000, 500)} ws subscribers, each on its own private channel with a token; ${PUBLISHED_VIA[publishVia]}; ${Q(10000, 3000)} msgs round-robin`,
+  title: `one-to-one: ${Q(2000, 500)} ws subscribers, each on its own private channel with a token; ${PUBLISHED_VIA[publishVia]}; ${M(10000, 3000)} msgs round-robin`,
   kind: publishVia === 'websocket' ? 'fanout' : 'rest-vs-bayeux',
   options: {
     subscribers: Q(2000, 500),
     channels: Q(2000, 500),
     publishers: publishVia === 'websocket' ? 4 : 1,
-    messages: Q(10000, 3000),
+    messages: M(10000, 3000),
     publishVia,
     window: { websocket: 500, rest: 32, 'rest-batch': 320 }[publishVia],
     channelType: 'private',
@@ -162,20 +175,20 @@ const BURST_PROCESSES = 2;
 const scenarios = [
   {
     name: 'burst-200',
-    title: `burst fan-out: 200 ws subscribers (in ${BURST_PROCESSES} generator processes), 1 channel, ${Q(5000, 500)} msgs as fast as possible`,
+    title: `burst fan-out: 200 ws subscribers (in ${BURST_PROCESSES} generator processes), 1 channel, ${M(5000, 500)} msgs as fast as possible`,
     kind: 'fanout',
-    options: { subscribers: 200, messages: Q(5000, 500), tag: 'b200', subscriberProcesses: BURST_PROCESSES },
+    options: { subscribers: 200, messages: M(5000, 500), tag: 'b200', subscriberProcesses: BURST_PROCESSES },
     metrics: FANOUT_METRICS,
     target: { metric: 'deliveriesPerSec', ratio: 10, text: '>= 10x Faye (round one)' },
   },
   {
     name: 'burst-2000',
-    title: `burst fan-out: 2000 ws subscribers, 1 channel, ${Q(500, 50)} msgs`,
+    title: `burst fan-out: 2000 ws subscribers, 1 channel, ${M(500, 50)} msgs`,
     kind: 'fanout',
     // One generator process: with two, Faye's CPU per 1,000 deliveries here was ~10 %
     // higher (19.1 against 16.9 ms, 4 alternating pairs; 20c5953), which would flatter
     // the ratio; burst-200 showed no such difference.
-    options: { subscribers: 2000, messages: Q(500, 50), tag: 'b2000' },
+    options: { subscribers: 2000, messages: M(500, 50), tag: 'b2000' },
     metrics: FANOUT_METRICS,
     target: { metric: 'deliveriesPerSec', ratio: 10, text: '>= 10x Faye (round one)' },
   },
@@ -189,16 +202,16 @@ const scenarios = [
   },
   {
     name: 'burst-longpoll',
-    title: `burst fan-out over long-polling: 200 subscribers, ${Q(1000, 300)} msgs`,
+    title: `burst fan-out over long-polling: 200 subscribers, ${M(1000, 300)} msgs`,
     kind: 'fanout',
-    options: { transport: 'long-polling', subscribers: 200, messages: Q(1000, 300), tag: 'lp', window: 200 },
+    options: { transport: 'long-polling', subscribers: 200, messages: M(1000, 300), tag: 'lp', window: 200 },
     metrics: FANOUT_METRICS,
   },
   {
     name: 'chat',
-    title: `chat shape: 500 channels x 4 ws subscribers, 4 publishers, ${Q(10000, 3000)} msgs round-robin`,
+    title: `chat shape: 500 channels x 4 ws subscribers, 4 publishers, ${M(10000, 3000)} msgs round-robin`,
     kind: 'fanout',
-    options: { subscribers: 2000, channels: 500, publishers: 4, messages: Q(10000, 3000), tag: 'chat' },
+    options: { subscribers: 2000, channels: 500, publishers: 4, messages: M(10000, 3000), tag: 'chat' },
     metrics: FANOUT_METRICS,
     targets: [
       { metric: 'deliveriesPerSec', ratio: 1.5, text: 'deliveries/s >= 1.5x Faye' },
@@ -215,12 +228,12 @@ const scenarios = [
   storm('storm-ws-workers2', 'websocket', 1000, { workers: 2 }),
   {
     name: 'wildcard',
-    title: `wildcards: 200 ws subscribers (half /bench/w/*, half /bench/**), 10 channels, ${Q(1000, 300)} msgs`,
+    title: `wildcards: 200 ws subscribers (half /bench/w/*, half /bench/**), 10 channels, ${M(1000, 300)} msgs`,
     kind: 'fanout',
     options: {
       subscribers: 200,
       channels: 10,
-      messages: Q(1000, 300),
+      messages: M(1000, 300),
       tag: 'w',
       subscriptionsOf: (i) => [i % 2 ? `${wildPrefix('w')}/*` : `/${rest.app}/public/bench/**`],
       matches: () => true,
@@ -258,9 +271,9 @@ const scenarios = [
   },
   {
     name: 'rest',
-    title: `REST publish: ${Q(5000, 1500)} POST /channel/<app>/public/... (Basic key:secret, 32 in flight), 10 ws subscribers`,
+    title: `REST publish: ${M(5000, 1500)} POST /channel/<app>/public/... (Basic key:secret, 32 in flight), 10 ws subscribers`,
     kind: 'rest',
-    options: { subscribers: 10, messages: Q(5000, 1500), window: 32, publishVia: 'rest', tag: 'rest' },
+    options: { subscribers: 10, messages: M(5000, 1500), window: 32, publishVia: 'rest', tag: 'rest' },
     metrics: [
       ['publishesPerSec', 'REST publishes/s', 'higher'],
       ['deliveriesPerSec', 'deliveries/s', 'higher'],
@@ -397,7 +410,7 @@ async function runRedis(scenario) {
       const b = await start('pandapush-B');
       try {
         const common = { url: b.url, pid: b.pid, publishUrl: a.url, publishPid: a.pid, key: rest.key, secret: rest.secret, app: rest.app };
-        const burst = await runFanout({ ...common, subscribers: 500, messages: Q(400, 100), tag: 'r2b' });
+        const burst = await runFanout({ ...common, subscribers: 500, messages: M(400, 100), tag: 'r2b' });
         const paced = await runFanout({ ...common, subscribers: 200, mode: 'paced', rate: 100, duration: Q(20, 6), warmup: 1, tag: 'r2p' });
         return { ...burst, pacedP50: paced.latencyP50, pacedP99: paced.latencyP99, pacedLost: paced.lost, pacedOtherCpu: paced.otherCpu };
       } finally {
@@ -559,7 +572,7 @@ function machine() {
   }
   const rev = servers.sourceLabel();
   const experiments = option('experiment') ? ` + experiments ${option('experiment')}` : '';
-  return `nproc ${os.cpus().length}, ${cpu}, ${python}, Node ${process.version}, pandapush ${rev}${experiments}, ${quick ? 'quick' : 'full'} run`;
+  return `nproc ${os.cpus().length}, ${cpu}, ${python}, Node ${process.version}, pandapush ${rev}${experiments}, ${quick ? 'quick' : 'full'} run${MESSAGES ? `, --messages ${MESSAGES}` : ''}`;
 }
 
 async function main() {
