@@ -35,6 +35,7 @@ from pandapush.extensions.limitconfig import LimitSettings
 from pandapush.logs import FORMATS as LOG_FORMATS
 from pandapush.router import Limits
 from pandapush.storage import StorageConfig
+from pandapush.storage._common import normalOrigins
 from pandapush.webhooks.config import WebhookConfig
 
 __all__ = [
@@ -240,6 +241,14 @@ class Configuration:
         origins = options.get("allowed-origins")
         if isinstance(origins, str):
             origins = [o.strip() for o in origins.split(",") if o.strip()]
+        if origins is not None:
+            # As an application's list is kept: browsers send the scheme and host in
+            # lower case and leave a default port out, so "https://App.example:443"
+            # written by an operator would otherwise match nothing, silently.
+            try:
+                origins = normalOrigins(origins)
+            except ValueError as e:
+                raise ConfigurationError(f"--allowed-origins: {e}") from None
         storage = _storage(options, env)
         tenancy = _tenancy(options, env)
         engineName, engineFactory = _engine(options, env)

@@ -16,8 +16,10 @@ from zope.interface.verify import verifyObject
 from pandapush.auth.keycache import KeyCache
 from pandapush.auth.origins import AppOrigins, OriginExtension
 from pandapush.bayeux.context import MessageContext
+from pandapush.config import Configuration, ConfigurationError
 from pandapush.interfaces import IExtension
 from pandapush.storage.memory import MemoryStorage
+from pandapush.transports.http import OriginPolicy
 from tests.support.bayeux import HANDSHAKE, WSClient
 from tests.support.inprocess import APP, AUTH, InProcessServer, channel
 from tests.support.rawclient import connectRaw
@@ -307,6 +309,38 @@ class CrossNodeOriginTests(TestCase):
         self.assertEqual(await other.get(app.id), frozenset([EVIL]))
 
 
+class ServerListTests(SynchronousTestCase):
+    """
+    ``--allowed-origins`` is kept as an application's list is: browsers send an origin's
+    scheme and host in lower case and leave a default port out, so a list written
+    otherwise matched nothing, and the refusals it made were silent.
+    """
+
+    def test_normalised(self) -> None:
+        """Case, a trailing slash and a default port are taken off; duplicates go."""
+        config = Configuration.fromOptions(
+            {"allowed-origins": "HTTPS://Good.Example:443/, null,https://good.example, http://x.test:8080"},
+            {},
+        )
+        self.assertEqual(config.allowedOrigins, ("http://x.test:8080", GOOD, "null"))
+
+    def test_notAnOrigin(self) -> None:
+        """Anything but scheme://host[:port] or null is refused at start, naming the option."""
+        for bad in ("good.example", "https://good.example/path", "https://good.example?x", "*"):
+            with self.assertRaises(ConfigurationError) as raised:
+                Configuration.fromOptions({"allowed-origins": bad}, {})
+            self.assertIn("--allowed-origins", str(raised.exception), bad)
+
+    def test_policyIgnoresCase(self) -> None:
+        """The policy compares without regard to case, on its list's side and the Origin's."""
+        policy = OriginPolicy(["HTTPS://Good.Example/", "null"])
+        for origin in (GOOD, "https://GOOD.example", "https://good.example/", "null", "NULL"):
+            self.assertTrue(policy.allows(origin), origin)
+        for origin in (EVIL, "https://good.example.evil", "http://good.example", ""):
+            self.assertFalse(policy.allows(origin), origin)
+        self.assertTrue(OriginPolicy().allows(EVIL))
+
+
 class NullOriginTests(TestCase):
     """
     ``Origin: null`` (sandboxed iframes, file:// pages) over real sockets: an origin like
@@ -391,6 +425,21 @@ class NullOriginTests(TestCase):
             self.assertIsNone(headers.getRawHeaders("Access-Control-Allow-Origin"), method)
             self.assertEqual(self.code, code, method)
         self.assertEqual(await self.opening(server, GOOD.encode()), b"HTTP/1.1 101 Switching Protocols")
+
+    async def test_listAsWritten(self) -> None:
+        """
+        Over real sockets, a list written with capitals and the default port admits the
+        origin a browser sends (websocket and long-polling, echoed as sent), and still
+        refuses the others.
+        """
+        server = await self.server("--allowed-origins", "HTTPS://Good.Example:443")
+        self.assertEqual(await self.opening(server, GOOD.encode()), b"HTTP/1.1 101 Switching Protocols")
+        headers = await self.cors(server, GOOD)
+        self.assertEqual(self.code, 200)
+        self.assertEqual(headers.getRawHeaders("Access-Control-Allow-Origin"), [GOOD])
+        self.assertEqual(await self.opening(server, EVIL.encode()), b"HTTP/1.1 403 Origin not allowed")
+        await self.cors(server, EVIL)
+        self.assertEqual(self.code, 403)
 
     async def test_listWithNull(self) -> None:
         """A list that names ``null`` lets it open and echoes it; other origins stay out."""

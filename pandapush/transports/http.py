@@ -81,10 +81,13 @@ class OriginPolicy:
     """
 
     def __init__(self, allowed: Iterable[str] | None = None) -> None:
-        self.allowed = None if allowed is None else frozenset(o.rstrip("/") for o in allowed)
+        # Origins compare without regard to case (a scheme and a host are case-blind):
+        # the list in lower case, and an Origin not found as sent is looked up lowered.
+        self.allowed = None if allowed is None else frozenset(o.strip().rstrip("/").lower() for o in allowed)
 
     def allows(self, origin: str) -> bool:
-        return self.allowed is None or origin in self.allowed
+        allowed = self.allowed
+        return allowed is None or origin in allowed or origin.strip().rstrip("/").lower() in allowed
 
     def admits(self, request: IRequest, origin: str) -> bool:
         """
@@ -98,7 +101,7 @@ class OriginPolicy:
         server's own (the request's ``Host``): a page it serves (the console) sends its
         own origin, which the list need not name, and reads its answers without CORS.
         """
-        if self.allowed is None or origin in self.allowed:
+        if self.allows(origin):
             return True
         host = header(request, b"host")
         return host is not None and origin.partition("://")[2] == host.lower()
