@@ -356,7 +356,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
         router,
         reactor,
         maxMessageSize=config.maxBodySize,
-        origins=OriginPolicy(config.allowedOrigins),
+        origins=OriginPolicy(config.allowedOrigins, onRefused=router.limitRefused),
         jsonp=config.jsonp,
         handshakeHeaders=workerHeaders,
         proxies=proxies.trusts,

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import treq
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -440,6 +441,35 @@ class NullOriginTests(TestCase):
         self.assertEqual(await self.opening(server, EVIL.encode()), b"HTTP/1.1 403 Origin not allowed")
         await self.cors(server, EVIL)
         self.assertEqual(self.code, 403)
+
+    async def test_refusalsCounted(self) -> None:
+        """
+        Each websocket opening and Bayeux HTTP request refused for its origin counts in
+        ``pandapush_limit_refusals_total{limit="origin"}``; a preflight (answered 200
+        without CORS headers) and a listed origin do not.
+        """
+        server = await self.server("--allowed-origins", GOOD)
+
+        async def counted() -> float:
+            response = await treq.get(f"{server.url}/metrics", persistent=False)
+            text = (await response.content()).decode()
+            found = [
+                sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name == "pandapush_limit_refusals_total" and sample.labels["limit"] == "origin"
+            ]
+            return found[0] if found else 0.0
+
+        self.assertEqual(await counted(), 0.0)
+        self.assertEqual(await self.opening(server, EVIL.encode()), b"HTTP/1.1 403 Origin not allowed")
+        await self.cors(server, EVIL)
+        self.assertEqual(self.code, 403)
+        self.assertEqual(await counted(), 2.0)
+        await self.cors(server, EVIL, "OPTIONS")
+        await self.cors(server, GOOD)
+        self.assertEqual(await self.opening(server, GOOD.encode()), b"HTTP/1.1 101 Switching Protocols")
+        self.assertEqual(await counted(), 2.0)
 
     async def test_listWithNull(self) -> None:
         """A list that names ``null`` lets it open and echoes it; other origins stay out."""

@@ -21,6 +21,7 @@ from twisted.web.server import Request
 from pandapush.bayeux.context import MessageContext
 
 __all__ = [
+    "ORIGIN",
     "HTTPConnection",
     "OriginPolicy",
     "connectionOf",
@@ -66,6 +67,10 @@ def rawHeader(request: IRequest, name: bytes) -> list[bytes] | None:
         return headers.getRawHeaders(name)
 
 
+#: The ``limit`` label of an origin's refusal (``pandapush_limit_refusals_total``).
+ORIGIN = "origin"
+
+
 class OriginPolicy:
     """
     Which browser origins may talk to the Bayeux endpoint across origins.
@@ -80,10 +85,19 @@ class OriginPolicy:
     document with an opaque origin, whatever site frames it: an operator chooses that.
     """
 
-    def __init__(self, allowed: Iterable[str] | None = None) -> None:
+    def __init__(
+        self, allowed: Iterable[str] | None = None, onRefused: Callable[[str], None] | None = None
+    ) -> None:
         # Origins compare without regard to case (a scheme and a host are case-blind):
         # the list in lower case, and an Origin not found as sent is looked up lowered.
         self.allowed = None if allowed is None else frozenset(o.strip().rstrip("/").lower() for o in allowed)
+        #: Told ``"origin"`` of every refusal (``pandapush_limit_refusals_total``).
+        self.onRefused = onRefused
+
+    def refused(self) -> None:
+        """Count a websocket opening or an HTTP request refused for its origin."""
+        if self.onRefused is not None:
+            self.onRefused(ORIGIN)
 
     def allows(self, origin: str) -> bool:
         allowed = self.allowed
@@ -106,9 +120,9 @@ class OriginPolicy:
         host = header(request, b"host")
         return host is not None and origin.partition("://")[2] == host.lower()
 
-    @staticmethod
-    def refuse(request: Request) -> bytes:
-        """The answer to a request :meth:`admits` refuses: 403, as a websocket opening's."""
+    def refuse(self, request: Request) -> bytes:
+        """The answer to a request :meth:`admits` refuses: 403, as a websocket opening's; counted."""
+        self.refused()
         return writeError(request, 403, "Origin not allowed")
 
     def apply(self, request: IRequest, origin: str | None = None) -> None:

@@ -108,6 +108,9 @@ class BayeuxWebSocketProtocol(DirectOpeningProtocol):
 
     def onConnect(self, request: ConnectionRequest) -> None:
         if not self.admitOpening(request.headers):
+            # Counted here, where it is answered: the direct opening's refusal
+            # (pandapush.transports.handshake) comes here through autobahn's path.
+            self.factory.origins.refused()
             raise ConnectionDeny(403, "Origin not allowed")
         # No subprotocol: Bayeux over websocket never negotiated one.
         return None
