@@ -719,6 +719,35 @@ class PublishPathTests(RouterTestCase):
         self.assertEqual(replies[0]["error"], str(BayeuxError.publishFailed("/a")))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
 
+    def test_serverPublishNow(self) -> None:
+        """
+        The server's own publish (REST, presence, meta events) on both ways of answering:
+        the same count, each observer told once, and an observer's failure or the
+        engine's a failed Deferred either way (the engine's error kept: a 503 for REST).
+        """
+        seen: list[tuple[str, int]] = []
+        self.router.addPublishObserver(lambda channel, recipients: seen.append((channel, recipients)))
+        now = self.successResultOf(self.router.publish("/a", 1))
+        publishNow = self.engine.publishNow
+        self.engine.publishNow = None  # type: ignore[assignment, method-assign]
+        later = self.successResultOf(self.router.publish("/a", 2))
+        self.assertEqual(now, later)
+        self.assertEqual(seen, [("/a", now), ("/a", later)])
+
+        def failing(channel: str, recipients: int) -> None:
+            raise RuntimeError("observer")
+
+        self.router.addPublishObserver(failing)
+        self.failureResultOf(self.router.publish("/a", 3), RuntimeError)
+        self.engine.publishNow = publishNow  # type: ignore[method-assign]
+        self.failureResultOf(self.router.publish("/a", 4), RuntimeError)
+
+        def down(delivery: Delivery) -> int:
+            raise EngineUnavailableError("Redis")
+
+        self.engine.publishNow = down  # type: ignore[method-assign]
+        self.failureResultOf(self.router.publish("/a", 5), EngineUnavailableError)
+
     def answers(self, now: bool, publishNow: Any = None) -> list[Any]:
         """The replies to two publishes, the engine answering at once (``now``) or not."""
         if not now:
