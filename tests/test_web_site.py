@@ -90,3 +90,44 @@ class MountedAppsTests(TestCase):
         response = await treq.get(persistent=False, url=f"{self.url}/admin", auth=auth)
         self.assertEqual(response.code, 200)
         await response.content()
+
+
+class RootDispatchTests(TestCase):
+    """``PandapushRoot.resourceFor`` finds what twisted.web's walk finds, with the same paths left."""
+
+    def test_asTheWalk(self) -> None:
+        """
+        ``/push``, a mounted leaf (``/channel``), a mounted resource that is not a leaf,
+        the default, and a path that is not UTF-8: the same resource, prepath and
+        postpath as ``getChildForRequest``.
+        """
+        from twisted.web.resource import getChildForRequest
+        from twisted.web.test.requesthelper import DummyRequest
+
+        leaf = Resource()
+        leaf.isLeaf = True
+        branch = Resource()
+        branch.putChild(b"inner", leaf)
+        bayeux = Resource()
+        bayeux.isLeaf = True
+        default = Resource()
+        default.isLeaf = True
+        root = PandapushRoot(bayeux, default, {b"channel": leaf, b"tree": branch})
+        paths = [
+            [b"push"],
+            [b"channel", b"app", b"private", b"a"],
+            [b"channel"],
+            [b"tree", b"inner", b"x"],
+            [b"elsewhere", b"x"],
+            [b"channel", b"\xff"],
+            [],
+        ]
+        for path in paths:
+            walked, direct = DummyRequest(list(path)), DummyRequest(list(path))
+            expected = getChildForRequest(root, walked)
+            found = root.resourceFor(direct)
+            # A walk that finds nothing makes a new NoResource each time.
+            self.assertIs(type(found), type(expected), path)
+            if expected in (leaf, bayeux, default):
+                self.assertIs(found, expected, path)
+            self.assertEqual((direct.prepath, direct.postpath), (walked.prepath, walked.postpath), path)

@@ -332,11 +332,20 @@ class PandapushRoot(Resource):
         return self._default.render(request)
 
     def resourceFor(self, request: Any) -> IResource:
-        """What ``getChildForRequest`` finds for ``request`` from here, ``/push`` without the walk."""
+        """
+        What ``getChildForRequest`` finds for ``request`` from here: ``/push``, and a
+        mounted leaf (``/channel``: every REST publish), without the walk.
+        """
         postpath = request.postpath
-        if postpath and postpath[0] == b"push" and self._bayeux.isLeaf:
-            request.prepath.append(postpath.pop(0))
-            return self._bayeux
+        if postpath:
+            first = postpath[0]
+            if first == b"push" and self._bayeux.isLeaf:
+                request.prepath.append(postpath.pop(0))
+                return self._bayeux
+            mounted = self._mounts.get(first)
+            if mounted is not None and getattr(mounted, "isLeaf", False):
+                # getChildWithDefault's answer, the segment not taken off the path.
+                return mounted if _isUTF8(postpath) else _NOT_UTF8
         return getChildForRequest(self, request)  # type: ignore[no-any-return]
 
 
