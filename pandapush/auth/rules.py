@@ -52,8 +52,9 @@ _WILDCARDS = frozenset({"*", "**"})
 #: A whole tenancy channel name in one match (see :func:`_parseChannel`): the
 #: application, the type, the path's segments before the last, and the last segment
 #: (a wildcard, which only a subscribe may use).
+_SEGMENT = r"[A-Za-z0-9_~-]+"
 _TENANT_CHANNEL = re.compile(
-    r"/([A-Za-z0-9_~-]+)/(public|private|presence|meta)/((?:[A-Za-z0-9_~-]+/)*)([A-Za-z0-9_~-]+|\*\*?)"
+    rf"/({_SEGMENT})/({'|'.join(sorted(CHANNEL_TYPES))})/((?:{_SEGMENT}/)*)({_SEGMENT}|\*\*?)"
 )
 
 # A JWT is a few hundred bytes; anything far larger is an attack on the decoder.
