@@ -444,3 +444,35 @@ class HeadBlockTests(TestCase):
         for i in range(5):
             self.assertIsNotNone(lean._parse(self.channel(), post(PUSH, b"[]", b"X-N: %d" % i), 0))
         self.assertEqual(len(lean._BLOCKS), 3)
+
+
+class LeanRequestTests(TestCase):
+    def test_hostOnDemand(self) -> None:
+        """
+        A lean request's ``getHost()`` is its connection's local address, looked up when
+        something asks (twisted.web's Request looks it up for every request).
+        """
+        from twisted.web.http_headers import Headers
+
+        from pandapush.web.site import makeSite
+
+        local = IPv4Address("TCP", "10.0.0.1", 3000)
+        peer = IPv4Address("TCP", "127.0.0.1", 40000)
+        channel = makeSite(Resource(), maxBodySize=1024).buildProtocol(peer)
+        channel.makeConnection(StringTransport(hostAddress=local, peerAddress=peer))
+        self.addCleanup(channel.connectionLost, Failure(ConnectionDone()))
+        asked: list[Any] = []
+        getHost = channel.getHost
+
+        def counted() -> Any:
+            asked.append(1)
+            return getHost()
+
+        channel.getHost = counted  # type: ignore[method-assign]
+        request = lean.LeanRequest(channel, b"POST", b"/push", Headers(), b"", peer)
+        self.assertEqual(asked, [])
+        self.assertEqual(request.getHost(), local)
+        self.assertEqual(request.getHost(), local)
+        self.assertEqual(asked, [1])
+        request.host = IPv4Address("TCP", "10.0.0.2", 80)
+        self.assertEqual(request.getHost(), IPv4Address("TCP", "10.0.0.2", 80))

@@ -78,7 +78,6 @@ class LeanRequest(LimitedRequest):
         self.notifications = []
         self.channel = channel
         self.client = peer
-        self.host = channel.getHost()
         self.requestHeaders = headers
         self.received_cookies = {}
         # Headers() without its __init__ call, which only makes the dict set here.
@@ -97,6 +96,25 @@ class LeanRequest(LimitedRequest):
         path, query, argstring = uri.partition(b"?")
         self.path = path
         self.args = parse_qs(argstring, 1) if query else {}
+
+    #: The connection's local address, once something asked (see ``host``).
+    _host: Any = None
+
+    @property  # type: ignore[override]
+    def host(self) -> Any:
+        # Request.__init__ asks the transport for it on every request (a getsockname per
+        # connection, an address object): nothing on the lean path's requests reads it,
+        # so it is looked up when something does (getHost, a URL built from the request).
+        host = self._host
+        if host is None:
+            channel = getattr(self, "channel", None)
+            if channel is not None:
+                host = self._host = channel.getHost()
+        return host
+
+    @host.setter
+    def host(self, value: Any) -> None:
+        self._host = value
 
     def setHeader(self, name: bytes | str, value: bytes | str) -> None:
         # Headers.setRawHeaders without its name encoder's call, splitlines and join for
