@@ -415,6 +415,28 @@ class HeadBlockTests(TestCase):
         )
         self.assertEqual(second.content.getvalue(), b"[]")  # type: ignore[union-attr]
 
+    def test_contextHeaders(self) -> None:
+        """
+        A MessageContext's headers for requests of one block are made once, shared and
+        read-only, and are what contextFor makes from a request's own headers: names
+        lower-cased, each first value.
+        """
+        from pandapush.transports.http import contextFor
+
+        head = post(PUSH, b"[]", b"X-Two: a", b"X-Two: b", b"Origin: https://Good.example")
+        channel = self.channel()
+        first, _ = lean._parse(channel, head, 0)  # type: ignore[misc]
+        second, _ = lean._parse(channel, head, 0)  # type: ignore[misc]
+        shared = contextFor(first, "long-polling").headers
+        self.assertIs(contextFor(second, "long-polling").headers, shared)
+        second.contextHeaders = None
+        made = contextFor(second, "long-polling").headers
+        self.assertEqual(dict(shared), made)
+        self.assertEqual(made["x-two"], "a")
+        self.assertEqual(made["origin"], "https://Good.example")
+        with self.assertRaises(TypeError):
+            shared["origin"] = "https://evil.example"  # type: ignore[index]
+
     def test_refusedAgain(self) -> None:
         """A block twisted.web must take is refused from the cache as when first read."""
         for head in [

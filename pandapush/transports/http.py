@@ -9,7 +9,7 @@ REST and admin APIs.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from twisted.internet import tcp
@@ -199,16 +199,20 @@ def contextFor(
     lost: Deferred[None] | None = None,
     proxies: Callable[[str], bool] | None = None,
 ) -> MessageContext:
-    names = _LOWER_NAMES
-    headers = {}
-    for name, values in request.requestHeaders.getAllRawHeaders():
-        if values:
-            lower = names.get(name)
-            if lower is None:
-                lower = name.decode("latin-1").lower()
-                if len(names) < _LOWER_NAMES_KEPT:
-                    names[name] = lower
-            headers[lower] = values[0].decode("latin-1")
+    # Made with the request's head when it was parsed from a head seen before (a lean
+    # request: pandapush.web.lean), shared by the requests with that head.
+    headers: Mapping[str, str] | None = getattr(request, "contextHeaders", None)
+    if headers is None:
+        names = _LOWER_NAMES
+        headers = made = {}
+        for name, values in request.requestHeaders.getAllRawHeaders():
+            if values:
+                lower = names.get(name)
+                if lower is None:
+                    lower = name.decode("latin-1").lower()
+                    if len(names) < _LOWER_NAMES_KEPT:
+                        names[name] = lower
+                made[lower] = values[0].decode("latin-1")
     peer = request.getClientAddress()
     return MessageContext(
         transport, headers, getattr(peer, "host", None), lost=lost, connection=connectionOf(request, proxies)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import io
 import re
 import time
+from types import MappingProxyType
 from typing import Any
 
 from twisted.web.http import HTTPChannel, parse_qs
@@ -227,8 +228,20 @@ def _block(lines: bytes) -> Any:
             order[name] = [value]
         else:
             values.append(value)
-    # Names and values apart: a request's dict is made of them by zip, in C.
-    return tuple(order), tuple(tuple(values) for values in order.values()), length, lines.count(b"\n")
+    # Names and values apart: a request's dict is made of them by zip, in C. And the
+    # headers as a MessageContext holds them (lower-cased names, each first value), made
+    # here once for every request with this head rather than by contextFor for each: a
+    # Mapping no one writes to (extensions read it), so the requests share it.
+    contextHeaders = MappingProxyType(
+        {name.decode("latin-1").lower(): values[0].decode("latin-1") for name, values in order.items()}
+    )
+    return (
+        tuple(order),
+        tuple(tuple(values) for values in order.values()),
+        length,
+        lines.count(b"\n"),
+        contextHeaders,
+    )
 
 
 def _parse(channel: Any, data: bytes, start: int) -> tuple[LeanRequest, int] | None:
@@ -250,7 +263,7 @@ def _parse(channel: Any, data: bytes, start: int) -> tuple[LeanRequest, int] | N
             _BLOCKS[lines] = known
     if known is _REFUSE:
         return None
-    names, values, length, count = known
+    names, values, length, count, contextHeaders = known
     if count > channel.maxHeaders:
         return None
     site = getattr(channel, "site", None)
@@ -264,7 +277,9 @@ def _parse(channel: Any, data: bytes, start: int) -> tuple[LeanRequest, int] | N
     # Lists of their own: a request's headers are its own to change.
     headers._rawHeaders = dict(zip(names, map(list, values), strict=True))
     body = data[end + 4 : bodyEnd]
-    return LeanRequest(channel, b"POST", request.group(1), headers, body, _peer(channel)), bodyEnd
+    lean = LeanRequest(channel, b"POST", request.group(1), headers, body, _peer(channel))
+    lean.contextHeaders = contextHeaders
+    return lean, bodyEnd
 
 
 def serve(channel: HTTPChannel, data: bytes) -> bytes | None:

@@ -83,6 +83,9 @@ class LimitedRequest(Request):
     #: ``time.monotonic()`` once its headers were in (0: never were); metrics time requests from it.
     started = 0.0
     _lost: Deferred[None] | None = None
+    #: The headers as a MessageContext holds them, when they came with the request
+    #: (pandapush.web.lean); else None, and contextFor makes them.
+    contextHeaders: Mapping[str, str] | None = None
 
     def gotLength(self, length: int | None) -> None:
         self.started = time.monotonic()
