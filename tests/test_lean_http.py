@@ -326,6 +326,49 @@ class LeanDifferentialTests(DifferentialCase):
         self.assertTrue(lost.called)
 
 
+class LostTests(DifferentialCase):
+    """When a long-poll request makes the Deferred that says its client hung up."""
+
+    def test_onlyWhenHeld(self) -> None:
+        """
+        A long-poll answered at once makes none; a held connect does, on both paths,
+        and is let go (no longer held) once its connection closes.
+        """
+        from pandapush.web.site import LimitedRequest
+
+        made: list[Any] = []
+        original = LimitedRequest.notifyLost
+
+        def notifyLost(request: Any) -> Any:
+            made.append(request)
+            return original(request)
+
+        self.patch(LimitedRequest, "notifyLost", notifyLost)
+        cid = self.clientId().decode()
+        router = self.server.router
+        handshake = {
+            "channel": "/meta/handshake",
+            "version": "1.0",
+            "supportedConnectionTypes": ["long-polling"],
+        }
+        connect = {"channel": "/meta/connect", "clientId": cid, "connectionType": "long-polling"}
+        for leanPath in (True, False):
+            self.site.serveSimple = lean.serve if leanPath else None
+            connection = _Connection(self.site)
+            del made[:]
+            # Answered at once: a handshake, and a connect that holds nothing.
+            connection.feed(
+                post(PUSH, bayeux(handshake)), post(PUSH, bayeux({**connect, "advice": {"timeout": 0}}))
+            )
+            self.assertEqual(made, [], leanPath)
+            held = router.heldConnects()
+            connection.feed(post(PUSH, bayeux(connect)))
+            self.assertEqual(router.heldConnects(), held + 1, leanPath)
+            self.assertEqual(len(made), 1, leanPath)
+            connection.close()
+            self.assertEqual(router.heldConnects(), held, leanPath)
+
+
 class LeanOriginTests(DifferentialCase):
     """The Bayeux requests of origins ``--allowed-origins`` refuses, answered alike on both paths."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,13 +24,24 @@ class MessageContext:
     announcements, meta events); extensions let them through.
     ``lost``, when the transport can tell, fires once the connection that should
     carry the replies is gone (a long-poll request whose client hung up), so a
-    held ``/meta/connect`` stops holding messages for nobody.
+    held ``/meta/connect`` stops holding messages for nobody. A transport may give
+    ``lostOf`` instead, which makes that Deferred the first time ``lost`` is read:
+    a long-polling request answered at once (all but held connects) never needs one.
     ``connection``, when the transport can tell, stands for the TCP connection the
     message came over (the same object for every request of one keep-alive HTTP
     connection): what the clients-per-connection limit counts by.
     """
 
-    __slots__ = ("attributes", "connection", "headers", "lost", "remoteAddress", "transport", "trusted")
+    __slots__ = (
+        "_lost",
+        "_lostOf",
+        "attributes",
+        "connection",
+        "headers",
+        "remoteAddress",
+        "transport",
+        "trusted",
+    )
 
     def __init__(
         self,
@@ -40,14 +51,27 @@ class MessageContext:
         trusted: bool = False,
         lost: Deferred[None] | None = None,
         connection: Hashable | None = None,
+        lostOf: Callable[[], Deferred[None]] | None = None,
     ) -> None:
         self.transport = transport
         self.connection = connection
         self.headers: Mapping[str, str] = headers if headers is not None else {}
         self.remoteAddress = remoteAddress
         self.trusted = trusted
-        self.lost = lost
+        self._lost = lost
+        self._lostOf = lostOf
         self.attributes: dict[str, Any] = {}
+
+    @property
+    def lost(self) -> Deferred[None] | None:
+        lost = self._lost
+        if lost is None and self._lostOf is not None:
+            lost = self._lost = self._lostOf()
+        return lost
+
+    @lost.setter
+    def lost(self, lost: Deferred[None] | None) -> None:
+        self._lost = lost
 
     @property
     def origin(self) -> str | None:
@@ -75,5 +99,11 @@ class MessageContext:
     def forMessage(self) -> MessageContext:
         """A fresh context for the next message of the same connection/batch."""
         return MessageContext(
-            self.transport, self.headers, self.remoteAddress, self.trusted, self.lost, self.connection
+            self.transport,
+            self.headers,
+            self.remoteAddress,
+            self.trusted,
+            self._lost,
+            self.connection,
+            self._lostOf,
         )

@@ -289,8 +289,6 @@ class Sessions(EngineListener):
         if self.fresh.pop(clientId, None) is not None:
             wait = 0.0
         if attach:
-            if context.lost is not None:
-                context.lost.addCallback(lambda _: held.abandon())
             # May answer at once, synchronously, if messages are already queued.
             self.engine.attach(clientId, held)
         if not held.done and clientId in self._notices:
@@ -300,6 +298,12 @@ class Sessions(EngineListener):
                 held.finish()
             else:
                 held.timer = self.reactor.callLater(wait, held.finish)
+                # Held: let go if its connection goes first. Asked only now, as a
+                # transport makes that Deferred when asked (a connect answered at once,
+                # as every client's first is, needs none).
+                lost = context.lost if attach else None
+                if lost is not None:
+                    lost.addCallback(lambda _: held.abandon())
         return held
 
     def heldConnects(self) -> int:

@@ -198,6 +198,7 @@ def contextFor(
     transport: str,
     lost: Deferred[None] | None = None,
     proxies: Callable[[str], bool] | None = None,
+    lostOf: Callable[[], Deferred[None]] | None = None,
 ) -> MessageContext:
     # Made with the request's head when it was parsed from a head seen before (a lean
     # request: pandapush.web.lean), shared by the requests with that head.
@@ -215,7 +216,12 @@ def contextFor(
                 made[lower] = values[0].decode("latin-1")
     peer = request.getClientAddress()
     return MessageContext(
-        transport, headers, getattr(peer, "host", None), lost=lost, connection=connectionOf(request, proxies)
+        transport,
+        headers,
+        getattr(peer, "host", None),
+        lost=lost,
+        connection=connectionOf(request, proxies),
+        lostOf=lostOf,
     )
 
 

@@ -79,10 +79,17 @@ class LongPollingTransport:
             self.origins.apply(request, origin)
 
         transport = "cross-origin-long-polling" if origin else "long-polling"
-        lost = requestLost(request)
+        # The site's requests make the Deferred that says the client hung up only when
+        # something asks for it (a held connect, an answer that waits): every other
+        # request is answered before it could fire.
+        notifyLost = getattr(request, "notifyLost", None)
+        if notifyLost is not None:
+            context = contextFor(request, transport, None, self.proxies, lostOf=notifyLost)
+        else:
+            context = contextFor(request, transport, requestLost(request), self.proxies)
         router = self.router
         try:
-            replies = router.processNow(messages, contextFor(request, transport, lost, self.proxies))
+            replies = router.processNow(messages, context)
         except Exception:
             self._failed(Failure(), request, False)
             return NOT_DONE_YET
@@ -90,6 +97,8 @@ class LongPollingTransport:
             now = firedWith(replies)
             if not now:
                 # A held connect, or a step that had to wait (storage, Redis).
+                lost = context.lost
+                assert lost is not None
                 return self._later(replies, request, lost)
             if isinstance(now[0], Failure):
                 self._failed(now[0], request, False)
