@@ -134,6 +134,18 @@ class EngineTestsMixin(HistoryTestsMixin, _Base):
         await self.engine.destroyClient(first, "disconnect")
         self.assertFalse(await self.engine.clientExists(first))
         self.assertFalse(await self.engine.clientExists("never-was"))
+        # An engine that answers at once may say so (clientExistsNow): the same answers.
+        existsNow = getattr(self.engine, "clientExistsNow", None)
+        if existsNow is not None:
+            self.assertEqual(
+                [existsNow(first), existsNow(second), existsNow("never-was")],
+                [
+                    await self.engine.clientExists(first),
+                    await self.engine.clientExists(second),
+                    await self.engine.clientExists("never-was"),
+                ],
+            )
+            self.assertTrue(existsNow(second))
 
     async def test_deliverToAttachedSink(self) -> None:
         """A message published to a subscribed channel reaches the client's sink."""

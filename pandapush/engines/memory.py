@@ -114,6 +114,14 @@ class MemoryEngine(ListenerRegistry, MemoryEngineHistory, ObservedFlushes):
     def clientExists(self, clientId: str) -> defer.Deferred[bool]:
         return defer.succeed(clientId in self._local.clients)
 
+    def clientExistsNow(self, clientId: str) -> bool:
+        """
+        :meth:`clientExists`, answered itself: the router asks for every connect,
+        subscribe and disconnect (as with ``publishNow``, a fired Deferred and looking
+        into it cost more than the answer).
+        """
+        return clientId in self._local.clients
+
     def hasClient(self, clientId: str) -> bool:
         """Synchronous ``clientExists``, for tests and statistics."""
         return clientId in self._local

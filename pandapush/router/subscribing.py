@@ -259,6 +259,10 @@ def clientError(engine: IEngine, clientId: Any) -> BayeuxError | Deferred[Bayeux
         return BayeuxError.parameterMissing("clientId")
     if not isinstance(clientId, str):
         return BayeuxError.clientUnknown(clientId)
+    # An engine that answers at once says so with clientExistsNow (the in-memory one).
+    existsNow = getattr(engine, "clientExistsNow", None)
+    if existsNow is not None:
+        return None if existsNow(clientId) else BayeuxError.clientUnknown(clientId)
     exists = settled(engine.clientExists(clientId))
     if isDeferred(exists):
         return exists.addCallback(_unknownUnless, clientId)
