@@ -114,17 +114,11 @@ class MemoryEngine(ListenerRegistry, MemoryEngineHistory, ObservedFlushes):
     def clientExists(self, clientId: str) -> defer.Deferred[bool]:
         return defer.succeed(clientId in self._local.clients)
 
-    def clientExistsNow(self, clientId: str) -> bool:
-        """
-        :meth:`clientExists`, answered itself: the router asks for every connect,
-        subscribe and disconnect (as with ``publishNow``, a fired Deferred and looking
-        into it cost more than the answer).
-        """
+    def hasClient(self, clientId: str) -> bool:
+        """Synchronous ``clientExists``: tests, statistics, the router (docs/extending.md)."""
         return clientId in self._local.clients
 
-    def hasClient(self, clientId: str) -> bool:
-        """Synchronous ``clientExists``, for tests and statistics."""
-        return clientId in self._local
+    clientExistsNow = hasClient
 
     def destroyClient(self, clientId: str, reason: str = "disconnect") -> defer.Deferred[None]:
         client = self._local.clients.pop(clientId, None)

@@ -259,7 +259,9 @@ def clientError(engine: IEngine, clientId: Any) -> BayeuxError | Deferred[Bayeux
         return BayeuxError.parameterMissing("clientId")
     if not isinstance(clientId, str):
         return BayeuxError.clientUnknown(clientId)
-    # An engine that answers at once says so with clientExistsNow (the in-memory one).
+    # An engine that answers at once says so with clientExistsNow (the in-memory one):
+    # asked for every connect, subscribe and disconnect, a fired Deferred and looking
+    # into it cost more than the answer.
     existsNow = getattr(engine, "clientExistsNow", None)
     if existsNow is not None:
         return None if existsNow(clientId) else BayeuxError.clientUnknown(clientId)
