@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 __all__ = ["BayeuxError", "formatError"]
@@ -87,5 +88,21 @@ def _paramText(value: Any) -> str:
     return ""
 
 
+#: What a parameter may not hold as it is: the grammar's own separators, the escape, and
+#: line breaks and other control characters. Parameters echo what the client sent (an
+#: invalid channel name, an unknown client id), and ``405::\n:Invalid channel`` (a channel
+#: named ``:`` and a line break) was no longer ``code:params:message`` for any client that
+#: parses it. No valid channel name or client id holds any of these.
+_UNSAFE = re.compile(r"[%:,\x00-\x1f\x7f]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return f"%{ord(match.group()):02X}"
+
+
 def formatError(code: int, params: list[str] | tuple[str, ...], message: str) -> str:
-    return f"{code}:{','.join(params)}:{message}"
+    """``code:arg1,arg2:message``, each argument's unsafe characters percent-encoded."""
+    text = ",".join(params)
+    if _UNSAFE.search(text) is not None:
+        text = ",".join(_UNSAFE.sub(_escaped, param) for param in params)
+    return f"{code}:{text}:{message}"
