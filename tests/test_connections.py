@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
 import treq
 import twisted.test
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import reactor, ssl
+from twisted.internet import reactor, ssl, tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import (
     SSL4ClientEndpoint,
@@ -27,6 +28,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 
+from pandapush.transports.handshake import DirectOpeningProtocol
 from pandapush.web.connections import AddressLimit, PandapushChannel
 from pandapush.web.site import PandapushSite
 from tests.support.bayeux import WSClient
@@ -108,6 +110,13 @@ class ConnectionCase(TestCase):
         client = await connectRaw(self.port, source)
         self.raw.append(client)
         return client
+
+    async def opened(self, client: RawClient) -> None:
+        """``client`` got its 101, and its Bayeux handshake over the socket was answered."""
+        self.assertTrue(await eventually(lambda: SWITCHED in client.received), client.received)
+        client.send(HANDSHAKE_FRAME)
+        self.assertTrue(await eventually(lambda: HANDSHAKE_ANSWERED in client.received), client.received)
+        self.assertFalse(client.gone)
 
     async def refusals(self) -> dict[str, float]:
         response = await treq.get(f"{self.server.url}/metrics", persistent=False)
@@ -250,13 +259,6 @@ class DirectUpgradeTests(ConnectionCase):
         await super().setUp()
         self.spy = _RenderSpy(self, self.server.service.bayeux)
 
-    async def opened(self, client: RawClient) -> None:
-        """``client`` got its 101, and its Bayeux handshake over the socket was answered."""
-        self.assertTrue(await eventually(lambda: SWITCHED in client.received), client.received)
-        client.send(HANDSHAKE_FRAME)
-        self.assertTrue(await eventually(lambda: HANDSHAKE_ANSWERED in client.received), client.received)
-        self.assertFalse(client.gone)
-
     async def test_upgradeWithoutRequest(self) -> None:
         """
         An upgrade that arrives whole in one read opens the socket without twisted.web:
@@ -333,6 +335,35 @@ class DirectUpgradeTests(ConnectionCase):
         self.assertTrue(await eventually(lambda: client.gone, timeout=3))
         self.assertTrue(client.received.startswith(b"HTTP/1.1 400 "), client.received)
         self.assertEqual((self.spy.upgrades, self.server.service.bayeux.websocketFactory.openSockets), (0, 0))
+
+
+class NoDelayTests(ConnectionCase):
+    """
+    Nagle's algorithm is off on every accepted connection, as autobahn turns it off for
+    the websockets it opens: a small delivery written while the last one is not yet
+    acknowledged must not wait for the subscriber's delayed ACK (up to 40 ms).
+    """
+
+    def noDelay(self, client: RawClient) -> bool:
+        """Whether the server's end of ``client``'s connection has TCP_NODELAY set."""
+        assert client.transport is not None
+        port = client.transport.getHost().port  # type: ignore[attr-defined]
+        for reader in reactor.getReaders():  # type: ignore[attr-defined]
+            if isinstance(reader, tcp.Server) and reader.getPeer().port == port:
+                return reader.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        raise AssertionError(f"no server connection for the client's port {port}")
+
+    async def test_everyConnection(self) -> None:
+        http = await self.connect()
+        http.send(HEALTH)
+        self.assertTrue(await eventually(lambda: b"HTTP/1.1 200 " in http.received))
+        self.assertTrue(self.noDelay(http), "HTTP")
+        for direct in (True, False):
+            self.patch(DirectOpeningProtocol, "directOpening", direct)
+            client = await self.connect()
+            client.send(upgrade())
+            await self.opened(client)
+            self.assertTrue(self.noDelay(client), f"websocket, opened directly: {direct}")
 
 
 class RefusedOriginUpgradeTests(ConnectionCase):

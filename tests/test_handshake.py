@@ -179,6 +179,11 @@ def _texts(data: bytes) -> list[bytes]:
 
 class _Transport(StringTransport):
     protocol: Any
+    #: As a TCP transport's: whether Nagle's algorithm was turned off.
+    noDelay = False
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.noDelay = enabled
 
     def unregisterProducer(self) -> None:
         # As a TCP transport: autobahn unregisters on every drop, registered or not.
@@ -231,6 +236,7 @@ class OpeningCase(TestCase):
                 "answer": _normal(transport.value()),
                 "closing": transport.disconnecting,
                 "state": None if socket is None else socket.state,
+                "noDelay": transport.noDelay,
             }
             if socket is not None and socket.state == socket.STATE_OPEN:
                 assert socket._context is not None
