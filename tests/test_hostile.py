@@ -19,6 +19,7 @@ from twisted.web.http_headers import Headers
 from tests.support import servercase
 from tests.support.bayeux import HANDSHAKE
 from tests.support.inprocess import channel
+from tests.support.rawclient import connectRaw
 from tests.support.waiting import eventually
 
 
@@ -125,4 +126,31 @@ class UndecodablePathTests(ServerCase):
             response = await treq.get(self.server.url + path, persistent=False)
             await response.content()
             self.assertEqual(response.code, 400, path)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class BadHostTests(ServerCase):
+    async def test_cleanBadRequest(self) -> None:
+        """
+        A ``Host`` that is not a host name (not UTF-8; an empty label; a label over 63
+        characters) is a 400 wherever a Klein app answers, and logs no traceback: Klein
+        logged one, and werkzeug's ``BadHost`` made it a 500 (found by test_http_fuzz).
+        The Bayeux endpoint and REST publishes, which do not read the host, are unchanged.
+        """
+        port = self.server.port.getHost().port  # type: ignore[union-attr]
+        for host in [b"\xff\xfe", b"a..b", b"x" * 64 + b".example", b"caf\xc3\xa9..x:80"]:
+            for path in [b"/health_check.json", b"/admin/api/apps", b"/metrics", b"/nothing-here", b"/"]:
+                client = await connectRaw(port)
+                client.send(b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (path, host))
+                self.assertTrue(await eventually(lambda: client.gone), (host, path))  # noqa: B023
+                self.assertTrue(
+                    client.received.startswith(b"HTTP/1.1 400 "), (host, path, client.received[:80])
+                )
+                self.assertIn(b"the Host header is not a host name", client.received)
+        client = await connectRaw(port)
+        client.send(
+            b"GET /health_check.json HTTP/1.1\r\nHost: caf\xc3\xa9.example:80\r\nConnection: close\r\n\r\n"
+        )
+        self.assertTrue(await eventually(lambda: client.gone))
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 200 "), client.received[:80])
         self.assertEqual(self.flushLoggedErrors(), [])

@@ -215,6 +215,9 @@ class PublishResource(Resource):
     """
 
     isLeaf = True
+    #: Nothing here reads the request's host: the site does not check it (see
+    #: ``pandapush.web.site._checked``).
+    hostBlind = True
     _log = Logger()
 
     def __init__(self, app: PublishApp) -> None:

@@ -303,6 +303,46 @@ class _BadPath(Resource):
 _NOT_UTF8 = _BadPath()
 
 
+def _hostBindable(request: Any) -> bool:
+    """
+    Whether a Klein app can take the request's host name (``Host`` without its port, or
+    the local address without one): Klein decodes it as UTF-8
+    (logging a traceback when it is not) and werkzeug encodes it as IDNA (a name with an
+    empty label or one over 63 characters raises ``BadHost`` through Klein: a 500 and a
+    traceback). Either way one request's ``Host`` header wrote a traceback to the log.
+    """
+    try:
+        request.getRequestHostname().decode("utf-8").lower().partition(":")[0].encode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
+class _BadHost(Resource):
+    """A ``Host`` that is not a host name: 400 (RFC 9112, 3.2), without a word in the log."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        request.setResponseCode(400)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        return b"Bad request: the Host header is not a host name"
+
+
+_BAD_HOST = _BadHost()
+
+
+def _checked(resource: IResource, request: Any) -> IResource:
+    """
+    ``resource``, or the 400 of a host name a Klein app could not take. Resources that
+    never read the host say so with a true ``hostBlind`` (REST publishes: a hot path);
+    the check is for every other one, Klein apps inside wrappers (``/admin``) included.
+    """
+    if getattr(resource, "hostBlind", False) or _hostBindable(request):
+        return resource
+    return _BAD_HOST
+
+
 class PandapushRoot(Resource):
     """
     Dispatches on the first path segment: ``/push`` goes straight to the Bayeux
@@ -329,10 +369,10 @@ class PandapushRoot(Resource):
             # Klein answers such a path 400 too, but logs a traceback first: one per
             # request, so anyone could fill the log.
             return _NOT_UTF8
-        return self._mounts.get(path, self._default)
+        return _checked(self._mounts.get(path, self._default), request)
 
     def render(self, request: Any) -> Any:
-        return self._default.render(request)
+        return _checked(self._default, request).render(request)
 
     def resourceFor(self, request: Any) -> IResource:
         """
@@ -348,7 +388,7 @@ class PandapushRoot(Resource):
             mounted = self._mounts.get(first)
             if mounted is not None and getattr(mounted, "isLeaf", False):
                 # getChildWithDefault's answer, the segment not taken off the path.
-                return mounted if _isUTF8(postpath) else _NOT_UTF8
+                return _checked(mounted, request) if _isUTF8(postpath) else _NOT_UTF8
         return getChildForRequest(self, request)  # type: ignore[no-any-return]
 
 
