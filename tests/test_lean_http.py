@@ -71,6 +71,8 @@ class _Connection:
         peer = IPv4Address("TCP", "127.0.0.1", _Connection.port)
         self.protocol = site.buildProtocol(peer)
         self.transport = StringTransport(peerAddress=peer)
+        # As a TCP transport's: autobahn reads it when an upgrade reaches its resource.
+        self.transport.protocol = self.protocol  # type: ignore[attr-defined]
         self.protocol.makeConnection(self.transport)
 
     def feed(self, *reads: bytes) -> None:
