@@ -250,6 +250,23 @@ class SameAsAutobahnTests(SynchronousTestCase):
             self.assertIsNone(server.autoPingTimeoutCall)
             self.assertIsNone(server.autoPingPending)
 
+    def test_badUtf8BeforeTheFrameIsWhole(self) -> None:
+        """
+        A text frame whose first payload bytes cannot begin UTF-8 is failed before the
+        rest of it comes, as autobahn fails it (1007, the same words); a frame cut
+        inside a character still waits (found by test_http_fuzz).
+        """
+        bad = frame(b"ok \xff" + b"x" * 300)
+        for cut in (12, 13, 100):
+            fast = self.assertSame([bad[:cut]])
+            self.assertTrue(fast[4], cut)
+            self.assertIn(b"invalid UTF-8", fast[1])
+        good = frame("\u00e9".encode() * 200)
+        for cut in (9, 10, 200):
+            fast = self.assertSame([good[:cut]])
+            self.assertEqual(fast[1:], (b"", False, WebSocketServerProtocol.STATE_OPEN, False), cut)
+        self.assertEqual(self.assertSame([good[:9], good[9:]])[0], [("\u00e9".encode() * 200, False)])
+
     def test_partialFrameWaits(self) -> None:
         """A frame's first bytes wait at a frame boundary in autobahn's buffer until the rest comes."""
         server, _ = openServer(FastServer)

@@ -35,6 +35,7 @@ paths still add to it.
 from __future__ import annotations
 
 import struct
+from codecs import utf_8_decode
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -83,6 +84,19 @@ def arrayFrame(item: bytes) -> bytes:
     if size <= _LARGEST:
         return b"".join((_PACK_HEAD(_FIN_TEXT, 126, size), b"[", item, b"]"))
     return textFrame(b"[" + item + b"]")
+
+
+def _utf8Prefix(data: bytes, payloadStart: int, end: int) -> bool:
+    """Whether the payload bytes of an incomplete frame so far could begin valid UTF-8."""
+    partial = unmask(data[payloadStart:end], data[payloadStart - 4 : payloadStart])
+    if partial.isascii():
+        return True
+    try:
+        # Not final: a sequence cut at the end is only incomplete, as for autobahn.
+        utf_8_decode(partial, "strict", False)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class FastFramesProtocol(WebSocketServerProtocol):
@@ -196,6 +210,10 @@ class FastFramesProtocol(WebSocketServerProtocol):
                 return start, False
             stop = payloadStart + length
             if stop > end:
+                if validate and end > payloadStart and not _utf8Prefix(data, payloadStart, end):
+                    # Autobahn validates a text frame's payload as it arrives and closes
+                    # with 1007 before the frame is whole: it fails it here too.
+                    return start, False
                 return start, True
             payload = unmask(data[payloadStart:stop], data[payloadStart - 4 : payloadStart])
             if validate and not payload.isascii():
