@@ -1,11 +1,12 @@
 """
-The HTTP framing, fuzzed: mutated byte streams through the two ways pandapush reads a
-request, which must answer alike.
+The HTTP and websocket framing, fuzzed: mutated byte streams through the two ways
+pandapush reads a request or a frame, which must answer alike.
 
 pandapush reads the requests of its hot paths itself (:mod:`pandapush.web.lean` for REST
 publishes and long-polls, :mod:`pandapush.transports.handshake` for websocket openings)
-and hands everything it does not take whole to twisted.web and autobahn, which answered
-every request before those paths existed. Their own differential tests
+and websocket frames (:mod:`pandapush.transports.fastframes`), and hands everything it
+does not take whole to twisted.web and autobahn, which answered every request and read
+every frame before those paths existed. Their own differential tests
 (``test_lean_http``, ``test_handshake``) send chosen streams; here Hypothesis mutates
 valid ones (bytes flipped, inserted, deleted, duplicated, case changed, a
 ``Content-Length`` rewritten, line ends and separators inserted, a stream cut short or
@@ -23,8 +24,10 @@ import re
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.inprocess import APP
+from tests.test_fastframes import AutobahnServer, FastServer, frame, outcome
 from tests.test_handshake import DIRECT, OpeningCase
 from tests.test_lean_http import BASIC, PUSH, REST, DifferentialCase, bayeux, post, token
 
@@ -157,3 +160,29 @@ class OpeningFuzzTests(OpeningCase):
         at = cut % (len(head) + 1)
         self.assertSame("mutated", [head], session=cut % 2 == 0)
         self.assertSame("mutated, in two reads", [head[:at], head[at:]], session=False)
+
+
+#: Frame streams a client sends: text frames short and long (16- and 64-bit lengths),
+#: control frames between them, a fragmented message, binary, a close.
+FRAMES = [
+    frame(b'[{"channel":"/meta/connect","clientId":"abc","connectionType":"websocket"}]'),
+    frame(b"a" * 130) + frame(b"ping", opcode=9) + frame(b"{}"),
+    frame(b"x" * 300, longForm=True) + frame(b"close-me"),
+    frame(b"\xe2\x82", fin=False) + frame(b"\xac", opcode=0) + frame(b"ok"),
+    frame(b"\x00\x01", opcode=2) + frame(b"\x03\xe8bye", opcode=8),
+    frame(b"b" * 70000) + frame(b"after"),
+    b"".join(frame(b"%d" % i) for i in range(12)),
+]
+
+
+class FrameFuzzTests(SynchronousTestCase):
+    """Websocket frame streams, mutated: the fast frame path reads them as autobahn does."""
+
+    @settings(max_examples=EXAMPLES)
+    @given(mutated(FRAMES), st.integers(0, 1 << 20), st.sampled_from([0, 1000, 100000]))
+    def test_mutatedFrames(self, stream: bytes, cut: int, maxSize: int) -> None:
+        at = cut % (len(stream) + 1)
+        for reads in ([stream], [stream[:at], stream[at:]]):
+            self.assertEqual(
+                outcome(FastServer, reads, maxSize), outcome(AutobahnServer, reads, maxSize), reads
+            )
