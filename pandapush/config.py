@@ -160,6 +160,19 @@ class Release:
     built: str | None = None  # None: when this process started
 
 
+def nonNegative(kind: type) -> Any:
+    """An option's coercion: ``kind`` of the text, refused when it is below zero."""
+
+    def parse(value: str) -> Any:
+        number = kind(value)
+        if number < 0:
+            raise ValueError(f"{value} is negative")
+        return number
+
+    parse.coerceDoc = "Must be a non-negative number."  # type: ignore[attr-defined]
+    return parse
+
+
 @dataclass(frozen=True)
 class Configuration:
     """Everything ``makeService`` needs to know, resolved and checked."""
@@ -190,6 +203,8 @@ class Configuration:
     presenceMaxData: int
     webhooks: WebhookConfig
     statsInterval: float
+    #: Seconds between handing the allocator's free memory back (0: never).
+    trimInterval: float
     shutdownGrace: float
     #: ``PANDAPUSH_UNREADY_GRACE``: seconds between SIGTERM and closing the ports, while
     #: ``/ready`` answers 503 so load balancers stop sending new traffic first (0: none).
@@ -299,6 +314,7 @@ class Configuration:
             presenceMaxData=options.get("presence-max-data", 1024),
             webhooks=webhooks,
             statsInterval=options.get("stats-interval", 5.0),
+            trimInterval=options.get("trim-interval", 60.0),
             shutdownGrace=options.get("shutdown-grace", 5.0),
             unreadyGrace=_seconds(env, "PANDAPUSH_UNREADY_GRACE"),
             workers=_workers(options, env, engineFactory, storage, listen, reusePort),

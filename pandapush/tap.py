@@ -26,7 +26,7 @@ from pandapush.auth.keycache import KeyCache, KeyUsageFlusher
 from pandapush.auth.origins import AppOrigins, OriginExtension
 from pandapush.auth.tenancy import TenancyExtension
 from pandapush.auth.throttle import parseTrustedProxies
-from pandapush.config import Configuration
+from pandapush.config import Configuration, nonNegative
 from pandapush.engines import DEFAULT_REDIS_HOSTS, EngineConfigError, IEngineFactory, makeEngine
 from pandapush.extensions.acknowledge import Acknowledgements
 from pandapush.extensions.expiry import SubscriptionExpiry
@@ -58,23 +58,14 @@ from pandapush.web.site import HealthApp, PandapushRoot, makeSite
 from pandapush.web.webhooks import WebhookAdmin
 from pandapush.webhooks import makeWebhooks
 from pandapush.workers.child import WorkerChild
-from pandapush.workers.collector import tuneOnceListening
+from pandapush.workers.collector import TRIM_INTERVAL, MemoryTrim, tuneOnceListening
 from pandapush.workers.metrics import MachineMetricsResource, machineMetrics
 from pandapush.workers.pool import WorkerPool
 from pandapush.workers.sockets import listenerServices
 
 __all__ = ["Options", "makeService"]
 
-
-def _positive(kind: type) -> Any:
-    def parse(value: str) -> Any:
-        number = kind(value)
-        if number < 0:
-            raise ValueError(f"{value} is negative")
-        return number
-
-    parse.coerceDoc = "Must be a non-negative number."  # type: ignore[attr-defined]
-    return parse
+_positive = nonNegative
 
 
 class Options(usage.Options):
@@ -246,6 +237,7 @@ class Options(usage.Options):
             "On SIGTERM, seconds to wait for clients to be told to reconnect before exiting.",
             _positive(float),
         ],
+        ["trim-interval", None, TRIM_INTERVAL, "Seconds between returning free memory.", _positive(float)],
         [
             "stats-interval",
             None,
@@ -254,7 +246,13 @@ class Options(usage.Options):
             _positive(float),
         ],
         ["presence-max-members", None, 100, "Most members on one presence channel.", _positive(int)],
-        ["presence-max-data", None, 1024, "Largest presence object from a token, in bytes.", _positive(int)],
+        [
+            "presence-max-data",
+            None,
+            1024,
+            "Largest presence object from a token, in bytes.",
+            _positive(int),
+        ],
         [
             "webhook-allow-networks",
             None,
@@ -568,6 +566,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
     )
     services: list[IService | None] = [
         OpenFileLimit(reactor),
+        MemoryTrim(config.trimInterval, reactor) if config.trimInterval > 0 else None,
         BayeuxService(
             engine,
             router,
