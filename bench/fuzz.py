@@ -33,7 +33,10 @@ over the size limit, or 1007 after a text frame that is not UTF-8 (RFC 6455). At
 the server's log must hold no traceback and no error or critical event, its gauges must
 be back to the watchers alone once the fuzzers' clients expired, and its RSS must have
 grown by at most ``--rss-slack`` MiB over the second half of the run (bounded caches of
-keys, channel parses and expansions fill during the first).
+keys, channel parses and expansions fill during the first). Both RSS figures are taken
+in a pause (half-way the fuzzers wait 5 s; the settle at the end) with the server
+returning the allocator's free memory every 2 s (``--trim-interval 2``): what it holds,
+not the high-water mark of the hostile bodies it freed.
 
 One JSON summary goes to stdout (and ``--out``); the exit status is 0 when nothing was
 found. A failing run keeps the server's log (its path is in the summary).
@@ -87,6 +90,8 @@ ERROR_FORMAT = re.compile(r"^\d{3}:[^:]*:.+", re.DOTALL)
 JSONP = re.compile(rb"^/\*\*/([A-Za-z0-9_$.\[\]]+)\((.*)\);$", re.DOTALL)
 ALLOWED_STATUSES = {200, 400, 404, 405, 413}
 BAD_LOG = re.compile(r"Traceback|Unhandled [Ee]rror|#critical\]|#error\]")
+#: The server's --trim-interval: seconds between handing the allocator's free memory back.
+TRIM = 2.0
 
 # -- findings ------------------------------------------------------------------------
 
@@ -510,6 +515,8 @@ class Run:
         self.statuses: Counter[int] = Counter()
         self.closeCodes: Counter[int | None] = Counter()
         self.stopping = False
+        #: time.monotonic() until which the fuzzers send nothing new.
+        self.pausedUntil = 0.0
         self.watchers: dict[str, dict[int, float]] = {"websocket": {}, "long-polling": {}}
         self.pulses: dict[int, float] = {}
         self.watchEvents: Counter[str] = Counter()
@@ -517,11 +524,17 @@ class Run:
     def budgetLeft(self) -> bool:
         return not self.stopping and self.sent < self.options.messages
 
+    async def pauseIfAsked(self) -> None:
+        """Wait out a pause the run asked for (half-way, while RSS is sampled)."""
+        while self.pausedUntil > time.monotonic():
+            await sleep(self.pausedUntil - time.monotonic())
+
     # fuzzers
 
     async def httpFuzzer(self) -> None:
         connection: RawHTTP | None = None
         while self.budgetLeft():
+            await self.pauseIfAsked()
             if connection is None or connection.closed:
                 connection = await openHTTP(self.port)
             data, sentBody, path, count = self.httpCase()
@@ -766,6 +779,7 @@ class FuzzSocket(_Socket):
         run, rng = self.run_, self.run_.mutator.rng
         sentTooBig = False
         while run.budgetLeft() and not self.done.called:
+            await run.pauseIfAsked()
             if rng.random() < 0.0002:
                 body, count, sentTooBig = b'["' + b"x" * (1024 * 1024 + 10) + b'"]', 1, True
             else:
@@ -931,7 +945,9 @@ def adminRequest(port: int, method: str, path: str, body: Any) -> Any:
 
 async def startServer(options: argparse.Namespace, workdir: Path) -> PandapushProcess:
     """``python -m twisted pandapush`` from this checkout, its log in ``workdir/server.log``."""
-    args = ["--timeout", str(options.server_timeout)]
+    # The allocator's free memory handed back every TRIM seconds: the RSS samples taken
+    # in a pause (half-way, settled) are what the server holds, not its high-water mark.
+    args = ["--timeout", str(options.server_timeout), "--trim-interval", str(TRIM)]
     if options.redis_hosts:
         args += ["--redis-hosts", options.redis_hosts, "--redis-namespace", options.redis_namespace]
     server = PandapushProcess(
@@ -993,11 +1009,17 @@ async def main(options: argparse.Namespace) -> dict[str, Any]:
 
         samples: list[tuple[int, int]] = []
         rssStart = rss(pid)
+        quietHalf: list[int] = []
 
         def sample() -> None:
             samples.append((run.sent, rss(pid)))
             if options.progress:
                 print(f"{run.sent:>9} messages, RSS {samples[-1][1] / 1024:.1f} MiB", file=sys.stderr)
+            if run.sent >= options.messages // 2 and not run.pausedUntil:
+                # Half-way, a pause long enough for the server to hand its free memory
+                # back: the RSS then is what the second half is compared with.
+                run.pausedUntil = time.monotonic() + 2 * TRIM + 1
+                reactor.callLater(2 * TRIM + 0.5, lambda: quietHalf.append(rss(pid)))
 
         sampler = LoopingCall(sample)
         sampler.start(options.sample_every, now=True)
@@ -1024,7 +1046,11 @@ async def main(options: argparse.Namespace) -> dict[str, Any]:
         # RSS when warmed up (10 % of the messages) and half-way: bounded caches (keys, channel
         # parses and expansions) fill during the first half; the second half must add little.
         warm = next((r for sent, r in samples if sent >= options.messages // 10), rssStart)
-        half = next((r for sent, r in samples if sent >= options.messages // 2), warm)
+        half = (
+            quietHalf[0]
+            if quietHalf
+            else next((r for sent, r in samples if sent >= options.messages // 2), warm)
+        )
         lastPulse = max(run.pulses) if run.pulses else 0
         for name, got in run.watchers.items():
             expected = [s for s in run.pulses if s <= lastPulse - 10]  # the last ones may be in flight
