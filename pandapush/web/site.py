@@ -289,47 +289,40 @@ def _isUTF8(segments: list[bytes]) -> bool:
     return True
 
 
-class _BadPath(Resource):
-    """A path that is not UTF-8: 400, without a word in the log."""
+class _BadRequest(Resource):
+    """A request refused before any resource sees it: 400 with ``text``, without a word in the log."""
 
     isLeaf = True
+
+    def __init__(self, text: bytes) -> None:
+        super().__init__()
+        self.text = text
 
     def render(self, request: Any) -> bytes:
         request.setResponseCode(400)
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        return b"Bad request: the path is not UTF-8"
+        return self.text
 
 
-_NOT_UTF8 = _BadPath()
+#: A path that is not UTF-8.
+_NOT_UTF8 = _BadRequest(b"Bad request: the path is not UTF-8")
+#: A ``Host`` that is not a host name (RFC 9112, 3.2: a 400).
+_BAD_HOST = _BadRequest(b"Bad request: the Host header is not a host name")
 
 
 def _hostBindable(request: Any) -> bool:
     """
     Whether a Klein app can take the request's host name (``Host`` without its port, or
-    the local address without one): Klein decodes it as UTF-8
-    (logging a traceback when it is not) and werkzeug encodes it as IDNA (a name with an
-    empty label or one over 63 characters raises ``BadHost`` through Klein: a 500 and a
-    traceback). Either way one request's ``Host`` header wrote a traceback to the log.
+    the local address without one): Klein decodes it as UTF-8 (logging a traceback when
+    it is not) and werkzeug encodes it as IDNA (a name with an empty label or one over 63
+    characters raises ``BadHost`` through Klein: a 500 and a traceback). Either way one
+    request's ``Host`` header wrote a traceback to the log.
     """
     try:
         request.getRequestHostname().decode("utf-8").lower().partition(":")[0].encode("idna")
     except UnicodeError:
         return False
     return True
-
-
-class _BadHost(Resource):
-    """A ``Host`` that is not a host name: 400 (RFC 9112, 3.2), without a word in the log."""
-
-    isLeaf = True
-
-    def render(self, request: Any) -> bytes:
-        request.setResponseCode(400)
-        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        return b"Bad request: the Host header is not a host name"
-
-
-_BAD_HOST = _BadHost()
 
 
 def _checked(resource: IResource, request: Any) -> IResource:
