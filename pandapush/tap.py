@@ -65,6 +65,7 @@ from pandapush.workers.sockets import listenerServices
 
 __all__ = ["Options", "makeService"]
 
+#: The options' coercion for numbers that may not be negative.
 _positive = nonNegative
 
 
@@ -246,13 +247,7 @@ class Options(usage.Options):
             _positive(float),
         ],
         ["presence-max-members", None, 100, "Most members on one presence channel.", _positive(int)],
-        [
-            "presence-max-data",
-            None,
-            1024,
-            "Largest presence object from a token, in bytes.",
-            _positive(int),
-        ],
+        ["presence-max-data", None, 1024, "Largest presence object from a token, in bytes.", _positive(int)],
         [
             "webhook-allow-networks",
             None,
