@@ -1,4 +1,7 @@
-"""The small-frame unmasker gives what autobahn's masker gives, in one piece or many."""
+"""
+The unmaskers give what autobahn's masker gives, in one piece or many: with websockets'
+C ``apply_mask`` (a dependency, so installed here) and by the paths without it.
+"""
 
 from __future__ import annotations
 
@@ -51,18 +54,44 @@ class SmallFrameMaskerTests(SynchronousTestCase):
         self.assertEqual(SmallFrameMasker(mask).process(data), data)
         self.assertEqual(SmallFrameMasker(b"\x01\x02\x03\x04").process(b""), b"")
 
-    def test_largeFramesKeepAutobahns(self) -> None:
-        """From the threshold on (and without a length), autobahn's masker is used."""
+    def test_largeFrames(self) -> None:
+        """
+        From the threshold on (and without a length), autobahn's masker is used, or ours
+        when websockets' C XOR does the work; the bytes are autobahn's either way.
+        """
         mask = self.bytes(4)
+        ours = xormask._speedup is not None
         self.assertIsInstance(createMasker(mask, SMALL_FRAME - 1), SmallFrameMasker)
-        self.assertNotIsInstance(createMasker(mask, SMALL_FRAME), SmallFrameMasker)
-        self.assertNotIsInstance(createMasker(mask), SmallFrameMasker)
+        self.assertEqual(isinstance(createMasker(mask, SMALL_FRAME), SmallFrameMasker), ours)
+        self.assertEqual(isinstance(createMasker(mask), SmallFrameMasker), ours)
         data = self.bytes(5000)
-        self.assertEqual(createMasker(mask, 5000).process(data), create_xor_masker(mask, 5000).process(data))
+        expected = create_xor_masker(mask, 5000).process(data)
+        self.assertEqual(createMasker(mask, 5000).process(data), expected)
+        masker = createMasker(mask)
+        self.assertEqual(masker.process(data[:1001]) + masker.process(data[1001:]), expected)
 
     def test_installed(self) -> None:
         """The websocket transport has autobahn's protocol use it."""
         self.assertIs(autobahn.websocket.protocol.create_xor_masker, createMasker)
+
+    def test_speedupsInUse(self) -> None:
+        """websockets' compiled apply_mask is what XORs here, not its pure-Python fallback."""
+        from websockets import speedups
+
+        self.assertIs(xormask._speedup, speedups.apply_mask)
+        self.assertTrue(speedups.__file__.endswith(".so"), speedups.__file__)
+
+
+class SmallFrameMaskerWithoutSpeedupsTests(SmallFrameMaskerTests):
+    """The same without websockets' C code: the integer XOR, and autobahn's from the threshold on."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.patch(xormask, "_speedup", None)
+
+    def test_speedupsInUse(self) -> None:
+        """Not here."""
+        self.assertIsNone(xormask._speedup)
 
 
 class UnmaskTests(SynchronousTestCase):
@@ -84,8 +113,26 @@ class UnmaskTests(SynchronousTestCase):
         """Every size around the thresholds, with random masks."""
         self.check()
 
+    def test_applyMask(self) -> None:
+        """With websockets' C code (as installed here), it unmasks every size, in one call."""
+        applyMask = xormask._speedup
+        self.assertIsNotNone(applyMask)
+        calls = []
+
+        def counting(data: bytes, mask: bytes) -> bytes:
+            calls.append(len(data))
+            return applyMask(data, mask)  # type: ignore[no-any-return]
+
+        self.patch(xormask, "_speedup", counting)
+        self.check()
+        self.assertEqual(
+            sorted(set(calls)),
+            sorted({*range(0, 2 * DIRECT_FRAME + 9), SMALL_FRAME - 1, SMALL_FRAME, 1000, 70000, 200}),
+        )
+
     def test_direct(self) -> None:
-        """With autobahn's C code (as installed here), the direct call is the one made."""
+        """Without websockets' C code, autobahn's C code (as installed here) is called directly."""
+        self.patch(xormask, "_speedup", None)
         if not USES_NVX:
             raise SkipTest("autobahn without its C code")
         self.assertIsNotNone(xormask._direct)
@@ -102,6 +149,7 @@ class UnmaskTests(SynchronousTestCase):
         self.assertNotIn(DIRECT_FRAME - 1, calls)
 
     def test_withoutDirect(self) -> None:
-        """Without autobahn's C code, the integer XOR and autobahn's masker give the same."""
+        """Without either C code, the integer XOR and autobahn's masker give the same."""
+        self.patch(xormask, "_speedup", None)
         self.patch(xormask, "_direct", None)
         self.check()
