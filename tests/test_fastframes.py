@@ -19,6 +19,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from pandapush.transports import fastframes
 from pandapush.transports.fastframes import FastFramesProtocol, arrayFrame, textFrame
 from tests.support.inprocess import AUTH, channel
 from tests.test_transports import HANDSHAKE, WebSocketCase
@@ -278,6 +279,46 @@ class SameAsAutobahnTests(SynchronousTestCase):
         server.dataReceived(whole[100:])
         self.assertEqual(server.messages[1], (b"x" * 300, False))
         self.assertEqual(server.data, b"")
+
+    def test_tricklingFrameIsAutobahns(self) -> None:
+        """
+        A frame still incomplete after a few reads is autobahn's to stream: each read
+        does not join and check the frame's bytes so far again (quadratic: a 64 KiB
+        frame a byte per read cost 1.5 s of CPU). Read as autobahn reads it, and the
+        frames after it are the fast path's again.
+        """
+        checked: list[int] = []
+
+        def counting(data: bytes, payloadStart: int, end: int) -> bool:
+            checked.append(end - payloadStart)
+            return utf8Prefix(data, payloadStart, end)
+
+        utf8Prefix = fastframes._utf8Prefix
+        self.patch(fastframes, "_utf8Prefix", counting)
+        payload = "\u00e9".encode() * 8000
+        stream = frame(b"first") + frame(payload) + frame(b"after")
+        for size in (1, 500):
+            del checked[:]
+            reads = [stream[i : i + size] for i in range(0, len(stream), size)]
+            fast = self.assertSame(reads)
+            self.assertEqual([message for message, _ in fast[0]], [b"first", payload, b"after"])
+            # The prefixes of four reads at most (1 + 2 + 3 + 4 reads' worth), not the
+            # ~270,000 bytes of 32 growing prefixes (reads of 500).
+            self.assertLessEqual(sum(checked), 10 * size, size)
+        server, _ = openServer(FastServer)
+        whole = frame(payload)
+        for i in range(0, 2000, 500):
+            server.dataReceived(whole[i : i + 500])
+        self.assertIsNotNone(server.current_frame)
+        self.assertLess(len(server.data), 500)
+        server.dataReceived(whole[2000:])
+        self.assertIsNone(server.current_frame)
+        second = frame(b"y" * 300)
+        server.dataReceived(second[:100])
+        self.assertEqual(server.data, second[:100])
+        self.assertIsNone(server.current_frame)
+        server.dataReceived(second[100:])
+        self.assertEqual(server.messages[-1], (b"y" * 300, False))
 
 
 class ConnectionLostTests(SynchronousTestCase):
