@@ -75,7 +75,7 @@ class BayeuxResource(Resource):
         # HTTP answers get the site's headers; a websocket handshake is autobahn's, so
         # those it should carry too (``X-Pandapush-Worker``) go to its factory.
         self.websocketFactory = BayeuxWebSocketFactory(
-            router, self.origins, maxMessageSize, headers=handshakeHeaders
+            router, self.origins, maxMessageSize, headers=handshakeHeaders, clock=reactor
         )
         self._websocket = WebSocketResource(self.websocketFactory)
 
@@ -113,3 +113,4 @@ class BayeuxResource(Resource):
 
     def stop(self) -> None:
         self.eventSource.stop()
+        self.websocketFactory.stop()

@@ -17,7 +17,7 @@ from typing import Any
 import autobahn.websocket.protocol
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -27,6 +27,7 @@ from pandapush.bayeux import json
 from pandapush.bayeux.context import MessageContext
 from pandapush.bayeux.delivery import Delivery
 from pandapush.interfaces import IClientSocket, IRouter
+from pandapush.transports.failurelog import FailureLog
 from pandapush.transports.fastframes import arrayFrame
 from pandapush.transports.handshake import TRAFFIC, DirectOpeningProtocol, SendQueue
 from pandapush.transports.http import OriginPolicy, sendNow
@@ -323,6 +324,10 @@ class BayeuxWebSocketFactory(WebSocketServerFactory):
             for name in base.CONFIG_ATTRS
             for value in (getattr(self, name),)
         }
+        # Autobahn's per-connection failure warnings, gathered (failurelog).
+        failureLog = getattr(self, "failureLog", None)
+        if failureLog is not None:
+            options["log"] = failureLog
         self.protocol = type(base.__name__, (base,), {"__module__": base.__module__, **options})  # type: ignore[assignment]
 
     def __init__(
@@ -334,9 +339,14 @@ class BayeuxWebSocketFactory(WebSocketServerFactory):
         pingTimeout: float = 10.0,
         maxBacklog: int = 4 * 1024 * 1024,
         headers: Mapping[str, str] | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         # ``headers``: added to every opening handshake's answer.
         super().__init__(headers=dict(headers) if headers else None)
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        #: What autobahn logs for this factory's connections (its failure warnings gathered).
+        self.failureLog = FailureLog(type(self).protocol.log, clock)  # type: ignore[arg-type]
         self.router = router
         # An engine that hands queues out in a flush of its own per reactor turn (the
         # memory engine) may offer to run it at once: see _beforeReplies.
@@ -360,3 +370,7 @@ class BayeuxWebSocketFactory(WebSocketServerFactory):
             failByDrop=False,
             closeHandshakeTimeout=2,
         )
+
+    def stop(self) -> None:
+        """The server stops: what the failure log has counted is written, and it schedules nothing more."""
+        self.failureLog.stop()

@@ -1,0 +1,158 @@
+"""Autobahn's per-connection failure warnings are gathered: a client cannot flood the log."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+from twisted.internet import threads
+from twisted.internet.task import Clock
+from twisted.logger import formatEvent
+from twisted.trial.unittest import SynchronousTestCase
+
+from pandapush.transports.failurelog import WINDOW, FailureLog
+from tests.support.logs import captureLogs
+from tests.test_transports import ServerTestCase
+
+_UPGRADE = (
+    b"GET /push HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+_FAILING = 'failing WebSocket connection (code={code}): "{reason}"'
+_DROPPING = "dropping connection to peer {peer} with abort={abort}: {reason}"
+_PONG = "Auto ping/pong: received non-pending pong"
+
+
+class _Logger:
+    """A txaio-like logger that records what reaches it."""
+
+    level = "info"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []
+
+    def warn(self, format: str, **kwargs: Any) -> None:
+        self.calls.append(("warn", format, kwargs))
+
+    def debug(self, format: str, **kwargs: Any) -> None:
+        self.calls.append(("debug", format, kwargs))
+
+
+class FailureLogTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.log = _Logger()
+        self.failures = FailureLog(self.log, self.clock)
+        self.logged = captureLogs(self)
+
+    def summaries(self) -> list[Any]:
+        return self.logged.matching("more websocket protocol errors")
+
+    def test_firstLoggedRestCounted(self) -> None:
+        """The first failure of a window is logged as it was; the rest are counted by kind."""
+        self.failures.warn(_FAILING, code=1007, reason="invalid UTF-8")
+        self.failures.warn(_DROPPING, peer="tcp:1.2.3.4:5", abort=False, reason="failed")
+        self.failures.warn(_FAILING, code=1007, reason="invalid UTF-8")
+        self.failures.warn(_FAILING, code=1002, reason="unmasked client-to-server frame")
+        self.failures.warn(_PONG)
+        self.assertEqual(self.log.calls, [("warn", _FAILING, {"code": 1007, "reason": "invalid UTF-8"})])
+        self.assertEqual(
+            dict(self.failures.counted), {"code 1007": 1, "code 1002": 1, "dropped": 1, "unexpected pong": 1}
+        )
+        self.assertEqual(self.summaries(), [])
+        self.clock.advance(WINDOW)
+        [summary] = self.summaries()
+        self.assertEqual(summary["count"], 4)
+        self.assertEqual(
+            summary["counts"], {"code 1007": 1, "code 1002": 1, "dropped": 1, "unexpected pong": 1}
+        )
+        self.assertIn("code 1002: 1, code 1007: 1, dropped: 1, unexpected pong: 1", formatEvent(summary))
+        self.assertEqual(self.failures.counted, {})
+        # The next failure opens a window of its own, logged as it happens.
+        self.failures.warn(_FAILING, code=1009, reason="too big")
+        self.assertEqual(self.log.calls[-1][2]["code"], 1009)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_quietWindow(self) -> None:
+        """A window with only its first failure writes no summary."""
+        self.failures.warn(_FAILING, code=1007, reason="invalid UTF-8")
+        self.clock.advance(WINDOW)
+        self.assertEqual(self.summaries(), [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_everythingElseUnchanged(self) -> None:
+        """Other warnings, and every other level, are autobahn's logger's own."""
+        self.failures.warn("Unexpected exception in onConnect ['{err.value}']", err=None)
+        self.failures.warn("Unexpected exception in onConnect ['{err.value}']", err=None)
+        self.failures.debug("dropping connection to peer {peer} with abort={abort}", peer="p", abort=False)
+        self.assertEqual([call[0] for call in self.log.calls], ["warn", "warn", "debug"])
+        self.assertEqual(self.failures.level, "info")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stop(self) -> None:
+        """Stopping writes what is counted and cancels the window; later failures are logged as they come."""
+        self.failures.warn(_FAILING, code=1007, reason="a")
+        self.failures.warn(_FAILING, code=1007, reason="b")
+        self.failures.stop()
+        [summary] = self.summaries()
+        self.assertEqual(summary["count"], 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.failures.warn(_FAILING, code=1002, reason="c")
+        self.assertEqual(self.log.calls[-1][2]["reason"], "c")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+def _masked(first: int, payload: bytes) -> bytes:
+    """A client's frame (``first``: FIN and opcode) with a small ``payload``."""
+    mask = b"\x01\x02\x03\x04"
+    return bytes([first, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def _badFrame() -> bytes:
+    """A text frame that is not masked (autobahn fails the connection with 1002, once)."""
+    return b"\x81\x02[]"
+
+
+class ServerFailureLogTests(ServerTestCase):
+    """A real server: spoiled websockets are still failed with 1002, and logged once, not each."""
+
+    def spoil(self, port: int) -> bytes:
+        """
+        Open a websocket, send a frame that is not masked, and answer the server's close
+        frame (the close handshake completes: nothing of autobahn's left waiting); the
+        close frame (blocking).
+        """
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+            client.sendall(_UPGRADE)
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += client.recv(4096)
+            received = received.split(b"\r\n\r\n", 1)[1]
+            client.sendall(_badFrame())
+            while len(received) < 2 or len(received) < 2 + (received[1] & 0x7F):
+                received += client.recv(4096)
+            close = received[: 2 + (received[1] & 0x7F)]
+            client.sendall(_masked(0x88, close[2:4]))
+            try:
+                while client.recv(4096):
+                    pass
+            except ConnectionResetError:
+                pass
+            return close
+
+    async def test_spoiledConnections(self) -> None:
+        logged = captureLogs(self)
+        port = int(self.server.url.rsplit(":", 1)[1])
+        for _ in range(5):
+            answer = await threads.deferToThread(self.spoil, port)
+            # A close frame with 1002, as autobahn sends it.
+            self.assertEqual(answer[0], 0x88)
+            self.assertEqual(struct.unpack("!H", answer[2:4])[0], 1002)
+        failing = logged.matching("failing WebSocket connection")
+        self.assertEqual(len(failing), 1, [e.get("log_format") for e in logged.events])
+        failureLog = self.server.service.bayeux.websocketFactory.failureLog
+        self.assertEqual(failureLog.counted["code 1002"], 4)
+        await self.server.stop()
+        [summary] = logged.matching("more websocket protocol errors")
+        self.assertGreaterEqual(summary["count"], 4)
