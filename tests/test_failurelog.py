@@ -22,6 +22,7 @@ _UPGRADE = (
 _FAILING = 'failing WebSocket connection (code={code}): "{reason}"'
 _DROPPING = "dropping connection to peer {peer} with abort={abort}: {reason}"
 _PONG = "Auto ping/pong: received non-pending pong"
+_REFUSING = "failing WebSocket opening handshake ('{reason}')"
 
 
 class _Logger:
@@ -38,6 +39,9 @@ class _Logger:
     def debug(self, format: str, **kwargs: Any) -> None:
         self.calls.append(("debug", format, kwargs))
 
+    def info(self, format: str, **kwargs: Any) -> None:
+        self.calls.append(("info", format, kwargs))
+
 
 class FailureLogTests(SynchronousTestCase):
     def setUp(self) -> None:
@@ -47,7 +51,7 @@ class FailureLogTests(SynchronousTestCase):
         self.logged = captureLogs(self)
 
     def summaries(self) -> list[Any]:
-        return self.logged.matching("more websocket protocol errors")
+        return self.logged.matching("more websocket failures")
 
     def test_firstLoggedRestCounted(self) -> None:
         """The first failure of a window is logged as it was; the rest are counted by kind."""
@@ -56,18 +60,19 @@ class FailureLogTests(SynchronousTestCase):
         self.failures.warn(_FAILING, code=1007, reason="invalid UTF-8")
         self.failures.warn(_FAILING, code=1002, reason="unmasked client-to-server frame")
         self.failures.warn(_PONG)
+        self.failures.info(_REFUSING, reason="Origin not allowed")
         self.assertEqual(self.log.calls, [("warn", _FAILING, {"code": 1007, "reason": "invalid UTF-8"})])
-        self.assertEqual(
-            dict(self.failures.counted), {"code 1007": 1, "code 1002": 1, "dropped": 1, "unexpected pong": 1}
-        )
+        counted = {"code 1007": 1, "code 1002": 1, "dropped": 1, "unexpected pong": 1, "opening refused": 1}
+        self.assertEqual(dict(self.failures.counted), counted)
         self.assertEqual(self.summaries(), [])
         self.clock.advance(WINDOW)
         [summary] = self.summaries()
-        self.assertEqual(summary["count"], 4)
-        self.assertEqual(
-            summary["counts"], {"code 1007": 1, "code 1002": 1, "dropped": 1, "unexpected pong": 1}
+        self.assertEqual(summary["count"], 5)
+        self.assertEqual(summary["counts"], counted)
+        self.assertIn(
+            "code 1002: 1, code 1007: 1, dropped: 1, opening refused: 1, unexpected pong: 1",
+            formatEvent(summary),
         )
-        self.assertIn("code 1002: 1, code 1007: 1, dropped: 1, unexpected pong: 1", formatEvent(summary))
         self.assertEqual(self.failures.counted, {})
         # The next failure opens a window of its own, logged as it happens.
         self.failures.warn(_FAILING, code=1009, reason="too big")
@@ -86,7 +91,9 @@ class FailureLogTests(SynchronousTestCase):
         self.failures.warn("Unexpected exception in onConnect ['{err.value}']", err=None)
         self.failures.warn("Unexpected exception in onConnect ['{err.value}']", err=None)
         self.failures.debug("dropping connection to peer {peer} with abort={abort}", peer="p", abort=False)
-        self.assertEqual([call[0] for call in self.log.calls], ["warn", "warn", "debug"])
+        self.failures.info("connection from {peer}", peer="p")
+        self.failures.info("connection from {peer}", peer="p")
+        self.assertEqual([call[0] for call in self.log.calls], ["warn", "warn", "debug", "info", "info"])
         self.assertEqual(self.failures.level, "info")
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
@@ -154,5 +161,24 @@ class ServerFailureLogTests(ServerTestCase):
         failureLog = self.server.service.bayeux.websocketFactory.failureLog
         self.assertEqual(failureLog.counted["code 1002"], 4)
         await self.server.stop()
-        [summary] = logged.matching("more websocket protocol errors")
+        [summary] = logged.matching("more websocket failures")
         self.assertGreaterEqual(summary["count"], 4)
+
+    def refused(self, port: int) -> bytes:
+        """The status line autobahn answers an opening of a version it does not speak with (blocking)."""
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+            client.sendall(_UPGRADE.replace(b"Version: 13", b"Version: 99"))
+            received = b""
+            while b"\r\n" not in received:
+                received += client.recv(4096)
+            return received.split(b"\r\n", 1)[0]
+
+    async def test_refusedOpenings(self) -> None:
+        logged = captureLogs(self)
+        port = int(self.server.url.rsplit(":", 1)[1])
+        for _ in range(4):
+            status = await threads.deferToThread(self.refused, port)
+            self.assertTrue(status.startswith(b"HTTP/1.1 400 WebSocket version 99 not supported"), status)
+        self.assertEqual(len(logged.matching("failing WebSocket opening handshake")), 1)
+        failureLog = self.server.service.bayeux.websocketFactory.failureLog
+        self.assertEqual(failureLog.counted["opening refused"], 3)

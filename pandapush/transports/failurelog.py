@@ -4,14 +4,16 @@ Autobahn warns once or more for every websocket it fails for a protocol error (`
 WebSocket connection (code=1007): ...``, then ``dropping connection to peer ...``): invalid
 UTF-8, an unmasked frame, reserved bits, an oversized control frame. Each is the client's
 doing, and a client that opens and spoils connections in a loop wrote two or three lines
-per connection to the operator's log (HARDENING-TODO); and while a ping is pending,
-each pong that does not answer it was a warning too, as many as a client cares to send.
-nginx logs client errors at ``info`` for the same reason.
+per connection to the operator's log (HARDENING-TODO); while a ping is pending, each
+pong that does not answer it was a warning too, as many as a client cares to send; and
+each opening autobahn refuses (a bad version, no key, an origin not allowed) an ``info``
+line.
 
 :class:`FailureLog` stands in for autobahn's logger on pandapush's websocket protocol:
 the first such warning in a window of :data:`WINDOW` seconds is logged as autobahn wrote
 it; the rest are counted, and written as one line when the window ends, by close code (and
-``dropped``, ``unexpected pong``). Everything else autobahn logs goes through unchanged.
+``dropped``, ``unexpected pong``, ``opening refused``). Everything else autobahn logs
+goes through unchanged.
 """
 
 from __future__ import annotations
@@ -32,12 +34,15 @@ WINDOW = 60.0
 _FAILING = "failing WebSocket connection"
 _DROPPING = "dropping connection to peer"
 _PONG = "Auto ping/pong: received non-pending pong"
+#: And the ``info`` line for each opening it refuses (a bad version, a missing key, an
+#: origin not allowed): one per request a client sends.
+_REFUSING = "failing WebSocket opening handshake"
 
 
 class FailureLog:
     """
     Autobahn's logger (``log``, a txaio/Twisted logger) with its per-connection failure
-    warnings gathered; every other call is ``log``'s own.
+    warnings and refused openings gathered; every other call is ``log``'s own.
     """
 
     _summaryLog = Logger(namespace="pandapush.transports.websocket")
@@ -52,7 +57,7 @@ class FailureLog:
         self._stopped = False
 
     def __getattr__(self, name: str) -> Any:
-        # Everything but warn (debug, info, error, failure, the level...) is the logger's.
+        # Everything but warn and info (debug, error, failure, the level...) is the logger's.
         return getattr(self._log, name)
 
     def warn(self, format: str, **kwargs: Any) -> None:
@@ -65,14 +70,23 @@ class FailureLog:
         else:
             self._log.warn(format, **kwargs)
             return
+        self._gather(self._log.warn, kind, format, kwargs)
+
+    def info(self, format: str, **kwargs: Any) -> None:
+        if format.startswith(_REFUSING):
+            self._gather(self._log.info, "opening refused", format, kwargs)
+            return
+        self._log.info(format, **kwargs)
+
+    def _gather(self, log: Any, kind: str, format: str, kwargs: dict[str, Any]) -> None:
         if self._stopped:
             # The server stops: nothing scheduled any more, so as autobahn wrote it.
-            self._log.warn(format, **kwargs)
+            log(format, **kwargs)
             return
         if self._windowEnds is None:
             # The first of a window: as autobahn wrote it, so the log shows what happens.
             self._windowEnds = self.clock.callLater(self.window, self._summarize)
-            self._log.warn(format, **kwargs)
+            log(format, **kwargs)
             return
         self.counted[kind] += 1
 
@@ -82,7 +96,7 @@ class FailureLog:
             return
         counted, self.counted = self.counted, Counter()
         self._summaryLog.warn(
-            "{count} more websocket protocol errors in {window:.0f} s, not logged one by one ({kinds})",
+            "{count} more websocket failures in {window:.0f} s, not logged one by one ({kinds})",
             count=sum(counted.values()),
             window=self.window,
             kinds=", ".join(f"{kind}: {n}" for kind, n in sorted(counted.items())),
