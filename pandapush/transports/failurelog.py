@@ -51,7 +51,7 @@ class FailureLog:
         self._log = log
         self.clock = clock
         self.window = window
-        #: Warnings counted and not yet written: by close code, and "dropped".
+        #: Lines counted and not yet written, by kind ("code 1002", "dropped", ...).
         self.counted: Counter[str] = Counter()
         self._windowEnds: IDelayedCall | None = None
         self._stopped = False
@@ -102,8 +102,8 @@ class FailureLog:
             kinds=", ".join(f"{kind}: {n}" for kind, n in sorted(counted.items())),
             counts=dict(counted),
         )
-        # The next failure opens a window of its own (logged as it happens), so a
-        # steady trickle is one line a failure apart at most once a window.
+        # The next one opens a window of its own, logged as it happens: however many
+        # come, at most two lines a window.
 
     def stop(self) -> None:
         """The server stops: what is counted is written now, and later warnings as they come."""
