@@ -6,6 +6,7 @@ import socket
 import struct
 from typing import Any
 
+import treq
 from twisted.internet import threads
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent
@@ -64,6 +65,8 @@ class FailureLogTests(SynchronousTestCase):
         self.assertEqual(self.log.calls, [("warn", _FAILING, {"code": 1007, "reason": "invalid UTF-8"})])
         counted = {"code 1007": 1, "code 1002": 1, "dropped": 1, "unexpected pong": 1, "opening refused": 1}
         self.assertEqual(dict(self.failures.counted), counted)
+        # Every one of them, the logged one too, for /metrics.
+        self.assertEqual(dict(self.failures.totals), {**counted, "code 1007": 2})
         self.assertEqual(self.summaries(), [])
         self.clock.advance(WINDOW)
         [summary] = self.summaries()
@@ -160,6 +163,9 @@ class ServerFailureLogTests(ServerTestCase):
         self.assertEqual(len(failing), 1, [e.get("log_format") for e in logged.events])
         failureLog = self.server.service.bayeux.websocketFactory.failureLog
         self.assertEqual(failureLog.counted["code 1002"], 4)
+        response = await treq.get(self.server.url + "/metrics", persistent=False)
+        text = (await response.content()).decode()
+        self.assertIn('pandapush_websocket_failures_total{kind="code 1002"} 5.0', text)
         await self.server.stop()
         [summary] = logged.matching("more websocket failures")
         self.assertGreaterEqual(summary["count"], 4)

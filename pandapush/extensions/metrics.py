@@ -136,6 +136,15 @@ class _StateCollector:
         connections.add_metric(["eventsource"], self.bayeux.eventSource.openStreams())
         connections.add_metric(["long-polling"], held)
         yield connections
+        failures = CounterMetricFamily(
+            "pandapush_websocket_failures",
+            "Websockets failed or dropped for protocol errors, by close code, unexpected pongs and refused "
+            "openings (each logged once a minute at most).",
+            labels=["kind"],
+        )
+        for kind, count in sorted(self.bayeux.websocketFactory.failureLog.totals.items()):
+            failures.add_metric([kind], count)
+        yield failures
 
 
 class _Counts:

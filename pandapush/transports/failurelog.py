@@ -12,8 +12,8 @@ line.
 :class:`FailureLog` stands in for autobahn's logger on pandapush's websocket protocol:
 the first such warning in a window of :data:`WINDOW` seconds is logged as autobahn wrote
 it; the rest are counted, and written as one line when the window ends, by close code (and
-``dropped``, ``unexpected pong``, ``opening refused``). Everything else autobahn logs
-goes through unchanged.
+``dropped``, ``unexpected pong``, ``opening refused``), and counted for ``/metrics`` too.
+Everything else autobahn logs goes through unchanged.
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ class FailureLog:
         self.window = window
         #: Lines counted and not yet written, by kind ("code 1002", "dropped", ...).
         self.counted: Counter[str] = Counter()
+        #: Every such line since start, logged or counted, by kind: ``/metrics``'
+        #: ``pandapush_websocket_failures_total{kind}``.
+        self.totals: Counter[str] = Counter()
         self._windowEnds: IDelayedCall | None = None
         self._stopped = False
 
@@ -79,6 +82,7 @@ class FailureLog:
         self._log.info(format, **kwargs)
 
     def _gather(self, log: Any, kind: str, format: str, kwargs: dict[str, Any]) -> None:
+        self.totals[kind] += 1
         if self._stopped:
             # The server stops: nothing scheduled any more, so as autobahn wrote it.
             log(format, **kwargs)
