@@ -319,6 +319,10 @@ class SameAsAutobahnTests(SynchronousTestCase):
         self.assertIsNone(server.current_frame)
         server.dataReceived(second[100:])
         self.assertEqual(server.messages[-1], (b"y" * 300, False))
+        # Nothing of the waits left on the socket (see FastFramesProtocol._waits).
+        self.assertNotIn("_waits", set(vars(server)))
+        server.dataReceived(frame(b"pong", opcode=10))
+        self.assertNotIn("_waits", set(vars(server)))
 
 
 class ConnectionLostTests(SynchronousTestCase):

@@ -119,6 +119,9 @@ class FastFramesProtocol(WebSocketServerProtocol):
     maskServerFrames: bool
 
     #: Reads the frame at the start of ``data`` has waited for its rest (0: none waits).
+    #: Set on the socket only while one waits, and deleted after: every idle socket
+    #: reads a pong now and then, and an attribute of its own would make its instance
+    #: dictionary bigger for good.
     _waits = 0
 
     def __init__(self) -> None:
@@ -170,7 +173,7 @@ class FastFramesProtocol(WebSocketServerProtocol):
         end, waiting = self._readTextFrames(data)
         if end == len(data):
             if self._waits:
-                self._waits = 0
+                del self._waits
             return
         self.data = data[end:] if end else data
         if waiting and self.state == _OPEN:
@@ -183,7 +186,8 @@ class FastFramesProtocol(WebSocketServerProtocol):
             if waits < _WAITS:
                 self._waits = waits
                 return
-        self._waits = 0
+        if self._waits:
+            del self._waits
         self.consumeData()
 
     def _readTextFrames(self, data: bytes) -> tuple[int, bool]:
