@@ -133,23 +133,33 @@ def echoed(error: Any, sent: bytes) -> bool:
     return encoded in text or encoded.strip('"') in text or urllib.parse.quote(encoded) in text
 
 
-def checkBatch(batch: Any, where: str, sent: bytes) -> None:
-    """A Bayeux answer: a list of objects, replies and deliveries well formed."""
+def checkBatch(batch: Any, where: str, sent: bytes | deque[bytes]) -> None:
+    """
+    A Bayeux answer: a list of objects, replies and deliveries well formed. ``sent``: what
+    it answers, or the frames it may answer (joined only when a finding or a refusal
+    needs them: a websocket keeps many).
+    """
+
+    def text() -> bytes:
+        return sent if isinstance(sent, bytes) else b"\n".join(sent)
+
     if not isinstance(batch, list):
-        FINDINGS.add("answer not a JSON array", f"{where}: {str(batch)[:200]} <- {sent[:200]!r}")
+        FINDINGS.add("answer not a JSON array", f"{where}: {str(batch)[:200]} <- {text()[:200]!r}")
         return
     for message in batch:
         if not isinstance(message, dict):
-            FINDINGS.add("answer element not an object", f"{where}: {message!r} <- {sent[:200]!r}")
+            FINDINGS.add("answer element not an object", f"{where}: {message!r} <- {text()[:200]!r}")
         elif "successful" in message:
             if not isinstance(message["successful"], bool):
                 FINDINGS.add("successful not a boolean", f"{where}: {message!r}")
             elif (
                 not message["successful"]
                 and not (isinstance(message.get("error"), str) and ERROR_FORMAT.match(message["error"]))
-                and not echoed(message.get("error"), sent)
+                and not echoed(message.get("error"), text())
             ):
-                FINDINGS.add("refusal without a well-formed error", f"{where}: {message!r} <- {sent[:200]!r}")
+                FINDINGS.add(
+                    "refusal without a well-formed error", f"{where}: {message!r} <- {text()[:200]!r}"
+                )
         elif not isinstance(message.get("channel"), str):
             FINDINGS.add("delivery without a channel", f"{where}: {message!r}")
 
@@ -760,7 +770,9 @@ class FuzzSocket(_Socket):
         super().__init__()
         self.run_ = run
         self.lastSent = b""
-        self.recent: deque[bytes] = deque(maxlen=64)
+        # The frames a reply may answer: a subscribe that waits on Redis is answered
+        # after many more frames have gone (64 were once too few, at 3,000,000 messages).
+        self.recent: deque[bytes] = deque(maxlen=2048)
         self.sentInvalidText = False
 
     def frame(self, payload: bytes) -> None:
@@ -771,7 +783,7 @@ class FuzzSocket(_Socket):
             FINDINGS.add("websocket frame that is not JSON", repr(payload[:300]))
         else:
             # Replies may answer any frame still in flight, not only the last one.
-            checkBatch(batch, "websocket", b"\n".join(self.recent))
+            checkBatch(batch, "websocket", self.recent)
             self.run_.mutator.learn(batch)
         self._wake()
 
