@@ -324,10 +324,9 @@ class BayeuxWebSocketFactory(WebSocketServerFactory):
             for name in base.CONFIG_ATTRS
             for value in (getattr(self, name),)
         }
-        # Autobahn's per-connection failure warnings, gathered (failurelog).
-        failureLog = getattr(self, "failureLog", None)
-        if failureLog is not None:
-            options["log"] = failureLog
+        # Autobahn's per-connection failure warnings, gathered (failurelog; made in
+        # __init__ before the first call here).
+        options["log"] = self.failureLog
         self.protocol = type(base.__name__, (base,), {"__module__": base.__module__, **options})  # type: ignore[assignment]
 
     def __init__(
