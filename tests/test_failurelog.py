@@ -14,12 +14,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pandapush.transports.failurelog import WINDOW, FailureLog
 from tests.support.logs import captureLogs
+from tests.test_fastframes import _UPGRADE, frame
 from tests.test_transports import ServerTestCase
 
-_UPGRADE = (
-    b"GET /push HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-)
 _FAILING = 'failing WebSocket connection (code={code}): "{reason}"'
 _DROPPING = "dropping connection to peer {peer} with abort={abort}: {reason}"
 _PONG = "Auto ping/pong: received non-pending pong"
@@ -113,17 +110,6 @@ class FailureLogTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
-def _masked(first: int, payload: bytes) -> bytes:
-    """A client's frame (``first``: FIN and opcode) with a small ``payload``."""
-    mask = b"\x01\x02\x03\x04"
-    return bytes([first, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
-def _badFrame() -> bytes:
-    """A text frame that is not masked (autobahn fails the connection with 1002, once)."""
-    return b"\x81\x02[]"
-
-
 class ServerFailureLogTests(ServerTestCase):
     """A real server: spoiled websockets are still failed with 1002, and logged once, not each."""
 
@@ -139,11 +125,12 @@ class ServerFailureLogTests(ServerTestCase):
             while b"\r\n\r\n" not in received:
                 received += client.recv(4096)
             received = received.split(b"\r\n\r\n", 1)[1]
-            client.sendall(_badFrame())
+            # Not masked: autobahn fails the connection with 1002, once.
+            client.sendall(frame(b"[]", mask=None))
             while len(received) < 2 or len(received) < 2 + (received[1] & 0x7F):
                 received += client.recv(4096)
             close = received[: 2 + (received[1] & 0x7F)]
-            client.sendall(_masked(0x88, close[2:4]))
+            client.sendall(frame(close[2:4], opcode=8))
             try:
                 while client.recv(4096):
                     pass
