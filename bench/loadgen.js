@@ -16,7 +16,10 @@
 // prints one JSON object with the results.
 
 const { performance } = require('perf_hooks');
-const { makeClient, restPost, closeRestConnections } = require('./lib/bayeux');
+const { makeClient, restPost, bayeuxPost, closeRestConnections } = require('./lib/bayeux');
+
+// Publishers that POST each message (or batch) over plain HTTP, rather than over a Bayeux client.
+const HTTP_PUBLISHERS = new Set(['rest', 'rest-batch', 'http', 'http-batch']);
 const crypto = require('crypto');
 const { LocalSubscribers, SubscriberProcesses, Samples, pool, hrClock } = require('./lib/subscribers');
 const { ProcessSampler, selfCpuMark, selfCpuSince, othersMark, othersSince, netCounters, netCountersSince } = require('./lib/proc');
@@ -122,7 +125,7 @@ async function runFanout(o) {
 
   // Publishers
   const publishers =
-    options.publishVia === 'rest' || options.publishVia === 'rest-batch'
+    HTTP_PUBLISHERS.has(options.publishVia)
       ? []
       : await pool(options.publishers, options.concurrency, async () => {
           const client = makeClient('websocket', publishUrl);
@@ -159,10 +162,20 @@ async function runFanout(o) {
     const items = batch;
     batch = [];
     restRequests++;
+    if (options.publishVia === 'http-batch') {
+      // Faye's counterpart: one POST of an array of Bayeux publish messages.
+      bayeuxPost(origin, bayeuxPath, JSON.stringify(items)).then((ok) => onAcks(ok === items.length, items.length));
+      return;
+    }
     restPost(origin, `/apps/${options.app}/batch_events`, JSON.stringify({ batch: items }), authorization).then(({ status }) =>
       onAcks(status === 200, items.length),
     );
   };
+  // 'http' and 'http-batch': Bayeux publish messages POSTed as plain HTTP, without a
+  // handshake or a clientId, the way Faye's documentation publishes "using a plain HTTP
+  // client" (its security page, "Push-only servers"): Faye's REST publish. Acknowledged by
+  // the replies' "successful".
+  const bayeuxPath = new URL(publishUrl).pathname;
   for (const publisher of publishers) publisher.onAck = onAck;
 
   function sendOne() {
@@ -180,7 +193,10 @@ async function runFanout(o) {
       const path = `/channel/${options.app}/${options.channelType}/bench/${options.tag}/c${j}`;
       restRequests++;
       restPost(origin, path, JSON.stringify(data), authorization).then(({ status }) => onAck(status === 200));
-    } else if (options.publishVia === 'rest-batch') {
+    } else if (options.publishVia === 'http') {
+      restRequests++;
+      bayeuxPost(origin, bayeuxPath, JSON.stringify({ channel: channelNames[j], data })).then((ok) => onAck(ok === 1));
+    } else if (options.publishVia === 'rest-batch' || options.publishVia === 'http-batch') {
       batch.push({ channel: channelNames[j], data });
       if (batch.length >= batchSize) flushBatch();
     } else {
@@ -524,8 +540,8 @@ if (require.main === module) {
     subscribers: Number(get('subscribers', 200)),
     channels,
     publishers: Number(get('publishers', 1)),
-    publishVia: has('rest-batch') ? 'rest-batch' : has('rest') ? 'rest' : 'websocket',
-    batchSize: Number(get('rest-batch', 10)),
+    publishVia: has('rest-batch') ? 'rest-batch' : has('rest') ? 'rest' : has('http-batch') ? 'http-batch' : has('http') ? 'http' : 'websocket',
+    batchSize: Number(get('rest-batch', get('http-batch', 10))),
     mode: get('mode', 'burst'),
     messages: Number(get('messages', 1000)),
     rate: Number(get('rate', 100)),

@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any
 
-from twisted.internet import utils
+from twisted.internet import defer, protocol, reactor, utils
 from twisted.trial.unittest import TestCase
 
 from tests.support import REPO_ROOT
@@ -229,6 +229,92 @@ class SoakSmokeTests(TestCase):
             {name: node["pandapush_clients"] for name, node in result["final"]["nodes"].items()},
             {"A": 0, "B": 0},
         )
+
+
+class _Listening(protocol.ProcessProtocol):
+    """bench/faye-server.js until its ``listening`` line, then until it exits."""
+
+    def __init__(self) -> None:
+        self.listening: defer.Deferred[int] = defer.Deferred()
+        self.ended: defer.Deferred[None] = defer.Deferred()
+        self.output = b""
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        if not self.listening.called and b"\n" in self.output:
+            self.listening.callback(json.loads(self.output.splitlines()[0])["port"])
+
+    def processEnded(self, reason: Any) -> None:
+        if not self.listening.called:
+            self.listening.errback(RuntimeError(f"faye-server.js exited: {self.output!r}"))
+        self.ended.callback(None)
+
+
+class FayeHttpPublisherTests(TestCase):
+    """
+    The generator's ``--http`` and ``--http-batch`` publishers: Faye's side of the REST
+    scenarios (Bayeux messages POSTed as plain HTTP, as Faye's documentation publishes from
+    a server), against the bench's own Faye.
+    """
+
+    timeout = 120
+
+    async def _generate(self, url: str, *args: str) -> dict[str, Any]:
+        out, err, code = await utils.getProcessOutputAndValue(
+            _requireGenerator(),
+            [str(BENCH / "loadgen.js"), "--url", url, "--idle-timeout", "3000", *args],
+            env=dict(os.environ),
+            path=str(REPO_ROOT),
+        )
+        self.assertEqual(code, 0, f"loadgen failed:\n{err.decode()}")
+        return json.loads(out.decode().strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+    async def _faye(self) -> str:
+        node = _requireGenerator()
+        if not (BENCH / "node_modules" / "faye" / "package.json").exists():
+            missing(f"bench's Node packages are not installed: run `npm ci` in {BENCH}")
+        process = _Listening()
+        transport = reactor.spawnProcess(  # type: ignore[attr-defined]
+            process, node, [node, str(BENCH / "faye-server.js"), "0", "5"], env=dict(os.environ)
+        )
+
+        async def stop() -> None:
+            transport.signalProcess("TERM")
+            await process.ended
+
+        self.addCleanup(lambda: defer.ensureDeferred(stop()))
+        port = await process.listening
+        return f"http://127.0.0.1:{port}/push"
+
+    async def test_httpPublisher(self) -> None:
+        """One POST per message, each acknowledged by Faye's ``successful`` reply, each delivered once."""
+        url = await self._faye()
+        result = await self._generate(
+            url, "--http", "--subscribers", "4", "--channels", "2", "--messages", "30"
+        )
+        self.assertEqual((result["expected"], result["delivered"], result["lost"]), (60, 60, 0), result)
+        self.assertEqual(
+            (result["published"], result["publishFailures"], result["restRequests"]), (30, 0, 30)
+        )
+
+    async def test_httpBatchPublisher(self) -> None:
+        """Arrays of up to 10 messages per POST: 23 messages in 3 requests, every reply successful."""
+        url = await self._faye()
+        result = await self._generate(url, "--http-batch", "10", "--subscribers", "3", "--messages", "23")
+        self.assertEqual((result["expected"], result["delivered"], result["lost"]), (69, 69, 0), result)
+        self.assertEqual((result["published"], result["publishFailures"], result["restRequests"]), (23, 0, 3))
+
+    async def test_refusedIsAFailure(self) -> None:
+        """
+        A POST whose replies are not successful is counted as failed: pandapush refuses a
+        publish without a handshake's clientId, so every one fails and none is delivered.
+        """
+        server = await PandapushProcess.started(self, env=seededEnvironment(APP, KEY, SECRET))
+        result = await self._generate(
+            server.push, "--http", "--app", APP, "--subscribers", "2", "--messages", "10"
+        )
+        self.assertEqual((result["published"], result["publishFailures"]), (10, 10), result)
+        self.assertEqual(result["delivered"], 0)
 
 
 class RunOptionsTests(TestCase):

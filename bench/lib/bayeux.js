@@ -417,9 +417,28 @@ function restPost(origin, path, body, authorization) {
   });
 }
 
+// Bayeux messages POSTed as plain HTTP (Faye's documented way to publish from a server
+// without a client: no handshake, no clientId). Resolves the number of replies with
+// "successful": true; 0 for an error or another status.
+function bayeuxPost(origin, path, body) {
+  const url = new URL(origin);
+  return new Promise((resolve) => {
+    httpPost(url.hostname, Number(url.port || 80), path, body, '', undefined, (error, status, answer) => {
+      if (error || status !== 200) return resolve(0);
+      let replies;
+      try {
+        replies = JSON.parse(answer);
+      } catch {
+        return resolve(0);
+      }
+      resolve(Array.isArray(replies) ? replies.filter((reply) => reply && reply.successful === true).length : 0);
+    });
+  });
+}
+
 // Closes the idle connections (the generator's process exits anyway; a long-lived user may call it).
 function closeRestConnections() {
   for (const idle of pools.values()) for (const connection of idle.splice(0)) connection.socket.end();
 }
 
-module.exports = { WebSocketClient, LongPollingClient, makeClient, restPost, httpPost, closeRestConnections };
+module.exports = { WebSocketClient, LongPollingClient, makeClient, restPost, bayeuxPost, httpPost, closeRestConnections };
