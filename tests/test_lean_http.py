@@ -61,6 +61,14 @@ def normal(answer: bytes) -> bytes:
     return _OFFSET.sub(b'"offset":-', _CLIENT.sub(b'"clientId":"-"', answer))
 
 
+def parsed(channel: Any, head: bytes) -> tuple[lean.LeanRequest, int]:
+    """The LeanRequest the lean path makes of the request ``head`` (all of it), and where it ends."""
+    found = lean._parse(channel, head, 0)
+    assert found is not None
+    uri, headers, body, contextHeaders, end = found
+    return lean._request(channel, uri, headers, body, contextHeaders), end
+
+
 class _Connection:
     """One channel of the site on a StringTransport, fed the reads it is given."""
 
@@ -98,13 +106,23 @@ class DifferentialCase(TestCase):
         )
         self.site = self.server.service.site
         self.served = 0
+        #: Of them, REST publishes that the publish lane took (answered now or later).
+        self.laned = 0
         answer = lean._answer
+        publish = lean._publish
 
-        def counted(channel: Any, request: Any) -> None:
+        def counted(channel: Any, request: Any, later: Any = None) -> None:
+            if later is None:
+                self.served += 1
+            answer(channel, request, later)
+
+        def countedLane(*args: Any) -> None:
             self.served += 1
-            answer(channel, request)
+            self.laned += 1
+            publish(*args)
 
         self.patch(lean, "_answer", counted)
+        self.patch(lean, "_publish", countedLane)
 
     def clientId(self) -> bytes:
         connection = _Connection(self.site)
@@ -371,6 +389,123 @@ class LostTests(DifferentialCase):
             self.assertEqual(router.heldConnects(), held, leanPath)
 
 
+class PublishLaneTests(DifferentialCase):
+    """
+    REST publishes answered by the publish lane (``lean._publish``: no twisted.web request
+    for an answer given now) against twisted.web's whole path: the same bytes.
+    """
+
+    def assertLaned(self, stream: bytes, splits: bool = False) -> None:
+        laned = self.laned
+        self.assertGreater(self.assertSame(stream, splits), 0)
+        self.assertGreater(self.laned, laned, "the lane did not take it")
+
+    def test_answers(self) -> None:
+        """Published, refused, malformed, and a query's token: each the lane's, each alike."""
+        self.assertLaned(post(REST, b'{"text":"hi"}', b"Authorization: " + BASIC), splits=True)
+        claims = {"channel": f"/{APP}/private/lean", "pub": True}
+        for stream in [
+            post(f"/channel/{APP}/nosuchtype/x".encode(), b"{}", b"Authorization: " + BASIC),
+            post(f"/channel/{APP}/private".encode(), b"{}", b"Authorization: " + BASIC),
+            post(f"/channel/{APP}/private//x".encode(), b"{}", b"Authorization: " + BASIC),
+            post(f"/channel/{APP}/private/bad*name".encode(), b"{}", b"Authorization: " + BASIC),
+            post(b"/channel/OTHERotherOTHERother/private/x", b"{}", b"Authorization: " + BASIC),
+            post(REST, b'{"a":1}'),
+            post(REST, b'{"a":1}', b"Authorization: Basic bm90OmF1dGg="),
+            post(REST + b"?token=" + token(claims), b'{"a":1}'),
+            post(REST + b"?token=" + token(claims, secret="wrong"), b'{"a":1}'),
+            post(REST, b'{"a":1}', b"Authorization: " + BASIC, b"Idempotency-Key: k-1"),
+            post(REST, b'{"a":1}', b"Authorization: " + BASIC, b"Idempotency-Key: " + b"x" * 300),
+            post(REST, b'{"a":', b"Authorization: " + BASIC),
+            post(REST, b'{"a":1}', b"Authorization: " + BASIC, contentType=b"text/plain"),
+            post(REST, b'{"a":1}', b"Authorization: " + BASIC, b"Connection: close"),
+            post(REST, b'{"a":1}', b"Authorization: " + BASIC) * 3,
+        ]:
+            self.assertLaned(stream)
+
+    def test_siteHeaders(self) -> None:
+        """The site's headers come first, as process sets them; one set again keeps its place."""
+        stream = post(REST, b'{"a":1}', b"Authorization: " + BASIC)
+        refused = post(REST, b'{"a":1}')
+        for headers in [{b"X-Pandapush-Worker": b"3"}, {b"cache-control": b"max-age=1", b"X-A": b"b"}]:
+            self.site.headers = headers
+            self.assertLaned(stream)
+            self.assertLaned(refused)
+            answer, _ = self.exchange(True, [refused])
+            self.assertIn(b"Cache-Control: no-store", answer)
+            self.assertEqual(answer.count(b"Cache-Control"), 1)
+
+    def test_notTaken(self) -> None:
+        """Escaped or non-ASCII paths, and a site keeping an access log, go twisted.web's way."""
+        for stream in [
+            post(f"/channel/{APP}/private/l%61ne".encode(), b'{"a":1}', b"Authorization: " + BASIC),
+            post(REST + b"\xc3\xa9", b'{"a":1}', b"Authorization: " + BASIC),
+            post(REST + b"\xff", b'{"a":1}', b"Authorization: " + BASIC),
+        ]:
+            laned = self.laned
+            self.assertSame(stream, splits=False)
+            self.assertEqual(self.laned, laned)
+        self.site.accessLog = True
+        self.assertIsNone(self.site.publishLane)
+        laned = self.laned
+        self.assertSame(post(REST, b'{"a":1}', b"Authorization: " + BASIC), splits=False)
+        self.assertEqual(self.laned, laned)
+
+    async def test_answeredLater(self) -> None:
+        """
+        A publish that answers later (as through Redis): a twisted.web request is made for
+        it, with what the lane set, and answered as on the whole path; a request pipelined
+        behind it waits for it.
+        """
+        app = self.site.publishLane.app
+        publish = app.publish
+
+        def later(*args: Any, **kwargs: Any) -> Any:
+            return task.deferLater(reactor, 0.01, lambda: None).addCallback(
+                lambda _: publish(*args, **kwargs)
+            )
+
+        self.patch(app, "publish", later)
+        valid = post(REST, b'{"a":1}', b"Authorization: " + BASIC)
+        for stream in [
+            valid,
+            valid + valid,
+            post(REST, b'{"a":1}', b"Authorization: " + BASIC, b"Connection: close"),
+        ]:
+            answers = []
+            for leanPath in (False, True):
+                self.site.serveSimple = lean.serve if leanPath else None
+                connection = _Connection(self.site)
+                connection.feed(stream)
+                await task.deferLater(reactor, 0.1, lambda: None)
+                answers.append(connection.close())
+            self.assertEqual(answers[1], answers[0])
+            self.assertEqual(answers[0][0].count(b"HTTP/1.1 200 OK"), stream.count(b"POST"))
+
+    def test_failing(self) -> None:
+        """A resource that raises: a JSON 500, logged, and the connection serves the next request."""
+        resource = self.site.publishLane
+        answer = resource.answer
+        calls = []
+
+        def failing(request: Any) -> Any:
+            calls.append(request)
+            if len(calls) == 1:
+                raise RuntimeError("boom")
+            return answer(request)
+
+        self.patch(resource, "answer", failing)
+        valid = post(REST, b'{"a":1}', b"Authorization: " + BASIC)
+        reply, closed = self.exchange(True, [valid + valid])
+        self.assertFalse(closed)
+        first, second = reply.split(b"HTTP/1.1 ")[1:]
+        self.assertTrue(first.startswith(b"500 Internal Server Error\r\n"), first)
+        self.assertIn(b"Content-Type: application/json", first)
+        self.assertIn(b'"code":500', first)
+        self.assertTrue(second.startswith(b"200 OK\r\n"), second)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
 class LeanOriginTests(DifferentialCase):
     """The Bayeux requests of origins ``--allowed-origins`` refuses, answered alike on both paths."""
 
@@ -443,11 +578,11 @@ class HeadBlockTests(TestCase):
         """Requests of one block each get headers of their own, equal to what the lines say."""
         head = post(PUSH, b"[]", b"X-Two: a", b"X-Two: b")
         channel = self.channel()
-        first, end = lean._parse(channel, head, 0)  # type: ignore[misc]
+        first, end = parsed(channel, head)
         self.assertEqual(end, len(head))
         first.requestHeaders.addRawHeader(b"X-Two", b"c")
         first.requestHeaders.setRawHeaders(b"Host", [b"elsewhere"])
-        second, _ = lean._parse(channel, head, 0)  # type: ignore[misc]
+        second, _ = parsed(channel, head)
         self.assertEqual(len(lean._BLOCKS), 1)
         self.assertEqual(
             list(second.requestHeaders.getAllRawHeaders()),
@@ -470,8 +605,8 @@ class HeadBlockTests(TestCase):
 
         head = post(PUSH, b"[]", b"X-Two: a", b"X-Two: b", b"Origin: https://Good.example")
         channel = self.channel()
-        first, _ = lean._parse(channel, head, 0)  # type: ignore[misc]
-        second, _ = lean._parse(channel, head, 0)  # type: ignore[misc]
+        first, _ = parsed(channel, head)
+        second, _ = parsed(channel, head)
         shared = contextFor(first, "long-polling").headers
         self.assertIs(contextFor(second, "long-polling").headers, shared)
         second.contextHeaders = None

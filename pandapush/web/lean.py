@@ -11,7 +11,8 @@ PERF-TODO 2). Here a regular expression takes the request line, the header lines
 read once per distinct block of them (a client sends the same again and again), the
 body is sliced from the same bytes, and a :class:`LeanRequest` is handed to the site's
 resources as twisted.web would hand its own: same routing, same resources, same
-answers, same logging, only less of the channel's bookkeeping around them.
+answers, same logging, only less of the channel's bookkeeping around them. A REST
+publish answered at once goes further: no request at all (the publish lane, below).
 
 The same way :mod:`pandapush.transports.fastframes` reads websocket frames: this path
 takes only what it can take whole and as twisted.web would take it. A request that is
@@ -34,10 +35,14 @@ import time
 from types import MappingProxyType
 from typing import Any
 
-from twisted.web.http import HTTPChannel, parse_qs
+from twisted.logger import Logger
+from twisted.web import server as twistedserver
+from twisted.web.http import RESPONSES, HTTPChannel, parse_qs
 from twisted.web.http_headers import Headers, _nameEncoder
 
-from pandapush.web.site import LimitedRequest
+from pandapush.transports.http import sendNow
+from pandapush.web.http import errorBody, jsonResponse
+from pandapush.web.site import HTTP_DATE, LimitedRequest
 
 __all__ = ["LeanRequest", "serve"]
 
@@ -50,6 +55,8 @@ _REFUSED = frozenset({b"Transfer-Encoding", b"Expect", b"Upgrade"})
 #: A request begins so, or this path does not look further.
 START = b"POST /"
 
+
+_log = Logger()
 
 #: Answer header names as resources set them (bytes) -> canonical: the few names of
 #: the server's own answers. Bounded all the same.
@@ -244,8 +251,11 @@ def _block(lines: bytes) -> Any:
     )
 
 
-def _parse(channel: Any, data: bytes, start: int) -> tuple[LeanRequest, int] | None:
-    """The request at ``start`` of ``data`` and where it ends, or None if twisted.web must take it."""
+def _parse(channel: Any, data: bytes, start: int) -> tuple[bytes, Headers, bytes, Any, int] | None:
+    """
+    The request at ``start`` of ``data`` (its target, headers, body and headers as a
+    context holds them) and where it ends, or None if twisted.web must take it.
+    """
     end = data.find(b"\r\n\r\n", start)
     if end < 0 or end + 4 - start > channel.totalHeadersSize:
         return None
@@ -276,10 +286,13 @@ def _parse(channel: Any, data: bytes, start: int) -> tuple[LeanRequest, int] | N
     headers = object.__new__(Headers)
     # Lists of their own: a request's headers are its own to change.
     headers._rawHeaders = dict(zip(names, map(list, values), strict=True))
-    body = data[end + 4 : bodyEnd]
-    lean = LeanRequest(channel, b"POST", request.group(1), headers, body, _peer(channel))
+    return request.group(1), headers, data[end + 4 : bodyEnd], contextHeaders, bodyEnd
+
+
+def _request(channel: Any, uri: bytes, headers: Headers, body: bytes, contextHeaders: Any) -> LeanRequest:
+    lean = LeanRequest(channel, b"POST", uri, headers, body, _peer(channel))
     lean.contextHeaders = contextHeaders
-    return lean, bodyEnd
+    return lean
 
 
 def serve(channel: HTTPChannel, data: bytes) -> bytes | None:
@@ -295,8 +308,14 @@ def serve(channel: HTTPChannel, data: bytes) -> bytes | None:
         parsed = _parse(ch, data, start)
         if parsed is None:
             break
-        request, start = parsed
-        _answer(ch, request)
+        uri, headers, body, contextHeaders, start = parsed
+        lane = None
+        if uri.startswith(_CHANNEL) and uri.isascii() and b"%" not in uri:
+            lane = getattr(getattr(ch, "site", None), "publishLane", None)
+        if lane is not None:
+            _publish(ch, lane, uri, headers, body, contextHeaders)
+        else:
+            _answer(ch, _request(ch, uri, headers, body, contextHeaders))
         if ch._handlingRequest:
             # Answered later: what follows waits where twisted.web keeps the bytes that
             # arrive meanwhile (requestDone plays them back), reading paused past as much.
@@ -331,8 +350,12 @@ def _closes(value: bytes) -> bool:
     return closes
 
 
-def _answer(channel: Any, request: LeanRequest) -> None:
-    """Serve ``request`` as twisted.web's allHeadersReceived, allContentReceived and requestDone do."""
+def _answer(channel: Any, request: LeanRequest, later: Any = None) -> None:
+    """
+    Serve ``request`` as twisted.web's allHeadersReceived, allContentReceived and
+    requestDone do; or, with ``later`` (``(resource, Deferred)``: what the publish lane
+    could not answer now), wait for the Deferred's body as ``resource`` renders it.
+    """
     # The deadline for this request's head (PandapushChannel), if one runs: it is complete.
     cancelDeadline = getattr(channel, "_cancelDeadline", None)
     if cancelDeadline is not None:
@@ -347,19 +370,12 @@ def _answer(channel: Any, request: LeanRequest) -> None:
         channel.persistent = False
     channel.requests.append(request)
     channel._handlingRequest = True
-    request.process()
+    if later is None:
+        request.process()
+    else:
+        _later(request, *later)
     if request.finished:
-        # Answered now: the channel is as twisted.web's requestDone leaves it, without
-        # its work for a request that waited (reading was not paused for this one), and
-        # the idle timer runs from now, as it would be made again.
-        channel._handlingRequest = False
-        if not channel.persistent:
-            channel.loseConnection()
-        elif channel.timeOut:
-            if getattr(channel, "_TimeoutMixin__timeoutCall", None) is not None:
-                channel.resetTimeout()
-            else:
-                channel.setTimeout(channel.timeOut)
+        _answered(channel)
         return
     # Answered later (a held connect, a step that waits on storage or Redis): the
     # channel as twisted.web's allContentReceived leaves it, for its requestDone.
@@ -367,3 +383,169 @@ def _answer(channel: Any, request: LeanRequest) -> None:
     if channel.timeOut:
         channel._savedTimeOut = channel.setTimeout(None)
     channel.setRawMode()
+
+
+def _answered(channel: Any) -> None:
+    """
+    After an answer given now: the channel as twisted.web's requestDone leaves it,
+    without its work for a request that waited (reading was not paused for this one),
+    and the idle timer running from now, as it would be made again.
+    """
+    channel._handlingRequest = False
+    if not channel.persistent:
+        channel.loseConnection()
+    elif channel.timeOut:
+        if getattr(channel, "_TimeoutMixin__timeoutCall", None) is not None:
+            channel.resetTimeout()
+        else:
+            channel.setTimeout(channel.timeOut)
+
+
+# --- The publish lane -----------------------------------------------------------------
+#
+# A REST publish (``POST /channel/...``) answered without a twisted.web request: the
+# resource mounted at /channel (PublishResource) answers a small stand-in that holds
+# what it reads and sets, and the answer is written here, status line, the headers in
+# twisted.web's order and the body, in one piece. The LeanRequest, the site's process,
+# resource lookup and render, the request's write, finish and cleanup were about half
+# of a REST publish. Only an answer given now takes the lane to its end: for one given
+# later (a key looked up in storage, a publish through Redis) a LeanRequest is made
+# then, given the status and headers set so far, and finished by the resource as a
+# render would be. Not taken: paths with "%" or not ASCII (the site unquotes and checks
+# them), and a site with an access log (its lines are twisted.web's request's to write).
+
+_CHANNEL = b"/channel/"
+
+
+class _Publish:
+    """What :meth:`PublishResource.answer` reads and sets of a request, and the metrics hook reads."""
+
+    __slots__ = (
+        "code",
+        "content",
+        "path",
+        "postpath",
+        "requestHeaders",
+        "responseHeaders",
+        "started",
+        "target",
+        "uri",
+    )
+
+    method = b"POST"
+    tooLarge = False
+
+    def __init__(self, uri: bytes, path: bytes, headers: Headers, body: bytes) -> None:
+        self.uri = uri
+        self.path = path
+        self.postpath = path[1:].split(b"/")
+        self.requestHeaders = headers
+        self.content = io.BytesIO(body)
+        self.code = 200
+        # Canonical name -> value, in the order set (what twisted.web's dict keeps).
+        self.responseHeaders: dict[bytes, bytes] = {}
+        self.started = time.monotonic()
+        #: The request that answers in its place, once the answer is to come later: what
+        #: the resource sets from then on (its callbacks hold this one) is set on it.
+        self.target: LeanRequest | None = None
+
+    def setResponseCode(self, code: int) -> None:
+        if self.target is not None:
+            self.target.setResponseCode(code)
+        self.code = code
+
+    def setHeader(self, name: bytes, value: bytes) -> None:
+        if self.target is not None:
+            self.target.setHeader(name, value)
+            return
+        canonical = _NAMES.get(name)
+        if canonical is None:
+            canonical = _nameEncoder.encode(name)
+            if len(_NAMES) < _NAMES_KEPT:
+                _NAMES[name] = canonical
+        if b"\n" in value or b"\r" in value:
+            raise ValueError("header value with a line break")
+        self.responseHeaders[canonical] = value
+
+
+def _start(site: Any) -> tuple[bytes, dict[bytes, bytes]]:
+    """
+    The lines every answer of the lane starts with, as ``LimitedRequest.startAnswer``
+    sets them (the site's headers, ``Server``, ``Date``), and the same as a dict: made
+    once a second, kept on the site.
+    """
+    key = (HTTP_DATE(), tuple((getattr(site, "headers", None) or {}).items()))
+    kept = site.__dict__.get("_leanStart")
+    if kept is not None and kept[0] == key:
+        return kept[1]  # type: ignore[no-any-return]
+    lines = {_nameEncoder.encode(name): value for name, value in key[1]}
+    lines[b"Server"] = twistedserver.version
+    lines[b"Date"] = key[0]
+    start = (b"".join(b"%s: %s\r\n" % line for line in lines.items()), lines)
+    site._leanStart = (key, start)
+    return start
+
+
+def _publish(
+    channel: Any, resource: Any, uri: bytes, headers: Headers, body: bytes, contextHeaders: Any
+) -> None:
+    """Serve the REST publish ``uri``: ``_answer``'s work, with the answer written here."""
+    path = uri.partition(b"?")[0]
+    request = _Publish(uri, path, headers, body)
+    try:
+        answer = resource.answer(request)
+    except Exception:
+        # As the resource's own errback answers a failure that comes later.
+        _log.failure("REST publish request failed")
+        request.responseHeaders.clear()
+        answer = jsonResponse(request, 500, errorBody(500, "Internal server error"))  # type: ignore[arg-type]
+    if type(answer) is not bytes:
+        lean = _request(channel, uri, headers, body, contextHeaders)
+        _answer(channel, lean, (resource, answer, request))
+        return
+    cancelDeadline = getattr(channel, "_cancelDeadline", None)
+    if cancelDeadline is not None:
+        cancelDeadline()
+    connection = headers._rawHeaders.get(b"Connection")  # type: ignore[attr-defined]
+    closes = bool(connection) and _closes(connection[0])  # type: ignore[index]
+    site = channel.site
+    code = request.code
+    lines = request.responseHeaders
+    start, first = _start(site)
+    if not first.keys().isdisjoint(lines):
+        # The resource set one of the first lines again: twisted.web keeps its place.
+        start, lines = b"", {**first, **lines}
+    length = len(answer)
+    # twisted.web's default type comes last, after the length render sets.
+    typed = b"Content-Type: text/html\r\n" if length and b"Content-Type" not in lines else b""
+    sendNow(
+        channel.transport,
+        b"HTTP/1.1 %d %s\r\n%s%s%sContent-Length: %d\r\n%s\r\n%s"
+        % (
+            code,
+            RESPONSES.get(code, b"Unknown Status"),
+            b"Connection: close\r\n" if closes else b"",
+            start,
+            b"".join(b"%s: %s\r\n" % line for line in lines.items()),
+            length,
+            typed,
+            answer,
+        ),
+    )
+    done = site.requestDone
+    if done is not None:
+        done(request)
+    if closes:
+        channel.persistent = False
+    _answered(channel)
+
+
+def _later(lean: LeanRequest, resource: Any, answer: Any, given: _Publish) -> None:
+    """``lean`` waits for ``answer``, with what the resource set on the lane's stand-in."""
+    lean.startAnswer()
+    lean.setResponseCode(given.code)
+    for name, value in given.responseHeaders.items():
+        lean.setHeader(name, value)
+    lean.started = given.started
+    given.target = lean
+    resource.respond(answer, lean)

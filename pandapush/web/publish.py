@@ -225,6 +225,21 @@ class PublishResource(Resource):
         self.app = app
 
     def render(self, request: Any) -> bytes | int:
+        answer = self.answer(request)
+        if isinstance(answer, bytes):
+            return answer
+        self.respond(answer, request)
+        return NOT_DONE_YET
+
+    def answer(self, request: Any) -> bytes | Deferred[bytes]:
+        """
+        The body of the answer to ``request``, its status and headers set on it, or a
+        Deferred of the body. ``render`` finishes the request with it; the lean path
+        (:mod:`pandapush.web.lean`) writes an answer given now itself and hands a
+        Deferred to :meth:`respond`. What it reads and sets of ``request``:
+        ``postpath``, ``method``, ``uri``, ``requestHeaders``, ``content``, ``tooLarge``,
+        ``setResponseCode`` and ``setHeader``.
+        """
         try:
             path = b"/".join(request.postpath).decode("utf-8")
         except UnicodeDecodeError:
@@ -235,12 +250,12 @@ class PublishResource(Resource):
         if request.method != b"POST":
             request.setHeader(b"Allow", b"POST")
             return jsonResponse(request, 405, errorBody(405, "Use POST to publish"))
-        answer = self.app.post(request, parts[1], parts[2], parts[3])
-        if isinstance(answer, bytes):
-            return answer
+        return self.app.post(request, parts[1], parts[2], parts[3])
+
+    def respond(self, answer: Deferred[bytes], request: Any) -> None:
+        """Finish ``request`` with ``answer``'s body when it comes, as ``render`` does."""
         answer.addCallback(self._respond, request)
         answer.addErrback(self._failed, request)
-        return NOT_DONE_YET
 
     def _respond(self, body: bytes, request: Any) -> None:
         if request.finished or getattr(request, "_disconnected", False):

@@ -143,16 +143,7 @@ class LimitedRequest(Request):
     def process(self) -> None:
         # twisted.web.server.Request.process, with the site's headers first and the Date
         # of this second.
-        site = self.channel.site  # type: ignore[attr-defined]
-        self.site = site
-        setHeader = self.setHeader
-        for name, value in getattr(site, "headers", _NO_HEADERS).items():
-            setHeader(name, value)
-        # Names canonical and values without line breaks already: set without
-        # setRawHeaders' checks (a fifth of this method).
-        raw = self.responseHeaders._rawHeaders
-        raw[b"Server"] = [twistedserver.version]
-        raw[b"Date"] = [HTTP_DATE()]
+        site = self.startAnswer()
         path = self.path
         self.prepath = []
         # unquote_to_bytes gives back a segment without "%" as it is.
@@ -170,6 +161,20 @@ class LimitedRequest(Request):
             self.render(resource)
         except BaseException:
             self.processingFailed(Failure())
+
+    def startAnswer(self) -> Any:
+        """The headers every answer starts with (``process`` sets them first); returns the site."""
+        site = self.channel.site  # type: ignore[attr-defined]
+        self.site = site
+        setHeader = self.setHeader
+        for name, value in getattr(site, "headers", _NO_HEADERS).items():
+            setHeader(name, value)
+        # Names canonical and values without line breaks already: set without
+        # setRawHeaders' checks (a fifth of this method).
+        raw = self.responseHeaders._rawHeaders
+        raw[b"Server"] = [twistedserver.version]
+        raw[b"Date"] = [HTTP_DATE()]
+        return site
 
     def render(self, resrc: Any) -> None:
         # twisted.web.server.Request.render. A body of bytes (not for HEAD) whose answer
@@ -367,6 +372,10 @@ class PandapushRoot(Resource):
     def render(self, request: Any) -> Any:
         return _checked(self._default, request).render(request)
 
+    def mounted(self, segment: bytes) -> IResource | None:
+        """The resource mounted at ``/<segment>``, if any."""
+        return self._mounts.get(segment)
+
     def resourceFor(self, request: Any) -> IResource:
         """
         What ``getChildForRequest`` finds for ``request`` from here: ``/push``, and a
@@ -392,7 +401,9 @@ class PandapushSite(Site):
     (:class:`~pandapush.web.connections.PandapushChannel`), bodies capped at
     ``maxBodySize`` (:class:`LimitedRequest`),
     ``headers`` added to every answer (``X-Pandapush-Worker`` with ``--workers``),
-    ``requestDone`` told of every finished request (metrics count them by status), and
+    ``requestDone`` told of every finished request (metrics count them by status; it
+    reads the request's ``code``, ``path`` and ``started`` alone: the lean path's REST
+    publishes give it no more), and
     the access log written only if ``accessLog`` (long-polling makes many requests).
     """
 
@@ -431,6 +442,28 @@ class PandapushSite(Site):
         #: Serves the simple requests of a channel's read (REST publishes, long-polls)
         #: without twisted.web's parsing; None: twisted.web parses every request.
         self.serveSimple: Callable[[Any, bytes], bytes | None] | None = serve
+
+    @property
+    def publishLane(self) -> Any:
+        """
+        The resource of ``/channel`` if the lean path may answer its requests without a
+        twisted.web request (:func:`pandapush.web.lean.serve`): one that answers with
+        ``answer`` and ``respond`` (:class:`~pandapush.web.publish.PublishResource`), a
+        leaf that never reads the host, on a site that keeps no access log (whose lines
+        are twisted.web's request's to write). None otherwise.
+        """
+        root = self.resource
+        if self.accessLog or not isinstance(root, PandapushRoot):
+            return None
+        resource = root.mounted(b"channel")
+        if (
+            getattr(resource, "isLeaf", False)
+            and getattr(resource, "hostBlind", False)
+            and callable(getattr(resource, "answer", None))
+            and callable(getattr(resource, "respond", None))
+        ):
+            return resource
+        return None
 
     def buildProtocol(self, addr: Any) -> Any:
         limit = self.addressLimit
