@@ -432,7 +432,7 @@ def makeService(options: Options, reactor: Any = None, environ: Mapping[str, str
     )
     publishApp = PublishApp(
         authority,
-        router.publish,
+        router.publishNow,
         reactor,
         maxBodySize=tenancy.maxBodySize,
         publishTimeout=tenancy.publishTimeout,

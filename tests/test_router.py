@@ -970,6 +970,31 @@ class LimitTests(RouterTestCase):
         self.assertEqual(self.successResultOf(self.router.publish("/a/b", 1)), 0)
         self.assertEqual(self.refused, ["channel_length", "channel_length", "channel_depth"])
 
+    def test_serverPublishRemembered(self) -> None:
+        """
+        The server's publish remembers the channels that passed its checks as a client's
+        publish does, under the length limit they passed: a lower one refuses them
+        again; meta channels and invalid names are refused every time; a service
+        channel still keeps no history. ``publishNow`` answers the count itself.
+        """
+        channel = "/abc/" + "d" * 14  # 19 characters
+        self.assertEqual(self.router.publishNow(channel, 1), 0)
+        self.assertIn(channel, self.router._publisher._publishable)
+        self.assertEqual(self.router.publishNow(channel, 2), 0)
+        self.router.limits.maxChannelLength = 12
+        failure = self.failureResultOf(self.router.publishNow(channel, 3), BayeuxError)  # type: ignore[arg-type]
+        self.assertEqual(failure.value.message, "Channel name longer than 12 characters")
+        self.router.limits.maxChannelLength = 40
+        for invalid in ["/meta/connect", "/meta", "/a/*"]:
+            for _ in range(2):
+                failure = self.failureResultOf(self.router.publishNow(invalid, 1), BayeuxError)  # type: ignore[arg-type]
+                self.assertEqual(failure.value.message, "Invalid channel")
+            self.assertNotIn(invalid, self.router._publisher._publishable)
+        for _ in range(2):
+            self.assertEqual(self.successResultOf(self.router.publish("/service/x", 1)), 0)
+        self.assertIs(self.router._publisher._publishable["/service/x"], False)
+        self.assertEqual(self.refused, ["channel_length"])
+
     def test_subscriptions(self) -> None:
         """A client may hold so many subscriptions; resubscribing to one it has is free."""
         clientId = self.handshake()

@@ -79,16 +79,36 @@ class Publisher:
         :func:`idempotencyKeyError`) in the same application within five minutes is
         acknowledged (0 recipients) and not delivered again.
         """
-        refused = channelRefusal(channel, self.limits)
-        if refused is not None:
-            self.refusals.report(refused[0])
-            return defer.fail(refused[1])
-        if not channels.isValidName(channel) or channels.isMeta(channel):
-            return defer.fail(BayeuxError.channelInvalid(channel))
-        delivery = Delivery.fromMessage(
-            {"channel": channel, "data": data}, exclude, history and not channels.isService(channel)
-        )
-        maxSize = self.limits.maxMessageSize
+        published = self.publishNow(channel, data, exclude, history, idempotencyKey)
+        return defer.succeed(published) if isinstance(published, int) else published
+
+    def publishNow(
+        self,
+        channel: str,
+        data: Any,
+        exclude: str | None = None,
+        history: bool = True,
+        idempotencyKey: str | None = None,
+    ) -> int | Deferred[int]:
+        """
+        :meth:`publish`, answering the number of recipients itself when the engine
+        publishes at once (the in-memory one): a REST publish's hot path, without a
+        Deferred made only to be looked into.
+        """
+        limits = self.limits
+        # The channel checks once per channel, as Bayeux publishes remember them (none
+        # of those is a meta channel: they are never published to).
+        keeps = self._publishable.get(channel)
+        if keeps is None or self._checkedLength != limits.maxChannelLength:
+            refused = channelRefusal(channel, limits)
+            if refused is not None:
+                self.refusals.report(refused[0])
+                return defer.fail(refused[1])
+            if not channels.isValidName(channel) or channels.isMeta(channel):
+                return defer.fail(BayeuxError.channelInvalid(channel))
+            keeps = self._remember(channel, limits)
+        delivery = Delivery.fromMessage({"channel": channel, "data": data}, exclude, history and keeps)
+        maxSize = limits.maxMessageSize
         if len(delivery.payload) > maxSize:
             self.refusals.report("message_size")
             return defer.fail(BayeuxError(413, [channel], f"Message larger than {maxSize} bytes"))
@@ -102,7 +122,7 @@ class Publisher:
         except Exception:
             return defer.fail()
         if recipients is not None:
-            return defer.succeed(recipients)
+            return recipients
         d = self.engine.publish(delivery)
         if self._observers:
             d.addCallback(self._published, channel)

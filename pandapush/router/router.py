@@ -142,6 +142,17 @@ class BayeuxRouter:
         """
         return self._publisher.publish(channel, data, exclude, history, idempotencyKey)
 
+    def publishNow(
+        self,
+        channel: str,
+        data: Any,
+        exclude: str | None = None,
+        history: bool = True,
+        idempotencyKey: str | None = None,
+    ) -> int | Deferred[int]:
+        """:meth:`publish`, with the number of recipients itself when the engine publishes at once."""
+        return self._publisher.publishNow(channel, data, exclude, history, idempotencyKey)
+
     def publishBatch(
         self, messages: Sequence[tuple[str, Any]], idempotencyKeys: Sequence[str] | None = None
     ) -> Deferred[list[int]]:

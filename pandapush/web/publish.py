@@ -53,7 +53,8 @@ CHALLENGE = b'Basic realm="pandapush", Bearer realm="pandapush"'
 
 class PublishApp:
     """
-    The REST publish endpoint; ``publish`` is the router's trusted server-side publish.
+    The REST publish endpoint; ``publish`` is the router's trusted server-side publish
+    (``publishNow``: the number of recipients, or a Deferred of it).
 
     Each step answers with the response body at once when it need not wait (key in
     the cache, in-process engine) and with a Deferred of it only when it must: the
@@ -65,7 +66,7 @@ class PublishApp:
     def __init__(
         self,
         authority: ChannelAuthority,
-        publish: Callable[..., Deferred[int]],
+        publish: Callable[..., int | Deferred[int]],
         clock: IReactorTime,
         maxBodySize: int = DEFAULT_MAX_BODY,
         publishTimeout: float = DEFAULT_PUBLISH_TIMEOUT,
@@ -169,6 +170,8 @@ class PublishApp:
             )
         except Exception:
             published = defer.fail()
+        if isinstance(published, int):
+            return self._published(published, request, channel)
         now = firedWith(published)
         if now:
             return self._published(now[0], request, channel)
