@@ -472,17 +472,19 @@ def _start(site: Any) -> tuple[bytes, dict[bytes, bytes]]:
     """
     The lines every answer of the lane starts with, as ``LimitedRequest.startAnswer``
     sets them (the site's headers, ``Server``, ``Date``), and the same as a dict: made
-    once a second, kept on the site.
+    once a second, kept on the site for as long as its headers are the same object
+    (``PandapushSite.headers``: read-only, set anew to change).
     """
-    key = (HTTP_DATE(), tuple((getattr(site, "headers", None) or {}).items()))
+    date = HTTP_DATE()
+    headers = site.headers
     kept = site.__dict__.get("_leanStart")
-    if kept is not None and kept[0] == key:
-        return kept[1]  # type: ignore[no-any-return]
-    lines = {_nameEncoder.encode(name): value for name, value in key[1]}
+    if kept is not None and kept[0] is date and kept[1] is headers:
+        return kept[2]  # type: ignore[no-any-return]
+    lines = {_nameEncoder.encode(name): value for name, value in headers.items()}
     lines[b"Server"] = twistedserver.version
-    lines[b"Date"] = key[0]
+    lines[b"Date"] = date
     start = (b"".join(b"%s: %s\r\n" % line for line in lines.items()), lines)
-    site._leanStart = (key, start)
+    site._leanStart = (date, headers, start)
     return start
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -357,6 +358,10 @@ class PandapushRoot(Resource):
 
     def mount(self, segment: bytes, resource: IResource) -> None:
         self._mounts[segment] = resource
+        self._lane = _UNSET
+
+    #: What ``publishLane`` found, until something else is mounted.
+    _lane: Any = _UNSET
 
     def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
         if path == b"push":
@@ -372,9 +377,23 @@ class PandapushRoot(Resource):
     def render(self, request: Any) -> Any:
         return _checked(self._default, request).render(request)
 
-    def mounted(self, segment: bytes) -> IResource | None:
-        """The resource mounted at ``/<segment>``, if any."""
-        return self._mounts.get(segment)
+    def publishLane(self) -> Any:
+        """
+        The resource of ``/channel`` if it answers with ``answer`` and ``respond``
+        (:class:`~pandapush.web.publish.PublishResource`) and is a leaf that never reads
+        the host; else None (see ``PandapushSite.publishLane``).
+        """
+        lane = self._lane
+        if lane is _UNSET:
+            resource = self._mounts.get(b"channel")
+            laned = (
+                getattr(resource, "isLeaf", False)
+                and getattr(resource, "hostBlind", False)
+                and callable(getattr(resource, "answer", None))
+                and callable(getattr(resource, "respond", None))
+            )
+            lane = self._lane = resource if laned else None
+        return lane
 
     def resourceFor(self, request: Any) -> IResource:
         """
@@ -426,7 +445,7 @@ class PandapushSite(Site):
         # their own, lazily); Twisted's form parsing cost every POST an email-package
         # Content-Type parse, 14 % of a REST publish.
         super().__init__(root, parsePOSTFormSubmission=False)
-        self.headers = dict(headers or {})
+        self.headers = headers or {}
         self.requestFactory = LimitedRequest
         self.maxBodySize = maxBodySize
         self.displayTracebacks = False
@@ -444,6 +463,17 @@ class PandapushSite(Site):
         self.serveSimple: Callable[[Any, bytes], bytes | None] | None = serve
 
     @property
+    def headers(self) -> Mapping[bytes, bytes]:
+        """Headers added to every answer, first. Read-only: set them anew to change them."""
+        return self._headers
+
+    @headers.setter
+    def headers(self, headers: Mapping[bytes, bytes]) -> None:
+        # A copy no one changes: the lean path keeps the lines it makes of them while
+        # this object is the site's (pandapush.web.lean._start).
+        self._headers = MappingProxyType(dict(headers))
+
+    @property
     def publishLane(self) -> Any:
         """
         The resource of ``/channel`` if the lean path may answer its requests without a
@@ -453,17 +483,9 @@ class PandapushSite(Site):
         are twisted.web's request's to write). None otherwise.
         """
         root = self.resource
-        if self.accessLog or not isinstance(root, PandapushRoot):
+        if self.accessLog or type(root) is not PandapushRoot:
             return None
-        resource = root.mounted(b"channel")
-        if (
-            getattr(resource, "isLeaf", False)
-            and getattr(resource, "hostBlind", False)
-            and callable(getattr(resource, "answer", None))
-            and callable(getattr(resource, "respond", None))
-        ):
-            return resource
-        return None
+        return root.publishLane()
 
     def buildProtocol(self, addr: Any) -> Any:
         limit = self.addressLimit
