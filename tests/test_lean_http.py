@@ -482,6 +482,22 @@ class PublishLaneTests(DifferentialCase):
             self.assertEqual(answers[1], answers[0])
             self.assertEqual(answers[0][0].count(b"HTTP/1.1 200 OK"), stream.count(b"POST"))
 
+    def test_headersAsTwistedTakesThem(self) -> None:
+        """Headers set with a line break, as text or by a lower-case name: as twisted.web writes them."""
+        app = self.site.publishLane.app
+        published = app._published
+
+        def odd(result: Any, request: Any, channel: Any) -> bytes:
+            request.setHeader(b"x-odd", b"a\r\nInjected: yes")
+            request.setHeader("X-Text", "caf\u00e9")
+            return published(result, request, channel)  # type: ignore[no-any-return]
+
+        self.patch(app, "_published", odd)
+        self.assertLaned(post(REST, b'{"a":1}', b"Authorization: " + BASIC))
+        answer, _ = self.exchange(True, [post(REST, b'{"a":1}', b"Authorization: " + BASIC)])
+        self.assertNotIn(b"\r\nInjected", answer)
+        self.assertIn(b"\r\nX-Odd: a Injected: yes\r\n", answer)
+
     def test_failing(self) -> None:
         """A resource that raises: a JSON 500, logged, and the connection serves the next request."""
         resource = self.site.publishLane

@@ -459,12 +459,13 @@ class _Publish:
             self.target.setHeader(name, value)
             return
         canonical = _NAMES.get(name)
-        if canonical is None:
-            canonical = _nameEncoder.encode(name)
-            if len(_NAMES) < _NAMES_KEPT:
+        if canonical is None or type(value) is not bytes or b"\n" in value or b"\r" in value:
+            # As twisted.web's Headers takes it (text encoded, line breaks made spaces).
+            headers = Headers()
+            headers.setRawHeaders(name, [value])
+            ((canonical, (value,)),) = headers.getAllRawHeaders()
+            if type(name) is bytes and len(_NAMES) < _NAMES_KEPT:
                 _NAMES[name] = canonical
-        if b"\n" in value or b"\r" in value:
-            raise ValueError("header value with a line break")
         self.responseHeaders[canonical] = value
 
 
