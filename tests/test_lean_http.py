@@ -498,6 +498,22 @@ class PublishLaneTests(DifferentialCase):
         self.assertNotIn(b"\r\nInjected", answer)
         self.assertIn(b"\r\nX-Odd: a Injected: yes\r\n", answer)
 
+    def test_noBodyCodes(self) -> None:
+        """An answer of a code without a body (304) goes twisted.web's way: its body and type left out."""
+        app = self.site.publishLane.app
+        published = app._published
+
+        def notModified(result: Any, request: Any, channel: Any) -> bytes:
+            published(result, request, channel)
+            request.setResponseCode(304)
+            return b"not for a 304"
+
+        self.patch(app, "_published", notModified)
+        self.assertLaned(post(REST, b'{"a":1}', b"Authorization: " + BASIC))
+        answer, _ = self.exchange(True, [post(REST, b'{"a":1}', b"Authorization: " + BASIC)])
+        self.assertTrue(answer.startswith(b"HTTP/1.1 304 Not Modified\r\n"), answer)
+        self.assertNotIn(b"not for a 304", answer)
+
     def test_failing(self) -> None:
         """A resource that raises: a JSON 500, logged, and the connection serves the next request."""
         resource = self.site.publishLane

@@ -35,9 +35,10 @@ import time
 from types import MappingProxyType
 from typing import Any
 
+from twisted.internet.defer import succeed
 from twisted.logger import Logger
 from twisted.web import server as twistedserver
-from twisted.web.http import RESPONSES, HTTPChannel, parse_qs
+from twisted.web.http import NO_BODY_CODES, RESPONSES, HTTPChannel, parse_qs
 from twisted.web.http_headers import Headers, _nameEncoder
 
 from pandapush.transports.http import sendNow
@@ -353,8 +354,9 @@ def _closes(value: bytes) -> bool:
 def _answer(channel: Any, request: LeanRequest, later: Any = None) -> None:
     """
     Serve ``request`` as twisted.web's allHeadersReceived, allContentReceived and
-    requestDone do; or, with ``later`` (``(resource, Deferred)``: what the publish lane
-    could not answer now), wait for the Deferred's body as ``resource`` renders it.
+    requestDone do; or, with ``later`` (the resource, its Deferred answer and the lane's
+    stand-in: what the publish lane could not answer now), wait for the Deferred's body
+    as the resource's ``render`` would.
     """
     # The deadline for this request's head (PandapushChannel), if one runs: it is complete.
     cancelDeadline = getattr(channel, "_cancelDeadline", None)
@@ -502,7 +504,10 @@ def _publish(
         _log.failure("REST publish request failed")
         request.responseHeaders.clear()
         answer = jsonResponse(request, 500, errorBody(500, "Internal server error"))  # type: ignore[arg-type]
-    if type(answer) is not bytes:
+    if type(answer) is not bytes or request.code in NO_BODY_CODES:
+        # NO_BODY_CODES: answers twisted.web writes without a body or its type.
+        if type(answer) is bytes:
+            answer = succeed(answer)
         lean = _request(channel, uri, headers, body, contextHeaders)
         _answer(channel, lean, (resource, answer, request))
         return
