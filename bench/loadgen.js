@@ -17,12 +17,12 @@
 
 const { performance } = require('perf_hooks');
 const { makeClient, restPost, bayeuxPost, closeRestConnections } = require('./lib/bayeux');
-
-// Publishers that POST each message (or batch) over plain HTTP, rather than over a Bayeux client.
-const HTTP_PUBLISHERS = new Set(['rest', 'rest-batch', 'http', 'http-batch']);
 const crypto = require('crypto');
 const { LocalSubscribers, SubscriberProcesses, Samples, pool, hrClock } = require('./lib/subscribers');
 const { ProcessSampler, selfCpuMark, selfCpuSince, othersMark, othersSince, netCounters, netCountersSince } = require('./lib/proc');
+
+// Publishers that POST each message (or batch) over plain HTTP, rather than over a Bayeux client.
+const HTTP_PUBLISHERS = new Set(['rest', 'rest-batch', 'http', 'http-batch']);
 
 const DEFAULT_APP = 'BENCHbenchBENCHbench';
 
