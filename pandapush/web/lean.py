@@ -358,15 +358,11 @@ def _answer(channel: Any, request: LeanRequest, later: Any = None) -> None:
     stand-in: what the publish lane could not answer now), wait for the Deferred's body
     as the resource's ``render`` would.
     """
-    # The deadline for this request's head (PandapushChannel), if one runs: it is complete.
-    cancelDeadline = getattr(channel, "_cancelDeadline", None)
-    if cancelDeadline is not None:
-        cancelDeadline()
     headers = request.requestHeaders._rawHeaders
+    closes = _received(channel, headers)
     if b"Cookie" in headers:
         request.parseCookies()
-    connection = headers.get(b"Connection")
-    if connection and _closes(connection[0]):
+    if closes:
         # HTTPChannel.checkPersistence's test, and its header (before the site's).
         request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
         channel.persistent = False
@@ -385,6 +381,18 @@ def _answer(channel: Any, request: LeanRequest, later: Any = None) -> None:
     if channel.timeOut:
         channel._savedTimeOut = channel.setTimeout(None)
     channel.setRawMode()
+
+
+def _received(channel: Any, headers: dict[bytes, list[bytes]]) -> bool:
+    """
+    A request's head and body are in: its head's deadline (PandapushChannel's, if one
+    runs) is over. Whether its ``Connection`` header asks to close, as twisted.web reads it.
+    """
+    cancelDeadline = getattr(channel, "_cancelDeadline", None)
+    if cancelDeadline is not None:
+        cancelDeadline()
+    connection = headers.get(b"Connection")
+    return bool(connection) and _closes(connection[0])  # type: ignore[index]
 
 
 def _answered(channel: Any) -> None:
@@ -417,6 +425,8 @@ def _answered(channel: Any) -> None:
 # them), and a site with an access log (its lines are twisted.web's request's to write).
 
 _CHANNEL = b"/channel/"
+#: twisted.web's type for a body a resource gave none.
+_DEFAULT_TYPE = b"Content-Type: %s\r\n" % LimitedRequest.defaultContentType
 
 
 class _Publish:
@@ -511,11 +521,7 @@ def _publish(
         lean = _request(channel, uri, headers, body, contextHeaders)
         _answer(channel, lean, (resource, answer, request))
         return
-    cancelDeadline = getattr(channel, "_cancelDeadline", None)
-    if cancelDeadline is not None:
-        cancelDeadline()
-    connection = headers._rawHeaders.get(b"Connection")  # type: ignore[attr-defined]
-    closes = bool(connection) and _closes(connection[0])  # type: ignore[index]
+    closes = _received(channel, headers._rawHeaders)  # type: ignore[attr-defined]
     site = channel.site
     code = request.code
     lines = request.responseHeaders
@@ -525,7 +531,7 @@ def _publish(
         start, lines = b"", {**first, **lines}
     length = len(answer)
     # twisted.web's default type comes last, after the length render sets.
-    typed = b"Content-Type: text/html\r\n" if length and b"Content-Type" not in lines else b""
+    typed = _DEFAULT_TYPE if length and b"Content-Type" not in lines else b""
     sendNow(
         channel.transport,
         b"HTTP/1.1 %d %s\r\n%s%s%sContent-Length: %d\r\n%s\r\n%s"
