@@ -109,7 +109,7 @@ class DifferentialCase(TestCase):
         #: Of them, REST publishes that the publish lane took (answered now or later).
         self.laned = 0
         answer = lean._answer
-        publish = lean._publish
+        publish = lean._lane
 
         def counted(channel: Any, request: Any, later: Any = None) -> None:
             if later is None:
@@ -122,7 +122,7 @@ class DifferentialCase(TestCase):
             publish(*args)
 
         self.patch(lean, "_answer", counted)
-        self.patch(lean, "_publish", countedLane)
+        self.patch(lean, "_lane", countedLane)
 
     def clientId(self) -> bytes:
         connection = _Connection(self.site)
@@ -536,6 +536,221 @@ class PublishLaneTests(DifferentialCase):
         self.assertIn(b'"code":500', first)
         self.assertTrue(second.startswith(b"200 OK\r\n"), second)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class PushLaneTests(DifferentialCase):
+    """
+    Long-polling requests answered by the push lane (``lean._lane`` with ``/push``'s
+    resource: no twisted.web request for an answer given now) against twisted.web's
+    whole path: the same bytes, the same connections closed.
+    """
+
+    def assertLaned(self, stream: bytes, splits: bool = False) -> None:
+        laned = self.laned
+        self.assertGreater(self.assertSame(stream, splits), 0)
+        self.assertGreater(self.laned, laned, "the lane did not take it")
+
+    def test_answers(self) -> None:
+        """Handshakes, subscribes, connects answered at once, publishes, refusals: the lane's, alike."""
+        cid = self.clientId().decode()
+        handshake = {
+            "channel": "/meta/handshake",
+            "version": "1.0",
+            "supportedConnectionTypes": ["long-polling"],
+        }
+        subscribe = {"channel": "/meta/subscribe", "clientId": cid, "subscription": f"/{APP}/public/pl"}
+        connect = {"channel": "/meta/connect", "clientId": cid, "connectionType": "long-polling"}
+        self.assertLaned(post(PUSH, bayeux(handshake)), splits=True)
+        for stream in [
+            post(PUSH, bayeux(subscribe)),
+            post(PUSH + b"/connect", bayeux({**connect, "advice": {"timeout": 0}})),
+            post(PUSH + b"?x=1", bayeux({"channel": f"/{APP}/public/pl", "clientId": cid, "data": {"n": 1}})),
+            post(PUSH, bayeux({"channel": "/meta/subscribe", "clientId": "nobody", "subscription": "/x"})),
+            post(PUSH, b"[{"),
+            post(PUSH, b"", contentType=b""),
+            post(PUSH, b"message=" + bayeux(handshake), contentType=b"text/plain;charset=UTF-8"),
+            post(PUSH, bayeux(handshake), b"Origin: http://page.test"),
+            post(PUSH, b"", b"Origin: http://page.test", b"Access-Control-Request-Method: POST"),
+            post(PUSH, bayeux(handshake), b"Connection: close"),
+            post(PUSH, bayeux(handshake), b"Cookie: a=b", b"X-Forwarded-For: 10.1.2.3"),
+            post(PUSH, bayeux(subscribe)) * 3,
+        ]:
+            self.assertLaned(stream)
+
+    def test_siteHeaders(self) -> None:
+        """
+        The site's headers first, as process sets them, one set again keeping its place;
+        a ``Content-Type`` of the site's is not doubled by twisted.web's default.
+        """
+        handshake = post(
+            PUSH,
+            bayeux(
+                {"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["long-polling"]}
+            ),
+        )
+        preflight = post(PUSH, b"", b"Origin: http://page.test", b"Access-Control-Request-Method: POST")
+        published = post(REST, b'{"a":1}', b"Authorization: " + BASIC)
+        for headers in [
+            {b"X-Pandapush-Worker": b"2"},
+            {b"cache-control": b"private"},
+            {b"Content-Type": b"text/x-site"},
+        ]:
+            self.site.headers = headers
+            for stream in [
+                handshake,
+                preflight,
+                published,
+                handshake.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1),
+            ]:
+                self.assertLaned(stream)
+        answer, _ = self.exchange(True, [published])
+        self.assertEqual(answer.count(b"Content-Type"), 1, answer)
+
+    def test_untypedAnswer(self) -> None:
+        """
+        A lane's resource that sets no ``Content-Type``: twisted.web's default after the
+        length, or the site's in its place, never both.
+        """
+
+        class Plain(Resource):
+            isLeaf = True
+            hostBlind = True
+
+            def answer(self, request: Any) -> bytes:
+                return b"plain"
+
+            def respond(self, answer: Any, request: Any) -> None:
+                raise AssertionError("answered now")
+
+            def render_POST(self, request: Any) -> bytes:
+                return self.answer(request)
+
+        self.server.service.site.resource.mount(b"channel", Plain())
+        self.assertIsInstance(self.site.publishLane, Plain)
+        stream = post(b"/channel/x", b"{}")
+        for headers in [{}, {b"Content-Type": b"text/x-site"}]:
+            self.site.headers = headers
+            self.assertLaned(stream, splits=True)
+            answer, _ = self.exchange(True, [stream])
+            self.assertEqual(answer.count(b"Content-Type"), 1, answer)
+
+    def test_draining(self) -> None:
+        """A node going away: ``Connection: close`` on every answer, in twisted.web's place, on both paths."""
+        handshake = post(
+            PUSH,
+            bayeux(
+                {"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["long-polling"]}
+            ),
+        )
+        self.server.router.drain()
+        self.assertLaned(handshake, splits=True)
+        self.assertLaned(handshake.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+        answer, _ = self.exchange(True, [handshake])
+        self.assertEqual(answer.count(b"Connection: close"), 1, answer)
+
+    def test_notTaken(self) -> None:
+        """Escaped or non-ASCII paths, and a site keeping an access log, go twisted.web's way."""
+        handshake = bayeux(
+            {"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["long-polling"]}
+        )
+        for stream in [post(PUSH + b"/h%61ndshake", handshake), post(PUSH + b"/\xc3\xa9", handshake)]:
+            laned = self.laned
+            self.assertSame(stream, splits=False)
+            self.assertEqual(self.laned, laned)
+        self.site.accessLog = True
+        self.assertIsNone(self.site.pushLane)
+        laned = self.laned
+        self.assertSame(post(PUSH, handshake), splits=False)
+        self.assertEqual(self.laned, laned)
+
+    def test_failing(self) -> None:
+        """
+        The router failing now, and failing a held connect later: a Bayeux 500 on both
+        paths, logged, and the connection serves the next request.
+        """
+        router = self.server.router
+        processNow = router.processNow
+        calls: list[Any] = []
+
+        def failing(messages: Any, context: Any) -> Any:
+            calls.append(messages)
+            if len(calls) % 2:
+                raise RuntimeError("boom")
+            return processNow(messages, context)
+
+        self.patch(router, "processNow", failing)
+        handshake = post(
+            PUSH,
+            bayeux(
+                {"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["long-polling"]}
+            ),
+        )
+        self.assertLaned(handshake + handshake)
+        reply, closed = self.exchange(True, [handshake + handshake])
+        self.assertFalse(closed)
+        first, second = reply.split(b"HTTP/1.1 ")[1:]
+        self.assertTrue(first.startswith(b"500 Internal Server Error\r\n"), first)
+        self.assertIn(b'"error":"500::Internal server error"', first)
+        self.assertTrue(second.startswith(b"200 OK\r\n"), second)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
+
+    async def test_failingLater(self) -> None:
+        """An answer that comes later and fails: the same Bayeux 500 on both paths."""
+        router = self.server.router
+        processNow = router.processNow
+
+        def later(messages: Any, context: Any) -> Any:
+            def fail(_: Any) -> Any:
+                raise RuntimeError("later")
+
+            return task.deferLater(reactor, 0.01, lambda: None).addCallback(fail)
+
+        handshake = post(
+            PUSH,
+            bayeux(
+                {"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["long-polling"]}
+            ),
+        )
+        self.patch(router, "processNow", later)
+        answers = []
+        for leanPath in (False, True):
+            self.site.serveSimple = lean.serve if leanPath else None
+            connection = _Connection(self.site)
+            laned = self.laned
+            connection.feed(handshake + handshake)
+            self.assertEqual(self.laned, laned + leanPath)
+            await task.deferLater(reactor, 0.1, lambda: None)
+            answers.append(connection.close())
+        self.patch(router, "processNow", processNow)
+        self.assertEqual(answers[1], answers[0])
+        self.assertEqual(answers[0][0].count(b"HTTP/1.1 500 Internal Server Error"), 2, answers[0])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 4)
+
+    async def test_heldThroughTheLane(self) -> None:
+        """
+        A held connect taken by the lane: answered by the request made for it when a
+        message comes, and let go when its connection closes before one does.
+        """
+        cid = self.clientId().decode()
+        subscribe = {"channel": "/meta/subscribe", "clientId": cid, "subscription": f"/{APP}/public/held2"}
+        connect = {"channel": "/meta/connect", "clientId": cid, "connectionType": "long-polling"}
+        router = self.server.router
+        connection = _Connection(self.site)
+        connection.feed(post(PUSH, bayeux(subscribe)), post(PUSH, bayeux(connect)))
+        held = router.heldConnects()
+        laned = self.laned
+        connection.feed(post(PUSH, bayeux(connect)))
+        self.assertEqual((self.laned, router.heldConnects()), (laned + 1, held + 1))
+        publisher = _Connection(self.site)
+        publisher.feed(post(f"/channel/{APP}/public/held2".encode(), b'{"n":2}', b"Authorization: " + BASIC))
+        publisher.close()
+        await task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(router.heldConnects(), held)
+        self.assertIn(b'"data":{"n":2}', connection.transport.value())
+        connection.feed(post(PUSH, bayeux(connect)))
+        self.assertEqual(router.heldConnects(), held + 1)
+        connection.close()
+        self.assertEqual(router.heldConnects(), held)
 
 
 class LeanOriginTests(DifferentialCase):

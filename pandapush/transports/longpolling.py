@@ -45,6 +45,23 @@ class LongPollingTransport:
         self.proxies = proxies
 
     def render(self, request: Request) -> bytes | int:
+        answer = self.answer(request)
+        if type(answer) is bytes:
+            return answer
+        self.respond(answer, request)  # type: ignore[arg-type]
+        return NOT_DONE_YET
+
+    def answer(self, request: Any) -> bytes | Deferred[bytes]:
+        """
+        The body of the answer to ``request``, its status and headers set on it, or a
+        Deferred of the body (a held connect, a step that waits on storage or Redis).
+        ``render`` finishes the request with it; the lean path's lane
+        (:mod:`pandapush.web.lean`) writes an answer given now itself and hands a
+        Deferred to :meth:`respond`. What it reads of ``request``: ``requestHeaders``,
+        ``content``, ``channel``, ``getClientAddress``, ``contextHeaders`` if it has
+        them, and ``notifyLost`` (only for an answer that comes later); what it sets:
+        the status and headers.
+        """
         try:
             # What header() and rawHeader() read, without a call each: names canonical.
             headers = request.requestHeaders._rawHeaders
@@ -91,39 +108,47 @@ class LongPollingTransport:
         try:
             replies = router.processNow(messages, context)
         except Exception:
-            self._failed(Failure(), request, False)
-            return NOT_DONE_YET
+            return self._failedNow(Failure(), request)
         if isDeferred(replies):
             now = firedWith(replies)
             if not now:
                 # A held connect, or a step that had to wait (storage, Redis).
-                lost = context.lost
-                assert lost is not None
-                return self._later(replies, request, lost)
+                return replies.addCallback(json.encodeReplies)
             if isinstance(now[0], Failure):
-                self._failed(now[0], request, False)
-                return NOT_DONE_YET
+                return self._failedNow(now[0], request)
             replies = now[0]
         # Answered now (a handshake, a subscribe, an unheld connect): the body is the
-        # answer, written whole by the request with its length; no Deferred around it.
+        # answer, written whole with its length; no Deferred around it.
         if router.draining:
             request.setHeader(b"Connection", b"close")
         return json.encodeReplies(replies)
 
-    def _later(self, replies: Deferred[list[Any]], request: Request, lost: Deferred[None]) -> int:
-        router = self.router
-        replies.addCallback(
-            lambda replies: _respond(request, json.encodeReplies(replies), lost.called, router.draining)
-        )
-        replies.addErrback(self._failed, request, lost.called)
-        return NOT_DONE_YET
+    def respond(self, answer: Deferred[bytes], request: Any) -> None:
+        """Finish ``request`` with ``answer``'s body when it comes, as ``render`` does."""
+        answer.addCallback(self._respond, request)
+        answer.addErrback(self._failed, request)
 
-    def _failed(self, failure: Failure, request: Request, gone: bool) -> None:
+    def _respond(self, body: bytes, request: Any) -> None:
+        if request.finished or getattr(request, "_disconnected", False):
+            return  # the client is gone (a held connect's messages went back to its queue)
+        if self.router.draining:
+            # The next request must open a new connection, to a node that is staying.
+            request.setHeader(b"Connection", b"close")
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
+
+    def _failedNow(self, failure: Failure, request: Any) -> bytes:
         self._log.failure("long-polling request failed", failure)
-        if not gone and not request.finished:
-            request.setResponseCode(500)
-            request.write(b'[{"successful":false,"error":"500::Internal server error"}]')
-            request.finish()
+        request.setResponseCode(500)
+        return _FAILED
+
+    def _failed(self, failure: Failure, request: Any) -> None:
+        self._respond(self._failedNow(failure, request), request)
+
+
+#: The body of a 500: a Bayeux reply a client reads as a failed request.
+_FAILED = b'[{"successful":false,"error":"500::Internal server error"}]'
 
 
 #: ``Content-Type`` values -> their media type, as :meth:`LongPollingTransport.render` reads
@@ -144,14 +169,3 @@ def _mediaType(values: list[bytes] | None) -> str:
         if len(_MEDIA_TYPES) < _MEDIA_TYPES_KEPT and len(value) <= _MEDIA_TYPE_KEPT:
             _MEDIA_TYPES[value] = media
     return media
-
-
-def _respond(request: Request, body: bytes, gone: bool, draining: bool = False) -> None:
-    if gone or request.finished or getattr(request, "_disconnected", False):
-        return
-    if draining:
-        # The next request must open a new connection, to a node that is staying.
-        request.setHeader(b"Connection", b"close")
-    request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
-    request.write(body)
-    request.finish()

@@ -10,8 +10,10 @@ looks for, as raw bytes), the others through :meth:`BayeuxResource.render` as be
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IProtocol, IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -101,6 +103,23 @@ class BayeuxResource(Resource):
             return self.longPolling.render(request)
         request.setHeader(b"Allow", b"GET, POST, OPTIONS")
         return writeError(request, 405, "Method not allowed")
+
+    def answer(self, request: Any) -> bytes | Deferred[bytes]:
+        """
+        What ``render`` answers a POST without an upgrade (the only requests the lean
+        path's lane gives it, :mod:`pandapush.web.lean`): the body, its status and headers
+        set on ``request``, or a Deferred of the body for :meth:`respond`. A preflight's
+        or a long-polling batch's, as ``render`` would.
+        """
+        if getattr(request, "tooLarge", False):
+            return writeError(request, 413, f"Request body larger than {self.maxMessageSize} bytes")
+        if rawHeader(request, b"access-control-request-method") is not None:
+            return self._preflight(request)
+        return self.longPolling.answer(request)
+
+    def respond(self, answer: Deferred[bytes], request: Any) -> None:
+        """Finish ``request`` with ``answer``'s body when it comes, as ``render`` does."""
+        self.longPolling.respond(answer, request)
 
     def _preflight(self, request: Request) -> bytes:
         origin = header(request, b"origin") or header(request, b"referer")

@@ -12,7 +12,8 @@ read once per distinct block of them (a client sends the same again and again), 
 body is sliced from the same bytes, and a :class:`LeanRequest` is handed to the site's
 resources as twisted.web would hand its own: same routing, same resources, same
 answers, same logging, only less of the channel's bookkeeping around them. A REST
-publish answered at once goes further: no request at all (the publish lane, below).
+publish or a long-polling request answered at once goes further: no request at all (the
+lanes, below).
 
 The same way :mod:`pandapush.transports.fastframes` reads websocket frames: this path
 takes only what it can take whole and as twisted.web would take it. A request that is
@@ -35,7 +36,7 @@ import time
 from types import MappingProxyType
 from typing import Any
 
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.web import server as twistedserver
 from twisted.web.http import NO_BODY_CODES, RESPONSES, HTTPChannel, parse_qs
@@ -311,10 +312,12 @@ def serve(channel: HTTPChannel, data: bytes) -> bytes | None:
             break
         uri, headers, body, contextHeaders, start = parsed
         lane = None
-        if uri.startswith(_CHANNEL) and uri.isascii() and b"%" not in uri:
-            lane = getattr(getattr(ch, "site", None), "publishLane", None)
+        if uri.isascii() and b"%" not in uri:
+            lanes = getattr(getattr(ch, "site", None), "lanes", None)
+            if lanes is not None:
+                lane = lanes[1] if uri.startswith(_CHANNEL) else lanes[0]
         if lane is not None:
-            _publish(ch, lane, uri, headers, body, contextHeaders)
+            _lane(ch, lane, uri, headers, body, contextHeaders)
         else:
             _answer(ch, _request(ch, uri, headers, body, contextHeaders))
         if ch._handlingRequest:
@@ -355,7 +358,7 @@ def _answer(channel: Any, request: LeanRequest, later: Any = None) -> None:
     """
     Serve ``request`` as twisted.web's allHeadersReceived, allContentReceived and
     requestDone do; or, with ``later`` (the resource, its Deferred answer and the lane's
-    stand-in: what the publish lane could not answer now), wait for the Deferred's body
+    stand-in: what a lane could not answer now), wait for the Deferred's body
     as the resource's ``render`` would.
     """
     headers = request.requestHeaders._rawHeaders
@@ -411,30 +414,39 @@ def _answered(channel: Any) -> None:
             channel.setTimeout(channel.timeOut)
 
 
-# --- The publish lane -----------------------------------------------------------------
+# --- The lanes ----------------------------------------------------------------------
 #
-# A REST publish (``POST /channel/...``) answered without a twisted.web request: the
-# resource mounted at /channel (PublishResource) answers a small stand-in that holds
-# what it reads and sets, and the answer is written here, status line, the headers in
-# twisted.web's order and the body, in one piece. The LeanRequest, the site's process,
-# resource lookup and render, the request's write, finish and cleanup were about half
-# of a REST publish. Only an answer given now takes the lane to its end: for one given
-# later (a key looked up in storage, a publish through Redis) a LeanRequest is made
-# then, given the status and headers set so far, and finished by the resource as a
-# render would be. Not taken: paths with "%" or not ASCII (the site unquotes and checks
-# them), and a site with an access log (its lines are twisted.web's request's to write).
+# A REST publish (``POST /channel/...``) or a long-polling request (``POST /push``)
+# answered without a twisted.web request: the resource mounted there (PublishResource,
+# BayeuxResource) answers a small stand-in that holds what it reads and sets, and the
+# answer is written here, status line, the headers in twisted.web's order and the body,
+# in one piece. The LeanRequest, the site's process, resource lookup and render, the
+# request's write, finish and cleanup were about half of a REST publish. Only an answer
+# given now takes the lane to its end: for one given later (a held connect, a key looked
+# up in storage, a publish through Redis) a LeanRequest is made then, given the status
+# and headers set so far, and finished by the resource as a render would be. Not taken:
+# paths with "%" or not ASCII (the site unquotes and checks them), and a site with an
+# access log (its lines are twisted.web's request's to write).
 
 _CHANNEL = b"/channel/"
 #: twisted.web's type for a body a resource gave none.
 _DEFAULT_TYPE = b"Content-Type: %s\r\n" % LimitedRequest.defaultContentType
 
 
-class _Publish:
-    """What :meth:`PublishResource.answer` reads and sets of a request, and the metrics hook reads."""
+class _LaneRequest:
+    """
+    What a lane's resource (``answer``) reads and sets of a request, and the metrics
+    hook reads: the ``/channel`` resource's ``postpath``, ``method``, ``uri``,
+    ``requestHeaders``, ``content``, ``tooLarge``; long-polling's ``channel``,
+    ``contextHeaders``, ``getClientAddress``, ``notifyLost``, ``setPlainHeaders``.
+    """
 
     __slots__ = (
+        "_lost",
+        "channel",
         "code",
         "content",
+        "contextHeaders",
         "path",
         "postpath",
         "requestHeaders",
@@ -446,12 +458,17 @@ class _Publish:
 
     method = b"POST"
     tooLarge = False
+    finished = False
 
-    def __init__(self, uri: bytes, path: bytes, headers: Headers, body: bytes) -> None:
+    def __init__(
+        self, channel: Any, uri: bytes, path: bytes, headers: Headers, body: bytes, contextHeaders: Any
+    ) -> None:
+        self.channel = channel
         self.uri = uri
         self.path = path
         self.postpath = path[1:].split(b"/")
         self.requestHeaders = headers
+        self.contextHeaders = contextHeaders
         self.content = io.BytesIO(body)
         self.code = 200
         # Canonical name -> value, in the order set (what twisted.web's dict keeps).
@@ -460,6 +477,7 @@ class _Publish:
         #: The request that answers in its place, once the answer is to come later: what
         #: the resource sets from then on (its callbacks hold this one) is set on it.
         self.target: LeanRequest | None = None
+        self._lost: Deferred[None] | None = None
 
     def setResponseCode(self, code: int) -> None:
         if self.target is not None:
@@ -480,10 +498,32 @@ class _Publish:
                 _NAMES[name] = canonical
         self.responseHeaders[canonical] = value
 
+    def setPlainHeaders(self, headers: Any) -> None:
+        """``LimitedRequest.setPlainHeaders``: canonical names, values without line breaks."""
+        if self.target is not None:
+            self.target.setPlainHeaders(headers)
+            return
+        self.responseHeaders.update(headers)
+
+    def getClientAddress(self) -> Any:
+        return _peer(self.channel)
+
+    def notifyLost(self) -> Deferred[None]:
+        """
+        ``LimitedRequest.notifyLost``: asked for by a held connect, before its answer is
+        known to come later; the request made for it then fires this one.
+        """
+        if self.target is not None:
+            return self.target.notifyLost()
+        lost = self._lost
+        if lost is None:
+            lost = self._lost = Deferred()
+        return lost
+
 
 def _start(site: Any) -> tuple[bytes, dict[bytes, bytes]]:
     """
-    The lines every answer of the lane starts with, as ``LimitedRequest.startAnswer``
+    The lines every answer of a lane starts with, as ``LimitedRequest.startAnswer``
     sets them (the site's headers, ``Server``, ``Date``), and the same as a dict: made
     once a second, kept on the site for as long as its headers are the same object
     (``PandapushSite.headers``: read-only, set anew to change).
@@ -501,17 +541,20 @@ def _start(site: Any) -> tuple[bytes, dict[bytes, bytes]]:
     return start
 
 
-def _publish(
+_CLOSE = {b"Connection": b"close"}
+
+
+def _lane(
     channel: Any, resource: Any, uri: bytes, headers: Headers, body: bytes, contextHeaders: Any
 ) -> None:
-    """Serve the REST publish ``uri``: ``_answer``'s work, with the answer written here."""
+    """Serve ``uri`` by ``resource``'s ``answer``: ``_answer``'s work, with the answer written here."""
     path = uri.partition(b"?")[0]
-    request = _Publish(uri, path, headers, body)
+    request = _LaneRequest(channel, uri, path, headers, body, contextHeaders)
     try:
         answer = resource.answer(request)
     except Exception:
-        # As the resource's own errback answers a failure that comes later.
-        _log.failure("REST publish request failed")
+        # As the resources' own errbacks answer a failure that comes later.
+        _log.failure("Request failed: POST {path}", path=path.decode("ascii"))
         request.responseHeaders.clear()
         answer = jsonResponse(request, 500, errorBody(500, "Internal server error"))  # type: ignore[arg-type]
     if type(answer) is not bytes or request.code in NO_BODY_CODES:
@@ -526,23 +569,29 @@ def _publish(
     code = request.code
     lines = request.responseHeaders
     start, first = _start(site)
-    if not first.keys().isdisjoint(lines):
-        # The resource set one of the first lines again: twisted.web keeps its place.
-        start, lines = b"", {**first, **lines}
+    if closes or not first.keys().isdisjoint(lines):
+        # twisted.web's order: the Connection it sets first (checkPersistence), the
+        # site's lines, then the resource's; a name set again keeps its first place.
+        start, lines = b"", {**(_CLOSE if closes else {}), **first, **lines}
     length = len(answer)
-    # twisted.web's default type comes last, after the length render sets.
-    typed = _DEFAULT_TYPE if length and b"Content-Type" not in lines else b""
+    # The length render sets: in the place of one the resource set (a preflight's), or
+    # last; then twisted.web's default type.
+    if b"Content-Length" in lines:
+        lines[b"Content-Length"] = b"%d" % length
+        tail = b""
+    else:
+        tail = b"Content-Length: %d\r\n" % length
+    if length and b"Content-Type" not in lines and b"Content-Type" not in first:
+        tail += _DEFAULT_TYPE
     sendNow(
         channel.transport,
-        b"HTTP/1.1 %d %s\r\n%s%s%sContent-Length: %d\r\n%s\r\n%s"
+        b"HTTP/1.1 %d %s\r\n%s%s%s\r\n%s"
         % (
             code,
             RESPONSES.get(code, b"Unknown Status"),
-            b"Connection: close\r\n" if closes else b"",
             start,
             b"".join(b"%s: %s\r\n" % line for line in lines.items()),
-            length,
-            typed,
+            tail,
             answer,
         ),
     )
@@ -554,7 +603,7 @@ def _publish(
     _answered(channel)
 
 
-def _later(lean: LeanRequest, resource: Any, answer: Any, given: _Publish) -> None:
+def _later(lean: LeanRequest, resource: Any, answer: Any, given: _LaneRequest) -> None:
     """``lean`` waits for ``answer``, with what the resource set on the lane's stand-in."""
     lean.startAnswer()
     lean.setResponseCode(given.code)
@@ -562,4 +611,8 @@ def _later(lean: LeanRequest, resource: Any, answer: Any, given: _Publish) -> No
         lean.setHeader(name, value)
     lean.started = given.started
     given.target = lean
+    lost = given._lost
+    if lost is not None:
+        # A held connect watches the stand-in's: the request's fires it.
+        lean.notifyLost().chainDeferred(lost)
     resource.respond(answer, lean)

@@ -342,6 +342,15 @@ def _checked(resource: IResource, request: Any) -> IResource:
     return _BAD_HOST
 
 
+def _answers(resource: Any) -> bool:
+    """Whether ``resource`` is a leaf answering with ``answer`` and ``respond`` (``PandapushRoot.lanes``)."""
+    return (
+        getattr(resource, "isLeaf", False)
+        and callable(getattr(resource, "answer", None))
+        and callable(getattr(resource, "respond", None))
+    )
+
+
 class PandapushRoot(Resource):
     """
     Dispatches on the first path segment: ``/push`` goes straight to the Bayeux
@@ -358,10 +367,10 @@ class PandapushRoot(Resource):
 
     def mount(self, segment: bytes, resource: IResource) -> None:
         self._mounts[segment] = resource
-        self._lane = _UNSET
+        self._lanes = None
 
-    #: What ``publishLane`` found, until something else is mounted.
-    _lane: Any = _UNSET
+    #: What ``lanes`` found, until something else is mounted.
+    _lanes: tuple[Any, Any] | None = None
 
     def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
         if path == b"push":
@@ -377,23 +386,23 @@ class PandapushRoot(Resource):
     def render(self, request: Any) -> Any:
         return _checked(self._default, request).render(request)
 
-    def publishLane(self) -> Any:
+    def lanes(self) -> tuple[Any, Any]:
         """
-        The resource of ``/channel`` if it answers with ``answer`` and ``respond``
-        (:class:`~pandapush.web.publish.PublishResource`) and is a leaf that never reads
-        the host; else None (see ``PandapushSite.publishLane``).
+        The resources of ``/push`` and of ``/channel`` that the lean path may answer
+        without a twisted.web request (see ``PandapushSite.lanes``), None for either that
+        may not: a leaf that answers with ``answer`` and ``respond``
+        (:class:`~pandapush.transports.resource.BayeuxResource`,
+        :class:`~pandapush.web.publish.PublishResource`), and for ``/channel`` one that
+        never reads the host (the site checks the host of the other mounts).
         """
-        lane = self._lane
-        if lane is _UNSET:
-            resource = self._mounts.get(b"channel")
-            laned = (
-                getattr(resource, "isLeaf", False)
-                and getattr(resource, "hostBlind", False)
-                and callable(getattr(resource, "answer", None))
-                and callable(getattr(resource, "respond", None))
+        lanes = self._lanes
+        if lanes is None:
+            channel = self._mounts.get(b"channel")
+            lanes = self._lanes = (
+                self._bayeux if _answers(self._bayeux) else None,
+                channel if _answers(channel) and getattr(channel, "hostBlind", False) else None,
             )
-            lane = self._lane = resource if laned else None
-        return lane
+        return lanes
 
     def resourceFor(self, request: Any) -> IResource:
         """
@@ -474,18 +483,29 @@ class PandapushSite(Site):
         self._headers = MappingProxyType(dict(headers))
 
     @property
-    def publishLane(self) -> Any:
+    def lanes(self) -> tuple[Any, Any] | None:
         """
-        The resource of ``/channel`` if the lean path may answer its requests without a
-        twisted.web request (:func:`pandapush.web.lean.serve`): one that answers with
-        ``answer`` and ``respond`` (:class:`~pandapush.web.publish.PublishResource`), a
-        leaf that never reads the host, on a site that keeps no access log (whose lines
-        are twisted.web's request's to write). None otherwise.
+        The resources of ``/push`` and of ``/channel`` whose requests the lean path may
+        answer without a twisted.web request (:func:`pandapush.web.lean.serve`), as
+        ``PandapushRoot.lanes`` finds them; None on a site that keeps an access log
+        (whose lines are twisted.web's request's to write) or has another root.
         """
         root = self.resource
         if self.accessLog or type(root) is not PandapushRoot:
             return None
-        return root.publishLane()
+        return root.lanes()
+
+    @property
+    def publishLane(self) -> Any:
+        """The resource of ``/channel`` if the lean path answers its requests (see ``lanes``)."""
+        lanes = self.lanes
+        return None if lanes is None else lanes[1]
+
+    @property
+    def pushLane(self) -> Any:
+        """The resource of ``/push`` if the lean path answers its requests (see ``lanes``)."""
+        lanes = self.lanes
+        return None if lanes is None else lanes[0]
 
     def buildProtocol(self, addr: Any) -> Any:
         limit = self.addressLimit
