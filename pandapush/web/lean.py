@@ -12,8 +12,8 @@ read once per distinct block of them (a client sends the same again and again), 
 body is sliced from the same bytes, and a :class:`LeanRequest` is handed to the site's
 resources as twisted.web would hand its own: same routing, same resources, same
 answers, same logging, only less of the channel's bookkeeping around them. A REST
-publish or a long-polling request answered at once goes further: no request at all (the
-lanes, below).
+publish or a long-polling request answered at once goes further: no request at all
+(:func:`_lane`, with :mod:`pandapush.web.lanes`).
 
 The same way :mod:`pandapush.transports.fastframes` reads websocket frames: this path
 takes only what it can take whole and as twisted.web would take it. A request that is
@@ -36,15 +36,15 @@ import time
 from types import MappingProxyType
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import succeed
 from twisted.logger import Logger
-from twisted.web import server as twistedserver
-from twisted.web.http import NO_BODY_CODES, RESPONSES, HTTPChannel, parse_qs
+from twisted.web.http import NO_BODY_CODES, HTTPChannel, parse_qs
 from twisted.web.http_headers import Headers, _nameEncoder
 
 from pandapush.transports.http import sendNow
 from pandapush.web.http import errorBody, jsonResponse
-from pandapush.web.site import HTTP_DATE, LimitedRequest
+from pandapush.web.lanes import HEADER_NAMES, HEADER_NAMES_KEPT, LaneRequest, answerBytes, handOver, peerOf
+from pandapush.web.site import LimitedRequest
 
 __all__ = ["LeanRequest", "serve"]
 
@@ -59,11 +59,6 @@ START = b"POST /"
 
 
 _log = Logger()
-
-#: Answer header names as resources set them (bytes) -> canonical: the few names of
-#: the server's own answers. Bounded all the same.
-_NAMES: dict[bytes, bytes] = {}
-_NAMES_KEPT = 256
 
 
 class LeanRequest(LimitedRequest):
@@ -130,13 +125,13 @@ class LeanRequest(LimitedRequest):
         # Headers.setRawHeaders without its name encoder's call, splitlines and join for
         # a name set before and a value with no line break to replace: four headers or
         # more on every answer.
-        canonical = _NAMES.get(name)  # type: ignore[arg-type]
+        canonical = HEADER_NAMES.get(name)  # type: ignore[arg-type]
         if canonical is not None and type(value) is bytes and b"\n" not in value and b"\r" not in value:
             self.responseHeaders._rawHeaders[canonical] = [value]
             return
         super().setHeader(name, value)
-        if type(name) is bytes and len(_NAMES) < _NAMES_KEPT:
-            _NAMES[name] = _nameEncoder.encode(name)
+        if type(name) is bytes and len(HEADER_NAMES) < HEADER_NAMES_KEPT:
+            HEADER_NAMES[name] = _nameEncoder.encode(name)
 
     def _cleanup(self) -> None:
         # twisted.web's Request._cleanup, but the channel's requestDone only for an
@@ -171,14 +166,6 @@ def _idle(channel: Any) -> bool:
         and channel._HTTPChannel__first_line == 1
         and channel.transport is not None
     )
-
-
-def _peer(channel: Any) -> Any:
-    # Twisted asks the transport for every request, a new address object each time.
-    peer = channel.__dict__.get("_leanPeer")
-    if peer is None:
-        peer = channel._leanPeer = channel.getPeer()
-    return peer
 
 
 #: A header line's canonical name, value and kind: ``_REFUSE`` for what twisted.web must
@@ -292,7 +279,7 @@ def _parse(channel: Any, data: bytes, start: int) -> tuple[bytes, Headers, bytes
 
 
 def _request(channel: Any, uri: bytes, headers: Headers, body: bytes, contextHeaders: Any) -> LeanRequest:
-    lean = LeanRequest(channel, b"POST", uri, headers, body, _peer(channel))
+    lean = LeanRequest(channel, b"POST", uri, headers, body, peerOf(channel))
     lean.contextHeaders = contextHeaders
     return lean
 
@@ -374,7 +361,7 @@ def _answer(channel: Any, request: LeanRequest, later: Any = None) -> None:
     if later is None:
         request.process()
     else:
-        _later(request, *later)
+        handOver(request, *later)
     if request.finished:
         _answered(channel)
         return
@@ -414,142 +401,19 @@ def _answered(channel: Any) -> None:
             channel.setTimeout(channel.timeOut)
 
 
-# --- The lanes ----------------------------------------------------------------------
-#
-# A REST publish (``POST /channel/...``) or a long-polling request (``POST /push``)
-# answered without a twisted.web request: the resource mounted there (PublishResource,
-# BayeuxResource) answers a small stand-in that holds what it reads and sets, and the
-# answer is written here, status line, the headers in twisted.web's order and the body,
-# in one piece. The LeanRequest, the site's process, resource lookup and render, the
-# request's write, finish and cleanup were about half of a REST publish. Only an answer
-# given now takes the lane to its end: for one given later (a held connect, a key looked
-# up in storage, a publish through Redis) a LeanRequest is made then, given the status
-# and headers set so far, and finished by the resource as a render would be. Not taken:
-# paths with "%" or not ASCII (the site unquotes and checks them), and a site with an
-# access log (its lines are twisted.web's request's to write).
-
+#: Where the publish lane is mounted; ``/push``'s is the other.
 _CHANNEL = b"/channel/"
-#: twisted.web's type for a body a resource gave none.
-_DEFAULT_TYPE = b"Content-Type: %s\r\n" % LimitedRequest.defaultContentType
-
-
-class _LaneRequest:
-    """
-    What a lane's resource (``answer``) reads and sets of a request, and the metrics
-    hook reads: the ``/channel`` resource's ``postpath``, ``method``, ``uri``,
-    ``requestHeaders``, ``content``, ``tooLarge``; long-polling's ``channel``,
-    ``contextHeaders``, ``getClientAddress``, ``notifyLost``, ``setPlainHeaders``.
-    """
-
-    __slots__ = (
-        "_lost",
-        "channel",
-        "code",
-        "content",
-        "contextHeaders",
-        "path",
-        "postpath",
-        "requestHeaders",
-        "responseHeaders",
-        "started",
-        "target",
-        "uri",
-    )
-
-    method = b"POST"
-    tooLarge = False
-    finished = False
-
-    def __init__(
-        self, channel: Any, uri: bytes, path: bytes, headers: Headers, body: bytes, contextHeaders: Any
-    ) -> None:
-        self.channel = channel
-        self.uri = uri
-        self.path = path
-        self.postpath = path[1:].split(b"/")
-        self.requestHeaders = headers
-        self.contextHeaders = contextHeaders
-        self.content = io.BytesIO(body)
-        self.code = 200
-        # Canonical name -> value, in the order set (what twisted.web's dict keeps).
-        self.responseHeaders: dict[bytes, bytes] = {}
-        self.started = time.monotonic()
-        #: The request that answers in its place, once the answer is to come later: what
-        #: the resource sets from then on (its callbacks hold this one) is set on it.
-        self.target: LeanRequest | None = None
-        self._lost: Deferred[None] | None = None
-
-    def setResponseCode(self, code: int) -> None:
-        if self.target is not None:
-            self.target.setResponseCode(code)
-        self.code = code
-
-    def setHeader(self, name: bytes, value: bytes) -> None:
-        if self.target is not None:
-            self.target.setHeader(name, value)
-            return
-        canonical = _NAMES.get(name)
-        if canonical is None or type(value) is not bytes or b"\n" in value or b"\r" in value:
-            # As twisted.web's Headers takes it (text encoded, line breaks made spaces).
-            headers = Headers()
-            headers.setRawHeaders(name, [value])
-            ((canonical, (value,)),) = headers.getAllRawHeaders()
-            if type(name) is bytes and len(_NAMES) < _NAMES_KEPT:
-                _NAMES[name] = canonical
-        self.responseHeaders[canonical] = value
-
-    def setPlainHeaders(self, headers: Any) -> None:
-        """``LimitedRequest.setPlainHeaders``: canonical names, values without line breaks."""
-        if self.target is not None:
-            self.target.setPlainHeaders(headers)
-            return
-        self.responseHeaders.update(headers)
-
-    def getClientAddress(self) -> Any:
-        return _peer(self.channel)
-
-    def notifyLost(self) -> Deferred[None]:
-        """
-        ``LimitedRequest.notifyLost``: asked for by a held connect, before its answer is
-        known to come later; the request made for it then fires this one.
-        """
-        if self.target is not None:
-            return self.target.notifyLost()
-        lost = self._lost
-        if lost is None:
-            lost = self._lost = Deferred()
-        return lost
-
-
-def _start(site: Any) -> tuple[bytes, dict[bytes, bytes]]:
-    """
-    The lines every answer of a lane starts with, as ``LimitedRequest.startAnswer``
-    sets them (the site's headers, ``Server``, ``Date``), and the same as a dict: made
-    once a second, kept on the site for as long as its headers are the same object
-    (``PandapushSite.headers``: read-only, set anew to change).
-    """
-    date = HTTP_DATE()
-    headers = site.headers
-    kept = site.__dict__.get("_leanStart")
-    if kept is not None and kept[0] is date and kept[1] is headers:
-        return kept[2]  # type: ignore[no-any-return]
-    lines = {_nameEncoder.encode(name): value for name, value in headers.items()}
-    lines[b"Server"] = twistedserver.version
-    lines[b"Date"] = date
-    start = (b"".join(b"%s: %s\r\n" % line for line in lines.items()), lines)
-    site._leanStart = (date, headers, start)
-    return start
-
-
-_CLOSE = {b"Connection": b"close"}
 
 
 def _lane(
     channel: Any, resource: Any, uri: bytes, headers: Headers, body: bytes, contextHeaders: Any
 ) -> None:
-    """Serve ``uri`` by ``resource``'s ``answer``: ``_answer``'s work, with the answer written here."""
+    """
+    Serve ``uri`` by ``resource``'s ``answer`` through a lane (:mod:`pandapush.web.lanes`):
+    ``_answer``'s work, with an answer given now written here.
+    """
     path = uri.partition(b"?")[0]
-    request = _LaneRequest(channel, uri, path, headers, body, contextHeaders)
+    request = LaneRequest(channel, uri, path, headers, body, contextHeaders)
     try:
         answer = resource.answer(request)
     except Exception:
@@ -566,53 +430,10 @@ def _lane(
         return
     closes = _received(channel, headers._rawHeaders)  # type: ignore[attr-defined]
     site = channel.site
-    code = request.code
-    lines = request.responseHeaders
-    start, first = _start(site)
-    if closes or not first.keys().isdisjoint(lines):
-        # twisted.web's order: the Connection it sets first (checkPersistence), the
-        # site's lines, then the resource's; a name set again keeps its first place.
-        start, lines = b"", {**(_CLOSE if closes else {}), **first, **lines}
-    length = len(answer)
-    # The length render sets: in the place of one the resource set (a preflight's), or
-    # last; then twisted.web's default type.
-    if b"Content-Length" in lines:
-        lines[b"Content-Length"] = b"%d" % length
-        tail = b""
-    else:
-        tail = b"Content-Length: %d\r\n" % length
-    if length and b"Content-Type" not in lines and b"Content-Type" not in first:
-        tail += _DEFAULT_TYPE
-    sendNow(
-        channel.transport,
-        b"HTTP/1.1 %d %s\r\n%s%s%s\r\n%s"
-        % (
-            code,
-            RESPONSES.get(code, b"Unknown Status"),
-            start,
-            b"".join(b"%s: %s\r\n" % line for line in lines.items()),
-            tail,
-            answer,
-        ),
-    )
+    sendNow(channel.transport, answerBytes(site, request.code, request.responseHeaders, answer, closes))
     done = site.requestDone
     if done is not None:
         done(request)
     if closes:
         channel.persistent = False
     _answered(channel)
-
-
-def _later(lean: LeanRequest, resource: Any, answer: Any, given: _LaneRequest) -> None:
-    """``lean`` waits for ``answer``, with what the resource set on the lane's stand-in."""
-    lean.startAnswer()
-    lean.setResponseCode(given.code)
-    for name, value in given.responseHeaders.items():
-        lean.setHeader(name, value)
-    lean.started = given.started
-    given.target = lean
-    lost = given._lost
-    if lost is not None:
-        # A held connect watches the stand-in's: the request's fires it.
-        lean.notifyLost().chainDeferred(lost)
-    resource.respond(answer, lean)
