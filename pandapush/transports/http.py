@@ -26,6 +26,7 @@ __all__ = [
     "OriginPolicy",
     "connectionOf",
     "contextFor",
+    "finishWith",
     "header",
     "rawHeader",
     "requestLost",
@@ -230,6 +231,19 @@ def writeError(request: Request, code: int, message: str) -> bytes:
     request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
     request.setHeader(b"Cache-Control", b"no-cache, no-store")
     return message.encode("utf-8")
+
+
+def finishWith(request: Any, body: bytes) -> None:
+    """
+    Finish ``request`` with ``body``, its length set: how a resource's answer that came
+    later (its ``respond``) ends the request a render would have ended. Nothing if the
+    client is gone or the request was finished meanwhile.
+    """
+    if request.finished or getattr(request, "_disconnected", False):
+        return
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    request.write(body)
+    request.finish()
 
 
 def sendNow(transport: Any, data: bytes) -> None:

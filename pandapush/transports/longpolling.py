@@ -20,7 +20,15 @@ from twisted.web.server import NOT_DONE_YET, Request
 from pandapush._deferred import firedWith, isDeferred
 from pandapush.bayeux import json
 from pandapush.interfaces import IRouter
-from pandapush.transports.http import OriginPolicy, contextFor, header, rawHeader, requestLost, writeError
+from pandapush.transports.http import (
+    OriginPolicy,
+    contextFor,
+    finishWith,
+    header,
+    rawHeader,
+    requestLost,
+    writeError,
+)
 
 __all__ = ["LongPollingTransport"]
 
@@ -129,14 +137,11 @@ class LongPollingTransport:
         answer.addErrback(self._failed, request)
 
     def _respond(self, body: bytes, request: Any) -> None:
-        if request.finished or getattr(request, "_disconnected", False):
-            return  # the client is gone (a held connect's messages went back to its queue)
         if self.router.draining:
             # The next request must open a new connection, to a node that is staying.
             request.setHeader(b"Connection", b"close")
-        request.setHeader(b"Content-Length", b"%d" % len(body))
-        request.write(body)
-        request.finish()
+        # Nothing if the client is gone (a held connect's messages went back to its queue).
+        finishWith(request, body)
 
     def _failedNow(self, failure: Failure, request: Any) -> bytes:
         self._log.failure("long-polling request failed", failure)

@@ -181,7 +181,7 @@ def answerBytes(site: Any, code: int, lines: dict[bytes, bytes], answer: bytes, 
     # The length render sets: in the place of one the resource set (a preflight's), or
     # last; then twisted.web's default type.
     if b"Content-Length" in lines:
-        lines[b"Content-Length"] = b"%d" % length
+        lines = {**lines, b"Content-Length": b"%d" % length}
         tail = b""
     else:
         tail = b"Content-Length: %d\r\n" % length

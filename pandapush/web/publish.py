@@ -37,6 +37,7 @@ from pandapush.bayeux.errors import BayeuxError
 from pandapush.bayeux.idempotency import idempotencyKeyError
 from pandapush.interfaces import EngineUnavailableError
 from pandapush.storage.errors import StorageUnavailableError
+from pandapush.transports.http import finishWith
 from pandapush.web.body import BodyError, parseBody
 from pandapush.web.http import channelCredentials, errorBody, header, jsonResponse
 
@@ -261,11 +262,8 @@ class PublishResource(Resource):
         answer.addErrback(self._failed, request)
 
     def _respond(self, body: bytes, request: Any) -> None:
-        if request.finished or getattr(request, "_disconnected", False):
-            return  # the client is gone; the publish (if any) went ahead
-        request.setHeader(b"Content-Length", b"%d" % len(body))
-        request.write(body)
-        request.finish()
+        # Nothing if the client is gone: the publish (if any) went ahead.
+        finishWith(request, body)
 
     def _failed(self, failure: Failure, request: Any) -> None:
         self._log.failure("REST publish request failed", failure)
