@@ -538,9 +538,9 @@ class DirectRepliesTests(WebSocketCase):
         from pandapush.transports import fastframes, websocket
 
         sent: list[tuple[Any, bytes]] = []
-        original = fastframes.sendNow
+        original = fastframes.sendAtTurnEnd
 
-        def sendNow(transport: Any, data: bytes) -> None:
+        def sendAtTurnEnd(transport: Any, data: bytes) -> None:
             sent.append((transport, data))
             original(transport, data)
 
@@ -561,8 +561,8 @@ class DirectRepliesTests(WebSocketCase):
 
         subscribers = [await opened(channel(f"room{i}")) for i in range(3)]
         publisher, publisherId = await opened(None)
-        self.patch(fastframes, "sendNow", sendNow)
-        self.patch(websocket, "sendNow", sendNow)
+        self.patch(fastframes, "sendAtTurnEnd", sendAtTurnEnd)
+        self.patch(websocket, "sendAtTurnEnd", sendAtTurnEnd)
         publishes = [
             {
                 "channel": channel(f"room{i}"),

@@ -1,10 +1,11 @@
 """How the site answers HTTP requests: the lean request of :mod:`pandapush.web.site`.
 
 ``LimitedRequest`` writes an answer of known length as one piece (status line, headers,
-body) and hands it to the kernel at once when nothing is buffered
-(:func:`pandapush.transports.http.sendNow`), with a ``Date`` formatted once a second;
-everything else (chunked answers, ``HEAD``, 204/304) is Twisted's code. These tests pin
-what a client sees over a real socket, whichever path an answer took.
+body) and hands it to the kernel after the reactor turn when nothing is buffered
+(:func:`pandapush.transports.turnsends.sendAtTurnEnd`, tested in ``test_turnsends``),
+with a ``Date`` formatted once a second; everything else (chunked answers, ``HEAD``,
+204/304) is Twisted's code. These tests pin what a client sees over a real socket,
+whichever path an answer took.
 """
 
 from __future__ import annotations
@@ -12,17 +13,15 @@ from __future__ import annotations
 import email.utils
 import io
 import json
-import socket
 import time
 from typing import Any
 
-from twisted.internet import defer, reactor
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from pandapush.transports.http import requestLost, sendNow
+from pandapush.transports.http import requestLost
 from pandapush.web.site import LimitedRequest, PandapushRoot, makeSite
 from tests.support.inprocess import InProcessServer
 from tests.support.ports import listenLocally, portNumber
@@ -251,57 +250,3 @@ class SiteTests(TestCase):
         await eventually(lambda: held.lost)
         await answered.closed
         self.assertEqual(held.lost, [second])
-
-
-class _Sink(Protocol):
-    def connectionMade(self) -> None:
-        self.factory.accepted.callback(self.transport)  # type: ignore[attr-defined]
-
-
-class SendNowTests(TestCase):
-    async def pair(self) -> tuple[Any, socket.socket]:
-        factory = Factory.forProtocol(_Sink)
-        factory.accepted = defer.Deferred()  # type: ignore[attr-defined]
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined,arg-type]
-        self.addCleanup(port.stopListening)
-        client = socket.create_connection(("127.0.0.1", portNumber(port)))
-        self.addCleanup(client.close)
-        client.settimeout(5)
-        transport = await factory.accepted  # type: ignore[attr-defined]
-        self.addCleanup(transport.abortConnection)
-        return transport, client
-
-    async def test_sentAtOnce(self) -> None:
-        """With nothing buffered the data reaches the peer without a reactor turn."""
-        transport, client = await self.pair()
-        sendNow(transport, b"hello")
-        self.assertEqual(client.recv(100), b"hello")
-        self.assertEqual(transport.dataBuffer[transport.offset :], b"")
-
-    async def test_afterBufferedData(self) -> None:
-        """Behind data still buffered, it waits its turn: the peer gets both, in order."""
-        transport, client = await self.pair()
-        transport.write(b"first ")
-        sendNow(transport, b"second")
-        client.setblocking(False)
-        with self.assertRaises(BlockingIOError):
-            client.recv(100)  # nothing yet: both wait for the reactor
-        received = [b""]
-
-        def read() -> bool:
-            try:
-                received[0] += client.recv(100)
-            except BlockingIOError:
-                pass
-            return len(received[0]) >= 12
-
-        await eventually(read)
-        self.assertEqual(received[0], b"first second")
-
-    def test_otherTransportsWrite(self) -> None:
-        """A transport that is not a plain TCP one (TLS, a test's) gets a plain write."""
-        from twisted.internet.testing import StringTransport
-
-        transport = StringTransport()
-        sendNow(transport, b"x")
-        self.assertEqual(transport.value(), b"x")

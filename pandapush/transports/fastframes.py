@@ -45,7 +45,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
-from pandapush.transports.http import sendNow
+from pandapush.transports.turnsends import sendAtTurnEnd
 from pandapush.transports.xormask import unmask
 
 __all__ = ["FastFramesProtocol", "arrayFrame", "textFrame"]
@@ -293,7 +293,8 @@ class FastFramesProtocol(WebSocketServerProtocol):
         Every frame goes out through here. Inside a read it is collected and sent
         with the read's others at its end. Outside a read (a delivery: the engine
         hands each socket its messages once per reactor turn; a reply whose answer
-        waited for Redis) it is given to the kernel at once when nothing is waiting
+        waited for Redis) it is given to the kernel after the reactor turn's events
+        (:func:`~pandapush.transports.turnsends.sendAtTurnEnd`) when nothing is waiting
         in the transport's buffer, instead of through Twisted's ``write``, which
         registers the socket for writability (epoll_ctl), sends on the next reactor
         turn, and unregisters it (epoll_ctl again): with one small frame per socket
@@ -323,7 +324,7 @@ class FastFramesProtocol(WebSocketServerProtocol):
 
     def _transmit(self, data: bytes, direct: bool) -> None:
         if direct:
-            sendNow(self.transport, data)
+            sendAtTurnEnd(self.transport, data)
         elif self.transport is not None:
             self.transport.write(data)
 

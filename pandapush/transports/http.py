@@ -12,7 +12,6 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.web.http_headers import _nameEncoder
 from twisted.web.iweb import IRequest
@@ -30,7 +29,6 @@ __all__ = [
     "header",
     "rawHeader",
     "requestLost",
-    "sendNow",
     "writeError",
 ]
 
@@ -244,35 +242,3 @@ def finishWith(request: Any, body: bytes) -> None:
     request.setHeader(b"Content-Length", b"%d" % len(body))
     request.write(body)
     request.finish()
-
-
-def sendNow(transport: Any, data: bytes) -> None:
-    """
-    ``transport.write(data)``, given to the kernel now when nothing waits in a TCP
-    transport's buffer. Twisted's ``write`` registers the socket for writability
-    (``epoll_ctl``), sends on the next reactor turn and unregisters it (``epoll_ctl``
-    again): for one small answer per request that costs more than the send itself.
-    What the kernel does not take, and everything while something is buffered, goes
-    through ``write`` (order and back pressure unchanged); other transports (TLS, a
-    test's) always do.
-    """
-    if (
-        type(transport) is tcp.Server
-        and transport.connected
-        and not transport.disconnecting
-        and not transport._writeDisconnected
-        and not transport._tempDataBuffer
-        and len(transport.dataBuffer) == transport.offset
-    ):
-        try:
-            sent = transport.socket.send(data)
-        except OSError:
-            # EAGAIN, or a broken connection: Twisted's own write finds out on its
-            # next try and ends the connection as usual.
-            sent = 0
-        if sent == len(data):
-            return
-        if sent:
-            data = data[sent:]
-    if transport is not None:
-        transport.write(data)

@@ -30,7 +30,8 @@ from pandapush.interfaces import IClientSocket, IRouter
 from pandapush.transports.failurelog import FailureLog
 from pandapush.transports.fastframes import arrayFrame
 from pandapush.transports.handshake import TRAFFIC, DirectOpeningProtocol, SendQueue
-from pandapush.transports.http import OriginPolicy, sendNow
+from pandapush.transports.http import OriginPolicy
+from pandapush.transports.turnsends import sendAtTurnEnd
 from pandapush.transports.xormask import createMasker
 
 __all__ = ["BayeuxWebSocketFactory", "BayeuxWebSocketProtocol"]
@@ -246,7 +247,7 @@ class BayeuxWebSocketProtocol(DirectOpeningProtocol):
                     raw = delivery.frames[_RAW_FRAME] = arrayFrame(delivery.payload)
                 if self._outgoing is None and not self.send_queue and not self.logOctets:
                     # What sendData does with a delivery outside a read, without its checks.
-                    sendNow(self.transport, raw)
+                    sendAtTurnEnd(self.transport, raw)
                 else:
                     self.sendData(raw)
                 return

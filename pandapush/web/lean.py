@@ -41,7 +41,7 @@ from twisted.logger import Logger
 from twisted.web.http import NO_BODY_CODES, HTTPChannel, parse_qs
 from twisted.web.http_headers import Headers, _nameEncoder
 
-from pandapush.transports.http import sendNow
+from pandapush.transports.turnsends import sendAtTurnEnd
 from pandapush.web.http import errorBody, jsonResponse
 from pandapush.web.lanes import HEADER_NAMES, HEADER_NAMES_KEPT, LaneRequest, answerBytes, handOver, peerOf
 from pandapush.web.site import LimitedRequest
@@ -430,7 +430,7 @@ def _lane(
         return
     closes = _received(channel, headers._rawHeaders)  # type: ignore[attr-defined]
     site = channel.site
-    sendNow(channel.transport, answerBytes(site, request.code, request.responseHeaders, answer, closes))
+    sendAtTurnEnd(channel.transport, answerBytes(site, request.code, request.responseHeaders, answer, closes))
     done = site.requestDone
     if done is not None:
         done(request)

@@ -18,7 +18,7 @@ from twisted.web.http import NO_BODY_CODES, datetimeToString
 from twisted.web.resource import IResource, Resource, _IEncodingResource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from pandapush.transports.http import sendNow
+from pandapush.transports.turnsends import sendAtTurnEnd
 from pandapush.web.connections import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADERS_TIMEOUT,
@@ -72,10 +72,11 @@ class LimitedRequest(Request):
     long-polling request are a request each, and Twisted's request handling around
     the resource cost as much as the publish itself, so: the ``Date`` is formatted
     once a second; an answer whose length is known (every resource here gives one)
-    leaves as one piece, status line, headers and body, given to the kernel at once
-    when nothing is waiting in the connection's buffer (:func:`sendNow`) instead
-    of through Twisted's buffered write, which costs an ``epoll_ctl`` pair and
-    another reactor turn per answer. Anything else (chunked answers, ``HEAD``,
+    leaves as one piece, status line, headers and body, given to the kernel with the
+    connection's other answers of the reactor turn when nothing is waiting in its
+    buffer (:func:`~pandapush.transports.turnsends.sendAtTurnEnd`) instead of through
+    Twisted's buffered write, which costs an ``epoll_ctl`` pair and another reactor
+    turn per answer. Anything else (chunked answers, ``HEAD``,
     204/304, cookies, ``ETag``, ``Last-Modified``, encoders) is Twisted's own code.
     """
 
@@ -234,7 +235,7 @@ class LimitedRequest(Request):
             for value in values:
                 answer += (name, b": ", value, b"\r\n")
         answer += (b"\r\n", data)
-        sendNow(self.channel.transport, b"".join(answer))
+        sendAtTurnEnd(self.channel.transport, b"".join(answer))
 
     def _answersWhole(self) -> bool:
         """Whether the first write is the whole answer, headers and all, with nothing of Twisted's to add."""
