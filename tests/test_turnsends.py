@@ -204,6 +204,49 @@ class TurnSendsTests(TestCase):
             await _turn()
         await lost
 
+    async def test_afterACancelledTurn(self) -> None:
+        """A turn's call cancelled by someone (trial's janitor does) does not stop later sends."""
+        turn = TurnSends()
+        transport, client = await self.pair()
+        turn.send(transport, b"first")
+        assert turn._call is not None
+        turn._call.cancel()
+        other, otherClient = await self.pair()
+        turn.send(other, b"second")
+        self.assertEqual(await self.receive(otherClient, 6), b"second")
+        self.assertEqual(await self.receive(client, 5), b"first")
+
+    async def test_oneFailingConnection(self) -> None:
+        """One connection whose write raises is logged; the turn's others are still sent."""
+        turn = TurnSends()
+
+        class Raising(_Producer):
+            def pauseProducing(self) -> None:
+                raise RuntimeError("pause")
+
+        failing, failingClient = await self.pair()
+        kept, keptClient = await self.pair()
+        failing.registerProducer(Raising(), True)
+        self.addCleanup(failing.unregisterProducer)
+        real = failing.socket
+
+        class Nothing:
+            def send(self, data: bytes) -> int:
+                return 0
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+        failing.socket = Nothing()
+        turn.send(failing, b"abc")
+        turn.send(kept, b"kept")
+        failing.bufferSize = 2  # what the kernel leaves, 3 bytes, makes write pause the producer
+        await _turn()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(await self.receive(keptClient, 4), b"kept")
+        failing.socket = real
+        self.assertEqual(await self.receive(failingClient, 3), b"abc")
+
     def test_otherTransportsWrite(self) -> None:
         """A transport that is not a plain TCP one (TLS, a test's) gets a plain write."""
         from twisted.internet.testing import StringTransport

@@ -38,6 +38,7 @@ from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 
 __all__ = ["TurnSends", "sendAtTurnEnd"]
 
@@ -48,6 +49,8 @@ class TurnSends:
     ``clock`` (the global reactor when None, resolved at the first send: importing it
     here would install a reactor before ``twistd`` chose one).
     """
+
+    _log = Logger()
 
     def __init__(self, clock: IReactorTime | None = None) -> None:
         self._clock = clock
@@ -73,7 +76,10 @@ class TurnSends:
                 transport._tempDataBuffer.append(data)
                 transport._tempDataLen += len(data)
                 pending[transport] = None
-                if self._call is None:
+                call = self._call
+                if call is None or not call.active():
+                    # (Not active: cancelled by someone, as trial's janitor does; a
+                    # turn that never came would leave every later answer unsent.)
                     self._schedule()
                 return
         if transport is not None:
@@ -103,17 +109,24 @@ class TurnSends:
                 # Gone (its buffer with it), or Twisted writes it: a loseConnection or a
                 # partial write registered it, and its doWrite sends this in order.
                 continue
-            data = buffered[0] if len(buffered) == 1 else b"".join(buffered)
-            transport._tempDataBuffer = []
-            transport._tempDataLen = 0
             try:
-                sent = transport.socket.send(data)
-            except OSError:
-                # EAGAIN, or a broken connection: Twisted's write finds out on its next
-                # try and ends the connection as usual.
-                sent = 0
-            if sent != len(data):
-                transport.write(data[sent:] if sent else data)
+                data = buffered[0] if len(buffered) == 1 else b"".join(buffered)
+                transport._tempDataBuffer = []
+                transport._tempDataLen = 0
+                try:
+                    sent = transport.socket.send(data)
+                except OSError:
+                    # EAGAIN, or a broken connection: Twisted's write finds out on its
+                    # next try and ends the connection as usual.
+                    sent = 0
+                if sent != len(data):
+                    transport.write(data[sent:] if sent else data)
+            except Exception:
+                # (A producer's pauseProducing that raised, say.) The other connections
+                # are still sent, and this one's rest is left to Twisted.
+                self._log.failure("sending a turn's data failed")
+                if transport.connected:
+                    transport.startWriting()
 
 
 #: The process's turn, on the global reactor.
