@@ -10,9 +10,10 @@ also wakes the peer: the kernel runs the peer's TCP receive and wake-up in the s
 ``send``, and on a VM the wake-up of the other vCPU is an interrupt between vCPUs. A
 busy turn handles tens of reads (a storm's requests, a REST publisher's 32 in flight);
 answered one by one, each answer woke a peer that had just gone back to sleep after
-the one before. ``perf`` of a long-polling storm with 200 in flight: the answers'
-``send`` was ~20 % of the server's serving CPU, its largest kernel part the peer's
-wake-up (``sock_def_readable``).
+the one before. In a long-polling storm with 200 in flight the answers' ``send`` was
+14 % of the server's busy samples (py-spy), and ``perf record`` found the largest part
+of the server's kernel time in the peer's receive and wake-up under it
+(``tcp_data_queue`` -> ``sock_def_readable``).
 
 So an answer now goes into the transport's own buffer (Twisted's ``_tempDataBuffer``,
 without registering the socket for writing) and one ``callLater(0)`` per turn sends
@@ -20,7 +21,8 @@ each connection's answers in one ``send`` after the turn's events: its peer is w
 once, and finds all of them. ``bench/run --compare-experiment`` (7 alternating pairs,
 the AMD VM): storm-lp-200 663 -> 550 ms of server CPU per 1,000 client setups and
 1,459 -> 1,769 setups/s; private-rest 142 -> 112 ms per 1,000 deliveries, its p99
-18.4 -> 14.4 ms; the run-to-run spread of both, which the old way showed, mostly gone.
+18.4 -> 14.4 ms. The storm's repetitions had fallen in two groups by how the two
+processes' timing interleaved (510-537 and 663-733 ms); after, one (520-593).
 
 Nothing is reordered: everything a connection writes still goes through that one
 buffer (a ``transport.write`` between two of these lands between them), and the turn's
