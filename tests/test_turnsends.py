@@ -8,6 +8,7 @@ sockets on the real reactor: the point is what the kernel is given, and when.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -85,21 +86,33 @@ class TurnSendsTests(TestCase):
         await eventually(read)
         return received[0]
 
-    def sends(self, transport: Any) -> list[bytes]:
-        """Record what is given to the transport's socket, one item per ``send``."""
-        sent: list[bytes] = []
+    def replaceSend(self, transport: Any, send: Callable[[Any, bytes], int]) -> Any:
+        """
+        Give the transport's ``send`` to ``send(realSocket, data)`` (the socket is put back
+        after the test); returns the real socket, for a test to put back sooner.
+        """
         real = transport.socket
 
         class Socket:
             def send(self, data: bytes) -> int:
-                sent.append(bytes(data))
-                return int(real.send(data))
+                return send(real, data)
 
             def __getattr__(self, name: str) -> Any:
                 return getattr(real, name)
 
         transport.socket = Socket()
         self.addCleanup(setattr, transport, "socket", real)
+        return real
+
+    def sends(self, transport: Any) -> list[bytes]:
+        """Record what is given to the transport's socket, one item per ``send``."""
+        sent: list[bytes] = []
+
+        def send(real: Any, data: bytes) -> int:
+            sent.append(bytes(data))
+            return int(real.send(data))
+
+        self.replaceSend(transport, send)
         return sent
 
     async def test_afterTheTurnInOneSend(self) -> None:
@@ -180,16 +193,7 @@ class TurnSendsTests(TestCase):
     async def test_whatTheKernelDoesNotTake(self) -> None:
         """A send the kernel takes part of leaves the rest to Twisted's write, in order."""
         transport, client = await self.pair()
-        real = transport.socket
-
-        class Short:
-            def send(self, data: bytes) -> int:
-                return int(real.send(data[:3]))
-
-            def __getattr__(self, name: str) -> Any:
-                return getattr(real, name)
-
-        transport.socket = Short()
+        real = self.replaceSend(transport, lambda real, data: int(real.send(data[:3])))
         sendAtTurnEnd(transport, b"abcdef")
         await _turn()
         transport.socket = real
@@ -232,16 +236,7 @@ class TurnSendsTests(TestCase):
         kept, keptClient = await self.pair()
         failing.registerProducer(Raising(), True)
         self.addCleanup(failing.unregisterProducer)
-        real = failing.socket
-
-        class Nothing:
-            def send(self, data: bytes) -> int:
-                return 0
-
-            def __getattr__(self, name: str) -> Any:
-                return getattr(real, name)
-
-        failing.socket = Nothing()
+        real = self.replaceSend(failing, lambda real, data: 0)
         turn.send(failing, b"abc")
         turn.send(kept, b"kept")
         failing.bufferSize = 2  # what the kernel leaves, 3 bytes, makes write pause the producer

@@ -70,20 +70,20 @@ class TurnSends:
             and transport._tempDataLen + len(data) <= transport.bufferSize
         ):
             pending = self._pending
-            if transport in pending:
-                transport._tempDataBuffer.append(data)
-                transport._tempDataLen += len(data)
-                return
-            if not transport._tempDataBuffer and len(transport.dataBuffer) == transport.offset:
-                transport._tempDataBuffer.append(data)
-                transport._tempDataLen += len(data)
+            if transport not in pending:
+                if transport._tempDataBuffer or len(transport.dataBuffer) != transport.offset:
+                    # Behind what Twisted holds and writes itself.
+                    transport.write(data)
+                    return
                 pending[transport] = None
                 call = self._call
                 if call is None or not call.active():
                     # (Not active: cancelled by someone, as trial's janitor does; a
                     # turn that never came would leave every later answer unsent.)
                     self._schedule()
-                return
+            transport._tempDataBuffer.append(data)
+            transport._tempDataLen += len(data)
+            return
         if transport is not None:
             transport.write(data)
 
